@@ -1,0 +1,17 @@
+#pragma once
+// Each `twinfer` subcommand registers itself on the CLI11 app: its flags (declared once, with help
+// text and defaults) and the function that runs it. main.cpp only wires them up and turns
+// exceptions into one-line errors and exit codes.
+#include <CLI/CLI.hpp>
+#include <stdexcept>
+
+namespace twinfer::cli {
+
+// A mistake in how the command was called (bad flag value, missing file): exit code 2.
+struct UsageError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+void register_info(CLI::App& app);
+
+}  // namespace twinfer::cli

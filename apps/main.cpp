@@ -1,0 +1,32 @@
+// twinfer: the command-line front end. See docs/user-guide.md for every command.
+#include <cstdio>
+#include <exception>
+#include <iostream>
+
+#include "apps/commands.hpp"
+
+int main(int argc, char** argv) {
+    CLI::App app{"twinfer: run GPT-2 and Llama family models from GGUF files on CPU and NVIDIA GPUs"};
+    app.require_subcommand(1);
+    app.set_version_flag("--version", "twinfer 0.1.0");
+    twinfer::cli::register_info(app);
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::CallForHelp& e) {
+        return app.exit(e);
+    } catch (const CLI::CallForAllHelp& e) {
+        return app.exit(e);
+    } catch (const CLI::CallForVersion& e) {
+        return app.exit(e);
+    } catch (const CLI::ParseError& e) {
+        std::cerr << "twinfer: error: " << e.what() << "\n";
+        return 2;
+    } catch (const twinfer::cli::UsageError& e) {
+        std::cerr << "twinfer: error: " << e.what() << "\n";
+        return 2;
+    } catch (const std::exception& e) {
+        std::cerr << "twinfer: error: " << e.what() << "\n";
+        return 1;
+    }
+    return 0;
+}

