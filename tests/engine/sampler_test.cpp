@@ -1,0 +1,190 @@
+// Sampler stages on four-element distributions whose results are worked out by hand in the
+// comments, as llama.cpp's test-sampling does.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <map>
+
+#include "engine/sampler.hpp"
+
+namespace twinfer {
+namespace {
+
+// Logits whose softmax is exactly {0.1, 0.2, 0.3, 0.4}: log of the probabilities.
+std::vector<double> logits_of(std::vector<double> probs) {
+    std::vector<double> l;
+    for (double p : probs) l.push_back(std::log(p));
+    return l;
+}
+
+std::vector<Token> ids(const Candidates& c) {
+    std::vector<Token> out;
+    for (const auto& x : c.items) out.push_back(x.id);
+    return out;
+}
+
+TEST(Sampler, SoftmaxRecoversProbabilitiesSortedDescending) {
+    auto c = Candidates::from_logits(std::span<const double>(logits_of({0.1, 0.2, 0.3, 0.4})));
+    c.softmax();
+    EXPECT_EQ(ids(c), (std::vector<Token>{3, 2, 1, 0}));
+    EXPECT_NEAR(c.items[0].p, 0.4, 1e-6);
+    EXPECT_NEAR(c.items[3].p, 0.1, 1e-6);
+}
+
+TEST(Sampler, TopKKeepsTheKLargest) {
+    auto c = Candidates::from_logits(std::span<const double>(logits_of({0.1, 0.2, 0.3, 0.4})));
+    sampling::TopK{2}.apply(c);
+    EXPECT_EQ(ids(c), (std::vector<Token>{3, 2}));
+    c.softmax();  // renormalised: 0.4/0.7, 0.3/0.7
+    EXPECT_NEAR(c.items[0].p, 4.0 / 7.0, 1e-6);
+}
+
+TEST(Sampler, TopPKeepsSmallestPrefixReachingP) {
+    // Sorted 0.4, 0.3, 0.2, 0.1: cumulative 0.4, 0.7, 0.9, 1.0.
+    auto c = Candidates::from_logits(std::span<const double>(logits_of({0.1, 0.2, 0.3, 0.4})));
+    sampling::TopP{0.7f}.apply(c);
+    EXPECT_EQ(ids(c), (std::vector<Token>{3, 2}));
+    c = Candidates::from_logits(std::span<const double>(logits_of({0.1, 0.2, 0.3, 0.4})));
+    sampling::TopP{0.71f}.apply(c);
+    EXPECT_EQ(ids(c), (std::vector<Token>{3, 2, 1}));
+    c = Candidates::from_logits(std::span<const double>(logits_of({0.1, 0.2, 0.3, 0.4})));
+    sampling::TopP{0.0f}.apply(c);  // min_keep 1
+    EXPECT_EQ(ids(c), (std::vector<Token>{3}));
+}
+
+TEST(Sampler, MinPDropsTokensBelowFractionOfTheBest) {
+    // Threshold 0.6 * 0.4 = 0.24: keeps 0.4 and 0.3.
+    auto c = Candidates::from_logits(std::span<const double>(logits_of({0.1, 0.2, 0.3, 0.4})));
+    sampling::MinP{0.6f}.apply(c);
+    EXPECT_EQ(ids(c), (std::vector<Token>{3, 2}));
+    c = Candidates::from_logits(std::span<const double>(logits_of({0.1, 0.2, 0.3, 0.4})));
+    sampling::MinP{0.25f}.apply(c);  // threshold 0.1: keeps all
+    EXPECT_EQ(c.items.size(), 4u);
+}
+
+TEST(Sampler, TypicalKeepsTokensNearTheEntropy) {
+    // Entropy H = -sum p ln p = 1.2799. Surprisals: 0.4 -> 0.916, 0.3 -> 1.204, 0.2 -> 1.609,
+    // 0.1 -> 2.303; distances to H: 0.364, 0.076, 0.330, 1.023. Order: 2(0.3), 1(0.2), 3(0.4), 0.
+    // Cumulative mass 0.3, 0.5, 0.9: p = 0.55 needs three tokens, p = 0.45 two.
+    auto c = Candidates::from_logits(std::span<const double>(logits_of({0.1, 0.2, 0.3, 0.4})));
+    sampling::Typical{0.55f}.apply(c);
+    EXPECT_EQ(ids(c), (std::vector<Token>{2, 1, 3}));
+    c = Candidates::from_logits(std::span<const double>(logits_of({0.1, 0.2, 0.3, 0.4})));
+    sampling::Typical{0.45f}.apply(c);
+    EXPECT_EQ(ids(c), (std::vector<Token>{2, 1}));
+}
+
+TEST(Sampler, TemperatureScalesLogits) {
+    auto c = Candidates::from_logits(std::span<const double>(logits_of({0.1, 0.2, 0.3, 0.4})));
+    sampling::Temperature{0.5f}.apply(c);  // p^2 normalised: 0.01, 0.04, 0.09, 0.16 over 0.30
+    c.softmax();
+    EXPECT_NEAR(c.items[0].p, 0.16 / 0.30, 1e-6);
+    EXPECT_NEAR(c.items[3].p, 0.01 / 0.30, 1e-6);
+}
+
+TEST(Sampler, RepetitionPenaltyDividesPositiveAndMultipliesNegativeLogits) {
+    std::vector<double> logits{2.0, -2.0, 1.0, 0.5};
+    auto c = Candidates::from_logits(std::span<const double>(logits));
+    sampling::Penalties pen;
+    pen.repeat = 2.0f;
+    pen.accept(0);
+    pen.accept(1);
+    pen.apply(c);
+    EXPECT_FLOAT_EQ(c.items[0].logit, 1.0f);
+    EXPECT_FLOAT_EQ(c.items[1].logit, -4.0f);
+    EXPECT_FLOAT_EQ(c.items[2].logit, 1.0f);
+}
+
+TEST(Sampler, FrequencyAndPresencePenaltiesCountOccurrences) {
+    std::vector<double> logits{1.0, 1.0, 1.0, 1.0};
+    auto c = Candidates::from_logits(std::span<const double>(logits));
+    sampling::Penalties pen;
+    pen.frequency = 0.5f;
+    pen.presence = 0.25f;
+    pen.accept(2);
+    pen.accept(2);
+    pen.accept(3);
+    pen.apply(c);
+    EXPECT_FLOAT_EQ(c.items[2].logit, 1.0f - 2 * 0.5f - 0.25f);
+    EXPECT_FLOAT_EQ(c.items[3].logit, 1.0f - 0.5f - 0.25f);
+    EXPECT_FLOAT_EQ(c.items[0].logit, 1.0f);
+}
+
+TEST(Sampler, PenaltyWindowForgetsOldTokens) {
+    sampling::Penalties pen;
+    pen.last_n = 2;
+    pen.repeat = 2.0f;
+    pen.accept(0);
+    pen.accept(1);
+    pen.accept(2);
+    std::vector<double> logits{2.0, 2.0, 2.0, 2.0};
+    auto c = Candidates::from_logits(std::span<const double>(logits));
+    pen.apply(c);
+    EXPECT_FLOAT_EQ(c.items[0].logit, 2.0f);  // pushed out of the window
+    EXPECT_FLOAT_EQ(c.items[1].logit, 1.0f);
+}
+
+TEST(Sampler, LogitBiasCanBanTheBestToken) {
+    SamplingParams params;
+    params.temperature = 0.0f;
+    params.logit_bias[3] = -INFINITY;
+    SamplerChain chain(params);
+    auto logits = logits_of({0.1, 0.2, 0.3, 0.4});
+    EXPECT_EQ(chain.sample(logits), 2);
+}
+
+TEST(Sampler, GreedyIsArgmaxWithLowestIdOnTies) {
+    SamplingParams params;
+    params.temperature = 0.0f;
+    SamplerChain chain(params);
+    std::vector<double> logits{0.5, 3.0, 3.0, 1.0};
+    EXPECT_EQ(chain.sample(logits), 1);
+    EXPECT_TRUE(chain.greedy());
+}
+
+TEST(Sampler, SameSeedSameDrawsAndFrequenciesFollowTheDistribution) {
+    SamplingParams params;
+    params.temperature = 1.0f;
+    params.top_k = 0;
+    params.top_p = 1.0f;
+    params.min_p = 0.0f;
+    params.seed = 1234;
+    SamplerChain a(params), b(params);
+    auto logits = logits_of({0.1, 0.2, 0.3, 0.4});
+    std::map<Token, int> counts;
+    const int n = 20000;
+    for (int i = 0; i < n; ++i) {
+        const Token ta = a.sample(logits), tb = b.sample(logits);
+        ASSERT_EQ(ta, tb);
+        ++counts[ta];
+    }
+    // Binomial standard deviation at n = 20000 is at most 0.0035; allow 4 sigma.
+    EXPECT_NEAR(counts[0] / double(n), 0.1, 0.014);
+    EXPECT_NEAR(counts[3] / double(n), 0.4, 0.014);
+    a.reset();
+    SamplerChain c(params);
+    for (int i = 0; i < 100; ++i) EXPECT_EQ(a.sample(logits), c.sample(logits));
+}
+
+TEST(Sampler, ChainOrderFollowsLlamaCpp) {
+    SamplingParams params;
+    params.repeat_penalty = 1.1f;
+    params.typical_p = 0.9f;
+    SamplerChain chain(params);
+    EXPECT_EQ(chain.describe().substr(0, 56), "penalties -> top-k -> typical -> top-p -> min-p -> tempe");
+}
+
+TEST(Sampler, InvalidParametersAreRejected) {
+    SamplingParams params;
+    params.top_p = 2.0f;
+    EXPECT_THROW(SamplerChain{params}, std::invalid_argument);
+    params = {};
+    params.top_k = -1;
+    EXPECT_THROW(SamplerChain{params}, std::invalid_argument);
+    params = {};
+    params.repeat_penalty = 0.0f;
+    EXPECT_THROW(SamplerChain{params}, std::invalid_argument);
+}
+
+}  // namespace
+}  // namespace twinfer
