@@ -18,6 +18,73 @@ int positive_int(uint64_t v, const std::string& what) {
     return static_cast<int>(v);
 }
 
+// config.json readers: a missing key or a value of the wrong type names the key.
+const nlohmann::json& hf_key(const nlohmann::json& config, const std::string& key) {
+    const auto it = config.find(key);
+    if (it == config.end() || it->is_null()) throw std::runtime_error("config.json: missing key '" + key + "'");
+    return *it;
+}
+
+int hf_int(const nlohmann::json& config, const std::string& key) {
+    const nlohmann::json& v = hf_key(config, key);
+    if (!v.is_number_unsigned()) throw std::runtime_error("config.json: '" + key + "' = " + v.dump() + " is not a positive integer");
+    return positive_int(v.get<uint64_t>(), "config.json " + key);
+}
+
+int hf_int_or(const nlohmann::json& config, const std::string& key, int fallback) {
+    const auto it = config.find(key);
+    return it == config.end() || it->is_null() ? fallback : hf_int(config, key);
+}
+
+double hf_float(const nlohmann::json& config, const std::string& key) {
+    const nlohmann::json& v = hf_key(config, key);
+    if (!v.is_number()) throw std::runtime_error("config.json: '" + key + "' = " + v.dump() + " is not a number");
+    return v.get<double>();
+}
+
+double hf_float_or(const nlohmann::json& config, const std::string& key, double fallback) {
+    const auto it = config.find(key);
+    return it == config.end() || it->is_null() ? fallback : hf_float(config, key);
+}
+
+std::string hf_string_or(const nlohmann::json& config, const std::string& key, const std::string& fallback) {
+    const auto it = config.find(key);
+    if (it == config.end() || it->is_null()) return fallback;
+    if (!it->is_string()) throw std::runtime_error("config.json: '" + key + "' = " + it->dump() + " is not a string");
+    return it->get<std::string>();
+}
+
+// Llama RoPE settings. transformers < 4.57 writes "rope_theta" and "rope_scaling" ({"type" or
+// "rope_type": ...}); later versions write both into "rope_parameters".
+void read_hf_rope(const nlohmann::json& config, ModelConfig& c) {
+    const nlohmann::json* scaling = nullptr;
+    c.rope_freq_base = hf_float_or(config, "rope_theta", 10000.0);
+    if (auto it = config.find("rope_parameters"); it != config.end() && it->is_object()) {
+        c.rope_freq_base = hf_float_or(*it, "rope_theta", c.rope_freq_base);
+        scaling = &*it;
+    } else if (auto s = config.find("rope_scaling"); s != config.end() && !s->is_null()) {
+        if (!s->is_object()) throw std::runtime_error("config.json: 'rope_scaling' is not an object");
+        scaling = &*s;
+    }
+    const double partial = hf_float_or(scaling ? *scaling : config, "partial_rotary_factor", hf_float_or(config, "partial_rotary_factor", 1.0));
+    if (partial != 1.0) throw std::runtime_error("config.json: partial_rotary_factor " + std::to_string(partial) + " is not implemented for Llama");
+    if (!scaling) return;
+    const std::string type = hf_string_or(*scaling, "rope_type", hf_string_or(*scaling, "type", "default"));
+    if (type == "default") return;
+    if (type == "linear") {
+        c.rope_scaling.kind = RopeScaling::Kind::Linear;
+        c.rope_scaling.factor = hf_float(*scaling, "factor");
+    } else if (type == "llama3") {
+        c.rope_scaling.kind = RopeScaling::Kind::Llama3;
+        c.rope_scaling.factor = hf_float(*scaling, "factor");
+        c.rope_scaling.low_freq_factor = hf_float(*scaling, "low_freq_factor");
+        c.rope_scaling.high_freq_factor = hf_float(*scaling, "high_freq_factor");
+        c.rope_scaling.original_context = hf_int(*scaling, "original_max_position_embeddings");
+    } else {
+        throw std::runtime_error("config.json: unsupported rope scaling type '" + type + "' (twinfer runs: linear, llama3)");
+    }
+}
+
 }  // namespace
 
 ModelConfig ModelConfig::from_gguf(const gguf::File& file) {
@@ -59,6 +126,44 @@ ModelConfig ModelConfig::from_gguf(const gguf::File& file) {
         }
     } else {
         c.norm_eps = file.get_float(p + "attention.layer_norm_epsilon");
+    }
+    c.validate();
+    return c;
+}
+
+ModelConfig ModelConfig::from_hf_config(const nlohmann::json& config) {
+    if (!config.is_object()) throw std::runtime_error("config.json: not a JSON object");
+    ModelConfig c;
+    c.architecture_name = hf_string_or(config, "model_type", "");
+    c.architecture = architecture_from_name(c.architecture_name, "config.json model_type");
+    c.n_vocab = hf_int(config, "vocab_size");
+    if (c.architecture == Architecture::GPT2) {
+        // GPT2Config; "n_ctx" is the older spelling of n_positions, n_inner null means 4 x n_embd.
+        const std::string activation = hf_string_or(config, "activation_function", "gelu_new");
+        if (activation != "gelu_new" && activation != "gelu_pytorch_tanh")
+            throw std::runtime_error("config.json: GPT-2 activation_function '" + activation + "' is not the tanh GELU twinfer implements");
+        c.n_embd = hf_int(config, "n_embd");
+        c.n_layer = hf_int(config, "n_layer");
+        c.n_head = hf_int(config, "n_head");
+        c.n_head_kv = c.n_head;
+        c.n_ctx_train = config.contains("n_positions") ? hf_int(config, "n_positions") : hf_int(config, "n_ctx");
+        c.n_ff = hf_int_or(config, "n_inner", 4 * c.n_embd);
+        c.head_dim = c.n_embd / c.n_head;
+        c.norm_eps = hf_float_or(config, "layer_norm_epsilon", 1e-5);
+    } else {
+        const std::string activation = hf_string_or(config, "hidden_act", "silu");
+        if (activation != "silu") throw std::runtime_error("config.json: Llama hidden_act '" + activation + "' is not the silu twinfer implements");
+        c.n_embd = hf_int(config, "hidden_size");
+        c.n_layer = hf_int(config, "num_hidden_layers");
+        c.n_head = hf_int(config, "num_attention_heads");
+        c.n_head_kv = hf_int_or(config, "num_key_value_heads", c.n_head);
+        c.n_ff = hf_int(config, "intermediate_size");
+        c.n_ctx_train = hf_int(config, "max_position_embeddings");
+        c.head_dim = hf_int_or(config, "head_dim", c.n_embd / c.n_head);
+        c.n_rot = c.head_dim;
+        c.norm_eps = hf_float(config, "rms_norm_eps");
+        c.rope_layout = RopeLayout::NeoX;
+        read_hf_rope(config, c);
     }
     c.validate();
     return c;
