@@ -1,0 +1,50 @@
+#pragma once
+// Chat templates: the Jinja2 text a GGUF file carries in `tokenizer.chat_template`, rendered the
+// way Hugging Face transformers renders it (jinja2 with trim_blocks and lstrip_blocks, tojson
+// without HTML escaping, raise_exception, break/continue). Only the subset of Jinja that real chat
+// templates use is implemented (tokenizer/jinja.hpp lists it); anything else is rejected with a
+// ChatTemplateError naming the construct and its line, never rendered into a wrong prompt.
+#include <map>
+#include <memory>
+#include <span>
+#include <stdexcept>
+#include <string>
+
+namespace twinfer {
+
+struct ChatMessage {
+    std::string role;
+    std::string content;
+};
+
+struct ChatTemplateError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+namespace jinja {
+struct Template;
+}
+
+class ChatTemplate {
+public:
+    // Parses once; throws ChatTemplateError naming the unsupported construct and its line.
+    explicit ChatTemplate(std::string source);
+    ~ChatTemplate();
+    ChatTemplate(ChatTemplate&&) noexcept;
+    ChatTemplate& operator=(ChatTemplate&&) noexcept;
+
+    // Renders with the variables messages, add_generation_prompt, bos_token, eos_token, plus
+    // extra_variables as strings (e.g. date_string). raise_exception(msg) in the template throws
+    // ChatTemplateError(msg); so does any runtime error jinja2 would raise.
+    std::string apply(std::span<const ChatMessage> messages, bool add_generation_prompt,
+                      const std::string& bos_token, const std::string& eos_token,
+                      const std::map<std::string, std::string>& extra_variables = {}) const;
+
+    const std::string& source() const { return source_; }
+
+private:
+    std::string source_;
+    std::unique_ptr<const jinja::Template> parsed_;
+};
+
+}  // namespace twinfer
