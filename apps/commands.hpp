@@ -13,5 +13,10 @@ struct UsageError : std::runtime_error {
 };
 
 void register_info(CLI::App& app);
+void register_tokenize(CLI::App& app);  // tokenize, detokenize
+void register_run(CLI::App& app);
+void register_chat(CLI::App& app);
+void register_bench(CLI::App& app);
+void register_eval(CLI::App& app);   // perplexity, verify
 
 }  // namespace twinfer::cli

@@ -4,13 +4,21 @@
 #include <iostream>
 
 #include "apps/commands.hpp"
+#include "apps/options.hpp"
 
 int main(int argc, char** argv) {
     CLI::App app{"twinfer: run GPT-2 and Llama family models from GGUF files on CPU and NVIDIA GPUs"};
     app.require_subcommand(1);
     app.set_version_flag("--version", "twinfer 0.1.0");
     twinfer::cli::register_info(app);
+    twinfer::cli::register_tokenize(app);
+    twinfer::cli::register_run(app);
+    twinfer::cli::register_chat(app);
+    twinfer::cli::register_bench(app);
+    twinfer::cli::register_eval(app);
     try {
+        // The config file fills the settings first; flags given on the command line override it.
+        twinfer::cli::load_config(twinfer::cli::settings(), argc, argv);
         app.parse(argc, argv);
     } catch (const CLI::CallForHelp& e) {
         return app.exit(e);

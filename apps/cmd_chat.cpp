@@ -1,0 +1,231 @@
+// `twinfer chat`: a multi-turn conversation with the model's chat template. Line editing and
+// history through readline when stdin is a terminal; plain lines otherwise (nothing waits for a
+// keyboard that is not there). Ctrl-C stops the answer being generated, not the program.
+#include <readline/history.h>
+#include <readline/readline.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <csignal>
+#include <cstdio>
+#include <iostream>
+#include <sstream>
+
+#include "apps/commands.hpp"
+#include "apps/options.hpp"
+#include "engine/chat_session.hpp"
+
+namespace twinfer::cli {
+namespace {
+
+std::atomic<bool> g_generating{false};
+std::atomic<bool> g_interrupted{false};
+
+void on_sigint(int) {
+    if (g_generating.load()) {
+        g_interrupted.store(true);
+        return;
+    }
+    // At the prompt: drop the line being typed and show a fresh prompt.
+    const char msg[] = "\n(Ctrl-C stops an answer; /exit or Ctrl-D quits)\n";
+    [[maybe_unused]] auto n = ::write(STDOUT_FILENO, msg, sizeof msg - 1);
+    if (isatty(STDIN_FILENO)) {
+        rl_on_new_line();
+        rl_replace_line("", 0);
+        rl_redisplay();
+    }
+}
+
+class LineReader {
+public:
+    LineReader() : interactive_(isatty(STDIN_FILENO)) {
+        if (interactive_) rl_catch_signals = 0;  // our SIGINT handler decides what Ctrl-C means
+    }
+    bool interactive() const { return interactive_; }
+
+    // False at end of input (Ctrl-D or end of a piped stdin).
+    bool read(const std::string& prompt, std::string& line) {
+        if (!interactive_) {
+            if (!std::getline(std::cin, line)) return false;
+            return true;
+        }
+        char* raw = readline(prompt.c_str());
+        if (!raw) return false;
+        line = raw;
+        if (!line.empty()) add_history(raw);
+        std::free(raw);
+        return true;
+    }
+
+private:
+    bool interactive_;
+};
+
+const char* kHelp =
+    "commands:\n"
+    "  /help                 this text\n"
+    "  /exit                 quit (also Ctrl-D)\n"
+    "  /clear                forget the conversation (keeps the system prompt)\n"
+    "  /save [FILE]          save the conversation as JSON (default twinfer-chat.json)\n"
+    "  /load [FILE]          load a conversation saved with /save\n"
+    "  /system TEXT          set the system prompt (and clear the conversation)\n"
+    "  /model PATH           load another model\n"
+    "  /backend cpu|cuda     run on the CPU or the GPU (reloads the model)\n"
+    "  /precision f64|f32    the exact float64 reference or the fast float32 model (reloads)\n"
+    "  /stats                timings and token counts\n"
+    "  /config               show the settings;  /config save  writes them to the config file\n"
+    "Ctrl-C stops the answer being generated.\n";
+
+std::string format_stats(const InferenceEngine& engine, const ChatSession& session) {
+    std::ostringstream s;
+    s.precision(2);
+    s << std::fixed;
+    s << "backend: " << engine.backend_name() << "\n"
+      << "model: " << engine.options().model.string() << " (loaded in " << engine.load_seconds() << " s)\n"
+      << "context: " << engine.n_past() << " / " << engine.n_ctx() << " tokens used\n"
+      << "turns: " << session.messages().size() / 2 << "\n"
+      << "last turn: prompt " << session.last.prompt_tokens << " tokens (" << session.last.reused_tokens << " reused) at "
+      << session.last.prompt_tokens_per_second() << " tok/s, generated " << session.last.generated_tokens << " tokens at "
+      << session.last.generation_tokens_per_second() << " tok/s\n"
+      << "session: prompt " << session.totals.prompt_tokens << " tokens in " << session.totals.prompt_seconds << " s, generated "
+      << session.totals.generated_tokens << " tokens in " << session.totals.generation_seconds << " s\n";
+    return s.str();
+}
+
+class ChatRepl {
+public:
+    ChatRepl() : session_(settings().system_prompt) {}
+
+    void run() {
+        reload("loaded");
+        LineReader reader;
+        if (reader.interactive()) std::cout << "twinfer chat: " << engine_->backend_name() << ". /help for commands.\n";
+        std::string line;
+        while (reader.read(reader.interactive() ? "> " : "", line)) {
+            if (line.empty()) continue;
+            if (line[0] == '/') {
+                if (!command(line)) break;
+                continue;
+            }
+            answer(line);
+        }
+    }
+
+private:
+    void reload(const char* verb) {
+        const auto options = settings().backend_options();
+        auto engine = InferenceEngine::load(options);
+        if (!engine.chat_template())
+            throw UsageError(options.model.string() + " has no chat template; use `twinfer run` for plain completion");
+        engine_.reset();
+        engine_ = std::make_unique<InferenceEngine>(std::move(engine));
+        log("info", std::string(verb) + " " + options.model.string() + " [" + engine_->backend_name() + "]");
+    }
+
+    void answer(const std::string& message) {
+        g_interrupted = false;
+        g_generating = true;
+        try {
+            const auto result = session_.reply(*engine_, message, settings().generate_options(), [](std::string_view text) {
+                std::cout << text << std::flush;
+                return !g_interrupted.load();
+            });
+            g_generating = false;
+            std::cout << "\n";
+            if (result.reason == StopReason::Cancelled) std::cout << "[stopped]\n";
+            if (result.reason == StopReason::ContextFull) std::cout << "[context full: /clear to start over]\n";
+        } catch (const ContextOverflow& e) {
+            g_generating = false;
+            std::cout << "error: " << e.what() << " (/clear to start over)\n";
+        }
+        std::cout << std::flush;
+    }
+
+    // Returns false to quit.
+    bool command(const std::string& line) {
+        std::istringstream in(line);
+        std::string name;
+        in >> name;
+        std::string arg;
+        std::getline(in >> std::ws, arg);
+        auto& s = settings();
+        try {
+            if (name == "/exit" || name == "/quit") return false;
+            if (name == "/help") std::cout << kHelp;
+            else if (name == "/clear") {
+                session_.clear();
+                engine_->clear();
+                std::cout << "conversation cleared\n";
+            } else if (name == "/save") {
+                const std::string path = arg.empty() ? "twinfer-chat.json" : arg;
+                session_.save(path);
+                std::cout << "saved " << session_.messages().size() << " messages to " << path << "\n";
+            } else if (name == "/load") {
+                const std::string path = arg.empty() ? "twinfer-chat.json" : arg;
+                session_.load(path);
+                std::cout << "loaded " << session_.messages().size() << " messages from " << path << "\n";
+            } else if (name == "/system") {
+                session_.set_system_prompt(arg);
+                session_.clear();
+                s.system_prompt = arg;
+                std::cout << (arg.empty() ? "system prompt removed" : "system prompt set") << "; conversation cleared\n";
+            } else if (name == "/model") {
+                if (arg.empty()) throw UsageError("/model needs a path");
+                switch_setting(s.model, arg);
+            } else if (name == "/backend") {
+                if (arg != "cpu" && arg != "cuda") throw UsageError("/backend cpu or /backend cuda");
+                switch_setting(s.device, arg);
+            } else if (name == "/precision") {
+                if (arg != "f32" && arg != "f64") throw UsageError("/precision f32 or /precision f64");
+                switch_setting(s.precision, arg);
+            } else if (name == "/stats") std::cout << format_stats(*engine_, session_);
+            else if (name == "/config") {
+                if (arg == "save") {
+                    save_config_file(s, default_config_path());
+                    std::cout << "saved to " << default_config_path().string() << "\n";
+                } else {
+                    std::cout << settings_to_toml(s);
+                }
+            } else {
+                std::cout << "unknown command " << name << " (/help lists them)\n";
+            }
+        } catch (const std::exception& e) {
+            std::cout << "error: " << e.what() << "\n";
+        }
+        std::cout << std::flush;
+        return true;
+    }
+
+    // Changes one setting and reloads; on failure the old setting and model stay.
+    void switch_setting(std::string& setting, const std::string& value) {
+        const std::string old = setting;
+        setting = value;
+        try {
+            reload("switched to");
+            std::cout << "now: " << engine_->backend_name() << "\n";
+        } catch (...) {
+            setting = old;
+            throw;
+        }
+    }
+
+    ChatSession session_;
+    std::unique_ptr<InferenceEngine> engine_;
+};
+
+}  // namespace
+
+void register_chat(CLI::App& app) {
+    auto& s = settings();
+    auto* cmd = app.add_subcommand("chat", "Chat with the model using its chat template (/help inside for commands)");
+    cmd->add_option("--system-prompt,--system", s.system_prompt, "system prompt");
+    add_model_flags(*cmd, s);
+    add_generation_flags(*cmd, s);
+    add_ui_flags(*cmd, s);
+    cmd->callback([] {
+        std::signal(SIGINT, on_sigint);
+        ChatRepl().run();
+    });
+}
+
+}  // namespace twinfer::cli

@@ -1,0 +1,233 @@
+#include "apps/options.hpp"
+
+#include <cstdlib>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include <toml++/toml.h>
+
+#include "apps/commands.hpp"
+
+namespace twinfer::cli {
+
+Settings& settings() {
+    static Settings s;
+    return s;
+}
+
+namespace {
+
+int level_rank(std::string_view level) {
+    if (level == "debug") return 0;
+    if (level == "info") return 1;
+    if (level == "warn") return 2;
+    if (level == "error") return 3;
+    return 1;
+}
+
+template <class T>
+void read_value(const toml::table& table, std::string_view key, T& out, const std::filesystem::path& path) {
+    const toml::node* node = table.get(key);
+    if (!node) return;
+    if constexpr (std::is_same_v<T, std::string>) {
+        if (auto v = node->value<std::string>()) { out = *v; return; }
+    } else if constexpr (std::is_same_v<T, bool>) {
+        if (auto v = node->value<bool>()) { out = *v; return; }
+    } else if constexpr (std::is_integral_v<T>) {
+        if (auto v = node->value<int64_t>()) { out = static_cast<T>(*v); return; }
+    } else if constexpr (std::is_floating_point_v<T>) {
+        if (auto v = node->value<double>()) { out = static_cast<T>(*v); return; }
+    } else if constexpr (std::is_same_v<T, std::vector<std::string>>) {
+        if (const auto* arr = node->as_array()) {
+            out.clear();
+            for (const auto& item : *arr) {
+                auto v = item.value<std::string>();
+                if (!v) throw UsageError(path.string() + ": '" + std::string(key) + "' must be an array of strings");
+                out.push_back(*v);
+            }
+            return;
+        }
+    }
+    throw UsageError(path.string() + ": '" + std::string(key) + "' has the wrong type");
+}
+
+}  // namespace
+
+void log(std::string_view level, const std::string& message) {
+    if (level_rank(level) < level_rank(settings().log_level)) return;
+    std::cerr << "twinfer: " << (level == "info" ? "" : std::string(level) + ": ") << message << "\n";
+}
+
+std::filesystem::path default_config_path() {
+    if (const char* xdg = std::getenv("XDG_CONFIG_HOME"); xdg && *xdg) return std::filesystem::path(xdg) / "twinfer" / "config.toml";
+    if (const char* home = std::getenv("HOME"); home && *home) return std::filesystem::path(home) / ".config" / "twinfer" / "config.toml";
+    return {};
+}
+
+void load_config_file(Settings& s, const std::filesystem::path& path) {
+    toml::table root;
+    try {
+        root = toml::parse_file(path.string());
+    } catch (const toml::parse_error& e) {
+        std::ostringstream msg;
+        msg << path.string() << ":" << e.source().begin.line << ": " << e.description();
+        throw UsageError("bad config file: " + msg.str());
+    }
+    read_value(root, "model", s.model, path);
+    read_value(root, "precision", s.precision, path);
+    read_value(root, "device", s.device, path);
+    read_value(root, "threads", s.threads, path);
+    read_value(root, "ctx_size", s.ctx_size, path);
+    read_value(root, "exact_activations", s.exact_activations, path);
+    read_value(root, "system_prompt", s.system_prompt, path);
+    read_value(root, "log_level", s.log_level, path);
+    read_value(root, "no_progress", s.no_progress, path);
+    if (const auto* gen = root.get_as<toml::table>("generation")) {
+        read_value(*gen, "max_tokens", s.max_tokens, path);
+        read_value(*gen, "temperature", s.temperature, path);
+        read_value(*gen, "top_k", s.top_k, path);
+        read_value(*gen, "top_p", s.top_p, path);
+        read_value(*gen, "min_p", s.min_p, path);
+        read_value(*gen, "typical_p", s.typical_p, path);
+        read_value(*gen, "repeat_penalty", s.repeat_penalty, path);
+        read_value(*gen, "repeat_last_n", s.repeat_last_n, path);
+        read_value(*gen, "frequency_penalty", s.frequency_penalty, path);
+        read_value(*gen, "presence_penalty", s.presence_penalty, path);
+        read_value(*gen, "seed", s.seed, path);
+        read_value(*gen, "stop", s.stop, path);
+    }
+}
+
+void load_config(Settings& s, int argc, char** argv) {
+    std::filesystem::path explicit_path;
+    for (int i = 1; i < argc; ++i) {
+        const std::string_view arg = argv[i];
+        if (arg == "--config" && i + 1 < argc) explicit_path = argv[i + 1];
+        else if (arg.starts_with("--config=")) explicit_path = std::string(arg.substr(9));
+    }
+    if (!explicit_path.empty()) {
+        if (!std::filesystem::is_regular_file(explicit_path)) throw UsageError("config file not found: " + explicit_path.string());
+        load_config_file(s, explicit_path);
+        return;
+    }
+    const auto path = default_config_path();
+    if (!path.empty() && std::filesystem::is_regular_file(path)) load_config_file(s, path);
+}
+
+std::string settings_to_toml(const Settings& s) {
+    toml::table gen{{"max_tokens", s.max_tokens},       {"temperature", s.temperature},
+                    {"top_k", s.top_k},                 {"top_p", s.top_p},
+                    {"min_p", s.min_p},                 {"typical_p", s.typical_p},
+                    {"repeat_penalty", s.repeat_penalty}, {"repeat_last_n", s.repeat_last_n},
+                    {"frequency_penalty", s.frequency_penalty}, {"presence_penalty", s.presence_penalty},
+                    {"seed", s.seed}};
+    toml::array stops;
+    for (const auto& stop : s.stop) stops.push_back(stop);
+    gen.insert("stop", stops);
+    toml::table root{{"model", s.model},         {"precision", s.precision}, {"device", s.device},
+                     {"threads", s.threads},     {"ctx_size", s.ctx_size},   {"exact_activations", s.exact_activations},
+                     {"system_prompt", s.system_prompt}, {"log_level", s.log_level}};
+    root.insert("generation", gen);
+    std::ostringstream out;
+    out << "# twinfer configuration: command-line flags override these values.\n" << root << "\n";
+    return out.str();
+}
+
+void save_config_file(const Settings& s, const std::filesystem::path& path) {
+    if (path.empty()) throw UsageError("no config path (set HOME or XDG_CONFIG_HOME, or pass --config)");
+    if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path());
+    std::ofstream out(path);
+    out << settings_to_toml(s);
+    if (!out) throw std::runtime_error("cannot write " + path.string());
+}
+
+void add_config_flag(CLI::App& cmd) {
+    // Read before parsing (load_config scans argv); declared so --help shows it and CLI11 accepts it.
+    static std::string ignored;
+    cmd.add_option("--config", ignored, "TOML config file (default: " + default_config_path().string() + ")");
+}
+
+void add_model_flags(CLI::App& cmd, Settings& s) {
+    cmd.add_option("-m,--model", s.model, "GGUF model file");
+    cmd.add_option("--precision", s.precision, "f32 (fast models) or f64 (the exact reference)")
+        ->check(CLI::IsMember({"f32", "f64"}))->capture_default_str();
+    cmd.add_option("--device", s.device, "auto (GPU when present), cpu or cuda")
+        ->check(CLI::IsMember({"auto", "cpu", "cuda", "gpu"}))->capture_default_str();
+    cmd.add_option("-t,--threads", s.threads, "CPU threads (0: every core)")->check(CLI::NonNegativeNumber);
+    cmd.add_option("-c,--ctx-size", s.ctx_size, "context length in tokens (0: the model's trained length)")->check(CLI::NonNegativeNumber);
+    cmd.add_flag("--exact-activations", s.exact_activations, "keep activations float32 in the quantized kernels (no 8-bit activation quantization)");
+}
+
+void add_generation_flags(CLI::App& cmd, Settings& s) {
+    cmd.add_option("-n,--max-tokens", s.max_tokens, "tokens to generate (-1: until end of generation or a full context)")
+        ->check(CLI::Range(-1, 1 << 30))->capture_default_str();
+    cmd.add_option("--temp,--temperature", s.temperature, "sampling temperature (0: greedy)")->check(CLI::Range(0.0f, 100.0f))->capture_default_str();
+    cmd.add_option("--top-k", s.top_k, "top-k (0: off)")->check(CLI::NonNegativeNumber)->capture_default_str();
+    cmd.add_option("--top-p", s.top_p, "top-p (1: off)")->check(CLI::Range(0.0f, 1.0f))->capture_default_str();
+    cmd.add_option("--min-p", s.min_p, "min-p (0: off)")->check(CLI::Range(0.0f, 1.0f))->capture_default_str();
+    cmd.add_option("--typical", s.typical_p, "locally typical sampling p (1: off)")->check(CLI::Range(0.0f, 1.0f))->capture_default_str();
+    cmd.add_option("--repeat-penalty", s.repeat_penalty, "repetition penalty (1: off)")->check(CLI::Range(0.01f, 100.0f))->capture_default_str();
+    cmd.add_option("--repeat-last-n", s.repeat_last_n, "tokens the penalties look back over (-1: all, 0: off)")->check(CLI::Range(-1, 1 << 30))->capture_default_str();
+    cmd.add_option("--frequency-penalty", s.frequency_penalty, "frequency penalty")->capture_default_str();
+    cmd.add_option("--presence-penalty", s.presence_penalty, "presence penalty")->capture_default_str();
+    cmd.add_option("-s,--seed", s.seed, "random seed (-1: random)")->check(CLI::Range(int64_t{-1}, int64_t{0xFFFFFFFE}))->capture_default_str();
+    cmd.add_option("--stop", s.stop, "stop string (repeatable); not printed");
+    cmd.add_flag("--ignore-eos", s.ignore_eos, "keep generating past end-of-generation tokens");
+}
+
+void add_ui_flags(CLI::App& cmd, Settings& s) {
+    cmd.add_flag("--no-progress", s.no_progress, "no progress bars");
+    cmd.add_option("--log-level", s.log_level, "debug, info, warn or error")
+        ->check(CLI::IsMember({"debug", "info", "warn", "error"}))->capture_default_str();
+    add_config_flag(cmd);
+}
+
+BackendOptions Settings::backend_options() const {
+    BackendOptions o;
+    o.model = require_model(*this);
+    try {
+        o.precision = parse_precision(precision);
+        o.device = parse_device_choice(device);
+    } catch (const std::invalid_argument& e) {
+        throw UsageError(e.what());
+    }
+    o.n_ctx = static_cast<size_t>(ctx_size);
+    o.n_threads = threads;
+    o.exact_activations = exact_activations;
+    return o;
+}
+
+GenerateOptions Settings::generate_options() const {
+    GenerateOptions g;
+    g.max_tokens = max_tokens;
+    g.stop = stop;
+    g.ignore_eos = ignore_eos;
+    auto& p = g.sampling;
+    p.temperature = temperature;
+    p.top_k = top_k;
+    p.top_p = top_p;
+    p.min_p = min_p;
+    p.typical_p = typical_p;
+    p.repeat_penalty = repeat_penalty;
+    p.repeat_last_n = repeat_last_n;
+    p.frequency_penalty = frequency_penalty;
+    p.presence_penalty = presence_penalty;
+    p.seed = seed < 0 ? 0xFFFFFFFF : static_cast<uint64_t>(seed);
+    try {
+        p.validate();
+    } catch (const std::invalid_argument& e) {
+        throw UsageError(e.what());
+    }
+    return g;
+}
+
+std::filesystem::path require_model(const Settings& s) {
+    if (s.model.empty()) throw UsageError("no model given (-m MODEL.gguf, or `model = ...` in the config file)");
+    std::error_code ec;
+    if (!std::filesystem::exists(s.model, ec)) throw UsageError("model file not found: " + s.model);
+    if (std::filesystem::is_directory(s.model, ec)) throw UsageError("model path is a directory, not a GGUF file: " + s.model);
+    return s.model;
+}
+
+}  // namespace twinfer::cli

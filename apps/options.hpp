@@ -1,0 +1,73 @@
+#pragma once
+// Flags shared by several commands, declared once with their help text and llama.cpp's defaults,
+// and the TOML config file behind them. Precedence: built-in default < config file < command line.
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+#include "engine/engine.hpp"
+
+namespace twinfer::cli {
+
+struct Settings {
+    // model
+    std::string model;
+    std::string precision = "f32";
+    std::string device = "auto";
+    int threads = 0;
+    int ctx_size = 0;
+    bool exact_activations = false;
+    // generation
+    int max_tokens = -1;
+    float temperature = 0.8f;
+    int top_k = 40;
+    float top_p = 0.95f;
+    float min_p = 0.05f;
+    float typical_p = 1.0f;
+    float repeat_penalty = 1.0f;
+    int repeat_last_n = 64;
+    float frequency_penalty = 0.0f;
+    float presence_penalty = 0.0f;
+    int64_t seed = -1;
+    std::vector<std::string> stop;
+    bool ignore_eos = false;
+    // chat
+    std::string system_prompt;
+    // ui
+    bool no_progress = false;
+    std::string log_level = "info";
+
+    BackendOptions backend_options() const;   // validates; throws UsageError
+    GenerateOptions generate_options() const; // validates; throws UsageError
+};
+
+// The config file: --config PATH, else $XDG_CONFIG_HOME/twinfer/config.toml, else
+// ~/.config/twinfer/config.toml (absent: no error).
+std::filesystem::path default_config_path();
+// Reads the config file named on the command line (pre-scanned from argv) or the default one
+// into `settings`. A config file named explicitly must exist; a malformed one is an error.
+void load_config(Settings& settings, int argc, char** argv);
+void load_config_file(Settings& settings, const std::filesystem::path& path);
+void save_config_file(const Settings& settings, const std::filesystem::path& path);
+std::string settings_to_toml(const Settings& settings);
+
+// Declares flags on a subcommand, bound to `settings` (whose current values are the defaults).
+void add_config_flag(CLI::App& cmd);
+void add_model_flags(CLI::App& cmd, Settings& settings);
+void add_generation_flags(CLI::App& cmd, Settings& settings);
+void add_ui_flags(CLI::App& cmd, Settings& settings);
+
+// The global settings object every command binds to (filled from the config file before the
+// command line is parsed).
+Settings& settings();
+
+// Log lines to stderr at or above the chosen level: debug, info, warn, error.
+void log(std::string_view level, const std::string& message);
+
+// Resolve the model path: the flag, or the config file's, else a usage error.
+std::filesystem::path require_model(const Settings& s);
+
+}  // namespace twinfer::cli

@@ -1,0 +1,43 @@
+#pragma once
+// ModelBackend: the models as one closed set, dispatched statically. Which alternative a file
+// gets is decided by make_backend() from the file's architecture and the user's precision and
+// device (docs/choosing-a-model.md).
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <variant>
+
+#include "format/gguf.hpp"
+#include "models/gpt_model.hpp"
+#include "models/inference.hpp"
+
+namespace twinfer {
+
+using ModelBackend = std::variant<GPTModel>;
+
+static_assert(GPTInference<GPTModel>);
+
+enum class Precision { F64, F32 };
+enum class DeviceChoice { Auto, CPU, CUDA };
+
+std::string_view precision_name(Precision p);
+std::string_view device_choice_name(DeviceChoice d);
+Precision parse_precision(std::string_view s);        // throws std::invalid_argument
+DeviceChoice parse_device_choice(std::string_view s); // throws std::invalid_argument
+
+struct BackendOptions {
+    std::filesystem::path model;
+    Precision precision = Precision::F32;
+    DeviceChoice device = DeviceChoice::Auto;
+    size_t n_ctx = 0;            // 0: the model's trained context
+    int n_threads = 0;           // 0: every core
+    bool exact_activations = false;
+};
+
+// True when this build has CUDA and a usable GPU is present.
+bool cuda_device_available();
+
+ModelBackend make_backend(std::shared_ptr<const gguf::File> file, const BackendOptions& options);
+std::string backend_description(const ModelBackend& backend, const BackendOptions& options);
+
+}  // namespace twinfer

@@ -1,0 +1,42 @@
+#pragma once
+// A multi-turn conversation over an InferenceEngine: the messages, the system prompt, rendering
+// through the model's chat template, and saving/loading the history as JSON.
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "engine/engine.hpp"
+
+namespace twinfer {
+
+class ChatSession {
+public:
+    explicit ChatSession(std::string system_prompt = {}) : system_prompt_(std::move(system_prompt)) {}
+
+    // Adds the user's message, generates the assistant's answer (streamed through on_text) and
+    // records it. The engine reuses its cache for the part of the prompt it has already seen.
+    GenerationResult reply(InferenceEngine& engine, const std::string& user_message, const GenerateOptions& options,
+                           const TextCallback& on_text);
+
+    void clear() { messages_.clear(); }
+    void set_system_prompt(std::string s) { system_prompt_ = std::move(s); }
+    const std::string& system_prompt() const { return system_prompt_; }
+    const std::vector<ChatMessage>& messages() const { return messages_; }
+
+    // The full message list the template sees (system prompt first, when set).
+    std::vector<ChatMessage> conversation() const;
+
+    // JSON: {"system_prompt": "...", "messages": [{"role": "...", "content": "..."}, ...]}.
+    void save(const std::filesystem::path& path) const;
+    void load(const std::filesystem::path& path);  // throws naming the file and the problem
+
+    // Totals over the session, for /stats.
+    GenerationStats totals;
+    GenerationStats last;
+
+private:
+    std::string system_prompt_;
+    std::vector<ChatMessage> messages_;
+};
+
+}  // namespace twinfer

@@ -1,0 +1,198 @@
+#include "engine/engine.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <utility>
+
+namespace twinfer {
+
+std::string_view stop_reason_name(StopReason r) {
+    switch (r) {
+        case StopReason::EndOfGeneration: return "end of generation";
+        case StopReason::StopString: return "stop string";
+        case StopReason::MaxTokens: return "max tokens";
+        case StopReason::ContextFull: return "context full";
+        case StopReason::Cancelled: return "cancelled";
+    }
+    return "?";
+}
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+// Holds back streamed text that could be the start of a stop string, so a stop string is never
+// half-printed; finds a completed one.
+class StopStringFilter {
+public:
+    explicit StopStringFilter(const std::vector<std::string>& stops) : stops_(stops) {}
+
+    // Adds decoded text; returns what may be emitted now. Sets `stopped` when a stop string
+    // completed (the text before it is returned, the rest dropped).
+    std::string push(std::string_view text, bool& stopped) {
+        pending_ += text;
+        size_t first_stop = std::string::npos;
+        for (const auto& s : stops_)
+            if (!s.empty()) first_stop = std::min(first_stop, pending_.find(s));
+        if (first_stop != std::string::npos) {
+            stopped = true;
+            std::string out = pending_.substr(0, first_stop);
+            pending_.clear();
+            return out;
+        }
+        // Keep the longest suffix of pending_ that is a proper prefix of some stop string.
+        size_t hold = 0;
+        for (const auto& s : stops_)
+            for (size_t n = std::min(s.size() - 1, pending_.size()); n > hold; --n)
+                if (pending_.compare(pending_.size() - n, n, s, 0, n) == 0) {
+                    hold = n;
+                    break;
+                }
+        std::string out = pending_.substr(0, pending_.size() - hold);
+        pending_.erase(0, pending_.size() - hold);
+        return out;
+    }
+    std::string flush() { return std::exchange(pending_, {}); }
+
+private:
+    const std::vector<std::string>& stops_;
+    std::string pending_;
+};
+
+}  // namespace
+
+InferenceEngine::InferenceEngine(InferenceEngine&&) noexcept = default;
+InferenceEngine& InferenceEngine::operator=(InferenceEngine&&) noexcept = default;
+InferenceEngine::~InferenceEngine() = default;
+
+InferenceEngine InferenceEngine::load(const BackendOptions& options) {
+    const auto t0 = Clock::now();
+    InferenceEngine engine;
+    engine.options_ = options;
+    engine.file_ = std::make_shared<const gguf::File>(gguf::File::open(options.model));
+    engine.tokenizer_ = std::make_unique<Tokenizer>(Tokenizer::from_gguf(*engine.file_));
+    if (auto source = engine.file_->string_or("tokenizer.chat_template")) engine.chat_template_.emplace(*source);
+    engine.backend_ = std::make_unique<ModelBackend>(make_backend(engine.file_, options));
+    const size_t n_vocab = engine.config().n_vocab;
+    if (engine.tokenizer_->n_vocab() != n_vocab)
+        throw std::runtime_error(options.model.string() + ": the tokenizer has " + std::to_string(engine.tokenizer_->n_vocab()) +
+                                 " tokens but the model's vocabulary is " + std::to_string(n_vocab));
+    engine.load_seconds_ = seconds_since(t0);
+    return engine;
+}
+
+const ModelConfig& InferenceEngine::config() const {
+    return std::visit([](const auto& m) -> const ModelConfig& { return m.config(); }, *backend_);
+}
+
+std::string InferenceEngine::backend_name() const { return backend_description(*backend_, options_); }
+
+size_t InferenceEngine::n_ctx() const {
+    return std::visit([](const auto& m) { return static_cast<size_t>(m.n_ctx()); }, *backend_);
+}
+
+size_t InferenceEngine::n_past() const { return history_.size(); }
+
+std::string InferenceEngine::render_chat(std::span<const ChatMessage> messages, bool add_generation_prompt) const {
+    if (!chat_template_)
+        throw std::runtime_error(options_.model.string() + " has no chat template (tokenizer.chat_template); use `run` for plain completion");
+    const auto piece = [&](std::optional<Token> t) { return t ? tokenizer_->token_to_piece(*t) : std::string(); };
+    return chat_template_->apply(messages, add_generation_prompt, piece(tokenizer_->bos()), piece(tokenizer_->eos()));
+}
+
+std::vector<Token> InferenceEngine::tokenize(std::string_view text, bool add_special, bool parse_special) const {
+    auto ids = tokenizer_->encode(text, add_special, parse_special);
+    // A chat template that writes the BOS text itself must not get a second BOS.
+    if (add_special && tokenizer_->add_bos() && tokenizer_->bos() && ids.size() >= 2 && ids[0] == *tokenizer_->bos() &&
+        ids[1] == *tokenizer_->bos())
+        ids.erase(ids.begin());
+    return ids;
+}
+
+Logits InferenceEngine::forward(std::span<const Token> ids, LogitsMode mode) {
+    Logits logits = std::visit([&](auto& m) { return m.forward(ids, mode); }, *backend_);
+    history_.insert(history_.end(), ids.begin(), ids.end());
+    return logits;
+}
+
+void InferenceEngine::clear() {
+    std::visit([](auto& m) { m.clear_cache(); }, *backend_);
+    history_.clear();
+}
+
+Logits InferenceEngine::evaluate_all(std::span<const Token> ids) {
+    clear();
+    return forward(ids, LogitsMode::All);
+}
+
+GenerationResult InferenceEngine::generate(std::span<const Token> prompt, const GenerateOptions& options, const TextCallback& on_text) {
+    if (prompt.empty()) throw std::invalid_argument("the prompt is empty (no tokens to start from)");
+    const size_t ctx = n_ctx();
+    if (prompt.size() > ctx)
+        throw ContextOverflow("the prompt is " + std::to_string(prompt.size()) + " tokens but the context holds " +
+                              std::to_string(ctx) + " (raise --ctx-size or shorten the prompt)");
+    GenerationResult result;
+
+    // Reuse the cache when everything the model has seen is a prefix of this prompt (a chat
+    // turn following the previous one); otherwise start over. At least one token is fed, so
+    // there are fresh logits to sample from.
+    const bool reuse = history_.size() < prompt.size() && std::equal(history_.begin(), history_.end(), prompt.begin());
+    if (!reuse) clear();
+    const auto feed = prompt.subspan(history_.size());
+    result.stats.reused_tokens = history_.size();
+    result.stats.prompt_tokens = feed.size();
+
+    auto t0 = Clock::now();
+    Logits logits = forward(feed);
+    result.stats.prompt_seconds = seconds_since(t0);
+
+    SamplerChain sampler(options.sampling);
+    for (Token t : prompt) sampler.accept(t);  // penalties look at the prompt too, as llama.cpp
+    StreamDecoder decoder(*tokenizer_);
+    StopStringFilter stop_filter(options.stop);
+    auto emit = [&](const std::string& text) {
+        if (text.empty()) return true;
+        result.text += text;
+        return on_text ? on_text(text) : true;
+    };
+
+    t0 = Clock::now();
+    for (;;) {
+        if (options.max_tokens >= 0 && result.tokens.size() >= static_cast<size_t>(options.max_tokens)) {
+            result.reason = StopReason::MaxTokens;
+            break;
+        }
+        const Token token = sampler.sample(logits.last());
+        sampler.accept(token);
+        result.tokens.push_back(token);
+        if (!options.ignore_eos && tokenizer_->is_end_of_generation(token)) {
+            result.reason = StopReason::EndOfGeneration;
+            break;
+        }
+        bool stopped = false;
+        const std::string text = stop_filter.push(decoder.push(token), stopped);
+        if (!emit(text)) {
+            result.reason = StopReason::Cancelled;
+            break;
+        }
+        if (stopped) {
+            result.reason = StopReason::StopString;
+            break;
+        }
+        if (history_.size() >= ctx) {
+            result.reason = StopReason::ContextFull;
+            break;
+        }
+        logits = forward(std::span<const Token>(&token, 1));
+    }
+    if (result.reason != StopReason::StopString && result.reason != StopReason::Cancelled) {
+        bool stopped = false;
+        emit(stop_filter.push(decoder.flush(), stopped) + (stopped ? std::string() : stop_filter.flush()));
+    }
+    result.stats.generated_tokens = result.tokens.size();
+    result.stats.generation_seconds = seconds_since(t0);
+    return result;
+}
+
+}  // namespace twinfer

@@ -1,0 +1,99 @@
+#pragma once
+// InferenceEngine: one loaded model (any of ModelBackend's alternatives, dispatched with
+// std::visit: no virtual call on the hot path), its tokenizer and chat template, and the
+// generation loop — sampler chain, stop conditions, streaming of decoded text.
+#include <chrono>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "engine/backend.hpp"
+#include "engine/sampler.hpp"
+#include "tokenizer/chat_template.hpp"
+#include "tokenizer/tokenizer.hpp"
+
+namespace twinfer {
+
+enum class StopReason { EndOfGeneration, StopString, MaxTokens, ContextFull, Cancelled };
+std::string_view stop_reason_name(StopReason r);
+
+struct GenerateOptions {
+    int max_tokens = -1;                  // -1: until an end-of-generation token or the context is full
+    std::vector<std::string> stop;        // stop strings (not emitted)
+    SamplingParams sampling;
+    bool ignore_eos = false;
+};
+
+struct GenerationStats {
+    size_t prompt_tokens = 0;             // tokens actually fed (a reused prefix is not counted)
+    size_t reused_tokens = 0;             // prompt tokens already in the model's cache
+    size_t generated_tokens = 0;
+    double prompt_seconds = 0;
+    double generation_seconds = 0;
+    double prompt_tokens_per_second() const { return prompt_seconds > 0 ? prompt_tokens / prompt_seconds : 0; }
+    double generation_tokens_per_second() const { return generation_seconds > 0 ? generated_tokens / generation_seconds : 0; }
+};
+
+struct GenerationResult {
+    std::vector<Token> tokens;            // generated ids (a trailing end-of-generation token included)
+    std::string text;                     // decoded text, stop string removed
+    StopReason reason = StopReason::MaxTokens;
+    GenerationStats stats;
+};
+
+// Receives text as soon as it is decoded; return false to stop (StopReason::Cancelled).
+using TextCallback = std::function<bool(std::string_view)>;
+
+class InferenceEngine {
+public:
+    // Opens the GGUF file, reads its tokenizer and chat template and builds the model the
+    // options ask for. Throws with the file and the problem.
+    static InferenceEngine load(const BackendOptions& options);
+
+    InferenceEngine(InferenceEngine&&) noexcept;
+    InferenceEngine& operator=(InferenceEngine&&) noexcept;
+    ~InferenceEngine();
+
+    const Tokenizer& tokenizer() const { return *tokenizer_; }
+    const ModelConfig& config() const;
+    const std::optional<ChatTemplate>& chat_template() const { return chat_template_; }
+    const BackendOptions& options() const { return options_; }
+    std::string backend_name() const;   // "F32LlamaModel (cpu)", "GPTModel (f64, cpu)", ...
+    size_t n_ctx() const;
+    size_t n_past() const;
+    double load_seconds() const { return load_seconds_; }
+    const gguf::File& file() const { return *file_; }
+
+    // The prompt text for a conversation: the model's chat template (BOS not duplicated when the
+    // template writes it). Throws when the model has no template.
+    std::string render_chat(std::span<const ChatMessage> messages, bool add_generation_prompt) const;
+    std::vector<Token> tokenize(std::string_view text, bool add_special, bool parse_special) const;
+
+    // Feeds `prompt` (reusing the cache when the model's history is a prefix of it) and samples
+    // until a stop condition. Throws ContextOverflow when the prompt alone does not fit.
+    GenerationResult generate(std::span<const Token> prompt, const GenerateOptions& options, const TextCallback& on_text = {});
+
+    // Logits of every position of `ids`, from an empty cache (perplexity, verify).
+    Logits evaluate_all(std::span<const Token> ids);
+    // The raw model step, for bench: feeds ids after what the model has seen.
+    Logits forward(std::span<const Token> ids, LogitsMode mode = LogitsMode::Last);
+    void clear();
+
+    ModelBackend& backend() { return *backend_; }
+
+private:
+    InferenceEngine() = default;
+    BackendOptions options_;
+    std::shared_ptr<const gguf::File> file_;
+    std::unique_ptr<Tokenizer> tokenizer_;
+    std::optional<ChatTemplate> chat_template_;
+    std::unique_ptr<ModelBackend> backend_;
+    std::vector<Token> history_;   // every token the model has seen, in order
+    double load_seconds_ = 0;
+};
+
+}  // namespace twinfer
