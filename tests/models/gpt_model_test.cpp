@@ -9,8 +9,10 @@
 #include <cstring>
 #include <fstream>
 #include <map>
+#include <set>
 
 #include "common/test_data.hpp"
+#include "tokenizer/tokenizer.hpp"
 
 namespace twinfer {
 namespace {
@@ -178,6 +180,89 @@ TEST(GPTModelContext, OverflowLeavesHistoryUnchanged) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Bad input: every error names what is wrong.
+
+template <class F>
+std::string error_of(F&& f) {
+    try {
+        f();
+    } catch (const std::exception& e) {
+        return e.what();
+    }
+    return "(no error)";
+}
+
+// A golden GGUF file rewritten with some metadata replaced, some tensors left out, and some
+// tensors put in (zero-filled F64 of the given ggml dims, replacing any of that name).
+struct GGUFEdit {
+    std::map<std::string, gguf::Value> metadata;
+    std::set<std::string> drop;
+    std::map<std::string, std::vector<uint64_t>> put;
+};
+
+std::vector<std::byte> edited(const gguf::File& file, const GGUFEdit& edit) {
+    gguf::Writer writer;
+    for (const auto& [key, value] : file.metadata())
+        if (key != "general.alignment") writer.set(key, edit.metadata.contains(key) ? edit.metadata.at(key) : value);
+    for (const auto& t : file.tensors())
+        if (!edit.drop.contains(t.name) && !edit.put.contains(t.name)) writer.add_tensor(t.name, t.dims, t.type, t.data);
+    for (const auto& [name, dims] : edit.put) {
+        uint64_t n = 1;
+        for (uint64_t d : dims) n *= d;
+        const std::vector<std::byte> zeros(n * sizeof(double));
+        writer.add_tensor(name, dims, GGMLType::F64, zeros);
+    }
+    return writer.to_bytes();
+}
+
+std::string load_error(const std::string& golden_case, const GGUFEdit& edit) {
+    const gguf::File original = gguf::File::open(golden_dir(golden_case) / "model.gguf");
+    const std::vector<std::byte> bytes = edited(original, edit);
+    return error_of([&] { GPTModel::from_gguf(gguf::File::parse(bytes, "edited.gguf")); });
+}
+
+TEST(GPTModelBadInput, UnknownArchitecture) {
+    TWINFER_REQUIRE_FILE(golden_dir("gpt2") / "model.gguf");
+    GGUFEdit edit;
+    edit.metadata["general.architecture"] = gguf::Value{std::string("mamba")};
+    const std::string error = load_error("gpt2", edit);
+    EXPECT_NE(error.find("unknown architecture 'mamba'"), std::string::npos) << error;
+
+    const auto dir = test::scratch_dir() / "mamba";
+    std::filesystem::create_directories(dir);
+    std::ofstream(dir / "config.json") << R"({"model_type": "mamba", "vocab_size": 10})";
+    const std::string hf_error = error_of([&] { GPTModel::from_safetensors(dir); });
+    EXPECT_NE(hf_error.find("unknown architecture 'mamba'"), std::string::npos) << hf_error;
+}
+
+TEST(GPTModelBadInput, MissingTensor) {
+    TWINFER_REQUIRE_FILE(golden_dir("gpt2") / "model.gguf");
+    GGUFEdit edit;
+    edit.drop.insert("blk.1.ffn_up.weight");
+    const std::string error = load_error("gpt2", edit);
+    EXPECT_NE(error.find("tensor blk.1.ffn_up.weight is missing"), std::string::npos) << error;
+    EXPECT_NE(error.find("ggml dims [32, 128]"), std::string::npos) << error;
+}
+
+TEST(GPTModelBadInput, WrongShape) {
+    TWINFER_REQUIRE_FILE(golden_dir("llama_gqa_tied") / "model.gguf");
+    // 2 KV heads of 8: attn_k is [32 inputs, 16 outputs] in ggml order.
+    GGUFEdit edit;
+    edit.put["blk.0.attn_k.weight"] = {32, 32};
+    const std::string error = load_error("llama_gqa_tied", edit);
+    EXPECT_NE(error.find("tensor blk.0.attn_k.weight has ggml dims [32, 32]"), std::string::npos) << error;
+    EXPECT_NE(error.find("need ggml dims [32, 16]"), std::string::npos) << error;
+}
+
+TEST(GPTModelBadInput, TensorTheForwardPassWouldIgnore) {
+    TWINFER_REQUIRE_FILE(golden_dir("llama_gqa_tied") / "model.gguf");
+    GGUFEdit edit;
+    edit.put["blk.0.attn_q_norm.weight"] = {8};
+    const std::string error = load_error("llama_gqa_tied", edit);
+    EXPECT_NE(error.find("tensor blk.0.attn_q_norm.weight has no place"), std::string::npos) << error;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Real models, greedy decoding.
 
 Token argmax(std::span<const double> row) { return static_cast<Token>(std::ranges::max_element(row) - row.begin()); }
@@ -192,13 +277,11 @@ std::vector<Token> greedy(GPTModel& model, std::vector<Token> prompt, size_t n_n
     return out;
 }
 
-// Text of the ids below (decoded with the file's vocabulary): "Once upon a time, there was a
-// little girl named Lily. She loved to play outside in the park. One day, she saw a big, red
-// ball. She wanted to play with it, but it was too high.\nLily's mom said, ..."
 TEST(GPTModelStories260K, GreedyFromBos) {
     const auto path = test::shared_testdata() / "models/stories260K.gguf";
     TWINFER_REQUIRE_FILE(path);
-    GPTModel model = GPTModel::from_gguf(gguf::File::open(path));
+    const gguf::File file = gguf::File::open(path);
+    GPTModel model = GPTModel::from_gguf(file);
     const std::vector<Token> expected = {
         403, 407, 261, 378, 432, 383, 286, 261, 376, 298, 315, 421, 395, 317, 426, 338, 401, 396, 267, 337,
         410, 408, 419, 292, 411, 322, 265, 282, 295, 433, 426, 385, 328, 432, 358, 394, 261, 370, 432, 352,
@@ -211,20 +294,30 @@ TEST(GPTModelStories260K, GreedyFromBos) {
         304, 420, 422, 432, 317, 426, 359, 279, 292, 416, 439, 413, 409, 416, 327, 263, 415, 294, 267, 400,
         426, 436, 13,  438, 310, 279, 292, 416, 439, 413, 391, 267, 281, 421, 427, 311, 357, 432, 384, 358,
     };
-    EXPECT_EQ(greedy(model, {1}, expected.size()), expected);
+    const std::vector<Token> ids = greedy(model, {1}, expected.size());
+    EXPECT_EQ(ids, expected);
+    const std::string text = Tokenizer::from_gguf(file).decode(ids);
+    std::printf("stories260K: %s\n", text.c_str());
+    EXPECT_TRUE(text.starts_with("Once upon a time, there was a little girl named Lily. She loved to play outside in the park.")) << text;
 }
 
 // SmolLM2-135M-Instruct, Q4_1 dequantized to float64 (~1 GB; each step recomputes the whole
-// sequence, so only 8 tokens). The ids are those of transformers' tokenizer for this file
-// (AutoTokenizer.from_pretrained(dir, gguf_file=...)): prompt "The| capital| of| France| is"
-// (no BOS: the file's tokenizer adds none), continuation " Paris.\n\nThe answer is:" — the
-// same 8 tokens transformers' own greedy decoding of this GGUF gives.
+// sequence, so only 8 tokens). The ids are also those of transformers' tokenizer for this file
+// (AutoTokenizer.from_pretrained(dir, gguf_file=...)): prompt "The| capital| of| France| is" (no
+// BOS: the file's tokenizer adds none); the continuation is the same 8 tokens transformers'
+// own greedy decoding of this GGUF gives.
 TEST(GPTModelSmolLM2, GreedyCapitalOfFrance) {
     const auto path = test::smollm2_path();
     TWINFER_REQUIRE_FILE(path);
-    GPTModel model = GPTModel::from_gguf(gguf::File::open(path));
+    const gguf::File file = gguf::File::open(path);
+    const Tokenizer tokenizer = Tokenizer::from_gguf(file);
+    const std::vector<Token> prompt = tokenizer.encode("The capital of France is", true, false);
+    ASSERT_EQ(prompt, (std::vector<Token>{504, 3575, 282, 4649, 314}));
+    GPTModel model = GPTModel::from_gguf(file);
     const std::vector<Token> expected = {7042, 30, 198, 198, 504, 2988, 314, 42};
-    EXPECT_EQ(greedy(model, {504, 3575, 282, 4649, 314}, expected.size()), expected);
+    const std::vector<Token> ids = greedy(model, prompt, expected.size());
+    EXPECT_EQ(ids, expected);
+    EXPECT_EQ(tokenizer.decode(ids), " Paris.\n\nThe answer is:");
 }
 
 }  // namespace
