@@ -1,0 +1,26 @@
+#include "compute/attention.hpp"
+
+#include "compute/cpu/kernels.hpp"
+#include "compute/cpu/thread_pool.hpp"
+
+namespace twinfer::compute::cpu {
+
+// One task per (token, head); each thread keeps its scores in its own scratch.
+void attention(Context& ctx, const float* q, const float* keys, const float* values, size_t n_tokens,
+               size_t first_position, const AttentionShape& shape, float* out) {
+    const Kernels& k = kernels(ctx.cpu_isa());
+    const size_t group = shape.n_head / shape.n_head_kv;
+    const size_t q_stride = shape.n_head * shape.head_dim;
+    const size_t max_kv = first_position + n_tokens;
+    ctx.pool().parallel_for(n_tokens * shape.n_head, 1, [&](size_t begin, size_t end, int thread) {
+        auto* scores = reinterpret_cast<float*>(ctx.thread_scratch(thread, max_kv * sizeof(float)));
+        for (size_t task = begin; task < end; ++task) {
+            const size_t t = task / shape.n_head, h = task % shape.n_head;
+            const size_t kv_offset = (h / group) * shape.head_dim;
+            k.attend(q + t * q_stride + h * shape.head_dim, keys + kv_offset, values + kv_offset, shape.kv_stride,
+                     first_position + t + 1, shape.head_dim, shape.scale, scores, out + t * q_stride + h * shape.head_dim);
+        }
+    });
+}
+
+}  // namespace twinfer::compute::cpu

@@ -1,0 +1,59 @@
+#include "compute/cpu/kernels.hpp"
+
+#include <cmath>
+#include <cstring>
+#include <string>
+
+namespace twinfer::compute::cpu {
+
+const Kernels& kernels(CpuIsa isa) {
+    switch (isa) {
+    case CpuIsa::Generic: return generic_kernels();
+    case CpuIsa::AVX2: return avx2_kernels();
+    case CpuIsa::AVX512: return avx512_kernels();
+    }
+    throw std::invalid_argument("unknown CPU ISA " + std::to_string(static_cast<int>(isa)));
+}
+
+bool has_q8_kernel(GGMLType type) {
+    switch (type) {
+    case GGMLType::Q4_0: case GGMLType::Q4_1: case GGMLType::Q5_0: case GGMLType::Q5_1:
+    case GGMLType::Q8_0: case GGMLType::Q4_K: case GGMLType::Q5_K: case GGMLType::Q6_K:
+        return true;
+    default:
+        return false;
+    }
+}
+
+// llama.cpp's quantize_row_q8_0 (d = max|x| / 127, q = round(x / d)) plus each block's sum.
+void quantize_q8(const float* x, size_t n, Q8Block* out) {
+    for (size_t b = 0; b < n / 32; ++b) {
+        const float* v = x + 32 * b;
+        float amax = 0.0f;
+        for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(v[i]));
+        const float d = amax / 127.0f;
+        const float inverse = d != 0.0f ? 1.0f / d : 0.0f;
+        int sum = 0;
+        for (int i = 0; i < 32; ++i) {
+            const int q = static_cast<int>(std::nearbyint(v[i] * inverse));
+            out[b].qs[i] = static_cast<int8_t>(q);
+            sum += q;
+        }
+        out[b].d = d;
+        out[b].sum = d * static_cast<float>(sum);
+    }
+}
+
+void pack_tokens(const float* x, size_t n_tokens, size_t n_cols, size_t token_block, float* out) {
+    for (size_t t0 = 0; t0 < n_tokens; t0 += token_block) {
+        float* block = out + t0 * n_cols;
+        const size_t n = std::min(token_block, n_tokens - t0);
+        if (n < token_block) std::memset(block, 0, token_block * n_cols * sizeof(float));
+        for (size_t j = 0; j < n; ++j) {
+            const float* row = x + (t0 + j) * n_cols;
+            for (size_t k = 0; k < n_cols; ++k) block[k * token_block + j] = row[k];
+        }
+    }
+}
+
+}  // namespace twinfer::compute::cpu

@@ -1,0 +1,57 @@
+#pragma once
+// The CPU kernels of one instruction set, as a table of function pointers the ops pick from once
+// per call: portable C++ (kernels_generic.cpp), AVX2+FMA+F16C (kernels_avx2.cpp) and AVX-512 with
+// VNNI (kernels_avx512.cpp). The last two compile the same sources (simd_float.inl,
+// simd_int8.inl) under different `#pragma GCC target`s, so the build needs no -march flag and
+// the binary runs on any x86-64, choosing at run time (compute::best_cpu_isa()).
+#include <cstddef>
+#include <cstdint>
+
+#include "compute/context.hpp"
+#include "format/ggml_type.hpp"
+
+namespace twinfer::compute::cpu {
+
+// 32 activations quantized for integer dot products: x[i] ≈ d * qs[i], sum = d * Σ qs[i]
+// (the term a weight block's offset or minimum multiplies).
+struct Q8Block {
+    float d;
+    float sum;
+    int8_t qs[32];
+};
+void quantize_q8(const float* x, size_t n, Q8Block* out);   // n a multiple of 32
+
+// Weight types with an int8-activation kernel (the others use float activations).
+bool has_q8_kernel(GGMLType type);
+
+struct Kernels {
+    CpuIsa isa;
+    // y[r] = W[r, :] . x for the n_rows rows at w, row_bytes apart, n_cols values each.
+    void (*matvec)(GGMLType type, const std::byte* w, size_t row_bytes, size_t n_rows, size_t n_cols,
+                   const float* x, float* y);
+    // The same with x quantized by quantize_q8; null in the generic table; type has_q8_kernel().
+    void (*matvec_q8)(GGMLType type, const std::byte* w, size_t row_bytes, size_t n_rows, size_t n_cols,
+                      const Q8Block* x, float* y);
+    // Float product of a tile: y[t * y_stride + r] = sum_k w[r * w_stride + k] x[t, k] for r <
+    // n_rows, t < n_tokens, with x packed by pack_tokens(gemm_token_block).
+    size_t gemm_token_block;
+    void (*gemm)(const float* w, size_t w_stride, size_t n_rows, size_t n_cols, const float* x_packed,
+                 size_t n_tokens, float* y, size_t y_stride);
+    // One query head over n_kv cached positions: out = sum_p softmax_p(scale q . k_p) v_p, with
+    // k_p = k + p * kv_stride (likewise v); scores is scratch for n_kv floats.
+    void (*attend)(const float* q, const float* k, const float* v, size_t kv_stride, size_t n_kv, size_t head_dim,
+                   float scale, float* scores, float* out);
+    void (*swiglu)(const float* gate, const float* up, size_t n, float* out);
+    void (*gelu)(float* x, size_t n);
+};
+
+const Kernels& kernels(CpuIsa isa);
+const Kernels& generic_kernels();
+const Kernels& avx2_kernels();
+const Kernels& avx512_kernels();
+
+// x: [n_tokens, n_cols] -> blocks of `token_block` tokens, each [n_cols][token_block], the last
+// one zero-padded: out holds ceil(n_tokens / token_block) * token_block * n_cols floats.
+void pack_tokens(const float* x, size_t n_tokens, size_t n_cols, size_t token_block, float* out);
+
+}  // namespace twinfer::compute::cpu

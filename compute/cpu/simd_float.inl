@@ -1,0 +1,191 @@
+// Float kernels written once over a vector type, compiled by each kernels_*.cpp under its own
+// `#pragma GCC target` (see kernels.hpp). The including file defines, before including this:
+//   struct FloatVec {
+//     using V = ...; static constexpr size_t width, gemm_rows;
+//     zero() load(p) store(p, v) set1(f) add sub mul div min max fma(a, b, c)=a*b+c hsum(v)
+//     round(v) (to nearest) scale_pow2(y, n)=y*2^n load_f16(p) load_bf16(p)   (all static)
+//   };
+// Everything here has internal linkage: each ISA's copy stays in its own translation unit.
+namespace {
+
+using V = FloatVec::V;
+constexpr size_t W = FloatVec::width;
+
+// exp(x) for a vector: x = n ln2 + r, |r| <= ln2/2, exp(r) by Cephes' expf polynomial (about one
+// ulp), times 2^n. Below -87.3 the result flushes towards zero, above 88.3 it is +inf.
+inline V vexp(V x) {
+    x = FloatVec::max(FloatVec::min(x, FloatVec::set1(88.7f)), FloatVec::set1(-88.0f));
+    const V n = FloatVec::round(FloatVec::mul(x, FloatVec::set1(1.44269504088896341f)));
+    V r = FloatVec::fma(n, FloatVec::set1(-0.693359375f), x);
+    r = FloatVec::fma(n, FloatVec::set1(2.12194440e-4f), r);
+    V p = FloatVec::set1(1.9875691500e-4f);
+    p = FloatVec::fma(p, r, FloatVec::set1(1.3981999507e-3f));
+    p = FloatVec::fma(p, r, FloatVec::set1(8.3334519073e-3f));
+    p = FloatVec::fma(p, r, FloatVec::set1(4.1665795894e-2f));
+    p = FloatVec::fma(p, r, FloatVec::set1(1.6666665459e-1f));
+    p = FloatVec::fma(p, r, FloatVec::set1(5.0000001201e-1f));
+    p = FloatVec::fma(FloatVec::mul(p, r), r, FloatVec::add(r, FloatVec::set1(1.0f)));
+    return FloatVec::scale_pow2(p, n);
+}
+
+// Σ a[i] b[i] with four accumulators (enough to hide the FMA latency); `Load` widens a's elements.
+template <class T, V (*Load)(const T*), float (*ToFloat)(T)>
+float dot(const T* a, const float* b, size_t n) {
+    V s0 = FloatVec::zero(), s1 = FloatVec::zero(), s2 = FloatVec::zero(), s3 = FloatVec::zero();
+    size_t i = 0;
+    for (; i + 4 * W <= n; i += 4 * W) {
+        s0 = FloatVec::fma(Load(a + i), FloatVec::load(b + i), s0);
+        s1 = FloatVec::fma(Load(a + i + W), FloatVec::load(b + i + W), s1);
+        s2 = FloatVec::fma(Load(a + i + 2 * W), FloatVec::load(b + i + 2 * W), s2);
+        s3 = FloatVec::fma(Load(a + i + 3 * W), FloatVec::load(b + i + 3 * W), s3);
+    }
+    for (; i + W <= n; i += W) s0 = FloatVec::fma(Load(a + i), FloatVec::load(b + i), s0);
+    float s = FloatVec::hsum(FloatVec::add(FloatVec::add(s0, s1), FloatVec::add(s2, s3)));
+    for (; i < n; ++i) s += ToFloat(a[i]) * b[i];
+    return s;
+}
+
+float identity(float f) { return f; }
+float half_to_float(uint16_t h) { return fp16_to_fp32(h); }
+float bfloat_to_float(uint16_t b) { return bf16_to_fp32(b); }
+constexpr auto dot_f32 = dot<float, FloatVec::load, identity>;
+constexpr auto dot_f16 = dot<uint16_t, FloatVec::load_f16, half_to_float>;
+constexpr auto dot_bf16 = dot<uint16_t, FloatVec::load_bf16, bfloat_to_float>;
+
+template <class T, float (*Dot)(const T*, const float*, size_t)>
+void matvec_plain(const std::byte* w, size_t row_bytes, size_t n_rows, size_t n_cols, const float* x, float* y) {
+    for (size_t r = 0; r < n_rows; ++r) y[r] = Dot(reinterpret_cast<const T*>(w + r * row_bytes), x, n_cols);
+}
+
+// Quantized rows with float activations: dequantize 256 values at a time (every block size
+// divides 256) into a buffer that stays in L1, then a float dot product.
+void matvec_dequantized(GGMLType type, const std::byte* w, size_t row_bytes, size_t n_rows, size_t n_cols,
+                        const float* x, float* y) {
+    const GGMLTypeTraits& traits = type_traits(type);
+    alignas(64) float values[256];
+    for (size_t r = 0; r < n_rows; ++r) {
+        const std::byte* row = w + r * row_bytes;
+        float sum = 0.0f;
+        for (size_t c = 0; c < n_cols; c += 256) {
+            const size_t n = std::min<size_t>(256, n_cols - c);
+            const size_t offset = c / traits.block_size * traits.type_size;
+            dequantize(type, {row + offset, n / traits.block_size * traits.type_size}, std::span<float>(values, n));
+            sum += dot_f32(values, x + c, n);
+        }
+        y[r] = sum;
+    }
+}
+
+void matvec(GGMLType type, const std::byte* w, size_t row_bytes, size_t n_rows, size_t n_cols, const float* x, float* y) {
+    switch (type) {
+    case GGMLType::F32: return matvec_plain<float, dot_f32>(w, row_bytes, n_rows, n_cols, x, y);
+    case GGMLType::F16: return matvec_plain<uint16_t, dot_f16>(w, row_bytes, n_rows, n_cols, x, y);
+    case GGMLType::BF16: return matvec_plain<uint16_t, dot_bf16>(w, row_bytes, n_rows, n_cols, x, y);
+    default: return matvec_dequantized(type, w, row_bytes, n_rows, n_cols, x, y);
+    }
+}
+
+// Register-blocked product of `Rows` weight rows with one block of NR packed tokens: 2 x Rows
+// vector accumulators; per k, two loads of tokens and Rows broadcasts of weights.
+constexpr size_t NR = 2 * W;
+constexpr size_t MR = FloatVec::gemm_rows;
+
+template <size_t Rows>
+void gemm_tile(const float* w, size_t w_stride, size_t n_cols, const float* xp, float* y, size_t y_stride, size_t n_tokens) {
+    V acc0[Rows], acc1[Rows];
+    for (size_t r = 0; r < Rows; ++r) acc0[r] = acc1[r] = FloatVec::zero();
+    for (size_t k = 0; k < n_cols; ++k) {
+        const V x0 = FloatVec::load(xp + k * NR), x1 = FloatVec::load(xp + k * NR + W);
+#pragma GCC unroll 16
+        for (size_t r = 0; r < Rows; ++r) {
+            const V b = FloatVec::set1(w[r * w_stride + k]);
+            acc0[r] = FloatVec::fma(b, x0, acc0[r]);
+            acc1[r] = FloatVec::fma(b, x1, acc1[r]);
+        }
+    }
+    alignas(64) float out[NR];
+    for (size_t r = 0; r < Rows; ++r) {
+        FloatVec::store(out, acc0[r]);
+        FloatVec::store(out + W, acc1[r]);
+        for (size_t t = 0; t < n_tokens; ++t) y[t * y_stride + r] = out[t];
+    }
+}
+
+using GemmTile = void (*)(const float*, size_t, size_t, const float*, float*, size_t, size_t);
+template <size_t... I>
+constexpr std::array<GemmTile, sizeof...(I)> gemm_tiles(std::index_sequence<I...>) { return {gemm_tile<I + 1>...}; }
+constexpr auto gemm_tile_for_rows = gemm_tiles(std::make_index_sequence<MR>());
+
+void gemm(const float* w, size_t w_stride, size_t n_rows, size_t n_cols, const float* x_packed, size_t n_tokens,
+          float* y, size_t y_stride) {
+    for (size_t r0 = 0; r0 < n_rows; r0 += MR) {
+        const size_t rows = std::min(MR, n_rows - r0);
+        for (size_t t0 = 0; t0 < n_tokens; t0 += NR) {
+            gemm_tile_for_rows[rows - 1](w + r0 * w_stride, w_stride, n_cols, x_packed + t0 * n_cols,
+                                         y + t0 * y_stride + r0, y_stride, std::min(NR, n_tokens - t0));
+        }
+    }
+}
+
+void attend(const float* q, const float* k, const float* v, size_t kv_stride, size_t n_kv, size_t head_dim,
+            float scale, float* scores, float* out) {
+    float max_score = -INFINITY;
+    for (size_t p = 0; p < n_kv; ++p) {
+        scores[p] = scale * dot_f32(q, k + p * kv_stride, head_dim);
+        max_score = std::max(max_score, scores[p]);
+    }
+    const V vmax = FloatVec::set1(max_score);
+    V vsum = FloatVec::zero();
+    size_t p = 0;
+    for (; p + W <= n_kv; p += W) {
+        const V e = vexp(FloatVec::sub(FloatVec::load(scores + p), vmax));
+        FloatVec::store(scores + p, e);
+        vsum = FloatVec::add(vsum, e);
+    }
+    float sum = FloatVec::hsum(vsum);
+    for (; p < n_kv; ++p) sum += scores[p] = std::exp(scores[p] - max_score);
+    const float inv_sum = 1.0f / sum;
+
+    size_t d = 0;
+    for (; d + W <= head_dim; d += W) {
+        V acc = FloatVec::zero();
+        for (size_t p2 = 0; p2 < n_kv; ++p2) acc = FloatVec::fma(FloatVec::set1(scores[p2]), FloatVec::load(v + p2 * kv_stride + d), acc);
+        FloatVec::store(out + d, FloatVec::mul(acc, FloatVec::set1(inv_sum)));
+    }
+    for (; d < head_dim; ++d) {
+        float acc = 0.0f;
+        for (size_t p2 = 0; p2 < n_kv; ++p2) acc += scores[p2] * v[p2 * kv_stride + d];
+        out[d] = acc * inv_sum;
+    }
+}
+
+void swiglu(const float* gate, const float* up, size_t n, float* out) {
+    const V one = FloatVec::set1(1.0f);
+    size_t i = 0;
+    for (; i + W <= n; i += W) {
+        const V g = FloatVec::load(gate + i);
+        const V silu = FloatVec::div(g, FloatVec::add(one, vexp(FloatVec::sub(FloatVec::zero(), g))));
+        FloatVec::store(out + i, FloatVec::mul(silu, FloatVec::load(up + i)));
+    }
+    for (; i < n; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+}
+
+// tanh(z) = 1 - 2 / (exp(2z) + 1), which saturates correctly at both ends.
+void gelu(float* x, size_t n) {
+    const float sqrt_2_over_pi = 0.7978845608028654f;
+    const V one = FloatVec::set1(1.0f), two = FloatVec::set1(2.0f), half = FloatVec::set1(0.5f);
+    const V c = FloatVec::set1(sqrt_2_over_pi), c3 = FloatVec::set1(sqrt_2_over_pi * 0.044715f);
+    size_t i = 0;
+    for (; i + W <= n; i += W) {
+        const V v = FloatVec::load(x + i);
+        const V z = FloatVec::mul(v, FloatVec::fma(c3, FloatVec::mul(v, v), c));
+        const V tanh = FloatVec::sub(one, FloatVec::div(two, FloatVec::add(vexp(FloatVec::mul(two, z)), one)));
+        FloatVec::store(x + i, FloatVec::mul(FloatVec::mul(half, v), FloatVec::add(one, tanh)));
+    }
+    for (; i < n; ++i) {
+        const float v = x[i];
+        x[i] = 0.5f * v * (1.0f + std::tanh(sqrt_2_over_pi * (v + 0.044715f * v * v * v)));
+    }
+}
+
+}  // namespace

@@ -1,0 +1,191 @@
+// Integer dot products of quantized weight blocks with Q8Block activations on 256-bit vectors (one
+// 32-value block is 256 bits of int8), compiled by kernels_avx2.cpp and kernels_avx512.cpp. The
+// including file defines `constexpr bool avx512`: true uses AVX-512 VNNI's vpdpbusd and BW masks,
+// false AVX2's maddubs + madd. Each block's integer dot is exact; its scales are applied in float.
+// Formulas: llama.cpp ggml-quants.c, dequantize_row_* (the layouts are documented in format/quant.hpp).
+namespace {
+
+// 8 int32 lanes, lane i = Σ_{j<4} u[4i+j] s[4i+j] (u unsigned, s signed bytes). maddubs saturates
+// at 16 bits, never reached here: |u| <= 128 and |s| <= 127 give at most 2 * 128 * 127 per pair.
+inline __m256i dot_u8s8(__m256i u, __m256i s) {
+    if constexpr (avx512) return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
+    else return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+}
+inline __m256 dot_u8s8_float(__m256i u, __m256i s) { return _mm256_cvtepi32_ps(dot_u8s8(u, s)); }
+// Signed weights: |w| . (y with w's sign).
+inline __m256 dot_s8s8_float(__m256i w, __m256i y) {
+    return dot_u8s8_float(_mm256_abs_epi8(w), _mm256_sign_epi8(y, w));
+}
+
+inline float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+inline float half(ggml_half h) { return _cvtsh_ss(h); }
+inline __m256i load_bytes(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+inline __m256i low_nibbles(__m256i q) { return _mm256_and_si256(q, _mm256_set1_epi8(0x0F)); }
+inline __m256i high_nibbles(__m256i q) { return _mm256_and_si256(_mm256_srli_epi16(q, 4), _mm256_set1_epi8(0x0F)); }
+
+// The 32 values of a 32-block of nibbles: qs[j] & 15 are values 0..15, qs[j] >> 4 values 16..31.
+inline __m256i block_nibbles(const uint8_t* qs) {
+    const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
+    return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), _mm256_set1_epi8(0x0F));
+}
+
+// Byte j = 16 where bit j of qh (32 bits) is set: the fifth bit of Q5_0/Q5_1 values.
+inline __m256i fifth_bits(const uint8_t* qh) {
+    uint32_t bits;
+    std::memcpy(&bits, qh, 4);
+    if constexpr (avx512) {
+        return _mm256_maskz_mov_epi8(bits, _mm256_set1_epi8(16));
+    } else {
+        // Broadcast byte j/8 to byte j, set all bits but bit j%8, compare with all-ones.
+        const __m256i spread = _mm256_shuffle_epi8(
+            _mm256_set1_epi32(static_cast<int>(bits)),
+            _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0));
+        const __m256i set = _mm256_cmpeq_epi8(_mm256_or_si256(spread, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe)),
+                                              _mm256_set1_epi64x(-1));
+        return _mm256_and_si256(set, _mm256_set1_epi8(16));
+    }
+}
+
+// Byte j = 16 where byte j of `bytes` has the bit `mask` set (Q5_K's fifth bits).
+inline __m256i bit_to_16(__m256i bytes, uint8_t mask) {
+    const __m256i m = _mm256_set1_epi8(static_cast<char>(mask));
+    if constexpr (avx512) {
+        return _mm256_maskz_mov_epi8(_mm256_test_epi8_mask(bytes, m), _mm256_set1_epi8(16));
+    } else {
+        return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(bytes, m), m), _mm256_set1_epi8(16));
+    }
+}
+
+// Σ (q - offset) d_w . y over the blocks, q unsigned: Σ d_w d_y (q.y) - offset Σ d_w sum_y.
+template <class Block, __m256i (*Values)(const Block&), int Offset>
+float dot_symmetric(const Block* w, const Q8Block* x, size_t n_cols) {
+    __m256 acc = _mm256_setzero_ps();
+    float offset_sum = 0.0f;
+    for (size_t i = 0; i < n_cols / 32; ++i) {
+        const float d = half(w[i].d);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d * x[i].d), dot_u8s8_float(Values(w[i]), load_bytes(x[i].qs)), acc);
+        offset_sum += d * x[i].sum;
+    }
+    return hsum8(acc) - Offset * offset_sum;
+}
+
+// Σ (q d_w + m) . y over the blocks: Σ d_w d_y (q.y) + Σ m sum_y.
+template <class Block, __m256i (*Values)(const Block&)>
+float dot_with_min(const Block* w, const Q8Block* x, size_t n_cols) {
+    __m256 acc = _mm256_setzero_ps();
+    float min_sum = 0.0f;
+    for (size_t i = 0; i < n_cols / 32; ++i) {
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(half(w[i].d) * x[i].d), dot_u8s8_float(Values(w[i]), load_bytes(x[i].qs)), acc);
+        min_sum += half(w[i].m) * x[i].sum;
+    }
+    return hsum8(acc) + min_sum;
+}
+
+template <class Block> __m256i q4_values(const Block& b) { return block_nibbles(b.qs); }
+template <class Block> __m256i q5_values(const Block& b) { return _mm256_or_si256(block_nibbles(b.qs), fifth_bits(b.qh)); }
+
+float dot_q8_0(const BlockQ8_0* w, const Q8Block* x, size_t n_cols) {
+    __m256 acc = _mm256_setzero_ps();
+    for (size_t i = 0; i < n_cols / 32; ++i)
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(half(w[i].d) * x[i].d), dot_s8s8_float(load_bytes(w[i].qs), load_bytes(x[i].qs)), acc);
+    return hsum8(acc);
+}
+
+// Scale and min of sub-block j (0..7) of a Q4_K/Q5_K super-block: 6 bits each, packed in 12 bytes
+// (ggml's get_scale_min_k4).
+inline void k4_scale_min(const uint8_t* q, int j, float& scale, float& min) {
+    if (j < 4) {
+        scale = q[j] & 63;
+        min = q[j + 4] & 63;
+    } else {
+        scale = (q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4);
+        min = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+    }
+}
+
+// Q4_K/Q5_K: 8 sub-blocks of 32, value = d * scale_j * q - dmin * min_j. 64 values share 32 bytes
+// of nibbles (low: sub-block 2g, high: 2g+1); Q5_K's fifth bits are bits 2g, 2g+1 of qh[l].
+template <class Block, bool FifthBit>
+float dot_k_with_min(const Block* w, const Q8Block* x, size_t n_cols) {
+    __m256 acc = _mm256_setzero_ps();
+    float min_sum = 0.0f;
+    for (size_t i = 0; i < n_cols / 256; ++i) {
+        const Block& b = w[i];
+        const Q8Block* y = x + 8 * i;
+        const float d = half(b.d), dmin = half(b.dmin);
+        __m256i high_bits = _mm256_setzero_si256();
+        if constexpr (FifthBit) high_bits = load_bytes(b.qh);
+        for (int g = 0; g < 4; ++g) {
+            const __m256i q = load_bytes(b.qs + 32 * g);
+            __m256i lo = low_nibbles(q), hi = high_nibbles(q);
+            if constexpr (FifthBit) {
+                lo = _mm256_or_si256(lo, bit_to_16(high_bits, static_cast<uint8_t>(1u << (2 * g))));
+                hi = _mm256_or_si256(hi, bit_to_16(high_bits, static_cast<uint8_t>(1u << (2 * g + 1))));
+            }
+            float scale0, min0, scale1, min1;
+            k4_scale_min(b.scales, 2 * g, scale0, min0);
+            k4_scale_min(b.scales, 2 * g + 1, scale1, min1);
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d * scale0 * y[2 * g].d), dot_u8s8_float(lo, load_bytes(y[2 * g].qs)), acc);
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d * scale1 * y[2 * g + 1].d), dot_u8s8_float(hi, load_bytes(y[2 * g + 1].qs)), acc);
+            min_sum += dmin * (min0 * y[2 * g].sum + min1 * y[2 * g + 1].sum);
+        }
+    }
+    return hsum8(acc) - min_sum;
+}
+
+// Q6_K: 16 sub-blocks of 16, value = d * scale_s * (q - 32), q 6 bits: 4 from ql, 2 from qh. Each
+// half (128 values) has 4 groups of 32; group g's values come from nibble (g / 2) of ql[32 (g % 2) + l]
+// and bits 2g..2g+1 of qh[l], and use scales 2g (first 16) and 2g + 1 (last 16).
+float dot_q6_k(const BlockQ6_K* w, const Q8Block* x, size_t n_cols) {
+    __m256 acc = _mm256_setzero_ps();
+    const __m256i three = _mm256_set1_epi8(3), thirty_two = _mm256_set1_epi8(32);
+    for (size_t i = 0; i < n_cols / 256; ++i) {
+        const BlockQ6_K& b = w[i];
+        const float d = half(b.d);
+        for (int h = 0; h < 2; ++h) {
+            const __m256i ql0 = load_bytes(b.ql + 64 * h), ql1 = load_bytes(b.ql + 64 * h + 32);
+            const __m256i qh = load_bytes(b.qh + 32 * h);
+            const __m256i q[4] = {
+                _mm256_or_si256(low_nibbles(ql0), _mm256_slli_epi16(_mm256_and_si256(qh, three), 4)),
+                _mm256_or_si256(low_nibbles(ql1), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), three), 4)),
+                _mm256_or_si256(high_nibbles(ql0), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), three), 4)),
+                _mm256_or_si256(high_nibbles(ql1), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), three), 4)),
+            };
+            const int8_t* scales = b.scales + 8 * h;
+            for (int g = 0; g < 4; ++g) {
+                const Q8Block& y = x[8 * i + 4 * h + g];
+                const __m256 p = dot_s8s8_float(_mm256_sub_epi8(q[g], thirty_two), load_bytes(y.qs));
+                const __m256 s = _mm256_set_m128(_mm_set1_ps(scales[2 * g + 1]), _mm_set1_ps(scales[2 * g]));
+                acc = _mm256_fmadd_ps(_mm256_mul_ps(s, _mm256_set1_ps(d * y.d)), p, acc);
+            }
+        }
+    }
+    return hsum8(acc);
+}
+
+template <class Block, float (*Dot)(const Block*, const Q8Block*, size_t)>
+void rows_q8(const std::byte* w, size_t row_bytes, size_t n_rows, size_t n_cols, const Q8Block* x, float* y) {
+    for (size_t r = 0; r < n_rows; ++r) y[r] = Dot(reinterpret_cast<const Block*>(w + r * row_bytes), x, n_cols);
+}
+
+void matvec_q8(GGMLType type, const std::byte* w, size_t row_bytes, size_t n_rows, size_t n_cols, const Q8Block* x, float* y) {
+    switch (type) {
+    case GGMLType::Q4_0: return rows_q8<BlockQ4_0, dot_symmetric<BlockQ4_0, q4_values<BlockQ4_0>, 8>>(w, row_bytes, n_rows, n_cols, x, y);
+    case GGMLType::Q4_1: return rows_q8<BlockQ4_1, dot_with_min<BlockQ4_1, q4_values<BlockQ4_1>>>(w, row_bytes, n_rows, n_cols, x, y);
+    case GGMLType::Q5_0: return rows_q8<BlockQ5_0, dot_symmetric<BlockQ5_0, q5_values<BlockQ5_0>, 16>>(w, row_bytes, n_rows, n_cols, x, y);
+    case GGMLType::Q5_1: return rows_q8<BlockQ5_1, dot_with_min<BlockQ5_1, q5_values<BlockQ5_1>>>(w, row_bytes, n_rows, n_cols, x, y);
+    case GGMLType::Q8_0: return rows_q8<BlockQ8_0, dot_q8_0>(w, row_bytes, n_rows, n_cols, x, y);
+    case GGMLType::Q4_K: return rows_q8<BlockQ4_K, dot_k_with_min<BlockQ4_K, false>>(w, row_bytes, n_rows, n_cols, x, y);
+    case GGMLType::Q5_K: return rows_q8<BlockQ5_K, dot_k_with_min<BlockQ5_K, true>>(w, row_bytes, n_rows, n_cols, x, y);
+    case GGMLType::Q6_K: return rows_q8<BlockQ6_K, dot_q6_k>(w, row_bytes, n_rows, n_cols, x, y);
+    default: throw std::invalid_argument("no int8 matvec kernel for " + std::string(type_name(type)));
+    }
+}
+
+}  // namespace

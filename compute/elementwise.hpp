@@ -1,0 +1,55 @@
+#pragma once
+// Element-wise ops: residual adds, biases, activation functions.
+#include <cstddef>
+
+#include "compute/context.hpp"
+#ifdef TWINFER_WITH_CUDA
+#include "compute/cuda/ops.hpp"
+#endif
+
+namespace twinfer::compute {
+
+namespace cpu {
+void add(Context& ctx, float* x, const float* y, size_t n);
+void add_bias(Context& ctx, float* x, const float* bias, size_t n_rows, size_t n);
+void swiglu(Context& ctx, const float* gate, const float* up, size_t n, float* out);
+void gelu(Context& ctx, float* x, size_t n);
+}
+
+// x += y   (residual connection)
+inline void add(Context& ctx, float* x, const float* y, size_t n) {
+    if (ctx.device() == Device::CPU) return cpu::add(ctx, x, y, n);
+#ifdef TWINFER_WITH_CUDA
+    if (ctx.device() == Device::CUDA) return cuda::add(ctx, x, y, n);
+#endif
+    throw_backend_unavailable("add", ctx.device());
+}
+
+// x[r, :] += bias   for r < n_rows
+inline void add_bias(Context& ctx, float* x, const float* bias, size_t n_rows, size_t n) {
+    if (ctx.device() == Device::CPU) return cpu::add_bias(ctx, x, bias, n_rows, n);
+#ifdef TWINFER_WITH_CUDA
+    if (ctx.device() == Device::CUDA) return cuda::add_bias(ctx, x, bias, n_rows, n);
+#endif
+    throw_backend_unavailable("add_bias", ctx.device());
+}
+
+// out = silu(gate) * up = gate / (1 + exp(-gate)) * up   (Llama's feed-forward). out may alias gate.
+inline void swiglu(Context& ctx, const float* gate, const float* up, size_t n, float* out) {
+    if (ctx.device() == Device::CPU) return cpu::swiglu(ctx, gate, up, n, out);
+#ifdef TWINFER_WITH_CUDA
+    if (ctx.device() == Device::CUDA) return cuda::swiglu(ctx, gate, up, n, out);
+#endif
+    throw_backend_unavailable("swiglu", ctx.device());
+}
+
+// x = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))   (GPT-2's GELU, tanh form), in place
+inline void gelu(Context& ctx, float* x, size_t n) {
+    if (ctx.device() == Device::CPU) return cpu::gelu(ctx, x, n);
+#ifdef TWINFER_WITH_CUDA
+    if (ctx.device() == Device::CUDA) return cuda::gelu(ctx, x, n);
+#endif
+    throw_backend_unavailable("gelu", ctx.device());
+}
+
+}  // namespace twinfer::compute

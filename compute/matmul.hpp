@@ -1,0 +1,64 @@
+#pragma once
+// Matrix products against a weight matrix kept in its file's block format (no copy, no
+// conversion at load): one token is a matrix-vector product that dequantizes inside the dot
+// product; many tokens dequantize tiles of rows to float and run a register-blocked product.
+#include <cstddef>
+#include <cstdint>
+
+#include "compute/context.hpp"
+#ifdef TWINFER_WITH_CUDA
+#include "compute/cuda/ops.hpp"
+#endif
+#include "format/ggml_type.hpp"
+#include "format/gguf.hpp"
+
+namespace twinfer::compute {
+
+// A row-major [rows, cols] matrix in `type` blocks: row r holds the weights of output r over the
+// `cols` inputs, `row_bytes()` long; `data` points into the GGUF mapping (or device memory).
+struct WeightMatrix {
+    GGMLType type = GGMLType::F32;
+    size_t rows = 0;
+    size_t cols = 0;
+    const std::byte* data = nullptr;
+
+    size_t row_bytes() const { return row_size_bytes(type, cols); }
+    // A GGUF tensor of dims [cols, rows] (ggml order). Throws naming the tensor if it is not 2-D
+    // or its type has no matmul kernel.
+    static WeightMatrix from_tensor(const gguf::TensorInfo& tensor);
+};
+
+bool matmul_supports(GGMLType type);
+
+// How a matrix-vector product reads the activations. Int8: quantized per 32 values to 8 bits
+// (llama.cpp's Q8_0 scheme, about 0.4% error per value, mostly averaging out in the sum) for
+// integer dot products against quantized weights. Float32: as they are. Float weights (F32, F16,
+// BF16) and products over many tokens always use Float32.
+enum class Activations { Float32, Int8 };
+
+// y[t, r] = sum_c W[r, c] x[t, c] for t < n_tokens.   x: [n_tokens, cols], y: [n_tokens, rows]
+namespace cpu {
+void matmul(Context& ctx, const WeightMatrix& w, const float* x, size_t n_tokens, float* y, Activations activations);
+}
+inline void matmul(Context& ctx, const WeightMatrix& w, const float* x, size_t n_tokens, float* y,
+                   Activations activations) {
+    if (ctx.device() == Device::CPU) return cpu::matmul(ctx, w, x, n_tokens, y, activations);
+#ifdef TWINFER_WITH_CUDA
+    if (ctx.device() == Device::CUDA) return cuda::matmul(ctx, w, x, n_tokens, y, activations);
+#endif
+    throw_backend_unavailable("matmul", ctx.device());
+}
+
+// Rows `ids` of an embedding table, as float: out[i, :] = table[ids[i], :]. ids must be < rows.
+namespace cpu {
+void get_rows(Context& ctx, const WeightMatrix& table, const int32_t* ids, size_t n_ids, float* out);
+}
+inline void get_rows(Context& ctx, const WeightMatrix& table, const int32_t* ids, size_t n_ids, float* out) {
+    if (ctx.device() == Device::CPU) return cpu::get_rows(ctx, table, ids, n_ids, out);
+#ifdef TWINFER_WITH_CUDA
+    if (ctx.device() == Device::CUDA) return cuda::get_rows(ctx, table, ids, n_ids, out);
+#endif
+    throw_backend_unavailable("get_rows", ctx.device());
+}
+
+}  // namespace twinfer::compute

@@ -1,0 +1,37 @@
+#pragma once
+// Normalization over the last dimension of [n_rows, n] activations.
+#include <cstddef>
+
+#include "compute/context.hpp"
+#ifdef TWINFER_WITH_CUDA
+#include "compute/cuda/ops.hpp"
+#endif
+
+namespace twinfer::compute {
+
+namespace cpu {
+void rms_norm(Context& ctx, const float* x, const float* weight, size_t n_rows, size_t n, float eps, float* out);
+void layer_norm(Context& ctx, const float* x, const float* weight, const float* bias, size_t n_rows, size_t n,
+                float eps, float* out);
+}
+
+// out = x / sqrt(mean(x^2) + eps) * weight   (Llama's RMSNorm). out may be x.
+inline void rms_norm(Context& ctx, const float* x, const float* weight, size_t n_rows, size_t n, float eps, float* out) {
+    if (ctx.device() == Device::CPU) return cpu::rms_norm(ctx, x, weight, n_rows, n, eps, out);
+#ifdef TWINFER_WITH_CUDA
+    if (ctx.device() == Device::CUDA) return cuda::rms_norm(ctx, x, weight, n_rows, n, eps, out);
+#endif
+    throw_backend_unavailable("rms_norm", ctx.device());
+}
+
+// out = (x - mean) / sqrt(var + eps) * weight + bias   (GPT-2's LayerNorm). out may be x.
+inline void layer_norm(Context& ctx, const float* x, const float* weight, const float* bias, size_t n_rows, size_t n,
+                       float eps, float* out) {
+    if (ctx.device() == Device::CPU) return cpu::layer_norm(ctx, x, weight, bias, n_rows, n, eps, out);
+#ifdef TWINFER_WITH_CUDA
+    if (ctx.device() == Device::CUDA) return cuda::layer_norm(ctx, x, weight, bias, n_rows, n, eps, out);
+#endif
+    throw_backend_unavailable("layer_norm", ctx.device());
+}
+
+}  // namespace twinfer::compute

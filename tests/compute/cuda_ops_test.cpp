@@ -1,0 +1,279 @@
+// Each CUDA op against the CPU op on fresh random inputs. Float32 paths must agree to a relative
+// error ||cuda - cpu|| / ||cpu|| of 1e-3; every test skips when the machine has no CUDA GPU.
+#ifdef TWINFER_WITH_CUDA
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "compute/attention.hpp"
+#include "compute/cuda/ops.hpp"
+#include "compute/cuda/runtime.hpp"
+#include "compute/elementwise.hpp"
+#include "compute/matmul.hpp"
+#include "compute/norm.hpp"
+#include "compute/rope.hpp"
+#include "format/quant.hpp"
+
+namespace twinfer::compute {
+namespace {
+
+constexpr double float_tolerance = 1e-3;
+
+double relative_error(const std::vector<float>& got, const std::vector<float>& want) {
+    double diff = 0, norm = 0;
+    for (size_t i = 0; i < want.size(); ++i) {
+        if (!std::isfinite(got[i])) return INFINITY;
+        diff += (double(got[i]) - want[i]) * (double(got[i]) - want[i]);
+        norm += double(want[i]) * want[i];
+    }
+    return std::sqrt(diff / norm);
+}
+
+class CudaOps : public ::testing::Test {
+protected:
+    void SetUp() override {
+        if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA GPU: " << cuda::describe_device();
+        gpu = std::make_unique<Context>(ContextOptions{.device = Device::CUDA, .n_threads = 2});
+    }
+
+    std::vector<float> random(size_t n, float scale = 1.0f) {
+        std::normal_distribution<float> normal(0.0f, scale);
+        std::vector<float> v(n);
+        for (auto& x : v) x = normal(rng);
+        return v;
+    }
+
+    // A device copy of host data, kept alive by the fixture.
+    template <class T> T* to_device(const std::vector<T>& host) {
+        buffers.emplace_back(Device::CUDA, std::max<size_t>(1, host.size() * sizeof(T)));
+        cuda::upload(*gpu, buffers.back().data(), host.data(), host.size() * sizeof(T));
+        return buffers.back().as<T>();
+    }
+    // Device memory filled with NaN, so that an element the kernel misses fails the comparison.
+    float* poisoned(size_t n) { return to_device(std::vector<float>(n, NAN)); }
+    template <class T> std::vector<T> to_host(const T* device, size_t n) {
+        std::vector<T> host(n);
+        cuda::download(*gpu, host.data(), device, n * sizeof(T));
+        return host;
+    }
+
+    std::mt19937 rng{std::random_device{}()};
+    Context cpu{ContextOptions{.device = Device::CPU, .n_threads = 2}};
+    std::unique_ptr<Context> gpu;
+    std::vector<Buffer> buffers;
+};
+
+// Random bytes of `rows` rows in `type`, with every block's float16 scales set to sane values
+// (random bits there would make infinities and NaNs). Quantizable types quantize random floats.
+std::vector<std::byte> random_weights(GGMLType type, size_t rows, size_t cols, std::mt19937& rng) {
+    const size_t row_bytes = row_size_bytes(type, cols);
+    std::vector<std::byte> bytes(rows * row_bytes);
+    if (can_quantize(type)) {
+        std::normal_distribution<float> normal(0.0f, 0.05f);
+        std::vector<float> values(rows * cols);
+        for (auto& v : values) v = normal(rng);
+        quantize(type, values, bytes);
+        return bytes;
+    }
+    std::uniform_int_distribution<int> byte(0, 255);
+    for (auto& b : bytes) b = std::byte(byte(rng));
+    std::uniform_real_distribution<float> scale(0.001f, 0.02f);
+    const auto& traits = type_traits(type);
+    std::vector<size_t> half_offsets;
+    switch (type) {
+    case GGMLType::Q2_K: half_offsets = {80, 82}; break;
+    case GGMLType::Q3_K: half_offsets = {108}; break;
+    case GGMLType::Q4_K: case GGMLType::Q5_K: half_offsets = {0, 2}; break;
+    case GGMLType::Q6_K: half_offsets = {208}; break;
+    default: ADD_FAILURE() << "no random weights for " << type_name(type);
+    }
+    for (size_t block = 0; block < bytes.size() / traits.type_size; ++block)
+        for (size_t offset : half_offsets) {
+            const ggml_half h = fp32_to_fp16(scale(rng));
+            std::memcpy(bytes.data() + block * traits.type_size + offset, &h, sizeof h);
+        }
+    return bytes;
+}
+
+struct MatmulCase {
+    GGMLType type;
+    size_t rows, cols, n_tokens;
+};
+
+class CudaMatmul : public CudaOps, public ::testing::WithParamInterface<MatmulCase> {};
+
+TEST_P(CudaMatmul, MatchesCpu) {
+    const auto [type, rows, cols, n_tokens] = GetParam();
+    const auto weights = random_weights(type, rows, cols, rng);
+    const WeightMatrix w_cpu{type, rows, cols, weights.data()};
+    WeightMatrix w_gpu = w_cpu;
+    w_gpu.data = to_device(weights);
+    const auto x = random(n_tokens * cols);
+    std::vector<float> want(n_tokens * rows);
+    matmul(cpu, w_cpu, x.data(), n_tokens, want.data(), Activations::Float32);
+    float* y = poisoned(n_tokens * rows);
+    matmul(*gpu, w_gpu, to_device(x), n_tokens, y, Activations::Float32);
+    // Eight tokens and more go through float16 tiles (matmul.cu): about 4e-4, still under 1e-3.
+    EXPECT_LT(relative_error(to_host(y, want.size()), want), float_tolerance);
+
+    std::vector<float> dequantized(rows * cols);
+    dequantize(type, weights, dequantized);
+    float* out = poisoned(rows * cols);
+    cuda::dequantize(*gpu, w_gpu, out);
+    EXPECT_LT(relative_error(to_host(out, dequantized.size()), dequantized), 1e-6);
+}
+
+std::vector<MatmulCase> matmul_cases() {
+    std::vector<MatmulCase> cases;
+    for (GGMLType type : {GGMLType::F32, GGMLType::F16, GGMLType::BF16, GGMLType::Q4_0, GGMLType::Q4_1, GGMLType::Q5_0,
+                          GGMLType::Q5_1, GGMLType::Q8_0, GGMLType::Q2_K, GGMLType::Q3_K, GGMLType::Q4_K, GGMLType::Q5_K,
+                          GGMLType::Q6_K}) {
+        cases.push_back({type, 37, 512, 1});   // rows not a multiple of a block's 16
+        cases.push_back({type, 64, 768, 3});   // one product per token
+        cases.push_back({type, 70, 1024, 20}); // the float16 cuBLAS product
+    }
+    cases.push_back({GGMLType::Q4_0, 24, 11008, 1});  // x past 48 KiB of shared memory
+    return cases;
+}
+
+INSTANTIATE_TEST_SUITE_P(Types, CudaMatmul, ::testing::ValuesIn(matmul_cases()), [](const auto& info) {
+    const MatmulCase& c = info.param;
+    return std::string(type_name(c.type)) + "_" + std::to_string(c.rows) + "x" + std::to_string(c.cols) + "_t" +
+           std::to_string(c.n_tokens);
+});
+
+TEST_F(CudaOps, GetRows) {
+    for (GGMLType type : {GGMLType::F32, GGMLType::Q4_1, GGMLType::Q6_K}) {
+        const size_t rows = 50, cols = 512;
+        const auto weights = random_weights(type, rows, cols, rng);
+        const std::vector<int32_t> ids{3, 0, 49, 3, 17};
+        std::vector<float> want(ids.size() * cols);
+        get_rows(cpu, {type, rows, cols, weights.data()}, ids.data(), ids.size(), want.data());
+        float* out = poisoned(want.size());
+        get_rows(*gpu, {type, rows, cols, to_device(weights)}, to_device(ids), ids.size(), out);
+        EXPECT_LT(relative_error(to_host(out, want.size()), want), 1e-6) << type_name(type);
+    }
+}
+
+TEST_F(CudaOps, Norms) {
+    const size_t n_rows = 5, n = 576;
+    const auto x = random(n_rows * n, 3.0f), weight = random(n), bias = random(n);
+    std::vector<float> want(x.size());
+    rms_norm(cpu, x.data(), weight.data(), n_rows, n, 1e-5f, want.data());
+    float* out = poisoned(x.size());
+    rms_norm(*gpu, to_device(x), to_device(weight), n_rows, n, 1e-5f, out);
+    EXPECT_LT(relative_error(to_host(out, x.size()), want), float_tolerance);
+
+    layer_norm(cpu, x.data(), weight.data(), bias.data(), n_rows, n, 1e-5f, want.data());
+    float* x_gpu = to_device(x);
+    layer_norm(*gpu, x_gpu, to_device(weight), to_device(bias), n_rows, n, 1e-5f, x_gpu);  // in place
+    EXPECT_LT(relative_error(to_host(x_gpu, x.size()), want), float_tolerance);
+}
+
+TEST_F(CudaOps, Rope) {
+    const size_t n_tokens = 7, n_heads = 4, head_dim = 64, row_stride = n_heads * head_dim + 32;
+    for (auto pairing : {RopeParams::Pairing::Adjacent, RopeParams::Pairing::Halves}) {
+        RopeParams params;
+        params.pairing = pairing;
+        params.n_rot = 48;  // a partial rotation: the last 16 dimensions stay
+        params.freq_base = 500000.0;
+        const auto x = random(n_tokens * row_stride);
+        auto want = x;
+        rope(cpu, want.data(), n_tokens, row_stride, n_heads, head_dim, 3000, params);
+        float* x_gpu = to_device(x);
+        rope(*gpu, x_gpu, n_tokens, row_stride, n_heads, head_dim, 3000, params);
+        EXPECT_LT(relative_error(to_host(x_gpu, x.size()), want), float_tolerance);
+    }
+}
+
+struct AttentionCase {
+    size_t n_head, n_head_kv, head_dim, n_tokens, first_position;
+};
+
+class CudaAttention : public CudaOps, public ::testing::WithParamInterface<AttentionCase> {};
+
+TEST_P(CudaAttention, MatchesCpu) {
+    const auto [n_head, n_head_kv, head_dim, n_tokens, first_position] = GetParam();
+    AttentionShape shape{n_head, n_head_kv, head_dim, n_head_kv * head_dim + 8, 1.0f / std::sqrt(float(head_dim))};
+    const size_t n_kv = first_position + n_tokens;
+    const auto q = random(n_tokens * n_head * head_dim, 2.0f);
+    const auto keys = random(n_kv * shape.kv_stride, 2.0f), values = random(n_kv * shape.kv_stride);
+    std::vector<float> want(q.size());
+    attention(cpu, q.data(), keys.data(), values.data(), n_tokens, first_position, shape, want.data());
+    float* out = poisoned(q.size());
+    attention(*gpu, to_device(q), to_device(keys), to_device(values), n_tokens, first_position, shape, out);
+    EXPECT_LT(relative_error(to_host(out, q.size()), want), float_tolerance);
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, CudaAttention,
+                         ::testing::Values(AttentionCase{9, 3, 64, 1, 0},       // SmolLM2, first token
+                                           AttentionCase{9, 3, 64, 1, 300},     // SmolLM2 decoding: split positions
+                                           AttentionCase{32, 4, 64, 1, 2000},   // TinyLlama decoding
+                                           AttentionCase{32, 32, 128, 1, 700},  // Llama 2 7B decoding
+                                           AttentionCase{9, 3, 64, 37, 5},      // a prompt after a few tokens
+                                           AttentionCase{32, 32, 128, 100, 0},  // a Llama 2 prompt
+                                           AttentionCase{12, 12, 64, 19, 40},   // GPT-2
+                                           AttentionCase{16, 1, 256, 3, 90}));  // one KV head, wide heads
+
+TEST_F(CudaOps, Elementwise) {
+    const size_t n_rows = 3, n = 1000;
+    const auto a = random(n_rows * n), b = random(n_rows * n), bias = random(n);
+    auto want = a;
+    add(cpu, want.data(), b.data(), want.size());
+    add_bias(cpu, want.data(), bias.data(), n_rows, n);
+    gelu(cpu, want.data(), want.size());
+    swiglu(cpu, want.data(), b.data(), want.size(), want.data());
+    float* x = to_device(a);
+    const float* y = to_device(b);
+    add(*gpu, x, y, a.size());
+    add_bias(*gpu, x, to_device(bias), n_rows, n);
+    gelu(*gpu, x, a.size());
+    swiglu(*gpu, x, y, a.size(), x);
+    EXPECT_LT(relative_error(to_host(x, a.size()), want), float_tolerance);
+}
+
+TEST_F(CudaOps, Argmax) {
+    auto logits = random(49152);
+    logits[31337] = 100.0f;
+    logits[40000] = 100.0f;  // a tie: the first wins
+    int32_t* out = to_device(std::vector<int32_t>{-1});
+    cuda::argmax(*gpu, to_device(logits), logits.size(), out);
+    EXPECT_EQ(to_host(out, 1)[0], 31337);
+}
+
+TEST_F(CudaOps, GraphReplaysCapturedOps) {
+    const auto a = random(4096), b = random(4096);
+    float* x = to_device(a);
+    const float* y = to_device(b);
+    cuda::Graph graph;
+    graph.begin_capture(*gpu);
+    add(*gpu, x, y, a.size());
+    gelu(*gpu, x, a.size());
+    graph.end_capture(*gpu);
+    EXPECT_EQ(to_host(x, a.size()), a);  // captured, not run
+    graph.replay(*gpu);
+    graph.replay(*gpu);
+    auto want = a;
+    for (int i = 0; i < 2; ++i) {
+        add(cpu, want.data(), b.data(), want.size());
+        gelu(cpu, want.data(), want.size());
+    }
+    EXPECT_LT(relative_error(to_host(x, a.size()), want), float_tolerance);
+}
+
+TEST_F(CudaOps, OutOfMemorySaysHowMuch) {
+    try {
+        Buffer huge(Device::CUDA, size_t(1) << 50);
+        FAIL() << "a petabyte was allocated";
+    } catch (const cuda::Error& e) {
+        EXPECT_NE(std::string(e.what()).find("out of GPU memory: asked for"), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find("free of"), std::string::npos) << e.what();
+    }
+}
+
+}  // namespace
+}  // namespace twinfer::compute
+#endif  // TWINFER_WITH_CUDA

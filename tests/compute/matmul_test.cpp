@@ -1,0 +1,167 @@
+// Every weight type's matrix-vector and tiled products, on every ISA this CPU has, against
+// dequantize() and a float64 dot product.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "compute/cpu/kernels.hpp"
+#include "compute/matmul.hpp"
+#include "format/quant.hpp"
+
+namespace twinfer::compute {
+namespace {
+
+std::vector<CpuIsa> available_isas() {
+    std::vector<CpuIsa> isas;
+    for (CpuIsa isa : {CpuIsa::Generic, CpuIsa::AVX2, CpuIsa::AVX512})
+        if (cpu_supports(isa)) isas.push_back(isa);
+    return isas;
+}
+
+// Weights of `type`: quantize() of Gaussian values where twinfer can quantize the type; otherwise
+// random bytes with the super-block scales overwritten by sane fp16 values.
+std::vector<std::byte> random_weights(GGMLType type, size_t rows, size_t cols, std::mt19937& rng) {
+    std::vector<std::byte> bytes(rows * row_size_bytes(type, cols));
+    if (can_quantize(type)) {
+        std::normal_distribution<float> normal(0.0f, 1.0f);
+        std::vector<float> values(rows * cols);
+        for (float& v : values) v = normal(rng);
+        quantize(type, values, bytes);
+        return bytes;
+    }
+    std::uniform_int_distribution<int> byte(0, 255);
+    for (std::byte& b : bytes) b = std::byte(byte(rng));
+    std::uniform_real_distribution<float> scale(0.001f, 0.05f);
+    const size_t block_bytes = type_traits(type).type_size;
+    for (size_t offset = 0; offset < bytes.size(); offset += block_bytes) {
+        auto set_half = [&](size_t field) {
+            const ggml_half h = fp32_to_fp16(scale(rng));
+            std::memcpy(bytes.data() + offset + field, &h, 2);
+        };
+        switch (type) {
+        case GGMLType::Q4_K: set_half(offsetof(BlockQ4_K, d)); set_half(offsetof(BlockQ4_K, dmin)); break;
+        case GGMLType::Q5_K: set_half(offsetof(BlockQ5_K, d)); set_half(offsetof(BlockQ5_K, dmin)); break;
+        case GGMLType::Q6_K: set_half(offsetof(BlockQ6_K, d)); break;
+        case GGMLType::Q2_K: set_half(offsetof(BlockQ2_K, d)); set_half(offsetof(BlockQ2_K, dmin)); break;
+        case GGMLType::Q3_K: set_half(offsetof(BlockQ3_K, d)); break;
+        default: ADD_FAILURE() << "no random-block recipe for " << type_name(type);
+        }
+    }
+    return bytes;
+}
+
+struct Case {
+    GGMLType type;
+    size_t cols;
+};
+
+class MatmulTest : public ::testing::TestWithParam<Case> {};
+
+// Reference: dequantize to double, dot in double. Error bound per output: float rounding of the
+// accumulation (relative 1e-5 of Σ|w x|), plus for int8 activations the quantization of x, which
+// moves each x_i by at most half a step (max|x| of its 32-block / 254).
+TEST_P(MatmulTest, MatchesDequantizedDoubleProduct) {
+    const auto [type, cols] = GetParam();
+    const size_t rows = 37;
+    std::mt19937 rng(1234 + static_cast<int>(type));
+    const std::vector<std::byte> bytes = random_weights(type, rows, cols, rng);
+    std::vector<double> w(rows * cols);
+    dequantize(type, bytes, w);
+    const WeightMatrix matrix{type, rows, cols, bytes.data()};
+
+    for (size_t n_tokens : {size_t{1}, size_t{3}, size_t{5}, size_t{40}}) {
+        std::normal_distribution<float> normal(0.0f, 1.0f);
+        std::vector<float> x(n_tokens * cols);
+        for (float& v : x) v = normal(rng);
+
+        std::vector<double> expected(n_tokens * rows), condition(n_tokens * rows), step_bound(n_tokens * rows);
+        for (size_t t = 0; t < n_tokens; ++t) {
+            for (size_t r = 0; r < rows; ++r) {
+                double sum = 0, abs_sum = 0, step = 0;
+                for (size_t c = 0; c < cols; ++c) {
+                    const double wx = w[r * cols + c] * x[t * cols + c];
+                    sum += wx;
+                    abs_sum += std::fabs(wx);
+                    if (cols % 32 == 0) {
+                        float amax = 0;
+                        for (size_t i = c / 32 * 32; i < c / 32 * 32 + 32; ++i) amax = std::max(amax, std::fabs(x[t * cols + i]));
+                        step += std::fabs(w[r * cols + c]) * amax / 254.0;
+                    }
+                }
+                expected[t * rows + r] = sum;
+                condition[t * rows + r] = abs_sum;
+                step_bound[t * rows + r] = step;
+            }
+        }
+
+        for (CpuIsa isa : available_isas()) {
+            for (Activations activations : {Activations::Float32, Activations::Int8}) {
+                Context ctx({.device = Device::CPU, .n_threads = 2, .cpu_isa = isa});
+                std::vector<float> y(n_tokens * rows, NAN);
+                matmul(ctx, matrix, x.data(), n_tokens, y.data(), activations);
+                const bool int8_used = activations == Activations::Int8 && isa != CpuIsa::Generic &&
+                                       cpu::has_q8_kernel(type) && n_tokens < 4;
+                double worst = 0;
+                for (size_t i = 0; i < y.size(); ++i) {
+                    const double bound = 1e-5 * condition[i] + (int8_used ? 1.01 * step_bound[i] : 0.0) + 1e-6;
+                    ASSERT_LE(std::fabs(y[i] - expected[i]), bound)
+                        << type_name(type) << " cols=" << cols << " tokens=" << n_tokens << " isa=" << isa_name(isa)
+                        << " int8=" << int8_used << " output " << i << ": " << y[i] << " vs " << expected[i];
+                    worst = std::max(worst, std::fabs(y[i] - expected[i]) / condition[i]);
+                }
+                if (n_tokens == 1)
+                    std::printf("%-5s cols=%-4zu %-7s %-7s max |error| / sum|w x| = %.2e\n", std::string(type_name(type)).c_str(),
+                                cols, std::string(isa_name(isa)).c_str(), int8_used ? "int8" : "float", worst);
+            }
+        }
+    }
+}
+
+std::string case_name(const ::testing::TestParamInfo<Case>& info) {
+    return std::string(type_name(info.param.type)) + "_" + std::to_string(info.param.cols);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    AllTypes, MatmulTest,
+    ::testing::Values(Case{GGMLType::F32, 512}, Case{GGMLType::F32, 172}, Case{GGMLType::F32, 13},
+                      Case{GGMLType::F16, 512}, Case{GGMLType::F16, 172}, Case{GGMLType::BF16, 512},
+                      Case{GGMLType::BF16, 172}, Case{GGMLType::Q4_0, 576}, Case{GGMLType::Q4_1, 576},
+                      Case{GGMLType::Q5_0, 576}, Case{GGMLType::Q5_1, 576}, Case{GGMLType::Q8_0, 576},
+                      Case{GGMLType::Q2_K, 512}, Case{GGMLType::Q3_K, 512}, Case{GGMLType::Q4_K, 512},
+                      Case{GGMLType::Q5_K, 512}, Case{GGMLType::Q6_K, 512}),
+    case_name);
+
+TEST(MatmulTest, GetRowsDequantizesTheRequestedRows) {
+    std::mt19937 rng(7);
+    const size_t rows = 10, cols = 64;
+    const std::vector<std::byte> bytes = random_weights(GGMLType::Q8_0, rows, cols, rng);
+    std::vector<float> all(rows * cols);
+    dequantize(GGMLType::Q8_0, bytes, all);
+    Context ctx;
+    const int32_t ids[] = {3, 0, 9, 3};
+    std::vector<float> out(4 * cols);
+    get_rows(ctx, {GGMLType::Q8_0, rows, cols, bytes.data()}, ids, 4, out.data());
+    for (size_t i = 0; i < 4; ++i)
+        for (size_t c = 0; c < cols; ++c) EXPECT_EQ(out[i * cols + c], all[ids[i] * cols + c]);
+    const int32_t bad[] = {10};
+    EXPECT_THROW(get_rows(ctx, {GGMLType::Q8_0, rows, cols, bytes.data()}, bad, 1, out.data()), std::out_of_range);
+}
+
+TEST(MatmulTest, OtherDevicesSayTheirBackendIsMissing) {
+    Context ctx({.device = Device::CUDA, .n_threads = 0, .cpu_isa = std::nullopt});
+    const float w = 1, x = 1;
+    float y;
+    try {
+        matmul(ctx, {GGMLType::F32, 1, 1, reinterpret_cast<const std::byte*>(&w)}, &x, 1, &y, Activations::Float32);
+        FAIL() << "expected BackendUnavailable";
+    } catch (const BackendUnavailable& e) {
+        EXPECT_NE(std::string(e.what()).find("cuda backend is not built"), std::string::npos) << e.what();
+    }
+    EXPECT_THROW(Buffer(Device::CUDA, 16), BackendUnavailable);
+}
+
+}  // namespace
+}  // namespace twinfer::compute

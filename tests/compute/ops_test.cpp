@@ -1,0 +1,152 @@
+// Normalization, RoPE, attention, activations and the thread pool against float64 references.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "compute/attention.hpp"
+#include "compute/cpu/thread_pool.hpp"
+#include "compute/elementwise.hpp"
+#include "compute/norm.hpp"
+#include "compute/rope.hpp"
+
+namespace twinfer::compute {
+namespace {
+
+std::vector<float> gaussian(size_t n, unsigned seed, float sigma = 1.0f) {
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> normal(0.0f, sigma);
+    std::vector<float> v(n);
+    for (float& x : v) x = normal(rng);
+    return v;
+}
+
+std::vector<CpuIsa> available_isas() {
+    std::vector<CpuIsa> isas;
+    for (CpuIsa isa : {CpuIsa::Generic, CpuIsa::AVX2, CpuIsa::AVX512})
+        if (cpu_supports(isa)) isas.push_back(isa);
+    return isas;
+}
+
+TEST(ThreadPoolTest, ParallelForVisitsEveryIndexOnce) {
+    cpu::ThreadPool pool(3);
+    for (size_t n : {size_t{0}, size_t{1}, size_t{7}, size_t{1000}}) {
+        std::vector<std::atomic<int>> seen(n);
+        for (int repeat = 0; repeat < 50; ++repeat)
+            pool.parallel_for(n, 3, [&](size_t b, size_t e, int) { for (size_t i = b; i < e; ++i) seen[i]++; });
+        for (size_t i = 0; i < n; ++i) ASSERT_EQ(seen[i].load(), 50) << i;
+    }
+}
+
+TEST(OpsTest, RmsNormAndLayerNorm) {
+    const size_t rows = 3, n = 100;
+    const auto x = gaussian(rows * n, 1, 3.0f), w = gaussian(n, 2), b = gaussian(n, 3);
+    Context ctx;
+    std::vector<float> out(rows * n);
+    rms_norm(ctx, x.data(), w.data(), rows, n, 1e-5f, out.data());
+    for (size_t r = 0; r < rows; ++r) {
+        double ss = 0;
+        for (size_t i = 0; i < n; ++i) ss += double(x[r * n + i]) * x[r * n + i];
+        for (size_t i = 0; i < n; ++i)
+            EXPECT_NEAR(out[r * n + i], x[r * n + i] / std::sqrt(ss / n + 1e-5) * w[i], 1e-5);
+    }
+    layer_norm(ctx, x.data(), w.data(), b.data(), rows, n, 1e-5f, out.data());
+    for (size_t r = 0; r < rows; ++r) {
+        double mean = 0, var = 0;
+        for (size_t i = 0; i < n; ++i) mean += x[r * n + i] / double(n);
+        for (size_t i = 0; i < n; ++i) var += (x[r * n + i] - mean) * (x[r * n + i] - mean) / n;
+        for (size_t i = 0; i < n; ++i)
+            EXPECT_NEAR(out[r * n + i], (x[r * n + i] - mean) / std::sqrt(var + 1e-5) * w[i] + b[i], 1e-5);
+    }
+}
+
+TEST(OpsTest, RopeRotatesPairsByPositionAngle) {
+    const size_t tokens = 3, heads = 2, head_dim = 8, first = 5;
+    const std::vector<float> freq_factors = {1.0f, 2.0f, 4.0f};
+    for (auto pairing : {RopeParams::Pairing::Adjacent, RopeParams::Pairing::Halves}) {
+        const RopeParams params{pairing, 6, 500.0, 0.5, freq_factors.data()};
+        auto x = gaussian(tokens * heads * head_dim, 4);
+        const auto original = x;
+        Context ctx;
+        rope(ctx, x.data(), tokens, heads * head_dim, heads, head_dim, first, params);
+        for (size_t t = 0; t < tokens; ++t)
+            for (size_t h = 0; h < heads; ++h) {
+                const size_t base = (t * heads + h) * head_dim;
+                for (size_t i = 0; i < 3; ++i) {
+                    const size_t a = pairing == RopeParams::Pairing::Adjacent ? 2 * i : i;
+                    const size_t b = pairing == RopeParams::Pairing::Adjacent ? 2 * i + 1 : i + 3;
+                    const double theta = (first + t) * 0.5 * std::pow(500.0, -2.0 * i / 6) / freq_factors[i];
+                    EXPECT_NEAR(x[base + a], original[base + a] * std::cos(theta) - original[base + b] * std::sin(theta), 1e-5);
+                    EXPECT_NEAR(x[base + b], original[base + a] * std::sin(theta) + original[base + b] * std::cos(theta), 1e-5);
+                }
+                EXPECT_EQ(x[base + 6], original[base + 6]);   // past n_rot: untouched
+                EXPECT_EQ(x[base + 7], original[base + 7]);
+            }
+    }
+}
+
+TEST(OpsTest, CausalGroupedQueryAttention) {
+    const size_t tokens = 5, first = 20, n_head = 4, n_head_kv = 2, head_dim = 40, kv_stride = 96;
+    const size_t n_kv = first + tokens;
+    const auto q = gaussian(tokens * n_head * head_dim, 5);
+    const auto k = gaussian(n_kv * kv_stride, 6), v = gaussian(n_kv * kv_stride, 7);
+    const AttentionShape shape{n_head, n_head_kv, head_dim, kv_stride, 1.0f / std::sqrt(float(head_dim))};
+    for (CpuIsa isa : available_isas()) {
+        Context ctx({.cpu_isa = isa});
+        std::vector<float> out(tokens * n_head * head_dim);
+        attention(ctx, q.data(), k.data(), v.data(), tokens, first, shape, out.data());
+        for (size_t t = 0; t < tokens; ++t)
+            for (size_t h = 0; h < n_head; ++h) {
+                const size_t g = h / (n_head / n_head_kv);
+                std::vector<double> s(first + t + 1);
+                double mx = -1e300, sum = 0;
+                for (size_t p = 0; p < s.size(); ++p) {
+                    double d = 0;
+                    for (size_t i = 0; i < head_dim; ++i) d += double(q[(t * n_head + h) * head_dim + i]) * k[p * kv_stride + g * head_dim + i];
+                    s[p] = d * shape.scale;
+                    mx = std::max(mx, s[p]);
+                }
+                for (double& e : s) sum += e = std::exp(e - mx);
+                for (size_t i = 0; i < head_dim; ++i) {
+                    double o = 0;
+                    for (size_t p = 0; p < s.size(); ++p) o += s[p] / sum * v[p * kv_stride + g * head_dim + i];
+                    ASSERT_NEAR(out[(t * n_head + h) * head_dim + i], o, 2e-6) << isa_name(isa) << " t=" << t << " h=" << h;
+                }
+            }
+    }
+}
+
+TEST(OpsTest, ActivationsAndAdds) {
+    const size_t n = 20000 + 5;   // over one parallel chunk, with a tail
+    auto gate = gaussian(n, 8, 4.0f), up = gaussian(n, 9);
+    gate[0] = -100.0f;
+    gate[1] = 100.0f;
+    for (CpuIsa isa : available_isas()) {
+        Context ctx({.cpu_isa = isa});
+        std::vector<float> out(n);
+        swiglu(ctx, gate.data(), up.data(), n, out.data());
+        for (size_t i = 0; i < n; ++i) {
+            const double g = gate[i];
+            ASSERT_NEAR(out[i], g / (1 + std::exp(-g)) * up[i], 2e-6 * (1 + std::fabs(g * up[i]))) << isa_name(isa) << " " << i;
+        }
+        auto x = gate;
+        gelu(ctx, x.data(), n);
+        for (size_t i = 0; i < n; ++i) {
+            const double g = gate[i];
+            const double expected = 0.5 * g * (1 + std::tanh(std::sqrt(2 / M_PI) * (g + 0.044715 * g * g * g)));
+            ASSERT_NEAR(x[i], expected, 2e-6 * (1 + std::fabs(g))) << isa_name(isa) << " " << i;
+        }
+    }
+    Context ctx;
+    std::vector<float> a = {1, 2, 3, 4, 5, 6};
+    const std::vector<float> bias = {10, 20, 30};
+    add_bias(ctx, a.data(), bias.data(), 2, 3);
+    EXPECT_EQ(a, (std::vector<float>{11, 22, 33, 14, 25, 36}));
+    add(ctx, a.data(), bias.data(), 3);
+    EXPECT_EQ(a, (std::vector<float>{21, 42, 63, 14, 25, 36}));
+}
+
+}  // namespace
+}  // namespace twinfer::compute
