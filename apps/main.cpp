@@ -1,7 +1,9 @@
 // twinfer: the command-line front end. See docs/user-guide.md for every command.
 #include <cstdio>
 #include <exception>
+#include <algorithm>
 #include <iostream>
+#include <string>
 
 #include "apps/commands.hpp"
 #include "apps/options.hpp"
@@ -18,6 +20,14 @@ int main(int argc, char** argv) {
     twinfer::cli::register_eval(app);
     try {
         // The config file fills the settings first; flags given on the command line override it.
+        const auto subcommands = app.get_subcommands([](CLI::App*) { return true; });
+        const bool known = argc <= 1 || argv[1][0] == '-' ||
+                           std::any_of(subcommands.begin(), subcommands.end(), [&](CLI::App* sub) { return sub->check_name(argv[1]); });
+        if (!known) {
+            std::string names;
+            for (const auto* sub : subcommands) names += (names.empty() ? "" : ", ") + sub->get_name();
+            throw twinfer::cli::UsageError("unknown command '" + std::string(argv[1]) + "' (commands: " + names + ")");
+        }
         twinfer::cli::load_config(twinfer::cli::settings(), argc, argv);
         app.parse(argc, argv);
     } catch (const CLI::CallForHelp& e) {
