@@ -32,11 +32,18 @@ double relative_error(const std::vector<float>& got, const std::vector<float>& w
     return std::sqrt(diff / norm);
 }
 
+ContextOptions options_for(Device device) {
+    ContextOptions options;
+    options.device = device;
+    options.n_threads = 2;
+    return options;
+}
+
 class CudaOps : public ::testing::Test {
 protected:
     void SetUp() override {
         if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA GPU: " << cuda::describe_device();
-        gpu = std::make_unique<Context>(ContextOptions{.device = Device::CUDA, .n_threads = 2});
+        gpu = std::make_unique<Context>(options_for(Device::CUDA));
     }
 
     std::vector<float> random(size_t n, float scale = 1.0f) {
@@ -61,7 +68,7 @@ protected:
     }
 
     std::mt19937 rng{std::random_device{}()};
-    Context cpu{ContextOptions{.device = Device::CPU, .n_threads = 2}};
+    Context cpu{options_for(Device::CPU)};
     std::unique_ptr<Context> gpu;
     std::vector<Buffer> buffers;
 };

@@ -1,0 +1,204 @@
+// Causal attention over the KV cache, float32, softmax computed online (flash-attention style):
+// a block takes up to `max_rows` (token, query head) rows that share one KV head -- the query heads
+// of a group for one token when decoding, several tokens when processing a prompt -- and walks the
+// cached positions in tiles of 32 staged in shared memory, so that each K and V value read serves
+// every row. When that leaves most of the GPU idle (decoding), the positions are also split among
+// blocks, whose partial results a second kernel merges (flash-decoding).
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+#include "compute/attention.hpp"
+#include "compute/cuda/device_context.cuh"
+#include "compute/cuda/ops.hpp"
+
+namespace twinfer::compute::cuda {
+namespace {
+
+constexpr int threads = 128;
+constexpr int warps = threads / 32;
+constexpr int kv_tile = 32;
+constexpr int max_rows = 8;
+constexpr int max_head_dim = 256;
+constexpr int max_pairs = max_rows * max_head_dim / threads;  // (row, dim) outputs per thread
+
+struct Layout {
+    int n_tokens, first_position, n_head, group, heads_per_block, head_dim, kv_stride, chunk, n_splits;
+    float scale;
+};
+
+__global__ void __launch_bounds__(threads)
+attention_kernel(const float* __restrict__ q, const float* __restrict__ keys, const float* __restrict__ values,
+                 Layout L, float* __restrict__ out, float* __restrict__ parts) {
+    extern __shared__ float shared[];
+    const int hd = L.head_dim;
+    const int rows = max_rows / L.heads_per_block * L.heads_per_block;
+    const int tokens_per_block = rows / L.heads_per_block;
+    float* qs = shared;                        // [rows][hd], scaled
+    float* kv = qs + rows * hd;                // [kv_tile][hd + 1], K then V
+    float* probs = kv + kv_tile * (hd + 1);    // [rows][kv_tile]
+    float* corr = probs + rows * kv_tile;      // [rows]
+    float* row_m = corr + rows;                // [rows]
+    float* row_l = row_m + rows;               // [rows]
+
+    const int t0 = blockIdx.x * tokens_per_block;
+    const int chunks_per_kv = L.group / L.heads_per_block;
+    const int kv_head = blockIdx.y / chunks_per_kv;
+    const int first_head = kv_head * L.group + (blockIdx.y % chunks_per_kv) * L.heads_per_block;
+    const int split = blockIdx.z;
+    auto token_of = [&](int r) { return t0 + r / L.heads_per_block; };
+    auto head_of = [&](int r) { return first_head + r % L.heads_per_block; };
+    const int q_stride = L.n_head * hd;
+
+    for (int e = threadIdx.x; e < rows * hd; e += threads) {
+        const int r = e / hd, t = token_of(r);
+        qs[e] = t < L.n_tokens ? q[size_t(t) * q_stride + head_of(r) * hd + e % hd] * L.scale : 0.0f;
+    }
+    const int last_token = min(t0 + tokens_per_block, L.n_tokens) - 1;
+    const int begin = split * L.chunk;
+    const int end = min(L.first_position + last_token + 1, begin + L.chunk);
+
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    float m[max_rows / warps], l[max_rows / warps];  // the rows this warp owns: warp, warp + warps, ...
+#pragma unroll
+    for (int k = 0; k < max_rows / warps; ++k) m[k] = -INFINITY, l[k] = 0.0f;
+    float acc[max_pairs] = {};
+
+    for (int tile = begin; tile < end; tile += kv_tile) {
+        const int n_in = min(kv_tile, end - tile);
+        __syncthreads();  // the previous tile's V and probabilities are used up
+        for (int e = threadIdx.x; e < n_in * hd; e += threads)
+            kv[(e / hd) * (hd + 1) + e % hd] = keys[size_t(tile + e / hd) * L.kv_stride + kv_head * hd + e % hd];
+        __syncthreads();
+#pragma unroll
+        for (int k = 0; k < max_rows / warps; ++k) {
+            const int r = warp + k * warps;
+            if (r >= rows) break;
+            const int position = tile + lane;
+            float s = -INFINITY;
+            if (lane < n_in && token_of(r) < L.n_tokens && position <= L.first_position + token_of(r)) {
+                const float* qr = qs + r * hd;
+                const float* kr = kv + lane * (hd + 1);
+                s = 0.0f;
+                for (int d = 0; d < hd; ++d) s = fmaf(qr[d], kr[d], s);
+            }
+            const float m_new = fmaxf(m[k], warp_max(s));
+            const float p = m_new == -INFINITY ? 0.0f : __expf(s - m_new);
+            const float c = m_new == -INFINITY ? 1.0f : __expf(m[k] - m_new);
+            l[k] = l[k] * c + warp_sum(p);
+            m[k] = m_new;
+            probs[r * kv_tile + lane] = p;
+            if (lane == 0) corr[r] = c;
+        }
+        __syncthreads();
+        for (int e = threadIdx.x; e < n_in * hd; e += threads)
+            kv[(e / hd) * (hd + 1) + e % hd] = values[size_t(tile + e / hd) * L.kv_stride + kv_head * hd + e % hd];
+        __syncthreads();
+#pragma unroll
+        for (int k = 0; k < max_pairs; ++k) {
+            const int pair = threadIdx.x + k * threads;
+            if (pair >= rows * hd) break;
+            const int r = pair / hd, d = pair % hd;
+            float sum = acc[k] * corr[r];
+            for (int p = 0; p < n_in; ++p) sum = fmaf(probs[r * kv_tile + p], kv[p * (hd + 1) + d], sum);
+            acc[k] = sum;
+        }
+    }
+    if (lane == 0) {
+#pragma unroll
+        for (int k = 0; k < max_rows / warps; ++k) {
+            const int r = warp + k * warps;
+            if (r < rows) row_m[r] = m[k], row_l[r] = l[k];
+        }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < max_pairs; ++k) {
+        const int pair = threadIdx.x + k * threads;
+        if (pair >= rows * hd) break;
+        const int r = pair / hd, d = pair % hd, t = token_of(r);
+        if (t >= L.n_tokens) continue;
+        const size_t row = size_t(t) * L.n_head + head_of(r);
+        if (L.n_splits == 1) {
+            out[row * hd + d] = acc[k] / row_l[r];
+        } else {
+            float* part = parts + (row * L.n_splits + split) * (hd + 2);
+            part[d] = acc[k];
+            if (d == 0) part[hd] = row_m[r], part[hd + 1] = row_l[r];
+        }
+    }
+}
+
+// One block per (token, head): out = sum_s e^(m_s - M) acc_s / sum_s e^(m_s - M) l_s.
+__global__ void merge_kernel(const float* __restrict__ parts, int n_splits, int hd, float* __restrict__ out) {
+    const float* row_parts = parts + size_t(blockIdx.x) * n_splits * (hd + 2);
+    float m_max = -INFINITY;
+    for (int s = 0; s < n_splits; ++s) m_max = fmaxf(m_max, row_parts[s * (hd + 2) + hd]);
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float num = 0.0f, den = 0.0f;
+        for (int s = 0; s < n_splits; ++s) {
+            const float* part = row_parts + s * (hd + 2);
+            if (part[hd + 1] == 0.0f) continue;  // a split past this token's last position
+            const float w = __expf(part[hd] - m_max);
+            num += w * part[d];
+            den += w * part[hd + 1];
+        }
+        out[size_t(blockIdx.x) * hd + d] = num / den;
+    }
+}
+
+int largest_divisor_at_most(int n, int limit) {
+    for (int d = std::min(n, limit); d > 1; --d)
+        if (n % d == 0) return d;
+    return 1;
+}
+
+}  // namespace
+
+void attention(Context& ctx, const float* q, const float* keys, const float* values, size_t n_tokens,
+               size_t first_position, const AttentionShape& shape, float* out) {
+    if (n_tokens == 0) return;
+    if (shape.head_dim > max_head_dim || shape.n_head_kv == 0 || shape.n_head % shape.n_head_kv != 0)
+        throw std::invalid_argument("CUDA attention: head_dim " + std::to_string(shape.head_dim) + " (at most " +
+                                    std::to_string(max_head_dim) + "), " + std::to_string(shape.n_head) +
+                                    " heads over " + std::to_string(shape.n_head_kv) + " KV heads");
+    DeviceContext& device = device_of(ctx);
+    Layout L{};
+    L.n_tokens = int(n_tokens);
+    L.first_position = int(first_position);
+    L.n_head = int(shape.n_head);
+    L.group = int(shape.n_head / shape.n_head_kv);
+    L.heads_per_block = largest_divisor_at_most(L.group, max_rows);
+    L.head_dim = int(shape.head_dim);
+    L.kv_stride = int(shape.kv_stride);
+    L.scale = shape.scale;
+    const int rows = max_rows / L.heads_per_block * L.heads_per_block;
+    const int tokens_per_block = rows / L.heads_per_block;
+    const dim3 grid_2d(unsigned((n_tokens + tokens_per_block - 1) / tokens_per_block),
+                       unsigned(shape.n_head_kv * (L.group / L.heads_per_block)));
+    // Split the positions when the blocks would not fill the GPU twice over, in chunks of whole tiles.
+    const int n_kv = int(first_position + n_tokens);
+    const int blocks = int(grid_2d.x * grid_2d.y);
+    const int max_splits = (n_kv + 4 * kv_tile - 1) / (4 * kv_tile);
+    L.n_splits = std::max(1, std::min(max_splits, 2 * device.n_sms / blocks));
+    L.chunk = ((n_kv + L.n_splits - 1) / L.n_splits + kv_tile - 1) / kv_tile * kv_tile;
+    L.n_splits = (n_kv + L.chunk - 1) / L.chunk;
+
+    const size_t hd = shape.head_dim;
+    const size_t shared = (rows * hd + kv_tile * (hd + 1) + rows * kv_tile + 3 * rows) * sizeof(float);
+    float* parts = nullptr;
+    if (L.n_splits > 1)
+        parts = static_cast<float*>(
+            device.attention_parts.get(n_tokens * shape.n_head * L.n_splits * (hd + 2) * sizeof(float), device.stream));
+    attention_kernel<<<dim3(grid_2d.x, grid_2d.y, unsigned(L.n_splits)), threads, shared, device.stream>>>(
+        q, keys, values, L, out, parts);
+    TWINFER_CUDA_CHECK_LAUNCH();
+    if (L.n_splits > 1) {
+        merge_kernel<<<unsigned(n_tokens * shape.n_head), std::min<unsigned>(unsigned(hd), 256), 0, device.stream>>>(
+            parts, L.n_splits, int(hd), out);
+        TWINFER_CUDA_CHECK_LAUNCH();
+    }
+}
+
+}  // namespace twinfer::compute::cuda

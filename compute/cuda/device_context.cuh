@@ -1,0 +1,86 @@
+#pragma once
+// Inside the CUDA backend: checked calls, the per-Context device state, and launch helpers.
+#include <cublas_v2.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <string>
+
+#include "compute/context.hpp"
+#include "compute/cuda/runtime.hpp"
+
+namespace twinfer::compute::cuda {
+
+[[noreturn]] void throw_error(const char* call, cudaError_t error, const char* file, int line);
+[[noreturn]] void throw_error(const char* call, cublasStatus_t status, const char* file, int line);
+
+}  // namespace twinfer::compute::cuda
+
+// Checks a CUDA runtime or cuBLAS call; throws cuda::Error naming the call, the error and file:line.
+#define TWINFER_CUDA_CHECK(call)                                                           \
+    do {                                                                                   \
+        auto twinfer_status_ = (call);                                                     \
+        if (twinfer_status_ != decltype(twinfer_status_){})                                \
+            ::twinfer::compute::cuda::throw_error(#call, twinfer_status_, __FILE__, __LINE__); \
+    } while (0)
+// After a kernel launch: a bad configuration shows up here, not at the next call.
+#define TWINFER_CUDA_CHECK_LAUNCH() TWINFER_CUDA_CHECK(cudaGetLastError())
+
+namespace twinfer::compute::cuda {
+
+// Device memory grown on demand and kept: scratch an op reuses on every call. Growing while a
+// graph is captured would bake a soon-freed pointer into it, so it throws then instead.
+class Scratch {
+public:
+    Scratch() = default;
+    Scratch(const Scratch&) = delete;
+    Scratch& operator=(const Scratch&) = delete;
+    ~Scratch() { release(data_); }
+    void* get(size_t bytes, cudaStream_t stream);
+
+private:
+    void* data_ = nullptr;
+    size_t bytes_ = 0;
+};
+
+struct DeviceContext {
+    DeviceContext();
+    DeviceContext(const DeviceContext&) = delete;
+    DeviceContext& operator=(const DeviceContext&) = delete;
+    ~DeviceContext();
+
+    cudaStream_t stream = nullptr;
+    cublasHandle_t cublas = nullptr;
+    int n_sms = 0;
+    Scratch weights_half;     // a weight matrix dequantized for cuBLAS
+    Scratch tokens_half;      // activations converted for cuBLAS
+    Scratch attention_parts;  // split-KV partial results
+};
+
+DeviceContext& device_of(Context& ctx);
+inline cudaStream_t stream(Context& ctx) { return device_of(ctx).stream; }
+
+inline unsigned blocks_for(size_t n, unsigned threads) { return static_cast<unsigned>((n + threads - 1) / threads); }
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+    for (int offset = 16; offset > 0; offset /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+    return v;
+}
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the total.
+__device__ __forceinline__ float block_sum(float v) {
+    __shared__ float partial[32];
+    v = warp_sum(v);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    __syncthreads();  // partial may still be read by a previous call
+    if (lane == 0) partial[warp] = v;
+    __syncthreads();
+    v = lane < blockDim.x / 32 ? partial[lane] : 0.0f;
+    return warp_sum(v);
+}
+
+}  // namespace twinfer::compute::cuda

@@ -1,0 +1,211 @@
+// Matrix products against weights in their GGUF block format, on the GPU.
+//
+// One token (decode): y = W x is a read of W, so the kernel streams each row once, decoding 32
+// weights per lane per step (quant_decode.cuh), with x staged in shared memory and each warp
+// carrying two rows so that every x value loaded serves both.
+//
+// Several tokens (prompt): W is dequantized to float16 once and multiplied by the float16-rounded
+// activations in cuBLAS on the tensor cores, accumulating in float32. The error is the two
+// roundings to float16 (relative 2^-11 at most, each): a relative error of a few 1e-4 in y, the
+// size of the error the tests allow (cuda_ops_test.cpp). F32 weights use a float32 cuBLAS product.
+#include <algorithm>
+#include <type_traits>
+#include <stdexcept>
+#include <string>
+
+#include "compute/cuda/device_context.cuh"
+#include "compute/cuda/ops.hpp"
+#include "compute/cuda/quant_decode.cuh"
+#include "compute/matmul.hpp"
+
+namespace twinfer::compute::cuda {
+namespace {
+
+constexpr int matvec_warps = 8;
+constexpr int rows_per_warp = 2;
+constexpr int rows_per_block = matvec_warps * rows_per_warp;
+// x in shared memory: 32 values per unit, padded to 36 so that the lanes' 16-byte reads of
+// consecutive units fall in different banks; then the sum of each 16 values.
+constexpr int padded_unit = 36;
+// Fewer tokens than this run one matrix-vector product each: below it, reading W once per token
+// costs less than writing and reading its float16 copy.
+constexpr size_t min_gemm_tokens = 8;
+
+size_t matvec_shared_bytes(size_t cols) { return (cols / 32 * padded_unit + cols / 16) * sizeof(float); }
+
+template <GGMLType T>
+__global__ void __launch_bounds__(matvec_warps * 32)
+matvec_kernel(const uint8_t* __restrict__ w, size_t row_bytes, int rows, int cols, const float* __restrict__ x,
+              float* __restrict__ y) {
+    extern __shared__ float shared[];
+    const int units = cols / 32;
+    float* xs = shared;
+    float* sums = shared + units * padded_unit;
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) xs[(i / 32) * padded_unit + i % 32] = x[i];
+    __syncthreads();
+    for (int g = threadIdx.x; g < cols / 16; g += blockDim.x) {
+        const float* v = xs + (g / 2) * padded_unit + (g % 2) * 16;
+        float s = 0.0f;
+#pragma unroll
+        for (int k = 0; k < 16; ++k) s += v[k];
+        sums[g] = s;
+    }
+    __syncthreads();
+
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int first_row = (blockIdx.x * matvec_warps + warp) * rows_per_warp;
+    if (first_row >= rows) return;
+    const uint8_t* row[rows_per_warp];
+#pragma unroll
+    for (int r = 0; r < rows_per_warp; ++r) row[r] = w + size_t(min(first_row + r, rows - 1)) * row_bytes;
+    float acc[rows_per_warp] = {};
+    for (int unit = lane; unit < units; unit += 32) {
+        float xv[32];
+        const auto* x4 = reinterpret_cast<const float4*>(xs + unit * padded_unit);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            const float4 f = x4[i];
+            xv[4 * i] = f.x, xv[4 * i + 1] = f.y, xv[4 * i + 2] = f.z, xv[4 * i + 3] = f.w;
+        }
+        const float sum0 = sums[2 * unit], sum1 = sums[2 * unit + 1];
+#pragma unroll
+        for (int r = 0; r < rows_per_warp; ++r) {
+            Unit u;
+            decode_unit<T>(row[r], unit, u);
+            float dot0 = 0.0f, dot1 = 0.0f;
+#pragma unroll
+            for (int k = 0; k < 16; ++k) {
+                dot0 = fmaf(u.q[k], xv[k], dot0);
+                dot1 = fmaf(u.q[16 + k], xv[16 + k], dot1);
+            }
+            acc[r] += u.a[0] * dot0 + u.b[0] * sum0 + u.a[1] * dot1 + u.b[1] * sum1;
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < rows_per_warp; ++r) {
+        const float total = warp_sum(acc[r]);
+        if (lane == 0 && first_row + r < rows) y[first_row + r] = total;
+    }
+}
+
+// One thread per unit of 32 weights: out[r, :] = W[r, :] as OutT.
+template <GGMLType T, class OutT>
+__global__ void dequantize_kernel(const uint8_t* __restrict__ w, size_t row_bytes, size_t rows, int cols,
+                                  OutT* __restrict__ out) {
+    const int units = cols / 32;
+    const size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i >= rows * units) return;
+    const size_t r = i / units;
+    const int unit = int(i % units);
+    Unit u;
+    decode_unit<T>(w + r * row_bytes, unit, u);
+    OutT* dst = out + r * cols + unit * 32;
+#pragma unroll
+    for (int k = 0; k < 32; ++k) {
+        const float v = u.a[k / 16] * u.q[k] + u.b[k / 16];
+        if constexpr (std::is_same_v<OutT, float>) dst[k] = v;
+        else dst[k] = __float2half_rn(v);
+    }
+}
+
+template <GGMLType T>
+__global__ void get_rows_kernel(const uint8_t* __restrict__ table, size_t row_bytes, int cols,
+                                const int32_t* __restrict__ ids, float* __restrict__ out) {
+    const uint8_t* row = table + size_t(ids[blockIdx.x]) * row_bytes;
+    float* dst = out + size_t(blockIdx.x) * cols;
+    for (int unit = threadIdx.x; unit < cols / 32; unit += blockDim.x) {
+        Unit u;
+        decode_unit<T>(row, unit, u);
+#pragma unroll
+        for (int k = 0; k < 32; ++k) dst[unit * 32 + k] = u.a[k / 16] * u.q[k] + u.b[k / 16];
+    }
+}
+
+__global__ void to_half_kernel(const float* __restrict__ x, size_t n, __half* __restrict__ out) {
+    const size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = __float2half_rn(x[i]);
+}
+
+void check_shape(const WeightMatrix& w) {
+    const size_t block = type_traits(w.type).block_size;
+    if (w.cols % 32 != 0 || w.cols % block != 0)
+        throw std::invalid_argument("CUDA matmul: " + std::to_string(w.cols) + " columns of " +
+                                    std::string(type_name(w.type)) + " are not a whole number of 32-weight units");
+}
+
+template <class F>
+void with_type(const WeightMatrix& w, const char* op, F&& f) {
+    check_shape(w);
+    if (!with_decoder(w.type, f))
+        throw std::invalid_argument(std::string("CUDA ") + op + ": no kernel for " + std::string(type_name(w.type)));
+}
+
+void matvec(Context& ctx, const WeightMatrix& w, const float* x, float* y) {
+    const size_t shared = matvec_shared_bytes(w.cols);
+    with_type(w, "matmul", [&]<GGMLType T>() {
+        static bool raised = false;  // the limit is per kernel and process; raising it again is harmless
+        if (shared > 48 * 1024 && !raised) {
+            TWINFER_CUDA_CHECK(cudaFuncSetAttribute(matvec_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024));
+            raised = true;
+        }
+        matvec_kernel<T><<<blocks_for(w.rows, rows_per_block), matvec_warps * 32, shared, stream(ctx)>>>(
+            reinterpret_cast<const uint8_t*>(w.data), w.row_bytes(), int(w.rows), int(w.cols), x, y);
+        TWINFER_CUDA_CHECK_LAUNCH();
+    });
+}
+
+template <class OutT>
+void dequantize_to(Context& ctx, const WeightMatrix& w, OutT* out) {
+    with_type(w, "dequantize", [&]<GGMLType T>() {
+        dequantize_kernel<T, OutT><<<blocks_for(w.rows * (w.cols / 32), 256), 256, 0, stream(ctx)>>>(
+            reinterpret_cast<const uint8_t*>(w.data), w.row_bytes(), w.rows, int(w.cols), out);
+        TWINFER_CUDA_CHECK_LAUNCH();
+    });
+}
+
+// y [T, rows] = x [T, cols] W^T: in cuBLAS's column-major terms, y^T [rows, T] = W^T^T x^T, with W
+// read as the column-major [cols, rows] matrix its row-major bytes are.
+void gemm(Context& ctx, const WeightMatrix& w, const float* x, size_t n_tokens, float* y) {
+    DeviceContext& device = device_of(ctx);
+    const float one = 1.0f, zero = 0.0f;
+    const int rows = int(w.rows), cols = int(w.cols), tokens = int(n_tokens);
+    if (w.type == GGMLType::F32) {
+        TWINFER_CUDA_CHECK(cublasSgemm(device.cublas, CUBLAS_OP_T, CUBLAS_OP_N, rows, tokens, cols, &one,
+                                       reinterpret_cast<const float*>(w.data), cols, x, cols, &zero, y, rows));
+        return;
+    }
+    auto* w_half = static_cast<__half*>(device.weights_half.get(w.rows * w.cols * sizeof(__half), device.stream));
+    auto* x_half = static_cast<__half*>(device.tokens_half.get(n_tokens * w.cols * sizeof(__half), device.stream));
+    dequantize_to(ctx, w, w_half);
+    to_half_kernel<<<blocks_for(n_tokens * w.cols, 256), 256, 0, device.stream>>>(x, n_tokens * w.cols, x_half);
+    TWINFER_CUDA_CHECK_LAUNCH();
+    TWINFER_CUDA_CHECK(cublasGemmEx(device.cublas, CUBLAS_OP_T, CUBLAS_OP_N, rows, tokens, cols, &one, w_half, CUDA_R_16F,
+                                    cols, x_half, CUDA_R_16F, cols, &zero, y, CUDA_R_32F, rows, CUBLAS_COMPUTE_32F,
+                                    CUBLAS_GEMM_DEFAULT));
+}
+
+struct NoOp {
+    template <GGMLType> void operator()() const {}
+};
+
+}  // namespace
+
+bool matmul_supports(GGMLType type) { return with_decoder(type, NoOp{}); }
+
+void matmul(Context& ctx, const WeightMatrix& w, const float* x, size_t n_tokens, float* y, Activations) {
+    if (n_tokens >= min_gemm_tokens) return gemm(ctx, w, x, n_tokens, y);
+    for (size_t t = 0; t < n_tokens; ++t) matvec(ctx, w, x + t * w.cols, y + t * w.rows);
+}
+
+void get_rows(Context& ctx, const WeightMatrix& table, const int32_t* ids, size_t n_ids, float* out) {
+    if (n_ids == 0) return;
+    with_type(table, "get_rows", [&]<GGMLType T>() {
+        get_rows_kernel<T><<<unsigned(n_ids), 128, 0, stream(ctx)>>>(reinterpret_cast<const uint8_t*>(table.data),
+                                                                    table.row_bytes(), int(table.cols), ids, out);
+        TWINFER_CUDA_CHECK_LAUNCH();
+    });
+}
+
+void dequantize(Context& ctx, const WeightMatrix& w, float* out) { dequantize_to(ctx, w, out); }
+
+}  // namespace twinfer::compute::cuda

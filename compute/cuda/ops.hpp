@@ -1,0 +1,52 @@
+#pragma once
+// The CUDA versions of compute/'s ops: same arguments as the cpu:: ones, every pointer in device
+// memory, work queued on the context's stream (nothing waits for it).
+#include <cstddef>
+#include <cstdint>
+
+// Declared, not included: compute/*.hpp include this file to dispatch to it.
+namespace twinfer {
+enum class GGMLType : uint32_t;
+}
+namespace twinfer::compute {
+class Context;
+struct WeightMatrix;
+struct RopeParams;
+struct AttentionShape;
+enum class Activations;
+}  // namespace twinfer::compute
+
+namespace twinfer::compute::cuda {
+
+// Matrix products. One token: a fused dequantize-dot kernel, warps over rows, the activations in
+// shared memory, float32 throughout (`activations` is ignored: the weights, not the arithmetic,
+// bound a GPU's matrix-vector product). Several tokens: the weights dequantized to float16 and a
+// cuBLAS float16 product with float32 accumulation (float32 for F32 weights); see matmul.cu for
+// its error.
+bool matmul_supports(GGMLType type);
+void matmul(Context& ctx, const WeightMatrix& w, const float* x, size_t n_tokens, float* y, Activations activations);
+// ids in device memory, each < table.rows (the caller checks: a kernel cannot throw).
+void get_rows(Context& ctx, const WeightMatrix& table, const int32_t* ids, size_t n_ids, float* out);
+// Dequantize a whole matrix to float ([rows, cols]); for tests and the float16 product's tiles.
+void dequantize(Context& ctx, const WeightMatrix& w, float* out);
+
+void rms_norm(Context& ctx, const float* x, const float* weight, size_t n_rows, size_t n, float eps, float* out);
+void layer_norm(Context& ctx, const float* x, const float* weight, const float* bias, size_t n_rows, size_t n,
+                float eps, float* out);
+
+void rope(Context& ctx, float* x, size_t n_tokens, size_t row_stride, size_t n_heads, size_t head_dim,
+          size_t first_position, const RopeParams& params);
+
+void attention(Context& ctx, const float* q, const float* keys, const float* values, size_t n_tokens,
+               size_t first_position, const AttentionShape& shape, float* out);
+
+void add(Context& ctx, float* x, const float* y, size_t n);
+void add_bias(Context& ctx, float* x, const float* bias, size_t n_rows, size_t n);
+void swiglu(Context& ctx, const float* gate, const float* up, size_t n, float* out);
+void gelu(Context& ctx, float* x, size_t n);
+
+// out[0] = the index of the largest of x[0..n) (the first, on ties): greedy decoding without
+// copying the logits back.
+void argmax(Context& ctx, const float* x, size_t n, int32_t* out);
+
+}  // namespace twinfer::compute::cuda

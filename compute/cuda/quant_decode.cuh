@@ -1,0 +1,288 @@
+#pragma once
+// Decoding GGUF weight blocks on the GPU, 32 weights (a "unit") at a time, for every type the
+// matrix kernels take. A unit decodes to small non-negative integer codes q[k], exact in float,
+// and an affine map per 16 weights: w[k] = a[k / 16] * q[k] + b[k / 16]. The matrix-vector
+// kernel then needs one multiply-add per weight (sum q x) and two per 16 (a * that + b * sum x);
+// the dequantize kernel writes a * q + b. Float types decode to their values with a = 1, b = 0.
+// Layouts are ggml's, as format/quant.cpp reads them on the CPU.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "format/ggml_type.hpp"
+
+namespace twinfer::compute::cuda {
+
+struct Unit {
+    float q[32];
+    float a[2];
+    float b[2];
+};
+
+// Exact int -> float for 0 <= v < 2^23 in two cheap ops (the integer converter has a quarter of the
+// multiply-add rate): 2^23 + v has v in its mantissa.
+__device__ __forceinline__ float code(uint32_t v) { return __uint_as_float(0x4B000000u | v) - 8388608.0f; }
+__device__ __forceinline__ float half_at(const uint8_t* p) { return __half2float(*reinterpret_cast<const __half*>(p)); }
+// 4 bytes from a 2-byte aligned address (blocks of 18, 22, 34 and 210 bytes).
+__device__ __forceinline__ uint32_t u32_a2(const uint8_t* p) {
+    const auto* h = reinterpret_cast<const uint16_t*>(p);
+    return uint32_t(h[0]) | (uint32_t(h[1]) << 16);
+}
+__device__ __forceinline__ uint32_t u32_a4(const uint8_t* p) { return *reinterpret_cast<const uint32_t*>(p); }
+__device__ __forceinline__ uint32_t byte_of(uint32_t word, int i) { return (word >> (8 * i)) & 0xffu; }
+
+__device__ __forceinline__ void set_affine(Unit& u, float a, float b) {
+    u.a[0] = u.a[1] = a;
+    u.b[0] = u.b[1] = b;
+}
+
+// 16 bytes of 4-bit codes: element k < 16 is the low nibble of byte k, element 16 + k the high one.
+template <class Load>
+__device__ __forceinline__ void nibbles(Unit& u, const uint8_t* qs, Load load) {
+#pragma unroll
+    for (int w = 0; w < 4; ++w) {
+        const uint32_t word = load(qs + 4 * w);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            u.q[4 * w + i] = code(byte_of(word, i) & 0xf);
+            u.q[16 + 4 * w + i] = code(byte_of(word, i) >> 4);
+        }
+    }
+}
+
+// Adds the fifth bit: element k's is bit k of qh.
+__device__ __forceinline__ void fifth_bits(Unit& u, uint32_t qh) {
+#pragma unroll
+    for (int k = 0; k < 32; ++k) u.q[k] += float((qh >> k) & 1u) * 16.0f;
+}
+
+template <GGMLType T> __device__ __forceinline__ void decode_unit(const uint8_t* row, int unit, Unit& u);
+
+template <> __device__ __forceinline__ void decode_unit<GGMLType::F32>(const uint8_t* row, int unit, Unit& u) {
+    const auto* v = reinterpret_cast<const float4*>(row) + 8 * unit;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        const float4 f = v[i];
+        u.q[4 * i] = f.x, u.q[4 * i + 1] = f.y, u.q[4 * i + 2] = f.z, u.q[4 * i + 3] = f.w;
+    }
+    set_affine(u, 1.0f, 0.0f);
+}
+
+template <> __device__ __forceinline__ void decode_unit<GGMLType::F16>(const uint8_t* row, int unit, Unit& u) {
+    const auto* v = reinterpret_cast<const uint4*>(row) + 4 * unit;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const uint4 p = v[i];
+        const uint32_t words[4] = {p.x, p.y, p.z, p.w};
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&words[j]));
+            u.q[8 * i + 2 * j] = f.x, u.q[8 * i + 2 * j + 1] = f.y;
+        }
+    }
+    set_affine(u, 1.0f, 0.0f);
+}
+
+template <> __device__ __forceinline__ void decode_unit<GGMLType::BF16>(const uint8_t* row, int unit, Unit& u) {
+    const auto* v = reinterpret_cast<const uint4*>(row) + 4 * unit;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const uint4 p = v[i];
+        const uint32_t words[4] = {p.x, p.y, p.z, p.w};
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            u.q[8 * i + 2 * j] = __uint_as_float(words[j] << 16);
+            u.q[8 * i + 2 * j + 1] = __uint_as_float(words[j] & 0xffff0000u);
+        }
+    }
+    set_affine(u, 1.0f, 0.0f);
+}
+
+template <> __device__ __forceinline__ void decode_unit<GGMLType::Q4_0>(const uint8_t* row, int unit, Unit& u) {
+    const uint8_t* block = row + 18 * unit;
+    const float d = half_at(block);
+    nibbles(u, block + 2, u32_a2);
+    set_affine(u, d, -8.0f * d);
+}
+
+template <> __device__ __forceinline__ void decode_unit<GGMLType::Q4_1>(const uint8_t* row, int unit, Unit& u) {
+    const uint8_t* block = row + 20 * unit;
+    nibbles(u, block + 4, u32_a4);
+    set_affine(u, half_at(block), half_at(block + 2));
+}
+
+template <> __device__ __forceinline__ void decode_unit<GGMLType::Q5_0>(const uint8_t* row, int unit, Unit& u) {
+    const uint8_t* block = row + 22 * unit;
+    const float d = half_at(block);
+    nibbles(u, block + 6, u32_a2);
+    fifth_bits(u, u32_a2(block + 2));
+    set_affine(u, d, -16.0f * d);
+}
+
+template <> __device__ __forceinline__ void decode_unit<GGMLType::Q5_1>(const uint8_t* row, int unit, Unit& u) {
+    const uint8_t* block = row + 24 * unit;
+    nibbles(u, block + 8, u32_a4);
+    fifth_bits(u, u32_a4(block + 4));
+    set_affine(u, half_at(block), half_at(block + 2));
+}
+
+template <> __device__ __forceinline__ void decode_unit<GGMLType::Q8_0>(const uint8_t* row, int unit, Unit& u) {
+    const uint8_t* block = row + 34 * unit;
+    const float d = half_at(block);
+#pragma unroll
+    for (int w = 0; w < 8; ++w) {
+        const uint32_t word = u32_a2(block + 2 + 4 * w) ^ 0x80808080u;  // int8 + 128, as a byte
+#pragma unroll
+        for (int i = 0; i < 4; ++i) u.q[4 * w + i] = code(byte_of(word, i));
+    }
+    set_affine(u, d, -128.0f * d);
+}
+
+// Two bits per element, 32 bytes per 128-element half: element 32 * s + e of the half is bits
+// 2s..2s+1 of byte e (Q2_K, Q3_K, Q6_K). Fills q[k] for the unit's s.
+__device__ __forceinline__ void two_bits(Unit& u, const uint8_t* half_bytes, int s) {
+#pragma unroll
+    for (int w = 0; w < 8; ++w) {
+        const uint32_t word = u32_a2(half_bytes + 4 * w) >> (2 * s);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) u.q[4 * w + i] = code(byte_of(word, i) & 3u);
+    }
+}
+
+template <> __device__ __forceinline__ void decode_unit<GGMLType::Q2_K>(const uint8_t* row, int unit, Unit& u) {
+    const uint8_t* block = row + 84 * (unit / 8);
+    const int sub = unit % 8;
+    const float d = half_at(block + 80), dmin = half_at(block + 82);
+    two_bits(u, block + 16 + 32 * (sub / 4), sub % 4);
+#pragma unroll
+    for (int g = 0; g < 2; ++g) {
+        const uint32_t scale = block[2 * sub + g];
+        u.a[g] = d * float(scale & 0xf);
+        u.b[g] = -dmin * float(scale >> 4);
+    }
+}
+
+template <> __device__ __forceinline__ void decode_unit<GGMLType::Q3_K>(const uint8_t* row, int unit, Unit& u) {
+    const uint8_t* block = row + 110 * (unit / 8);
+    const int sub = unit % 8;
+    const float d = half_at(block + 108);
+    two_bits(u, block + 32 + 32 * (sub / 4), sub % 4);
+    // A set hmask bit adds 4 to the code (stored offset -4: a clear bit means code - 4).
+#pragma unroll
+    for (int w = 0; w < 8; ++w) {
+        const uint32_t word = u32_a2(block + 4 * w) >> sub;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) u.q[4 * w + i] += float(byte_of(word, i) & 1u) * 4.0f;
+    }
+    const uint8_t* scales = block + 96;
+#pragma unroll
+    for (int g = 0; g < 2; ++g) {
+        const int j = 2 * sub + g;
+        const int low = j < 8 ? (scales[j] & 0xf) : (scales[j - 8] >> 4);
+        const int high = (scales[8 + j % 4] >> (2 * (j / 4))) & 3;
+        u.a[g] = d * float((low | (high << 4)) - 32);
+        u.b[g] = -4.0f * u.a[g];
+    }
+}
+
+// Q4_K / Q5_K's scale and min of sub-block j (ggml's get_scale_min_k4).
+__device__ __forceinline__ void k4_scale_min(const uint8_t* scales, int j, float& scale, float& min) {
+    if (j < 4) {
+        scale = float(scales[j] & 63);
+        min = float(scales[j + 4] & 63);
+    } else {
+        scale = float((scales[j + 4] & 0xf) | ((scales[j - 4] >> 6) << 4));
+        min = float((scales[j + 4] >> 4) | ((scales[j] >> 6) << 4));
+    }
+}
+
+// Q4_K / Q5_K low nibbles: sub-block j uses bytes 32 * (j / 2).. of qs, low nibbles for even j.
+__device__ __forceinline__ void k4_nibbles(Unit& u, const uint8_t* qs, int sub) {
+    const auto* v = reinterpret_cast<const uint4*>(qs + 32 * (sub / 2));
+    const int shift = 4 * (sub % 2);
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        const uint4 p = v[i];
+        const uint32_t words[4] = {p.x, p.y, p.z, p.w};
+#pragma unroll
+        for (int w = 0; w < 4; ++w)
+#pragma unroll
+            for (int b = 0; b < 4; ++b) u.q[16 * i + 4 * w + b] = code((byte_of(words[w], b) >> shift) & 0xf);
+    }
+}
+
+__device__ __forceinline__ void k4_affine(Unit& u, const uint8_t* block, int sub) {
+    float scale, min;
+    k4_scale_min(block + 4, sub, scale, min);
+    set_affine(u, half_at(block) * scale, -half_at(block + 2) * min);
+}
+
+template <> __device__ __forceinline__ void decode_unit<GGMLType::Q4_K>(const uint8_t* row, int unit, Unit& u) {
+    const uint8_t* block = row + 144 * (unit / 8);
+    const int sub = unit % 8;
+    k4_nibbles(u, block + 16, sub);
+    k4_affine(u, block, sub);
+}
+
+template <> __device__ __forceinline__ void decode_unit<GGMLType::Q5_K>(const uint8_t* row, int unit, Unit& u) {
+    const uint8_t* block = row + 176 * (unit / 8);
+    const int sub = unit % 8;
+    k4_nibbles(u, block + 48, sub);
+    const auto* qh = reinterpret_cast<const uint4*>(block + 16);
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        const uint4 p = qh[i];
+        const uint32_t words[4] = {p.x, p.y, p.z, p.w};
+#pragma unroll
+        for (int w = 0; w < 4; ++w)
+#pragma unroll
+            for (int b = 0; b < 4; ++b) u.q[16 * i + 4 * w + b] += float((byte_of(words[w], b) >> sub) & 1u) * 16.0f;
+    }
+    k4_affine(u, block, sub);
+}
+
+template <> __device__ __forceinline__ void decode_unit<GGMLType::Q6_K>(const uint8_t* row, int unit, Unit& u) {
+    const uint8_t* block = row + 210 * (unit / 8);
+    const int sub = unit % 8, half = sub / 4, s = sub % 4;
+    const float d = half_at(block + 208);
+    two_bits(u, block + 128 + 32 * half, s);  // the high two bits, shifted into place below
+    const uint8_t* ql = block + 64 * half + 32 * (s % 2);
+    const int shift = 4 * (s / 2);
+#pragma unroll
+    for (int w = 0; w < 8; ++w) {
+        const uint32_t word = u32_a2(ql + 4 * w) >> shift;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) u.q[4 * w + i] = u.q[4 * w + i] * 16.0f + code(byte_of(word, i) & 0xf);
+    }
+    const auto* scales = reinterpret_cast<const int8_t*>(block + 192);
+#pragma unroll
+    for (int g = 0; g < 2; ++g) {
+        u.a[g] = d * float(scales[2 * sub + g]);
+        u.b[g] = -32.0f * u.a[g];
+    }
+}
+
+// Calls f.template operator()<T>() with the type as a template argument; false for a type with no
+// decoder.
+template <class F>
+bool with_decoder(GGMLType type, F&& f) {
+    switch (type) {
+    case GGMLType::F32: f.template operator()<GGMLType::F32>(); return true;
+    case GGMLType::F16: f.template operator()<GGMLType::F16>(); return true;
+    case GGMLType::BF16: f.template operator()<GGMLType::BF16>(); return true;
+    case GGMLType::Q4_0: f.template operator()<GGMLType::Q4_0>(); return true;
+    case GGMLType::Q4_1: f.template operator()<GGMLType::Q4_1>(); return true;
+    case GGMLType::Q5_0: f.template operator()<GGMLType::Q5_0>(); return true;
+    case GGMLType::Q5_1: f.template operator()<GGMLType::Q5_1>(); return true;
+    case GGMLType::Q8_0: f.template operator()<GGMLType::Q8_0>(); return true;
+    case GGMLType::Q2_K: f.template operator()<GGMLType::Q2_K>(); return true;
+    case GGMLType::Q3_K: f.template operator()<GGMLType::Q3_K>(); return true;
+    case GGMLType::Q4_K: f.template operator()<GGMLType::Q4_K>(); return true;
+    case GGMLType::Q5_K: f.template operator()<GGMLType::Q5_K>(); return true;
+    case GGMLType::Q6_K: f.template operator()<GGMLType::Q6_K>(); return true;
+    default: return false;
+    }
+}
+
+}  // namespace twinfer::compute::cuda

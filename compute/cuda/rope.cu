@@ -1,0 +1,51 @@
+// Rotary position embedding: one thread per (token, pair), looping over the heads. The angle is
+// computed in double, as on the CPU: at positions in the thousands a float angle would be off by
+// about 1e-4 radians.
+#include <stdexcept>
+#include <string>
+
+#include "compute/cuda/device_context.cuh"
+#include "compute/cuda/ops.hpp"
+#include "compute/rope.hpp"
+
+namespace twinfer::compute::cuda {
+namespace {
+
+__global__ void rope_kernel(float* x, int n_tokens, size_t row_stride, int n_heads, int head_dim, size_t first_position,
+                            int n_rot, double freq_base, double position_scale, const float* freq_factors,
+                            bool adjacent) {
+    const int n_pairs = n_rot / 2;
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n_tokens * n_pairs) return;
+    const int t = i / n_pairs, pair = i % n_pairs;
+    double theta = double(first_position + t) * position_scale * pow(freq_base, -2.0 * pair / n_rot);
+    if (freq_factors) theta /= freq_factors[pair];
+    double s, c;
+    sincos(theta, &s, &c);
+    const float cf = float(c), sf = float(s);
+    const int a = adjacent ? 2 * pair : pair;
+    const int b = adjacent ? 2 * pair + 1 : pair + n_pairs;
+    for (int h = 0; h < n_heads; ++h) {
+        float* head = x + t * row_stride + size_t(h) * head_dim;
+        const float x0 = head[a], x1 = head[b];
+        head[a] = x0 * cf - x1 * sf;
+        head[b] = x0 * sf + x1 * cf;
+    }
+}
+
+}  // namespace
+
+void rope(Context& ctx, float* x, size_t n_tokens, size_t row_stride, size_t n_heads, size_t head_dim,
+          size_t first_position, const RopeParams& params) {
+    if (params.n_rot % 2 != 0 || params.n_rot > head_dim)
+        throw std::invalid_argument("rope: n_rot " + std::to_string(params.n_rot) + " must be even and at most head_dim " +
+                                    std::to_string(head_dim));
+    const size_t n = n_tokens * (params.n_rot / 2);
+    if (n == 0) return;
+    rope_kernel<<<blocks_for(n, 128), 128, 0, stream(ctx)>>>(
+        x, int(n_tokens), row_stride, int(n_heads), int(head_dim), first_position, int(params.n_rot), params.freq_base,
+        params.position_scale, params.freq_factors, params.pairing == RopeParams::Pairing::Adjacent);
+    TWINFER_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace twinfer::compute::cuda

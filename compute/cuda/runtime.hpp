@@ -1,0 +1,68 @@
+#pragma once
+// The CUDA backend's host side, in plain C++ (no CUDA headers), for the code outside compute/cuda:
+// device memory, copies, the per-Context stream and handles, and graphs of a captured forward pass.
+// Every pointer an op receives on a CUDA Context is device memory (weights, activations, token
+// ids), except the parameter structs themselves.
+#include <cstddef>
+#include <memory>
+#include <stdexcept>
+#include <string>
+
+namespace twinfer::compute {
+class Context;
+}
+
+namespace twinfer::compute::cuda {
+
+// A failed CUDA or cuBLAS call: what was called, the error, and where (file:line).
+struct Error : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+// Number of usable CUDA devices: 0 when there is no GPU or no driver (never throws).
+int device_count();
+// A line describing device 0 ("NVIDIA H100 80GB HBM3, 132 SMs, 79.1 GiB, CUDA 13.0"), or why none.
+std::string describe_device();
+
+// Device memory. allocate throws Error saying how much was asked and how much is free, or that
+// there is no GPU or the driver is too old; release accepts null.
+void* allocate(size_t bytes);
+void release(void* data) noexcept;
+
+// Copies on the context's stream. upload returns once `host` may be reused; download returns once
+// `host` holds the data.
+void upload(Context& ctx, void* device, const void* host, size_t bytes);
+void download(Context& ctx, void* host, const void* device, size_t bytes);
+void fill_zero(Context& ctx, void* device, size_t bytes);
+void synchronize(Context& ctx);
+
+// The stream, cuBLAS handle and scratch memory of one Context (defined in device_context.cuh).
+struct DeviceContext;
+std::shared_ptr<DeviceContext> create_device_context();
+void* stream_of(DeviceContext& device);
+
+// A forward pass recorded and replayed with one launch: small models spend more time launching
+// kernels than running them. Capture records the ops `ctx` runs between begin and end (nothing
+// executes); replay runs them with the pointers and sizes captured. Capturing the same sequence of
+// ops again with other arguments (the next token's position) updates the graph in place.
+class Graph {
+public:
+    Graph() = default;
+    Graph(Graph&& other) noexcept;
+    Graph& operator=(Graph&& other) noexcept;
+    Graph(const Graph&) = delete;
+    Graph& operator=(const Graph&) = delete;
+    ~Graph();
+
+    void begin_capture(Context& ctx);
+    void end_capture(Context& ctx);
+    void replay(Context& ctx);
+    bool captured() const { return exec_ != nullptr; }
+
+private:
+    void reset() noexcept;
+    void* graph_ = nullptr;   // cudaGraph_t
+    void* exec_ = nullptr;    // cudaGraphExec_t
+};
+
+}  // namespace twinfer::compute::cuda
