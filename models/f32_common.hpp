@@ -1,0 +1,66 @@
+#pragma once
+// What F32LlamaModel and F32GPTModel share: their options, weight lookup with shape checks, and
+// the activation buffers of a forward pass.
+#include <cstddef>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "compute/buffer.hpp"
+#include "compute/matmul.hpp"
+#include "format/gguf.hpp"
+#include "models/inference.hpp"
+
+namespace twinfer {
+
+struct F32Options {
+    size_t n_ctx = 0;            // tokens the KV cache holds; 0: the model's trained context
+    int n_threads = 0;           // CPU threads; 0: one per core
+    compute::Device device = compute::Device::CPU;
+    // true: every product reads float32 activations. false (default): matrix-vector products
+    // against quantized weights quantize the activations to 8 bits (compute::Activations::Int8),
+    // as llama.cpp does: faster, with about 1e-3 relative error in the logits.
+    bool exact_activations = false;
+};
+
+// Finds a model's tensors by name and checks their shapes, naming the tensor in every error.
+class F32WeightLoader {
+public:
+    explicit F32WeightLoader(const gguf::File& file) : file_(file) {}
+
+    // A [rows, cols] matrix (ggml dims [cols, rows]), left in the mapping.
+    compute::WeightMatrix matrix(const std::string& name, size_t rows, size_t cols) const;
+    // An n-vector as float32 (norm weights and biases; any type dequantize() reads). Empty if
+    // absent and optional.
+    std::vector<float> vector(const std::string& name, size_t n) const;
+    std::vector<float> optional_vector(const std::string& name, size_t n) const;
+    bool has(const std::string& name) const { return file_.find_tensor(name) != nullptr; }
+
+private:
+    const gguf::TensorInfo& find(const std::string& name, std::vector<uint64_t> dims) const;
+    const gguf::File& file_;
+};
+
+// Activation buffers sized for the largest call so far, on the model's device.
+class F32Workspace {
+public:
+    // Makes every buffer hold n_tokens rows of its width (widths fixed at construction by name).
+    void reserve(compute::Device device, size_t n_tokens, std::span<const size_t> widths);
+    float* buffer(size_t index) { return buffers_[index].as<float>(); }
+
+private:
+    size_t capacity_tokens_ = 0;
+    std::vector<compute::Buffer> buffers_;
+};
+
+// ids must be non-empty and inside the vocabulary: std::invalid_argument / std::out_of_range.
+void check_token_ids(std::span<const Token> ids, size_t n_vocab);
+
+// Float32 logits [n_positions, n_vocab] widened into the interface's float64 Logits.
+Logits widen_logits(const float* values, size_t n_positions, size_t n_vocab);
+
+compute::Activations activations_for(const F32Options& options);
+size_t context_length(const F32Options& options, size_t n_ctx_train);
+
+}  // namespace twinfer

@@ -1,0 +1,132 @@
+#include "models/f32_gpt_model.hpp"
+
+#include <cmath>
+#include <numeric>
+#include <stdexcept>
+#include <string>
+
+#include "compute/elementwise.hpp"
+#include "compute/norm.hpp"
+
+namespace twinfer {
+namespace {
+
+// The activation buffers of one forward pass, by name; widths in F32GPTModel::forward.
+enum Buffer { X, XN, Q, ATT, OUT, HIDDEN, LOGITS, N_BUFFERS };
+
+// Rows [first, first + n) of a matrix, as a matrix of their own (same block format, no copy).
+compute::WeightMatrix row_block(const compute::WeightMatrix& w, size_t first, size_t n) {
+    return {w.type, n, w.cols, w.data + first * w.row_bytes()};
+}
+
+std::vector<float> slice(const std::vector<float>& v, size_t first, size_t n) {
+    return {v.begin() + first, v.begin() + first + n};
+}
+
+}  // namespace
+
+F32GPTModel::F32GPTModel(std::shared_ptr<const gguf::File> file, ModelConfig config, const F32Options& options)
+    : file_(std::move(file)), config_(std::move(config)), options_(options),
+      ctx_({.device = options.device, .n_threads = options.n_threads, .cpu_isa = std::nullopt}),
+      cache_(options.device, config_.n_layer, 1, context_length(options, config_.n_ctx_train), config_.n_embd_kv()) {}
+
+F32GPTModel F32GPTModel::load(std::shared_ptr<const gguf::File> file, const F32Options& options) {
+    if (!file) throw std::invalid_argument("F32GPTModel::load: no file");
+    ModelConfig c = ModelConfig::from_gguf(*file);
+    if (c.architecture != Architecture::GPT2)
+        throw std::runtime_error(file->origin() + ": F32GPTModel runs the GPT-2 family, not '" + c.architecture_name + "'");
+    if (options.n_ctx > static_cast<size_t>(c.n_ctx_train))
+        throw std::runtime_error(file->origin() + ": n_ctx " + std::to_string(options.n_ctx) + " exceeds the " +
+                                 std::to_string(c.n_ctx_train) + " positions GPT-2 has embeddings for");
+    const size_t E = c.n_embd, F = c.n_ff, V = c.n_vocab;
+
+    F32GPTModel m(file, c, options);
+    const F32WeightLoader load(*file);
+    m.token_embd_ = load.matrix("token_embd.weight", V, E);
+    m.position_embd_ = load.matrix("position_embd.weight", c.n_ctx_train, E);
+    m.output_ = load.has("output.weight") ? load.matrix("output.weight", V, E) : m.token_embd_;
+    m.output_norm_ = load.vector("output_norm.weight", E);
+    m.output_norm_bias_ = load.vector("output_norm.bias", E);
+    for (int il = 0; il < c.n_layer; ++il) {
+        const std::string p = "blk." + std::to_string(il) + ".";
+        Layer& L = m.layers_.emplace_back();
+        L.attn_norm = load.vector(p + "attn_norm.weight", E);
+        L.attn_norm_bias = load.vector(p + "attn_norm.bias", E);
+        const compute::WeightMatrix qkv = load.matrix(p + "attn_qkv.weight", 3 * E, E);
+        const std::vector<float> qkv_bias = load.vector(p + "attn_qkv.bias", 3 * E);
+        L.wq = row_block(qkv, 0, E), L.wk = row_block(qkv, E, E), L.wv = row_block(qkv, 2 * E, E);
+        L.bq = slice(qkv_bias, 0, E), L.bk = slice(qkv_bias, E, E), L.bv = slice(qkv_bias, 2 * E, E);
+        L.wo = load.matrix(p + "attn_output.weight", E, E);
+        L.bo = load.vector(p + "attn_output.bias", E);
+        L.ffn_norm = load.vector(p + "ffn_norm.weight", E);
+        L.ffn_norm_bias = load.vector(p + "ffn_norm.bias", E);
+        L.w_up = load.matrix(p + "ffn_up.weight", F, E);
+        L.b_up = load.vector(p + "ffn_up.bias", F);
+        L.w_down = load.matrix(p + "ffn_down.weight", E, F);
+        L.b_down = load.vector(p + "ffn_down.bias", E);
+    }
+    m.attention_shape_ = {.n_head = static_cast<size_t>(c.n_head),
+                          .n_head_kv = static_cast<size_t>(c.n_head_kv),
+                          .head_dim = static_cast<size_t>(c.head_dim),
+                          .kv_stride = static_cast<size_t>(c.n_embd_kv()),
+                          .scale = static_cast<float>(1.0 / std::sqrt(double(c.head_dim)))};
+    return m;
+}
+
+// y = W x + bias   x: [T, cols], y: [T, rows]
+void F32GPTModel::project(const compute::WeightMatrix& w, const std::vector<float>& bias, const float* x,
+                          size_t n_tokens, float* y) {
+    compute::matmul(ctx_, w, x, n_tokens, y, activations_for(options_));
+    compute::add_bias(ctx_, y, bias.data(), n_tokens, w.rows);
+}
+
+// Shapes: T new tokens, E = n_embd = H heads x D dims, F = n_ff, V = n_vocab.
+// Reference: llama.cpp llm_build_gpt2; Radford et al. 2019.
+Logits F32GPTModel::forward(std::span<const Token> ids, LogitsMode mode) {
+    const ModelConfig& c = config_;
+    check_token_ids(ids, c.n_vocab);
+    const size_t T = ids.size(), E = c.n_embd, F = c.n_ff, V = c.n_vocab;
+    const size_t p0 = cache_.reserve(slot_, T);    // positions p0 .. p0+T-1
+    const size_t n_out = mode == LogitsMode::All ? T : 1;
+    const float eps = static_cast<float>(c.norm_eps);
+
+    const size_t widths[N_BUFFERS] = {E, E, E, E, E, F, V};
+    workspace_.reserve(options_.device, T, widths);
+    float *x = workspace_.buffer(X), *xn = workspace_.buffer(XN), *q = workspace_.buffer(Q), *att = workspace_.buffer(ATT);
+    float *out = workspace_.buffer(OUT), *hidden = workspace_.buffer(HIDDEN), *logits = workspace_.buffer(LOGITS);
+
+    positions_.resize(T);
+    std::iota(positions_.begin(), positions_.end(), static_cast<int32_t>(p0));
+    compute::get_rows(ctx_, token_embd_, ids.data(), T, x);                        // x: [T, E]
+    compute::get_rows(ctx_, position_embd_, positions_.data(), T, out);            // out: [T, E]
+    compute::add(ctx_, x, out, T * E);
+    for (size_t il = 0; il < layers_.size(); ++il) {
+        const Layer& L = layers_[il];
+        float* keys = cache_.keys(il, slot_);                                       // [n_ctx, E]
+        float* values = cache_.values(il, slot_);
+
+        // Attention block: x += Wo attention(Wq xn, Wk xn, Wv xn) + bo, xn = layer_norm(x)
+        compute::layer_norm(ctx_, x, L.attn_norm.data(), L.attn_norm_bias.data(), T, E, eps, xn);   // xn: [T, E]
+        project(L.wq, L.bq, xn, T, q);                                              // q: [T, H, D]
+        project(L.wk, L.bk, xn, T, keys + p0 * E);                                  // k: [T, H, D] into the cache
+        project(L.wv, L.bv, xn, T, values + p0 * E);                                // v: [T, H, D] into the cache
+        compute::attention(ctx_, q, keys, values, T, p0, attention_shape_, att);    // att: [T, H, D]
+        project(L.wo, L.bo, att, T, out);                                           // out: [T, E]
+        compute::add(ctx_, x, out, T * E);
+
+        // Feed-forward block: x += W_down gelu(W_up xn + b_up) + b_down, xn = layer_norm(x)
+        compute::layer_norm(ctx_, x, L.ffn_norm.data(), L.ffn_norm_bias.data(), T, E, eps, xn);
+        project(L.w_up, L.b_up, xn, T, hidden);                                     // hidden: [T, F]
+        compute::gelu(ctx_, hidden, T * F);
+        project(L.w_down, L.b_down, hidden, T, out);                                // out: [T, E]
+        compute::add(ctx_, x, out, T * E);
+    }
+    cache_.commit(slot_, T);
+
+    const float* last = x + (T - n_out) * E;                                        // the rows asked for
+    compute::layer_norm(ctx_, last, output_norm_.data(), output_norm_bias_.data(), n_out, E, eps, xn);
+    compute::matmul(ctx_, output_, xn, n_out, logits, activations_for(options_));  // logits: [n_out, V]
+    return widen_logits(logits, n_out, V);
+}
+
+}  // namespace twinfer

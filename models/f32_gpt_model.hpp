@@ -1,0 +1,66 @@
+#pragma once
+// F32GPTModel: the GPT-2 family (LayerNorm, learned positions, fused QKV with biases, GELU) with
+// float32 activations and a KV cache. The weights stay in the file's block format inside the
+// GGUF mapping; compute/ dequantizes them inside its products.
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "compute/attention.hpp"
+#include "compute/context.hpp"
+#include "compute/matmul.hpp"
+#include "format/gguf.hpp"
+#include "models/f32_common.hpp"
+#include "models/inference.hpp"
+#include "models/kv_cache.hpp"
+#include "models/model_config.hpp"
+
+namespace twinfer {
+
+class F32GPTModel {
+public:
+    // Throws std::runtime_error naming a missing or misshapen tensor, or one whose type has no
+    // kernel, and for an n_ctx beyond the position embeddings the file has.
+    static F32GPTModel load(std::shared_ptr<const gguf::File> file, const F32Options& options = {});
+
+    // As F32LlamaModel::forward.
+    Logits forward(std::span<const Token> ids, LogitsMode mode = LogitsMode::Last);
+    const ModelConfig& config() const { return config_; }
+    size_t n_past() const { return cache_.length(slot_); }
+    size_t n_ctx() const { return cache_.n_ctx(); }
+    void clear_cache() { cache_.clear(slot_); }
+
+    const F32Options& options() const { return options_; }
+
+private:
+    struct Layer {
+        std::vector<float> attn_norm, attn_norm_bias;             // [E]
+        compute::WeightMatrix wq, wk, wv;                         // [E, E] each: row blocks of attn_qkv.weight [3E, E]
+        std::vector<float> bq, bk, bv;                            // [E] each, from attn_qkv.bias [3E]
+        compute::WeightMatrix wo;                                 // [E, E]
+        std::vector<float> bo;                                    // [E]
+        std::vector<float> ffn_norm, ffn_norm_bias;               // [E]
+        compute::WeightMatrix w_up, w_down;                       // [F, E], [E, F]
+        std::vector<float> b_up, b_down;                          // [F], [E]
+    };
+
+    F32GPTModel(std::shared_ptr<const gguf::File> file, ModelConfig config, const F32Options& options);
+    void project(const compute::WeightMatrix& w, const std::vector<float>& bias, const float* x, size_t n_tokens, float* y);
+
+    std::shared_ptr<const gguf::File> file_;   // the mapping the weight matrices point into
+    ModelConfig config_;
+    F32Options options_;
+    compute::Context ctx_;
+    compute::WeightMatrix token_embd_, position_embd_, output_;   // [V, E], [n_ctx_train, E], [V, E] (tied: token_embd_)
+    std::vector<Layer> layers_;
+    std::vector<float> output_norm_, output_norm_bias_;           // [E]
+    compute::AttentionShape attention_shape_;
+    KvCache cache_;
+    size_t slot_ = 0;
+    std::vector<int32_t> positions_;
+    F32Workspace workspace_;
+};
+
+static_assert(GPTInference<F32GPTModel>);
+
+}  // namespace twinfer

@@ -1,0 +1,127 @@
+#include "models/f32_llama_model.hpp"
+
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+#include "compute/elementwise.hpp"
+#include "compute/norm.hpp"
+
+namespace twinfer {
+namespace {
+
+// The activation buffers of one forward pass, by name; widths in F32LlamaModel::forward.
+enum Buffer { X, XN, Q, ATT, OUT, GATE, UP, LOGITS, N_BUFFERS };
+
+}  // namespace
+
+F32LlamaModel::F32LlamaModel(std::shared_ptr<const gguf::File> file, ModelConfig config, const F32Options& options)
+    : file_(std::move(file)), config_(std::move(config)), options_(options),
+      ctx_({.device = options.device, .n_threads = options.n_threads, .cpu_isa = std::nullopt}),
+      cache_(options.device, config_.n_layer, 1, context_length(options, config_.n_ctx_train), config_.n_embd_kv()) {}
+
+F32LlamaModel F32LlamaModel::load(std::shared_ptr<const gguf::File> file, const F32Options& options) {
+    if (!file) throw std::invalid_argument("F32LlamaModel::load: no file");
+    ModelConfig c = ModelConfig::from_gguf(*file);
+    if (c.architecture != Architecture::Llama)
+        throw std::runtime_error(file->origin() + ": F32LlamaModel runs the Llama family, not '" + c.architecture_name + "'");
+    const size_t E = c.n_embd, F = c.n_ff, V = c.n_vocab, QD = c.n_head * c.head_dim, KVD = c.n_embd_kv();
+
+    F32LlamaModel m(file, c, options);
+    const F32WeightLoader load(*file);
+    m.token_embd_ = load.matrix("token_embd.weight", V, E);
+    m.output_ = load.has("output.weight") ? load.matrix("output.weight", V, E) : m.token_embd_;
+    m.output_norm_ = load.vector("output_norm.weight", E);
+    for (int il = 0; il < c.n_layer; ++il) {
+        const std::string p = "blk." + std::to_string(il) + ".";
+        Layer& L = m.layers_.emplace_back();
+        L.attn_norm = load.vector(p + "attn_norm.weight", E);
+        L.wq = load.matrix(p + "attn_q.weight", QD, E);
+        L.wk = load.matrix(p + "attn_k.weight", KVD, E);
+        L.wv = load.matrix(p + "attn_v.weight", KVD, E);
+        L.wo = load.matrix(p + "attn_output.weight", E, QD);
+        L.bq = load.optional_vector(p + "attn_q.bias", QD);
+        L.bk = load.optional_vector(p + "attn_k.bias", KVD);
+        L.bv = load.optional_vector(p + "attn_v.bias", KVD);
+        L.bo = load.optional_vector(p + "attn_output.bias", E);
+        L.ffn_norm = load.vector(p + "ffn_norm.weight", E);
+        L.w_gate = load.matrix(p + "ffn_gate.weight", F, E);
+        L.w_up = load.matrix(p + "ffn_up.weight", F, E);
+        L.w_down = load.matrix(p + "ffn_down.weight", E, F);
+    }
+    // Llama 3.1 frequency scaling reaches GGUF as per-pair divisors of the frequencies.
+    m.rope_freq_factors_ = load.optional_vector("rope_freqs.weight", c.n_rot / 2);
+    m.rope_ = {.pairing = c.rope_layout == RopeLayout::Normal ? compute::RopeParams::Pairing::Adjacent
+                                                              : compute::RopeParams::Pairing::Halves,
+               .n_rot = static_cast<size_t>(c.n_rot),
+               .freq_base = c.rope_freq_base,
+               .position_scale = c.rope_scaling.kind == RopeScaling::Kind::Linear ? 1.0 / c.rope_scaling.factor : 1.0,
+               .freq_factors = m.rope_freq_factors_.empty() ? nullptr : m.rope_freq_factors_.data()};
+    m.attention_shape_ = {.n_head = static_cast<size_t>(c.n_head),
+                          .n_head_kv = static_cast<size_t>(c.n_head_kv),
+                          .head_dim = static_cast<size_t>(c.head_dim),
+                          .kv_stride = KVD,
+                          .scale = static_cast<float>(1.0 / std::sqrt(double(c.head_dim)))};
+    return m;
+}
+
+// y = W x (+ bias)   x: [T, cols], y: [T, rows]
+void F32LlamaModel::project(const compute::WeightMatrix& w, const std::vector<float>& bias, const float* x,
+                            size_t n_tokens, float* y) {
+    compute::matmul(ctx_, w, x, n_tokens, y, activations_for(options_));
+    if (!bias.empty()) compute::add_bias(ctx_, y, bias.data(), n_tokens, w.rows);
+}
+
+// Shapes: T new tokens, E = n_embd, H heads and Hkv KV heads of D dims, F = n_ff, V = n_vocab.
+// Reference: llama.cpp llm_build_llama; Touvron et al. 2023.
+Logits F32LlamaModel::forward(std::span<const Token> ids, LogitsMode mode) {
+    const ModelConfig& c = config_;
+    check_token_ids(ids, c.n_vocab);
+    const size_t T = ids.size(), E = c.n_embd, F = c.n_ff, V = c.n_vocab;
+    const size_t H = c.n_head, Hkv = c.n_head_kv, D = c.head_dim, QD = H * D, KVD = Hkv * D;
+    const size_t p0 = cache_.reserve(slot_, T);    // positions p0 .. p0+T-1
+    const size_t n_out = mode == LogitsMode::All ? T : 1;
+    const float eps = static_cast<float>(c.norm_eps);
+
+    const size_t widths[N_BUFFERS] = {E, E, QD, QD, E, F, F, V};
+    workspace_.reserve(options_.device, T, widths);
+    float *x = workspace_.buffer(X), *xn = workspace_.buffer(XN), *q = workspace_.buffer(Q), *att = workspace_.buffer(ATT);
+    float *out = workspace_.buffer(OUT), *gate = workspace_.buffer(GATE), *up = workspace_.buffer(UP);
+    float* logits = workspace_.buffer(LOGITS);
+
+    compute::get_rows(ctx_, token_embd_, ids.data(), T, x);                        // x: [T, E]
+    for (size_t il = 0; il < layers_.size(); ++il) {
+        const Layer& L = layers_[il];
+        float* keys = cache_.keys(il, slot_);                                       // [n_ctx, KVD]
+        float* values = cache_.values(il, slot_);
+        float* k = keys + p0 * KVD;                                                 // [T, KVD]: this call's rows
+        float* v = values + p0 * KVD;
+
+        // Attention block: x += Wo attention(rope(Wq xn), rope(Wk xn), Wv xn), xn = rms_norm(x)
+        compute::rms_norm(ctx_, x, L.attn_norm.data(), T, E, eps, xn);              // xn: [T, E]
+        project(L.wq, L.bq, xn, T, q);                                              // q: [T, H, D]
+        project(L.wk, L.bk, xn, T, k);                                              // k: [T, Hkv, D] into the cache
+        project(L.wv, L.bv, xn, T, v);                                              // v: [T, Hkv, D] into the cache
+        compute::rope(ctx_, q, T, QD, H, D, p0, rope_);
+        compute::rope(ctx_, k, T, KVD, Hkv, D, p0, rope_);
+        compute::attention(ctx_, q, keys, values, T, p0, attention_shape_, att);    // att: [T, H, D]
+        project(L.wo, L.bo, att, T, out);                                           // out: [T, E]
+        compute::add(ctx_, x, out, T * E);
+
+        // Feed-forward block: x += W_down (silu(W_gate xn) * W_up xn), xn = rms_norm(x)
+        compute::rms_norm(ctx_, x, L.ffn_norm.data(), T, E, eps, xn);
+        project(L.w_gate, {}, xn, T, gate);                                         // gate: [T, F]
+        project(L.w_up, {}, xn, T, up);                                             // up: [T, F]
+        compute::swiglu(ctx_, gate, up, T * F, gate);
+        project(L.w_down, {}, gate, T, out);                                        // out: [T, E]
+        compute::add(ctx_, x, out, T * E);
+    }
+    cache_.commit(slot_, T);
+
+    const float* last = x + (T - n_out) * E;                                        // the rows asked for
+    compute::rms_norm(ctx_, last, output_norm_.data(), n_out, E, eps, xn);          // xn: [n_out, E]
+    project(output_, {}, xn, n_out, logits);                                        // logits: [n_out, V]
+    return widen_logits(logits, n_out, V);
+}
+
+}  // namespace twinfer

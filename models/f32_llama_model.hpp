@@ -1,0 +1,67 @@
+#pragma once
+// F32LlamaModel: the Llama family (RMSNorm, RoPE, grouped-query attention, SwiGLU; SmolLM2,
+// TinyLlama, Llama 2/3, Mistral-style) with float32 activations and a KV cache. The weights stay
+// in the file's block format inside the GGUF mapping; compute/ dequantizes them inside its
+// products. Each forward pass computes only the new tokens.
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "compute/attention.hpp"
+#include "compute/context.hpp"
+#include "compute/matmul.hpp"
+#include "compute/rope.hpp"
+#include "format/gguf.hpp"
+#include "models/f32_common.hpp"
+#include "models/inference.hpp"
+#include "models/kv_cache.hpp"
+#include "models/model_config.hpp"
+
+namespace twinfer {
+
+class F32LlamaModel {
+public:
+    // Throws std::runtime_error naming a missing or misshapen tensor, or one whose type has no
+    // kernel; the file must be a Llama-family GGUF.
+    static F32LlamaModel load(std::shared_ptr<const gguf::File> file, const F32Options& options = {});
+
+    // Feeds ids after what the cache holds. Returns the logits of the last position, or
+    // (LogitsMode::All) of each position fed. Throws ContextOverflow (cache unchanged) past
+    // n_ctx(), std::out_of_range for an id outside the vocabulary, std::invalid_argument if empty.
+    Logits forward(std::span<const Token> ids, LogitsMode mode = LogitsMode::Last);
+    const ModelConfig& config() const { return config_; }
+    size_t n_past() const { return cache_.length(slot_); }
+    size_t n_ctx() const { return cache_.n_ctx(); }
+    void clear_cache() { cache_.clear(slot_); }
+
+    const F32Options& options() const { return options_; }
+
+private:
+    struct Layer {
+        std::vector<float> attn_norm, ffn_norm;                   // [E]
+        compute::WeightMatrix wq, wk, wv, wo;                     // [H*D, E], [Hkv*D, E], [Hkv*D, E], [E, H*D]
+        std::vector<float> bq, bk, bv, bo;                        // optional biases (Qwen-style files)
+        compute::WeightMatrix w_gate, w_up, w_down;               // [F, E], [F, E], [E, F]
+    };
+
+    F32LlamaModel(std::shared_ptr<const gguf::File> file, ModelConfig config, const F32Options& options);
+    void project(const compute::WeightMatrix& w, const std::vector<float>& bias, const float* x, size_t n_tokens, float* y);
+
+    std::shared_ptr<const gguf::File> file_;   // the mapping the weight matrices point into
+    ModelConfig config_;
+    F32Options options_;
+    compute::Context ctx_;
+    compute::WeightMatrix token_embd_, output_;                 // [V, E]; output_ is token_embd_ when tied
+    std::vector<Layer> layers_;
+    std::vector<float> output_norm_;                            // [E]
+    std::vector<float> rope_freq_factors_;                      // [n_rot/2] rope_freqs.weight, or empty
+    compute::RopeParams rope_;
+    compute::AttentionShape attention_shape_;
+    KvCache cache_;
+    size_t slot_ = 0;
+    F32Workspace workspace_;
+};
+
+static_assert(GPTInference<F32LlamaModel>);
+
+}  // namespace twinfer
