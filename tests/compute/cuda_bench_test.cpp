@@ -1,0 +1,212 @@
+// Decode and prompt speed of a Llama-shaped stack of compute ops on the GPU, with random weights
+// in GGUF block formats: the work of SmolLM2-135M, TinyLlama-1.1B and Llama-2-7B forward passes,
+// without model files (the GPU machine has none). Disabled by default; tools/gpu/bench.sh runs it:
+//   test_compute --gtest_also_run_disabled_tests --gtest_filter='CudaBench.*'
+// tg: one token at a time, the sampled token (argmax on the device) copied back after each, as
+// a generation loop does; "launch" enqueues each op, "graph" captures the step as a CUDA graph
+// (updated in place for the next position) and replays it. pp: 512 tokens in one pass.
+#ifdef TWINFER_WITH_CUDA
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <vector>
+
+#include "compute/attention.hpp"
+#include "compute/cuda/ops.hpp"
+#include "compute/cuda/runtime.hpp"
+#include "compute/elementwise.hpp"
+#include "compute/matmul.hpp"
+#include "compute/norm.hpp"
+#include "compute/rope.hpp"
+#include "format/quant.hpp"
+
+namespace twinfer::compute {
+namespace {
+
+struct Shape {
+    const char* name;
+    size_t n_embd, n_head, n_head_kv, n_ff, n_layer, n_vocab;
+    size_t head_dim() const { return n_embd / n_head; }
+    size_t kv_dim() const { return n_head_kv * head_dim(); }
+};
+
+constexpr size_t n_ctx = 1024;
+
+// One matrix per role, each layer its own device copy (so that nothing fits in L2 that would not
+// in the real model).
+struct Stack {
+    Context& gpu;
+    Shape s;
+    GGMLType type;
+    std::vector<Buffer> memory;
+    struct Layer {
+        WeightMatrix wq, wk, wv, wo, gate, up, down;
+        float *attn_norm, *ffn_norm, *keys, *values;
+    };
+    std::vector<Layer> layers;
+    WeightMatrix embedding, output;
+    float *out_norm, *x, *h, *q, *att, *ffn_gate, *ffn_up, *logits;
+    int32_t* token;
+    RopeParams rope_params;
+
+    float* floats(size_t n) {
+        memory.emplace_back(Device::CUDA, n * sizeof(float));
+        return memory.back().as<float>();
+    }
+    WeightMatrix matrix(size_t rows, size_t cols, std::mt19937& rng) {
+        std::normal_distribution<float> normal(0.0f, 0.02f);
+        std::vector<float> values(rows * cols);
+        for (auto& v : values) v = normal(rng);
+        std::vector<std::byte> bytes(row_size_bytes(type, cols) * rows);
+        quantize(type, values, bytes);
+        memory.emplace_back(Device::CUDA, bytes.size());
+        cuda::upload(gpu, memory.back().data(), bytes.data(), bytes.size());
+        return {type, rows, cols, memory.back().as<std::byte>()};
+    }
+    WeightMatrix copy_of(const WeightMatrix& w) {
+        memory.emplace_back(Device::CUDA, w.rows * w.row_bytes());
+        std::vector<std::byte> host(w.rows * w.row_bytes());
+        cuda::download(gpu, host.data(), w.data, host.size());
+        cuda::upload(gpu, memory.back().data(), host.data(), host.size());
+        return {w.type, w.rows, w.cols, memory.back().as<std::byte>()};
+    }
+    float* ones(size_t n) {
+        float* p = floats(n);
+        std::vector<float> host(n, 1.0f);
+        cuda::upload(gpu, p, host.data(), n * sizeof(float));
+        return p;
+    }
+
+    Stack(Context& g, Shape shape, GGMLType t) : gpu(g), s(shape), type(t) {
+        std::mt19937 rng(42);
+        Layer first{matrix(s.n_embd, s.n_embd, rng), matrix(s.kv_dim(), s.n_embd, rng), matrix(s.kv_dim(), s.n_embd, rng),
+                    matrix(s.n_embd, s.n_embd, rng), matrix(s.n_ff, s.n_embd, rng), matrix(s.n_ff, s.n_embd, rng),
+                    matrix(s.n_embd, s.n_ff, rng), ones(s.n_embd), ones(s.n_embd), nullptr, nullptr};
+        for (size_t l = 0; l < s.n_layer; ++l) {
+            Layer layer = l == 0 ? first
+                                 : Layer{copy_of(first.wq), copy_of(first.wk), copy_of(first.wv), copy_of(first.wo),
+                                         copy_of(first.gate), copy_of(first.up), copy_of(first.down), ones(s.n_embd),
+                                         ones(s.n_embd), nullptr, nullptr};
+            layer.keys = floats(n_ctx * s.kv_dim());
+            layer.values = floats(n_ctx * s.kv_dim());
+            layers.push_back(layer);
+        }
+        embedding = matrix(s.n_vocab, s.n_embd, rng);
+        output = matrix(s.n_vocab, s.n_embd, rng);
+        out_norm = ones(s.n_embd);
+        const size_t T = 512;
+        x = floats(T * s.n_embd), h = floats(T * s.n_embd), q = floats(T * s.n_embd), att = floats(T * s.n_embd);
+        ffn_gate = floats(T * s.n_ff), ffn_up = floats(T * s.n_ff), logits = floats(T * s.n_vocab);
+        memory.emplace_back(Device::CUDA, T * sizeof(int32_t));
+        token = memory.back().as<int32_t>();
+        std::vector<int32_t> ids(T);
+        for (size_t i = 0; i < T; ++i) ids[i] = int32_t(i * 7 % s.n_vocab);
+        cuda::upload(gpu, token, ids.data(), T * sizeof(int32_t));
+        rope_params.n_rot = s.head_dim();
+    }
+
+    // n_tokens tokens at positions pos.., ids at `token`; leaves the argmax of the last logits in token[0].
+    void forward(size_t n_tokens, size_t pos) {
+        const size_t n = s.n_embd, hd = s.head_dim(), kvd = s.kv_dim();
+        const AttentionShape shape{s.n_head, s.n_head_kv, hd, kvd, 1.0f / std::sqrt(float(hd))};
+        get_rows(gpu, embedding, token, n_tokens, x);
+        for (const Layer& L : layers) {
+            rms_norm(gpu, x, L.attn_norm, n_tokens, n, 1e-5f, h);
+            matmul(gpu, L.wq, h, n_tokens, q, Activations::Float32);
+            matmul(gpu, L.wk, h, n_tokens, L.keys + pos * kvd, Activations::Float32);
+            matmul(gpu, L.wv, h, n_tokens, L.values + pos * kvd, Activations::Float32);
+            rope(gpu, q, n_tokens, n, s.n_head, hd, pos, rope_params);
+            rope(gpu, L.keys + pos * kvd, n_tokens, kvd, s.n_head_kv, hd, pos, rope_params);
+            attention(gpu, q, L.keys, L.values, n_tokens, pos, shape, att);
+            matmul(gpu, L.wo, att, n_tokens, h, Activations::Float32);
+            add(gpu, x, h, n_tokens * n);
+            rms_norm(gpu, x, L.ffn_norm, n_tokens, n, 1e-5f, h);
+            matmul(gpu, L.gate, h, n_tokens, ffn_gate, Activations::Float32);
+            matmul(gpu, L.up, h, n_tokens, ffn_up, Activations::Float32);
+            swiglu(gpu, ffn_gate, ffn_up, n_tokens * s.n_ff, ffn_gate);
+            matmul(gpu, L.down, ffn_gate, n_tokens, h, Activations::Float32);
+            add(gpu, x, h, n_tokens * n);
+        }
+        const float* last = x + (n_tokens - 1) * n;
+        rms_norm(gpu, last, out_norm, 1, n, 1e-5f, h);
+        matmul(gpu, output, h, 1, logits, Activations::Float32);
+        cuda::argmax(gpu, logits, s.n_vocab, token);
+    }
+
+    int32_t sampled() {
+        int32_t t = 0;
+        cuda::download(gpu, &t, token, sizeof t);
+        return t;
+    }
+};
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+double generation_rate(Stack& stack, bool use_graph, size_t n_gen) {
+    cuda::Graph graph;
+    double best = 0;
+    for (int rep = 0; rep < 3; ++rep) {
+        const auto t0 = std::chrono::steady_clock::now();
+        for (size_t pos = 0; pos < n_gen; ++pos) {
+            if (use_graph) {
+                graph.begin_capture(stack.gpu);
+                stack.forward(1, pos);
+                graph.end_capture(stack.gpu);
+                graph.replay(stack.gpu);
+            } else {
+                stack.forward(1, pos);
+            }
+            stack.sampled();
+        }
+        best = std::max(best, n_gen / seconds_since(t0));
+    }
+    return best;
+}
+
+double prompt_rate(Stack& stack, size_t n_prompt) {
+    stack.forward(n_prompt, 0);  // warm-up: grows the scratch, loads cuBLAS kernels
+    stack.sampled();
+    double best = 0;
+    for (int rep = 0; rep < 3; ++rep) {
+        const auto t0 = std::chrono::steady_clock::now();
+        stack.forward(n_prompt, 0);
+        stack.sampled();
+        best = std::max(best, n_prompt / seconds_since(t0));
+    }
+    return best;
+}
+
+TEST(CudaBench, DISABLED_LlamaShapes) {
+    if (cuda::device_count() == 0) GTEST_SKIP() << cuda::describe_device();
+    ContextOptions options;
+    options.device = Device::CUDA;
+    options.n_threads = 1;
+    Context gpu(options);
+    std::printf("device: %s\n", cuda::describe_device().c_str());
+    const Shape smollm2{"SmolLM2-135M", 576, 9, 3, 1536, 30, 49152};
+    const Shape tinyllama{"TinyLlama-1.1B", 2048, 32, 4, 5632, 22, 32000};
+    const Shape llama7b{"Llama-2-7B", 4096, 32, 32, 11008, 32, 32000};
+    struct Run { Shape shape; GGMLType type; };
+    std::printf("| model | type | tg128 launch (tok/s) | tg128 graph (tok/s) | pp512 (tok/s) |\n|---|---|---|---|---|\n");
+    for (const Run& run : {Run{smollm2, GGMLType::Q4_1}, Run{tinyllama, GGMLType::Q4_0}, Run{tinyllama, GGMLType::Q8_0},
+                           Run{llama7b, GGMLType::Q4_0}}) {
+        Stack stack(gpu, run.shape, run.type);
+        stack.forward(1, 0);  // warm-up
+        stack.sampled();
+        const double launch = generation_rate(stack, false, 128);
+        const double graph = generation_rate(stack, true, 128);
+        const double prompt = prompt_rate(stack, 512);
+        std::printf("| %s | %s | %.0f | %.0f | %.0f |\n", run.shape.name, std::string(type_name(run.type)).c_str(), launch,
+                    graph, prompt);
+        std::fflush(stdout);
+    }
+}
+
+}  // namespace
+}  // namespace twinfer::compute
+#endif  // TWINFER_WITH_CUDA
