@@ -2,6 +2,10 @@
 
 #include <stdexcept>
 
+#ifdef TWINFER_WITH_CUDA
+#include "compute/cuda/runtime.hpp"
+#endif
+
 namespace twinfer {
 
 std::string_view precision_name(Precision p) { return p == Precision::F64 ? "f64" : "f32"; }
@@ -28,7 +32,30 @@ DeviceChoice parse_device_choice(std::string_view s) {
     throw std::invalid_argument("unknown device '" + std::string(s) + "' (expected auto, cpu or cuda)");
 }
 
-bool cuda_device_available() { return false; }
+bool cuda_device_available() {
+#ifdef TWINFER_WITH_CUDA
+    return compute::cuda::device_count() > 0;
+#else
+    return false;
+#endif
+}
+
+namespace {
+compute::Device resolve_device(DeviceChoice choice) {
+    switch (choice) {
+        case DeviceChoice::CPU: return compute::Device::CPU;
+        case DeviceChoice::Auto: return cuda_device_available() ? compute::Device::CUDA : compute::Device::CPU;
+        case DeviceChoice::CUDA:
+#ifndef TWINFER_WITH_CUDA
+            throw std::runtime_error("--device cuda: this twinfer was built without CUDA (rebuild with nvcc installed, -DTWINFER_CUDA=ON)");
+#else
+            if (!cuda_device_available()) throw std::runtime_error("--device cuda: " + compute::cuda::describe_device());
+            return compute::Device::CUDA;
+#endif
+    }
+    return compute::Device::CPU;
+}
+}  // namespace
 
 ModelBackend make_backend(std::shared_ptr<const gguf::File> file, const BackendOptions& options) {
     if (options.precision == Precision::F64) {
@@ -36,12 +63,32 @@ ModelBackend make_backend(std::shared_ptr<const gguf::File> file, const BackendO
             throw std::invalid_argument("the float64 reference runs on the CPU only (--precision f64 with --device cuda)");
         return GPTModel::from_gguf(*file, options.n_ctx);
     }
-    // The float32 models join here as they land; until then f32 is served by the reference.
-    return GPTModel::from_gguf(*file, options.n_ctx);
+    F32Options f32;
+    f32.n_ctx = options.n_ctx;
+    f32.n_threads = options.n_threads;
+    f32.exact_activations = options.exact_activations;
+    f32.device = resolve_device(options.device);
+    const ModelConfig config = ModelConfig::from_gguf(*file);
+    switch (config.architecture) {
+        case Architecture::GPT2: return F32GPTModel::load(std::move(file), f32);
+        case Architecture::Llama: return F32LlamaModel::load(std::move(file), f32);
+    }
+    throw std::runtime_error("no float32 model for architecture " + config.architecture_name);
 }
 
-std::string backend_description(const ModelBackend& backend, const BackendOptions&) {
-    return std::visit([](const auto&) -> std::string { return "GPTModel (f64, cpu)"; }, backend);
+std::string backend_description(const ModelBackend& backend, const BackendOptions& options) {
+    return std::visit(
+        [&](const auto& model) -> std::string {
+            using M = std::decay_t<decltype(model)>;
+            if constexpr (std::is_same_v<M, GPTModel>) {
+                return "GPTModel (f64, cpu)";
+            } else {
+                const char* name = std::is_same_v<M, F32LlamaModel> ? "F32LlamaModel" : "F32GPTModel";
+                return std::string(name) + " (f32, " + std::string(compute::device_name(model.options().device)) +
+                       (model.options().exact_activations ? ", exact activations" : "") + ")";
+            }
+        },
+        backend);
 }
 
 }  // namespace twinfer

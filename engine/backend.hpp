@@ -8,14 +8,17 @@
 #include <variant>
 
 #include "format/gguf.hpp"
+#include "models/f32_gpt_model.hpp"
+#include "models/f32_llama_model.hpp"
 #include "models/gpt_model.hpp"
 #include "models/inference.hpp"
 
 namespace twinfer {
 
-using ModelBackend = std::variant<GPTModel>;
+// TransformerModel joins when its issue lands; until then the set holds only real models.
+using ModelBackend = std::variant<GPTModel, F32GPTModel, F32LlamaModel>;
 
-static_assert(GPTInference<GPTModel>);
+static_assert(GPTInference<GPTModel> && GPTInference<F32GPTModel> && GPTInference<F32LlamaModel>);
 
 enum class Precision { F64, F32 };
 enum class DeviceChoice { Auto, CPU, CUDA };
