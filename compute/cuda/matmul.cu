@@ -31,16 +31,55 @@ constexpr int padded_unit = 36;
 // costs less than writing and reading its float16 copy.
 constexpr size_t min_gemm_tokens = 8;
 
-size_t matvec_shared_bytes(size_t cols) { return (cols / 32 * padded_unit + cols / 16) * sizeof(float); }
+size_t matvec_shared_bytes(size_t cols) { return (cols / 32 * padded_unit + (cols / 16 + 3) / 4 * 4) * sizeof(float); }
 
-template <GGMLType T>
+// Bytes of one 32-weight unit (a fraction of a block for the 256-weight K types).
+__host__ __device__ constexpr size_t unit_bytes(GGMLType type) {
+    switch (type) {
+    case GGMLType::Q4_0: return 18;
+    case GGMLType::Q4_1: return 20;
+    case GGMLType::Q5_0: return 22;
+    case GGMLType::Q5_1: return 24;
+    case GGMLType::Q8_0: return 34;
+    case GGMLType::Q2_K: return 84 / 8;   // 32 units, four blocks, are whole bytes for every K type
+    case GGMLType::Q3_K: return 110 / 8;
+    case GGMLType::Q4_K: return 144 / 8;
+    case GGMLType::Q5_K: return 176 / 8;
+    case GGMLType::Q6_K: return 210 / 8;
+    default: return 0;  // float types: read in place
+    }
+}
+// A warp's 32 consecutive units of one row, in bytes (whole blocks for every type).
+template <GGMLType T> __host__ __device__ constexpr size_t segment_bytes() {
+    switch (T) {
+    case GGMLType::Q2_K: return 4 * 84;
+    case GGMLType::Q3_K: return 4 * 110;
+    case GGMLType::Q4_K: return 4 * 144;
+    case GGMLType::Q5_K: return 4 * 176;
+    case GGMLType::Q6_K: return 4 * 210;
+    default: return 32 * unit_bytes(T);
+    }
+}
+// Quantized rows are staged per warp in shared memory with coalesced 4-byte loads, then decoded
+// from there: a lane reading its own 18-byte block straight from global memory would touch a
+// sector per lane per load, and the L1 traffic, not DRAM, would bound the kernel.
+template <GGMLType T> __host__ __device__ constexpr bool staged() { return unit_bytes(T) != 0; }
+template <GGMLType T> __host__ __device__ constexpr size_t staging_bytes() {
+    return staged<T>() ? matvec_warps * rows_per_warp * ((segment_bytes<T>() + 15) / 16 * 16) : 0;
+}
+
+// Stage: staged<T>() and rows a whole number of 4-byte words (not so for an odd number of Q3_K or
+// Q6_K blocks, which are read in place).
+template <GGMLType T, bool Stage>
 __global__ void __launch_bounds__(matvec_warps * 32)
 matvec_kernel(const uint8_t* __restrict__ w, size_t row_bytes, int rows, int cols, const float* __restrict__ x,
               float* __restrict__ y) {
-    extern __shared__ float shared[];
+    extern __shared__ __align__(16) float shared[];
     const int units = cols / 32;
     float* xs = shared;
     float* sums = shared + units * padded_unit;
+    constexpr size_t segment = (segment_bytes<T>() + 15) / 16 * 16;
+    auto* staging = reinterpret_cast<uint8_t*>(sums + (cols / 16 + 3) / 4 * 4);
     for (int i = threadIdx.x; i < cols; i += blockDim.x) xs[(i / 32) * padded_unit + i % 32] = x[i];
     __syncthreads();
     for (int g = threadIdx.x; g < cols / 16; g += blockDim.x) {
@@ -58,8 +97,23 @@ matvec_kernel(const uint8_t* __restrict__ w, size_t row_bytes, int rows, int col
     const uint8_t* row[rows_per_warp];
 #pragma unroll
     for (int r = 0; r < rows_per_warp; ++r) row[r] = w + size_t(min(first_row + r, rows - 1)) * row_bytes;
+    uint8_t* my_staging = staging + warp * rows_per_warp * segment;
     float acc[rows_per_warp] = {};
-    for (int unit = lane; unit < units; unit += 32) {
+    for (int base = 0; base < units; base += 32) {
+        const int unit = base + lane;
+        if constexpr (Stage) {
+            const size_t begin = size_t(base) * unit_bytes(T);
+            const size_t length = min(size_t(segment_bytes<T>()), row_bytes - begin);
+            __syncwarp();  // the previous segment is decoded
+#pragma unroll
+            for (int r = 0; r < rows_per_warp; ++r) {
+                const auto* src = reinterpret_cast<const uint32_t*>(row[r] + begin);
+                auto* dst = reinterpret_cast<uint32_t*>(my_staging + r * segment);
+                for (size_t i = lane; i < length / 4; i += 32) dst[i] = __ldg(src + i);
+            }
+            __syncwarp();
+        }
+        if (unit >= units) continue;
         float xv[32];
         const auto* x4 = reinterpret_cast<const float4*>(xs + unit * padded_unit);
 #pragma unroll
@@ -71,7 +125,8 @@ matvec_kernel(const uint8_t* __restrict__ w, size_t row_bytes, int rows, int col
 #pragma unroll
         for (int r = 0; r < rows_per_warp; ++r) {
             Unit u;
-            decode_unit<T>(row[r], unit, u);
+            if constexpr (Stage) decode_unit<T>(my_staging + r * segment, lane, u);
+            else decode_unit<T>(row[r], unit, u);
             float dot0 = 0.0f, dot1 = 0.0f;
 #pragma unroll
             for (int k = 0; k < 16; ++k) {
@@ -140,17 +195,23 @@ void with_type(const WeightMatrix& w, const char* op, F&& f) {
         throw std::invalid_argument(std::string("CUDA ") + op + ": no kernel for " + std::string(type_name(w.type)));
 }
 
+template <GGMLType T, bool Stage>
+void launch_matvec(Context& ctx, const WeightMatrix& w, const float* x, float* y) {
+    const size_t shared = matvec_shared_bytes(w.cols) + (Stage ? staging_bytes<T>() : 0);
+    static bool raised = false;  // the limit is per kernel and process; raising it again is harmless
+    if (shared > 48 * 1024 && !raised) {
+        TWINFER_CUDA_CHECK(cudaFuncSetAttribute(matvec_kernel<T, Stage>, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024));
+        raised = true;
+    }
+    matvec_kernel<T, Stage><<<blocks_for(w.rows, rows_per_block), matvec_warps * 32, shared, stream(ctx)>>>(
+        reinterpret_cast<const uint8_t*>(w.data), w.row_bytes(), int(w.rows), int(w.cols), x, y);
+    TWINFER_CUDA_CHECK_LAUNCH();
+}
+
 void matvec(Context& ctx, const WeightMatrix& w, const float* x, float* y) {
-    const size_t shared = matvec_shared_bytes(w.cols);
     with_type(w, "matmul", [&]<GGMLType T>() {
-        static bool raised = false;  // the limit is per kernel and process; raising it again is harmless
-        if (shared > 48 * 1024 && !raised) {
-            TWINFER_CUDA_CHECK(cudaFuncSetAttribute(matvec_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024));
-            raised = true;
-        }
-        matvec_kernel<T><<<blocks_for(w.rows, rows_per_block), matvec_warps * 32, shared, stream(ctx)>>>(
-            reinterpret_cast<const uint8_t*>(w.data), w.row_bytes(), int(w.rows), int(w.cols), x, y);
-        TWINFER_CUDA_CHECK_LAUNCH();
+        if (staged<T>() && w.row_bytes() % 4 == 0) launch_matvec<T, staged<T>()>(ctx, w, x, y);
+        else launch_matvec<T, false>(ctx, w, x, y);
     });
 }
 

@@ -1,6 +1,6 @@
 // Rotary position embedding: one thread per (token, pair), looping over the heads. The angle is
 // computed in double, as on the CPU: at positions in the thousands a float angle would be off by
-// about 1e-4 radians.
+// about 1e-4 radians; double sine and cosine are slow, so only the reduction to one turn is.
 #include <stdexcept>
 #include <string>
 
@@ -20,9 +20,11 @@ __global__ void rope_kernel(float* x, int n_tokens, size_t row_stride, int n_hea
     const int t = i / n_pairs, pair = i % n_pairs;
     double theta = double(first_position + t) * position_scale * pow(freq_base, -2.0 * pair / n_rot);
     if (freq_factors) theta /= freq_factors[pair];
-    double s, c;
-    sincos(theta, &s, &c);
-    const float cf = float(c), sf = float(s);
+    // Reduced to [0, 2 pi) in double, the float sine and cosine are exact to float rounding.
+    constexpr double two_pi = 6.283185307179586476925;
+    theta -= two_pi * floor(theta / two_pi);
+    float sf, cf;
+    sincosf(float(theta), &sf, &cf);
     const int a = adjacent ? 2 * pair : pair;
     const int b = adjacent ? 2 * pair + 1 : pair + n_pairs;
     for (int h = 0; h < n_heads; ++h) {

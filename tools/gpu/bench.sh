@@ -4,10 +4,11 @@
 # Llama-2-7B Q4_0) with random weights, made there (tests/compute/cuda_bench_test.cpp).
 # Usage: tools/gpu/bench.sh [build-dir]   (default build-gpu); logs go to $OUT when it is set.
 #
-# That machine cannot fetch packages and lacks PCRE2, nlohmann-json, OpenBLAS and GoogleTest: fetch
+# That machine cannot fetch packages and lacks PCRE2, nlohmann-json, OpenBLAS, readline and GoogleTest: fetch
 # their Debian packages here, into a git-ignored folder that the call carries:
 #   mkdir -p .deps/debs && (cd .deps/debs && apt-get download libpcre2-dev libpcre2-8-0 \
-#     nlohmann-json3-dev libopenblas-dev libopenblas0-pthread libopenblas-pthread-dev libgfortran5 libgtest-dev)
+#     nlohmann-json3-dev libopenblas-dev libopenblas0-pthread libopenblas-pthread-dev libgfortran5 libgtest-dev \
+#     libreadline-dev libreadline8 libncurses-dev libtinfo6 libncursesw6)
 # and this script unpacks them under /tmp/deps (never into /).
 set -euo pipefail
 build=${1:-build-gpu}
@@ -26,6 +27,6 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=c
 cmake -S . -B "$build" -G Ninja -DTWINFER_CUDA=ON -DCMAKE_BUILD_TYPE=Release "${deps[@]}" > "$log/cmake.log" 2>&1 ||
     { tail -30 "$log/cmake.log"; exit 1; }
 ninja -C "$build" -j16 test_compute > "$log/build.log" 2>&1 || { grep -B2 -A8 -m5 error "$log/build.log"; tail -20 "$log/build.log"; exit 1; }
-"$build/tests/test_compute" --gtest_filter='Cuda*' --gtest_brief=1 2>&1 | tee "$log/cuda_tests.log" | tail -30
+"$build/tests/test_compute" --gtest_filter='*Cuda*' --gtest_brief=1 2>&1 | tee "$log/cuda_tests.log" | tail -30
 "$build/tests/test_compute" --gtest_also_run_disabled_tests --gtest_filter='CudaBench.*' 2>&1 | tee "$log/bench.log" |
     grep -E '^\||device:|FAILED|rror'
