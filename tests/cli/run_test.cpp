@@ -173,3 +173,22 @@ TEST(CliVerify, ReferenceAndFastModelAgreeOnStories) {
 
 }  // namespace
 }  // namespace twinfer::test
+
+namespace twinfer::test {
+namespace {
+
+TEST(CliRun, SmolLM2GreedyMatchesTheReferenceIds) {
+    TWINFER_REQUIRE_FILE(smollm2_path());
+    // GPTModel's greedy continuation (tests/models/gpt_model_test.cpp), which transformers'
+    // own greedy decoding of this GGUF also gives: " Paris.\n\nThe answer is:".
+    const nlohmann::json expected = {7042, 30, 198, 198, 504, 2988, 314, 42};
+    const auto r = twinfer("run -m " + smollm2_path().string() + " --json --temp 0 -n 8 -p 'The capital of France is'");
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    const auto j = nlohmann::json::parse(r.out);
+    EXPECT_EQ(j["prompt_ids"], (nlohmann::json{504, 3575, 282, 4649, 314}));
+    EXPECT_EQ(j["ids"], expected);
+    EXPECT_EQ(j["text"], " Paris.\n\nThe answer is:");
+}
+
+}  // namespace
+}  // namespace twinfer::test
