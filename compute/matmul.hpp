@@ -4,6 +4,7 @@
 // product; many tokens dequantize tiles of rows to float and run a register-blocked product.
 #include <cstddef>
 #include <cstdint>
+#include <span>
 
 #include "compute/context.hpp"
 #ifdef TWINFER_WITH_CUDA
@@ -47,6 +48,21 @@ inline void matmul(Context& ctx, const WeightMatrix& w, const float* x, size_t n
     if (ctx.device() == Device::CUDA) return cuda::matmul(ctx, w, x, n_tokens, y, activations);
 #endif
     throw_backend_unavailable("matmul", ctx.device());
+}
+
+// Several products of one input, y_i = W_i x (Q, K and V; gate and up): x is packed or quantized
+// once and every matrix's rows are shared out in one parallel region.
+struct MatmulOutput {
+    WeightMatrix w;
+    float* y;   // [n_tokens, w.rows]
+};
+namespace cpu {
+void matmul(Context& ctx, std::span<const MatmulOutput> outputs, const float* x, size_t n_tokens, Activations activations);
+}
+inline void matmul(Context& ctx, std::span<const MatmulOutput> outputs, const float* x, size_t n_tokens,
+                   Activations activations) {
+    if (ctx.device() == Device::CPU) return cpu::matmul(ctx, outputs, x, n_tokens, activations);
+    for (const MatmulOutput& o : outputs) matmul(ctx, o.w, x, n_tokens, o.y, activations);
 }
 
 // Rows `ids` of an embedding table, as float: out[i, :] = table[ids[i], :]. ids must be < rows.

@@ -107,9 +107,13 @@ Logits F32GPTModel::forward(std::span<const Token> ids, LogitsMode mode) {
 
         // Attention block: x += Wo attention(Wq xn, Wk xn, Wv xn) + bo, xn = layer_norm(x)
         compute::layer_norm(ctx_, x, L.attn_norm.data(), L.attn_norm_bias.data(), T, E, eps, xn);   // xn: [T, E]
-        project(L.wq, L.bq, xn, T, q);                                              // q: [T, H, D]
-        project(L.wk, L.bk, xn, T, keys + p0 * E);                                  // k: [T, H, D] into the cache
-        project(L.wv, L.bv, xn, T, values + p0 * E);                                // v: [T, H, D] into the cache
+        float* k = keys + p0 * E;                                                   // [T, E]: this call's rows
+        float* v = values + p0 * E;
+        const compute::MatmulOutput qkv[] = {{L.wq, q}, {L.wk, k}, {L.wv, v}};
+        compute::matmul(ctx_, qkv, xn, T, activations_for(options_));               // q, k, v: [T, H, D]; k, v into the cache
+        compute::add_bias(ctx_, q, L.bq.data(), T, E);
+        compute::add_bias(ctx_, k, L.bk.data(), T, E);
+        compute::add_bias(ctx_, v, L.bv.data(), T, E);
         compute::attention(ctx_, q, keys, values, T, p0, attention_shape_, att);    // att: [T, H, D]
         project(L.wo, L.bo, att, T, out);                                           // out: [T, E]
         compute::add(ctx_, x, out, T * E);

@@ -69,7 +69,12 @@ F32LlamaModel F32LlamaModel::load(std::shared_ptr<const gguf::File> file, const 
 void F32LlamaModel::project(const compute::WeightMatrix& w, const std::vector<float>& bias, const float* x,
                             size_t n_tokens, float* y) {
     compute::matmul(ctx_, w, x, n_tokens, y, activations_for(options_));
-    if (!bias.empty()) compute::add_bias(ctx_, y, bias.data(), n_tokens, w.rows);
+    add_bias(bias, n_tokens, y);
+}
+
+// y[t, :] += bias, for the files whose projections have one.
+void F32LlamaModel::add_bias(const std::vector<float>& bias, size_t n_tokens, float* y) {
+    if (!bias.empty()) compute::add_bias(ctx_, y, bias.data(), n_tokens, bias.size());
 }
 
 // Shapes: T new tokens, E = n_embd, H heads and Hkv KV heads of D dims, F = n_ff, V = n_vocab.
@@ -99,9 +104,11 @@ Logits F32LlamaModel::forward(std::span<const Token> ids, LogitsMode mode) {
 
         // Attention block: x += Wo attention(rope(Wq xn), rope(Wk xn), Wv xn), xn = rms_norm(x)
         compute::rms_norm(ctx_, x, L.attn_norm.data(), T, E, eps, xn);              // xn: [T, E]
-        project(L.wq, L.bq, xn, T, q);                                              // q: [T, H, D]
-        project(L.wk, L.bk, xn, T, k);                                              // k: [T, Hkv, D] into the cache
-        project(L.wv, L.bv, xn, T, v);                                              // v: [T, Hkv, D] into the cache
+        const compute::MatmulOutput qkv[] = {{L.wq, q}, {L.wk, k}, {L.wv, v}};
+        compute::matmul(ctx_, qkv, xn, T, activations_for(options_));               // q: [T, H, D]; k, v: [T, Hkv, D] into the cache
+        add_bias(L.bq, T, q);
+        add_bias(L.bk, T, k);
+        add_bias(L.bv, T, v);
         compute::rope(ctx_, q, T, QD, H, D, p0, rope_);
         compute::rope(ctx_, k, T, KVD, Hkv, D, p0, rope_);
         compute::attention(ctx_, q, keys, values, T, p0, attention_shape_, att);    // att: [T, H, D]
@@ -110,8 +117,8 @@ Logits F32LlamaModel::forward(std::span<const Token> ids, LogitsMode mode) {
 
         // Feed-forward block: x += W_down (silu(W_gate xn) * W_up xn), xn = rms_norm(x)
         compute::rms_norm(ctx_, x, L.ffn_norm.data(), T, E, eps, xn);
-        project(L.w_gate, {}, xn, T, gate);                                         // gate: [T, F]
-        project(L.w_up, {}, xn, T, up);                                             // up: [T, F]
+        const compute::MatmulOutput gate_up[] = {{L.w_gate, gate}, {L.w_up, up}};
+        compute::matmul(ctx_, gate_up, xn, T, activations_for(options_));           // gate, up: [T, F]
         compute::swiglu(ctx_, gate, up, T * F, gate);
         project(L.w_down, {}, gate, T, out);                                        // out: [T, E]
         compute::add(ctx_, x, out, T * E);

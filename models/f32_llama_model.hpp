@@ -46,6 +46,7 @@ private:
 
     F32LlamaModel(std::shared_ptr<const gguf::File> file, ModelConfig config, const F32Options& options);
     void project(const compute::WeightMatrix& w, const std::vector<float>& bias, const float* x, size_t n_tokens, float* y);
+    void add_bias(const std::vector<float>& bias, size_t n_tokens, float* y);
 
     std::shared_ptr<const gguf::File> file_;   // the mapping the weight matrices point into
     ModelConfig config_;

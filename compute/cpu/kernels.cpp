@@ -44,14 +44,20 @@ void quantize_q8(const float* x, size_t n, Q8Block* out) {
     }
 }
 
+// Tiled over columns so that a tile of the block (64 columns x token_block) stays in L1 while
+// each token's row segment is spread into it.
 void pack_tokens(const float* x, size_t n_tokens, size_t n_cols, size_t token_block, float* out) {
+    constexpr size_t tile = 64;
     for (size_t t0 = 0; t0 < n_tokens; t0 += token_block) {
         float* block = out + t0 * n_cols;
         const size_t n = std::min(token_block, n_tokens - t0);
         if (n < token_block) std::memset(block, 0, token_block * n_cols * sizeof(float));
-        for (size_t j = 0; j < n; ++j) {
-            const float* row = x + (t0 + j) * n_cols;
-            for (size_t k = 0; k < n_cols; ++k) block[k * token_block + j] = row[k];
+        for (size_t k0 = 0; k0 < n_cols; k0 += tile) {
+            const size_t k1 = std::min(n_cols, k0 + tile);
+            for (size_t j = 0; j < n; ++j) {
+                const float* row = x + (t0 + j) * n_cols;
+                for (size_t k = k0; k < k1; ++k) block[k * token_block + j] = row[k];
+            }
         }
     }
 }

@@ -32,6 +32,8 @@ struct Kernels {
     // The same with x quantized by quantize_q8; null in the generic table; type has_q8_kernel().
     void (*matvec_q8)(GGMLType type, const std::byte* w, size_t row_bytes, size_t n_rows, size_t n_cols,
                       const Q8Block* x, float* y);
+    // n values (whole blocks) of `type` to float: format/quant.hpp's dequantize(), vectorized.
+    void (*dequantize)(GGMLType type, const std::byte* src, size_t n, float* dst);
     // Float product of a tile: y[t * y_stride + r] = sum_k w[r * w_stride + k] x[t, k] for r <
     // n_rows, t < n_tokens, with x packed by pack_tokens(gemm_token_block).
     size_t gemm_token_block;

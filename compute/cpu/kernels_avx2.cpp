@@ -55,11 +55,11 @@ constexpr bool avx512 = false;
 
 }  // namespace
 
-#include "compute/cpu/simd_float.inl"
 #include "compute/cpu/simd_int8.inl"
+#include "compute/cpu/simd_float.inl"
 
 const Kernels& avx2_kernels() {
-    static const Kernels table{CpuIsa::AVX2, matvec, matvec_q8, NR, gemm, attend, swiglu, gelu};
+    static const Kernels table{CpuIsa::AVX2, matvec, matvec_q8, dequantize_row, NR, gemm, attend, swiglu, gelu};
     return table;
 }
 

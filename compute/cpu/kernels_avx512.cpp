@@ -51,11 +51,11 @@ constexpr bool avx512 = true;
 
 }  // namespace
 
-#include "compute/cpu/simd_float.inl"
 #include "compute/cpu/simd_int8.inl"
+#include "compute/cpu/simd_float.inl"
 
 const Kernels& avx512_kernels() {
-    static const Kernels table{CpuIsa::AVX512, matvec, matvec_q8, NR, gemm, attend, swiglu, gelu};
+    static const Kernels table{CpuIsa::AVX512, matvec, matvec_q8, dequantize_row, NR, gemm, attend, swiglu, gelu};
     return table;
 }
 

@@ -34,12 +34,16 @@ struct FloatVec {
     static V load_bf16(const uint16_t* p) { return bf16_to_fp32(*p); }
 };
 
+void dequantize_row(GGMLType type, const std::byte* src, size_t n, float* dst) {
+    dequantize(type, {src, row_size_bytes(type, n)}, std::span<float>(dst, n));
+}
+
 }  // namespace
 
 #include "compute/cpu/simd_float.inl"
 
 const Kernels& generic_kernels() {
-    static const Kernels table{CpuIsa::Generic, matvec, nullptr, NR, gemm, attend, swiglu, gelu};
+    static const Kernels table{CpuIsa::Generic, matvec, nullptr, dequantize_row, NR, gemm, attend, swiglu, gelu};
     return table;
 }
 

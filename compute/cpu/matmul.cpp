@@ -35,57 +35,93 @@ namespace {
 // Below this many tokens one matrix-vector product per token beats the tiled product, which
 // pads the tokens to a whole block and dequantizes its tiles.
 constexpr size_t min_gemm_tokens = 4;
+// Rows handed out at a time: small enough to balance two threads when one is slowed by another
+// process, large enough that the atomic counter is noise.
 constexpr size_t matvec_chunk_rows = 16;
 constexpr size_t gemm_chunk_rows = 48;   // a multiple of every table's gemm_rows (12, 6, 4)
 
-void matvec(Context& ctx, const Kernels& k, const WeightMatrix& w, const float* x, float* y, Activations activations) {
-    const size_t row_bytes = w.row_bytes();
-    if (activations == Activations::Int8 && k.matvec_q8 && has_q8_kernel(w.type)) {
-        auto* xq = reinterpret_cast<Q8Block*>(ctx.shared_scratch(w.cols / 32 * sizeof(Q8Block)));
-        quantize_q8(x, w.cols, xq);
-        ctx.pool().parallel_for(w.rows, matvec_chunk_rows, [&](size_t begin, size_t end, int) {
-            k.matvec_q8(w.type, w.data + begin * row_bytes, row_bytes, end - begin, w.cols, xq, y + begin);
-        });
-    } else {
-        ctx.pool().parallel_for(w.rows, matvec_chunk_rows, [&](size_t begin, size_t end, int) {
-            k.matvec(w.type, w.data + begin * row_bytes, row_bytes, end - begin, w.cols, x, y + begin);
-        });
-    }
+// Calls fn(output, begin, end, thread) for chunks of every output's rows, from one parallel region.
+template <class F>
+void for_row_chunks(Context& ctx, std::span<const MatmulOutput> outputs, size_t chunk, F&& fn) {
+    size_t total = 0;
+    for (const MatmulOutput& o : outputs) total += (o.w.rows + chunk - 1) / chunk;
+    ctx.pool().parallel_for(total, 1, [&](size_t first, size_t last, int thread) {
+        for (size_t c = first; c < last; ++c) {
+            size_t index = c, i = 0;
+            for (; index >= (outputs[i].w.rows + chunk - 1) / chunk; ++i) index -= (outputs[i].w.rows + chunk - 1) / chunk;
+            const size_t begin = index * chunk;
+            fn(i, begin, std::min(outputs[i].w.rows, begin + chunk), thread);
+        }
+    });
 }
 
-void gemm(Context& ctx, const Kernels& k, const WeightMatrix& w, const float* x, size_t n_tokens, float* y) {
-    const size_t row_bytes = w.row_bytes();
+void matvec(Context& ctx, const Kernels& k, std::span<const MatmulOutput> outputs, const float* x, size_t token,
+            Activations activations) {
+    const size_t cols = outputs[0].w.cols;
+    const bool int8 = activations == Activations::Int8 && k.matvec_q8;
+    const Q8Block* xq = nullptr;
+    if (int8 && cols % 32 == 0) {
+        auto* blocks = reinterpret_cast<Q8Block*>(ctx.shared_scratch(cols / 32 * sizeof(Q8Block)));
+        quantize_q8(x, cols, blocks);
+        xq = blocks;
+    }
+    for_row_chunks(ctx, outputs, matvec_chunk_rows, [&](size_t i, size_t begin, size_t end, int) {
+        const WeightMatrix& w = outputs[i].w;
+        const size_t row_bytes = w.row_bytes();
+        float* y = outputs[i].y + token * w.rows + begin;
+        if (xq && has_q8_kernel(w.type)) k.matvec_q8(w.type, w.data + begin * row_bytes, row_bytes, end - begin, cols, xq, y);
+        else k.matvec(w.type, w.data + begin * row_bytes, row_bytes, end - begin, cols, x, y);
+    });
+}
+
+void gemm(Context& ctx, const Kernels& k, std::span<const MatmulOutput> outputs, const float* x, size_t n_tokens) {
+    const size_t cols = outputs[0].w.cols;
     const size_t block = k.gemm_token_block;
-    const size_t padded = (n_tokens + block - 1) / block * block;
-    auto* packed = reinterpret_cast<float*>(ctx.shared_scratch(padded * w.cols * sizeof(float)));
-    pack_tokens(x, n_tokens, w.cols, block, packed);
-    ctx.pool().parallel_for(w.rows, gemm_chunk_rows, [&](size_t begin, size_t end, int thread) {
+    const size_t n_blocks = (n_tokens + block - 1) / block;
+    auto* packed = reinterpret_cast<float*>(ctx.shared_scratch(n_blocks * block * cols * sizeof(float)));
+    ctx.pool().parallel_for(n_blocks, 1, [&](size_t first, size_t last, int) {
+        const size_t t0 = first * block, t1 = std::min(n_tokens, last * block);
+        pack_tokens(x + t0 * cols, t1 - t0, cols, block, packed + t0 * cols);
+    });
+    for_row_chunks(ctx, outputs, gemm_chunk_rows, [&](size_t i, size_t begin, size_t end, int thread) {
+        const WeightMatrix& w = outputs[i].w;
         const size_t n_rows = end - begin;
-        const std::byte* rows = w.data + begin * row_bytes;
+        const std::byte* rows = w.data + begin * w.row_bytes();
         const float* tile = reinterpret_cast<const float*>(rows);
         if (w.type != GGMLType::F32) {
-            auto* buffer = reinterpret_cast<float*>(ctx.thread_scratch(thread, n_rows * w.cols * sizeof(float)));
-            dequantize(w.type, {rows, n_rows * row_bytes}, {buffer, n_rows * w.cols});
+            auto* buffer = reinterpret_cast<float*>(ctx.thread_scratch(thread, n_rows * cols * sizeof(float)));
+            k.dequantize(w.type, rows, n_rows * cols, buffer);
             tile = buffer;
         }
-        k.gemm(tile, w.cols, n_rows, w.cols, packed, n_tokens, y + begin, w.rows);
+        k.gemm(tile, cols, n_rows, cols, packed, n_tokens, outputs[i].y + begin, w.rows);
     });
 }
 
 }  // namespace
 
-void matmul(Context& ctx, const WeightMatrix& w, const float* x, size_t n_tokens, float* y, Activations activations) {
+void matmul(Context& ctx, std::span<const MatmulOutput> outputs, const float* x, size_t n_tokens, Activations activations) {
+    for (const MatmulOutput& o : outputs)
+        if (o.w.cols != outputs[0].w.cols)
+            throw std::invalid_argument("matmul: matrices sharing an input must have as many columns (" +
+                                        std::to_string(o.w.cols) + " vs " + std::to_string(outputs[0].w.cols) + ")");
+    if (outputs.empty() || n_tokens == 0) return;
     const Kernels& k = kernels(ctx.cpu_isa());
-    if (n_tokens >= min_gemm_tokens) return gemm(ctx, k, w, x, n_tokens, y);
-    for (size_t t = 0; t < n_tokens; ++t) matvec(ctx, k, w, x + t * w.cols, y + t * w.rows, activations);
+    if (n_tokens >= min_gemm_tokens) return gemm(ctx, k, outputs, x, n_tokens);
+    for (size_t t = 0; t < n_tokens; ++t) matvec(ctx, k, outputs, x + t * outputs[0].w.cols, t, activations);
 }
 
-void get_rows(Context&, const WeightMatrix& table, const int32_t* ids, size_t n_ids, float* out) {
+void matmul(Context& ctx, const WeightMatrix& w, const float* x, size_t n_tokens, float* y, Activations activations) {
+    const MatmulOutput output{w, y};
+    cpu::matmul(ctx, std::span(&output, 1), x, n_tokens, activations);
+}
+
+void get_rows(Context& ctx, const WeightMatrix& table, const int32_t* ids, size_t n_ids, float* out) {
+    const Kernels& k = kernels(ctx.cpu_isa());
     const size_t row_bytes = table.row_bytes();
     for (size_t i = 0; i < n_ids; ++i) {
         if (ids[i] < 0 || static_cast<size_t>(ids[i]) >= table.rows)
             throw std::out_of_range("row " + std::to_string(ids[i]) + " of a table of " + std::to_string(table.rows) + " rows");
-        dequantize(table.type, {table.data + ids[i] * row_bytes, row_bytes}, {out + i * table.cols, table.cols});
+        k.dequantize(table.type, table.data + ids[i] * row_bytes, table.cols, out + i * table.cols);
     }
 }
 

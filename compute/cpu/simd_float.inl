@@ -5,6 +5,7 @@
 //     zero() load(p) store(p, v) set1(f) add sub mul div min max fma(a, b, c)=a*b+c hsum(v)
 //     round(v) (to nearest) scale_pow2(y, n)=y*2^n load_f16(p) load_bf16(p)   (all static)
 //   };
+//   void dequantize_row(GGMLType type, const std::byte* src, size_t n, float* dst);
 // Everything here has internal linkage: each ISA's copy stays in its own translation unit.
 namespace {
 
@@ -68,8 +69,7 @@ void matvec_dequantized(GGMLType type, const std::byte* w, size_t row_bytes, siz
         float sum = 0.0f;
         for (size_t c = 0; c < n_cols; c += 256) {
             const size_t n = std::min<size_t>(256, n_cols - c);
-            const size_t offset = c / traits.block_size * traits.type_size;
-            dequantize(type, {row + offset, n / traits.block_size * traits.type_size}, std::span<float>(values, n));
+            dequantize_row(type, row + c / traits.block_size * traits.type_size, n, values);
             sum += dot_f32(values, x + c, n);
         }
         y[r] = sum;

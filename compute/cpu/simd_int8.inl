@@ -189,3 +189,114 @@ void matvec_q8(GGMLType type, const std::byte* w, size_t row_bytes, size_t n_row
 }
 
 }  // namespace
+
+// Dequantization to float of whole rows, for the tiled product's weight tiles and the float-
+// activation matrix-vector product: the same unpacking as the dot products above, widened to
+// float 8 values at a time, value = scale * q + offset.
+namespace {
+
+template <bool Signed>
+inline void store8(__m128i bytes, float scale, float offset, float* dst) {
+    const __m256i q = Signed ? _mm256_cvtepi8_epi32(bytes) : _mm256_cvtepu8_epi32(bytes);
+    _mm256_storeu_ps(dst, _mm256_fmadd_ps(_mm256_set1_ps(scale), _mm256_cvtepi32_ps(q), _mm256_set1_ps(offset)));
+}
+
+// 16 values: bytes 0..15 of `half`.
+template <bool Signed>
+inline void store16(__m128i half, float scale, float offset, float* dst) {
+    store8<Signed>(half, scale, offset, dst);
+    store8<Signed>(_mm_srli_si128(half, 8), scale, offset, dst + 8);
+}
+
+template <bool Signed>
+inline void store32(__m256i q, float scale, float offset, float* dst) {
+    store16<Signed>(_mm256_castsi256_si128(q), scale, offset, dst);
+    store16<Signed>(_mm256_extracti128_si256(q, 1), scale, offset, dst + 16);
+}
+
+template <class Block, __m256i (*Values)(const Block&), int Offset>
+void dequantize_symmetric(const std::byte* src, size_t n, float* dst) {
+    const Block* b = reinterpret_cast<const Block*>(src);
+    for (size_t i = 0; i < n / 32; ++i) {
+        const float d = half(b[i].d);
+        store32<false>(Values(b[i]), d, -Offset * d, dst + 32 * i);
+    }
+}
+
+template <class Block, __m256i (*Values)(const Block&)>
+void dequantize_with_min(const std::byte* src, size_t n, float* dst) {
+    const Block* b = reinterpret_cast<const Block*>(src);
+    for (size_t i = 0; i < n / 32; ++i) store32<false>(Values(b[i]), half(b[i].d), half(b[i].m), dst + 32 * i);
+}
+
+void dequantize_q8_0(const std::byte* src, size_t n, float* dst) {
+    const BlockQ8_0* b = reinterpret_cast<const BlockQ8_0*>(src);
+    for (size_t i = 0; i < n / 32; ++i) store32<true>(load_bytes(b[i].qs), half(b[i].d), 0.0f, dst + 32 * i);
+}
+
+template <class Block, bool FifthBit>
+void dequantize_k_with_min(const std::byte* src, size_t n, float* dst) {
+    const Block* blocks = reinterpret_cast<const Block*>(src);
+    for (size_t i = 0; i < n / 256; ++i) {
+        const Block& b = blocks[i];
+        const float d = half(b.d), dmin = half(b.dmin);
+        __m256i high_bits = _mm256_setzero_si256();
+        if constexpr (FifthBit) high_bits = load_bytes(b.qh);
+        for (int g = 0; g < 4; ++g) {
+            const __m256i q = load_bytes(b.qs + 32 * g);
+            __m256i lo = low_nibbles(q), hi = high_nibbles(q);
+            if constexpr (FifthBit) {
+                lo = _mm256_or_si256(lo, bit_to_16(high_bits, static_cast<uint8_t>(1u << (2 * g))));
+                hi = _mm256_or_si256(hi, bit_to_16(high_bits, static_cast<uint8_t>(1u << (2 * g + 1))));
+            }
+            float scale0, min0, scale1, min1;
+            k4_scale_min(b.scales, 2 * g, scale0, min0);
+            k4_scale_min(b.scales, 2 * g + 1, scale1, min1);
+            store32<false>(lo, d * scale0, -dmin * min0, dst + 256 * i + 64 * g);
+            store32<false>(hi, d * scale1, -dmin * min1, dst + 256 * i + 64 * g + 32);
+        }
+    }
+}
+
+void dequantize_q6_k(const std::byte* src, size_t n, float* dst) {
+    const BlockQ6_K* blocks = reinterpret_cast<const BlockQ6_K*>(src);
+    const __m256i three = _mm256_set1_epi8(3);
+    for (size_t i = 0; i < n / 256; ++i) {
+        const BlockQ6_K& b = blocks[i];
+        const float d = half(b.d);
+        for (int h = 0; h < 2; ++h) {
+            const __m256i ql0 = load_bytes(b.ql + 64 * h), ql1 = load_bytes(b.ql + 64 * h + 32);
+            const __m256i qh = load_bytes(b.qh + 32 * h);
+            const __m256i q[4] = {
+                _mm256_or_si256(low_nibbles(ql0), _mm256_slli_epi16(_mm256_and_si256(qh, three), 4)),
+                _mm256_or_si256(low_nibbles(ql1), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), three), 4)),
+                _mm256_or_si256(high_nibbles(ql0), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), three), 4)),
+                _mm256_or_si256(high_nibbles(ql1), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), three), 4)),
+            };
+            const int8_t* scales = b.scales + 8 * h;
+            for (int g = 0; g < 4; ++g) {
+                float* out = dst + 256 * i + 128 * h + 32 * g;
+                const float s0 = d * scales[2 * g], s1 = d * scales[2 * g + 1];
+                store16<false>(_mm256_castsi256_si128(q[g]), s0, -32.0f * s0, out);
+                store16<false>(_mm256_extracti128_si256(q[g], 1), s1, -32.0f * s1, out + 16);
+            }
+        }
+    }
+}
+
+// n values (whole blocks) of `type` at src into dst.
+void dequantize_row(GGMLType type, const std::byte* src, size_t n, float* dst) {
+    switch (type) {
+    case GGMLType::Q4_0: return dequantize_symmetric<BlockQ4_0, q4_values<BlockQ4_0>, 8>(src, n, dst);
+    case GGMLType::Q4_1: return dequantize_with_min<BlockQ4_1, q4_values<BlockQ4_1>>(src, n, dst);
+    case GGMLType::Q5_0: return dequantize_symmetric<BlockQ5_0, q5_values<BlockQ5_0>, 16>(src, n, dst);
+    case GGMLType::Q5_1: return dequantize_with_min<BlockQ5_1, q5_values<BlockQ5_1>>(src, n, dst);
+    case GGMLType::Q8_0: return dequantize_q8_0(src, n, dst);
+    case GGMLType::Q4_K: return dequantize_k_with_min<BlockQ4_K, false>(src, n, dst);
+    case GGMLType::Q5_K: return dequantize_k_with_min<BlockQ5_K, true>(src, n, dst);
+    case GGMLType::Q6_K: return dequantize_q6_k(src, n, dst);
+    default: return dequantize(type, {src, row_size_bytes(type, n)}, std::span<float>(dst, n));
+    }
+}
+
+}  // namespace

@@ -2,6 +2,7 @@
 // in GGUF block formats: the work of SmolLM2-135M, TinyLlama-1.1B and Llama-2-7B forward passes,
 // without model files (the GPU machine has none). Disabled by default; tools/gpu/bench.sh runs it:
 //   test_compute --gtest_also_run_disabled_tests --gtest_filter='CudaBench.*'
+// (TWINFER_BENCH_ONLY=Llama-2-7B: one model only, e.g. under a profiler).
 // tg: one token at a time, the sampled token (argmax on the device) copied back after each, as
 // a generation loop does; "launch" enqueues each op, "graph" captures the step as a CUDA graph
 // (updated in place for the next position) and replays it. pp: 512 tokens in one pass.
@@ -11,6 +12,8 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <string>
 #include <random>
 #include <vector>
 
@@ -195,6 +198,8 @@ TEST(CudaBench, DISABLED_LlamaShapes) {
     std::printf("| model | type | tg128 launch (tok/s) | tg128 graph (tok/s) | pp512 (tok/s) |\n|---|---|---|---|---|\n");
     for (const Run& run : {Run{smollm2, GGMLType::Q4_1}, Run{tinyllama, GGMLType::Q4_0}, Run{tinyllama, GGMLType::Q8_0},
                            Run{llama7b, GGMLType::Q4_0}}) {
+        const char* only = std::getenv("TWINFER_BENCH_ONLY");  // a model name: time just that one
+        if (only && std::string(only) != run.shape.name) continue;
         Stack stack(gpu, run.shape, run.type);
         stack.forward(1, 0);  // warm-up
         stack.sampled();

@@ -134,6 +134,33 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{GGMLType::Q5_K, 512}, Case{GGMLType::Q6_K, 512}),
     case_name);
 
+// Matrices of different types and heights sharing one input give what each gives alone.
+TEST(MatmulTest, SharedInputMatchesSeparateProducts) {
+    std::mt19937 rng(11);
+    const size_t cols = 256;
+    const GGMLType types[] = {GGMLType::Q4_1, GGMLType::F16, GGMLType::Q6_K};
+    const size_t heights[] = {40, 7, 33};
+    std::vector<std::vector<std::byte>> bytes;
+    for (size_t i = 0; i < 3; ++i) bytes.push_back(random_weights(types[i], heights[i], cols, rng));
+    for (size_t n_tokens : {size_t{1}, size_t{9}}) {
+        std::normal_distribution<float> normal(0.0f, 1.0f);
+        std::vector<float> x(n_tokens * cols);
+        for (float& v : x) v = normal(rng);
+        Context ctx({.device = Device::CPU, .n_threads = 2, .cpu_isa = std::nullopt});
+        std::vector<std::vector<float>> together(3), alone(3);
+        std::vector<MatmulOutput> outputs;
+        for (size_t i = 0; i < 3; ++i) {
+            together[i].resize(n_tokens * heights[i]);
+            alone[i].resize(n_tokens * heights[i]);
+            const WeightMatrix w{types[i], heights[i], cols, bytes[i].data()};
+            outputs.push_back({w, together[i].data()});
+            matmul(ctx, w, x.data(), n_tokens, alone[i].data(), Activations::Int8);
+        }
+        matmul(ctx, outputs, x.data(), n_tokens, Activations::Int8);
+        for (size_t i = 0; i < 3; ++i) EXPECT_EQ(together[i], alone[i]) << type_name(types[i]) << " tokens=" << n_tokens;
+    }
+}
+
 TEST(MatmulTest, GetRowsDequantizesTheRequestedRows) {
     std::mt19937 rng(7);
     const size_t rows = 10, cols = 64;
