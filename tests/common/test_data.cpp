@@ -11,10 +11,10 @@ std::filesystem::path from_env(const char* name, const char* fallback) {
 }
 }  // namespace
 
-std::filesystem::path shared_testdata() { return from_env("TWINFER_TESTDATA", "../shared/testdata"); }
-std::filesystem::path models_dir() { return from_env("TWINFER_MODELS", "models"); }
-std::filesystem::path repo_root() { return from_env("TWINFER_REPO", "."); }
-std::filesystem::path twinfer_binary() { return from_env("TWINFER_BIN", "build/apps/twinfer"); }
+std::filesystem::path shared_testdata() { return from_env("TWINFER_TESTDATA", TWINFER_DEFAULT_TESTDATA); }
+std::filesystem::path models_dir() { return from_env("TWINFER_MODELS", TWINFER_DEFAULT_MODELS); }
+std::filesystem::path repo_root() { return from_env("TWINFER_REPO", TWINFER_DEFAULT_REPO); }
+std::filesystem::path twinfer_binary() { return from_env("TWINFER_BIN", TWINFER_DEFAULT_BIN); }
 std::filesystem::path smollm2_path() { return models_dir() / "SmolLM2-135M-Instruct.Q4_1.gguf"; }
 
 std::filesystem::path scratch_dir() {
