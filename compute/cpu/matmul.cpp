@@ -1,5 +1,6 @@
 #include "compute/matmul.hpp"
 
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 
@@ -35,21 +36,26 @@ namespace {
 // Below this many tokens one matrix-vector product per token beats the tiled product, which
 // pads the tokens to a whole block and dequantizes its tiles.
 constexpr size_t min_gemm_tokens = 4;
-// Rows handed out at a time: small enough to balance two threads when one is slowed by another
-// process, large enough that the atomic counter is noise.
-constexpr size_t matvec_chunk_rows = 16;
+// Rows handed out at a time in a matrix-vector product: each thread should stream long runs of
+// consecutive rows (hardware prefetchers follow a stream, and lose it at every jump), yet there
+// should be a few chunks per thread, so that a core slowed by another process takes fewer.
+size_t matvec_chunk_rows(size_t rows, int n_threads) {
+    return std::max<size_t>(16, rows / (4 * static_cast<size_t>(n_threads)));
+}
 constexpr size_t gemm_chunk_rows = 48;   // a multiple of every table's gemm_rows (12, 6, 4)
 
 // Calls fn(output, begin, end, thread) for chunks of every output's rows, from one parallel region.
-template <class F>
-void for_row_chunks(Context& ctx, std::span<const MatmulOutput> outputs, size_t chunk, F&& fn) {
+// chunk_rows(rows) gives each output's chunk size.
+template <class ChunkRows, class F>
+void for_row_chunks(Context& ctx, std::span<const MatmulOutput> outputs, ChunkRows&& chunk_rows, F&& fn) {
+    auto n_chunks = [&](size_t i) { const size_t c = chunk_rows(outputs[i].w.rows); return (outputs[i].w.rows + c - 1) / c; };
     size_t total = 0;
-    for (const MatmulOutput& o : outputs) total += (o.w.rows + chunk - 1) / chunk;
+    for (size_t i = 0; i < outputs.size(); ++i) total += n_chunks(i);
     ctx.pool().parallel_for(total, 1, [&](size_t first, size_t last, int thread) {
         for (size_t c = first; c < last; ++c) {
             size_t index = c, i = 0;
-            for (; index >= (outputs[i].w.rows + chunk - 1) / chunk; ++i) index -= (outputs[i].w.rows + chunk - 1) / chunk;
-            const size_t begin = index * chunk;
+            for (; index >= n_chunks(i); ++i) index -= n_chunks(i);
+            const size_t chunk = chunk_rows(outputs[i].w.rows), begin = index * chunk;
             fn(i, begin, std::min(outputs[i].w.rows, begin + chunk), thread);
         }
     });
@@ -65,7 +71,9 @@ void matvec(Context& ctx, const Kernels& k, std::span<const MatmulOutput> output
         quantize_q8(x, cols, blocks);
         xq = blocks;
     }
-    for_row_chunks(ctx, outputs, matvec_chunk_rows, [&](size_t i, size_t begin, size_t end, int) {
+    const int n_threads = ctx.pool().size();
+    auto chunk_rows = [n_threads](size_t rows) { return matvec_chunk_rows(rows, n_threads); };
+    for_row_chunks(ctx, outputs, chunk_rows, [&](size_t i, size_t begin, size_t end, int) {
         const WeightMatrix& w = outputs[i].w;
         const size_t row_bytes = w.row_bytes();
         float* y = outputs[i].y + token * w.rows + begin;
@@ -83,7 +91,7 @@ void gemm(Context& ctx, const Kernels& k, std::span<const MatmulOutput> outputs,
         const size_t t0 = first * block, t1 = std::min(n_tokens, last * block);
         pack_tokens(x + t0 * cols, t1 - t0, cols, block, packed + t0 * cols);
     });
-    for_row_chunks(ctx, outputs, gemm_chunk_rows, [&](size_t i, size_t begin, size_t end, int thread) {
+    for_row_chunks(ctx, outputs, [](size_t) { return gemm_chunk_rows; }, [&](size_t i, size_t begin, size_t end, int thread) {
         const WeightMatrix& w = outputs[i].w;
         const size_t n_rows = end - begin;
         const std::byte* rows = w.data + begin * w.row_bytes();

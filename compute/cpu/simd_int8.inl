@@ -62,39 +62,65 @@ inline __m256i bit_to_16(__m256i bytes, uint8_t mask) {
     }
 }
 
+// The block loops below keep two accumulators, even and odd blocks (unrolled by hand: an array
+// indexed by i & 1 ends up in memory): one block's body is about as long as an FMA's latency,
+// so a single accumulator chain would be the bottleneck.
+
 // Σ (q - offset) d_w . y over the blocks, q unsigned: Σ d_w d_y (q.y) - offset Σ d_w sum_y.
 template <class Block, __m256i (*Values)(const Block&), int Offset>
 float dot_symmetric(const Block* w, const Q8Block* x, size_t n_cols) {
-    __m256 acc = _mm256_setzero_ps();
-    float offset_sum = 0.0f;
-    for (size_t i = 0; i < n_cols / 32; ++i) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    float offset0 = 0.0f, offset1 = 0.0f;
+    auto block = [&](size_t i, __m256& acc, float& offset_sum) {
         const float d = half(w[i].d);
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d * x[i].d), dot_u8s8_float(Values(w[i]), load_bytes(x[i].qs)), acc);
         offset_sum += d * x[i].sum;
+    };
+    const size_t nb = n_cols / 32;
+    size_t i = 0;
+    for (; i + 1 < nb; i += 2) {
+        block(i, acc0, offset0);
+        block(i + 1, acc1, offset1);
     }
-    return hsum8(acc) - Offset * offset_sum;
+    if (i < nb) block(i, acc0, offset0);
+    return hsum8(_mm256_add_ps(acc0, acc1)) - Offset * (offset0 + offset1);
 }
 
 // Σ (q d_w + m) . y over the blocks: Σ d_w d_y (q.y) + Σ m sum_y.
 template <class Block, __m256i (*Values)(const Block&)>
 float dot_with_min(const Block* w, const Q8Block* x, size_t n_cols) {
-    __m256 acc = _mm256_setzero_ps();
-    float min_sum = 0.0f;
-    for (size_t i = 0; i < n_cols / 32; ++i) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    float min0 = 0.0f, min1 = 0.0f;
+    auto block = [&](size_t i, __m256& acc, float& min_sum) {
         acc = _mm256_fmadd_ps(_mm256_set1_ps(half(w[i].d) * x[i].d), dot_u8s8_float(Values(w[i]), load_bytes(x[i].qs)), acc);
         min_sum += half(w[i].m) * x[i].sum;
+    };
+    const size_t nb = n_cols / 32;
+    size_t i = 0;
+    for (; i + 1 < nb; i += 2) {
+        block(i, acc0, min0);
+        block(i + 1, acc1, min1);
     }
-    return hsum8(acc) + min_sum;
+    if (i < nb) block(i, acc0, min0);
+    return hsum8(_mm256_add_ps(acc0, acc1)) + min0 + min1;
 }
 
 template <class Block> __m256i q4_values(const Block& b) { return block_nibbles(b.qs); }
 template <class Block> __m256i q5_values(const Block& b) { return _mm256_or_si256(block_nibbles(b.qs), fifth_bits(b.qh)); }
 
 float dot_q8_0(const BlockQ8_0* w, const Q8Block* x, size_t n_cols) {
-    __m256 acc = _mm256_setzero_ps();
-    for (size_t i = 0; i < n_cols / 32; ++i)
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    auto block = [&](size_t i, __m256& acc) {
         acc = _mm256_fmadd_ps(_mm256_set1_ps(half(w[i].d) * x[i].d), dot_s8s8_float(load_bytes(w[i].qs), load_bytes(x[i].qs)), acc);
-    return hsum8(acc);
+    };
+    const size_t nb = n_cols / 32;
+    size_t i = 0;
+    for (; i + 1 < nb; i += 2) {
+        block(i, acc0);
+        block(i + 1, acc1);
+    }
+    if (i < nb) block(i, acc0);
+    return hsum8(_mm256_add_ps(acc0, acc1));
 }
 
 // Scale and min of sub-block j (0..7) of a Q4_K/Q5_K super-block: 6 bits each, packed in 12 bytes
@@ -113,7 +139,7 @@ inline void k4_scale_min(const uint8_t* q, int j, float& scale, float& min) {
 // of nibbles (low: sub-block 2g, high: 2g+1); Q5_K's fifth bits are bits 2g, 2g+1 of qh[l].
 template <class Block, bool FifthBit>
 float dot_k_with_min(const Block* w, const Q8Block* x, size_t n_cols) {
-    __m256 acc = _mm256_setzero_ps();
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     float min_sum = 0.0f;
     for (size_t i = 0; i < n_cols / 256; ++i) {
         const Block& b = w[i];
@@ -131,19 +157,19 @@ float dot_k_with_min(const Block* w, const Q8Block* x, size_t n_cols) {
             float scale0, min0, scale1, min1;
             k4_scale_min(b.scales, 2 * g, scale0, min0);
             k4_scale_min(b.scales, 2 * g + 1, scale1, min1);
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(d * scale0 * y[2 * g].d), dot_u8s8_float(lo, load_bytes(y[2 * g].qs)), acc);
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(d * scale1 * y[2 * g + 1].d), dot_u8s8_float(hi, load_bytes(y[2 * g + 1].qs)), acc);
+            acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d * scale0 * y[2 * g].d), dot_u8s8_float(lo, load_bytes(y[2 * g].qs)), acc0);
+            acc1 = _mm256_fmadd_ps(_mm256_set1_ps(d * scale1 * y[2 * g + 1].d), dot_u8s8_float(hi, load_bytes(y[2 * g + 1].qs)), acc1);
             min_sum += dmin * (min0 * y[2 * g].sum + min1 * y[2 * g + 1].sum);
         }
     }
-    return hsum8(acc) - min_sum;
+    return hsum8(_mm256_add_ps(acc0, acc1)) - min_sum;
 }
 
 // Q6_K: 16 sub-blocks of 16, value = d * scale_s * (q - 32), q 6 bits: 4 from ql, 2 from qh. Each
 // half (128 values) has 4 groups of 32; group g's values come from nibble (g / 2) of ql[32 (g % 2) + l]
 // and bits 2g..2g+1 of qh[l], and use scales 2g (first 16) and 2g + 1 (last 16).
 float dot_q6_k(const BlockQ6_K* w, const Q8Block* x, size_t n_cols) {
-    __m256 acc = _mm256_setzero_ps();
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     const __m256i three = _mm256_set1_epi8(3), thirty_two = _mm256_set1_epi8(32);
     for (size_t i = 0; i < n_cols / 256; ++i) {
         const BlockQ6_K& b = w[i];
@@ -158,15 +184,19 @@ float dot_q6_k(const BlockQ6_K* w, const Q8Block* x, size_t n_cols) {
                 _mm256_or_si256(high_nibbles(ql1), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), three), 4)),
             };
             const int8_t* scales = b.scales + 8 * h;
-            for (int g = 0; g < 4; ++g) {
+            auto group = [&](int g, __m256& acc) {
                 const Q8Block& y = x[8 * i + 4 * h + g];
                 const __m256 p = dot_s8s8_float(_mm256_sub_epi8(q[g], thirty_two), load_bytes(y.qs));
                 const __m256 s = _mm256_set_m128(_mm_set1_ps(scales[2 * g + 1]), _mm_set1_ps(scales[2 * g]));
                 acc = _mm256_fmadd_ps(_mm256_mul_ps(s, _mm256_set1_ps(d * y.d)), p, acc);
-            }
+            };
+            group(0, acc0);
+            group(1, acc1);
+            group(2, acc0);
+            group(3, acc1);
         }
     }
-    return hsum8(acc);
+    return hsum8(_mm256_add_ps(acc0, acc1));
 }
 
 template <class Block, float (*Dot)(const Block*, const Q8Block*, size_t)>
