@@ -60,12 +60,21 @@ template <GGMLType T> __host__ __device__ constexpr size_t segment_bytes() {
     default: return 32 * unit_bytes(T);
     }
 }
-// Quantized rows are staged per warp in shared memory with coalesced 4-byte loads, then decoded
-// from there: a lane reading its own 18-byte block straight from global memory would touch a
-// sector per lane per load, and the L1 traffic, not DRAM, would bound the kernel.
+// Quantized rows are staged per warp in shared memory with coalesced 4-byte loads, many in flight,
+// then decoded from there: a lane reading its own 18-byte block straight from global memory would
+// touch a sector per lane per load, and L1 traffic and latency, not DRAM, would bound the kernel.
 template <GGMLType T> __host__ __device__ constexpr bool staged() { return unit_bytes(T) != 0; }
-template <GGMLType T> __host__ __device__ constexpr size_t staging_bytes() {
-    return staged<T>() ? matvec_warps * rows_per_warp * ((segment_bytes<T>() + 15) / 16 * 16) : 0;
+// Segments staged at once, as many as fit in `staging_budget` bytes per block (up to the whole
+// row): all their loads are in flight together, which is what hides DRAM's latency.
+constexpr size_t staging_budget = 96 * 1024;
+template <GGMLType T> int segments_per_stage(size_t cols) {
+    if constexpr (!staged<T>()) {
+        return 0;  // float types are read in place
+    } else {
+        const size_t per_segment = matvec_warps * rows_per_warp * segment_bytes<T>();
+        const size_t segments = (cols / 32 + 31) / 32;
+        return int(std::max<size_t>(1, std::min(segments, staging_budget / per_segment)));
+    }
 }
 
 // Stage: staged<T>() and rows a whole number of 4-byte words (not so for an odd number of Q3_K or
@@ -73,14 +82,27 @@ template <GGMLType T> __host__ __device__ constexpr size_t staging_bytes() {
 template <GGMLType T, bool Stage>
 __global__ void __launch_bounds__(matvec_warps * 32)
 matvec_kernel(const uint8_t* __restrict__ w, size_t row_bytes, int rows, int cols, const float* __restrict__ x,
-              float* __restrict__ y) {
+              float* __restrict__ y, int stage_segments) {
     extern __shared__ __align__(16) float shared[];
     const int units = cols / 32;
     float* xs = shared;
     float* sums = shared + units * padded_unit;
-    constexpr size_t segment = (segment_bytes<T>() + 15) / 16 * 16;
+    const size_t stage_bytes = (stage_segments * segment_bytes<T>() + 15) / 16 * 16;  // per row
     auto* staging = reinterpret_cast<uint8_t*>(sums + (cols / 16 + 3) / 4 * 4);
-    for (int i = threadIdx.x; i < cols; i += blockDim.x) xs[(i / 32) * padded_unit + i % 32] = x[i];
+    // x in 16-byte pieces, four loads in flight per thread before the stores (a load-store chain
+    // per piece would wait out the L2 latency cols / 1024 times in a row).
+    const auto* x4 = reinterpret_cast<const float4*>(x);
+    for (int i0 = threadIdx.x; i0 < cols / 4; i0 += 4 * blockDim.x) {
+        float4 v[4];
+#pragma unroll
+        for (int k = 0; k < 4; ++k)
+            if (i0 + k * int(blockDim.x) < cols / 4) v[k] = x4[i0 + k * blockDim.x];
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            const int i = i0 + k * blockDim.x;
+            if (i < cols / 4) *reinterpret_cast<float4*>(xs + (i / 8) * padded_unit + (i % 8) * 4) = v[k];
+        }
+    }
     __syncthreads();
     for (int g = threadIdx.x; g < cols / 16; g += blockDim.x) {
         const float* v = xs + (g / 2) * padded_unit + (g % 2) * 16;
@@ -97,43 +119,58 @@ matvec_kernel(const uint8_t* __restrict__ w, size_t row_bytes, int rows, int col
     const uint8_t* row[rows_per_warp];
 #pragma unroll
     for (int r = 0; r < rows_per_warp; ++r) row[r] = w + size_t(min(first_row + r, rows - 1)) * row_bytes;
-    uint8_t* my_staging = staging + warp * rows_per_warp * segment;
+    uint8_t* my_staging = staging + warp * rows_per_warp * stage_bytes;
     float acc[rows_per_warp] = {};
-    for (int base = 0; base < units; base += 32) {
-        const int unit = base + lane;
+    const int stage_units = Stage ? 32 * stage_segments : 32;
+    for (int stage = 0; stage < units; stage += stage_units) {
         if constexpr (Stage) {
-            const size_t begin = size_t(base) * unit_bytes(T);
-            const size_t length = min(size_t(segment_bytes<T>()), row_bytes - begin);
-            __syncwarp();  // the previous segment is decoded
+            const size_t begin = size_t(stage) * unit_bytes(T);
+            const size_t words = min(stage_segments * segment_bytes<T>(), row_bytes - begin) / 4;
+            __syncwarp();  // the previous stage is decoded
 #pragma unroll
             for (int r = 0; r < rows_per_warp; ++r) {
                 const auto* src = reinterpret_cast<const uint32_t*>(row[r] + begin);
-                auto* dst = reinterpret_cast<uint32_t*>(my_staging + r * segment);
-                for (size_t i = lane; i < length / 4; i += 32) dst[i] = __ldg(src + i);
+                auto* dst = reinterpret_cast<uint32_t*>(my_staging + r * stage_bytes);
+                // Eight loads issued before the first store: one at a time, each would wait out DRAM's latency.
+                for (size_t i0 = lane; i0 < words; i0 += 32 * 8) {
+                    uint32_t v[8];
+#pragma unroll
+                    for (int k = 0; k < 8; ++k) v[k] = i0 + 32 * k < words ? __ldg(src + i0 + 32 * k) : 0u;
+#pragma unroll
+                    for (int k = 0; k < 8; ++k)
+                        if (i0 + 32 * k < words) dst[i0 + 32 * k] = v[k];
+                }
             }
             __syncwarp();
         }
-        if (unit >= units) continue;
-        float xv[32];
-        const auto* x4 = reinterpret_cast<const float4*>(xs + unit * padded_unit);
+        for (int base = stage; base < min(units, stage + stage_units); base += 32) {
+            const int unit = base + lane;
+            if (unit >= units) break;
+            float xv[32];
+            const auto* x4 = reinterpret_cast<const float4*>(xs + unit * padded_unit);
 #pragma unroll
-        for (int i = 0; i < 8; ++i) {
-            const float4 f = x4[i];
-            xv[4 * i] = f.x, xv[4 * i + 1] = f.y, xv[4 * i + 2] = f.z, xv[4 * i + 3] = f.w;
-        }
-        const float sum0 = sums[2 * unit], sum1 = sums[2 * unit + 1];
-#pragma unroll
-        for (int r = 0; r < rows_per_warp; ++r) {
-            Unit u;
-            if constexpr (Stage) decode_unit<T>(my_staging + r * segment, lane, u);
-            else decode_unit<T>(row[r], unit, u);
-            float dot0 = 0.0f, dot1 = 0.0f;
-#pragma unroll
-            for (int k = 0; k < 16; ++k) {
-                dot0 = fmaf(u.q[k], xv[k], dot0);
-                dot1 = fmaf(u.q[16 + k], xv[16 + k], dot1);
+            for (int i = 0; i < 8; ++i) {
+                const float4 f = x4[i];
+                xv[4 * i] = f.x, xv[4 * i + 1] = f.y, xv[4 * i + 2] = f.z, xv[4 * i + 3] = f.w;
             }
-            acc[r] += u.a[0] * dot0 + u.b[0] * sum0 + u.a[1] * dot1 + u.b[1] * sum1;
+            const float sum0 = sums[2 * unit], sum1 = sums[2 * unit + 1];
+#pragma unroll
+            for (int r = 0; r < rows_per_warp; ++r) {
+                Unit u;
+                if constexpr (Stage) {
+                    const uint8_t* segment = my_staging + r * stage_bytes + (base - stage) / 32 * segment_bytes<T>();
+                    decode_unit<T>(segment, lane, u);
+                } else {
+                    decode_unit<T>(row[r], unit, u);
+                }
+                float dot0 = 0.0f, dot1 = 0.0f;
+#pragma unroll
+                for (int k = 0; k < 16; ++k) {
+                    dot0 = fmaf(u.q[k], xv[k], dot0);
+                    dot1 = fmaf(u.q[16 + k], xv[16 + k], dot1);
+                }
+                acc[r] += u.a[0] * dot0 + u.b[0] * sum0 + u.a[1] * dot1 + u.b[1] * sum1;
+            }
         }
     }
 #pragma unroll
@@ -197,14 +234,16 @@ void with_type(const WeightMatrix& w, const char* op, F&& f) {
 
 template <GGMLType T, bool Stage>
 void launch_matvec(Context& ctx, const WeightMatrix& w, const float* x, float* y) {
-    const size_t shared = matvec_shared_bytes(w.cols) + (Stage ? staging_bytes<T>() : 0);
+    const int stage_segments = Stage ? segments_per_stage<T>(w.cols) : 0;
+    const size_t stage_bytes = (stage_segments * segment_bytes<T>() + 15) / 16 * 16;
+    const size_t shared = matvec_shared_bytes(w.cols) + matvec_warps * rows_per_warp * stage_bytes;
     static bool raised = false;  // the limit is per kernel and process; raising it again is harmless
     if (shared > 48 * 1024 && !raised) {
         TWINFER_CUDA_CHECK(cudaFuncSetAttribute(matvec_kernel<T, Stage>, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024));
         raised = true;
     }
     matvec_kernel<T, Stage><<<blocks_for(w.rows, rows_per_block), matvec_warps * 32, shared, stream(ctx)>>>(
-        reinterpret_cast<const uint8_t*>(w.data), w.row_bytes(), int(w.rows), int(w.cols), x, y);
+        reinterpret_cast<const uint8_t*>(w.data), w.row_bytes(), int(w.rows), int(w.cols), x, y, stage_segments);
     TWINFER_CUDA_CHECK_LAUNCH();
 }
 

@@ -6,7 +6,8 @@
 namespace twinfer::compute::cuda {
 namespace {
 
-constexpr int norm_threads = 256;
+// A row is one block; 1024 threads keep a 4096-wide row to four loads per thread, all in flight.
+constexpr int norm_threads = 1024;
 
 __global__ void rms_norm_kernel(const float* __restrict__ x, const float* __restrict__ weight, int n, float eps,
                                 float* out) {

@@ -22,7 +22,7 @@ namespace twinfer::compute::cuda {
 // shared memory, float32 throughout (`activations` is ignored: the weights, not the arithmetic,
 // bound a GPU's matrix-vector product). Several tokens: the weights dequantized to float16 and a
 // cuBLAS float16 product with float32 accumulation (float32 for F32 weights); see matmul.cu for
-// its error.
+// its error. x must be 16-byte aligned (cudaMalloc memory at a multiple of 4 floats).
 bool matmul_supports(GGMLType type);
 void matmul(Context& ctx, const WeightMatrix& w, const float* x, size_t n_tokens, float* y, Activations activations);
 // ids in device memory, each < table.rows (the caller checks: a kernel cannot throw).
