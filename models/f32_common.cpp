@@ -2,6 +2,7 @@
 
 #include <stdexcept>
 
+#include "compute/memory.hpp"
 #include "format/quant.hpp"
 
 namespace twinfer {
@@ -22,6 +23,11 @@ const gguf::TensorInfo& F32WeightLoader::find(const std::string& name, std::vect
         throw std::runtime_error(file_.origin() + ": tensor " + name + " has dims " + dims_string(tensor->dims) +
                                  ", the model's hyper-parameters need " + dims_string(dims));
     return *tensor;
+}
+
+DeviceFloats::DeviceFloats(compute::Context& ctx, std::span<const float> values)
+    : buffer_(ctx.device(), values.size_bytes()), size_(values.size()) {
+    compute::upload(ctx, buffer_.data(), values.data(), values.size_bytes());
 }
 
 compute::WeightMatrix F32WeightLoader::matrix(const std::string& name, size_t rows, size_t cols) const {
@@ -47,6 +53,15 @@ std::vector<float> F32WeightLoader::optional_vector(const std::string& name, siz
     return has(name) ? vector(name, n) : std::vector<float>{};
 }
 
+compute::WeightMatrix on_device(compute::Context& ctx, const compute::WeightMatrix& w, std::vector<compute::Buffer>& storage) {
+    if (ctx.device() == compute::Device::CPU) return w;
+    compute::Buffer& copy = storage.emplace_back(ctx.device(), w.rows * w.row_bytes());
+    compute::upload(ctx, copy.data(), w.data, w.rows * w.row_bytes());
+    compute::WeightMatrix placed = w;
+    placed.data = copy.as<std::byte>();
+    return placed;
+}
+
 void F32Workspace::reserve(compute::Device device, size_t n_tokens, std::span<const size_t> widths) {
     if (n_tokens <= capacity_tokens_ && buffers_.size() == widths.size()) return;
     buffers_.clear();
@@ -62,11 +77,19 @@ void check_token_ids(std::span<const Token> ids, size_t n_vocab) {
                                     " is outside the vocabulary of " + std::to_string(n_vocab));
 }
 
-Logits widen_logits(const float* values, size_t n_positions, size_t n_vocab) {
+const int32_t* upload_ids(compute::Context& ctx, std::span<const int32_t> ids, compute::Buffer& buffer) {
+    if (buffer.bytes() < ids.size_bytes()) buffer = compute::Buffer(ctx.device(), ids.size_bytes());
+    compute::upload(ctx, buffer.data(), ids.data(), ids.size_bytes());
+    return buffer.as<int32_t>();
+}
+
+Logits download_logits(compute::Context& ctx, const float* values, size_t n_positions, size_t n_vocab) {
+    std::vector<float> host(n_positions * n_vocab);
+    compute::download(ctx, host.data(), values, host.size() * sizeof(float));
     Logits logits;
     logits.n_vocab = n_vocab;
     logits.n_positions = n_positions;
-    logits.values.assign(values, values + n_positions * n_vocab);
+    logits.values.assign(host.begin(), host.end());
     return logits;
 }
 

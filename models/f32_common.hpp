@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "compute/buffer.hpp"
+#include "compute/context.hpp"
 #include "compute/matmul.hpp"
 #include "format/gguf.hpp"
 #include "models/inference.hpp"
@@ -22,6 +23,20 @@ struct F32Options {
     // against quantized weights quantize the activations to 8 bits (compute::Activations::Int8),
     // as llama.cpp does: faster, with about 1e-3 relative error in the logits.
     bool exact_activations = false;
+};
+
+// A float array in the model's device memory (norm weights, biases, RoPE frequency factors).
+class DeviceFloats {
+public:
+    DeviceFloats() = default;
+    DeviceFloats(compute::Context& ctx, std::span<const float> values);
+    const float* data() const { return buffer_.as<float>(); }
+    size_t size() const { return size_; }
+    bool empty() const { return size_ == 0; }
+
+private:
+    compute::Buffer buffer_;
+    size_t size_ = 0;
 };
 
 // Finds a model's tensors by name and checks their shapes, naming the tensor in every error.
@@ -42,6 +57,10 @@ private:
     const gguf::File& file_;
 };
 
+// `w` where the context's device reads it: on the CPU, as is (in the mapping); on another device,
+// a copy in a buffer appended to `storage`.
+compute::WeightMatrix on_device(compute::Context& ctx, const compute::WeightMatrix& w, std::vector<compute::Buffer>& storage);
+
 // Activation buffers sized for the largest call so far, on the model's device.
 class F32Workspace {
 public:
@@ -57,8 +76,11 @@ private:
 // ids must be non-empty and inside the vocabulary: std::invalid_argument / std::out_of_range.
 void check_token_ids(std::span<const Token> ids, size_t n_vocab);
 
-// Float32 logits [n_positions, n_vocab] widened into the interface's float64 Logits.
-Logits widen_logits(const float* values, size_t n_positions, size_t n_vocab);
+// Token ids (or positions) copied to where the device reads them, in a buffer grown on demand.
+const int32_t* upload_ids(compute::Context& ctx, std::span<const int32_t> ids, compute::Buffer& buffer);
+
+// Float32 logits [n_positions, n_vocab] in device memory, widened into the interface's float64 Logits.
+Logits download_logits(compute::Context& ctx, const float* values, size_t n_positions, size_t n_vocab);
 
 compute::Activations activations_for(const F32Options& options);
 size_t context_length(const F32Options& options, size_t n_ctx_train);

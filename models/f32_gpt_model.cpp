@@ -19,10 +19,6 @@ compute::WeightMatrix row_block(const compute::WeightMatrix& w, size_t first, si
     return {w.type, n, w.cols, w.data + first * w.row_bytes()};
 }
 
-std::vector<float> slice(const std::vector<float>& v, size_t first, size_t n) {
-    return {v.begin() + first, v.begin() + first + n};
-}
-
 }  // namespace
 
 F32GPTModel::F32GPTModel(std::shared_ptr<const gguf::File> file, ModelConfig config, const F32Options& options)
@@ -42,28 +38,31 @@ F32GPTModel F32GPTModel::load(std::shared_ptr<const gguf::File> file, const F32O
 
     F32GPTModel m(file, c, options);
     const F32WeightLoader load(*file);
-    m.token_embd_ = load.matrix("token_embd.weight", V, E);
-    m.position_embd_ = load.matrix("position_embd.weight", c.n_ctx_train, E);
-    m.output_ = load.has("output.weight") ? load.matrix("output.weight", V, E) : m.token_embd_;
-    m.output_norm_ = load.vector("output_norm.weight", E);
-    m.output_norm_bias_ = load.vector("output_norm.bias", E);
+    auto matrix = [&](const compute::WeightMatrix& w) { return on_device(m.ctx_, w, m.device_weights_); };
+    auto floats = [&](std::span<const float> values) { return DeviceFloats(m.ctx_, values); };
+    m.token_embd_ = matrix(load.matrix("token_embd.weight", V, E));
+    m.position_embd_ = matrix(load.matrix("position_embd.weight", c.n_ctx_train, E));
+    m.output_ = load.has("output.weight") ? matrix(load.matrix("output.weight", V, E)) : m.token_embd_;
+    m.output_norm_ = floats(load.vector("output_norm.weight", E));
+    m.output_norm_bias_ = floats(load.vector("output_norm.bias", E));
     for (int il = 0; il < c.n_layer; ++il) {
         const std::string p = "blk." + std::to_string(il) + ".";
         Layer& L = m.layers_.emplace_back();
-        L.attn_norm = load.vector(p + "attn_norm.weight", E);
-        L.attn_norm_bias = load.vector(p + "attn_norm.bias", E);
-        const compute::WeightMatrix qkv = load.matrix(p + "attn_qkv.weight", 3 * E, E);
+        L.attn_norm = floats(load.vector(p + "attn_norm.weight", E));
+        L.attn_norm_bias = floats(load.vector(p + "attn_norm.bias", E));
+        const compute::WeightMatrix qkv = matrix(load.matrix(p + "attn_qkv.weight", 3 * E, E));
         const std::vector<float> qkv_bias = load.vector(p + "attn_qkv.bias", 3 * E);
         L.wq = row_block(qkv, 0, E), L.wk = row_block(qkv, E, E), L.wv = row_block(qkv, 2 * E, E);
-        L.bq = slice(qkv_bias, 0, E), L.bk = slice(qkv_bias, E, E), L.bv = slice(qkv_bias, 2 * E, E);
-        L.wo = load.matrix(p + "attn_output.weight", E, E);
-        L.bo = load.vector(p + "attn_output.bias", E);
-        L.ffn_norm = load.vector(p + "ffn_norm.weight", E);
-        L.ffn_norm_bias = load.vector(p + "ffn_norm.bias", E);
-        L.w_up = load.matrix(p + "ffn_up.weight", F, E);
-        L.b_up = load.vector(p + "ffn_up.bias", F);
-        L.w_down = load.matrix(p + "ffn_down.weight", E, F);
-        L.b_down = load.vector(p + "ffn_down.bias", E);
+        const std::span<const float> b(qkv_bias);
+        L.bq = floats(b.subspan(0, E)), L.bk = floats(b.subspan(E, E)), L.bv = floats(b.subspan(2 * E, E));
+        L.wo = matrix(load.matrix(p + "attn_output.weight", E, E));
+        L.bo = floats(load.vector(p + "attn_output.bias", E));
+        L.ffn_norm = floats(load.vector(p + "ffn_norm.weight", E));
+        L.ffn_norm_bias = floats(load.vector(p + "ffn_norm.bias", E));
+        L.w_up = matrix(load.matrix(p + "ffn_up.weight", F, E));
+        L.b_up = floats(load.vector(p + "ffn_up.bias", F));
+        L.w_down = matrix(load.matrix(p + "ffn_down.weight", E, F));
+        L.b_down = floats(load.vector(p + "ffn_down.bias", E));
     }
     m.attention_shape_ = {.n_head = static_cast<size_t>(c.n_head),
                           .n_head_kv = static_cast<size_t>(c.n_head_kv),
@@ -74,7 +73,7 @@ F32GPTModel F32GPTModel::load(std::shared_ptr<const gguf::File> file, const F32O
 }
 
 // y = W x + bias   x: [T, cols], y: [T, rows]
-void F32GPTModel::project(const compute::WeightMatrix& w, const std::vector<float>& bias, const float* x,
+void F32GPTModel::project(const compute::WeightMatrix& w, const DeviceFloats& bias, const float* x,
                           size_t n_tokens, float* y) {
     compute::matmul(ctx_, w, x, n_tokens, y, activations_for(options_));
     compute::add_bias(ctx_, y, bias.data(), n_tokens, w.rows);
@@ -97,8 +96,8 @@ Logits F32GPTModel::forward(std::span<const Token> ids, LogitsMode mode) {
 
     positions_.resize(T);
     std::iota(positions_.begin(), positions_.end(), static_cast<int32_t>(p0));
-    compute::get_rows(ctx_, token_embd_, ids.data(), T, x);                        // x: [T, E]
-    compute::get_rows(ctx_, position_embd_, positions_.data(), T, out);            // out: [T, E]
+    compute::get_rows(ctx_, token_embd_, upload_ids(ctx_, ids, ids_), T, x);       // x: [T, E]
+    compute::get_rows(ctx_, position_embd_, upload_ids(ctx_, positions_, positions_on_device_), T, out);   // out: [T, E]
     compute::add(ctx_, x, out, T * E);
     for (size_t il = 0; il < layers_.size(); ++il) {
         const Layer& L = layers_[il];
@@ -130,7 +129,7 @@ Logits F32GPTModel::forward(std::span<const Token> ids, LogitsMode mode) {
     const float* last = x + (T - n_out) * E;                                        // the rows asked for
     compute::layer_norm(ctx_, last, output_norm_.data(), output_norm_bias_.data(), n_out, E, eps, xn);
     compute::matmul(ctx_, output_, xn, n_out, logits, activations_for(options_));  // logits: [n_out, V]
-    return widen_logits(logits, n_out, V);
+    return download_logits(ctx_, logits, n_out, V);
 }
 
 }  // namespace twinfer

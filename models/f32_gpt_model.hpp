@@ -34,31 +34,33 @@ public:
 
 private:
     struct Layer {
-        std::vector<float> attn_norm, attn_norm_bias;             // [E]
+        DeviceFloats attn_norm, attn_norm_bias;                   // [E]
         compute::WeightMatrix wq, wk, wv;                         // [E, E] each: row blocks of attn_qkv.weight [3E, E]
-        std::vector<float> bq, bk, bv;                            // [E] each, from attn_qkv.bias [3E]
+        DeviceFloats bq, bk, bv;                                  // [E] each, from attn_qkv.bias [3E]
         compute::WeightMatrix wo;                                 // [E, E]
-        std::vector<float> bo;                                    // [E]
-        std::vector<float> ffn_norm, ffn_norm_bias;               // [E]
+        DeviceFloats bo;                                          // [E]
+        DeviceFloats ffn_norm, ffn_norm_bias;                     // [E]
         compute::WeightMatrix w_up, w_down;                       // [F, E], [E, F]
-        std::vector<float> b_up, b_down;                          // [F], [E]
+        DeviceFloats b_up, b_down;                                // [F], [E]
     };
 
     F32GPTModel(std::shared_ptr<const gguf::File> file, ModelConfig config, const F32Options& options);
-    void project(const compute::WeightMatrix& w, const std::vector<float>& bias, const float* x, size_t n_tokens, float* y);
+    void project(const compute::WeightMatrix& w, const DeviceFloats& bias, const float* x, size_t n_tokens, float* y);
 
-    std::shared_ptr<const gguf::File> file_;   // the mapping the weight matrices point into
+    std::shared_ptr<const gguf::File> file_;   // the mapping the weight matrices point into (CPU)
     ModelConfig config_;
     F32Options options_;
     compute::Context ctx_;
+    std::vector<compute::Buffer> device_weights_;                 // the matrices' copies on another device
     compute::WeightMatrix token_embd_, position_embd_, output_;   // [V, E], [n_ctx_train, E], [V, E] (tied: token_embd_)
     std::vector<Layer> layers_;
-    std::vector<float> output_norm_, output_norm_bias_;           // [E]
+    DeviceFloats output_norm_, output_norm_bias_;                 // [E]
     compute::AttentionShape attention_shape_;
     KvCache cache_;
     size_t slot_ = 0;
     std::vector<int32_t> positions_;
     F32Workspace workspace_;
+    compute::Buffer ids_, positions_on_device_;                   // this call's token ids and positions, on the device
 };
 
 static_assert(GPTInference<F32GPTModel>);

@@ -29,28 +29,32 @@ F32LlamaModel F32LlamaModel::load(std::shared_ptr<const gguf::File> file, const 
 
     F32LlamaModel m(file, c, options);
     const F32WeightLoader load(*file);
-    m.token_embd_ = load.matrix("token_embd.weight", V, E);
-    m.output_ = load.has("output.weight") ? load.matrix("output.weight", V, E) : m.token_embd_;
-    m.output_norm_ = load.vector("output_norm.weight", E);
+    auto matrix = [&](const std::string& name, size_t rows, size_t cols) {
+        return on_device(m.ctx_, load.matrix(name, rows, cols), m.device_weights_);
+    };
+    auto floats = [&](const std::vector<float>& values) { return DeviceFloats(m.ctx_, values); };
+    m.token_embd_ = matrix("token_embd.weight", V, E);
+    m.output_ = load.has("output.weight") ? matrix("output.weight", V, E) : m.token_embd_;
+    m.output_norm_ = floats(load.vector("output_norm.weight", E));
     for (int il = 0; il < c.n_layer; ++il) {
         const std::string p = "blk." + std::to_string(il) + ".";
         Layer& L = m.layers_.emplace_back();
-        L.attn_norm = load.vector(p + "attn_norm.weight", E);
-        L.wq = load.matrix(p + "attn_q.weight", QD, E);
-        L.wk = load.matrix(p + "attn_k.weight", KVD, E);
-        L.wv = load.matrix(p + "attn_v.weight", KVD, E);
-        L.wo = load.matrix(p + "attn_output.weight", E, QD);
-        L.bq = load.optional_vector(p + "attn_q.bias", QD);
-        L.bk = load.optional_vector(p + "attn_k.bias", KVD);
-        L.bv = load.optional_vector(p + "attn_v.bias", KVD);
-        L.bo = load.optional_vector(p + "attn_output.bias", E);
-        L.ffn_norm = load.vector(p + "ffn_norm.weight", E);
-        L.w_gate = load.matrix(p + "ffn_gate.weight", F, E);
-        L.w_up = load.matrix(p + "ffn_up.weight", F, E);
-        L.w_down = load.matrix(p + "ffn_down.weight", E, F);
+        L.attn_norm = floats(load.vector(p + "attn_norm.weight", E));
+        L.wq = matrix(p + "attn_q.weight", QD, E);
+        L.wk = matrix(p + "attn_k.weight", KVD, E);
+        L.wv = matrix(p + "attn_v.weight", KVD, E);
+        L.wo = matrix(p + "attn_output.weight", E, QD);
+        L.bq = floats(load.optional_vector(p + "attn_q.bias", QD));
+        L.bk = floats(load.optional_vector(p + "attn_k.bias", KVD));
+        L.bv = floats(load.optional_vector(p + "attn_v.bias", KVD));
+        L.bo = floats(load.optional_vector(p + "attn_output.bias", E));
+        L.ffn_norm = floats(load.vector(p + "ffn_norm.weight", E));
+        L.w_gate = matrix(p + "ffn_gate.weight", F, E);
+        L.w_up = matrix(p + "ffn_up.weight", F, E);
+        L.w_down = matrix(p + "ffn_down.weight", E, F);
     }
     // Llama 3.1 frequency scaling reaches GGUF as per-pair divisors of the frequencies.
-    m.rope_freq_factors_ = load.optional_vector("rope_freqs.weight", c.n_rot / 2);
+    m.rope_freq_factors_ = floats(load.optional_vector("rope_freqs.weight", c.n_rot / 2));
     m.rope_ = {.pairing = c.rope_layout == RopeLayout::Normal ? compute::RopeParams::Pairing::Adjacent
                                                               : compute::RopeParams::Pairing::Halves,
                .n_rot = static_cast<size_t>(c.n_rot),
@@ -66,14 +70,14 @@ F32LlamaModel F32LlamaModel::load(std::shared_ptr<const gguf::File> file, const 
 }
 
 // y = W x (+ bias)   x: [T, cols], y: [T, rows]
-void F32LlamaModel::project(const compute::WeightMatrix& w, const std::vector<float>& bias, const float* x,
+void F32LlamaModel::project(const compute::WeightMatrix& w, const DeviceFloats& bias, const float* x,
                             size_t n_tokens, float* y) {
     compute::matmul(ctx_, w, x, n_tokens, y, activations_for(options_));
     add_bias(bias, n_tokens, y);
 }
 
 // y[t, :] += bias, for the files whose projections have one.
-void F32LlamaModel::add_bias(const std::vector<float>& bias, size_t n_tokens, float* y) {
+void F32LlamaModel::add_bias(const DeviceFloats& bias, size_t n_tokens, float* y) {
     if (!bias.empty()) compute::add_bias(ctx_, y, bias.data(), n_tokens, bias.size());
 }
 
@@ -94,7 +98,7 @@ Logits F32LlamaModel::forward(std::span<const Token> ids, LogitsMode mode) {
     float *out = workspace_.buffer(OUT), *gate = workspace_.buffer(GATE), *up = workspace_.buffer(UP);
     float* logits = workspace_.buffer(LOGITS);
 
-    compute::get_rows(ctx_, token_embd_, ids.data(), T, x);                        // x: [T, E]
+    compute::get_rows(ctx_, token_embd_, upload_ids(ctx_, ids, ids_), T, x);       // x: [T, E]
     for (size_t il = 0; il < layers_.size(); ++il) {
         const Layer& L = layers_[il];
         float* keys = cache_.keys(il, slot_);                                       // [n_ctx, KVD]
@@ -128,7 +132,7 @@ Logits F32LlamaModel::forward(std::span<const Token> ids, LogitsMode mode) {
     const float* last = x + (T - n_out) * E;                                        // the rows asked for
     compute::rms_norm(ctx_, last, output_norm_.data(), n_out, E, eps, xn);          // xn: [n_out, E]
     project(output_, {}, xn, n_out, logits);                                        // logits: [n_out, V]
-    return widen_logits(logits, n_out, V);
+    return download_logits(ctx_, logits, n_out, V);
 }
 
 }  // namespace twinfer

@@ -38,29 +38,31 @@ public:
 
 private:
     struct Layer {
-        std::vector<float> attn_norm, ffn_norm;                   // [E]
+        DeviceFloats attn_norm, ffn_norm;                         // [E]
         compute::WeightMatrix wq, wk, wv, wo;                     // [H*D, E], [Hkv*D, E], [Hkv*D, E], [E, H*D]
-        std::vector<float> bq, bk, bv, bo;                        // optional biases (Qwen-style files)
+        DeviceFloats bq, bk, bv, bo;                              // optional biases (Qwen-style files)
         compute::WeightMatrix w_gate, w_up, w_down;               // [F, E], [F, E], [E, F]
     };
 
     F32LlamaModel(std::shared_ptr<const gguf::File> file, ModelConfig config, const F32Options& options);
-    void project(const compute::WeightMatrix& w, const std::vector<float>& bias, const float* x, size_t n_tokens, float* y);
-    void add_bias(const std::vector<float>& bias, size_t n_tokens, float* y);
+    void project(const compute::WeightMatrix& w, const DeviceFloats& bias, const float* x, size_t n_tokens, float* y);
+    void add_bias(const DeviceFloats& bias, size_t n_tokens, float* y);
 
-    std::shared_ptr<const gguf::File> file_;   // the mapping the weight matrices point into
+    std::shared_ptr<const gguf::File> file_;   // the mapping the weight matrices point into (CPU)
     ModelConfig config_;
     F32Options options_;
     compute::Context ctx_;
+    std::vector<compute::Buffer> device_weights_;               // the matrices' copies on another device
     compute::WeightMatrix token_embd_, output_;                 // [V, E]; output_ is token_embd_ when tied
     std::vector<Layer> layers_;
-    std::vector<float> output_norm_;                            // [E]
-    std::vector<float> rope_freq_factors_;                      // [n_rot/2] rope_freqs.weight, or empty
+    DeviceFloats output_norm_;                                  // [E]
+    DeviceFloats rope_freq_factors_;                            // [n_rot/2] rope_freqs.weight, or empty
     compute::RopeParams rope_;
     compute::AttentionShape attention_shape_;
     KvCache cache_;
     size_t slot_ = 0;
     F32Workspace workspace_;
+    compute::Buffer ids_;                                       // this call's token ids, on the device
 };
 
 static_assert(GPTInference<F32LlamaModel>);

@@ -1,0 +1,38 @@
+#pragma once
+// Copies between host memory and the context's device memory: how a model puts its weights and
+// token ids on the device and gets its logits back. On the CPU both are memcpy.
+#include <cstddef>
+#include <cstring>
+
+#include "compute/context.hpp"
+#ifdef TWINFER_WITH_CUDA
+#include "compute/cuda/runtime.hpp"
+#endif
+
+namespace twinfer::compute {
+
+// device <- host; returns once `host` may be reused.
+inline void upload(Context& ctx, void* device, const void* host, size_t bytes) {
+    if (ctx.device() == Device::CPU) {
+        if (bytes) std::memcpy(device, host, bytes);
+        return;
+    }
+#ifdef TWINFER_WITH_CUDA
+    if (ctx.device() == Device::CUDA) return cuda::upload(ctx, device, host, bytes);
+#endif
+    throw_backend_unavailable("upload", ctx.device());
+}
+
+// host <- device; returns once `host` holds the data.
+inline void download(Context& ctx, void* host, const void* device, size_t bytes) {
+    if (ctx.device() == Device::CPU) {
+        if (bytes) std::memcpy(host, device, bytes);
+        return;
+    }
+#ifdef TWINFER_WITH_CUDA
+    if (ctx.device() == Device::CUDA) return cuda::download(ctx, host, device, bytes);
+#endif
+    throw_backend_unavailable("download", ctx.device());
+}
+
+}  // namespace twinfer::compute
