@@ -1,5 +1,7 @@
 #include "compute/attention.hpp"
 
+#include <vector>
+
 #include "compute/cpu/kernels.hpp"
 #include "compute/cpu/thread_pool.hpp"
 
@@ -12,8 +14,11 @@ void attention(Context& ctx, const float* q, const float* keys, const float* val
     const size_t group = shape.n_head / shape.n_head_kv;
     const size_t q_stride = shape.n_head * shape.head_dim;
     const size_t max_kv = first_position + n_tokens;
+    // Scores scratch allocated here, not in the workers: a worker thread must not throw.
+    std::vector<float*> scratch(ctx.n_threads());
+    for (int t = 0; t < ctx.n_threads(); ++t) scratch[t] = reinterpret_cast<float*>(ctx.thread_scratch(t, max_kv * sizeof(float)));
     ctx.pool().parallel_for(n_tokens * shape.n_head, 1, [&](size_t begin, size_t end, int thread) {
-        auto* scores = reinterpret_cast<float*>(ctx.thread_scratch(thread, max_kv * sizeof(float)));
+        float* scores = scratch[thread];
         for (size_t task = begin; task < end; ++task) {
             const size_t t = task / shape.n_head, h = task % shape.n_head;
             const size_t kv_offset = (h / group) * shape.head_dim;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "compute/cpu/kernels.hpp"
 #include "compute/cpu/thread_pool.hpp"
@@ -91,15 +92,18 @@ void gemm(Context& ctx, const Kernels& k, std::span<const MatmulOutput> outputs,
         const size_t t0 = first * block, t1 = std::min(n_tokens, last * block);
         pack_tokens(x + t0 * cols, t1 - t0, cols, block, packed + t0 * cols);
     });
+    // Each thread's tile of dequantized rows, allocated here: a worker thread must not throw.
+    const size_t tile_bytes = gemm_chunk_rows * cols * sizeof(float);
+    std::vector<float*> tiles(ctx.n_threads());
+    for (int t = 0; t < ctx.n_threads(); ++t) tiles[t] = reinterpret_cast<float*>(ctx.thread_scratch(t, tile_bytes));
     for_row_chunks(ctx, outputs, [](size_t) { return gemm_chunk_rows; }, [&](size_t i, size_t begin, size_t end, int thread) {
         const WeightMatrix& w = outputs[i].w;
         const size_t n_rows = end - begin;
         const std::byte* rows = w.data + begin * w.row_bytes();
         const float* tile = reinterpret_cast<const float*>(rows);
         if (w.type != GGMLType::F32) {
-            auto* buffer = reinterpret_cast<float*>(ctx.thread_scratch(thread, n_rows * cols * sizeof(float)));
-            k.dequantize(w.type, rows, n_rows * cols, buffer);
-            tile = buffer;
+            k.dequantize(w.type, rows, n_rows * cols, tiles[thread]);
+            tile = tiles[thread];
         }
         k.gemm(tile, cols, n_rows, cols, packed, n_tokens, outputs[i].y + begin, w.rows);
     });
