@@ -1,5 +1,6 @@
 #include "models/f32_common.hpp"
 
+#include <optional>
 #include <stdexcept>
 
 #include "compute/memory.hpp"
@@ -13,6 +14,8 @@ std::string dims_string(const std::vector<uint64_t>& dims) {
     for (size_t i = 0; i < dims.size(); ++i) s += (i ? ", " : "") + std::to_string(dims[i]);
     return s + "]";
 }
+
+std::string mib(size_t bytes) { return std::to_string((bytes + (1 << 20) - 1) >> 20) + " MiB"; }
 
 }  // namespace
 
@@ -62,11 +65,32 @@ compute::WeightMatrix on_device(compute::Context& ctx, const compute::WeightMatr
     return placed;
 }
 
+void check_device_memory(compute::Device device, const gguf::File& file, size_t kv_cache_bytes) {
+    const std::optional<compute::DeviceMemory> memory = compute::device_memory(device);
+    if (!memory) return;
+    size_t weight_bytes = 0;
+    for (const gguf::TensorInfo& t : file.tensors()) weight_bytes += t.data.size();
+    if (weight_bytes + kv_cache_bytes <= memory->free) return;
+    throw std::runtime_error(file.origin() + ": not enough " + std::string(compute::device_name(device)) +
+                             " memory: the model needs " + mib(weight_bytes + kv_cache_bytes) + " (weights " +
+                             mib(weight_bytes) + ", KV cache " + mib(kv_cache_bytes) + "), the device has " +
+                             mib(memory->free) + " free of " + mib(memory->total) +
+                             " (a smaller --ctx-size shrinks the KV cache)");
+}
+
 void F32Workspace::reserve(compute::Device device, size_t n_tokens, std::span<const size_t> widths) {
     if (n_tokens <= capacity_tokens_ && buffers_.size() == widths.size()) return;
     buffers_.clear();
     for (size_t width : widths) buffers_.emplace_back(device, n_tokens * width * sizeof(float));
     capacity_tokens_ = n_tokens;
+}
+
+void observe(compute::Context& ctx, const F32Observer& observer, std::string_view name, int layer,
+             const float* values, size_t count) {
+    if (!observer) return;
+    std::vector<float> host(count);
+    compute::download(ctx, host.data(), values, count * sizeof(float));
+    observer(name, layer, host);
 }
 
 void check_token_ids(std::span<const Token> ids, size_t n_vocab) {

@@ -2,9 +2,11 @@
 // What F32LlamaModel and F32GPTModel share: their options, weight lookup with shape checks, and
 // the activation buffers of a forward pass.
 #include <cstddef>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "compute/buffer.hpp"
@@ -60,6 +62,19 @@ private:
 // `w` where the context's device reads it: on the CPU, as is (in the mapping); on another device,
 // a copy in a buffer appended to `storage`.
 compute::WeightMatrix on_device(compute::Context& ctx, const compute::WeightMatrix& w, std::vector<compute::Buffer>& storage);
+
+// On a GPU: throws std::runtime_error before anything is allocated when the file's weights and a KV
+// cache of kv_cache_bytes would not fit in the device's free memory, saying how much each needs.
+void check_device_memory(compute::Device device, const gguf::File& file, size_t kv_cache_bytes);
+
+// Named intermediates of a forward pass (llama.cpp's names, as GPTModel reports them: "attn_norm",
+// "kqv_out", "l_out", ...), each a row-major [T, width] array over this call's tokens, on the
+// host; layer is -1 outside the blocks. Costs nothing when unset.
+using F32Observer = std::function<void(std::string_view name, int layer, std::span<const float> values)>;
+
+// Calls `observer` (if set) with `count` floats of device memory.
+void observe(compute::Context& ctx, const F32Observer& observer, std::string_view name, int layer,
+             const float* values, size_t count);
 
 // Activation buffers sized for the largest call so far, on the model's device.
 class F32Workspace {

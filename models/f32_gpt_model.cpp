@@ -36,6 +36,8 @@ F32GPTModel F32GPTModel::load(std::shared_ptr<const gguf::File> file, const F32O
                                  std::to_string(c.n_ctx_train) + " positions GPT-2 has embeddings for");
     const size_t E = c.n_embd, F = c.n_ff, V = c.n_vocab;
 
+    check_device_memory(options.device, *file,
+                        KvCache::bytes(c.n_layer, 1, context_length(options, c.n_ctx_train), c.n_embd_kv()));
     F32GPTModel m(file, c, options);
     const F32WeightLoader load(*file);
     auto matrix = [&](const compute::WeightMatrix& w) { return on_device(m.ctx_, w, m.device_weights_); };
@@ -99,6 +101,7 @@ Logits F32GPTModel::forward(std::span<const Token> ids, LogitsMode mode) {
     compute::get_rows(ctx_, token_embd_, upload_ids(ctx_, ids, ids_), T, x);       // x: [T, E]
     compute::get_rows(ctx_, position_embd_, upload_ids(ctx_, positions_, positions_on_device_), T, out);   // out: [T, E]
     compute::add(ctx_, x, out, T * E);
+    observe(ctx_, observer_, "inp_embd", -1, x, T * E);
     for (size_t il = 0; il < layers_.size(); ++il) {
         const Layer& L = layers_[il];
         float* keys = cache_.keys(il, slot_);                                       // [n_ctx, E]
@@ -106,6 +109,7 @@ Logits F32GPTModel::forward(std::span<const Token> ids, LogitsMode mode) {
 
         // Attention block: x += Wo attention(Wq xn, Wk xn, Wv xn) + bo, xn = layer_norm(x)
         compute::layer_norm(ctx_, x, L.attn_norm.data(), L.attn_norm_bias.data(), T, E, eps, xn);   // xn: [T, E]
+        observe(ctx_, observer_, "attn_norm", il, xn, T * E);
         float* k = keys + p0 * E;                                                   // [T, E]: this call's rows
         float* v = values + p0 * E;
         const compute::MatmulOutput qkv[] = {{L.wq, q}, {L.wk, k}, {L.wv, v}};
@@ -114,20 +118,27 @@ Logits F32GPTModel::forward(std::span<const Token> ids, LogitsMode mode) {
         compute::add_bias(ctx_, k, L.bk.data(), T, E);
         compute::add_bias(ctx_, v, L.bv.data(), T, E);
         compute::attention(ctx_, q, keys, values, T, p0, attention_shape_, att);    // att: [T, H, D]
+        observe(ctx_, observer_, "kqv_out", il, att, T * E);
         project(L.wo, L.bo, att, T, out);                                           // out: [T, E]
+        observe(ctx_, observer_, "attn_out", il, out, T * E);
         compute::add(ctx_, x, out, T * E);
+        observe(ctx_, observer_, "ffn_inp", il, x, T * E);
 
         // Feed-forward block: x += W_down gelu(W_up xn + b_up) + b_down, xn = layer_norm(x)
         compute::layer_norm(ctx_, x, L.ffn_norm.data(), L.ffn_norm_bias.data(), T, E, eps, xn);
+        observe(ctx_, observer_, "ffn_norm", il, xn, T * E);
         project(L.w_up, L.b_up, xn, T, hidden);                                     // hidden: [T, F]
         compute::gelu(ctx_, hidden, T * F);
         project(L.w_down, L.b_down, hidden, T, out);                                // out: [T, E]
+        observe(ctx_, observer_, "ffn_out", il, out, T * E);
         compute::add(ctx_, x, out, T * E);
+        observe(ctx_, observer_, "l_out", il, x, T * E);
     }
     cache_.commit(slot_, T);
 
     const float* last = x + (T - n_out) * E;                                        // the rows asked for
     compute::layer_norm(ctx_, last, output_norm_.data(), output_norm_bias_.data(), n_out, E, eps, xn);
+    observe(ctx_, observer_, "result_norm", -1, xn, n_out * E);
     compute::matmul(ctx_, output_, xn, n_out, logits, activations_for(options_));  // logits: [n_out, V]
     return download_logits(ctx_, logits, n_out, V);
 }

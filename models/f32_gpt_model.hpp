@@ -31,6 +31,7 @@ public:
     void clear_cache() { cache_.clear(slot_); }
 
     const F32Options& options() const { return options_; }
+    void set_observer(F32Observer observer) { observer_ = std::move(observer); }
 
 private:
     struct Layer {
@@ -60,6 +61,7 @@ private:
     size_t slot_ = 0;
     std::vector<int32_t> positions_;
     F32Workspace workspace_;
+    F32Observer observer_;
     compute::Buffer ids_, positions_on_device_;                   // this call's token ids and positions, on the device
 };
 

@@ -27,6 +27,8 @@ F32LlamaModel F32LlamaModel::load(std::shared_ptr<const gguf::File> file, const 
         throw std::runtime_error(file->origin() + ": F32LlamaModel runs the Llama family, not '" + c.architecture_name + "'");
     const size_t E = c.n_embd, F = c.n_ff, V = c.n_vocab, QD = c.n_head * c.head_dim, KVD = c.n_embd_kv();
 
+    check_device_memory(options.device, *file,
+                        KvCache::bytes(c.n_layer, 1, context_length(options, c.n_ctx_train), c.n_embd_kv()));
     F32LlamaModel m(file, c, options);
     const F32WeightLoader load(*file);
     auto matrix = [&](const std::string& name, size_t rows, size_t cols) {
@@ -99,6 +101,7 @@ Logits F32LlamaModel::forward(std::span<const Token> ids, LogitsMode mode) {
     float* logits = workspace_.buffer(LOGITS);
 
     compute::get_rows(ctx_, token_embd_, upload_ids(ctx_, ids, ids_), T, x);       // x: [T, E]
+    observe(ctx_, observer_, "inp_embd", -1, x, T * E);
     for (size_t il = 0; il < layers_.size(); ++il) {
         const Layer& L = layers_[il];
         float* keys = cache_.keys(il, slot_);                                       // [n_ctx, KVD]
@@ -108,6 +111,7 @@ Logits F32LlamaModel::forward(std::span<const Token> ids, LogitsMode mode) {
 
         // Attention block: x += Wo attention(rope(Wq xn), rope(Wk xn), Wv xn), xn = rms_norm(x)
         compute::rms_norm(ctx_, x, L.attn_norm.data(), T, E, eps, xn);              // xn: [T, E]
+        observe(ctx_, observer_, "attn_norm", il, xn, T * E);
         const compute::MatmulOutput qkv[] = {{L.wq, q}, {L.wk, k}, {L.wv, v}};
         compute::matmul(ctx_, qkv, xn, T, activations_for(options_));               // q: [T, H, D]; k, v: [T, Hkv, D] into the cache
         add_bias(L.bq, T, q);
@@ -115,22 +119,32 @@ Logits F32LlamaModel::forward(std::span<const Token> ids, LogitsMode mode) {
         add_bias(L.bv, T, v);
         compute::rope(ctx_, q, T, QD, H, D, p0, rope_);
         compute::rope(ctx_, k, T, KVD, Hkv, D, p0, rope_);
+        observe(ctx_, observer_, "Qcur", il, q, T * QD);
+        observe(ctx_, observer_, "Kcur", il, k, T * KVD);
+        observe(ctx_, observer_, "Vcur", il, v, T * KVD);
         compute::attention(ctx_, q, keys, values, T, p0, attention_shape_, att);    // att: [T, H, D]
+        observe(ctx_, observer_, "kqv_out", il, att, T * QD);
         project(L.wo, L.bo, att, T, out);                                           // out: [T, E]
+        observe(ctx_, observer_, "attn_out", il, out, T * E);
         compute::add(ctx_, x, out, T * E);
+        observe(ctx_, observer_, "ffn_inp", il, x, T * E);
 
         // Feed-forward block: x += W_down (silu(W_gate xn) * W_up xn), xn = rms_norm(x)
         compute::rms_norm(ctx_, x, L.ffn_norm.data(), T, E, eps, xn);
+        observe(ctx_, observer_, "ffn_norm", il, xn, T * E);
         const compute::MatmulOutput gate_up[] = {{L.w_gate, gate}, {L.w_up, up}};
         compute::matmul(ctx_, gate_up, xn, T, activations_for(options_));           // gate, up: [T, F]
         compute::swiglu(ctx_, gate, up, T * F, gate);
         project(L.w_down, {}, gate, T, out);                                        // out: [T, E]
+        observe(ctx_, observer_, "ffn_out", il, out, T * E);
         compute::add(ctx_, x, out, T * E);
+        observe(ctx_, observer_, "l_out", il, x, T * E);
     }
     cache_.commit(slot_, T);
 
     const float* last = x + (T - n_out) * E;                                        // the rows asked for
     compute::rms_norm(ctx_, last, output_norm_.data(), n_out, E, eps, xn);          // xn: [n_out, E]
+    observe(ctx_, observer_, "result_norm", -1, xn, n_out * E);
     project(output_, {}, xn, n_out, logits);                                        // logits: [n_out, V]
     return download_logits(ctx_, logits, n_out, V);
 }

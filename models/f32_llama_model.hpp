@@ -35,6 +35,7 @@ public:
     void clear_cache() { cache_.clear(slot_); }
 
     const F32Options& options() const { return options_; }
+    void set_observer(F32Observer observer) { observer_ = std::move(observer); }
 
 private:
     struct Layer {
@@ -62,6 +63,7 @@ private:
     KvCache cache_;
     size_t slot_ = 0;
     F32Workspace workspace_;
+    F32Observer observer_;
     compute::Buffer ids_;                                       // this call's token ids, on the device
 };
 

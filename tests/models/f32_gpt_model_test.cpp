@@ -46,6 +46,13 @@ INSTANTIATE_TEST_SUITE_P(Golden, F32GPTGoldenTest,
                              return std::string(type_name(info.param.type)) + (info.param.exact ? "_float" : "_int8");
                          });
 
+TEST(F32GPTModelTest, IntermediatesMatchReference) {
+    const auto file = test::convert_gguf(test::golden_model("gpt2"), GGMLType::F32, "intermediates");
+    GPTModel reference = GPTModel::from_gguf(*file);
+    F32GPTModel model = F32GPTModel::load(file);
+    test::compare_intermediates(model, reference, kTokens, kFloat32Tolerance);
+}
+
 TEST(F32GPTModelTest, ContextIsBoundedByThePositionEmbeddings) {
     const auto file = test::convert_gguf(test::golden_model("gpt2"), GGMLType::F32, "context");
     EXPECT_EQ(F32GPTModel::load(file).n_ctx(), 32u);

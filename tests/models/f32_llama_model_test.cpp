@@ -123,6 +123,15 @@ TEST(F32LlamaStories260K, LogitsAndGreedyDecodingMatchReference) {
     EXPECT_EQ(greedy(model, {1}, 128), expected);
 }
 
+TEST(F32LlamaStories260K, IntermediatesMatchReference) {
+    const auto path = test::shared_testdata() / "models/stories260K.gguf";
+    TWINFER_REQUIRE_FILE(path);
+    const auto file = open(path);
+    GPTModel reference = GPTModel::from_gguf(*file);
+    F32LlamaModel model = F32LlamaModel::load(file);
+    test::compare_intermediates(model, reference, {1, 403, 407, 261, 378, 432, 383, 286, 261}, kFloat32Tolerance);
+}
+
 // SmolLM2-135M-Instruct Q4_1 (Q8_0 embeddings, tied output). The reference dequantizes ~1 GB and
 // recomputes everything per call, so: 8 positions of logits, and greedy decoding over 24 tokens.
 TEST(F32LlamaSmolLM2, LogitsMatchReference) {

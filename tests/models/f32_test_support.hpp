@@ -7,6 +7,9 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <map>
+#include <string>
+#include <tuple>
 #include <memory>
 #include <span>
 #include <vector>
@@ -100,6 +103,38 @@ double compare_logits(Model& model, Reference& reference, const std::vector<Toke
         }
     }
     return worst;
+}
+
+// Feeds `tokens` from an empty cache to both models with observers on, and checks every named
+// intermediate the float32 model reports against the reference's: max |a - b| / max |b| per
+// tensor within `tolerance`; prints each tensor's error and names the first that strays.
+template <class Model, class Reference>
+void compare_intermediates(Model& model, Reference& reference, const std::vector<Token>& tokens, double tolerance) {
+    std::map<std::pair<std::string, int>, std::vector<double>> expected;
+    reference.set_observer([&](std::string_view name, int layer, std::span<const double> values) {
+        expected[{std::string(name), layer}].assign(values.begin(), values.end());
+    });
+    std::vector<std::tuple<std::string, int, std::vector<double>>> seen;
+    model.set_observer([&](std::string_view name, int layer, std::span<const float> values) {
+        seen.emplace_back(std::string(name), layer, std::vector<double>(values.begin(), values.end()));
+    });
+    reference.forward(tokens);
+    model.forward(tokens);
+    ASSERT_FALSE(seen.empty());
+    bool strayed = false;
+    for (const auto& [name, layer, values] : seen) {
+        const auto it = expected.find({name, layer});
+        ASSERT_NE(it, expected.end()) << "the reference reports no " << name << " at layer " << layer;
+        // result_norm: the float32 models normalize only the rows whose logits are asked for.
+        ASSERT_TRUE(values.size() == it->second.size() || (name == "result_norm" && values.size() < it->second.size()))
+            << name << " layer " << layer << ": " << values.size() << " values, the reference " << it->second.size();
+        const double error = relative_error(values, std::span(it->second).last(values.size()));
+        std::printf("  %-12s layer %2d  max relative error %.2e\n", name.c_str(), layer, error);
+        if (error > tolerance && !strayed) {
+            ADD_FAILURE() << "first tensor to stray: " << name << " at layer " << layer << " (" << error << ")";
+            strayed = true;
+        }
+    }
 }
 
 template <class Model>
