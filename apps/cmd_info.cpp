@@ -76,6 +76,11 @@ nlohmann::json describe(const gguf::File& file) {
     return out;
 }
 
+// Metadata strings are bytes from the file: invalid UTF-8 is shown replaced, not an error.
+std::string dump(const nlohmann::json& j, int indent = -1) {
+    return j.dump(indent, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
 void print_text(const nlohmann::json& d) {
     auto line = [](const std::string& label, const auto& value) { std::cout << label << ": " << value << "\n"; };
     line("file", d["file"].get<std::string>());
@@ -84,9 +89,9 @@ void print_text(const nlohmann::json& d) {
     line("gguf version", d["gguf_version"].get<uint32_t>());
     line("architecture", d["architecture"].get<std::string>().empty() ? "(none: vocabulary-only or unknown)" : d["architecture"].get<std::string>());
     if (d.contains("name")) line("name", d["name"].get<std::string>());
-    for (const auto& [key, value] : d["hyperparameters"].items()) line("  " + key, value.dump());
+    for (const auto& [key, value] : d["hyperparameters"].items()) line("  " + key, dump(value));
     const auto& tok = d["tokenizer"];
-    line("tokenizer", tok.empty() ? std::string("(none)") : tok.dump());
+    line("tokenizer", tok.empty() ? std::string("(none)") : dump(tok));
     line("chat template", d["chat_template"].get<bool>() ? "yes" : "no");
     line("tensors", d["tensor_count"].get<uint64_t>());
     std::string types;
@@ -109,7 +114,7 @@ void register_info(CLI::App& app) {
         if (!std::filesystem::exists(options->model)) throw UsageError("model file not found: " + options->model);
         const auto file = gguf::File::open(options->model);
         const auto description = describe(file);
-        if (options->json) std::cout << description.dump(2) << "\n";
+        if (options->json) std::cout << dump(description, 2) << "\n";
         else print_text(description);
     });
 }

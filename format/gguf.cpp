@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <bit>
 #include <cerrno>
 #include <cstring>
@@ -24,6 +25,9 @@ constexpr uint32_t kMagic = 0x46554747;  // "GGUF" read as little-endian u32
 // hostile file from recursing the stack away.
 constexpr int kMaxArrayDepth = 8;
 constexpr uint32_t kMaxDims = 4;  // GGML_MAX_DIMS
+// Counts come from the file, so space is reserved for at most this many items up front; a larger
+// count that is true grows its vector as the items are read, and one that lies costs nothing.
+constexpr uint64_t kMaxReserve = uint64_t{1} << 16;
 
 [[noreturn]] void fail(const std::string& origin, const std::string& what) {
     throw FormatError(origin + ": " + what);
@@ -100,7 +104,7 @@ Array read_array(Cursor& cur, const std::string& key, const std::string& origin,
         fail(origin, "key '" + key + "': array length " + std::to_string(count) + " of " +
                          std::string(value_type_name(array.element_type)) + " cannot fit in the " +
                          std::to_string(cur.remaining()) + " bytes left in the file");
-    array.items.reserve(count);
+    array.items.reserve(std::min(count, kMaxReserve));
     for (uint64_t i = 0; i < count; ++i)
         array.items.push_back(read_value(cur, array.element_type, key, origin, depth + 1));
     return array;
@@ -231,7 +235,7 @@ void File::parse_all() {
     if (n_tensors > cur.remaining() / 24)
         fail(origin_, "tensor count " + std::to_string(n_tensors) + " cannot fit in a file of " + std::to_string(bytes_.size()) + " bytes");
 
-    kv_.reserve(n_kv);
+    kv_.reserve(std::min(n_kv, kMaxReserve));
     for (uint64_t i = 0; i < n_kv; ++i) {
         std::string key = cur.read_string("metadata key #" + std::to_string(i));
         const auto type_id = cur.read<uint32_t>(("type of key '" + key + "'").c_str());
@@ -250,7 +254,7 @@ void File::parse_all() {
             fail(origin_, "key 'general.alignment' = " + std::to_string(alignment_) + " is not a power of two");
     }
 
-    tensors_.reserve(n_tensors);
+    tensors_.reserve(std::min(n_tensors, kMaxReserve));
     for (uint64_t i = 0; i < n_tensors; ++i) {
         TensorInfo t;
         t.name = cur.read_string("tensor info #" + std::to_string(i) + " name");
@@ -298,6 +302,18 @@ void File::parse_all() {
             fail(origin_, "tensor '" + t.name + "': data [" + std::to_string(t.offset) + ", +" + std::to_string(t.n_bytes) +
                               ") lies past the end of the file (data section holds " + std::to_string(data_size) + " bytes)");
         t.data = bytes_.subspan(data_offset_ + t.offset, t.n_bytes);
+    }
+    // ggml lays tensors out one after another; two that share bytes mean a corrupt file.
+    std::vector<const TensorInfo*> by_offset;
+    by_offset.reserve(tensors_.size());
+    for (const auto& t : tensors_) by_offset.push_back(&t);
+    std::sort(by_offset.begin(), by_offset.end(), [](const TensorInfo* a, const TensorInfo* b) { return a->offset < b->offset; });
+    for (size_t i = 1; i < by_offset.size(); ++i) {
+        const TensorInfo& before = *by_offset[i - 1];
+        const TensorInfo& after = *by_offset[i];
+        if (before.offset + before.n_bytes > after.offset)
+            fail(origin_, "tensor '" + after.name + "': data at offset " + std::to_string(after.offset) + " overlaps tensor '" +
+                              before.name + "' [" + std::to_string(before.offset) + ", +" + std::to_string(before.n_bytes) + ")");
     }
 }
 
@@ -471,6 +487,14 @@ void put_value_body(ByteSink& sink, const Value& value) {
 }  // namespace
 
 void Writer::set(std::string key, Value value) {
+    // The alignment decides where the writer puts tensor data, so it is taken from the key
+    // however it was set.
+    if (key == "general.alignment") {
+        const auto* alignment = std::get_if<uint32_t>(&value.v);
+        if (!alignment || *alignment == 0 || (*alignment & (*alignment - 1)) != 0)
+            throw std::invalid_argument("GGUF writer: general.alignment must be a uint32 power of two");
+        alignment_ = *alignment;
+    }
     for (auto& [k, v] : kv_)
         if (k == key) {
             v = std::move(value);
@@ -499,16 +523,19 @@ void Writer::set_i32_array(std::string key, const std::vector<int32_t>& items) {
 }
 
 void Writer::set_alignment(uint64_t alignment) {
-    if (alignment == 0 || (alignment & (alignment - 1)) != 0 || alignment > std::numeric_limits<uint32_t>::max())
-        throw std::invalid_argument("GGUF writer: alignment must be a power of two");
-    alignment_ = alignment;
+    if (alignment > std::numeric_limits<uint32_t>::max())
+        throw std::invalid_argument("GGUF writer: general.alignment must be a uint32 power of two");
     set("general.alignment", Value{static_cast<uint32_t>(alignment)});
 }
 
 void Writer::add_tensor(std::string name, std::vector<uint64_t> dims, GGMLType type, std::span<const std::byte> data) {
     if (dims.empty() || dims.size() > kMaxDims) throw std::invalid_argument("GGUF writer: tensor '" + name + "' needs 1 to 4 dimensions");
     uint64_t n = 1;
-    for (auto d : dims) n *= d;
+    for (auto d : dims) {
+        if (d == 0 || d > std::numeric_limits<uint64_t>::max() / n)
+            throw std::invalid_argument("GGUF writer: tensor '" + name + "' has a zero dimension or more elements than fit in 64 bits");
+        n *= d;
+    }
     const size_t expected = row_size_bytes(type, n);
     if (data.size() != expected)
         throw std::invalid_argument("GGUF writer: tensor '" + name + "' has " + std::to_string(data.size()) +

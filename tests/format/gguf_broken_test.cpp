@@ -1,0 +1,437 @@
+// Hostile GGUF files: a valid image from gguf::Writer, broken in every field the reader trusts.
+// Each broken image must fail with a FormatError that names the file, the key or tensor, and the
+// problem; never crash (scripts/test.sh runs this under AddressSanitizer) and never allocate much
+// more than the image itself (checked with a counting operator new).
+#include "format/gguf.hpp"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <iostream>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <random>
+#include <string>
+#include <vector>
+
+// The largest single allocation since the last reset. Replacing the global operator new is the
+// one way to see what the parser asks for, whatever container does the asking.
+namespace {
+std::atomic<size_t> g_largest_allocation{0};
+}  // namespace
+
+// GCC sees std::allocator's operator new flow into free() once these are inlined, and warns; the
+// pair is malloc/free on both sides, so the warning does not apply here.
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+void* operator new(std::size_t size) {
+    size_t seen = g_largest_allocation.load(std::memory_order_relaxed);
+    while (size > seen && !g_largest_allocation.compare_exchange_weak(seen, size, std::memory_order_relaxed)) {
+    }
+    if (void* p = std::malloc(size ? size : 1)) return p;
+    throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+
+namespace twinfer::gguf {
+namespace {
+
+constexpr const char* kOrigin = "broken.gguf";
+
+// ---------------------------------------------------------------------------------------------
+// The valid image and a map of its fields
+
+std::vector<std::byte> valid_image() {
+    Writer writer;
+    writer.set_alignment(32);
+    writer.set_string("general.architecture", "llama");
+    writer.set_bool("k.flag", true);
+    writer.set_u32("k.count", 7);
+    writer.set_f32("k.ratio", 0.5f);
+    writer.set_string_array("k.tokens", {"<s>", "b", "cc"});
+    writer.set_i32_array("k.ids", {1, -2, 3});
+    writer.set("k.bools", Value{Array{ValueType::BOOL, {Value{false}, Value{true}}}});
+    writer.set("k.nested", Value{Array{ValueType::ARRAY,
+                                       {Value{Array{ValueType::UINT8, {Value{uint8_t{1}}, Value{uint8_t{2}}}}},
+                                        Value{Array{ValueType::STRING, {Value{std::string("x")}}}}}}});
+    std::vector<std::byte> data(128);
+    for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<std::byte>(i * 7);
+    writer.add_tensor("t.a", {8, 4}, GGMLType::F32, data);                          // 128 bytes
+    writer.add_tensor("t.b", {32, 2}, GGMLType::Q8_0, std::span(data).first(68));   // 68 bytes
+    writer.add_tensor("t.c", {5}, GGMLType::F16, std::span(data).first(10));        // 10 bytes
+    return writer.to_bytes();
+}
+
+enum class Kind {
+    TensorCount, KvCount, KeyLength, ValueTypeId, StringLength, ArrayElementType, ArrayCount, BoolByte,
+    U32Value, TensorNameLength, DimCount, Dim, TensorType, TensorOffset,
+};
+
+struct Field {
+    Kind kind;
+    size_t offset;
+    size_t size;
+    std::string owner;  // what the error message must name: "key 'k.ids'", "tensor 't.a'", ...
+};
+
+// Walks a well-formed image (the writer's), recording where each field lies.
+class LayoutWalker {
+public:
+    explicit LayoutWalker(const std::vector<std::byte>& image) : image_(image) {
+        pos_ = 8;
+        const uint64_t n_tensors = take<uint64_t>(Kind::TensorCount, "tensor count");
+        const uint64_t n_kv = take<uint64_t>(Kind::KvCount, "metadata count");
+        for (uint64_t i = 0; i < n_kv; ++i) {
+            const std::string key = string(Kind::KeyLength, "metadata key #" + std::to_string(i));
+            const std::string owner = "key '" + key + "'";
+            value(take<uint32_t>(Kind::ValueTypeId, owner), owner, key == "general.alignment");
+        }
+        for (uint64_t i = 0; i < n_tensors; ++i) {
+            const std::string name = string(Kind::TensorNameLength, "tensor info #" + std::to_string(i) + " name");
+            const std::string owner = "tensor '" + name + "'";
+            const uint32_t n_dims = take<uint32_t>(Kind::DimCount, owner);
+            for (uint32_t d = 0; d < n_dims; ++d) take<uint64_t>(Kind::Dim, owner);
+            take<uint32_t>(Kind::TensorType, owner);
+            take<uint64_t>(Kind::TensorOffset, owner);
+        }
+    }
+    const std::vector<Field>& fields() const { return fields_; }
+    std::vector<Field> fields(Kind kind, std::string_view owner = {}) const {
+        std::vector<Field> out;
+        for (const auto& f : fields_)
+            if (f.kind == kind && (owner.empty() || f.owner == owner)) out.push_back(f);
+        return out;
+    }
+    // The index-th field of this kind and owner (a tensor's dims, in order).
+    const Field& field(Kind kind, std::string_view owner, size_t index = 0) const {
+        for (const auto& f : fields_)
+            if (f.kind == kind && f.owner == owner && index-- == 0) return f;
+        throw std::logic_error("no such field of " + std::string(owner));
+    }
+
+private:
+    const std::vector<std::byte>& image_;
+    size_t pos_ = 0;
+    std::vector<Field> fields_;
+
+    template <class T> T take(Kind kind, const std::string& owner) {
+        T v;
+        std::memcpy(&v, image_.data() + pos_, sizeof(T));
+        fields_.push_back({kind, pos_, sizeof(T), owner});
+        pos_ += sizeof(T);
+        return v;
+    }
+    std::string string(Kind length_kind, const std::string& owner) {
+        const auto n = take<uint64_t>(length_kind, owner);
+        std::string s(reinterpret_cast<const char*>(image_.data() + pos_), n);
+        pos_ += n;
+        return s;
+    }
+    void value(uint32_t type, const std::string& owner, bool is_alignment = false) {
+        switch (static_cast<ValueType>(type)) {
+            case ValueType::STRING: string(Kind::StringLength, owner); break;
+            case ValueType::ARRAY: {
+                const auto element_type = take<uint32_t>(Kind::ArrayElementType, owner);
+                const auto count = take<uint64_t>(Kind::ArrayCount, owner);
+                for (uint64_t i = 0; i < count; ++i) value(element_type, owner);
+                break;
+            }
+            case ValueType::BOOL: take<uint8_t>(Kind::BoolByte, owner); break;
+            case ValueType::UINT32: take<uint32_t>(Kind::U32Value, is_alignment ? "general.alignment" : owner); break;
+            case ValueType::UINT8: case ValueType::INT8: pos_ += 1; break;
+            case ValueType::UINT16: case ValueType::INT16: pos_ += 2; break;
+            case ValueType::INT32: case ValueType::FLOAT32: pos_ += 4; break;
+            case ValueType::UINT64: case ValueType::INT64: case ValueType::FLOAT64: pos_ += 8; break;
+        }
+    }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Parsing a broken image
+
+// Parses; on success touches every byte the File hands out, so AddressSanitizer sees any span that
+// points outside the image. Returns the FormatError's message, or "" if the image parsed.
+std::string parse_error(const std::vector<std::byte>& image) {
+    g_largest_allocation = 0;
+    std::string message;
+    try {
+        const File file = File::parse(image, kOrigin);
+        size_t sum = 0;
+        for (const auto& t : file.tensors()) {
+            EXPECT_GE(t.data.data(), image.data()) << t.name;
+            EXPECT_LE(t.data.data() + t.data.size(), image.data() + image.size()) << t.name;
+            for (std::byte b : t.data) sum += static_cast<size_t>(b);
+        }
+        for (const auto& [key, value] : file.metadata()) sum += key.size() + static_cast<size_t>(value.type());
+        volatile size_t sink = sum;
+        (void)sink;
+    } catch (const FormatError& e) {
+        message = e.what();
+        if (message.empty()) message = "(empty FormatError message)";
+    }
+    // Nothing the parser keeps is larger than a vector of Values, one per byte left in the file.
+    const size_t limit = 64 * image.size() + 65536;
+    EXPECT_LE(g_largest_allocation.load(), limit) << "parsing a " << image.size() << "-byte image allocated "
+                                                  << g_largest_allocation.load() << " bytes at once";
+    return message;
+}
+
+template <class T> std::vector<std::byte> patched(std::vector<std::byte> image, size_t offset, T value) {
+    std::memcpy(image.data() + offset, &value, sizeof(T));
+    return image;
+}
+
+std::vector<std::byte> patched_field(const std::vector<std::byte>& image, const Field& f, uint64_t value) {
+    switch (f.size) {
+        case 1: return patched(image, f.offset, static_cast<uint8_t>(value));
+        case 4: return patched(image, f.offset, static_cast<uint32_t>(value));
+        default: return patched(image, f.offset, value);
+    }
+}
+
+bool contains(const std::string& s, std::string_view part) { return s.find(part) != std::string::npos; }
+
+// The image must fail with a message naming the file and each of `parts`.
+void expect_rejected(const std::vector<std::byte>& image, std::initializer_list<std::string_view> parts,
+                     const std::string& what) {
+    const std::string message = parse_error(image);
+    ASSERT_FALSE(message.empty()) << what << ": parsed, expected an error";
+    EXPECT_TRUE(contains(message, kOrigin)) << what << ": " << message;
+    for (std::string_view part : parts) EXPECT_TRUE(contains(message, part)) << what << ": '" << part << "' not in: " << message;
+}
+
+class BrokenGgufTest : public ::testing::Test {
+protected:
+    const std::vector<std::byte> image_ = valid_image();
+    const LayoutWalker layout_{image_};
+};
+
+TEST_F(BrokenGgufTest, TheValidImageParses) {
+    EXPECT_EQ(parse_error(image_), "");
+    EXPECT_EQ(layout_.fields(Kind::TensorOffset).size(), 3u);
+    EXPECT_EQ(layout_.fields(Kind::BoolByte).size(), 3u);
+    EXPECT_EQ(layout_.fields(Kind::U32Value, "general.alignment").size(), 1u);
+}
+
+TEST_F(BrokenGgufTest, EveryTruncationFails) {
+    const File file = File::parse(image_);
+    uint64_t data_end = 0;
+    for (const auto& t : file.tensors()) data_end = std::max(data_end, file.data_offset() + t.offset + t.n_bytes);
+    for (size_t length = 0; length < image_.size(); ++length) {
+        const std::vector<std::byte> prefix(image_.begin(), image_.begin() + static_cast<std::ptrdiff_t>(length));
+        const std::string message = parse_error(prefix);
+        if (length >= data_end) {  // only the padding after the last tensor is gone
+            EXPECT_EQ(message, "") << "length " << length;
+            continue;
+        }
+        ASSERT_FALSE(message.empty()) << "truncated to " << length << " bytes, parsed";
+        EXPECT_TRUE(contains(message, "truncated") || contains(message, "not a GGUF file") || contains(message, "exceeds") || contains(message, "cannot fit") ||
+                    contains(message, "past the end"))
+            << "length " << length << ": " << message;
+    }
+}
+
+TEST_F(BrokenGgufTest, HugeCountsAndLengthsNameTheField) {
+    const Kind kinds[] = {Kind::TensorCount, Kind::KvCount,  Kind::KeyLength, Kind::StringLength,
+                          Kind::ArrayCount,  Kind::TensorNameLength, Kind::Dim, Kind::TensorOffset};
+    const uint64_t huge[] = {~uint64_t{0}, uint64_t{1} << 63, uint64_t{1} << 40, uint64_t{1} << 32,
+                             image_.size() * 8, ~uint64_t{0} - 31};
+    for (const Kind kind : kinds)
+        for (const Field& f : layout_.fields(kind))
+            for (const uint64_t value : huge)
+                expect_rejected(patched_field(image_, f, value), {f.owner},
+                                f.owner + " at " + std::to_string(f.offset) + " = " + std::to_string(value));
+}
+
+TEST_F(BrokenGgufTest, OffByOneCountsNeverCrash) {
+    for (const Field& f : layout_.fields()) {
+        uint64_t original = 0;
+        std::memcpy(&original, image_.data() + f.offset, f.size);
+        for (const uint64_t value : {original + 1, original - 1, original + 8, original + 32}) (void)parse_error(patched_field(image_, f, value));
+    }
+}
+
+TEST_F(BrokenGgufTest, BadValueTypeIds) {
+    for (const Field& f : layout_.fields(Kind::ValueTypeId))
+        for (const uint32_t id : {13u, 14u, 255u, 0x80000000u, 0xFFFFFFFFu})
+            expect_rejected(patched_field(image_, f, id), {f.owner, "invalid value type", std::to_string(id)}, f.owner);
+    for (const Field& f : layout_.fields(Kind::ArrayElementType))
+        for (const uint32_t id : {13u, 0xFFFFFFFFu})
+            expect_rejected(patched_field(image_, f, id), {f.owner, "invalid array element type"}, f.owner);
+}
+
+TEST_F(BrokenGgufTest, BadTensorTypeIds) {
+    for (const Field& f : layout_.fields(Kind::TensorType))
+        for (const uint32_t id : {4u, 5u, 1000u, 0xFFFFFFFFu})
+            expect_rejected(patched_field(image_, f, id), {f.owner, "unknown tensor type id", std::to_string(id)}, f.owner);
+    // A known type whose block does not divide the row: 8 F32 values are not a Q8_0 row.
+    expect_rejected(patched_field(image_, layout_.field(Kind::TensorType, "tensor 't.a'"), 8),
+                    {"tensor 't.a'", "not a multiple of the Q8_0 block size"}, "t.a as Q8_0");
+}
+
+TEST_F(BrokenGgufTest, BadDimensionCounts) {
+    for (const Field& f : layout_.fields(Kind::DimCount))
+        for (const uint32_t n : {0u, 5u, 0xFFFFFFFFu})
+            expect_rejected(patched_field(image_, f, n), {f.owner, "dimensions (must be 1 to 4)"}, f.owner);
+}
+
+TEST_F(BrokenGgufTest, ZeroAndOverflowingDimensions) {
+    for (const Field& f : layout_.fields(Kind::Dim))
+        expect_rejected(patched_field(image_, f, 0), {f.owner, "a dimension is zero"}, f.owner);
+    const Field& a0 = layout_.field(Kind::Dim, "tensor 't.a'", 0);
+    const Field& a1 = layout_.field(Kind::Dim, "tensor 't.a'", 1);
+    auto both = [&](uint64_t d0, uint64_t d1) { return patched_field(patched_field(image_, a0, d0), a1, d1); };
+    expect_rejected(both(uint64_t{1} << 33, uint64_t{1} << 31), {"tensor 't.a'", "element count overflows"}, "2^64 elements");
+    expect_rejected(both(uint64_t{1} << 62, 1), {"tensor 't.a'", "byte size overflows"}, "2^62 F32 values");
+    expect_rejected(both(uint64_t{1} << 40, uint64_t{1} << 20), {"tensor 't.a'", "past the end"}, "2^60 elements");
+    // 2^64 - 32 Q8_0 values fit in a u64, their 34-byte blocks do not.
+    const Field& b0 = layout_.field(Kind::Dim, "tensor 't.b'", 0);
+    const Field& b1 = layout_.field(Kind::Dim, "tensor 't.b'", 1);
+    expect_rejected(patched_field(patched_field(image_, b0, ~uint64_t{0} - 31), b1, 1), {"tensor 't.b'", "byte size overflows"},
+                    "2^59 - 1 Q8_0 blocks");
+}
+
+TEST_F(BrokenGgufTest, MisalignedOverlappingAndOutOfRangeOffsets) {
+    const Field& b = layout_.field(Kind::TensorOffset, "tensor 't.b'");
+    const Field& c = layout_.field(Kind::TensorOffset, "tensor 't.c'");
+    uint64_t b_offset = 0, c_offset = 0;
+    std::memcpy(&b_offset, image_.data() + b.offset, 8);
+    std::memcpy(&c_offset, image_.data() + c.offset, 8);
+    ASSERT_EQ(b_offset, 128u);
+    ASSERT_EQ(c_offset, 224u);
+    for (const uint64_t delta : {1u, 4u, 16u, 31u})
+        expect_rejected(patched_field(image_, b, b_offset + delta), {"tensor 't.b'", "not a multiple of the alignment 32"}, "misaligned");
+    expect_rejected(patched_field(image_, c, c_offset + 32), {"tensor 't.c'", "past the end"}, "t.c one slot later");
+    expect_rejected(patched_field(image_, c, uint64_t{1} << 40), {"tensor 't.c'", "past the end"}, "t.c far away");
+    expect_rejected(patched_field(image_, b, ~uint64_t{0} - 31), {"tensor 't.b'", "past the end"}, "offset near 2^64");
+    expect_rejected(patched_field(image_, b, 0), {"overlaps", "'t.a'", "'t.b'"}, "t.b on top of t.a");
+    expect_rejected(patched_field(image_, b, 96), {"overlaps", "'t.a'", "'t.b'"}, "t.b inside t.a");
+    expect_rejected(patched_field(image_, c, b_offset + 32), {"overlaps", "'t.b'", "'t.c'"}, "t.c inside t.b");
+}
+
+TEST_F(BrokenGgufTest, DuplicateNames) {
+    // Tensor names are all three bytes: make the second one's name the first's.
+    const Field& b_name = layout_.field(Kind::TensorNameLength, "tensor info #1 name");
+    auto image = image_;
+    image[b_name.offset + 8 + 2] = std::byte{'a'};
+    expect_rejected(image, {"duplicate tensor name 't.a'"}, "t.b renamed t.a");
+    // "k.ratio" and "k.count" are both seven bytes long.
+    const std::string key = "k.ratio";
+    auto it = std::search(image_.begin(), image_.end(), reinterpret_cast<const std::byte*>(key.data()),
+                          reinterpret_cast<const std::byte*>(key.data() + key.size()));
+    ASSERT_NE(it, image_.end());
+    image = image_;
+    std::memcpy(image.data() + (it - image_.begin()), "k.count", 7);
+    expect_rejected(image, {"duplicate metadata key 'k.count'"}, "k.ratio renamed k.count");
+}
+
+TEST_F(BrokenGgufTest, BadAlignments) {
+    const Field& alignment = layout_.field(Kind::U32Value, "general.alignment");
+    for (const uint32_t value : {0u, 3u, 48u, 0x80000001u, 0xFFFFFFFFu})
+        expect_rejected(patched_field(image_, alignment, value), {"general.alignment", "not a power of two", std::to_string(value)},
+                        "alignment " + std::to_string(value));
+    // A valid power of two that puts the data section past the end of the file.
+    auto huge_alignment = patched_field(image_, alignment, 0x80000000u);
+    huge_alignment = patched_field(huge_alignment, layout_.field(Kind::TensorOffset, "tensor 't.b'"), uint64_t{1} << 31);
+    huge_alignment = patched_field(huge_alignment, layout_.field(Kind::TensorOffset, "tensor 't.c'"), uint64_t{1} << 32);
+    expect_rejected(huge_alignment, {"truncated", "tensor data should start"}, "alignment 2^31");
+    // general.alignment must be a uint32 (as in ggml and gguf-py): int32 is refused.
+    const Field& type = layout_.field(Kind::ValueTypeId, "key 'general.alignment'");
+    expect_rejected(patched_field(image_, type, static_cast<uint32_t>(ValueType::INT32)), {"general.alignment", "must be uint32"},
+                    "int32 alignment");
+}
+
+TEST_F(BrokenGgufTest, BoolBytesOtherThanZeroOrOne) {
+    for (const Field& f : layout_.fields(Kind::BoolByte))
+        for (const uint8_t byte : {uint8_t{2}, uint8_t{0x80}, uint8_t{0xFF}})
+            expect_rejected(patched_field(image_, f, byte), {f.owner, "invalid bool byte", std::to_string(byte)}, f.owner);
+}
+
+// A header with one key whose value is built by `body`.
+std::vector<std::byte> one_key_image(const std::string& key, uint32_t type, const std::vector<std::byte>& body) {
+    std::vector<std::byte> image;
+    auto put = [&](const auto& v) {
+        const auto* p = reinterpret_cast<const std::byte*>(&v);
+        image.insert(image.end(), p, p + sizeof(v));
+    };
+    put(uint32_t{0x46554747});
+    put(uint32_t{3});
+    put(uint64_t{0});
+    put(uint64_t{1});
+    put(uint64_t{key.size()});
+    for (char ch : key) image.push_back(static_cast<std::byte>(ch));
+    put(type);
+    image.insert(image.end(), body.begin(), body.end());
+    return image;
+}
+
+std::vector<std::byte> array_header(uint32_t element_type, uint64_t count) {
+    std::vector<std::byte> out(12);
+    std::memcpy(out.data(), &element_type, 4);
+    std::memcpy(out.data() + 4, &count, 8);
+    return out;
+}
+
+TEST_F(BrokenGgufTest, NestingDepthBomb) {
+    // 100000 arrays, each holding one array: unbounded recursion without a depth limit.
+    std::vector<std::byte> body;
+    for (int i = 0; i < 100000; ++i) {
+        const auto level = array_header(static_cast<uint32_t>(ValueType::ARRAY), 1);
+        body.insert(body.end(), level.begin(), level.end());
+    }
+    expect_rejected(one_key_image("bomb", static_cast<uint32_t>(ValueType::ARRAY), body), {"key 'bomb'", "nested deeper"}, "depth bomb");
+
+    // Width instead of depth: an array claiming 2^60 arrays, and one claiming as many as could fit
+    // if each were empty but none present.
+    expect_rejected(one_key_image("wide", static_cast<uint32_t>(ValueType::ARRAY), array_header(9, uint64_t{1} << 60)),
+                    {"key 'wide'", "cannot fit"}, "wide bomb");
+    std::vector<std::byte> lying = array_header(static_cast<uint32_t>(ValueType::ARRAY), 4000);
+    lying.resize(lying.size() + 48000, std::byte{0});  // 4000 x 12 zero bytes: 4000 empty u8 arrays
+    const std::string ok = parse_error(one_key_image("wide", static_cast<uint32_t>(ValueType::ARRAY), lying));
+    EXPECT_EQ(ok, "");  // 4000 empty uint8 arrays: valid
+    lying.resize(lying.size() - 1);
+    expect_rejected(one_key_image("wide", static_cast<uint32_t>(ValueType::ARRAY), lying), {"key 'wide'"}, "one byte short");
+}
+
+TEST_F(BrokenGgufTest, NotGgufAtAll) {
+    expect_rejected({}, {"not a GGUF file"}, "empty");
+    auto image = image_;
+    image[0] = std::byte{'g'};
+    expect_rejected(image, {"not a GGUF file"}, "bad magic");
+}
+
+// Random bytes at random places, and random field values: whatever comes out, it is a FormatError
+// or a parsed File whose spans lie inside the image (parse_error touches them all).
+TEST_F(BrokenGgufTest, RandomMutationsOnlyEverFailCleanly) {
+    std::mt19937_64 rng(0x6767'7566);
+    const uint64_t interesting[] = {0, 1, 2, 3, 4, 5, 8, 12, 13, 31, 32, 33, 255, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF,
+                                    uint64_t{1} << 32, uint64_t{1} << 40, uint64_t{1} << 63, ~uint64_t{0}};
+    const auto& fields = layout_.fields();
+    size_t parsed = 0, rejected = 0;
+    for (int iteration = 0; iteration < 4000; ++iteration) {
+        auto image = image_;
+        const int n_mutations = 1 + static_cast<int>(rng() % 4);
+        for (int m = 0; m < n_mutations; ++m) {
+            if (rng() % 2 == 0) {
+                image[rng() % image.size()] = static_cast<std::byte>(rng());
+            } else {
+                const Field& f = fields[rng() % fields.size()];
+                image = patched_field(image, f, interesting[rng() % std::size(interesting)]);
+            }
+        }
+        if (rng() % 8 == 0) image.resize(rng() % image.size());
+        try {
+            const std::string message = parse_error(image);
+            (message.empty() ? parsed : rejected) += 1;
+        } catch (const std::exception& e) {
+            FAIL() << "iteration " << iteration << ": not a FormatError: " << e.what();
+        }
+    }
+    std::cout << "[ mutation ] " << parsed << " parsed, " << rejected << " rejected\n";
+    EXPECT_GT(rejected, 1000u);
+}
+
+}  // namespace
+}  // namespace twinfer::gguf
