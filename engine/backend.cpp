@@ -1,5 +1,8 @@
 #include "engine/backend.hpp"
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <stdexcept>
 
 #ifdef TWINFER_WITH_CUDA
@@ -55,23 +58,45 @@ compute::Device resolve_device(DeviceChoice choice) {
     }
     return compute::Device::CPU;
 }
+// The trained context when its float32 KV cache fits in half of the free memory, else the largest
+// multiple of 1024 that does (users of long-context models would otherwise get a failed
+// allocation before their first token). An explicit --ctx-size is always honoured.
+size_t default_context(const ModelConfig& config) {
+    const size_t trained = static_cast<size_t>(config.n_ctx_train);
+    const size_t bytes_per_token = size_t{2} * config.n_layer * config.n_embd_kv() * sizeof(float);
+    const long pages = ::sysconf(_SC_AVPHYS_PAGES), page_size = ::sysconf(_SC_PAGESIZE);
+    if (pages <= 0 || page_size <= 0) return trained;
+    const size_t budget = static_cast<size_t>(pages) * static_cast<size_t>(page_size) / 2;
+    if (trained * bytes_per_token <= budget) return trained;
+    return std::max<size_t>(1024, budget / bytes_per_token / 1024 * 1024);
+}
+
 }  // namespace
 
 ModelBackend make_backend(std::shared_ptr<const gguf::File> file, const BackendOptions& options) {
+    if (options.tensor_parallel < 1)
+        throw std::invalid_argument("--tensor-parallel must be at least 1, got " + std::to_string(options.tensor_parallel));
     if (options.precision == Precision::F64) {
+        if (options.tensor_parallel > 1)
+            throw std::invalid_argument("the float64 reference runs on one CPU (--precision f64 with --tensor-parallel)");
         if (options.device == DeviceChoice::CUDA)
             throw std::invalid_argument("the float64 reference runs on the CPU only (--precision f64 with --device cuda)");
         return GPTModel::from_gguf(*file, options.n_ctx);
     }
     F32Options f32;
-    f32.n_ctx = options.n_ctx;
+    const ModelConfig config = ModelConfig::from_gguf(*file);
+    f32.n_ctx = options.n_ctx ? options.n_ctx : default_context(config);
     f32.n_threads = options.n_threads;
     f32.exact_activations = options.exact_activations;
     f32.device = resolve_device(options.device);
-    const ModelConfig config = ModelConfig::from_gguf(*file);
     switch (config.architecture) {
-        case Architecture::GPT2: return F32GPTModel::load(std::move(file), f32);
-        case Architecture::Llama: return F32LlamaModel::load(std::move(file), f32);
+        case Architecture::GPT2:
+            if (options.tensor_parallel > 1)
+                throw std::invalid_argument("--tensor-parallel splits Llama-family models; this one is " + config.architecture_name);
+            return F32GPTModel::load(std::move(file), f32);
+        case Architecture::Llama:
+            if (options.tensor_parallel > 1) return TensorParallelLlamaModel::load(std::move(file), options.tensor_parallel, f32);
+            return F32LlamaModel::load(std::move(file), f32);
     }
     throw std::runtime_error("no float32 model for architecture " + config.architecture_name);
 }
@@ -83,8 +108,12 @@ std::string backend_description(const ModelBackend& backend, const BackendOption
             if constexpr (std::is_same_v<M, GPTModel>) {
                 return "GPTModel (f64, cpu)";
             } else {
-                const char* name = std::is_same_v<M, F32LlamaModel> ? "F32LlamaModel" : "F32GPTModel";
-                return std::string(name) + " (f32, " + std::string(compute::device_name(model.options().device)) +
+                const char* name = std::is_same_v<M, F32LlamaModel> ? "F32LlamaModel"
+                                   : std::is_same_v<M, F32GPTModel> ? "F32GPTModel"
+                                                                    : "TensorParallelLlamaModel";
+                std::string ranks;
+                if constexpr (std::is_same_v<M, TensorParallelLlamaModel>) ranks = ", " + std::to_string(model.n_ranks()) + " ranks";
+                return std::string(name) + " (f32, " + std::string(compute::device_name(model.options().device)) + ranks +
                        (model.options().exact_activations ? ", exact activations" : "") + ")";
             }
         },
