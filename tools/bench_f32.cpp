@@ -3,11 +3,15 @@
 // run each, averaged over repetitions. Until `twinfer bench` runs the F32 models, this is the
 // CPU numbers' source for BENCHMARKS.md.
 //
-//   g++ -O2 -std=c++20 -I. tools/bench_f32.cpp build-f32/models/libtwinfer_models.a \
-//       build-f32/compute/libtwinfer_compute.a build-f32/format/libtwinfer_format.a -lopenblas -o build-f32/bench_f32
+// It also prints tokens per CPU-second of the whole process: on a machine shared with other work,
+// that compares two builds of twinfer where wall-clock rates cannot.
+//
+//   g++ -O2 -std=c++20 -I. tools/bench_f32.cpp build-f32/models/libtwinfer_models.a
+//       build-f32/compute/libtwinfer_compute.a build-f32/format/libtwinfer_format.a -o build-f32/bench_f32
 //   build-f32/bench_f32 MODEL.gguf [--threads N] [--exact] [--reps N] [--pp N] [--tg N]
 #include <chrono>
 #include <cmath>
+#include <ctime>
 #include <functional>
 #include <tuple>
 #include <cstdio>
@@ -72,14 +76,16 @@ int main(int argc, char** argv) {
         if (n == 0) continue;
         run();   // warm-up: pages the weights in
         double sum = 0, sum_sq = 0;
+        const std::clock_t cpu_start = std::clock();
         for (int r = 0; r < reps; ++r) {
             const double v = run();
             sum += v;
             sum_sq += v * v;
         }
+        const double cpu_seconds = double(std::clock() - cpu_start) / CLOCKS_PER_SEC;
         const double mean = sum / reps;
-        std::printf("%s %s%d  %.2f ± %.2f tok/s  (threads %d, %s activations)\n", argv[1], name, n, mean,
-                    std::sqrt(std::max(0.0, sum_sq / reps - mean * mean)), options.n_threads,
-                    options.exact_activations ? "float" : "int8");
+        std::printf("%s %s%d  %.2f ± %.2f tok/s  %.1f tok per CPU-second  (threads %d, %s activations)\n", argv[1], name,
+                    n, mean, std::sqrt(std::max(0.0, sum_sq / reps - mean * mean)), double(n) * reps / cpu_seconds,
+                    options.n_threads, options.exact_activations ? "float" : "int8");
     }
 }
