@@ -80,6 +80,7 @@ void load_config_file(Settings& s, const std::filesystem::path& path) {
     read_value(root, "threads", s.threads, path);
     read_value(root, "ctx_size", s.ctx_size, path);
     read_value(root, "exact_activations", s.exact_activations, path);
+    read_value(root, "tensor_parallel", s.tensor_parallel, path);
     read_value(root, "system_prompt", s.system_prompt, path);
     read_value(root, "log_level", s.log_level, path);
     read_value(root, "no_progress", s.no_progress, path);
@@ -127,7 +128,7 @@ std::string settings_to_toml(const Settings& s) {
     gen.insert("stop", stops);
     toml::table root{{"model", s.model},         {"precision", s.precision}, {"device", s.device},
                      {"threads", s.threads},     {"ctx_size", s.ctx_size},   {"exact_activations", s.exact_activations},
-                     {"system_prompt", s.system_prompt}, {"log_level", s.log_level}};
+                     {"tensor_parallel", s.tensor_parallel}, {"system_prompt", s.system_prompt}, {"log_level", s.log_level}};
     root.insert("generation", gen);
     std::ostringstream out;
     out << "# twinfer configuration: command-line flags override these values.\n" << root << "\n";
@@ -157,6 +158,9 @@ void add_model_flags(CLI::App& cmd, Settings& s) {
     cmd.add_option("-t,--threads", s.threads, "CPU threads (0: every core)")->check(CLI::NonNegativeNumber);
     cmd.add_option("-c,--ctx-size", s.ctx_size, "context length in tokens (0: the model's trained length)")->check(CLI::NonNegativeNumber);
     cmd.add_flag("--exact-activations", s.exact_activations, "keep activations float32 in the quantized kernels (no 8-bit activation quantization)");
+    cmd.add_option("--tensor-parallel", s.tensor_parallel,
+                   "split a Llama model over N ranks: N GPUs over NCCL (--device cuda), or N simulated ranks (--device cpu)")
+        ->check(CLI::Range(1, 64))->capture_default_str();
 }
 
 void add_generation_flags(CLI::App& cmd, Settings& s) {
@@ -195,6 +199,7 @@ BackendOptions Settings::backend_options() const {
     o.n_ctx = static_cast<size_t>(ctx_size);
     o.n_threads = threads;
     o.exact_activations = exact_activations;
+    o.tensor_parallel = tensor_parallel;
     return o;
 }
 

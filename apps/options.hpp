@@ -20,6 +20,7 @@ struct Settings {
     int threads = 0;
     int ctx_size = 0;
     bool exact_activations = false;
+    int tensor_parallel = 1;
     // generation
     int max_tokens = -1;
     float temperature = 0.8f;

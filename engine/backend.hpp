@@ -12,13 +12,15 @@
 #include "models/f32_llama_model.hpp"
 #include "models/gpt_model.hpp"
 #include "models/inference.hpp"
+#include "models/tp_llama_model.hpp"
 
 namespace twinfer {
 
 // TransformerModel joins when its issue lands; until then the set holds only real models.
-using ModelBackend = std::variant<GPTModel, F32GPTModel, F32LlamaModel>;
+using ModelBackend = std::variant<GPTModel, F32GPTModel, F32LlamaModel, TensorParallelLlamaModel>;
 
-static_assert(GPTInference<GPTModel> && GPTInference<F32GPTModel> && GPTInference<F32LlamaModel>);
+static_assert(GPTInference<GPTModel> && GPTInference<F32GPTModel> && GPTInference<F32LlamaModel> &&
+              GPTInference<TensorParallelLlamaModel>);
 
 enum class Precision { F64, F32 };
 enum class DeviceChoice { Auto, CPU, CUDA };
@@ -35,6 +37,9 @@ struct BackendOptions {
     size_t n_ctx = 0;            // 0: the model's trained context
     int n_threads = 0;           // 0: every core
     bool exact_activations = false;
+    // > 1: a Llama model split over this many ranks (TensorParallelLlamaModel): GPUs over NCCL
+    // on cuda, simulated ranks on cpu.
+    int tensor_parallel = 1;
 };
 
 // True when this build has CUDA and a usable GPU is present.

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# On a machine with 2 GPUs, from the repository root: build twinfer with CUDA and NCCL, run the
+# tensor-parallel tests (TP=2 against TP=1 on the GPUs, the CPU simulation against F32LlamaModel),
+# then time Llama-2-7B-shaped Q4_0 at TP=1 and TP=2 and a 13B shape at TP=2, random weights made
+# there (tests/models/tp_llama_test.cpp, TpBench). The benchmark also checks TP=2's logits against
+# TP=1's (relative error <= 1e-3) over a prompt and 8 decoding steps.
+# Usage: tools/gpu/tp_bench.sh [build-dir]   (default build-gpu); logs go to $OUT when it is set.
+# TWINFER_TP_BENCH_ONLY=7B (or 13B) times one shape. The 7B file takes 3.5 GiB and the 13B 6.8 GiB
+# of the scratch folder ($TMPDIR) while they run.
+#
+# Dependencies the machine lacks: as tools/gpu/bench.sh (.deps/debs, unpacked under /tmp/deps).
+set -euo pipefail
+build=${1:-build-gpu}
+log=${OUT:-/tmp}
+deps=()
+if [ -d .deps/debs ]; then
+    root=/tmp/deps
+    for f in .deps/debs/*.deb; do dpkg -x "$f" "$root"; done
+    lib=$root/usr/lib/x86_64-linux-gnu
+    export PKG_CONFIG_SYSROOT_DIR=$root PKG_CONFIG_PATH=$lib/pkgconfig
+    export LD_LIBRARY_PATH=$lib:$lib/openblas-pthread${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    deps=(-DCMAKE_PREFIX_PATH="$root/usr" -DCMAKE_LIBRARY_PATH="$lib/openblas-pthread;$lib"
+          -DCBLAS_INCLUDE_DIR="$root/usr/include/x86_64-linux-gnu/openblas-pthread")
+fi
+# NVLink multicast stays off (compute/cuda/nccl_collective.cpp sets it too, before NCCL starts).
+export NCCL_NVLS_ENABLE=0
+nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader || true
+nvidia-smi topo -m 2>/dev/null | head -5 || true
+cmake -S . -B "$build" -G Ninja -DTWINFER_CUDA=ON -DCMAKE_BUILD_TYPE=Release "${deps[@]}" > "$log/tp_cmake.log" 2>&1 ||
+    { tail -30 "$log/tp_cmake.log"; exit 1; }
+grep -E "NCCL" "$log/tp_cmake.log" || true
+if ! grep -q "NCCL: " "$log/tp_cmake.log"; then echo "NCCL not found: no tensor parallelism over GPUs in this build" >&2; exit 1; fi
+ninja -C "$build" -j16 test_models > "$log/tp_build.log" 2>&1 ||
+    { grep -B2 -A8 -m5 error "$log/tp_build.log"; tail -20 "$log/tp_build.log"; exit 1; }
+"$build/tests/test_models" --gtest_filter='TensorParallel*:Tp/*' --gtest_brief=1 2>&1 | tee "$log/tp_tests.log" | tail -30
+"$build/tests/test_models" --gtest_also_run_disabled_tests --gtest_filter='TpBench.*' 2>&1 | tee "$log/tp_bench.log" |
+    grep -E '^\||wrote|loaded|Failure|error|FAILED|OK \]'
