@@ -3,6 +3,7 @@
 // token ids on the device and gets its logits back. On the CPU both are memcpy.
 #include <cstddef>
 #include <cstring>
+#include <optional>
 
 #include "compute/context.hpp"
 #ifdef TWINFER_WITH_CUDA
@@ -33,6 +34,22 @@ inline void download(Context& ctx, void* host, const void* device, size_t bytes)
     if (ctx.device() == Device::CUDA) return cuda::download(ctx, host, device, bytes);
 #endif
     throw_backend_unavailable("download", ctx.device());
+}
+
+struct DeviceMemory {
+    size_t free = 0, total = 0;
+};
+// The device's free and total memory, for a model to check that it fits before it allocates; none
+// for the CPU, whose weights stay in the file mapping and whose KV cache is paged in as it fills.
+inline std::optional<DeviceMemory> device_memory(Device device) {
+#ifdef TWINFER_WITH_CUDA
+    if (device == Device::CUDA) {
+        const cuda::MemoryInfo info = cuda::memory_info();
+        return DeviceMemory{info.free, info.total};
+    }
+#endif
+    (void)device;
+    return std::nullopt;
 }
 
 }  // namespace twinfer::compute

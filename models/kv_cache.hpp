@@ -18,6 +18,10 @@ namespace twinfer {
 class KvCache {
 public:
     KvCache(compute::Device device, size_t n_layer, size_t n_slots, size_t n_ctx, size_t n_embd_kv);
+    // The bytes such a cache allocates (keys and values).
+    static size_t bytes(size_t n_layer, size_t n_slots, size_t n_ctx, size_t n_embd_kv) {
+        return 2 * n_layer * n_slots * n_ctx * n_embd_kv * sizeof(float);
+    }
 
     size_t n_layer() const { return n_layer_; }
     size_t n_slots() const { return lengths_.size(); }

@@ -81,6 +81,13 @@ void* allocate(size_t bytes) {
     return data;
 }
 
+MemoryInfo memory_info() {
+    require_device();
+    MemoryInfo info;
+    TWINFER_CUDA_CHECK(cudaMemGetInfo(&info.free, &info.total));
+    return info;
+}
+
 void release(void* data) noexcept {
     if (data) cudaFree(data);
 }

@@ -28,6 +28,11 @@ std::string describe_device();
 // there is no GPU or the driver is too old; release accepts null.
 void* allocate(size_t bytes);
 void release(void* data) noexcept;
+// Free and total bytes of device 0's memory; throws Error when there is no usable GPU.
+struct MemoryInfo {
+    size_t free = 0, total = 0;
+};
+MemoryInfo memory_info();
 
 // Copies on the context's stream. upload returns once `host` may be reused; download returns once
 // `host` holds the data.
