@@ -62,7 +62,10 @@ void matmul(Context& ctx, std::span<const MatmulOutput> outputs, const float* x,
 inline void matmul(Context& ctx, std::span<const MatmulOutput> outputs, const float* x, size_t n_tokens,
                    Activations activations) {
     if (ctx.device() == Device::CPU) return cpu::matmul(ctx, outputs, x, n_tokens, activations);
-    for (const MatmulOutput& o : outputs) matmul(ctx, o.w, x, n_tokens, o.y, activations);
+#ifdef TWINFER_WITH_CUDA
+    if (ctx.device() == Device::CUDA) return cuda::matmul(ctx, outputs, x, n_tokens, activations);
+#endif
+    throw_backend_unavailable("matmul", ctx.device());
 }
 
 // Rows `ids` of an embedding table, as float: out[i, :] = table[ids[i], :]. ids must be < rows.

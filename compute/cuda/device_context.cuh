@@ -56,6 +56,7 @@ struct DeviceContext {
     Scratch weights_half;     // a weight matrix dequantized for cuBLAS
     Scratch tokens_half;      // activations converted for cuBLAS
     Scratch attention_parts;  // split-KV partial results
+    Scratch activations_int8; // one token's activations quantized for the int8 matrix-vector product
 };
 
 DeviceContext& device_of(Context& ctx);

@@ -14,6 +14,7 @@
 #include <string>
 
 #include "compute/cuda/device_context.cuh"
+#include "compute/cuda/matvec_int8.cuh"
 #include "compute/cuda/ops.hpp"
 #include "compute/cuda/quant_decode.cuh"
 #include "compute/matmul.hpp"
@@ -292,9 +293,32 @@ struct NoOp {
 
 bool matmul_supports(GGMLType type) { return with_decoder(type, NoOp{}); }
 
-void matmul(Context& ctx, const WeightMatrix& w, const float* x, size_t n_tokens, float* y, Activations) {
-    if (n_tokens >= min_gemm_tokens) return gemm(ctx, w, x, n_tokens, y);
-    for (size_t t = 0; t < n_tokens; ++t) matvec(ctx, w, x + t * w.cols, y + t * w.rows);
+void matmul(Context& ctx, const WeightMatrix& w, const float* x, size_t n_tokens, float* y, Activations activations) {
+    const MatmulOutput output{w, y};
+    cuda::matmul(ctx, std::span<const MatmulOutput>(&output, 1), x, n_tokens, activations);
+}
+
+void matmul(Context& ctx, std::span<const MatmulOutput> outputs, const float* x, size_t n_tokens, Activations activations) {
+    if (outputs.empty()) return;
+    const size_t cols = outputs[0].w.cols;
+    for (const MatmulOutput& o : outputs)
+        if (o.w.cols != cols) throw std::invalid_argument("CUDA matmul: products of one input differ in columns");
+    if (n_tokens >= min_gemm_tokens) {
+        for (const MatmulOutput& o : outputs) gemm(ctx, o.w, x, n_tokens, o.y);
+        return;
+    }
+    const bool int8 = activations == Activations::Int8 &&
+                      std::all_of(outputs.begin(), outputs.end(), [](const MatmulOutput& o) { return int8_matvec_supports(o.w.type); });
+    for (size_t t = 0; t < n_tokens; ++t) {
+        const float* xt = x + t * cols;
+        if (int8) {
+            for (const MatmulOutput& o : outputs) check_shape(o.w);
+            const QuantizedActivations quantized = quantize_activations(ctx, xt, cols);
+            for (const MatmulOutput& o : outputs) int8_matvec(ctx, o.w, quantized, o.y + t * o.w.rows);
+        } else {
+            for (const MatmulOutput& o : outputs) matvec(ctx, o.w, xt, o.y + t * o.w.rows);
+        }
+    }
 }
 
 void get_rows(Context& ctx, const WeightMatrix& table, const int32_t* ids, size_t n_ids, float* out) {

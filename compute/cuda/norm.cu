@@ -1,13 +1,94 @@
 // RMSNorm and LayerNorm: one block per row, the row's sums reduced in float32 across the block
 // (the CPU sums in double; a tree of float partial sums errs by about 1e-7 relative).
+#include <algorithm>
+#include <cstdint>
+
 #include "compute/cuda/device_context.cuh"
 #include "compute/cuda/ops.hpp"
 
 namespace twinfer::compute::cuda {
 namespace {
 
-// A row is one block; 1024 threads keep a 4096-wide row to four loads per thread, all in flight.
-constexpr int norm_threads = 1024;
+// A row is one block. Rows of whole float4s up to 8192 wide (every model's n_embd) are read once,
+// into registers, with 16-byte loads: each thread's loads are all in flight before the reduction,
+// so a one-token norm costs one DRAM round trip and two block reductions, not a chain of loads.
+// Other widths take the strided float loop, reading the row twice.
+constexpr int max_vectors = 8;
+constexpr int vector_threads = 256;
+constexpr int max_vector_width = 4 * max_vectors * vector_threads;
+constexpr int scalar_threads = 1024;
+
+bool aligned(const float* p) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+bool vectorizable(size_t n, const float* x, const float* weight, const float* bias, const float* out) {
+    return n % 4 == 0 && n <= size_t(max_vector_width) && aligned(x) && aligned(weight) && aligned(bias) && aligned(out);
+}
+unsigned vector_block(size_t n) { return unsigned(std::min<size_t>(vector_threads, (n / 4 + 31) / 32 * 32)); }
+
+__device__ __forceinline__ float4 scaled(float4 v, float s, float4 w) {
+    return make_float4(v.x * s * w.x, v.y * s * w.y, v.z * s * w.z, v.w * s * w.w);
+}
+
+__global__ void rms_norm_vector_kernel(const float* __restrict__ x, const float* __restrict__ weight, int n, float eps,
+                                       float* out) {
+    const auto* row = reinterpret_cast<const float4*>(x + size_t(blockIdx.x) * n);
+    auto* dst = reinterpret_cast<float4*>(out + size_t(blockIdx.x) * n);
+    const auto* w4 = reinterpret_cast<const float4*>(weight);
+    const int n4 = n / 4;
+    float4 v[max_vectors];
+    float sum_squares = 0.0f;
+#pragma unroll
+    for (int k = 0; k < max_vectors; ++k) {
+        const int i = threadIdx.x + k * blockDim.x;
+        if (i < n4) {
+            v[k] = row[i];
+            sum_squares += v[k].x * v[k].x + v[k].y * v[k].y + v[k].z * v[k].z + v[k].w * v[k].w;
+        }
+    }
+    const float inv_rms = rsqrtf(block_sum(sum_squares) / n + eps);
+#pragma unroll
+    for (int k = 0; k < max_vectors; ++k) {
+        const int i = threadIdx.x + k * blockDim.x;
+        if (i < n4) dst[i] = scaled(v[k], inv_rms, w4[i]);
+    }
+}
+
+__global__ void layer_norm_vector_kernel(const float* __restrict__ x, const float* __restrict__ weight,
+                                         const float* __restrict__ bias, int n, float eps, float* out) {
+    const auto* row = reinterpret_cast<const float4*>(x + size_t(blockIdx.x) * n);
+    auto* dst = reinterpret_cast<float4*>(out + size_t(blockIdx.x) * n);
+    const auto* w4 = reinterpret_cast<const float4*>(weight);
+    const auto* b4 = reinterpret_cast<const float4*>(bias);
+    const int n4 = n / 4;
+    float4 v[max_vectors];
+    float sum = 0.0f;
+#pragma unroll
+    for (int k = 0; k < max_vectors; ++k) {
+        const int i = threadIdx.x + k * blockDim.x;
+        if (i < n4) {
+            v[k] = row[i];
+            sum += v[k].x + v[k].y + v[k].z + v[k].w;
+        }
+    }
+    const float mean = block_sum(sum) / n;
+    float sum_squares = 0.0f;  // around the mean: no cancellation
+#pragma unroll
+    for (int k = 0; k < max_vectors; ++k) {
+        const int i = threadIdx.x + k * blockDim.x;
+        if (i < n4) {
+            v[k] = make_float4(v[k].x - mean, v[k].y - mean, v[k].z - mean, v[k].w - mean);
+            sum_squares += v[k].x * v[k].x + v[k].y * v[k].y + v[k].z * v[k].z + v[k].w * v[k].w;
+        }
+    }
+    const float inv_std = rsqrtf(block_sum(sum_squares) / n + eps);
+#pragma unroll
+    for (int k = 0; k < max_vectors; ++k) {
+        const int i = threadIdx.x + k * blockDim.x;
+        if (i < n4) {
+            const float4 s = scaled(v[k], inv_std, w4[i]), b = b4[i];
+            dst[i] = make_float4(s.x + b.x, s.y + b.y, s.z + b.z, s.w + b.w);
+        }
+    }
+}
 
 __global__ void rms_norm_kernel(const float* __restrict__ x, const float* __restrict__ weight, int n, float eps,
                                 float* out) {
@@ -26,7 +107,7 @@ __global__ void layer_norm_kernel(const float* __restrict__ x, const float* __re
     float sum = 0.0f;
     for (int i = threadIdx.x; i < n; i += blockDim.x) sum += row[i];
     const float mean = block_sum(sum) / n;
-    float sum_squares = 0.0f;  // around the mean: no cancellation
+    float sum_squares = 0.0f;
     for (int i = threadIdx.x; i < n; i += blockDim.x) sum_squares += (row[i] - mean) * (row[i] - mean);
     const float inv_std = rsqrtf(block_sum(sum_squares) / n + eps);
     for (int i = threadIdx.x; i < n; i += blockDim.x) dst[i] = (row[i] - mean) * inv_std * weight[i] + bias[i];
@@ -36,14 +117,20 @@ __global__ void layer_norm_kernel(const float* __restrict__ x, const float* __re
 
 void rms_norm(Context& ctx, const float* x, const float* weight, size_t n_rows, size_t n, float eps, float* out) {
     if (n_rows == 0) return;
-    rms_norm_kernel<<<unsigned(n_rows), norm_threads, 0, stream(ctx)>>>(x, weight, int(n), eps, out);
+    if (vectorizable(n, x, weight, nullptr, out))
+        rms_norm_vector_kernel<<<unsigned(n_rows), vector_block(n), 0, stream(ctx)>>>(x, weight, int(n), eps, out);
+    else
+        rms_norm_kernel<<<unsigned(n_rows), scalar_threads, 0, stream(ctx)>>>(x, weight, int(n), eps, out);
     TWINFER_CUDA_CHECK_LAUNCH();
 }
 
 void layer_norm(Context& ctx, const float* x, const float* weight, const float* bias, size_t n_rows, size_t n,
                 float eps, float* out) {
     if (n_rows == 0) return;
-    layer_norm_kernel<<<unsigned(n_rows), norm_threads, 0, stream(ctx)>>>(x, weight, bias, int(n), eps, out);
+    if (vectorizable(n, x, weight, bias, out))
+        layer_norm_vector_kernel<<<unsigned(n_rows), vector_block(n), 0, stream(ctx)>>>(x, weight, bias, int(n), eps, out);
+    else
+        layer_norm_kernel<<<unsigned(n_rows), scalar_threads, 0, stream(ctx)>>>(x, weight, bias, int(n), eps, out);
     TWINFER_CUDA_CHECK_LAUNCH();
 }
 

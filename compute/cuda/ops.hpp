@@ -3,6 +3,7 @@
 // memory, work queued on the context's stream (nothing waits for it).
 #include <cstddef>
 #include <cstdint>
+#include <span>
 
 // Declared, not included: compute/*.hpp include this file to dispatch to it.
 namespace twinfer {
@@ -11,6 +12,7 @@ enum class GGMLType : uint32_t;
 namespace twinfer::compute {
 class Context;
 struct WeightMatrix;
+struct MatmulOutput;
 struct RopeParams;
 struct AttentionShape;
 enum class Activations;
@@ -18,13 +20,15 @@ enum class Activations;
 
 namespace twinfer::compute::cuda {
 
-// Matrix products. One token: a fused dequantize-dot kernel, warps over rows, the activations in
-// shared memory, float32 throughout (`activations` is ignored: the weights, not the arithmetic,
-// bound a GPU's matrix-vector product). Several tokens: the weights dequantized to float16 and a
-// cuBLAS float16 product with float32 accumulation (float32 for F32 weights); see matmul.cu for
-// its error. x must be 16-byte aligned (cudaMalloc memory at a multiple of 4 floats).
+// Matrix products. One token (up to 7, one at a time): Activations::Int8 with Q4_0, Q4_1, Q5_0,
+// Q5_1 or Q8_0 weights quantizes x to int8 and runs integer dot products (matvec_int8.cu);
+// otherwise a fused dequantize-dot kernel in float32. Several tokens: the weights dequantized to
+// float16 and a cuBLAS float16 product with float32 accumulation (float32 for F32 weights); see
+// matmul.cu for its error. x must be 16-byte aligned (cudaMalloc memory at a multiple of 4 floats).
 bool matmul_supports(GGMLType type);
 void matmul(Context& ctx, const WeightMatrix& w, const float* x, size_t n_tokens, float* y, Activations activations);
+// Several products of one x (Q, K, V; gate, up): x quantized once for all of them.
+void matmul(Context& ctx, std::span<const MatmulOutput> outputs, const float* x, size_t n_tokens, Activations activations);
 // ids in device memory, each < table.rows (the caller checks: a kernel cannot throw).
 void get_rows(Context& ctx, const WeightMatrix& table, const int32_t* ids, size_t n_ids, float* out);
 // Dequantize a whole matrix to float ([rows, cols]); for tests and the float16 product's tiles.

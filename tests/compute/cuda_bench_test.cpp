@@ -13,8 +13,9 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <string>
 #include <random>
+#include <string>
+#include <tuple>
 #include <vector>
 
 #include "compute/attention.hpp"
@@ -44,6 +45,7 @@ struct Stack {
     Context& gpu;
     Shape s;
     GGMLType type;
+    Activations activations = Activations::Int8;   // the models' default
     std::vector<Buffer> memory;
     struct Layer {
         WeightMatrix wq, wk, wv, wo, gate, up, down;
@@ -118,24 +120,23 @@ struct Stack {
         get_rows(gpu, embedding, token, n_tokens, x);
         for (const Layer& L : layers) {
             rms_norm(gpu, x, L.attn_norm, n_tokens, n, 1e-5f, h);
-            matmul(gpu, L.wq, h, n_tokens, q, Activations::Float32);
-            matmul(gpu, L.wk, h, n_tokens, L.keys + pos * kvd, Activations::Float32);
-            matmul(gpu, L.wv, h, n_tokens, L.values + pos * kvd, Activations::Float32);
+            const MatmulOutput qkv[] = {{L.wq, q}, {L.wk, L.keys + pos * kvd}, {L.wv, L.values + pos * kvd}};
+            matmul(gpu, qkv, h, n_tokens, activations);
             rope(gpu, q, n_tokens, n, s.n_head, hd, pos, rope_params);
             rope(gpu, L.keys + pos * kvd, n_tokens, kvd, s.n_head_kv, hd, pos, rope_params);
             attention(gpu, q, L.keys, L.values, n_tokens, pos, shape, att);
-            matmul(gpu, L.wo, att, n_tokens, h, Activations::Float32);
+            matmul(gpu, L.wo, att, n_tokens, h, activations);
             add(gpu, x, h, n_tokens * n);
             rms_norm(gpu, x, L.ffn_norm, n_tokens, n, 1e-5f, h);
-            matmul(gpu, L.gate, h, n_tokens, ffn_gate, Activations::Float32);
-            matmul(gpu, L.up, h, n_tokens, ffn_up, Activations::Float32);
+            const MatmulOutput gate_up[] = {{L.gate, ffn_gate}, {L.up, ffn_up}};
+            matmul(gpu, gate_up, h, n_tokens, activations);
             swiglu(gpu, ffn_gate, ffn_up, n_tokens * s.n_ff, ffn_gate);
-            matmul(gpu, L.down, ffn_gate, n_tokens, h, Activations::Float32);
+            matmul(gpu, L.down, ffn_gate, n_tokens, h, activations);
             add(gpu, x, h, n_tokens * n);
         }
         const float* last = x + (n_tokens - 1) * n;
         rms_norm(gpu, last, out_norm, 1, n, 1e-5f, h);
-        matmul(gpu, output, h, 1, logits, Activations::Float32);
+        matmul(gpu, output, h, 1, logits, activations);
         cuda::argmax(gpu, logits, s.n_vocab, token);
     }
 
@@ -195,7 +196,8 @@ TEST(CudaBench, DISABLED_LlamaShapes) {
     const Shape tinyllama{"TinyLlama-1.1B", 2048, 32, 4, 5632, 22, 32000};
     const Shape llama7b{"Llama-2-7B", 4096, 32, 32, 11008, 32, 32000};
     struct Run { Shape shape; GGMLType type; };
-    std::printf("| model | type | tg128 launch (tok/s) | tg128 graph (tok/s) | pp512 (tok/s) |\n|---|---|---|---|---|\n");
+    std::printf("| model | type | tg128 launch, int8 x (tok/s) | tg128 graph, int8 x | tg128 launch, float x | pp512 (tok/s) |\n"
+                "|---|---|---|---|---|---|\n");
     for (const Run& run : {Run{smollm2, GGMLType::Q4_1}, Run{tinyllama, GGMLType::Q4_0}, Run{tinyllama, GGMLType::Q8_0},
                            Run{llama7b, GGMLType::Q4_0}}) {
         const char* only = std::getenv("TWINFER_BENCH_ONLY");  // a model name: time just that one
@@ -205,11 +207,62 @@ TEST(CudaBench, DISABLED_LlamaShapes) {
         stack.sampled();
         const double launch = generation_rate(stack, false, 128);
         const double graph = generation_rate(stack, true, 128);
+        stack.activations = Activations::Float32;
+        const double launch_float = generation_rate(stack, false, 128);
         const double prompt = prompt_rate(stack, 512);
-        std::printf("| %s | %s | %.0f | %.0f | %.0f |\n", run.shape.name, std::string(type_name(run.type)).c_str(), launch,
-                    graph, prompt);
+        std::printf("| %s | %s | %.0f | %.0f | %.0f | %.0f |\n", run.shape.name, std::string(type_name(run.type)).c_str(),
+                    launch, graph, launch_float, prompt);
         std::fflush(stdout);
     }
+}
+
+// Single kernels, back to back on the stream: microseconds per call (launch included, as the
+// models pay it) and, for the products, the weights' bytes over that time. Eight copies of each
+// matrix, used in turn, so that the 50 MB L2 does not hold the one being read.
+TEST(CudaBench, DISABLED_Kernels) {
+    if (cuda::device_count() == 0) GTEST_SKIP() << cuda::describe_device();
+    ContextOptions options;
+    options.device = Device::CUDA;
+    options.n_threads = 1;
+    Context gpu(options);
+    std::printf("device: %s\n", cuda::describe_device().c_str());
+    constexpr int reps = 400, copies = 8;
+    auto time_us = [&](auto&& op) {
+        op(0);  // warm-up: scratch, first launch
+        cuda::synchronize(gpu);
+        const auto t0 = std::chrono::steady_clock::now();
+        for (int i = 0; i < reps; ++i) op(i % copies);
+        cuda::synchronize(gpu);
+        return seconds_since(t0) / reps * 1e6;
+    };
+    std::printf("| kernel | us/call | GB/s |\n|---|---|---|\n");
+    for (auto [type, rows, cols] : {std::tuple{GGMLType::Q4_0, 4096, 4096}, std::tuple{GGMLType::Q4_0, 11008, 4096},
+                                    std::tuple{GGMLType::Q4_1, 4096, 4096}, std::tuple{GGMLType::Q5_0, 4096, 4096},
+                                    std::tuple{GGMLType::Q8_0, 4096, 4096}, std::tuple{GGMLType::Q4_K, 4096, 4096},
+                                    std::tuple{GGMLType::Q4_1, 1536, 576}}) {
+        Stack host(gpu, Shape{"memory only", 64, 1, 1, 64, 0, 64}, type);   // no layers: its allocation helpers
+        std::mt19937 rng(7);
+        std::vector<WeightMatrix> w;
+        for (int c = 0; c < copies; ++c) w.push_back(host.matrix(size_t(rows), size_t(cols), rng));
+        float* x = host.ones(size_t(cols));
+        float* y = host.floats(size_t(rows));
+        const double bytes = double(w[0].rows * w[0].row_bytes());
+        for (Activations a : {Activations::Float32, Activations::Int8}) {
+            const double us = time_us([&](int c) { matmul(gpu, w[c], x, 1, y, a); });
+            std::printf("| matvec %dx%d %s, %s x | %.2f | %.0f |\n", rows, cols, std::string(type_name(type)).c_str(),
+                        a == Activations::Int8 ? "int8" : "float", us, bytes / us / 1e3);
+        }
+    }
+    Stack host(gpu, Shape{"memory only", 64, 1, 1, 64, 0, 64}, GGMLType::F32);
+    float* x = host.ones(4096 * 8);
+    float* w = host.ones(4096);
+    float* out = host.floats(4096 * 8);
+    std::printf("| rms_norm 1x4096 | %.2f | |\n", time_us([&](int c) { rms_norm(gpu, x + c * 4096, w, 1, 4096, 1e-5f, out + c * 4096); }));
+    std::printf("| rms_norm 1x576 | %.2f | |\n", time_us([&](int c) { rms_norm(gpu, x + c * 4096, w, 1, 576, 1e-5f, out + c * 4096); }));
+    RopeParams rope_params;
+    rope_params.n_rot = 128;
+    std::printf("| rope 1 token, 32x128 | %.2f | |\n", time_us([&](int c) { rope(gpu, x + c * 4096, 1, 4096, 32, 128, 100, rope_params); }));
+    std::printf("| add 4096 | %.2f | |\n", time_us([&](int c) { add(gpu, x + c * 4096, out, 4096); }));
 }
 
 }  // namespace

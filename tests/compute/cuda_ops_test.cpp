@@ -126,6 +126,18 @@ TEST_P(CudaMatmul, MatchesCpu) {
     // Eight tokens and more go through float16 tiles (matmul.cu): about 4e-4, still under 1e-3.
     EXPECT_LT(relative_error(to_host(y, want.size()), want), float_tolerance);
 
+    // Int8 activations on the integer kernels (matvec_int8.cu): the CPU's quantization scheme on
+    // the same x, so the same codes and only the summation order differs.
+    const bool int8_kernel = n_tokens < 8 && (type == GGMLType::Q4_0 || type == GGMLType::Q4_1 || type == GGMLType::Q5_0 ||
+                                              type == GGMLType::Q5_1 || type == GGMLType::Q8_0);
+    if (int8_kernel) {
+        std::vector<float> want_int8(n_tokens * rows);
+        matmul(cpu, w_cpu, x.data(), n_tokens, want_int8.data(), Activations::Int8);
+        float* y_int8 = poisoned(n_tokens * rows);
+        matmul(*gpu, w_gpu, to_device(x), n_tokens, y_int8, Activations::Int8);
+        EXPECT_LT(relative_error(to_host(y_int8, want_int8.size()), want_int8), 1e-5);
+    }
+
     std::vector<float> dequantized(rows * cols);
     dequantize(type, weights, dequantized);
     float* out = poisoned(rows * cols);

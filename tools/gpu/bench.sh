@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# On the GPU machine, from the repository root: build twinfer with CUDA, run the CUDA tests, then
-# time tg128 / pp512 of Llama-shaped stacks (SmolLM2-135M Q4_1, TinyLlama-1.1B Q4_0 and Q8_0,
-# Llama-2-7B Q4_0) with random weights, made there (tests/compute/cuda_bench_test.cpp).
-# Usage: tools/gpu/bench.sh [build-dir]   (default build-gpu); logs go to $OUT when it is set.
+# On the GPU machine, from the repository root: build twinfer with CUDA, run the CUDA op tests and
+# the models' CUDA-vs-CPU tests, time single kernels and Llama-shaped stacks with random weights
+# (tests/compute/cuda_bench_test.cpp), and, given a model, `twinfer bench/run/verify --device cuda`.
+# Usage: tools/gpu/bench.sh [build-dir] [model.gguf]   (default build-gpu); logs go to $OUT when set.
+# Set TWINFER_TESTDATA to a copy of ../shared/testdata (stories260K) there: ../shared does not travel.
 #
 # That machine cannot fetch packages and lacks PCRE2, nlohmann-json, OpenBLAS, readline and GoogleTest: fetch
 # their Debian packages here, into a git-ignored folder that the call carries:
@@ -10,8 +11,9 @@
 #     nlohmann-json3-dev libopenblas-dev libopenblas0-pthread libopenblas-pthread-dev libgfortran5 libgtest-dev \
 #     libreadline-dev libreadline8 libncurses-dev libtinfo6 libncursesw6)
 # and this script unpacks them under /tmp/deps (never into /).
-set -euo pipefail
+set -uo pipefail
 build=${1:-build-gpu}
+model=${2:-}
 log=${OUT:-/tmp}
 deps=()
 if [ -d .deps/debs ]; then
@@ -23,10 +25,29 @@ if [ -d .deps/debs ]; then
     deps=(-DCMAKE_PREFIX_PATH="$root/usr" -DCMAKE_LIBRARY_PATH="$lib/openblas-pthread;$lib"
           -DCBLAS_INCLUDE_DIR="$root/usr/include/x86_64-linux-gnu/openblas-pthread")
 fi
+summary=()
+step() {   # step NAME SECONDS COMMAND...: runs it with a time limit, records PASS/FAIL
+    local name=$1 limit=$2
+    shift 2
+    echo "=== $name"
+    if timeout "$limit" "$@"; then summary+=("PASS $name"); else summary+=("FAIL($?) $name"); fi
+}
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader || true
 cmake -S . -B "$build" -G Ninja -DTWINFER_CUDA=ON -DCMAKE_BUILD_TYPE=Release "${deps[@]}" > "$log/cmake.log" 2>&1 ||
     { tail -30 "$log/cmake.log"; exit 1; }
-ninja -C "$build" -j16 test_compute > "$log/build.log" 2>&1 || { grep -B2 -A8 -m5 error "$log/build.log"; tail -20 "$log/build.log"; exit 1; }
-"$build/tests/test_compute" --gtest_filter='*Cuda*' --gtest_brief=1 2>&1 | tee "$log/cuda_tests.log" | tail -30
-"$build/tests/test_compute" --gtest_also_run_disabled_tests --gtest_filter='CudaBench.*' 2>&1 | tee "$log/bench.log" |
-    grep -E '^\||device:|FAILED|rror'
+ninja -C "$build" -j16 twinfer test_compute test_models > "$log/build.log" 2>&1 ||
+    { grep -B2 -A8 -m5 error "$log/build.log"; tail -20 "$log/build.log"; exit 1; }
+step "CUDA op tests" 120 bash -c "'$build/tests/test_compute' --gtest_filter='*Cuda*' --gtest_brief=1 2>&1 | tee '$log/cuda_tests.log' | tail -15"
+step "models on CUDA vs CPU" 180 bash -c "'$build/tests/test_models' --gtest_filter='*Cuda*' 2>&1 | tee '$log/model_tests.log' |
+    grep -E 'CUDA vs CPU|FAILED|Failure|Expected|Which is|SKIPPED|PASSED|error' | head -60"
+if [ -n "$model" ]; then
+    step "twinfer bench" 60 "$build/apps/twinfer" bench -m "$model" --device cuda -p 128 -n 128 -r 3
+    step "twinfer bench cpu" 60 "$build/apps/twinfer" bench -m "$model" --device cpu -p 128 -n 128 -r 3
+    step "twinfer run" 30 "$build/apps/twinfer" run -m "$model" --device cuda --temp 0 -n 48 -p "Once upon a time"
+    step "twinfer verify" 60 "$build/apps/twinfer" verify -m "$model" --device cuda -p "Once upon a time, there was a little"
+fi
+step "kernel bench" 90 bash -c "'$build/tests/test_compute' --gtest_also_run_disabled_tests --gtest_filter='CudaBench.DISABLED_Kernels' 2>&1 |
+    tee '$log/kernels.log' | grep -E '^\||device:|FAILED|rror'"
+step "stack bench" 150 bash -c "'$build/tests/test_compute' --gtest_also_run_disabled_tests --gtest_filter='CudaBench.DISABLED_LlamaShapes' 2>&1 |
+    tee '$log/bench.log' | grep -E '^\||FAILED|rror'"
+printf '%s\n' "${summary[@]}"

@@ -1,0 +1,207 @@
+// Matrix-vector products over int8 activations, llama.cpp's mmvq scheme: the token's activations
+// are quantized once per product (a small kernel), then each warp streams one or two weight rows,
+// every lane taking whole 32-weight blocks in turn (lane, lane + 32, ...) and multiplying its
+// 4-bit, 5-bit or 8-bit codes by the int8 activations four at a time (__dp4a), in integers, with
+// one float multiply-add per block for the scales.
+//
+// Why not the float kernel (matmul.cu): decoding every weight to float costs 32 conversions and 32
+// FMAs per block per lane, and the staging that made its loads coalesced needs up to 96 KiB of
+// shared memory per block, so few blocks fit on an SM and too few loads are in flight to cover
+// DRAM's latency. Here a block is 4 warps and no shared memory: an SM holds 16 of them.
+//
+// Loads: a lane reads its block with 2- or 4-byte loads (the blocks of 18, 22 and 34 bytes are
+// only 2-byte aligned); the warp's loads of one instruction fall in a contiguous span of 32 blocks,
+// so every byte fetched from DRAM is used, and L1 serves the rest.
+#include <cuda_fp16.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "compute/cuda/device_context.cuh"
+#include "compute/cuda/matvec_int8.cuh"
+#include "compute/cuda/quant_decode.cuh"
+
+namespace twinfer::compute::cuda {
+namespace {
+
+constexpr int warps_per_block = 4;
+
+// One warp per 32-value block of x: the block's max|x| and sum of codes by shuffles.
+__global__ void quantize_kernel(const float* __restrict__ x, int n, int8_t* __restrict__ qs, float2* __restrict__ ds) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;   // n is a multiple of 32: whole warps leave
+    const float v = x[i];
+    float amax = fabsf(v);
+    for (int offset = 16; offset > 0; offset /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
+    const float d = amax / 127.0f;
+    const float inverse = d != 0.0f ? 1.0f / d : 0.0f;
+    const int q = __float2int_rn(v * inverse);
+    qs[i] = int8_t(q);
+    int sum = q;
+    for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+    if (i % 32 == 0) ds[i / 32] = make_float2(d, d * float(sum));
+}
+
+// The 32 activations of one block as 8 words of 4 int8 each: a[k] holds values 4k .. 4k+3.
+struct ActivationBlock {
+    int a[8];
+    float2 ds;
+};
+
+// Per type: bytes of a block and its dot product with an activation block. Codes c in [0, 16) or
+// [0, 32) stand for d * (c - offset) (Q4_0, Q5_0) or d * c + m (Q4_1, Q5_1); the offset or m
+// term uses the activations' d * sum(q).
+template <GGMLType T> struct Int8Dot;
+
+// 4-bit codes of word k of qs (bytes 4k .. 4k+3): low nibbles are weights 4k.., high ones 16+4k..
+__device__ __forceinline__ int nibble_dot(uint32_t word, int k, const ActivationBlock& x, int dot) {
+    dot = __dp4a(int(word & 0x0F0F0F0Fu), x.a[k], dot);
+    return __dp4a(int((word >> 4) & 0x0F0F0F0Fu), x.a[4 + k], dot);
+}
+
+// The fifth bits of four weights 4k.. (qh shifted so that bit 0 is weight 4k's) at bit 4 of each byte.
+__device__ __forceinline__ uint32_t fifth_bits_of(uint32_t qh) {
+    return ((qh << 4) & 0x10u) | ((qh << 11) & 0x1000u) | ((qh << 18) & 0x100000u) | ((qh << 25) & 0x10000000u);
+}
+
+__device__ __forceinline__ int five_bit_dot(uint32_t word, uint32_t qh, int k, const ActivationBlock& x, int dot) {
+    dot = __dp4a(int((word & 0x0F0F0F0Fu) | fifth_bits_of(qh >> (4 * k))), x.a[k], dot);
+    return __dp4a(int(((word >> 4) & 0x0F0F0F0Fu) | fifth_bits_of(qh >> (16 + 4 * k))), x.a[4 + k], dot);
+}
+
+template <> struct Int8Dot<GGMLType::Q4_0> {
+    static constexpr int bytes = 18;
+    __device__ static float dot(const uint8_t* b, const ActivationBlock& x) {
+        int dot = 0;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) dot = nibble_dot(u32_a2(b + 2 + 4 * k), k, x, dot);
+        return half_at(b) * (x.ds.x * float(dot) - 8.0f * x.ds.y);
+    }
+};
+
+template <> struct Int8Dot<GGMLType::Q4_1> {
+    static constexpr int bytes = 20;
+    __device__ static float dot(const uint8_t* b, const ActivationBlock& x) {
+        int dot = 0;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) dot = nibble_dot(u32_a4(b + 4 + 4 * k), k, x, dot);
+        const float2 dm = __half22float2(*reinterpret_cast<const __half2*>(b));
+        return dm.x * x.ds.x * float(dot) + dm.y * x.ds.y;
+    }
+};
+
+template <> struct Int8Dot<GGMLType::Q5_0> {
+    static constexpr int bytes = 22;
+    __device__ static float dot(const uint8_t* b, const ActivationBlock& x) {
+        const uint32_t qh = u32_a2(b + 2);
+        int dot = 0;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) dot = five_bit_dot(u32_a2(b + 6 + 4 * k), qh, k, x, dot);
+        return half_at(b) * (x.ds.x * float(dot) - 16.0f * x.ds.y);
+    }
+};
+
+template <> struct Int8Dot<GGMLType::Q5_1> {
+    static constexpr int bytes = 24;
+    __device__ static float dot(const uint8_t* b, const ActivationBlock& x) {
+        const uint32_t qh = u32_a4(b + 4);
+        int dot = 0;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) dot = five_bit_dot(u32_a4(b + 8 + 4 * k), qh, k, x, dot);
+        const float2 dm = __half22float2(*reinterpret_cast<const __half2*>(b));
+        return dm.x * x.ds.x * float(dot) + dm.y * x.ds.y;
+    }
+};
+
+template <> struct Int8Dot<GGMLType::Q8_0> {
+    static constexpr int bytes = 34;
+    __device__ static float dot(const uint8_t* b, const ActivationBlock& x) {
+        int dot = 0;
+#pragma unroll
+        for (int k = 0; k < 8; ++k) dot = __dp4a(int(u32_a2(b + 2 + 4 * k)), x.a[k], dot);
+        return half_at(b) * x.ds.x * float(dot);
+    }
+};
+
+template <GGMLType T, int Rows>
+__global__ void __launch_bounds__(warps_per_block * 32)
+int8_matvec_kernel(const uint8_t* __restrict__ w, size_t row_bytes, int rows, int n_blocks,
+                   const int8_t* __restrict__ qs, const float2* __restrict__ ds, float* __restrict__ y) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int first_row = (blockIdx.x * warps_per_block + warp) * Rows;
+    if (first_row >= rows) return;
+    const uint8_t* row[Rows];
+#pragma unroll
+    for (int r = 0; r < Rows; ++r) row[r] = w + size_t(min(first_row + r, rows - 1)) * row_bytes;
+    float acc[Rows] = {};
+#pragma unroll 4
+    for (int b = lane; b < n_blocks; b += 32) {
+        ActivationBlock x;
+        const int4* a4 = reinterpret_cast<const int4*>(qs + 32 * b);
+        const int4 lo = __ldg(a4), hi = __ldg(a4 + 1);
+        x.a[0] = lo.x, x.a[1] = lo.y, x.a[2] = lo.z, x.a[3] = lo.w;
+        x.a[4] = hi.x, x.a[5] = hi.y, x.a[6] = hi.z, x.a[7] = hi.w;
+        x.ds = __ldg(ds + b);
+#pragma unroll
+        for (int r = 0; r < Rows; ++r) acc[r] += Int8Dot<T>::dot(row[r] + size_t(b) * Int8Dot<T>::bytes, x);
+    }
+#pragma unroll
+    for (int r = 0; r < Rows; ++r) {
+        const float total = warp_sum(acc[r]);
+        if (lane == 0 && first_row + r < rows) y[first_row + r] = total;
+    }
+}
+
+template <GGMLType T, int Rows>
+void launch(Context& ctx, const WeightMatrix& w, const QuantizedActivations& x, float* y) {
+    const unsigned blocks = blocks_for(w.rows, warps_per_block * Rows);
+    int8_matvec_kernel<T, Rows><<<blocks, warps_per_block * 32, 0, stream(ctx)>>>(
+        reinterpret_cast<const uint8_t*>(w.data), w.row_bytes(), int(w.rows), int(w.cols / 32), x.qs, x.ds, y);
+    TWINFER_CUDA_CHECK_LAUNCH();
+}
+
+// Two rows per warp share each activation load, which halves the L1 traffic for x; only where
+// there are rows enough to keep every SM busy with half as many warps.
+template <GGMLType T>
+void launch(Context& ctx, const WeightMatrix& w, const QuantizedActivations& x, float* y) {
+    const size_t two_row_minimum = size_t(device_of(ctx).n_sms) * 16 * warps_per_block * 2;
+    if (w.rows >= two_row_minimum) launch<T, 2>(ctx, w, x, y);
+    else launch<T, 1>(ctx, w, x, y);
+}
+
+}  // namespace
+
+bool int8_matvec_supports(GGMLType type) {
+    switch (type) {
+    case GGMLType::Q4_0:
+    case GGMLType::Q4_1:
+    case GGMLType::Q5_0:
+    case GGMLType::Q5_1:
+    case GGMLType::Q8_0: return true;
+    default: return false;
+    }
+}
+
+QuantizedActivations quantize_activations(Context& ctx, const float* x, size_t cols) {
+    DeviceContext& device = device_of(ctx);
+    const size_t qs_bytes = (cols + 15) / 16 * 16;
+    auto* scratch = static_cast<uint8_t*>(device.activations_int8.get(qs_bytes + cols / 32 * sizeof(float2), device.stream));
+    auto* qs = reinterpret_cast<int8_t*>(scratch);
+    auto* ds = reinterpret_cast<float2*>(scratch + qs_bytes);
+    quantize_kernel<<<blocks_for(cols, 256), 256, 0, device.stream>>>(x, int(cols), qs, ds);
+    TWINFER_CUDA_CHECK_LAUNCH();
+    return {qs, ds};
+}
+
+void int8_matvec(Context& ctx, const WeightMatrix& w, const QuantizedActivations& x, float* y) {
+    switch (w.type) {
+    case GGMLType::Q4_0: return launch<GGMLType::Q4_0>(ctx, w, x, y);
+    case GGMLType::Q4_1: return launch<GGMLType::Q4_1>(ctx, w, x, y);
+    case GGMLType::Q5_0: return launch<GGMLType::Q5_0>(ctx, w, x, y);
+    case GGMLType::Q5_1: return launch<GGMLType::Q5_1>(ctx, w, x, y);
+    case GGMLType::Q8_0: return launch<GGMLType::Q8_0>(ctx, w, x, y);
+    default: throw std::invalid_argument("CUDA int8 matvec: no kernel for " + std::string(type_name(w.type)));
+    }
+}
+
+}  // namespace twinfer::compute::cuda
