@@ -93,11 +93,13 @@ void release(void* data) noexcept {
 }
 
 void upload(Context& ctx, void* device, const void* host, size_t bytes) {
+    if (bytes == 0) return;   // empty optional tensors: null pointers
     TWINFER_CUDA_CHECK(cudaMemcpyAsync(device, host, bytes, cudaMemcpyHostToDevice, stream(ctx)));
     TWINFER_CUDA_CHECK(cudaStreamSynchronize(stream(ctx)));  // pageable memory: `host` is free to change after this
 }
 
 void download(Context& ctx, void* host, const void* device, size_t bytes) {
+    if (bytes == 0) return;
     TWINFER_CUDA_CHECK(cudaMemcpyAsync(host, device, bytes, cudaMemcpyDeviceToHost, stream(ctx)));
     TWINFER_CUDA_CHECK(cudaStreamSynchronize(stream(ctx)));
 }

@@ -240,7 +240,7 @@ TEST(CudaBench, DISABLED_Kernels) {
                                     std::tuple{GGMLType::Q4_1, 4096, 4096}, std::tuple{GGMLType::Q5_0, 4096, 4096},
                                     std::tuple{GGMLType::Q8_0, 4096, 4096}, std::tuple{GGMLType::Q4_K, 4096, 4096},
                                     std::tuple{GGMLType::Q4_1, 1536, 576}}) {
-        Stack host(gpu, Shape{"memory only", 64, 1, 1, 64, 0, 64}, type);   // no layers: its allocation helpers
+        Stack host(gpu, Shape{"memory only", 256, 1, 1, 256, 0, 256}, type);   // no layers: its allocation helpers
         std::mt19937 rng(7);
         std::vector<WeightMatrix> w;
         for (int c = 0; c < copies; ++c) w.push_back(host.matrix(size_t(rows), size_t(cols), rng));
@@ -253,7 +253,7 @@ TEST(CudaBench, DISABLED_Kernels) {
                         a == Activations::Int8 ? "int8" : "float", us, bytes / us / 1e3);
         }
     }
-    Stack host(gpu, Shape{"memory only", 64, 1, 1, 64, 0, 64}, GGMLType::F32);
+    Stack host(gpu, Shape{"memory only", 256, 1, 1, 256, 0, 256}, GGMLType::F32);
     float* x = host.ones(4096 * 8);
     float* w = host.ones(4096);
     float* out = host.floats(4096 * 8);

@@ -37,17 +37,17 @@ cmake -S . -B "$build" -G Ninja -DTWINFER_CUDA=ON -DCMAKE_BUILD_TYPE=Release "${
     { tail -30 "$log/cmake.log"; exit 1; }
 ninja -C "$build" -j16 twinfer test_compute test_models > "$log/build.log" 2>&1 ||
     { grep -B2 -A8 -m5 error "$log/build.log"; tail -20 "$log/build.log"; exit 1; }
-step "CUDA op tests" 120 bash -c "'$build/tests/test_compute' --gtest_filter='*Cuda*' --gtest_brief=1 2>&1 | tee '$log/cuda_tests.log' | tail -15"
-step "models on CUDA vs CPU" 180 bash -c "'$build/tests/test_models' --gtest_filter='*Cuda*' 2>&1 | tee '$log/model_tests.log' |
+step "CUDA op tests" 90 bash -c "'$build/tests/test_compute' --gtest_filter='*Cuda*' --gtest_brief=1 2>&1 | tee '$log/cuda_tests.log' | tail -15"
+step "models on CUDA vs CPU" 150 bash -c "'$build/tests/test_models' --gtest_filter='*Cuda*' 2>&1 | tee '$log/model_tests.log' |
     grep -E 'CUDA vs CPU|FAILED|Failure|Expected|Which is|SKIPPED|PASSED|error' | head -60"
 if [ -n "$model" ]; then
-    step "twinfer bench" 60 "$build/apps/twinfer" bench -m "$model" --device cuda -p 128 -n 128 -r 3
-    step "twinfer bench cpu" 60 "$build/apps/twinfer" bench -m "$model" --device cpu -p 128 -n 128 -r 3
-    step "twinfer run" 30 "$build/apps/twinfer" run -m "$model" --device cuda --temp 0 -n 48 -p "Once upon a time"
-    step "twinfer verify" 60 "$build/apps/twinfer" verify -m "$model" --device cuda -p "Once upon a time, there was a little"
+    step "twinfer bench" 45 "$build/apps/twinfer" bench -m "$model" --device cuda -p 128 -n 128 -r 3
+    step "twinfer bench cpu" 30 "$build/apps/twinfer" bench -m "$model" --device cpu -p 128 -n 128 -r 3
+    step "twinfer run" 20 "$build/apps/twinfer" run -m "$model" --device cuda --temp 0 -n 48 -p "Once upon a time"
+    step "twinfer verify" 45 "$build/apps/twinfer" verify -m "$model" --device cuda -p "Once upon a time, there was a little"
 fi
-step "kernel bench" 90 bash -c "'$build/tests/test_compute' --gtest_also_run_disabled_tests --gtest_filter='CudaBench.DISABLED_Kernels' 2>&1 |
+step "kernel bench" 60 bash -c "'$build/tests/test_compute' --gtest_also_run_disabled_tests --gtest_filter='CudaBench.DISABLED_Kernels' 2>&1 |
     tee '$log/kernels.log' | grep -E '^\||device:|FAILED|rror'"
-step "stack bench" 150 bash -c "'$build/tests/test_compute' --gtest_also_run_disabled_tests --gtest_filter='CudaBench.DISABLED_LlamaShapes' 2>&1 |
+step "stack bench" 120 bash -c "'$build/tests/test_compute' --gtest_also_run_disabled_tests --gtest_filter='CudaBench.DISABLED_LlamaShapes' 2>&1 |
     tee '$log/bench.log' | grep -E '^\||FAILED|rror'"
 printf '%s\n' "${summary[@]}"
