@@ -20,6 +20,8 @@ std::string no_device_reason(cudaError_t error) {
     if (error == cudaErrorInsufficientDriver) {
         int driver = 0;
         cudaDriverGetVersion(&driver);
+        // No driver at all reports as "insufficient" too, with version 0.
+        if (driver == 0) return "no CUDA GPU found (no NVIDIA driver is installed)";
         return "the NVIDIA driver is too old for this build (it supports CUDA " + version_text(driver) +
                ", twinfer was built with CUDA " + version_text(CUDART_VERSION) + "): update the driver";
     }
