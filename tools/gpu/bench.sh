@@ -5,11 +5,11 @@
 # Usage: tools/gpu/bench.sh [build-dir] [model.gguf]   (default build-gpu); logs go to $OUT when set.
 # Set TWINFER_TESTDATA to a copy of ../shared/testdata (stories260K) there: ../shared does not travel.
 #
-# That machine cannot fetch packages and lacks PCRE2, nlohmann-json, OpenBLAS, readline and GoogleTest: fetch
-# their Debian packages here, into a git-ignored folder that the call carries:
+# That machine cannot fetch packages and lacks PCRE2, nlohmann-json, OpenBLAS, readline, toml++ and GoogleTest:
+# fetch their Debian packages here, into a git-ignored folder that the call carries:
 #   mkdir -p .deps/debs && (cd .deps/debs && apt-get download libpcre2-dev libpcre2-8-0 \
 #     nlohmann-json3-dev libopenblas-dev libopenblas0-pthread libopenblas-pthread-dev libgfortran5 libgtest-dev \
-#     libreadline-dev libreadline8 libncurses-dev libtinfo6 libncursesw6)
+#     libreadline-dev libreadline8 libncurses-dev libtinfo6 libncursesw6 libtomlplusplus-dev libtomlplusplus3)
 # and this script unpacks them under /tmp/deps (never into /).
 set -uo pipefail
 build=${1:-build-gpu}
@@ -35,8 +35,11 @@ step() {   # step NAME SECONDS COMMAND...: runs it with a time limit, records PA
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader || true
 cmake -S . -B "$build" -G Ninja -DTWINFER_CUDA=ON -DCMAKE_BUILD_TYPE=Release "${deps[@]}" > "$log/cmake.log" 2>&1 ||
     { tail -30 "$log/cmake.log"; exit 1; }
-ninja -C "$build" -j16 twinfer test_compute test_models > "$log/build.log" 2>&1 ||
+# The tests first: a missing dependency of the CLI alone (toml++) must not cost the test run.
+ninja -C "$build" -j16 test_compute test_models > "$log/build.log" 2>&1 ||
     { grep -B2 -A8 -m5 error "$log/build.log"; tail -20 "$log/build.log"; exit 1; }
+ninja -C "$build" -j16 twinfer > "$log/build_cli.log" 2>&1 ||
+    { grep -m3 error "$log/build_cli.log"; summary+=("FAIL build of twinfer (build_cli.log)"); model=""; }
 step "CUDA op tests" 90 bash -c "'$build/tests/test_compute' --gtest_filter='*Cuda*' --gtest_brief=1 2>&1 | tee '$log/cuda_tests.log' | tail -15"
 step "models on CUDA vs CPU" 150 bash -c "'$build/tests/test_models' --gtest_filter='*Cuda*' 2>&1 | tee '$log/model_tests.log' |
     grep -E 'CUDA vs CPU|FAILED|Failure|Expected|Which is|SKIPPED|PASSED|error' | head -60"
