@@ -1,7 +1,8 @@
-// Tensor parallelism: the sharding arithmetic (several N, GQA shapes, the errors), the CPU
-// simulation of N ranks against the single-device F32LlamaModel (stories260K; random Llama files
-// in Q8_0 and Q4_0, with GQA, biases, tied and untied output), the NCCL path on two GPUs (skipped
-// with fewer), and a disabled benchmark that tools/gpu/tp_bench.sh runs on a GPU machine.
+// Tensor parallelism: the sharding arithmetic (several N, GQA shapes, the errors), the in-memory
+// all-reduce, the CPU simulation of N ranks against the single-device F32LlamaModel (stories260K;
+// random Llama files in Q8_0 and Q4_0, with GQA, biases, tied and untied output), the NCCL path on
+// two GPUs (skipped with fewer), and a disabled benchmark that tools/gpu/tp_bench.sh runs on a
+// GPU machine.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -12,6 +13,7 @@
 #include <cstdlib>
 #include <thread>
 
+#include "compute/collective.hpp"
 #include "f32_test_support.hpp"
 #include "models/f32_llama_model.hpp"
 #include "models/tensor_parallel.hpp"
@@ -153,6 +155,43 @@ TEST(TensorParallelPlan, ErrorsSayWhatDoesNotDivideAndWhichSizesWould) {
     TensorParallelShape tiny_vocab = narrow;
     tiny_vocab.n_vocab = 1;
     EXPECT_NE(plan_error(2, tiny_vocab).find("vocabulary of 1 has fewer rows than ranks"), std::string::npos);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The in-memory all-reduce (compute/collective.hpp) the CPU simulation runs on
+
+TEST(TensorParallelCollective, SumsEveryRanksBufferIntoAllOfThem) {
+    constexpr int kRanks = 3;
+    constexpr size_t n = 1000;
+    const auto collective = compute::make_collective(compute::Device::CPU, kRanks);
+    std::vector<std::vector<float>> buffers(kRanks, std::vector<float>(n));
+    for (int r = 0; r < kRanks; ++r)
+        for (size_t i = 0; i < n; ++i) buffers[r][i] = static_cast<float>(i) * 0.001f + static_cast<float>(r);
+    std::vector<std::thread> threads;
+    for (int r = 0; r < kRanks; ++r)
+        threads.emplace_back([&, r] {
+            compute::Context ctx({.n_threads = 1, .cpu_isa = std::nullopt});
+            for (int call = 0; call < 2; ++call) collective->all_reduce_sum(r, ctx, buffers[r].data(), n);
+        });
+    for (auto& t : threads) t.join();
+    for (size_t i = 0; i < n; ++i) {
+        const float once = (i * 0.001f + 0.0f) + (i * 0.001f + 1.0f) + (i * 0.001f + 2.0f);
+        EXPECT_FLOAT_EQ(buffers[0][i], 3 * once) << i;
+        for (int r = 1; r < kRanks; ++r) EXPECT_EQ(buffers[r][i], buffers[0][i]) << r << " " << i;   // bit-identical
+    }
+}
+
+TEST(TensorParallelCollective, AbortWakesRanksWaitingForAFailedOne) {
+    const auto collective = compute::make_collective(compute::Device::CPU, 2);
+    std::vector<float> data(8, 1.0f);
+    std::thread waiting([&] {
+        compute::Context ctx({.n_threads = 1, .cpu_isa = std::nullopt});
+        EXPECT_THROW(collective->all_reduce_sum(0, ctx, data.data(), data.size()), compute::CollectiveAborted);
+    });
+    collective->abort();   // rank 1 "failed" before its all-reduce
+    waiting.join();
+    compute::Context ctx({.n_threads = 1, .cpu_isa = std::nullopt});
+    EXPECT_THROW(collective->all_reduce_sum(1, ctx, data.data(), data.size()), compute::CollectiveAborted);
 }
 
 // ---------------------------------------------------------------------------------------------
