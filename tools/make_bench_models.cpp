@@ -2,8 +2,7 @@
 // with twinfer's quantizer, every matrix (token embeddings included) as F32 or as Q8_0, the 1-D
 // tensors as F32, the metadata (tokenizer included) as it was.
 //
-//   g++ -O2 -std=c++20 -I. tools/make_bench_models.cpp build-f32/format/libtwinfer_format.a -o build-f32/make_bench_models
-//   build-f32/make_bench_models models/SmolLM2-135M-Instruct.Q4_1.gguf models/SmolLM2-135M-Instruct
+//   build/tools/twinfer_make_bench_models models/SmolLM2-135M-Instruct.Q4_1.gguf models/SmolLM2-135M-Instruct
 //     -> models/SmolLM2-135M-Instruct.F32.gguf, models/SmolLM2-135M-Instruct.Q8_0.gguf
 #include <cstdio>
 #include <exception>

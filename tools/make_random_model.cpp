@@ -1,0 +1,142 @@
+// Writes a Llama-shaped GGUF with random weights, for speed benchmarks of shapes whose real
+// weights are not available here (TinyLlama-1.1B, Llama-2-7B): the bytes a kernel reads matter,
+// not what they mean. Blocks are random quantized values under one small fixed scale, so
+// activations stay finite through every layer. The tokenizer metadata is copied from a vocabulary
+// GGUF, so llama.cpp and twinfer both load the file.
+//
+//   twinfer_make_random_model SHAPE TYPE VOCAB.gguf OUT.gguf
+//     SHAPE: smollm2-135m | tinyllama-1.1b | llama2-7b | llama2-13b
+//     TYPE:  Q4_0 | Q4_1 | Q8_0 | F16   (matrices; norms are F32)
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <map>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "format/gguf.hpp"
+#include "format/quant.hpp"
+
+using namespace twinfer;
+
+namespace {
+
+struct Shape {
+    uint32_t n_embd, n_layer, n_head, n_head_kv, n_ff, n_ctx;
+    bool tied_output;
+};
+
+const std::map<std::string, Shape> kShapes = {
+    {"smollm2-135m", {576, 30, 9, 3, 1536, 8192, true}},
+    {"tinyllama-1.1b", {2048, 22, 32, 4, 5632, 2048, false}},
+    {"llama2-7b", {4096, 32, 32, 32, 11008, 4096, false}},
+    {"llama2-13b", {5120, 40, 40, 40, 13824, 4096, false}},
+};
+
+GGMLType parse_type(const std::string& s) {
+    if (s == "Q4_0") return GGMLType::Q4_0;
+    if (s == "Q4_1") return GGMLType::Q4_1;
+    if (s == "Q8_0") return GGMLType::Q8_0;
+    if (s == "F16") return GGMLType::F16;
+    throw std::invalid_argument("unknown type " + s + " (Q4_0, Q4_1, Q8_0, F16)");
+}
+
+// Random blocks: every byte random, then each block's scale (and min) set to a small half, so the
+// weights are uniform-ish in about [-0.06, 0.06]. Filled by several threads (7B is 3.8 GB).
+std::vector<std::byte> random_blocks(GGMLType type, uint64_t n_elements, uint64_t seed) {
+    const auto& traits = type_traits(type);
+    std::vector<std::byte> bytes(row_size_bytes(type, n_elements));
+    const size_t n_blocks = bytes.size() / traits.type_size;
+    const unsigned n_threads = std::max(1u, std::thread::hardware_concurrency());
+    const ggml_half scale = fp32_to_fp16(type == GGMLType::Q8_0 ? 0.0005f : 0.008f);
+    const ggml_half minimum = fp32_to_fp16(-0.06f);
+    std::vector<std::thread> workers;
+    for (unsigned t = 0; t < n_threads; ++t)
+        workers.emplace_back([&, t] {
+            std::mt19937_64 rng(seed * 1000003 + t);
+            const size_t begin = n_blocks * t / n_threads, end = n_blocks * (t + 1) / n_threads;
+            for (size_t b = begin; b < end; ++b) {
+                std::byte* block = bytes.data() + b * traits.type_size;
+                for (size_t i = 0; i < traits.type_size; i += 8) {
+                    const uint64_t r = rng();
+                    std::memcpy(block + i, &r, std::min<size_t>(8, traits.type_size - i));
+                }
+                if (type == GGMLType::F16) {
+                    for (size_t i = 0; i < traits.type_size; i += 2) {  // F16 "blocks" are single halves
+                        const ggml_half h = fp32_to_fp16((float(uint8_t(block[i])) - 128.0f) / 2048.0f);
+                        std::memcpy(block + i, &h, 2);
+                    }
+                    continue;
+                }
+                std::memcpy(block, &scale, 2);  // d is the first field of Q4_0, Q4_1 and Q8_0
+                if (type == GGMLType::Q4_1) std::memcpy(block + 2, &minimum, 2);
+            }
+        });
+    for (auto& w : workers) w.join();
+    return bytes;
+}
+
+std::vector<std::byte> ones(uint64_t n) {
+    std::vector<float> v(n, 1.0f);
+    std::vector<std::byte> bytes(n * sizeof(float));
+    std::memcpy(bytes.data(), v.data(), bytes.size());
+    return bytes;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    if (argc != 5 || !kShapes.count(argv[1])) {
+        std::fprintf(stderr, "usage: %s smollm2-135m|tinyllama-1.1b|llama2-7b|llama2-13b Q4_0|Q4_1|Q8_0|F16 VOCAB.gguf OUT.gguf\n", argv[0]);
+        return 2;
+    }
+    try {
+        const Shape s = kShapes.at(argv[1]);
+        const GGMLType type = parse_type(argv[2]);
+        const gguf::File vocab = gguf::File::open(argv[3]);
+        const uint64_t n_vocab = vocab.get_array("tokenizer.ggml.tokens").items.size();
+        const uint64_t head_dim = s.n_embd / s.n_head, kv = uint64_t(s.n_head_kv) * head_dim;
+
+        gguf::Writer out;
+        out.set_string("general.architecture", "llama");
+        out.set_string("general.name", std::string(argv[1]) + " random " + argv[2]);
+        out.set_u32("llama.context_length", s.n_ctx);
+        out.set_u32("llama.embedding_length", s.n_embd);
+        out.set_u32("llama.block_count", s.n_layer);
+        out.set_u32("llama.feed_forward_length", s.n_ff);
+        out.set_u32("llama.attention.head_count", s.n_head);
+        out.set_u32("llama.attention.head_count_kv", s.n_head_kv);
+        out.set_u32("llama.rope.dimension_count", static_cast<uint32_t>(head_dim));
+        out.set_f32("llama.attention.layer_norm_rms_epsilon", 1e-5f);
+        out.set_f32("llama.rope.freq_base", 10000.0f);
+        for (const auto& [key, value] : vocab.metadata())
+            if (key.starts_with("tokenizer.")) out.set(key, value);
+
+        uint64_t seed = 1;
+        auto matrix = [&](const std::string& name, uint64_t cols, uint64_t rows, GGMLType t) {
+            out.add_tensor(name, {cols, rows}, t, random_blocks(t, cols * rows, seed++));
+        };
+        matrix("token_embd.weight", s.n_embd, n_vocab, type == GGMLType::Q4_1 ? GGMLType::Q8_0 : type);
+        out.add_tensor("output_norm.weight", {s.n_embd}, GGMLType::F32, ones(s.n_embd));
+        if (!s.tied_output) matrix("output.weight", s.n_embd, n_vocab, type == GGMLType::Q4_1 ? GGMLType::Q8_0 : type);
+        for (uint32_t l = 0; l < s.n_layer; ++l) {
+            const std::string p = "blk." + std::to_string(l) + ".";
+            out.add_tensor(p + "attn_norm.weight", {s.n_embd}, GGMLType::F32, ones(s.n_embd));
+            matrix(p + "attn_q.weight", s.n_embd, s.n_embd, type);
+            matrix(p + "attn_k.weight", s.n_embd, kv, type);
+            matrix(p + "attn_v.weight", s.n_embd, kv, type);
+            matrix(p + "attn_output.weight", s.n_embd, s.n_embd, type);
+            out.add_tensor(p + "ffn_norm.weight", {s.n_embd}, GGMLType::F32, ones(s.n_embd));
+            matrix(p + "ffn_gate.weight", s.n_embd, s.n_ff, type);
+            matrix(p + "ffn_up.weight", s.n_embd, s.n_ff, type);
+            matrix(p + "ffn_down.weight", s.n_ff, s.n_embd, type);
+        }
+        out.write(argv[4]);
+        std::printf("wrote %s\n", argv[4]);
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "error: %s\n", e.what());
+        return 1;
+    }
+}
