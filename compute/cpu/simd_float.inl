@@ -55,7 +55,11 @@ constexpr auto dot_bf16 = dot<uint16_t, FloatVec::load_bf16, bfloat_to_float>;
 
 template <class T, float (*Dot)(const T*, const float*, size_t)>
 void matvec_plain(const std::byte* w, size_t row_bytes, size_t n_rows, size_t n_cols, const float* x, float* y) {
-    for (size_t r = 0; r < n_rows; ++r) y[r] = Dot(reinterpret_cast<const T*>(w + r * row_bytes), x, n_cols);
+    const std::byte* end = w + n_rows * row_bytes;
+    for (size_t r = 0; r < n_rows; ++r) {
+        prefetch_ahead(w + r * row_bytes, row_bytes, end);
+        y[r] = Dot(reinterpret_cast<const T*>(w + r * row_bytes), x, n_cols);
+    }
 }
 
 // Quantized rows with float activations: dequantize 256 values at a time (every block size

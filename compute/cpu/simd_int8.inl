@@ -201,7 +201,12 @@ float dot_q6_k(const BlockQ6_K* w, const Q8Block* x, size_t n_cols) {
 
 template <class Block, float (*Dot)(const Block*, const Q8Block*, size_t)>
 void rows_q8(const std::byte* w, size_t row_bytes, size_t n_rows, size_t n_cols, const Q8Block* x, float* y) {
-    for (size_t r = 0; r < n_rows; ++r) y[r] = Dot(reinterpret_cast<const Block*>(w + r * row_bytes), x, n_cols);
+    const std::byte* end = w + n_rows * row_bytes;
+    for (size_t r = 0; r < n_rows; ++r) {
+        const std::byte* row = w + r * row_bytes;
+        prefetch_ahead(row, row_bytes, end);
+        y[r] = Dot(reinterpret_cast<const Block*>(row), x, n_cols);
+    }
 }
 
 void matvec_q8(GGMLType type, const std::byte* w, size_t row_bytes, size_t n_rows, size_t n_cols, const Q8Block* x, float* y) {
