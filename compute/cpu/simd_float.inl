@@ -68,8 +68,10 @@ void matvec_dequantized(GGMLType type, const std::byte* w, size_t row_bytes, siz
                         const float* x, float* y) {
     const GGMLTypeTraits& traits = type_traits(type);
     alignas(64) float values[256];
+    const std::byte* end = w + n_rows * row_bytes;
     for (size_t r = 0; r < n_rows; ++r) {
         const std::byte* row = w + r * row_bytes;
+        prefetch_ahead(row, row_bytes, end);
         float sum = 0.0f;
         for (size_t c = 0; c < n_cols; c += 256) {
             const size_t n = std::min<size_t>(256, n_cols - c);
