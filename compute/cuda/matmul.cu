@@ -219,6 +219,34 @@ __global__ void to_half_kernel(const float* __restrict__ x, size_t n, __half* __
     if (i < n) out[i] = __float2half_rn(x[i]);
 }
 
+// Float weights whose rows are not a whole number of 32-weight units (a feed-forward width of
+// 172, say): one warp per row reading the weights in place, x from global memory.
+bool is_float_type(GGMLType t) { return t == GGMLType::F32 || t == GGMLType::F16 || t == GGMLType::BF16; }
+bool ragged_float(const WeightMatrix& w) { return w.cols % 32 != 0 && is_float_type(w.type); }
+
+__device__ float load_weight(GGMLType type, const uint8_t* row, int i) {
+    if (type == GGMLType::F32) return reinterpret_cast<const float*>(row)[i];
+    if (type == GGMLType::F16) return __half2float(reinterpret_cast<const __half*>(row)[i]);
+    return __uint_as_float(uint32_t(reinterpret_cast<const uint16_t*>(row)[i]) << 16);  // BF16
+}
+
+__global__ void ragged_matvec_kernel(GGMLType type, const uint8_t* __restrict__ w, size_t row_bytes, int rows, int cols,
+                                     const float* __restrict__ x, float* __restrict__ y) {
+    const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= rows) return;
+    const uint8_t* r = w + size_t(row) * row_bytes;
+    float acc = 0.0f;
+    for (int i = lane; i < cols; i += 32) acc = fmaf(load_weight(type, r, i), x[i], acc);
+    acc = warp_sum(acc);
+    if (lane == 0) y[row] = acc;
+}
+
+__global__ void ragged_get_rows_kernel(GGMLType type, const uint8_t* __restrict__ table, size_t row_bytes, int cols,
+                                       const int32_t* __restrict__ ids, float* __restrict__ out) {
+    const uint8_t* row = table + size_t(ids[blockIdx.x]) * row_bytes;
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) out[size_t(blockIdx.x) * cols + i] = load_weight(type, row, i);
+}
+
 void check_shape(const WeightMatrix& w) {
     const size_t block = type_traits(w.type).block_size;
     if (w.cols % 32 != 0 || w.cols % block != 0)
@@ -249,6 +277,12 @@ void launch_matvec(Context& ctx, const WeightMatrix& w, const float* x, float* y
 }
 
 void matvec(Context& ctx, const WeightMatrix& w, const float* x, float* y) {
+    if (ragged_float(w)) {
+        ragged_matvec_kernel<<<blocks_for(w.rows, 8), 256, 0, stream(ctx)>>>(w.type, reinterpret_cast<const uint8_t*>(w.data),
+                                                                           w.row_bytes(), int(w.rows), int(w.cols), x, y);
+        TWINFER_CUDA_CHECK_LAUNCH();
+        return;
+    }
     with_type(w, "matmul", [&]<GGMLType T>() {
         if (staged<T>() && w.row_bytes() % 4 == 0) launch_matvec<T, staged<T>()>(ctx, w, x, y);
         else launch_matvec<T, false>(ctx, w, x, y);
@@ -303,7 +337,10 @@ void matmul(Context& ctx, std::span<const MatmulOutput> outputs, const float* x,
     const size_t cols = outputs[0].w.cols;
     for (const MatmulOutput& o : outputs)
         if (o.w.cols != cols) throw std::invalid_argument("CUDA matmul: products of one input differ in columns");
-    if (n_tokens >= min_gemm_tokens) {
+    // Ragged float16/bfloat16 rows have no float16 tile path: they take the matrix-vector route.
+    const bool gemm_ok = std::all_of(outputs.begin(), outputs.end(),
+                                     [](const MatmulOutput& o) { return o.w.type == GGMLType::F32 || !ragged_float(o.w); });
+    if (n_tokens >= min_gemm_tokens && gemm_ok) {
         for (const MatmulOutput& o : outputs) gemm(ctx, o.w, x, n_tokens, o.y);
         return;
     }
@@ -323,6 +360,12 @@ void matmul(Context& ctx, std::span<const MatmulOutput> outputs, const float* x,
 
 void get_rows(Context& ctx, const WeightMatrix& table, const int32_t* ids, size_t n_ids, float* out) {
     if (n_ids == 0) return;
+    if (ragged_float(table)) {
+        ragged_get_rows_kernel<<<unsigned(n_ids), 128, 0, stream(ctx)>>>(table.type, reinterpret_cast<const uint8_t*>(table.data),
+                                                                         table.row_bytes(), int(table.cols), ids, out);
+        TWINFER_CUDA_CHECK_LAUNCH();
+        return;
+    }
     with_type(table, "get_rows", [&]<GGMLType T>() {
         get_rows_kernel<T><<<unsigned(n_ids), 128, 0, stream(ctx)>>>(reinterpret_cast<const uint8_t*>(table.data),
                                                                     table.row_bytes(), int(table.cols), ids, out);

@@ -28,9 +28,10 @@ constexpr double kCudaTolerance = 1e-3;
 // Both with int8 activations (the default for quantized weights): the same quantization scheme on
 // both, but an activation that differs by float rounding can land on the other side of a rounding
 // boundary and move by a whole step (1/254 of its block's largest); a few such flips per product,
-// carried through the layers. An estimate, not yet measured: 1e-2, a fifth of the int8 budget
-// against float64.
-constexpr double kCudaInt8Tolerance = 1e-2;
+// carried through the layers. Measured on an H100 (2026-11-25): worst 1.41e-2 (llama_gqa_tied
+// Q4_1, whose tiny random logits make relative errors large); 3e-2 leaves room for other cards'
+// summation order and stays under the 5e-2 int8 budget against float64.
+constexpr double kCudaInt8Tolerance = 3e-2;
 
 void skip_without_gpu() {
 #ifdef TWINFER_WITH_CUDA
