@@ -1,6 +1,8 @@
 #pragma once
 // Causal multi-head attention of new tokens over a KV cache.
+#include <algorithm>
 #include <cstddef>
+#include <cstdint>
 
 #include "compute/context.hpp"
 #ifdef TWINFER_WITH_CUDA
@@ -32,6 +34,32 @@ inline void attention(Context& ctx, const float* q, const float* keys, const flo
     if (ctx.device() == Device::CUDA) return cuda::attention(ctx, q, keys, values, n_tokens, first_position, shape, out);
 #endif
     throw_backend_unavailable("attention", ctx.device());
+}
+
+// One token at the position the device reads from `position` (device memory), attending to
+// positions 0 ..= *position: the same result as attention() with n_tokens 1, for a decode step
+// replayed as a CUDA graph at every position. max_positions (the cache's length) bounds *position:
+// the CUDA launch is sized for it.
+inline void attention_at(Context& ctx, const float* q, const float* keys, const float* values, const int32_t* position,
+                         size_t max_positions, const AttentionShape& shape, float* out) {
+    if (ctx.device() == Device::CPU) return cpu::attention(ctx, q, keys, values, 1, size_t(*position), shape, out);
+#ifdef TWINFER_WITH_CUDA
+    if (ctx.device() == Device::CUDA) return cuda::attention_at(ctx, q, keys, values, position, max_positions, shape, out);
+#endif
+    throw_backend_unavailable("attention_at", ctx.device());
+}
+
+// table[*row, :] = x   x: [width], table: [rows, width]; row in device memory (a KV cache write
+// at a position the host does not bake into the step).
+inline void store_row(Context& ctx, const float* x, size_t width, float* table, const int32_t* row) {
+    if (ctx.device() == Device::CPU) {
+        std::copy(x, x + width, table + size_t(*row) * width);
+        return;
+    }
+#ifdef TWINFER_WITH_CUDA
+    if (ctx.device() == Device::CUDA) return cuda::store_row(ctx, x, width, table, row);
+#endif
+    throw_backend_unavailable("store_row", ctx.device());
 }
 
 }  // namespace twinfer::compute

@@ -1,6 +1,7 @@
 #pragma once
 // Element-wise ops: residual adds, biases, activation functions.
 #include <cstddef>
+#include <cstdint>
 
 #include "compute/context.hpp"
 #ifdef TWINFER_WITH_CUDA
@@ -14,6 +15,7 @@ void add(Context& ctx, float* x, const float* y, size_t n);
 void add_bias(Context& ctx, float* x, const float* bias, size_t n_rows, size_t n);
 void swiglu(Context& ctx, const float* gate, const float* up, size_t n, float* out);
 void gelu(Context& ctx, float* x, size_t n);
+void argmax(Context& ctx, const float* x, size_t n, int32_t* out);
 }
 
 // x += y   (residual connection)
@@ -50,6 +52,16 @@ inline void gelu(Context& ctx, float* x, size_t n) {
     if (ctx.device() == Device::CUDA) return cuda::gelu(ctx, x, n);
 #endif
     throw_backend_unavailable("gelu", ctx.device());
+}
+
+// out[0] = the index of the largest of x[0..n), the lowest on ties (as engine/sampler's argmax):
+// greedy decoding that copies one id back instead of the logits. out in the device's memory.
+inline void argmax(Context& ctx, const float* x, size_t n, int32_t* out) {
+    if (ctx.device() == Device::CPU) return cpu::argmax(ctx, x, n, out);
+#ifdef TWINFER_WITH_CUDA
+    if (ctx.device() == Device::CUDA) return cuda::argmax(ctx, x, n, out);
+#endif
+    throw_backend_unavailable("argmax", ctx.device());
 }
 
 }  // namespace twinfer::compute

@@ -1,6 +1,7 @@
 #pragma once
 // Rotary position embedding, in place, over the first n_rot dimensions of each head.
 #include <cstddef>
+#include <cstdint>
 
 #include "compute/context.hpp"
 #ifdef TWINFER_WITH_CUDA
@@ -33,6 +34,17 @@ inline void rope(Context& ctx, float* x, size_t n_tokens, size_t row_stride, siz
     if (ctx.device() == Device::CUDA) return cuda::rope(ctx, x, n_tokens, row_stride, n_heads, head_dim, first_position, params);
 #endif
     throw_backend_unavailable("rope", ctx.device());
+}
+
+// One token, x: [n_heads, head_dim], at the position the device reads from `position` (device
+// memory): the same rotation as rope(), for a decode step replayed as a CUDA graph at every position.
+inline void rope_at(Context& ctx, float* x, size_t n_heads, size_t head_dim, const int32_t* position,
+                    const RopeParams& params) {
+    if (ctx.device() == Device::CPU) return cpu::rope(ctx, x, 1, n_heads * head_dim, n_heads, head_dim, size_t(*position), params);
+#ifdef TWINFER_WITH_CUDA
+    if (ctx.device() == Device::CUDA) return cuda::rope_at(ctx, x, n_heads, head_dim, position, params);
+#endif
+    throw_backend_unavailable("rope_at", ctx.device());
 }
 
 }  // namespace twinfer::compute

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <concepts>
+#include <optional>
 #include <utility>
 
 namespace twinfer {
@@ -86,7 +88,7 @@ const ModelConfig& InferenceEngine::config() const {
     return std::visit([](const auto& m) -> const ModelConfig& { return m.config(); }, *backend_);
 }
 
-std::string InferenceEngine::backend_name() const { return backend_description(*backend_, options_); }
+std::string InferenceEngine::backend_name() const { return backend_description(*backend_); }
 
 size_t InferenceEngine::n_ctx() const {
     return std::visit([](const auto& m) { return static_cast<size_t>(m.n_ctx()); }, *backend_);
@@ -114,6 +116,19 @@ Logits InferenceEngine::forward(std::span<const Token> ids, LogitsMode mode) {
     Logits logits = std::visit([&](auto& m) { return m.forward(ids, mode); }, *backend_);
     history_.insert(history_.end(), ids.begin(), ids.end());
     return logits;
+}
+
+Token InferenceEngine::forward_greedy(Token token) {
+    const Token next = std::visit(
+        [&](auto& m) -> Token {
+            if constexpr (requires { { m.forward_greedy(token) } -> std::same_as<Token>; })
+                return m.forward_greedy(token);
+            else
+                return argmax(m.forward(std::span<const Token>(&token, 1)).last());
+        },
+        *backend_);
+    history_.push_back(token);
+    return next;
 }
 
 void InferenceEngine::clear() {
@@ -157,13 +172,18 @@ GenerationResult InferenceEngine::generate(std::span<const Token> prompt, const 
         return on_text ? on_text(text) : true;
     };
 
+    // Greedy without stages is the argmax of the logits: the model computes it where it runs and
+    // hands back the id (on a GPU, 4 bytes instead of the logits row).
+    const bool device_greedy = sampler.greedy() && sampler.stages().empty();
+    std::optional<Token> next;   // device_greedy: the token the last step chose
+
     t0 = Clock::now();
     for (;;) {
         if (options.max_tokens >= 0 && result.tokens.size() >= static_cast<size_t>(options.max_tokens)) {
             result.reason = StopReason::MaxTokens;
             break;
         }
-        const Token token = sampler.sample(logits.last());
+        const Token token = next ? *next : sampler.sample(logits.last());
         sampler.accept(token);
         result.tokens.push_back(token);
         if (!options.ignore_eos && tokenizer_->is_end_of_generation(token)) {
@@ -184,7 +204,10 @@ GenerationResult InferenceEngine::generate(std::span<const Token> prompt, const 
             result.reason = StopReason::ContextFull;
             break;
         }
-        logits = forward(std::span<const Token>(&token, 1));
+        if (device_greedy)
+            next = forward_greedy(token);
+        else
+            logits = forward(std::span<const Token>(&token, 1));
     }
     if (result.reason != StopReason::StopString && result.reason != StopReason::Cancelled) {
         bool stopped = false;

@@ -87,6 +87,9 @@ public:
 
 private:
     InferenceEngine() = default;
+    // One token fed and the argmax of its logits: where the model has forward_greedy, computed on
+    // its device, so only the id comes back.
+    Token forward_greedy(Token token);
     BackendOptions options_;
     std::shared_ptr<const gguf::File> file_;
     std::unique_ptr<Tokenizer> tokenizer_;

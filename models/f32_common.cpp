@@ -1,7 +1,10 @@
 #include "models/f32_common.hpp"
 
+#include <algorithm>
+#include <cstdlib>
 #include <optional>
 #include <stdexcept>
+#include <string_view>
 
 #include "compute/memory.hpp"
 #include "format/quant.hpp"
@@ -85,6 +88,59 @@ void F32Workspace::reserve(compute::Device device, size_t n_tokens, std::span<co
     capacity_tokens_ = n_tokens;
 }
 
+std::vector<const void*> F32Workspace::addresses() const {
+    std::vector<const void*> result;
+    for (const compute::Buffer& b : buffers_) result.push_back(b.data());
+    return result;
+}
+
+bool use_cuda_graph(const F32Options& options) {
+    const char* env = std::getenv("TWINFER_CUDA_GRAPH");
+    return options.device == compute::Device::CUDA && options.cuda_graph && !(env && std::string_view(env) == "0");
+}
+
+void F32DecodeStep::run(compute::Context& ctx, Token token, size_t position, bool use_graph,
+                        const std::vector<const void*>& buffers, const std::function<void()>& enqueue) {
+    if (io_.bytes() == 0) io_ = compute::Buffer(ctx.device(), 3 * sizeof(int32_t));
+    const int32_t inputs[2] = {token, static_cast<int32_t>(position)};
+    compute::upload(ctx, io_.data(), inputs, sizeof inputs);
+#ifdef TWINFER_WITH_CUDA
+    if (use_graph && ctx.device() == compute::Device::CUDA) {
+        const auto addresses = [&] {
+            std::vector<const void*> all = buffers;
+            for (const void* p : compute::cuda::scratch_addresses(ctx)) all.push_back(p);
+            return all;
+        };
+        if (graph_.captured() && addresses() == captured_addresses_) {
+            graph_.replay(ctx);
+            return;
+        }
+        // This step runs directly, which also grows the scratch memory its ops need (it must not
+        // grow while captured); then the same ops are recorded for the steps after it.
+        enqueue();
+        graph_.begin_capture(ctx);
+        try {
+            enqueue();
+        } catch (...) {
+            graph_.cancel_capture(ctx);
+            throw;
+        }
+        graph_.end_capture(ctx);
+        captured_addresses_ = addresses();
+        return;
+    }
+#endif
+    (void)use_graph;
+    (void)buffers;
+    enqueue();
+}
+
+Token F32DecodeStep::read_next_token(compute::Context& ctx) {
+    int32_t next = 0;
+    compute::download(ctx, &next, next_token(), sizeof next);
+    return next;
+}
+
 void observe(compute::Context& ctx, const F32Observer& observer, std::string_view name, int layer,
              const float* values, size_t count) {
     if (!observer) return;
@@ -115,6 +171,11 @@ Logits download_logits(compute::Context& ctx, const float* values, size_t n_posi
     logits.n_positions = n_positions;
     logits.values.assign(host.begin(), host.end());
     return logits;
+}
+
+Token argmax_of_last(const Logits& logits) {
+    const auto row = logits.last();
+    return static_cast<Token>(std::max_element(row.begin(), row.end()) - row.begin());
 }
 
 compute::Activations activations_for(const F32Options& options) {

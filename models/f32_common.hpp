@@ -12,6 +12,9 @@
 #include "compute/buffer.hpp"
 #include "compute/context.hpp"
 #include "compute/matmul.hpp"
+#ifdef TWINFER_WITH_CUDA
+#include "compute/cuda/runtime.hpp"
+#endif
 #include "format/gguf.hpp"
 #include "models/inference.hpp"
 
@@ -25,7 +28,15 @@ struct F32Options {
     // against quantized weights quantize the activations to 8 bits (compute::Activations::Int8),
     // as llama.cpp does: faster, with about 1e-3 relative error in the logits.
     bool exact_activations = false;
+    // CUDA: single-token steps captured once as a graph and replayed (one launch a step instead
+    // of ~15 per layer). The environment variable TWINFER_CUDA_GRAPH=0 turns it off whatever
+    // this says (see use_cuda_graph).
+    bool cuda_graph = true;
 };
+
+// Whether a model with these options replays its single-token steps as a CUDA graph: on CUDA,
+// options.cuda_graph, and TWINFER_CUDA_GRAPH not "0".
+bool use_cuda_graph(const F32Options& options);
 
 // A float array in the model's device memory (norm weights, biases, RoPE frequency factors).
 class DeviceFloats {
@@ -82,10 +93,40 @@ public:
     // Makes every buffer hold n_tokens rows of its width (widths fixed at construction by name).
     void reserve(compute::Device device, size_t n_tokens, std::span<const size_t> widths);
     float* buffer(size_t index) { return buffers_[index].as<float>(); }
+    // Every buffer's address: a captured step reads them, and a reserve() that grows moves them.
+    std::vector<const void*> addresses() const;
 
 private:
     size_t capacity_tokens_ = 0;
     std::vector<compute::Buffer> buffers_;
+};
+
+// One token's forward pass with its inputs in fixed device memory (the token id and its position),
+// so that on CUDA the step is captured once as a graph and replayed at any position and for any
+// token; the argmax of its logits can be left there too (greedy decoding copies back 4 bytes).
+class F32DecodeStep {
+public:
+    // Device memory the step's ops read (token, position) and write (next_token, the argmax);
+    // valid inside run()'s enqueue.
+    const int32_t* token() const { return io_.as<int32_t>(); }
+    const int32_t* position() const { return io_.as<int32_t>() + 1; }
+    int32_t* next_token() { return io_.as<int32_t>() + 2; }
+
+    // Puts token and position where the ops read them, then runs enqueue (which queues the step's
+    // ops): with use_graph (CUDA only), as a graph captured the first time and again whenever
+    // `buffers` (the addresses of the activations the ops use) or the CUDA scratch memory moved,
+    // replayed otherwise; without, directly.
+    void run(compute::Context& ctx, Token token, size_t position, bool use_graph, const std::vector<const void*>& buffers,
+             const std::function<void()>& enqueue);
+    // next_token(), copied back after run().
+    Token read_next_token(compute::Context& ctx);
+
+private:
+    compute::Buffer io_;   // int32 [token, position, next token]
+#ifdef TWINFER_WITH_CUDA
+    compute::cuda::Graph graph_;
+    std::vector<const void*> captured_addresses_;   // buffers + scratch when graph_ was captured
+#endif
 };
 
 // ids must be non-empty and inside the vocabulary: std::invalid_argument / std::out_of_range.
@@ -93,6 +134,9 @@ void check_token_ids(std::span<const Token> ids, size_t n_vocab);
 
 // Token ids (or positions) copied to where the device reads them, in a buffer grown on demand.
 const int32_t* upload_ids(compute::Context& ctx, std::span<const int32_t> ids, compute::Buffer& buffer);
+
+// The lowest id of the largest logit in the last row (forward_greedy when logits are needed anyway).
+Token argmax_of_last(const Logits& logits);
 
 // Float32 logits [n_positions, n_vocab] in device memory, widened into the interface's float64 Logits.
 Logits download_logits(compute::Context& ctx, const float* values, size_t n_positions, size_t n_vocab);

@@ -11,8 +11,9 @@
 namespace twinfer {
 namespace {
 
-// The activation buffers of one forward pass, by name; widths in F32GPTModel::forward.
-enum Buffer { X, XN, Q, ATT, OUT, HIDDEN, LOGITS, N_BUFFERS };
+// The activation buffers of one forward pass, by name; widths in F32GPTModel::reserve_workspace.
+// KCUR and VCUR hold a decode step's key and value rows until they are stored at its position.
+enum Buffer { X, XN, Q, KCUR, VCUR, ATT, OUT, HIDDEN, LOGITS, N_BUFFERS };
 
 // Rows [first, first + n) of a matrix, as a matrix of their own (same block format, no copy).
 compute::WeightMatrix row_block(const compute::WeightMatrix& w, size_t first, size_t n) {
@@ -81,25 +82,60 @@ void F32GPTModel::project(const compute::WeightMatrix& w, const DeviceFloats& bi
     compute::add_bias(ctx_, y, bias.data(), n_tokens, w.rows);
 }
 
-// Shapes: T new tokens, E = n_embd = H heads x D dims, F = n_ff, V = n_vocab.
-// Reference: llama.cpp llm_build_gpt2; Radford et al. 2019.
+void F32GPTModel::reserve_workspace(size_t n_tokens) {
+    const size_t E = config_.n_embd, F = config_.n_ff, V = config_.n_vocab;
+    const size_t widths[N_BUFFERS] = {E, E, E, E, E, E, E, F, V};
+    workspace_.reserve(options_.device, n_tokens, widths);
+}
+
 Logits F32GPTModel::forward(std::span<const Token> ids, LogitsMode mode) {
-    const ModelConfig& c = config_;
-    check_token_ids(ids, c.n_vocab);
-    const size_t T = ids.size(), E = c.n_embd, F = c.n_ff, V = c.n_vocab;
+    check_token_ids(ids, config_.n_vocab);
+    if (ids.size() == 1 && !observer_) {
+        decode(ids[0], false);
+        return download_logits(ctx_, workspace_.buffer(LOGITS), 1, config_.n_vocab);
+    }
+    const size_t T = ids.size();
     const size_t p0 = cache_.reserve(slot_, T);    // positions p0 .. p0+T-1
     const size_t n_out = mode == LogitsMode::All ? T : 1;
-    const float eps = static_cast<float>(c.norm_eps);
+    reserve_workspace(T);
+    positions_.resize(T);
+    std::iota(positions_.begin(), positions_.end(), static_cast<int32_t>(p0));
+    enqueue_forward(upload_ids(ctx_, ids, ids_), upload_ids(ctx_, positions_, positions_on_device_), T, p0, nullptr, n_out);
+    cache_.commit(slot_, T);
+    return download_logits(ctx_, workspace_.buffer(LOGITS), n_out, config_.n_vocab);
+}
 
-    const size_t widths[N_BUFFERS] = {E, E, E, E, E, F, V};
-    workspace_.reserve(options_.device, T, widths);
+Token F32GPTModel::forward_greedy(Token token) {
+    if (observer_) return argmax_of_last(forward(std::span<const Token>(&token, 1)));
+    check_token_ids(std::span<const Token>(&token, 1), config_.n_vocab);
+    decode(token, true);
+    return decode_step_.read_next_token(ctx_);
+}
+
+void F32GPTModel::decode(Token token, bool greedy) {
+    const size_t position = cache_.reserve(slot_, 1);
+    reserve_workspace(1);
+    const bool graph = use_cuda_graph(options_);
+    decode_step_.run(ctx_, token, position, graph, workspace_.addresses(), [&] {
+        enqueue_forward(decode_step_.token(), decode_step_.position(), 1, 0, decode_step_.position(), 1);
+        // A graph serves forward() and forward_greedy() alike: it always ends with the argmax.
+        if (graph || greedy) compute::argmax(ctx_, workspace_.buffer(LOGITS), config_.n_vocab, decode_step_.next_token());
+    });
+    cache_.commit(slot_, 1);
+}
+
+// Shapes: T new tokens, E = n_embd = H heads x D dims, F = n_ff, V = n_vocab.
+// Reference: llama.cpp llm_build_gpt2; Radford et al. 2019.
+void F32GPTModel::enqueue_forward(const int32_t* ids, const int32_t* positions, size_t T, size_t p0,
+                                  const int32_t* device_position, size_t n_out) {
+    const ModelConfig& c = config_;
+    const size_t E = c.n_embd, F = c.n_ff;
+    const float eps = static_cast<float>(c.norm_eps);
     float *x = workspace_.buffer(X), *xn = workspace_.buffer(XN), *q = workspace_.buffer(Q), *att = workspace_.buffer(ATT);
     float *out = workspace_.buffer(OUT), *hidden = workspace_.buffer(HIDDEN), *logits = workspace_.buffer(LOGITS);
 
-    positions_.resize(T);
-    std::iota(positions_.begin(), positions_.end(), static_cast<int32_t>(p0));
-    compute::get_rows(ctx_, token_embd_, upload_ids(ctx_, ids, ids_), T, x);       // x: [T, E]
-    compute::get_rows(ctx_, position_embd_, upload_ids(ctx_, positions_, positions_on_device_), T, out);   // out: [T, E]
+    compute::get_rows(ctx_, token_embd_, ids, T, x);                               // x: [T, E]
+    compute::get_rows(ctx_, position_embd_, positions, T, out);                    // out: [T, E]
     compute::add(ctx_, x, out, T * E);
     observe(ctx_, observer_, "inp_embd", -1, x, T * E);
     for (size_t il = 0; il < layers_.size(); ++il) {
@@ -110,14 +146,22 @@ Logits F32GPTModel::forward(std::span<const Token> ids, LogitsMode mode) {
         // Attention block: x += Wo attention(Wq xn, Wk xn, Wv xn) + bo, xn = layer_norm(x)
         compute::layer_norm(ctx_, x, L.attn_norm.data(), L.attn_norm_bias.data(), T, E, eps, xn);   // xn: [T, E]
         observe(ctx_, observer_, "attn_norm", il, xn, T * E);
-        float* k = keys + p0 * E;                                                   // [T, E]: this call's rows
-        float* v = values + p0 * E;
+        // This call's K and V rows: straight into the cache at p0, or (a decode step) beside it,
+        // copied to the device's position.
+        float* k = device_position ? workspace_.buffer(KCUR) : keys + p0 * E;       // [T, E]
+        float* v = device_position ? workspace_.buffer(VCUR) : values + p0 * E;
         const compute::MatmulOutput qkv[] = {{L.wq, q}, {L.wk, k}, {L.wv, v}};
-        compute::matmul(ctx_, qkv, xn, T, activations_for(options_));               // q, k, v: [T, H, D]; k, v into the cache
+        compute::matmul(ctx_, qkv, xn, T, activations_for(options_));               // q, k, v: [T, H, D]
         compute::add_bias(ctx_, q, L.bq.data(), T, E);
         compute::add_bias(ctx_, k, L.bk.data(), T, E);
         compute::add_bias(ctx_, v, L.bv.data(), T, E);
-        compute::attention(ctx_, q, keys, values, T, p0, attention_shape_, att);    // att: [T, H, D]
+        if (device_position) {
+            compute::store_row(ctx_, k, E, keys, device_position);
+            compute::store_row(ctx_, v, E, values, device_position);
+            compute::attention_at(ctx_, q, keys, values, device_position, cache_.n_ctx(), attention_shape_, att);
+        } else {
+            compute::attention(ctx_, q, keys, values, T, p0, attention_shape_, att);    // att: [T, H, D]
+        }
         observe(ctx_, observer_, "kqv_out", il, att, T * E);
         project(L.wo, L.bo, att, T, out);                                           // out: [T, E]
         observe(ctx_, observer_, "attn_out", il, out, T * E);
@@ -134,13 +178,11 @@ Logits F32GPTModel::forward(std::span<const Token> ids, LogitsMode mode) {
         compute::add(ctx_, x, out, T * E);
         observe(ctx_, observer_, "l_out", il, x, T * E);
     }
-    cache_.commit(slot_, T);
 
     const float* last = x + (T - n_out) * E;                                        // the rows asked for
     compute::layer_norm(ctx_, last, output_norm_.data(), output_norm_bias_.data(), n_out, E, eps, xn);
     observe(ctx_, observer_, "result_norm", -1, xn, n_out * E);
     compute::matmul(ctx_, output_, xn, n_out, logits, activations_for(options_));  // logits: [n_out, V]
-    return download_logits(ctx_, logits, n_out, V);
 }
 
 }  // namespace twinfer

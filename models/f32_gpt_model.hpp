@@ -23,8 +23,9 @@ public:
     // kernel, and for an n_ctx beyond the position embeddings the file has.
     static F32GPTModel load(std::shared_ptr<const gguf::File> file, const F32Options& options = {});
 
-    // As F32LlamaModel::forward.
+    // As F32LlamaModel::forward and forward_greedy.
     Logits forward(std::span<const Token> ids, LogitsMode mode = LogitsMode::Last);
+    Token forward_greedy(Token token);
     const ModelConfig& config() const { return config_; }
     size_t n_past() const { return cache_.length(slot_); }
     size_t n_ctx() const { return cache_.n_ctx(); }
@@ -47,6 +48,11 @@ private:
 
     F32GPTModel(std::shared_ptr<const gguf::File> file, ModelConfig config, const F32Options& options);
     void project(const compute::WeightMatrix& w, const DeviceFloats& bias, const float* x, size_t n_tokens, float* y);
+    void reserve_workspace(size_t n_tokens);
+    // As F32LlamaModel's; positions: the T positions' ids into position_embd_, in device memory.
+    void enqueue_forward(const int32_t* ids, const int32_t* positions, size_t T, size_t p0,
+                         const int32_t* device_position, size_t n_out);
+    void decode(Token token, bool greedy);
 
     std::shared_ptr<const gguf::File> file_;   // the mapping the weight matrices point into (CPU)
     ModelConfig config_;
@@ -63,6 +69,7 @@ private:
     F32Workspace workspace_;
     F32Observer observer_;
     compute::Buffer ids_, positions_on_device_;                   // this call's token ids and positions, on the device
+    F32DecodeStep decode_step_;
 };
 
 static_assert(GPTInference<F32GPTModel>);

@@ -10,8 +10,9 @@
 namespace twinfer {
 namespace {
 
-// The activation buffers of one forward pass, by name; widths in F32LlamaModel::forward.
-enum Buffer { X, XN, Q, ATT, OUT, GATE, UP, LOGITS, N_BUFFERS };
+// The activation buffers of one forward pass, by name; widths in F32LlamaModel::reserve_workspace.
+// KCUR and VCUR hold a decode step's key and value rows until they are stored at its position.
+enum Buffer { X, XN, Q, KCUR, VCUR, ATT, OUT, GATE, UP, LOGITS, N_BUFFERS };
 
 }  // namespace
 
@@ -83,46 +84,94 @@ void F32LlamaModel::add_bias(const DeviceFloats& bias, size_t n_tokens, float* y
     if (!bias.empty()) compute::add_bias(ctx_, y, bias.data(), n_tokens, bias.size());
 }
 
-// Shapes: T new tokens, E = n_embd, H heads and Hkv KV heads of D dims, F = n_ff, V = n_vocab.
-// Reference: llama.cpp llm_build_llama; Touvron et al. 2023.
-Logits F32LlamaModel::forward(std::span<const Token> ids, LogitsMode mode) {
+void F32LlamaModel::reserve_workspace(size_t n_tokens) {
     const ModelConfig& c = config_;
-    check_token_ids(ids, c.n_vocab);
-    const size_t T = ids.size(), E = c.n_embd, F = c.n_ff, V = c.n_vocab;
-    const size_t H = c.n_head, Hkv = c.n_head_kv, D = c.head_dim, QD = H * D, KVD = Hkv * D;
+    const size_t E = c.n_embd, F = c.n_ff, V = c.n_vocab, QD = c.n_head * c.head_dim, KVD = c.n_embd_kv();
+    const size_t widths[N_BUFFERS] = {E, E, QD, KVD, KVD, QD, E, F, F, V};
+    workspace_.reserve(options_.device, n_tokens, widths);
+}
+
+Logits F32LlamaModel::forward(std::span<const Token> ids, LogitsMode mode) {
+    check_token_ids(ids, config_.n_vocab);
+    if (ids.size() == 1 && !observer_) {
+        decode(ids[0], false);
+        return download_logits(ctx_, workspace_.buffer(LOGITS), 1, config_.n_vocab);
+    }
+    const size_t T = ids.size();
     const size_t p0 = cache_.reserve(slot_, T);    // positions p0 .. p0+T-1
     const size_t n_out = mode == LogitsMode::All ? T : 1;
-    const float eps = static_cast<float>(c.norm_eps);
+    reserve_workspace(T);
+    enqueue_forward(upload_ids(ctx_, ids, ids_), T, p0, nullptr, n_out);
+    cache_.commit(slot_, T);
+    return download_logits(ctx_, workspace_.buffer(LOGITS), n_out, config_.n_vocab);
+}
 
-    const size_t widths[N_BUFFERS] = {E, E, QD, QD, E, F, F, V};
-    workspace_.reserve(options_.device, T, widths);
+Token F32LlamaModel::forward_greedy(Token token) {
+    if (observer_) return argmax_of_last(forward(std::span<const Token>(&token, 1)));
+    check_token_ids(std::span<const Token>(&token, 1), config_.n_vocab);
+    decode(token, true);
+    return decode_step_.read_next_token(ctx_);
+}
+
+void F32LlamaModel::decode(Token token, bool greedy) {
+    const size_t position = cache_.reserve(slot_, 1);
+    reserve_workspace(1);
+    const bool graph = use_cuda_graph(options_);
+    decode_step_.run(ctx_, token, position, graph, workspace_.addresses(), [&] {
+        enqueue_forward(decode_step_.token(), 1, 0, decode_step_.position(), 1);
+        // A graph serves forward() and forward_greedy() alike: it always ends with the argmax.
+        if (graph || greedy) compute::argmax(ctx_, workspace_.buffer(LOGITS), config_.n_vocab, decode_step_.next_token());
+    });
+    cache_.commit(slot_, 1);
+}
+
+// Shapes: T new tokens, E = n_embd, H heads and Hkv KV heads of D dims, F = n_ff, V = n_vocab.
+// Reference: llama.cpp llm_build_llama; Touvron et al. 2023.
+void F32LlamaModel::enqueue_forward(const int32_t* ids, size_t T, size_t p0, const int32_t* device_position,
+                                    size_t n_out) {
+    const ModelConfig& c = config_;
+    const size_t E = c.n_embd, F = c.n_ff;
+    const size_t H = c.n_head, Hkv = c.n_head_kv, D = c.head_dim, QD = H * D, KVD = Hkv * D;
+    const float eps = static_cast<float>(c.norm_eps);
     float *x = workspace_.buffer(X), *xn = workspace_.buffer(XN), *q = workspace_.buffer(Q), *att = workspace_.buffer(ATT);
     float *out = workspace_.buffer(OUT), *gate = workspace_.buffer(GATE), *up = workspace_.buffer(UP);
     float* logits = workspace_.buffer(LOGITS);
 
-    compute::get_rows(ctx_, token_embd_, upload_ids(ctx_, ids, ids_), T, x);       // x: [T, E]
+    compute::get_rows(ctx_, token_embd_, ids, T, x);                                // x: [T, E]
     observe(ctx_, observer_, "inp_embd", -1, x, T * E);
     for (size_t il = 0; il < layers_.size(); ++il) {
         const Layer& L = layers_[il];
         float* keys = cache_.keys(il, slot_);                                       // [n_ctx, KVD]
         float* values = cache_.values(il, slot_);
-        float* k = keys + p0 * KVD;                                                 // [T, KVD]: this call's rows
-        float* v = values + p0 * KVD;
+        // This call's K and V rows: straight into the cache at p0, or (a decode step) beside it,
+        // copied to the device's position after RoPE.
+        float* k = device_position ? workspace_.buffer(KCUR) : keys + p0 * KVD;    // [T, KVD]
+        float* v = device_position ? workspace_.buffer(VCUR) : values + p0 * KVD;
 
         // Attention block: x += Wo attention(rope(Wq xn), rope(Wk xn), Wv xn), xn = rms_norm(x)
         compute::rms_norm(ctx_, x, L.attn_norm.data(), T, E, eps, xn);              // xn: [T, E]
         observe(ctx_, observer_, "attn_norm", il, xn, T * E);
         const compute::MatmulOutput qkv[] = {{L.wq, q}, {L.wk, k}, {L.wv, v}};
-        compute::matmul(ctx_, qkv, xn, T, activations_for(options_));               // q: [T, H, D]; k, v: [T, Hkv, D] into the cache
+        compute::matmul(ctx_, qkv, xn, T, activations_for(options_));               // q: [T, H, D]; k, v: [T, Hkv, D]
         add_bias(L.bq, T, q);
         add_bias(L.bk, T, k);
         add_bias(L.bv, T, v);
-        compute::rope(ctx_, q, T, QD, H, D, p0, rope_);
-        compute::rope(ctx_, k, T, KVD, Hkv, D, p0, rope_);
+        if (device_position) {
+            compute::rope_at(ctx_, q, H, D, device_position, rope_);
+            compute::rope_at(ctx_, k, Hkv, D, device_position, rope_);
+            compute::store_row(ctx_, k, KVD, keys, device_position);
+            compute::store_row(ctx_, v, KVD, values, device_position);
+        } else {
+            compute::rope(ctx_, q, T, QD, H, D, p0, rope_);
+            compute::rope(ctx_, k, T, KVD, Hkv, D, p0, rope_);
+        }
         observe(ctx_, observer_, "Qcur", il, q, T * QD);
         observe(ctx_, observer_, "Kcur", il, k, T * KVD);
         observe(ctx_, observer_, "Vcur", il, v, T * KVD);
-        compute::attention(ctx_, q, keys, values, T, p0, attention_shape_, att);    // att: [T, H, D]
+        if (device_position)
+            compute::attention_at(ctx_, q, keys, values, device_position, cache_.n_ctx(), attention_shape_, att);
+        else
+            compute::attention(ctx_, q, keys, values, T, p0, attention_shape_, att);  // att: [T, H, D]
         observe(ctx_, observer_, "kqv_out", il, att, T * QD);
         project(L.wo, L.bo, att, T, out);                                           // out: [T, E]
         observe(ctx_, observer_, "attn_out", il, out, T * E);
@@ -140,13 +189,11 @@ Logits F32LlamaModel::forward(std::span<const Token> ids, LogitsMode mode) {
         compute::add(ctx_, x, out, T * E);
         observe(ctx_, observer_, "l_out", il, x, T * E);
     }
-    cache_.commit(slot_, T);
 
     const float* last = x + (T - n_out) * E;                                        // the rows asked for
     compute::rms_norm(ctx_, last, output_norm_.data(), n_out, E, eps, xn);          // xn: [n_out, E]
     observe(ctx_, observer_, "result_norm", -1, xn, n_out * E);
     project(output_, {}, xn, n_out, logits);                                        // logits: [n_out, V]
-    return download_logits(ctx_, logits, n_out, V);
 }
 
 }  // namespace twinfer

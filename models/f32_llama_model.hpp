@@ -28,7 +28,12 @@ public:
     // Feeds ids after what the cache holds. Returns the logits of the last position, or
     // (LogitsMode::All) of each position fed. Throws ContextOverflow (cache unchanged) past
     // n_ctx(), std::out_of_range for an id outside the vocabulary, std::invalid_argument if empty.
+    // A single id (without an observer) goes through the decode step: on CUDA a graph replayed
+    // at every position (F32Options::cuda_graph), the same logits as without it.
     Logits forward(std::span<const Token> ids, LogitsMode mode = LogitsMode::Last);
+    // forward({token}) and the argmax of its logits (the lowest id on ties), computed where the
+    // model runs: on CUDA only the id comes back. Throws as forward.
+    Token forward_greedy(Token token);
     const ModelConfig& config() const { return config_; }
     size_t n_past() const { return cache_.length(slot_); }
     size_t n_ctx() const { return cache_.n_ctx(); }
@@ -48,6 +53,15 @@ private:
     F32LlamaModel(std::shared_ptr<const gguf::File> file, ModelConfig config, const F32Options& options);
     void project(const compute::WeightMatrix& w, const DeviceFloats& bias, const float* x, size_t n_tokens, float* y);
     void add_bias(const DeviceFloats& bias, size_t n_tokens, float* y);
+    void reserve_workspace(size_t n_tokens);
+    // Queues the pass of T tokens (ids in device memory) at positions p0.. up to the logits of the
+    // last n_out, in the LOGITS buffer. With device_position (device memory; T = 1), the position
+    // is read there and p0 is unused: nothing in the queued ops depends on the host's position,
+    // which lets a captured graph replay it.
+    void enqueue_forward(const int32_t* ids, size_t T, size_t p0, const int32_t* device_position, size_t n_out);
+    // One token through decode_step_: its logits in LOGITS, and with `greedy` their argmax in
+    // decode_step_.next_token().
+    void decode(Token token, bool greedy);
 
     std::shared_ptr<const gguf::File> file_;   // the mapping the weight matrices point into (CPU)
     ModelConfig config_;
@@ -65,6 +79,7 @@ private:
     F32Workspace workspace_;
     F32Observer observer_;
     compute::Buffer ids_;                                       // this call's token ids, on the device
+    F32DecodeStep decode_step_;
 };
 
 static_assert(GPTInference<F32LlamaModel>);

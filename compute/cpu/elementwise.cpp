@@ -1,5 +1,7 @@
 #include "compute/elementwise.hpp"
 
+#include <algorithm>
+
 #include "compute/cpu/kernels.hpp"
 #include "compute/cpu/thread_pool.hpp"
 
@@ -30,6 +32,10 @@ void swiglu(Context& ctx, const float* gate, const float* up, size_t n, float* o
 void gelu(Context& ctx, float* x, size_t n) {
     const Kernels& k = kernels(ctx.cpu_isa());
     ctx.pool().parallel_for(n, activation_chunk, [&](size_t begin, size_t end, int) { k.gelu(x + begin, end - begin); });
+}
+
+void argmax(Context&, const float* x, size_t n, int32_t* out) {
+    *out = static_cast<int32_t>(std::max_element(x, x + n) - x);   // the first of equal maxima
 }
 
 }  // namespace twinfer::compute::cpu

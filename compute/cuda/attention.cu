@@ -26,11 +26,43 @@ constexpr int max_pairs = max_rows * max_head_dim / threads;  // (row, dim) outp
 struct Layout {
     int n_tokens, first_position, n_head, group, heads_per_block, head_dim, kv_stride, chunk, n_splits;
     float scale;
+    // attention_at: the position in device memory; first_position, chunk and n_splits are then
+    // worked out in the kernels from it (split_plan), and split_cap is split_plan's bound.
+    const int32_t* position;
+    int split_cap;
 };
+
+struct SplitPlan {
+    int n_splits, chunk;
+};
+
+// How n_kv positions are shared among blocks along z: when `blocks` (the grid without splits)
+// would not fill the GPU twice over (split_cap = 2 * SMs / blocks), in chunks of whole tiles,
+// at least 4 tiles each. The host plans attention(); attention_at's kernels plan on the device
+// from the position they read, with the same arithmetic.
+__host__ __device__ inline SplitPlan split_plan(int n_kv, int split_cap) {
+    const int max_splits = (n_kv + 4 * kv_tile - 1) / (4 * kv_tile);
+    int n_splits = max_splits < split_cap ? max_splits : split_cap;
+    if (n_splits < 1) n_splits = 1;
+    const int chunk = ((n_kv + n_splits - 1) / n_splits + kv_tile - 1) / kv_tile * kv_tile;
+    return {(n_kv + chunk - 1) / chunk, chunk};
+}
+
+// The layout of attention_at's kernels once they read the position: that of attention() for one
+// token there.
+__device__ inline void resolve_position(Layout& L) {
+    if (!L.position) return;
+    L.first_position = *L.position;
+    const SplitPlan plan = split_plan(L.first_position + L.n_tokens, L.split_cap);
+    L.n_splits = plan.n_splits;
+    L.chunk = plan.chunk;
+}
 
 __global__ void __launch_bounds__(threads)
 attention_kernel(const float* __restrict__ q, const float* __restrict__ keys, const float* __restrict__ values,
                  Layout L, float* __restrict__ out, float* __restrict__ parts) {
+    resolve_position(L);
+    if (int(blockIdx.z) >= L.n_splits) return;   // attention_at: a split this position does not need
     extern __shared__ float shared[];
     const int hd = L.head_dim;
     const int rows = max_rows / L.heads_per_block * L.heads_per_block;
@@ -131,7 +163,14 @@ attention_kernel(const float* __restrict__ q, const float* __restrict__ keys, co
 }
 
 // One block per (token, head): out = sum_s e^(m_s - M) acc_s / sum_s e^(m_s - M) l_s.
-__global__ void merge_kernel(const float* __restrict__ parts, int n_splits, int hd, float* __restrict__ out) {
+// attention_at passes the position (one token): n_splits is then its plan's, and one split
+// means the attention kernel wrote `out` itself.
+__global__ void merge_kernel(const float* __restrict__ parts, int n_splits, const int32_t* position, int split_cap,
+                             int hd, float* __restrict__ out) {
+    if (position) {
+        n_splits = split_plan(*position + 1, split_cap).n_splits;
+        if (n_splits == 1) return;
+    }
     const float* row_parts = parts + size_t(blockIdx.x) * n_splits * (hd + 2);
     float m_max = -INFINITY;
     for (int s = 0; s < n_splits; ++s) m_max = fmaxf(m_max, row_parts[s * (hd + 2) + hd]);
@@ -154,10 +193,11 @@ int largest_divisor_at_most(int n, int limit) {
     return 1;
 }
 
-}  // namespace
-
-void attention(Context& ctx, const float* q, const float* keys, const float* values, size_t n_tokens,
-               size_t first_position, const AttentionShape& shape, float* out) {
+// A launch of attention() (position null) or attention_at() (position in device memory, one token,
+// the grid sized for the plan of max_positions: no plan for fewer positions has more splits).
+void launch_attention(Context& ctx, const float* q, const float* keys, const float* values, size_t n_tokens,
+                      size_t first_position, const int32_t* position, size_t max_positions, const AttentionShape& shape,
+                      float* out) {
     if (n_tokens == 0) return;
     if (shape.head_dim > max_head_dim || shape.n_head_kv == 0 || shape.n_head % shape.n_head_kv != 0)
         throw std::invalid_argument("CUDA attention: head_dim " + std::to_string(shape.head_dim) + " (at most " +
@@ -173,17 +213,22 @@ void attention(Context& ctx, const float* q, const float* keys, const float* val
     L.head_dim = int(shape.head_dim);
     L.kv_stride = int(shape.kv_stride);
     L.scale = shape.scale;
+    L.position = position;
     const int rows = max_rows / L.heads_per_block * L.heads_per_block;
     const int tokens_per_block = rows / L.heads_per_block;
     const dim3 grid_2d(unsigned((n_tokens + tokens_per_block - 1) / tokens_per_block),
                        unsigned(shape.n_head_kv * (L.group / L.heads_per_block)));
-    // Split the positions when the blocks would not fill the GPU twice over, in chunks of whole tiles.
-    const int n_kv = int(first_position + n_tokens);
     const int blocks = int(grid_2d.x * grid_2d.y);
-    const int max_splits = (n_kv + 4 * kv_tile - 1) / (4 * kv_tile);
-    L.n_splits = std::max(1, std::min(max_splits, 2 * device.n_sms / blocks));
-    L.chunk = ((n_kv + L.n_splits - 1) / L.n_splits + kv_tile - 1) / kv_tile * kv_tile;
-    L.n_splits = (n_kv + L.chunk - 1) / L.chunk;
+    L.split_cap = 2 * device.n_sms / blocks;
+    if (position) {
+        // The grid's z: split_plan's bound before rounding, for the most positions; the kernels
+        // plan again from the position they read (chunk too) and the extra blocks return.
+        L.n_splits = std::max(1, std::min((int(max_positions) + 4 * kv_tile - 1) / (4 * kv_tile), L.split_cap));
+    } else {
+        const SplitPlan plan = split_plan(int(first_position + n_tokens), L.split_cap);
+        L.n_splits = plan.n_splits;
+        L.chunk = plan.chunk;
+    }
 
     const size_t hd = shape.head_dim;
     const size_t shared = (rows * hd + kv_tile * (hd + 1) + rows * kv_tile + 3 * rows) * sizeof(float);
@@ -196,9 +241,32 @@ void attention(Context& ctx, const float* q, const float* keys, const float* val
     TWINFER_CUDA_CHECK_LAUNCH();
     if (L.n_splits > 1) {
         merge_kernel<<<unsigned(n_tokens * shape.n_head), std::min<unsigned>(unsigned(hd), 256), 0, device.stream>>>(
-            parts, L.n_splits, int(hd), out);
+            parts, L.n_splits, position, L.split_cap, int(hd), out);
         TWINFER_CUDA_CHECK_LAUNCH();
     }
+}
+
+__global__ void store_row_kernel(const float* x, size_t width, float* table, const int32_t* row) {
+    const size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i < width) table[size_t(*row) * width + i] = x[i];
+}
+
+}  // namespace
+
+void attention(Context& ctx, const float* q, const float* keys, const float* values, size_t n_tokens,
+               size_t first_position, const AttentionShape& shape, float* out) {
+    launch_attention(ctx, q, keys, values, n_tokens, first_position, nullptr, 0, shape, out);
+}
+
+void attention_at(Context& ctx, const float* q, const float* keys, const float* values, const int32_t* position,
+                  size_t max_positions, const AttentionShape& shape, float* out) {
+    launch_attention(ctx, q, keys, values, 1, 0, position, max_positions, shape, out);
+}
+
+void store_row(Context& ctx, const float* x, size_t width, float* table, const int32_t* row) {
+    if (width == 0) return;
+    store_row_kernel<<<blocks_for(width, 256), 256, 0, stream(ctx)>>>(x, width, table, row);
+    TWINFER_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace twinfer::compute::cuda

@@ -38,6 +38,7 @@ public:
     Scratch& operator=(const Scratch&) = delete;
     ~Scratch() { release(data_); }
     void* get(size_t bytes, cudaStream_t stream);
+    const void* address() const { return data_; }
 
 private:
     void* data_ = nullptr;

@@ -40,9 +40,18 @@ void layer_norm(Context& ctx, const float* x, const float* weight, const float* 
 
 void rope(Context& ctx, float* x, size_t n_tokens, size_t row_stride, size_t n_heads, size_t head_dim,
           size_t first_position, const RopeParams& params);
+// One token at the position in device memory (a decode step captured once, replayed anywhere).
+void rope_at(Context& ctx, float* x, size_t n_heads, size_t head_dim, const int32_t* position, const RopeParams& params);
 
 void attention(Context& ctx, const float* q, const float* keys, const float* values, size_t n_tokens,
                size_t first_position, const AttentionShape& shape, float* out);
+// One token at the position in device memory: the launch is sized for max_positions, and each
+// block works out its share of 0 ..= *position as attention() would have split it (same result,
+// bit for bit); the blocks beyond that split return at once.
+void attention_at(Context& ctx, const float* q, const float* keys, const float* values, const int32_t* position,
+                  size_t max_positions, const AttentionShape& shape, float* out);
+// table[*row, :] = x, row in device memory.
+void store_row(Context& ctx, const float* x, size_t width, float* table, const int32_t* row);
 
 void add(Context& ctx, float* x, const float* y, size_t n);
 void add_bias(Context& ctx, float* x, const float* bias, size_t n_rows, size_t n);

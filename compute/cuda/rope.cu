@@ -13,12 +13,14 @@
 namespace twinfer::compute::cuda {
 namespace {
 
+// device_position (device memory), when not null, replaces first_position.
 __global__ void rope_kernel(float* x, int n_tokens, size_t row_stride, int n_heads, int head_dim, size_t first_position,
-                            int n_rot, double freq_base, double position_scale, const float* freq_factors,
-                            bool adjacent) {
+                            const int32_t* device_position, int n_rot, double freq_base, double position_scale,
+                            const float* freq_factors, bool adjacent) {
     const int n_pairs = n_rot / 2;
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n_tokens * n_heads * n_pairs) return;
+    if (device_position) first_position = size_t(*device_position);
     const int t = i / (n_heads * n_pairs), h = i / n_pairs % n_heads, pair = i % n_pairs;
     double theta = double(first_position + t) * position_scale * pow(freq_base, -2.0 * pair / n_rot);
     if (freq_factors) theta /= freq_factors[pair];
@@ -35,19 +37,28 @@ __global__ void rope_kernel(float* x, int n_tokens, size_t row_stride, int n_hea
     head[b] = x0 * sf + x1 * cf;
 }
 
-}  // namespace
-
-void rope(Context& ctx, float* x, size_t n_tokens, size_t row_stride, size_t n_heads, size_t head_dim,
-          size_t first_position, const RopeParams& params) {
+void launch_rope(Context& ctx, float* x, size_t n_tokens, size_t row_stride, size_t n_heads, size_t head_dim,
+                 size_t first_position, const int32_t* device_position, const RopeParams& params) {
     if (params.n_rot % 2 != 0 || params.n_rot > head_dim)
         throw std::invalid_argument("rope: n_rot " + std::to_string(params.n_rot) + " must be even and at most head_dim " +
                                     std::to_string(head_dim));
     const size_t n = n_tokens * n_heads * (params.n_rot / 2);
     if (n == 0) return;
     rope_kernel<<<blocks_for(n, 128), 128, 0, stream(ctx)>>>(
-        x, int(n_tokens), row_stride, int(n_heads), int(head_dim), first_position, int(params.n_rot), params.freq_base,
-        params.position_scale, params.freq_factors, params.pairing == RopeParams::Pairing::Adjacent);
+        x, int(n_tokens), row_stride, int(n_heads), int(head_dim), first_position, device_position, int(params.n_rot),
+        params.freq_base, params.position_scale, params.freq_factors, params.pairing == RopeParams::Pairing::Adjacent);
     TWINFER_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+void rope(Context& ctx, float* x, size_t n_tokens, size_t row_stride, size_t n_heads, size_t head_dim,
+          size_t first_position, const RopeParams& params) {
+    launch_rope(ctx, x, n_tokens, row_stride, n_heads, head_dim, first_position, nullptr, params);
+}
+
+void rope_at(Context& ctx, float* x, size_t n_heads, size_t head_dim, const int32_t* position, const RopeParams& params) {
+    launch_rope(ctx, x, 1, n_heads * head_dim, n_heads, head_dim, 0, position, params);
 }
 
 }  // namespace twinfer::compute::cuda

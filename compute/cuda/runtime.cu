@@ -146,6 +146,12 @@ DeviceContext::~DeviceContext() {
 std::shared_ptr<DeviceContext> create_device_context() { return std::make_shared<DeviceContext>(); }
 void* stream_of(DeviceContext& device) { return device.stream; }
 
+std::vector<const void*> scratch_addresses(Context& ctx) {
+    const DeviceContext& device = device_of(ctx);
+    return {device.weights_half.address(), device.tokens_half.address(), device.attention_parts.address(),
+            device.activations_int8.address()};
+}
+
 DeviceContext& device_of(Context& ctx) {
     if (ctx.device() != Device::CUDA || !ctx.cuda_state)
         throw Error("a CUDA op was given a " + std::string(device_name(ctx.device())) + " context");
@@ -196,6 +202,13 @@ void Graph::end_capture(Context& ctx) {
     cudaGraphExec_t exec = nullptr;
     TWINFER_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
     exec_ = exec;
+}
+
+void Graph::cancel_capture(Context& ctx) noexcept {
+    if (!ctx.cuda_state) return;
+    cudaGraph_t partial = nullptr;
+    if (cudaStreamEndCapture(ctx.cuda_state->stream, &partial) == cudaSuccess && partial) cudaGraphDestroy(partial);
+    cudaGetLastError();  // an invalidated capture reports here; the stream is usable again either way
 }
 
 void Graph::replay(Context& ctx) {

@@ -7,6 +7,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace twinfer::compute {
 class Context;
@@ -45,6 +46,10 @@ void synchronize(Context& ctx);
 struct DeviceContext;
 std::shared_ptr<DeviceContext> create_device_context();
 void* stream_of(DeviceContext& device);
+// Where the context's scratch memory is now. A graph captured earlier bakes in the addresses it
+// saw; when these differ (a larger call grew a scratch region, freeing the old one) it must be
+// captured again.
+std::vector<const void*> scratch_addresses(Context& ctx);
 
 // A forward pass recorded and replayed with one launch: small models spend more time launching
 // kernels than running them. Capture records the ops `ctx` runs between begin and end (nothing
@@ -61,6 +66,9 @@ public:
 
     void begin_capture(Context& ctx);
     void end_capture(Context& ctx);
+    // Ends a capture that failed part-way (an op threw), dropping what it recorded, so that the
+    // stream runs ops again; the graph captured before, if any, is kept.
+    void cancel_capture(Context& ctx) noexcept;
     void replay(Context& ctx);
     bool captured() const { return exec_ != nullptr; }
 

@@ -1,9 +1,12 @@
 // The float32 models on the GPU against the same models on the CPU (the next link of the chain:
 // float64 reference -> CPU float32 -> CUDA): golden test models in float and block formats,
-// stories260K and SmolLM2; per-position logits and 128 greedy tokens. Skipped without a GPU or
-// without the CUDA backend in the build.
+// stories260K and SmolLM2; per-position logits and 128 greedy tokens; the decode step's CUDA graph
+// against the same step without it, and forward_greedy against forward. Skipped without a GPU or
+// without the CUDA backend in the build (the CPU forward_greedy check runs everywhere).
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <string>
 
@@ -134,6 +137,118 @@ TEST(F32CudaTest, SmolLM2MatchesCpu) {
     TWINFER_REQUIRE_GPU();
     TWINFER_REQUIRE_FILE(test::smollm2_path());
     check_real_model(test::smollm2_path(), {504, 3575, 282, 4649, 314, 7042, 30, 198});   // "The capital of France is Paris.\n"
+}
+
+// The decode step (a single token, F32DecodeStep) with a CUDA graph against the same step run op
+// by op. Its inputs live in fixed device memory and attention plans its splits on the device, so
+// a graph captured once must replay every position bit for bit: across the 128-position split
+// boundary (stories260K), and after a longer chunk moves the activation buffers (a recapture).
+struct DecodeCase {
+    const char* name;               // a golden model, or "stories260K"
+    GGMLType type = GGMLType::F32;  // golden models: the matrices' type
+    bool exact = true;
+    size_t prompt = 4, steps = 40, chunk = 8, after = 10;   // fits n_ctx (golden: 64, gpt2: 32)
+};
+
+std::shared_ptr<const gguf::File> decode_case_file(const DecodeCase& c) {
+    if (std::string(c.name) == "stories260K") return open(test::shared_testdata() / "models/stories260K.gguf");
+    return test::convert_gguf(test::golden_model(c.name), c.type, std::string(type_name(c.type)) + "_decode");
+}
+
+// Ids in [1, n_vocab) from a fixed recurrence (any ids do; these differ from step to step).
+std::vector<Token> some_tokens(size_t n, size_t n_vocab, size_t seed) {
+    std::vector<Token> ids(n);
+    for (size_t i = 0; i < n; ++i) ids[i] = static_cast<Token>(1 + (seed + 7919 * i) % (n_vocab - 1));
+    return ids;
+}
+
+// Every row of logits of: the prompt at once, `steps` single tokens (each the argmax of the last
+// row), a chunk at once, `after` single tokens.
+template <class Model>
+std::vector<std::vector<double>> decode_rows(Model& model, const DecodeCase& c) {
+    const size_t n_vocab = model.config().n_vocab;
+    std::vector<std::vector<double>> rows;
+    auto keep = [&](const Logits& logits) {
+        for (size_t p = 0; p < logits.n_positions; ++p) rows.emplace_back(logits.row(p).begin(), logits.row(p).end());
+        return test::argmax(logits.last());
+    };
+    Token next = keep(model.forward(some_tokens(c.prompt, n_vocab, 3), LogitsMode::All));
+    for (size_t i = 0; i < c.steps; ++i) next = keep(model.forward(std::span(&next, 1)));
+    next = keep(model.forward(some_tokens(c.chunk, n_vocab, 11), LogitsMode::All));
+    for (size_t i = 0; i < c.after; ++i) next = keep(model.forward(std::span(&next, 1)));
+    return rows;
+}
+
+// The greedy continuation of a prompt, by forward_greedy (greedy_on_device) or by forward and the
+// argmax of its logits on the host.
+template <class Model>
+std::vector<Token> greedy_ids(Model& model, const DecodeCase& c, bool greedy_on_device) {
+    const Logits prompt = model.forward(some_tokens(c.prompt, model.config().n_vocab, 3));
+    std::vector<Token> ids{test::argmax(prompt.last())};
+    for (size_t i = 0; i < c.steps; ++i) {
+        const Token t = ids.back();
+        ids.push_back(greedy_on_device ? model.forward_greedy(t) : test::argmax(model.forward(std::span(&t, 1)).last()));
+    }
+    return ids;
+}
+
+template <class Model>
+void check_graph_matches_direct(const DecodeCase& c) {
+    const auto file = decode_case_file(c);
+    F32Options with_graph = on(compute::Device::CUDA, c.exact), direct = with_graph;
+    direct.cuda_graph = false;
+    Model graph_model = Model::load(file, with_graph);
+    Model direct_model = Model::load(file, direct);
+    const auto replayed = decode_rows(graph_model, c);
+    const auto expected = decode_rows(direct_model, c);
+    ASSERT_EQ(replayed.size(), expected.size());
+    for (size_t p = 0; p < expected.size(); ++p) {
+        if (replayed[p] == expected[p]) continue;
+        double diff = 0;
+        for (size_t i = 0; i < expected[p].size(); ++i) diff = std::max(diff, std::abs(replayed[p][i] - expected[p][i]));
+        ADD_FAILURE() << c.name << ": position " << p << " differs with the graph (max |diff| " << diff << ")";
+        break;
+    }
+}
+
+template <class Model>
+void check_greedy_matches_forward(const DecodeCase& c, compute::Device device) {
+    const auto file = decode_case_file(c);
+    F32Options options = on(device, c.exact), direct = options;
+    direct.cuda_graph = false;
+    Model greedy_model = Model::load(file, options);
+    Model forward_model = Model::load(file, direct);
+    EXPECT_EQ(greedy_ids(greedy_model, c, true), greedy_ids(forward_model, c, false)) << c.name;
+}
+
+const DecodeCase kStories{.name = "stories260K", .prompt = 100, .steps = 64, .chunk = 120, .after = 16};
+const DecodeCase kGoldenLlamaInt8{.name = "llama_gqa_tied", .type = GGMLType::Q4_1, .exact = false};
+const DecodeCase kGoldenGpt2{.name = "gpt2", .type = GGMLType::Q8_0, .exact = false, .prompt = 3, .steps = 16,
+                             .chunk = 4, .after = 8};
+
+TEST(F32CudaTest, GraphReplayMatchesDirectSteps) {
+    TWINFER_REQUIRE_GPU();
+    check_graph_matches_direct<F32LlamaModel>(kGoldenLlamaInt8);
+    check_graph_matches_direct<F32LlamaModel>({.name = "llama3_rope", .type = GGMLType::F32});
+    check_graph_matches_direct<F32GPTModel>(kGoldenGpt2);
+    TWINFER_REQUIRE_FILE(test::shared_testdata() / "models/stories260K.gguf");
+    check_graph_matches_direct<F32LlamaModel>(kStories);
+}
+
+TEST(F32CudaTest, ForwardGreedyIsArgmaxOfForward) {
+    TWINFER_REQUIRE_GPU();
+    check_greedy_matches_forward<F32LlamaModel>(kGoldenLlamaInt8, compute::Device::CUDA);
+    check_greedy_matches_forward<F32GPTModel>(kGoldenGpt2, compute::Device::CUDA);
+    TWINFER_REQUIRE_FILE(test::shared_testdata() / "models/stories260K.gguf");
+    check_greedy_matches_forward<F32LlamaModel>(kStories, compute::Device::CUDA);
+}
+
+// The same on the CPU, where forward_greedy is the decode step and a host argmax.
+TEST(F32DecodeStepTest, ForwardGreedyIsArgmaxOfForwardOnCpu) {
+    check_greedy_matches_forward<F32LlamaModel>(kGoldenLlamaInt8, compute::Device::CPU);
+    check_greedy_matches_forward<F32GPTModel>(kGoldenGpt2, compute::Device::CPU);
+    TWINFER_REQUIRE_FILE(test::shared_testdata() / "models/stories260K.gguf");
+    check_greedy_matches_forward<F32LlamaModel>(kStories, compute::Device::CPU);
 }
 
 TEST(F32CudaTest, TooLargeKvCacheSaysHowMuchMemory) {
