@@ -101,7 +101,7 @@ ModelBackend make_backend(std::shared_ptr<const gguf::File> file, const BackendO
     throw std::runtime_error("no float32 model for architecture " + config.architecture_name);
 }
 
-std::string backend_description(const ModelBackend& backend, const BackendOptions& options) {
+std::string backend_description(const ModelBackend& backend) {
     return std::visit(
         [&](const auto& model) -> std::string {
             using M = std::decay_t<decltype(model)>;

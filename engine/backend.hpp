@@ -46,6 +46,6 @@ struct BackendOptions {
 bool cuda_device_available();
 
 ModelBackend make_backend(std::shared_ptr<const gguf::File> file, const BackendOptions& options);
-std::string backend_description(const ModelBackend& backend, const BackendOptions& options);
+std::string backend_description(const ModelBackend& backend);
 
 }  // namespace twinfer

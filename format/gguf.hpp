@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "format/ggml_type.hpp"
+#include "format/mapped_file.hpp"
 
 namespace twinfer::gguf {
 
@@ -111,8 +112,7 @@ public:
 
 private:
     File() = default;
-    struct Mapping;
-    std::unique_ptr<Mapping> mapping_;
+    std::unique_ptr<MappedFile> mapping_;
     std::span<const std::byte> bytes_;
     std::string origin_;
     uint32_t version_ = 0;

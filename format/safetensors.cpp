@@ -1,10 +1,5 @@
 #include "format/safetensors.hpp"
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <bit>
 #include <cerrno>
@@ -45,47 +40,21 @@ uint64_t checked_multiply(uint64_t a, uint64_t b, const std::string& origin, con
 
 }  // namespace
 
-struct File::Mapping {
-    void* address = nullptr;
-    size_t length = 0;
-    ~Mapping() {
-        if (address && address != MAP_FAILED) ::munmap(address, length);
-    }
-};
-
 File::File(File&&) noexcept = default;
 File& File::operator=(File&&) noexcept = default;
 File::~File() = default;
 
 File File::open(const std::filesystem::path& path) {
-    const std::string origin = path.string();
-    std::error_code ec;
-    if (std::filesystem::is_directory(path, ec)) fail(origin, "is a directory, not a safetensors file");
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) throw std::system_error(errno, std::generic_category(), "cannot open " + origin);
-    struct stat st {};
-    if (::fstat(fd, &st) != 0) {
-        const int err = errno;
-        ::close(fd);
-        throw std::system_error(err, std::generic_category(), "cannot stat " + origin);
-    }
-    if (!S_ISREG(st.st_mode)) {
-        ::close(fd);
-        fail(origin, "not a regular file");
-    }
     File file;
-    file.mapping_ = std::make_unique<Mapping>();
-    file.mapping_->length = static_cast<size_t>(st.st_size);
-    if (st.st_size > 0) {
-        file.mapping_->address = ::mmap(nullptr, file.mapping_->length, PROT_READ, MAP_PRIVATE, fd, 0);
-        const int err = errno;
-        ::close(fd);
-        if (file.mapping_->address == MAP_FAILED) throw std::system_error(err, std::generic_category(), "cannot map " + origin);
-    } else {
-        ::close(fd);
+    try {
+        file.mapping_ = std::make_unique<MappedFile>(path, "safetensors");
+    } catch (const std::system_error&) {
+        throw;
+    } catch (const std::runtime_error& e) {
+        throw FormatError(e.what());
     }
-    file.bytes_ = {static_cast<const std::byte*>(file.mapping_->address), file.mapping_->length};
-    file.origin_ = origin;
+    file.bytes_ = file.mapping_->bytes();
+    file.origin_ = path.string();
     file.parse_all();
     return file;
 }

@@ -18,6 +18,8 @@
 #include <string_view>
 #include <vector>
 
+#include "format/mapped_file.hpp"
+
 namespace twinfer::safetensors {
 
 // Every problem with a file: names the file, the tensor if there is one, and what is wrong.
@@ -58,8 +60,7 @@ public:
 
 private:
     File() = default;
-    struct Mapping;
-    std::unique_ptr<Mapping> mapping_;
+    std::unique_ptr<MappedFile> mapping_;
     std::span<const std::byte> bytes_;
     std::string origin_;
     std::map<std::string, std::string> metadata_;
