@@ -2,6 +2,8 @@
 // Causal multi-head attention of new tokens over a KV cache.
 #include <algorithm>
 #include <cstddef>
+#include <stdexcept>
+#include <string>
 #include <cstdint>
 
 #include "compute/context.hpp"
@@ -42,7 +44,12 @@ inline void attention(Context& ctx, const float* q, const float* keys, const flo
 // the CUDA launch is sized for it.
 inline void attention_at(Context& ctx, const float* q, const float* keys, const float* values, const int32_t* position,
                          size_t max_positions, const AttentionShape& shape, float* out) {
-    if (ctx.device() == Device::CPU) return cpu::attention(ctx, q, keys, values, 1, size_t(*position), shape, out);
+    if (ctx.device() == Device::CPU) {
+        if (*position < 0 || size_t(*position) >= max_positions)
+            throw std::out_of_range("attention_at: position " + std::to_string(*position) + " outside the cache's " +
+                                    std::to_string(max_positions));
+        return cpu::attention(ctx, q, keys, values, 1, size_t(*position), shape, out);
+    }
 #ifdef TWINFER_WITH_CUDA
     if (ctx.device() == Device::CUDA) return cuda::attention_at(ctx, q, keys, values, position, max_positions, shape, out);
 #endif
