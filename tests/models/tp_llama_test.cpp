@@ -34,9 +34,15 @@ using test::greedy;
 //   added by the all-reduce: float32 rounding in another order, up to 1.3e-6 measured. 1e-5.
 // - with int8 activations the column shards quantize the same 32-value blocks (cuts fall on
 //   block boundaries), so the same bound holds.
-// - TP=2 against TP=1 on GPUs: the brief's 1e-3 (cuBLAS float16 prompt products on both sides).
+// - TP=2 against TP=1 on GPUs, both fed alike: the brief's 1e-3 (cuBLAS float16 prompt products
+//   on both sides), for float activations and for prompts.
+// - TP=2 against TP=1 on GPUs, decoding with int8 activations: an activation that differs by
+//   float rounding (the split's order of additions) can land on the other side of a rounding
+//   boundary and move by a whole step, and the KV cache carries such flips on: the int8 budget of
+//   CUDA against the CPU (f32_cuda_test.cpp), 3e-2.
 constexpr double kSplitTolerance = 1e-5;
 constexpr double kGpuSplitTolerance = 1e-3;
+constexpr double kGpuInt8SplitTolerance = 3e-2;
 
 // ---------------------------------------------------------------------------------------------
 // Sharding arithmetic
@@ -456,12 +462,26 @@ TEST(TensorParallelNccl, TwoGpusMatchOneGpu) {
     if (gpu_count() < 2) GTEST_SKIP() << "needs 2 GPUs, " << gpu_count() << " present";
     const LlamaShape shape{"tp_nccl", 512, 8, 4, 1024, 4, 1000, GGMLType::Q8_0};
     const auto file = write_random_llama(shape, test::scratch_dir() / "tp_nccl.gguf");
-    const F32Options options{.n_ctx = 128, .device = compute::Device::CUDA};
+    // Float activations, and both models fed alike (a 16-token prompt, then one token at a time),
+    // so that both run the same kinds of products and only the split's order of additions
+    // differs. compare_logits would feed TP=1 all 24 tokens as one prompt (float16 cuBLAS
+    // products) against TP=2's decoding steps (matrix-vector products), and int8 activations
+    // turn rounding differences into whole quantization steps that compound through the KV cache:
+    // either one alone is ~1e-2 (f32_cuda_test.cpp), which says nothing about the split.
+    const F32Options options{.n_ctx = 128, .device = compute::Device::CUDA, .exact_activations = true};
     const std::vector<Token> tokens = random_tokens(24, shape.n_vocab, 11);
     TensorParallelLlamaModel one = TensorParallelLlamaModel::load(file, 1, options);
     TensorParallelLlamaModel two = TensorParallelLlamaModel::load(file, 2, options);
-    const double worst = compare_logits(two, one, tokens, 16, kGpuSplitTolerance);
-    std::printf("TP=2 against TP=1 on GPUs: max relative error %.2e\n", worst);
+    const auto expected = prompt_then_steps(one, tokens, 16);
+    const auto rows = prompt_then_steps(two, tokens, 16);
+    double worst = 0;
+    for (size_t p = 0; p < tokens.size(); ++p) {
+        const double error = test::relative_error(rows[p], expected[p]);
+        worst = std::max(worst, error);
+        EXPECT_LE(error, kGpuSplitTolerance) << "position " << p;
+        EXPECT_EQ(test::argmax(rows[p]), test::argmax(expected[p])) << "position " << p;
+    }
+    std::printf("TP=2 against TP=1 on GPUs, float activations: max relative error %.2e\n", worst);
 }
 
 // Decode (tg128 after a 32-token prompt) and prompt (pp512) speed of Llama-2-7B and -13B shapes,
@@ -514,7 +534,9 @@ TEST(TpBench, DISABLED_LlamaShapesOverOneAndTwoGpus) {
                 for (size_t i = 0; i < steps.size(); ++i) {
                     const double error = test::relative_error(steps[i].last(), reference[i].last());
                     worst = std::max(worst, error);
-                    EXPECT_LE(error, kGpuSplitTolerance) << c.shape.name << " TP=" << n << " step " << i;
+                    // Step 0 is the prompt (float16 cuBLAS products, no int8); the rest decode.
+                    EXPECT_LE(error, i == 0 ? kGpuSplitTolerance : kGpuInt8SplitTolerance)
+                        << c.shape.name << " TP=" << n << " step " << i;
                 }
 
             model.clear_cache();
