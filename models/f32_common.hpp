@@ -1,22 +1,27 @@
 #pragma once
-// What F32LlamaModel and F32GPTModel share: their options, weight lookup with shape checks, and
-// the activation buffers of a forward pass.
+// What F32LlamaModel and F32GPTModel share: their options, weight lookup with shape checks, the
+// activation buffers of a forward pass, and F32ModelBase (the calls around the forward pass).
 #include <cstddef>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "compute/buffer.hpp"
 #include "compute/context.hpp"
+#include "compute/elementwise.hpp"
 #include "compute/matmul.hpp"
 #ifdef TWINFER_WITH_CUDA
 #include "compute/cuda/runtime.hpp"
 #endif
 #include "format/gguf.hpp"
 #include "models/inference.hpp"
+#include "models/kv_cache.hpp"
+#include "models/model_config.hpp"
 
 namespace twinfer {
 
@@ -143,5 +148,100 @@ Logits download_logits(compute::Context& ctx, const float* values, size_t n_posi
 
 compute::Activations activations_for(const F32Options& options);
 size_t context_length(const F32Options& options, size_t n_ctx_train);
+
+// The GPTInference interface of an F32 model around its forward pass: the choice between a
+// prompt and a decode step, the decode step (a CUDA graph) with its argmax, and the state they
+// use. Derived (CRTP, a friend) supplies its weights, loading, and these:
+//   void reserve_workspace(size_t n_tokens);   // its buffers' widths
+//   void enqueue_forward(const int32_t* ids, size_t T, size_t p0, const int32_t* device_position, size_t n_out);
+//                                              // the forward pass, up to the logits in its logits buffer
+// A model whose pass takes more inputs than the token ids (GPT-2's learned positions) declares
+// its own enqueue_prompt and enqueue_decode_step, which hide the ones here.
+template <class Derived>
+class F32ModelBase {
+public:
+    // Feeds ids after what the cache holds. Returns the logits of the last position, or
+    // (LogitsMode::All) of each position fed. Throws ContextOverflow (cache unchanged) past
+    // n_ctx(), std::out_of_range for an id outside the vocabulary, std::invalid_argument if empty.
+    // A single id (without an observer) goes through the decode step: on CUDA a graph replayed
+    // at every position (F32Options::cuda_graph), the same logits as without it.
+    Logits forward(std::span<const Token> ids, LogitsMode mode = LogitsMode::Last) {
+        check_token_ids(ids, config_.n_vocab);
+        if (ids.size() == 1 && !observer_) {
+            decode(ids[0], false);
+            return download_logits(ctx_, workspace_.buffer(logits_buffer_), 1, config_.n_vocab);
+        }
+        const size_t T = ids.size();
+        const size_t p0 = cache_.reserve(slot_, T);    // positions p0 .. p0+T-1
+        const size_t n_out = mode == LogitsMode::All ? T : 1;
+        derived().reserve_workspace(T);
+        derived().enqueue_prompt(ids, p0, n_out);
+        cache_.commit(slot_, T);
+        return download_logits(ctx_, workspace_.buffer(logits_buffer_), n_out, config_.n_vocab);
+    }
+    // forward({token}) and the argmax of its logits (the lowest id on ties), computed where the
+    // model runs: on CUDA only the id comes back. Throws as forward.
+    Token forward_greedy(Token token) {
+        if (observer_) return argmax_of_last(forward(std::span<const Token>(&token, 1)));
+        check_token_ids(std::span<const Token>(&token, 1), config_.n_vocab);
+        decode(token, true);
+        return decode_step_.read_next_token(ctx_);
+    }
+    const ModelConfig& config() const { return config_; }
+    size_t n_past() const { return cache_.length(slot_); }
+    size_t n_ctx() const { return cache_.n_ctx(); }
+    void clear_cache() { cache_.clear(slot_); }
+
+    const F32Options& options() const { return options_; }
+    void set_observer(F32Observer observer) { observer_ = std::move(observer); }
+
+protected:
+    // logits_buffer: the workspace buffer Derived's enqueue_forward leaves the logits in.
+    F32ModelBase(std::shared_ptr<const gguf::File> file, ModelConfig config, const F32Options& options,
+                 size_t logits_buffer)
+        : file_(std::move(file)), config_(std::move(config)), options_(options),
+          ctx_({.device = options.device, .n_threads = options.n_threads, .cpu_isa = std::nullopt}),
+          cache_(options.device, config_.n_layer, 1, context_length(options, config_.n_ctx_train), config_.n_embd_kv()),
+          logits_buffer_(logits_buffer) {}
+
+    // The pass of a prompt's T tokens at positions p0.. (cache reserved, workspace sized).
+    void enqueue_prompt(std::span<const Token> ids, size_t p0, size_t n_out) {
+        derived().enqueue_forward(upload_ids(ctx_, ids, ids_), ids.size(), p0, nullptr, n_out);
+    }
+    // The pass of decode_step_'s token at its position, both in device memory.
+    void enqueue_decode_step() { derived().enqueue_forward(decode_step_.token(), 1, 0, decode_step_.position(), 1); }
+
+    std::shared_ptr<const gguf::File> file_;   // the mapping the weight matrices point into (CPU)
+    ModelConfig config_;
+    F32Options options_;
+    compute::Context ctx_;
+    std::vector<compute::Buffer> device_weights_;   // the matrices' copies on another device
+    KvCache cache_;
+    size_t slot_ = 0;
+    F32Workspace workspace_;
+    F32Observer observer_;
+    compute::Buffer ids_;                           // this call's token ids, on the device
+    F32DecodeStep decode_step_;
+
+private:
+    Derived& derived() { return static_cast<Derived&>(*this); }
+
+    // One token through decode_step_: its logits in the logits buffer, and with `greedy` their
+    // argmax in decode_step_.next_token().
+    void decode(Token token, bool greedy) {
+        const size_t position = cache_.reserve(slot_, 1);
+        derived().reserve_workspace(1);
+        const bool graph = use_cuda_graph(options_);
+        decode_step_.run(ctx_, token, position, graph, workspace_.addresses(), [&] {
+            derived().enqueue_decode_step();
+            // A graph serves forward() and forward_greedy() alike: it always ends with the argmax.
+            if (graph || greedy)
+                compute::argmax(ctx_, workspace_.buffer(logits_buffer_), config_.n_vocab, decode_step_.next_token());
+        });
+        cache_.commit(slot_, 1);
+    }
+
+    size_t logits_buffer_;
+};
 
 }  // namespace twinfer

@@ -17,22 +17,11 @@
 
 namespace twinfer {
 
-class F32GPTModel {
+class F32GPTModel : public F32ModelBase<F32GPTModel> {
 public:
     // Throws std::runtime_error naming a missing or misshapen tensor, or one whose type has no
     // kernel, and for an n_ctx beyond the position embeddings the file has.
     static F32GPTModel load(std::shared_ptr<const gguf::File> file, const F32Options& options = {});
-
-    // As F32LlamaModel::forward and forward_greedy.
-    Logits forward(std::span<const Token> ids, LogitsMode mode = LogitsMode::Last);
-    Token forward_greedy(Token token);
-    const ModelConfig& config() const { return config_; }
-    size_t n_past() const { return cache_.length(slot_); }
-    size_t n_ctx() const { return cache_.n_ctx(); }
-    void clear_cache() { cache_.clear(slot_); }
-
-    const F32Options& options() const { return options_; }
-    void set_observer(F32Observer observer) { observer_ = std::move(observer); }
 
 private:
     struct Layer {
@@ -46,30 +35,25 @@ private:
         DeviceFloats b_up, b_down;                                // [F], [E]
     };
 
+    friend class F32ModelBase<F32GPTModel>;
+
     F32GPTModel(std::shared_ptr<const gguf::File> file, ModelConfig config, const F32Options& options);
     void project(const compute::WeightMatrix& w, const DeviceFloats& bias, const float* x, size_t n_tokens, float* y);
     void reserve_workspace(size_t n_tokens);
+    // F32ModelBase's hooks, with the positions enqueue_forward reads: p0.. uploaded for a prompt,
+    // the decode step's own device position for a step.
+    void enqueue_prompt(std::span<const Token> ids, size_t p0, size_t n_out);
+    void enqueue_decode_step();
     // As F32LlamaModel's; positions: the T positions' ids into position_embd_, in device memory.
     void enqueue_forward(const int32_t* ids, const int32_t* positions, size_t T, size_t p0,
                          const int32_t* device_position, size_t n_out);
-    void decode(Token token, bool greedy);
 
-    std::shared_ptr<const gguf::File> file_;   // the mapping the weight matrices point into (CPU)
-    ModelConfig config_;
-    F32Options options_;
-    compute::Context ctx_;
-    std::vector<compute::Buffer> device_weights_;                 // the matrices' copies on another device
     compute::WeightMatrix token_embd_, position_embd_, output_;   // [V, E], [n_ctx_train, E], [V, E] (tied: token_embd_)
     std::vector<Layer> layers_;
     DeviceFloats output_norm_, output_norm_bias_;                 // [E]
     compute::AttentionShape attention_shape_;
-    KvCache cache_;
-    size_t slot_ = 0;
     std::vector<int32_t> positions_;
-    F32Workspace workspace_;
-    F32Observer observer_;
-    compute::Buffer ids_, positions_on_device_;                   // this call's token ids and positions, on the device
-    F32DecodeStep decode_step_;
+    compute::Buffer positions_on_device_;                         // this call's positions, on the device
 };
 
 static_assert(GPTInference<F32GPTModel>);

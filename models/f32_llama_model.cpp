@@ -17,9 +17,7 @@ enum Buffer { X, XN, Q, KCUR, VCUR, ATT, OUT, GATE, UP, LOGITS, N_BUFFERS };
 }  // namespace
 
 F32LlamaModel::F32LlamaModel(std::shared_ptr<const gguf::File> file, ModelConfig config, const F32Options& options)
-    : file_(std::move(file)), config_(std::move(config)), options_(options),
-      ctx_({.device = options.device, .n_threads = options.n_threads, .cpu_isa = std::nullopt}),
-      cache_(options.device, config_.n_layer, 1, context_length(options, config_.n_ctx_train), config_.n_embd_kv()) {}
+    : F32ModelBase(std::move(file), std::move(config), options, LOGITS) {}
 
 F32LlamaModel F32LlamaModel::load(std::shared_ptr<const gguf::File> file, const F32Options& options) {
     if (!file) throw std::invalid_argument("F32LlamaModel::load: no file");
@@ -89,40 +87,6 @@ void F32LlamaModel::reserve_workspace(size_t n_tokens) {
     const size_t E = c.n_embd, F = c.n_ff, V = c.n_vocab, QD = c.n_head * c.head_dim, KVD = c.n_embd_kv();
     const size_t widths[N_BUFFERS] = {E, E, QD, KVD, KVD, QD, E, F, F, V};
     workspace_.reserve(options_.device, n_tokens, widths);
-}
-
-Logits F32LlamaModel::forward(std::span<const Token> ids, LogitsMode mode) {
-    check_token_ids(ids, config_.n_vocab);
-    if (ids.size() == 1 && !observer_) {
-        decode(ids[0], false);
-        return download_logits(ctx_, workspace_.buffer(LOGITS), 1, config_.n_vocab);
-    }
-    const size_t T = ids.size();
-    const size_t p0 = cache_.reserve(slot_, T);    // positions p0 .. p0+T-1
-    const size_t n_out = mode == LogitsMode::All ? T : 1;
-    reserve_workspace(T);
-    enqueue_forward(upload_ids(ctx_, ids, ids_), T, p0, nullptr, n_out);
-    cache_.commit(slot_, T);
-    return download_logits(ctx_, workspace_.buffer(LOGITS), n_out, config_.n_vocab);
-}
-
-Token F32LlamaModel::forward_greedy(Token token) {
-    if (observer_) return argmax_of_last(forward(std::span<const Token>(&token, 1)));
-    check_token_ids(std::span<const Token>(&token, 1), config_.n_vocab);
-    decode(token, true);
-    return decode_step_.read_next_token(ctx_);
-}
-
-void F32LlamaModel::decode(Token token, bool greedy) {
-    const size_t position = cache_.reserve(slot_, 1);
-    reserve_workspace(1);
-    const bool graph = use_cuda_graph(options_);
-    decode_step_.run(ctx_, token, position, graph, workspace_.addresses(), [&] {
-        enqueue_forward(decode_step_.token(), 1, 0, decode_step_.position(), 1);
-        // A graph serves forward() and forward_greedy() alike: it always ends with the argmax.
-        if (graph || greedy) compute::argmax(ctx_, workspace_.buffer(LOGITS), config_.n_vocab, decode_step_.next_token());
-    });
-    cache_.commit(slot_, 1);
 }
 
 // Shapes: T new tokens, E = n_embd, H heads and Hkv KV heads of D dims, F = n_ff, V = n_vocab.

@@ -19,28 +19,11 @@
 
 namespace twinfer {
 
-class F32LlamaModel {
+class F32LlamaModel : public F32ModelBase<F32LlamaModel> {
 public:
     // Throws std::runtime_error naming a missing or misshapen tensor, or one whose type has no
     // kernel; the file must be a Llama-family GGUF.
     static F32LlamaModel load(std::shared_ptr<const gguf::File> file, const F32Options& options = {});
-
-    // Feeds ids after what the cache holds. Returns the logits of the last position, or
-    // (LogitsMode::All) of each position fed. Throws ContextOverflow (cache unchanged) past
-    // n_ctx(), std::out_of_range for an id outside the vocabulary, std::invalid_argument if empty.
-    // A single id (without an observer) goes through the decode step: on CUDA a graph replayed
-    // at every position (F32Options::cuda_graph), the same logits as without it.
-    Logits forward(std::span<const Token> ids, LogitsMode mode = LogitsMode::Last);
-    // forward({token}) and the argmax of its logits (the lowest id on ties), computed where the
-    // model runs: on CUDA only the id comes back. Throws as forward.
-    Token forward_greedy(Token token);
-    const ModelConfig& config() const { return config_; }
-    size_t n_past() const { return cache_.length(slot_); }
-    size_t n_ctx() const { return cache_.n_ctx(); }
-    void clear_cache() { cache_.clear(slot_); }
-
-    const F32Options& options() const { return options_; }
-    void set_observer(F32Observer observer) { observer_ = std::move(observer); }
 
 private:
     struct Layer {
@@ -49,6 +32,8 @@ private:
         DeviceFloats bq, bk, bv, bo;                              // optional biases (Qwen-style files)
         compute::WeightMatrix w_gate, w_up, w_down;               // [F, E], [F, E], [E, F]
     };
+
+    friend class F32ModelBase<F32LlamaModel>;
 
     F32LlamaModel(std::shared_ptr<const gguf::File> file, ModelConfig config, const F32Options& options);
     void project(const compute::WeightMatrix& w, const DeviceFloats& bias, const float* x, size_t n_tokens, float* y);
@@ -59,27 +44,13 @@ private:
     // is read there and p0 is unused: nothing in the queued ops depends on the host's position,
     // which lets a captured graph replay it.
     void enqueue_forward(const int32_t* ids, size_t T, size_t p0, const int32_t* device_position, size_t n_out);
-    // One token through decode_step_: its logits in LOGITS, and with `greedy` their argmax in
-    // decode_step_.next_token().
-    void decode(Token token, bool greedy);
 
-    std::shared_ptr<const gguf::File> file_;   // the mapping the weight matrices point into (CPU)
-    ModelConfig config_;
-    F32Options options_;
-    compute::Context ctx_;
-    std::vector<compute::Buffer> device_weights_;               // the matrices' copies on another device
     compute::WeightMatrix token_embd_, output_;                 // [V, E]; output_ is token_embd_ when tied
     std::vector<Layer> layers_;
     DeviceFloats output_norm_;                                  // [E]
     DeviceFloats rope_freq_factors_;                            // [n_rot/2] rope_freqs.weight, or empty
     compute::RopeParams rope_;
     compute::AttentionShape attention_shape_;
-    KvCache cache_;
-    size_t slot_ = 0;
-    F32Workspace workspace_;
-    F32Observer observer_;
-    compute::Buffer ids_;                                       // this call's token ids, on the device
-    F32DecodeStep decode_step_;
 };
 
 static_assert(GPTInference<F32LlamaModel>);
