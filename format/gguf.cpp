@@ -166,13 +166,7 @@ File::~File() = default;
 
 File File::open(const std::filesystem::path& path) {
     File file;
-    try {
-        file.mapping_ = std::make_unique<MappedFile>(path, "GGUF");
-    } catch (const std::system_error&) {
-        throw;
-    } catch (const std::runtime_error& e) {
-        throw FormatError(e.what());
-    }
+    file.mapping_ = map_file<FormatError>(path, "GGUF");
     file.bytes_ = file.mapping_->bytes();
     file.origin_ = path.string();
     file.parse_all();

@@ -3,7 +3,10 @@
 // readers parse their files in place through it, so loading copies nothing.
 #include <cstddef>
 #include <filesystem>
+#include <memory>
 #include <span>
+#include <stdexcept>
+#include <system_error>
 
 namespace twinfer {
 
@@ -24,5 +27,18 @@ private:
     void* address_ = nullptr;
     size_t length_ = 0;
 };
+
+// Maps `path` for a reader whose errors are of type FormatError: I/O failures stay
+// std::system_error, "not a file" becomes the reader's own error.
+template <class FormatError>
+std::unique_ptr<MappedFile> map_file(const std::filesystem::path& path, const char* kind) {
+    try {
+        return std::make_unique<MappedFile>(path, kind);
+    } catch (const std::system_error&) {
+        throw;
+    } catch (const std::runtime_error& e) {
+        throw FormatError(e.what());
+    }
+}
 
 }  // namespace twinfer
