@@ -9,22 +9,13 @@
 # fetch their Debian packages here, into a git-ignored folder that the call carries:
 #   mkdir -p .deps/debs && (cd .deps/debs && apt-get download libpcre2-dev libpcre2-8-0 \
 #     nlohmann-json3-dev libopenblas-dev libopenblas0-pthread libopenblas-pthread-dev libgfortran5 libgtest-dev \
-#     libreadline-dev libreadline8 libncurses-dev libtinfo6 libncursesw6 libtomlplusplus-dev libtomlplusplus3)
-# and this script unpacks them under /tmp/deps (never into /).
+#     libreadline-dev libreadline8 libncurses-dev libtinfo6 libncursesw6 libtomlplusplus-dev libtomlplusplus3 libcli11-dev)
+# and tools/gpu/deps.sh unpacks them under /tmp/deps (never into /).
 set -uo pipefail
 build=${1:-build-gpu}
 model=${2:-}
 log=${OUT:-/tmp}
-deps=()
-if [ -d .deps/debs ]; then
-    root=/tmp/deps
-    for f in .deps/debs/*.deb; do dpkg -x "$f" "$root"; done
-    lib=$root/usr/lib/x86_64-linux-gnu
-    export PKG_CONFIG_SYSROOT_DIR=$root PKG_CONFIG_PATH=$lib/pkgconfig
-    export LD_LIBRARY_PATH=$lib:$lib/openblas-pthread${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-    deps=(-DCMAKE_PREFIX_PATH="$root/usr" -DCMAKE_LIBRARY_PATH="$lib/openblas-pthread;$lib"
-          -DCBLAS_INCLUDE_DIR="$root/usr/include/x86_64-linux-gnu/openblas-pthread")
-fi
+source "$(dirname "$0")/deps.sh"   # sets deps (CMake arguments) for the carried packages
 summary=()
 step() {   # step NAME SECONDS COMMAND...: runs it with a time limit, records PASS/FAIL
     local name=$1 limit=$2

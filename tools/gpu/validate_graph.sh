@@ -12,16 +12,7 @@
 set -uo pipefail
 build=${1:-build-gpu}
 log=${OUT:-/tmp}
-deps=()
-if [ -d .deps/debs ]; then
-    root=/tmp/deps
-    for f in .deps/debs/*.deb; do dpkg -x "$f" "$root"; done
-    lib=$root/usr/lib/x86_64-linux-gnu
-    export PKG_CONFIG_SYSROOT_DIR=$root PKG_CONFIG_PATH=$lib/pkgconfig
-    export LD_LIBRARY_PATH=$lib:$lib/openblas-pthread${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-    deps=(-DCMAKE_PREFIX_PATH="$root/usr" -DCMAKE_LIBRARY_PATH="$lib/openblas-pthread;$lib"
-          -DCBLAS_INCLUDE_DIR="$root/usr/include/x86_64-linux-gnu/openblas-pthread")
-fi
+source "$(dirname "$0")/deps.sh"   # sets deps (CMake arguments) for the carried packages
 [ -z "${TWINFER_TESTDATA:-}" ] && [ -d .device/testdata ] && export TWINFER_TESTDATA=$PWD/.device/testdata
 summary=()
 step() {   # step NAME SECONDS COMMAND...: runs it with a time limit, records PASS/FAIL
