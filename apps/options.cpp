@@ -86,15 +86,15 @@ void load_config_file(Settings& s, const std::filesystem::path& path) {
     read_value(root, "no_progress", s.no_progress, path);
     if (const auto* gen = root.get_as<toml::table>("generation")) {
         read_value(*gen, "max_tokens", s.max_tokens, path);
-        read_value(*gen, "temperature", s.temperature, path);
-        read_value(*gen, "top_k", s.top_k, path);
-        read_value(*gen, "top_p", s.top_p, path);
-        read_value(*gen, "min_p", s.min_p, path);
-        read_value(*gen, "typical_p", s.typical_p, path);
-        read_value(*gen, "repeat_penalty", s.repeat_penalty, path);
-        read_value(*gen, "repeat_last_n", s.repeat_last_n, path);
-        read_value(*gen, "frequency_penalty", s.frequency_penalty, path);
-        read_value(*gen, "presence_penalty", s.presence_penalty, path);
+        read_value(*gen, "temperature", s.sampling.temperature, path);
+        read_value(*gen, "top_k", s.sampling.top_k, path);
+        read_value(*gen, "top_p", s.sampling.top_p, path);
+        read_value(*gen, "min_p", s.sampling.min_p, path);
+        read_value(*gen, "typical_p", s.sampling.typical_p, path);
+        read_value(*gen, "repeat_penalty", s.sampling.repeat_penalty, path);
+        read_value(*gen, "repeat_last_n", s.sampling.repeat_last_n, path);
+        read_value(*gen, "frequency_penalty", s.sampling.frequency_penalty, path);
+        read_value(*gen, "presence_penalty", s.sampling.presence_penalty, path);
         read_value(*gen, "seed", s.seed, path);
         read_value(*gen, "stop", s.stop, path);
     }
@@ -117,11 +117,11 @@ void load_config(Settings& s, int argc, char** argv) {
 }
 
 std::string settings_to_toml(const Settings& s) {
-    toml::table gen{{"max_tokens", s.max_tokens},       {"temperature", s.temperature},
-                    {"top_k", s.top_k},                 {"top_p", s.top_p},
-                    {"min_p", s.min_p},                 {"typical_p", s.typical_p},
-                    {"repeat_penalty", s.repeat_penalty}, {"repeat_last_n", s.repeat_last_n},
-                    {"frequency_penalty", s.frequency_penalty}, {"presence_penalty", s.presence_penalty},
+    toml::table gen{{"max_tokens", s.max_tokens},       {"temperature", s.sampling.temperature},
+                    {"top_k", s.sampling.top_k},                 {"top_p", s.sampling.top_p},
+                    {"min_p", s.sampling.min_p},                 {"typical_p", s.sampling.typical_p},
+                    {"repeat_penalty", s.sampling.repeat_penalty}, {"repeat_last_n", s.sampling.repeat_last_n},
+                    {"frequency_penalty", s.sampling.frequency_penalty}, {"presence_penalty", s.sampling.presence_penalty},
                     {"seed", s.seed}};
     toml::array stops;
     for (const auto& stop : s.stop) stops.push_back(stop);
@@ -166,15 +166,15 @@ void add_model_flags(CLI::App& cmd, Settings& s) {
 void add_generation_flags(CLI::App& cmd, Settings& s) {
     cmd.add_option("-n,--max-tokens", s.max_tokens, "tokens to generate (-1: until end of generation or a full context)")
         ->check(CLI::Range(-1, 1 << 30))->capture_default_str();
-    cmd.add_option("--temp,--temperature", s.temperature, "sampling temperature (0: greedy)")->check(CLI::Range(0.0f, 100.0f))->capture_default_str();
-    cmd.add_option("--top-k", s.top_k, "top-k (0: off)")->check(CLI::NonNegativeNumber)->capture_default_str();
-    cmd.add_option("--top-p", s.top_p, "top-p (1: off)")->check(CLI::Range(0.0f, 1.0f))->capture_default_str();
-    cmd.add_option("--min-p", s.min_p, "min-p (0: off)")->check(CLI::Range(0.0f, 1.0f))->capture_default_str();
-    cmd.add_option("--typical", s.typical_p, "locally typical sampling p (1: off)")->check(CLI::Range(0.0f, 1.0f))->capture_default_str();
-    cmd.add_option("--repeat-penalty", s.repeat_penalty, "repetition penalty (1: off)")->check(CLI::Range(0.01f, 100.0f))->capture_default_str();
-    cmd.add_option("--repeat-last-n", s.repeat_last_n, "tokens the penalties look back over (-1: all, 0: off)")->check(CLI::Range(-1, 1 << 30))->capture_default_str();
-    cmd.add_option("--frequency-penalty", s.frequency_penalty, "frequency penalty")->capture_default_str();
-    cmd.add_option("--presence-penalty", s.presence_penalty, "presence penalty")->capture_default_str();
+    cmd.add_option("--temp,--temperature", s.sampling.temperature, "sampling temperature (0: greedy)")->check(CLI::Range(0.0f, 100.0f))->capture_default_str();
+    cmd.add_option("--top-k", s.sampling.top_k, "top-k (0: off)")->check(CLI::NonNegativeNumber)->capture_default_str();
+    cmd.add_option("--top-p", s.sampling.top_p, "top-p (1: off)")->check(CLI::Range(0.0f, 1.0f))->capture_default_str();
+    cmd.add_option("--min-p", s.sampling.min_p, "min-p (0: off)")->check(CLI::Range(0.0f, 1.0f))->capture_default_str();
+    cmd.add_option("--typical", s.sampling.typical_p, "locally typical sampling p (1: off)")->check(CLI::Range(0.0f, 1.0f))->capture_default_str();
+    cmd.add_option("--repeat-penalty", s.sampling.repeat_penalty, "repetition penalty (1: off)")->check(CLI::Range(0.01f, 100.0f))->capture_default_str();
+    cmd.add_option("--repeat-last-n", s.sampling.repeat_last_n, "tokens the penalties look back over (-1: all, 0: off)")->check(CLI::Range(-1, 1 << 30))->capture_default_str();
+    cmd.add_option("--frequency-penalty", s.sampling.frequency_penalty, "frequency penalty")->capture_default_str();
+    cmd.add_option("--presence-penalty", s.sampling.presence_penalty, "presence penalty")->capture_default_str();
     cmd.add_option("-s,--seed", s.seed, "random seed (-1: random)")->check(CLI::Range(int64_t{-1}, int64_t{0xFFFFFFFE}))->capture_default_str();
     cmd.add_option("--stop", s.stop, "stop string (repeatable); not printed");
     cmd.add_flag("--ignore-eos", s.ignore_eos, "keep generating past end-of-generation tokens");
@@ -208,16 +208,8 @@ GenerateOptions Settings::generate_options() const {
     g.max_tokens = max_tokens;
     g.stop = stop;
     g.ignore_eos = ignore_eos;
+    g.sampling = sampling;
     auto& p = g.sampling;
-    p.temperature = temperature;
-    p.top_k = top_k;
-    p.top_p = top_p;
-    p.min_p = min_p;
-    p.typical_p = typical_p;
-    p.repeat_penalty = repeat_penalty;
-    p.repeat_last_n = repeat_last_n;
-    p.frequency_penalty = frequency_penalty;
-    p.presence_penalty = presence_penalty;
     p.seed = seed < 0 ? 0xFFFFFFFF : static_cast<uint64_t>(seed);
     try {
         p.validate();

@@ -23,15 +23,7 @@ struct Settings {
     int tensor_parallel = 1;
     // generation
     int max_tokens = -1;
-    float temperature = 0.8f;
-    int top_k = 40;
-    float top_p = 0.95f;
-    float min_p = 0.05f;
-    float typical_p = 1.0f;
-    float repeat_penalty = 1.0f;
-    int repeat_last_n = 64;
-    float frequency_penalty = 0.0f;
-    float presence_penalty = 0.0f;
+    SamplingParams sampling;     // llama.cpp's defaults (engine/sampler.hpp); its seed is set from `seed`
     int64_t seed = -1;
     std::vector<std::string> stop;
     bool ignore_eos = false;
