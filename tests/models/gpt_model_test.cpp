@@ -12,6 +12,7 @@
 #include <set>
 
 #include "common/test_data.hpp"
+#include "models/f32_test_support.hpp"
 #include "tokenizer/tokenizer.hpp"
 
 namespace twinfer {
@@ -266,17 +267,7 @@ TEST(GPTModelBadInput, TensorTheForwardPassWouldIgnore) {
 // ---------------------------------------------------------------------------------------------
 // Real models, greedy decoding.
 
-Token argmax(std::span<const double> row) { return static_cast<Token>(std::ranges::max_element(row) - row.begin()); }
-
-std::vector<Token> greedy(GPTModel& model, std::vector<Token> prompt, size_t n_new) {
-    std::vector<Token> out;
-    Logits logits = model.forward(prompt);
-    for (size_t i = 0; i < n_new; ++i) {
-        out.push_back(argmax(logits.last()));
-        if (i + 1 < n_new) logits = model.forward(std::span(&out.back(), 1));
-    }
-    return out;
-}
+using test::greedy;
 
 TEST(GPTModelStories260K, GreedyFromBos) {
     const auto path = test::shared_testdata() / "models/stories260K.gguf";
