@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "compute/context.hpp"
+#include "compute/rope.hpp"
 #ifdef TWINFER_WITH_CUDA
 #include "compute/cuda/ops.hpp"
 #endif
@@ -67,6 +68,21 @@ inline void store_row(Context& ctx, const float* x, size_t width, float* table, 
     if (ctx.device() == Device::CUDA) return cuda::store_row(ctx, x, width, table, row);
 #endif
     throw_backend_unavailable("store_row", ctx.device());
+}
+
+// One decode step's rotary embedding and KV-cache write: q [n_head, head_dim] and k [n_head_kv,
+// head_dim] rotated at *position (device memory), then k and v stored as row *position of keys and
+// values ([positions, n_head_kv * head_dim]). rope_at twice and store_row twice, one launch on the GPU.
+inline void rope_store_at(Context& ctx, float* q, size_t n_head, float* k, const float* v, size_t n_head_kv,
+                          size_t head_dim, const int32_t* position, const RopeParams& params, float* keys, float* values) {
+#ifdef TWINFER_WITH_CUDA
+    if (ctx.device() == Device::CUDA)
+        return cuda::rope_store_at(ctx, q, n_head, k, v, n_head_kv, head_dim, position, params, keys, values);
+#endif
+    rope_at(ctx, q, n_head, head_dim, position, params);
+    rope_at(ctx, k, n_head_kv, head_dim, position, params);
+    store_row(ctx, k, n_head_kv * head_dim, keys, position);
+    store_row(ctx, v, n_head_kv * head_dim, values, position);
 }
 
 }  // namespace twinfer::compute

@@ -54,7 +54,8 @@ inline void matmul(Context& ctx, const WeightMatrix& w, const float* x, size_t n
 // once and every matrix's rows are shared out in one parallel region.
 struct MatmulOutput {
     WeightMatrix w;
-    float* y;   // [n_tokens, w.rows]
+    float* y;                 // [n_tokens, w.rows]
+    bool accumulate = false;  // y += W x: a residual add folded into the product (one pass, one launch)
 };
 namespace cpu {
 void matmul(Context& ctx, std::span<const MatmulOutput> outputs, const float* x, size_t n_tokens, Activations activations);
@@ -66,6 +67,23 @@ inline void matmul(Context& ctx, std::span<const MatmulOutput> outputs, const fl
     if (ctx.device() == Device::CUDA) return cuda::matmul(ctx, outputs, x, n_tokens, activations);
 #endif
     throw_backend_unavailable("matmul", ctx.device());
+}
+
+// out = silu(W_gate x) * (W_up x)   (Llama's feed-forward before its down projection), gate and up
+// of one shape. up_scratch: [n_tokens, rows] of working memory. On the GPU one token's products and
+// the activation are one launch.
+namespace cpu {
+void matmul_swiglu(Context& ctx, const WeightMatrix& gate, const WeightMatrix& up, const float* x, size_t n_tokens,
+                   float* out, float* up_scratch, Activations activations);
+}
+inline void matmul_swiglu(Context& ctx, const WeightMatrix& gate, const WeightMatrix& up, const float* x, size_t n_tokens,
+                          float* out, float* up_scratch, Activations activations) {
+    if (ctx.device() == Device::CPU) return cpu::matmul_swiglu(ctx, gate, up, x, n_tokens, out, up_scratch, activations);
+#ifdef TWINFER_WITH_CUDA
+    if (ctx.device() == Device::CUDA)
+        return cuda::matmul_swiglu(ctx, gate, up, x, n_tokens, out, up_scratch, activations);
+#endif
+    throw_backend_unavailable("matmul_swiglu", ctx.device());
 }
 
 // Rows `ids` of an embedding table, as float: out[i, :] = table[ids[i], :]. ids must be < rows.

@@ -6,6 +6,8 @@
 #include <stdexcept>
 #include <string_view>
 
+#include "compute/elementwise.hpp"
+#include "compute/matmul.hpp"
 #include "compute/memory.hpp"
 #include "format/quant.hpp"
 
@@ -180,6 +182,13 @@ Token argmax_of_last(const Logits& logits) {
 
 compute::Activations activations_for(const F32Options& options) {
     return options.exact_activations ? compute::Activations::Float32 : compute::Activations::Int8;
+}
+
+void residual_project(compute::Context& ctx, const compute::WeightMatrix& w, const DeviceFloats& bias, const float* x,
+                      size_t n_tokens, float* y, compute::Activations activations) {
+    const compute::MatmulOutput output{w, y, /*accumulate=*/true};
+    compute::matmul(ctx, std::span(&output, 1), x, n_tokens, activations);
+    if (!bias.empty()) compute::add_bias(ctx, y, bias.data(), n_tokens, w.rows);
 }
 
 size_t context_length(const F32Options& options, size_t n_ctx_train) {

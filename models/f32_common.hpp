@@ -147,6 +147,12 @@ Token argmax_of_last(const Logits& logits);
 Logits download_logits(compute::Context& ctx, const float* values, size_t n_positions, size_t n_vocab);
 
 compute::Activations activations_for(const F32Options& options);
+
+// y += W x (+ bias, when there is one): a residual connection, the add folded into the product.
+// x: [n_tokens, w.cols], y: [n_tokens, w.rows]
+void residual_project(compute::Context& ctx, const compute::WeightMatrix& w, const DeviceFloats& bias, const float* x,
+                      size_t n_tokens, float* y, compute::Activations activations);
+
 size_t context_length(const F32Options& options, size_t n_ctx_train);
 
 // The GPTInference interface of an F32 model around its forward pass: the choice between a

@@ -136,9 +136,7 @@ void F32GPTModel::enqueue_forward(const int32_t* ids, const int32_t* positions, 
             compute::attention(ctx_, q, keys, values, T, p0, attention_shape_, att);    // att: [T, H, D]
         }
         observe(ctx_, observer_, "kqv_out", il, att, T * E);
-        project(L.wo, L.bo, att, T, out);                                           // out: [T, E]
-        observe(ctx_, observer_, "attn_out", il, out, T * E);
-        compute::add(ctx_, x, out, T * E);
+        residual_project(ctx_, L.wo, L.bo, att, T, x, activations_for(options_));   // x += Wo att + bo
         observe(ctx_, observer_, "ffn_inp", il, x, T * E);
 
         // Feed-forward block: x += W_down gelu(W_up xn + b_up) + b_down, xn = layer_norm(x)
@@ -146,9 +144,7 @@ void F32GPTModel::enqueue_forward(const int32_t* ids, const int32_t* positions, 
         observe(ctx_, observer_, "ffn_norm", il, xn, T * E);
         project(L.w_up, L.b_up, xn, T, hidden);                                     // hidden: [T, F]
         compute::gelu(ctx_, hidden, T * F);
-        project(L.w_down, L.b_down, hidden, T, out);                                // out: [T, E]
-        observe(ctx_, observer_, "ffn_out", il, out, T * E);
-        compute::add(ctx_, x, out, T * E);
+        residual_project(ctx_, L.w_down, L.b_down, hidden, T, x, activations_for(options_));  // x += W_down hidden + b_down
         observe(ctx_, observer_, "l_out", il, x, T * E);
     }
 

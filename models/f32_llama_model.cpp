@@ -12,7 +12,7 @@ namespace {
 
 // The activation buffers of one forward pass, by name; widths in F32LlamaModel::reserve_workspace.
 // KCUR and VCUR hold a decode step's key and value rows until they are stored at its position.
-enum Buffer { X, XN, Q, KCUR, VCUR, ATT, OUT, GATE, UP, LOGITS, N_BUFFERS };
+enum Buffer { X, XN, Q, KCUR, VCUR, ATT, GATE, UP, LOGITS, N_BUFFERS };
 
 }  // namespace
 
@@ -85,7 +85,7 @@ void F32LlamaModel::add_bias(const DeviceFloats& bias, size_t n_tokens, float* y
 void F32LlamaModel::reserve_workspace(size_t n_tokens) {
     const ModelConfig& c = config_;
     const size_t E = c.n_embd, F = c.n_ff, V = c.n_vocab, QD = c.n_head * c.head_dim, KVD = c.n_embd_kv();
-    const size_t widths[N_BUFFERS] = {E, E, QD, KVD, KVD, QD, E, F, F, V};
+    const size_t widths[N_BUFFERS] = {E, E, QD, KVD, KVD, QD, F, F, V};
     workspace_.reserve(options_.device, n_tokens, widths);
 }
 
@@ -94,11 +94,11 @@ void F32LlamaModel::reserve_workspace(size_t n_tokens) {
 void F32LlamaModel::enqueue_forward(const int32_t* ids, size_t T, size_t p0, const int32_t* device_position,
                                     size_t n_out) {
     const ModelConfig& c = config_;
-    const size_t E = c.n_embd, F = c.n_ff;
+    const size_t E = c.n_embd;
     const size_t H = c.n_head, Hkv = c.n_head_kv, D = c.head_dim, QD = H * D, KVD = Hkv * D;
     const float eps = static_cast<float>(c.norm_eps);
     float *x = workspace_.buffer(X), *xn = workspace_.buffer(XN), *q = workspace_.buffer(Q), *att = workspace_.buffer(ATT);
-    float *out = workspace_.buffer(OUT), *gate = workspace_.buffer(GATE), *up = workspace_.buffer(UP);
+    float *gate = workspace_.buffer(GATE), *up = workspace_.buffer(UP);
     float* logits = workspace_.buffer(LOGITS);
 
     compute::get_rows(ctx_, token_embd_, ids, T, x);                                // x: [T, E]
@@ -121,10 +121,7 @@ void F32LlamaModel::enqueue_forward(const int32_t* ids, size_t T, size_t p0, con
         add_bias(L.bk, T, k);
         add_bias(L.bv, T, v);
         if (device_position) {
-            compute::rope_at(ctx_, q, H, D, device_position, rope_);
-            compute::rope_at(ctx_, k, Hkv, D, device_position, rope_);
-            compute::store_row(ctx_, k, KVD, keys, device_position);
-            compute::store_row(ctx_, v, KVD, values, device_position);
+            compute::rope_store_at(ctx_, q, H, k, v, Hkv, D, device_position, rope_, keys, values);
         } else {
             compute::rope(ctx_, q, T, QD, H, D, p0, rope_);
             compute::rope(ctx_, k, T, KVD, Hkv, D, p0, rope_);
@@ -137,20 +134,14 @@ void F32LlamaModel::enqueue_forward(const int32_t* ids, size_t T, size_t p0, con
         else
             compute::attention(ctx_, q, keys, values, T, p0, attention_shape_, att);  // att: [T, H, D]
         observe(ctx_, observer_, "kqv_out", il, att, T * QD);
-        project(L.wo, L.bo, att, T, out);                                           // out: [T, E]
-        observe(ctx_, observer_, "attn_out", il, out, T * E);
-        compute::add(ctx_, x, out, T * E);
+        residual_project(ctx_, L.wo, L.bo, att, T, x, activations_for(options_));   // x += Wo att
         observe(ctx_, observer_, "ffn_inp", il, x, T * E);
 
         // Feed-forward block: x += W_down (silu(W_gate xn) * W_up xn), xn = rms_norm(x)
         compute::rms_norm(ctx_, x, L.ffn_norm.data(), T, E, eps, xn);
         observe(ctx_, observer_, "ffn_norm", il, xn, T * E);
-        const compute::MatmulOutput gate_up[] = {{L.w_gate, gate}, {L.w_up, up}};
-        compute::matmul(ctx_, gate_up, xn, T, activations_for(options_));           // gate, up: [T, F]
-        compute::swiglu(ctx_, gate, up, T * F, gate);
-        project(L.w_down, {}, gate, T, out);                                        // out: [T, E]
-        observe(ctx_, observer_, "ffn_out", il, out, T * E);
-        compute::add(ctx_, x, out, T * E);
+        compute::matmul_swiglu(ctx_, L.w_gate, L.w_up, xn, T, gate, up, activations_for(options_));  // gate: [T, F]
+        residual_project(ctx_, L.w_down, {}, gate, T, x, activations_for(options_)); // x += W_down gate
         observe(ctx_, observer_, "l_out", il, x, T * E);
     }
 

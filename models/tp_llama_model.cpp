@@ -287,9 +287,8 @@ void Rank::forward(const ModelConfig& c, compute::Collective& collective, comput
 
         // Attention block: x += sum over ranks of Wo_r attention_r(...), xn = rms_norm(x)
         compute::rms_norm(ctx, x, L.attn_norm, T, E, eps, xn);                      // xn: [T, E]
-        compute::matmul(ctx, L.wq, xn, T, q, activations);                          // q: [T, Hr, D]
-        compute::matmul(ctx, L.wk, xn, T, k, activations);                          // k, v: [T, Hkv_r, D] into the cache
-        compute::matmul(ctx, L.wv, xn, T, v, activations);
+        const compute::MatmulOutput qkv[] = {{L.wq, q}, {L.wk, k}, {L.wv, v}};
+        compute::matmul(ctx, qkv, xn, T, activations);                              // q: [T, Hr, D]; k, v: [T, Hkv_r, D] into the cache
         if (L.bq) compute::add_bias(ctx, q, L.bq, T, QDr);
         if (L.bk) compute::add_bias(ctx, k, L.bk, T, KVDr);
         if (L.bv) compute::add_bias(ctx, v, L.bv, T, KVDr);
@@ -303,9 +302,7 @@ void Rank::forward(const ModelConfig& c, compute::Collective& collective, comput
 
         // Feed-forward block: x += sum over ranks of W_down_r (silu(W_gate_r xn) * W_up_r xn)
         compute::rms_norm(ctx, x, L.ffn_norm, T, E, eps, xn);
-        compute::matmul(ctx, L.w_gate, xn, T, gate, activations);                   // gate, up: [T, Fr]
-        compute::matmul(ctx, L.w_up, xn, T, up, activations);
-        compute::swiglu(ctx, gate, up, T * Fr, gate);
+        compute::matmul_swiglu(ctx, L.w_gate, L.w_up, xn, T, gate, up, activations);  // gate: [T, Fr]
         compute::matmul(ctx, L.w_down, gate, T, out, activations);                  // out: [T, E], this rank's share
         collective.all_reduce_sum(shard.rank, ctx, out, T * E);
         compute::add(ctx, x, out, T * E);

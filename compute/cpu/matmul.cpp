@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "compute/cpu/kernels.hpp"
+#include "compute/elementwise.hpp"
 #include "compute/cpu/thread_pool.hpp"
 #include "format/quant.hpp"
 
@@ -74,12 +75,22 @@ void matvec(Context& ctx, const Kernels& k, std::span<const MatmulOutput> output
     }
     const int n_threads = ctx.pool().size();
     auto chunk_rows = [n_threads](size_t rows) { return matvec_chunk_rows(rows, n_threads); };
-    for_row_chunks(ctx, outputs, chunk_rows, [&](size_t i, size_t begin, size_t end, int) {
+    // Accumulating outputs: each chunk's products land in its thread's scratch first, then are
+    // added (allocated here: a worker thread must not throw).
+    std::vector<float*> sums(ctx.n_threads());
+    for (const MatmulOutput& o : outputs)
+        if (o.accumulate)
+            for (int t = 0; t < ctx.n_threads(); ++t)
+                sums[t] = reinterpret_cast<float*>(ctx.thread_scratch(t, chunk_rows(o.w.rows) * sizeof(float)));
+    for_row_chunks(ctx, outputs, chunk_rows, [&](size_t i, size_t begin, size_t end, int thread) {
         const WeightMatrix& w = outputs[i].w;
         const size_t row_bytes = w.row_bytes();
         float* y = outputs[i].y + token * w.rows + begin;
-        if (xq && has_q8_kernel(w.type)) k.matvec_q8(w.type, w.data + begin * row_bytes, row_bytes, end - begin, cols, xq, y);
-        else k.matvec(w.type, w.data + begin * row_bytes, row_bytes, end - begin, cols, x, y);
+        float* products = outputs[i].accumulate ? sums[thread] : y;
+        if (xq && has_q8_kernel(w.type)) k.matvec_q8(w.type, w.data + begin * row_bytes, row_bytes, end - begin, cols, xq, products);
+        else k.matvec(w.type, w.data + begin * row_bytes, row_bytes, end - begin, cols, x, products);
+        if (outputs[i].accumulate)
+            for (size_t r = 0; r < end - begin; ++r) y[r] += products[r];
     });
 }
 
@@ -92,10 +103,13 @@ void gemm(Context& ctx, const Kernels& k, std::span<const MatmulOutput> outputs,
         const size_t t0 = first * block, t1 = std::min(n_tokens, last * block);
         pack_tokens(x + t0 * cols, t1 - t0, cols, block, packed + t0 * cols);
     });
-    // Each thread's tile of dequantized rows, allocated here: a worker thread must not throw.
-    const size_t tile_bytes = gemm_chunk_rows * cols * sizeof(float);
+    // Each thread's tile of dequantized rows, then (accumulating outputs) its products before they
+    // are added; allocated here: a worker thread must not throw.
+    const size_t tile_floats = gemm_chunk_rows * cols;
+    const size_t product_floats = gemm_chunk_rows * n_tokens;
     std::vector<float*> tiles(ctx.n_threads());
-    for (int t = 0; t < ctx.n_threads(); ++t) tiles[t] = reinterpret_cast<float*>(ctx.thread_scratch(t, tile_bytes));
+    for (int t = 0; t < ctx.n_threads(); ++t)
+        tiles[t] = reinterpret_cast<float*>(ctx.thread_scratch(t, (tile_floats + product_floats) * sizeof(float)));
     for_row_chunks(ctx, outputs, [](size_t) { return gemm_chunk_rows; }, [&](size_t i, size_t begin, size_t end, int thread) {
         const WeightMatrix& w = outputs[i].w;
         const size_t n_rows = end - begin;
@@ -105,7 +119,12 @@ void gemm(Context& ctx, const Kernels& k, std::span<const MatmulOutput> outputs,
             k.dequantize(w.type, rows, n_rows * cols, tiles[thread]);
             tile = tiles[thread];
         }
-        k.gemm(tile, cols, n_rows, cols, packed, n_tokens, outputs[i].y + begin, w.rows);
+        float* y = outputs[i].y + begin;
+        if (!outputs[i].accumulate) return k.gemm(tile, cols, n_rows, cols, packed, n_tokens, y, w.rows);
+        float* products = tiles[thread] + tile_floats;   // [n_tokens, n_rows]
+        k.gemm(tile, cols, n_rows, cols, packed, n_tokens, products, n_rows);
+        for (size_t t = 0; t < n_tokens; ++t)
+            for (size_t r = 0; r < n_rows; ++r) y[t * w.rows + r] += products[t * n_rows + r];
     });
 }
 
@@ -125,6 +144,16 @@ void matmul(Context& ctx, std::span<const MatmulOutput> outputs, const float* x,
 void matmul(Context& ctx, const WeightMatrix& w, const float* x, size_t n_tokens, float* y, Activations activations) {
     const MatmulOutput output{w, y};
     cpu::matmul(ctx, std::span(&output, 1), x, n_tokens, activations);
+}
+
+void matmul_swiglu(Context& ctx, const WeightMatrix& gate, const WeightMatrix& up, const float* x, size_t n_tokens,
+                   float* out, float* up_scratch, Activations activations) {
+    if (gate.rows != up.rows || gate.cols != up.cols)
+        throw std::invalid_argument("matmul_swiglu: gate [" + std::to_string(gate.rows) + ", " + std::to_string(gate.cols) +
+                                    "] and up [" + std::to_string(up.rows) + ", " + std::to_string(up.cols) + "] differ");
+    const MatmulOutput outputs[] = {{gate, out}, {up, up_scratch}};
+    cpu::matmul(ctx, outputs, x, n_tokens, activations);
+    cpu::swiglu(ctx, out, up_scratch, n_tokens * gate.rows, out);
 }
 
 void get_rows(Context& ctx, const WeightMatrix& table, const int32_t* ids, size_t n_ids, float* out) {

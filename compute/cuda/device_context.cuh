@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <string>
+#include <utility>
 
 #include "compute/context.hpp"
 #include "compute/cuda/runtime.hpp"
@@ -54,9 +55,11 @@ struct DeviceContext {
     cudaStream_t stream = nullptr;
     cublasHandle_t cublas = nullptr;
     int n_sms = 0;
+    bool dependent_launch = false;   // programmatic dependent launch (compute capability 9.0 and later)
     Scratch weights_half;     // a weight matrix dequantized for cuBLAS
     Scratch tokens_half;      // activations converted for cuBLAS
     Scratch attention_parts;  // split-KV partial results
+    Scratch attention_scores; // a prompt's attention scores, [heads, tokens, keys] per chunk of tokens
     Scratch activations_int8; // one token's activations quantized for the int8 matrix-vector product
 };
 
@@ -64,6 +67,37 @@ DeviceContext& device_of(Context& ctx);
 inline cudaStream_t stream(Context& ctx) { return device_of(ctx).stream; }
 
 inline unsigned blocks_for(size_t n, unsigned threads) { return static_cast<unsigned>((n + threads - 1) / threads); }
+
+// Programmatic dependent launch (Hopper): a kernel launched by launch_after_previous may start
+// while the kernel before it on the stream is still running -- its blocks get resident and wait
+// in grid_dependency_wait() until that kernel has finished and its writes are visible. A decode
+// step is hundreds of launches of a few microseconds each; this hides most of the gap between
+// one kernel's end and the next one's start. Every kernel launched this way must call
+// grid_dependency_wait() before it touches memory another kernel writes, and each one lets the
+// next start at once (griddepcontrol.launch_dependents): correctness rests on the wait alone.
+// Kernels launched the ordinary way (cuBLAS, copies) keep the stream's full ordering.
+__device__ __forceinline__ void grid_dependency_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+template <class... Params, class... Args>
+void launch_after_previous(Context& ctx, void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes,
+                           Args&&... args) {
+    cudaLaunchConfig_t config{};
+    config.gridDim = grid;
+    config.blockDim = block;
+    config.dynamicSmemBytes = shared_bytes;
+    config.stream = stream(ctx);
+    cudaLaunchAttribute attribute{};
+    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute.val.programmaticStreamSerializationAllowed = device_of(ctx).dependent_launch ? 1 : 0;
+    config.attrs = &attribute;
+    config.numAttrs = 1;
+    TWINFER_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, static_cast<Params>(std::forward<Args>(args))...));
+}
 
 __device__ __forceinline__ float warp_sum(float v) {
     for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
@@ -73,16 +107,19 @@ __device__ __forceinline__ float warp_max(float v) {
     for (int offset = 16; offset > 0; offset /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
     return v;
 }
-// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the total.
-__device__ __forceinline__ float block_sum(float v) {
+// Sum or maximum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets it.
+template <bool Max>
+__device__ __forceinline__ float block_reduce(float v) {
     __shared__ float partial[32];
-    v = warp_sum(v);
+    v = Max ? warp_max(v) : warp_sum(v);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     __syncthreads();  // partial may still be read by a previous call
     if (lane == 0) partial[warp] = v;
     __syncthreads();
-    v = lane < blockDim.x / 32 ? partial[lane] : 0.0f;
-    return warp_sum(v);
+    v = lane < blockDim.x / 32 ? partial[lane] : (Max ? -INFINITY : 0.0f);
+    return Max ? warp_max(v) : warp_sum(v);
 }
+__device__ __forceinline__ float block_sum(float v) { return block_reduce<false>(v); }
+__device__ __forceinline__ float block_max(float v) { return block_reduce<true>(v); }
 
 }  // namespace twinfer::compute::cuda

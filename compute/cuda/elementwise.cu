@@ -10,21 +10,25 @@ namespace {
 constexpr int threads = 256;
 
 __global__ void add_kernel(float* x, const float* y, size_t n) {
+    grid_dependency_wait();
     const size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
     if (i < n) x[i] += y[i];
 }
 
 __global__ void add_bias_kernel(float* x, const float* bias, size_t n_rows, size_t n) {
+    grid_dependency_wait();
     const size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
     if (i < n_rows * n) x[i] += bias[i % n];
 }
 
 __global__ void swiglu_kernel(const float* gate, const float* up, size_t n, float* out) {
+    grid_dependency_wait();
     const size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
     if (i < n) out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
 }
 
 __global__ void gelu_kernel(float* x, size_t n) {
+    grid_dependency_wait();
     const size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
     if (i >= n) return;
     const float v = x[i];
@@ -34,6 +38,7 @@ __global__ void gelu_kernel(float* x, size_t n) {
 // One block: each thread scans a strided slice, then the block reduces (value, index) pairs,
 // keeping the lower index on ties.
 __global__ void argmax_kernel(const float* x, size_t n, int32_t* out) {
+    grid_dependency_wait();
     float best = -FLT_MAX;
     int32_t best_index = 0;
     for (size_t i = threadIdx.x; i < n; i += blockDim.x)
@@ -58,31 +63,26 @@ __global__ void argmax_kernel(const float* x, size_t n, int32_t* out) {
 
 void add(Context& ctx, float* x, const float* y, size_t n) {
     if (n == 0) return;
-    add_kernel<<<blocks_for(n, threads), threads, 0, stream(ctx)>>>(x, y, n);
-    TWINFER_CUDA_CHECK_LAUNCH();
+    launch_after_previous(ctx, add_kernel, blocks_for(n, threads), threads, 0, x, y, n);
 }
 
 void add_bias(Context& ctx, float* x, const float* bias, size_t n_rows, size_t n) {
     if (n_rows * n == 0) return;
-    add_bias_kernel<<<blocks_for(n_rows * n, threads), threads, 0, stream(ctx)>>>(x, bias, n_rows, n);
-    TWINFER_CUDA_CHECK_LAUNCH();
+    launch_after_previous(ctx, add_bias_kernel, blocks_for(n_rows * n, threads), threads, 0, x, bias, n_rows, n);
 }
 
 void swiglu(Context& ctx, const float* gate, const float* up, size_t n, float* out) {
     if (n == 0) return;
-    swiglu_kernel<<<blocks_for(n, threads), threads, 0, stream(ctx)>>>(gate, up, n, out);
-    TWINFER_CUDA_CHECK_LAUNCH();
+    launch_after_previous(ctx, swiglu_kernel, blocks_for(n, threads), threads, 0, gate, up, n, out);
 }
 
 void gelu(Context& ctx, float* x, size_t n) {
     if (n == 0) return;
-    gelu_kernel<<<blocks_for(n, threads), threads, 0, stream(ctx)>>>(x, n);
-    TWINFER_CUDA_CHECK_LAUNCH();
+    launch_after_previous(ctx, gelu_kernel, blocks_for(n, threads), threads, 0, x, n);
 }
 
 void argmax(Context& ctx, const float* x, size_t n, int32_t* out) {
-    argmax_kernel<<<1, 1024, 0, stream(ctx)>>>(x, n, out);
-    TWINFER_CUDA_CHECK_LAUNCH();
+    launch_after_previous(ctx, argmax_kernel, 1, 1024, 0, x, n, out);
 }
 
 }  // namespace twinfer::compute::cuda

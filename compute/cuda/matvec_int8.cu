@@ -28,6 +28,7 @@ constexpr int warps_per_block = 4;
 
 // One warp per 32-value block of x: the block's max|x| and sum of codes by shuffles.
 __global__ void quantize_kernel(const float* __restrict__ x, int n, int8_t* __restrict__ qs, float2* __restrict__ ds) {
+    grid_dependency_wait();
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;   // n is a multiple of 32: whole warps leave
     const float v = x[i];
@@ -123,16 +124,43 @@ template <> struct Int8Dot<GGMLType::Q8_0> {
     }
 };
 
-template <GGMLType T, int Rows>
+// The matrices of one launch: products of one x (Q, K and V; gate and up) share it, so that a
+// decoding step spends one launch on them, not one each. Target i owns blocks first_block[i] ..
+// first_block[i + 1].
+struct Target {
+    const uint8_t* w;
+    size_t row_bytes;
+    float* y;
+    int rows;
+    int first_block;
+    bool accumulate;   // y += W x (a residual add folded into the product)
+};
+constexpr int max_targets = 3;
+struct Targets {
+    Target t[max_targets];
+    int n;
+};
+
+// Rows: rows per warp. Swiglu: the launch's two targets are gate and up; a warp takes row r of
+// both and writes silu(gate x) * (up x) to target 0's y (Rows is then 2: one row of each).
+template <GGMLType T, int Rows, bool Swiglu>
 __global__ void __launch_bounds__(warps_per_block * 32)
-int8_matvec_kernel(const uint8_t* __restrict__ w, size_t row_bytes, int rows, int n_blocks,
-                   const int8_t* __restrict__ qs, const float2* __restrict__ ds, float* __restrict__ y) {
+int8_matvec_kernel(Targets targets, int n_blocks, const int8_t* __restrict__ qs, const float2* __restrict__ ds) {
+    grid_dependency_wait();
+    int i = 0;
+    if constexpr (!Swiglu)
+        while (i + 1 < targets.n && int(blockIdx.x) >= targets.t[i + 1].first_block) ++i;
+    const Target& target = targets.t[i];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int first_row = (blockIdx.x * warps_per_block + warp) * Rows;
-    if (first_row >= rows) return;
+    constexpr int rows_of_target = Swiglu ? 1 : Rows;
+    const int first_row = ((int(blockIdx.x) - target.first_block) * warps_per_block + warp) * rows_of_target;
+    if (first_row >= target.rows) return;
     const uint8_t* row[Rows];
 #pragma unroll
-    for (int r = 0; r < Rows; ++r) row[r] = w + size_t(min(first_row + r, rows - 1)) * row_bytes;
+    for (int r = 0; r < Rows; ++r) {
+        if constexpr (Swiglu) row[r] = targets.t[r].w + size_t(first_row) * target.row_bytes;
+        else row[r] = target.w + size_t(min(first_row + r, target.rows - 1)) * target.row_bytes;
+    }
     float acc[Rows] = {};
 #pragma unroll 4
     for (int b = lane; b < n_blocks; b += 32) {
@@ -145,28 +173,60 @@ int8_matvec_kernel(const uint8_t* __restrict__ w, size_t row_bytes, int rows, in
 #pragma unroll
         for (int r = 0; r < Rows; ++r) acc[r] += Int8Dot<T>::dot(row[r] + size_t(b) * Int8Dot<T>::bytes, x);
     }
+    float total[Rows];
 #pragma unroll
-    for (int r = 0; r < Rows; ++r) {
-        const float total = warp_sum(acc[r]);
-        if (lane == 0 && first_row + r < rows) y[first_row + r] = total;
+    for (int r = 0; r < Rows; ++r) total[r] = warp_sum(acc[r]);
+    if (lane != 0) return;
+    if constexpr (Swiglu) {
+        target.y[first_row] = total[0] / (1.0f + expf(-total[0])) * total[1];
+    } else {
+#pragma unroll
+        for (int r = 0; r < Rows; ++r) {
+            if (first_row + r >= target.rows) break;
+            float& y = target.y[first_row + r];
+            y = target.accumulate ? y + total[r] : total[r];
+        }
     }
 }
 
-template <GGMLType T, int Rows>
-void launch(Context& ctx, const WeightMatrix& w, const QuantizedActivations& x, float* y) {
-    const unsigned blocks = blocks_for(w.rows, warps_per_block * Rows);
-    int8_matvec_kernel<T, Rows><<<blocks, warps_per_block * 32, 0, stream(ctx)>>>(
-        reinterpret_cast<const uint8_t*>(w.data), w.row_bytes(), int(w.rows), int(w.cols / 32), x.qs, x.ds, y);
-    TWINFER_CUDA_CHECK_LAUNCH();
+template <GGMLType T, int Rows, bool Swiglu>
+void launch(Context& ctx, Targets targets, int n_blocks, const QuantizedActivations& x) {
+    int blocks = 0;
+    for (int i = 0; i < targets.n; ++i) {
+        targets.t[i].first_block = blocks;
+        blocks += int(blocks_for(targets.t[i].rows, warps_per_block * (Swiglu ? 1 : Rows)));
+        if (Swiglu) break;   // one grid over the rows that gate and up share
+    }
+    launch_after_previous(ctx, int8_matvec_kernel<T, Rows, Swiglu>, unsigned(blocks), warps_per_block * 32, 0, targets,
+                          n_blocks, x.qs, x.ds);
 }
 
-// Two rows per warp share each activation load, which halves the L1 traffic for x; only where
-// there are rows enough to keep every SM busy with half as many warps.
 template <GGMLType T>
-void launch(Context& ctx, const WeightMatrix& w, const QuantizedActivations& x, float* y) {
+void launch(Context& ctx, const Targets& targets, int n_blocks, const QuantizedActivations& x, bool swiglu) {
+    if (swiglu) return launch<T, 2, true>(ctx, targets, n_blocks, x);
+    // Two rows per warp share each activation load, which halves the L1 traffic for x; only where
+    // there are rows enough to keep every SM busy with half as many warps.
+    size_t rows = 0;
+    for (int i = 0; i < targets.n; ++i) rows += size_t(targets.t[i].rows);
     const size_t two_row_minimum = size_t(device_of(ctx).n_sms) * 16 * warps_per_block * 2;
-    if (w.rows >= two_row_minimum) launch<T, 2>(ctx, w, x, y);
-    else launch<T, 1>(ctx, w, x, y);
+    if (rows >= two_row_minimum) launch<T, 2, false>(ctx, targets, n_blocks, x);
+    else launch<T, 1, false>(ctx, targets, n_blocks, x);
+}
+
+void launch(Context& ctx, GGMLType type, const Targets& targets, size_t cols, const QuantizedActivations& x, bool swiglu) {
+    const int n_blocks = int(cols / 32);
+    switch (type) {
+    case GGMLType::Q4_0: return launch<GGMLType::Q4_0>(ctx, targets, n_blocks, x, swiglu);
+    case GGMLType::Q4_1: return launch<GGMLType::Q4_1>(ctx, targets, n_blocks, x, swiglu);
+    case GGMLType::Q5_0: return launch<GGMLType::Q5_0>(ctx, targets, n_blocks, x, swiglu);
+    case GGMLType::Q5_1: return launch<GGMLType::Q5_1>(ctx, targets, n_blocks, x, swiglu);
+    case GGMLType::Q8_0: return launch<GGMLType::Q8_0>(ctx, targets, n_blocks, x, swiglu);
+    default: throw std::invalid_argument("CUDA int8 matvec: no kernel for " + std::string(type_name(type)));
+    }
+}
+
+Target target_of(const WeightMatrix& w, float* y, bool accumulate) {
+    return {reinterpret_cast<const uint8_t*>(w.data), w.row_bytes(), y, int(w.rows), 0, accumulate};
 }
 
 }  // namespace
@@ -188,20 +248,32 @@ QuantizedActivations quantize_activations(Context& ctx, const float* x, size_t c
     auto* scratch = static_cast<uint8_t*>(device.activations_int8.get(qs_bytes + cols / 32 * sizeof(float2), device.stream));
     auto* qs = reinterpret_cast<int8_t*>(scratch);
     auto* ds = reinterpret_cast<float2*>(scratch + qs_bytes);
-    quantize_kernel<<<blocks_for(cols, 256), 256, 0, device.stream>>>(x, int(cols), qs, ds);
-    TWINFER_CUDA_CHECK_LAUNCH();
+    launch_after_previous(ctx, quantize_kernel, blocks_for(cols, 256), 256, 0, x, int(cols), qs, ds);
     return {qs, ds};
 }
 
-void int8_matvec(Context& ctx, const WeightMatrix& w, const QuantizedActivations& x, float* y) {
-    switch (w.type) {
-    case GGMLType::Q4_0: return launch<GGMLType::Q4_0>(ctx, w, x, y);
-    case GGMLType::Q4_1: return launch<GGMLType::Q4_1>(ctx, w, x, y);
-    case GGMLType::Q5_0: return launch<GGMLType::Q5_0>(ctx, w, x, y);
-    case GGMLType::Q5_1: return launch<GGMLType::Q5_1>(ctx, w, x, y);
-    case GGMLType::Q8_0: return launch<GGMLType::Q8_0>(ctx, w, x, y);
-    default: throw std::invalid_argument("CUDA int8 matvec: no kernel for " + std::string(type_name(w.type)));
+void int8_matvec(Context& ctx, std::span<const MatmulOutput> outputs, size_t token, const QuantizedActivations& x) {
+    // Matrices of one type share a launch, up to max_targets of them (Q, K and V; gate and up).
+    for (size_t first = 0; first < outputs.size();) {
+        Targets targets{};
+        const GGMLType type = outputs[first].w.type;
+        size_t next = first;
+        while (next < outputs.size() && targets.n < max_targets && outputs[next].w.type == type) {
+            const MatmulOutput& o = outputs[next++];
+            targets.t[targets.n++] = target_of(o.w, o.y + token * o.w.rows, o.accumulate);
+        }
+        launch(ctx, type, targets, outputs[first].w.cols, x, false);
+        first = next;
     }
+}
+
+void int8_matvec_swiglu(Context& ctx, const WeightMatrix& gate, const WeightMatrix& up, const QuantizedActivations& x,
+                        float* out) {
+    Targets targets{};
+    targets.t[0] = target_of(gate, out, false);
+    targets.t[1] = target_of(up, nullptr, false);
+    targets.n = 2;
+    launch(ctx, gate.type, targets, gate.cols, x, true);
 }
 
 }  // namespace twinfer::compute::cuda

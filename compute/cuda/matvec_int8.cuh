@@ -2,6 +2,7 @@
 // Inside the CUDA backend: the matrix-vector product over int8 activations (matvec_int8.cu), which
 // matmul.cu calls for one token when the model asks for Activations::Int8.
 #include <cstddef>
+#include <span>
 
 #include "compute/matmul.hpp"
 
@@ -17,7 +18,11 @@ struct QuantizedActivations {
 bool int8_matvec_supports(GGMLType type);
 // x: [cols] in device memory, quantized into the context's scratch; valid until the next call.
 QuantizedActivations quantize_activations(Context& ctx, const float* x, size_t cols);
-// y = W x for a type int8_matvec_supports (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0).
-void int8_matvec(Context& ctx, const WeightMatrix& w, const QuantizedActivations& x, float* y);
+// y = W x (or y += W x, MatmulOutput::accumulate) for token `token` of every output, whose types
+// int8_matvec_supports (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0): up to three matrices of one type per launch.
+void int8_matvec(Context& ctx, std::span<const MatmulOutput> outputs, size_t token, const QuantizedActivations& x);
+// out = silu(W_gate x) * (W_up x), gate and up of one shape and type, in one launch.
+void int8_matvec_swiglu(Context& ctx, const WeightMatrix& gate, const WeightMatrix& up, const QuantizedActivations& x,
+                        float* out);
 
 }  // namespace twinfer::compute::cuda

@@ -30,6 +30,7 @@ __device__ __forceinline__ float4 scaled(float4 v, float s, float4 w) {
 
 __global__ void rms_norm_vector_kernel(const float* __restrict__ x, const float* __restrict__ weight, int n, float eps,
                                        float* out) {
+    grid_dependency_wait();
     const auto* row = reinterpret_cast<const float4*>(x + size_t(blockIdx.x) * n);
     auto* dst = reinterpret_cast<float4*>(out + size_t(blockIdx.x) * n);
     const auto* w4 = reinterpret_cast<const float4*>(weight);
@@ -54,6 +55,7 @@ __global__ void rms_norm_vector_kernel(const float* __restrict__ x, const float*
 
 __global__ void layer_norm_vector_kernel(const float* __restrict__ x, const float* __restrict__ weight,
                                          const float* __restrict__ bias, int n, float eps, float* out) {
+    grid_dependency_wait();
     const auto* row = reinterpret_cast<const float4*>(x + size_t(blockIdx.x) * n);
     auto* dst = reinterpret_cast<float4*>(out + size_t(blockIdx.x) * n);
     const auto* w4 = reinterpret_cast<const float4*>(weight);
@@ -92,6 +94,7 @@ __global__ void layer_norm_vector_kernel(const float* __restrict__ x, const floa
 
 __global__ void rms_norm_kernel(const float* __restrict__ x, const float* __restrict__ weight, int n, float eps,
                                 float* out) {
+    grid_dependency_wait();
     const float* row = x + size_t(blockIdx.x) * n;
     float* dst = out + size_t(blockIdx.x) * n;
     float sum_squares = 0.0f;
@@ -102,6 +105,7 @@ __global__ void rms_norm_kernel(const float* __restrict__ x, const float* __rest
 
 __global__ void layer_norm_kernel(const float* __restrict__ x, const float* __restrict__ weight,
                                   const float* __restrict__ bias, int n, float eps, float* out) {
+    grid_dependency_wait();
     const float* row = x + size_t(blockIdx.x) * n;
     float* dst = out + size_t(blockIdx.x) * n;
     float sum = 0.0f;
@@ -118,20 +122,18 @@ __global__ void layer_norm_kernel(const float* __restrict__ x, const float* __re
 void rms_norm(Context& ctx, const float* x, const float* weight, size_t n_rows, size_t n, float eps, float* out) {
     if (n_rows == 0) return;
     if (vectorizable(n, x, weight, nullptr, out))
-        rms_norm_vector_kernel<<<unsigned(n_rows), vector_block(n), 0, stream(ctx)>>>(x, weight, int(n), eps, out);
+        launch_after_previous(ctx, rms_norm_vector_kernel, unsigned(n_rows), vector_block(n), 0, x, weight, int(n), eps, out);
     else
-        rms_norm_kernel<<<unsigned(n_rows), scalar_threads, 0, stream(ctx)>>>(x, weight, int(n), eps, out);
-    TWINFER_CUDA_CHECK_LAUNCH();
+        launch_after_previous(ctx, rms_norm_kernel, unsigned(n_rows), scalar_threads, 0, x, weight, int(n), eps, out);
 }
 
 void layer_norm(Context& ctx, const float* x, const float* weight, const float* bias, size_t n_rows, size_t n,
                 float eps, float* out) {
     if (n_rows == 0) return;
     if (vectorizable(n, x, weight, bias, out))
-        layer_norm_vector_kernel<<<unsigned(n_rows), vector_block(n), 0, stream(ctx)>>>(x, weight, bias, int(n), eps, out);
+        launch_after_previous(ctx, layer_norm_vector_kernel, unsigned(n_rows), vector_block(n), 0, x, weight, bias, int(n), eps, out);
     else
-        layer_norm_kernel<<<unsigned(n_rows), scalar_threads, 0, stream(ctx)>>>(x, weight, bias, int(n), eps, out);
-    TWINFER_CUDA_CHECK_LAUNCH();
+        launch_after_previous(ctx, layer_norm_kernel, unsigned(n_rows), scalar_threads, 0, x, weight, bias, int(n), eps, out);
 }
 
 }  // namespace twinfer::compute::cuda

@@ -29,6 +29,9 @@ bool matmul_supports(GGMLType type);
 void matmul(Context& ctx, const WeightMatrix& w, const float* x, size_t n_tokens, float* y, Activations activations);
 // Several products of one x (Q, K, V; gate, up): x quantized once for all of them.
 void matmul(Context& ctx, std::span<const MatmulOutput> outputs, const float* x, size_t n_tokens, Activations activations);
+// out = silu(W_gate x) * (W_up x); one token with int8 activations is one fused launch.
+void matmul_swiglu(Context& ctx, const WeightMatrix& gate, const WeightMatrix& up, const float* x, size_t n_tokens,
+                   float* out, float* up_scratch, Activations activations);
 // ids in device memory, each < table.rows (the caller checks: a kernel cannot throw).
 void get_rows(Context& ctx, const WeightMatrix& table, const int32_t* ids, size_t n_ids, float* out);
 // Dequantize a whole matrix to float ([rows, cols]); for tests and the float16 product's tiles.
@@ -50,6 +53,10 @@ void attention(Context& ctx, const float* q, const float* keys, const float* val
 // bit for bit); the blocks beyond that split return at once.
 void attention_at(Context& ctx, const float* q, const float* keys, const float* values, const int32_t* position,
                   size_t max_positions, const AttentionShape& shape, float* out);
+// A decode step's rotary embedding and KV-cache write in one launch: rope_at(q), rope_at(k), then
+// k and v stored as row *position of keys and values ([positions, n_head_kv * head_dim]).
+void rope_store_at(Context& ctx, float* q, size_t n_head, float* k, const float* v, size_t n_head_kv, size_t head_dim,
+                   const int32_t* position, const RopeParams& params, float* keys, float* values);
 // table[*row, :] = x, row in device memory.
 void store_row(Context& ctx, const float* x, size_t width, float* table, const int32_t* row);
 

@@ -13,41 +13,91 @@
 namespace twinfer::compute::cuda {
 namespace {
 
-// device_position (device memory), when not null, replaces first_position.
-__global__ void rope_kernel(float* x, int n_tokens, size_t row_stride, int n_heads, int head_dim, size_t first_position,
-                            const int32_t* device_position, int n_rot, double freq_base, double position_scale,
-                            const float* freq_factors, bool adjacent) {
-    const int n_pairs = n_rot / 2;
-    const int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n_tokens * n_heads * n_pairs) return;
-    if (device_position) first_position = size_t(*device_position);
-    const int t = i / (n_heads * n_pairs), h = i / n_pairs % n_heads, pair = i % n_pairs;
-    double theta = double(first_position + t) * position_scale * pow(freq_base, -2.0 * pair / n_rot);
-    if (freq_factors) theta /= freq_factors[pair];
+struct Rotation {
+    int n_rot;
+    double freq_base, position_scale;
+    const float* freq_factors;
+    bool adjacent;
+};
+
+Rotation rotation_of(const RopeParams& params) {
+    return {int(params.n_rot), params.freq_base, params.position_scale, params.freq_factors,
+            params.pairing == RopeParams::Pairing::Adjacent};
+}
+
+// Turns pair `pair` of one head in place.
+__device__ __forceinline__ void rotate_pair(float* head, size_t position, int pair, const Rotation& r) {
+    const int n_pairs = r.n_rot / 2;
+    double theta = double(position) * r.position_scale * pow(r.freq_base, -2.0 * pair / r.n_rot);
+    if (r.freq_factors) theta /= r.freq_factors[pair];
     // Reduced to [0, 2 pi) in double, the float sine and cosine are exact to float rounding.
     constexpr double two_pi = 6.283185307179586476925;
     theta -= two_pi * floor(theta / two_pi);
     float sf, cf;
     sincosf(float(theta), &sf, &cf);
-    const int a = adjacent ? 2 * pair : pair;
-    const int b = adjacent ? 2 * pair + 1 : pair + n_pairs;
-    float* head = x + t * row_stride + size_t(h) * head_dim;
+    const int a = r.adjacent ? 2 * pair : pair;
+    const int b = r.adjacent ? 2 * pair + 1 : pair + n_pairs;
     const float x0 = head[a], x1 = head[b];
     head[a] = x0 * cf - x1 * sf;
     head[b] = x0 * sf + x1 * cf;
 }
 
+// device_position (device memory), when not null, replaces first_position.
+__global__ void rope_kernel(float* x, int n_tokens, size_t row_stride, int n_heads, int head_dim, size_t first_position,
+                            const int32_t* device_position, Rotation rotation) {
+    grid_dependency_wait();
+    const int n_pairs = rotation.n_rot / 2;
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n_tokens * n_heads * n_pairs) return;
+    if (device_position) first_position = size_t(*device_position);
+    const int t = i / (n_heads * n_pairs), h = i / n_pairs % n_heads, pair = i % n_pairs;
+    rotate_pair(x + t * row_stride + size_t(h) * head_dim, first_position + t, pair, rotation);
+}
+
+// A decode step's q and k rotated and its k and v rows stored in the cache, in one launch: one
+// thread per (head, pair) of q, then of k, then per value of v. k's dimensions beyond n_rot are
+// copied by the threads of the pairs beyond n_rot / 2.
+__global__ void rope_store_kernel(float* q, int n_head, float* k, const float* v, int n_head_kv, int head_dim,
+                                  const int32_t* device_position, Rotation rotation, float* keys, float* values) {
+    grid_dependency_wait();
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    const int q_threads = n_head * (rotation.n_rot / 2), k_threads = n_head_kv * (head_dim / 2);
+    const int kv_width = n_head_kv * head_dim;
+    const size_t position = size_t(*device_position);
+    if (i < q_threads) {
+        rotate_pair(q + size_t(i / (rotation.n_rot / 2)) * head_dim, position, i % (rotation.n_rot / 2), rotation);
+    } else if (i < q_threads + k_threads) {
+        const int j = i - q_threads, h = j / (head_dim / 2), pair = j % (head_dim / 2);
+        float* head = k + size_t(h) * head_dim;
+        float* cached = keys + position * kv_width + size_t(h) * head_dim;
+        if (pair < rotation.n_rot / 2) {
+            rotate_pair(head, position, pair, rotation);
+            const int a = rotation.adjacent ? 2 * pair : pair;
+            const int b = rotation.adjacent ? 2 * pair + 1 : pair + rotation.n_rot / 2;
+            cached[a] = head[a], cached[b] = head[b];
+        } else {
+            const int d = rotation.n_rot + 2 * (pair - rotation.n_rot / 2);
+            cached[d] = head[d], cached[d + 1] = head[d + 1];
+        }
+    } else if (i < q_threads + k_threads + kv_width) {
+        const int j = i - q_threads - k_threads;
+        values[position * kv_width + j] = v[j];
+    }
+}
+
+void check_rotation(const RopeParams& params, size_t head_dim) {
+    if (params.n_rot % 2 != 0 || params.n_rot > head_dim || head_dim % 2 != 0)
+        throw std::invalid_argument("rope: n_rot " + std::to_string(params.n_rot) + " must be even and at most head_dim " +
+                                    std::to_string(head_dim) + " (even)");
+}
+
 void launch_rope(Context& ctx, float* x, size_t n_tokens, size_t row_stride, size_t n_heads, size_t head_dim,
                  size_t first_position, const int32_t* device_position, const RopeParams& params) {
-    if (params.n_rot % 2 != 0 || params.n_rot > head_dim)
-        throw std::invalid_argument("rope: n_rot " + std::to_string(params.n_rot) + " must be even and at most head_dim " +
-                                    std::to_string(head_dim));
+    check_rotation(params, head_dim);
     const size_t n = n_tokens * n_heads * (params.n_rot / 2);
     if (n == 0) return;
-    rope_kernel<<<blocks_for(n, 128), 128, 0, stream(ctx)>>>(
-        x, int(n_tokens), row_stride, int(n_heads), int(head_dim), first_position, device_position, int(params.n_rot),
-        params.freq_base, params.position_scale, params.freq_factors, params.pairing == RopeParams::Pairing::Adjacent);
-    TWINFER_CUDA_CHECK_LAUNCH();
+    launch_after_previous(ctx, rope_kernel, blocks_for(n, 128), 128, 0, x, int(n_tokens), row_stride, int(n_heads),
+                          int(head_dim), first_position, device_position, rotation_of(params));
 }
 
 }  // namespace
@@ -59,6 +109,14 @@ void rope(Context& ctx, float* x, size_t n_tokens, size_t row_stride, size_t n_h
 
 void rope_at(Context& ctx, float* x, size_t n_heads, size_t head_dim, const int32_t* position, const RopeParams& params) {
     launch_rope(ctx, x, 1, n_heads * head_dim, n_heads, head_dim, 0, position, params);
+}
+
+void rope_store_at(Context& ctx, float* q, size_t n_head, float* k, const float* v, size_t n_head_kv, size_t head_dim,
+                   const int32_t* position, const RopeParams& params, float* keys, float* values) {
+    check_rotation(params, head_dim);
+    const size_t n = n_head * (params.n_rot / 2) + n_head_kv * (head_dim / 2) + n_head_kv * head_dim;
+    launch_after_previous(ctx, rope_store_kernel, blocks_for(n, 128), 128, 0, q, int(n_head), k, v, int(n_head_kv),
+                          int(head_dim), position, rotation_of(params), keys, values);
 }
 
 }  // namespace twinfer::compute::cuda

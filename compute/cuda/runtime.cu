@@ -1,5 +1,7 @@
 // Device memory, copies, the per-Context device state and graphs.
 #include <cstdio>
+#include <cstdlib>
+#include <string_view>
 #include <utility>
 
 #include "compute/cuda/device_context.cuh"
@@ -132,6 +134,9 @@ DeviceContext::DeviceContext() {
     cudaDeviceProp prop{};
     TWINFER_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
     n_sms = prop.multiProcessorCount;
+    // TWINFER_CUDA_PDL=0 launches every kernel the ordinary way (to measure what the overlap buys).
+    const char* pdl = std::getenv("TWINFER_CUDA_PDL");
+    dependent_launch = prop.major >= 9 && !(pdl && std::string_view(pdl) == "0");
     TWINFER_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
     TWINFER_CUDA_CHECK(cublasCreate(&cublas));
     TWINFER_CUDA_CHECK(cublasSetStream(cublas, stream));

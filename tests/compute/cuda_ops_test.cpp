@@ -208,6 +208,75 @@ TEST_F(CudaOps, Rope) {
     }
 }
 
+// The decode step's fused launches against the CPU's plain ops: products of one x sharing a
+// launch (three heights), the residual add folded into a product, and gate/up with SwiGLU, for one
+// token (int8 kernels) and twenty (cuBLAS, then the element-wise op).
+TEST_F(CudaOps, FusedProductsMatchCpu) {
+    for (GGMLType type : {GGMLType::Q4_0, GGMLType::Q4_1, GGMLType::Q5_0, GGMLType::Q8_0})
+        for (size_t n_tokens : {size_t{1}, size_t{20}}) {
+            const size_t cols = 576, heights[] = {576, 192, 70};
+            const double tolerance = n_tokens == 1 ? 1e-5 : float_tolerance;
+            const auto x = random(n_tokens * cols);
+            std::vector<std::vector<std::byte>> weights;
+            std::vector<MatmulOutput> on_cpu, on_gpu;
+            std::vector<std::vector<float>> y0;
+            for (size_t rows : heights) {
+                weights.push_back(random_weights(type, rows, cols, rng));
+                y0.push_back(random(n_tokens * rows));
+            }
+            std::vector<std::vector<float>> want = y0;
+            for (size_t i = 0; i < 3; ++i) {
+                const WeightMatrix w{type, heights[i], cols, weights[i].data()};
+                on_cpu.push_back({w, want[i].data(), /*accumulate=*/i == 1});
+                WeightMatrix w_gpu = w;
+                w_gpu.data = to_device(weights[i]);
+                on_gpu.push_back({w_gpu, i == 1 ? to_device(y0[i]) : poisoned(n_tokens * heights[i]), i == 1});
+            }
+            matmul(cpu, on_cpu, x.data(), n_tokens, Activations::Int8);
+            matmul(*gpu, on_gpu, to_device(x), n_tokens, Activations::Int8);
+            for (size_t i = 0; i < 3; ++i)
+                EXPECT_LT(relative_error(to_host(on_gpu[i].y, want[i].size()), want[i]), tolerance)
+                    << type_name(type) << " tokens=" << n_tokens << " output " << i;
+
+            // gate = outputs 0 and up = a second matrix of its shape
+            const auto up_bytes = random_weights(type, heights[0], cols, rng);
+            const WeightMatrix up{type, heights[0], cols, up_bytes.data()};
+            WeightMatrix up_gpu = up;
+            up_gpu.data = to_device(up_bytes);
+            std::vector<float> swiglu_want(n_tokens * heights[0]), scratch(n_tokens * heights[0]);
+            matmul_swiglu(cpu, on_cpu[0].w, up, x.data(), n_tokens, swiglu_want.data(), scratch.data(), Activations::Int8);
+            float* swiglu_out = poisoned(n_tokens * heights[0]);
+            matmul_swiglu(*gpu, on_gpu[0].w, up_gpu, to_device(x), n_tokens, swiglu_out, poisoned(n_tokens * heights[0]),
+                          Activations::Int8);
+            EXPECT_LT(relative_error(to_host(swiglu_out, swiglu_want.size()), swiglu_want), tolerance)
+                << type_name(type) << " swiglu tokens=" << n_tokens;
+        }
+}
+
+// rope_store_at: q and k rotated at the device's position, k and v written to that cache row; a
+// partial rotation (the last dimensions of k copied as they are), both pairings.
+TEST_F(CudaOps, RopeStoreAtMatchesCpu) {
+    const size_t n_head = 6, n_head_kv = 2, head_dim = 64, n_ctx = 40, width = n_head_kv * head_dim;
+    const int32_t position = 33;
+    for (auto pairing : {RopeParams::Pairing::Adjacent, RopeParams::Pairing::Halves}) {
+        RopeParams params;
+        params.pairing = pairing;
+        params.n_rot = 48;
+        const auto q = random(n_head * head_dim), k = random(width), v = random(width);
+        const auto keys = random(n_ctx * width), values = random(n_ctx * width);
+        auto q_want = q, k_want = k, keys_want = keys, values_want = values;
+        rope_store_at(cpu, q_want.data(), n_head, k_want.data(), v.data(), n_head_kv, head_dim, &position, params,
+                      keys_want.data(), values_want.data());
+        float *q_gpu = to_device(q), *k_gpu = to_device(k), *keys_gpu = to_device(keys), *values_gpu = to_device(values);
+        rope_store_at(*gpu, q_gpu, n_head, k_gpu, to_device(v), n_head_kv, head_dim, to_device(std::vector<int32_t>{position}),
+                      params, keys_gpu, values_gpu);
+        EXPECT_LT(relative_error(to_host(q_gpu, q.size()), q_want), float_tolerance);
+        EXPECT_LT(relative_error(to_host(k_gpu, k.size()), k_want), float_tolerance);
+        EXPECT_LT(relative_error(to_host(keys_gpu, keys.size()), keys_want), float_tolerance);
+        EXPECT_EQ(to_host(values_gpu, values.size()), values_want);
+    }
+}
+
 struct AttentionCase {
     size_t n_head, n_head_kv, head_dim, n_tokens, first_position;
 };
@@ -234,6 +303,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaAttention,
                                            AttentionCase{32, 32, 128, 1, 700},  // Llama 2 7B decoding
                                            AttentionCase{9, 3, 64, 37, 5},      // a prompt after a few tokens
                                            AttentionCase{32, 32, 128, 100, 0},  // a Llama 2 prompt
+                                           AttentionCase{32, 4, 64, 64, 30},    // a TinyLlama prompt after a few tokens
                                            AttentionCase{12, 12, 64, 19, 40},   // GPT-2
                                            AttentionCase{16, 1, 256, 3, 90}));  // one KV head, wide heads
 

@@ -161,6 +161,52 @@ TEST(MatmulTest, SharedInputMatchesSeparateProducts) {
     }
 }
 
+// accumulate = true adds the product to y (a residual connection): y0 + W x, for one token
+// (matrix-vector) and many (tiled), float and int8 activations.
+TEST(MatmulTest, AccumulateAddsTheProduct) {
+    std::mt19937 rng(12);
+    const size_t rows = 70, cols = 256;
+    const std::vector<std::byte> bytes = random_weights(GGMLType::Q4_0, rows, cols, rng);
+    const WeightMatrix w{GGMLType::Q4_0, rows, cols, bytes.data()};
+    Context ctx({.device = Device::CPU, .n_threads = 2, .cpu_isa = std::nullopt});
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    for (size_t n_tokens : {size_t{1}, size_t{9}})
+        for (Activations activations : {Activations::Float32, Activations::Int8}) {
+            std::vector<float> x(n_tokens * cols), y0(n_tokens * rows), product(n_tokens * rows);
+            for (float& v : x) v = normal(rng);
+            for (float& v : y0) v = normal(rng);
+            matmul(ctx, w, x.data(), n_tokens, product.data(), activations);
+            std::vector<float> y = y0;
+            const MatmulOutput output{w, y.data(), /*accumulate=*/true};
+            matmul(ctx, std::span(&output, 1), x.data(), n_tokens, activations);
+            for (size_t i = 0; i < y.size(); ++i) EXPECT_FLOAT_EQ(y[i], y0[i] + product[i]) << "tokens=" << n_tokens << " i=" << i;
+        }
+}
+
+// matmul_swiglu = silu(gate x) * (up x), computed here from two plain products.
+TEST(MatmulTest, SwigluProductMatchesItsDefinition) {
+    std::mt19937 rng(13);
+    const size_t rows = 48, cols = 128;
+    const std::vector<std::byte> gate_bytes = random_weights(GGMLType::Q8_0, rows, cols, rng);
+    const std::vector<std::byte> up_bytes = random_weights(GGMLType::Q8_0, rows, cols, rng);
+    const WeightMatrix gate{GGMLType::Q8_0, rows, cols, gate_bytes.data()}, up{GGMLType::Q8_0, rows, cols, up_bytes.data()};
+    Context ctx({.device = Device::CPU, .n_threads = 2, .cpu_isa = std::nullopt});
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    for (size_t n_tokens : {size_t{1}, size_t{5}}) {
+        std::vector<float> x(n_tokens * cols), g(n_tokens * rows), u(n_tokens * rows), out(n_tokens * rows), scratch(n_tokens * rows);
+        for (float& v : x) v = normal(rng);
+        matmul(ctx, gate, x.data(), n_tokens, g.data(), Activations::Int8);
+        matmul(ctx, up, x.data(), n_tokens, u.data(), Activations::Int8);
+        matmul_swiglu(ctx, gate, up, x.data(), n_tokens, out.data(), scratch.data(), Activations::Int8);
+        for (size_t i = 0; i < out.size(); ++i)
+            EXPECT_NEAR(out[i], g[i] / (1.0f + std::exp(-g[i])) * u[i], 1e-5f * (1.0f + std::abs(out[i]))) << i;
+    }
+    const WeightMatrix shorter{GGMLType::Q8_0, rows - 1, cols, up_bytes.data()};
+    std::vector<float> x(cols), out(rows), scratch(rows);
+    EXPECT_THROW(matmul_swiglu(ctx, gate, shorter, x.data(), 1, out.data(), scratch.data(), Activations::Int8),
+                 std::invalid_argument);
+}
+
 TEST(MatmulTest, GetRowsDequantizesTheRequestedRows) {
     std::mt19937 rng(7);
     const size_t rows = 10, cols = 64;

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# On the GPU machine, from the repository root: where the time of a forward pass goes, per kernel,
+# by Nsight Compute (ncu; Nsight Systems is not installed there). Builds twinfer, makes random-weight
+# models of the benchmark shapes, and for each prints the kernels' summed durations for one
+# prompt of 512 tokens and for 4 single-token decode steps (CUDA graph off, so ncu sees each
+# launch; its serialization removes launch overlap, so compare the kernels' sums, not the wall time).
+# Usage: tools/gpu/profile.sh [build-dir] [shape:type ...]   (default build-gpu smollm2-135m:Q4_1
+#   tinyllama-1.1b:Q4_0 llama2-7b:Q4_0). Carry .deps and .device (see tools/gpu/bench.sh).
+set -uo pipefail
+build=${1:-build-gpu}
+shift || true
+shapes=("$@")
+[ ${#shapes[@]} -eq 0 ] && shapes=(smollm2-135m:Q4_1 tinyllama-1.1b:Q4_0 llama2-7b:Q4_0)
+log=${OUT:-/tmp}
+source "$(dirname "$0")/deps.sh"
+if [ ! -x "$build/apps/twinfer" ] || [ ! -x "$build/tools/twinfer_make_random_model" ]; then
+    cmake -S . -B "$build" -G Ninja -DTWINFER_CUDA=ON -DCMAKE_BUILD_TYPE=Release "${deps[@]}" > "$log/cmake.log" 2>&1 ||
+        { tail -30 "$log/cmake.log"; exit 1; }
+    ninja -C "$build" -j16 twinfer twinfer_make_random_model > "$log/build.log" 2>&1 ||
+        { grep -B2 -A8 -m5 error "$log/build.log"; exit 1; }
+fi
+ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+# ncu's per-kernel summary as "total_us calls name", largest first.
+summarize() {
+    python3 - "$1" <<'PY'
+import csv, sys, collections
+rows = list(csv.reader(open(sys.argv[1])))
+head = next(i for i, r in enumerate(rows) if "Kernel Name" in r)
+h = rows[head]; name = h.index("Kernel Name"); metric = h.index("Metric Name"); value = h.index("Metric Value"); unit = h.index("Metric Unit")
+total = collections.defaultdict(float); calls = collections.Counter()
+for r in rows[head + 1:]:
+    if len(r) <= value or r[metric] != "gpu__time_duration.sum": continue
+    v = float(r[value].replace(",", "")); u = r[unit]
+    v = v / 1000 if u == "nsecond" else v * 1000 if u == "msecond" else v
+    k = r[name].split("(")[0].split("<")[0][-60:]
+    total[k] += v; calls[k] += 1
+all_us = sum(total.values())
+print(f"{'us':>10} {'%':>5} {'calls':>6} kernel   (sum {all_us:.0f} us)")
+for k, v in sorted(total.items(), key=lambda kv: -kv[1])[:14]:
+    print(f"{v:10.1f} {100*v/all_us:5.1f} {calls[k]:6d} {k}")
+PY
+}
+for spec in "${shapes[@]}"; do
+    shape=${spec%%:*} type=${spec##*:}
+    model=/tmp/$shape-$type.gguf
+    [ -f "$model" ] || "$build/tools/twinfer_make_random_model" "$shape" "$type" .device/smollm2-vocab.gguf "$model" > /dev/null || continue
+    for phase in pp512 tg4; do
+        if [ $phase = pp512 ]; then args=(-p 512 -n 0); else args=(-p 0 -n 4); fi
+        TWINFER_CUDA_GRAPH=0 timeout 300 "$ncu" --clock-control none --metrics gpu__time_duration.sum --csv -c 4000 \
+            --log-file "$log/ncu-$shape-$type-$phase.csv" "$build/apps/twinfer" bench -m "$model" --device cuda \
+            "${args[@]}" -r 1 --no-progress > /dev/null 2>&1 || { echo "ncu failed on $shape $phase"; continue; }
+        echo "=== $shape $type $phase"
+        summarize "$log/ncu-$shape-$type-$phase.csv"
+    done
+done
