@@ -5,7 +5,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <vector>
 
+#include "compute/buffer.hpp"
 #include "compute/context.hpp"
 #ifdef TWINFER_WITH_CUDA
 #include "compute/cuda/ops.hpp"
@@ -22,14 +24,29 @@ struct WeightMatrix {
     size_t rows = 0;
     size_t cols = 0;
     const std::byte* data = nullptr;
+    // On a GPU, the blocks of the int8 kernels' types split into planes (compute/cuda/
+    // quant_decode.cuh), as place_weights lays them out; the CPU reads the file's layout only.
+    bool planar = false;
 
-    size_t row_bytes() const { return row_size_bytes(type, cols); }
+    size_t row_bytes() const { return row_size_bytes(type, cols); }   // bytes per row, either layout
     // A GGUF tensor of dims [cols, rows] (ggml order). Throws naming the tensor if it is not 2-D
     // or its type has no matmul kernel.
     static WeightMatrix from_tensor(const gguf::TensorInfo& tensor);
 };
 
 bool matmul_supports(GGMLType type);
+
+// `w` where the context's device reads it, laid out as that device's kernels read it best: the CPU
+// uses w as it is (in the file mapping); a GPU gets a copy, in a buffer appended to `storage`, with
+// the int8 kernels' types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) split into planes.
+inline WeightMatrix place_weights(Context& ctx, const WeightMatrix& w, std::vector<Buffer>& storage) {
+    if (ctx.device() == Device::CPU) return w;
+#ifdef TWINFER_WITH_CUDA
+    if (ctx.device() == Device::CUDA)
+        return cuda::place_weights(ctx, w, storage.emplace_back(Device::CUDA, w.rows * w.row_bytes()).data());
+#endif
+    throw_backend_unavailable("place_weights", ctx.device());
+}
 
 // How a matrix-vector product reads the activations. Int8: quantized per 32 values to 8 bits
 // (llama.cpp's Q8_0 scheme, about 0.4% error per value, mostly averaging out in the sum) for

@@ -61,15 +61,6 @@ std::vector<float> F32WeightLoader::optional_vector(const std::string& name, siz
     return has(name) ? vector(name, n) : std::vector<float>{};
 }
 
-compute::WeightMatrix on_device(compute::Context& ctx, const compute::WeightMatrix& w, std::vector<compute::Buffer>& storage) {
-    if (ctx.device() == compute::Device::CPU) return w;
-    compute::Buffer& copy = storage.emplace_back(ctx.device(), w.rows * w.row_bytes());
-    compute::upload(ctx, copy.data(), w.data, w.rows * w.row_bytes());
-    compute::WeightMatrix placed = w;
-    placed.data = copy.as<std::byte>();
-    return placed;
-}
-
 void check_device_memory(compute::Device device, const gguf::File& file, size_t kv_cache_bytes) {
     const std::optional<compute::DeviceMemory> memory = compute::device_memory(device);
     if (!memory) return;

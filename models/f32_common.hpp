@@ -75,10 +75,6 @@ private:
     const gguf::File& file_;
 };
 
-// `w` where the context's device reads it: on the CPU, as is (in the mapping); on another device,
-// a copy in a buffer appended to `storage`.
-compute::WeightMatrix on_device(compute::Context& ctx, const compute::WeightMatrix& w, std::vector<compute::Buffer>& storage);
-
 // On a GPU: throws std::runtime_error before anything is allocated when the file's weights and a KV
 // cache of kv_cache_bytes would not fit in the device's free memory, saying how much each needs.
 void check_device_memory(compute::Device device, const gguf::File& file, size_t kv_cache_bytes);

@@ -39,7 +39,7 @@ F32GPTModel F32GPTModel::load(std::shared_ptr<const gguf::File> file, const F32O
                         KvCache::bytes(c.n_layer, 1, context_length(options, c.n_ctx_train), c.n_embd_kv()));
     F32GPTModel m(file, c, options);
     const F32WeightLoader load(*file);
-    auto matrix = [&](const compute::WeightMatrix& w) { return on_device(m.ctx_, w, m.device_weights_); };
+    auto matrix = [&](const compute::WeightMatrix& w) { return compute::place_weights(m.ctx_, w, m.device_weights_); };
     auto floats = [&](std::span<const float> values) { return DeviceFloats(m.ctx_, values); };
     m.token_embd_ = matrix(load.matrix("token_embd.weight", V, E));
     m.position_embd_ = matrix(load.matrix("position_embd.weight", c.n_ctx_train, E));

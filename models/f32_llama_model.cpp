@@ -31,7 +31,7 @@ F32LlamaModel F32LlamaModel::load(std::shared_ptr<const gguf::File> file, const 
     F32LlamaModel m(file, c, options);
     const F32WeightLoader load(*file);
     auto matrix = [&](const std::string& name, size_t rows, size_t cols) {
-        return on_device(m.ctx_, load.matrix(name, rows, cols), m.device_weights_);
+        return compute::place_weights(m.ctx_, load.matrix(name, rows, cols), m.device_weights_);
     };
     auto floats = [&](const std::vector<float>& values) { return DeviceFloats(m.ctx_, values); };
     m.token_embd_ = matrix("token_embd.weight", V, E);

@@ -126,15 +126,14 @@ private:
 };
 
 // A rank's weights on its device: views into the GGUF mapping where a CPU rank can use the file's
-// bytes as they are (whole rows), copies otherwise (column shards; everything on a GPU).
+// bytes as they are (whole rows), copies otherwise (column shards; everything on a GPU, laid out
+// by compute::place_weights).
 class RankWeights {
 public:
     explicit RankWeights(compute::Context& ctx) : ctx_(ctx) {}
 
     compute::WeightMatrix rows(const compute::WeightMatrix& w, IndexRange rows) {
-        const std::byte* first = w.data + rows.begin * w.row_bytes();
-        const size_t bytes = rows.size() * w.row_bytes();
-        return {w.type, rows.size(), w.cols, ctx_.device() == compute::Device::CPU ? first : place(first, bytes)};
+        return compute::place_weights(ctx_, {w.type, rows.size(), w.cols, w.data + rows.begin * w.row_bytes()}, buffers_);
     }
 
     // Columns [cols.begin, cols.end) of every row, gathered: both ends on block boundaries.
@@ -149,7 +148,9 @@ public:
         std::vector<std::byte> gathered(w.rows * shard_row_bytes);
         for (size_t r = 0; r < w.rows; ++r)
             std::memcpy(gathered.data() + r * shard_row_bytes, w.data + r * w.row_bytes() + offset, shard_row_bytes);
-        return {w.type, w.rows, cols.size(), place(gathered.data(), gathered.size())};
+        // On the CPU the gathered bytes need a home that outlives this call.
+        if (ctx_.device() == compute::Device::CPU) return {w.type, w.rows, cols.size(), place(gathered.data(), gathered.size())};
+        return compute::place_weights(ctx_, {w.type, w.rows, cols.size(), gathered.data()}, buffers_);
     }
 
     // A float vector (or the part `range` of it) on the device; null when empty.

@@ -66,7 +66,7 @@ template <GGMLType T> __host__ __device__ constexpr size_t segment_bytes() {
 // Quantized rows are staged per warp in shared memory with coalesced 4-byte loads, many in flight,
 // then decoded from there: a lane reading its own 18-byte block straight from global memory would
 // touch a sector per lane per load, and L1 traffic and latency, not DRAM, would bound the kernel.
-template <GGMLType T> __host__ __device__ constexpr bool staged() { return unit_bytes(T) != 0; }
+template <GGMLType T> __host__ __device__ constexpr bool staged() { return unit_bytes(T) != 0 && !Planar<T>::used; }
 // Segments staged at once, as many as fit in `staging_budget` bytes per block (up to the whole
 // row): all their loads are in flight together, which is what hides DRAM's latency.
 constexpr size_t staging_budget = 96 * 1024;
@@ -165,7 +165,7 @@ matvec_kernel(const uint8_t* __restrict__ w, size_t row_bytes, int rows, int col
                     const uint8_t* segment = my_staging + r * stage_bytes + (base - stage) / 32 * segment_bytes<T>();
                     decode_unit<T>(segment, lane, u);
                 } else {
-                    decode_unit<T>(row[r], unit, u);
+                    load_unit<T>(DeviceMatrix{w, row_bytes, rows, cols}, min(first_row + r, rows - 1), unit, u);
                 }
                 float dot0 = 0.0f, dot1 = 0.0f;
 #pragma unroll
@@ -196,7 +196,7 @@ __global__ void dequantize_kernel(const uint8_t* __restrict__ w, size_t row_byte
     const size_t r = i / units;
     const int unit = int(i % units);
     Unit u;
-    decode_unit<T>(w + r * row_bytes, unit, u);
+    load_unit<T>(DeviceMatrix{w, row_bytes, int(rows), cols}, int(r), unit, u);
     constexpr int per_store = 16 / sizeof(OutT);
     auto* dst = reinterpret_cast<uint4*>(out + r * cols + unit * 32);
 #pragma unroll
@@ -214,13 +214,14 @@ __global__ void dequantize_kernel(const uint8_t* __restrict__ w, size_t row_byte
 }
 
 template <GGMLType T>
-__global__ void get_rows_kernel(const uint8_t* __restrict__ table, size_t row_bytes, int cols,
+__global__ void get_rows_kernel(const uint8_t* __restrict__ table, size_t row_bytes, int rows, int cols,
                                 const int32_t* __restrict__ ids, float* __restrict__ out) {
-    const uint8_t* row = table + size_t(ids[blockIdx.x]) * row_bytes;
+    const DeviceMatrix m{table, row_bytes, rows, cols};
+    const int row = ids[blockIdx.x];
     float* dst = out + size_t(blockIdx.x) * cols;
     for (int unit = threadIdx.x; unit < cols / 32; unit += blockDim.x) {
         Unit u;
-        decode_unit<T>(row, unit, u);
+        load_unit<T>(m, row, unit, u);
 #pragma unroll
         for (int k = 0; k < 32; ++k) dst[unit * 32 + k] = u.a[k / 16] * u.q[k] + u.b[k / 16];
     }
@@ -260,11 +261,40 @@ __global__ void ragged_get_rows_kernel(GGMLType type, const uint8_t* __restrict_
     for (int i = threadIdx.x; i < cols; i += blockDim.x) out[size_t(blockIdx.x) * cols + i] = load_weight(type, row, i);
 }
 
+bool planar_type(GGMLType type) {
+    bool planar = false;
+    with_decoder(type, [&]<GGMLType T>() { planar = Planar<T>::used; });
+    return planar;
+}
+
 void check_shape(const WeightMatrix& w) {
     const size_t block = type_traits(w.type).block_size;
     if (w.cols % 32 != 0 || w.cols % block != 0)
         throw std::invalid_argument("CUDA matmul: " + std::to_string(w.cols) + " columns of " +
                                     std::string(type_name(w.type)) + " are not a whole number of 32-weight units");
+    if (w.planar != planar_type(w.type))
+        throw std::invalid_argument(std::string("CUDA matmul: ") + std::string(type_name(w.type)) + " weights " +
+                                    (w.planar ? "in a planar layout it does not have" : "in the file's layout") +
+                                    ": place them with compute::place_weights");
+}
+
+// GGUF's blocks [n_blocks] to the planar layout, one thread per block.
+template <GGMLType T>
+__global__ void repack_kernel(const uint8_t* __restrict__ blocks, size_t n_blocks, uint8_t* __restrict__ planar) {
+    const size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i >= n_blocks) return;
+    using P = Planar<T>;
+    using G = GgufBlock<T>;
+    const uint8_t* block = blocks + i * (P::code_bytes + P::high_bytes + P::scale_bytes);
+    const PlanarView<T> view(planar, n_blocks);
+    auto* codes = const_cast<uint8_t*>(view.codes_of(i));
+    for (int k = 0; k < P::code_bytes; ++k) codes[k] = block[G::codes + k];
+    if constexpr (P::high_bytes != 0) {
+        auto* high = const_cast<uint8_t*>(view.high) + 4 * i;
+        for (int k = 0; k < 4; ++k) high[k] = block[G::high + k];
+    }
+    auto* scales = const_cast<uint8_t*>(view.scales_of(i));
+    for (int k = 0; k < P::scale_bytes; ++k) scales[k] = block[G::scales + k];
 }
 
 template <class F>
@@ -348,6 +378,31 @@ struct NoOp {
 
 bool matmul_supports(GGMLType type) { return with_decoder(type, NoOp{}); }
 
+WeightMatrix place_weights(Context& ctx, const WeightMatrix& w, void* device) {
+    const size_t bytes = w.rows * w.row_bytes();
+    WeightMatrix placed = w;
+    placed.data = static_cast<const std::byte*>(device);
+    placed.planar = planar_type(w.type);
+    if (!placed.planar) {
+        upload(ctx, device, w.data, bytes);
+        return placed;
+    }
+    // The file's bytes through scratch, then rearranged on the device (the host would take a second
+    // per gigabyte).
+    DeviceContext& state = device_of(ctx);
+    void* staging = state.weights_half.get(bytes, state.stream);
+    upload(ctx, staging, w.data, bytes);
+    with_decoder(w.type, [&]<GGMLType T>() {
+        if constexpr (Planar<T>::used) {
+            const size_t n_blocks = w.rows * (w.cols / 32);
+            repack_kernel<T><<<blocks_for(n_blocks, 256), 256, 0, state.stream>>>(static_cast<const uint8_t*>(staging),
+                                                                                 n_blocks, static_cast<uint8_t*>(device));
+            TWINFER_CUDA_CHECK_LAUNCH();
+        }
+    });
+    return placed;
+}
+
 void matmul(Context& ctx, const WeightMatrix& w, const float* x, size_t n_tokens, float* y, Activations activations) {
     const MatmulOutput output{w, y};
     cuda::matmul(ctx, std::span<const MatmulOutput>(&output, 1), x, n_tokens, activations);
@@ -405,7 +460,7 @@ void get_rows(Context& ctx, const WeightMatrix& table, const int32_t* ids, size_
     }
     with_type(table, "get_rows", [&]<GGMLType T>() {
         get_rows_kernel<T><<<unsigned(n_ids), 128, 0, stream(ctx)>>>(reinterpret_cast<const uint8_t*>(table.data),
-                                                                    table.row_bytes(), int(table.cols), ids, out);
+                                                                    table.row_bytes(), int(table.rows), int(table.cols), ids, out);
         TWINFER_CUDA_CHECK_LAUNCH();
     });
 }

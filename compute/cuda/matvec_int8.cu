@@ -9,9 +9,9 @@
 // shared memory per block, so few blocks fit on an SM and too few loads are in flight to cover
 // DRAM's latency. Here a block is 4 warps and no shared memory: an SM holds 16 of them.
 //
-// Loads: a lane reads its block with 2- or 4-byte loads (the blocks of 18, 22 and 34 bytes are
-// only 2-byte aligned); the warp's loads of one instruction fall in a contiguous span of 32 blocks,
-// so every byte fetched from DRAM is used, and L1 serves the rest.
+// Loads: the weights are in the planar layout (quant_decode.cuh), so a lane reads its block's codes
+// with one 16-byte load (two for Q8_0) and its scale with one more; a warp's load instruction
+// covers 512 contiguous bytes.
 #include <cuda_fp16.h>
 
 #include <stdexcept>
@@ -49,12 +49,13 @@ struct ActivationBlock {
     float2 ds;
 };
 
-// Per type: bytes of a block and its dot product with an activation block. Codes c in [0, 16) or
-// [0, 32) stand for d * (c - offset) (Q4_0, Q5_0) or d * c + m (Q4_1, Q5_1); the offset or m
-// term uses the activations' d * sum(q).
+// Per type: block i's dot product with an activation block, from the planar layout
+// (quant_decode.cuh): the codes in one or two 16-byte loads. Codes c in [0, 16) or [0, 32) stand
+// for d * (c - offset) (Q4_0, Q5_0) or d * c + m (Q4_1, Q5_1); the offset or m term uses the
+// activations' d * sum(q).
 template <GGMLType T> struct Int8Dot;
 
-// 4-bit codes of word k of qs (bytes 4k .. 4k+3): low nibbles are weights 4k.., high ones 16+4k..
+// 4-bit codes of word k of the codes (bytes 4k .. 4k+3): low nibbles are weights 4k.., high ones 16+4k..
 __device__ __forceinline__ int nibble_dot(uint32_t word, int k, const ActivationBlock& x, int dot) {
     dot = __dp4a(int(word & 0x0F0F0F0Fu), x.a[k], dot);
     return __dp4a(int((word >> 4) & 0x0F0F0F0Fu), x.a[4 + k], dot);
@@ -70,57 +71,67 @@ __device__ __forceinline__ int five_bit_dot(uint32_t word, uint32_t qh, int k, c
     return __dp4a(int(((word >> 4) & 0x0F0F0F0Fu) | fifth_bits_of(qh >> (16 + 4 * k))), x.a[4 + k], dot);
 }
 
-template <> struct Int8Dot<GGMLType::Q4_0> {
-    static constexpr int bytes = 18;
-    __device__ static float dot(const uint8_t* b, const ActivationBlock& x) {
-        int dot = 0;
-#pragma unroll
-        for (int k = 0; k < 4; ++k) dot = nibble_dot(u32_a2(b + 2 + 4 * k), k, x, dot);
-        return half_at(b) * (x.ds.x * float(dot) - 8.0f * x.ds.y);
-    }
-};
+__device__ __forceinline__ void words_of(const uint8_t* p, uint32_t (&w)[4]) {
+    const uint4 v = __ldg(reinterpret_cast<const uint4*>(p));
+    w[0] = v.x, w[1] = v.y, w[2] = v.z, w[3] = v.w;
+}
 
-template <> struct Int8Dot<GGMLType::Q4_1> {
-    static constexpr int bytes = 20;
-    __device__ static float dot(const uint8_t* b, const ActivationBlock& x) {
-        int dot = 0;
+template <GGMLType T> __device__ __forceinline__ int four_or_five_bit_dot(const PlanarView<T>& v, size_t i, const ActivationBlock& x) {
+    uint32_t w[4];
+    words_of(v.codes_of(i), w);
+    int dot = 0;
+    if constexpr (Planar<T>::high_bytes != 0) {
+        const uint32_t qh = __ldg(reinterpret_cast<const uint32_t*>(v.high) + i);
 #pragma unroll
-        for (int k = 0; k < 4; ++k) dot = nibble_dot(u32_a4(b + 4 + 4 * k), k, x, dot);
-        const float2 dm = __half22float2(*reinterpret_cast<const __half2*>(b));
-        return dm.x * x.ds.x * float(dot) + dm.y * x.ds.y;
+        for (int k = 0; k < 4; ++k) dot = five_bit_dot(w[k], qh, k, x, dot);
+    } else {
+#pragma unroll
+        for (int k = 0; k < 4; ++k) dot = nibble_dot(w[k], k, x, dot);
+    }
+    return dot;
+}
+
+template <> struct Int8Dot<GGMLType::Q4_0> {
+    __device__ static float dot(const PlanarView<GGMLType::Q4_0>& v, size_t i, const ActivationBlock& x) {
+        const int dot = four_or_five_bit_dot(v, i, x);
+        return __half2float(__ldg(reinterpret_cast<const __half*>(v.scales) + i)) * (x.ds.x * float(dot) - 8.0f * x.ds.y);
     }
 };
 
 template <> struct Int8Dot<GGMLType::Q5_0> {
-    static constexpr int bytes = 22;
-    __device__ static float dot(const uint8_t* b, const ActivationBlock& x) {
-        const uint32_t qh = u32_a2(b + 2);
-        int dot = 0;
-#pragma unroll
-        for (int k = 0; k < 4; ++k) dot = five_bit_dot(u32_a2(b + 6 + 4 * k), qh, k, x, dot);
-        return half_at(b) * (x.ds.x * float(dot) - 16.0f * x.ds.y);
+    __device__ static float dot(const PlanarView<GGMLType::Q5_0>& v, size_t i, const ActivationBlock& x) {
+        const int dot = four_or_five_bit_dot(v, i, x);
+        return __half2float(__ldg(reinterpret_cast<const __half*>(v.scales) + i)) * (x.ds.x * float(dot) - 16.0f * x.ds.y);
     }
 };
 
+template <GGMLType T> __device__ __forceinline__ float with_min_dot(const PlanarView<T>& v, size_t i, const ActivationBlock& x) {
+    const int dot = four_or_five_bit_dot(v, i, x);
+    const float2 dm = __half22float2(__ldg(reinterpret_cast<const __half2*>(v.scales) + i));
+    return dm.x * x.ds.x * float(dot) + dm.y * x.ds.y;
+}
+template <> struct Int8Dot<GGMLType::Q4_1> {
+    __device__ static float dot(const PlanarView<GGMLType::Q4_1>& v, size_t i, const ActivationBlock& x) {
+        return with_min_dot(v, i, x);
+    }
+};
 template <> struct Int8Dot<GGMLType::Q5_1> {
-    static constexpr int bytes = 24;
-    __device__ static float dot(const uint8_t* b, const ActivationBlock& x) {
-        const uint32_t qh = u32_a4(b + 4);
-        int dot = 0;
-#pragma unroll
-        for (int k = 0; k < 4; ++k) dot = five_bit_dot(u32_a4(b + 8 + 4 * k), qh, k, x, dot);
-        const float2 dm = __half22float2(*reinterpret_cast<const __half2*>(b));
-        return dm.x * x.ds.x * float(dot) + dm.y * x.ds.y;
+    __device__ static float dot(const PlanarView<GGMLType::Q5_1>& v, size_t i, const ActivationBlock& x) {
+        return with_min_dot(v, i, x);
     }
 };
 
 template <> struct Int8Dot<GGMLType::Q8_0> {
-    static constexpr int bytes = 34;
-    __device__ static float dot(const uint8_t* b, const ActivationBlock& x) {
+    __device__ static float dot(const PlanarView<GGMLType::Q8_0>& v, size_t i, const ActivationBlock& x) {
+        uint32_t lo[4], hi[4];
+        words_of(v.codes_of(i), lo);
+        words_of(v.codes_of(i) + 16, hi);
         int dot = 0;
 #pragma unroll
-        for (int k = 0; k < 8; ++k) dot = __dp4a(int(u32_a2(b + 2 + 4 * k)), x.a[k], dot);
-        return half_at(b) * x.ds.x * float(dot);
+        for (int k = 0; k < 4; ++k) dot = __dp4a(int(lo[k]), x.a[k], dot);
+#pragma unroll
+        for (int k = 0; k < 4; ++k) dot = __dp4a(int(hi[k]), x.a[4 + k], dot);
+        return __half2float(__ldg(reinterpret_cast<const __half*>(v.scales) + i)) * x.ds.x * float(dot);
     }
 };
 
@@ -128,8 +139,7 @@ template <> struct Int8Dot<GGMLType::Q8_0> {
 // decoding step spends one launch on them, not one each. Target i owns blocks first_block[i] ..
 // first_block[i + 1].
 struct Target {
-    const uint8_t* w;
-    size_t row_bytes;
+    const uint8_t* w;   // planar (quant_decode.cuh)
     float* y;
     int rows;
     int first_block;
@@ -155,11 +165,14 @@ int8_matvec_kernel(Targets targets, int n_blocks, const int8_t* __restrict__ qs,
     constexpr int rows_of_target = Swiglu ? 1 : Rows;
     const int first_row = ((int(blockIdx.x) - target.first_block) * warps_per_block + warp) * rows_of_target;
     if (first_row >= target.rows) return;
-    const uint8_t* row[Rows];
+    // Row r's block b is block r * n_blocks + b of its matrix.
+    PlanarView<T> view[Rows];
+    size_t first_block_of[Rows];
 #pragma unroll
     for (int r = 0; r < Rows; ++r) {
-        if constexpr (Swiglu) row[r] = targets.t[r].w + size_t(first_row) * target.row_bytes;
-        else row[r] = target.w + size_t(min(first_row + r, target.rows - 1)) * target.row_bytes;
+        const Target& m = Swiglu ? targets.t[r] : target;
+        view[r] = PlanarView<T>(m.w, size_t(m.rows) * n_blocks);
+        first_block_of[r] = size_t(Swiglu ? first_row : min(first_row + r, target.rows - 1)) * n_blocks;
     }
     float acc[Rows] = {};
 #pragma unroll 4
@@ -171,7 +184,7 @@ int8_matvec_kernel(Targets targets, int n_blocks, const int8_t* __restrict__ qs,
         x.a[4] = hi.x, x.a[5] = hi.y, x.a[6] = hi.z, x.a[7] = hi.w;
         x.ds = __ldg(ds + b);
 #pragma unroll
-        for (int r = 0; r < Rows; ++r) acc[r] += Int8Dot<T>::dot(row[r] + size_t(b) * Int8Dot<T>::bytes, x);
+        for (int r = 0; r < Rows; ++r) acc[r] += Int8Dot<T>::dot(view[r], first_block_of[r] + b, x);
     }
     float total[Rows];
 #pragma unroll
@@ -226,7 +239,7 @@ void launch(Context& ctx, GGMLType type, const Targets& targets, size_t cols, co
 }
 
 Target target_of(const WeightMatrix& w, float* y, bool accumulate) {
-    return {reinterpret_cast<const uint8_t*>(w.data), w.row_bytes(), y, int(w.rows), 0, accumulate};
+    return {reinterpret_cast<const uint8_t*>(w.data), y, int(w.rows), 0, accumulate};
 }
 
 }  // namespace

@@ -26,6 +26,9 @@ namespace twinfer::compute::cuda {
 // float16 and a cuBLAS float16 product with float32 accumulation (float32 for F32 weights); see
 // matmul.cu for its error. x must be 16-byte aligned (cudaMalloc memory at a multiple of 4 floats).
 bool matmul_supports(GGMLType type);
+// w (host memory) copied to `device` (w.rows * w.row_bytes() bytes), planar for the int8 kernels'
+// types; returns the matrix there.
+WeightMatrix place_weights(Context& ctx, const WeightMatrix& w, void* device);
 void matmul(Context& ctx, const WeightMatrix& w, const float* x, size_t n_tokens, float* y, Activations activations);
 // Several products of one x (Q, K, V; gate, up): x quantized once for all of them.
 void matmul(Context& ctx, std::span<const MatmulOutput> outputs, const float* x, size_t n_tokens, Activations activations);

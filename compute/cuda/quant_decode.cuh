@@ -263,6 +263,101 @@ template <> __device__ __forceinline__ void decode_unit<GGMLType::Q6_K>(const ui
     }
 }
 
+// The GPU's layout of the types of the int8 kernels (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0): a matrix's
+// blocks split into three planes -- every block's codes (16 or 32 bytes), then every block's fifth
+// bits (Q5_0, Q5_1: 4 bytes), then every block's scales (d, or d and m: 2 or 4 bytes) -- block
+// i = row * blocks_per_row + b at i times the plane's width. Same size as the file's layout. A
+// warp's lanes then read 32 neighbouring blocks' codes with one 16-byte load each, 512 contiguous
+// bytes, where GGUF's 18- to 34-byte blocks allow only 2-byte loads (up to 17 per block) spread
+// over the warp's span: a 4096-wide Q4_0 product went from 9 load instructions per block to 2.
+// compute::place_weights lays weights out so on upload (repack_kernel in matmul.cu).
+template <GGMLType T> struct Planar {
+    static constexpr bool used = false;
+};
+template <> struct Planar<GGMLType::Q4_0> {
+    static constexpr bool used = true;
+    static constexpr int code_bytes = 16, high_bytes = 0, scale_bytes = 2;
+};
+template <> struct Planar<GGMLType::Q4_1> {
+    static constexpr bool used = true;
+    static constexpr int code_bytes = 16, high_bytes = 0, scale_bytes = 4;
+};
+template <> struct Planar<GGMLType::Q5_0> {
+    static constexpr bool used = true;
+    static constexpr int code_bytes = 16, high_bytes = 4, scale_bytes = 2;
+};
+template <> struct Planar<GGMLType::Q5_1> {
+    static constexpr bool used = true;
+    static constexpr int code_bytes = 16, high_bytes = 4, scale_bytes = 4;
+};
+template <> struct Planar<GGMLType::Q8_0> {
+    static constexpr bool used = true;
+    static constexpr int code_bytes = 32, high_bytes = 0, scale_bytes = 2;
+};
+
+// The three planes of a planar matrix of n_blocks blocks.
+template <GGMLType T> struct PlanarView {
+    const uint8_t* codes = nullptr;
+    const uint8_t* high = nullptr;
+    const uint8_t* scales = nullptr;
+    PlanarView() = default;
+    __host__ __device__ PlanarView(const uint8_t* data, size_t n_blocks)
+        : codes(data), high(data + n_blocks * Planar<T>::code_bytes),
+          scales(data + n_blocks * (Planar<T>::code_bytes + Planar<T>::high_bytes)) {}
+    // Block i's codes, fifth bits and scales.
+    __device__ const uint8_t* codes_of(size_t i) const { return codes + i * Planar<T>::code_bytes; }
+    __device__ uint32_t high_of(size_t i) const { return *reinterpret_cast<const uint32_t*>(high + i * 4); }
+    __device__ const uint8_t* scales_of(size_t i) const { return scales + i * Planar<T>::scale_bytes; }
+};
+
+// GGUF's block layout within a block: where the codes, fifth bits and scales sit (repack_kernel).
+template <GGMLType T> struct GgufBlock;
+template <> struct GgufBlock<GGMLType::Q4_0> { static constexpr int scales = 0, high = -1, codes = 2; };
+template <> struct GgufBlock<GGMLType::Q4_1> { static constexpr int scales = 0, high = -1, codes = 4; };
+template <> struct GgufBlock<GGMLType::Q5_0> { static constexpr int scales = 0, high = 2, codes = 6; };
+template <> struct GgufBlock<GGMLType::Q5_1> { static constexpr int scales = 0, high = 4, codes = 8; };
+template <> struct GgufBlock<GGMLType::Q8_0> { static constexpr int scales = 0, high = -1, codes = 2; };
+
+// Block i of a planar matrix as a unit of 32 weights (one block is one unit for these types).
+template <GGMLType T> __device__ __forceinline__ void decode_planar(const PlanarView<T>& v, size_t i, Unit& u) {
+    const uint8_t* codes = v.codes_of(i);
+    const uint8_t* scales = v.scales_of(i);
+    if constexpr (T == GGMLType::Q8_0) {
+#pragma unroll
+        for (int w = 0; w < 8; ++w) {
+            const uint32_t word = u32_a4(codes + 4 * w) ^ 0x80808080u;  // int8 + 128, as a byte
+#pragma unroll
+            for (int b = 0; b < 4; ++b) u.q[4 * w + b] = code(byte_of(word, b));
+        }
+        const float d = half_at(scales);
+        set_affine(u, d, -128.0f * d);
+    } else {
+        nibbles(u, codes, u32_a4);
+        if constexpr (Planar<T>::high_bytes != 0) fifth_bits(u, v.high_of(i));
+        const float d = half_at(scales);
+        if constexpr (T == GGMLType::Q4_0) set_affine(u, d, -8.0f * d);
+        else if constexpr (T == GGMLType::Q5_0) set_affine(u, d, -16.0f * d);
+        else set_affine(u, d, half_at(scales + 2));   // Q4_1, Q5_1: d and m
+    }
+}
+
+// A matrix on the GPU as the kernels see it: planar for the types with a Planar layout, GGUF's rows
+// otherwise. Unit `unit` of row `row`, whichever.
+struct DeviceMatrix {
+    const uint8_t* data;
+    size_t row_bytes;
+    int rows;
+    int cols;
+};
+template <GGMLType T>
+__device__ __forceinline__ void load_unit(const DeviceMatrix& w, int row, int unit, Unit& u) {
+    if constexpr (Planar<T>::used) {
+        decode_planar<T>(PlanarView<T>(w.data, size_t(w.rows) * (w.cols / 32)), size_t(row) * (w.cols / 32) + unit, u);
+    } else {
+        decode_unit<T>(w.data + size_t(row) * w.row_bytes, unit, u);
+    }
+}
+
 // Calls f.template operator()<T>() with the type as a template argument; false for a type with no
 // decoder.
 template <class F>

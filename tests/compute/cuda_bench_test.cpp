@@ -67,16 +67,16 @@ struct Stack {
         for (auto& v : values) v = normal(rng);
         std::vector<std::byte> bytes(row_size_bytes(type, cols) * rows);
         quantize(type, values, bytes);
-        memory.emplace_back(Device::CUDA, bytes.size());
-        cuda::upload(gpu, memory.back().data(), bytes.data(), bytes.size());
-        return {type, rows, cols, memory.back().as<std::byte>()};
+        return place_weights(gpu, {type, rows, cols, bytes.data()}, memory);
     }
-    WeightMatrix copy_of(const WeightMatrix& w) {
+    WeightMatrix copy_of(const WeightMatrix& w) {   // the same bytes (and layout) elsewhere
         memory.emplace_back(Device::CUDA, w.rows * w.row_bytes());
         std::vector<std::byte> host(w.rows * w.row_bytes());
         cuda::download(gpu, host.data(), w.data, host.size());
         cuda::upload(gpu, memory.back().data(), host.data(), host.size());
-        return {w.type, w.rows, w.cols, memory.back().as<std::byte>()};
+        WeightMatrix copy = w;
+        copy.data = memory.back().as<std::byte>();
+        return copy;
     }
     float* ones(size_t n) {
         float* p = floats(n);

@@ -59,6 +59,10 @@ protected:
         cuda::upload(*gpu, buffers.back().data(), host.data(), host.size() * sizeof(T));
         return buffers.back().as<T>();
     }
+    // Weights where the GPU's kernels read them (compute::place_weights: planar for the int8 types).
+    WeightMatrix placed(GGMLType type, size_t rows, size_t cols, const std::vector<std::byte>& bytes) {
+        return place_weights(*gpu, {type, rows, cols, bytes.data()}, buffers);
+    }
     // Device memory filled with NaN, so that an element the kernel misses fails the comparison.
     float* poisoned(size_t n) { return to_device(std::vector<float>(n, NAN)); }
     template <class T> std::vector<T> to_host(const T* device, size_t n) {
@@ -116,8 +120,7 @@ TEST_P(CudaMatmul, MatchesCpu) {
     const auto [type, rows, cols, n_tokens] = GetParam();
     const auto weights = random_weights(type, rows, cols, rng);
     const WeightMatrix w_cpu{type, rows, cols, weights.data()};
-    WeightMatrix w_gpu = w_cpu;
-    w_gpu.data = to_device(weights);
+    const WeightMatrix w_gpu = placed(type, rows, cols, weights);
     const auto x = random(n_tokens * cols);
     std::vector<float> want(n_tokens * rows);
     matmul(cpu, w_cpu, x.data(), n_tokens, want.data(), Activations::Float32);
@@ -172,7 +175,7 @@ TEST_F(CudaOps, GetRows) {
         std::vector<float> want(ids.size() * cols);
         get_rows(cpu, {type, rows, cols, weights.data()}, ids.data(), ids.size(), want.data());
         float* out = poisoned(want.size());
-        get_rows(*gpu, {type, rows, cols, to_device(weights)}, to_device(ids), ids.size(), out);
+        get_rows(*gpu, placed(type, rows, cols, weights), to_device(ids), ids.size(), out);
         EXPECT_LT(relative_error(to_host(out, want.size()), want), 1e-6) << type_name(type);
     }
 }
@@ -228,8 +231,7 @@ TEST_F(CudaOps, FusedProductsMatchCpu) {
             for (size_t i = 0; i < 3; ++i) {
                 const WeightMatrix w{type, heights[i], cols, weights[i].data()};
                 on_cpu.push_back({w, want[i].data(), /*accumulate=*/i == 1});
-                WeightMatrix w_gpu = w;
-                w_gpu.data = to_device(weights[i]);
+                const WeightMatrix w_gpu = placed(type, heights[i], cols, weights[i]);
                 on_gpu.push_back({w_gpu, i == 1 ? to_device(y0[i]) : poisoned(n_tokens * heights[i]), i == 1});
             }
             matmul(cpu, on_cpu, x.data(), n_tokens, Activations::Int8);
@@ -241,8 +243,7 @@ TEST_F(CudaOps, FusedProductsMatchCpu) {
             // gate = outputs 0 and up = a second matrix of its shape
             const auto up_bytes = random_weights(type, heights[0], cols, rng);
             const WeightMatrix up{type, heights[0], cols, up_bytes.data()};
-            WeightMatrix up_gpu = up;
-            up_gpu.data = to_device(up_bytes);
+            const WeightMatrix up_gpu = placed(type, heights[0], cols, up_bytes);
             std::vector<float> swiglu_want(n_tokens * heights[0]), scratch(n_tokens * heights[0]);
             matmul_swiglu(cpu, on_cpu[0].w, up, x.data(), n_tokens, swiglu_want.data(), scratch.data(), Activations::Int8);
             float* swiglu_out = poisoned(n_tokens * heights[0]);
