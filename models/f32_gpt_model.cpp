@@ -51,9 +51,11 @@ F32GPTModel F32GPTModel::load(std::shared_ptr<const gguf::File> file, const F32O
         Layer& L = m.layers_.emplace_back();
         L.attn_norm = floats(load.vector(p + "attn_norm.weight", E));
         L.attn_norm_bias = floats(load.vector(p + "attn_norm.bias", E));
-        const compute::WeightMatrix qkv = matrix(load.matrix(p + "attn_qkv.weight", 3 * E, E));
+        // The fused Q/K/V matrix split on the host, each part placed alone (a GPU's planar layout
+        // is per matrix).
+        const compute::WeightMatrix qkv = load.matrix(p + "attn_qkv.weight", 3 * E, E);
         const std::vector<float> qkv_bias = load.vector(p + "attn_qkv.bias", 3 * E);
-        L.wq = row_block(qkv, 0, E), L.wk = row_block(qkv, E, E), L.wv = row_block(qkv, 2 * E, E);
+        L.wq = matrix(row_block(qkv, 0, E)), L.wk = matrix(row_block(qkv, E, E)), L.wv = matrix(row_block(qkv, 2 * E, E));
         const std::span<const float> b(qkv_bias);
         L.bq = floats(b.subspan(0, E)), L.bk = floats(b.subspan(E, E)), L.bv = floats(b.subspan(2 * E, E));
         L.wo = matrix(load.matrix(p + "attn_output.weight", E, E));

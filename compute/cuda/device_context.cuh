@@ -66,6 +66,11 @@ struct DeviceContext {
 DeviceContext& device_of(Context& ctx);
 inline cudaStream_t stream(Context& ctx) { return device_of(ctx).stream; }
 
+// Lets `kernel` use up to 200 KiB of dynamic shared memory on the current GPU when `bytes` passes
+// the default 48 KiB. The limit is per kernel and GPU (each device loads its own copy of the
+// kernel), and the ranks of a tensor-parallel model launch on several GPUs from several threads.
+void allow_shared_memory(const void* kernel, size_t bytes);
+
 inline unsigned blocks_for(size_t n, unsigned threads) { return static_cast<unsigned>((n + threads - 1) / threads); }
 
 // Programmatic dependent launch (Hopper): a kernel launched by launch_after_previous may be

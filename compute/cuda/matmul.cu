@@ -9,7 +9,6 @@
 // roundings to float16 (relative 2^-11 at most, each): a relative error of a few 1e-4 in y, the
 // size of the error the tests allow (cuda_ops_test.cpp). F32 weights use a float32 cuBLAS product.
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <type_traits>
 #include <stdexcept>
@@ -309,19 +308,7 @@ void launch_matvec(Context& ctx, const WeightMatrix& w, const float* x, float* y
     const int stage_segments = Stage ? segments_per_stage<T>(w.cols) : 0;
     const size_t stage_bytes = (stage_segments * segment_bytes<T>() + 15) / 16 * 16;
     const size_t shared = matvec_shared_bytes(w.cols) + matvec_warps * rows_per_warp * stage_bytes;
-    // The limit is per kernel and GPU (each device loads its own copy of the kernel), and the
-    // ranks of a tensor-parallel model launch on several GPUs from several threads: one bit per
-    // device. Raising it twice is harmless, so two threads racing to the same bit are too.
-    static std::atomic<uint64_t> raised_on_devices = 0;
-    if (shared > 48 * 1024) {
-        int device = 0;
-        TWINFER_CUDA_CHECK(cudaGetDevice(&device));
-        const uint64_t bit = device < 64 ? uint64_t(1) << device : 0;   // beyond 64 GPUs: raise every time
-        if (!(raised_on_devices.load(std::memory_order_acquire) & bit) || bit == 0) {
-            TWINFER_CUDA_CHECK(cudaFuncSetAttribute(matvec_kernel<T, Stage>, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024));
-            raised_on_devices.fetch_or(bit, std::memory_order_release);
-        }
-    }
+    allow_shared_memory(reinterpret_cast<const void*>(matvec_kernel<T, Stage>), shared);
     launch_after_previous(ctx, matvec_kernel<T, Stage>, blocks_for(w.rows, rows_per_block), matvec_warps * 32, shared,
                           reinterpret_cast<const uint8_t*>(w.data), w.row_bytes(), int(w.rows), int(w.cols), x, y,
                           accumulate, stage_segments);

@@ -157,10 +157,14 @@ template <GGMLType T, int Rows, bool Swiglu>
 __global__ void __launch_bounds__(warps_per_block * 32)
 int8_matvec_kernel(Targets targets, int n_blocks, const int8_t* __restrict__ qs, const float2* __restrict__ ds) {
     grid_dependency_wait();
-    int i = 0;
-    if constexpr (!Swiglu)
-        while (i + 1 < targets.n && int(blockIdx.x) >= targets.t[i + 1].first_block) ++i;
-    const Target& target = targets.t[i];
+    // The block's target, by constant indices: a runtime index into the parameters would copy
+    // them to the stack (local memory) first.
+    Target target = targets.t[0];
+    if constexpr (!Swiglu) {
+#pragma unroll
+        for (int i = 1; i < max_targets; ++i)
+            if (i < targets.n && int(blockIdx.x) >= targets.t[i].first_block) target = targets.t[i];
+    }
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     constexpr int rows_of_target = Swiglu ? 1 : Rows;
     const int first_row = ((int(blockIdx.x) - target.first_block) * warps_per_block + warp) * rows_of_target;
@@ -170,7 +174,7 @@ int8_matvec_kernel(Targets targets, int n_blocks, const int8_t* __restrict__ qs,
     size_t first_block_of[Rows];
 #pragma unroll
     for (int r = 0; r < Rows; ++r) {
-        const Target& m = Swiglu ? targets.t[r] : target;
+        const Target& m = Swiglu && r == 1 ? targets.t[1] : target;
         view[r] = PlanarView<T>(m.w, size_t(m.rows) * n_blocks);
         first_block_of[r] = size_t(Swiglu ? first_row : min(first_row + r, target.rows - 1)) * n_blocks;
     }

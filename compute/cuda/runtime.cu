@@ -1,6 +1,8 @@
 // Device memory, copies, the per-Context device state and graphs.
 #include <cstdio>
 #include <cstdlib>
+#include <mutex>
+#include <set>
 #include <string_view>
 #include <utility>
 
@@ -127,6 +129,18 @@ void* Scratch::get(size_t bytes, cudaStream_t stream) {
     data_ = allocate(bytes);
     bytes_ = bytes;
     return data_;
+}
+
+void allow_shared_memory(const void* kernel, size_t bytes) {
+    if (bytes <= 48 * 1024) return;
+    int device = 0;
+    TWINFER_CUDA_CHECK(cudaGetDevice(&device));
+    static std::mutex mutex;
+    static std::set<std::pair<const void*, int>> raised;
+    std::lock_guard lock(mutex);
+    if (raised.count({kernel, device})) return;
+    TWINFER_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024));
+    raised.insert({kernel, device});
 }
 
 DeviceContext::DeviceContext() {
