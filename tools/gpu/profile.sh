@@ -4,6 +4,7 @@
 # models of the benchmark shapes, and for each prints the kernels' summed durations for one
 # prompt of 512 tokens and for 4 single-token decode steps (CUDA graph off, so ncu sees each
 # launch; its serialization removes launch overlap, so compare the kernels' sums, not the wall time).
+# PHASES="tg4" profiles decoding alone.
 # Usage: tools/gpu/profile.sh [build-dir] [shape:type ...]   (default build-gpu smollm2-135m:Q4_1
 #   tinyllama-1.1b:Q4_0 llama2-7b:Q4_0). Carry .deps and .device (see tools/gpu/bench.sh).
 set -uo pipefail
@@ -32,7 +33,7 @@ for r in rows[head + 1:]:
     if len(r) <= value or r[metric] != "gpu__time_duration.sum": continue
     v = float(r[value].replace(",", "")); u = r[unit]
     v = v / 1000 if u == "nsecond" else v * 1000 if u == "msecond" else v
-    k = r[name].split("(")[0].split("<")[0][-60:]
+    k = r[name].replace("(anonymous namespace)::", "").split("(")[0][-60:]
     total[k] += v; calls[k] += 1
 all_us = sum(total.values())
 print(f"{'us':>10} {'%':>5} {'calls':>6} kernel   (sum {all_us:.0f} us)")
@@ -44,7 +45,7 @@ for spec in "${shapes[@]}"; do
     shape=${spec%%:*} type=${spec##*:}
     model=/tmp/$shape-$type.gguf
     [ -f "$model" ] || "$build/tools/twinfer_make_random_model" "$shape" "$type" .device/smollm2-vocab.gguf "$model" > /dev/null || continue
-    for phase in pp512 tg4; do
+    for phase in ${PHASES:-pp512 tg4}; do
         if [ $phase = pp512 ]; then args=(-p 512 -n 0); else args=(-p 0 -n 4); fi
         TWINFER_CUDA_GRAPH=0 timeout 300 "$ncu" --clock-control none --metrics gpu__time_duration.sum --csv -c 4000 \
             --log-file "$log/ncu-$shape-$type-$phase.csv" "$build/apps/twinfer" bench -m "$model" --device cuda \
