@@ -31,7 +31,7 @@ constexpr int max_head_dim = 256;
 constexpr int max_pairs = max_rows * max_head_dim / threads;  // (row, dim) outputs per thread
 
 struct Layout {
-    int n_tokens, first_position, n_head, group, heads_per_block, head_dim, kv_stride, chunk, n_splits;
+    int n_tokens, first_position, n_head, group, heads_per_block, tokens_per_block, head_dim, kv_stride, chunk, n_splits;
     float scale;
     // attention_at: the position in device memory; first_position, chunk and n_splits are then
     // worked out in the kernels from it (split_plan), and split_cap is split_plan's bound.
@@ -74,8 +74,8 @@ attention_kernel(const float* __restrict__ q, const float* __restrict__ keys, co
     if (int(blockIdx.z) >= L.n_splits) return;   // attention_at: a split this position does not need
     extern __shared__ float shared[];
     const int hd = L.head_dim;
-    const int rows = max_rows / L.heads_per_block * L.heads_per_block;
-    const int tokens_per_block = rows / L.heads_per_block;
+    const int tokens_per_block = L.tokens_per_block;
+    const int rows = tokens_per_block * L.heads_per_block;
     float* qs = shared;                        // [rows][hd], scaled
     float* ks = qs + rows * hd;                // [kv_tile][hd + 1]
     float* vs = ks + kv_tile * (hd + 1);       // [kv_tile][hd + 1]
@@ -110,11 +110,24 @@ attention_kernel(const float* __restrict__ q, const float* __restrict__ keys, co
     for (int tile = begin; tile < end; tile += kv_tile) {
         const int n_in = min(kv_tile, end - tile);
         __syncthreads();  // the previous tile's V and probabilities are used up
-        // K and V together: one memory round trip per tile.
-        for (int e = threadIdx.x; e < n_in * hd; e += threads) {
-            const size_t from = size_t(tile + e / hd) * L.kv_stride + kv_head * hd + e % hd;
-            ks[(e / hd) * (hd + 1) + e % hd] = keys[from];
-            vs[(e / hd) * (hd + 1) + e % hd] = values[from];
+        // K and V together, 16 bytes at a time where rows allow: one memory round trip per tile.
+        if (hd % 4 == 0 && L.kv_stride % 4 == 0 && reinterpret_cast<uintptr_t>(keys) % 16 == 0 &&
+            reinterpret_cast<uintptr_t>(values) % 16 == 0) {
+            for (int e = 4 * threadIdx.x; e < n_in * hd; e += 4 * threads) {
+                const size_t from = size_t(tile + e / hd) * L.kv_stride + kv_head * hd + e % hd;
+                const float4 k4 = *reinterpret_cast<const float4*>(keys + from);
+                const float4 v4 = *reinterpret_cast<const float4*>(values + from);
+                float* k = ks + (e / hd) * (hd + 1) + e % hd;
+                float* v = vs + (e / hd) * (hd + 1) + e % hd;
+                k[0] = k4.x, k[1] = k4.y, k[2] = k4.z, k[3] = k4.w;
+                v[0] = v4.x, v[1] = v4.y, v[2] = v4.z, v[3] = v4.w;
+            }
+        } else {
+            for (int e = threadIdx.x; e < n_in * hd; e += threads) {
+                const size_t from = size_t(tile + e / hd) * L.kv_stride + kv_head * hd + e % hd;
+                ks[(e / hd) * (hd + 1) + e % hd] = keys[from];
+                vs[(e / hd) * (hd + 1) + e % hd] = values[from];
+            }
         }
         __syncthreads();
 #pragma unroll
@@ -231,8 +244,11 @@ void launch_attention(Context& ctx, const float* q, const float* keys, const flo
     L.kv_stride = int(shape.kv_stride);
     L.scale = shape.scale;
     L.position = position;
-    const int rows = max_rows / L.heads_per_block * L.heads_per_block;
-    const int tokens_per_block = rows / L.heads_per_block;
+    // As many tokens per block as fit in max_rows, but no more than there are: a decoding step with
+    // one head per block (Llama 2 7B) computed seven rows of nothing beside its one.
+    L.tokens_per_block = int(std::min<size_t>(max_rows / L.heads_per_block, n_tokens));
+    const int tokens_per_block = L.tokens_per_block;
+    const int rows = tokens_per_block * L.heads_per_block;
     const dim3 grid_2d(unsigned((n_tokens + tokens_per_block - 1) / tokens_per_block),
                        unsigned(shape.n_head_kv * (L.group / L.heads_per_block)));
     const int blocks = int(grid_2d.x * grid_2d.y);
