@@ -216,11 +216,9 @@ Rank::Rank(const gguf::File& file, const ModelConfig& c, const RankShard& s, con
     const IndexRange q_rows = s.heads.scaled(D), kv_rows = s.kv_heads.scaled(D);
     const F32WeightLoader load(file);
     token_embd = weights.rows(load.matrix("token_embd.weight", V, E), {0, V});
-    if (load.has("output.weight")) {
-        output = weights.rows(load.matrix("output.weight", V, E), s.vocab);
-    } else {   // tied: this rank's rows of the table it already holds
-        output = {token_embd.type, s.vocab.size(), E, token_embd.data + s.vocab.begin * token_embd.row_bytes()};
-    }
+    // Tied: this rank's rows of the embedding table, placed on their own (views of the mapping on
+    // the CPU; on a GPU a copy, since a planar matrix cannot be cut into row ranges in place).
+    output = weights.rows(load.matrix(load.has("output.weight") ? "output.weight" : "token_embd.weight", V, E), s.vocab);
     output_norm = weights.floats(load.vector("output_norm.weight", E));
     for (int il = 0; il < c.n_layer; ++il) {
         const std::string p = "blk." + std::to_string(il) + ".";

@@ -40,9 +40,13 @@ using test::greedy;
 //   float rounding (the split's order of additions) can land on the other side of a rounding
 //   boundary and move by a whole step, and the KV cache carries such flips on: the int8 budget of
 //   CUDA against the CPU (f32_cuda_test.cpp), 3e-2.
+// - the benchmark's deep random models (32 and 40 layers), prompt: the same flips, here across
+//   float16 rounding boundaries of the cuBLAS products' inputs (steps of 2^-11), compounding layer
+//   after layer: 3.8e-3 measured on a random Llama-2-7B-shaped Q4_0 model, 2 H100s. 1e-2.
 constexpr double kSplitTolerance = 1e-5;
 constexpr double kGpuSplitTolerance = 1e-3;
 constexpr double kGpuInt8SplitTolerance = 3e-2;
+constexpr double kGpuDeepPromptTolerance = 1e-2;
 
 // ---------------------------------------------------------------------------------------------
 // Sharding arithmetic
@@ -535,7 +539,7 @@ TEST(TpBench, DISABLED_LlamaShapesOverOneAndTwoGpus) {
                     const double error = test::relative_error(steps[i].last(), reference[i].last());
                     worst = std::max(worst, error);
                     // Step 0 is the prompt (float16 cuBLAS products, no int8); the rest decode.
-                    EXPECT_LE(error, i == 0 ? kGpuSplitTolerance : kGpuInt8SplitTolerance)
+                    EXPECT_LE(error, i == 0 ? kGpuDeepPromptTolerance : kGpuInt8SplitTolerance)
                         << c.shape.name << " TP=" << n << " step " << i;
                 }
 
