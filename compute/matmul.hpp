@@ -39,7 +39,7 @@ bool matmul_supports(GGMLType type);
 // `w` where the context's device reads it, laid out as that device's kernels read it best: the CPU
 // uses w as it is (in the file mapping); a GPU gets a copy, in a buffer appended to `storage`, with
 // the int8 kernels' types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) split into planes.
-inline WeightMatrix place_weights(Context& ctx, const WeightMatrix& w, std::vector<Buffer>& storage) {
+inline WeightMatrix place_weights(Context& ctx, const WeightMatrix& w, [[maybe_unused]] std::vector<Buffer>& storage) {
     if (ctx.device() == Device::CPU) return w;
 #ifdef TWINFER_WITH_CUDA
     if (ctx.device() == Device::CUDA)
@@ -69,19 +69,30 @@ inline void matmul(Context& ctx, const WeightMatrix& w, const float* x, size_t n
 
 // Several products of one input, y_i = W_i x (Q, K and V; gate and up): x is packed or quantized
 // once and every matrix's rows are shared out in one parallel region.
+// An RMSNorm applied to the input of products on the way in: out = x / sqrt(mean(x^2) + eps) *
+// weight ([n_tokens, cols], written), and the products read out. A GPU's one-token int8 path
+// normalizes and quantizes in one launch.
+struct RmsNorm {
+    const float* weight;   // [cols]
+    float eps;
+    float* out;            // [n_tokens, cols]
+};
+
 struct MatmulOutput {
     WeightMatrix w;
     float* y;                 // [n_tokens, w.rows]
     bool accumulate = false;  // y += W x: a residual add folded into the product (one pass, one launch)
 };
+// norm: normalize x first (see RmsNorm).
 namespace cpu {
-void matmul(Context& ctx, std::span<const MatmulOutput> outputs, const float* x, size_t n_tokens, Activations activations);
+void matmul(Context& ctx, std::span<const MatmulOutput> outputs, const float* x, size_t n_tokens, Activations activations,
+            const RmsNorm* norm = nullptr);
 }
 inline void matmul(Context& ctx, std::span<const MatmulOutput> outputs, const float* x, size_t n_tokens,
-                   Activations activations) {
-    if (ctx.device() == Device::CPU) return cpu::matmul(ctx, outputs, x, n_tokens, activations);
+                   Activations activations, const RmsNorm* norm = nullptr) {
+    if (ctx.device() == Device::CPU) return cpu::matmul(ctx, outputs, x, n_tokens, activations, norm);
 #ifdef TWINFER_WITH_CUDA
-    if (ctx.device() == Device::CUDA) return cuda::matmul(ctx, outputs, x, n_tokens, activations);
+    if (ctx.device() == Device::CUDA) return cuda::matmul(ctx, outputs, x, n_tokens, activations, norm);
 #endif
     throw_backend_unavailable("matmul", ctx.device());
 }
@@ -91,14 +102,14 @@ inline void matmul(Context& ctx, std::span<const MatmulOutput> outputs, const fl
 // the activation are one launch.
 namespace cpu {
 void matmul_swiglu(Context& ctx, const WeightMatrix& gate, const WeightMatrix& up, const float* x, size_t n_tokens,
-                   float* out, float* up_scratch, Activations activations);
+                   float* out, float* up_scratch, Activations activations, const RmsNorm* norm = nullptr);
 }
 inline void matmul_swiglu(Context& ctx, const WeightMatrix& gate, const WeightMatrix& up, const float* x, size_t n_tokens,
-                          float* out, float* up_scratch, Activations activations) {
-    if (ctx.device() == Device::CPU) return cpu::matmul_swiglu(ctx, gate, up, x, n_tokens, out, up_scratch, activations);
+                          float* out, float* up_scratch, Activations activations, const RmsNorm* norm = nullptr) {
+    if (ctx.device() == Device::CPU) return cpu::matmul_swiglu(ctx, gate, up, x, n_tokens, out, up_scratch, activations, norm);
 #ifdef TWINFER_WITH_CUDA
     if (ctx.device() == Device::CUDA)
-        return cuda::matmul_swiglu(ctx, gate, up, x, n_tokens, out, up_scratch, activations);
+        return cuda::matmul_swiglu(ctx, gate, up, x, n_tokens, out, up_scratch, activations, norm);
 #endif
     throw_backend_unavailable("matmul_swiglu", ctx.device());
 }

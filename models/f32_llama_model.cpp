@@ -70,13 +70,6 @@ F32LlamaModel F32LlamaModel::load(std::shared_ptr<const gguf::File> file, const 
     return m;
 }
 
-// y = W x (+ bias)   x: [T, cols], y: [T, rows]
-void F32LlamaModel::project(const compute::WeightMatrix& w, const DeviceFloats& bias, const float* x,
-                            size_t n_tokens, float* y) {
-    compute::matmul(ctx_, w, x, n_tokens, y, activations_for(options_));
-    add_bias(bias, n_tokens, y);
-}
-
 // y[t, :] += bias, for the files whose projections have one.
 void F32LlamaModel::add_bias(const DeviceFloats& bias, size_t n_tokens, float* y) {
     if (!bias.empty()) compute::add_bias(ctx_, y, bias.data(), n_tokens, bias.size());
@@ -112,11 +105,11 @@ void F32LlamaModel::enqueue_forward(const int32_t* ids, size_t T, size_t p0, con
         float* k = device_position ? workspace_.buffer(KCUR) : keys + p0 * KVD;    // [T, KVD]
         float* v = device_position ? workspace_.buffer(VCUR) : values + p0 * KVD;
 
-        // Attention block: x += Wo attention(rope(Wq xn), rope(Wk xn), Wv xn), xn = rms_norm(x)
-        compute::rms_norm(ctx_, x, L.attn_norm.data(), T, E, eps, xn);              // xn: [T, E]
-        observe(ctx_, observer_, "attn_norm", il, xn, T * E);
+        // Attention block: x += Wo attention(rope(Wq xn), rope(Wk xn), Wv xn), xn = rms_norm(x) (in the product)
+        const compute::RmsNorm attn_norm{L.attn_norm.data(), eps, xn};              // xn: [T, E]
         const compute::MatmulOutput qkv[] = {{L.wq, q}, {L.wk, k}, {L.wv, v}};
-        compute::matmul(ctx_, qkv, xn, T, activations_for(options_));               // q: [T, H, D]; k, v: [T, Hkv, D]
+        compute::matmul(ctx_, qkv, x, T, activations_for(options_), &attn_norm);    // q: [T, H, D]; k, v: [T, Hkv, D]
+        observe(ctx_, observer_, "attn_norm", il, xn, T * E);
         add_bias(L.bq, T, q);
         add_bias(L.bk, T, k);
         add_bias(L.bv, T, v);
@@ -137,18 +130,19 @@ void F32LlamaModel::enqueue_forward(const int32_t* ids, size_t T, size_t p0, con
         residual_project(ctx_, L.wo, L.bo, att, T, x, activations_for(options_));   // x += Wo att
         observe(ctx_, observer_, "ffn_inp", il, x, T * E);
 
-        // Feed-forward block: x += W_down (silu(W_gate xn) * W_up xn), xn = rms_norm(x)
-        compute::rms_norm(ctx_, x, L.ffn_norm.data(), T, E, eps, xn);
+        // Feed-forward block: x += W_down (silu(W_gate xn) * W_up xn), xn = rms_norm(x) (in the product)
+        const compute::RmsNorm ffn_norm{L.ffn_norm.data(), eps, xn};
+        compute::matmul_swiglu(ctx_, L.w_gate, L.w_up, x, T, gate, up, activations_for(options_), &ffn_norm);  // gate: [T, F]
         observe(ctx_, observer_, "ffn_norm", il, xn, T * E);
-        compute::matmul_swiglu(ctx_, L.w_gate, L.w_up, xn, T, gate, up, activations_for(options_));  // gate: [T, F]
         residual_project(ctx_, L.w_down, {}, gate, T, x, activations_for(options_)); // x += W_down gate
         observe(ctx_, observer_, "l_out", il, x, T * E);
     }
 
     const float* last = x + (T - n_out) * E;                                        // the rows asked for
-    compute::rms_norm(ctx_, last, output_norm_.data(), n_out, E, eps, xn);          // xn: [n_out, E]
+    const compute::RmsNorm output_norm{output_norm_.data(), eps, xn};               // xn: [n_out, E]
+    const compute::MatmulOutput output{output_, logits};
+    compute::matmul(ctx_, std::span(&output, 1), last, n_out, activations_for(options_), &output_norm);  // logits: [n_out, V]
     observe(ctx_, observer_, "result_norm", -1, xn, n_out * E);
-    project(output_, {}, xn, n_out, logits);                                        // logits: [n_out, V]
 }
 
 }  // namespace twinfer

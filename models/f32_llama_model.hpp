@@ -36,7 +36,6 @@ private:
     friend class F32ModelBase<F32LlamaModel>;
 
     F32LlamaModel(std::shared_ptr<const gguf::File> file, ModelConfig config, const F32Options& options);
-    void project(const compute::WeightMatrix& w, const DeviceFloats& bias, const float* x, size_t n_tokens, float* y);
     void add_bias(const DeviceFloats& bias, size_t n_tokens, float* y);
     void reserve_workspace(size_t n_tokens);
     // Queues the pass of T tokens (ids in device memory) at positions p0.. up to the logits of the

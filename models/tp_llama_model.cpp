@@ -285,9 +285,9 @@ void Rank::forward(const ModelConfig& c, compute::Collective& collective, comput
         float* v = values + p0 * KVDr;
 
         // Attention block: x += sum over ranks of Wo_r attention_r(...), xn = rms_norm(x)
-        compute::rms_norm(ctx, x, L.attn_norm, T, E, eps, xn);                      // xn: [T, E]
+        const compute::RmsNorm attn_norm{L.attn_norm, eps, xn};                     // xn: [T, E]
         const compute::MatmulOutput qkv[] = {{L.wq, q}, {L.wk, k}, {L.wv, v}};
-        compute::matmul(ctx, qkv, xn, T, activations);                              // q: [T, Hr, D]; k, v: [T, Hkv_r, D] into the cache
+        compute::matmul(ctx, qkv, x, T, activations, &attn_norm);                   // q: [T, Hr, D]; k, v: [T, Hkv_r, D] into the cache
         if (L.bq) compute::add_bias(ctx, q, L.bq, T, QDr);
         if (L.bk) compute::add_bias(ctx, k, L.bk, T, KVDr);
         if (L.bv) compute::add_bias(ctx, v, L.bv, T, KVDr);
@@ -300,8 +300,8 @@ void Rank::forward(const ModelConfig& c, compute::Collective& collective, comput
         compute::add(ctx, x, out, T * E);
 
         // Feed-forward block: x += sum over ranks of W_down_r (silu(W_gate_r xn) * W_up_r xn)
-        compute::rms_norm(ctx, x, L.ffn_norm, T, E, eps, xn);
-        compute::matmul_swiglu(ctx, L.w_gate, L.w_up, xn, T, gate, up, activations);  // gate: [T, Fr]
+        const compute::RmsNorm ffn_norm{L.ffn_norm, eps, xn};
+        compute::matmul_swiglu(ctx, L.w_gate, L.w_up, x, T, gate, up, activations, &ffn_norm);  // gate: [T, Fr]
         compute::matmul(ctx, L.w_down, gate, T, out, activations);                  // out: [T, E], this rank's share
         collective.all_reduce_sum(shard.rank, ctx, out, T * E);
         compute::add(ctx, x, out, T * E);

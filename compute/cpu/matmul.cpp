@@ -7,6 +7,7 @@
 
 #include "compute/cpu/kernels.hpp"
 #include "compute/elementwise.hpp"
+#include "compute/norm.hpp"
 #include "compute/cpu/thread_pool.hpp"
 #include "format/quant.hpp"
 
@@ -130,12 +131,17 @@ void gemm(Context& ctx, const Kernels& k, std::span<const MatmulOutput> outputs,
 
 }  // namespace
 
-void matmul(Context& ctx, std::span<const MatmulOutput> outputs, const float* x, size_t n_tokens, Activations activations) {
+void matmul(Context& ctx, std::span<const MatmulOutput> outputs, const float* x, size_t n_tokens, Activations activations,
+            const RmsNorm* norm) {
     for (const MatmulOutput& o : outputs)
         if (o.w.cols != outputs[0].w.cols)
             throw std::invalid_argument("matmul: matrices sharing an input must have as many columns (" +
                                         std::to_string(o.w.cols) + " vs " + std::to_string(outputs[0].w.cols) + ")");
     if (outputs.empty() || n_tokens == 0) return;
+    if (norm) {
+        cpu::rms_norm(ctx, x, norm->weight, n_tokens, outputs[0].w.cols, norm->eps, norm->out);
+        x = norm->out;
+    }
     const Kernels& k = kernels(ctx.cpu_isa());
     if (n_tokens >= min_gemm_tokens) return gemm(ctx, k, outputs, x, n_tokens);
     for (size_t t = 0; t < n_tokens; ++t) matvec(ctx, k, outputs, x + t * outputs[0].w.cols, t, activations);
@@ -147,12 +153,12 @@ void matmul(Context& ctx, const WeightMatrix& w, const float* x, size_t n_tokens
 }
 
 void matmul_swiglu(Context& ctx, const WeightMatrix& gate, const WeightMatrix& up, const float* x, size_t n_tokens,
-                   float* out, float* up_scratch, Activations activations) {
+                   float* out, float* up_scratch, Activations activations, const RmsNorm* norm) {
     if (gate.rows != up.rows || gate.cols != up.cols)
         throw std::invalid_argument("matmul_swiglu: gate [" + std::to_string(gate.rows) + ", " + std::to_string(gate.cols) +
                                     "] and up [" + std::to_string(up.rows) + ", " + std::to_string(up.cols) + "] differ");
     const MatmulOutput outputs[] = {{gate, out}, {up, up_scratch}};
-    cpu::matmul(ctx, outputs, x, n_tokens, activations);
+    cpu::matmul(ctx, outputs, x, n_tokens, activations, norm);
     cpu::swiglu(ctx, out, up_scratch, n_tokens * gate.rows, out);
 }
 

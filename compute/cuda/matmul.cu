@@ -395,7 +395,30 @@ void matmul(Context& ctx, const WeightMatrix& w, const float* x, size_t n_tokens
     cuda::matmul(ctx, std::span<const MatmulOutput>(&output, 1), x, n_tokens, activations);
 }
 
-void matmul(Context& ctx, std::span<const MatmulOutput> outputs, const float* x, size_t n_tokens, Activations activations) {
+namespace {
+
+// One token's int8 activations: x quantized, or RMSNorm(x) quantized in the same launch.
+QuantizedActivations int8_input(Context& ctx, const float* x, size_t token, size_t cols, const RmsNorm* norm) {
+    const float* xt = x + token * cols;
+    if (!norm) return quantize_activations(ctx, xt, cols);
+    return rms_norm_quantize(ctx, xt, RmsNorm{norm->weight, norm->eps, norm->out + token * cols}, cols);
+}
+
+// Applies `norm` as its own op unless the int8 path folds it into the quantization; returns the
+// input the products then read.
+const float* normalized_input(Context& ctx, const float* x, size_t n_tokens, size_t cols, const RmsNorm*& norm,
+                              bool int8_path) {
+    if (!norm || (int8_path && rms_norm_quantize_supports(cols))) return x;
+    rms_norm(ctx, x, norm->weight, n_tokens, cols, norm->eps, norm->out);
+    const float* normalized = norm->out;
+    norm = nullptr;
+    return normalized;
+}
+
+}  // namespace
+
+void matmul(Context& ctx, std::span<const MatmulOutput> outputs, const float* x, size_t n_tokens, Activations activations,
+            const RmsNorm* norm) {
     if (outputs.empty()) return;
     const size_t cols = outputs[0].w.cols;
     for (const MatmulOutput& o : outputs)
@@ -403,25 +426,26 @@ void matmul(Context& ctx, std::span<const MatmulOutput> outputs, const float* x,
     // Ragged float16/bfloat16 rows have no float16 tile path: they take the matrix-vector route.
     const bool gemm_ok = std::all_of(outputs.begin(), outputs.end(),
                                      [](const MatmulOutput& o) { return o.w.type == GGMLType::F32 || !ragged_float(o.w); });
-    if (n_tokens >= min_gemm_tokens && gemm_ok) {
+    const bool gemm_path = n_tokens >= min_gemm_tokens && gemm_ok;
+    const bool int8 = !gemm_path && activations == Activations::Int8 &&
+                      std::all_of(outputs.begin(), outputs.end(), [](const MatmulOutput& o) { return int8_matvec_supports(o.w.type); });
+    x = normalized_input(ctx, x, n_tokens, cols, norm, int8);
+    if (gemm_path) {
         for (const MatmulOutput& o : outputs) gemm(ctx, o.w, x, n_tokens, o.y, o.accumulate);
         return;
     }
-    const bool int8 = activations == Activations::Int8 &&
-                      std::all_of(outputs.begin(), outputs.end(), [](const MatmulOutput& o) { return int8_matvec_supports(o.w.type); });
     for (size_t t = 0; t < n_tokens; ++t) {
-        const float* xt = x + t * cols;
         if (int8) {
             for (const MatmulOutput& o : outputs) check_shape(o.w);
-            int8_matvec(ctx, outputs, t, quantize_activations(ctx, xt, cols));
+            int8_matvec(ctx, outputs, t, int8_input(ctx, x, t, cols, norm));
         } else {
-            for (const MatmulOutput& o : outputs) matvec(ctx, o.w, xt, o.y + t * o.w.rows, o.accumulate);
+            for (const MatmulOutput& o : outputs) matvec(ctx, o.w, x + t * cols, o.y + t * o.w.rows, o.accumulate);
         }
     }
 }
 
 void matmul_swiglu(Context& ctx, const WeightMatrix& gate, const WeightMatrix& up, const float* x, size_t n_tokens,
-                   float* out, float* up_scratch, Activations activations) {
+                   float* out, float* up_scratch, Activations activations, const RmsNorm* norm) {
     if (gate.rows != up.rows || gate.cols != up.cols)
         throw std::invalid_argument("CUDA matmul_swiglu: gate [" + std::to_string(gate.rows) + ", " + std::to_string(gate.cols) +
                                     "] and up [" + std::to_string(up.rows) + ", " + std::to_string(up.cols) + "] differ");
@@ -429,12 +453,13 @@ void matmul_swiglu(Context& ctx, const WeightMatrix& gate, const WeightMatrix& u
                        int8_matvec_supports(gate.type);
     if (!fused) {
         const MatmulOutput outputs[] = {{gate, out}, {up, up_scratch}};
-        cuda::matmul(ctx, std::span<const MatmulOutput>(outputs), x, n_tokens, activations);
+        cuda::matmul(ctx, std::span<const MatmulOutput>(outputs), x, n_tokens, activations, norm);
         return cuda::swiglu(ctx, out, up_scratch, n_tokens * gate.rows, out);
     }
     check_shape(gate);
+    x = normalized_input(ctx, x, n_tokens, gate.cols, norm, true);
     for (size_t t = 0; t < n_tokens; ++t)
-        int8_matvec_swiglu(ctx, gate, up, quantize_activations(ctx, x + t * gate.cols, gate.cols), out + t * gate.rows);
+        int8_matvec_swiglu(ctx, gate, up, int8_input(ctx, x, t, gate.cols, norm), out + t * gate.rows);
 }
 
 void get_rows(Context& ctx, const WeightMatrix& table, const int32_t* ids, size_t n_ids, float* out) {

@@ -26,12 +26,9 @@ namespace {
 
 constexpr int warps_per_block = 4;
 
-// One warp per 32-value block of x: the block's max|x| and sum of codes by shuffles.
-__global__ void quantize_kernel(const float* __restrict__ x, int n, int8_t* __restrict__ qs, float2* __restrict__ ds) {
-    grid_dependency_wait();
-    const int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;   // n is a multiple of 32: whole warps leave
-    const float v = x[i];
+// Value i of x, held by a lane whose warp holds the whole 32-value block: the block's max|x| and
+// sum of codes by shuffles.
+__device__ __forceinline__ void quantize_in_warp(float v, int i, int8_t* __restrict__ qs, float2* __restrict__ ds) {
     float amax = fabsf(v);
     for (int offset = 16; offset > 0; offset /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
     const float d = amax / 127.0f;
@@ -41,6 +38,41 @@ __global__ void quantize_kernel(const float* __restrict__ x, int n, int8_t* __re
     int sum = q;
     for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
     if (i % 32 == 0) ds[i / 32] = make_float2(d, d * float(sum));
+}
+
+// One warp per 32-value block of x.
+__global__ void quantize_kernel(const float* __restrict__ x, int n, int8_t* __restrict__ qs, float2* __restrict__ ds) {
+    grid_dependency_wait();
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;   // n is a multiple of 32: whole warps leave
+    quantize_in_warp(x[i], i, qs, ds);
+}
+
+// RMSNorm and quantization in one block (one launch where there were two): x read once into
+// registers, the sum of squares reduced over the block, then each warp normalizes, writes and
+// quantizes whole 32-value blocks (the block size is a multiple of 32).
+constexpr int norm_threads = 1024, norm_values_per_thread = 8;   // rows up to 8192 values
+__global__ void __launch_bounds__(norm_threads)
+rms_norm_quantize_kernel(const float* __restrict__ x, const float* __restrict__ weight, int n, float eps,
+                         float* __restrict__ out, int8_t* __restrict__ qs, float2* __restrict__ ds) {
+    grid_dependency_wait();
+    float v[norm_values_per_thread];
+    float sum_squares = 0.0f;
+#pragma unroll
+    for (int k = 0; k < norm_values_per_thread; ++k) {
+        const int i = threadIdx.x + k * norm_threads;
+        v[k] = i < n ? x[i] : 0.0f;
+        sum_squares += v[k] * v[k];
+    }
+    const float inv_rms = rsqrtf(block_sum(sum_squares) / n + eps);
+#pragma unroll
+    for (int k = 0; k < norm_values_per_thread; ++k) {
+        const int i = threadIdx.x + k * norm_threads;
+        if (i >= n) break;   // n is a multiple of 32: whole warps leave
+        const float y = v[k] * inv_rms * weight[i];
+        out[i] = y;
+        quantize_in_warp(y, i, qs, ds);
+    }
 }
 
 // The 32 activations of one block as 8 words of 4 int8 each: a[k] holds values 4k .. 4k+3.
@@ -242,6 +274,14 @@ void launch(Context& ctx, GGMLType type, const Targets& targets, size_t cols, co
     }
 }
 
+// The context's scratch for one token's quantized activations.
+QuantizedActivations activation_scratch(Context& ctx, size_t cols) {
+    DeviceContext& device = device_of(ctx);
+    const size_t qs_bytes = (cols + 15) / 16 * 16;
+    auto* scratch = static_cast<uint8_t*>(device.activations_int8.get(qs_bytes + cols / 32 * sizeof(float2), device.stream));
+    return {reinterpret_cast<int8_t*>(scratch), reinterpret_cast<float2*>(scratch + qs_bytes)};
+}
+
 Target target_of(const WeightMatrix& w, float* y, bool accumulate) {
     return {reinterpret_cast<const uint8_t*>(w.data), y, int(w.rows), 0, accumulate};
 }
@@ -260,13 +300,22 @@ bool int8_matvec_supports(GGMLType type) {
 }
 
 QuantizedActivations quantize_activations(Context& ctx, const float* x, size_t cols) {
-    DeviceContext& device = device_of(ctx);
-    const size_t qs_bytes = (cols + 15) / 16 * 16;
-    auto* scratch = static_cast<uint8_t*>(device.activations_int8.get(qs_bytes + cols / 32 * sizeof(float2), device.stream));
-    auto* qs = reinterpret_cast<int8_t*>(scratch);
-    auto* ds = reinterpret_cast<float2*>(scratch + qs_bytes);
-    launch_after_previous(ctx, quantize_kernel, blocks_for(cols, 256), 256, 0, x, int(cols), qs, ds);
-    return {qs, ds};
+    const QuantizedActivations q = activation_scratch(ctx, cols);
+    launch_after_previous(ctx, quantize_kernel, blocks_for(cols, 256), 256, 0, x, int(cols),
+                          const_cast<int8_t*>(q.qs), const_cast<float2*>(q.ds));
+    return q;
+}
+
+bool rms_norm_quantize_supports(size_t cols) { return cols % 32 == 0 && cols <= size_t(norm_threads * norm_values_per_thread); }
+
+QuantizedActivations rms_norm_quantize(Context& ctx, const float* x, const RmsNorm& norm, size_t cols) {
+    if (!rms_norm_quantize_supports(cols))
+        throw std::invalid_argument("CUDA rms_norm_quantize: " + std::to_string(cols) + " values (a multiple of 32 up to " +
+                                    std::to_string(norm_threads * norm_values_per_thread) + ")");
+    const QuantizedActivations q = activation_scratch(ctx, cols);
+    launch_after_previous(ctx, rms_norm_quantize_kernel, 1, norm_threads, 0, x, norm.weight, int(cols), norm.eps, norm.out,
+                          const_cast<int8_t*>(q.qs), const_cast<float2*>(q.ds));
+    return q;
 }
 
 void int8_matvec(Context& ctx, std::span<const MatmulOutput> outputs, size_t token, const QuantizedActivations& x) {

@@ -18,6 +18,9 @@ struct QuantizedActivations {
 bool int8_matvec_supports(GGMLType type);
 // x: [cols] in device memory, quantized into the context's scratch; valid until the next call.
 QuantizedActivations quantize_activations(Context& ctx, const float* x, size_t cols);
+// The same for RMSNorm(x) * weight, which is also written to norm.out: one launch.
+bool rms_norm_quantize_supports(size_t cols);
+QuantizedActivations rms_norm_quantize(Context& ctx, const float* x, const RmsNorm& norm, size_t cols);
 // y = W x (or y += W x, MatmulOutput::accumulate) for token `token` of every output, whose types
 // int8_matvec_supports (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0): up to three matrices of one type per launch.
 void int8_matvec(Context& ctx, std::span<const MatmulOutput> outputs, size_t token, const QuantizedActivations& x);

@@ -13,6 +13,7 @@ namespace twinfer::compute {
 class Context;
 struct WeightMatrix;
 struct MatmulOutput;
+struct RmsNorm;
 struct RopeParams;
 struct AttentionShape;
 enum class Activations;
@@ -31,10 +32,12 @@ bool matmul_supports(GGMLType type);
 WeightMatrix place_weights(Context& ctx, const WeightMatrix& w, void* device);
 void matmul(Context& ctx, const WeightMatrix& w, const float* x, size_t n_tokens, float* y, Activations activations);
 // Several products of one x (Q, K, V; gate, up): x quantized once for all of them.
-void matmul(Context& ctx, std::span<const MatmulOutput> outputs, const float* x, size_t n_tokens, Activations activations);
+// With norm, x is normalized first (into norm->out); a token's int8 path folds it into the quantization.
+void matmul(Context& ctx, std::span<const MatmulOutput> outputs, const float* x, size_t n_tokens, Activations activations,
+            const RmsNorm* norm = nullptr);
 // out = silu(W_gate x) * (W_up x); one token with int8 activations is one fused launch.
 void matmul_swiglu(Context& ctx, const WeightMatrix& gate, const WeightMatrix& up, const float* x, size_t n_tokens,
-                   float* out, float* up_scratch, Activations activations);
+                   float* out, float* up_scratch, Activations activations, const RmsNorm* norm = nullptr);
 // ids in device memory, each < table.rows (the caller checks: a kernel cannot throw).
 void get_rows(Context& ctx, const WeightMatrix& table, const int32_t* ids, size_t n_ids, float* out);
 // Dequantize a whole matrix to float ([rows, cols]); for tests and the float16 product's tiles.

@@ -254,6 +254,38 @@ TEST_F(CudaOps, FusedProductsMatchCpu) {
         }
 }
 
+// An RMSNorm on the products' input: normalized and quantized in one launch for a token (the
+// normalized rows written too), a separate norm for twenty; plain products and SwiGLU.
+TEST_F(CudaOps, NormFoldedIntoProductsMatchesCpu) {
+    const size_t cols = 576, rows = 192;
+    const auto weights = random_weights(GGMLType::Q4_0, rows, cols, rng), up_bytes = random_weights(GGMLType::Q4_0, rows, cols, rng);
+    const WeightMatrix w{GGMLType::Q4_0, rows, cols, weights.data()}, up{GGMLType::Q4_0, rows, cols, up_bytes.data()};
+    const WeightMatrix w_gpu = placed(GGMLType::Q4_0, rows, cols, weights), up_gpu = placed(GGMLType::Q4_0, rows, cols, up_bytes);
+    const auto norm_weight = random(cols);
+    for (size_t n_tokens : {size_t{1}, size_t{20}}) {
+        // One token: the CPU normalizes in double, the GPU in float, so a value on a rounding
+        // boundary can take the neighbouring int8 code: one step of its block, ~1e-3 of a product.
+        const double tolerance = n_tokens == 1 ? 5e-3 : float_tolerance;
+        const auto x = random(n_tokens * cols, 3.0f);
+        std::vector<float> y_want(n_tokens * rows), xn_want(n_tokens * cols), swiglu_want(n_tokens * rows), scratch(n_tokens * rows);
+        const RmsNorm on_cpu{norm_weight.data(), 1e-5f, xn_want.data()};
+        const MatmulOutput out_cpu{w, y_want.data()};
+        matmul(cpu, std::span(&out_cpu, 1), x.data(), n_tokens, Activations::Int8, &on_cpu);
+        matmul_swiglu(cpu, w, up, x.data(), n_tokens, swiglu_want.data(), scratch.data(), Activations::Int8, &on_cpu);
+
+        float* xn = poisoned(n_tokens * cols);
+        const RmsNorm on_gpu{to_device(norm_weight), 1e-5f, xn};
+        const MatmulOutput out_gpu{w_gpu, poisoned(n_tokens * rows)};
+        float* x_gpu = to_device(x);
+        matmul(*gpu, std::span(&out_gpu, 1), x_gpu, n_tokens, Activations::Int8, &on_gpu);
+        EXPECT_LT(relative_error(to_host(out_gpu.y, y_want.size()), y_want), tolerance) << "tokens=" << n_tokens;
+        EXPECT_LT(relative_error(to_host(xn, xn_want.size()), xn_want), 1e-6) << "tokens=" << n_tokens;
+        float* swiglu_out = poisoned(n_tokens * rows);
+        matmul_swiglu(*gpu, w_gpu, up_gpu, x_gpu, n_tokens, swiglu_out, poisoned(n_tokens * rows), Activations::Int8, &on_gpu);
+        EXPECT_LT(relative_error(to_host(swiglu_out, swiglu_want.size()), swiglu_want), tolerance) << "tokens=" << n_tokens;
+    }
+}
+
 // rope_store_at: q and k rotated at the device's position, k and v written to that cache row; a
 // partial rotation (the last dimensions of k copied as they are), both pairings.
 TEST_F(CudaOps, RopeStoreAtMatchesCpu) {
