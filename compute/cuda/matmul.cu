@@ -1,8 +1,11 @@
-// Matrix products against weights in their GGUF block format, on the GPU.
+// Matrix products against quantized weights on the GPU: the file's block format for K-quants and
+// float types, the planar layout (quant_decode.cuh, made by place_weights) for the int8 kernels'
+// types.
 //
-// One token (decode): y = W x is a read of W, so the kernel streams each row once, decoding 32
-// weights per lane per step (quant_decode.cuh), with x staged in shared memory and each warp
-// carrying two rows so that every x value loaded serves both.
+// One token (decode), float activations: y = W x is a read of W, so the kernel streams each row
+// once, decoding 32 weights per lane per step (quant_decode.cuh), with x staged in shared memory
+// and each warp carrying two rows so that every x value loaded serves both. Int8 activations take
+// matvec_int8.cu.
 //
 // Several tokens (prompt): W is dequantized to float16 once and multiplied by the float16-rounded
 // activations in cuBLAS on the tensor cores, accumulating in float32. The error is the two
@@ -62,7 +65,8 @@ template <GGMLType T> __host__ __device__ constexpr size_t segment_bytes() {
     default: return 32 * unit_bytes(T);
     }
 }
-// Quantized rows are staged per warp in shared memory with coalesced 4-byte loads, many in flight,
+// Quantized rows in the file's layout are staged per warp in shared memory with coalesced 4-byte
+// loads, many in flight (planar rows are read in place, their codes already contiguous),
 // then decoded from there: a lane reading its own 18-byte block straight from global memory would
 // touch a sector per lane per load, and L1 traffic and latency, not DRAM, would bound the kernel.
 template <GGMLType T> __host__ __device__ constexpr bool staged() { return unit_bytes(T) != 0 && !Planar<T>::used; }
