@@ -254,6 +254,20 @@ TEST_F(CudaOps, FusedProductsMatchCpu) {
         }
 }
 
+// The int8 kernels' types must come through place_weights (planar); a raw copy of the file's
+// bytes is refused by name instead of being read wrongly.
+TEST_F(CudaOps, FileLayoutOfPlanarTypesIsRefused) {
+    const auto weights = random_weights(GGMLType::Q4_0, 8, 64, rng);
+    const WeightMatrix raw{GGMLType::Q4_0, 8, 64, to_device(weights)};
+    float* y = poisoned(8);
+    try {
+        matmul(*gpu, raw, to_device(random(64)), 1, y, Activations::Int8);
+        FAIL() << "a Q4_0 matrix in the file's layout was accepted";
+    } catch (const std::invalid_argument& e) {
+        EXPECT_NE(std::string(e.what()).find("place_weights"), std::string::npos) << e.what();
+    }
+}
+
 // An RMSNorm on the products' input: normalized and quantized in one launch for a token (the
 // normalized rows written too), a separate norm for twenty; plain products and SwiGLU.
 TEST_F(CudaOps, NormFoldedIntoProductsMatchesCpu) {
