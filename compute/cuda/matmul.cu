@@ -38,23 +38,9 @@ constexpr size_t min_gemm_tokens = 8;
 
 size_t matvec_shared_bytes(size_t cols) { return (cols / 32 * padded_unit + (cols / 16 + 3) / 4 * 4) * sizeof(float); }
 
-// Bytes of one 32-weight unit (a fraction of a block for the 256-weight K types).
-__host__ __device__ constexpr size_t unit_bytes(GGMLType type) {
-    switch (type) {
-    case GGMLType::Q4_0: return 18;
-    case GGMLType::Q4_1: return 20;
-    case GGMLType::Q5_0: return 22;
-    case GGMLType::Q5_1: return 24;
-    case GGMLType::Q8_0: return 34;
-    case GGMLType::Q2_K: return 84 / 8;   // 32 units, four blocks, are whole bytes for every K type
-    case GGMLType::Q3_K: return 110 / 8;
-    case GGMLType::Q4_K: return 144 / 8;
-    case GGMLType::Q5_K: return 176 / 8;
-    case GGMLType::Q6_K: return 210 / 8;
-    default: return 0;  // float types: read in place
-    }
-}
-// A warp's 32 consecutive units of one row, in bytes (whole blocks for every type).
+// Rows in the file's layout that are staged through shared memory (the K types: the planar types
+// are read in place, their codes already contiguous, and so are the float types): a warp's 32
+// consecutive units of one row, four whole blocks, in bytes; 0 for a type read in place.
 template <GGMLType T> __host__ __device__ constexpr size_t segment_bytes() {
     switch (T) {
     case GGMLType::Q2_K: return 4 * 84;
@@ -62,20 +48,19 @@ template <GGMLType T> __host__ __device__ constexpr size_t segment_bytes() {
     case GGMLType::Q4_K: return 4 * 144;
     case GGMLType::Q5_K: return 4 * 176;
     case GGMLType::Q6_K: return 4 * 210;
-    default: return 32 * unit_bytes(T);
+    default: return 0;
     }
 }
-// Quantized rows in the file's layout are staged per warp in shared memory with coalesced 4-byte
-// loads, many in flight (planar rows are read in place, their codes already contiguous),
-// then decoded from there: a lane reading its own 18-byte block straight from global memory would
-// touch a sector per lane per load, and L1 traffic and latency, not DRAM, would bound the kernel.
-template <GGMLType T> __host__ __device__ constexpr bool staged() { return unit_bytes(T) != 0 && !Planar<T>::used; }
+// Staged rows are loaded per warp into shared memory with coalesced 4-byte loads, many in flight,
+// then decoded from there: a lane reading its own block straight from global memory would touch a
+// sector per lane per load, and L1 traffic and latency, not DRAM, would bound the kernel.
+template <GGMLType T> __host__ __device__ constexpr bool staged() { return segment_bytes<T>() != 0; }
 // Segments staged at once, as many as fit in `staging_budget` bytes per block (up to the whole
 // row): all their loads are in flight together, which is what hides DRAM's latency.
 constexpr size_t staging_budget = 96 * 1024;
 template <GGMLType T> int segments_per_stage(size_t cols) {
     if constexpr (!staged<T>()) {
-        return 0;  // float types are read in place
+        return 0;  // read in place
     } else {
         const size_t per_segment = matvec_warps * rows_per_warp * segment_bytes<T>();
         const size_t segments = (cols / 32 + 31) / 32;
@@ -131,7 +116,7 @@ matvec_kernel(const uint8_t* __restrict__ w, size_t row_bytes, int rows, int col
     const int stage_units = Stage ? 32 * stage_segments : 32;
     for (int stage = 0; stage < units; stage += stage_units) {
         if constexpr (Stage) {
-            const size_t begin = size_t(stage) * unit_bytes(T);
+            const size_t begin = size_t(stage / 32) * segment_bytes<T>();   // stage: a multiple of 32 units
             const size_t words = min(stage_segments * segment_bytes<T>(), row_bytes - begin) / 4;
             __syncwarp();  // the previous stage is decoded
 #pragma unroll
@@ -264,18 +249,12 @@ __global__ void ragged_get_rows_kernel(GGMLType type, const uint8_t* __restrict_
     for (int i = threadIdx.x; i < cols; i += blockDim.x) out[size_t(blockIdx.x) * cols + i] = load_weight(type, row, i);
 }
 
-bool planar_type(GGMLType type) {
-    bool planar = false;
-    with_decoder(type, [&]<GGMLType T>() { planar = Planar<T>::used; });
-    return planar;
-}
-
 void check_shape(const WeightMatrix& w) {
     const size_t block = type_traits(w.type).block_size;
     if (w.cols % 32 != 0 || w.cols % block != 0)
         throw std::invalid_argument("CUDA matmul: " + std::to_string(w.cols) + " columns of " +
                                     std::string(type_name(w.type)) + " are not a whole number of 32-weight units");
-    if (w.planar != planar_type(w.type))
+    if (w.planar != planar_layout(w.type))
         throw std::invalid_argument(std::string("CUDA matmul: ") + std::string(type_name(w.type)) + " weights " +
                                     (w.planar ? "in a planar layout it does not have" : "in the file's layout") +
                                     ": place them with compute::place_weights");
@@ -373,7 +352,7 @@ WeightMatrix place_weights(Context& ctx, const WeightMatrix& w, void* device) {
     const size_t bytes = w.rows * w.row_bytes();
     WeightMatrix placed = w;
     placed.data = static_cast<const std::byte*>(device);
-    placed.planar = planar_type(w.type);
+    placed.planar = planar_layout(w.type);
     if (!placed.planar) {
         upload(ctx, device, w.data, bytes);
         return placed;
@@ -401,22 +380,25 @@ void matmul(Context& ctx, const WeightMatrix& w, const float* x, size_t n_tokens
 
 namespace {
 
-// One token's int8 activations: x quantized, or RMSNorm(x) quantized in the same launch.
-QuantizedActivations int8_input(Context& ctx, const float* x, size_t token, size_t cols, const RmsNorm* norm) {
-    const float* xt = x + token * cols;
-    if (!norm) return quantize_activations(ctx, xt, cols);
-    return rms_norm_quantize(ctx, xt, RmsNorm{norm->weight, norm->eps, norm->out + token * cols}, cols);
-}
+// What the products read: x, after `norm` ran as its own op, or x with the norm still to apply,
+// folded into each token's int8 quantization (one launch instead of two).
+struct ProductInput {
+    const float* x;
+    const RmsNorm* folded_norm;
 
-// Applies `norm` as its own op unless the int8 path folds it into the quantization; returns the
-// input the products then read.
-const float* normalized_input(Context& ctx, const float* x, size_t n_tokens, size_t cols, const RmsNorm*& norm,
-                              bool int8_path) {
-    if (!norm || (int8_path && rms_norm_quantize_supports(cols))) return x;
+    // Token t's int8 activations: x quantized, or RMSNorm(x) quantized in the same launch.
+    QuantizedActivations quantized(Context& ctx, size_t t, size_t cols) const {
+        const float* xt = x + t * cols;
+        if (!folded_norm) return quantize_activations(ctx, xt, cols);
+        return rms_norm_quantize(ctx, xt, RmsNorm{folded_norm->weight, folded_norm->eps, folded_norm->out + t * cols}, cols);
+    }
+};
+
+ProductInput product_input(Context& ctx, const float* x, size_t n_tokens, size_t cols, const RmsNorm* norm, bool int8_path) {
+    if (!norm) return {x, nullptr};
+    if (int8_path && rms_norm_quantize_supports(cols)) return {x, norm};
     rms_norm(ctx, x, norm->weight, n_tokens, cols, norm->eps, norm->out);
-    const float* normalized = norm->out;
-    norm = nullptr;
-    return normalized;
+    return {norm->out, nullptr};
 }
 
 }  // namespace
@@ -433,17 +415,17 @@ void matmul(Context& ctx, std::span<const MatmulOutput> outputs, const float* x,
     const bool gemm_path = n_tokens >= min_gemm_tokens && gemm_ok;
     const bool int8 = !gemm_path && activations == Activations::Int8 &&
                       std::all_of(outputs.begin(), outputs.end(), [](const MatmulOutput& o) { return int8_matvec_supports(o.w.type); });
-    x = normalized_input(ctx, x, n_tokens, cols, norm, int8);
+    const ProductInput input = product_input(ctx, x, n_tokens, cols, norm, int8);
     if (gemm_path) {
-        for (const MatmulOutput& o : outputs) gemm(ctx, o.w, x, n_tokens, o.y, o.accumulate);
+        for (const MatmulOutput& o : outputs) gemm(ctx, o.w, input.x, n_tokens, o.y, o.accumulate);
         return;
     }
     for (size_t t = 0; t < n_tokens; ++t) {
         if (int8) {
             for (const MatmulOutput& o : outputs) check_shape(o.w);
-            int8_matvec(ctx, outputs, t, int8_input(ctx, x, t, cols, norm));
+            int8_matvec(ctx, outputs, t, input.quantized(ctx, t, cols));
         } else {
-            for (const MatmulOutput& o : outputs) matvec(ctx, o.w, x + t * cols, o.y + t * o.w.rows, o.accumulate);
+            for (const MatmulOutput& o : outputs) matvec(ctx, o.w, input.x + t * cols, o.y + t * o.w.rows, o.accumulate);
         }
     }
 }
@@ -461,9 +443,8 @@ void matmul_swiglu(Context& ctx, const WeightMatrix& gate, const WeightMatrix& u
         return cuda::swiglu(ctx, out, up_scratch, n_tokens * gate.rows, out);
     }
     check_shape(gate);
-    x = normalized_input(ctx, x, n_tokens, gate.cols, norm, true);
-    for (size_t t = 0; t < n_tokens; ++t)
-        int8_matvec_swiglu(ctx, gate, up, int8_input(ctx, x, t, gate.cols, norm), out + t * gate.rows);
+    const ProductInput input = product_input(ctx, x, n_tokens, gate.cols, norm, true);
+    for (size_t t = 0; t < n_tokens; ++t) int8_matvec_swiglu(ctx, gate, up, input.quantized(ctx, t, gate.cols), out + t * gate.rows);
 }
 
 void get_rows(Context& ctx, const WeightMatrix& table, const int32_t* ids, size_t n_ids, float* out) {

@@ -288,16 +288,8 @@ Target target_of(const WeightMatrix& w, float* y, bool accumulate) {
 
 }  // namespace
 
-bool int8_matvec_supports(GGMLType type) {
-    switch (type) {
-    case GGMLType::Q4_0:
-    case GGMLType::Q4_1:
-    case GGMLType::Q5_0:
-    case GGMLType::Q5_1:
-    case GGMLType::Q8_0: return true;
-    default: return false;
-    }
-}
+// The kernels read the planar layout: exactly the types the GPU keeps planar.
+bool int8_matvec_supports(GGMLType type) { return planar_layout(type); }
 
 QuantizedActivations quantize_activations(Context& ctx, const float* x, size_t cols) {
     const QuantizedActivations q = activation_scratch(ctx, cols);

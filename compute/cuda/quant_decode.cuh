@@ -99,46 +99,6 @@ template <> __device__ __forceinline__ void decode_unit<GGMLType::BF16>(const ui
     set_affine(u, 1.0f, 0.0f);
 }
 
-template <> __device__ __forceinline__ void decode_unit<GGMLType::Q4_0>(const uint8_t* row, int unit, Unit& u) {
-    const uint8_t* block = row + 18 * unit;
-    const float d = half_at(block);
-    nibbles(u, block + 2, u32_a2);
-    set_affine(u, d, -8.0f * d);
-}
-
-template <> __device__ __forceinline__ void decode_unit<GGMLType::Q4_1>(const uint8_t* row, int unit, Unit& u) {
-    const uint8_t* block = row + 20 * unit;
-    nibbles(u, block + 4, u32_a4);
-    set_affine(u, half_at(block), half_at(block + 2));
-}
-
-template <> __device__ __forceinline__ void decode_unit<GGMLType::Q5_0>(const uint8_t* row, int unit, Unit& u) {
-    const uint8_t* block = row + 22 * unit;
-    const float d = half_at(block);
-    nibbles(u, block + 6, u32_a2);
-    fifth_bits(u, u32_a2(block + 2));
-    set_affine(u, d, -16.0f * d);
-}
-
-template <> __device__ __forceinline__ void decode_unit<GGMLType::Q5_1>(const uint8_t* row, int unit, Unit& u) {
-    const uint8_t* block = row + 24 * unit;
-    nibbles(u, block + 8, u32_a4);
-    fifth_bits(u, u32_a4(block + 4));
-    set_affine(u, half_at(block), half_at(block + 2));
-}
-
-template <> __device__ __forceinline__ void decode_unit<GGMLType::Q8_0>(const uint8_t* row, int unit, Unit& u) {
-    const uint8_t* block = row + 34 * unit;
-    const float d = half_at(block);
-#pragma unroll
-    for (int w = 0; w < 8; ++w) {
-        const uint32_t word = u32_a2(block + 2 + 4 * w) ^ 0x80808080u;  // int8 + 128, as a byte
-#pragma unroll
-        for (int i = 0; i < 4; ++i) u.q[4 * w + i] = code(byte_of(word, i));
-    }
-    set_affine(u, d, -128.0f * d);
-}
-
 // Two bits per element, 32 bytes per 128-element half: element 32 * s + e of the half is bits
 // 2s..2s+1 of byte e (Q2_K, Q3_K, Q6_K). Fills q[k] for the unit's s.
 __device__ __forceinline__ void two_bits(Unit& u, const uint8_t* half_bytes, int s) {
@@ -378,6 +338,13 @@ bool with_decoder(GGMLType type, F&& f) {
     case GGMLType::Q6_K: f.template operator()<GGMLType::Q6_K>(); return true;
     default: return false;
     }
+}
+
+// Whether the GPU keeps `type` in the planar layout (the int8 kernels' types).
+inline bool planar_layout(GGMLType type) {
+    bool planar = false;
+    with_decoder(type, [&]<GGMLType T>() { planar = Planar<T>::used; });
+    return planar;
 }
 
 }  // namespace twinfer::compute::cuda

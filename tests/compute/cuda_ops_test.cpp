@@ -158,6 +158,10 @@ std::vector<MatmulCase> matmul_cases() {
         cases.push_back({type, 70, 1024, 20}); // the float16 cuBLAS product
     }
     cases.push_back({GGMLType::Q4_0, 24, 11008, 1});  // x past 48 KiB of shared memory
+    // K types staged in more than one pass per row (a stage holds 7,168 columns of Q6_K, 13,312 of
+    // Q3_K), each pass starting on its own block boundary: Llama 3 8B's feed-forward width.
+    cases.push_back({GGMLType::Q6_K, 24, 14336, 1});
+    cases.push_back({GGMLType::Q3_K, 24, 14336, 1});
     return cases;
 }
 
