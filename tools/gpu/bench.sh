@@ -15,20 +15,10 @@ set -uo pipefail
 build=${1:-build-gpu}
 model=${2:-}
 log=${OUT:-/tmp}
-source "$(dirname "$0")/deps.sh"   # sets deps (CMake arguments) for the carried packages
-summary=()
-step() {   # step NAME SECONDS COMMAND...: runs it with a time limit, records PASS/FAIL
-    local name=$1 limit=$2
-    shift 2
-    echo "=== $name"
-    if timeout "$limit" "$@"; then summary+=("PASS $name"); else summary+=("FAIL($?) $name"); fi
-}
+source "$(dirname "$0")/deps.sh"   # the carried packages; build_cuda, step
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader || true
-cmake -S . -B "$build" -G Ninja -DTWINFER_CUDA=ON -DCMAKE_BUILD_TYPE=Release "${deps[@]}" > "$log/cmake.log" 2>&1 ||
-    { tail -30 "$log/cmake.log"; exit 1; }
 # The tests first: a missing dependency of the CLI alone (toml++) must not cost the test run.
-ninja -C "$build" -j16 test_compute test_models > "$log/build.log" 2>&1 ||
-    { grep -B2 -A8 -m5 error "$log/build.log"; tail -20 "$log/build.log"; exit 1; }
+build_cuda "$build" "$log/build" test_compute test_models || exit 1
 ninja -C "$build" -j16 twinfer > "$log/build_cli.log" 2>&1 ||
     { grep -m3 error "$log/build_cli.log"; summary+=("FAIL build of twinfer (build_cli.log)"); model=""; }
 step "CUDA op tests" 90 bash -c "'$build/tests/test_compute' --gtest_filter='*Cuda*' --gtest_brief=1 2>&1 | tee '$log/cuda_tests.log' | tail -15"

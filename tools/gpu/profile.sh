@@ -14,12 +14,7 @@ shapes=("$@")
 [ ${#shapes[@]} -eq 0 ] && shapes=(smollm2-135m:Q4_1 tinyllama-1.1b:Q4_0 llama2-7b:Q4_0)
 log=${OUT:-/tmp}
 source "$(dirname "$0")/deps.sh"
-if [ ! -x "$build/apps/twinfer" ] || [ ! -x "$build/tools/twinfer_make_random_model" ]; then
-    cmake -S . -B "$build" -G Ninja -DTWINFER_CUDA=ON -DCMAKE_BUILD_TYPE=Release "${deps[@]}" > "$log/cmake.log" 2>&1 ||
-        { tail -30 "$log/cmake.log"; exit 1; }
-    ninja -C "$build" -j16 twinfer twinfer_make_random_model > "$log/build.log" 2>&1 ||
-        { grep -B2 -A8 -m5 error "$log/build.log"; exit 1; }
-fi
+build_cuda "$build" "$log/build" twinfer twinfer_make_random_model || exit 1
 ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
 # ncu's per-kernel summary as "total_us calls name", largest first.
 summarize() {

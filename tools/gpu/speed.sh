@@ -15,12 +15,7 @@ log=${OUT:-/tmp}
 models=${TWINFER_MODELS:-/tmp/models}
 source "$(dirname "$0")/deps.sh"
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader || true
-if [ ! -x "$build/apps/twinfer" ] || [ ! -x "$build/tools/twinfer_make_random_model" ]; then
-    cmake -S . -B "$build" -G Ninja -DTWINFER_CUDA=ON -DCMAKE_BUILD_TYPE=Release "${deps[@]}" > "$log/cmake.log" 2>&1 ||
-        { tail -30 "$log/cmake.log"; exit 1; }
-    ninja -C "$build" -j16 twinfer twinfer_make_random_model > "$log/build.log" 2>&1 ||
-        { grep -B2 -A8 -m5 error "$log/build.log"; exit 1; }
-fi
+build_cuda "$build" "$log/build" twinfer twinfer_make_random_model || exit 1
 mkdir -p "$models"
 echo "git $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet 2>/dev/null || echo '+changes')"
 for spec in "${shapes[@]}"; do

@@ -17,12 +17,9 @@ source "$(dirname "$0")/deps.sh"   # sets deps (CMake arguments) for the carried
 export NCCL_NVLS_ENABLE=0
 nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader || true
 nvidia-smi topo -m 2>/dev/null | head -5 || true
-cmake -S . -B "$build" -G Ninja -DTWINFER_CUDA=ON -DCMAKE_BUILD_TYPE=Release "${deps[@]}" > "$log/tp_cmake.log" 2>&1 ||
-    { tail -30 "$log/tp_cmake.log"; exit 1; }
-grep -E "NCCL" "$log/tp_cmake.log" || true
-if ! grep -q "NCCL: " "$log/tp_cmake.log"; then echo "NCCL not found: no tensor parallelism over GPUs in this build" >&2; exit 1; fi
-ninja -C "$build" -j16 test_models > "$log/tp_build.log" 2>&1 ||
-    { grep -B2 -A8 -m5 error "$log/tp_build.log"; tail -20 "$log/tp_build.log"; exit 1; }
+build_cuda "$build" "$log/tp_build" test_models || exit 1
+grep -E "NCCL" "$log/tp_build.cmake.log" || true
+if ! grep -q "NCCL: " "$log/tp_build.cmake.log"; then echo "NCCL not found: no tensor parallelism over GPUs in this build" >&2; exit 1; fi
 "$build/tests/test_models" --gtest_filter='TensorParallel*:Tp/*' --gtest_brief=1 2>&1 | tee "$log/tp_tests.log" | tail -30
 "$build/tests/test_models" --gtest_also_run_disabled_tests --gtest_filter='TpBench.*' 2>&1 | tee "$log/tp_bench.log" |
     grep -E '^\||wrote|loaded|Failure|error|FAILED|OK \]'

@@ -12,7 +12,7 @@
 set -uo pipefail
 build=${1:-build-gpu}
 log=${OUT:-/tmp}
-source "$(dirname "$0")/deps.sh"   # sets deps (CMake arguments) for the carried packages
+source "$(dirname "$0")/deps.sh"   # the carried packages; build_cuda, step
 [ -z "${TWINFER_TESTDATA:-}" ] && [ -d .device/testdata ] && export TWINFER_TESTDATA=$PWD/.device/testdata
 summary=()
 step() {   # step NAME SECONDS COMMAND...: runs it with a time limit, records PASS/FAIL
@@ -22,10 +22,7 @@ step() {   # step NAME SECONDS COMMAND...: runs it with a time limit, records PA
     if timeout "$limit" "$@"; then summary+=("PASS $name"); else summary+=("FAIL($?) $name"); fi
 }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
-cmake -S . -B "$build" -G Ninja -DTWINFER_CUDA=ON -DCMAKE_BUILD_TYPE=Release "${deps[@]}" > "$log/cmake.log" 2>&1 ||
-    { tail -30 "$log/cmake.log"; exit 1; }
-ninja -C "$build" -j16 test_models twinfer twinfer_make_random_model > "$log/build.log" 2>&1 ||
-    { grep -B2 -A8 -m5 error "$log/build.log"; tail -20 "$log/build.log"; exit 1; }
+build_cuda "$build" "$log/build" test_models twinfer twinfer_make_random_model || exit 1
 
 step "models on CUDA (vs CPU, graph vs direct, forward_greedy)" 150 bash -c "'$build/tests/test_models' \
     --gtest_filter='*Cuda*:*DecodeStep*' 2>&1 | tee '$log/model_tests.log' |
