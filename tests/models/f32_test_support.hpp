@@ -79,13 +79,9 @@ inline double top2_gap(std::span<const double> row) {
     return (v[0] - v[1]) / max_abs;
 }
 
-// Feeds `tokens` to both models, first `prompt_length` at once then one at a time, and checks
-// every position's logits: max relative error per row <= tolerance, and the same argmax wherever
-// the top two logits are further apart than the tolerance. Returns the largest error seen.
-template <class Model, class Reference>
-double compare_logits(Model& model, Reference& reference, const std::vector<Token>& tokens, size_t prompt_length,
-                      double tolerance) {
-    const Logits expected = reference.forward(tokens, LogitsMode::All);
+// The logits of every position: the first prompt_length tokens in one call, then one at a time.
+template <class Model>
+std::vector<std::vector<double>> prompt_then_steps(Model& model, const std::vector<Token>& tokens, size_t prompt_length) {
     std::vector<std::vector<double>> rows;
     const Logits prompt = model.forward(std::span(tokens).first(prompt_length), LogitsMode::All);
     for (size_t p = 0; p < prompt_length; ++p) rows.emplace_back(prompt.row(p).begin(), prompt.row(p).end());
@@ -93,6 +89,17 @@ double compare_logits(Model& model, Reference& reference, const std::vector<Toke
         const Logits step = model.forward(std::span(tokens).subspan(p, 1));
         rows.emplace_back(step.last().begin(), step.last().end());
     }
+    return rows;
+}
+
+// Feeds `tokens` to both models, first `prompt_length` at once then one at a time, and checks
+// every position's logits: max relative error per row <= tolerance, and the same argmax wherever
+// the top two logits are further apart than the tolerance. Returns the largest error seen.
+template <class Model, class Reference>
+double compare_logits(Model& model, Reference& reference, const std::vector<Token>& tokens, size_t prompt_length,
+                      double tolerance) {
+    const Logits expected = reference.forward(tokens, LogitsMode::All);
+    const std::vector<std::vector<double>> rows = prompt_then_steps(model, tokens, prompt_length);
     double worst = 0;
     for (size_t p = 0; p < tokens.size(); ++p) {
         const double error = relative_error(rows[p], expected.row(p));

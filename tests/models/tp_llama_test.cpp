@@ -27,6 +27,7 @@ namespace {
 
 using test::compare_logits;
 using test::greedy;
+using test::prompt_then_steps;
 
 // Tolerances (max |error| / max |logit| per position):
 // - the CPU simulation against F32LlamaModel, float32 activations: the same products, except
@@ -317,18 +318,6 @@ std::shared_ptr<const gguf::File> open(const std::filesystem::path& path) {
     return std::make_shared<const gguf::File>(gguf::File::open(path));
 }
 
-// The logits of every position: the first prompt_length tokens in one call, then one at a time.
-template <class Model>
-std::vector<std::vector<double>> prompt_then_steps(Model& model, const std::vector<Token>& tokens, size_t prompt_length) {
-    std::vector<std::vector<double>> rows;
-    const Logits prompt = model.forward(std::span(tokens).first(prompt_length), LogitsMode::All);
-    for (size_t p = 0; p < prompt_length; ++p) rows.emplace_back(prompt.row(p).begin(), prompt.row(p).end());
-    for (size_t p = prompt_length; p < tokens.size(); ++p) {
-        const Logits step = model.forward(std::span(tokens).subspan(p, 1));
-        rows.emplace_back(step.last().begin(), step.last().end());
-    }
-    return rows;
-}
 
 // Prompt processing (all positions' logits), then decoding steps one token at a time, KV cache
 // included. With float32 activations F32LlamaModel gets the whole sequence at once; with int8
