@@ -61,6 +61,25 @@ struct SpmOrder {  // highest score first, then leftmost
     }
 };
 
+// The merge loop BPE and SentencePiece share: queues every neighbouring pair (add_bigram queues a
+// pair the vocabulary can merge), then merges the best pair in the queue until none is left,
+// queueing the merged symbol's pairs with its neighbours. A popped pair is skipped as outdated
+// when one side was merged away or grew since it was queued.
+template <class Queue, class AddBigram>
+void merge_best_pairs(std::vector<Symbol>& symbols, Queue& queue, AddBigram&& add_bigram) {
+    for (int i = 1; i < static_cast<int>(symbols.size()); ++i) add_bigram(i - 1, i);
+    while (!queue.empty()) {
+        const auto bigram = queue.top();
+        queue.pop();
+        const Symbol& l = symbols[bigram.left];
+        const Symbol& r = symbols[bigram.right];
+        if (l.size == 0 || r.size == 0 || l.size + r.size != bigram.size) continue;
+        merge_symbols(symbols, bigram.left, bigram.right);
+        add_bigram(symbols[bigram.left].prev, bigram.left);
+        add_bigram(bigram.left, symbols[bigram.left].next);
+    }
+}
+
 Token byte_token(const Vocabulary& v, uint8_t byte) {
     if (v.byte_tokens[byte]) return *v.byte_tokens[byte];
     if (v.unk) return *v.unk;
@@ -99,18 +118,7 @@ void encode_bpe_fragment(const Vocabulary& v, std::string_view text, std::vector
             if (rank < 0) return;
             queue.push({left, right, rank, symbols[left].size + symbols[right].size});
         };
-        for (int i = 1; i < static_cast<int>(symbols.size()); ++i) add_bigram(i - 1, i);
-        while (!queue.empty()) {
-            const BpeBigram bigram = queue.top();
-            queue.pop();
-            const Symbol& l = symbols[bigram.left];
-            const Symbol& r = symbols[bigram.right];
-            // Outdated: one side was merged away or grew since the pair was queued.
-            if (l.size == 0 || r.size == 0 || l.size + r.size != bigram.size) continue;
-            merge_symbols(symbols, bigram.left, bigram.right);
-            add_bigram(symbols[bigram.left].prev, bigram.left);
-            add_bigram(bigram.left, symbols[bigram.left].next);
-        }
+        merge_best_pairs(symbols, queue, add_bigram);
         for (int i = symbols.empty() ? -1 : 0; i != -1; i = symbols[i].next) {
             const std::string_view piece = view(symbols[i]);
             if (auto id = v.find(piece)) {
@@ -135,17 +143,7 @@ void encode_spm_fragment(const Vocabulary& v, std::string_view text, std::vector
         if (!id) return;
         queue.push({left, right, v.tokens[*id].score, size});
     };
-    for (int i = 1; i < static_cast<int>(symbols.size()); ++i) add_bigram(i - 1, i);
-    while (!queue.empty()) {
-        const SpmBigram bigram = queue.top();
-        queue.pop();
-        const Symbol& l = symbols[bigram.left];
-        const Symbol& r = symbols[bigram.right];
-        if (l.size == 0 || r.size == 0 || l.size + r.size != bigram.size) continue;
-        merge_symbols(symbols, bigram.left, bigram.right);
-        add_bigram(symbols[bigram.left].prev, bigram.left);
-        add_bigram(bigram.left, symbols[bigram.left].next);
-    }
+    merge_best_pairs(symbols, queue, add_bigram);
     // Every merged symbol is a token; a symbol still unknown is a single character outside the
     // vocabulary and falls back to its bytes. (llama.cpp's rev_merge resegmentation never
     // applies: no merged symbol can be missing from the vocabulary.)
