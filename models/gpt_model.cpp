@@ -291,29 +291,49 @@ GPTModel::Weights load_gguf_gpt2(WeightLoader& load, const ModelConfig& c) {
     return w;
 }
 
-GPTModel::Weights load_gguf_llama(WeightLoader& load, const ModelConfig& c) {
+// Where a Llama checkpoint keeps its tensors: each name a stem, "weight" or "bias" appended; a
+// layer's names follow its prefix and number.
+struct LlamaNames {
+    std::string token_embd, layer_prefix;
+    std::string attn_norm, q, k, v, o, ffn_norm, gate, up, down;
+    std::string output_norm;
+};
+const LlamaNames kGgufLlamaNames{"token_embd", "blk.", "attn_norm", "attn_q", "attn_k", "attn_v", "attn_output",
+                                 "ffn_norm", "ffn_gate", "ffn_up", "ffn_down", "output_norm"};
+const LlamaNames kHfLlamaNames{"model.embed_tokens", "model.layers.", "input_layernorm", "self_attn.q_proj",
+                               "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "post_attention_layernorm",
+                               "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj", "model.norm"};
+
+// The tensors both formats hold, by `n`: embedding, layers (biases optional: Qwen-style files),
+// final norm.
+GPTModel::Weights load_llama(WeightLoader& load, const ModelConfig& c, const LlamaNames& n) {
     const size_t E = c.n_embd, F = c.n_ff, V = c.n_vocab, QD = c.n_head * c.head_dim, KVD = c.n_embd_kv();
     GPTModel::Weights w;
-    w.token_embd = load.required("token_embd.weight", {V, E});
+    w.token_embd = load.required(n.token_embd + ".weight", {V, E});
     for (int il = 0; il < c.n_layer; ++il) {
-        const std::string p = "blk." + std::to_string(il) + ".";
+        const std::string p = n.layer_prefix + std::to_string(il) + ".";
         GPTModel::Layer& L = w.layers.emplace_back();
-        L.attn_norm = load.required(p + "attn_norm.weight", {E});
-        L.wq = load.required(p + "attn_q.weight", {QD, E});
-        L.wk = load.required(p + "attn_k.weight", {KVD, E});
-        L.wv = load.required(p + "attn_v.weight", {KVD, E});
-        L.wo = load.required(p + "attn_output.weight", {E, QD});
-        L.bq = load.optional(p + "attn_q.bias", {QD});
-        L.bk = load.optional(p + "attn_k.bias", {KVD});
-        L.bv = load.optional(p + "attn_v.bias", {KVD});
-        L.bo = load.optional(p + "attn_output.bias", {E});
-        L.ffn_norm = load.required(p + "ffn_norm.weight", {E});
-        L.w_gate = load.required(p + "ffn_gate.weight", {F, E});
-        L.w_up = load.required(p + "ffn_up.weight", {F, E});
-        L.w_down = load.required(p + "ffn_down.weight", {E, F});
+        L.attn_norm = load.required(p + n.attn_norm + ".weight", {E});
+        L.wq = load.required(p + n.q + ".weight", {QD, E});
+        L.wk = load.required(p + n.k + ".weight", {KVD, E});
+        L.wv = load.required(p + n.v + ".weight", {KVD, E});
+        L.wo = load.required(p + n.o + ".weight", {E, QD});
+        L.bq = load.optional(p + n.q + ".bias", {QD});
+        L.bk = load.optional(p + n.k + ".bias", {KVD});
+        L.bv = load.optional(p + n.v + ".bias", {KVD});
+        L.bo = load.optional(p + n.o + ".bias", {E});
+        L.ffn_norm = load.required(p + n.ffn_norm + ".weight", {E});
+        L.w_gate = load.required(p + n.gate + ".weight", {F, E});
+        L.w_up = load.required(p + n.up + ".weight", {F, E});
+        L.w_down = load.required(p + n.down + ".weight", {E, F});
     }
-    w.output_norm = load.required("output_norm.weight", {E});
-    w.output = load.optional("output.weight", {V, E});
+    w.output_norm = load.required(n.output_norm + ".weight", {E});
+    return w;
+}
+
+GPTModel::Weights load_gguf_llama(WeightLoader& load, const ModelConfig& c) {
+    GPTModel::Weights w = load_llama(load, c, kGgufLlamaNames);
+    w.output = load.optional("output.weight", {static_cast<size_t>(c.n_vocab), static_cast<size_t>(c.n_embd)});
     const size_t n_freq = static_cast<size_t>(c.n_rot / 2);
     const Tensor<double> freq_factors = load.optional("rope_freqs.weight", {n_freq});
     w.rope_inv_freq = rope_inv_freq(c, freq_factors.size() ? std::vector<double>(freq_factors.data(), freq_factors.data() + n_freq)
@@ -355,29 +375,9 @@ GPTModel::Weights load_hf_gpt2(WeightLoader& load, const ModelConfig& c) {
 
 // Hugging Face names (LlamaForCausalLM). The checkpoint's q/k rows are in the NeoX RoPE layout.
 GPTModel::Weights load_hf_llama(WeightLoader& load, const ModelConfig& c, bool tied) {
-    const size_t E = c.n_embd, F = c.n_ff, V = c.n_vocab, QD = c.n_head * c.head_dim, KVD = c.n_embd_kv();
-    GPTModel::Weights w;
-    w.token_embd = load.required("model.embed_tokens.weight", {V, E});
-    for (int il = 0; il < c.n_layer; ++il) {
-        const std::string p = "model.layers." + std::to_string(il) + ".";
-        GPTModel::Layer& L = w.layers.emplace_back();
-        L.attn_norm = load.required(p + "input_layernorm.weight", {E});
-        L.wq = load.required(p + "self_attn.q_proj.weight", {QD, E});
-        L.wk = load.required(p + "self_attn.k_proj.weight", {KVD, E});
-        L.wv = load.required(p + "self_attn.v_proj.weight", {KVD, E});
-        L.wo = load.required(p + "self_attn.o_proj.weight", {E, QD});
-        L.bq = load.optional(p + "self_attn.q_proj.bias", {QD});
-        L.bk = load.optional(p + "self_attn.k_proj.bias", {KVD});
-        L.bv = load.optional(p + "self_attn.v_proj.bias", {KVD});
-        L.bo = load.optional(p + "self_attn.o_proj.bias", {E});
-        L.ffn_norm = load.required(p + "post_attention_layernorm.weight", {E});
-        L.w_gate = load.required(p + "mlp.gate_proj.weight", {F, E});
-        L.w_up = load.required(p + "mlp.up_proj.weight", {F, E});
-        L.w_down = load.required(p + "mlp.down_proj.weight", {E, F});
-    }
-    w.output_norm = load.required("model.norm.weight", {E});
+    GPTModel::Weights w = load_llama(load, c, kHfLlamaNames);
     if (tied) load.skip("lm_head.weight");   // transformers ties it to embed_tokens whatever the file holds
-    else w.output = load.required("lm_head.weight", {V, E});
+    else w.output = load.required("lm_head.weight", {static_cast<size_t>(c.n_vocab), static_cast<size_t>(c.n_embd)});
     const size_t n_freq = static_cast<size_t>(c.n_rot / 2);
     w.rope_inv_freq = rope_inv_freq(c, c.rope_scaling.kind == RopeScaling::Kind::Llama3 ? llama3_freq_factors(c)
                                                                                          : std::vector<double>(n_freq, 1.0));
