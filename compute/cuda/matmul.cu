@@ -266,17 +266,17 @@ __global__ void repack_kernel(const uint8_t* __restrict__ blocks, size_t n_block
     const size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
     if (i >= n_blocks) return;
     using P = Planar<T>;
-    using G = GgufBlock<T>;
+    // The file's block: scales, fifth bits, codes.
     const uint8_t* block = blocks + i * (P::code_bytes + P::high_bytes + P::scale_bytes);
     const PlanarView<T> view(planar, n_blocks);
-    auto* codes = const_cast<uint8_t*>(view.codes_of(i));
-    for (int k = 0; k < P::code_bytes; ++k) codes[k] = block[G::codes + k];
+    auto* scales = const_cast<uint8_t*>(view.scales_of(i));
+    for (int k = 0; k < P::scale_bytes; ++k) scales[k] = block[k];
     if constexpr (P::high_bytes != 0) {
         auto* high = const_cast<uint8_t*>(view.high) + 4 * i;
-        for (int k = 0; k < 4; ++k) high[k] = block[G::high + k];
+        for (int k = 0; k < 4; ++k) high[k] = block[P::scale_bytes + k];
     }
-    auto* scales = const_cast<uint8_t*>(view.scales_of(i));
-    for (int k = 0; k < P::scale_bytes; ++k) scales[k] = block[G::scales + k];
+    auto* codes = const_cast<uint8_t*>(view.codes_of(i));
+    for (int k = 0; k < P::code_bytes; ++k) codes[k] = block[P::scale_bytes + P::high_bytes + k];
 }
 
 template <class F>

@@ -234,26 +234,17 @@ template <> __device__ __forceinline__ void decode_unit<GGMLType::Q6_K>(const ui
 template <GGMLType T> struct Planar {
     static constexpr bool used = false;
 };
-template <> struct Planar<GGMLType::Q4_0> {
+// A planar type's bytes per block in each plane. In the file's block they sit in the other order:
+// scales at byte 0, then the fifth bits, then the codes.
+template <int Code, int High, int Scale> struct PlanarBlock {
     static constexpr bool used = true;
-    static constexpr int code_bytes = 16, high_bytes = 0, scale_bytes = 2;
+    static constexpr int code_bytes = Code, high_bytes = High, scale_bytes = Scale;
 };
-template <> struct Planar<GGMLType::Q4_1> {
-    static constexpr bool used = true;
-    static constexpr int code_bytes = 16, high_bytes = 0, scale_bytes = 4;
-};
-template <> struct Planar<GGMLType::Q5_0> {
-    static constexpr bool used = true;
-    static constexpr int code_bytes = 16, high_bytes = 4, scale_bytes = 2;
-};
-template <> struct Planar<GGMLType::Q5_1> {
-    static constexpr bool used = true;
-    static constexpr int code_bytes = 16, high_bytes = 4, scale_bytes = 4;
-};
-template <> struct Planar<GGMLType::Q8_0> {
-    static constexpr bool used = true;
-    static constexpr int code_bytes = 32, high_bytes = 0, scale_bytes = 2;
-};
+template <> struct Planar<GGMLType::Q4_0> : PlanarBlock<16, 0, 2> {};   // d
+template <> struct Planar<GGMLType::Q4_1> : PlanarBlock<16, 0, 4> {};   // d, m
+template <> struct Planar<GGMLType::Q5_0> : PlanarBlock<16, 4, 2> {};
+template <> struct Planar<GGMLType::Q5_1> : PlanarBlock<16, 4, 4> {};
+template <> struct Planar<GGMLType::Q8_0> : PlanarBlock<32, 0, 2> {};
 
 // The three planes of a planar matrix of n_blocks blocks.
 template <GGMLType T> struct PlanarView {
@@ -269,14 +260,6 @@ template <GGMLType T> struct PlanarView {
     __device__ uint32_t high_of(size_t i) const { return *reinterpret_cast<const uint32_t*>(high + i * 4); }
     __device__ const uint8_t* scales_of(size_t i) const { return scales + i * Planar<T>::scale_bytes; }
 };
-
-// GGUF's block layout within a block: where the codes, fifth bits and scales sit (repack_kernel).
-template <GGMLType T> struct GgufBlock;
-template <> struct GgufBlock<GGMLType::Q4_0> { static constexpr int scales = 0, high = -1, codes = 2; };
-template <> struct GgufBlock<GGMLType::Q4_1> { static constexpr int scales = 0, high = -1, codes = 4; };
-template <> struct GgufBlock<GGMLType::Q5_0> { static constexpr int scales = 0, high = 2, codes = 6; };
-template <> struct GgufBlock<GGMLType::Q5_1> { static constexpr int scales = 0, high = 4, codes = 8; };
-template <> struct GgufBlock<GGMLType::Q8_0> { static constexpr int scales = 0, high = -1, codes = 2; };
 
 // Block i of a planar matrix as a unit of 32 weights (one block is one unit for these types).
 template <GGMLType T> __device__ __forceinline__ void decode_planar(const PlanarView<T>& v, size_t i, Unit& u) {
