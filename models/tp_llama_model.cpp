@@ -16,7 +16,6 @@
 #include "compute/context.hpp"
 #include "compute/elementwise.hpp"
 #include "compute/matmul.hpp"
-#include "compute/norm.hpp"
 #include "compute/rope.hpp"
 #include "models/kv_cache.hpp"
 #include "models/tensor_parallel.hpp"
@@ -27,8 +26,9 @@
 namespace twinfer {
 namespace {
 
-// The activation buffers of one rank's forward pass, by name; widths in Rank::forward.
-enum Buffer { X, XN, Q, ATT, OUT, GATE, UP, LOGITS, N_BUFFERS };
+// The activation buffers of one rank's forward pass, by name; widths in Rank::forward. KCUR and
+// VCUR hold a decode step's key and value rows until they are stored at its position.
+enum Buffer { X, XN, Q, KCUR, VCUR, ATT, OUT, GATE, UP, LOGITS, N_BUFFERS };
 
 void copy_to_device([[maybe_unused]] compute::Context& ctx, void* device, const void* host, size_t bytes) {
 #ifdef TWINFER_WITH_CUDA
@@ -191,7 +191,14 @@ struct Pass {
 struct Rank {
     Rank(const gguf::File& file, const ModelConfig& c, const RankShard& shard, const compute::ContextOptions& context,
          size_t n_ctx);
-    void forward(const ModelConfig& c, compute::Collective& collective, compute::Activations activations, const Pass& pass);
+    // The pass over this rank's share; a single token goes through decode_step (with use_graph,
+    // on CUDA, a graph per rank, its all-reduces captured with it).
+    void forward(const ModelConfig& c, compute::Collective& collective, compute::Activations activations, const Pass& pass,
+                 bool use_graph);
+    // Queues the pass of T tokens (ids in device memory) at positions p0..; with device_position
+    // (T = 1) the position is read there, as F32LlamaModel::enqueue_forward does.
+    void enqueue(const ModelConfig& c, compute::Collective& collective, compute::Activations activations, const int32_t* ids,
+                 size_t T, size_t p0, const int32_t* device_position, size_t n_out);
 
     RankShard shard;
     compute::Context ctx;
@@ -205,6 +212,7 @@ struct Rank {
     KvCache cache;                                       // this rank's KV heads: [n_layer][1][n_ctx][Hkv_r*D]
     F32Workspace workspace;
     compute::Buffer device_ids;                          // CUDA: the pass's token ids
+    F32DecodeStep decode_step;                           // a single token: its id and position on the device
     std::vector<float> host_logits;                      // CUDA: [n_out, Vr] copied back
 };
 
@@ -252,48 +260,78 @@ Rank::Rank(const gguf::File& file, const ModelConfig& c, const RankShard& s, con
                  .scale = static_cast<float>(1.0 / std::sqrt(double(D)))};
 }
 
-// F32LlamaModel::forward over this rank's heads and feed-forward units; the two all-reduces turn
-// the partial attention and MLP outputs into the whole ones, so x (the residual stream) is the
-// same on every rank. Shapes: T new tokens, E = n_embd, this rank's Hr heads, Hkv_r KV heads of
-// D dims, Fr feed-forward units, Vr vocabulary rows.
-void Rank::forward(const ModelConfig& c, compute::Collective& collective, compute::Activations activations, const Pass& pass) {
+void Rank::forward(const ModelConfig& c, compute::Collective& collective, compute::Activations activations, const Pass& pass,
+                   bool use_graph) {
     const size_t T = pass.ids.size(), E = c.n_embd, D = c.head_dim;
-    const size_t Hr = shard.heads.size(), Hkv_r = shard.kv_heads.size(), QDr = Hr * D, KVDr = Hkv_r * D;
+    const size_t QDr = shard.heads.size() * D, KVDr = shard.kv_heads.size() * D;
     const size_t Fr = shard.ff.size(), Vr = shard.vocab.size(), V = c.n_vocab;
     const size_t p0 = pass.first_position, n_out = pass.n_out;
-    const float eps = static_cast<float>(c.norm_eps);
 
-    const size_t widths[N_BUFFERS] = {E, E, QDr, QDr, E, Fr, Fr, Vr};
+    const size_t widths[N_BUFFERS] = {E, E, QDr, KVDr, KVDr, QDr, E, Fr, Fr, Vr};
     workspace.reserve(ctx.device(), T, widths);
+    if (T == 1) {
+        decode_step.run(ctx, pass.ids[0], p0, use_graph, workspace.addresses(), [&] {
+            enqueue(c, collective, activations, decode_step.token(), 1, p0, decode_step.position(), n_out);
+        });
+    } else {
+        const Token* ids = pass.ids.data();
+        if (ctx.device() != compute::Device::CPU) {
+            if (device_ids.bytes() < T * sizeof(Token)) device_ids = compute::Buffer(ctx.device(), T * sizeof(Token));
+            copy_to_device(ctx, device_ids.data(), ids, T * sizeof(Token));
+            ids = device_ids.as<Token>();
+        }
+        enqueue(c, collective, activations, ids, T, p0, nullptr, n_out);
+    }
+    cache.commit(0, T);
+
+    const float* rows = workspace.buffer(LOGITS);
+    if (ctx.device() != compute::Device::CPU) {
+        host_logits.resize(n_out * Vr);
+        copy_to_host(ctx, host_logits.data(), rows, host_logits.size() * sizeof(float));
+        rows = host_logits.data();
+    }
+    for (size_t p = 0; p < n_out; ++p)                                              // into columns [v0, v1) of the result
+        std::copy(rows + p * Vr, rows + (p + 1) * Vr, pass.result->values.begin() + p * V + shard.vocab.begin);
+}
+
+// F32LlamaModel::enqueue_forward over this rank's heads and feed-forward units; the two all-reduces
+// turn the partial attention and MLP outputs into the whole ones, so x (the residual stream) is the
+// same on every rank. Shapes: T new tokens, E = n_embd, this rank's Hr heads, Hkv_r KV heads of
+// D dims, Fr feed-forward units, Vr vocabulary rows.
+void Rank::enqueue(const ModelConfig& c, compute::Collective& collective, compute::Activations activations, const int32_t* ids,
+                   size_t T, size_t p0, const int32_t* device_position, size_t n_out) {
+    const size_t E = c.n_embd, D = c.head_dim;
+    const size_t Hr = shard.heads.size(), Hkv_r = shard.kv_heads.size(), QDr = Hr * D, KVDr = Hkv_r * D;
+    const float eps = static_cast<float>(c.norm_eps);
     float *x = workspace.buffer(X), *xn = workspace.buffer(XN), *q = workspace.buffer(Q), *att = workspace.buffer(ATT);
     float *out = workspace.buffer(OUT), *gate = workspace.buffer(GATE), *up = workspace.buffer(UP);
     float* logits = workspace.buffer(LOGITS);
-
-    const Token* ids = pass.ids.data();
-    if (ctx.device() != compute::Device::CPU) {
-        if (device_ids.bytes() < T * sizeof(Token)) device_ids = compute::Buffer(ctx.device(), T * sizeof(Token));
-        copy_to_device(ctx, device_ids.data(), ids, T * sizeof(Token));
-        ids = device_ids.as<Token>();
-    }
 
     compute::get_rows(ctx, token_embd, ids, T, x);                                  // x: [T, E]
     for (size_t il = 0; il < layers.size(); ++il) {
         const LayerShard& L = layers[il];
         float* keys = cache.keys(il, 0);                                            // [n_ctx, KVDr]
         float* values = cache.values(il, 0);
-        float* k = keys + p0 * KVDr;                                                // [T, KVDr]: this call's rows
-        float* v = values + p0 * KVDr;
+        // This call's K and V rows: straight into the cache at p0, or (a decode step) beside it,
+        // copied to the device's position after RoPE.
+        float* k = device_position ? workspace.buffer(KCUR) : keys + p0 * KVDr;     // [T, KVDr]
+        float* v = device_position ? workspace.buffer(VCUR) : values + p0 * KVDr;
 
         // Attention block: x += sum over ranks of Wo_r attention_r(...), xn = rms_norm(x)
         const compute::RmsNorm attn_norm{L.attn_norm, eps, xn};                     // xn: [T, E]
         const compute::MatmulOutput qkv[] = {{L.wq, q}, {L.wk, k}, {L.wv, v}};
-        compute::matmul(ctx, qkv, x, T, activations, &attn_norm);                   // q: [T, Hr, D]; k, v: [T, Hkv_r, D] into the cache
+        compute::matmul(ctx, qkv, x, T, activations, &attn_norm);                   // q: [T, Hr, D]; k, v: [T, Hkv_r, D]
         if (L.bq) compute::add_bias(ctx, q, L.bq, T, QDr);
         if (L.bk) compute::add_bias(ctx, k, L.bk, T, KVDr);
         if (L.bv) compute::add_bias(ctx, v, L.bv, T, KVDr);
-        compute::rope(ctx, q, T, QDr, Hr, D, p0, rope);
-        compute::rope(ctx, k, T, KVDr, Hkv_r, D, p0, rope);
-        compute::attention(ctx, q, keys, values, T, p0, attention, att);            // att: [T, Hr, D]
+        if (device_position) {
+            compute::rope_store_at(ctx, q, Hr, k, v, Hkv_r, D, device_position, rope, keys, values);
+            compute::attention_at(ctx, q, keys, values, device_position, cache.n_ctx(), attention, att);
+        } else {
+            compute::rope(ctx, q, T, QDr, Hr, D, p0, rope);
+            compute::rope(ctx, k, T, KVDr, Hkv_r, D, p0, rope);
+            compute::attention(ctx, q, keys, values, T, p0, attention, att);        // att: [T, Hr, D]
+        }
         compute::matmul(ctx, L.wo, att, T, out, activations);                       // out: [T, E], this rank's heads' share
         collective.all_reduce_sum(shard.rank, ctx, out, T * E);                     // out: [T, E], all heads
         if (L.bo) compute::add_bias(ctx, out, L.bo, T, E);
@@ -306,19 +344,11 @@ void Rank::forward(const ModelConfig& c, compute::Collective& collective, comput
         collective.all_reduce_sum(shard.rank, ctx, out, T * E);
         compute::add(ctx, x, out, T * E);
     }
-    cache.commit(0, T);
 
     const float* last = x + (T - n_out) * E;                                        // the rows asked for
-    compute::rms_norm(ctx, last, output_norm, n_out, E, eps, xn);                   // xn: [n_out, E]
-    compute::matmul(ctx, output, xn, n_out, logits, activations);                   // logits: [n_out, Vr]
-    const float* rows = logits;
-    if (ctx.device() != compute::Device::CPU) {
-        host_logits.resize(n_out * Vr);
-        copy_to_host(ctx, host_logits.data(), logits, host_logits.size() * sizeof(float));
-        rows = host_logits.data();
-    }
-    for (size_t p = 0; p < n_out; ++p)                                              // into columns [v0, v1) of the result
-        std::copy(rows + p * Vr, rows + (p + 1) * Vr, pass.result->values.begin() + p * V + shard.vocab.begin);
+    const compute::RmsNorm final_norm{output_norm, eps, xn};                        // xn: [n_out, E]
+    const compute::MatmulOutput vocabulary{output, logits};
+    compute::matmul(ctx, std::span(&vocabulary, 1), last, n_out, activations, &final_norm);  // logits: [n_out, Vr]
 }
 
 // The split's inputs from the file: the column-split matrices' types, the coarsest block where
@@ -408,7 +438,8 @@ Logits TensorParallelLlamaModel::forward(std::span<const Token> ids, LogitsMode 
     const Pass pass{.ids = ids, .first_position = p0, .n_out = result.n_positions, .result = &result};
     const compute::Activations activations = activations_for(options_);
     try {
-        ranks.threads.run([&](int r) { ranks.ranks[r]->forward(config_, *ranks.collective, activations, pass); });
+        const bool use_graph = use_cuda_graph(options_);
+        ranks.threads.run([&](int r) { ranks.ranks[r]->forward(config_, *ranks.collective, activations, pass, use_graph); });
     } catch (...) {
         broken_ = true;
         throw;
