@@ -3,7 +3,8 @@
 // of a group for one token when decoding, several tokens when processing a prompt -- and walks the
 // cached positions in tiles of 32 staged in shared memory, so that each K and V value read serves
 // every row. When that leaves most of the GPU idle (decoding), the positions are also split among
-// blocks, whose partial results a second kernel merges (flash-decoding).
+// blocks (flash-decoding); the last block of a group to finish merges the group's partial results,
+// found by a counter per group, so a decoding step spends one launch on attention, not two.
 //
 // Prompts of min_gemm_tokens or more take three steps instead: the scores of every head by a cuBLAS
 // float32 batched product (S = scale Q K^T), a causal softmax over each row of S, and O = P V by
@@ -68,7 +69,7 @@ __device__ inline void resolve_position(Layout& L) {
 
 __global__ void __launch_bounds__(threads)
 attention_kernel(const float* __restrict__ q, const float* __restrict__ keys, const float* __restrict__ values,
-                 Layout L, float* __restrict__ out, float* __restrict__ parts) {
+                 Layout L, float* __restrict__ out, float* __restrict__ parts, unsigned* __restrict__ finished) {
     grid_dependency_wait();
     resolve_position(L);
     if (int(blockIdx.z) >= L.n_splits) return;   // attention_at: a split this position does not need
@@ -174,6 +175,7 @@ attention_kernel(const float* __restrict__ q, const float* __restrict__ keys, co
         }
     }
     __syncthreads();
+    // One split: the result. Several: this split's part, (acc, m, l) per row.
 #pragma unroll
     for (int k = 0; k < max_pairs; ++k) {
         const int pair = threadIdx.x + k * threads;
@@ -189,31 +191,37 @@ attention_kernel(const float* __restrict__ q, const float* __restrict__ keys, co
             if (d == 0) part[hd] = row_m[r], part[hd + 1] = row_l[r];
         }
     }
-}
+    if (L.n_splits == 1) return;
 
-// One block per (token, head): out = sum_s e^(m_s - M) acc_s / sum_s e^(m_s - M) l_s.
-// attention_at passes the position (one token): n_splits is then its plan's, and one split
-// means the attention kernel wrote `out` itself.
-__global__ void merge_kernel(const float* __restrict__ parts, int n_splits, const int32_t* position, int split_cap,
-                             int hd, float* __restrict__ out) {
-    grid_dependency_wait();
-    if (position) {
-        n_splits = split_plan(*position + 1, split_cap).n_splits;
-        if (n_splits == 1) return;
-    }
-    const float* row_parts = parts + size_t(blockIdx.x) * n_splits * (hd + 2);
-    float m_max = -INFINITY;
-    for (int s = 0; s < n_splits; ++s) m_max = fmaxf(m_max, row_parts[s * (hd + 2) + hd]);
-    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+    // The group's last block to finish merges: out = sum_s e^(m_s - M) acc_s / sum_s e^(m_s - M) l_s.
+    // (The fence publishes this block's part before the count says it is there; the merge reads
+    // the other blocks' parts from L2, past this SM's L1.) It resets the counter for the next launch.
+    __shared__ bool last;
+    __threadfence();
+    __syncthreads();
+    unsigned& group_finished = finished[blockIdx.y * gridDim.x + blockIdx.x];
+    if (threadIdx.x == 0) last = atomicAdd(&group_finished, 1u) == unsigned(L.n_splits - 1);
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    if (threadIdx.x == 0) group_finished = 0;
+    for (int pair = threadIdx.x; pair < rows * hd; pair += threads) {
+        const int r = pair / hd, d = pair % hd, t = token_of(r);
+        if (t >= L.n_tokens) continue;
+        const size_t row = size_t(t) * L.n_head + head_of(r);
+        const float* row_parts = parts + row * L.n_splits * (hd + 2);
+        float m_max = -INFINITY;
+        for (int s = 0; s < L.n_splits; ++s) m_max = fmaxf(m_max, __ldcg(row_parts + s * (hd + 2) + hd));
         float num = 0.0f, den = 0.0f;
-        for (int s = 0; s < n_splits; ++s) {
+        for (int s = 0; s < L.n_splits; ++s) {
             const float* part = row_parts + s * (hd + 2);
-            if (part[hd + 1] == 0.0f) continue;  // a split past this token's last position
-            const float w = __expf(part[hd] - m_max);
-            num += w * part[d];
-            den += w * part[hd + 1];
+            const float l_s = __ldcg(part + hd + 1);
+            if (l_s == 0.0f) continue;  // a split past this token's last position
+            const float w = __expf(__ldcg(part + hd) - m_max);
+            num += w * __ldcg(part + d);
+            den += w * l_s;
         }
-        out[size_t(blockIdx.x) * hd + d] = num / den;
+        out[row * hd + d] = num / den;
     }
 }
 
@@ -266,16 +274,15 @@ void launch_attention(Context& ctx, const float* q, const float* keys, const flo
     const size_t hd = shape.head_dim;
     const size_t shared = (rows * hd + 2 * kv_tile * (hd + 1) + rows * kv_tile + 3 * rows) * sizeof(float);
     float* parts = nullptr;
-    if (L.n_splits > 1)
+    unsigned* finished = nullptr;
+    if (L.n_splits > 1) {
         parts = static_cast<float*>(
             device.attention_parts.get(n_tokens * shape.n_head * L.n_splits * (hd + 2) * sizeof(float), device.stream));
+        finished = static_cast<unsigned*>(device.attention_finished.get_zeroed(size_t(blocks) * sizeof(unsigned), device.stream));
+    }
     allow_shared_memory(reinterpret_cast<const void*>(attention_kernel), shared);
     launch_after_previous(ctx, attention_kernel, dim3(grid_2d.x, grid_2d.y, unsigned(L.n_splits)), threads, shared, q, keys,
-                          values, L, out, parts);
-    if (L.n_splits > 1) {
-        launch_after_previous(ctx, merge_kernel, unsigned(n_tokens * shape.n_head), std::min<unsigned>(unsigned(hd), 256), 0,
-                              parts, L.n_splits, position, L.split_cap, int(hd), out);
-    }
+                          values, L, out, parts, finished);
 }
 
 constexpr size_t min_gemm_tokens = 16;

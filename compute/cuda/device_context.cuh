@@ -39,6 +39,8 @@ public:
     Scratch& operator=(const Scratch&) = delete;
     ~Scratch() { release(data_); }
     void* get(size_t bytes, cudaStream_t stream);
+    // The same, filled with zeros when (re)allocated: for counters that their users reset to zero.
+    void* get_zeroed(size_t bytes, cudaStream_t stream);
     const void* address() const { return data_; }
 
 private:
@@ -59,6 +61,7 @@ struct DeviceContext {
     Scratch weights_half;     // a weight matrix dequantized for cuBLAS
     Scratch tokens_half;      // activations converted for cuBLAS
     Scratch attention_parts;  // split-KV partial results
+    Scratch attention_finished;  // per group of split-KV blocks: how many have written their part
     Scratch attention_scores; // a prompt's attention scores, [heads, tokens, keys] per chunk of tokens
     Scratch activations_int8; // one token's activations quantized for the int8 matrix-vector product
 };
@@ -74,17 +77,22 @@ void allow_shared_memory(const void* kernel, size_t bytes);
 inline unsigned blocks_for(size_t n, unsigned threads) { return static_cast<unsigned>((n + threads - 1) / threads); }
 
 // Programmatic dependent launch (Hopper): a kernel launched by launch_after_previous may be
-// launched while the kernel before it on the stream is finishing -- as that kernel's blocks exit,
-// the next one's blocks get resident and wait in grid_dependency_wait() until it has finished and
-// its writes are visible. A decode step is hundreds of launches of a few microseconds each; this
-// overlaps each launch with the previous kernel's tail. Every kernel launched this way must call
-// grid_dependency_wait() before it touches memory another kernel writes. (Letting the next kernel
-// launch at the start of this one, griddepcontrol.launch_dependents, made a 7B model's decoding
-// 10% slower on an H100: the waiting blocks took SM slots from the bandwidth-bound products.)
+// launched while the kernel before it on the stream still runs; its blocks get resident and wait
+// in grid_dependency_wait() until that kernel has finished and its writes are visible. A decode
+// step is hundreds of launches of a few microseconds each; this overlaps each launch and block
+// start-up with the previous kernel. Every kernel launched this way must call
+// grid_dependency_wait() before it touches memory another kernel writes.
+// When: grid_dependency_wait() also lets the next kernel launch (griddepcontrol.launch_dependents)
+// as soon as this one has passed its own wait, so at most two kernels are resident at once, the
+// second waiting. (Letting it launch before this kernel's wait, at the very start, chained every
+// kernel of a step onto the GPU at once and made a 7B model's decoding 10% slower: the waiting
+// blocks took SM slots from the bandwidth-bound products. At the end of each kernel, the default,
+// decoding was 2-6% slower than with this on the benchmark shapes: BENCHMARKS.md, session 3.)
 // Kernels launched the ordinary way (cuBLAS, copies) keep the stream's full ordering.
 __device__ __forceinline__ void grid_dependency_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }
 

@@ -13,6 +13,7 @@
 // size of the error the tests allow (cuda_ops_test.cpp). F32 weights use a float32 cuBLAS product.
 #include <algorithm>
 #include <cstdint>
+#include <optional>
 #include <type_traits>
 #include <stdexcept>
 #include <string>
@@ -381,16 +382,15 @@ void matmul(Context& ctx, const WeightMatrix& w, const float* x, size_t n_tokens
 namespace {
 
 // What the products read: x, after `norm` ran as its own op, or x with the norm still to apply,
-// folded into each token's int8 quantization (one launch instead of two).
+// folded into the int8 quantization of each token (no launch of its own).
 struct ProductInput {
     const float* x;
     const RmsNorm* folded_norm;
 
-    // Token t's int8 activations: x quantized, or RMSNorm(x) quantized in the same launch.
-    QuantizedActivations quantized(Context& ctx, size_t t, size_t cols) const {
-        const float* xt = x + t * cols;
-        if (!folded_norm) return quantize_activations(ctx, xt, cols);
-        return rms_norm_quantize(ctx, xt, RmsNorm{folded_norm->weight, folded_norm->eps, folded_norm->out + t * cols}, cols);
+    // Token t's norm, its output row in place.
+    std::optional<RmsNorm> norm_of(size_t t, size_t cols) const {
+        if (!folded_norm) return std::nullopt;
+        return RmsNorm{folded_norm->weight, folded_norm->eps, folded_norm->out + t * cols};
     }
 };
 
@@ -423,7 +423,8 @@ void matmul(Context& ctx, std::span<const MatmulOutput> outputs, const float* x,
     for (size_t t = 0; t < n_tokens; ++t) {
         if (int8) {
             for (const MatmulOutput& o : outputs) check_shape(o.w);
-            int8_matvec(ctx, outputs, t, input.quantized(ctx, t, cols));
+            const std::optional<RmsNorm> norm_t = input.norm_of(t, cols);
+            int8_matvec(ctx, outputs, t, input.x + t * cols, norm_t ? &*norm_t : nullptr);
         } else {
             for (const MatmulOutput& o : outputs) matvec(ctx, o.w, input.x + t * cols, o.y + t * o.w.rows, o.accumulate);
         }
@@ -444,7 +445,10 @@ void matmul_swiglu(Context& ctx, const WeightMatrix& gate, const WeightMatrix& u
     }
     check_shape(gate);
     const ProductInput input = product_input(ctx, x, n_tokens, gate.cols, norm, true);
-    for (size_t t = 0; t < n_tokens; ++t) int8_matvec_swiglu(ctx, gate, up, input.quantized(ctx, t, gate.cols), out + t * gate.rows);
+    for (size_t t = 0; t < n_tokens; ++t) {
+        const std::optional<RmsNorm> norm_t = input.norm_of(t, gate.cols);
+        int8_matvec_swiglu(ctx, gate, up, input.x + t * gate.cols, norm_t ? &*norm_t : nullptr, out + t * gate.rows);
+    }
 }
 
 void get_rows(Context& ctx, const WeightMatrix& table, const int32_t* ids, size_t n_ids, float* out) {

@@ -81,11 +81,28 @@ struct ActivationBlock {
     float2 ds;
 };
 
-// Per type: block i's dot product with an activation block, from the planar layout
-// (quant_decode.cuh): the codes in one or two 16-byte loads. Codes c in [0, 16) or [0, 32) stand
-// for d * (c - offset) (Q4_0, Q5_0) or d * c + m (Q4_1, Q5_1); the offset or m term uses the
-// activations' d * sum(q).
-template <GGMLType T> struct Int8Dot;
+// One weight block in registers, loaded apart from its use so that a lane's loads for several
+// blocks are all in flight before the first is needed: its codes (16 or 32 bytes), fifth bits
+// (Q5_0, Q5_1) and scale bits (d, or d and m, as float16).
+template <GGMLType T> struct WeightBlock {
+    uint32_t codes[Planar<T>::code_bytes / 4];
+    uint32_t high;
+    uint32_t scale;
+};
+
+template <GGMLType T> __device__ __forceinline__ WeightBlock<T> load_block(const PlanarView<T>& v, size_t i) {
+    using P = Planar<T>;
+    WeightBlock<T> b;
+#pragma unroll
+    for (int k = 0; k < P::code_bytes / 16; ++k) {
+        const uint4 c = __ldg(reinterpret_cast<const uint4*>(v.codes_of(i)) + k);
+        b.codes[4 * k] = c.x, b.codes[4 * k + 1] = c.y, b.codes[4 * k + 2] = c.z, b.codes[4 * k + 3] = c.w;
+    }
+    b.high = P::high_bytes != 0 ? __ldg(reinterpret_cast<const uint32_t*>(v.high) + i) : 0u;
+    if constexpr (P::scale_bytes == 2) b.scale = __ldg(reinterpret_cast<const unsigned short*>(v.scales) + i);
+    else b.scale = __ldg(reinterpret_cast<const uint32_t*>(v.scales) + i);
+    return b;
+}
 
 // 4-bit codes of word k of the codes (bytes 4k .. 4k+3): low nibbles are weights 4k.., high ones 16+4k..
 __device__ __forceinline__ int nibble_dot(uint32_t word, int k, const ActivationBlock& x, int dot) {
@@ -103,69 +120,31 @@ __device__ __forceinline__ int five_bit_dot(uint32_t word, uint32_t qh, int k, c
     return __dp4a(int(((word >> 4) & 0x0F0F0F0Fu) | fifth_bits_of(qh >> (16 + 4 * k))), x.a[4 + k], dot);
 }
 
-__device__ __forceinline__ void words_of(const uint8_t* p, uint32_t (&w)[4]) {
-    const uint4 v = __ldg(reinterpret_cast<const uint4*>(p));
-    w[0] = v.x, w[1] = v.y, w[2] = v.z, w[3] = v.w;
-}
+__device__ __forceinline__ float half_bits(uint32_t bits) { return __half2float(__ushort_as_half(uint16_t(bits))); }
 
-template <GGMLType T> __device__ __forceinline__ int four_or_five_bit_dot(const PlanarView<T>& v, size_t i, const ActivationBlock& x) {
-    uint32_t w[4];
-    words_of(v.codes_of(i), w);
+// A block's dot product with an activation block. Codes c in [0, 16) or [0, 32) stand for
+// d * (c - offset) (Q4_0, Q5_0) or d * c + m (Q4_1, Q5_1); the offset or m term uses the
+// activations' d * sum(q).
+template <GGMLType T> __device__ __forceinline__ float block_dot(const WeightBlock<T>& w, const ActivationBlock& x) {
+    using P = Planar<T>;
     int dot = 0;
-    if constexpr (Planar<T>::high_bytes != 0) {
-        const uint32_t qh = __ldg(reinterpret_cast<const uint32_t*>(v.high) + i);
+    if constexpr (T == GGMLType::Q8_0) {
 #pragma unroll
-        for (int k = 0; k < 4; ++k) dot = five_bit_dot(w[k], qh, k, x, dot);
+        for (int k = 0; k < 8; ++k) dot = __dp4a(int(w.codes[k]), x.a[k], dot);
+        return half_bits(w.scale) * x.ds.x * float(dot);
     } else {
 #pragma unroll
-        for (int k = 0; k < 4; ++k) dot = nibble_dot(w[k], k, x, dot);
+        for (int k = 0; k < 4; ++k)
+            dot = P::high_bytes != 0 ? five_bit_dot(w.codes[k], w.high, k, x, dot) : nibble_dot(w.codes[k], k, x, dot);
+        if constexpr (T == GGMLType::Q4_0 || T == GGMLType::Q5_0) {
+            constexpr float offset = T == GGMLType::Q4_0 ? 8.0f : 16.0f;
+            return half_bits(w.scale) * (x.ds.x * float(dot) - offset * x.ds.y);
+        } else {
+            const float2 dm = __half22float2(*reinterpret_cast<const __half2*>(&w.scale));
+            return dm.x * x.ds.x * float(dot) + dm.y * x.ds.y;
+        }
     }
-    return dot;
 }
-
-template <> struct Int8Dot<GGMLType::Q4_0> {
-    __device__ static float dot(const PlanarView<GGMLType::Q4_0>& v, size_t i, const ActivationBlock& x) {
-        const int dot = four_or_five_bit_dot(v, i, x);
-        return __half2float(__ldg(reinterpret_cast<const __half*>(v.scales) + i)) * (x.ds.x * float(dot) - 8.0f * x.ds.y);
-    }
-};
-
-template <> struct Int8Dot<GGMLType::Q5_0> {
-    __device__ static float dot(const PlanarView<GGMLType::Q5_0>& v, size_t i, const ActivationBlock& x) {
-        const int dot = four_or_five_bit_dot(v, i, x);
-        return __half2float(__ldg(reinterpret_cast<const __half*>(v.scales) + i)) * (x.ds.x * float(dot) - 16.0f * x.ds.y);
-    }
-};
-
-template <GGMLType T> __device__ __forceinline__ float with_min_dot(const PlanarView<T>& v, size_t i, const ActivationBlock& x) {
-    const int dot = four_or_five_bit_dot(v, i, x);
-    const float2 dm = __half22float2(__ldg(reinterpret_cast<const __half2*>(v.scales) + i));
-    return dm.x * x.ds.x * float(dot) + dm.y * x.ds.y;
-}
-template <> struct Int8Dot<GGMLType::Q4_1> {
-    __device__ static float dot(const PlanarView<GGMLType::Q4_1>& v, size_t i, const ActivationBlock& x) {
-        return with_min_dot(v, i, x);
-    }
-};
-template <> struct Int8Dot<GGMLType::Q5_1> {
-    __device__ static float dot(const PlanarView<GGMLType::Q5_1>& v, size_t i, const ActivationBlock& x) {
-        return with_min_dot(v, i, x);
-    }
-};
-
-template <> struct Int8Dot<GGMLType::Q8_0> {
-    __device__ static float dot(const PlanarView<GGMLType::Q8_0>& v, size_t i, const ActivationBlock& x) {
-        uint32_t lo[4], hi[4];
-        words_of(v.codes_of(i), lo);
-        words_of(v.codes_of(i) + 16, hi);
-        int dot = 0;
-#pragma unroll
-        for (int k = 0; k < 4; ++k) dot = __dp4a(int(lo[k]), x.a[k], dot);
-#pragma unroll
-        for (int k = 0; k < 4; ++k) dot = __dp4a(int(hi[k]), x.a[4 + k], dot);
-        return __half2float(__ldg(reinterpret_cast<const __half*>(v.scales) + i)) * x.ds.x * float(dot);
-    }
-};
 
 // The matrices of one launch: products of one x (Q, K and V; gate and up) share it, so that a
 // decoding step spends one launch on them, not one each. Target i owns blocks first_block[i] ..
@@ -188,7 +167,6 @@ struct Targets {
 template <GGMLType T, int Rows, bool Swiglu>
 __global__ void __launch_bounds__(warps_per_block * 32)
 int8_matvec_kernel(Targets targets, int n_blocks, const int8_t* __restrict__ qs, const float2* __restrict__ ds) {
-    grid_dependency_wait();
     // The block's target, by constant indices: a runtime index into the parameters would copy
     // them to the stack (local memory) first.
     Target target = targets.t[0];
@@ -210,17 +188,33 @@ int8_matvec_kernel(Targets targets, int n_blocks, const int8_t* __restrict__ qs,
         view[r] = PlanarView<T>(m.w, size_t(m.rows) * n_blocks);
         first_block_of[r] = size_t(Swiglu ? first_row : min(first_row + r, target.rows - 1)) * n_blocks;
     }
+    grid_dependency_wait();
+    // A lane's blocks lane, lane + 32, ... in batches whose loads are all issued before the first
+    // is used: a plain loop over them (unrolled by 4, with a remainder loop) waited out one memory
+    // round trip per block past the last multiple of 4.
+    constexpr int batch = Rows == 1 ? 4 : 2;
     float acc[Rows] = {};
-#pragma unroll 4
-    for (int b = lane; b < n_blocks; b += 32) {
-        ActivationBlock x;
-        const int4* a4 = reinterpret_cast<const int4*>(qs + 32 * b);
-        const int4 lo = __ldg(a4), hi = __ldg(a4 + 1);
-        x.a[0] = lo.x, x.a[1] = lo.y, x.a[2] = lo.z, x.a[3] = lo.w;
-        x.a[4] = hi.x, x.a[5] = hi.y, x.a[6] = hi.z, x.a[7] = hi.w;
-        x.ds = __ldg(ds + b);
+    for (int b0 = lane; b0 < n_blocks; b0 += 32 * batch) {
+        ActivationBlock x[batch];
+        WeightBlock<T> w[batch][Rows];
 #pragma unroll
-        for (int r = 0; r < Rows; ++r) acc[r] += Int8Dot<T>::dot(view[r], first_block_of[r] + b, x);
+        for (int j = 0; j < batch; ++j) {
+            const int b = b0 + 32 * j;
+            if (b >= n_blocks) break;
+            const int4* a4 = reinterpret_cast<const int4*>(qs + 32 * b);
+            const int4 lo = __ldg(a4), hi = __ldg(a4 + 1);
+            x[j].a[0] = lo.x, x[j].a[1] = lo.y, x[j].a[2] = lo.z, x[j].a[3] = lo.w;
+            x[j].a[4] = hi.x, x[j].a[5] = hi.y, x[j].a[6] = hi.z, x[j].a[7] = hi.w;
+            x[j].ds = __ldg(ds + b);
+#pragma unroll
+            for (int r = 0; r < Rows; ++r) w[j][r] = load_block(view[r], first_block_of[r] + b);
+        }
+#pragma unroll
+        for (int j = 0; j < batch; ++j) {
+            if (b0 + 32 * j >= n_blocks) break;
+#pragma unroll
+            for (int r = 0; r < Rows; ++r) acc[r] += block_dot(w[j][r], x[j]);
+        }
     }
     float total[Rows];
 #pragma unroll
@@ -238,41 +232,12 @@ int8_matvec_kernel(Targets targets, int n_blocks, const int8_t* __restrict__ qs,
     }
 }
 
-template <GGMLType T, int Rows, bool Swiglu>
-void launch(Context& ctx, Targets targets, int n_blocks, const QuantizedActivations& x) {
-    int blocks = 0;
-    for (int i = 0; i < targets.n; ++i) {
-        targets.t[i].first_block = blocks;
-        blocks += int(blocks_for(targets.t[i].rows, warps_per_block * (Swiglu ? 1 : Rows)));
-        if (Swiglu) break;   // one grid over the rows that gate and up share
-    }
-    launch_after_previous(ctx, int8_matvec_kernel<T, Rows, Swiglu>, unsigned(blocks), warps_per_block * 32, 0, targets,
-                          n_blocks, x.qs, x.ds);
-}
-
-template <GGMLType T>
-void launch(Context& ctx, const Targets& targets, int n_blocks, const QuantizedActivations& x, bool swiglu) {
-    if (swiglu) return launch<T, 2, true>(ctx, targets, n_blocks, x);
-    // Two rows per warp share each activation load, which halves the L1 traffic for x; only where
-    // there are rows enough to keep every SM busy with half as many warps.
-    size_t rows = 0;
-    for (int i = 0; i < targets.n; ++i) rows += size_t(targets.t[i].rows);
-    const size_t two_row_minimum = size_t(device_of(ctx).n_sms) * 16 * warps_per_block * 2;
-    if (rows >= two_row_minimum) launch<T, 2, false>(ctx, targets, n_blocks, x);
-    else launch<T, 1, false>(ctx, targets, n_blocks, x);
-}
-
-void launch(Context& ctx, GGMLType type, const Targets& targets, size_t cols, const QuantizedActivations& x, bool swiglu) {
-    const int n_blocks = int(cols / 32);
-    switch (type) {
-    case GGMLType::Q4_0: return launch<GGMLType::Q4_0>(ctx, targets, n_blocks, x, swiglu);
-    case GGMLType::Q4_1: return launch<GGMLType::Q4_1>(ctx, targets, n_blocks, x, swiglu);
-    case GGMLType::Q5_0: return launch<GGMLType::Q5_0>(ctx, targets, n_blocks, x, swiglu);
-    case GGMLType::Q5_1: return launch<GGMLType::Q5_1>(ctx, targets, n_blocks, x, swiglu);
-    case GGMLType::Q8_0: return launch<GGMLType::Q8_0>(ctx, targets, n_blocks, x, swiglu);
-    default: throw std::invalid_argument("CUDA int8 matvec: no kernel for " + std::string(type_name(type)));
-    }
-}
+// The activations of one token quantized per 32 values (d = max|x| / 127, q = round(x / d), as
+// the CPU's quantize_q8 and llama.cpp's Q8_0), with each block's d * sum(q).
+struct QuantizedActivations {
+    const int8_t* qs;   // [cols]
+    const float2* ds;   // [cols / 32]: (d, d * sum(q))
+};
 
 // The context's scratch for one token's quantized activations.
 QuantizedActivations activation_scratch(Context& ctx, size_t cols) {
@@ -282,23 +247,13 @@ QuantizedActivations activation_scratch(Context& ctx, size_t cols) {
     return {reinterpret_cast<int8_t*>(scratch), reinterpret_cast<float2*>(scratch + qs_bytes)};
 }
 
-Target target_of(const WeightMatrix& w, float* y, bool accumulate) {
-    return {reinterpret_cast<const uint8_t*>(w.data), y, int(w.rows), 0, accumulate};
-}
-
-}  // namespace
-
-// The kernels read the planar layout: exactly the types the GPU keeps planar.
-bool int8_matvec_supports(GGMLType type) { return planar_layout(type); }
-
+// x quantized by a kernel of its own (one warp per 32 values), or RMSNorm(x) in the same launch.
 QuantizedActivations quantize_activations(Context& ctx, const float* x, size_t cols) {
     const QuantizedActivations q = activation_scratch(ctx, cols);
     launch_after_previous(ctx, quantize_kernel, blocks_for(cols, 256), 256, 0, x, int(cols),
                           const_cast<int8_t*>(q.qs), const_cast<float2*>(q.ds));
     return q;
 }
-
-bool rms_norm_quantize_supports(size_t cols) { return cols % 32 == 0 && cols <= size_t(norm_threads * norm_values_per_thread); }
 
 QuantizedActivations rms_norm_quantize(Context& ctx, const float* x, const RmsNorm& norm, size_t cols) {
     if (!rms_norm_quantize_supports(cols))
@@ -310,7 +265,61 @@ QuantizedActivations rms_norm_quantize(Context& ctx, const float* x, const RmsNo
     return q;
 }
 
-void int8_matvec(Context& ctx, std::span<const MatmulOutput> outputs, size_t token, const QuantizedActivations& x) {
+// x (after norm, if any) quantized for the products.
+QuantizedActivations quantized(Context& ctx, const float* x, const RmsNorm* norm, size_t cols) {
+    return norm ? rms_norm_quantize(ctx, x, *norm, cols) : quantize_activations(ctx, x, cols);
+}
+
+template <GGMLType T, int Rows, bool Swiglu>
+void launch(Context& ctx, Targets targets, int n_blocks, const QuantizedActivations& q) {
+    int blocks = 0;
+    for (int i = 0; i < targets.n; ++i) {
+        targets.t[i].first_block = blocks;
+        blocks += int(blocks_for(targets.t[i].rows, warps_per_block * (Swiglu ? 1 : Rows)));
+        if (Swiglu) break;   // one grid over the rows that gate and up share
+    }
+    launch_after_previous(ctx, int8_matvec_kernel<T, Rows, Swiglu>, unsigned(blocks), warps_per_block * 32, 0, targets,
+                          n_blocks, q.qs, q.ds);
+}
+
+template <GGMLType T>
+void launch(Context& ctx, const Targets& targets, int n_blocks, const QuantizedActivations& q, bool swiglu) {
+    if (swiglu) return launch<T, 2, true>(ctx, targets, n_blocks, q);
+    // Two rows per warp share each activation load, which halves the L1 traffic for x; only where
+    // there are rows enough to keep every SM busy with half as many warps.
+    size_t rows = 0;
+    for (int i = 0; i < targets.n; ++i) rows += size_t(targets.t[i].rows);
+    const size_t two_row_minimum = size_t(device_of(ctx).n_sms) * 16 * warps_per_block * 2;
+    if (rows >= two_row_minimum) launch<T, 2, false>(ctx, targets, n_blocks, q);
+    else launch<T, 1, false>(ctx, targets, n_blocks, q);
+}
+
+void launch(Context& ctx, GGMLType type, const Targets& targets, size_t cols, const QuantizedActivations& q, bool swiglu) {
+    const int n_blocks = int(cols / 32);
+    switch (type) {
+    case GGMLType::Q4_0: return launch<GGMLType::Q4_0>(ctx, targets, n_blocks, q, swiglu);
+    case GGMLType::Q4_1: return launch<GGMLType::Q4_1>(ctx, targets, n_blocks, q, swiglu);
+    case GGMLType::Q5_0: return launch<GGMLType::Q5_0>(ctx, targets, n_blocks, q, swiglu);
+    case GGMLType::Q5_1: return launch<GGMLType::Q5_1>(ctx, targets, n_blocks, q, swiglu);
+    case GGMLType::Q8_0: return launch<GGMLType::Q8_0>(ctx, targets, n_blocks, q, swiglu);
+    default: throw std::invalid_argument("CUDA int8 matvec: no kernel for " + std::string(type_name(type)));
+    }
+}
+
+Target target_of(const WeightMatrix& w, float* y, bool accumulate) {
+    return {reinterpret_cast<const uint8_t*>(w.data), y, int(w.rows), 0, accumulate};
+}
+
+}  // namespace
+
+// The kernels read the planar layout: exactly the types the GPU keeps planar.
+bool int8_matvec_supports(GGMLType type) { return planar_layout(type); }
+
+bool rms_norm_quantize_supports(size_t cols) { return cols % 32 == 0 && cols <= size_t(norm_threads * norm_values_per_thread); }
+
+void int8_matvec(Context& ctx, std::span<const MatmulOutput> outputs, size_t token, const float* x, const RmsNorm* norm) {
+    if (outputs.empty()) return;
+    const QuantizedActivations q = quantized(ctx, x, norm, outputs[0].w.cols);
     // Matrices of one type share a launch, up to max_targets of them (Q, K and V; gate and up).
     for (size_t first = 0; first < outputs.size();) {
         Targets targets{};
@@ -320,18 +329,18 @@ void int8_matvec(Context& ctx, std::span<const MatmulOutput> outputs, size_t tok
             const MatmulOutput& o = outputs[next++];
             targets.t[targets.n++] = target_of(o.w, o.y + token * o.w.rows, o.accumulate);
         }
-        launch(ctx, type, targets, outputs[first].w.cols, x, false);
+        launch(ctx, type, targets, outputs[first].w.cols, q, false);
         first = next;
     }
 }
 
-void int8_matvec_swiglu(Context& ctx, const WeightMatrix& gate, const WeightMatrix& up, const QuantizedActivations& x,
-                        float* out) {
+void int8_matvec_swiglu(Context& ctx, const WeightMatrix& gate, const WeightMatrix& up, const float* x,
+                        const RmsNorm* norm, float* out) {
     Targets targets{};
     targets.t[0] = target_of(gate, out, false);
     targets.t[1] = target_of(up, nullptr, false);
     targets.n = 2;
-    launch(ctx, gate.type, targets, gate.cols, x, true);
+    launch(ctx, gate.type, targets, gate.cols, quantized(ctx, x, norm, gate.cols), true);
 }
 
 }  // namespace twinfer::compute::cuda

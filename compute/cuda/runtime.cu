@@ -131,6 +131,16 @@ void* Scratch::get(size_t bytes, cudaStream_t stream) {
     return data_;
 }
 
+void* Scratch::get_zeroed(size_t bytes, cudaStream_t stream) {
+    const bool grows = bytes > bytes_;
+    void* data = get(bytes, stream);
+    if (grows) {
+        TWINFER_CUDA_CHECK(cudaMemsetAsync(data, 0, bytes, stream));
+        TWINFER_CUDA_CHECK(cudaStreamSynchronize(stream));
+    }
+    return data;
+}
+
 void allow_shared_memory(const void* kernel, size_t bytes) {
     if (bytes <= 48 * 1024) return;
     int device = 0;
@@ -168,7 +178,7 @@ void* stream_of(DeviceContext& device) { return device.stream; }
 std::vector<const void*> scratch_addresses(Context& ctx) {
     const DeviceContext& device = device_of(ctx);
     return {device.weights_half.address(), device.tokens_half.address(), device.attention_parts.address(),
-            device.activations_int8.address()};
+            device.attention_finished.address(), device.activations_int8.address()};
 }
 
 DeviceContext& device_of(Context& ctx) {

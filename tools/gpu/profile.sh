@@ -27,7 +27,7 @@ total = collections.defaultdict(float); calls = collections.Counter()
 for r in rows[head + 1:]:
     if len(r) <= value or r[metric] != "gpu__time_duration.sum": continue
     v = float(r[value].replace(",", "")); u = r[unit]
-    v = v / 1000 if u == "nsecond" else v * 1000 if u == "msecond" else v
+    v = v / 1000 if u in ("nsecond", "ns") else v * 1000 if u in ("msecond", "ms") else v
     k = r[name].replace("(anonymous namespace)::", "").split("(")[0][-60:]
     total[k] += v; calls[k] += 1
 all_us = sum(total.values())
@@ -42,7 +42,7 @@ for spec in "${shapes[@]}"; do
     [ -f "$model" ] || "$build/tools/twinfer_make_random_model" "$shape" "$type" .device/smollm2-vocab.gguf "$model" > /dev/null || continue
     for phase in ${PHASES:-pp512 tg4}; do
         if [ $phase = pp512 ]; then args=(-p 512 -n 0); else args=(-p 0 -n 4); fi
-        TWINFER_CUDA_GRAPH=0 timeout 300 "$ncu" --clock-control none --metrics gpu__time_duration.sum --csv -c 4000 \
+        TWINFER_CUDA_GRAPH=0 timeout 300 "$ncu" --clock-control none --cache-control none --metrics gpu__time_duration.sum --csv -c 4000 \
             --log-file "$log/ncu-$shape-$type-$phase.csv" "$build/apps/twinfer" bench -m "$model" --device cuda \
             "${args[@]}" -r 1 --no-progress > /dev/null 2>&1 || { echo "ncu failed on $shape $phase"; continue; }
         echo "=== $shape $type $phase"
