@@ -345,6 +345,17 @@ TEST_P(CudaAttention, MatchesCpu) {
     float* out = poisoned(q.size());
     attention(*gpu, to_device(q), to_device(keys), to_device(values), n_tokens, first_position, shape, out);
     EXPECT_LT(relative_error(to_host(out, q.size()), want), float_tolerance);
+    if (n_tokens != 1) return;
+    // The decode step's form: the position read on the device, the launch sized for a longer
+    // cache (blocks of splits the position does not need return). Twice: the split-KV merge's
+    // counters must be back at zero after each launch.
+    const int32_t position = int32_t(first_position);
+    for (int run = 0; run < 2; ++run) {
+        float* out_at = poisoned(q.size());
+        attention_at(*gpu, to_device(q), to_device(keys), to_device(values), to_device(std::vector<int32_t>{position}),
+                     n_kv + 1000, shape, out_at);
+        EXPECT_LT(relative_error(to_host(out_at, q.size()), want), float_tolerance) << "attention_at, run " << run;
+    }
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, CudaAttention,
@@ -356,7 +367,9 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaAttention,
                                            AttentionCase{32, 32, 128, 100, 0},  // a Llama 2 prompt
                                            AttentionCase{32, 4, 64, 64, 30},    // a TinyLlama prompt after a few tokens
                                            AttentionCase{12, 12, 64, 19, 40},   // GPT-2
-                                           AttentionCase{16, 1, 256, 3, 90}));  // one KV head, wide heads
+                                           AttentionCase{16, 1, 256, 3, 90},    // one KV head, wide heads
+                                           AttentionCase{6, 2, 32, 1, 50},      // decoding, heads of 32: the general kernel
+                                           AttentionCase{10, 5, 128, 1, 31}));  // heads not a multiple of a block's 4
 
 TEST_F(CudaOps, Elementwise) {
     const size_t n_rows = 3, n = 1000;
