@@ -57,6 +57,27 @@ __host__ __device__ inline SplitPlan split_plan(int n_kv, int split_cap) {
     return {(n_kv + chunk - 1) / chunk, chunk};
 }
 
+// The host's side of the split plan for a grid of `blocks` blocks without splits: the bound on
+// splits (the GPU filled twice over), and attention_at's grid extent along the splits, the most
+// that any position up to max_positions plans (the kernels plan again from the position they read
+// and the blocks of splits it does not need return).
+int split_cap_for(const DeviceContext& device, int blocks) { return std::max(1, 2 * device.n_sms / blocks); }
+int max_splits_for(size_t max_positions, int split_cap) {
+    return std::max(1, std::min((int(max_positions) + kv_tile - 1) / kv_tile, split_cap));
+}
+
+// The split parts of `rows` (token, head) rows and the finish counters of `groups` block groups
+// (last_to_finish); none without splits.
+struct SplitScratch {
+    float* parts = nullptr;
+    unsigned* finished = nullptr;
+};
+SplitScratch split_scratch(DeviceContext& device, size_t rows, int n_splits, size_t head_dim, size_t groups) {
+    if (n_splits <= 1) return {};
+    return {static_cast<float*>(device.attention_parts.get(rows * n_splits * (head_dim + 2) * sizeof(float), device.stream)),
+            static_cast<unsigned*>(device.attention_finished.get_zeroed(groups * sizeof(unsigned), device.stream))};
+}
+
 // The layout of attention_at's kernels once they read the position: that of attention() for one
 // token there.
 __device__ inline void resolve_position(Layout& L) {
@@ -256,70 +277,70 @@ decode_attention_kernel(const float* __restrict__ q, const float* __restrict__ k
     if (split >= plan.n_splits) return;   // a split this position does not need
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int head = blockIdx.x * decode_warps + warp;
+    // A block's last warps have no head where n_head is not a multiple of decode_warps: they only
+    // take part in the block's barriers.
     const bool has_head = head < n_head;
-    const int h = has_head ? head : n_head - 1;
-    const size_t kv_offset = size_t(h / group) * HeadDim;
-
-    float* qs = reinterpret_cast<float*>(q_shared[warp]);
-    for (int d = lane; d < HeadDim; d += 32) qs[d] = q[size_t(h) * HeadDim + d] * scale;
-    __syncwarp();
-
     const int begin = split * plan.chunk, end = min(n_kv, begin + plan.chunk);
     float m = -INFINITY, l = 0.0f, acc[per_lane] = {};
-    for (int tile = begin; tile < end; tile += 32) {
-        const int p = tile + lane;
-        float s = -INFINITY;
-        if (p < end) {
-            const float4* k = reinterpret_cast<const float4*>(keys + size_t(p) * kv_stride + kv_offset);
-            float4 k4[HeadDim / 4];
+    if (has_head) {
+        const size_t kv_offset = size_t(head / group) * HeadDim;
+        float* qs = reinterpret_cast<float*>(q_shared[warp]);
+        for (int d = lane; d < HeadDim; d += 32) qs[d] = q[size_t(head) * HeadDim + d] * scale;
+        __syncwarp();
+        for (int tile = begin; tile < end; tile += 32) {
+            const int p = tile + lane;
+            float s = -INFINITY;
+            if (p < end) {
+                const float4* k = reinterpret_cast<const float4*>(keys + size_t(p) * kv_stride + kv_offset);
+                float4 k4[HeadDim / 4];
 #pragma unroll
-            for (int i = 0; i < HeadDim / 4; ++i) k4[i] = __ldg(k + i);
-            float part[4] = {};
+                for (int i = 0; i < HeadDim / 4; ++i) k4[i] = __ldg(k + i);
+                float part[4] = {};
 #pragma unroll
-            for (int i = 0; i < HeadDim / 4; ++i) {
-                const float4 q4 = q_shared[warp][i];
-                part[0] = fmaf(q4.x, k4[i].x, part[0]);
-                part[1] = fmaf(q4.y, k4[i].y, part[1]);
-                part[2] = fmaf(q4.z, k4[i].z, part[2]);
-                part[3] = fmaf(q4.w, k4[i].w, part[3]);
+                for (int i = 0; i < HeadDim / 4; ++i) {
+                    const float4 q4 = q_shared[warp][i];
+                    part[0] = fmaf(q4.x, k4[i].x, part[0]);
+                    part[1] = fmaf(q4.y, k4[i].y, part[1]);
+                    part[2] = fmaf(q4.z, k4[i].z, part[2]);
+                    part[3] = fmaf(q4.w, k4[i].w, part[3]);
+                }
+                s = (part[0] + part[1]) + (part[2] + part[3]);
             }
-            s = (part[0] + part[1]) + (part[2] + part[3]);
-        }
-        const float m_new = fmaxf(m, warp_max(s));
-        const float prob = p < end ? __expf(s - m_new) : 0.0f;
-        const float correction = __expf(m - m_new);   // m = -inf on the first tile: 0, acc and l are 0
-        l = l * correction + warp_sum(prob);
-        m = m_new;
+            const float m_new = fmaxf(m, warp_max(s));
+            const float prob = p < end ? __expf(s - m_new) : 0.0f;
+            const float correction = __expf(m - m_new);   // m = -inf on the first tile: 0, acc and l are 0
+            l = l * correction + warp_sum(prob);
+            m = m_new;
 #pragma unroll
-        for (int i = 0; i < per_lane; ++i) acc[i] *= correction;
-        const int n_in = min(32, end - tile);
+            for (int i = 0; i < per_lane; ++i) acc[i] *= correction;
+            const int n_in = min(32, end - tile);
 #pragma unroll 8
-        for (int j = 0; j < n_in; ++j) {
-            const float pj = __shfl_sync(0xffffffffu, prob, j);
-            const float* v = values + size_t(tile + j) * kv_stride + kv_offset;
+            for (int j = 0; j < n_in; ++j) {
+                const float pj = __shfl_sync(0xffffffffu, prob, j);
+                const float* v = values + size_t(tile + j) * kv_stride + kv_offset;
 #pragma unroll
-            for (int i = 0; i < per_lane; ++i) acc[i] = fmaf(pj, __ldg(v + lane + 32 * i), acc[i]);
+                for (int i = 0; i < per_lane; ++i) acc[i] = fmaf(pj, __ldg(v + lane + 32 * i), acc[i]);
+            }
         }
     }
 
-    const size_t row = size_t(h);
     if (plan.n_splits == 1) {
         if (has_head)
 #pragma unroll
-            for (int i = 0; i < per_lane; ++i) out[row * HeadDim + lane + 32 * i] = acc[i] / l;
+            for (int i = 0; i < per_lane; ++i) out[size_t(head) * HeadDim + lane + 32 * i] = acc[i] / l;
         return;
     }
     if (has_head) {
-        float* part = parts + (row * plan.n_splits + split) * (HeadDim + 2);
+        float* part = parts + (size_t(head) * plan.n_splits + split) * (HeadDim + 2);
 #pragma unroll
         for (int i = 0; i < per_lane; ++i) part[lane + 32 * i] = acc[i];
         if (lane == 0) part[HeadDim] = m, part[HeadDim + 1] = l;
     }
     if (!last_to_finish(finished[blockIdx.x], plan.n_splits) || !has_head) return;
+    const float* head_parts = parts + size_t(head) * plan.n_splits * (HeadDim + 2);
 #pragma unroll
     for (int i = 0; i < per_lane; ++i)
-        out[row * HeadDim + lane + 32 * i] = merged(parts + row * plan.n_splits * (HeadDim + 2), plan.n_splits, HeadDim,
-                                                    lane + 32 * i);
+        out[size_t(head) * HeadDim + lane + 32 * i] = merged(head_parts, plan.n_splits, HeadDim, lane + 32 * i);
 }
 
 // attention_at on decode_attention_kernel, for the head sizes it is built for and grouped query
@@ -336,20 +357,12 @@ bool launch_decode_attention(Context& ctx, const float* q, const float* keys, co
         return false;
     DeviceContext& device = device_of(ctx);
     const unsigned blocks = unsigned((shape.n_head + decode_warps - 1) / decode_warps);
-    const int split_cap = std::max(1, 2 * device.n_sms / int(blocks));
-    // The grid's y: the most splits any position up to max_positions plans; the kernel plans from
-    // the position it reads and the extra blocks return.
-    const int max_splits = std::max(1, std::min((int(max_positions) + 31) / 32, split_cap));
-    float* parts = nullptr;
-    unsigned* finished = nullptr;
-    if (max_splits > 1) {
-        parts = static_cast<float*>(
-            device.attention_parts.get(shape.n_head * max_splits * (shape.head_dim + 2) * sizeof(float), device.stream));
-        finished = static_cast<unsigned*>(device.attention_finished.get_zeroed(blocks * sizeof(unsigned), device.stream));
-    }
+    const int split_cap = split_cap_for(device, int(blocks));
+    const int max_splits = max_splits_for(max_positions, split_cap);
+    const SplitScratch scratch = split_scratch(device, shape.n_head, max_splits, shape.head_dim, blocks);
     launch_after_previous(ctx, kernel, dim3(blocks, unsigned(max_splits)), decode_warps * 32, 0, q, keys, values, position,
                           int(shape.n_head), int(shape.n_head / shape.n_head_kv), int(shape.kv_stride), shape.scale,
-                          split_cap, out, parts, finished);
+                          split_cap, out, scratch.parts, scratch.finished);
     return true;
 }
 
@@ -388,11 +401,9 @@ void launch_attention(Context& ctx, const float* q, const float* keys, const flo
     const dim3 grid_2d(unsigned((n_tokens + tokens_per_block - 1) / tokens_per_block),
                        unsigned(shape.n_head_kv * (L.group / L.heads_per_block)));
     const int blocks = int(grid_2d.x * grid_2d.y);
-    L.split_cap = 2 * device.n_sms / blocks;
+    L.split_cap = split_cap_for(device, blocks);
     if (position) {
-        // The grid's z: split_plan's bound before rounding, for the most positions; the kernels
-        // plan again from the position they read (chunk too) and the extra blocks return.
-        L.n_splits = std::max(1, std::min((int(max_positions) + kv_tile - 1) / kv_tile, L.split_cap));
+        L.n_splits = max_splits_for(max_positions, L.split_cap);
     } else {
         const SplitPlan plan = split_plan(int(first_position + n_tokens), L.split_cap);
         L.n_splits = plan.n_splits;
@@ -401,16 +412,10 @@ void launch_attention(Context& ctx, const float* q, const float* keys, const flo
 
     const size_t hd = shape.head_dim;
     const size_t shared = (rows * hd + 2 * kv_tile * (hd + 1) + rows * kv_tile + 3 * rows) * sizeof(float);
-    float* parts = nullptr;
-    unsigned* finished = nullptr;
-    if (L.n_splits > 1) {
-        parts = static_cast<float*>(
-            device.attention_parts.get(n_tokens * shape.n_head * L.n_splits * (hd + 2) * sizeof(float), device.stream));
-        finished = static_cast<unsigned*>(device.attention_finished.get_zeroed(size_t(blocks) * sizeof(unsigned), device.stream));
-    }
+    const SplitScratch scratch = split_scratch(device, n_tokens * shape.n_head, L.n_splits, hd, size_t(blocks));
     allow_shared_memory(reinterpret_cast<const void*>(attention_kernel), shared);
     launch_after_previous(ctx, attention_kernel, dim3(grid_2d.x, grid_2d.y, unsigned(L.n_splits)), threads, shared, q, keys,
-                          values, L, out, parts, finished);
+                          values, L, out, scratch.parts, scratch.finished);
 }
 
 constexpr size_t min_gemm_tokens = 16;

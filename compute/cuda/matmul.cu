@@ -396,7 +396,7 @@ struct ProductInput {
 
 ProductInput product_input(Context& ctx, const float* x, size_t n_tokens, size_t cols, const RmsNorm* norm, bool int8_path) {
     if (!norm) return {x, nullptr};
-    if (int8_path && rms_norm_quantize_supports(cols)) return {x, norm};
+    if (int8_path) return {x, norm};
     rms_norm(ctx, x, norm->weight, n_tokens, cols, norm->eps, norm->out);
     return {norm->out, nullptr};
 }
@@ -415,6 +415,8 @@ void matmul(Context& ctx, std::span<const MatmulOutput> outputs, const float* x,
     const bool gemm_path = n_tokens >= min_gemm_tokens && gemm_ok;
     const bool int8 = !gemm_path && activations == Activations::Int8 &&
                       std::all_of(outputs.begin(), outputs.end(), [](const MatmulOutput& o) { return int8_matvec_supports(o.w.type); });
+    if (int8)
+        for (const MatmulOutput& o : outputs) check_shape(o.w);
     const ProductInput input = product_input(ctx, x, n_tokens, cols, norm, int8);
     if (gemm_path) {
         for (const MatmulOutput& o : outputs) gemm(ctx, o.w, input.x, n_tokens, o.y, o.accumulate);
@@ -422,7 +424,6 @@ void matmul(Context& ctx, std::span<const MatmulOutput> outputs, const float* x,
     }
     for (size_t t = 0; t < n_tokens; ++t) {
         if (int8) {
-            for (const MatmulOutput& o : outputs) check_shape(o.w);
             const std::optional<RmsNorm> norm_t = input.norm_of(t, cols);
             int8_matvec(ctx, outputs, t, input.x + t * cols, norm_t ? &*norm_t : nullptr);
         } else {

@@ -7,7 +7,7 @@
 // Why not the float kernel (matmul.cu): decoding every weight to float costs 32 conversions and 32
 // FMAs per block per lane, and the staging that made its loads coalesced needs up to 96 KiB of
 // shared memory per block, so few blocks fit on an SM and too few loads are in flight to cover
-// DRAM's latency. Here a block is 4 warps and no shared memory: an SM holds 16 of them.
+// DRAM's latency. Here a block is 4 warps and no shared memory.
 //
 // Loads: the weights are in the planar layout (quant_decode.cuh), so a lane reads its block's codes
 // with one 16-byte load (two for Q8_0) and its scale with one more; a warp's load instruction
@@ -254,12 +254,9 @@ QuantizedActivations quantize_activations(Context& ctx, const float* x, size_t c
 }
 
 QuantizedActivations rms_norm_quantize(Context& ctx, const float* x, const RmsNorm& norm, size_t cols) {
-    if (!rms_norm_quantize_supports(cols))
-        throw std::invalid_argument("CUDA rms_norm_quantize: " + std::to_string(cols) + " values (a multiple of 32)");
     const QuantizedActivations q = activation_scratch(ctx, cols);
     launch_after_previous(ctx, rms_norm_quantize_kernel, blocks_for(cols, norm_threads), norm_threads, 0, x, norm.weight,
-                          int(cols), norm.eps, norm.out,
-                          const_cast<int8_t*>(q.qs), const_cast<float2*>(q.ds));
+                          int(cols), norm.eps, norm.out, const_cast<int8_t*>(q.qs), const_cast<float2*>(q.ds));
     return q;
 }
 
@@ -312,8 +309,6 @@ Target target_of(const WeightMatrix& w, float* y, bool accumulate) {
 
 // The kernels read the planar layout: exactly the types the GPU keeps planar.
 bool int8_matvec_supports(GGMLType type) { return planar_layout(type); }
-
-bool rms_norm_quantize_supports(size_t cols) { return cols % 32 == 0; }
 
 void int8_matvec(Context& ctx, std::span<const MatmulOutput> outputs, size_t token, const float* x, const RmsNorm* norm) {
     if (outputs.empty()) return;

@@ -9,8 +9,6 @@
 namespace twinfer::compute::cuda {
 
 bool int8_matvec_supports(GGMLType type);
-// Whether the products can apply an RMSNorm to x as they quantize it (norm below).
-bool rms_norm_quantize_supports(size_t cols);
 // y = W x (or y += W x, MatmulOutput::accumulate) for token `token` of every output, whose types
 // int8_matvec_supports (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0): up to three matrices of one type per launch.
 // x: the token's [cols] floats; norm (or null): x := RMSNorm(x) * norm.weight first, also written

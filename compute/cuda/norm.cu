@@ -28,6 +28,25 @@ __device__ __forceinline__ float4 scaled(float4 v, float s, float4 w) {
     return make_float4(v.x * s * w.x, v.y * s * w.y, v.z * s * w.z, v.w * s * w.w);
 }
 
+// This thread's float4s of a row (i = threadIdx.x + k * blockDim.x, i < n4) into v, all loads
+// issued before any is used.
+__device__ __forceinline__ void load_row(const float4* row, int n4, float4 (&v)[max_vectors]) {
+#pragma unroll
+    for (int k = 0; k < max_vectors; ++k) {
+        const int i = threadIdx.x + k * blockDim.x;
+        if (i < n4) v[k] = row[i];
+    }
+}
+
+// The sum of term(component) over this thread's float4s in v.
+template <class Term> __device__ __forceinline__ float thread_sum(const float4 (&v)[max_vectors], int n4, Term term) {
+    float sum = 0.0f;
+#pragma unroll
+    for (int k = 0; k < max_vectors; ++k)
+        if (threadIdx.x + k * blockDim.x < n4) sum += term(v[k].x) + term(v[k].y) + term(v[k].z) + term(v[k].w);
+    return sum;
+}
+
 __global__ void rms_norm_vector_kernel(const float* __restrict__ x, const float* __restrict__ weight, int n, float eps,
                                        float* out) {
     grid_dependency_wait();
@@ -36,16 +55,8 @@ __global__ void rms_norm_vector_kernel(const float* __restrict__ x, const float*
     const auto* w4 = reinterpret_cast<const float4*>(weight);
     const int n4 = n / 4;
     float4 v[max_vectors];
-    float sum_squares = 0.0f;
-#pragma unroll
-    for (int k = 0; k < max_vectors; ++k) {
-        const int i = threadIdx.x + k * blockDim.x;
-        if (i < n4) {
-            v[k] = row[i];
-            sum_squares += v[k].x * v[k].x + v[k].y * v[k].y + v[k].z * v[k].z + v[k].w * v[k].w;
-        }
-    }
-    const float inv_rms = rsqrtf(block_sum(sum_squares) / n + eps);
+    load_row(row, n4, v);
+    const float inv_rms = rsqrtf(block_sum(thread_sum(v, n4, [](float a) { return a * a; })) / n + eps);
 #pragma unroll
     for (int k = 0; k < max_vectors; ++k) {
         const int i = threadIdx.x + k * blockDim.x;
@@ -62,31 +73,17 @@ __global__ void layer_norm_vector_kernel(const float* __restrict__ x, const floa
     const auto* b4 = reinterpret_cast<const float4*>(bias);
     const int n4 = n / 4;
     float4 v[max_vectors];
-    float sum = 0.0f;
+    load_row(row, n4, v);
+    const float mean = block_sum(thread_sum(v, n4, [](float a) { return a; })) / n;
+    // The squares around the mean: no cancellation.
+    const float variance = block_sum(thread_sum(v, n4, [mean](float a) { return (a - mean) * (a - mean); })) / n;
+    const float inv_std = rsqrtf(variance + eps);
 #pragma unroll
     for (int k = 0; k < max_vectors; ++k) {
         const int i = threadIdx.x + k * blockDim.x;
         if (i < n4) {
-            v[k] = row[i];
-            sum += v[k].x + v[k].y + v[k].z + v[k].w;
-        }
-    }
-    const float mean = block_sum(sum) / n;
-    float sum_squares = 0.0f;  // around the mean: no cancellation
-#pragma unroll
-    for (int k = 0; k < max_vectors; ++k) {
-        const int i = threadIdx.x + k * blockDim.x;
-        if (i < n4) {
-            v[k] = make_float4(v[k].x - mean, v[k].y - mean, v[k].z - mean, v[k].w - mean);
-            sum_squares += v[k].x * v[k].x + v[k].y * v[k].y + v[k].z * v[k].z + v[k].w * v[k].w;
-        }
-    }
-    const float inv_std = rsqrtf(block_sum(sum_squares) / n + eps);
-#pragma unroll
-    for (int k = 0; k < max_vectors; ++k) {
-        const int i = threadIdx.x + k * blockDim.x;
-        if (i < n4) {
-            const float4 s = scaled(v[k], inv_std, w4[i]), b = b4[i];
+            const float4 centered = make_float4(v[k].x - mean, v[k].y - mean, v[k].z - mean, v[k].w - mean);
+            const float4 s = scaled(centered, inv_std, w4[i]), b = b4[i];
             dst[i] = make_float4(s.x + b.x, s.y + b.y, s.z + b.z, s.w + b.w);
         }
     }
