@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "compute/context.hpp"
+#include "compute/matmul.hpp"
 #include "compute/rope.hpp"
 #ifdef TWINFER_WITH_CUDA
 #include "compute/cuda/ops.hpp"
@@ -83,6 +84,22 @@ inline void rope_store_at(Context& ctx, float* q, size_t n_head, float* k, const
     rope_at(ctx, k, n_head_kv, head_dim, position, params);
     store_row(ctx, k, n_head_kv * head_dim, keys, position);
     store_row(ctx, v, n_head_kv * head_dim, values, position);
+}
+
+// A decode step's attention inputs: q, k, v = the products qkv of one token of x (normalized by
+// norm first, as in matmul), then rope_store_at. The GPU's int8 path rotates and stores in the
+// products' own launch (no launch of its own for RoPE and the cache write).
+inline void project_rope_store_at(Context& ctx, std::span<const MatmulOutput, 3> qkv, const float* x,
+                                  Activations activations, const RmsNorm* norm, size_t n_head, size_t n_head_kv,
+                                  size_t head_dim, const int32_t* position, const RopeParams& params, float* keys,
+                                  float* values) {
+#ifdef TWINFER_WITH_CUDA
+    if (ctx.device() == Device::CUDA)
+        return cuda::project_rope_store_at(ctx, qkv, x, activations, norm, n_head, n_head_kv, head_dim, position, params,
+                                           keys, values);
+#endif
+    matmul(ctx, std::span<const MatmulOutput>(qkv), x, 1, activations, norm);
+    rope_store_at(ctx, qkv[0].y, n_head, qkv[1].y, qkv[2].y, n_head_kv, head_dim, position, params, keys, values);
 }
 
 }  // namespace twinfer::compute

@@ -107,18 +107,25 @@ void F32LlamaModel::enqueue_forward(const int32_t* ids, size_t T, size_t p0, con
 
         // Attention block: x += Wo attention(rope(Wq xn), rope(Wk xn), Wv xn), xn = rms_norm(x) (in the product)
         const compute::RmsNorm attn_norm{L.attn_norm.data(), eps, xn};              // xn: [T, E]
-        const compute::MatmulOutput qkv[] = {{L.wq, q}, {L.wk, k}, {L.wv, v}};
-        compute::matmul(ctx_, qkv, x, T, activations_for(options_), &attn_norm);    // q: [T, H, D]; k, v: [T, Hkv, D]
-        observe(ctx_, observer_, "attn_norm", il, xn, T * E);
-        add_bias(L.bq, T, q);
-        add_bias(L.bk, T, k);
-        add_bias(L.bv, T, v);
-        if (device_position) {
-            compute::rope_store_at(ctx_, q, H, k, v, Hkv, D, device_position, rope_, keys, values);
+        const compute::MatmulOutput qkv[] = {{L.wq, q}, {L.wk, k}, {L.wv, v}};      // q: [T, H, D]; k, v: [T, Hkv, D]
+        const bool qkv_bias = !L.bq.empty() || !L.bk.empty() || !L.bv.empty();
+        if (device_position && !qkv_bias) {
+            // A decode step: the products, RoPE and the cache write in one call (one launch on a GPU).
+            compute::project_rope_store_at(ctx_, qkv, x, activations_for(options_), &attn_norm, H, Hkv, D, device_position,
+                                           rope_, keys, values);
         } else {
-            compute::rope(ctx_, q, T, QD, H, D, p0, rope_);
-            compute::rope(ctx_, k, T, KVD, Hkv, D, p0, rope_);
+            compute::matmul(ctx_, qkv, x, T, activations_for(options_), &attn_norm);
+            add_bias(L.bq, T, q);
+            add_bias(L.bk, T, k);
+            add_bias(L.bv, T, v);
+            if (device_position) {
+                compute::rope_store_at(ctx_, q, H, k, v, Hkv, D, device_position, rope_, keys, values);
+            } else {
+                compute::rope(ctx_, q, T, QD, H, D, p0, rope_);
+                compute::rope(ctx_, k, T, KVD, Hkv, D, p0, rope_);
+            }
         }
+        observe(ctx_, observer_, "attn_norm", il, xn, T * E);
         observe(ctx_, observer_, "Qcur", il, q, T * QD);
         observe(ctx_, observer_, "Kcur", il, k, T * KVD);
         observe(ctx_, observer_, "Vcur", il, v, T * KVD);

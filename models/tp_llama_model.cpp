@@ -319,19 +319,28 @@ void Rank::enqueue(const ModelConfig& c, compute::Collective& collective, comput
 
         // Attention block: x += sum over ranks of Wo_r attention_r(...), xn = rms_norm(x)
         const compute::RmsNorm attn_norm{L.attn_norm, eps, xn};                     // xn: [T, E]
-        const compute::MatmulOutput qkv[] = {{L.wq, q}, {L.wk, k}, {L.wv, v}};
-        compute::matmul(ctx, qkv, x, T, activations, &attn_norm);                   // q: [T, Hr, D]; k, v: [T, Hkv_r, D]
-        if (L.bq) compute::add_bias(ctx, q, L.bq, T, QDr);
-        if (L.bk) compute::add_bias(ctx, k, L.bk, T, KVDr);
-        if (L.bv) compute::add_bias(ctx, v, L.bv, T, KVDr);
-        if (device_position) {
-            compute::rope_store_at(ctx, q, Hr, k, v, Hkv_r, D, device_position, rope, keys, values);
-            compute::attention_at(ctx, q, keys, values, device_position, cache.n_ctx(), attention, att);
+        const compute::MatmulOutput qkv[] = {{L.wq, q}, {L.wk, k}, {L.wv, v}};      // q: [T, Hr, D]; k, v: [T, Hkv_r, D]
+        const bool qkv_bias = L.bq || L.bk || L.bv;
+        if (device_position && !qkv_bias) {
+            // A decode step: the products, RoPE and the cache write in one call (one launch on a GPU).
+            compute::project_rope_store_at(ctx, qkv, x, activations, &attn_norm, Hr, Hkv_r, D, device_position, rope, keys,
+                                           values);
         } else {
-            compute::rope(ctx, q, T, QDr, Hr, D, p0, rope);
-            compute::rope(ctx, k, T, KVDr, Hkv_r, D, p0, rope);
-            compute::attention(ctx, q, keys, values, T, p0, attention, att);        // att: [T, Hr, D]
+            compute::matmul(ctx, qkv, x, T, activations, &attn_norm);
+            if (L.bq) compute::add_bias(ctx, q, L.bq, T, QDr);
+            if (L.bk) compute::add_bias(ctx, k, L.bk, T, KVDr);
+            if (L.bv) compute::add_bias(ctx, v, L.bv, T, KVDr);
+            if (device_position) {
+                compute::rope_store_at(ctx, q, Hr, k, v, Hkv_r, D, device_position, rope, keys, values);
+            } else {
+                compute::rope(ctx, q, T, QDr, Hr, D, p0, rope);
+                compute::rope(ctx, k, T, KVDr, Hkv_r, D, p0, rope);
+            }
         }
+        if (device_position)
+            compute::attention_at(ctx, q, keys, values, device_position, cache.n_ctx(), attention, att);
+        else
+            compute::attention(ctx, q, keys, values, T, p0, attention, att);        // att: [T, Hr, D]
         compute::matmul(ctx, L.wo, att, T, out, activations);                       // out: [T, E], this rank's heads' share
         collective.all_reduce_sum(shard.rank, ctx, out, T * E);                     // out: [T, E], all heads
         if (L.bo) compute::add_bias(ctx, out, L.bo, T, E);

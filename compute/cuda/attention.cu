@@ -19,6 +19,7 @@
 
 #include "compute/attention.hpp"
 #include "compute/cuda/device_context.cuh"
+#include "compute/cuda/matvec_int8.cuh"
 #include "compute/cuda/ops.hpp"
 
 namespace twinfer::compute::cuda {
@@ -122,7 +123,8 @@ __device__ float merged(const float* row_parts, int n_splits, int hd, int d) {
 
 __global__ void __launch_bounds__(threads)
 attention_kernel(const float* __restrict__ q, const float* __restrict__ keys, const float* __restrict__ values,
-                 Layout L, float* __restrict__ out, float* __restrict__ parts, unsigned* __restrict__ finished) {
+                 Layout L, float* __restrict__ out, QuantizedActivations out_int8, float* __restrict__ parts,
+                 unsigned* __restrict__ finished) {
     grid_dependency_wait();
     resolve_position(L);
     if (int(blockIdx.z) >= L.n_splits) return;   // attention_at: a split this position does not need
@@ -228,6 +230,13 @@ attention_kernel(const float* __restrict__ q, const float* __restrict__ keys, co
         }
     }
     __syncthreads();
+    // A warp's 32 pairs are one row's 32-value block (head_dim a multiple of 32 wherever out_int8
+    // is asked for), so the conditions below are the same for the whole warp, as quantize_in_warp
+    // needs.
+    auto write_out = [&](size_t i, float y) {
+        out[i] = y;
+        if (out_int8.qs) quantize_in_warp(y, int(i), out_int8.qs, out_int8.ds);
+    };
     // One split: the result. Several: this split's part, (acc, m, l) per row.
 #pragma unroll
     for (int k = 0; k < max_pairs; ++k) {
@@ -237,7 +246,7 @@ attention_kernel(const float* __restrict__ q, const float* __restrict__ keys, co
         if (t >= L.n_tokens) continue;
         const size_t row = size_t(t) * L.n_head + head_of(r);
         if (L.n_splits == 1) {
-            out[row * hd + d] = acc[k] / row_l[r];
+            write_out(row * hd + d, acc[k] / row_l[r]);
         } else {
             float* part = parts + (row * L.n_splits + split) * (hd + 2);
             part[d] = acc[k];
@@ -249,7 +258,7 @@ attention_kernel(const float* __restrict__ q, const float* __restrict__ keys, co
         const int r = pair / hd, d = pair % hd, t = token_of(r);
         if (t >= L.n_tokens) continue;
         const size_t row = size_t(t) * L.n_head + head_of(r);
-        out[row * hd + d] = merged(parts + row * L.n_splits * (hd + 2), L.n_splits, hd, d);
+        write_out(row * hd + d, merged(parts + row * L.n_splits * (hd + 2), L.n_splits, hd, d));
     }
 }
 
@@ -267,7 +276,8 @@ template <int HeadDim>
 __global__ void __launch_bounds__(decode_warps * 32)
 decode_attention_kernel(const float* __restrict__ q, const float* __restrict__ keys, const float* __restrict__ values,
                         const int32_t* position, int n_head, int group, int kv_stride, float scale, int split_cap,
-                        float* __restrict__ out, float* __restrict__ parts, unsigned* __restrict__ finished) {
+                        float* __restrict__ out, QuantizedActivations out_int8, float* __restrict__ parts,
+                        unsigned* __restrict__ finished) {
     constexpr int per_lane = HeadDim / 32;   // output dimensions lane, lane + 32, ...
     __shared__ float4 q_shared[decode_warps][HeadDim / 4];
     grid_dependency_wait();
@@ -313,21 +323,40 @@ decode_attention_kernel(const float* __restrict__ q, const float* __restrict__ k
             m = m_new;
 #pragma unroll
             for (int i = 0; i < per_lane; ++i) acc[i] *= correction;
+            // The tile's value rows in batches whose loads are all issued before the first is used
+            // (64 per lane): a loop unrolled by 8 waited out four memory round trips per tile.
             const int n_in = min(32, end - tile);
-#pragma unroll 8
-            for (int j = 0; j < n_in; ++j) {
-                const float pj = __shfl_sync(0xffffffffu, prob, j);
-                const float* v = values + size_t(tile + j) * kv_stride + kv_offset;
+            constexpr int batch = 64 / per_lane;
+            for (int j0 = 0; j0 < n_in; j0 += batch) {
+                float v[batch][per_lane];
 #pragma unroll
-                for (int i = 0; i < per_lane; ++i) acc[i] = fmaf(pj, __ldg(v + lane + 32 * i), acc[i]);
+                for (int j = 0; j < batch; ++j) {
+                    if (j0 + j >= n_in) break;
+                    const float* row = values + size_t(tile + j0 + j) * kv_stride + kv_offset;
+#pragma unroll
+                    for (int i = 0; i < per_lane; ++i) v[j][i] = __ldg(row + lane + 32 * i);
+                }
+#pragma unroll
+                for (int j = 0; j < batch; ++j) {
+                    if (j0 + j >= n_in) break;
+                    const float pj = __shfl_sync(0xffffffffu, prob, j0 + j);
+#pragma unroll
+                    for (int i = 0; i < per_lane; ++i) acc[i] = fmaf(pj, v[j][i], acc[i]);
+                }
             }
         }
     }
 
+    // Output dimension d of the warp's head (each 32-value block held by the whole warp).
+    auto write_out = [&](int d, float y) {
+        const int i = head * HeadDim + d;
+        out[i] = y;
+        if (out_int8.qs) quantize_in_warp(y, i, out_int8.qs, out_int8.ds);
+    };
     if (plan.n_splits == 1) {
         if (has_head)
 #pragma unroll
-            for (int i = 0; i < per_lane; ++i) out[size_t(head) * HeadDim + lane + 32 * i] = acc[i] / l;
+            for (int i = 0; i < per_lane; ++i) write_out(lane + 32 * i, acc[i] / l);
         return;
     }
     if (has_head) {
@@ -340,7 +369,7 @@ decode_attention_kernel(const float* __restrict__ q, const float* __restrict__ k
     const float* head_parts = parts + size_t(head) * plan.n_splits * (HeadDim + 2);
 #pragma unroll
     for (int i = 0; i < per_lane; ++i)
-        out[size_t(head) * HeadDim + lane + 32 * i] = merged(head_parts, plan.n_splits, HeadDim, lane + 32 * i);
+        write_out(lane + 32 * i, merged(head_parts, plan.n_splits, HeadDim, lane + 32 * i));
 }
 
 // attention_at on decode_attention_kernel, for the head sizes it is built for and grouped query
@@ -348,7 +377,7 @@ decode_attention_kernel(const float* __restrict__ q, const float* __restrict__ k
 // already spread over the GPU, and there this kernel measured slower (7B tg128 388 -> 361 tok/s:
 // a lane's 512-byte key rows), where with groups of 3 and 8 (SmolLM2, TinyLlama) it is faster.
 bool launch_decode_attention(Context& ctx, const float* q, const float* keys, const float* values, const int32_t* position,
-                             size_t max_positions, const AttentionShape& shape, float* out) {
+                             size_t max_positions, const AttentionShape& shape, float* out, const QuantizedActivations& out_int8) {
     auto kernel = shape.head_dim == 64    ? decode_attention_kernel<64>
                   : shape.head_dim == 128 ? decode_attention_kernel<128>
                                           : nullptr;
@@ -362,7 +391,7 @@ bool launch_decode_attention(Context& ctx, const float* q, const float* keys, co
     const SplitScratch scratch = split_scratch(device, shape.n_head, max_splits, shape.head_dim, blocks);
     launch_after_previous(ctx, kernel, dim3(blocks, unsigned(max_splits)), decode_warps * 32, 0, q, keys, values, position,
                           int(shape.n_head), int(shape.n_head / shape.n_head_kv), int(shape.kv_stride), shape.scale,
-                          split_cap, out, scratch.parts, scratch.finished);
+                          split_cap, out, out_int8, scratch.parts, scratch.finished);
     return true;
 }
 
@@ -376,7 +405,7 @@ int largest_divisor_at_most(int n, int limit) {
 // the grid sized for the plan of max_positions: no plan for fewer positions has more splits).
 void launch_attention(Context& ctx, const float* q, const float* keys, const float* values, size_t n_tokens,
                       size_t first_position, const int32_t* position, size_t max_positions, const AttentionShape& shape,
-                      float* out) {
+                      float* out, const QuantizedActivations& out_int8 = {}) {
     if (n_tokens == 0) return;
     if (shape.head_dim > max_head_dim || shape.n_head_kv == 0 || shape.n_head % shape.n_head_kv != 0)
         throw std::invalid_argument("CUDA attention: head_dim " + std::to_string(shape.head_dim) + " (at most " +
@@ -415,7 +444,7 @@ void launch_attention(Context& ctx, const float* q, const float* keys, const flo
     const SplitScratch scratch = split_scratch(device, n_tokens * shape.n_head, L.n_splits, hd, size_t(blocks));
     allow_shared_memory(reinterpret_cast<const void*>(attention_kernel), shared);
     launch_after_previous(ctx, attention_kernel, dim3(grid_2d.x, grid_2d.y, unsigned(L.n_splits)), threads, shared, q, keys,
-                          values, L, out, scratch.parts, scratch.finished);
+                          values, L, out, out_int8, scratch.parts, scratch.finished);
 }
 
 constexpr size_t min_gemm_tokens = 16;
@@ -483,8 +512,13 @@ void attention(Context& ctx, const float* q, const float* keys, const float* val
 
 void attention_at(Context& ctx, const float* q, const float* keys, const float* values, const int32_t* position,
                   size_t max_positions, const AttentionShape& shape, float* out) {
-    if (!launch_decode_attention(ctx, q, keys, values, position, max_positions, shape, out))
-        launch_attention(ctx, q, keys, values, 1, 0, position, max_positions, shape, out);
+    // The output also quantized for the int8 product that reads it next (Wo), where head_dim splits
+    // into whole 32-value blocks, saving that product a quantization launch.
+    const size_t width = shape.n_head * shape.head_dim;
+    const QuantizedActivations out_int8 = shape.head_dim % 32 == 0 ? prepared_int8_scratch(ctx, width) : QuantizedActivations{};
+    if (!launch_decode_attention(ctx, q, keys, values, position, max_positions, shape, out, out_int8))
+        launch_attention(ctx, q, keys, values, 1, 0, position, max_positions, shape, out, out_int8);
+    if (out_int8.qs) publish_prepared_int8(ctx, out, width, out_int8);
 }
 
 void store_row(Context& ctx, const float* x, size_t width, float* table, const int32_t* row) {

@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <utility>
 
@@ -48,6 +49,17 @@ private:
     size_t bytes_ = 0;
 };
 
+// One token's activations quantized for the int8 matrix-vector products (matvec_int8.cuh) by the
+// kernel that produced them in float (attention): the next int8 product over `source`
+// reads these instead of launching a quantization of its own. Valid for the very next launch
+// only (launch_after_previous clears it), so nothing can write `source` in between.
+struct PreparedInt8 {
+    const float* source = nullptr;
+    size_t cols = 0;
+    const int8_t* qs = nullptr;    // [cols]
+    const float2* ds = nullptr;    // [cols / 32]: (d, d * sum(q))
+};
+
 struct DeviceContext {
     DeviceContext();
     DeviceContext(const DeviceContext&) = delete;
@@ -64,6 +76,8 @@ struct DeviceContext {
     Scratch attention_finished;  // per group of split-KV blocks: how many have written their part
     Scratch attention_scores; // a prompt's attention scores, [heads, tokens, keys] per chunk of tokens
     Scratch activations_int8; // one token's activations quantized for the int8 matrix-vector product
+    Scratch prepared_int8;    // the same, written by the kernel that produced them (PreparedInt8)
+    PreparedInt8 prepared;
 };
 
 DeviceContext& device_of(Context& ctx);
@@ -99,14 +113,16 @@ __device__ __forceinline__ void grid_dependency_wait() {
 template <class... Params, class... Args>
 void launch_after_previous(Context& ctx, void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes,
                            Args&&... args) {
+    DeviceContext& device = device_of(ctx);
+    device.prepared = {};
     cudaLaunchConfig_t config{};
     config.gridDim = grid;
     config.blockDim = block;
     config.dynamicSmemBytes = shared_bytes;
-    config.stream = stream(ctx);
+    config.stream = device.stream;
     cudaLaunchAttribute attribute{};
     attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attribute.val.programmaticStreamSerializationAllowed = device_of(ctx).dependent_launch ? 1 : 0;
+    attribute.val.programmaticStreamSerializationAllowed = device.dependent_launch ? 1 : 0;
     config.attrs = &attribute;
     config.numAttrs = 1;
     TWINFER_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, static_cast<Params>(std::forward<Args>(args))...));

@@ -432,6 +432,19 @@ void matmul(Context& ctx, std::span<const MatmulOutput> outputs, const float* x,
     }
 }
 
+void project_rope_store_at(Context& ctx, std::span<const MatmulOutput, 3> qkv, const float* x, Activations activations,
+                           const RmsNorm* norm, size_t n_head, size_t n_head_kv, size_t head_dim, const int32_t* position,
+                           const RopeParams& rope, float* keys, float* values) {
+    const bool int8 = activations == Activations::Int8 &&
+                      std::all_of(qkv.begin(), qkv.end(), [](const MatmulOutput& o) { return int8_matvec_supports(o.w.type); });
+    if (int8) {
+        for (const MatmulOutput& o : qkv) check_shape(o.w);
+        if (int8_matvec_rope_store(ctx, qkv, x, norm, rope, head_dim, position, keys, values)) return;
+    }
+    cuda::matmul(ctx, std::span<const MatmulOutput>(qkv), x, 1, activations, norm);
+    rope_store_at(ctx, qkv[0].y, n_head, qkv[1].y, qkv[2].y, n_head_kv, head_dim, position, rope, keys, values);
+}
+
 void matmul_swiglu(Context& ctx, const WeightMatrix& gate, const WeightMatrix& up, const float* x, size_t n_tokens,
                    float* out, float* up_scratch, Activations activations, const RmsNorm* norm) {
     if (gate.rows != up.rows || gate.cols != up.cols)

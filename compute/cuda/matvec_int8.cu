@@ -14,31 +14,19 @@
 // covers 512 contiguous bytes.
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 
 #include "compute/cuda/device_context.cuh"
 #include "compute/cuda/matvec_int8.cuh"
 #include "compute/cuda/quant_decode.cuh"
+#include "compute/cuda/rope.cuh"
 
 namespace twinfer::compute::cuda {
 namespace {
 
 constexpr int warps_per_block = 4;
-
-// Value i of x, held by a lane whose warp holds the whole 32-value block: the block's max|x| and
-// sum of codes by shuffles.
-__device__ __forceinline__ void quantize_in_warp(float v, int i, int8_t* __restrict__ qs, float2* __restrict__ ds) {
-    float amax = fabsf(v);
-    for (int offset = 16; offset > 0; offset /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
-    const float d = amax / 127.0f;
-    const float inverse = d != 0.0f ? 1.0f / d : 0.0f;
-    const int q = __float2int_rn(v * inverse);
-    qs[i] = int8_t(q);
-    int sum = q;
-    for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
-    if (i % 32 == 0) ds[i / 32] = make_float2(d, d * float(sum));
-}
 
 // One warp per 32-value block of x.
 __global__ void quantize_kernel(const float* __restrict__ x, int n, int8_t* __restrict__ qs, float2* __restrict__ ds) {
@@ -160,18 +148,71 @@ struct Targets {
     int n;
 };
 
-// Rows: rows per warp. Swiglu: the launch's two targets are gate and up; a warp takes row r of
-// both and writes silu(gate x) * (up x) to target 0's y (Rows is then 2: one row of each).
-template <GGMLType T, int Rows, bool Swiglu>
-__global__ void __launch_bounds__(warps_per_block * 32)
-int8_matvec_kernel(Targets targets, int n_blocks, const int8_t* __restrict__ qs, const float2* __restrict__ ds) {
+// A decode step's Q, K and V launch that finishes their rotary embedding and KV-cache write itself
+// (int8_matvec_rope_store): targets q, k, v, one row per warp, every target's rows a multiple of
+// warps_per_block, pairs (2i, 2i + 1) of a head, so that a pair's two rows are two warps of one
+// block. Saves the decode step a RoPE launch a layer (~3 us each, Nsight Compute).
+struct RopeStore {
+    const int32_t* position;   // device memory
+    Rotation rotation;
+    int head_dim;
+    float* keys;               // [positions, k rows]
+    float* values;             // [positions, v rows]
+};
+
+// Row `row` (= y, every lane holding it) of target q (0), k (1) or v (2): q and k rows rotated
+// with their pair's other row (the neighbouring warp's), k and v rows also written to the cache.
+// frequency: the row's pair_frequency, or 0 where it is not rotated.
+__device__ __forceinline__ double rope_frequency(int row, int target_index, const RopeStore& rope_store) {
+    const int d = row % rope_store.head_dim;
+    return target_index < 2 && d < rope_store.rotation.n_rot ? pair_frequency(d / 2, rope_store.rotation) : 0.0;
+}
+
+__device__ __forceinline__ void finish_rope_store(float y, int row, const Target& target, int target_index,
+                                                  const RopeStore& rope_store, int position, double frequency) {
+    __shared__ float block_rows[warps_per_block];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (lane == 0) block_rows[warp] = y;
+    __syncthreads();
+    if (lane != 0) return;
+    if (frequency != 0.0) {
+        const float2 cs = rotation_at(size_t(position), frequency);
+        const float x0 = block_rows[warp & ~1], x1 = block_rows[warp | 1];
+        y = row % 2 == 0 ? x0 * cs.x - x1 * cs.y : x0 * cs.y + x1 * cs.x;
+    }
+    target.y[row] = y;
+    if (target_index > 0) (target_index == 1 ? rope_store.keys : rope_store.values)[size_t(position) * target.rows + row] = y;
+}
+
+// What a launch does with its products besides writing them. Each kind is a kernel of its own:
+// the RoPE epilogue's registers in every plain product cost a 7B model's bandwidth-bound products
+// a block per SM (84 registers a thread instead of 78: 5 blocks of 128 threads, not 6).
+enum class Epilogue {
+    Plain,      // y = W x, or y += W x
+    Swiglu,     // the targets are gate and up; a warp takes row r of both and writes
+                // silu(gate x) * (up x) to target 0's y (Rows is then 2: one row of each)
+    RopeStore,  // finish_rope_store (Rows 1)
+};
+
+// Blocks per SM the register budget is held to: six (80 registers a thread) for the 4-bit types,
+// which fit that without spilling, RopeStore included (84 left to itself), five (102) for the
+// 5-bit and 8-bit types, which spill at 80.
+template <GGMLType T> constexpr int min_blocks_per_sm = T == GGMLType::Q4_0 || T == GGMLType::Q4_1 ? 6 : 5;
+
+// Rows: rows per warp.
+template <GGMLType T, int Rows, Epilogue E>
+__global__ void __launch_bounds__(warps_per_block * 32, min_blocks_per_sm<T>)
+int8_matvec_kernel(Targets targets, int n_blocks, const int8_t* __restrict__ qs, const float2* __restrict__ ds,
+                   RopeStore rope_store, bool early_loads) {
+    constexpr bool Swiglu = E == Epilogue::Swiglu;
     // The block's target, by constant indices: a runtime index into the parameters would copy
     // them to the stack (local memory) first.
     Target target = targets.t[0];
+    int target_index = 0;
     if constexpr (!Swiglu) {
 #pragma unroll
         for (int i = 1; i < max_targets; ++i)
-            if (i < targets.n && int(blockIdx.x) >= targets.t[i].first_block) target = targets.t[i];
+            if (i < targets.n && int(blockIdx.x) >= targets.t[i].first_block) target = targets.t[i], target_index = i;
     }
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     constexpr int rows_of_target = Swiglu ? 1 : Rows;
@@ -186,15 +227,33 @@ int8_matvec_kernel(Targets targets, int n_blocks, const int8_t* __restrict__ qs,
         view[r] = PlanarView<T>(m.w, size_t(m.rows) * n_blocks);
         first_block_of[r] = size_t(Swiglu ? first_row : min(first_row + r, target.rows - 1)) * n_blocks;
     }
-    grid_dependency_wait();
     // A lane's blocks lane, lane + 32, ... in batches whose loads are all issued before the first
     // is used: a plain loop over them (unrolled by 4, with a remainder loop) waited out one memory
-    // round trip per block past the last multiple of 4.
+    // round trip per block past the last multiple of 4. early_loads: the first batch's weights are
+    // loaded before waiting for the previous kernel (they are not its output), so that their DRAM
+    // round trip overlaps that kernel instead of following it; on the small models that is the
+    // whole row.
     constexpr int batch = Rows == 1 ? 4 : 2;
+    WeightBlock<T> w[batch][Rows];
+    auto load_weights = [&](int b0) {
+#pragma unroll
+        for (int j = 0; j < batch; ++j) {
+            if (b0 + 32 * j >= n_blocks) break;
+#pragma unroll
+            for (int r = 0; r < Rows; ++r) w[j][r] = load_block(view[r], first_block_of[r] + b0 + 32 * j);
+        }
+    };
+    if (early_loads) load_weights(lane);
+    double frequency = 0.0;   // RopeStore: worked out while the loads are in flight
+    if constexpr (E == Epilogue::RopeStore) frequency = rope_frequency(first_row, target_index, rope_store);
+    grid_dependency_wait();
+    // RopeStore: the position loaded with the activations, not after the products (a memory round
+    // trip at the end of every block cost a 7B model's multi-wave Q/K/V launch ~6% of its decoding).
+    const int position = E == Epilogue::RopeStore ? __ldg(rope_store.position) : 0;
     float acc[Rows] = {};
     for (int b0 = lane; b0 < n_blocks; b0 += 32 * batch) {
+        if (b0 != lane || !early_loads) load_weights(b0);
         ActivationBlock x[batch];
-        WeightBlock<T> w[batch][Rows];
 #pragma unroll
         for (int j = 0; j < batch; ++j) {
             const int b = b0 + 32 * j;
@@ -204,8 +263,6 @@ int8_matvec_kernel(Targets targets, int n_blocks, const int8_t* __restrict__ qs,
             x[j].a[0] = lo.x, x[j].a[1] = lo.y, x[j].a[2] = lo.z, x[j].a[3] = lo.w;
             x[j].a[4] = hi.x, x[j].a[5] = hi.y, x[j].a[6] = hi.z, x[j].a[7] = hi.w;
             x[j].ds = __ldg(ds + b);
-#pragma unroll
-            for (int r = 0; r < Rows; ++r) w[j][r] = load_block(view[r], first_block_of[r] + b);
         }
 #pragma unroll
         for (int j = 0; j < batch; ++j) {
@@ -217,6 +274,10 @@ int8_matvec_kernel(Targets targets, int n_blocks, const int8_t* __restrict__ qs,
     float total[Rows];
 #pragma unroll
     for (int r = 0; r < Rows; ++r) total[r] = warp_sum(acc[r]);
+    if constexpr (E == Epilogue::RopeStore) {
+        static_assert(Rows == 1);
+        return finish_rope_store(total[0], first_row, target, target_index, rope_store, position, frequency);
+    }
     if (lane != 0) return;
     if constexpr (Swiglu) {
         target.y[first_row] = total[0] / (1.0f + expf(-total[0])) * total[1];
@@ -230,74 +291,104 @@ int8_matvec_kernel(Targets targets, int n_blocks, const int8_t* __restrict__ qs,
     }
 }
 
-// The activations of one token quantized per 32 values (d = max|x| / 127, q = round(x / d), as
-// the CPU's quantize_q8 and llama.cpp's Q8_0), with each block's d * sum(q).
-struct QuantizedActivations {
-    const int8_t* qs;   // [cols]
-    const float2* ds;   // [cols / 32]: (d, d * sum(q))
-};
+// Room for one token's quantized activations in `scratch`.
+QuantizedActivations quantized_scratch(DeviceContext& device, Scratch& scratch, size_t cols) {
+    const size_t qs_bytes = (cols + 15) / 16 * 16;
+    auto* bytes = static_cast<uint8_t*>(scratch.get(qs_bytes + cols / 32 * sizeof(float2), device.stream));
+    return {reinterpret_cast<int8_t*>(bytes), reinterpret_cast<float2*>(bytes + qs_bytes)};
+}
 
-// The context's scratch for one token's quantized activations.
 QuantizedActivations activation_scratch(Context& ctx, size_t cols) {
     DeviceContext& device = device_of(ctx);
-    const size_t qs_bytes = (cols + 15) / 16 * 16;
-    auto* scratch = static_cast<uint8_t*>(device.activations_int8.get(qs_bytes + cols / 32 * sizeof(float2), device.stream));
-    return {reinterpret_cast<int8_t*>(scratch), reinterpret_cast<float2*>(scratch + qs_bytes)};
+    return quantized_scratch(device, device.activations_int8, cols);
 }
 
 // x quantized by a kernel of its own (one warp per 32 values), or RMSNorm(x) in the same launch.
 QuantizedActivations quantize_activations(Context& ctx, const float* x, size_t cols) {
     const QuantizedActivations q = activation_scratch(ctx, cols);
-    launch_after_previous(ctx, quantize_kernel, blocks_for(cols, 256), 256, 0, x, int(cols),
-                          const_cast<int8_t*>(q.qs), const_cast<float2*>(q.ds));
+    launch_after_previous(ctx, quantize_kernel, blocks_for(cols, 256), 256, 0, x, int(cols), q.qs, q.ds);
     return q;
 }
 
 QuantizedActivations rms_norm_quantize(Context& ctx, const float* x, const RmsNorm& norm, size_t cols) {
     const QuantizedActivations q = activation_scratch(ctx, cols);
     launch_after_previous(ctx, rms_norm_quantize_kernel, blocks_for(cols, norm_threads), norm_threads, 0, x, norm.weight,
-                          int(cols), norm.eps, norm.out, const_cast<int8_t*>(q.qs), const_cast<float2*>(q.ds));
+                          int(cols), norm.eps, norm.out, q.qs, q.ds);
     return q;
 }
 
-// x (after norm, if any) quantized for the products.
+// x (after norm, if any) quantized for the products: as the kernel that wrote x left it, if it did.
 QuantizedActivations quantized(Context& ctx, const float* x, const RmsNorm* norm, size_t cols) {
-    return norm ? rms_norm_quantize(ctx, x, *norm, cols) : quantize_activations(ctx, x, cols);
+    if (norm) return rms_norm_quantize(ctx, x, *norm, cols);
+    const PreparedInt8& prepared = device_of(ctx).prepared;
+    if (prepared.source == x && prepared.cols == cols)
+        return {const_cast<int8_t*>(prepared.qs), const_cast<float2*>(prepared.ds)};
+    return quantize_activations(ctx, x, cols);
 }
 
-template <GGMLType T, int Rows, bool Swiglu>
-void launch(Context& ctx, Targets targets, int n_blocks, const QuantizedActivations& q) {
+// How many blocks of the kernel the GPU holds at once (one wave).
+template <GGMLType T, int Rows, Epilogue E> int resident_blocks(Context& ctx) {
+    static const int blocks_per_sm = [] {
+        int n = 0;
+        TWINFER_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, int8_matvec_kernel<T, Rows, E>,
+                                                                         warps_per_block * 32, 0));
+        return n;
+    }();
+    return blocks_per_sm * device_of(ctx).n_sms;
+}
+
+template <GGMLType T, int Rows, Epilogue E>
+void launch(Context& ctx, Targets targets, int n_blocks, const QuantizedActivations& q, const RopeStore& rope_store) {
+    constexpr bool Swiglu = E == Epilogue::Swiglu;
     int blocks = 0;
     for (int i = 0; i < targets.n; ++i) {
         targets.t[i].first_block = blocks;
         blocks += int(blocks_for(targets.t[i].rows, warps_per_block * (Swiglu ? 1 : Rows)));
         if (Swiglu) break;   // one grid over the rows that gate and up share
     }
-    launch_after_previous(ctx, int8_matvec_kernel<T, Rows, Swiglu>, unsigned(blocks), warps_per_block * 32, 0, targets,
-                          n_blocks, q.qs, q.ds);
+    // Early weight loads only where the whole grid is resident at once: a launch of several waves
+    // is bandwidth-bound, and its early loads only took bandwidth from the kernel before it
+    // (Llama 2 7B decoding -3%, SmolLM2 and TinyLlama +1..5%; BENCHMARKS.md, session 4).
+    const bool early_loads = blocks <= resident_blocks<T, Rows, E>(ctx);
+    launch_after_previous(ctx, int8_matvec_kernel<T, Rows, E>, unsigned(blocks), warps_per_block * 32, 0, targets, n_blocks, q.qs, q.ds, rope_store,
+                          early_loads);
 }
 
 template <GGMLType T>
-void launch(Context& ctx, const Targets& targets, int n_blocks, const QuantizedActivations& q, bool swiglu) {
-    if (swiglu) return launch<T, 2, true>(ctx, targets, n_blocks, q);
+void launch(Context& ctx, const Targets& targets, int n_blocks, const QuantizedActivations& q, bool swiglu,
+            const RopeStore& rope_store) {
+    if (swiglu) return launch<T, 2, Epilogue::Swiglu>(ctx, targets, n_blocks, q, rope_store);
+    if (rope_store.position) return launch<T, 1, Epilogue::RopeStore>(ctx, targets, n_blocks, q, rope_store);
     // Two rows per warp share each activation load, which halves the L1 traffic for x; only where
     // there are rows enough to keep every SM busy with half as many warps.
     size_t rows = 0;
     for (int i = 0; i < targets.n; ++i) rows += size_t(targets.t[i].rows);
     const size_t two_row_minimum = size_t(device_of(ctx).n_sms) * 16 * warps_per_block * 2;
-    if (rows >= two_row_minimum) launch<T, 2, false>(ctx, targets, n_blocks, q);
-    else launch<T, 1, false>(ctx, targets, n_blocks, q);
+    if (rows >= two_row_minimum) launch<T, 2, Epilogue::Plain>(ctx, targets, n_blocks, q, rope_store);
+    else launch<T, 1, Epilogue::Plain>(ctx, targets, n_blocks, q, rope_store);
 }
 
-void launch(Context& ctx, GGMLType type, const Targets& targets, size_t cols, const QuantizedActivations& q, bool swiglu) {
+void launch(Context& ctx, GGMLType type, const Targets& targets, size_t cols, const QuantizedActivations& q, bool swiglu,
+            const RopeStore& rope_store = {}) {
     const int n_blocks = int(cols / 32);
     switch (type) {
-    case GGMLType::Q4_0: return launch<GGMLType::Q4_0>(ctx, targets, n_blocks, q, swiglu);
-    case GGMLType::Q4_1: return launch<GGMLType::Q4_1>(ctx, targets, n_blocks, q, swiglu);
-    case GGMLType::Q5_0: return launch<GGMLType::Q5_0>(ctx, targets, n_blocks, q, swiglu);
-    case GGMLType::Q5_1: return launch<GGMLType::Q5_1>(ctx, targets, n_blocks, q, swiglu);
-    case GGMLType::Q8_0: return launch<GGMLType::Q8_0>(ctx, targets, n_blocks, q, swiglu);
+    case GGMLType::Q4_0: return launch<GGMLType::Q4_0>(ctx, targets, n_blocks, q, swiglu, rope_store);
+    case GGMLType::Q4_1: return launch<GGMLType::Q4_1>(ctx, targets, n_blocks, q, swiglu, rope_store);
+    case GGMLType::Q5_0: return launch<GGMLType::Q5_0>(ctx, targets, n_blocks, q, swiglu, rope_store);
+    case GGMLType::Q5_1: return launch<GGMLType::Q5_1>(ctx, targets, n_blocks, q, swiglu, rope_store);
+    case GGMLType::Q8_0: return launch<GGMLType::Q8_0>(ctx, targets, n_blocks, q, swiglu, rope_store);
     default: throw std::invalid_argument("CUDA int8 matvec: no kernel for " + std::string(type_name(type)));
+    }
+}
+
+int one_wave_for_rope_store(Context& ctx, GGMLType type) {
+    switch (type) {
+    case GGMLType::Q4_0: return resident_blocks<GGMLType::Q4_0, 1, Epilogue::RopeStore>(ctx);
+    case GGMLType::Q4_1: return resident_blocks<GGMLType::Q4_1, 1, Epilogue::RopeStore>(ctx);
+    case GGMLType::Q5_0: return resident_blocks<GGMLType::Q5_0, 1, Epilogue::RopeStore>(ctx);
+    case GGMLType::Q5_1: return resident_blocks<GGMLType::Q5_1, 1, Epilogue::RopeStore>(ctx);
+    case GGMLType::Q8_0: return resident_blocks<GGMLType::Q8_0, 1, Epilogue::RopeStore>(ctx);
+    default: return 0;
     }
 }
 
@@ -306,6 +397,15 @@ Target target_of(const WeightMatrix& w, float* y, bool accumulate) {
 }
 
 }  // namespace
+
+QuantizedActivations prepared_int8_scratch(Context& ctx, size_t cols) {
+    DeviceContext& device = device_of(ctx);
+    return quantized_scratch(device, device.prepared_int8, cols);
+}
+
+void publish_prepared_int8(Context& ctx, const float* source, size_t cols, const QuantizedActivations& q) {
+    device_of(ctx).prepared = {source, cols, q.qs, q.ds};
+}
 
 // The kernels read the planar layout: exactly the types the GPU keeps planar.
 bool int8_matvec_supports(GGMLType type) { return planar_layout(type); }
@@ -334,6 +434,25 @@ void int8_matvec_swiglu(Context& ctx, const WeightMatrix& gate, const WeightMatr
     targets.t[1] = target_of(up, nullptr, false);
     targets.n = 2;
     launch(ctx, gate.type, targets, gate.cols, quantized(ctx, x, norm, gate.cols), true);
+}
+
+bool int8_matvec_rope_store(Context& ctx, std::span<const MatmulOutput, 3> qkv, const float* x, const RmsNorm* norm,
+                            const RopeParams& rope, size_t head_dim, const int32_t* position, float* keys, float* values) {
+    const GGMLType type = qkv[0].w.type;
+    const bool fits = rope.pairing == RopeParams::Pairing::Adjacent && head_dim % 2 == 0 && rope.n_rot % 2 == 0 &&
+                      rope.n_rot <= head_dim &&
+                      std::all_of(qkv.begin(), qkv.end(), [&](const MatmulOutput& o) {
+                          return o.w.type == type && !o.accumulate && o.w.rows % warps_per_block == 0 && o.w.rows % head_dim == 0;
+                      });
+    // Only where the launch is one wave: in a bandwidth-bound launch of several (Llama 2 7B) each
+    // block's rotation tail left its SM's loads idle, -6% against a RoPE launch of its own.
+    const size_t rows = qkv[0].w.rows + qkv[1].w.rows + qkv[2].w.rows;
+    if (!fits || rows / warps_per_block > size_t(one_wave_for_rope_store(ctx, type))) return false;
+    Targets targets{};
+    for (const MatmulOutput& o : qkv) targets.t[targets.n++] = target_of(o.w, o.y, false);
+    const RopeStore rope_store{position, rotation_of(rope), int(head_dim), keys, values};
+    launch(ctx, type, targets, qkv[0].w.cols, quantized(ctx, x, norm, qkv[0].w.cols), false, rope_store);
+    return true;
 }
 
 }  // namespace twinfer::compute::cuda

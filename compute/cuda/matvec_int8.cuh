@@ -1,12 +1,43 @@
 #pragma once
 // Inside the CUDA backend: the matrix-vector product over int8 activations (matvec_int8.cu), which
-// matmul.cu calls for one token when the model asks for Activations::Int8.
+// matmul.cu calls for one token when the model asks for Activations::Int8, and the quantization of
+// its input by the kernels that produce it.
 #include <cstddef>
+#include <cstdint>
 #include <span>
 
+#include "compute/cuda/device_context.cuh"
 #include "compute/matmul.hpp"
+#include "compute/rope.hpp"
 
 namespace twinfer::compute::cuda {
+
+// One token's activations quantized per 32 values (d = max|x| / 127, q = round(x / d), as the
+// CPU's quantize_q8 and llama.cpp's Q8_0), with each block's d * sum(q).
+struct QuantizedActivations {
+    int8_t* qs;    // [cols]
+    float2* ds;    // [cols / 32]: (d, d * sum(q))
+};
+
+// For a kernel that produces one token's [cols] activations in float and quantizes them on the way
+// out (quantize_in_warp): where it writes them. Once it is launched, publish_prepared_int8 hands
+// them to the next launch, if that is an int8 product over `source` (PreparedInt8).
+QuantizedActivations prepared_int8_scratch(Context& ctx, size_t cols);
+void publish_prepared_int8(Context& ctx, const float* source, size_t cols, const QuantizedActivations& q);
+
+// Value i of the activations, held by a lane whose warp holds the whole 32-value block (i / 32):
+// the block's max|x| and sum of codes by shuffles.
+__device__ __forceinline__ void quantize_in_warp(float v, int i, int8_t* __restrict__ qs, float2* __restrict__ ds) {
+    float amax = fabsf(v);
+    for (int offset = 16; offset > 0; offset /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
+    const float d = amax / 127.0f;
+    const float inverse = d != 0.0f ? 1.0f / d : 0.0f;
+    const int q = __float2int_rn(v * inverse);
+    qs[i] = int8_t(q);
+    int sum = q;
+    for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+    if (i % 32 == 0) ds[i / 32] = make_float2(d, d * float(sum));
+}
 
 bool int8_matvec_supports(GGMLType type);
 // y = W x (or y += W x, MatmulOutput::accumulate) for token `token` of every output, whose types
@@ -14,6 +45,13 @@ bool int8_matvec_supports(GGMLType type);
 // x: the token's [cols] floats; norm (or null): x := RMSNorm(x) * norm.weight first, also written
 // to norm->out (the token's row).
 void int8_matvec(Context& ctx, std::span<const MatmulOutput> outputs, size_t token, const float* x, const RmsNorm* norm);
+// A decode step's q, k, v = the products qkv (as int8_matvec, token 0), with RoPE on q and k at
+// *position and k and v written to row *position of keys and values, in the products' one launch
+// (compute::project_rope_store_at). False, with nothing done, where that launch cannot or should
+// not: pairs other than Adjacent, matrices of different types, rows not whole heads or 4-row
+// blocks, more blocks than the GPU holds at once (bandwidth-bound: the separate launch is faster).
+bool int8_matvec_rope_store(Context& ctx, std::span<const MatmulOutput, 3> qkv, const float* x, const RmsNorm* norm,
+                            const RopeParams& rope, size_t head_dim, const int32_t* position, float* keys, float* values);
 // out = silu(W_gate x) * (W_up x), gate and up of one shape and type, in one launch.
 void int8_matvec_swiglu(Context& ctx, const WeightMatrix& gate, const WeightMatrix& up, const float* x,
                         const RmsNorm* norm, float* out);

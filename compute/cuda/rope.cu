@@ -1,45 +1,25 @@
 // Rotary position embedding: one thread per (token, head, pair), so that every load is in flight at
 // once (a thread looping over the heads waited out a memory round trip per head: 16 us for one
-// token). The angle is computed in double, as on the CPU: at positions in the thousands a float
-// angle would be off by about 1e-4 radians; double sine and cosine are slow, so only the
-// reduction to one turn is.
+// token). The angles: rope.cuh.
 #include <stdexcept>
 #include <string>
 
 #include "compute/cuda/device_context.cuh"
 #include "compute/cuda/ops.hpp"
+#include "compute/cuda/rope.cuh"
 #include "compute/rope.hpp"
 
 namespace twinfer::compute::cuda {
 namespace {
 
-struct Rotation {
-    int n_rot;
-    double freq_base, position_scale;
-    const float* freq_factors;
-    bool adjacent;
-};
-
-Rotation rotation_of(const RopeParams& params) {
-    return {int(params.n_rot), params.freq_base, params.position_scale, params.freq_factors,
-            params.pairing == RopeParams::Pairing::Adjacent};
-}
-
 // Turns pair `pair` of one head in place.
 __device__ __forceinline__ void rotate_pair(float* head, size_t position, int pair, const Rotation& r) {
-    const int n_pairs = r.n_rot / 2;
-    double theta = double(position) * r.position_scale * pow(r.freq_base, -2.0 * pair / r.n_rot);
-    if (r.freq_factors) theta /= r.freq_factors[pair];
-    // Reduced to [0, 2 pi) in double, the float sine and cosine are exact to float rounding.
-    constexpr double two_pi = 6.283185307179586476925;
-    theta -= two_pi * floor(theta / two_pi);
-    float sf, cf;
-    sincosf(float(theta), &sf, &cf);
+    const float2 cs = rotation_at(position, pair_frequency(pair, r));
     const int a = r.adjacent ? 2 * pair : pair;
-    const int b = r.adjacent ? 2 * pair + 1 : pair + n_pairs;
+    const int b = r.adjacent ? 2 * pair + 1 : pair + r.n_rot / 2;
     const float x0 = head[a], x1 = head[b];
-    head[a] = x0 * cf - x1 * sf;
-    head[b] = x0 * sf + x1 * cf;
+    head[a] = x0 * cs.x - x1 * cs.y;
+    head[b] = x0 * cs.y + x1 * cs.x;
 }
 
 // device_position (device memory), when not null, replaces first_position.

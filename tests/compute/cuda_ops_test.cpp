@@ -328,6 +328,70 @@ TEST_F(CudaOps, RopeStoreAtMatchesCpu) {
     }
 }
 
+// project_rope_store_at: a decode step's Q, K and V products with RoPE and the cache write. With
+// int8 activations and Adjacent pairs the GPU does all of it in the products' launch; it must
+// agree with its own products followed by rope_store_at (the other route, tight) and with the CPU
+// (int8 rounding, as above). Halves pairs and float activations take the two-launch route.
+TEST_F(CudaOps, ProjectRopeStoreAtMatchesSeparateSteps) {
+    const size_t n_head = 6, n_head_kv = 2, head_dim = 64, cols = 576, n_ctx = 40;
+    const size_t q_rows = n_head * head_dim, kv_rows = n_head_kv * head_dim;
+    const int32_t position = 29;
+    for (GGMLType type : {GGMLType::Q4_0, GGMLType::Q8_0})
+    for (auto pairing : {RopeParams::Pairing::Adjacent, RopeParams::Pairing::Halves})
+    for (size_t n_rot : {size_t{64}, size_t{48}})
+    for (Activations activations : {Activations::Int8, Activations::Float32}) {
+        SCOPED_TRACE(std::string(type_name(type)) + (pairing == RopeParams::Pairing::Adjacent ? " adjacent" : " halves") +
+                     " n_rot " + std::to_string(n_rot) + (activations == Activations::Int8 ? " int8" : " float"));
+        RopeParams params;
+        params.pairing = pairing;
+        params.n_rot = n_rot;
+        params.freq_base = 10000.0;
+        const auto wq = random_weights(type, q_rows, cols, rng), wk = random_weights(type, kv_rows, cols, rng),
+                   wv = random_weights(type, kv_rows, cols, rng);
+        const auto x = random(cols, 3.0f), norm_weight = random(cols);
+        const auto keys = random(n_ctx * kv_rows), values = random(n_ctx * kv_rows);
+
+        std::vector<float> q_want(q_rows), k_want(kv_rows), v_want(kv_rows), xn_want(cols);
+        auto keys_want = keys, values_want = values;
+        const MatmulOutput qkv_cpu[] = {{{type, q_rows, cols, wq.data()}, q_want.data()},
+                                        {{type, kv_rows, cols, wk.data()}, k_want.data()},
+                                        {{type, kv_rows, cols, wv.data()}, v_want.data()}};
+        const RmsNorm norm_cpu{norm_weight.data(), 1e-5f, xn_want.data()};
+        project_rope_store_at(cpu, qkv_cpu, x.data(), activations, &norm_cpu, n_head, n_head_kv, head_dim, &position,
+                              params, keys_want.data(), values_want.data());
+
+        const MatmulOutput qkv_gpu[] = {{placed(type, q_rows, cols, wq), poisoned(q_rows)},
+                                        {placed(type, kv_rows, cols, wk), poisoned(kv_rows)},
+                                        {placed(type, kv_rows, cols, wv), poisoned(kv_rows)}};
+        const RmsNorm norm_gpu{to_device(norm_weight), 1e-5f, poisoned(cols)};
+        const int32_t* position_gpu = to_device(std::vector<int32_t>{position});
+        float *x_gpu = to_device(x), *keys_gpu = to_device(keys), *values_gpu = to_device(values);
+        project_rope_store_at(*gpu, qkv_gpu, x_gpu, activations, &norm_gpu, n_head, n_head_kv, head_dim, position_gpu,
+                              params, keys_gpu, values_gpu);
+        const auto q_got = to_host(qkv_gpu[0].y, q_rows), k_got = to_host(qkv_gpu[1].y, kv_rows);
+        const auto keys_got = to_host(keys_gpu, keys.size()), values_got = to_host(values_gpu, values.size());
+
+        // The GPU's two-launch route on the same inputs.
+        float *keys_two = to_device(keys), *values_two = to_device(values);
+        matmul(*gpu, std::span<const MatmulOutput>(qkv_gpu), x_gpu, 1, activations, &norm_gpu);
+        rope_store_at(*gpu, qkv_gpu[0].y, n_head, qkv_gpu[1].y, qkv_gpu[2].y, n_head_kv, head_dim, position_gpu, params,
+                      keys_two, values_two);
+        EXPECT_LT(relative_error(q_got, to_host(qkv_gpu[0].y, q_rows)), 1e-6);
+        EXPECT_LT(relative_error(k_got, to_host(qkv_gpu[1].y, kv_rows)), 1e-6);
+        EXPECT_LT(relative_error(keys_got, to_host(keys_two, keys.size())), 1e-6);
+        EXPECT_LT(relative_error(values_got, to_host(values_two, values.size())), 1e-6);
+
+        const double tolerance = activations == Activations::Int8 ? 5e-3 : float_tolerance;
+        EXPECT_LT(relative_error(q_got, q_want), tolerance);
+        EXPECT_LT(relative_error(k_got, k_want), tolerance);
+        EXPECT_LT(relative_error(keys_got, keys_want), tolerance);
+        EXPECT_LT(relative_error(values_got, values_want), tolerance);
+        // Only the position's cache row changes.
+        for (size_t i = 0; i < keys.size(); ++i)
+            if (i / kv_rows != size_t(position)) ASSERT_EQ(keys_got[i], keys[i]) << i;
+    }
+}
+
 struct AttentionCase {
     size_t n_head, n_head_kv, head_dim, n_tokens, first_position;
 };
