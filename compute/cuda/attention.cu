@@ -50,11 +50,12 @@ struct SplitPlan {
 // (At least 4 tiles each left a decoding step's few blocks walking up to 128 positions in turn:
 // 10 to 13 us per layer on an H100 for SmolLM2 and TinyLlama.) The host plans attention(); attention_at's kernels plan on the device
 // from the position they read, with the same arithmetic.
-__host__ __device__ inline SplitPlan split_plan(int n_kv, int split_cap) {
-    const int max_splits = (n_kv + kv_tile - 1) / kv_tile;
+// `unit`: the positions a block takes at least (a tile, or a tile per warp).
+__host__ __device__ inline SplitPlan split_plan(int n_kv, int split_cap, int unit = kv_tile) {
+    const int max_splits = (n_kv + unit - 1) / unit;
     int n_splits = max_splits < split_cap ? max_splits : split_cap;
     if (n_splits < 1) n_splits = 1;
-    const int chunk = ((n_kv + n_splits - 1) / n_splits + kv_tile - 1) / kv_tile * kv_tile;
+    const int chunk = ((n_kv + n_splits - 1) / n_splits + unit - 1) / unit * unit;
     return {(n_kv + chunk - 1) / chunk, chunk};
 }
 
@@ -63,8 +64,8 @@ __host__ __device__ inline SplitPlan split_plan(int n_kv, int split_cap) {
 // that any position up to max_positions plans (the kernels plan again from the position they read
 // and the blocks of splits it does not need return).
 int split_cap_for(const DeviceContext& device, int blocks) { return std::max(1, 2 * device.n_sms / blocks); }
-int max_splits_for(size_t max_positions, int split_cap) {
-    return std::max(1, std::min((int(max_positions) + kv_tile - 1) / kv_tile, split_cap));
+int max_splits_for(size_t max_positions, int split_cap, int unit = kv_tile) {
+    return std::max(1, std::min((int(max_positions) + unit - 1) / unit, split_cap));
 }
 
 // The split parts of `rows` (token, head) rows and the finish counters of `groups` block groups
@@ -262,110 +263,136 @@ attention_kernel(const float* __restrict__ q, const float* __restrict__ keys, co
     }
 }
 
-// A decoding step's attention (one token, its position in device memory): one warp per query
-// head, 32 positions at a time, one per lane. A lane computes its position's score whole (q in
-// shared memory, read by every lane at once; the key row in float4 loads, all in flight
-// together), the warp's shuffles give the tile's max and sum, and for the values each lane owns
-// head_dim / 32 output dimensions, the 32 rows read coalesced. The general kernel above staged
-// every tile in shared memory between barriers and gave a warp several rows in turn: 13.9 us for
-// TinyLlama's 32 heads at the start of a sequence (Nsight Compute), where this is a few round
-// trips. Positions beyond one tile per block are split along y as there, and merged the same way.
-constexpr int decode_warps = 4;   // query heads per block
+// A decoding step's attention (one token, its position in device memory): a block per query head,
+// its warps taking the positions' tiles of 32 in turn (warp w: tiles w, w + 4, ...), one position
+// per lane. A lane computes its position's score whole (q in shared memory, read by every lane at
+// once; the key row in float4 loads, all in flight together), the warp's shuffles give the tile's
+// max and sum, and for the values each lane owns head_dim / 32 output dimensions, the rows read
+// coalesced. The block's warps merge their parts in shared memory; positions beyond a tile per
+// warp are also split among blocks along y, merged by the last as in the general kernel. (A warp
+// per head and a block per tile left each short sequence's merge to the global counters: a fence,
+// an atomic and a re-read of the parts in every layer's longest chain. The general kernel above
+// staged every tile in shared memory between barriers: 13.9 us for TinyLlama's 32 heads.)
+constexpr int decode_warps = 4;
+constexpr int decode_unit = decode_warps * kv_tile;   // positions a block takes at least
 
 template <int HeadDim>
 __global__ void __launch_bounds__(decode_warps * 32)
 decode_attention_kernel(const float* __restrict__ q, const float* __restrict__ keys, const float* __restrict__ values,
-                        const int32_t* position, int n_head, int group, int kv_stride, float scale, int split_cap,
+                        const int32_t* position, int group, int kv_stride, float scale, int split_cap,
                         float* __restrict__ out, QuantizedActivations out_int8, float* __restrict__ parts,
                         unsigned* __restrict__ finished) {
     constexpr int per_lane = HeadDim / 32;   // output dimensions lane, lane + 32, ...
-    __shared__ float4 q_shared[decode_warps][HeadDim / 4];
+    __shared__ float4 q_shared[HeadDim / 4];
+    __shared__ float warp_acc[decode_warps][HeadDim];
+    __shared__ float warp_m[decode_warps], warp_l[decode_warps];
     grid_dependency_wait();
     const int n_kv = *position + 1;
-    const SplitPlan plan = split_plan(n_kv, split_cap);
+    const SplitPlan plan = split_plan(n_kv, split_cap, decode_unit);
     const int split = blockIdx.y;
     if (split >= plan.n_splits) return;   // a split this position does not need
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int head = blockIdx.x * decode_warps + warp;
-    // A block's last warps have no head where n_head is not a multiple of decode_warps: they only
-    // take part in the block's barriers.
-    const bool has_head = head < n_head;
+    const int head = blockIdx.x;
+    const size_t kv_offset = size_t(head / group) * HeadDim;
     const int begin = split * plan.chunk, end = min(n_kv, begin + plan.chunk);
+    float* qs = reinterpret_cast<float*>(q_shared);
+    for (int d = threadIdx.x; d < HeadDim; d += decode_warps * 32) qs[d] = q[size_t(head) * HeadDim + d] * scale;
+    __syncthreads();
+
     float m = -INFINITY, l = 0.0f, acc[per_lane] = {};
-    if (has_head) {
-        const size_t kv_offset = size_t(head / group) * HeadDim;
-        float* qs = reinterpret_cast<float*>(q_shared[warp]);
-        for (int d = lane; d < HeadDim; d += 32) qs[d] = q[size_t(head) * HeadDim + d] * scale;
-        __syncwarp();
-        for (int tile = begin; tile < end; tile += 32) {
-            const int p = tile + lane;
-            float s = -INFINITY;
-            if (p < end) {
-                const float4* k = reinterpret_cast<const float4*>(keys + size_t(p) * kv_stride + kv_offset);
-                float4 k4[HeadDim / 4];
+    for (int tile = begin + kv_tile * warp; tile < end; tile += decode_unit) {
+        const int p = tile + lane;
+        float s = -INFINITY;
+        if (p < end) {
+            const float4* k = reinterpret_cast<const float4*>(keys + size_t(p) * kv_stride + kv_offset);
+            float4 k4[HeadDim / 4];
 #pragma unroll
-                for (int i = 0; i < HeadDim / 4; ++i) k4[i] = __ldg(k + i);
-                float part[4] = {};
+            for (int i = 0; i < HeadDim / 4; ++i) k4[i] = __ldg(k + i);
+            float part[4] = {};
 #pragma unroll
-                for (int i = 0; i < HeadDim / 4; ++i) {
-                    const float4 q4 = q_shared[warp][i];
-                    part[0] = fmaf(q4.x, k4[i].x, part[0]);
-                    part[1] = fmaf(q4.y, k4[i].y, part[1]);
-                    part[2] = fmaf(q4.z, k4[i].z, part[2]);
-                    part[3] = fmaf(q4.w, k4[i].w, part[3]);
-                }
-                s = (part[0] + part[1]) + (part[2] + part[3]);
+            for (int i = 0; i < HeadDim / 4; ++i) {
+                const float4 q4 = q_shared[i];
+                part[0] = fmaf(q4.x, k4[i].x, part[0]);
+                part[1] = fmaf(q4.y, k4[i].y, part[1]);
+                part[2] = fmaf(q4.z, k4[i].z, part[2]);
+                part[3] = fmaf(q4.w, k4[i].w, part[3]);
             }
-            const float m_new = fmaxf(m, warp_max(s));
-            const float prob = p < end ? __expf(s - m_new) : 0.0f;
-            const float correction = __expf(m - m_new);   // m = -inf on the first tile: 0, acc and l are 0
-            l = l * correction + warp_sum(prob);
-            m = m_new;
+            s = (part[0] + part[1]) + (part[2] + part[3]);
+        }
+        const float m_new = fmaxf(m, warp_max(s));
+        const float prob = p < end ? __expf(s - m_new) : 0.0f;
+        const float correction = __expf(m - m_new);   // m = -inf on the first tile: 0, acc and l are 0
+        l = l * correction + warp_sum(prob);
+        m = m_new;
 #pragma unroll
-            for (int i = 0; i < per_lane; ++i) acc[i] *= correction;
-            // The tile's value rows in batches whose loads are all issued before the first is used
-            // (64 per lane): a loop unrolled by 8 waited out four memory round trips per tile.
-            const int n_in = min(32, end - tile);
-            constexpr int batch = 64 / per_lane;
-            for (int j0 = 0; j0 < n_in; j0 += batch) {
-                float v[batch][per_lane];
+        for (int i = 0; i < per_lane; ++i) acc[i] *= correction;
+        // The tile's value rows in batches whose loads are all issued before the first is used
+        // (64 per lane): a loop unrolled by 8 waited out four memory round trips per tile.
+        const int n_in = min(32, end - tile);
+        constexpr int batch = 64 / per_lane;
+        for (int j0 = 0; j0 < n_in; j0 += batch) {
+            float v[batch][per_lane];
 #pragma unroll
-                for (int j = 0; j < batch; ++j) {
-                    if (j0 + j >= n_in) break;
-                    const float* row = values + size_t(tile + j0 + j) * kv_stride + kv_offset;
+            for (int j = 0; j < batch; ++j) {
+                if (j0 + j >= n_in) break;
+                const float* row = values + size_t(tile + j0 + j) * kv_stride + kv_offset;
 #pragma unroll
-                    for (int i = 0; i < per_lane; ++i) v[j][i] = __ldg(row + lane + 32 * i);
-                }
+                for (int i = 0; i < per_lane; ++i) v[j][i] = __ldg(row + lane + 32 * i);
+            }
 #pragma unroll
-                for (int j = 0; j < batch; ++j) {
-                    if (j0 + j >= n_in) break;
-                    const float pj = __shfl_sync(0xffffffffu, prob, j0 + j);
+            for (int j = 0; j < batch; ++j) {
+                if (j0 + j >= n_in) break;
+                const float pj = __shfl_sync(0xffffffffu, prob, j0 + j);
 #pragma unroll
-                    for (int i = 0; i < per_lane; ++i) acc[i] = fmaf(pj, v[j][i], acc[i]);
-                }
+                for (int i = 0; i < per_lane; ++i) acc[i] = fmaf(pj, v[j][i], acc[i]);
             }
         }
     }
 
-    // Output dimension d of the warp's head (each 32-value block held by the whole warp).
+    // The warps' parts merged by warp 0 (a warp without a tile has m = -inf and adds nothing).
+#pragma unroll
+    for (int i = 0; i < per_lane; ++i) warp_acc[warp][lane + 32 * i] = acc[i];
+    if (lane == 0) warp_m[warp] = m, warp_l[warp] = l;
+    __syncthreads();
+    if (warp == 0) {
+        float m_max = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < decode_warps; ++w) m_max = fmaxf(m_max, warp_m[w]);
+        float weight[decode_warps], den = 0.0f;
+#pragma unroll
+        for (int w = 0; w < decode_warps; ++w) {
+            weight[w] = warp_m[w] == -INFINITY ? 0.0f : __expf(warp_m[w] - m_max);
+            den += weight[w] * warp_l[w];
+        }
+#pragma unroll
+        for (int i = 0; i < per_lane; ++i) {
+            float num = 0.0f;
+#pragma unroll
+            for (int w = 0; w < decode_warps; ++w) num += weight[w] * warp_acc[w][lane + 32 * i];
+            acc[i] = num;
+        }
+        m = m_max, l = den;
+    }
+
+    // Output dimension d of the head (each 32-value block held by warp 0).
     auto write_out = [&](int d, float y) {
         const int i = head * HeadDim + d;
         out[i] = y;
         if (out_int8.qs) quantize_in_warp(y, i, out_int8.qs, out_int8.ds);
     };
     if (plan.n_splits == 1) {
-        if (has_head)
+        if (warp == 0)
 #pragma unroll
             for (int i = 0; i < per_lane; ++i) write_out(lane + 32 * i, acc[i] / l);
         return;
     }
-    if (has_head) {
+    if (warp == 0) {
         float* part = parts + (size_t(head) * plan.n_splits + split) * (HeadDim + 2);
 #pragma unroll
         for (int i = 0; i < per_lane; ++i) part[lane + 32 * i] = acc[i];
         if (lane == 0) part[HeadDim] = m, part[HeadDim + 1] = l;
     }
-    if (!last_to_finish(finished[blockIdx.x], plan.n_splits) || !has_head) return;
+    if (!last_to_finish(finished[head], plan.n_splits) || warp != 0) return;
     const float* head_parts = parts + size_t(head) * plan.n_splits * (HeadDim + 2);
 #pragma unroll
     for (int i = 0; i < per_lane; ++i)
@@ -385,13 +412,13 @@ bool launch_decode_attention(Context& ctx, const float* q, const float* keys, co
         shape.kv_stride % 4 != 0 || reinterpret_cast<uintptr_t>(keys) % 16 != 0)
         return false;
     DeviceContext& device = device_of(ctx);
-    const unsigned blocks = unsigned((shape.n_head + decode_warps - 1) / decode_warps);
+    const unsigned blocks = unsigned(shape.n_head);
     const int split_cap = split_cap_for(device, int(blocks));
-    const int max_splits = max_splits_for(max_positions, split_cap);
+    const int max_splits = max_splits_for(max_positions, split_cap, decode_unit);
     const SplitScratch scratch = split_scratch(device, shape.n_head, max_splits, shape.head_dim, blocks);
     launch_after_previous(ctx, kernel, dim3(blocks, unsigned(max_splits)), decode_warps * 32, 0, q, keys, values, position,
-                          int(shape.n_head), int(shape.n_head / shape.n_head_kv), int(shape.kv_stride), shape.scale,
-                          split_cap, out, out_int8, scratch.parts, scratch.finished);
+                          int(shape.n_head / shape.n_head_kv), int(shape.kv_stride), shape.scale, split_cap, out, out_int8,
+                          scratch.parts, scratch.finished);
     return true;
 }
 

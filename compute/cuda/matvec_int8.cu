@@ -449,7 +449,8 @@ bool int8_matvec_rope_store(Context& ctx, std::span<const MatmulOutput, 3> qkv, 
     const size_t rows = qkv[0].w.rows + qkv[1].w.rows + qkv[2].w.rows;
     if (!fits || rows / warps_per_block > size_t(one_wave_for_rope_store(ctx, type))) return false;
     Targets targets{};
-    for (const MatmulOutput& o : qkv) targets.t[targets.n++] = target_of(o.w, o.y, false);
+    for (int i = 0; i < 3; ++i) targets.t[i] = target_of(qkv[i].w, qkv[i].y, false);
+    targets.n = 3;
     const RopeStore rope_store{position, rotation_of(rope), int(head_dim), keys, values};
     launch(ctx, type, targets, qkv[0].w.cols, quantized(ctx, x, norm, qkv[0].w.cols), false, rope_store);
     return true;

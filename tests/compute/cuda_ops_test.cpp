@@ -387,8 +387,9 @@ TEST_F(CudaOps, ProjectRopeStoreAtMatchesSeparateSteps) {
         EXPECT_LT(relative_error(keys_got, keys_want), tolerance);
         EXPECT_LT(relative_error(values_got, values_want), tolerance);
         // Only the position's cache row changes.
-        for (size_t i = 0; i < keys.size(); ++i)
+        for (size_t i = 0; i < keys.size(); ++i) {
             if (i / kv_rows != size_t(position)) ASSERT_EQ(keys_got[i], keys[i]) << i;
+        }
     }
 }
 
@@ -424,6 +425,8 @@ TEST_P(CudaAttention, MatchesCpu) {
 
 INSTANTIATE_TEST_SUITE_P(Shapes, CudaAttention,
                          ::testing::Values(AttentionCase{9, 3, 64, 1, 0},       // SmolLM2, first token
+                                           AttentionCase{9, 3, 64, 1, 40},      // two of a block's warps without a tile
+                                           AttentionCase{9, 3, 64, 1, 100},     // four warps, the last tile partial
                                            AttentionCase{9, 3, 64, 1, 300},     // SmolLM2 decoding: split positions
                                            AttentionCase{32, 4, 64, 1, 2000},   // TinyLlama decoding
                                            AttentionCase{32, 32, 128, 1, 700},  // Llama 2 7B decoding
@@ -433,7 +436,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaAttention,
                                            AttentionCase{12, 12, 64, 19, 40},   // GPT-2
                                            AttentionCase{16, 1, 256, 3, 90},    // one KV head, wide heads
                                            AttentionCase{6, 2, 32, 1, 50},      // decoding, heads of 32: the general kernel
-                                           AttentionCase{10, 5, 128, 1, 31}));  // heads not a multiple of a block's 4
+                                           AttentionCase{10, 5, 128, 1, 31}));  // grouped heads of 128
 
 TEST_F(CudaOps, Elementwise) {
     const size_t n_rows = 3, n = 1000;
