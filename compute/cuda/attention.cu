@@ -401,8 +401,9 @@ decode_attention_kernel(const float* __restrict__ q, const float* __restrict__ k
 
 // attention_at on decode_attention_kernel, for the head sizes it is built for and grouped query
 // heads; false otherwise. Without groups (Llama 2) the general kernel's blocks hold one row each,
-// already spread over the GPU, and there this kernel measured slower (7B tg128 388 -> 361 tok/s:
-// a lane's 512-byte key rows), where with groups of 3 and 8 (SmolLM2, TinyLlama) it is faster.
+// already spread over the GPU, and there this kernel measured slower (H200, tg128: 7B 523 -> 494
+// tok/s, 13B 320 -> 307: a lane's 512-byte key rows), where with groups of 3 and 8 (SmolLM2,
+// TinyLlama) it is faster.
 bool launch_decode_attention(Context& ctx, const float* q, const float* keys, const float* values, const int32_t* position,
                              size_t max_positions, const AttentionShape& shape, float* out, const QuantizedActivations& out_int8) {
     auto kernel = shape.head_dim == 64    ? decode_attention_kernel<64>
