@@ -1,5 +1,6 @@
 // Matrix-vector products over int8 activations, llama.cpp's mmvq scheme: the token's activations
-// are quantized once per product (a small kernel), then each warp streams one or two weight rows,
+// are quantized once per product (a small kernel, with the RMSNorm where there is one, or by the
+// kernel that produced them: PreparedInt8), then each warp streams one or two weight rows,
 // every lane taking whole 32-weight blocks in turn (lane, lane + 32, ...) and multiplying its
 // 4-bit, 5-bit or 8-bit codes by the int8 activations four at a time (__dp4a), in integers, with
 // one float multiply-add per block for the scales.
