@@ -286,7 +286,9 @@ decode_attention_kernel(const float* __restrict__ q, const float* __restrict__ k
     __shared__ float4 q_shared[HeadDim / 4];
     __shared__ float warp_acc[decode_warps][HeadDim];
     __shared__ float warp_m[decode_warps], warp_l[decode_warps];
-    grid_dependency_wait();
+    // The position is the step's input (written before the step's first kernel), and the cached
+    // keys before it were written by earlier steps: the warp's first tile of keys is loaded before
+    // waiting for the Q/K/V launch, all but this step's own row, which that launch writes.
     const int n_kv = *position + 1;
     const SplitPlan plan = split_plan(n_kv, split_cap, decode_unit);
     const int split = blockIdx.y;
@@ -295,19 +297,26 @@ decode_attention_kernel(const float* __restrict__ q, const float* __restrict__ k
     const int head = blockIdx.x;
     const size_t kv_offset = size_t(head / group) * HeadDim;
     const int begin = split * plan.chunk, end = min(n_kv, begin + plan.chunk);
+    const int first_tile = begin + kv_tile * warp;
+    float4 k4[HeadDim / 4];
+    auto load_keys = [&](int p) {
+        const float4* k = reinterpret_cast<const float4*>(keys + size_t(p) * kv_stride + kv_offset);
+#pragma unroll
+        for (int i = 0; i < HeadDim / 4; ++i) k4[i] = __ldg(k + i);
+    };
+    if (first_tile + lane < min(end, n_kv - 1)) load_keys(first_tile + lane);
+    grid_dependency_wait();
+    if (first_tile + lane == n_kv - 1 && n_kv - 1 < end) load_keys(n_kv - 1);
     float* qs = reinterpret_cast<float*>(q_shared);
     for (int d = threadIdx.x; d < HeadDim; d += decode_warps * 32) qs[d] = q[size_t(head) * HeadDim + d] * scale;
     __syncthreads();
 
     float m = -INFINITY, l = 0.0f, acc[per_lane] = {};
-    for (int tile = begin + kv_tile * warp; tile < end; tile += decode_unit) {
+    for (int tile = first_tile; tile < end; tile += decode_unit) {
         const int p = tile + lane;
         float s = -INFINITY;
         if (p < end) {
-            const float4* k = reinterpret_cast<const float4*>(keys + size_t(p) * kv_stride + kv_offset);
-            float4 k4[HeadDim / 4];
-#pragma unroll
-            for (int i = 0; i < HeadDim / 4; ++i) k4[i] = __ldg(k + i);
+            if (tile != first_tile) load_keys(p);
             float part[4] = {};
 #pragma unroll
             for (int i = 0; i < HeadDim / 4; ++i) {

@@ -47,17 +47,21 @@ constexpr int norm_threads = 256;
 __global__ void __launch_bounds__(norm_threads)
 rms_norm_quantize_kernel(const float* __restrict__ x, const float* __restrict__ weight, int n, float eps,
                          float* __restrict__ out, int8_t* __restrict__ qs, float2* __restrict__ ds) {
+    // The norm's weight is not the previous kernel's output: loaded before waiting for it, and the
+    // thread's own value of x with the row's, so that the chain after the wait is one round trip.
+    const int i = blockIdx.x * norm_threads + threadIdx.x;
+    const float w = i < n ? __ldg(weight + i) : 0.0f;
     grid_dependency_wait();
+    const float xi = i < n ? __ldg(x + i) : 0.0f;
     float sum_squares = 0.0f;
 #pragma unroll 4
-    for (int i = 4 * threadIdx.x; i < n; i += 4 * norm_threads) {   // n is a multiple of 32
-        const float4 v = __ldg(reinterpret_cast<const float4*>(x + i));
+    for (int j = 4 * threadIdx.x; j < n; j += 4 * norm_threads) {   // n is a multiple of 32
+        const float4 v = __ldg(reinterpret_cast<const float4*>(x + j));
         sum_squares += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
     }
     const float inv_rms = rsqrtf(block_sum(sum_squares) / n + eps);
-    const int i = blockIdx.x * norm_threads + threadIdx.x;
     if (i >= n) return;   // whole warps leave
-    const float y = x[i] * inv_rms * weight[i];
+    const float y = xi * inv_rms * w;
     out[i] = y;
     quantize_in_warp(y, i, qs, ds);
 }
