@@ -255,6 +255,15 @@ int8_matvec_kernel(Targets targets, int n_blocks, const int8_t* __restrict__ qs,
     // RopeStore: the position loaded with the activations, not after the products (a memory round
     // trip at the end of every block cost a 7B model's multi-wave Q/K/V launch ~6% of its decoding).
     const int position = E == Epilogue::RopeStore ? __ldg(rope_store.position) : 0;
+    // A residual add's old y loaded now, with the activations, not after the products (a memory
+    // round trip at the end of the chain).
+    float old_y[Rows] = {};
+    if constexpr (E == Epilogue::Plain) {
+        if (target.accumulate && lane == 0)
+#pragma unroll
+            for (int r = 0; r < Rows; ++r)
+                if (first_row + r < target.rows) old_y[r] = target.y[first_row + r];
+    }
     float acc[Rows] = {};
     for (int b0 = lane; b0 < n_blocks; b0 += 32 * batch) {
         if (b0 != lane || !early_loads) load_weights(b0);
@@ -290,8 +299,7 @@ int8_matvec_kernel(Targets targets, int n_blocks, const int8_t* __restrict__ qs,
 #pragma unroll
         for (int r = 0; r < Rows; ++r) {
             if (first_row + r >= target.rows) break;
-            float& y = target.y[first_row + r];
-            y = target.accumulate ? y + total[r] : total[r];
+            target.y[first_row + r] = old_y[r] + total[r];
         }
     }
 }
