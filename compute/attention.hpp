@@ -94,9 +94,9 @@ inline void project_rope_store_at(Context& ctx, std::span<const MatmulOutput, 3>
                                   size_t head_dim, const int32_t* position, const RopeParams& params, float* keys,
                                   float* values) {
 #ifdef TWINFER_WITH_CUDA
-    if (ctx.device() == Device::CUDA)
-        return cuda::project_rope_store_at(ctx, qkv, x, activations, norm, n_head, n_head_kv, head_dim, position, params,
-                                           keys, values);
+    if (ctx.device() == Device::CUDA &&
+        cuda::project_rope_store_at(ctx, qkv, x, activations, norm, head_dim, position, params, keys, values))
+        return;
 #endif
     matmul(ctx, std::span<const MatmulOutput>(qkv), x, 1, activations, norm);
     rope_store_at(ctx, qkv[0].y, n_head, qkv[1].y, qkv[2].y, n_head_kv, head_dim, position, params, keys, values);

@@ -401,6 +401,16 @@ ProductInput product_input(Context& ctx, const float* x, size_t n_tokens, size_t
     return {norm->out, nullptr};
 }
 
+// Whether one token's products of `outputs` take the int8 kernels (the activations asked for and
+// every matrix of their types); their shapes are checked then.
+bool int8_products(std::span<const MatmulOutput> outputs, Activations activations) {
+    const bool int8 = activations == Activations::Int8 &&
+                      std::all_of(outputs.begin(), outputs.end(), [](const MatmulOutput& o) { return int8_matvec_supports(o.w.type); });
+    if (int8)
+        for (const MatmulOutput& o : outputs) check_shape(o.w);
+    return int8;
+}
+
 }  // namespace
 
 void matmul(Context& ctx, std::span<const MatmulOutput> outputs, const float* x, size_t n_tokens, Activations activations,
@@ -413,10 +423,7 @@ void matmul(Context& ctx, std::span<const MatmulOutput> outputs, const float* x,
     const bool gemm_ok = std::all_of(outputs.begin(), outputs.end(),
                                      [](const MatmulOutput& o) { return o.w.type == GGMLType::F32 || !ragged_float(o.w); });
     const bool gemm_path = n_tokens >= min_gemm_tokens && gemm_ok;
-    const bool int8 = !gemm_path && activations == Activations::Int8 &&
-                      std::all_of(outputs.begin(), outputs.end(), [](const MatmulOutput& o) { return int8_matvec_supports(o.w.type); });
-    if (int8)
-        for (const MatmulOutput& o : outputs) check_shape(o.w);
+    const bool int8 = !gemm_path && int8_products(outputs, activations);
     const ProductInput input = product_input(ctx, x, n_tokens, cols, norm, int8);
     if (gemm_path) {
         for (const MatmulOutput& o : outputs) gemm(ctx, o.w, input.x, n_tokens, o.y, o.accumulate);
@@ -432,17 +439,10 @@ void matmul(Context& ctx, std::span<const MatmulOutput> outputs, const float* x,
     }
 }
 
-void project_rope_store_at(Context& ctx, std::span<const MatmulOutput, 3> qkv, const float* x, Activations activations,
-                           const RmsNorm* norm, size_t n_head, size_t n_head_kv, size_t head_dim, const int32_t* position,
-                           const RopeParams& rope, float* keys, float* values) {
-    const bool int8 = activations == Activations::Int8 &&
-                      std::all_of(qkv.begin(), qkv.end(), [](const MatmulOutput& o) { return int8_matvec_supports(o.w.type); });
-    if (int8) {
-        for (const MatmulOutput& o : qkv) check_shape(o.w);
-        if (int8_matvec_rope_store(ctx, qkv, x, norm, rope, head_dim, position, keys, values)) return;
-    }
-    cuda::matmul(ctx, std::span<const MatmulOutput>(qkv), x, 1, activations, norm);
-    rope_store_at(ctx, qkv[0].y, n_head, qkv[1].y, qkv[2].y, n_head_kv, head_dim, position, rope, keys, values);
+bool project_rope_store_at(Context& ctx, std::span<const MatmulOutput, 3> qkv, const float* x, Activations activations,
+                           const RmsNorm* norm, size_t head_dim, const int32_t* position, const RopeParams& rope,
+                           float* keys, float* values) {
+    return int8_products(qkv, activations) && int8_matvec_rope_store(ctx, qkv, x, norm, rope, head_dim, position, keys, values);
 }
 
 void matmul_swiglu(Context& ctx, const WeightMatrix& gate, const WeightMatrix& up, const float* x, size_t n_tokens,

@@ -384,28 +384,21 @@ void launch(Context& ctx, const Targets& targets, int n_blocks, const QuantizedA
     else launch<T, 1, Epilogue::Plain>(ctx, targets, n_blocks, q, rope_store);
 }
 
-void launch(Context& ctx, GGMLType type, const Targets& targets, size_t cols, const QuantizedActivations& q, bool swiglu,
-            const RopeStore& rope_store = {}) {
-    const int n_blocks = int(cols / 32);
-    switch (type) {
-    case GGMLType::Q4_0: return launch<GGMLType::Q4_0>(ctx, targets, n_blocks, q, swiglu, rope_store);
-    case GGMLType::Q4_1: return launch<GGMLType::Q4_1>(ctx, targets, n_blocks, q, swiglu, rope_store);
-    case GGMLType::Q5_0: return launch<GGMLType::Q5_0>(ctx, targets, n_blocks, q, swiglu, rope_store);
-    case GGMLType::Q5_1: return launch<GGMLType::Q5_1>(ctx, targets, n_blocks, q, swiglu, rope_store);
-    case GGMLType::Q8_0: return launch<GGMLType::Q8_0>(ctx, targets, n_blocks, q, swiglu, rope_store);
-    default: throw std::invalid_argument("CUDA int8 matvec: no kernel for " + std::string(type_name(type)));
-    }
+// Calls f.template operator()<T>() with an int8 kernel's type (with_decoder's, planar ones only).
+template <class F> void with_int8_type(GGMLType type, F&& f) {
+    bool planar = false;
+    with_decoder(type, [&]<GGMLType T>() {
+        if constexpr (Planar<T>::used) {
+            planar = true;
+            f.template operator()<T>();
+        }
+    });
+    if (!planar) throw std::invalid_argument("CUDA int8 matvec: no kernel for " + std::string(type_name(type)));
 }
 
-int one_wave_for_rope_store(Context& ctx, GGMLType type) {
-    switch (type) {
-    case GGMLType::Q4_0: return resident_blocks<GGMLType::Q4_0, 1, Epilogue::RopeStore>(ctx);
-    case GGMLType::Q4_1: return resident_blocks<GGMLType::Q4_1, 1, Epilogue::RopeStore>(ctx);
-    case GGMLType::Q5_0: return resident_blocks<GGMLType::Q5_0, 1, Epilogue::RopeStore>(ctx);
-    case GGMLType::Q5_1: return resident_blocks<GGMLType::Q5_1, 1, Epilogue::RopeStore>(ctx);
-    case GGMLType::Q8_0: return resident_blocks<GGMLType::Q8_0, 1, Epilogue::RopeStore>(ctx);
-    default: return 0;
-    }
+void launch(Context& ctx, GGMLType type, const Targets& targets, size_t cols, const QuantizedActivations& q, bool swiglu,
+            const RopeStore& rope_store = {}) {
+    with_int8_type(type, [&]<GGMLType T>() { launch<T>(ctx, targets, int(cols / 32), q, swiglu, rope_store); });
 }
 
 Target target_of(const WeightMatrix& w, float* y, bool accumulate) {
@@ -462,8 +455,10 @@ bool int8_matvec_rope_store(Context& ctx, std::span<const MatmulOutput, 3> qkv, 
                       });
     // Only where the launch is one wave: in a bandwidth-bound launch of several (Llama 2 7B) each
     // block's rotation tail left its SM's loads idle, -6% against a RoPE launch of its own.
-    const size_t rows = qkv[0].w.rows + qkv[1].w.rows + qkv[2].w.rows;
-    if (!fits || rows / warps_per_block > size_t(one_wave_for_rope_store(ctx, type))) return false;
+    if (!fits) return false;
+    int one_wave = 0;
+    with_int8_type(type, [&]<GGMLType T>() { one_wave = resident_blocks<T, 1, Epilogue::RopeStore>(ctx); });
+    if ((qkv[0].w.rows + qkv[1].w.rows + qkv[2].w.rows) / warps_per_block > size_t(one_wave)) return false;
     Targets targets{};
     for (int i = 0; i < 3; ++i) targets.t[i] = target_of(qkv[i].w, qkv[i].y, false);
     targets.n = 3;

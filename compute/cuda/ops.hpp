@@ -63,11 +63,12 @@ void attention_at(Context& ctx, const float* q, const float* keys, const float* 
 // k and v stored as row *position of keys and values ([positions, n_head_kv * head_dim]).
 void rope_store_at(Context& ctx, float* q, size_t n_head, float* k, const float* v, size_t n_head_kv, size_t head_dim,
                    const int32_t* position, const RopeParams& params, float* keys, float* values);
-// A decode step's Q, K and V products (one token of x, norm as in matmul) and then rope_store_at;
-// with int8 activations one launch where the shapes allow (matvec_int8.cuh).
-void project_rope_store_at(Context& ctx, std::span<const MatmulOutput, 3> qkv, const float* x, Activations activations,
-                           const RmsNorm* norm, size_t n_head, size_t n_head_kv, size_t head_dim, const int32_t* position,
-                           const RopeParams& rope, float* keys, float* values);
+// A decode step's Q, K and V products (one token of x, norm as in matmul) and then rope_store_at,
+// in the products' one launch (int8 activations, shapes as int8_matvec_rope_store takes them);
+// false, with nothing done, where that launch cannot: the caller runs the two steps.
+bool project_rope_store_at(Context& ctx, std::span<const MatmulOutput, 3> qkv, const float* x, Activations activations,
+                           const RmsNorm* norm, size_t head_dim, const int32_t* position, const RopeParams& rope,
+                           float* keys, float* values);
 // table[*row, :] = x, row in device memory.
 void store_row(Context& ctx, const float* x, size_t width, float* table, const int32_t* row);
 
