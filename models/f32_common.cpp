@@ -20,6 +20,14 @@ std::string dims_string(const std::vector<uint64_t>& dims) {
     return s + "]";
 }
 
+Logits widened_logits(const float* host, size_t n_positions, size_t n_vocab) {
+    Logits logits;
+    logits.n_vocab = n_vocab;
+    logits.n_positions = n_positions;
+    logits.values.assign(host, host + n_positions * n_vocab);
+    return logits;
+}
+
 std::string mib(size_t bytes) { return std::to_string((bytes + (1 << 20) - 1) >> 20) + " MiB"; }
 
 }  // namespace
@@ -96,24 +104,31 @@ void F32DecodeStep::run(compute::Context& ctx, Token token, size_t position, boo
                         const std::vector<const void*>& buffers, const std::function<void()>& enqueue) {
     if (io_.bytes() == 0) io_ = compute::Buffer(ctx.device(), 3 * sizeof(int32_t));
     const int32_t inputs[2] = {token, static_cast<int32_t>(position)};
-    compute::upload(ctx, io_.data(), inputs, sizeof inputs);
 #ifdef TWINFER_WITH_CUDA
-    if (use_graph && ctx.device() == compute::Device::CUDA) {
+    if (ctx.device() == compute::Device::CUDA) {
+        // The inputs go through pinned memory by copies inside the step (the graph's first and last
+        // nodes), so that the host neither waits for an upload nor queues copies of its own.
+        if (!mailbox_.data()) mailbox_ = compute::cuda::PinnedHostMemory(3 * sizeof(int32_t));
+        compute::cuda::synchronize(ctx);   // the last step's copies are done with the mailbox
+        std::copy(std::begin(inputs), std::end(inputs), mailbox_.as<int32_t>());
+        const auto step = [&] {
+            compute::cuda::copy_async(ctx, io_.data(), mailbox_.data(), sizeof inputs);
+            enqueue();
+            compute::cuda::copy_async(ctx, mailbox_.as<int32_t>() + 2, next_token(), sizeof(int32_t));
+        };
+        if (!use_graph) return step();
         const auto addresses = [&] {
             std::vector<const void*> all = buffers;
             for (const void* p : compute::cuda::scratch_addresses(ctx)) all.push_back(p);
             return all;
         };
-        if (graph_.captured() && addresses() == captured_addresses_) {
-            graph_.replay(ctx);
-            return;
-        }
+        if (graph_.captured() && addresses() == captured_addresses_) return graph_.replay(ctx);
         // This step runs directly, which also grows the scratch memory its ops need (it must not
         // grow while captured); then the same ops are recorded for the steps after it.
-        enqueue();
+        step();
         graph_.begin_capture(ctx);
         try {
-            enqueue();
+            step();
         } catch (...) {
             graph_.cancel_capture(ctx);
             throw;
@@ -125,13 +140,35 @@ void F32DecodeStep::run(compute::Context& ctx, Token token, size_t position, boo
 #endif
     (void)use_graph;
     (void)buffers;
+    compute::upload(ctx, io_.data(), inputs, sizeof inputs);
     enqueue();
 }
 
 Token F32DecodeStep::read_next_token(compute::Context& ctx) {
+#ifdef TWINFER_WITH_CUDA
+    if (ctx.device() == compute::Device::CUDA) {
+        compute::cuda::synchronize(ctx);
+        return mailbox_.as<int32_t>()[2];
+    }
+#endif
     int32_t next = 0;
     compute::download(ctx, &next, next_token(), sizeof next);
     return next;
+}
+
+Logits F32DecodeStep::read_logits(compute::Context& ctx, const float* logits, size_t n_vocab) {
+#ifdef TWINFER_WITH_CUDA
+    if (ctx.device() == compute::Device::CUDA) {
+        if (logits_capacity_ < n_vocab) {
+            logits_ = compute::cuda::PinnedHostMemory(n_vocab * sizeof(float));
+            logits_capacity_ = n_vocab;
+        }
+        compute::cuda::copy_async(ctx, logits_.data(), logits, n_vocab * sizeof(float));
+        compute::cuda::synchronize(ctx);
+        return widened_logits(logits_.as<float>(), 1, n_vocab);
+    }
+#endif
+    return download_logits(ctx, logits, 1, n_vocab);
 }
 
 void observe(compute::Context& ctx, const F32Observer& observer, std::string_view name, int layer,
@@ -159,11 +196,7 @@ const int32_t* upload_ids(compute::Context& ctx, std::span<const int32_t> ids, c
 Logits download_logits(compute::Context& ctx, const float* values, size_t n_positions, size_t n_vocab) {
     std::vector<float> host(n_positions * n_vocab);
     compute::download(ctx, host.data(), values, host.size() * sizeof(float));
-    Logits logits;
-    logits.n_vocab = n_vocab;
-    logits.n_positions = n_positions;
-    logits.values.assign(host.begin(), host.end());
-    return logits;
+    return widened_logits(host.data(), n_positions, n_vocab);
 }
 
 Token argmax_of_last(const Logits& logits) {

@@ -119,12 +119,18 @@ public:
     // replayed otherwise; without, directly.
     void run(compute::Context& ctx, Token token, size_t position, bool use_graph, const std::vector<const void*>& buffers,
              const std::function<void()>& enqueue);
-    // next_token(), copied back after run().
+    // next_token() after run(), once the step has finished.
     Token read_next_token(compute::Context& ctx);
+    // The step's logits ([n_vocab] floats in device memory) after run(): on CUDA through pinned
+    // memory (one copy; pageable memory takes the driver's staging copy too).
+    Logits read_logits(compute::Context& ctx, const float* logits, size_t n_vocab);
 
 private:
     compute::Buffer io_;   // int32 [token, position, next token]
 #ifdef TWINFER_WITH_CUDA
+    compute::cuda::PinnedHostMemory mailbox_;   // io_'s host side on CUDA
+    compute::cuda::PinnedHostMemory logits_;    // read_logits' on CUDA
+    size_t logits_capacity_ = 0;                // floats
     compute::cuda::Graph graph_;
     std::vector<const void*> captured_addresses_;   // buffers + scratch when graph_ was captured
 #endif
@@ -171,7 +177,7 @@ public:
         check_token_ids(ids, config_.n_vocab);
         if (ids.size() == 1 && !observer_) {
             decode(ids[0], false);
-            return download_logits(ctx_, workspace_.buffer(logits_buffer_), 1, config_.n_vocab);
+            return decode_step_.read_logits(ctx_, workspace_.buffer(logits_buffer_), config_.n_vocab);
         }
         const size_t T = ids.size();
         const size_t p0 = cache_.reserve(slot_, T);    // positions p0 .. p0+T-1

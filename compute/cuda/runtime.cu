@@ -116,6 +116,23 @@ void fill_zero(Context& ctx, void* device, size_t bytes) {
 
 void synchronize(Context& ctx) { TWINFER_CUDA_CHECK(cudaStreamSynchronize(stream(ctx))); }
 
+PinnedHostMemory::PinnedHostMemory(size_t bytes) { TWINFER_CUDA_CHECK(cudaMallocHost(&data_, bytes)); }
+PinnedHostMemory::PinnedHostMemory(PinnedHostMemory&& other) noexcept : data_(std::exchange(other.data_, nullptr)) {}
+PinnedHostMemory& PinnedHostMemory::operator=(PinnedHostMemory&& other) noexcept {
+    if (this != &other) {
+        if (data_) cudaFreeHost(data_);
+        data_ = std::exchange(other.data_, nullptr);
+    }
+    return *this;
+}
+PinnedHostMemory::~PinnedHostMemory() {
+    if (data_) cudaFreeHost(data_);
+}
+
+void copy_async(Context& ctx, void* destination, const void* source, size_t bytes) {
+    TWINFER_CUDA_CHECK(cudaMemcpyAsync(destination, source, bytes, cudaMemcpyDefault, stream(ctx)));
+}
+
 void* Scratch::get(size_t bytes, cudaStream_t stream) {
     if (bytes <= bytes_) return data_;
     cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;

@@ -42,6 +42,28 @@ void download(Context& ctx, void* host, const void* device, size_t bytes);
 void fill_zero(Context& ctx, void* device, size_t bytes);
 void synchronize(Context& ctx);
 
+// Page-locked host memory for the few values a decode step exchanges with the device (its token and
+// position in, the sampled token out). A copy to or from it (copy_async) is queued without the host
+// waiting, and a graph captured with such a copy reads or writes this memory each time it replays:
+// so a step costs one launch and one wait. The host must not touch it while a queued copy may run.
+class PinnedHostMemory {
+public:
+    PinnedHostMemory() = default;
+    explicit PinnedHostMemory(size_t bytes);   // throws Error
+    PinnedHostMemory(PinnedHostMemory&& other) noexcept;
+    PinnedHostMemory& operator=(PinnedHostMemory&& other) noexcept;
+    PinnedHostMemory(const PinnedHostMemory&) = delete;
+    PinnedHostMemory& operator=(const PinnedHostMemory&) = delete;
+    ~PinnedHostMemory();
+    void* data() { return data_; }
+    template <class T> T* as() { return static_cast<T*>(data_); }
+
+private:
+    void* data_ = nullptr;
+};
+// Queued on the context's stream, returning at once: between device memory and PinnedHostMemory.
+void copy_async(Context& ctx, void* destination, const void* source, size_t bytes);
+
 // The stream, cuBLAS handle and scratch memory of one Context (defined in device_context.cuh).
 struct DeviceContext;
 std::shared_ptr<DeviceContext> create_device_context();

@@ -217,11 +217,19 @@ TEST_F(CudaOps, Rope) {
 
 // The decode step's fused launches against the CPU's plain ops: products of one x sharing a
 // launch (three heights), the residual add folded into a product, and gate/up with SwiGLU, for one
-// token (int8 kernels) and twenty (cuBLAS, then the element-wise op).
+// token (int8 kernels) and twenty (cuBLAS, then the element-wise op). The large shape, one token:
+// more rows than one wave of one-row warps holds (two rows a warp, blocks crossing from target to
+// target; SwiGLU in several waves).
 TEST_F(CudaOps, FusedProductsMatchCpu) {
-    for (GGMLType type : {GGMLType::Q4_0, GGMLType::Q4_1, GGMLType::Q5_0, GGMLType::Q8_0})
+    struct Shape {
+        size_t cols, heights[3];
+    };
+    for (const Shape& shape : {Shape{576, {576, 192, 70}}, Shape{4160, {12288, 4100, 70}}})
+        for (GGMLType type : {GGMLType::Q4_0, GGMLType::Q4_1, GGMLType::Q5_0, GGMLType::Q8_0})
         for (size_t n_tokens : {size_t{1}, size_t{20}}) {
-            const size_t cols = 576, heights[] = {576, 192, 70};
+            if (shape.cols > 576 && n_tokens > 1) continue;
+            const size_t cols = shape.cols;
+            const auto& heights = shape.heights;
             const double tolerance = n_tokens == 1 ? 1e-5 : float_tolerance;
             const auto x = random(n_tokens * cols);
             std::vector<std::vector<std::byte>> weights;
