@@ -42,10 +42,11 @@ void download(Context& ctx, void* host, const void* device, size_t bytes);
 void fill_zero(Context& ctx, void* device, size_t bytes);
 void synchronize(Context& ctx);
 
-// Page-locked host memory for the few values a decode step exchanges with the device (its token and
-// position in, the sampled token out). A copy to or from it (copy_async) is queued without the host
-// waiting, and a graph captured with such a copy reads or writes this memory each time it replays:
-// so a step costs one launch and one wait. The host must not touch it while a queued copy may run.
+// Page-locked host memory for what a decode step exchanges with the device (its token and position
+// in; the sampled token or the logits out). A copy to or from it (copy_async) is queued without the
+// host waiting, takes no staging copy (pageable memory does: ~47 us for SmolLM2's 49,152 logits),
+// and a graph captured with such a copy reads or writes this memory each time it replays. The host
+// must not touch it while a queued copy may run.
 class PinnedHostMemory {
 public:
     PinnedHostMemory() = default;
