@@ -156,19 +156,25 @@ Token F32DecodeStep::read_next_token(compute::Context& ctx) {
     return next;
 }
 
-Logits F32DecodeStep::read_logits(compute::Context& ctx, const float* logits, size_t n_vocab) {
+const float* F32DecodeStep::logits_on_host(compute::Context& ctx, const float* logits, size_t count) {
 #ifdef TWINFER_WITH_CUDA
     if (ctx.device() == compute::Device::CUDA) {
-        if (logits_capacity_ < n_vocab) {
-            logits_ = compute::cuda::PinnedHostMemory(n_vocab * sizeof(float));
-            logits_capacity_ = n_vocab;
+        if (logits_capacity_ < count) {
+            logits_ = compute::cuda::PinnedHostMemory(count * sizeof(float));
+            logits_capacity_ = count;
         }
-        compute::cuda::copy_async(ctx, logits_.data(), logits, n_vocab * sizeof(float));
+        compute::cuda::copy_async(ctx, logits_.data(), logits, count * sizeof(float));
         compute::cuda::synchronize(ctx);
-        return widened_logits(logits_.as<float>(), 1, n_vocab);
+        return logits_.as<float>();
     }
 #endif
-    return download_logits(ctx, logits, 1, n_vocab);
+    host_logits_.resize(count);
+    compute::download(ctx, host_logits_.data(), logits, count * sizeof(float));
+    return host_logits_.data();
+}
+
+Logits F32DecodeStep::read_logits(compute::Context& ctx, const float* logits, size_t n_vocab) {
+    return widened_logits(logits_on_host(ctx, logits, n_vocab), 1, n_vocab);
 }
 
 void observe(compute::Context& ctx, const F32Observer& observer, std::string_view name, int layer,

@@ -124,13 +124,16 @@ public:
     // The step's logits ([n_vocab] floats in device memory) after run(): on CUDA through pinned
     // memory (one copy; pageable memory takes the driver's staging copy too).
     Logits read_logits(compute::Context& ctx, const float* logits, size_t n_vocab);
+    // The same as floats in host memory, valid until the next call: `count` floats from `logits`.
+    const float* logits_on_host(compute::Context& ctx, const float* logits, size_t count);
 
 private:
-    compute::Buffer io_;   // int32 [token, position, next token]
+    compute::Buffer io_;                // int32 [token, position, next token]
+    std::vector<float> host_logits_;    // logits_on_host's off CUDA
 #ifdef TWINFER_WITH_CUDA
     compute::cuda::PinnedHostMemory mailbox_;   // io_'s host side on CUDA
-    compute::cuda::PinnedHostMemory logits_;    // read_logits' on CUDA
-    size_t logits_capacity_ = 0;                // floats
+    compute::cuda::PinnedHostMemory logits_;    // logits_on_host's on CUDA
+    size_t logits_capacity_ = 0;                // floats in logits_
     compute::cuda::Graph graph_;
     std::vector<const void*> captured_addresses_;   // buffers + scratch when graph_ was captured
 #endif

@@ -285,7 +285,9 @@ void Rank::forward(const ModelConfig& c, compute::Collective& collective, comput
     cache.commit(0, T);
 
     const float* rows = workspace.buffer(LOGITS);
-    if (ctx.device() != compute::Device::CPU) {
+    if (ctx.device() != compute::Device::CPU && T == 1) {
+        rows = decode_step.logits_on_host(ctx, rows, n_out * Vr);   // pinned memory: one copy
+    } else if (ctx.device() != compute::Device::CPU) {
         host_logits.resize(n_out * Vr);
         copy_to_host(ctx, host_logits.data(), rows, host_logits.size() * sizeof(float));
         rows = host_logits.data();
