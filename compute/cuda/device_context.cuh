@@ -60,6 +60,14 @@ struct PreparedInt8 {
     const float2* ds = nullptr;    // [cols / 32]: (d, d * sum(q))
 };
 
+// The pairs' frequencies of the last rotation parameters rotation_of saw (rope.cuh).
+struct RopeFrequencies {
+    Scratch values;   // double [n_rot / 2]
+    size_t n_rot = 0;
+    double freq_base = 0, position_scale = 0;
+    const float* freq_factors = nullptr;
+};
+
 struct DeviceContext {
     DeviceContext();
     DeviceContext(const DeviceContext&) = delete;
@@ -78,6 +86,7 @@ struct DeviceContext {
     Scratch activations_int8; // one token's activations quantized for the int8 matrix-vector product
     Scratch prepared_int8;    // the same, written by the kernel that produced them (PreparedInt8)
     PreparedInt8 prepared;
+    RopeFrequencies rope_frequencies;
 };
 
 DeviceContext& device_of(Context& ctx);

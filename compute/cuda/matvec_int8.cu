@@ -249,7 +249,7 @@ int8_matvec_kernel(Targets targets, int n_blocks, const int8_t* __restrict__ qs,
         }
     };
     if (early_loads) load_weights(lane);
-    double frequency = 0.0;   // RopeStore: worked out while the loads are in flight
+    double frequency = 0.0;   // RopeStore: read from the rotation's table while the loads are in flight
     if constexpr (E == Epilogue::RopeStore) frequency = rope_frequency(first_row, target_index, rope_store);
     grid_dependency_wait();
     // RopeStore: the position loaded with the activations, not after the products (a memory round
@@ -454,7 +454,8 @@ bool int8_matvec_rope_store(Context& ctx, std::span<const MatmulOutput, 3> qkv, 
                           return o.w.type == type && !o.accumulate && o.w.rows % warps_per_block == 0 && o.w.rows % head_dim == 0;
                       });
     // Only where the launch is one wave: in a bandwidth-bound launch of several (Llama 2 7B) each
-    // block's rotation tail left its SM's loads idle, -6% against a RoPE launch of its own.
+    // block's rotation tail left its SM's loads idle, -6% against a RoPE launch of its own (-1.5%
+    // on 7B and -2.5% on 13B still in session 5, with the frequencies from a table).
     if (!fits) return false;
     int one_wave = 0;
     with_int8_type(type, [&]<GGMLType T>() { one_wave = resident_blocks<T, 1, Epilogue::RopeStore>(ctx); });
@@ -462,7 +463,7 @@ bool int8_matvec_rope_store(Context& ctx, std::span<const MatmulOutput, 3> qkv, 
     Targets targets{};
     for (int i = 0; i < 3; ++i) targets.t[i] = target_of(qkv[i].w, qkv[i].y, false);
     targets.n = 3;
-    const RopeStore rope_store{position, rotation_of(rope), int(head_dim), keys, values};
+    const RopeStore rope_store{position, rotation_of(ctx, rope), int(head_dim), keys, values};
     launch(ctx, type, targets, qkv[0].w.cols, quantized(ctx, x, norm, qkv[0].w.cols), false, rope_store);
     return true;
 }

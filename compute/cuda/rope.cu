@@ -1,8 +1,11 @@
 // Rotary position embedding: one thread per (token, head, pair), so that every load is in flight at
 // once (a thread looping over the heads waited out a memory round trip per head: 16 us for one
 // token). The angles: rope.cuh.
+#include <algorithm>
+#include <cmath>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "compute/cuda/device_context.cuh"
 #include "compute/cuda/ops.hpp"
@@ -65,6 +68,37 @@ __global__ void rope_store_kernel(float* q, int n_head, float* k, const float* v
     }
 }
 
+}  // namespace
+
+Rotation rotation_of(Context& ctx, const RopeParams& params) {
+    DeviceContext& device = device_of(ctx);
+    const size_t n_pairs = params.n_rot / 2;
+    RopeFrequencies& cached = device.rope_frequencies;
+    const bool same = cached.values.address() && cached.n_rot == params.n_rot && cached.freq_base == params.freq_base &&
+                      cached.position_scale == params.position_scale && cached.freq_factors == params.freq_factors;
+    if (!same) {
+        cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+        TWINFER_CUDA_CHECK(cudaStreamIsCapturing(device.stream, &capture));
+        if (capture != cudaStreamCaptureStatusNone)
+            throw Error("rope: new rotation parameters while a CUDA graph is being captured");
+        std::vector<float> factors(params.freq_factors ? n_pairs : 0);
+        if (params.freq_factors) download(ctx, factors.data(), params.freq_factors, n_pairs * sizeof(float));
+        std::vector<double> frequencies(n_pairs);
+        for (size_t i = 0; i < n_pairs; ++i) {
+            frequencies[i] = std::pow(params.freq_base, -2.0 * double(i) / double(params.n_rot)) * params.position_scale;
+            if (params.freq_factors) frequencies[i] /= factors[i];
+        }
+        void* table = cached.values.get(std::max<size_t>(n_pairs, 1) * sizeof(double), device.stream);
+        upload(ctx, table, frequencies.data(), n_pairs * sizeof(double));
+        cached.n_rot = params.n_rot, cached.freq_base = params.freq_base, cached.position_scale = params.position_scale;
+        cached.freq_factors = params.freq_factors;
+    }
+    return {int(params.n_rot), static_cast<const double*>(cached.values.address()),
+            params.pairing == RopeParams::Pairing::Adjacent};
+}
+
+namespace {
+
 void check_rotation(const RopeParams& params, size_t head_dim) {
     if (params.n_rot % 2 != 0 || params.n_rot > head_dim || head_dim % 2 != 0)
         throw std::invalid_argument("rope: n_rot " + std::to_string(params.n_rot) + " must be even and at most head_dim " +
@@ -77,7 +111,7 @@ void launch_rope(Context& ctx, float* x, size_t n_tokens, size_t row_stride, siz
     const size_t n = n_tokens * n_heads * (params.n_rot / 2);
     if (n == 0) return;
     launch_after_previous(ctx, rope_kernel, blocks_for(n, 128), 128, 0, x, int(n_tokens), row_stride, int(n_heads),
-                          int(head_dim), first_position, device_position, rotation_of(params));
+                          int(head_dim), first_position, device_position, rotation_of(ctx, params));
 }
 
 }  // namespace
@@ -96,7 +130,7 @@ void rope_store_at(Context& ctx, float* q, size_t n_head, float* k, const float*
     check_rotation(params, head_dim);
     const size_t n = n_head * (params.n_rot / 2) + n_head_kv * (head_dim / 2) + n_head_kv * head_dim;
     launch_after_previous(ctx, rope_store_kernel, blocks_for(n, 128), 128, 0, q, int(n_head), k, v, int(n_head_kv),
-                          int(head_dim), position, rotation_of(params), keys, values);
+                          int(head_dim), position, rotation_of(ctx, params), keys, values);
 }
 
 }  // namespace twinfer::compute::cuda

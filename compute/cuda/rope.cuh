@@ -3,31 +3,28 @@
 // the decode step's Q/K/V products that rotate their own outputs (matvec_int8.cu).
 #include <cstddef>
 
+#include "compute/context.hpp"
 #include "compute/rope.hpp"
 
 namespace twinfer::compute::cuda {
 
 struct Rotation {
     int n_rot;
-    double freq_base, position_scale;
-    const float* freq_factors;
+    const double* frequencies;   // device memory, [n_rot / 2]: pair_frequency's
     bool adjacent;
 };
 
-inline Rotation rotation_of(const RopeParams& params) {
-    return {int(params.n_rot), params.freq_base, params.position_scale, params.freq_factors,
-            params.pairing == RopeParams::Pairing::Adjacent};
-}
+// The rotation of `params` with its pairs' frequencies in device memory, worked out on the host
+// as the CPU does (position_scale * freq_base^(-2 pair / n_rot) / freq_factors[pair], in double)
+// and kept by the context for the next call with the same parameters. A kernel that rotates then
+// loads a frequency where it computed a double-precision power (a few hundred cycles, in front of
+// the loads of every block of a product's later waves). Throws while a graph is being captured if
+// the parameters are new (the step captured runs once directly first).
+Rotation rotation_of(Context& ctx, const RopeParams& params);
 
-// Pair `pair`'s angle per position: position_scale * freq_base^(-2 pair / n_rot) / freq_factors[pair].
-// In double, as on the CPU: at positions in the thousands a float angle would be off by about 1e-4
-// radians. The power is the slow part (a few hundred cycles): the Q/K/V products work it out
-// while their weights load.
-__device__ __forceinline__ double pair_frequency(int pair, const Rotation& r) {
-    double frequency = r.position_scale * pow(r.freq_base, -2.0 * pair / r.n_rot);
-    if (r.freq_factors) frequency /= r.freq_factors[pair];
-    return frequency;
-}
+// Pair `pair`'s angle per position. In double, as on the CPU: at positions in the thousands a
+// float angle would be off by about 1e-4 radians.
+__device__ __forceinline__ double pair_frequency(int pair, const Rotation& r) { return __ldg(r.frequencies + pair); }
 
 // (cos, sin) of position * frequency, reduced to [0, 2 pi) in double, so that the float sine and
 // cosine are exact to float rounding.
