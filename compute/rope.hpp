@@ -1,7 +1,10 @@
 #pragma once
 // Rotary position embedding, in place, over the first n_rot dimensions of each head.
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <span>
+#include <vector>
 
 #include "compute/context.hpp"
 #ifdef TWINFER_WITH_CUDA
@@ -21,8 +24,21 @@ struct RopeParams {
     const float* freq_factors = nullptr;   // [n_rot/2] divisors of each pair's frequency (rope_freqs.weight), or null
 };
 
+// Each pair's angle per position, in double (positions reach thousands; float would lose the low
+// bits of the angle): position_scale * freq_base^(-2i/n_rot) / freq_factors[i]. factors: the
+// host's copy of params.freq_factors (n_rot/2 values), or empty for none. The CPU's and the GPU's
+// RoPE both take their frequencies from here.
+inline std::vector<double> pair_frequencies(const RopeParams& params, std::span<const float> factors) {
+    std::vector<double> frequencies(params.n_rot / 2);
+    for (size_t i = 0; i < frequencies.size(); ++i) {
+        frequencies[i] = std::pow(params.freq_base, -2.0 * double(i) / double(params.n_rot)) * params.position_scale;
+        if (!factors.empty()) frequencies[i] /= factors[i];
+    }
+    return frequencies;
+}
+
 // x: [n_tokens, n_heads, head_dim] with rows `row_stride` floats apart; token t is at position
-// first_position + t. Pair i turns by angle position * position_scale * freq_base^(-2i/n_rot) / freq_factors[i].
+// first_position + t. Pair i turns by angle position * pair_frequencies(params)[i].
 namespace cpu {
 void rope(Context& ctx, float* x, size_t n_tokens, size_t row_stride, size_t n_heads, size_t head_dim,
           size_t first_position, const RopeParams& params);

@@ -6,6 +6,7 @@
 #include <stdexcept>
 #include <string_view>
 
+#include "compute/attention.hpp"
 #include "compute/elementwise.hpp"
 #include "compute/matmul.hpp"
 #include "compute/memory.hpp"
@@ -159,10 +160,7 @@ Token F32DecodeStep::read_next_token(compute::Context& ctx) {
 const float* F32DecodeStep::logits_on_host(compute::Context& ctx, const float* logits, size_t count) {
 #ifdef TWINFER_WITH_CUDA
     if (ctx.device() == compute::Device::CUDA) {
-        if (logits_capacity_ < count) {
-            logits_ = compute::cuda::PinnedHostMemory(count * sizeof(float));
-            logits_capacity_ = count;
-        }
+        if (logits_.bytes() < count * sizeof(float)) logits_ = compute::cuda::PinnedHostMemory(count * sizeof(float));
         compute::cuda::copy_async(ctx, logits_.data(), logits, count * sizeof(float));
         compute::cuda::synchronize(ctx);
         return logits_.as<float>();
@@ -219,6 +217,25 @@ void residual_project(compute::Context& ctx, const compute::WeightMatrix& w, con
     const compute::MatmulOutput output{w, y, /*accumulate=*/true};
     compute::matmul(ctx, std::span(&output, 1), x, n_tokens, activations);
     if (!bias.empty()) compute::add_bias(ctx, y, bias.data(), n_tokens, w.rows);
+}
+
+void project_qkv(compute::Context& ctx, std::span<const compute::MatmulOutput, 3> qkv, const float* x, size_t T,
+                 compute::Activations activations, const compute::RmsNorm& norm, const QkvBiases& biases, size_t n_head,
+                 size_t n_head_kv, size_t head_dim, size_t p0, const int32_t* device_position, const compute::RopeParams& rope,
+                 float* keys, float* values) {
+    float *q = qkv[0].y, *k = qkv[1].y, *v = qkv[2].y;
+    const size_t QD = n_head * head_dim, KVD = n_head_kv * head_dim;
+    if (device_position && !biases.q && !biases.k && !biases.v)
+        return compute::project_rope_store_at(ctx, qkv, x, activations, &norm, n_head, n_head_kv, head_dim, device_position,
+                                              rope, keys, values);
+    compute::matmul(ctx, std::span<const compute::MatmulOutput>(qkv), x, T, activations, &norm);
+    if (biases.q) compute::add_bias(ctx, q, biases.q, T, QD);
+    if (biases.k) compute::add_bias(ctx, k, biases.k, T, KVD);
+    if (biases.v) compute::add_bias(ctx, v, biases.v, T, KVD);
+    if (device_position)
+        return compute::rope_store_at(ctx, q, n_head, k, v, n_head_kv, head_dim, device_position, rope, keys, values);
+    compute::rope(ctx, q, T, QD, n_head, head_dim, p0, rope);
+    compute::rope(ctx, k, T, KVD, n_head_kv, head_dim, p0, rope);
 }
 
 size_t context_length(const F32Options& options, size_t n_ctx_train) {

@@ -15,6 +15,7 @@
 #include "compute/context.hpp"
 #include "compute/elementwise.hpp"
 #include "compute/matmul.hpp"
+#include "compute/rope.hpp"
 #ifdef TWINFER_WITH_CUDA
 #include "compute/cuda/runtime.hpp"
 #endif
@@ -133,7 +134,6 @@ private:
 #ifdef TWINFER_WITH_CUDA
     compute::cuda::PinnedHostMemory mailbox_;   // io_'s host side on CUDA
     compute::cuda::PinnedHostMemory logits_;    // logits_on_host's on CUDA
-    size_t logits_capacity_ = 0;                // floats in logits_
     compute::cuda::Graph graph_;
     std::vector<const void*> captured_addresses_;   // buffers + scratch when graph_ was captured
 #endif
@@ -157,6 +157,22 @@ compute::Activations activations_for(const F32Options& options);
 // x: [n_tokens, w.cols], y: [n_tokens, w.rows]
 void residual_project(compute::Context& ctx, const compute::WeightMatrix& w, const DeviceFloats& bias, const float* x,
                       size_t n_tokens, float* y, compute::Activations activations);
+
+// A Llama layer's attention inputs for T tokens of x: q, k, v = the products qkv (x normalized by
+// norm first, as in compute::matmul), plus their biases where the layer has them (null: none), q and
+// k rotated at positions p0.. (rows of n_head and n_head_kv heads of head_dim). With device_position
+// (a decode step, T = 1) the position is read there and k and v are also stored as that row of keys
+// and values: in the products' own launch on a GPU where there are no biases
+// (compute::project_rope_store_at).
+struct QkvBiases {
+    const float* q = nullptr;
+    const float* k = nullptr;
+    const float* v = nullptr;
+};
+void project_qkv(compute::Context& ctx, std::span<const compute::MatmulOutput, 3> qkv, const float* x, size_t T,
+                 compute::Activations activations, const compute::RmsNorm& norm, const QkvBiases& biases, size_t n_head,
+                 size_t n_head_kv, size_t head_dim, size_t p0, const int32_t* device_position, const compute::RopeParams& rope,
+                 float* keys, float* values);
 
 size_t context_length(const F32Options& options, size_t n_ctx_train);
 

@@ -70,11 +70,6 @@ F32LlamaModel F32LlamaModel::load(std::shared_ptr<const gguf::File> file, const 
     return m;
 }
 
-// y[t, :] += bias, for the files whose projections have one.
-void F32LlamaModel::add_bias(const DeviceFloats& bias, size_t n_tokens, float* y) {
-    if (!bias.empty()) compute::add_bias(ctx_, y, bias.data(), n_tokens, bias.size());
-}
-
 void F32LlamaModel::reserve_workspace(size_t n_tokens) {
     const ModelConfig& c = config_;
     const size_t E = c.n_embd, F = c.n_ff, V = c.n_vocab, QD = c.n_head * c.head_dim, KVD = c.n_embd_kv();
@@ -108,23 +103,8 @@ void F32LlamaModel::enqueue_forward(const int32_t* ids, size_t T, size_t p0, con
         // Attention block: x += Wo attention(rope(Wq xn), rope(Wk xn), Wv xn), xn = rms_norm(x) (in the product)
         const compute::RmsNorm attn_norm{L.attn_norm.data(), eps, xn};              // xn: [T, E]
         const compute::MatmulOutput qkv[] = {{L.wq, q}, {L.wk, k}, {L.wv, v}};      // q: [T, H, D]; k, v: [T, Hkv, D]
-        const bool qkv_bias = !L.bq.empty() || !L.bk.empty() || !L.bv.empty();
-        if (device_position && !qkv_bias) {
-            // A decode step: the products, RoPE and the cache write in one call (one launch on a GPU).
-            compute::project_rope_store_at(ctx_, qkv, x, activations_for(options_), &attn_norm, H, Hkv, D, device_position,
-                                           rope_, keys, values);
-        } else {
-            compute::matmul(ctx_, qkv, x, T, activations_for(options_), &attn_norm);
-            add_bias(L.bq, T, q);
-            add_bias(L.bk, T, k);
-            add_bias(L.bv, T, v);
-            if (device_position) {
-                compute::rope_store_at(ctx_, q, H, k, v, Hkv, D, device_position, rope_, keys, values);
-            } else {
-                compute::rope(ctx_, q, T, QD, H, D, p0, rope_);
-                compute::rope(ctx_, k, T, KVD, Hkv, D, p0, rope_);
-            }
-        }
+        project_qkv(ctx_, qkv, x, T, activations_for(options_), attn_norm, {L.bq.data(), L.bk.data(), L.bv.data()}, H, Hkv, D,
+                    p0, device_position, rope_, keys, values);
         observe(ctx_, observer_, "attn_norm", il, xn, T * E);
         observe(ctx_, observer_, "Qcur", il, q, T * QD);
         observe(ctx_, observer_, "Kcur", il, k, T * KVD);

@@ -36,7 +36,6 @@ private:
     friend class F32ModelBase<F32LlamaModel>;
 
     F32LlamaModel(std::shared_ptr<const gguf::File> file, ModelConfig config, const F32Options& options);
-    void add_bias(const DeviceFloats& bias, size_t n_tokens, float* y);
     void reserve_workspace(size_t n_tokens);
     // Queues the pass of T tokens (ids in device memory) at positions p0.. up to the logits of the
     // last n_out, in the LOGITS buffer. With device_position (device memory; T = 1), the position

@@ -303,7 +303,7 @@ void Rank::forward(const ModelConfig& c, compute::Collective& collective, comput
 void Rank::enqueue(const ModelConfig& c, compute::Collective& collective, compute::Activations activations, const int32_t* ids,
                    size_t T, size_t p0, const int32_t* device_position, size_t n_out) {
     const size_t E = c.n_embd, D = c.head_dim;
-    const size_t Hr = shard.heads.size(), Hkv_r = shard.kv_heads.size(), QDr = Hr * D, KVDr = Hkv_r * D;
+    const size_t Hr = shard.heads.size(), Hkv_r = shard.kv_heads.size(), KVDr = Hkv_r * D;
     const float eps = static_cast<float>(c.norm_eps);
     float *x = workspace.buffer(X), *xn = workspace.buffer(XN), *q = workspace.buffer(Q), *att = workspace.buffer(ATT);
     float *out = workspace.buffer(OUT), *gate = workspace.buffer(GATE), *up = workspace.buffer(UP);
@@ -322,23 +322,8 @@ void Rank::enqueue(const ModelConfig& c, compute::Collective& collective, comput
         // Attention block: x += sum over ranks of Wo_r attention_r(...), xn = rms_norm(x)
         const compute::RmsNorm attn_norm{L.attn_norm, eps, xn};                     // xn: [T, E]
         const compute::MatmulOutput qkv[] = {{L.wq, q}, {L.wk, k}, {L.wv, v}};      // q: [T, Hr, D]; k, v: [T, Hkv_r, D]
-        const bool qkv_bias = L.bq || L.bk || L.bv;
-        if (device_position && !qkv_bias) {
-            // A decode step: the products, RoPE and the cache write in one call (one launch on a GPU).
-            compute::project_rope_store_at(ctx, qkv, x, activations, &attn_norm, Hr, Hkv_r, D, device_position, rope, keys,
-                                           values);
-        } else {
-            compute::matmul(ctx, qkv, x, T, activations, &attn_norm);
-            if (L.bq) compute::add_bias(ctx, q, L.bq, T, QDr);
-            if (L.bk) compute::add_bias(ctx, k, L.bk, T, KVDr);
-            if (L.bv) compute::add_bias(ctx, v, L.bv, T, KVDr);
-            if (device_position) {
-                compute::rope_store_at(ctx, q, Hr, k, v, Hkv_r, D, device_position, rope, keys, values);
-            } else {
-                compute::rope(ctx, q, T, QDr, Hr, D, p0, rope);
-                compute::rope(ctx, k, T, KVDr, Hkv_r, D, p0, rope);
-            }
-        }
+        project_qkv(ctx, qkv, x, T, activations, attn_norm, {L.bq, L.bk, L.bv}, Hr, Hkv_r, D, p0, device_position, rope, keys,
+                    values);
         if (device_position)
             compute::attention_at(ctx, q, keys, values, device_position, cache.n_ctx(), attention, att);
         else

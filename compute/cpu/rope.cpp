@@ -31,11 +31,7 @@ struct RopeTable {
         first_position = first, n_tokens = n, params = p;
         const size_t n_pairs = p.n_rot / 2;
         freq_factors.assign(p.freq_factors, p.freq_factors ? p.freq_factors + n_pairs : p.freq_factors);
-        std::vector<double> inv_freq(n_pairs);
-        for (size_t i = 0; i < n_pairs; ++i) {
-            inv_freq[i] = std::pow(p.freq_base, -2.0 * double(i) / double(p.n_rot)) * p.position_scale;
-            if (p.freq_factors) inv_freq[i] /= p.freq_factors[i];
-        }
+        const std::vector<double> inv_freq = pair_frequencies(p, freq_factors);
         cos_sin.resize(n * n_pairs * 2);
         for (size_t t = 0; t < n; ++t)
             for (size_t i = 0; i < n_pairs; ++i) {

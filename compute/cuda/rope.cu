@@ -2,7 +2,6 @@
 // once (a thread looping over the heads waited out a memory round trip per head: 16 us for one
 // token). The angles: rope.cuh.
 #include <algorithm>
-#include <cmath>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -83,11 +82,7 @@ Rotation rotation_of(Context& ctx, const RopeParams& params) {
             throw Error("rope: new rotation parameters while a CUDA graph is being captured");
         std::vector<float> factors(params.freq_factors ? n_pairs : 0);
         if (params.freq_factors) download(ctx, factors.data(), params.freq_factors, n_pairs * sizeof(float));
-        std::vector<double> frequencies(n_pairs);
-        for (size_t i = 0; i < n_pairs; ++i) {
-            frequencies[i] = std::pow(params.freq_base, -2.0 * double(i) / double(params.n_rot)) * params.position_scale;
-            if (params.freq_factors) frequencies[i] /= factors[i];
-        }
+        const std::vector<double> frequencies = pair_frequencies(params, factors);
         void* table = cached.values.get(std::max<size_t>(n_pairs, 1) * sizeof(double), device.stream);
         upload(ctx, table, frequencies.data(), n_pairs * sizeof(double));
         cached.n_rot = params.n_rot, cached.freq_base = params.freq_base, cached.position_scale = params.position_scale;

@@ -14,9 +14,9 @@ struct Rotation {
     bool adjacent;
 };
 
-// The rotation of `params` with its pairs' frequencies in device memory, worked out on the host
-// as the CPU does (position_scale * freq_base^(-2 pair / n_rot) / freq_factors[pair], in double)
-// and kept by the context for the next call with the same parameters. A kernel that rotates then
+// The rotation of `params` with its pairs' frequencies in device memory, worked out on the host as
+// the CPU's (compute::pair_frequencies) and kept by the context for the next call with the same
+// parameters. A kernel that rotates then
 // loads a frequency where it computed a double-precision power (a few hundred cycles, in front of
 // the loads of every block of a product's later waves). Throws while a graph is being captured if
 // the parameters are new (the step captured runs once directly first).

@@ -116,12 +116,14 @@ void fill_zero(Context& ctx, void* device, size_t bytes) {
 
 void synchronize(Context& ctx) { TWINFER_CUDA_CHECK(cudaStreamSynchronize(stream(ctx))); }
 
-PinnedHostMemory::PinnedHostMemory(size_t bytes) { TWINFER_CUDA_CHECK(cudaMallocHost(&data_, bytes)); }
-PinnedHostMemory::PinnedHostMemory(PinnedHostMemory&& other) noexcept : data_(std::exchange(other.data_, nullptr)) {}
+PinnedHostMemory::PinnedHostMemory(size_t bytes) : bytes_(bytes) { TWINFER_CUDA_CHECK(cudaMallocHost(&data_, bytes)); }
+PinnedHostMemory::PinnedHostMemory(PinnedHostMemory&& other) noexcept
+    : data_(std::exchange(other.data_, nullptr)), bytes_(std::exchange(other.bytes_, 0)) {}
 PinnedHostMemory& PinnedHostMemory::operator=(PinnedHostMemory&& other) noexcept {
     if (this != &other) {
         if (data_) cudaFreeHost(data_);
         data_ = std::exchange(other.data_, nullptr);
+        bytes_ = std::exchange(other.bytes_, 0);
     }
     return *this;
 }

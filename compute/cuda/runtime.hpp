@@ -58,9 +58,11 @@ public:
     ~PinnedHostMemory();
     void* data() { return data_; }
     template <class T> T* as() { return static_cast<T*>(data_); }
+    size_t bytes() const { return bytes_; }
 
 private:
     void* data_ = nullptr;
+    size_t bytes_ = 0;
 };
 // Queued on the context's stream, returning at once: between device memory and PinnedHostMemory.
 void copy_async(Context& ctx, void* destination, const void* source, size_t bytes);
