@@ -75,7 +75,7 @@ inline void matmul(Context& ctx, const WeightMatrix& w, const float* x, size_t n
 struct RmsNorm {
     const float* weight;   // [cols]
     float eps;
-    float* out;            // [n_tokens, cols]
+    float* out;            // [n_tokens, cols]; not written where the input's producer prepared the norm (next_norm)
 };
 
 struct MatmulOutput {
@@ -83,16 +83,19 @@ struct MatmulOutput {
     float* y;                 // [n_tokens, w.rows]
     bool accumulate = false;  // y += W x: a residual add folded into the product (one pass, one launch)
 };
-// norm: normalize x first (see RmsNorm).
+// norm: normalize x first (see RmsNorm). next_norm: the RMSNorm the caller's next products apply
+// to y (one output, accumulate): a backend may prepare it in this product's launch, so that those
+// products, given the same norm on this y, launch no norm of their own (the GPU's one-token int8
+// path; their norm's out is then not written).
 namespace cpu {
 void matmul(Context& ctx, std::span<const MatmulOutput> outputs, const float* x, size_t n_tokens, Activations activations,
             const RmsNorm* norm = nullptr);
 }
 inline void matmul(Context& ctx, std::span<const MatmulOutput> outputs, const float* x, size_t n_tokens,
-                   Activations activations, const RmsNorm* norm = nullptr) {
+                   Activations activations, const RmsNorm* norm = nullptr, [[maybe_unused]] const RmsNorm* next_norm = nullptr) {
     if (ctx.device() == Device::CPU) return cpu::matmul(ctx, outputs, x, n_tokens, activations, norm);
 #ifdef TWINFER_WITH_CUDA
-    if (ctx.device() == Device::CUDA) return cuda::matmul(ctx, outputs, x, n_tokens, activations, norm);
+    if (ctx.device() == Device::CUDA) return cuda::matmul(ctx, outputs, x, n_tokens, activations, norm, next_norm);
 #endif
     throw_backend_unavailable("matmul", ctx.device());
 }

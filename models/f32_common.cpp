@@ -213,9 +213,9 @@ compute::Activations activations_for(const F32Options& options) {
 }
 
 void residual_project(compute::Context& ctx, const compute::WeightMatrix& w, const DeviceFloats& bias, const float* x,
-                      size_t n_tokens, float* y, compute::Activations activations) {
+                      size_t n_tokens, float* y, compute::Activations activations, const compute::RmsNorm* next_norm) {
     const compute::MatmulOutput output{w, y, /*accumulate=*/true};
-    compute::matmul(ctx, std::span(&output, 1), x, n_tokens, activations);
+    compute::matmul(ctx, std::span(&output, 1), x, n_tokens, activations, nullptr, bias.empty() ? next_norm : nullptr);
     if (!bias.empty()) compute::add_bias(ctx, y, bias.data(), n_tokens, w.rows);
 }
 

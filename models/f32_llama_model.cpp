@@ -114,14 +114,19 @@ void F32LlamaModel::enqueue_forward(const int32_t* ids, size_t T, size_t p0, con
         else
             compute::attention(ctx_, q, keys, values, T, p0, attention_shape_, att);  // att: [T, H, D]
         observe(ctx_, observer_, "kqv_out", il, att, T * QD);
-        residual_project(ctx_, L.wo, L.bo, att, T, x, activations_for(options_));   // x += Wo att
+        // The next norm handed to each residual product, which may prepare it (compute::matmul's
+        // next_norm; not while an observer reads the normalized rows, which it then leaves unwritten).
+        const compute::RmsNorm ffn_norm{L.ffn_norm.data(), eps, xn};
+        const bool prepare_norms = !observer_;
+        residual_project(ctx_, L.wo, L.bo, att, T, x, activations_for(options_), prepare_norms ? &ffn_norm : nullptr);  // x += Wo att
         observe(ctx_, observer_, "ffn_inp", il, x, T * E);
 
         // Feed-forward block: x += W_down (silu(W_gate xn) * W_up xn), xn = rms_norm(x) (in the product)
-        const compute::RmsNorm ffn_norm{L.ffn_norm.data(), eps, xn};
         compute::matmul_swiglu(ctx_, L.w_gate, L.w_up, x, T, gate, up, activations_for(options_), &ffn_norm);  // gate: [T, F]
         observe(ctx_, observer_, "ffn_norm", il, xn, T * E);
-        residual_project(ctx_, L.w_down, {}, gate, T, x, activations_for(options_)); // x += W_down gate
+        const compute::RmsNorm next_norm{il + 1 < layers_.size() ? layers_[il + 1].attn_norm.data() : output_norm_.data(), eps, xn};
+        residual_project(ctx_, L.w_down, {}, gate, T, x, activations_for(options_),
+                         prepare_norms && T == n_out ? &next_norm : nullptr);        // x += W_down gate
         observe(ctx_, observer_, "l_out", il, x, T * E);
     }
 

@@ -304,9 +304,38 @@ decode_attention_kernel(const float* __restrict__ q, const float* __restrict__ k
 #pragma unroll
         for (int i = 0; i < HeadDim / 4; ++i) k4[i] = __ldg(k + i);
     };
+    // The value rows of a tile in batches whose loads are all issued before the first is used (64
+    // per lane): a loop unrolled by 8 waited out four memory round trips per tile. Row `skip` (this
+    // step's own, not yet written) is left out.
+    constexpr int batch = 64 / per_lane;
+    auto load_values = [&](float (&v)[batch][per_lane], int tile, int j0, int n_in, int skip) {
+#pragma unroll
+        for (int j = 0; j < batch; ++j) {
+            if (j0 + j >= n_in) break;
+            if (tile + j0 + j == skip) continue;
+            const float* row = values + size_t(tile + j0 + j) * kv_stride + kv_offset;
+#pragma unroll
+            for (int i = 0; i < per_lane; ++i) v[j][i] = __ldg(row + lane + 32 * i);
+        }
+    };
+    // Heads of 64: the first batch of values too (64 more registers beside the keys' 64; heads of
+    // 128 hold 128 for the keys already), so that no DRAM round trip for cached values follows the
+    // wait on short sequences.
+    constexpr bool values_early = HeadDim <= 64;
+    float v_first[batch][per_lane];
+    const int first_n_in = min(32, end - first_tile);
     if (first_tile + lane < min(end, n_kv - 1)) load_keys(first_tile + lane);
+    if (values_early && first_n_in > 0) load_values(v_first, first_tile, 0, first_n_in, n_kv - 1);
     grid_dependency_wait();
     if (first_tile + lane == n_kv - 1 && n_kv - 1 < end) load_keys(n_kv - 1);
+    if (values_early && first_tile <= n_kv - 1 && n_kv - 1 < first_tile + min(first_n_in, batch)) {
+        const float* row = values + size_t(n_kv - 1) * kv_stride + kv_offset;
+#pragma unroll
+        for (int j = 0; j < batch; ++j)
+            if (first_tile + j == n_kv - 1)
+#pragma unroll
+                for (int i = 0; i < per_lane; ++i) v_first[j][i] = __ldg(row + lane + 32 * i);
+    }
     float* qs = reinterpret_cast<float*>(q_shared);
     for (int d = threadIdx.x; d < HeadDim; d += decode_warps * 32) qs[d] = q[size_t(head) * HeadDim + d] * scale;
     __syncthreads();
@@ -335,25 +364,17 @@ decode_attention_kernel(const float* __restrict__ q, const float* __restrict__ k
         m = m_new;
 #pragma unroll
         for (int i = 0; i < per_lane; ++i) acc[i] *= correction;
-        // The tile's value rows in batches whose loads are all issued before the first is used
-        // (64 per lane): a loop unrolled by 8 waited out four memory round trips per tile.
         const int n_in = min(32, end - tile);
-        constexpr int batch = 64 / per_lane;
         for (int j0 = 0; j0 < n_in; j0 += batch) {
+            const bool early = values_early && tile == first_tile && j0 == 0;
             float v[batch][per_lane];
-#pragma unroll
-            for (int j = 0; j < batch; ++j) {
-                if (j0 + j >= n_in) break;
-                const float* row = values + size_t(tile + j0 + j) * kv_stride + kv_offset;
-#pragma unroll
-                for (int i = 0; i < per_lane; ++i) v[j][i] = __ldg(row + lane + 32 * i);
-            }
+            if (!early) load_values(v, tile, j0, n_in, -1);
 #pragma unroll
             for (int j = 0; j < batch; ++j) {
                 if (j0 + j >= n_in) break;
                 const float pj = __shfl_sync(0xffffffffu, prob, j0 + j);
 #pragma unroll
-                for (int i = 0; i < per_lane; ++i) acc[i] = fmaf(pj, v[j][i], acc[i]);
+                for (int i = 0; i < per_lane; ++i) acc[i] = fmaf(pj, early ? v_first[j][i] : v[j][i], acc[i]);
             }
         }
     }

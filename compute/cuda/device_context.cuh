@@ -60,6 +60,21 @@ struct PreparedInt8 {
     const float2* ds = nullptr;    // [cols / 32]: (d, d * sum(q))
 };
 
+// An RMSNorm's input prepared by the product that wrote it (a residual add, int8_matvec_then_norm):
+// weight * source quantized per 32 values, and the row's sum of squares in parts, one per block of
+// that launch. The next int8 products with this norm on `source` scale their sums by
+// 1 / sqrt(sum / cols + eps) instead of launching the norm. Valid for the very next launch only,
+// as PreparedInt8.
+struct PreparedNorm {
+    const float* source = nullptr;
+    const float* weight = nullptr;
+    size_t cols = 0;
+    const int8_t* qs = nullptr;
+    const float2* ds = nullptr;
+    const float* partial_sums = nullptr;
+    int n_parts = 0;
+};
+
 // The pairs' frequencies of the last rotation parameters rotation_of saw (rope.cuh).
 struct RopeFrequencies {
     Scratch values;   // double [n_rot / 2]
@@ -86,6 +101,9 @@ struct DeviceContext {
     Scratch activations_int8; // one token's activations quantized for the int8 matrix-vector product
     Scratch prepared_int8;    // the same, written by the kernel that produced them (PreparedInt8)
     PreparedInt8 prepared;
+    Scratch norm_int8;        // PreparedNorm's codes and scales
+    Scratch norm_partials;    // PreparedNorm's sums of squares
+    PreparedNorm prepared_norm;
     RopeFrequencies rope_frequencies;
 };
 
@@ -124,6 +142,7 @@ void launch_after_previous(Context& ctx, void (*kernel)(Params...), dim3 grid, d
                            Args&&... args) {
     DeviceContext& device = device_of(ctx);
     device.prepared = {};
+    device.prepared_norm = {};
     cudaLaunchConfig_t config{};
     config.gridDim = grid;
     config.blockDim = block;

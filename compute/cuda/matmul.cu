@@ -414,7 +414,7 @@ bool int8_products(std::span<const MatmulOutput> outputs, Activations activation
 }  // namespace
 
 void matmul(Context& ctx, std::span<const MatmulOutput> outputs, const float* x, size_t n_tokens, Activations activations,
-            const RmsNorm* norm) {
+            const RmsNorm* norm, const RmsNorm* next_norm) {
     if (outputs.empty()) return;
     const size_t cols = outputs[0].w.cols;
     for (const MatmulOutput& o : outputs)
@@ -424,6 +424,9 @@ void matmul(Context& ctx, std::span<const MatmulOutput> outputs, const float* x,
                                      [](const MatmulOutput& o) { return o.w.type == GGMLType::F32 || !ragged_float(o.w); });
     const bool gemm_path = n_tokens >= min_gemm_tokens && gemm_ok;
     const bool int8 = !gemm_path && int8_products(outputs, activations);
+    if (int8 && next_norm && !norm && n_tokens == 1 && outputs.size() == 1 &&
+        int8_matvec_then_norm(ctx, outputs[0], x, *next_norm))
+        return;
     const ProductInput input = product_input(ctx, x, n_tokens, cols, norm, int8);
     if (gemm_path) {
         for (const MatmulOutput& o : outputs) gemm(ctx, o.w, input.x, n_tokens, o.y, o.accumulate);

@@ -154,9 +154,10 @@ struct Targets {
 };
 
 // A decode step's Q, K and V launch that finishes their rotary embedding and KV-cache write itself
-// (int8_matvec_rope_store): targets q, k, v, one row per warp, every target's rows a multiple of
-// warps_per_block, pairs (2i, 2i + 1) of a head, so that a pair's two rows are two warps of one
-// block. Saves the decode step a RoPE launch a layer (~3 us each, Nsight Compute).
+// (int8_matvec_rope_store): targets q, k, v, two rows a warp, a pair (2i, 2i + 1) of a head, which
+// the warp rotates where it has them. Saves the decode step a RoPE launch a layer (~1.5 us in the
+// pipeline). (Pairs split between two warps of a block, exchanged through shared memory, cost
+// launches of several waves more than that launch: every block's end waited at the barrier.)
 struct RopeStore {
     const int32_t* position;   // device memory
     Rotation rotation;
@@ -165,28 +166,10 @@ struct RopeStore {
     float* values;             // [positions, v rows]
 };
 
-// Row `row` (= y, every lane holding it) of target q (0), k (1) or v (2): q and k rows rotated
-// with their pair's other row (the neighbouring warp's), k and v rows also written to the cache.
-// frequency: the row's pair_frequency, or 0 where it is not rotated.
+// Row `row`'s pair_frequency in target q (0) or k (1), or 0 where it is not rotated (v, or past n_rot).
 __device__ __forceinline__ double rope_frequency(int row, int target_index, const RopeStore& rope_store) {
     const int d = row % rope_store.head_dim;
     return target_index < 2 && d < rope_store.rotation.n_rot ? pair_frequency(d / 2, rope_store.rotation) : 0.0;
-}
-
-__device__ __forceinline__ void finish_rope_store(float y, int row, const Target& target, int target_index,
-                                                  const RopeStore& rope_store, int position, double frequency) {
-    __shared__ float block_rows[warps_per_block];
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (lane == 0) block_rows[warp] = y;
-    __syncthreads();
-    if (lane != 0) return;
-    if (frequency != 0.0) {
-        const float2 cs = rotation_at(size_t(position), frequency);
-        const float x0 = block_rows[warp & ~1], x1 = block_rows[warp | 1];
-        y = row % 2 == 0 ? x0 * cs.x - x1 * cs.y : x0 * cs.y + x1 * cs.x;
-    }
-    target.y[row] = y;
-    if (target_index > 0) (target_index == 1 ? rope_store.keys : rope_store.values)[size_t(position) * target.rows + row] = y;
 }
 
 // What a launch does with its products besides writing them. Each kind is a kernel of its own:
@@ -196,20 +179,39 @@ enum class Epilogue {
     Plain,      // y = W x, or y += W x
     Swiglu,     // the targets are gate and up; a warp takes row r of both and writes
                 // silu(gate x) * (up x) to target 0's y (Rows is then 2: one row of each)
-    RopeStore,  // finish_rope_store (Rows 1)
+    RopeStore,  // RopeStore's rotation and cache write (Rows 2: a pair)
+    SwigluQuantize,  // Swiglu, two rows of each a warp (Rows 4: gate, up, gate, up), 16 warps a
+                     // block: the block's 32 outputs also quantized for the down product, which
+                     // then needs no quantize launch of its own (one-wave launches)
+    AccumulateNorm,  // y += W x (one target, Rows 2), 16 warps a block, and the next RMSNorm's
+                     // input prepared (NormOut, PreparedNorm): weight * y quantized, the block's
+                     // sum of y^2 (one-wave launches)
+};
+
+// Warps a block: 32 output rows for SwigluQuantize and AccumulateNorm, so that a 32-value block of
+// the output is the block's own.
+template <Epilogue E>
+constexpr int warps_of = E == Epilogue::SwigluQuantize || E == Epilogue::AccumulateNorm ? 16 : warps_per_block;
+__host__ __device__ constexpr bool whole_blocks(Epilogue E) { return E == Epilogue::SwigluQuantize || E == Epilogue::AccumulateNorm; }
+
+// AccumulateNorm's norm: its weight, and where each block leaves its sum of squares.
+struct NormOut {
+    const float* weight;
+    float* partial_sums;
 };
 
 // Blocks per SM the register budget is held to: six (80 registers a thread) for the 4-bit types,
-// which fit that without spilling, RopeStore included (84 left to itself), five (102) for the
-// 5-bit and 8-bit types, which spill at 80.
+// which fit that without spilling, five (102) for the 5-bit and 8-bit types, which spill at 80.
+// (SwigluQuantize's blocks of 16 warps: one.)
 template <GGMLType T> constexpr int min_blocks_per_sm = T == GGMLType::Q4_0 || T == GGMLType::Q4_1 ? 6 : 5;
 
 // Rows: rows per warp.
 template <GGMLType T, int Rows, Epilogue E>
-__global__ void __launch_bounds__(warps_per_block * 32, min_blocks_per_sm<T>)
+__global__ void __launch_bounds__(warps_of<E> * 32, whole_blocks(E) ? 1 : min_blocks_per_sm<T>)
 int8_matvec_kernel(Targets targets, int n_blocks, const int8_t* __restrict__ qs, const float2* __restrict__ ds,
-                   RopeStore rope_store, bool early_loads) {
-    constexpr bool Swiglu = E == Epilogue::Swiglu;
+                   NormScale norm_scale, RopeStore rope_store, bool early_loads, QuantizedActivations out_int8,
+                   NormOut norm_out) {
+    constexpr bool Swiglu = E == Epilogue::Swiglu || E == Epilogue::SwigluQuantize;
     // The block's target, by constant indices: a runtime index into the parameters would copy
     // them to the stack (local memory) first.
     Target target = targets.t[0];
@@ -220,17 +222,17 @@ int8_matvec_kernel(Targets targets, int n_blocks, const int8_t* __restrict__ qs,
             if (i < targets.n && int(blockIdx.x) >= targets.t[i].first_block) target = targets.t[i], target_index = i;
     }
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    constexpr int rows_of_target = Swiglu ? 1 : Rows;
-    const int first_row = ((int(blockIdx.x) - target.first_block) * warps_per_block + warp) * rows_of_target;
-    if (first_row >= target.rows) return;
+    constexpr int rows_of_target = Swiglu ? Rows / 2 : Rows;
+    const int first_row = ((int(blockIdx.x) - target.first_block) * warps_of<E> + warp) * rows_of_target;
+    if (!whole_blocks(E) && first_row >= target.rows) return;   // (whole_blocks: every warp has rows)
     // Row r's block b is block r * n_blocks + b of its matrix.
     PlanarView<T> view[Rows];
     size_t first_block_of[Rows];
 #pragma unroll
     for (int r = 0; r < Rows; ++r) {
-        const Target& m = Swiglu && r == 1 ? targets.t[1] : target;
+        const Target& m = Swiglu && r % 2 == 1 ? targets.t[1] : target;
         view[r] = PlanarView<T>(m.w, size_t(m.rows) * n_blocks);
-        first_block_of[r] = size_t(Swiglu ? first_row : min(first_row + r, target.rows - 1)) * n_blocks;
+        first_block_of[r] = size_t(Swiglu ? first_row + r / 2 : min(first_row + r, target.rows - 1)) * n_blocks;
     }
     // A lane's blocks lane, lane + 32, ... in batches whose loads are all issued before the first
     // is used: a plain loop over them (unrolled by 4, with a remainder loop) waited out one memory
@@ -249,6 +251,9 @@ int8_matvec_kernel(Targets targets, int n_blocks, const int8_t* __restrict__ qs,
         }
     };
     if (early_loads) load_weights(lane);
+    // AccumulateNorm: warp 0 quantizes the block's 32 rows times the norm's weight, loaded now.
+    const float norm_weight =
+        E == Epilogue::AccumulateNorm && warp == 0 ? __ldg(norm_out.weight + blockIdx.x * 32 + lane) : 0.0f;
     double frequency = 0.0;   // RopeStore: read from the rotation's table while the loads are in flight
     if constexpr (E == Epilogue::RopeStore) frequency = rope_frequency(first_row, target_index, rope_store);
     grid_dependency_wait();
@@ -258,11 +263,19 @@ int8_matvec_kernel(Targets targets, int n_blocks, const int8_t* __restrict__ qs,
     // A residual add's old y loaded now, with the activations, not after the products (a memory
     // round trip at the end of the chain).
     float old_y[Rows] = {};
-    if constexpr (E == Epilogue::Plain) {
+    if constexpr (E == Epilogue::Plain || E == Epilogue::AccumulateNorm) {
         if (target.accumulate && lane == 0)
 #pragma unroll
             for (int r = 0; r < Rows; ++r)
                 if (first_row + r < target.rows) old_y[r] = target.y[first_row + r];
+    }
+    // An RMSNorm still to apply (PreparedNorm): the row's sum of squares from the parts its
+    // producer left, loaded with the activations, summed in the same order by every warp.
+    float norm_factor = 1.0f;
+    if (norm_scale.partial_sums) {
+        float sum = 0.0f;
+        for (int i = lane; i < norm_scale.n_parts; i += 32) sum += __ldg(norm_scale.partial_sums + i);
+        norm_factor = rsqrtf(warp_sum(sum) * norm_scale.inverse_cols + norm_scale.eps);
     }
     float acc[Rows] = {};
     for (int b0 = lane; b0 < n_blocks; b0 += 32 * batch) {
@@ -287,20 +300,67 @@ int8_matvec_kernel(Targets targets, int n_blocks, const int8_t* __restrict__ qs,
     }
     float total[Rows];
 #pragma unroll
-    for (int r = 0; r < Rows; ++r) total[r] = warp_sum(acc[r]);
+    for (int r = 0; r < Rows; ++r) total[r] = warp_sum(acc[r]) * norm_factor;
     if constexpr (E == Epilogue::RopeStore) {
-        static_assert(Rows == 1);
-        return finish_rope_store(total[0], first_row, target, target_index, rope_store, position, frequency);
+        static_assert(Rows == 2);
+        if (lane != 0) return;
+        float y0 = total[0], y1 = total[1];
+        if (frequency != 0.0) {
+            const float2 cs = rotation_at(size_t(position), frequency);
+            const float x0 = y0;
+            y0 = x0 * cs.x - y1 * cs.y;
+            y1 = x0 * cs.y + y1 * cs.x;
+        }
+        target.y[first_row] = y0;
+        target.y[first_row + 1] = y1;
+        if (target_index > 0) {
+            float* row = (target_index == 1 ? rope_store.keys : rope_store.values) + size_t(position) * target.rows + first_row;
+            row[0] = y0;
+            row[1] = y1;
+        }
+        return;
+    }
+    if constexpr (Swiglu) {
+        float y[Rows / 2];
+#pragma unroll
+        for (int k = 0; k < Rows / 2; ++k) y[k] = total[2 * k] / (1.0f + expf(-total[2 * k])) * total[2 * k + 1];
+        if (lane == 0)
+#pragma unroll
+            for (int k = 0; k < Rows / 2; ++k) target.y[first_row + k] = y[k];
+        if constexpr (E == Epilogue::SwigluQuantize) {
+            __shared__ float block_out[warps_of<E> * Rows / 2];
+            static_assert(warps_of<E> * Rows / 2 == 32);
+            if (lane == 0)
+#pragma unroll
+                for (int k = 0; k < Rows / 2; ++k) block_out[warp * (Rows / 2) + k] = y[k];
+            __syncthreads();
+            if (warp == 0) quantize_in_warp(block_out[lane], int(blockIdx.x) * 32 + lane, out_int8.qs, out_int8.ds);
+        }
+        return;
+    }
+    if constexpr (E == Epilogue::AccumulateNorm) {
+        __shared__ float block_out[32];
+        static_assert(warps_of<E> * Rows == 32);
+        if (lane == 0)
+#pragma unroll
+            for (int r = 0; r < Rows; ++r) {
+                const float y = old_y[r] + total[r];
+                target.y[first_row + r] = y;
+                block_out[warp * Rows + r] = y;
+            }
+        __syncthreads();
+        if (warp != 0) return;
+        const float y = block_out[lane];
+        quantize_in_warp(y * norm_weight, int(blockIdx.x) * 32 + lane, out_int8.qs, out_int8.ds);
+        const float sum_squares = warp_sum(y * y);
+        if (lane == 0) norm_out.partial_sums[blockIdx.x] = sum_squares;
+        return;
     }
     if (lane != 0) return;
-    if constexpr (Swiglu) {
-        target.y[first_row] = total[0] / (1.0f + expf(-total[0])) * total[1];
-    } else {
 #pragma unroll
-        for (int r = 0; r < Rows; ++r) {
-            if (first_row + r >= target.rows) break;
-            target.y[first_row + r] = old_y[r] + total[r];
-        }
+    for (int r = 0; r < Rows; ++r) {
+        if (first_row + r >= target.rows) break;
+        target.y[first_row + r] = old_y[r] + total[r];
     }
 }
 
@@ -332,7 +392,12 @@ QuantizedActivations rms_norm_quantize(Context& ctx, const float* x, const RmsNo
 
 // x (after norm, if any) quantized for the products: as the kernel that wrote x left it, if it did.
 QuantizedActivations quantized(Context& ctx, const float* x, const RmsNorm* norm, size_t cols) {
-    if (norm) return rms_norm_quantize(ctx, x, *norm, cols);
+    if (norm) {
+        const PreparedNorm& p = device_of(ctx).prepared_norm;
+        if (p.source == x && p.weight == norm->weight && p.cols == cols)
+            return {const_cast<int8_t*>(p.qs), const_cast<float2*>(p.ds), {p.partial_sums, p.n_parts, 1.0f / float(cols), norm->eps}};
+        return rms_norm_quantize(ctx, x, *norm, cols);
+    }
     const PreparedInt8& prepared = device_of(ctx).prepared;
     if (prepared.source == x && prepared.cols == cols)
         return {const_cast<int8_t*>(prepared.qs), const_cast<float2*>(prepared.ds)};
@@ -344,34 +409,47 @@ template <GGMLType T, int Rows, Epilogue E> int resident_blocks(Context& ctx) {
     static const int blocks_per_sm = [] {
         int n = 0;
         TWINFER_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, int8_matvec_kernel<T, Rows, E>,
-                                                                         warps_per_block * 32, 0));
+                                                                         warps_of<E> * 32, 0));
         return n;
     }();
     return blocks_per_sm * device_of(ctx).n_sms;
 }
 
 template <GGMLType T, int Rows, Epilogue E>
-void launch(Context& ctx, Targets targets, int n_blocks, const QuantizedActivations& q, const RopeStore& rope_store) {
-    constexpr bool Swiglu = E == Epilogue::Swiglu;
+void launch(Context& ctx, Targets targets, int n_blocks, const QuantizedActivations& q, const RopeStore& rope_store,
+            const QuantizedActivations& out_int8 = {}, const NormOut& norm_out = {}) {
+    constexpr bool Swiglu = E == Epilogue::Swiglu || E == Epilogue::SwigluQuantize;
     int blocks = 0;
     for (int i = 0; i < targets.n; ++i) {
         targets.t[i].first_block = blocks;
-        blocks += int(blocks_for(targets.t[i].rows, warps_per_block * (Swiglu ? 1 : Rows)));
+        blocks += int(blocks_for(targets.t[i].rows, warps_of<E> * (Swiglu ? Rows / 2 : Rows)));
         if (Swiglu) break;   // one grid over the rows that gate and up share
     }
     // Early weight loads only where the whole grid is resident at once: a launch of several waves
     // is bandwidth-bound, and its early loads only took bandwidth from the kernel before it
     // (Llama 2 7B decoding -3%, SmolLM2 and TinyLlama +1..5%; BENCHMARKS.md, session 4).
     const bool early_loads = blocks <= resident_blocks<T, Rows, E>(ctx);
-    launch_after_previous(ctx, int8_matvec_kernel<T, Rows, E>, unsigned(blocks), warps_per_block * 32, 0, targets, n_blocks, q.qs, q.ds, rope_store,
-                          early_loads);
+    launch_after_previous(ctx, int8_matvec_kernel<T, Rows, E>, unsigned(blocks), warps_of<E> * 32, 0, targets, n_blocks, q.qs,
+                          q.ds, q.norm_scale, rope_store, early_loads, out_int8, norm_out);
 }
 
 template <GGMLType T>
-void launch(Context& ctx, const Targets& targets, int n_blocks, const QuantizedActivations& q, bool swiglu,
-            const RopeStore& rope_store) {
-    if (swiglu) return launch<T, 2, Epilogue::Swiglu>(ctx, targets, n_blocks, q, rope_store);
-    if (rope_store.position) return launch<T, 1, Epilogue::RopeStore>(ctx, targets, n_blocks, q, rope_store);
+void launch(Context& ctx, const Targets& targets, int n_blocks, const QuantizedActivations& q, bool swiglu) {
+    const RopeStore rope_store{};
+    if (swiglu) {
+        // Where gate/up is one wave of blocks either way, its output quantized in the same launch
+        // for the down product (PreparedInt8), which saves that product a quantize launch.
+        const int rows = targets.t[0].rows;
+        // (In launches of several waves, as Llama 2 7B's, this lost 3%: 16 warps a block, one block an SM.)
+        if (rows % 32 == 0 && int(blocks_for(rows, warps_per_block)) <= resident_blocks<T, 2, Epilogue::Swiglu>(ctx) &&
+            rows / 32 <= resident_blocks<T, 4, Epilogue::SwigluQuantize>(ctx)) {
+            const QuantizedActivations out_int8 = prepared_int8_scratch(ctx, size_t(rows));
+            launch<T, 4, Epilogue::SwigluQuantize>(ctx, targets, n_blocks, q, rope_store, out_int8);
+            publish_prepared_int8(ctx, targets.t[0].y, size_t(rows), out_int8);
+            return;
+        }
+        return launch<T, 2, Epilogue::Swiglu>(ctx, targets, n_blocks, q, rope_store);
+    }
     // Two rows per warp where one row each would take more than one wave of blocks (bandwidth-
     // bound): each activation load serves two rows, and the kernel's fewer registers (68 against
     // 77 for Q4_0) fit seven blocks on an SM instead of six. Where one row each fits in one wave,
@@ -396,9 +474,8 @@ template <class F> void with_int8_type(GGMLType type, F&& f) {
     if (!planar) throw std::invalid_argument("CUDA int8 matvec: no kernel for " + std::string(type_name(type)));
 }
 
-void launch(Context& ctx, GGMLType type, const Targets& targets, size_t cols, const QuantizedActivations& q, bool swiglu,
-            const RopeStore& rope_store = {}) {
-    with_int8_type(type, [&]<GGMLType T>() { launch<T>(ctx, targets, int(cols / 32), q, swiglu, rope_store); });
+void launch(Context& ctx, GGMLType type, const Targets& targets, size_t cols, const QuantizedActivations& q, bool swiglu) {
+    with_int8_type(type, [&]<GGMLType T>() { launch<T>(ctx, targets, int(cols / 32), q, swiglu); });
 }
 
 Target target_of(const WeightMatrix& w, float* y, bool accumulate) {
@@ -436,6 +513,28 @@ void int8_matvec(Context& ctx, std::span<const MatmulOutput> outputs, size_t tok
     }
 }
 
+bool int8_matvec_then_norm(Context& ctx, const MatmulOutput& out, const float* x, const RmsNorm& next_norm) {
+    const size_t rows = out.w.rows;
+    if (!out.accumulate || rows % 32 != 0) return false;
+    bool launched = false;
+    with_int8_type(out.w.type, [&]<GGMLType T>() {
+        if (rows / 32 > size_t(resident_blocks<T, 2, Epilogue::AccumulateNorm>(ctx))) return;
+        DeviceContext& device = device_of(ctx);
+        const QuantizedActivations q = quantized(ctx, x, nullptr, out.w.cols);
+        // Its own scratch: the input may be PreparedInt8's.
+        const QuantizedActivations prepared = quantized_scratch(device, device.norm_int8, rows);
+        auto* partial_sums = static_cast<float*>(device.norm_partials.get(rows / 32 * sizeof(float), device.stream));
+        Targets targets{};
+        targets.t[0] = target_of(out.w, out.y, true);
+        targets.n = 1;
+        launch<T, 2, Epilogue::AccumulateNorm>(ctx, targets, int(out.w.cols / 32), q, RopeStore{}, prepared,
+                                               NormOut{next_norm.weight, partial_sums});
+        device.prepared_norm = {out.y, next_norm.weight, rows, prepared.qs, prepared.ds, partial_sums, int(rows / 32)};
+        launched = true;
+    });
+    return launched;
+}
+
 void int8_matvec_swiglu(Context& ctx, const WeightMatrix& gate, const WeightMatrix& up, const float* x,
                         const RmsNorm* norm, float* out) {
     Targets targets{};
@@ -451,20 +550,15 @@ bool int8_matvec_rope_store(Context& ctx, std::span<const MatmulOutput, 3> qkv, 
     const bool fits = rope.pairing == RopeParams::Pairing::Adjacent && head_dim % 2 == 0 && rope.n_rot % 2 == 0 &&
                       rope.n_rot <= head_dim &&
                       std::all_of(qkv.begin(), qkv.end(), [&](const MatmulOutput& o) {
-                          return o.w.type == type && !o.accumulate && o.w.rows % warps_per_block == 0 && o.w.rows % head_dim == 0;
+                          return o.w.type == type && !o.accumulate && o.w.rows % head_dim == 0;
                       });
-    // Only where the launch is one wave: in a bandwidth-bound launch of several (Llama 2 7B) each
-    // block's rotation tail left its SM's loads idle, -6% against a RoPE launch of its own (-1.5%
-    // on 7B and -2.5% on 13B still in session 5, with the frequencies from a table).
     if (!fits) return false;
-    int one_wave = 0;
-    with_int8_type(type, [&]<GGMLType T>() { one_wave = resident_blocks<T, 1, Epilogue::RopeStore>(ctx); });
-    if ((qkv[0].w.rows + qkv[1].w.rows + qkv[2].w.rows) / warps_per_block > size_t(one_wave)) return false;
     Targets targets{};
     for (int i = 0; i < 3; ++i) targets.t[i] = target_of(qkv[i].w, qkv[i].y, false);
     targets.n = 3;
     const RopeStore rope_store{position, rotation_of(ctx, rope), int(head_dim), keys, values};
-    launch(ctx, type, targets, qkv[0].w.cols, quantized(ctx, x, norm, qkv[0].w.cols), false, rope_store);
+    const QuantizedActivations q = quantized(ctx, x, norm, qkv[0].w.cols);
+    with_int8_type(type, [&]<GGMLType T>() { launch<T, 2, Epilogue::RopeStore>(ctx, targets, int(qkv[0].w.cols / 32), q, rope_store); });
     return true;
 }
 

@@ -12,11 +12,20 @@
 
 namespace twinfer::compute::cuda {
 
+// An RMSNorm still to apply to products of activations quantized before it (PreparedNorm): their
+// sums scaled by 1 / sqrt(sum(partial_sums) / cols + eps).
+struct NormScale {
+    const float* partial_sums = nullptr;   // [n_parts]; none where null
+    int n_parts = 0;
+    float inverse_cols = 0.0f, eps = 0.0f;
+};
+
 // One token's activations quantized per 32 values (d = max|x| / 127, q = round(x / d), as the
 // CPU's quantize_q8 and llama.cpp's Q8_0), with each block's d * sum(q).
 struct QuantizedActivations {
     int8_t* qs;    // [cols]
     float2* ds;    // [cols / 32]: (d, d * sum(q))
+    NormScale norm_scale = {};
 };
 
 // For a kernel that produces one token's [cols] activations in float and quantizes them on the way
@@ -47,11 +56,16 @@ bool int8_matvec_supports(GGMLType type);
 void int8_matvec(Context& ctx, std::span<const MatmulOutput> outputs, size_t token, const float* x, const RmsNorm* norm);
 // A decode step's q, k, v = the products qkv (as int8_matvec, token 0), with RoPE on q and k at
 // *position and k and v written to row *position of keys and values, in the products' one launch
-// (compute::project_rope_store_at). False, with nothing done, where that launch cannot or should
-// not: pairs other than Adjacent, matrices of different types, rows not whole heads or 4-row
-// blocks, more blocks than the GPU holds at once (bandwidth-bound: the separate launch is faster).
+// (compute::project_rope_store_at). False, with nothing done, where that launch cannot: pairs
+// other than Adjacent, matrices of different types, rows not whole heads.
 bool int8_matvec_rope_store(Context& ctx, std::span<const MatmulOutput, 3> qkv, const float* x, const RmsNorm* norm,
                             const RopeParams& rope, size_t head_dim, const int32_t* position, float* keys, float* values);
+// y += W x for one token, the single output `out` (accumulate) a residual that the caller's next
+// products normalize with next_norm: that norm's input prepared in the same launch
+// (PreparedNorm), so that those products, given next_norm on out.y, launch no norm (and leave
+// next_norm.out unwritten). False, with nothing done, where it cannot: rows not a multiple of 32,
+// more than one wave of its blocks.
+bool int8_matvec_then_norm(Context& ctx, const MatmulOutput& out, const float* x, const RmsNorm& next_norm);
 // out = silu(W_gate x) * (W_up x), gate and up of one shape and type, in one launch.
 void int8_matvec_swiglu(Context& ctx, const WeightMatrix& gate, const WeightMatrix& up, const float* x,
                         const RmsNorm* norm, float* out);

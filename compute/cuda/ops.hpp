@@ -34,7 +34,7 @@ void matmul(Context& ctx, const WeightMatrix& w, const float* x, size_t n_tokens
 // Several products of one x (Q, K, V; gate, up): x quantized once for all of them.
 // With norm, x is normalized first (into norm->out); a token's int8 path folds it into the quantization.
 void matmul(Context& ctx, std::span<const MatmulOutput> outputs, const float* x, size_t n_tokens, Activations activations,
-            const RmsNorm* norm = nullptr);
+            const RmsNorm* norm = nullptr, const RmsNorm* next_norm = nullptr);
 // out = silu(W_gate x) * (W_up x); one token with int8 activations is one fused launch.
 void matmul_swiglu(Context& ctx, const WeightMatrix& gate, const WeightMatrix& up, const float* x, size_t n_tokens,
                    float* out, float* up_scratch, Activations activations, const RmsNorm* norm = nullptr);

@@ -219,12 +219,14 @@ TEST_F(CudaOps, Rope) {
 // launch (three heights), the residual add folded into a product, and gate/up with SwiGLU, for one
 // token (int8 kernels) and twenty (cuBLAS, then the element-wise op). The large shape, one token:
 // more rows than one wave of one-row warps holds (two rows a warp, blocks crossing from target to
-// target; SwiGLU in several waves).
+// target; SwiGLU in several waves): rows of 4,160 values, and of 11,008 (Llama 2 7B's down
+// product: 344 blocks a row, a lane's last batch partial).
 TEST_F(CudaOps, FusedProductsMatchCpu) {
     struct Shape {
         size_t cols, heights[3];
     };
-    for (const Shape& shape : {Shape{576, {576, 192, 70}}, Shape{4160, {12288, 4100, 70}}})
+    for (const Shape& shape : {Shape{576, {576, 192, 70}}, Shape{4160, {12288, 4100, 70}},
+                               Shape{11008, {4128, 64, 8}}})
         for (GGMLType type : {GGMLType::Q4_0, GGMLType::Q4_1, GGMLType::Q5_0, GGMLType::Q8_0})
         for (size_t n_tokens : {size_t{1}, size_t{20}}) {
             if (shape.cols > 576 && n_tokens > 1) continue;
@@ -258,11 +260,28 @@ TEST_F(CudaOps, FusedProductsMatchCpu) {
             const WeightMatrix up_gpu = placed(type, heights[0], cols, up_bytes);
             std::vector<float> swiglu_want(n_tokens * heights[0]), scratch(n_tokens * heights[0]);
             matmul_swiglu(cpu, on_cpu[0].w, up, x.data(), n_tokens, swiglu_want.data(), scratch.data(), Activations::Int8);
+            const size_t down_rows = 64;   // the down product after it (below), placed before it runs
+            const auto down_bytes = random_weights(type, down_rows, heights[0], rng);
+            const WeightMatrix down{type, down_rows, heights[0], down_bytes.data()};
+            const WeightMatrix down_gpu = placed(type, down_rows, heights[0], down_bytes);
+            const float* x_gpu = to_device(x);
+            float* swiglu_scratch = poisoned(n_tokens * heights[0]);
             float* swiglu_out = poisoned(n_tokens * heights[0]);
-            matmul_swiglu(*gpu, on_gpu[0].w, up_gpu, to_device(x), n_tokens, swiglu_out, poisoned(n_tokens * heights[0]),
+            matmul_swiglu(*gpu, on_gpu[0].w, up_gpu, x_gpu, n_tokens, swiglu_out, swiglu_scratch,
                           Activations::Int8);
             EXPECT_LT(relative_error(to_host(swiglu_out, swiglu_want.size()), swiglu_want), tolerance)
                 << type_name(type) << " swiglu tokens=" << n_tokens;
+
+            // The down product right after, on SwiGLU's output as the GPU left it: quantized by the
+            // SwiGLU launch itself where that is one wave (PreparedInt8). The CPU quantizes its own
+            // output, equal to about 1e-6, so a value on a rounding boundary can take the
+            // neighbouring int8 code (as with the folded norm below).
+            std::vector<float> down_want(n_tokens * down_rows);
+            matmul(cpu, down, swiglu_want.data(), n_tokens, down_want.data(), Activations::Int8);
+            float* down_out = poisoned(n_tokens * down_rows);
+            matmul(*gpu, down_gpu, swiglu_out, n_tokens, down_out, Activations::Int8);
+            EXPECT_LT(relative_error(to_host(down_out, down_want.size()), down_want), n_tokens == 1 ? 5e-3 : float_tolerance)
+                << type_name(type) << " down after swiglu, tokens=" << n_tokens;
         }
 }
 
@@ -312,6 +331,34 @@ TEST_F(CudaOps, NormFoldedIntoProductsMatchesCpu) {
     }
 }
 
+// A residual product handed the next RMSNorm (matmul's next_norm) prepares it in its launch; the
+// products after it, given that norm on its output, match the CPU's separate norm (int8 rounding,
+// as above) and leave the norm's out unwritten, the sign that they took the prepared input.
+TEST_F(CudaOps, ResidualProductPreparesNextNorm) {
+    for (size_t width : {size_t{576}, size_t{4096}}) {
+        const size_t inner = 1536, rows = 192;
+        const auto wo = random_weights(GGMLType::Q4_0, width, inner, rng), w2 = random_weights(GGMLType::Q4_0, rows, width, rng);
+        const auto att = random(inner), residual = random(width, 3.0f), norm_weight = random(width);
+        std::vector<float> x_want = residual, y_want(rows), xn_want(width);
+        const MatmulOutput wo_cpu{{GGMLType::Q4_0, width, inner, wo.data()}, x_want.data(), true};
+        matmul(cpu, std::span(&wo_cpu, 1), att.data(), 1, Activations::Int8);
+        const RmsNorm norm_cpu{norm_weight.data(), 1e-5f, xn_want.data()};
+        const MatmulOutput w2_cpu{{GGMLType::Q4_0, rows, width, w2.data()}, y_want.data()};
+        matmul(cpu, std::span(&w2_cpu, 1), x_want.data(), 1, Activations::Int8, &norm_cpu);
+
+        float* x = to_device(residual);
+        const RmsNorm norm_gpu{to_device(norm_weight), 1e-5f, poisoned(width)};
+        const MatmulOutput wo_gpu{placed(GGMLType::Q4_0, width, inner, wo), x, true};
+        const MatmulOutput w2_gpu{placed(GGMLType::Q4_0, rows, width, w2), poisoned(rows)};
+        const float* att_gpu = to_device(att);
+        matmul(*gpu, std::span(&wo_gpu, 1), att_gpu, 1, Activations::Int8, nullptr, &norm_gpu);
+        matmul(*gpu, std::span(&w2_gpu, 1), x, 1, Activations::Int8, &norm_gpu);
+        EXPECT_LT(relative_error(to_host(x, width), x_want), 1e-5) << width;
+        EXPECT_LT(relative_error(to_host(w2_gpu.y, rows), y_want), 5e-3) << width;
+        EXPECT_TRUE(std::isnan(to_host(norm_gpu.out, 1)[0])) << width << ": the products normalized x themselves";
+    }
+}
+
 // rope_store_at: q and k rotated at the device's position, k and v written to that cache row; a
 // partial rotation (the last dimensions of k copied as they are), both pairings.
 TEST_F(CudaOps, RopeStoreAtMatchesCpu) {
@@ -339,17 +386,25 @@ TEST_F(CudaOps, RopeStoreAtMatchesCpu) {
 // project_rope_store_at: a decode step's Q, K and V products with RoPE and the cache write. With
 // int8 activations and Adjacent pairs the GPU does all of it in the products' launch; it must
 // agree with its own products followed by rope_store_at (the other route, tight) and with the CPU
-// (int8 rounding, as above). Halves pairs and float activations take the two-launch route.
+// (int8 rounding, as above). Halves pairs and float activations take the two-launch route. Two
+// shapes: SmolLM2's heads (one wave of blocks: a pair's rows in two warps) and Llama 2 7B's
+// (several waves: a pair a warp).
 TEST_F(CudaOps, ProjectRopeStoreAtMatchesSeparateSteps) {
-    const size_t n_head = 6, n_head_kv = 2, head_dim = 64, cols = 576, n_ctx = 40;
-    const size_t q_rows = n_head * head_dim, kv_rows = n_head_kv * head_dim;
+    struct Heads {
+        size_t n_head, n_head_kv, head_dim, cols;
+    };
+    const size_t n_ctx = 40;
     const int32_t position = 29;
+    for (const Heads& heads : {Heads{6, 2, 64, 576}, Heads{32, 32, 128, 4096}})
     for (GGMLType type : {GGMLType::Q4_0, GGMLType::Q8_0})
     for (auto pairing : {RopeParams::Pairing::Adjacent, RopeParams::Pairing::Halves})
-    for (size_t n_rot : {size_t{64}, size_t{48}})
+    for (size_t n_rot : {heads.head_dim, heads.head_dim * 3 / 4})
     for (Activations activations : {Activations::Int8, Activations::Float32}) {
-        SCOPED_TRACE(std::string(type_name(type)) + (pairing == RopeParams::Pairing::Adjacent ? " adjacent" : " halves") +
-                     " n_rot " + std::to_string(n_rot) + (activations == Activations::Int8 ? " int8" : " float"));
+        const auto [n_head, n_head_kv, head_dim, cols] = heads;
+        const size_t q_rows = n_head * head_dim, kv_rows = n_head_kv * head_dim;
+        SCOPED_TRACE(std::string(type_name(type)) + " heads of " + std::to_string(head_dim) +
+                     (pairing == RopeParams::Pairing::Adjacent ? " adjacent" : " halves") + " n_rot " + std::to_string(n_rot) +
+                     (activations == Activations::Int8 ? " int8" : " float"));
         RopeParams params;
         params.pairing = pairing;
         params.n_rot = n_rot;
@@ -396,7 +451,9 @@ TEST_F(CudaOps, ProjectRopeStoreAtMatchesSeparateSteps) {
         EXPECT_LT(relative_error(values_got, values_want), tolerance);
         // Only the position's cache row changes.
         for (size_t i = 0; i < keys.size(); ++i) {
-            if (i / kv_rows != size_t(position)) ASSERT_EQ(keys_got[i], keys[i]) << i;
+            if (i / kv_rows != size_t(position)) {
+                ASSERT_EQ(keys_got[i], keys[i]) << i;
+            }
         }
     }
 }
