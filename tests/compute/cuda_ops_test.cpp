@@ -495,6 +495,8 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaAttention,
                                            AttentionCase{9, 3, 64, 1, 300},     // SmolLM2 decoding: split positions
                                            AttentionCase{32, 4, 64, 1, 2000},   // TinyLlama decoding
                                            AttentionCase{32, 32, 128, 1, 700},  // Llama 2 7B decoding
+                                           AttentionCase{32, 32, 128, 1, 10},   // heads of 128: this row among the staged values
+                                           AttentionCase{32, 32, 128, 1, 40},   // the same in a second warp's tile
                                            AttentionCase{9, 3, 64, 37, 5},      // a prompt after a few tokens
                                            AttentionCase{32, 32, 128, 100, 0},  // a Llama 2 prompt
                                            AttentionCase{32, 4, 64, 64, 30},    // a TinyLlama prompt after a few tokens
