@@ -202,7 +202,7 @@ struct NormOut {
 
 // Blocks per SM the register budget is held to: six (80 registers a thread) for the 4-bit types,
 // which fit that without spilling, five (102) for the 5-bit and 8-bit types, which spill at 80.
-// (SwigluQuantize's blocks of 16 warps: one.)
+// (SwigluQuantize's and AccumulateNorm's blocks of 16 warps: one.)
 template <GGMLType T> constexpr int min_blocks_per_sm = T == GGMLType::Q4_0 || T == GGMLType::Q4_1 ? 6 : 5;
 
 // Rows: rows per warp.

@@ -52,7 +52,8 @@ bool int8_matvec_supports(GGMLType type);
 // y = W x (or y += W x, MatmulOutput::accumulate) for token `token` of every output, whose types
 // int8_matvec_supports (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0): up to three matrices of one type per launch.
 // x: the token's [cols] floats; norm (or null): x := RMSNorm(x) * norm.weight first, also written
-// to norm->out (the token's row).
+// to norm->out (the token's row) — except where x's producer prepared that norm (PreparedNorm,
+// int8_matvec_then_norm): then its quantized input and sums of squares are used, nothing written.
 void int8_matvec(Context& ctx, std::span<const MatmulOutput> outputs, size_t token, const float* x, const RmsNorm* norm);
 // A decode step's q, k, v = the products qkv (as int8_matvec, token 0), with RoPE on q and k at
 // *position and k and v written to row *position of keys and values, in the products' one launch
