@@ -91,6 +91,9 @@ void F32LlamaModel::enqueue_forward(const int32_t* ids, size_t T, size_t p0, con
 
     compute::get_rows(ctx_, token_embd_, ids, T, x);                                // x: [T, E]
     observe(ctx_, observer_, "inp_embd", -1, x, T * E);
+    // The next norm is handed to each residual product, which may prepare it (compute::matmul's
+    // next_norm) — not while an observer reads the normalized rows, which that leaves unwritten.
+    const bool prepare_norms = !observer_;
     for (size_t il = 0; il < layers_.size(); ++il) {
         const Layer& L = layers_[il];
         float* keys = cache_.keys(il, slot_);                                       // [n_ctx, KVD]
@@ -114,10 +117,7 @@ void F32LlamaModel::enqueue_forward(const int32_t* ids, size_t T, size_t p0, con
         else
             compute::attention(ctx_, q, keys, values, T, p0, attention_shape_, att);  // att: [T, H, D]
         observe(ctx_, observer_, "kqv_out", il, att, T * QD);
-        // The next norm handed to each residual product, which may prepare it (compute::matmul's
-        // next_norm; not while an observer reads the normalized rows, which it then leaves unwritten).
         const compute::RmsNorm ffn_norm{L.ffn_norm.data(), eps, xn};
-        const bool prepare_norms = !observer_;
         residual_project(ctx_, L.wo, L.bo, att, T, x, activations_for(options_), prepare_norms ? &ffn_norm : nullptr);  // x += Wo att
         observe(ctx_, observer_, "ffn_inp", il, x, T * E);
 

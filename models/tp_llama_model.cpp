@@ -37,13 +37,6 @@ void copy_to_device([[maybe_unused]] compute::Context& ctx, void* device, const 
     std::memcpy(device, host, bytes);
 }
 
-void copy_to_host([[maybe_unused]] compute::Context& ctx, void* host, const void* device, size_t bytes) {
-#ifdef TWINFER_WITH_CUDA
-    if (ctx.device() == compute::Device::CUDA) return compute::cuda::download(ctx, host, device, bytes);
-#endif
-    std::memcpy(host, device, bytes);
-}
-
 // One thread per rank, alive as long as the model: run() hands every rank the same job and waits
 // for all of them. A rank that throws calls on_failure (which aborts the collective, so that the
 // others stop waiting in an all-reduce) and run() rethrows its error.
@@ -212,8 +205,7 @@ struct Rank {
     KvCache cache;                                       // this rank's KV heads: [n_layer][1][n_ctx][Hkv_r*D]
     F32Workspace workspace;
     compute::Buffer device_ids;                          // CUDA: the pass's token ids
-    F32DecodeStep decode_step;                           // a single token: its id and position on the device
-    std::vector<float> host_logits;                      // CUDA: [n_out, Vr] copied back
+    F32DecodeStep decode_step;                           // a single token's id and position on the device; logits back
 };
 
 Rank::Rank(const gguf::File& file, const ModelConfig& c, const RankShard& s, const compute::ContextOptions& context,
@@ -285,13 +277,7 @@ void Rank::forward(const ModelConfig& c, compute::Collective& collective, comput
     cache.commit(0, T);
 
     const float* rows = workspace.buffer(LOGITS);
-    if (ctx.device() != compute::Device::CPU && T == 1) {
-        rows = decode_step.logits_on_host(ctx, rows, n_out * Vr);   // pinned memory: one copy
-    } else if (ctx.device() != compute::Device::CPU) {
-        host_logits.resize(n_out * Vr);
-        copy_to_host(ctx, host_logits.data(), rows, host_logits.size() * sizeof(float));
-        rows = host_logits.data();
-    }
+    if (ctx.device() != compute::Device::CPU) rows = decode_step.logits_on_host(ctx, rows, n_out * Vr);   // pinned on CUDA
     for (size_t p = 0; p < n_out; ++p)                                              // into columns [v0, v1) of the result
         std::copy(rows + p * Vr, rows + (p + 1) * Vr, pass.result->values.begin() + p * V + shard.vocab.begin);
 }

@@ -197,8 +197,8 @@ void* stream_of(DeviceContext& device) { return device.stream; }
 std::vector<const void*> scratch_addresses(Context& ctx) {
     const DeviceContext& device = device_of(ctx);
     return {device.weights_half.address(), device.tokens_half.address(), device.attention_parts.address(),
-            device.attention_finished.address(), device.activations_int8.address(), device.prepared_int8.address(), device.norm_int8.address(), device.norm_partials.address(),
-            device.rope_frequencies.values.address()};
+            device.attention_finished.address(), device.activations_int8.address(), device.prepared_int8.address(),
+            device.norm_int8.address(), device.norm_partials.address(), device.rope_frequencies.values.address()};
 }
 
 DeviceContext& device_of(Context& ctx) {
