@@ -22,10 +22,8 @@ std::string dims_string(const std::vector<uint64_t>& dims) {
 }
 
 Logits widened_logits(const float* host, size_t n_positions, size_t n_vocab) {
-    Logits logits;
-    logits.n_vocab = n_vocab;
-    logits.n_positions = n_positions;
-    logits.values.assign(host, host + n_positions * n_vocab);
+    Logits logits{n_vocab, n_positions, std::vector<double>(n_positions * n_vocab)};
+    compute::widen_to_double(host, logits.values.size(), logits.values.data());
     return logits;
 }
 

@@ -16,6 +16,7 @@
 #include "compute/context.hpp"
 #include "compute/elementwise.hpp"
 #include "compute/matmul.hpp"
+#include "compute/memory.hpp"
 #include "compute/rope.hpp"
 #include "models/kv_cache.hpp"
 #include "models/tensor_parallel.hpp"
@@ -279,7 +280,7 @@ void Rank::forward(const ModelConfig& c, compute::Collective& collective, comput
     const float* rows = workspace.buffer(LOGITS);
     if (ctx.device() != compute::Device::CPU) rows = decode_step.logits_on_host(ctx, rows, n_out * Vr);   // pinned on CUDA
     for (size_t p = 0; p < n_out; ++p)                                              // into columns [v0, v1) of the result
-        std::copy(rows + p * Vr, rows + (p + 1) * Vr, pass.result->values.begin() + p * V + shard.vocab.begin);
+        compute::widen_to_double(rows + p * Vr, Vr, pass.result->values.data() + p * V + shard.vocab.begin);
 }
 
 // F32LlamaModel::enqueue_forward over this rank's heads and feed-forward units; the two all-reduces

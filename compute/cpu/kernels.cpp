@@ -4,6 +4,8 @@
 #include <cstring>
 #include <string>
 
+#include "compute/memory.hpp"
+
 namespace twinfer::compute::cpu {
 
 const Kernels& kernels(CpuIsa isa) {
@@ -63,3 +65,12 @@ void pack_tokens(const float* x, size_t n_tokens, size_t n_cols, size_t token_bl
 }
 
 }  // namespace twinfer::compute::cpu
+
+namespace twinfer::compute {
+
+void widen_to_double(const float* x, size_t n, double* out) {
+    static const cpu::Kernels& best = cpu::kernels(best_cpu_isa());
+    best.widen(x, n, out);
+}
+
+}  // namespace twinfer::compute

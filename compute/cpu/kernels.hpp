@@ -45,6 +45,8 @@ struct Kernels {
                    float scale, float* scores, float* out);
     void (*swiglu)(const float* gate, const float* up, size_t n, float* out);
     void (*gelu)(float* x, size_t n);
+    // out[i] = x[i] as double (compute::widen_to_double).
+    void (*widen)(const float* x, size_t n, double* out);
 };
 
 // A matrix-vector product streams its rows from memory. The hardware prefetchers alone leave the

@@ -3,12 +3,16 @@
 
 #include <atomic>
 #include <cmath>
+#include <limits>
+#include <string_view>
 #include <random>
 #include <vector>
 
 #include "compute/attention.hpp"
+#include "compute/cpu/kernels.hpp"
 #include "compute/cpu/thread_pool.hpp"
 #include "compute/elementwise.hpp"
+#include "compute/memory.hpp"
 #include "compute/norm.hpp"
 #include "compute/rope.hpp"
 
@@ -146,6 +150,30 @@ TEST(OpsTest, ActivationsAndAdds) {
     EXPECT_EQ(a, (std::vector<float>{11, 22, 33, 14, 25, 36}));
     add(ctx, a.data(), bias.data(), 3);
     EXPECT_EQ(a, (std::vector<float>{21, 42, 63, 14, 25, 36}));
+}
+
+// Exact on every instruction set (a double holds every float), with a tail shorter than a vector,
+// and through widen_to_double, the one the models call.
+TEST(OpsTest, WidenToDoubleIsExact) {
+    const size_t n = 49152 + 13;
+    auto x = gaussian(n, 10, 30.0f);
+    x[0] = -0.0f, x[1] = std::numeric_limits<float>::denorm_min(), x[2] = std::numeric_limits<float>::max();
+    x[3] = -std::numeric_limits<float>::infinity(), x[4] = std::numeric_limits<float>::quiet_NaN();
+    const auto check = [&](const std::vector<double>& out, std::string_view name) {
+        for (size_t i = 0; i < n; ++i) {
+            if (std::isnan(x[i])) ASSERT_TRUE(std::isnan(out[i])) << name << " " << i;
+            else ASSERT_EQ(out[i], static_cast<double>(x[i])) << name << " " << i;
+        }
+        EXPECT_TRUE(std::signbit(out[0])) << name;
+    };
+    for (CpuIsa isa : available_isas()) {
+        std::vector<double> out(n);
+        cpu::kernels(isa).widen(x.data(), n, out.data());
+        check(out, isa_name(isa));
+    }
+    std::vector<double> out(n);
+    widen_to_double(x.data(), n, out.data());
+    check(out, "widen_to_double");
 }
 
 }  // namespace
