@@ -264,121 +264,134 @@ attention_kernel(const float* __restrict__ q, const float* __restrict__ keys, co
 }
 
 // A decoding step's attention (one token, its position in device memory): a block per query head,
-// its warps taking the positions' tiles of 32 in turn (warp w: tiles w, w + 4, ...), one position
-// per lane. A lane computes its position's score whole (q in shared memory, read by every lane at
-// once; the key row in float4 loads, all in flight together), the warp's shuffles give the tile's
-// max and sum, and for the values each lane owns head_dim / 32 output dimensions, the rows read
-// coalesced. The block's warps merge their parts in shared memory; positions beyond a tile per
-// warp are also split among blocks along y, merged by the last as in the general kernel. (A warp
-// per head and a block per tile left each short sequence's merge to the global counters: a fence,
-// an atomic and a re-read of the parts in every layer's longest chain. The general kernel above
-// staged every tile in shared memory between barriers: 13.9 us for TinyLlama's 32 heads.)
-constexpr int decode_warps = 4;
-constexpr int decode_unit = decode_warps * kv_tile;   // positions a block takes at least
-
+// its warps taking the positions' tiles in turn (warp w: tiles w, w + warps, ...). A position's key
+// is held by HeadDim / 64 lanes, 64 values each (key_lanes), so that whatever the head size a lane
+// holds 64 key values and 64 cached values in registers: a tile is 32 / key_lanes positions, a
+// block 4 * key_lanes warps (128 positions, decode_unit). A lane computes its slice of its
+// position's score (q in shared memory, read by every lane at once; the key in float4 loads, all in
+// flight together), the position's lanes add their parts and the warp's shuffles give the tile's
+// max and sum; for the values each lane owns head_dim / 32 output dimensions, the rows read
+// coalesced. A warp's first tile of keys and values is loaded before the grid-dependency wait, all
+// but this step's own row (the Q/K/V launch writes it): on short sequences no DRAM round trip of
+// cached keys or values follows the wait. The block's warps merge their parts in shared memory;
+// positions beyond a block's 128 are also split among blocks along y, merged by the last as in the
+// general kernel. (A warp per head and a block per tile left each short sequence's merge to the
+// global counters: a fence, an atomic and a re-read of the parts in every layer's longest chain.
+// The general kernel above staged every tile in shared memory between barriers: 13.9 us for
+// TinyLlama's 32 heads. Heads of 128 a lane each held 128 key registers, so their values were
+// loaded after the wait, two round trips in the chain.)
+constexpr int decode_unit = 128;   // positions a block takes at least
+template <int HeadDim> struct DecodeTiling {
+    static_assert(HeadDim % 64 == 0 && HeadDim <= 256);
+    static constexpr int key_lanes = HeadDim / 64;     // lanes that share a position's key
+    static constexpr int tile = 32 / key_lanes;        // positions a warp takes at once
+    static constexpr int warps = decode_unit / tile;   // 4 for heads of 64, 8 for heads of 128
+};
 template <int HeadDim>
-__global__ void __launch_bounds__(decode_warps * 32)
+__global__ void __launch_bounds__(DecodeTiling<HeadDim>::warps * 32)
 decode_attention_kernel(const float* __restrict__ q, const float* __restrict__ keys, const float* __restrict__ values,
                         const int32_t* position, int group, int kv_stride, float scale, int split_cap,
                         float* __restrict__ out, QuantizedActivations out_int8, float* __restrict__ parts,
                         unsigned* __restrict__ finished) {
+    constexpr int tile = DecodeTiling<HeadDim>::tile, warps = DecodeTiling<HeadDim>::warps;
+    constexpr int key_part = 64;             // key values a lane holds
     constexpr int per_lane = HeadDim / 32;   // output dimensions lane, lane + 32, ...
     __shared__ float4 q_shared[HeadDim / 4];
-    __shared__ float warp_acc[decode_warps][HeadDim];
-    __shared__ float warp_m[decode_warps], warp_l[decode_warps];
+    __shared__ float warp_acc[warps][HeadDim];
+    __shared__ float warp_m[warps], warp_l[warps];
     // The position is the step's input (written before the step's first kernel), and the cached
-    // keys before it were written by earlier steps: the warp's first tile of keys is loaded before
-    // waiting for the Q/K/V launch, all but this step's own row, which that launch writes.
+    // keys and values before it were written by earlier steps.
     const int n_kv = *position + 1;
+    const int last = n_kv - 1;   // this step's own row
     const SplitPlan plan = split_plan(n_kv, split_cap, decode_unit);
     const int split = blockIdx.y;
     if (split >= plan.n_splits) return;   // a split this position does not need
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int slot = lane % tile, slice = lane / tile;   // the lane's position in a tile, its slice of the key
     const int head = blockIdx.x;
     const size_t kv_offset = size_t(head / group) * HeadDim;
     const int begin = split * plan.chunk, end = min(n_kv, begin + plan.chunk);
-    const int first_tile = begin + kv_tile * warp;
-    float4 k4[HeadDim / 4];
+    const int first_tile = begin + tile * warp;
+    float4 k4[key_part / 4];
     auto load_keys = [&](int p) {
-        const float4* k = reinterpret_cast<const float4*>(keys + size_t(p) * kv_stride + kv_offset);
+        const float4* k = reinterpret_cast<const float4*>(keys + size_t(p) * kv_stride + kv_offset + key_part * slice);
 #pragma unroll
-        for (int i = 0; i < HeadDim / 4; ++i) k4[i] = __ldg(k + i);
+        for (int i = 0; i < key_part / 4; ++i) k4[i] = __ldg(k + i);
     };
-    // The value rows of a tile in batches whose loads are all issued before the first is used (64
-    // per lane): a loop unrolled by 8 waited out four memory round trips per tile. Row `skip` (this
-    // step's own, not yet written) is left out.
-    constexpr int batch = 64 / per_lane;
-    auto load_values = [&](float (&v)[batch][per_lane], int tile, int j0, int n_in, int skip) {
+    // A tile's value rows (all loads issued before the first is used), row `skip` left out.
+    float v[tile][per_lane];
+    auto load_values = [&](int t, int n_in, int skip) {
 #pragma unroll
-        for (int j = 0; j < batch; ++j) {
-            if (j0 + j >= n_in) break;
-            if (tile + j0 + j == skip) continue;
-            const float* row = values + size_t(tile + j0 + j) * kv_stride + kv_offset;
+        for (int j = 0; j < tile; ++j) {
+            if (j >= n_in) break;
+            if (t + j == skip) continue;
+            const float* row = values + size_t(t + j) * kv_stride + kv_offset;
 #pragma unroll
             for (int i = 0; i < per_lane; ++i) v[j][i] = __ldg(row + lane + 32 * i);
         }
     };
-    // Heads of 64: the first batch of values too (64 more registers beside the keys' 64; heads of
-    // 128 hold 128 for the keys already), so that no DRAM round trip for cached values follows the
-    // wait on short sequences.
-    constexpr bool values_early = HeadDim <= 64;
-    float v_first[batch][per_lane];
-    const int first_n_in = min(32, end - first_tile);
-    if (first_tile + lane < min(end, n_kv - 1)) load_keys(first_tile + lane);
-    if (values_early && first_n_in > 0) load_values(v_first, first_tile, 0, first_n_in, n_kv - 1);
+    const int first_n_in = min(tile, end - first_tile);
+    if (first_tile + slot < min(end, last)) load_keys(first_tile + slot);
+    if (first_n_in > 0) load_values(first_tile, first_n_in, last);
     grid_dependency_wait();
-    if (first_tile + lane == n_kv - 1 && n_kv - 1 < end) load_keys(n_kv - 1);
-    if (values_early && first_tile <= n_kv - 1 && n_kv - 1 < first_tile + min(first_n_in, batch)) {
-        const float* row = values + size_t(n_kv - 1) * kv_stride + kv_offset;
+    if (first_tile + slot == last && last < end) load_keys(last);
+    if (first_tile <= last && last < first_tile + first_n_in) {
+        const float* row = values + size_t(last) * kv_stride + kv_offset;
 #pragma unroll
-        for (int j = 0; j < batch; ++j)
-            if (first_tile + j == n_kv - 1)
+        for (int j = 0; j < tile; ++j)
+            if (first_tile + j == last)
 #pragma unroll
-                for (int i = 0; i < per_lane; ++i) v_first[j][i] = __ldg(row + lane + 32 * i);
+                for (int i = 0; i < per_lane; ++i) v[j][i] = __ldg(row + lane + 32 * i);
     }
     float* qs = reinterpret_cast<float*>(q_shared);
-    for (int d = threadIdx.x; d < HeadDim; d += decode_warps * 32) qs[d] = q[size_t(head) * HeadDim + d] * scale;
+    for (int d = threadIdx.x; d < HeadDim; d += warps * 32) qs[d] = q[size_t(head) * HeadDim + d] * scale;
     __syncthreads();
-
     float m = -INFINITY, l = 0.0f, acc[per_lane] = {};
-    for (int tile = first_tile; tile < end; tile += decode_unit) {
-        const int p = tile + lane;
+    for (int t = first_tile; t < end; t += decode_unit) {
+        const int p = t + slot;
+        const int n_in = min(tile, end - t);
+        if (t != first_tile) {
+            if (p < end) load_keys(p);
+            load_values(t, n_in, -1);
+        }
         float s = -INFINITY;
         if (p < end) {
-            if (tile != first_tile) load_keys(p);
-            float part[4] = {};
+            float partial[4] = {};
 #pragma unroll
-            for (int i = 0; i < HeadDim / 4; ++i) {
-                const float4 q4 = q_shared[i];
-                part[0] = fmaf(q4.x, k4[i].x, part[0]);
-                part[1] = fmaf(q4.y, k4[i].y, part[1]);
-                part[2] = fmaf(q4.z, k4[i].z, part[2]);
-                part[3] = fmaf(q4.w, k4[i].w, part[3]);
+            for (int i = 0; i < key_part / 4; ++i) {
+                const float4 q4 = q_shared[slice * (key_part / 4) + i];
+                partial[0] = fmaf(q4.x, k4[i].x, partial[0]);
+                partial[1] = fmaf(q4.y, k4[i].y, partial[1]);
+                partial[2] = fmaf(q4.z, k4[i].z, partial[2]);
+                partial[3] = fmaf(q4.w, k4[i].w, partial[3]);
             }
-            s = (part[0] + part[1]) + (part[2] + part[3]);
+            s = (partial[0] + partial[1]) + (partial[2] + partial[3]);
         }
-        const float m_new = fmaxf(m, warp_max(s));
+        // The position's lanes add their parts (every one gets the same sum); then the tile's max
+        // and sum over its positions, among the lanes of one slice.
+#pragma unroll
+        for (int offset = tile; offset < 32; offset *= 2) s += __shfl_xor_sync(0xffffffffu, s, offset);
+        float tile_max = s;
+#pragma unroll
+        for (int offset = tile / 2; offset > 0; offset /= 2) tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, offset));
+        const float m_new = fmaxf(m, tile_max);
         const float prob = p < end ? __expf(s - m_new) : 0.0f;
+        float tile_sum = prob;
+#pragma unroll
+        for (int offset = tile / 2; offset > 0; offset /= 2) tile_sum += __shfl_xor_sync(0xffffffffu, tile_sum, offset);
         const float correction = __expf(m - m_new);   // m = -inf on the first tile: 0, acc and l are 0
-        l = l * correction + warp_sum(prob);
+        l = l * correction + tile_sum;
         m = m_new;
 #pragma unroll
         for (int i = 0; i < per_lane; ++i) acc[i] *= correction;
-        const int n_in = min(32, end - tile);
-        for (int j0 = 0; j0 < n_in; j0 += batch) {
-            const bool early = values_early && tile == first_tile && j0 == 0;
-            float v[batch][per_lane];
-            if (!early) load_values(v, tile, j0, n_in, -1);
 #pragma unroll
-            for (int j = 0; j < batch; ++j) {
-                if (j0 + j >= n_in) break;
-                const float pj = __shfl_sync(0xffffffffu, prob, j0 + j);
+        for (int j = 0; j < tile; ++j) {
+            if (j >= n_in) break;
+            const float pj = __shfl_sync(0xffffffffu, prob, j);
 #pragma unroll
-                for (int i = 0; i < per_lane; ++i) acc[i] = fmaf(pj, early ? v_first[j][i] : v[j][i], acc[i]);
-            }
+            for (int i = 0; i < per_lane; ++i) acc[i] = fmaf(pj, v[j][i], acc[i]);
         }
     }
-
     // The warps' parts merged by warp 0 (a warp without a tile has m = -inf and adds nothing).
 #pragma unroll
     for (int i = 0; i < per_lane; ++i) warp_acc[warp][lane + 32 * i] = acc[i];
@@ -387,10 +400,10 @@ decode_attention_kernel(const float* __restrict__ q, const float* __restrict__ k
     if (warp == 0) {
         float m_max = -INFINITY;
 #pragma unroll
-        for (int w = 0; w < decode_warps; ++w) m_max = fmaxf(m_max, warp_m[w]);
-        float weight[decode_warps], den = 0.0f;
+        for (int w = 0; w < warps; ++w) m_max = fmaxf(m_max, warp_m[w]);
+        float weight[warps], den = 0.0f;
 #pragma unroll
-        for (int w = 0; w < decode_warps; ++w) {
+        for (int w = 0; w < warps; ++w) {
             weight[w] = warp_m[w] == -INFINITY ? 0.0f : __expf(warp_m[w] - m_max);
             den += weight[w] * warp_l[w];
         }
@@ -398,12 +411,11 @@ decode_attention_kernel(const float* __restrict__ q, const float* __restrict__ k
         for (int i = 0; i < per_lane; ++i) {
             float num = 0.0f;
 #pragma unroll
-            for (int w = 0; w < decode_warps; ++w) num += weight[w] * warp_acc[w][lane + 32 * i];
+            for (int w = 0; w < warps; ++w) num += weight[w] * warp_acc[w][lane + 32 * i];
             acc[i] = num;
         }
         m = m_max, l = den;
     }
-
     // Output dimension d of the head (each 32-value block held by warp 0).
     auto write_out = [&](int d, float y) {
         const int i = head * HeadDim + d;
@@ -419,7 +431,7 @@ decode_attention_kernel(const float* __restrict__ q, const float* __restrict__ k
     if (warp == 0) {
         float* part = parts + (size_t(head) * plan.n_splits + split) * (HeadDim + 2);
 #pragma unroll
-        for (int i = 0; i < per_lane; ++i) part[lane + 32 * i] = acc[i];
+    for (int i = 0; i < per_lane; ++i) part[lane + 32 * i] = acc[i];
         if (lane == 0) part[HeadDim] = m, part[HeadDim + 1] = l;
     }
     if (!last_to_finish(finished[head], plan.n_splits) || warp != 0) return;
@@ -438,6 +450,7 @@ bool launch_decode_attention(Context& ctx, const float* q, const float* keys, co
     auto kernel = shape.head_dim == 64    ? decode_attention_kernel<64>
                   : shape.head_dim == 128 ? decode_attention_kernel<128>
                                           : nullptr;
+    const int threads = shape.head_dim == 64 ? DecodeTiling<64>::warps * 32 : DecodeTiling<128>::warps * 32;
     if (!kernel || shape.n_head_kv == 0 || shape.n_head % shape.n_head_kv != 0 || shape.kv_stride % 4 != 0 ||
         reinterpret_cast<uintptr_t>(keys) % 16 != 0)
         return false;
@@ -446,7 +459,7 @@ bool launch_decode_attention(Context& ctx, const float* q, const float* keys, co
     const int split_cap = split_cap_for(device, int(blocks));
     const int max_splits = max_splits_for(max_positions, split_cap, decode_unit);
     const SplitScratch scratch = split_scratch(device, shape.n_head, max_splits, shape.head_dim, blocks);
-    launch_after_previous(ctx, kernel, dim3(blocks, unsigned(max_splits)), decode_warps * 32, 0, q, keys, values, position,
+    launch_after_previous(ctx, kernel, dim3(blocks, unsigned(max_splits)), threads, 0, q, keys, values, position,
                           int(shape.n_head / shape.n_head_kv), int(shape.kv_stride), shape.scale, split_cap, out, out_int8,
                           scratch.parts, scratch.finished);
     return true;

@@ -185,7 +185,8 @@ enum class Epilogue {
                      // then needs no quantize launch of its own (one-wave launches)
     AccumulateNorm,  // y += W x (one target, Rows 2), 16 warps a block, and the next RMSNorm's
                      // input prepared (NormOut, PreparedNorm): weight * y quantized, the block's
-                     // sum of y^2 (one-wave launches)
+                     // sum of y^2 (one-wave launches). Given x in float (no kernel quantized it),
+                     // each block quantizes it into shared memory first.
 };
 
 // Warps a block: 32 output rows for SwigluQuantize and AccumulateNorm, so that a 32-value block of
@@ -203,14 +204,15 @@ struct NormOut {
 // Blocks per SM the register budget is held to: six (80 registers a thread) for the 4-bit types,
 // which fit that without spilling, five (102) for the 5-bit and 8-bit types, which spill at 80.
 // (SwigluQuantize's and AccumulateNorm's blocks of 16 warps: one.)
-template <GGMLType T> constexpr int min_blocks_per_sm = T == GGMLType::Q4_0 || T == GGMLType::Q4_1 ? 6 : 5;
+template <GGMLType T> constexpr bool four_bit = T == GGMLType::Q4_0 || T == GGMLType::Q4_1;
+template <GGMLType T> constexpr int min_blocks_per_sm = four_bit<T> ? 6 : 5;
 
 // Rows: rows per warp.
 template <GGMLType T, int Rows, Epilogue E>
 __global__ void __launch_bounds__(warps_of<E> * 32, whole_blocks(E) ? 1 : min_blocks_per_sm<T>)
 int8_matvec_kernel(Targets targets, int n_blocks, const int8_t* __restrict__ qs, const float2* __restrict__ ds,
                    NormScale norm_scale, RopeStore rope_store, bool early_loads, QuantizedActivations out_int8,
-                   NormOut norm_out) {
+                   NormOut norm_out, const float* __restrict__ x_float) {
     constexpr bool Swiglu = E == Epilogue::Swiglu || E == Epilogue::SwigluQuantize;
     // The block's target, by constant indices: a runtime index into the parameters would copy
     // them to the stack (local memory) first.
@@ -232,15 +234,16 @@ int8_matvec_kernel(Targets targets, int n_blocks, const int8_t* __restrict__ qs,
     for (int r = 0; r < Rows; ++r) {
         const Target& m = Swiglu && r % 2 == 1 ? targets.t[1] : target;
         view[r] = PlanarView<T>(m.w, size_t(m.rows) * n_blocks);
-        first_block_of[r] = size_t(Swiglu ? first_row + r / 2 : min(first_row + r, target.rows - 1)) * n_blocks;
+        first_block_of[r] = size_t(min(first_row + (Swiglu ? r / 2 : r), target.rows - 1)) * n_blocks;
     }
     // A lane's blocks lane, lane + 32, ... in batches whose loads are all issued before the first
     // is used: a plain loop over them (unrolled by 4, with a remainder loop) waited out one memory
     // round trip per block past the last multiple of 4. early_loads: the first batch's weights are
     // loaded before waiting for the previous kernel (they are not its output), so that their DRAM
     // round trip overlaps that kernel instead of following it; on the small models that is the
-    // whole row.
-    constexpr int batch = Rows == 1 ? 4 : 2;
+    // whole row. Four or eight rows a warp (launches made one wave that way): one block of each
+    // row a lane at a time, which keeps the 4-bit types within six blocks an SM.
+    constexpr int batch = Rows == 1 ? 4 : Rows >= 4 && !whole_blocks(E) ? 1 : 2;
     WeightBlock<T> w[batch][Rows];
     auto load_weights = [&](int b0) {
 #pragma unroll
@@ -254,8 +257,10 @@ int8_matvec_kernel(Targets targets, int n_blocks, const int8_t* __restrict__ qs,
     // AccumulateNorm: warp 0 quantizes the block's 32 rows times the norm's weight, loaded now.
     const float norm_weight =
         E == Epilogue::AccumulateNorm && warp == 0 ? __ldg(norm_out.weight + blockIdx.x * 32 + lane) : 0.0f;
-    double frequency = 0.0;   // RopeStore: read from the rotation's table while the loads are in flight
-    if constexpr (E == Epilogue::RopeStore) frequency = rope_frequency(first_row, target_index, rope_store);
+    double frequency[(Rows + 1) / 2] = {};   // RopeStore, each pair's: read from the rotation's table while the loads are in flight
+    if constexpr (E == Epilogue::RopeStore)
+#pragma unroll
+        for (int p = 0; p < Rows / 2; ++p) frequency[p] = rope_frequency(first_row + 2 * p, target_index, rope_store);
     grid_dependency_wait();
     // RopeStore: the position loaded with the activations, not after the products (a memory round
     // trip at the end of every block cost a 7B model's multi-wave Q/K/V launch ~6% of its decoding).
@@ -277,6 +282,23 @@ int8_matvec_kernel(Targets targets, int n_blocks, const int8_t* __restrict__ qs,
         for (int i = lane; i < norm_scale.n_parts; i += 32) sum += __ldg(norm_scale.partial_sums + i);
         norm_factor = rsqrtf(warp_sum(sum) * norm_scale.inverse_cols + norm_scale.eps);
     }
+    // AccumulateNorm given x in float (x_float: no kernel quantized it, as after a gate/up launch
+    // of several waves): the block quantizes the whole row into shared memory, a thread a 32-value
+    // block, while its first weights are in flight; a quantize launch of its own was a link more in
+    // the chain (TinyLlama +2%, BENCHMARKS.md session 7). Every block repeats it: 11,008 values are
+    // one pass of its 512 threads.
+    const int8_t* activation_qs = qs;
+    const float2* activation_ds = ds;
+    if (E == Epilogue::AccumulateNorm && x_float) {
+        extern __shared__ int4 shared_activations[];
+        int8_t* shared_qs = reinterpret_cast<int8_t*>(shared_activations);
+        float2* shared_ds = reinterpret_cast<float2*>(shared_qs + 32 * n_blocks);
+        for (int b = threadIdx.x; b < n_blocks; b += warps_of<E> * 32) quantize_block(x_float + 32 * b, shared_qs + 32 * b, shared_ds + b);
+        __syncthreads();
+        activation_qs = shared_qs;
+        activation_ds = shared_ds;
+    }
+    const bool activations_shared = E == Epilogue::AccumulateNorm && x_float;
     float acc[Rows] = {};
     for (int b0 = lane; b0 < n_blocks; b0 += 32 * batch) {
         if (b0 != lane || !early_loads) load_weights(b0);
@@ -285,11 +307,11 @@ int8_matvec_kernel(Targets targets, int n_blocks, const int8_t* __restrict__ qs,
         for (int j = 0; j < batch; ++j) {
             const int b = b0 + 32 * j;
             if (b >= n_blocks) break;
-            const int4* a4 = reinterpret_cast<const int4*>(qs + 32 * b);
-            const int4 lo = __ldg(a4), hi = __ldg(a4 + 1);
+            const int4* a4 = reinterpret_cast<const int4*>(activation_qs + 32 * b);
+            const int4 lo = activations_shared ? a4[0] : __ldg(a4), hi = activations_shared ? a4[1] : __ldg(a4 + 1);
             x[j].a[0] = lo.x, x[j].a[1] = lo.y, x[j].a[2] = lo.z, x[j].a[3] = lo.w;
             x[j].a[4] = hi.x, x[j].a[5] = hi.y, x[j].a[6] = hi.z, x[j].a[7] = hi.w;
-            x[j].ds = __ldg(ds + b);
+            x[j].ds = activations_shared ? activation_ds[b] : __ldg(activation_ds + b);
         }
 #pragma unroll
         for (int j = 0; j < batch; ++j) {
@@ -302,21 +324,25 @@ int8_matvec_kernel(Targets targets, int n_blocks, const int8_t* __restrict__ qs,
 #pragma unroll
     for (int r = 0; r < Rows; ++r) total[r] = warp_sum(acc[r]) * norm_factor;
     if constexpr (E == Epilogue::RopeStore) {
-        static_assert(Rows == 2);
+        static_assert(Rows % 2 == 0);
         if (lane != 0) return;
-        float y0 = total[0], y1 = total[1];
-        if (frequency != 0.0) {
-            const float2 cs = rotation_at(size_t(position), frequency);
-            const float x0 = y0;
-            y0 = x0 * cs.x - y1 * cs.y;
-            y1 = x0 * cs.y + y1 * cs.x;
-        }
-        target.y[first_row] = y0;
-        target.y[first_row + 1] = y1;
-        if (target_index > 0) {
-            float* row = (target_index == 1 ? rope_store.keys : rope_store.values) + size_t(position) * target.rows + first_row;
-            row[0] = y0;
-            row[1] = y1;
+#pragma unroll
+        for (int p = 0; p < Rows / 2; ++p) {
+            float y0 = total[2 * p], y1 = total[2 * p + 1];
+            if (frequency[p] != 0.0) {
+                const float2 cs = rotation_at(size_t(position), frequency[p]);
+                const float x0 = y0;
+                y0 = x0 * cs.x - y1 * cs.y;
+                y1 = x0 * cs.y + y1 * cs.x;
+            }
+            const int row = first_row + 2 * p;
+            target.y[row] = y0;
+            target.y[row + 1] = y1;
+            if (target_index > 0) {
+                float* cached = (target_index == 1 ? rope_store.keys : rope_store.values) + size_t(position) * target.rows + row;
+                cached[0] = y0;
+                cached[1] = y1;
+            }
         }
         return;
     }
@@ -326,7 +352,8 @@ int8_matvec_kernel(Targets targets, int n_blocks, const int8_t* __restrict__ qs,
         for (int k = 0; k < Rows / 2; ++k) y[k] = total[2 * k] / (1.0f + expf(-total[2 * k])) * total[2 * k + 1];
         if (lane == 0)
 #pragma unroll
-            for (int k = 0; k < Rows / 2; ++k) target.y[first_row + k] = y[k];
+            for (int k = 0; k < Rows / 2; ++k)
+                if (first_row + k < target.rows) target.y[first_row + k] = y[k];
         if constexpr (E == Epilogue::SwigluQuantize) {
             __shared__ float block_out[warps_of<E> * Rows / 2];
             static_assert(warps_of<E> * Rows / 2 == 32);
@@ -404,6 +431,11 @@ QuantizedActivations quantized(Context& ctx, const float* x, const RmsNorm* norm
     return quantize_activations(ctx, x, cols);
 }
 
+// A row of n_blocks 32-value blocks quantized in shared memory (x_float): codes, then (d, d * sum).
+constexpr size_t shared_activation_bytes(int n_blocks) { return size_t(n_blocks) * (32 + sizeof(float2)); }
+// Without asking for more (allow_shared_memory), which would change the kernel's occupancy figures.
+constexpr size_t max_shared_activation_bytes = 48 * 1024;
+
 // How many blocks of the kernel the GPU holds at once (one wave).
 template <GGMLType T, int Rows, Epilogue E> int resident_blocks(Context& ctx) {
     static const int blocks_per_sm = [] {
@@ -417,7 +449,7 @@ template <GGMLType T, int Rows, Epilogue E> int resident_blocks(Context& ctx) {
 
 template <GGMLType T, int Rows, Epilogue E>
 void launch(Context& ctx, Targets targets, int n_blocks, const QuantizedActivations& q, const RopeStore& rope_store,
-            const QuantizedActivations& out_int8 = {}, const NormOut& norm_out = {}) {
+            const QuantizedActivations& out_int8 = {}, const NormOut& norm_out = {}, const float* x_float = nullptr) {
     constexpr bool Swiglu = E == Epilogue::Swiglu || E == Epilogue::SwigluQuantize;
     int blocks = 0;
     for (int i = 0; i < targets.n; ++i) {
@@ -429,8 +461,9 @@ void launch(Context& ctx, Targets targets, int n_blocks, const QuantizedActivati
     // is bandwidth-bound, and its early loads only took bandwidth from the kernel before it
     // (Llama 2 7B decoding -3%, SmolLM2 and TinyLlama +1..5%; BENCHMARKS.md, session 4).
     const bool early_loads = blocks <= resident_blocks<T, Rows, E>(ctx);
-    launch_after_previous(ctx, int8_matvec_kernel<T, Rows, E>, unsigned(blocks), warps_of<E> * 32, 0, targets, n_blocks, q.qs,
-                          q.ds, q.norm_scale, rope_store, early_loads, out_int8, norm_out);
+    const size_t shared_bytes = x_float ? shared_activation_bytes(n_blocks) : 0;
+    launch_after_previous(ctx, int8_matvec_kernel<T, Rows, E>, unsigned(blocks), warps_of<E> * 32, shared_bytes, targets,
+                          n_blocks, q.qs, q.ds, q.norm_scale, rope_store, early_loads, out_int8, norm_out, x_float);
 }
 
 template <GGMLType T>
@@ -447,6 +480,14 @@ void launch(Context& ctx, const Targets& targets, int n_blocks, const QuantizedA
             launch<T, 4, Epilogue::SwigluQuantize>(ctx, targets, n_blocks, q, rope_store, out_int8);
             publish_prepared_int8(ctx, targets.t[0].y, size_t(rows), out_int8);
             return;
+        }
+        // Two or four rows of each a warp where that makes the launch one wave (as
+        // int8_matvec_rope_store's four rows), for the 4-bit types.
+        if constexpr (four_bit<T>) {
+            if (int(blocks_for(rows, warps_per_block * 2)) <= resident_blocks<T, 4, Epilogue::Swiglu>(ctx))
+                return launch<T, 4, Epilogue::Swiglu>(ctx, targets, n_blocks, q, rope_store);
+            if (int(blocks_for(rows, warps_per_block * 4)) <= resident_blocks<T, 8, Epilogue::Swiglu>(ctx))
+                return launch<T, 8, Epilogue::Swiglu>(ctx, targets, n_blocks, q, rope_store);
         }
         return launch<T, 2, Epilogue::Swiglu>(ctx, targets, n_blocks, q, rope_store);
     }
@@ -520,16 +561,21 @@ bool int8_matvec_then_norm(Context& ctx, const MatmulOutput& out, const float* x
     with_int8_type(out.w.type, [&]<GGMLType T>() {
         if (rows / 32 > size_t(resident_blocks<T, 2, Epilogue::AccumulateNorm>(ctx))) return;
         DeviceContext& device = device_of(ctx);
-        const QuantizedActivations q = quantized(ctx, x, nullptr, out.w.cols);
+        // x quantized by the kernel that wrote it, or else by this launch's blocks (x_float).
+        const int n_blocks = int(out.w.cols / 32);
+        const bool prepared = device.prepared.source == x && device.prepared.cols == out.w.cols;
+        const bool quantize_here = !prepared && shared_activation_bytes(n_blocks) <= max_shared_activation_bytes &&
+                                   reinterpret_cast<uintptr_t>(x) % 16 == 0;
+        const QuantizedActivations q = quantize_here ? QuantizedActivations{} : quantized(ctx, x, nullptr, out.w.cols);
         // Its own scratch: the input may be PreparedInt8's.
-        const QuantizedActivations prepared = quantized_scratch(device, device.norm_int8, rows);
+        const QuantizedActivations next_input = quantized_scratch(device, device.norm_int8, rows);
         auto* partial_sums = static_cast<float*>(device.norm_partials.get(rows / 32 * sizeof(float), device.stream));
         Targets targets{};
         targets.t[0] = target_of(out.w, out.y, true);
         targets.n = 1;
-        launch<T, 2, Epilogue::AccumulateNorm>(ctx, targets, int(out.w.cols / 32), q, RopeStore{}, prepared,
-                                               NormOut{next_norm.weight, partial_sums});
-        device.prepared_norm = {out.y, next_norm.weight, rows, prepared.qs, prepared.ds, partial_sums, int(rows / 32)};
+        launch<T, 2, Epilogue::AccumulateNorm>(ctx, targets, n_blocks, q, RopeStore{}, next_input,
+                                               NormOut{next_norm.weight, partial_sums}, quantize_here ? x : nullptr);
+        device.prepared_norm = {out.y, next_norm.weight, rows, next_input.qs, next_input.ds, partial_sums, int(rows / 32)};
         launched = true;
     });
     return launched;
@@ -558,7 +604,19 @@ bool int8_matvec_rope_store(Context& ctx, std::span<const MatmulOutput, 3> qkv, 
     targets.n = 3;
     const RopeStore rope_store{position, rotation_of(ctx, rope), int(head_dim), keys, values};
     const QuantizedActivations q = quantized(ctx, x, norm, qkv[0].w.cols);
-    with_int8_type(type, [&]<GGMLType T>() { launch<T, 2, Epilogue::RopeStore>(ctx, targets, int(qkv[0].w.cols / 32), q, rope_store); });
+    const int n_blocks = int(qkv[0].w.cols / 32);
+    with_int8_type(type, [&]<GGMLType T>() {
+        // Four rows a warp (two pairs, one block of weights a lane in flight for each) where that
+        // makes a launch of several waves one wave: its weights' first loads then start before the
+        // wait, and no wave of it runs part-full.
+        int blocks_of_2 = 0, blocks_of_4 = 0;
+        for (int i = 0; i < 3; ++i)
+            blocks_of_2 += int(blocks_for(qkv[i].w.rows, warps_per_block * 2)), blocks_of_4 += int(blocks_for(qkv[i].w.rows, warps_per_block * 4));
+        if (head_dim % 4 == 0 && blocks_of_2 > resident_blocks<T, 2, Epilogue::RopeStore>(ctx) &&
+            blocks_of_4 <= resident_blocks<T, 4, Epilogue::RopeStore>(ctx))
+            launch<T, 4, Epilogue::RopeStore>(ctx, targets, n_blocks, q, rope_store);
+        else launch<T, 2, Epilogue::RopeStore>(ctx, targets, n_blocks, q, rope_store);
+    });
     return true;
 }
 

@@ -48,6 +48,32 @@ __device__ __forceinline__ void quantize_in_warp(float v, int i, int8_t* __restr
     if (i % 32 == 0) ds[i / 32] = make_float2(d, d * float(sum));
 }
 
+// The same quantization by one thread for a whole 32-value block x (16-byte aligned; a kernel that
+// quantizes a row it did not write, each thread a block, with no shuffles): qs (16-byte aligned)
+// gets the 32 codes, *ds (d, d * sum(q)). Bit for bit quantize_in_warp's: the max is exact, the
+// rest the same operations on the same values.
+__device__ __forceinline__ void quantize_block(const float* __restrict__ x, int8_t* qs, float2* ds) {
+    float4 v[8];
+#pragma unroll
+    for (int k = 0; k < 8; ++k) v[k] = __ldg(reinterpret_cast<const float4*>(x) + k);
+    float amax = 0.0f;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) amax = fmaxf(fmaxf(amax, fmaxf(fabsf(v[k].x), fabsf(v[k].y))), fmaxf(fabsf(v[k].z), fabsf(v[k].w)));
+    const float d = amax / 127.0f;
+    const float inverse = d != 0.0f ? 1.0f / d : 0.0f;
+    int words[8], sum = 0;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+        const int q0 = __float2int_rn(v[k].x * inverse), q1 = __float2int_rn(v[k].y * inverse);
+        const int q2 = __float2int_rn(v[k].z * inverse), q3 = __float2int_rn(v[k].w * inverse);
+        sum += q0 + q1 + q2 + q3;
+        words[k] = (q0 & 0xff) | (q1 & 0xff) << 8 | (q2 & 0xff) << 16 | int(uint32_t(q3 & 0xff) << 24);
+    }
+    reinterpret_cast<int4*>(qs)[0] = make_int4(words[0], words[1], words[2], words[3]);
+    reinterpret_cast<int4*>(qs)[1] = make_int4(words[4], words[5], words[6], words[7]);
+    *ds = make_float2(d, d * float(sum));
+}
+
 bool int8_matvec_supports(GGMLType type);
 // y = W x (or y += W x, MatmulOutput::accumulate) for token `token` of every output, whose types
 // int8_matvec_supports (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0): up to three matrices of one type per launch.
@@ -65,7 +91,8 @@ bool int8_matvec_rope_store(Context& ctx, std::span<const MatmulOutput, 3> qkv, 
 // products normalize with next_norm: that norm's input prepared in the same launch
 // (PreparedNorm), so that those products, given next_norm on out.y, launch no norm (and leave
 // next_norm.out unwritten). False, with nothing done, where it cannot: rows not a multiple of 32,
-// more than one wave of its blocks.
+// more than one wave of its blocks. x: as the kernel that wrote it quantized it (PreparedInt8), or
+// else quantized by this launch's blocks themselves.
 bool int8_matvec_then_norm(Context& ctx, const MatmulOutput& out, const float* x, const RmsNorm& next_norm);
 // out = silu(W_gate x) * (W_up x), gate and up of one shape and type, in one launch.
 void int8_matvec_swiglu(Context& ctx, const WeightMatrix& gate, const WeightMatrix& up, const float* x,

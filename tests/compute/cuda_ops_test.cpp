@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "compute/attention.hpp"
@@ -225,8 +226,11 @@ TEST_F(CudaOps, FusedProductsMatchCpu) {
     struct Shape {
         size_t cols, heights[3];
     };
+    // SwiGLU over the first height: one wave that quantizes its output (576, 4128 rows), a launch
+    // of several waves made one by four rows of gate and up a warp for the 4-bit types (12,288),
+    // and by two rows of each (5,632, TinyLlama's), on an H100.
     for (const Shape& shape : {Shape{576, {576, 192, 70}}, Shape{4160, {12288, 4100, 70}},
-                               Shape{11008, {4128, 64, 8}}})
+                               Shape{11008, {4128, 64, 8}}, Shape{2048, {5632, 256, 64}}})
         for (GGMLType type : {GGMLType::Q4_0, GGMLType::Q4_1, GGMLType::Q5_0, GGMLType::Q8_0})
         for (size_t n_tokens : {size_t{1}, size_t{20}}) {
             if (shape.cols > 576 && n_tokens > 1) continue;
@@ -334,9 +338,11 @@ TEST_F(CudaOps, NormFoldedIntoProductsMatchesCpu) {
 // A residual product handed the next RMSNorm (matmul's next_norm) prepares it in its launch; the
 // products after it, given that norm on its output, match the CPU's separate norm (int8 rounding,
 // as above) and leave the norm's out unwritten, the sign that they took the prepared input.
+// The residual product's input (att) comes from no kernel that quantized it, so its blocks quantize
+// it themselves; 28,672 values (Llama 2 70B's feed-forward width) take them two passes.
 TEST_F(CudaOps, ResidualProductPreparesNextNorm) {
-    for (size_t width : {size_t{576}, size_t{4096}}) {
-        const size_t inner = 1536, rows = 192;
+    for (auto [width, inner] : {std::pair<size_t, size_t>{576, 1536}, {4096, 1536}, {576, 28672}}) {
+        const size_t rows = 192;
         const auto wo = random_weights(GGMLType::Q4_0, width, inner, rng), w2 = random_weights(GGMLType::Q4_0, rows, width, rng);
         const auto att = random(inner), residual = random(width, 3.0f), norm_weight = random(width);
         std::vector<float> x_want = residual, y_want(rows), xn_want(width);
@@ -353,8 +359,8 @@ TEST_F(CudaOps, ResidualProductPreparesNextNorm) {
         const float* att_gpu = to_device(att);
         matmul(*gpu, std::span(&wo_gpu, 1), att_gpu, 1, Activations::Int8, nullptr, &norm_gpu);
         matmul(*gpu, std::span(&w2_gpu, 1), x, 1, Activations::Int8, &norm_gpu);
-        EXPECT_LT(relative_error(to_host(x, width), x_want), 1e-5) << width;
-        EXPECT_LT(relative_error(to_host(w2_gpu.y, rows), y_want), 5e-3) << width;
+        EXPECT_LT(relative_error(to_host(x, width), x_want), 1e-5) << width << " x " << inner;
+        EXPECT_LT(relative_error(to_host(w2_gpu.y, rows), y_want), 5e-3) << width << " x " << inner;
         EXPECT_TRUE(std::isnan(to_host(norm_gpu.out, 1)[0])) << width << ": the products normalized x themselves";
     }
 }
@@ -387,8 +393,8 @@ TEST_F(CudaOps, RopeStoreAtMatchesCpu) {
 // int8 activations and Adjacent pairs the GPU does all of it in the products' launch; it must
 // agree with its own products followed by rope_store_at (the other route, tight) and with the CPU
 // (int8 rounding, as above). Halves pairs and float activations take the two-launch route. Two
-// shapes: SmolLM2's heads (one wave of blocks: a pair's rows in two warps) and Llama 2 7B's
-// (several waves: a pair a warp).
+// shapes: SmolLM2's heads (one wave of blocks, a pair a warp) and Llama 2 7B's (on an H100 one
+// wave of two pairs a warp in Q4_0, several waves of a pair a warp in Q8_0).
 TEST_F(CudaOps, ProjectRopeStoreAtMatchesSeparateSteps) {
     struct Heads {
         size_t n_head, n_head_kv, head_dim, cols;
@@ -495,8 +501,11 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaAttention,
                                            AttentionCase{9, 3, 64, 1, 300},     // SmolLM2 decoding: split positions
                                            AttentionCase{32, 4, 64, 1, 2000},   // TinyLlama decoding
                                            AttentionCase{32, 32, 128, 1, 700},  // Llama 2 7B decoding
-                                           AttentionCase{32, 32, 128, 1, 10},   // heads of 128: this row among the staged values
-                                           AttentionCase{32, 32, 128, 1, 40},   // the same in a second warp's tile
+                                           AttentionCase{32, 32, 128, 1, 0},    // heads of 128 (two lanes a key), first token
+                                           AttentionCase{32, 32, 128, 1, 10},   // this row in the first warp's tile of 16
+                                           AttentionCase{32, 32, 128, 1, 40},   // the same in the third warp's tile
+                                           AttentionCase{32, 32, 128, 1, 127},  // the eighth warp's last position
+                                           AttentionCase{32, 32, 128, 1, 200},  // two splits, the second partial
                                            AttentionCase{9, 3, 64, 37, 5},      // a prompt after a few tokens
                                            AttentionCase{32, 32, 128, 100, 0},  // a Llama 2 prompt
                                            AttentionCase{32, 4, 64, 64, 30},    // a TinyLlama prompt after a few tokens
