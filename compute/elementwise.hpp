@@ -2,6 +2,8 @@
 // Element-wise ops: residual adds, biases, activation functions.
 #include <cstddef>
 #include <cstdint>
+#include <stdexcept>
+#include <string>
 
 #include "compute/context.hpp"
 #ifdef TWINFER_WITH_CUDA
@@ -16,6 +18,7 @@ void add_bias(Context& ctx, float* x, const float* bias, size_t n_rows, size_t n
 void swiglu(Context& ctx, const float* gate, const float* up, size_t n, float* out);
 void gelu(Context& ctx, float* x, size_t n);
 void argmax(Context& ctx, const float* x, size_t n, int32_t* out);
+void top_k(Context& ctx, const float* x, size_t n, size_t k, int32_t* ids, float* values);
 }
 
 // x += y   (residual connection)
@@ -62,6 +65,22 @@ inline void argmax(Context& ctx, const float* x, size_t n, int32_t* out) {
     if (ctx.device() == Device::CUDA) return cuda::argmax(ctx, x, n, out);
 #endif
     throw_backend_unavailable("argmax", ctx.device());
+}
+
+// The k largest of x[0..n) and their indices, largest first, the lower index first among equal
+// values (-0 equal to +0; as engine/sampler's top-k, so that the sampler chain's first stage can
+// run where the logits are and only k pairs come back): ids[0..k), values[0..k) in the device's
+// memory. 1 <= k <= max_top_k, k <= n; x without NaNs.
+constexpr size_t max_top_k = 256;
+inline void top_k(Context& ctx, const float* x, size_t n, size_t k, int32_t* ids, float* values) {
+    if (k == 0 || k > max_top_k || k > n)
+        throw std::invalid_argument("top_k: k = " + std::to_string(k) + " must be 1.." + std::to_string(max_top_k) +
+                                    " and at most n = " + std::to_string(n));
+    if (ctx.device() == Device::CPU) return cpu::top_k(ctx, x, n, k, ids, values);
+#ifdef TWINFER_WITH_CUDA
+    if (ctx.device() == Device::CUDA) return cuda::top_k(ctx, x, n, k, ids, values);
+#endif
+    throw_backend_unavailable("top_k", ctx.device());
 }
 
 }  // namespace twinfer::compute

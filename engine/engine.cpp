@@ -6,6 +6,8 @@
 #include <optional>
 #include <utility>
 
+#include "compute/elementwise.hpp"
+
 namespace twinfer {
 
 std::string_view stop_reason_name(StopReason r) {
@@ -131,6 +133,19 @@ Token InferenceEngine::forward_greedy(Token token) {
     return next;
 }
 
+TopLogits InferenceEngine::forward_top_k(Token token, size_t k) {
+    TopLogits top = std::visit(
+        [&](auto& m) -> TopLogits {
+            if constexpr (requires { { m.forward_top_k(token, k) } -> std::same_as<TopLogits>; })
+                return m.forward_top_k(token, k);
+            else
+                return top_logits_of_last(m.forward(std::span<const Token>(&token, 1)), k);
+        },
+        *backend_);
+    history_.push_back(token);
+    return top;
+}
+
 void InferenceEngine::clear() {
     std::visit([](auto& m) { m.clear_cache(); }, *backend_);
     history_.clear();
@@ -175,7 +190,12 @@ GenerationResult InferenceEngine::generate(std::span<const Token> prompt, const 
     // Greedy without stages is the argmax of the logits: the model computes it where it runs and
     // hands back the id (on a GPU, 4 bytes instead of the logits row).
     const bool device_greedy = sampler.greedy() && sampler.stages().empty();
-    std::optional<Token> next;   // device_greedy: the token the last step chose
+    // Likewise a chain that starts with top-k (llama.cpp's default order, without penalties or
+    // logit bias): the model keeps the k largest logits and hands back k pairs, the rest of the
+    // chain runs on those (the same token as on the whole row).
+    const size_t top_k = sampler.leading_top_k();
+    const bool device_top_k = top_k > 0 && top_k <= compute::max_top_k && top_k < static_cast<size_t>(config().n_vocab);
+    std::optional<Token> next;   // device_greedy or device_top_k: the token the last step chose
 
     t0 = Clock::now();
     for (;;) {
@@ -204,10 +224,14 @@ GenerationResult InferenceEngine::generate(std::span<const Token> prompt, const 
             result.reason = StopReason::ContextFull;
             break;
         }
-        if (device_greedy)
+        if (device_greedy) {
             next = forward_greedy(token);
-        else
+        } else if (device_top_k) {
+            const TopLogits top = forward_top_k(token, top_k);
+            next = sampler.sample_top(top.ids, top.logits);
+        } else {
             logits = forward(std::span<const Token>(&token, 1));
+        }
     }
     if (result.reason != StopReason::StopString && result.reason != StopReason::Cancelled) {
         bool stopped = false;

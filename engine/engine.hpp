@@ -90,6 +90,9 @@ private:
     // One token fed and the argmax of its logits: where the model has forward_greedy, computed on
     // its device, so only the id comes back.
     Token forward_greedy(Token token);
+    // One token fed and its k largest logits with their ids: where the model has forward_top_k,
+    // computed on its device, so only the k pairs come back.
+    TopLogits forward_top_k(Token token, size_t k);
     BackendOptions options_;
     std::shared_ptr<const gguf::File> file_;
     std::unique_ptr<Tokenizer> tokenizer_;

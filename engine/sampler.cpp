@@ -205,6 +205,28 @@ Token SamplerChain::sample(std::span<const double> logits) {
     if (greedy_ && stages_.empty()) return argmax(logits);
     Candidates c = Candidates::from_logits(logits);
     for (const auto& stage : stages_) std::visit([&](const auto& s) { s.apply(c); }, stage);
+    return draw(c);
+}
+
+size_t SamplerChain::leading_top_k() const {
+    if (greedy_ || stages_.empty()) return 0;
+    const auto* top_k = std::get_if<sampling::TopK>(&stages_.front());
+    return top_k && top_k->k > 0 ? static_cast<size_t>(top_k->k) : 0;
+}
+
+Token SamplerChain::sample_top(std::span<const Token> ids, std::span<const float> logits) {
+    if (ids.empty() || ids.size() != logits.size() || ids.size() != leading_top_k())
+        throw std::invalid_argument("sample_top: " + std::to_string(ids.size()) + " ids and " + std::to_string(logits.size()) +
+                                    " logits for a leading top-k of " + std::to_string(leading_top_k()));
+    Candidates c;
+    c.items.reserve(ids.size());
+    for (size_t i = 0; i < ids.size(); ++i) c.items.push_back({ids[i], logits[i], 0.0f});
+    c.sorted = true;   // as TopK::apply leaves them
+    for (size_t i = 1; i < stages_.size(); ++i) std::visit([&](const auto& s) { s.apply(c); }, stages_[i]);
+    return draw(c);
+}
+
+Token SamplerChain::draw(Candidates& c) {
     if (greedy_) {
         c.sort_descending();
         return c.items.front().id;

@@ -89,6 +89,13 @@ public:
 
     // Picks the next token from a row of logits; does not record it (call accept()).
     Token sample(std::span<const double> logits);
+    // The k of a top-k stage that comes first in the chain (nothing before it changes the
+    // logits; not greedy), else 0: that stage can then run where the logits are (a model's
+    // forward_top_k) and sample_top() finish the chain on the k candidates it leaves.
+    size_t leading_top_k() const;
+    // sample() given what the leading top-k stage leaves: ids and logits, largest first, the lower
+    // id first among equal logits (TopLogits). The same token as sample() on the whole row.
+    Token sample_top(std::span<const Token> ids, std::span<const float> logits);
     void accept(Token t);   // the token was emitted: feeds the penalty history
     void reset();           // a new conversation
 
@@ -98,6 +105,7 @@ public:
     std::string describe() const;
 
 private:
+    Token draw(Candidates& c);   // the stages' result to one token (greedy, or the seeded draw)
     std::vector<sampling::Stage> stages_;
     bool greedy_ = false;
     uint64_t seed_ = 0;

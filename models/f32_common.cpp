@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <optional>
 #include <stdexcept>
 #include <string_view>
@@ -167,6 +168,13 @@ const float* F32DecodeStep::logits_on_host(compute::Context& ctx, const float* l
     host_logits_.resize(count);
     compute::download(ctx, host_logits_.data(), logits, count * sizeof(float));
     return host_logits_.data();
+}
+
+TopLogits F32DecodeStep::read_top(compute::Context& ctx, const void* pairs, size_t k) {
+    const float* host = logits_on_host(ctx, static_cast<const float*>(pairs), 2 * k);   // 4-byte ids, then values
+    TopLogits top{std::vector<Token>(k), std::vector<float>(host + k, host + 2 * k)};
+    std::memcpy(top.ids.data(), host, k * sizeof(Token));
+    return top;
 }
 
 Logits F32DecodeStep::read_logits(compute::Context& ctx, const float* logits, size_t n_vocab) {

@@ -6,6 +6,7 @@
 #include <memory>
 #include <optional>
 #include <span>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -127,6 +128,8 @@ public:
     Logits read_logits(compute::Context& ctx, const float* logits, size_t n_vocab);
     // The same as floats in host memory, valid until the next call: `count` floats from `logits`.
     const float* logits_on_host(compute::Context& ctx, const float* logits, size_t count);
+    // compute::top_k's k ids and k values, adjacent in device memory at `pairs`, after run().
+    TopLogits read_top(compute::Context& ctx, const void* pairs, size_t k);
 
 private:
     compute::Buffer io_;                // int32 [token, position, next token]
@@ -215,6 +218,21 @@ public:
         decode(token, true);
         return decode_step_.read_next_token(ctx_);
     }
+    // forward({token}) and its k largest logits with their ids (TopLogits), computed where the
+    // model runs (compute::top_k): on CUDA only the k pairs come back. k: 1..compute::max_top_k,
+    // below n_vocab (std::invalid_argument otherwise). Throws as forward.
+    TopLogits forward_top_k(Token token, size_t k) {
+        if (k == 0 || k > compute::max_top_k || k >= static_cast<size_t>(config_.n_vocab))
+            throw std::invalid_argument("forward_top_k: k = " + std::to_string(k) + " must be 1.." +
+                                        std::to_string(std::min<size_t>(compute::max_top_k, config_.n_vocab - 1)));
+        if (observer_) return top_logits_of_last(forward(std::span<const Token>(&token, 1)), k);
+        check_token_ids(std::span<const Token>(&token, 1), config_.n_vocab);
+        decode(token, false);
+        if (top_.bytes() < 2 * k * sizeof(int32_t)) top_ = compute::Buffer(ctx_.device(), 2 * compute::max_top_k * sizeof(int32_t));
+        int32_t* ids = top_.as<int32_t>();
+        compute::top_k(ctx_, workspace_.buffer(logits_buffer_), config_.n_vocab, k, ids, reinterpret_cast<float*>(ids + k));
+        return decode_step_.read_top(ctx_, top_.data(), k);
+    }
     const ModelConfig& config() const { return config_; }
     size_t n_past() const { return cache_.length(slot_); }
     size_t n_ctx() const { return cache_.n_ctx(); }
@@ -249,6 +267,7 @@ protected:
     F32Workspace workspace_;
     F32Observer observer_;
     compute::Buffer ids_;                           // this call's token ids, on the device
+    compute::Buffer top_;                           // forward_top_k's ids, then its values
     F32DecodeStep decode_step_;
 
 private:

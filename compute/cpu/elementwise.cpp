@@ -1,6 +1,9 @@
 #include "compute/elementwise.hpp"
 
 #include <algorithm>
+#include <cstddef>
+#include <numeric>
+#include <vector>
 
 #include "compute/cpu/kernels.hpp"
 #include "compute/cpu/thread_pool.hpp"
@@ -36,6 +39,14 @@ void gelu(Context& ctx, float* x, size_t n) {
 
 void argmax(Context&, const float* x, size_t n, int32_t* out) {
     *out = static_cast<int32_t>(std::max_element(x, x + n) - x);   // the first of equal maxima
+}
+
+void top_k(Context&, const float* x, size_t n, size_t k, int32_t* ids, float* values) {
+    std::vector<int32_t> order(n);
+    std::iota(order.begin(), order.end(), 0);
+    std::partial_sort(order.begin(), order.begin() + std::ptrdiff_t(k), order.end(),
+                      [&](int32_t a, int32_t b) { return x[a] > x[b] || (x[a] == x[b] && a < b); });
+    for (size_t r = 0; r < k; ++r) ids[r] = order[r], values[r] = x[order[r]];
 }
 
 }  // namespace twinfer::compute::cpu

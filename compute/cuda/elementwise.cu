@@ -1,5 +1,8 @@
-// Residual adds, biases, activation functions, and argmax.
+// Residual adds, biases, activation functions, argmax and top-k.
 #include <cfloat>
+#include <cstdint>
+
+#include <cub/block/block_radix_sort.cuh>
 
 #include "compute/cuda/device_context.cuh"
 #include "compute/cuda/ops.hpp"
@@ -59,6 +62,49 @@ __global__ void argmax_kernel(const float* x, size_t n, int32_t* out) {
     *out = best_index;
 }
 
+// top_k: each block sorts 2,048 candidates (CUB's block radix sort, descending) and keeps its
+// first k, pass after pass, until one block is left. A candidate is one 64-bit key: the value's
+// bits in an order that sorts as the floats do (-0 made +0 first) above the complement of its
+// index, so that equal values put the lower index first.
+constexpr int sort_threads = 256, sort_items = 8;
+constexpr int sort_block = sort_threads * sort_items;
+
+__device__ __forceinline__ uint64_t candidate_key(float v, int32_t i) {
+    const uint32_t bits = __float_as_uint(v + 0.0f);
+    const uint32_t ordered = bits & 0x80000000u ? ~bits : bits | 0x80000000u;
+    return uint64_t(ordered) << 32 | uint32_t(~uint32_t(i));
+}
+__device__ __forceinline__ int32_t candidate_index(uint64_t key) { return int32_t(~uint32_t(key)); }
+
+// One pass over n candidates: x's values (first pass, in == null) or the keys a pass left. The last
+// pass (one block) writes ids and values (from x, as they were); the others k keys a block to out.
+__global__ void __launch_bounds__(sort_threads)
+top_k_kernel(const float* __restrict__ x, const uint64_t* __restrict__ in, int n, int k, uint64_t* __restrict__ out,
+             int32_t* __restrict__ ids, float* __restrict__ values) {
+    using Sort = cub::BlockRadixSort<uint64_t, sort_threads, sort_items>;
+    __shared__ typename Sort::TempStorage storage;
+    grid_dependency_wait();
+    uint64_t keys[sort_items];
+#pragma unroll
+    for (int j = 0; j < sort_items; ++j) {
+        const int i = int(blockIdx.x) * sort_block + j * sort_threads + int(threadIdx.x);   // coalesced
+        keys[j] = i >= n ? 0 : in ? in[i] : candidate_key(x[i], i);
+    }
+    Sort(storage).SortDescending(keys);   // thread t then holds ranks t * sort_items ..
+#pragma unroll
+    for (int j = 0; j < sort_items; ++j) {
+        const int rank = int(threadIdx.x) * sort_items + j;
+        if (rank >= k) break;
+        if (gridDim.x == 1) {
+            const int32_t id = candidate_index(keys[j]);
+            ids[rank] = id;
+            values[rank] = x[id];
+        } else {
+            out[blockIdx.x * k + rank] = keys[j];
+        }
+    }
+}
+
 }  // namespace
 
 void add(Context& ctx, float* x, const float* y, size_t n) {
@@ -83,6 +129,24 @@ void gelu(Context& ctx, float* x, size_t n) {
 
 void argmax(Context& ctx, const float* x, size_t n, int32_t* out) {
     launch_after_previous(ctx, argmax_kernel, 1, 1024, 0, x, n, out);
+}
+
+void top_k(Context& ctx, const float* x, size_t n, size_t k, int32_t* ids, float* values) {
+    DeviceContext& device = device_of(ctx);
+    // Keys between passes, in two halves (a pass reads one, writes the other): the first pass's
+    // output is the largest.
+    const size_t first_blocks = blocks_for(n, sort_block);
+    auto* keys = static_cast<uint64_t*>(device.top_k_keys.get(2 * first_blocks * k * sizeof(uint64_t), device.stream));
+    uint64_t* halves[2] = {keys, keys + first_blocks * k};
+    const uint64_t* in = nullptr;
+    for (int pass = 0;; ++pass) {
+        const unsigned blocks = blocks_for(n, sort_block);
+        uint64_t* out = halves[pass % 2];
+        launch_after_previous(ctx, top_k_kernel, blocks, sort_threads, 0, x, in, int(n), int(k), out, ids, values);
+        if (blocks == 1) return;
+        in = out;
+        n = size_t(blocks) * k;   // k <= max_top_k < sort_block / 2: each pass leaves fewer
+    }
 }
 
 }  // namespace twinfer::compute::cuda

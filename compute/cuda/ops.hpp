@@ -80,5 +80,7 @@ void gelu(Context& ctx, float* x, size_t n);
 // out[0] = the index of the largest of x[0..n) (the first, on ties): greedy decoding without
 // copying the logits back.
 void argmax(Context& ctx, const float* x, size_t n, int32_t* out);
+// compute::top_k (compute/elementwise.hpp).
+void top_k(Context& ctx, const float* x, size_t n, size_t k, int32_t* ids, float* values);
 
 }  // namespace twinfer::compute::cuda

@@ -198,7 +198,8 @@ std::vector<const void*> scratch_addresses(Context& ctx) {
     const DeviceContext& device = device_of(ctx);
     return {device.weights_half.address(), device.tokens_half.address(), device.attention_parts.address(),
             device.attention_finished.address(), device.activations_int8.address(), device.prepared_int8.address(),
-            device.norm_int8.address(), device.norm_partials.address(), device.rope_frequencies.values.address()};
+            device.norm_int8.address(), device.norm_partials.address(), device.rope_frequencies.values.address(),
+            device.top_k_keys.address()};
 }
 
 DeviceContext& device_of(Context& ctx) {

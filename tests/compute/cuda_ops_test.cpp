@@ -540,6 +540,29 @@ TEST_F(CudaOps, Argmax) {
     EXPECT_EQ(to_host(out, 1)[0], 31337);
 }
 
+// top_k against the CPU's (a partial sort): one block (n <= 2,048), two passes, three (Llama 3's
+// vocabulary with k = 256); ties put the lower index first, -0 equals +0 (both in the top), -inf
+// kept in order.
+TEST_F(CudaOps, TopKMatchesCpu) {
+    for (auto [n, k] : {std::pair<size_t, size_t>{1000, 1}, {2048, 40}, {49152, 40}, {49152, 256}, {128256, 256}, {5000, 5000 / 20}}) {
+        auto x = random(n);
+        for (float& v : x) v -= 3.0f;   // so that the zeros below rank high
+        for (size_t i = 0; i < n; i += 97) x[i] = -0.25f;   // many ties
+        x[n / 2] = -0.0f, x[n / 3] = 0.0f, x[n - 1] = -INFINITY, x[1] = 5.0f, x[n - 2] = 5.0f;
+        std::vector<int32_t> ids(k);
+        std::vector<float> values(k);
+        compute::top_k(cpu, x.data(), n, k, ids.data(), values.data());
+        int32_t* ids_gpu = to_device(std::vector<int32_t>(k, -1));
+        float* values_gpu = poisoned(k);
+        for (int run = 0; run < 2; ++run) {   // the scratch from the first run reused
+            compute::top_k(*gpu, to_device(x), n, k, ids_gpu, values_gpu);
+            EXPECT_EQ(to_host(ids_gpu, k), ids) << n << " " << k;
+            EXPECT_EQ(to_host(values_gpu, k), values) << n << " " << k;
+        }
+        EXPECT_EQ(ids[0], 1);
+    }
+}
+
 TEST_F(CudaOps, GraphReplaysCapturedOps) {
     const auto a = random(4096), b = random(4096);
     float* x = to_device(a);

@@ -1,6 +1,7 @@
 // Normalization, RoPE, attention, activations and the thread pool against float64 references.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <limits>
@@ -150,6 +151,30 @@ TEST(OpsTest, ActivationsAndAdds) {
     EXPECT_EQ(a, (std::vector<float>{11, 22, 33, 14, 25, 36}));
     add(ctx, a.data(), bias.data(), 3);
     EXPECT_EQ(a, (std::vector<float>{21, 42, 63, 14, 25, 36}));
+}
+
+// top_k on the CPU against a full sort by (value descending, index ascending), and its bounds.
+TEST(OpsTest, TopKIsTheSortedPrefix) {
+    Context ctx;
+    auto x = gaussian(3000, 11);
+    for (size_t i = 0; i < x.size(); i += 50) x[i] = 1.25f;   // ties
+    std::vector<int32_t> order(x.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = int32_t(i);
+    std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return x[a] > x[b]; });
+    for (size_t k : {size_t{1}, size_t{40}, max_top_k}) {
+        std::vector<int32_t> ids(k);
+        std::vector<float> values(k);
+        top_k(ctx, x.data(), x.size(), k, ids.data(), values.data());
+        for (size_t r = 0; r < k; ++r) {
+            ASSERT_EQ(ids[r], order[r]) << k << " " << r;
+            ASSERT_EQ(values[r], x[order[r]]);
+        }
+    }
+    std::vector<int32_t> ids(max_top_k + 1);
+    std::vector<float> values(max_top_k + 1);
+    EXPECT_THROW(top_k(ctx, x.data(), x.size(), 0, ids.data(), values.data()), std::invalid_argument);
+    EXPECT_THROW(top_k(ctx, x.data(), x.size(), max_top_k + 1, ids.data(), values.data()), std::invalid_argument);
+    EXPECT_THROW(top_k(ctx, x.data(), 10, 11, ids.data(), values.data()), std::invalid_argument);
 }
 
 // Exact on every instruction set (a double holds every float), with a tail shorter than a vector,

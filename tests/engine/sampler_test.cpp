@@ -4,8 +4,11 @@
 
 #include <cmath>
 #include <map>
+#include <random>
+#include <vector>
 
 #include "engine/sampler.hpp"
+#include "models/inference.hpp"
 
 namespace twinfer {
 namespace {
@@ -164,6 +167,33 @@ TEST(Sampler, SameSeedSameDrawsAndFrequenciesFollowTheDistribution) {
     a.reset();
     SamplerChain c(params);
     for (int i = 0; i < 100; ++i) EXPECT_EQ(a.sample(logits), c.sample(logits));
+}
+
+// A chain that starts with top-k finished on the k candidates alone (what a model's forward_top_k
+// hands back) draws the same tokens as on the whole row: the default chain, ties and -0 included,
+// over a vocabulary's worth of logits.
+TEST(Sampler, SampleTopDrawsAsSampleOnTheWholeRow) {
+    std::mt19937 rng(7);
+    std::normal_distribution<float> normal(0.0f, 3.0f);
+    std::vector<double> row(49152);
+    for (double& x : row) x = normal(rng);
+    row[10] = row[20] = row[30] = 9.5;   // a three-way tie among the largest
+    row[40] = -0.0, row[41] = 0.0;
+    SamplingParams params;   // top-k 40, top-p 0.95, min-p 0.05, temperature 0.8
+    params.seed = 99;
+    SamplerChain whole(params), top(params);
+    ASSERT_EQ(whole.leading_top_k(), 40u);
+    for (int step = 0; step < 200; ++step) {
+        row[size_t(step) * 37 % row.size()] += 4.0;   // a different row each step
+        const TopLogits candidates = top_logits_of_last(Logits{row.size(), 1, row}, 40);
+        ASSERT_EQ(top.sample_top(candidates.ids, candidates.logits), whole.sample(row)) << "step " << step;
+    }
+    EXPECT_THROW(top.sample_top(std::vector<Token>{1}, std::vector<float>{1.0f}), std::invalid_argument);
+    params.repeat_penalty = 1.1f;   // penalties come before top-k: it does not lead
+    EXPECT_EQ(SamplerChain(params).leading_top_k(), 0u);
+    params = {};
+    params.temperature = 0.0f;
+    EXPECT_EQ(SamplerChain(params).leading_top_k(), 0u);
 }
 
 TEST(Sampler, ChainOrderFollowsLlamaCpp) {

@@ -271,6 +271,28 @@ void check_greedy_matches_forward(const DecodeCase& c, compute::Device device) {
     EXPECT_EQ(greedy_ids(greedy_model, c, true), greedy_ids(forward_model, c, false)) << c.name;
 }
 
+// forward_top_k against the k largest of forward's logits on the host, along the top-1 path.
+template <class Model>
+void check_top_k_matches_forward(const DecodeCase& c, compute::Device device) {
+    const auto file = decode_case_file(c);
+    F32Options options = on(device, c.exact), direct = options;
+    direct.cuda_graph = false;
+    Model top_model = Model::load(file, options);
+    Model forward_model = Model::load(file, direct);
+    const size_t k = std::min<size_t>(40, size_t(top_model.config().n_vocab) - 1);
+    const auto prompt = some_tokens(c.prompt, top_model.config().n_vocab, 3);
+    Token t = test::argmax(top_model.forward(prompt).last());
+    forward_model.forward(prompt);
+    for (size_t i = 0; i < c.steps; ++i) {
+        const TopLogits got = top_model.forward_top_k(t, k);
+        const TopLogits want = top_logits_of_last(forward_model.forward(std::span(&t, 1)), k);
+        ASSERT_EQ(got.ids, want.ids) << c.name << " step " << i;
+        ASSERT_EQ(got.logits, want.logits) << c.name << " step " << i;
+        t = got.ids.front();
+    }
+    EXPECT_THROW(top_model.forward_top_k(t, 0), std::invalid_argument);
+}
+
 const DecodeCase kStories{.name = "stories260K", .prompt = 100, .steps = 64, .chunk = 120, .after = 16};
 const DecodeCase kGoldenLlamaInt8{.name = "llama_gqa_tied", .type = GGMLType::Q4_1, .exact = false};
 const DecodeCase kGoldenGpt2{.name = "gpt2", .type = GGMLType::Q8_0, .exact = false, .prompt = 3, .steps = 16,
@@ -299,6 +321,20 @@ TEST(F32DecodeStepTest, ForwardGreedyIsArgmaxOfForwardOnCpu) {
     check_greedy_matches_forward<F32GPTModel>(kGoldenGpt2, compute::Device::CPU);
     TWINFER_REQUIRE_FILE(test::shared_testdata() / "models/stories260K.gguf");
     check_greedy_matches_forward<F32LlamaModel>(kStories, compute::Device::CPU);
+}
+
+TEST(F32CudaTest, ForwardTopKIsTheTopOfForward) {
+    TWINFER_REQUIRE_GPU();
+    check_top_k_matches_forward<F32LlamaModel>(kGoldenLlamaInt8, compute::Device::CUDA);
+    check_top_k_matches_forward<F32GPTModel>(kGoldenGpt2, compute::Device::CUDA);
+    TWINFER_REQUIRE_FILE(test::shared_testdata() / "models/stories260K.gguf");
+    check_top_k_matches_forward<F32LlamaModel>(kStories, compute::Device::CUDA);
+}
+
+TEST(F32DecodeStepTest, ForwardTopKIsTheTopOfForwardOnCpu) {
+    check_top_k_matches_forward<F32LlamaModel>(kGoldenLlamaInt8, compute::Device::CPU);
+    TWINFER_REQUIRE_FILE(test::shared_testdata() / "models/stories260K.gguf");
+    check_top_k_matches_forward<F32LlamaModel>(kStories, compute::Device::CPU);
 }
 
 TEST(F32CudaTest, TooLargeKvCacheSaysHowMuchMemory) {
