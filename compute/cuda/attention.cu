@@ -373,7 +373,8 @@ decode_attention_kernel(const float* __restrict__ q, const float* __restrict__ k
         for (int offset = tile; offset < 32; offset *= 2) s += __shfl_xor_sync(0xffffffffu, s, offset);
         float tile_max = s;
 #pragma unroll
-        for (int offset = tile / 2; offset > 0; offset /= 2) tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, offset));
+        for (int offset = tile / 2; offset > 0; offset /= 2)
+            tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, offset));
         const float m_new = fmaxf(m, tile_max);
         const float prob = p < end ? __expf(s - m_new) : 0.0f;
         float tile_sum = prob;

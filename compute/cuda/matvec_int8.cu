@@ -257,7 +257,8 @@ int8_matvec_kernel(Targets targets, int n_blocks, const int8_t* __restrict__ qs,
     // AccumulateNorm: warp 0 quantizes the block's 32 rows times the norm's weight, loaded now.
     const float norm_weight =
         E == Epilogue::AccumulateNorm && warp == 0 ? __ldg(norm_out.weight + blockIdx.x * 32 + lane) : 0.0f;
-    double frequency[(Rows + 1) / 2] = {};   // RopeStore, each pair's: read from the rotation's table while the loads are in flight
+    // RopeStore: each pair's frequency, read from the rotation's table while the loads are in flight.
+    double frequency[(Rows + 1) / 2] = {};
     if constexpr (E == Epilogue::RopeStore)
 #pragma unroll
         for (int p = 0; p < Rows / 2; ++p) frequency[p] = rope_frequency(first_row + 2 * p, target_index, rope_store);
@@ -293,7 +294,8 @@ int8_matvec_kernel(Targets targets, int n_blocks, const int8_t* __restrict__ qs,
         extern __shared__ int4 shared_activations[];
         int8_t* shared_qs = reinterpret_cast<int8_t*>(shared_activations);
         float2* shared_ds = reinterpret_cast<float2*>(shared_qs + 32 * n_blocks);
-        for (int b = threadIdx.x; b < n_blocks; b += warps_of<E> * 32) quantize_block(x_float + 32 * b, shared_qs + 32 * b, shared_ds + b);
+        for (int b = threadIdx.x; b < n_blocks; b += warps_of<E> * 32)
+            quantize_block(x_float + 32 * b, shared_qs + 32 * b, shared_ds + b);
         __syncthreads();
         activation_qs = shared_qs;
         activation_ds = shared_ds;
@@ -610,8 +612,10 @@ bool int8_matvec_rope_store(Context& ctx, std::span<const MatmulOutput, 3> qkv, 
         // makes a launch of several waves one wave: its weights' first loads then start before the
         // wait, and no wave of it runs part-full.
         int blocks_of_2 = 0, blocks_of_4 = 0;
-        for (int i = 0; i < 3; ++i)
-            blocks_of_2 += int(blocks_for(qkv[i].w.rows, warps_per_block * 2)), blocks_of_4 += int(blocks_for(qkv[i].w.rows, warps_per_block * 4));
+        for (int i = 0; i < 3; ++i) {
+            blocks_of_2 += int(blocks_for(qkv[i].w.rows, warps_per_block * 2));
+            blocks_of_4 += int(blocks_for(qkv[i].w.rows, warps_per_block * 4));
+        }
         if (head_dim % 4 == 0 && blocks_of_2 > resident_blocks<T, 2, Epilogue::RopeStore>(ctx) &&
             blocks_of_4 <= resident_blocks<T, 4, Epilogue::RopeStore>(ctx))
             launch<T, 4, Epilogue::RopeStore>(ctx, targets, n_blocks, q, rope_store);
