@@ -25,17 +25,28 @@ Candidates candidates_from(std::span<const T> logits) {
 Candidates Candidates::from_logits(std::span<const double> logits) { return candidates_from(logits); }
 Candidates Candidates::from_logits(std::span<const float> logits) { return candidates_from(logits); }
 
+namespace {
+// Larger logit first, the lower token id first among equal logits (so that greedy and top-k agree
+// with argmax): a total order, so any sort gives the one result.
+bool before(const Candidate& a, const Candidate& b) { return a.logit > b.logit || (a.logit == b.logit && a.id < b.id); }
+}  // namespace
+
 void Candidates::sort_descending() {
     if (sorted) return;
-    // Ties keep the lower token id first, so greedy and top-k agree with argmax.
-    std::stable_sort(items.begin(), items.end(), [](const Candidate& a, const Candidate& b) { return a.logit > b.logit; });
+    std::sort(items.begin(), items.end(), before);
     sorted = true;
 }
 
 void Candidates::softmax() {
     sort_descending();
+    normalize();
+}
+
+void Candidates::normalize() {
     if (items.empty()) return;
-    const double max_logit = items.front().logit;
+    float max_logit = items.front().logit;
+    if (!sorted)
+        for (const auto& c : items) max_logit = std::max(max_logit, c.logit);
     double sum = 0.0;
     for (auto& c : items) {
         const double e = std::isinf(c.logit) && c.logit < 0 ? 0.0 : std::exp(double(c.logit) - max_logit);
@@ -89,8 +100,34 @@ void TopK::apply(Candidates& c) const {
     c.truncate(static_cast<size_t>(k));
 }
 
+// The smallest prefix (largest first) whose mass reaches p, at least min_keep, out of the first n
+// candidates, which are sorted and have p set; 0 if they do not reach it.
+size_t top_p_prefix(const Candidates& c, size_t n, float p, size_t min_keep) {
+    double cumulative = 0.0;
+    for (size_t i = 0; i < n; ++i) {
+        cumulative += c.items[i].p;
+        if (cumulative >= p && i + 1 >= min_keep) return i + 1;
+    }
+    return 0;
+}
+
 void TopP::apply(Candidates& c) const {
     if (p >= 1.0f) return;
+    if (!c.sorted && c.items.size() > sort_whole_up_to) {
+        // Probabilities over the whole list, then sorted prefixes of 1,024, 8,192, ... candidates
+        // until one holds mass p.
+        c.normalize();
+        for (size_t n = sort_whole_up_to; n < c.items.size(); n *= 8) {
+            const auto prefix_end = c.items.begin() + std::ptrdiff_t(n);
+            std::nth_element(c.items.begin(), prefix_end, c.items.end(), before);
+            std::sort(c.items.begin(), prefix_end, before);
+            if (const size_t keep = top_p_prefix(c, n, p, min_keep)) {
+                c.truncate(keep);
+                c.sorted = true;
+                return;
+            }
+        }
+    }
     c.softmax();
     double cumulative = 0.0;
     size_t keep = c.items.size();
@@ -107,6 +144,19 @@ void TopP::apply(Candidates& c) const {
 
 void MinP::apply(Candidates& c) const {
     if (p <= 0.0f || c.items.empty()) return;
+    if (!c.sorted && c.items.size() > sort_whole_up_to) {
+        // p_i >= p * p_max is logit_i >= max + log(p): kept in their order, unsorted.
+        float max_logit = c.items.front().logit;
+        for (const auto& cand : c.items) max_logit = std::max(max_logit, cand.logit);
+        const double threshold = double(max_logit) + std::log(double(p));
+        std::vector<Candidate> kept;
+        for (const auto& cand : c.items)
+            if (double(cand.logit) >= threshold) kept.push_back(cand);
+        if (kept.size() >= min_keep) {
+            c.items = std::move(kept);
+            return;
+        }
+    }
     c.softmax();
     const float threshold = c.items.front().p * p;
     size_t keep = 0;
@@ -231,7 +281,10 @@ Token SamplerChain::draw(Candidates& c) {
         c.sort_descending();
         return c.items.front().id;
     }
-    c.softmax();
+    // The candidates in the order the stages left them: largest first after top-k, top-p or
+    // min-p on a sorted list; a whole vocabulary that no stage cut is walked unsorted.
+    if (c.sorted || c.items.size() > sort_whole_up_to) c.normalize();
+    else c.softmax();
     // Inverse-CDF draw from the 53 high bits of the generator: the same seed gives the same
     // tokens on every standard library (std::discrete_distribution's algorithm is unspecified).
     double total = 0.0;

@@ -196,6 +196,54 @@ TEST(Sampler, SampleTopDrawsAsSampleOnTheWholeRow) {
     EXPECT_EQ(SamplerChain(params).leading_top_k(), 0u);
 }
 
+// A whole vocabulary with no top-k before: top-p sorts only the prefix it needs and min-p compares
+// logits with the largest; they keep what they keep on the same row sorted first (the short-list
+// path). Peaked and flat rows, several p.
+TEST(Sampler, TopPAndMinPOnAWholeRowKeepWhatTheSortedPathKeeps) {
+    for (double sigma : {2.0, 5.0}) {
+        std::mt19937 rng(3);
+        std::normal_distribution<double> normal(0.0, sigma);
+        std::vector<double> row(20000);
+        for (double& x : row) x = normal(rng);
+        for (float p : {0.5f, 0.9f, 0.95f}) {
+            auto whole = Candidates::from_logits(std::span<const double>(row)), sorted = whole;
+            sorted.sort_descending();
+            ASSERT_GT(whole.items.size(), sort_whole_up_to);
+            sampling::TopP{p}.apply(whole);
+            sampling::TopP{p}.apply(sorted);
+            EXPECT_TRUE(whole.sorted);
+            EXPECT_EQ(ids(whole), ids(sorted)) << "top-p " << p << " sigma " << sigma;
+        }
+        for (float p : {0.01f, 0.05f, 0.3f}) {
+            auto whole = Candidates::from_logits(std::span<const double>(row)), sorted = whole;
+            sorted.sort_descending();
+            sampling::MinP{p}.apply(whole);
+            sampling::MinP{p}.apply(sorted);
+            whole.sort_descending();
+            EXPECT_EQ(ids(whole), ids(sorted)) << "min-p " << p << " sigma " << sigma;
+        }
+    }
+}
+
+// The draw over a whole row that no stage cut walks it unsorted: still the row's distribution.
+TEST(Sampler, DrawOverAWholeRowFollowsTheDistribution) {
+    std::vector<double> row(5000, -30.0);
+    row[4000] = std::log(0.5), row[10] = std::log(0.3), row[2500] = std::log(0.2);
+    SamplingParams params;
+    params.temperature = 1.0f;
+    params.top_k = 0;
+    params.top_p = 1.0f;
+    params.min_p = 0.0f;
+    params.seed = 42;
+    SamplerChain chain(params);
+    std::map<Token, int> counts;
+    const int n = 20000;
+    for (int i = 0; i < n; ++i) ++counts[chain.sample(row)];
+    EXPECT_NEAR(counts[4000] / double(n), 0.5, 0.015);
+    EXPECT_NEAR(counts[10] / double(n), 0.3, 0.015);
+    EXPECT_NEAR(counts[2500] / double(n), 0.2, 0.015);
+}
+
 TEST(Sampler, ChainOrderFollowsLlamaCpp) {
     SamplingParams params;
     params.repeat_penalty = 1.1f;
