@@ -100,34 +100,60 @@ void TopK::apply(Candidates& c) const {
     c.truncate(static_cast<size_t>(k));
 }
 
-// The smallest prefix (largest first) whose mass reaches p, at least min_keep, out of the first n
-// candidates, which are sorted and have p set; 0 if they do not reach it.
-size_t top_p_prefix(const Candidates& c, size_t n, float p, size_t min_keep) {
-    double cumulative = 0.0;
-    for (size_t i = 0; i < n; ++i) {
-        cumulative += c.items[i].p;
-        if (cumulative >= p && i + 1 >= min_keep) return i + 1;
+namespace {
+// TopP over a whole unsorted list without sorting it: the probabilities, then 1,024 buckets of the
+// logits between the smallest and the largest; from the top bucket down, the one where the mass
+// reaches p. The candidates above it are all kept (in their order), those in it are sorted and
+// kept until the mass reaches p, as the sorted scan would. False (nothing changed but p) where
+// that cannot decide: all logits equal, or fewer than min_keep kept.
+bool top_p_by_buckets(Candidates& c, float p, size_t min_keep) {
+    c.normalize();
+    float lo = INFINITY, hi = -INFINITY;
+    for (const auto& cand : c.items)
+        if (std::isfinite(cand.logit)) lo = std::min(lo, cand.logit), hi = std::max(hi, cand.logit);
+    if (!(hi > lo)) return false;
+    constexpr int n_buckets = 1024;
+    const double scale = n_buckets / (double(hi) - double(lo));
+    auto bucket_of = [&](float logit) {
+        if (!(logit > lo)) return 0;   // -inf and NaN too
+        if (logit >= hi) return n_buckets - 1;
+        return std::min(n_buckets - 1, int((double(logit) - double(lo)) * scale));
+    };
+    std::vector<double> mass(n_buckets, 0.0);
+    for (const auto& cand : c.items) mass[size_t(bucket_of(cand.logit))] += cand.p;
+    int boundary = 0;
+    double above = 0.0;
+    for (int b = n_buckets - 1; b > 0; --b) {
+        if (above + mass[size_t(b)] >= p) {
+            boundary = b;
+            break;
+        }
+        above += mass[size_t(b)];
     }
-    return 0;
+    std::vector<Candidate> kept, at_boundary;
+    for (const auto& cand : c.items) {
+        const int b = bucket_of(cand.logit);
+        if (b > boundary) kept.push_back(cand);
+        else if (b == boundary) at_boundary.push_back(cand);
+    }
+    std::sort(at_boundary.begin(), at_boundary.end(), before);
+    double cumulative = 0.0;
+    for (const auto& cand : kept) cumulative += cand.p;
+    for (const auto& cand : at_boundary) {
+        if (cumulative >= p && kept.size() >= min_keep) break;
+        cumulative += cand.p;
+        kept.push_back(cand);
+    }
+    if (kept.size() < min_keep) return false;
+    c.items = std::move(kept);
+    c.sorted = false;
+    return true;
 }
+}  // namespace
 
 void TopP::apply(Candidates& c) const {
     if (p >= 1.0f) return;
-    if (!c.sorted && c.items.size() > sort_whole_up_to) {
-        // Probabilities over the whole list, then sorted prefixes of 1,024, 8,192, ... candidates
-        // until one holds mass p.
-        c.normalize();
-        for (size_t n = sort_whole_up_to; n < c.items.size(); n *= 8) {
-            const auto prefix_end = c.items.begin() + std::ptrdiff_t(n);
-            std::nth_element(c.items.begin(), prefix_end, c.items.end(), before);
-            std::sort(c.items.begin(), prefix_end, before);
-            if (const size_t keep = top_p_prefix(c, n, p, min_keep)) {
-                c.truncate(keep);
-                c.sorted = true;
-                return;
-            }
-        }
-    }
+    if (!c.sorted && c.items.size() > sort_whole_up_to && top_p_by_buckets(c, p, min_keep)) return;
     c.softmax();
     double cumulative = 0.0;
     size_t keep = c.items.size();
