@@ -92,9 +92,7 @@ void Penalties::accept(Token t) {
 void TopK::apply(Candidates& c) const {
     if (k <= 0 || static_cast<size_t>(k) >= c.items.size()) return;
     if (!c.sorted) {
-        std::partial_sort(c.items.begin(), c.items.begin() + k, c.items.end(), [](const Candidate& a, const Candidate& b) {
-            return a.logit > b.logit || (a.logit == b.logit && a.id < b.id);
-        });
+        std::partial_sort(c.items.begin(), c.items.begin() + k, c.items.end(), before);
         c.sorted = true;
     }
     c.truncate(static_cast<size_t>(k));
