@@ -98,6 +98,7 @@ struct DeviceContext {
     Scratch attention_parts;  // split-KV partial results
     Scratch attention_finished;  // per group of split-KV blocks: how many have written their part
     Scratch attention_scores; // a prompt's attention scores, [heads, tokens, keys] per chunk of tokens
+    Scratch attention_operands;  // their batched products' operands, a pointer per head
     Scratch top_k_keys;       // top_k's candidates between its passes
     Scratch activations_int8; // one token's activations quantized for the int8 matrix-vector product
     Scratch prepared_int8;    // the same, written by the kernel that produced them (PreparedInt8)

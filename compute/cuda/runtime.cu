@@ -199,7 +199,7 @@ std::vector<const void*> scratch_addresses(Context& ctx) {
     return {device.weights_half.address(), device.tokens_half.address(), device.attention_parts.address(),
             device.attention_finished.address(), device.activations_int8.address(), device.prepared_int8.address(),
             device.norm_int8.address(), device.norm_partials.address(), device.rope_frequencies.values.address(),
-            device.top_k_keys.address()};
+            device.top_k_keys.address(), device.attention_operands.address()};
 }
 
 DeviceContext& device_of(Context& ctx) {
