@@ -290,8 +290,9 @@ size_t SamplerChain::leading_top_k() const {
 
 Token SamplerChain::sample_top(std::span<const Token> ids, std::span<const float> logits) {
     if (ids.empty() || ids.size() != logits.size() || ids.size() != leading_top_k())
-        throw std::invalid_argument("sample_top: " + std::to_string(ids.size()) + " ids and " + std::to_string(logits.size()) +
-                                    " logits for a leading top-k of " + std::to_string(leading_top_k()));
+        throw std::invalid_argument("sample_top: " + std::to_string(ids.size()) + " ids and " +
+                                    std::to_string(logits.size()) + " logits for a leading top-k of " +
+                                    std::to_string(leading_top_k()));
     Candidates c;
     c.items.reserve(ids.size());
     for (size_t i = 0; i < ids.size(); ++i) c.items.push_back({ids[i], logits[i], 0.0f});

@@ -228,7 +228,8 @@ public:
         if (observer_) return top_logits_of_last(forward(std::span<const Token>(&token, 1)), k);
         check_token_ids(std::span<const Token>(&token, 1), config_.n_vocab);
         decode(token, false);
-        if (top_.bytes() < 2 * k * sizeof(int32_t)) top_ = compute::Buffer(ctx_.device(), 2 * compute::max_top_k * sizeof(int32_t));
+        if (top_.bytes() < 2 * k * sizeof(int32_t))
+            top_ = compute::Buffer(ctx_.device(), 2 * compute::max_top_k * sizeof(int32_t));
         int32_t* ids = top_.as<int32_t>();
         compute::top_k(ctx_, workspace_.buffer(logits_buffer_), config_.n_vocab, k, ids, reinterpret_cast<float*>(ids + k));
         return decode_step_.read_top(ctx_, top_.data(), k);

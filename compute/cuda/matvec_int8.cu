@@ -341,7 +341,8 @@ int8_matvec_kernel(Targets targets, int n_blocks, const int8_t* __restrict__ qs,
             target.y[row] = y0;
             target.y[row + 1] = y1;
             if (target_index > 0) {
-                float* cached = (target_index == 1 ? rope_store.keys : rope_store.values) + size_t(position) * target.rows + row;
+                float* cached = (target_index == 1 ? rope_store.keys : rope_store.values) +
+                                size_t(position) * target.rows + row;
                 cached[0] = y0;
                 cached[1] = y1;
             }

@@ -58,7 +58,8 @@ __device__ __forceinline__ void quantize_block(const float* __restrict__ x, int8
     for (int k = 0; k < 8; ++k) v[k] = __ldg(reinterpret_cast<const float4*>(x) + k);
     float amax = 0.0f;
 #pragma unroll
-    for (int k = 0; k < 8; ++k) amax = fmaxf(fmaxf(amax, fmaxf(fabsf(v[k].x), fabsf(v[k].y))), fmaxf(fabsf(v[k].z), fabsf(v[k].w)));
+    for (int k = 0; k < 8; ++k)
+        amax = fmaxf(fmaxf(amax, fmaxf(fabsf(v[k].x), fabsf(v[k].y))), fmaxf(fabsf(v[k].z), fabsf(v[k].w)));
     const float d = amax / 127.0f;
     const float inverse = d != 0.0f ? 1.0f / d : 0.0f;
     int words[8], sum = 0;
