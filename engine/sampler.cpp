@@ -42,14 +42,19 @@ void Candidates::softmax() {
     normalize();
 }
 
+float Candidates::max_logit() const {
+    float largest = items.front().logit;
+    if (!sorted)
+        for (const auto& c : items) largest = std::max(largest, c.logit);
+    return largest;
+}
+
 void Candidates::normalize() {
     if (items.empty()) return;
-    float max_logit = items.front().logit;
-    if (!sorted)
-        for (const auto& c : items) max_logit = std::max(max_logit, c.logit);
+    const float largest = max_logit();
     double sum = 0.0;
     for (auto& c : items) {
-        const double e = std::isinf(c.logit) && c.logit < 0 ? 0.0 : std::exp(double(c.logit) - max_logit);
+        const double e = std::isinf(c.logit) && c.logit < 0 ? 0.0 : std::exp(double(c.logit) - largest);
         c.p = static_cast<float>(e);
         sum += e;
     }
@@ -170,9 +175,7 @@ void MinP::apply(Candidates& c) const {
     if (p <= 0.0f || c.items.empty()) return;
     if (!c.sorted && c.items.size() > sort_whole_up_to) {
         // p_i >= p * p_max is logit_i >= max + log(p): kept in their order, unsorted.
-        float max_logit = c.items.front().logit;
-        for (const auto& cand : c.items) max_logit = std::max(max_logit, cand.logit);
-        const double threshold = double(max_logit) + std::log(double(p));
+        const double threshold = double(c.max_logit()) + std::log(double(p));
         std::vector<Candidate> kept;
         for (const auto& cand : c.items)
             if (double(cand.logit) >= threshold) kept.push_back(cand);
@@ -306,10 +309,10 @@ Token SamplerChain::draw(Candidates& c) {
         c.sort_descending();
         return c.items.front().id;
     }
-    // The candidates in the order the stages left them: largest first after top-k, top-p or
-    // min-p on a sorted list; a whole vocabulary that no stage cut is walked unsorted.
-    if (c.sorted || c.items.size() > sort_whole_up_to) c.normalize();
-    else c.softmax();
+    // The candidates in the order the stages left them, short lists sorted: largest first after
+    // top-k, top-p or min-p; a whole vocabulary that no stage cut is walked unsorted.
+    if (c.items.size() <= sort_whole_up_to) c.sort_descending();
+    c.normalize();
     // Inverse-CDF draw from the 53 high bits of the generator: the same seed gives the same
     // tokens on every standard library (std::discrete_distribution's algorithm is unspecified).
     double total = 0.0;

@@ -35,6 +35,7 @@ struct Candidates {
     // Sets p from the logits (max-subtracted, float64 sum over the candidates in their order)
     // without sorting them.
     void normalize();
+    float max_logit() const;   // the front's where sorted; items non-empty
     void truncate(size_t n) { if (n < items.size()) items.resize(n); }
 };
 

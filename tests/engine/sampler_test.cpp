@@ -26,6 +26,17 @@ std::vector<Token> ids(const Candidates& c) {
     return out;
 }
 
+// A chain of temperature 1 alone (no top-k, top-p or min-p): the draw over the distribution itself.
+SamplingParams temperature_only(uint64_t seed) {
+    SamplingParams params;
+    params.temperature = 1.0f;
+    params.top_k = 0;
+    params.top_p = 1.0f;
+    params.min_p = 0.0f;
+    params.seed = seed;
+    return params;
+}
+
 TEST(Sampler, SoftmaxRecoversProbabilitiesSortedDescending) {
     auto c = Candidates::from_logits(std::span<const double>(logits_of({0.1, 0.2, 0.3, 0.4})));
     c.softmax();
@@ -146,12 +157,7 @@ TEST(Sampler, GreedyIsArgmaxWithLowestIdOnTies) {
 }
 
 TEST(Sampler, SameSeedSameDrawsAndFrequenciesFollowTheDistribution) {
-    SamplingParams params;
-    params.temperature = 1.0f;
-    params.top_k = 0;
-    params.top_p = 1.0f;
-    params.min_p = 0.0f;
-    params.seed = 1234;
+    const SamplingParams params = temperature_only(1234);
     SamplerChain a(params), b(params);
     auto logits = logits_of({0.1, 0.2, 0.3, 0.4});
     std::map<Token, int> counts;
@@ -229,13 +235,7 @@ TEST(Sampler, TopPAndMinPOnAWholeRowKeepWhatTheSortedPathKeeps) {
 TEST(Sampler, DrawOverAWholeRowFollowsTheDistribution) {
     std::vector<double> row(5000, -30.0);
     row[4000] = std::log(0.5), row[10] = std::log(0.3), row[2500] = std::log(0.2);
-    SamplingParams params;
-    params.temperature = 1.0f;
-    params.top_k = 0;
-    params.top_p = 1.0f;
-    params.min_p = 0.0f;
-    params.seed = 42;
-    SamplerChain chain(params);
+    SamplerChain chain(temperature_only(42));
     std::map<Token, int> counts;
     const int n = 20000;
     for (int i = 0; i < n; ++i) ++counts[chain.sample(row)];
