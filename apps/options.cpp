@@ -79,7 +79,10 @@ void load_config_file(Settings& s, const std::filesystem::path& path) {
     read_value(root, "device", s.device, path);
     read_value(root, "threads", s.threads, path);
     read_value(root, "ctx_size", s.ctx_size, path);
-    read_value(root, "exact_activations", s.exact_activations, path);
+    read_value(root, "activations", s.activations, path);
+    bool exact_activations = false;   // the older spelling of activations = "f32"
+    read_value(root, "exact_activations", exact_activations, path);
+    if (exact_activations) s.activations = "f32";
     read_value(root, "tensor_parallel", s.tensor_parallel, path);
     read_value(root, "system_prompt", s.system_prompt, path);
     read_value(root, "log_level", s.log_level, path);
@@ -127,7 +130,7 @@ std::string settings_to_toml(const Settings& s) {
     for (const auto& stop : s.stop) stops.push_back(stop);
     gen.insert("stop", stops);
     toml::table root{{"model", s.model},         {"precision", s.precision}, {"device", s.device},
-                     {"threads", s.threads},     {"ctx_size", s.ctx_size},   {"exact_activations", s.exact_activations},
+                     {"threads", s.threads},     {"ctx_size", s.ctx_size},   {"activations", s.activations},
                      {"tensor_parallel", s.tensor_parallel}, {"system_prompt", s.system_prompt}, {"log_level", s.log_level}};
     root.insert("generation", gen);
     std::ostringstream out;
@@ -157,7 +160,11 @@ void add_model_flags(CLI::App& cmd, Settings& s) {
         ->check(CLI::IsMember({"auto", "cpu", "cuda", "gpu"}))->capture_default_str();
     cmd.add_option("-t,--threads", s.threads, "CPU threads (0: every core)")->check(CLI::NonNegativeNumber);
     cmd.add_option("-c,--ctx-size", s.ctx_size, "context length in tokens (0: the model's trained length)")->check(CLI::NonNegativeNumber);
-    cmd.add_flag("--exact-activations", s.exact_activations, "keep activations float32 in the quantized kernels (no 8-bit activation quantization)");
+    cmd.add_option("--activations", s.activations,
+                   "how quantized products read activations: auto (cpu int8x2, cuda int8), f32, int8 (as llama.cpp), int8x2 (cpu)")
+        ->check(CLI::IsMember({"auto", "f32", "int8", "int8x2"}))
+        ->capture_default_str();
+    cmd.add_flag_callback("--exact-activations", [&s] { s.activations = "f32"; }, "the same as --activations f32");
     cmd.add_option("--tensor-parallel", s.tensor_parallel,
                    "split a Llama model over N ranks: N GPUs over NCCL (--device cuda), or N simulated ranks (--device cpu)")
         ->check(CLI::Range(1, 64))->capture_default_str();
@@ -198,7 +205,13 @@ BackendOptions Settings::backend_options() const {
     }
     o.n_ctx = static_cast<size_t>(ctx_size);
     o.n_threads = threads;
-    o.exact_activations = exact_activations;
+    if (activations != "auto") {
+        try {
+            o.activations = compute::parse_activations(activations);
+        } catch (const std::invalid_argument& e) {
+            throw UsageError(e.what());
+        }
+    }
     o.tensor_parallel = tensor_parallel;
     return o;
 }

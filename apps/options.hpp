@@ -19,7 +19,7 @@ struct Settings {
     std::string device = "auto";
     int threads = 0;
     int ctx_size = 0;
-    bool exact_activations = false;
+    std::string activations = "auto";   // auto (the device's default), f32, int8, int8x2
     int tensor_parallel = 1;
     // generation
     int max_tokens = -1;

@@ -87,7 +87,7 @@ ModelBackend make_backend(std::shared_ptr<const gguf::File> file, const BackendO
     const ModelConfig config = ModelConfig::from_gguf(*file);
     f32.n_ctx = options.n_ctx ? options.n_ctx : default_context(config);
     f32.n_threads = options.n_threads;
-    f32.exact_activations = options.exact_activations;
+    f32.activations = options.activations;
     f32.device = resolve_device(options.device);
     switch (config.architecture) {
         case Architecture::GPT2:
@@ -113,8 +113,8 @@ std::string backend_description(const ModelBackend& backend) {
                                                                     : "TensorParallelLlamaModel";
                 std::string ranks;
                 if constexpr (std::is_same_v<M, TensorParallelLlamaModel>) ranks = ", " + std::to_string(model.n_ranks()) + " ranks";
-                return std::string(name) + " (f32, " + std::string(compute::device_name(model.options().device)) + ranks +
-                       (model.options().exact_activations ? ", exact activations" : "") + ")";
+                return std::string(name) + " (f32, " + std::string(compute::device_name(model.options().device)) + ranks + ", " +
+                       std::string(compute::activations_name(activations_for(model.options()))) + " activations)";
             }
         },
         backend);

@@ -30,7 +30,27 @@ PositionDivergence compare_logits(std::span<const double> ref, std::span<const d
     }
     d.ref_top1 = argmax(ref);
     d.fast_top1 = argmax(fast);
+    d.ref_top1_logits = {ref[size_t(d.ref_top1)], fast[size_t(d.ref_top1)]};
+    d.fast_top1_logits = {ref[size_t(d.fast_top1)], fast[size_t(d.fast_top1)]};
     return d;
+}
+
+DivergenceSummary summarize(std::span<const PositionDivergence> rows) {
+    DivergenceSummary s;
+    s.positions = rows.size();
+    if (rows.empty()) return s;
+    std::vector<double> kl;
+    for (const auto& r : rows) {
+        s.same_top += r.top1_agrees();
+        s.worst_relative = std::max(s.worst_relative, r.relative());
+        s.mean_kl += r.kl;
+        kl.push_back(r.kl);
+    }
+    s.mean_kl /= double(rows.size());
+    std::sort(kl.begin(), kl.end());
+    s.kl_max = kl.back();
+    s.kl_p99 = kl[std::min(kl.size() - 1, size_t(std::ceil(0.99 * double(kl.size()))) - 1)];
+    return s;
 }
 
 std::vector<PositionDivergence> compare_logits(const Logits& ref, const Logits& fast) {

@@ -4,6 +4,8 @@
 #include <chrono>
 #include <concepts>
 #include <optional>
+#include <stdexcept>
+#include <string>
 #include <utility>
 
 #include "compute/elementwise.hpp"
@@ -154,6 +156,16 @@ void InferenceEngine::clear() {
 Logits InferenceEngine::evaluate_all(std::span<const Token> ids) {
     clear();
     return forward(ids, LogitsMode::All);
+}
+
+void InferenceEngine::evaluate_as_generated(std::span<const Token> ids, size_t n_prompt, const RowCallback& on_row) {
+    if (n_prompt == 0 || n_prompt > ids.size())
+        throw std::invalid_argument("evaluate_as_generated: the prompt must be 1.." + std::to_string(ids.size()) + " tokens, not " +
+                                    std::to_string(n_prompt));
+    clear();
+    const Logits prompt = forward(ids.first(n_prompt));
+    on_row(n_prompt - 1, prompt.last());
+    for (size_t p = n_prompt; p < ids.size(); ++p) on_row(p, forward(ids.subspan(p, 1)).last());
 }
 
 GenerationResult InferenceEngine::generate(std::span<const Token> prompt, const GenerateOptions& options, const TextCallback& on_text) {

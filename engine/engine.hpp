@@ -77,8 +77,15 @@ public:
     // until a stop condition. Throws ContextOverflow when the prompt alone does not fit.
     GenerationResult generate(std::span<const Token> prompt, const GenerateOptions& options, const TextCallback& on_text = {});
 
-    // Logits of every position of `ids`, from an empty cache (perplexity, verify).
+    // Logits of every position of `ids`, from an empty cache, in one call (the prompt path).
     Logits evaluate_all(std::span<const Token> ids);
+    // Feeds `ids` from an empty cache as generate() feeds a prompt and its generated tokens: the
+    // first n_prompt in one call (the prompt path), then each later token alone through the
+    // model's decode step (on a GPU the captured graph), the very calls generate() makes.
+    // on_row(position, logits) gets each row the model produced, positions n_prompt-1 ..
+    // ids.size()-1 (the row at p predicts ids[p+1]). n_prompt = 1: every row from the decode step.
+    using RowCallback = std::function<void(size_t position, std::span<const double> logits)>;
+    void evaluate_as_generated(std::span<const Token> ids, size_t n_prompt, const RowCallback& on_row);
     // The raw model step, for bench: feeds ids after what the model has seen.
     Logits forward(std::span<const Token> ids, LogitsMode mode = LogitsMode::Last);
     void clear();

@@ -214,8 +214,16 @@ Token argmax_of_last(const Logits& logits) {
     return static_cast<Token>(std::max_element(row.begin(), row.end()) - row.begin());
 }
 
+compute::Activations default_activations(compute::Device device) {
+    return device == compute::Device::CPU ? compute::Activations::Int8x2 : compute::Activations::Int8;
+}
+
 compute::Activations activations_for(const F32Options& options) {
-    return options.exact_activations ? compute::Activations::Float32 : compute::Activations::Int8;
+    const compute::Activations a = options.activations.value_or(default_activations(options.device));
+    if (a == compute::Activations::Int8x2 && options.device != compute::Device::CPU)
+        throw std::invalid_argument("int8x2 activations have CPU kernels only: choose int8 or f32 on " +
+                                    std::string(compute::device_name(options.device)));
+    return a;
 }
 
 void residual_project(compute::Context& ctx, const compute::WeightMatrix& w, const DeviceFloats& bias, const float* x,

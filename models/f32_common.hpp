@@ -31,10 +31,9 @@ struct F32Options {
     size_t n_ctx = 0;            // tokens the KV cache holds; 0: the model's trained context
     int n_threads = 0;           // CPU threads; 0: one per core
     compute::Device device = compute::Device::CPU;
-    // true: every product reads float32 activations. false (default): matrix-vector products
-    // against quantized weights quantize the activations to 8 bits (compute::Activations::Int8),
-    // as llama.cpp does: faster, with about 1e-3 relative error in the logits.
-    bool exact_activations = false;
+    // How matrix-vector products against quantized weights read the activations
+    // (compute::Activations); unset: the device's default, default_activations(device).
+    std::optional<compute::Activations> activations = std::nullopt;
     // CUDA: single-token steps captured once as a graph and replayed (one launch a step instead
     // of ~15 per layer). The environment variable TWINFER_CUDA_GRAPH=0 turns it off whatever
     // this says (see use_cuda_graph).
@@ -154,6 +153,10 @@ Token argmax_of_last(const Logits& logits);
 // Float32 logits [n_positions, n_vocab] in device memory, widened into the interface's float64 Logits.
 Logits download_logits(compute::Context& ctx, const float* values, size_t n_positions, size_t n_vocab);
 
+// The CPU's default is Int8x2 (the float64 reference's top token at ~1.2x int8's decode time,
+// BENCHMARKS.md, "Trust"); CUDA's is Int8, whose kernels are the only quantized ones there.
+compute::Activations default_activations(compute::Device device);
+// options.activations or the device's default; std::invalid_argument for Int8x2 on CUDA.
 compute::Activations activations_for(const F32Options& options);
 
 // y += W x (+ bias, when there is one): a residual connection, the add folded into the product.
@@ -249,7 +252,9 @@ protected:
         : file_(std::move(file)), config_(std::move(config)), options_(options),
           ctx_({.device = options.device, .n_threads = options.n_threads, .cpu_isa = std::nullopt}),
           cache_(options.device, config_.n_layer, 1, context_length(options, config_.n_ctx_train), config_.n_embd_kv()),
-          logits_buffer_(logits_buffer) {}
+          logits_buffer_(logits_buffer) {
+        activations_for(options_);   // refuses a scheme the device has no kernels for, before any weight is placed
+    }
 
     // The pass of a prompt's T tokens at positions p0.. (cache reserved, workspace sized).
     void enqueue_prompt(std::span<const Token> ids, size_t p0, size_t n_out) {

@@ -21,6 +21,18 @@ struct Q8Block {
 };
 void quantize_q8(const float* x, size_t n, Q8Block* out);   // n a multiple of 32
 
+// 32 activations as two int8 digits: x[i] ≈ d (254 hi[i] + lo[i]), sum = Σ x[i] as quantized. hi is
+// quantize_q8's code (scale 254 d = max|x| / 127) and lo the rounded remainder in steps of d, so a
+// value keeps ~15 bits where Q8Block keeps 8; a dot product with integer weights stays exact in
+// int32 (254 (w.hi) + (w.lo)), at the cost of a second integer dot per block.
+struct Q8x2Block {
+    float d;
+    float sum;
+    int8_t hi[32];
+    int8_t lo[32];
+};
+void quantize_q8x2(const float* x, size_t n, Q8x2Block* out);   // n a multiple of 32
+
 // Weight types with an int8-activation kernel (the others use float activations).
 bool has_q8_kernel(GGMLType type);
 
@@ -29,9 +41,12 @@ struct Kernels {
     // y[r] = W[r, :] . x for the n_rows rows at w, row_bytes apart, n_cols values each.
     void (*matvec)(GGMLType type, const std::byte* w, size_t row_bytes, size_t n_rows, size_t n_cols,
                    const float* x, float* y);
-    // The same with x quantized by quantize_q8; null in the generic table; type has_q8_kernel().
+    // The same with x quantized by quantize_q8 (or quantize_q8x2); null in the generic table; type
+    // has_q8_kernel().
     void (*matvec_q8)(GGMLType type, const std::byte* w, size_t row_bytes, size_t n_rows, size_t n_cols,
                       const Q8Block* x, float* y);
+    void (*matvec_q8x2)(GGMLType type, const std::byte* w, size_t row_bytes, size_t n_rows, size_t n_cols,
+                        const Q8x2Block* x, float* y);
     // n values (whole blocks) of `type` to float: format/quant.hpp's dequantize(), vectorized.
     void (*dequantize)(GGMLType type, const std::byte* src, size_t n, float* dst);
     // Float product of a tile: y[t * y_stride + r] = sum_k w[r * w_stride + k] x[t, k] for r <

@@ -13,6 +13,21 @@
 
 namespace twinfer::compute {
 
+std::string_view activations_name(Activations a) {
+    switch (a) {
+    case Activations::Float32: return "f32";
+    case Activations::Int8: return "int8";
+    case Activations::Int8x2: return "int8x2";
+    }
+    return "?";
+}
+
+Activations parse_activations(std::string_view name) {
+    for (Activations a : {Activations::Float32, Activations::Int8, Activations::Int8x2})
+        if (name == activations_name(a)) return a;
+    throw std::invalid_argument("unknown activations '" + std::string(name) + "' (f32, int8, int8x2)");
+}
+
 bool matmul_supports(GGMLType type) {
     switch (type) {
     case GGMLType::F32: case GGMLType::F16: case GGMLType::BF16:
@@ -67,9 +82,14 @@ void for_row_chunks(Context& ctx, std::span<const MatmulOutput> outputs, ChunkRo
 void matvec(Context& ctx, const Kernels& k, std::span<const MatmulOutput> outputs, const float* x, size_t token,
             Activations activations) {
     const size_t cols = outputs[0].w.cols;
-    const bool int8 = activations == Activations::Int8 && k.matvec_q8;
+    const bool quantized = activations != Activations::Float32 && k.matvec_q8 && cols % 32 == 0;
     const Q8Block* xq = nullptr;
-    if (int8 && cols % 32 == 0) {
+    const Q8x2Block* xq2 = nullptr;
+    if (quantized && activations == Activations::Int8x2) {
+        auto* blocks = reinterpret_cast<Q8x2Block*>(ctx.shared_scratch(cols / 32 * sizeof(Q8x2Block)));
+        quantize_q8x2(x, cols, blocks);
+        xq2 = blocks;
+    } else if (quantized) {
         auto* blocks = reinterpret_cast<Q8Block*>(ctx.shared_scratch(cols / 32 * sizeof(Q8Block)));
         quantize_q8(x, cols, blocks);
         xq = blocks;
@@ -89,6 +109,8 @@ void matvec(Context& ctx, const Kernels& k, std::span<const MatmulOutput> output
         float* y = outputs[i].y + token * w.rows + begin;
         float* products = outputs[i].accumulate ? sums[thread] : y;
         if (xq && has_q8_kernel(w.type)) k.matvec_q8(w.type, w.data + begin * row_bytes, row_bytes, end - begin, cols, xq, products);
+        else if (xq2 && has_q8_kernel(w.type))
+            k.matvec_q8x2(w.type, w.data + begin * row_bytes, row_bytes, end - begin, cols, xq2, products);
         else k.matvec(w.type, w.data + begin * row_bytes, row_bytes, end - begin, cols, x, products);
         if (outputs[i].accumulate)
             for (size_t r = 0; r < end - begin; ++r) y[r] += products[r];

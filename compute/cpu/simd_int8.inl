@@ -1,5 +1,5 @@
-// Integer dot products of quantized weight blocks with Q8Block activations on 256-bit vectors (one
-// 32-value block is 256 bits of int8), compiled by kernels_avx2.cpp and kernels_avx512.cpp. The
+// Integer dot products of quantized weight blocks with Q8Block or Q8x2Block activations on 256-bit
+// vectors (one 32-value block is 256 bits of int8), compiled by kernels_avx2.cpp and kernels_avx512.cpp. The
 // including file defines `constexpr bool avx512`: true uses AVX-512 VNNI's vpdpbusd and BW masks,
 // false AVX2's maddubs + madd. Each block's integer dot is exact; its scales are applied in float.
 // Formulas: llama.cpp ggml-quants.c, dequantize_row_* (the layouts are documented in format/quant.hpp).
@@ -17,6 +17,25 @@ inline __m256 dot_s8s8_float(__m256i w, __m256i y) {
     return dot_u8s8_float(_mm256_abs_epi8(w), _mm256_sign_epi8(y, w));
 }
 
+inline __m256i load_bytes(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+
+// A block's integer dot with 32 weight values, as 8 float lanes for the caller to scale by its
+// weight scale times y.d: unsigned weight bytes u (block_dot) or signed ones w (block_dot_signed).
+// Q8x2Block's two digits combine in int32 as 254 hi + lo; every lane stays below 2^24 (at most
+// 255 * 4 * 128 * 127), so its conversion to float is exact.
+inline __m256 combine_digits(__m256i hi, __m256i lo) {
+    return _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_sub_epi32(_mm256_slli_epi32(hi, 8), _mm256_slli_epi32(hi, 1)), lo));
+}
+inline __m256 block_dot(__m256i u, const Q8Block& y) { return dot_u8s8_float(u, load_bytes(y.qs)); }
+inline __m256 block_dot(__m256i u, const Q8x2Block& y) {
+    return combine_digits(dot_u8s8(u, load_bytes(y.hi)), dot_u8s8(u, load_bytes(y.lo)));
+}
+inline __m256 block_dot_signed(__m256i w, const Q8Block& y) { return dot_s8s8_float(w, load_bytes(y.qs)); }
+inline __m256 block_dot_signed(__m256i w, const Q8x2Block& y) {
+    const __m256i u = _mm256_abs_epi8(w);
+    return combine_digits(dot_u8s8(u, _mm256_sign_epi8(load_bytes(y.hi), w)), dot_u8s8(u, _mm256_sign_epi8(load_bytes(y.lo), w)));
+}
+
 inline float hsum8(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -25,7 +44,6 @@ inline float hsum8(__m256 v) {
 }
 
 inline float half(ggml_half h) { return _cvtsh_ss(h); }
-inline __m256i load_bytes(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
 inline __m256i low_nibbles(__m256i q) { return _mm256_and_si256(q, _mm256_set1_epi8(0x0F)); }
 inline __m256i high_nibbles(__m256i q) { return _mm256_and_si256(_mm256_srli_epi16(q, 4), _mm256_set1_epi8(0x0F)); }
 
@@ -67,13 +85,13 @@ inline __m256i bit_to_16(__m256i bytes, uint8_t mask) {
 // so a single accumulator chain would be the bottleneck.
 
 // Σ (q - offset) d_w . y over the blocks, q unsigned: Σ d_w d_y (q.y) - offset Σ d_w sum_y.
-template <class Block, __m256i (*Values)(const Block&), int Offset>
-float dot_symmetric(const Block* w, const Q8Block* x, size_t n_cols) {
+template <class Act, class Block, __m256i (*Values)(const Block&), int Offset>
+float dot_symmetric(const Block* w, const Act* x, size_t n_cols) {
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     float offset0 = 0.0f, offset1 = 0.0f;
     auto block = [&](size_t i, __m256& acc, float& offset_sum) {
         const float d = half(w[i].d);
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d * x[i].d), dot_u8s8_float(Values(w[i]), load_bytes(x[i].qs)), acc);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d * x[i].d), block_dot(Values(w[i]), x[i]), acc);
         offset_sum += d * x[i].sum;
     };
     const size_t nb = n_cols / 32;
@@ -87,12 +105,12 @@ float dot_symmetric(const Block* w, const Q8Block* x, size_t n_cols) {
 }
 
 // Σ (q d_w + m) . y over the blocks: Σ d_w d_y (q.y) + Σ m sum_y.
-template <class Block, __m256i (*Values)(const Block&)>
-float dot_with_min(const Block* w, const Q8Block* x, size_t n_cols) {
+template <class Act, class Block, __m256i (*Values)(const Block&)>
+float dot_with_min(const Block* w, const Act* x, size_t n_cols) {
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     float min0 = 0.0f, min1 = 0.0f;
     auto block = [&](size_t i, __m256& acc, float& min_sum) {
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(half(w[i].d) * x[i].d), dot_u8s8_float(Values(w[i]), load_bytes(x[i].qs)), acc);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(half(w[i].d) * x[i].d), block_dot(Values(w[i]), x[i]), acc);
         min_sum += half(w[i].m) * x[i].sum;
     };
     const size_t nb = n_cols / 32;
@@ -108,10 +126,11 @@ float dot_with_min(const Block* w, const Q8Block* x, size_t n_cols) {
 template <class Block> __m256i q4_values(const Block& b) { return block_nibbles(b.qs); }
 template <class Block> __m256i q5_values(const Block& b) { return _mm256_or_si256(block_nibbles(b.qs), fifth_bits(b.qh)); }
 
-float dot_q8_0(const BlockQ8_0* w, const Q8Block* x, size_t n_cols) {
+template <class Act>
+float dot_q8_0(const BlockQ8_0* w, const Act* x, size_t n_cols) {
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     auto block = [&](size_t i, __m256& acc) {
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(half(w[i].d) * x[i].d), dot_s8s8_float(load_bytes(w[i].qs), load_bytes(x[i].qs)), acc);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(half(w[i].d) * x[i].d), block_dot_signed(load_bytes(w[i].qs), x[i]), acc);
     };
     const size_t nb = n_cols / 32;
     size_t i = 0;
@@ -137,13 +156,13 @@ inline void k4_scale_min(const uint8_t* q, int j, float& scale, float& min) {
 
 // Q4_K/Q5_K: 8 sub-blocks of 32, value = d * scale_j * q - dmin * min_j. 64 values share 32 bytes
 // of nibbles (low: sub-block 2g, high: 2g+1); Q5_K's fifth bits are bits 2g, 2g+1 of qh[l].
-template <class Block, bool FifthBit>
-float dot_k_with_min(const Block* w, const Q8Block* x, size_t n_cols) {
+template <class Act, class Block, bool FifthBit>
+float dot_k_with_min(const Block* w, const Act* x, size_t n_cols) {
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     float min_sum = 0.0f;
     for (size_t i = 0; i < n_cols / 256; ++i) {
         const Block& b = w[i];
-        const Q8Block* y = x + 8 * i;
+        const Act* y = x + 8 * i;
         const float d = half(b.d), dmin = half(b.dmin);
         __m256i high_bits = _mm256_setzero_si256();
         if constexpr (FifthBit) high_bits = load_bytes(b.qh);
@@ -157,8 +176,8 @@ float dot_k_with_min(const Block* w, const Q8Block* x, size_t n_cols) {
             float scale0, min0, scale1, min1;
             k4_scale_min(b.scales, 2 * g, scale0, min0);
             k4_scale_min(b.scales, 2 * g + 1, scale1, min1);
-            acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d * scale0 * y[2 * g].d), dot_u8s8_float(lo, load_bytes(y[2 * g].qs)), acc0);
-            acc1 = _mm256_fmadd_ps(_mm256_set1_ps(d * scale1 * y[2 * g + 1].d), dot_u8s8_float(hi, load_bytes(y[2 * g + 1].qs)), acc1);
+            acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d * scale0 * y[2 * g].d), block_dot(lo, y[2 * g]), acc0);
+            acc1 = _mm256_fmadd_ps(_mm256_set1_ps(d * scale1 * y[2 * g + 1].d), block_dot(hi, y[2 * g + 1]), acc1);
             min_sum += dmin * (min0 * y[2 * g].sum + min1 * y[2 * g + 1].sum);
         }
     }
@@ -168,7 +187,8 @@ float dot_k_with_min(const Block* w, const Q8Block* x, size_t n_cols) {
 // Q6_K: 16 sub-blocks of 16, value = d * scale_s * (q - 32), q 6 bits: 4 from ql, 2 from qh. Each
 // half (128 values) has 4 groups of 32; group g's values come from nibble (g / 2) of ql[32 (g % 2) + l]
 // and bits 2g..2g+1 of qh[l], and use scales 2g (first 16) and 2g + 1 (last 16).
-float dot_q6_k(const BlockQ6_K* w, const Q8Block* x, size_t n_cols) {
+template <class Act>
+float dot_q6_k(const BlockQ6_K* w, const Act* x, size_t n_cols) {
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     const __m256i three = _mm256_set1_epi8(3), thirty_two = _mm256_set1_epi8(32);
     for (size_t i = 0; i < n_cols / 256; ++i) {
@@ -185,8 +205,8 @@ float dot_q6_k(const BlockQ6_K* w, const Q8Block* x, size_t n_cols) {
             };
             const int8_t* scales = b.scales + 8 * h;
             auto group = [&](int g, __m256& acc) {
-                const Q8Block& y = x[8 * i + 4 * h + g];
-                const __m256 p = dot_s8s8_float(_mm256_sub_epi8(q[g], thirty_two), load_bytes(y.qs));
+                const Act& y = x[8 * i + 4 * h + g];
+                const __m256 p = block_dot_signed(_mm256_sub_epi8(q[g], thirty_two), y);
                 const __m256 s = _mm256_set_m128(_mm_set1_ps(scales[2 * g + 1]), _mm_set1_ps(scales[2 * g]));
                 acc = _mm256_fmadd_ps(_mm256_mul_ps(s, _mm256_set1_ps(d * y.d)), p, acc);
             };
@@ -199,8 +219,8 @@ float dot_q6_k(const BlockQ6_K* w, const Q8Block* x, size_t n_cols) {
     return hsum8(_mm256_add_ps(acc0, acc1));
 }
 
-template <class Block, float (*Dot)(const Block*, const Q8Block*, size_t)>
-void rows_q8(const std::byte* w, size_t row_bytes, size_t n_rows, size_t n_cols, const Q8Block* x, float* y) {
+template <class Act, class Block, float (*Dot)(const Block*, const Act*, size_t)>
+void rows_q8(const std::byte* w, size_t row_bytes, size_t n_rows, size_t n_cols, const Act* x, float* y) {
     const std::byte* end = w + n_rows * row_bytes;
     for (size_t r = 0; r < n_rows; ++r) {
         const std::byte* row = w + r * row_bytes;
@@ -209,16 +229,21 @@ void rows_q8(const std::byte* w, size_t row_bytes, size_t n_rows, size_t n_cols,
     }
 }
 
-void matvec_q8(GGMLType type, const std::byte* w, size_t row_bytes, size_t n_rows, size_t n_cols, const Q8Block* x, float* y) {
+template <class Act>
+void matvec_q8(GGMLType type, const std::byte* w, size_t row_bytes, size_t n_rows, size_t n_cols, const Act* x, float* y) {
     switch (type) {
-    case GGMLType::Q4_0: return rows_q8<BlockQ4_0, dot_symmetric<BlockQ4_0, q4_values<BlockQ4_0>, 8>>(w, row_bytes, n_rows, n_cols, x, y);
-    case GGMLType::Q4_1: return rows_q8<BlockQ4_1, dot_with_min<BlockQ4_1, q4_values<BlockQ4_1>>>(w, row_bytes, n_rows, n_cols, x, y);
-    case GGMLType::Q5_0: return rows_q8<BlockQ5_0, dot_symmetric<BlockQ5_0, q5_values<BlockQ5_0>, 16>>(w, row_bytes, n_rows, n_cols, x, y);
-    case GGMLType::Q5_1: return rows_q8<BlockQ5_1, dot_with_min<BlockQ5_1, q5_values<BlockQ5_1>>>(w, row_bytes, n_rows, n_cols, x, y);
-    case GGMLType::Q8_0: return rows_q8<BlockQ8_0, dot_q8_0>(w, row_bytes, n_rows, n_cols, x, y);
-    case GGMLType::Q4_K: return rows_q8<BlockQ4_K, dot_k_with_min<BlockQ4_K, false>>(w, row_bytes, n_rows, n_cols, x, y);
-    case GGMLType::Q5_K: return rows_q8<BlockQ5_K, dot_k_with_min<BlockQ5_K, true>>(w, row_bytes, n_rows, n_cols, x, y);
-    case GGMLType::Q6_K: return rows_q8<BlockQ6_K, dot_q6_k>(w, row_bytes, n_rows, n_cols, x, y);
+    case GGMLType::Q4_0:
+        return rows_q8<Act, BlockQ4_0, dot_symmetric<Act, BlockQ4_0, q4_values<BlockQ4_0>, 8>>(w, row_bytes, n_rows, n_cols, x, y);
+    case GGMLType::Q4_1:
+        return rows_q8<Act, BlockQ4_1, dot_with_min<Act, BlockQ4_1, q4_values<BlockQ4_1>>>(w, row_bytes, n_rows, n_cols, x, y);
+    case GGMLType::Q5_0:
+        return rows_q8<Act, BlockQ5_0, dot_symmetric<Act, BlockQ5_0, q5_values<BlockQ5_0>, 16>>(w, row_bytes, n_rows, n_cols, x, y);
+    case GGMLType::Q5_1:
+        return rows_q8<Act, BlockQ5_1, dot_with_min<Act, BlockQ5_1, q5_values<BlockQ5_1>>>(w, row_bytes, n_rows, n_cols, x, y);
+    case GGMLType::Q8_0: return rows_q8<Act, BlockQ8_0, dot_q8_0<Act>>(w, row_bytes, n_rows, n_cols, x, y);
+    case GGMLType::Q4_K: return rows_q8<Act, BlockQ4_K, dot_k_with_min<Act, BlockQ4_K, false>>(w, row_bytes, n_rows, n_cols, x, y);
+    case GGMLType::Q5_K: return rows_q8<Act, BlockQ5_K, dot_k_with_min<Act, BlockQ5_K, true>>(w, row_bytes, n_rows, n_cols, x, y);
+    case GGMLType::Q6_K: return rows_q8<Act, BlockQ6_K, dot_q6_k<Act>>(w, row_bytes, n_rows, n_cols, x, y);
     default: throw std::invalid_argument("no int8 matvec kernel for " + std::string(type_name(type)));
     }
 }

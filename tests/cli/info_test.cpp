@@ -60,7 +60,7 @@ protected:
 };
 
 TEST_F(InfoCommandTest, JsonDescribesStories260K) {
-    const fs::path model = test::shared_testdata() / "models" / "stories260K.gguf";
+    const fs::path model = test::third_party_testdata() / "models" / "stories260K.gguf";
     TWINFER_REQUIRE_FILE(model);
     const RunResult r = run_twinfer("info --json " + quoted(model));
     ASSERT_EQ(r.exit_code, 0) << r.err;
@@ -84,7 +84,7 @@ TEST_F(InfoCommandTest, JsonDescribesStories260K) {
 }
 
 TEST_F(InfoCommandTest, TextOutputAndTheModelFlag) {
-    const fs::path model = test::shared_testdata() / "models" / "stories260K.gguf";
+    const fs::path model = test::third_party_testdata() / "models" / "stories260K.gguf";
     TWINFER_REQUIRE_FILE(model);
     const RunResult r = run_twinfer("info -m " + quoted(model));
     ASSERT_EQ(r.exit_code, 0) << r.err;
@@ -94,7 +94,7 @@ TEST_F(InfoCommandTest, TextOutputAndTheModelFlag) {
 }
 
 TEST_F(InfoCommandTest, VocabularyOnlyFile) {
-    const fs::path vocab = test::shared_testdata() / "tokenizers" / "ggml-vocab-gpt-2.gguf";
+    const fs::path vocab = test::third_party_testdata() / "tokenizers" / "ggml-vocab-gpt-2.gguf";
     TWINFER_REQUIRE_FILE(vocab);
     const RunResult r = run_twinfer("info --json " + quoted(vocab));
     ASSERT_EQ(r.exit_code, 0) << r.err;
@@ -131,7 +131,7 @@ TEST_F(InfoCommandTest, NonGgufFileIsRejected) {
 }
 
 TEST_F(InfoCommandTest, TruncatedModelIsRejected) {
-    const fs::path model = test::shared_testdata() / "models" / "stories260K.gguf";
+    const fs::path model = test::third_party_testdata() / "models" / "stories260K.gguf";
     TWINFER_REQUIRE_FILE(model);
     const fs::path truncated = test::scratch_dir() / "truncated.gguf";
     fs::copy_file(model, truncated, fs::copy_options::overwrite_existing);

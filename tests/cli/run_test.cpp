@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "common/test_data.hpp"
+#include "common/tolerances.hpp"
 
 namespace twinfer::test {
 namespace {
@@ -39,7 +40,7 @@ CommandResult twinfer(const std::string& args, const std::string& stdin_text = {
     return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(out), slurp(err)};
 }
 
-std::filesystem::path stories() { return shared_testdata() / "models" / "stories260K.gguf"; }
+std::filesystem::path stories() { return third_party_testdata() / "models" / "stories260K.gguf"; }
 
 size_t line_count(const std::string& s) { return std::count(s.begin(), s.end(), '\n'); }
 
@@ -165,10 +166,69 @@ TEST(CliBench, ReportsPromptAndGenerationSpeed) {
 
 TEST(CliVerify, ReferenceAndFastModelAgreeOnStories) {
     TWINFER_REQUIRE_FILE(stories());
-    const auto r = twinfer("verify -m " + stories().string() + " -p 'Once upon a time, there was'");
+    const auto r = twinfer("verify -m " + stories().string() + " -p 'Once upon a time, there was' --path both --json");
     ASSERT_EQ(r.exit_code, 0) << r.err;
-    EXPECT_NE(r.out.find("top-1 agreement"), std::string::npos);
-    EXPECT_EQ(r.out.find("NO ("), std::string::npos) << r.out;
+    const auto j = nlohmann::json::parse(r.out);
+    ASSERT_EQ(j["paths"].size(), 2u);
+    for (const auto& path : j["paths"]) {
+        EXPECT_EQ(path["summary"]["same_top"], path["summary"]["positions"]) << path["path"];
+        EXPECT_LE(path["summary"]["worst_relative"].get<double>(), kFloat32Tolerance) << path["path"];
+    }
+    EXPECT_EQ(j["paths"][0]["path"], "decode");
+    EXPECT_EQ(j["paths"][0]["positions"].size(), j["ids"].size());   // every row from the decode step
+}
+
+// The worst relative error verify reports for SmolLM2 on `path` with these flags.
+double smollm2_verify_error(const std::string& flags, const std::string& path) {
+    const auto r = twinfer("verify -m " + smollm2_path().string() + " -t 2 --json --path " + path + " " + flags +
+                           " -p 'The history of Rome is a testament to the enduring legacy of'");
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    return nlohmann::json::parse(r.out)["paths"][0]["summary"]["worst_relative"].get<double>();
+}
+
+// verify's decode path reaches the quantized activations run decodes with (the prompt path,
+// float products over many tokens, does not): each scheme's error lands in its own band.
+TEST(CliVerify, DecodePathReportsEachActivationSchemesError) {
+    TWINFER_REQUIRE_FILE(smollm2_path());
+    const double int8 = smollm2_verify_error("--activations int8", "decode");
+    EXPECT_GT(int8, 4 * kInt8x2Tolerance);
+    EXPECT_LE(int8, kInt8Tolerance);
+    const double fallback = smollm2_verify_error("--activations int8", "prompt");
+    EXPECT_LE(fallback, kFloat32Tolerance);
+    const double by_default = smollm2_verify_error("", "decode");
+    EXPECT_GT(by_default, kFloat32Tolerance);
+    EXPECT_LE(by_default, kInt8x2Tolerance);
+    EXPECT_LE(smollm2_verify_error("--exact-activations", "decode"), kFloat32Tolerance);
+}
+
+// Fed run's own output, verify's fast top-1 at every generated position is the id run chose: it
+// runs the code run runs (plain int8 included, where both part from the reference).
+TEST(CliVerify, FollowsRunsGreedyIds) {
+    TWINFER_REQUIRE_FILE(smollm2_path());
+    for (const std::string flags : {"", "--activations int8"}) {
+        const auto run = twinfer("run -m " + smollm2_path().string() + " -t 2 --json --temp 0 -n 24 " + flags +
+                                 " -p 'The old lighthouse keeper climbed the stairs and'");
+        ASSERT_EQ(run.exit_code, 0) << run.err;
+        const auto file = scratch_dir() / "run.json";
+        std::ofstream(file) << run.out;
+        const auto r = twinfer("verify -m " + smollm2_path().string() + " -t 2 --json " + flags + " --from-run " + file.string());
+        ASSERT_EQ(r.exit_code, 0) << r.err;
+        const auto ran = nlohmann::json::parse(run.out), verified = nlohmann::json::parse(r.out);
+        const auto& rows = verified["paths"][0]["positions"];
+        const auto& ids = ran["ids"];
+        ASSERT_EQ(rows.size(), ids.size() + 1) << flags;   // the last prompt position, then each generated one
+        for (size_t i = 0; i < ids.size(); ++i) EXPECT_EQ(rows[i]["fast_top1"], ids[i]) << flags << " at generated token " << i;
+    }
+}
+
+TEST(CliVerify, MaxErrorAndMaxKlGateTheExitCode) {
+    TWINFER_REQUIRE_FILE(smollm2_path());
+    const std::string base = "verify -m " + smollm2_path().string() + " -t 2 --activations int8 -p 'The capital of France is Paris.'";
+    const auto failed = twinfer(base + " --max-error 1e-3");
+    EXPECT_EQ(failed.exit_code, 1);
+    EXPECT_NE(failed.err.find("exceeds --max-error"), std::string::npos) << failed.err;
+    EXPECT_EQ(twinfer(base + " --max-kl 1e-9").exit_code, 1);
+    EXPECT_EQ(twinfer(base + " --max-error 0.5 --max-kl 1").exit_code, 0);
 }
 
 }  // namespace

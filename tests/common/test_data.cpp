@@ -11,7 +11,7 @@ std::filesystem::path from_env(const char* name, const char* fallback) {
 }
 }  // namespace
 
-std::filesystem::path shared_testdata() { return from_env("TWINFER_TESTDATA", TWINFER_DEFAULT_TESTDATA); }
+std::filesystem::path third_party_testdata() { return from_env("TWINFER_TESTDATA", TWINFER_DEFAULT_TESTDATA); }
 std::filesystem::path models_dir() { return from_env("TWINFER_MODELS", TWINFER_DEFAULT_MODELS); }
 std::filesystem::path repo_root() { return from_env("TWINFER_REPO", TWINFER_DEFAULT_REPO); }
 std::filesystem::path twinfer_binary() { return from_env("TWINFER_BIN", TWINFER_DEFAULT_BIN); }

@@ -1,12 +1,13 @@
 #pragma once
 // Where tests find their data. Paths come from the environment ctest sets (tests/CMakeLists.txt);
-// a test that needs a file that is not there calls GTEST_SKIP with the path, never passes silently.
+// a test that needs a file that is not there fails with the path: every file a CPU test reads is
+// in the repository or fetched by scripts/setup.sh, so a missing one is a broken checkout.
 #include <filesystem>
 #include <string>
 
 namespace twinfer::test {
 
-std::filesystem::path shared_testdata();   // ../shared/testdata
+std::filesystem::path third_party_testdata();   // tests/data/third_party
 std::filesystem::path models_dir();        // models/ (the default model, downloaded by setup)
 std::filesystem::path repo_root();
 std::filesystem::path twinfer_binary();
@@ -18,5 +19,6 @@ std::filesystem::path scratch_dir();       // a fresh temporary folder per test 
 #define TWINFER_REQUIRE_FILE(path)                                              \
     do {                                                                        \
         if (!std::filesystem::exists(path))                                     \
-            GTEST_SKIP() << "test data not found: " << (path).string();         \
+            GTEST_FAIL() << "test data not found: " << (path).string()          \
+                         << " (scripts/setup.sh fetches the default model)";   \
     } while (0)

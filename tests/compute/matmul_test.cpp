@@ -98,23 +98,27 @@ TEST_P(MatmulTest, MatchesDequantizedDoubleProduct) {
         }
 
         for (CpuIsa isa : available_isas()) {
-            for (Activations activations : {Activations::Float32, Activations::Int8}) {
+            for (Activations activations : {Activations::Float32, Activations::Int8, Activations::Int8x2}) {
                 Context ctx({.device = Device::CPU, .n_threads = 2, .cpu_isa = isa});
                 std::vector<float> y(n_tokens * rows, NAN);
                 matmul(ctx, matrix, x.data(), n_tokens, y.data(), activations);
-                const bool int8_used = activations == Activations::Int8 && isa != CpuIsa::Generic &&
+                const bool quantized = activations != Activations::Float32 && isa != CpuIsa::Generic &&
                                        cpu::has_q8_kernel(type) && n_tokens < 4;
+                // int8x2's second digit makes its step 254 times finer than int8's.
+                const double step_scale = !quantized ? 0.0 : activations == Activations::Int8 ? 1.0 : 1.0 / 254;
                 double worst = 0;
                 for (size_t i = 0; i < y.size(); ++i) {
-                    const double bound = 1e-5 * condition[i] + (int8_used ? 1.01 * step_bound[i] : 0.0) + 1e-6;
+                    const double bound = 1e-5 * condition[i] + 1.01 * step_scale * step_bound[i] + 1e-6;
                     ASSERT_LE(std::fabs(y[i] - expected[i]), bound)
                         << type_name(type) << " cols=" << cols << " tokens=" << n_tokens << " isa=" << isa_name(isa)
-                        << " int8=" << int8_used << " output " << i << ": " << y[i] << " vs " << expected[i];
+                        << " activations=" << activations_name(activations) << " quantized=" << quantized << " output " << i << ": "
+                        << y[i] << " vs " << expected[i];
                     worst = std::max(worst, std::fabs(y[i] - expected[i]) / condition[i]);
                 }
                 if (n_tokens == 1)
                     std::printf("%-5s cols=%-4zu %-7s %-7s max |error| / sum|w x| = %.2e\n", std::string(type_name(type)).c_str(),
-                                cols, std::string(isa_name(isa)).c_str(), int8_used ? "int8" : "float", worst);
+                                cols, std::string(isa_name(isa)).c_str(),
+                                quantized ? std::string(activations_name(activations)).c_str() : "float", worst);
             }
         }
     }
@@ -171,7 +175,7 @@ TEST(MatmulTest, AccumulateAddsTheProduct) {
     Context ctx({.device = Device::CPU, .n_threads = 2, .cpu_isa = std::nullopt});
     std::normal_distribution<float> normal(0.0f, 1.0f);
     for (size_t n_tokens : {size_t{1}, size_t{9}})
-        for (Activations activations : {Activations::Float32, Activations::Int8}) {
+        for (Activations activations : {Activations::Float32, Activations::Int8, Activations::Int8x2}) {
             std::vector<float> x(n_tokens * cols), y0(n_tokens * rows), product(n_tokens * rows);
             for (float& v : x) v = normal(rng);
             for (float& v : y0) v = normal(rng);

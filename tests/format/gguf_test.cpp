@@ -632,7 +632,7 @@ TEST(GgufTest, WriterOverwritesKeysInPlace) {
 // Real files
 
 TEST(GgufRealFileTest, Stories260KMatchesGgufPy) {
-    const fs::path path = test::shared_testdata() / "models" / "stories260K.gguf";
+    const fs::path path = test::third_party_testdata() / "models" / "stories260K.gguf";
     TWINFER_REQUIRE_FILE(path);
     REQUIRE_GGUF_PY();
     const File file = File::open(path);
@@ -647,7 +647,7 @@ TEST(GgufRealFileTest, VocabFilesMatchGgufPy) {
     REQUIRE_GGUF_PY();
     for (const char* name : {"ggml-vocab-gpt-2.gguf", "ggml-vocab-llama-bpe.gguf", "ggml-vocab-llama-spm.gguf"}) {
         SCOPED_TRACE(name);
-        const fs::path path = test::shared_testdata() / "tokenizers" / name;
+        const fs::path path = test::third_party_testdata() / "tokenizers" / name;
         TWINFER_REQUIRE_FILE(path);
         const File file = File::open(path);
         EXPECT_TRUE(file.tensors().empty());

@@ -50,7 +50,9 @@ void skip_without_gpu() {
         if (IsSkipped()) return;           \
     } while (0)
 
-F32Options on(compute::Device device, bool exact = true) { return {.device = device, .exact_activations = exact}; }
+F32Options on(compute::Device device, bool exact = true) {
+    return {.device = device, .activations = exact ? compute::Activations::Float32 : compute::Activations::Int8};
+}
 
 std::shared_ptr<const gguf::File> open(const std::filesystem::path& path) {
     return std::make_shared<const gguf::File>(gguf::File::open(path));
@@ -127,7 +129,7 @@ void check_real_model(const std::filesystem::path& path, const std::vector<Token
 
 TEST(F32CudaTest, Stories260KMatchesCpu) {
     TWINFER_REQUIRE_GPU();
-    const auto path = test::shared_testdata() / "models/stories260K.gguf";
+    const auto path = test::third_party_testdata() / "models/stories260K.gguf";
     TWINFER_REQUIRE_FILE(path);
     check_real_model(path, {1, 403, 407, 261, 378, 432, 383, 286, 261, 376, 298, 315, 421, 395, 317, 426,
                             338, 401, 396, 267, 337, 410, 408, 419, 292, 411, 322, 265});
@@ -201,7 +203,7 @@ struct DecodeCase {
 };
 
 std::shared_ptr<const gguf::File> decode_case_file(const DecodeCase& c) {
-    if (std::string(c.name) == "stories260K") return open(test::shared_testdata() / "models/stories260K.gguf");
+    if (std::string(c.name) == "stories260K") return open(test::third_party_testdata() / "models/stories260K.gguf");
     return test::convert_gguf(test::golden_model(c.name), c.type, std::string(type_name(c.type)) + "_decode");
 }
 
@@ -303,7 +305,7 @@ TEST(F32CudaTest, GraphReplayMatchesDirectSteps) {
     check_graph_matches_direct<F32LlamaModel>(kGoldenLlamaInt8);
     check_graph_matches_direct<F32LlamaModel>({.name = "llama3_rope", .type = GGMLType::F32});
     check_graph_matches_direct<F32GPTModel>(kGoldenGpt2);
-    TWINFER_REQUIRE_FILE(test::shared_testdata() / "models/stories260K.gguf");
+    TWINFER_REQUIRE_FILE(test::third_party_testdata() / "models/stories260K.gguf");
     check_graph_matches_direct<F32LlamaModel>(kStories);
 }
 
@@ -311,7 +313,7 @@ TEST(F32CudaTest, ForwardGreedyIsArgmaxOfForward) {
     TWINFER_REQUIRE_GPU();
     check_greedy_matches_forward<F32LlamaModel>(kGoldenLlamaInt8, compute::Device::CUDA);
     check_greedy_matches_forward<F32GPTModel>(kGoldenGpt2, compute::Device::CUDA);
-    TWINFER_REQUIRE_FILE(test::shared_testdata() / "models/stories260K.gguf");
+    TWINFER_REQUIRE_FILE(test::third_party_testdata() / "models/stories260K.gguf");
     check_greedy_matches_forward<F32LlamaModel>(kStories, compute::Device::CUDA);
 }
 
@@ -319,7 +321,7 @@ TEST(F32CudaTest, ForwardGreedyIsArgmaxOfForward) {
 TEST(F32DecodeStepTest, ForwardGreedyIsArgmaxOfForwardOnCpu) {
     check_greedy_matches_forward<F32LlamaModel>(kGoldenLlamaInt8, compute::Device::CPU);
     check_greedy_matches_forward<F32GPTModel>(kGoldenGpt2, compute::Device::CPU);
-    TWINFER_REQUIRE_FILE(test::shared_testdata() / "models/stories260K.gguf");
+    TWINFER_REQUIRE_FILE(test::third_party_testdata() / "models/stories260K.gguf");
     check_greedy_matches_forward<F32LlamaModel>(kStories, compute::Device::CPU);
 }
 
@@ -327,13 +329,13 @@ TEST(F32CudaTest, ForwardTopKIsTheTopOfForward) {
     TWINFER_REQUIRE_GPU();
     check_top_k_matches_forward<F32LlamaModel>(kGoldenLlamaInt8, compute::Device::CUDA);
     check_top_k_matches_forward<F32GPTModel>(kGoldenGpt2, compute::Device::CUDA);
-    TWINFER_REQUIRE_FILE(test::shared_testdata() / "models/stories260K.gguf");
+    TWINFER_REQUIRE_FILE(test::third_party_testdata() / "models/stories260K.gguf");
     check_top_k_matches_forward<F32LlamaModel>(kStories, compute::Device::CUDA);
 }
 
 TEST(F32DecodeStepTest, ForwardTopKIsTheTopOfForwardOnCpu) {
     check_top_k_matches_forward<F32LlamaModel>(kGoldenLlamaInt8, compute::Device::CPU);
-    TWINFER_REQUIRE_FILE(test::shared_testdata() / "models/stories260K.gguf");
+    TWINFER_REQUIRE_FILE(test::third_party_testdata() / "models/stories260K.gguf");
     check_top_k_matches_forward<F32LlamaModel>(kStories, compute::Device::CPU);
 }
 

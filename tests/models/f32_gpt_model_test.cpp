@@ -12,14 +12,16 @@ namespace {
 
 // As in f32_llama_model_test.cpp: float32 against float64 on the same weights 1e-4; int8
 // activations (measured 1e-2 on the random golden models) 5e-2.
-constexpr double kFloat32Tolerance = 1e-4;
-constexpr double kInt8Tolerance = 5e-2;
+using test::kFloat32Tolerance;
+using test::kInt8Tolerance;
+using test::kInt8x2Tolerance;
+using compute::Activations;
 
 const std::vector<Token> kTokens = {0, 17, 99, 4, 63, 120, 8, 8, 42, 77, 5, 31, 90, 2, 64, 111, 3, 3, 50, 51};
 
 struct Case {
     GGMLType type;
-    bool exact;
+    Activations activations;
     double tolerance;
 };
 
@@ -29,21 +31,24 @@ TEST_P(F32GPTGoldenTest, MatchesFloat64Reference) {
     const Case& c = GetParam();
     const auto file = test::convert_gguf(test::golden_model("gpt2"), c.type, std::string(type_name(c.type)));
     GPTModel reference = GPTModel::from_gguf(*file);
-    F32GPTModel model = F32GPTModel::load(file, {.exact_activations = c.exact});
+    F32GPTModel model = F32GPTModel::load(file, {.activations = c.activations});
     const double worst = test::compare_logits(model, reference, kTokens, 12, c.tolerance);
-    std::printf("gpt2 %s %s: max relative error %.2e\n", std::string(type_name(c.type)).c_str(), c.exact ? "float" : "int8", worst);
+    std::printf("gpt2 %s %s: max relative error %.2e\n", std::string(type_name(c.type)).c_str(),
+                std::string(activations_name(c.activations)).c_str(), worst);
 }
 
 INSTANTIATE_TEST_SUITE_P(Golden, F32GPTGoldenTest,
-                         ::testing::Values(Case{GGMLType::F32, true, kFloat32Tolerance},
-                                           Case{GGMLType::F16, true, kFloat32Tolerance},
-                                           Case{GGMLType::BF16, true, kFloat32Tolerance},
-                                           Case{GGMLType::Q8_0, true, kFloat32Tolerance},
-                                           Case{GGMLType::Q5_1, true, kFloat32Tolerance},
-                                           Case{GGMLType::Q8_0, false, kInt8Tolerance},
-                                           Case{GGMLType::Q4_1, false, kInt8Tolerance}),
+                         ::testing::Values(Case{GGMLType::F32, Activations::Float32, kFloat32Tolerance},
+                                           Case{GGMLType::F16, Activations::Float32, kFloat32Tolerance},
+                                           Case{GGMLType::BF16, Activations::Float32, kFloat32Tolerance},
+                                           Case{GGMLType::Q8_0, Activations::Float32, kFloat32Tolerance},
+                                           Case{GGMLType::Q5_1, Activations::Float32, kFloat32Tolerance},
+                                           Case{GGMLType::Q8_0, Activations::Int8, kInt8Tolerance},
+                                           Case{GGMLType::Q4_1, Activations::Int8, kInt8Tolerance},
+                                           Case{GGMLType::Q8_0, Activations::Int8x2, kInt8x2Tolerance},
+                                           Case{GGMLType::Q4_1, Activations::Int8x2, kInt8x2Tolerance}),
                          [](const auto& info) {
-                             return std::string(type_name(info.param.type)) + (info.param.exact ? "_float" : "_int8");
+                             return std::string(type_name(info.param.type)) + "_" + std::string(activations_name(info.param.activations));
                          });
 
 TEST(F32GPTModelTest, IntermediatesMatchReference) {

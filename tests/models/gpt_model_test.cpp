@@ -270,7 +270,7 @@ TEST(GPTModelBadInput, TensorTheForwardPassWouldIgnore) {
 using test::greedy;
 
 TEST(GPTModelStories260K, GreedyFromBos) {
-    const auto path = test::shared_testdata() / "models/stories260K.gguf";
+    const auto path = test::third_party_testdata() / "models/stories260K.gguf";
     TWINFER_REQUIRE_FILE(path);
     const gguf::File file = gguf::File::open(path);
     GPTModel model = GPTModel::from_gguf(file);

@@ -325,7 +325,7 @@ std::shared_ptr<const gguf::File> open(const std::filesystem::path& path) {
 // same products' activations.
 void expect_split_matches(const std::shared_ptr<const gguf::File>& file, int n_ranks, bool exact,
                           const std::vector<Token>& tokens, size_t prompt_length) {
-    const F32Options options{.n_ctx = 64, .exact_activations = exact};
+    const F32Options options{.n_ctx = 64, .activations = exact ? compute::Activations::Float32 : compute::Activations::Int8};
     F32LlamaModel single = F32LlamaModel::load(file, options);
     TensorParallelLlamaModel split = TensorParallelLlamaModel::load(file, n_ranks, options);
     EXPECT_EQ(split.n_ranks(), n_ranks);
@@ -352,7 +352,7 @@ const std::vector<Token> kStoriesPrompt = {1, 403, 407, 261, 378, 432, 383, 286,
                                            317, 426, 338, 401, 396, 267, 337, 410, 408, 419, 292, 411, 322, 265};
 
 TEST(TensorParallelStories260K, SplitOverOneTwoFourRanksMatchesOneDevice) {
-    const auto path = test::shared_testdata() / "models/stories260K.gguf";
+    const auto path = test::third_party_testdata() / "models/stories260K.gguf";
     TWINFER_REQUIRE_FILE(path);
     const auto file = open(path);
     for (int n : {1, 2, 4}) {
@@ -362,11 +362,11 @@ TEST(TensorParallelStories260K, SplitOverOneTwoFourRanksMatchesOneDevice) {
 }
 
 TEST(TensorParallelStories260K, GreedyDecodingMatchesOneDevice) {
-    const auto path = test::shared_testdata() / "models/stories260K.gguf";
+    const auto path = test::third_party_testdata() / "models/stories260K.gguf";
     TWINFER_REQUIRE_FILE(path);
     const auto file = open(path);
-    F32LlamaModel single = F32LlamaModel::load(file, {.exact_activations = true});
-    TensorParallelLlamaModel split = TensorParallelLlamaModel::load(file, 2, {.exact_activations = true});
+    F32LlamaModel single = F32LlamaModel::load(file, {.activations = compute::Activations::Float32});
+    TensorParallelLlamaModel split = TensorParallelLlamaModel::load(file, 2, {.activations = compute::Activations::Float32});
     const std::vector<Token> expected = greedy(single, {1}, 96);
     EXPECT_EQ(greedy(split, {1}, 96), expected);
     // clear_cache starts over on every rank.
@@ -376,7 +376,7 @@ TEST(TensorParallelStories260K, GreedyDecodingMatchesOneDevice) {
 }
 
 TEST(TensorParallelStories260K, RefusesSizesThatDoNotDivide) {
-    const auto path = test::shared_testdata() / "models/stories260K.gguf";
+    const auto path = test::third_party_testdata() / "models/stories260K.gguf";
     TWINFER_REQUIRE_FILE(path);
     const auto file = open(path);
     for (int n : {3, 8, 0}) {
@@ -461,7 +461,7 @@ TEST(TensorParallelNccl, TwoGpusMatchOneGpu) {
     // products) against TP=2's decoding steps (matrix-vector products), and int8 activations
     // turn rounding differences into whole quantization steps that compound through the KV cache:
     // either one alone is ~1e-2 (f32_cuda_test.cpp), which says nothing about the split.
-    const F32Options options{.n_ctx = 128, .device = compute::Device::CUDA, .exact_activations = true};
+    const F32Options options{.n_ctx = 128, .device = compute::Device::CUDA, .activations = compute::Activations::Float32};
     const std::vector<Token> tokens = random_tokens(24, shape.n_vocab, 11);
     TensorParallelLlamaModel one = TensorParallelLlamaModel::load(file, 1, options);
     TensorParallelLlamaModel two = TensorParallelLlamaModel::load(file, 2, options);

@@ -52,7 +52,7 @@ std::string ids_text(const std::vector<Token>& ids) {
 class LlamaCppVectors : public ::testing::TestWithParam<const char*> {};
 
 TEST_P(LlamaCppVectors, EveryCaseMatches) {
-    const auto base = test::shared_testdata() / "tokenizers" / GetParam();
+    const auto base = test::third_party_testdata() / "tokenizers" / GetParam();
     TWINFER_REQUIRE_FILE(base);
     const auto tokenizer = Tokenizer::from_gguf(gguf::File::open(base));
     const auto inputs = read_inputs(base.string() + ".inp");

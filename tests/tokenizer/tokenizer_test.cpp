@@ -14,7 +14,7 @@ using namespace std::string_literals;
 namespace twinfer {
 namespace {
 
-std::filesystem::path vocab_path(const char* name) { return test::shared_testdata() / "tokenizers" / name; }
+std::filesystem::path vocab_path(const char* name) { return test::third_party_testdata() / "tokenizers" / name; }
 
 Tokenizer load(const char* name) { return Tokenizer::from_gguf(gguf::File::open(vocab_path(name))); }
 
@@ -43,7 +43,7 @@ const std::vector<std::string> kInvalidUtf8 = {
 };
 
 TEST(Tokenizer, Gpt2FilesGiveTheGgufIds) {
-    const auto dir = test::shared_testdata() / "tokenizers" / "gpt2";
+    const auto dir = test::third_party_testdata() / "tokenizers" / "gpt2";
     TWINFER_REQUIRE_FILE(dir / "encoder.json");
     TWINFER_REQUIRE_FILE(vocab_path("ggml-vocab-gpt-2.gguf"));
     const auto from_files = Tokenizer::from_gpt2_files(dir / "encoder.json", dir / "vocab.bpe");
@@ -61,7 +61,7 @@ TEST(Tokenizer, Gpt2FilesGiveTheGgufIds) {
 }
 
 TEST(Tokenizer, HfTokenizerJsonGivesTheGgufIds) {
-    const auto dir = test::shared_testdata() / "tokenizers" / "gpt2";
+    const auto dir = test::third_party_testdata() / "tokenizers" / "gpt2";
     TWINFER_REQUIRE_FILE(dir / "encoder.json");
     // A tokenizer.json as Hugging Face writes GPT-2's: BPE model, ByteLevel pre-tokenizer.
     nlohmann::json vocab;

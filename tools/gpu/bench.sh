@@ -3,7 +3,7 @@
 # the models' CUDA-vs-CPU tests, time single kernels and Llama-shaped stacks with random weights
 # (tests/compute/cuda_bench_test.cpp), and, given a model, `twinfer bench/run/verify --device cuda`.
 # Usage: tools/gpu/bench.sh [build-dir] [model.gguf]   (default build-gpu); logs go to $OUT when set.
-# Set TWINFER_TESTDATA to a copy of ../shared/testdata (stories260K) there: ../shared does not travel.
+# The tests read stories260K from tests/data/third_party, which travels with the tree.
 #
 # That machine cannot fetch packages and lacks PCRE2, nlohmann-json, OpenBLAS, readline, toml++ and GoogleTest:
 # fetch their Debian packages here, into a git-ignored folder that the call carries:

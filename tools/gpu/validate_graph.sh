@@ -7,13 +7,11 @@
 #      `twinfer bench --device cuda -p 512 -n 128 -r 3` with TWINFER_CUDA_GRAPH=0 and =1, and a
 #      greedy `twinfer run` both ways (the generated text must be the same).
 # Usage: tools/gpu/validate_graph.sh [build-dir]   (default build-gpu); logs go to $OUT when set.
-# Carry .deps (Debian packages, see tools/gpu/bench.sh) and .device (smollm2-vocab.gguf,
-# testdata/ with stories260K): run with carry [".deps", ".device"]. About 3 minutes on an H100.
+# Carry .deps (Debian packages, see tools/gpu/bench.sh) and .device (smollm2-vocab.gguf): run with carry [".deps", ".device"]. About 3 minutes on an H100.
 set -uo pipefail
 build=${1:-build-gpu}
 log=${OUT:-/tmp}
 source "$(dirname "$0")/deps.sh"   # the carried packages; build_cuda, step
-[ -z "${TWINFER_TESTDATA:-}" ] && [ -d .device/testdata ] && export TWINFER_TESTDATA=$PWD/.device/testdata
 summary=()
 step() {   # step NAME SECONDS COMMAND...: runs it with a time limit, records PASS/FAIL
     local name=$1 limit=$2
