@@ -68,7 +68,7 @@ void register_bench(CLI::App& app) {
     auto* cmd = app.add_subcommand("bench", "Measure prompt processing and generation speed (like llama-bench)");
     cmd->add_option("-p,--n-prompt", opts->prompt_sizes, "prompt sizes to test (0 skips)")->delimiter(',')->capture_default_str();
     cmd->add_option("-n,--n-gen", opts->gen_sizes, "generation lengths to test (0 skips)")->delimiter(',')->capture_default_str();
-    cmd->add_option("-r,--repetitions", opts->repetitions, "repetitions of each test")->check(CLI::Range(1, 1000))->capture_default_str();
+    cmd->add_option("-r,--repetitions", opts->repetitions, "repetitions of each test")->check(allowed_values(1, 1000, "1 to 1000"))->capture_default_str();
     cmd->add_option("-o,--output", opts->output, "md or json")->check(CLI::IsMember({"md", "json"}))->capture_default_str();
     add_model_flags(*cmd, s);
     add_ui_flags(*cmd, s);

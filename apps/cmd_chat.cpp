@@ -134,11 +134,15 @@ private:
             std::cout << "\n";
             if (result.reason == StopReason::Cancelled) std::cout << "[stopped]\n";
             if (result.reason == StopReason::ContextFull) std::cout << "[context full: /clear to start over]\n";
+            std::cout << std::flush;
+            if (session_.dropped_turns > 0)
+                log("warn", "dropped the " + std::to_string(session_.dropped_turns) + " oldest turn(s) to fit the context of " +
+                                std::to_string(engine_->n_ctx()) + " tokens");
         } catch (const ContextOverflow& e) {
             g_generating = false;
-            std::cout << "error: " << e.what() << " (/clear to start over)\n";
+            std::cout << std::flush;
+            std::cerr << "error: " << e.what() << " (/clear to start over)\n";
         }
-        std::cout << std::flush;
     }
 
     // Returns false to quit.
@@ -187,12 +191,13 @@ private:
                     std::cout << settings_to_toml(s);
                 }
             } else {
-                std::cout << "unknown command " << name << " (/help lists them)\n";
+                throw UsageError("unknown command " + name + " (/help lists them)");
             }
+            std::cout << std::flush;
         } catch (const std::exception& e) {
-            std::cout << "error: " << e.what() << "\n";
+            std::cout << std::flush;
+            std::cerr << "error: " << e.what() << "\n";
         }
-        std::cout << std::flush;
         return true;
     }
 

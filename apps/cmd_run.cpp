@@ -1,6 +1,7 @@
 // `twinfer run`: complete a prompt, streaming the text to stdout and a speed summary to stderr.
 #include <unistd.h>
 
+#include <csignal>
 #include <fstream>
 #include <iostream>
 #include <iterator>
@@ -13,6 +14,11 @@
 
 namespace twinfer::cli {
 namespace {
+
+// Set by Ctrl-C; the text callbacks return false once it is, so generation stops at the next token
+// and the command still prints its summary (or its JSON object).
+volatile std::sig_atomic_t g_interrupted = 0;
+void on_sigint(int) { g_interrupted = 1; }
 
 struct RunOptions {
     std::string prompt;
@@ -77,6 +83,7 @@ void register_run(CLI::App& app) {
         const int sources = !opts->prompt.empty() + !opts->prompt_file.empty() + !opts->token_list.empty();
         if (sources > 1) throw UsageError("give the prompt one way: -p, -f or --tokens");
         const auto generate = s.generate_options();
+        std::signal(SIGINT, on_sigint);
         auto engine = InferenceEngine::load(s.backend_options());
 
         std::vector<Token> prompt;
@@ -98,21 +105,23 @@ void register_run(CLI::App& app) {
             prompt = engine.tokenize(prompt_text, !opts->no_bos, opts->parse_special);
         }
         if (opts->json) {
-            const auto r = engine.generate(prompt, generate);
+            const auto r = engine.generate(prompt, generate, [](std::string_view) { return !g_interrupted; });
             nlohmann::json out{{"backend", engine.backend_name()}, {"prompt_ids", prompt}, {"ids", r.tokens}, {"text", r.text},
                                {"stop_reason", stop_reason_name(r.reason)}, {"load_seconds", engine.load_seconds()},
                                {"prompt_tokens_per_second", r.stats.prompt_tokens_per_second()},
                                {"generation_tokens_per_second", r.stats.generation_tokens_per_second()}};
             std::cout << out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+            if (r.reason == StopReason::Cancelled) throw Interrupted{};
             return;
         }
         if (opts->show_prompt) std::cout << prompt_text << std::flush;
         const auto result = engine.generate(prompt, generate, [](std::string_view text) {
             std::cout << text << std::flush;
-            return true;
+            return !g_interrupted;
         });
         std::cout << "\n" << std::flush;
         print_generation_summary(engine, result);
+        if (result.reason == StopReason::Cancelled) throw Interrupted{};
     });
 }
 

@@ -12,6 +12,10 @@ struct UsageError : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
 
+// Thrown by a command that Ctrl-C stopped, after it printed what it had: exit code 130, as a shell
+// reports a program killed by SIGINT and as llama.cpp exits.
+struct Interrupted {};
+
 void register_info(CLI::App& app);
 void register_tokenize(CLI::App& app);  // tokenize, detokenize
 void register_run(CLI::App& app);

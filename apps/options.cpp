@@ -1,9 +1,11 @@
 #include "apps/options.hpp"
 
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
 #include <sstream>
+#include <thread>
 
 #include <toml++/toml.h>
 
@@ -52,7 +54,47 @@ void read_value(const toml::table& table, std::string_view key, T& out, const st
     throw UsageError(path.string() + ": '" + std::string(key) + "' has the wrong type");
 }
 
+// A table's keys as read_value reads them, so a key nobody asked for (a typo, a setting of another
+// program) is an error naming it instead of being silently ignored.
+class TableReader {
+public:
+    TableReader(const toml::table& table, const std::filesystem::path& path, std::string prefix = {})
+        : table_(table), path_(path), prefix_(std::move(prefix)) {}
+
+    template <class T>
+    void read(std::string_view key, T& out) {
+        known_.emplace_back(key);
+        read_value(table_, key, out, path_);
+    }
+    const toml::table* subtable(std::string_view key) {
+        known_.emplace_back(key);
+        return table_.get_as<toml::table>(key);
+    }
+    void reject_unknown_keys() const {
+        for (const auto& [key, value] : table_)
+            if (std::find(known_.begin(), known_.end(), key.str()) == known_.end())
+                throw UsageError(path_.string() + ": unknown key '" + prefix_ + std::string(key.str()) + "'");
+    }
+
+private:
+    const toml::table& table_;
+    const std::filesystem::path& path_;
+    std::string prefix_;
+    std::vector<std::string> known_;
+};
+
 }  // namespace
+
+CLI::Validator allowed_values(double lowest, double highest, const std::string& allowed) {
+    return CLI::Validator(
+        [=](std::string& text) -> std::string {
+            double value = 0;
+            if (!CLI::detail::lexical_cast(text, value)) return "'" + text + "' is not a number";
+            if (value >= lowest && value <= highest) return {};
+            return text + " is not allowed (" + allowed + ")";
+        },
+        allowed);
+}
 
 void log(std::string_view level, const std::string& message) {
     if (level_rank(level) < level_rank(settings().log_level)) return;
@@ -74,33 +116,37 @@ void load_config_file(Settings& s, const std::filesystem::path& path) {
         msg << path.string() << ":" << e.source().begin.line << ": " << e.description();
         throw UsageError("bad config file: " + msg.str());
     }
-    read_value(root, "model", s.model, path);
-    read_value(root, "precision", s.precision, path);
-    read_value(root, "device", s.device, path);
-    read_value(root, "threads", s.threads, path);
-    read_value(root, "ctx_size", s.ctx_size, path);
-    read_value(root, "activations", s.activations, path);
+    TableReader top(root, path);
+    top.read("model", s.model);
+    top.read("precision", s.precision);
+    top.read("device", s.device);
+    top.read("threads", s.threads);
+    top.read("ctx_size", s.ctx_size);
+    top.read("activations", s.activations);
     bool exact_activations = false;   // the older spelling of activations = "f32"
-    read_value(root, "exact_activations", exact_activations, path);
+    top.read("exact_activations", exact_activations);
     if (exact_activations) s.activations = "f32";
-    read_value(root, "tensor_parallel", s.tensor_parallel, path);
-    read_value(root, "system_prompt", s.system_prompt, path);
-    read_value(root, "log_level", s.log_level, path);
-    read_value(root, "no_progress", s.no_progress, path);
-    if (const auto* gen = root.get_as<toml::table>("generation")) {
-        read_value(*gen, "max_tokens", s.max_tokens, path);
-        read_value(*gen, "temperature", s.sampling.temperature, path);
-        read_value(*gen, "top_k", s.sampling.top_k, path);
-        read_value(*gen, "top_p", s.sampling.top_p, path);
-        read_value(*gen, "min_p", s.sampling.min_p, path);
-        read_value(*gen, "typical_p", s.sampling.typical_p, path);
-        read_value(*gen, "repeat_penalty", s.sampling.repeat_penalty, path);
-        read_value(*gen, "repeat_last_n", s.sampling.repeat_last_n, path);
-        read_value(*gen, "frequency_penalty", s.sampling.frequency_penalty, path);
-        read_value(*gen, "presence_penalty", s.sampling.presence_penalty, path);
-        read_value(*gen, "seed", s.seed, path);
-        read_value(*gen, "stop", s.stop, path);
+    top.read("tensor_parallel", s.tensor_parallel);
+    top.read("system_prompt", s.system_prompt);
+    top.read("log_level", s.log_level);
+    top.read("no_progress", s.no_progress);
+    if (const auto* generation = top.subtable("generation")) {
+        TableReader gen(*generation, path, "generation.");
+        gen.read("max_tokens", s.max_tokens);
+        gen.read("temperature", s.sampling.temperature);
+        gen.read("top_k", s.sampling.top_k);
+        gen.read("top_p", s.sampling.top_p);
+        gen.read("min_p", s.sampling.min_p);
+        gen.read("typical_p", s.sampling.typical_p);
+        gen.read("repeat_penalty", s.sampling.repeat_penalty);
+        gen.read("repeat_last_n", s.sampling.repeat_last_n);
+        gen.read("frequency_penalty", s.sampling.frequency_penalty);
+        gen.read("presence_penalty", s.sampling.presence_penalty);
+        gen.read("seed", s.seed);
+        gen.read("stop", s.stop);
+        gen.reject_unknown_keys();
     }
+    top.reject_unknown_keys();
 }
 
 void load_config(Settings& s, int argc, char** argv) {
@@ -120,12 +166,12 @@ void load_config(Settings& s, int argc, char** argv) {
 }
 
 std::string settings_to_toml(const Settings& s) {
-    toml::table gen{{"max_tokens", s.max_tokens},       {"temperature", s.sampling.temperature},
+    // Settings only: max_tokens and seed are one-off values of a run, not preferences to keep.
+    toml::table gen{{"temperature", s.sampling.temperature},
                     {"top_k", s.sampling.top_k},                 {"top_p", s.sampling.top_p},
                     {"min_p", s.sampling.min_p},                 {"typical_p", s.sampling.typical_p},
                     {"repeat_penalty", s.sampling.repeat_penalty}, {"repeat_last_n", s.sampling.repeat_last_n},
-                    {"frequency_penalty", s.sampling.frequency_penalty}, {"presence_penalty", s.sampling.presence_penalty},
-                    {"seed", s.seed}};
+                    {"frequency_penalty", s.sampling.frequency_penalty}, {"presence_penalty", s.sampling.presence_penalty}};
     toml::array stops;
     for (const auto& stop : s.stop) stops.push_back(stop);
     gen.insert("stop", stops);
@@ -158,8 +204,10 @@ void add_model_flags(CLI::App& cmd, Settings& s) {
         ->check(CLI::IsMember({"f32", "f64"}))->capture_default_str();
     cmd.add_option("--device", s.device, "auto (GPU when present), cpu or cuda")
         ->check(CLI::IsMember({"auto", "cpu", "cuda", "gpu"}))->capture_default_str();
-    cmd.add_option("-t,--threads", s.threads, "CPU threads (0: every core)")->check(CLI::NonNegativeNumber);
-    cmd.add_option("-c,--ctx-size", s.ctx_size, "context length in tokens (0: the model's trained length)")->check(CLI::NonNegativeNumber);
+    cmd.add_option("-t,--threads", s.threads, "CPU threads (0 or -1: every core)")
+        ->check(allowed_values(-1, kNoLimit, "0 or more; 0 or -1: every core"));
+    cmd.add_option("-c,--ctx-size", s.ctx_size, "context length in tokens (0: the model's trained length)")
+        ->check(allowed_values(0, kNoLimit, "0 or more; 0: the model's trained length"));
     cmd.add_option("--activations", s.activations,
                    "how quantized products read activations: auto (cpu int8x2, cuda int8), f32, int8 (as llama.cpp), int8x2 (cpu)")
         ->check(CLI::IsMember({"auto", "f32", "int8", "int8x2"}))
@@ -167,24 +215,27 @@ void add_model_flags(CLI::App& cmd, Settings& s) {
     cmd.add_flag_callback("--exact-activations", [&s] { s.activations = "f32"; }, "the same as --activations f32");
     cmd.add_option("--tensor-parallel", s.tensor_parallel,
                    "split a Llama model over N ranks: N GPUs over NCCL (--device cuda), or N simulated ranks (--device cpu)")
-        ->check(CLI::Range(1, 64))->capture_default_str();
+        ->check(allowed_values(1, 64, "1 to 64"))->capture_default_str();
 }
 
 void add_generation_flags(CLI::App& cmd, Settings& s) {
     cmd.add_option("-n,--max-tokens", s.max_tokens, "tokens to generate (-1: until end of generation or a full context)")
-        ->check(CLI::Range(-1, 1 << 30))->capture_default_str();
-    cmd.add_option("--temp,--temperature", s.sampling.temperature, "sampling temperature (0: greedy)")->check(CLI::Range(0.0f, 100.0f))->capture_default_str();
-    cmd.add_option("--top-k", s.sampling.top_k, "top-k (0: off)")->check(CLI::NonNegativeNumber)->capture_default_str();
-    cmd.add_option("--top-p", s.sampling.top_p, "top-p (1: off)")->check(CLI::Range(0.0f, 1.0f))->capture_default_str();
-    cmd.add_option("--min-p", s.sampling.min_p, "min-p (0: off)")->check(CLI::Range(0.0f, 1.0f))->capture_default_str();
-    cmd.add_option("--typical", s.sampling.typical_p, "locally typical sampling p (1: off)")->check(CLI::Range(0.0f, 1.0f))->capture_default_str();
-    cmd.add_option("--repeat-penalty", s.sampling.repeat_penalty, "repetition penalty (1: off)")->check(CLI::Range(0.01f, 100.0f))->capture_default_str();
-    cmd.add_option("--repeat-last-n", s.sampling.repeat_last_n, "tokens the penalties look back over (-1: all, 0: off)")->check(CLI::Range(-1, 1 << 30))->capture_default_str();
+        ->check(allowed_values(-1, kNoLimit, "-1 or more; -1: no limit"))->capture_default_str();
+    cmd.add_option("--temp,--temperature", s.sampling.temperature, "sampling temperature (0: greedy)")->check(allowed_values(0, 100, "0 to 100"))->capture_default_str();
+    cmd.add_option("--top-k", s.sampling.top_k, "top-k (0: off)")->check(allowed_values(0, kNoLimit, "0 or more; 0: off"))->capture_default_str();
+    cmd.add_option("--top-p", s.sampling.top_p, "top-p (1: off)")->check(allowed_values(0, 1, "0 to 1"))->capture_default_str();
+    cmd.add_option("--min-p", s.sampling.min_p, "min-p (0: off)")->check(allowed_values(0, 1, "0 to 1"))->capture_default_str();
+    cmd.add_option("--typical", s.sampling.typical_p, "locally typical sampling p (1: off)")->check(allowed_values(0, 1, "0 to 1"))->capture_default_str();
+    cmd.add_option("--repeat-penalty", s.sampling.repeat_penalty, "repetition penalty (1: off)")->check(allowed_values(0.01, 100, "0.01 to 100"))->capture_default_str();
+    cmd.add_option("--repeat-last-n", s.sampling.repeat_last_n, "tokens the penalties look back over (-1: all, 0: off)")
+        ->check(allowed_values(-1, kNoLimit, "-1 or more; -1: all, 0: off"))->capture_default_str();
     cmd.add_option("--frequency-penalty", s.sampling.frequency_penalty, "frequency penalty")->capture_default_str();
     cmd.add_option("--presence-penalty", s.sampling.presence_penalty, "presence penalty")->capture_default_str();
-    cmd.add_option("-s,--seed", s.seed, "random seed (-1: random)")->check(CLI::Range(int64_t{-1}, int64_t{0xFFFFFFFE}))->capture_default_str();
+    cmd.add_option("-s,--seed", s.seed, "random seed (-1: random)")
+        ->check(allowed_values(-1, 0xFFFFFFFE, "-1 to 4294967294; -1: random"))->capture_default_str();
     cmd.add_option("--stop", s.stop, "stop string (repeatable); not printed");
     cmd.add_flag("--ignore-eos", s.ignore_eos, "keep generating past end-of-generation tokens");
+    cmd.add_flag("--special", s.special, "print control tokens (<|im_end|>, </s>, ...) as text; hidden by default");
 }
 
 void add_ui_flags(CLI::App& cmd, Settings& s) {
@@ -204,7 +255,10 @@ BackendOptions Settings::backend_options() const {
         throw UsageError(e.what());
     }
     o.n_ctx = static_cast<size_t>(ctx_size);
-    o.n_threads = threads;
+    o.n_threads = std::max(threads, 0);   // -1 (llama.cpp's spelling) and 0 both mean every core
+    if (const unsigned cores = std::thread::hardware_concurrency(); threads > 0 && cores > 0 && static_cast<unsigned>(threads) > cores)
+        log("warn", "--threads " + std::to_string(threads) + " is more than the " + std::to_string(cores) +
+                        " cores of this machine: the threads will take turns, which is slower");
     if (activations != "auto") {
         try {
             o.activations = compute::parse_activations(activations);
@@ -221,6 +275,7 @@ GenerateOptions Settings::generate_options() const {
     g.max_tokens = max_tokens;
     g.stop = stop;
     g.ignore_eos = ignore_eos;
+    g.special = special;
     g.sampling = sampling;
     auto& p = g.sampling;
     p.seed = seed < 0 ? 0xFFFFFFFF : static_cast<uint64_t>(seed);

@@ -2,6 +2,7 @@
 // Flags shared by several commands, declared once with their help text and llama.cpp's defaults,
 // and the TOML config file behind them. Precedence: built-in default < config file < command line.
 #include <filesystem>
+#include <limits>
 #include <optional>
 #include <string>
 #include <vector>
@@ -27,6 +28,7 @@ struct Settings {
     int64_t seed = -1;
     std::vector<std::string> stop;
     bool ignore_eos = false;
+    bool special = false;        // print control tokens (<|im_end|>, </s>) as text
     // chat
     std::string system_prompt;
     // ui
@@ -46,6 +48,13 @@ void load_config(Settings& settings, int argc, char** argv);
 void load_config_file(Settings& settings, const std::filesystem::path& path);
 void save_config_file(const Settings& settings, const std::filesystem::path& path);
 std::string settings_to_toml(const Settings& settings);
+
+// Checks a number flag, saying what is allowed as a person would write it ("--threads: -5 is not
+// allowed (0 or more; 0 or -1: every core)"), where CLI::Range and CLI::NonNegativeNumber print
+// their bounds ("[0 - 1.79769e+308]"). `allowed` is also the flag's help.
+CLI::Validator allowed_values(double lowest, double highest, const std::string& allowed);
+// The upper bound of a flag that has none: the value's type limits it.
+inline constexpr double kNoLimit = std::numeric_limits<double>::infinity();
 
 // Declares flags on a subcommand, bound to `settings` (whose current values are the defaults).
 void add_config_flag(CLI::App& cmd);

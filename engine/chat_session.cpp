@@ -1,31 +1,43 @@
 #include "engine/chat_session.hpp"
 
+#include <algorithm>
 #include <fstream>
 
 #include <nlohmann/json.hpp>
 
 namespace twinfer {
 
-std::vector<ChatMessage> ChatSession::conversation() const {
+std::vector<ChatMessage> ChatSession::with_system_prompt(std::span<const ChatMessage> messages) const {
     std::vector<ChatMessage> all;
     if (!system_prompt_.empty()) all.push_back({"system", system_prompt_});
-    all.insert(all.end(), messages_.begin(), messages_.end());
+    all.insert(all.end(), messages.begin(), messages.end());
     return all;
 }
 
+std::vector<ChatMessage> ChatSession::conversation() const { return with_system_prompt(messages_); }
+
 GenerationResult ChatSession::reply(InferenceEngine& engine, const std::string& user_message, const GenerateOptions& options,
                                     const TextCallback& on_text) {
-    messages_.push_back({"user", user_message});
-    GenerationResult result;
-    try {
-        const std::string prompt = engine.render_chat(conversation(), /*add_generation_prompt=*/true);
-        const auto ids = engine.tokenize(prompt, /*add_special=*/true, /*parse_special=*/true);
-        result = engine.generate(ids, options, on_text);
-    } catch (...) {
-        messages_.pop_back();  // the turn did not happen
-        throw;
+    std::vector<ChatMessage> kept = messages_;   // the session changes only once the turn has happened
+    kept.push_back({"user", user_message});
+    const auto prompt_ids = [&] {
+        const std::string prompt = engine.render_chat(with_system_prompt(kept), /*add_generation_prompt=*/true);
+        return engine.tokenize(prompt, /*add_special=*/true, /*parse_special=*/true);
+    };
+    const size_t n_ctx = engine.n_ctx();
+    const size_t answer_room = std::min(options.max_tokens < 0 ? n_ctx : static_cast<size_t>(options.max_tokens), n_ctx / 2);
+    auto ids = prompt_ids();
+    size_t dropped = 0;
+    // A turn is a user message and its answer; the new message always stays.
+    while (ids.size() + answer_room > n_ctx && kept.size() >= 3) {
+        kept.erase(kept.begin(), kept.begin() + 2);
+        ++dropped;
+        ids = prompt_ids();
     }
+    const GenerationResult result = engine.generate(ids, options, on_text);
+    messages_ = std::move(kept);
     messages_.push_back({"assistant", result.text});
+    dropped_turns = dropped;
     last = result.stats;
     totals.prompt_tokens += result.stats.prompt_tokens;
     totals.reused_tokens += result.stats.reused_tokens;

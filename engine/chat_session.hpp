@@ -15,6 +15,10 @@ public:
 
     // Adds the user's message, generates the assistant's answer (streamed through on_text) and
     // records it. The engine reuses its cache for the part of the prompt it has already seen.
+    // When the conversation leaves too little room for the answer (options.max_tokens, at most
+    // half the context; half when unlimited), the oldest turns after the system prompt are
+    // dropped for good (dropped_turns says how many). Throws ContextOverflow, nothing dropped,
+    // when the message alone does not fit.
     GenerationResult reply(InferenceEngine& engine, const std::string& user_message, const GenerateOptions& options,
                            const TextCallback& on_text);
 
@@ -33,8 +37,11 @@ public:
     // Totals over the session, for /stats.
     GenerationStats totals;
     GenerationStats last;
+    size_t dropped_turns = 0;   // by the last reply
 
 private:
+    std::vector<ChatMessage> with_system_prompt(std::span<const ChatMessage> messages) const;
+
     std::string system_prompt_;
     std::vector<ChatMessage> messages_;
 };

@@ -176,11 +176,13 @@ GenerationResult InferenceEngine::generate(std::span<const Token> prompt, const 
                               std::to_string(ctx) + " (raise --ctx-size or shorten the prompt)");
     GenerationResult result;
 
-    // Reuse the cache when everything the model has seen is a prefix of this prompt (a chat
-    // turn following the previous one); otherwise start over. At least one token is fed, so
-    // there are fresh logits to sample from.
-    const bool reuse = history_.size() < prompt.size() && std::equal(history_.begin(), history_.end(), prompt.begin());
-    if (!reuse) clear();
+    // Keep the cache up to the longest common prefix of what the model has seen and this prompt
+    // (a chat turn extends the previous one; dropping old turns to fit the context shortens the
+    // match) and feed the rest. At least one token is fed, so there are fresh logits to sample from.
+    const size_t common = std::mismatch(history_.begin(), history_.end(), prompt.begin(), prompt.end()).first - history_.begin();
+    const size_t keep = std::min(common, prompt.size() - 1);
+    std::visit([keep](auto& m) { m.truncate_cache(keep); }, *backend_);
+    history_.resize(keep);
     const auto feed = prompt.subspan(history_.size());
     result.stats.reused_tokens = history_.size();
     result.stats.prompt_tokens = feed.size();
@@ -223,7 +225,8 @@ GenerationResult InferenceEngine::generate(std::span<const Token> prompt, const 
             break;
         }
         bool stopped = false;
-        const std::string text = stop_filter.push(decoder.push(token), stopped);
+        const bool hidden = !options.special && tokenizer_->is_control(token);
+        const std::string text = stop_filter.push(hidden ? std::string() : decoder.push(token), stopped);
         if (!emit(text)) {
             result.reason = StopReason::Cancelled;
             break;

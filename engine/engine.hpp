@@ -26,6 +26,7 @@ struct GenerateOptions {
     std::vector<std::string> stop;        // stop strings (not emitted)
     SamplingParams sampling;
     bool ignore_eos = false;
+    bool special = false;                 // control tokens (<|im_end|>, </s>, ...) decoded as text; hidden otherwise
 };
 
 struct GenerationStats {
@@ -73,7 +74,8 @@ public:
     std::string render_chat(std::span<const ChatMessage> messages, bool add_generation_prompt) const;
     std::vector<Token> tokenize(std::string_view text, bool add_special, bool parse_special) const;
 
-    // Feeds `prompt` (reusing the cache when the model's history is a prefix of it) and samples
+    // Feeds `prompt` (reusing the cache for the longest prefix it shares with the model's history;
+    // GenerationStats::reused_tokens) and samples
     // until a stop condition. Throws ContextOverflow when the prompt alone does not fit.
     GenerationResult generate(std::span<const Token> prompt, const GenerateOptions& options, const TextCallback& on_text = {});
 

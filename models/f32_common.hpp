@@ -241,6 +241,8 @@ public:
     size_t n_past() const { return cache_.length(slot_); }
     size_t n_ctx() const { return cache_.n_ctx(); }
     void clear_cache() { cache_.clear(slot_); }
+    // Forgets the positions from n on (InferenceEngine keeps a shared prompt prefix this way).
+    void truncate_cache(size_t n) { cache_.truncate(slot_, n); }
 
     const F32Options& options() const { return options_; }
     void set_observer(F32Observer observer) { observer_ = std::move(observer); }

@@ -537,6 +537,13 @@ Tensor<double> GPTModel::llama_forward(std::span<const Token> ids) const {
     return result;
 }
 
+void GPTModel::truncate_cache(size_t n) {
+    if (n > history_.size())
+        throw std::out_of_range("GPTModel::truncate_cache: " + std::to_string(n) + " tokens asked, the history holds " +
+                                std::to_string(history_.size()));
+    history_.resize(n);
+}
+
 void GPTModel::observe(std::string_view name, int layer, const Tensor<double>& t) const {
     if (observer_) observer_(name, layer, t.span());
 }

@@ -38,6 +38,8 @@ public:
     size_t n_past() const { return history_.size(); }
     size_t n_ctx() const { return n_ctx_; }
     void clear_cache() { history_.clear(); }
+    // Forgets the tokens from n on. Throws std::out_of_range if n is beyond the history.
+    void truncate_cache(size_t n);
 
     void set_observer(Observer observer) { observer_ = std::move(observer); }
 

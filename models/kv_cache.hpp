@@ -1,7 +1,7 @@
 #pragma once
 // The float32 models' key/value cache: what attention needs of every position seen so far, so a
 // forward pass computes only the new tokens. It owns its storage (compute::Buffer, on the model's
-// device) and changes state only through reserve/commit/clear.
+// device) and changes state only through reserve/commit/truncate/clear.
 //
 // Layout, keys and values alike, float32:
 //   [n_layer][n_slots][n_ctx][n_embd_kv]     n_embd_kv = n_head_kv * head_dim, head-major
@@ -38,6 +38,9 @@ public:
     size_t reserve(size_t slot, size_t n) const;
     void commit(size_t slot, size_t n);          // length += n (after reserve)
     void clear(size_t slot) { lengths_.at(slot) = 0; }
+    // Forgets the positions of `slot` from n on (the rows before n stay valid). Throws
+    // std::out_of_range if n is beyond its length.
+    void truncate(size_t slot, size_t n);
 
 private:
     size_t offset(size_t layer, size_t slot) const { return (layer * n_slots() + slot) * n_ctx_ * n_embd_kv_; }

@@ -436,4 +436,9 @@ void TensorParallelLlamaModel::clear_cache() {
     n_past_ = 0;
 }
 
+void TensorParallelLlamaModel::truncate_cache(size_t n) {
+    for (auto& rank : ranks_->ranks) rank->cache.truncate(0, n);   // host-side lengths, as clear_cache
+    n_past_ = n;
+}
+
 }  // namespace twinfer

@@ -44,6 +44,8 @@ public:
     size_t n_past() const { return n_past_; }
     size_t n_ctx() const { return n_ctx_; }
     void clear_cache();
+    // Forgets the positions from n on. Throws std::out_of_range if n is beyond what was seen.
+    void truncate_cache(size_t n);
 
     const F32Options& options() const { return options_; }
     int n_ranks() const { return n_ranks_; }

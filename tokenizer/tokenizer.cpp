@@ -171,6 +171,12 @@ bool Tokenizer::is_end_of_generation(Token t) const {
 }
 const std::vector<Token>& Tokenizer::end_of_generation_tokens() const { return vocabulary_->end_of_generation; }
 
+bool Tokenizer::is_control(Token t) const {
+    if (t < 0 || static_cast<size_t>(t) >= vocabulary_->tokens.size())
+        throw TokenizerError("token id " + std::to_string(t) + " is outside the vocabulary of " + std::to_string(vocabulary_->tokens.size()));
+    return (vocabulary_->tokens[size_t(t)].attr & tokenizer_detail::ATTR_CONTROL) != 0;
+}
+
 std::string Tokenizer::kind() const {
     if (vocabulary_->model == ModelKind::SentencePiece) return vocabulary_->model_name + " (spm)";
     return vocabulary_->model_name + " (" + vocabulary_->pre_name + ")";

@@ -60,6 +60,9 @@ public:
     // EOS, EOT, EOM and tokens whose text is a known end marker (<|im_end|>, <|eot_id|>,
     // <end_of_turn>, <|endoftext|>, ...), as llama.cpp collects them.
     bool is_end_of_generation(Token t) const;
+    // A control token (<s>, <|im_start|>, ...): a marker, not text, which generated output leaves
+    // out unless asked (llama.cpp's --special). Throws TokenizerError for an id outside the vocabulary.
+    bool is_control(Token t) const;
     const std::vector<Token>& end_of_generation_tokens() const;
     std::string kind() const;  // "gpt2 (smollm)", "llama (spm)", ...
 

@@ -2,6 +2,10 @@
 
 #include <immintrin.h>
 
+#include <stdexcept>
+#include <string>
+#include <system_error>
+
 namespace twinfer::compute::cpu {
 namespace {
 
@@ -12,10 +16,19 @@ constexpr int spin_iterations = 1000;
 }  // namespace
 
 ThreadPool::ThreadPool(int n_threads) {
-    for (int t = 1; t < n_threads; ++t) workers_.emplace_back([this, t] { worker_loop(t); });
+    try {
+        for (int t = 1; t < n_threads; ++t) workers_.emplace_back([this, t] { worker_loop(t); });
+    } catch (const std::system_error& e) {
+        // The system refused a thread (-t far beyond the cores): stop those started, then say so.
+        stop_workers();
+        throw std::runtime_error("cannot start " + std::to_string(n_threads) + " CPU threads (" + std::to_string(workers_.size() + 1) +
+                                 " started): " + e.what());
+    }
 }
 
-ThreadPool::~ThreadPool() {
+ThreadPool::~ThreadPool() { stop_workers(); }
+
+void ThreadPool::stop_workers() {
     stop_.store(true, std::memory_order_relaxed);
     generation_.fetch_add(1, std::memory_order_release);
     generation_.notify_all();

@@ -48,6 +48,7 @@ public:
     }
 
 private:
+    void stop_workers();   // wakes every worker to exit and joins it
     using Trampoline = void (*)(void*, int);
     void run_erased(void* task, Trampoline trampoline);
     void worker_loop(int thread);

@@ -1,12 +1,17 @@
 // End-to-end: the real `twinfer` binary, as a user runs it.
 #include <gtest/gtest.h>
+#include <signal.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <thread>
 
+#include "cli/twinfer_process.hpp"
 #include "common/test_data.hpp"
 #include "common/tolerances.hpp"
 
@@ -53,7 +58,8 @@ TEST(CliErrors, BadInputIsAOneLineErrorWithExitCode2) {
         {"run -m " + dir.string() + " -p hi", "directory"},
         {"run -m " + model + " -p hi --top-p 2", "top-p"},
         {"run -m " + model + " -p hi -n -5", "max-tokens"},
-        {"run -m " + model + " -p hi --threads -1", "threads"},
+        {"run -m " + model + " -p hi --threads -2", "--threads: -2 is not allowed (0 or more; 0 or -1: every core)"},
+        {"run -m " + model + " -hf ggml-org/gemma-3-1b-it-GGUF -p hi", "unknown option '-hf'"},
         {"frobnicate", "frobnicate"},
         {"run -m " + model + " --tokens 1,x", "--tokens"},
         {"run -m " + model + " --tokens 1,99999", "--tokens"},
@@ -136,6 +142,19 @@ TEST(CliConfig, CommandLineOverridesConfigFile) {
     const auto bad = twinfer("run --config " + cfg.string() + " -p hi");
     EXPECT_EQ(bad.exit_code, 2);
     EXPECT_NE(bad.err.find("model"), std::string::npos) << bad.err;
+}
+
+TEST(CliConfig, UnknownKeysAreErrorsNamingTheKey) {
+    TWINFER_REQUIRE_FILE(stories());
+    const auto cfg = scratch_dir() / "typo.toml";
+    for (const auto& [text, key] : std::vector<std::pair<std::string, std::string>>{
+             {"modle = \"x.gguf\"\n", "'modle'"}, {"[generation]\ntemprature = 0.5\n", "'generation.temprature'"}}) {
+        std::ofstream(cfg) << text;
+        const auto r = twinfer("run --config " + cfg.string() + " -m " + stories().string() + " -p hi");
+        EXPECT_EQ(r.exit_code, 2) << text;
+        EXPECT_EQ(line_count(r.err), 1u) << r.err;
+        EXPECT_NE(r.err.find("unknown key " + key), std::string::npos) << r.err;
+    }
 }
 
 TEST(CliRun, PromptLongerThanContextIsAnError) {
@@ -242,12 +261,181 @@ TEST(CliRun, SmolLM2GreedyMatchesTheReferenceIds) {
     // GPTModel's greedy continuation (tests/models/gpt_model_test.cpp), which transformers'
     // own greedy decoding of this GGUF also gives: " Paris.\n\nThe answer is:".
     const nlohmann::json expected = {7042, 30, 198, 198, 504, 2988, 314, 42};
-    const auto r = twinfer("run -m " + smollm2_path().string() + " --json --temp 0 -n 8 -p 'The capital of France is'");
+    const auto r = twinfer("run -m " + smollm2_path().string() + " --device cpu --json --temp 0 -n 8 -p 'The capital of France is'");
     ASSERT_EQ(r.exit_code, 0) << r.err;
     const auto j = nlohmann::json::parse(r.out);
     EXPECT_EQ(j["prompt_ids"], (nlohmann::json{504, 3575, 282, 4649, 314}));
     EXPECT_EQ(j["ids"], expected);
     EXPECT_EQ(j["text"], " Paris.\n\nThe answer is:");
+}
+
+}  // namespace
+}  // namespace twinfer::test
+
+namespace twinfer::test {
+namespace {
+
+TEST(CliErrors, RangeErrorsSayWhatIsAllowed) {
+    TWINFER_REQUIRE_FILE(stories());
+    const std::string run = "run -m " + stories().string() + " -p hi ";
+    const std::vector<std::pair<std::string, std::string>> cases = {
+        {"-t -5", "--threads: -5 is not allowed (0 or more; 0 or -1: every core)"},
+        {"-c -1", "--ctx-size: -1 is not allowed (0 or more; 0: the model's trained length)"},
+        {"-n -5", "--max-tokens: -5 is not allowed (-1 or more; -1: no limit)"},
+        {"--top-k -1", "--top-k: -1 is not allowed (0 or more; 0: off)"},
+        {"--temp 200", "--temp: 200 is not allowed (0 to 100)"},
+        {"--seed -2", "--seed: -2 is not allowed (-1 to 4294967294; -1: random)"},
+        {"--repeat-last-n -3", "--repeat-last-n: -3 is not allowed (-1 or more; -1: all, 0: off)"},
+        {"--tensor-parallel 0", "--tensor-parallel: 0 is not allowed (1 to 64)"},
+    };
+    for (const auto& [flags, message] : cases) {
+        const auto r = twinfer(run + flags);
+        EXPECT_EQ(r.exit_code, 2) << flags << "\n" << r.err;
+        EXPECT_EQ(r.err, "twinfer: error: " + message + "\n") << flags;
+    }
+    const auto bench = twinfer("bench -m " + stories().string() + " -r 0");
+    EXPECT_EQ(bench.err, "twinfer: error: --repetitions: 0 is not allowed (1 to 1000)\n");
+}
+
+// CLI11 alone reads "-hf" as "-h -f" and prints the help with exit code 0.
+TEST(CliErrors, LlamaCppFlagsTwinferLacksAreUnknownOptions) {
+    TWINFER_REQUIRE_FILE(stories());
+    for (const std::string args : {"run -hf ggml-org/gemma-3-1b-it-GGUF", "chat -hf x/y", "-hf x/y", "info -hfr x/y"}) {
+        const auto r = twinfer(args);
+        EXPECT_EQ(r.exit_code, 2) << args << "\n" << r.out;
+        EXPECT_NE(r.err.find("unknown option '-hf"), std::string::npos) << args << "\n" << r.err;
+        EXPECT_EQ(r.out.find("Usage"), std::string::npos) << args;
+    }
+    // Values attached to short options still work.
+    const auto attached = twinfer("run -m " + stories().string() + " --json --temp 0 --ignore-eos -n7 -phello");
+    ASSERT_EQ(attached.exit_code, 0) << attached.err;
+    EXPECT_EQ(nlohmann::json::parse(attached.out)["ids"].size(), 7u);
+}
+
+TEST(CliRun, ThreadsMinusOneIsEveryCoreAndMoreThanTheCoresWarns) {
+    TWINFER_REQUIRE_FILE(stories());
+    const std::string run = "run -m " + stories().string() + " --json --temp 0 -n 4 -p 'Once upon a time' ";
+    const auto every_core = twinfer(run + "-t -1");
+    ASSERT_EQ(every_core.exit_code, 0) << every_core.err;
+    EXPECT_EQ(every_core.err.find("warn"), std::string::npos) << every_core.err;
+    const unsigned cores = std::thread::hardware_concurrency();
+    const std::string more = std::to_string(cores + 1);
+    const auto too_many = twinfer(run + "-t " + more);
+    ASSERT_EQ(too_many.exit_code, 0) << too_many.err;
+    EXPECT_NE(too_many.err.find("twinfer: warn: --threads " + more + " is more than the " + std::to_string(cores) + " cores of this machine"),
+              std::string::npos)
+        << too_many.err;
+    EXPECT_EQ(nlohmann::json::parse(too_many.out)["ids"], nlohmann::json::parse(every_core.out)["ids"]);
+}
+
+// SmolLM2: 30 layers x 2 x 10^7 positions x 192 (3 KV heads of 64) x 4 bytes = 429.2 GiB.
+TEST(CliErrors, AContextTooLargeForMemorySaysWhatItNeeds) {
+    TWINFER_REQUIRE_FILE(smollm2_path());
+    const auto r = twinfer("run -m " + smollm2_path().string() + " --device cpu -c 10000000 -p hi");
+    EXPECT_EQ(r.exit_code, 1) << r.err;
+    EXPECT_EQ(line_count(r.err), 1u) << r.err;
+    EXPECT_NE(r.err.find("needs 429.2 GiB (30 layers x 2 x 10000000 positions x 192 x 4 bytes)"), std::string::npos) << r.err;
+    EXPECT_EQ(r.err.find("bad_alloc"), std::string::npos) << r.err;
+}
+
+// docs/user-guide.md: 2 for a mistake the user can fix, 1 for a failure while running, 0 for success.
+TEST(CliExitCodes, EveryCommandFollowsOneRule) {
+    TWINFER_REQUIRE_FILE(stories());
+    const std::string model = stories().string();
+    const auto garbage = scratch_dir() / "broken.gguf";
+    std::ofstream(garbage) << "GGUF\x03\x00\x00\x00 truncated";
+    const auto typo = scratch_dir() / "typo-key.toml";
+    std::ofstream(typo) << "temprature = 1\n";
+    const std::vector<std::pair<std::string, int>> cases = {
+        {"info " + model, 0},
+        {"tokenize -m " + model + " --ids hello", 0},
+        {"run -m " + model + " -n 2 -p hi", 0},
+        {"frobnicate", 2},
+        {"run -hf x/y", 2},
+        {"run -m " + model + " -p hi --top-p 2", 2},
+        {"run -m " + model + " -c 8 -p 'Once upon a time there was a little girl named Lily who'", 2},
+        {"run --config " + typo.string() + " -m " + model + " -p hi", 2},
+        {"info /nonexistent.gguf", 2},
+        {"tokenize -m /nonexistent.gguf hi", 2},
+        {"chat -m /nonexistent.gguf", 2},
+        {"chat -m " + model, 2},   // no chat template
+        {"bench -m " + model + " -p -1", 2},
+        {"perplexity -m " + model + " -f /nonexistent.txt", 2},
+        {"verify -m " + model + " --precision f64", 2},
+        {"run -m " + garbage.string() + " -p hi", 1},
+        {"info " + garbage.string(), 1},
+        {"verify -m " + model + " -p 'Once upon a time' --max-error 1e-30", 1},
+    };
+    for (const auto& [args, code] : cases) {
+        const auto r = twinfer(args);
+        EXPECT_EQ(r.exit_code, code) << args << "\n" << r.err;
+        if (code != 0) {
+            EXPECT_EQ(line_count(r.err), 1u) << args << "\n" << r.err;
+        }
+    }
+}
+
+// Greedy on stories260K ends its first story with <s> (id 1, a control token) and starts another.
+TEST(CliRun, ControlTokensArePrintedOnlyWithSpecial) {
+    TWINFER_REQUIRE_FILE(stories());
+    const std::string run = "run -m " + stories().string() + " --temp 0 -n 400 -p 'Once upon a time'";
+    const auto plain = twinfer(run + " --json");
+    ASSERT_EQ(plain.exit_code, 0) << plain.err;
+    const auto j = nlohmann::json::parse(plain.out);
+    ASSERT_NE(std::find(j["ids"].begin(), j["ids"].end(), 1), j["ids"].end()) << "no <s> (id 1) in 400 greedy tokens";
+    EXPECT_EQ(j["text"].get<std::string>().find("<s>"), std::string::npos);
+    const auto special = twinfer(run + " --json --special");
+    ASSERT_EQ(special.exit_code, 0) << special.err;
+    EXPECT_NE(nlohmann::json::parse(special.out)["text"].get<std::string>().find("<s>"), std::string::npos);
+    EXPECT_EQ(twinfer(run).out.find("<s>"), std::string::npos);
+    EXPECT_NE(twinfer(run + " --special").out.find("<s>"), std::string::npos);
+}
+
+// Starts `twinfer args`, sends it SIGINT once it has written to stdout (streaming) or after a
+// second (--json writes only at the end), and collects what it printed.
+CommandResult interrupted(const std::vector<std::string>& args, bool wait_for_output) {
+    const auto out = scratch_dir() / "sigint.out", err = scratch_dir() / "sigint.err";
+    const pid_t pid = fork();
+    if (pid == 0) {
+        if (!freopen(out.c_str(), "w", stdout) || !freopen(err.c_str(), "w", stderr)) _exit(127);
+        exec_twinfer(args);
+    }
+    const auto has_output = [&] {
+        std::error_code ec;
+        const auto size = std::filesystem::file_size(out, ec);
+        return !ec && size > 0;
+    };
+    for (int i = 0; i < 300 && wait_for_output && !has_output(); ++i) usleep(100 * 1000);
+    usleep(1000 * 1000);
+    kill(pid, SIGINT);
+    int status = 0;
+    for (int i = 0; i < 300 && waitpid(pid, &status, WNOHANG) == 0; ++i) usleep(100 * 1000);
+    if (waitpid(pid, &status, WNOHANG) == 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &status, 0);
+        ADD_FAILURE() << "twinfer did not stop within 30 s of SIGINT";
+    }
+    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(out), slurp(err)};
+}
+
+TEST(CliRun, CtrlCStopsGenerationWithTheSummaryOrTheJson) {
+    TWINFER_REQUIRE_FILE(stories());
+    const std::vector<std::string> args = {"run", "-m", stories().string(), "-c", "100000", "-n", "100000", "--ignore-eos", "--temp", "0",
+                                           "-p", "Once upon a time"};
+    const auto streamed = interrupted(args, true);
+    EXPECT_EQ(streamed.exit_code, 130) << streamed.err;
+    EXPECT_FALSE(streamed.out.empty());
+    EXPECT_EQ(line_count(streamed.err), 1u) << streamed.err;
+    EXPECT_NE(streamed.err.find("stop: cancelled"), std::string::npos) << streamed.err;
+
+    auto json_args = args;
+    json_args.push_back("--json");
+    const auto json = interrupted(json_args, false);
+    EXPECT_EQ(json.exit_code, 130) << json.err;
+    const auto j = nlohmann::json::parse(json.out);
+    EXPECT_EQ(j["stop_reason"], "cancelled");
+    EXPECT_GT(j["ids"].size(), 0u);
+    EXPECT_LT(j["ids"].size(), 100000u);
 }
 
 }  // namespace
