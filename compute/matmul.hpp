@@ -51,9 +51,9 @@ inline WeightMatrix place_weights(Context& ctx, const WeightMatrix& w, [[maybe_u
 
 // How a matrix-vector product reads the activations. Int8: quantized per 32 values to 8 bits
 // (llama.cpp's Q8_0 scheme, about 0.4% error per value, mostly averaging out in the sum) for
-// integer dot products against quantized weights. Int8x2 (CPU only): the same 8-bit code plus a
-// second 8-bit digit for its remainder, ~15 bits a value (error ~1/64,000 of a block's largest),
-// two integer dots per block. Float32: as they are. Float weights (F32, F16, BF16) and products
+// integer dot products against quantized weights. Int8x2 (CPU only): two 8-bit digits a value
+// (x = d (256 hi + lo)), ~15 bits (error at most 1/32,512 of its block's largest), two integer dots
+// per block. Float32: as they are. Float weights (F32, F16, BF16) and products
 // over many tokens always use Float32.
 enum class Activations { Float32, Int8, Int8x2 };
 std::string_view activations_name(Activations a);      // "f32", "int8", "int8x2"

@@ -47,27 +47,6 @@ void quantize_q8(const float* x, size_t n, Q8Block* out) {
     }
 }
 
-void quantize_q8x2(const float* x, size_t n, Q8x2Block* out) {
-    for (size_t b = 0; b < n / 32; ++b) {
-        const float* v = x + 32 * b;
-        float amax = 0.0f;
-        for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(v[i]));
-        const float d_hi = amax / 127.0f, d = d_hi / 254.0f;
-        const float inverse_hi = d_hi != 0.0f ? 1.0f / d_hi : 0.0f, inverse = d != 0.0f ? 1.0f / d : 0.0f;
-        int sum = 0;
-        for (int i = 0; i < 32; ++i) {
-            const int hi = static_cast<int>(std::nearbyint(v[i] * inverse_hi));
-            // |v - d_hi hi| <= d_hi / 2 = 127 d, up to float rounding: the clamp only guards that.
-            const int lo = std::clamp(static_cast<int>(std::nearbyint((v[i] - d_hi * static_cast<float>(hi)) * inverse)), -127, 127);
-            out[b].hi[i] = static_cast<int8_t>(hi);
-            out[b].lo[i] = static_cast<int8_t>(lo);
-            sum += 254 * hi + lo;
-        }
-        out[b].d = d;
-        out[b].sum = d * static_cast<float>(sum);
-    }
-}
-
 // Tiled over columns so that a tile of the block (64 columns x token_block) stays in L1 while
 // each token's row segment is spread into it.
 void pack_tokens(const float* x, size_t n_tokens, size_t n_cols, size_t token_block, float* out) {

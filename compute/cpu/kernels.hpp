@@ -21,17 +21,17 @@ struct Q8Block {
 };
 void quantize_q8(const float* x, size_t n, Q8Block* out);   // n a multiple of 32
 
-// 32 activations as two int8 digits: x[i] ≈ d (254 hi[i] + lo[i]), sum = Σ x[i] as quantized. hi is
-// quantize_q8's code (scale 254 d = max|x| / 127) and lo the rounded remainder in steps of d, so a
-// value keeps ~15 bits where Q8Block keeps 8; a dot product with integer weights stays exact in
-// int32 (254 (w.hi) + (w.lo)), at the cost of a second integer dot per block.
+// 32 activations as two int8 digits: x[i] ≈ d (256 hi[i] + lo[i]) with d = max|x| / (127 * 256), so
+// a value keeps ~15 bits where Q8Block keeps 8 (error at most d, half a step but where lo would be
+// -128, which the signed kernels cannot negate: it becomes -127); sum = Σ x[i] as quantized. A dot
+// product with integer weights stays exact in int32 (256 (w.hi) + (w.lo)), for a second integer
+// dot per block.
 struct Q8x2Block {
     float d;
     float sum;
     int8_t hi[32];
     int8_t lo[32];
 };
-void quantize_q8x2(const float* x, size_t n, Q8x2Block* out);   // n a multiple of 32
 
 // Weight types with an int8-activation kernel (the others use float activations).
 bool has_q8_kernel(GGMLType type);
@@ -47,6 +47,9 @@ struct Kernels {
                       const Q8Block* x, float* y);
     void (*matvec_q8x2)(GGMLType type, const std::byte* w, size_t row_bytes, size_t n_rows, size_t n_cols,
                         const Q8x2Block* x, float* y);
+    // n values (a multiple of 32) as Q8x2Blocks; null in the generic table. Vectorized: it runs on
+    // one thread before every int8x2 product.
+    void (*quantize_q8x2)(const float* x, size_t n, Q8x2Block* out);
     // n values (whole blocks) of `type` to float: format/quant.hpp's dequantize(), vectorized.
     void (*dequantize)(GGMLType type, const std::byte* src, size_t n, float* dst);
     // Float product of a tile: y[t * y_stride + r] = sum_k w[r * w_stride + k] x[t, k] for r <

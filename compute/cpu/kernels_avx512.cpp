@@ -55,7 +55,7 @@ constexpr bool avx512 = true;
 #include "compute/cpu/simd_float.inl"
 
 const Kernels& avx512_kernels() {
-    static const Kernels table{CpuIsa::AVX512, matvec, matvec_q8<Q8Block>, matvec_q8<Q8x2Block>, dequantize_row, NR, gemm, attend, swiglu, gelu, widen};
+    static const Kernels table{CpuIsa::AVX512, matvec, matvec_q8<Q8Block>, matvec_q8<Q8x2Block>, quantize_q8x2, dequantize_row, NR, gemm, attend, swiglu, gelu, widen};
     return table;
 }
 

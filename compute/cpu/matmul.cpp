@@ -87,7 +87,7 @@ void matvec(Context& ctx, const Kernels& k, std::span<const MatmulOutput> output
     const Q8x2Block* xq2 = nullptr;
     if (quantized && activations == Activations::Int8x2) {
         auto* blocks = reinterpret_cast<Q8x2Block*>(ctx.shared_scratch(cols / 32 * sizeof(Q8x2Block)));
-        quantize_q8x2(x, cols, blocks);
+        k.quantize_q8x2(x, cols, blocks);
         xq2 = blocks;
     } else if (quantized) {
         auto* blocks = reinterpret_cast<Q8Block*>(ctx.shared_scratch(cols / 32 * sizeof(Q8Block)));

@@ -7,6 +7,10 @@ namespace {
 
 // 8 int32 lanes, lane i = Σ_{j<4} u[4i+j] s[4i+j] (u unsigned, s signed bytes). maddubs saturates
 // at 16 bits, never reached here: |u| <= 128 and |s| <= 127 give at most 2 * 128 * 127 per pair.
+inline __m256i dot_u8s8_add(__m256i acc, __m256i u, __m256i s) {
+    if constexpr (avx512) return _mm256_dpbusd_epi32(acc, u, s);
+    else return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+}
 inline __m256i dot_u8s8(__m256i u, __m256i s) {
     if constexpr (avx512) return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
     else return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
@@ -21,19 +25,19 @@ inline __m256i load_bytes(const void* p) { return _mm256_loadu_si256(static_cast
 
 // A block's integer dot with 32 weight values, as 8 float lanes for the caller to scale by its
 // weight scale times y.d: unsigned weight bytes u (block_dot) or signed ones w (block_dot_signed).
-// Q8x2Block's two digits combine in int32 as 254 hi + lo; every lane stays below 2^24 (at most
-// 255 * 4 * 128 * 127), so its conversion to float is exact.
-inline __m256 combine_digits(__m256i hi, __m256i lo) {
-    return _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_sub_epi32(_mm256_slli_epi32(hi, 8), _mm256_slli_epi32(hi, 1)), lo));
-}
+// Q8x2Block's two digits combine in int32 as 256 hi + lo, the low digit's dot accumulated onto the
+// high one's shifted (one more vpdpbusd a block); every lane stays below 2^24 (at most
+// 257 * 4 * 128 * 127), so its conversion to float is exact.
 inline __m256 block_dot(__m256i u, const Q8Block& y) { return dot_u8s8_float(u, load_bytes(y.qs)); }
 inline __m256 block_dot(__m256i u, const Q8x2Block& y) {
-    return combine_digits(dot_u8s8(u, load_bytes(y.hi)), dot_u8s8(u, load_bytes(y.lo)));
+    const __m256i hi = dot_u8s8(u, load_bytes(y.hi));
+    return _mm256_cvtepi32_ps(dot_u8s8_add(_mm256_slli_epi32(hi, 8), u, load_bytes(y.lo)));
 }
 inline __m256 block_dot_signed(__m256i w, const Q8Block& y) { return dot_s8s8_float(w, load_bytes(y.qs)); }
 inline __m256 block_dot_signed(__m256i w, const Q8x2Block& y) {
     const __m256i u = _mm256_abs_epi8(w);
-    return combine_digits(dot_u8s8(u, _mm256_sign_epi8(load_bytes(y.hi), w)), dot_u8s8(u, _mm256_sign_epi8(load_bytes(y.lo), w)));
+    const __m256i hi = dot_u8s8(u, _mm256_sign_epi8(load_bytes(y.hi), w));
+    return _mm256_cvtepi32_ps(dot_u8s8_add(_mm256_slli_epi32(hi, 8), u, _mm256_sign_epi8(load_bytes(y.lo), w)));
 }
 
 inline float hsum8(__m256 v) {
@@ -245,6 +249,47 @@ void matvec_q8(GGMLType type, const std::byte* w, size_t row_bytes, size_t n_row
     case GGMLType::Q5_K: return rows_q8<Act, BlockQ5_K, dot_k_with_min<Act, BlockQ5_K, true>>(w, row_bytes, n_rows, n_cols, x, y);
     case GGMLType::Q6_K: return rows_q8<Act, BlockQ6_K, dot_q6_k<Act>>(w, row_bytes, n_rows, n_cols, x, y);
     default: throw std::invalid_argument("no int8 matvec kernel for " + std::string(type_name(type)));
+    }
+}
+
+// Q8x2Block's quantization (kernels.hpp), 8 values a vector: code = round(x / d) (the rounding
+// mode's nearest-even, as nearbyint), hi = (code + 128) >> 8, lo = code - 256 hi raised to -127.
+void quantize_q8x2(const float* x, size_t n, Q8x2Block* out) {
+    const __m256 sign_bit = _mm256_set1_ps(-0.0f);
+    const __m256i limit = _mm256_set1_epi32(32512), half_step = _mm256_set1_epi32(128), lowest = _mm256_set1_epi32(-127);
+    // packs interleave 128-bit lanes; this puts the 32 bytes back in order.
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (size_t b = 0; b < n / 32; ++b) {
+        __m256 v[4];
+        __m256 amax = _mm256_setzero_ps();
+        for (int j = 0; j < 4; ++j) {
+            v[j] = _mm256_loadu_ps(x + 32 * b + 8 * j);
+            amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign_bit, v[j]));
+        }
+        __m128 m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+        m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        m = _mm_max_ss(m, _mm_movehdup_ps(m));
+        const float d = _mm_cvtss_f32(m) / (127.0f * 256.0f);
+        const __m256 inverse = _mm256_set1_ps(d != 0.0f ? 1.0f / d : 0.0f);
+        __m256i hi[4], lo[4], sum = _mm256_setzero_si256();
+        for (int j = 0; j < 4; ++j) {
+            const __m256i code = _mm256_max_epi32(_mm256_min_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(v[j], inverse)), limit),
+                                                  _mm256_sub_epi32(_mm256_setzero_si256(), limit));
+            hi[j] = _mm256_srai_epi32(_mm256_add_epi32(code, half_step), 8);
+            lo[j] = _mm256_max_epi32(_mm256_sub_epi32(code, _mm256_slli_epi32(hi[j], 8)), lowest);
+            sum = _mm256_add_epi32(sum, _mm256_add_epi32(_mm256_slli_epi32(hi[j], 8), lo[j]));
+        }
+        auto pack = [&](const __m256i* q, int8_t* dst) {
+            const __m256i bytes = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm256_permutevar8x32_epi32(bytes, order));
+        };
+        pack(hi, out[b].hi);
+        pack(lo, out[b].lo);
+        __m128i s = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+        s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
+        s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
+        out[b].d = d;
+        out[b].sum = d * static_cast<float>(_mm_cvtsi128_si32(s));
     }
 }
 
