@@ -237,6 +237,19 @@ TEST(CliChat, PipedStdinNeverWaitsForAKeyboard) {
     EXPECT_NE(r.out.find("turns: 1"), std::string::npos) << r.out;
 }
 
+// The question the Trust issue opened with (int8 activations, as llama.cpp's default, answer it
+// with French words): the CPU's default answers it as the float64 reference does.
+TEST(CliChat, TheDefaultAnswersAsTheReference) {
+    TWINFER_REQUIRE_FILE(smollm2_path());
+    const std::string question = "What is the capital of France?\n";
+    const auto by_default = piped_chat(question, "-t 2 --temp 0 -n 12");
+    ASSERT_EQ(by_default.exit_code, 0) << by_default.err;
+    EXPECT_EQ(by_default.out.substr(0, by_default.out.find('\n')), "The capital of France is Paris.");
+    const auto reference = piped_chat(question, "--precision f64 --temp 0 -n 12");
+    ASSERT_EQ(reference.exit_code, 0) << reference.err;
+    EXPECT_EQ(reference.out.substr(0, reference.out.find('\n')), "The capital of France is Paris.");
+}
+
 TEST(CliChat, ErrorsGoToStderr) {
     TWINFER_REQUIRE_FILE(smollm2_path());
     const auto r = piped_chat("/model /nonexistent.gguf\n/frobnicate\n/precision f16\n", "");

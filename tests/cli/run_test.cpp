@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <thread>
@@ -183,6 +184,25 @@ TEST(CliBench, ReportsPromptAndGenerationSpeed) {
     EXPECT_GT(j[1]["avg_ts"].get<double>(), 0.0);
 }
 
+// perplexity's decode path scores the same text a token at a time and says which path it scored;
+// on stories260K (float weights: no activation quantization on either path) the two agree.
+TEST(CliPerplexity, DecodePathScoresWhatThePromptPathScores) {
+    TWINFER_REQUIRE_FILE(stories());
+    const std::string text = (repo_root() / "bench/agreement/texts/Apache-2.0.txt").string();
+    std::map<std::string, double> ppl;
+    for (const std::string path : {"prompt", "decode"}) {
+        const auto r = twinfer("perplexity -m " + stories().string() + " -f " + text + " -c 128 --chunks 3 --no-progress --path " + path);
+        ASSERT_EQ(r.exit_code, 0) << r.err;
+        const std::string label = "Final estimate: PPL = ";
+        const size_t at = r.out.find(label);
+        ASSERT_NE(at, std::string::npos) << r.out;
+        EXPECT_NE(r.out.find("(" + path + " path)"), std::string::npos) << r.out;
+        ppl[path] = std::stod(r.out.substr(at + label.size()));
+    }
+    EXPECT_GT(ppl["prompt"], 1.0);
+    EXPECT_NEAR(ppl["decode"], ppl["prompt"], 1e-5 * ppl["prompt"]);
+}
+
 TEST(CliVerify, ReferenceAndFastModelAgreeOnStories) {
     TWINFER_REQUIRE_FILE(stories());
     const auto r = twinfer("verify -m " + stories().string() + " -p 'Once upon a time, there was' --path both --json");
@@ -197,9 +217,10 @@ TEST(CliVerify, ReferenceAndFastModelAgreeOnStories) {
     EXPECT_EQ(j["paths"][0]["positions"].size(), j["ids"].size());   // every row from the decode step
 }
 
-// The worst relative error verify reports for SmolLM2 on `path` with these flags.
+// The worst relative error verify reports for SmolLM2 on `path` with these flags, on the CPU (whose
+// default scheme the bands below describe).
 double smollm2_verify_error(const std::string& flags, const std::string& path) {
-    const auto r = twinfer("verify -m " + smollm2_path().string() + " -t 2 --json --path " + path + " " + flags +
+    const auto r = twinfer("verify -m " + smollm2_path().string() + " --device cpu -t 2 --json --path " + path + " " + flags +
                            " -p 'The history of Rome is a testament to the enduring legacy of'");
     EXPECT_EQ(r.exit_code, 0) << r.err;
     return nlohmann::json::parse(r.out)["paths"][0]["summary"]["worst_relative"].get<double>();
@@ -221,7 +242,8 @@ TEST(CliVerify, DecodePathReportsEachActivationSchemesError) {
 }
 
 // Fed run's own output, verify's fast top-1 at every generated position is the id run chose: it
-// runs the code run runs (plain int8 included, where both part from the reference).
+// runs the code run runs (plain int8 included, where both part from the reference), on the device
+// both pick (the GPU where there is one).
 TEST(CliVerify, FollowsRunsGreedyIds) {
     TWINFER_REQUIRE_FILE(smollm2_path());
     for (const std::string flags : {"", "--activations int8"}) {
