@@ -115,8 +115,11 @@ private:
     void reload(const char* verb) {
         const auto options = settings().backend_options();
         auto engine = InferenceEngine::load(options);
-        if (!engine.chat_template())
-            throw UsageError(options.model.string() + " has no chat template; use `twinfer run` for plain completion");
+        try {
+            engine.chat_template();   // chat needs one: another model file is the fix (exit 2)
+        } catch (const ChatTemplateError& e) {
+            throw UsageError(e.what());
+        }
         engine_.reset();
         engine_ = std::make_unique<InferenceEngine>(std::move(engine));
         log("info", std::string(verb) + " " + options.model.string() + " [" + engine_->backend_name() + "]");

@@ -78,7 +78,13 @@ InferenceEngine InferenceEngine::load(const BackendOptions& options) {
     engine.options_ = options;
     engine.file_ = std::make_shared<const gguf::File>(gguf::File::open(options.model));
     engine.tokenizer_ = std::make_unique<Tokenizer>(Tokenizer::from_gguf(*engine.file_));
-    if (auto source = engine.file_->string_or("tokenizer.chat_template")) engine.chat_template_.emplace(*source);
+    if (auto source = engine.file_->string_or("tokenizer.chat_template")) {
+        try {
+            engine.chat_template_.emplace(*source);
+        } catch (const ChatTemplateError& e) {
+            engine.chat_template_error_ = e.what();
+        }
+    }
     engine.backend_ = std::make_unique<ModelBackend>(make_backend(engine.file_, options));
     const size_t n_vocab = engine.config().n_vocab;
     if (engine.tokenizer_->n_vocab() != n_vocab)
@@ -101,10 +107,16 @@ size_t InferenceEngine::n_ctx() const {
 size_t InferenceEngine::n_past() const { return history_.size(); }
 
 std::string InferenceEngine::render_chat(std::span<const ChatMessage> messages, bool add_generation_prompt) const {
-    if (!chat_template_)
-        throw std::runtime_error(options_.model.string() + " has no chat template (tokenizer.chat_template); use `run` for plain completion");
     const auto piece = [&](std::optional<Token> t) { return t ? tokenizer_->token_to_piece(*t) : std::string(); };
-    return chat_template_->apply(messages, add_generation_prompt, piece(tokenizer_->bos()), piece(tokenizer_->eos()));
+    return chat_template().apply(messages, add_generation_prompt, piece(tokenizer_->bos()), piece(tokenizer_->eos()));
+}
+
+const ChatTemplate& InferenceEngine::chat_template() const {
+    if (!chat_template_error_.empty())
+        throw ChatTemplateError(options_.model.string() + ": its chat template cannot be used (" + chat_template_error_ + ")");
+    if (!chat_template_)
+        throw ChatTemplateError(options_.model.string() + " has no chat template (tokenizer.chat_template); use `run` for plain completion");
+    return *chat_template_;
 }
 
 std::vector<Token> InferenceEngine::tokenize(std::string_view text, bool add_special, bool parse_special) const {

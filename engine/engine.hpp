@@ -61,7 +61,10 @@ public:
 
     const Tokenizer& tokenizer() const { return *tokenizer_; }
     const ModelConfig& config() const;
-    const std::optional<ChatTemplate>& chat_template() const { return chat_template_; }
+    // The model's chat template; throws ChatTemplateError when the file has none, or when its
+    // template cannot be parsed (a broken or hostile template fails only what renders it: the
+    // model loads, and run, bench, verify and perplexity work).
+    const ChatTemplate& chat_template() const;
     const BackendOptions& options() const { return options_; }
     std::string backend_name() const;   // "F32LlamaModel (cpu)", "GPTModel (f64, cpu)", ...
     size_t n_ctx() const;
@@ -106,6 +109,7 @@ private:
     std::shared_ptr<const gguf::File> file_;
     std::unique_ptr<Tokenizer> tokenizer_;
     std::optional<ChatTemplate> chat_template_;
+    std::string chat_template_error_;   // why the file's template could not be parsed, if it could not
     std::unique_ptr<ModelBackend> backend_;
     std::vector<Token> history_;   // every token the model has seen, in order
     double load_seconds_ = 0;

@@ -24,6 +24,18 @@
 
 namespace twinfer::jinja {
 
+// The sandbox: a template comes from a model file, that is, from a stranger. Each limit is far
+// beyond what a real chat template needs and ends a hostile one with a ChatTemplateError naming
+// the limit, after a bounded amount of work and stack.
+namespace limits {
+constexpr int nesting = 128;                         // parser: nested expressions and statements; tree height
+constexpr int depth = 400;                           // evaluator: nested evaluations and macro calls
+constexpr std::size_t string_bytes = 16u << 20;      // any string built, the output included
+constexpr std::size_t list_items = 1u << 20;         // any list built
+constexpr std::int64_t loop_iterations = 1'000'000;  // for-loop iterations of one render, summed
+constexpr std::int64_t range_items = 100'000;        // range()'s length (jinja2's sandbox's MAX_RANGE)
+}  // namespace limits
+
 class Value;
 struct ListValue {
     std::vector<Value> items;
@@ -151,6 +163,7 @@ struct Expr {
     };
     Kind kind;
     int line = 0;
+    int height = 1;    // levels of this tree: 1 + the tallest child's (limits::nesting)
     Value value;
     std::string name;  // Name, Attribute, Filter, Test; the operator for Binary
     std::vector<ExprPtr> children;

@@ -7,7 +7,10 @@
 #include "tokenizer/jinja.hpp"
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
+#include <cstdint>
+#include <limits>
 #include <unordered_map>
 
 namespace twinfer::jinja {
@@ -100,8 +103,10 @@ Value get_dotted(const Value& obj, const std::string& path, int line) {
     while (true) {
         std::size_t dot = path.find('.', start);
         std::string part = path.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
-        bool numeric = !part.empty() && std::all_of(part.begin(), part.end(), [](char c) { return c >= '0' && c <= '9'; });
-        v = get_item(v, numeric ? Value(static_cast<std::int64_t>(std::stoll(part))) : Value(part), line);
+        std::int64_t index = 0;
+        const auto [end, error] = std::from_chars(part.data(), part.data() + part.size(), index);
+        const bool numeric = !part.empty() && part[0] != '-' && error == std::errc() && end == part.data() + part.size();
+        v = get_item(v, numeric ? Value(index) : Value(part), line);
         if (dot == std::string::npos) return v;
         start = dot + 1;
     }
@@ -185,13 +190,64 @@ bool compare(const std::string& op, const Value& a, const Value& b, int line) {
     return !contains(b, a, line);  // "not in"
 }
 
-std::int64_t floor_div(std::int64_t a, std::int64_t b) {
+// Python's ints are unbounded; these are int64: a result outside it is an error, never a wrap.
+[[noreturn]] void fail_overflow(int line, const std::string& op) {
+    fail(line, "integer overflow in '" + op + "' (the result does not fit in 64 bits)");
+}
+
+std::int64_t checked_add(std::int64_t a, std::int64_t b, int line) {
+    std::int64_t r = 0;
+    if (__builtin_add_overflow(a, b, &r)) fail_overflow(line, "+");
+    return r;
+}
+std::int64_t checked_sub(std::int64_t a, std::int64_t b, int line, const std::string& op = "-") {
+    std::int64_t r = 0;
+    if (__builtin_sub_overflow(a, b, &r)) fail_overflow(line, op);
+    return r;
+}
+std::int64_t checked_mul(std::int64_t a, std::int64_t b, int line, const std::string& op = "*") {
+    std::int64_t r = 0;
+    if (__builtin_mul_overflow(a, b, &r)) fail_overflow(line, op);
+    return r;
+}
+
+// a // b (b != 0), rounding toward negative infinity as Python does.
+std::int64_t floor_div(std::int64_t a, std::int64_t b, int line) {
+    if (b == -1) return checked_sub(0, a, line, "//");
     std::int64_t q = a / b;
     if ((a % b != 0) && ((a < 0) != (b < 0))) --q;
     return q;
 }
 
-Value repeat(const Value& seq, std::int64_t times) {
+// x ** y for y >= 0 by squaring: at most 64 multiplications, each checked.
+std::int64_t integer_power(std::int64_t x, std::int64_t y, int line) {
+    std::int64_t result = 1;
+    while (true) {
+        if (y & 1) result = checked_mul(result, x, line, "**");
+        y >>= 1;
+        if (y == 0) return result;
+        x = checked_mul(x, x, line, "**");
+    }
+}
+
+// A string or list about to be built of `size` bytes or items: within limits::string_bytes /
+// limits::list_items, or an error naming the limit.
+void check_string_size(std::size_t size, int line) {
+    if (size > limits::string_bytes)
+        fail(line, "a string would exceed " + std::to_string(limits::string_bytes) + " bytes (the string size limit)");
+}
+void check_list_size(std::size_t size, int line) {
+    if (size > limits::list_items)
+        fail(line, "a list would exceed " + std::to_string(limits::list_items) + " items (the list size limit)");
+}
+
+Value repeat(const Value& seq, std::int64_t times, int line) {
+    if (times <= 0) return seq.is_string() ? Value(std::string()) : Value::list({}, seq.as_list().is_tuple);
+    const std::size_t unit = seq.is_string() ? seq.as_string().size() : seq.as_list().items.size();
+    if (unit != 0 && static_cast<std::uint64_t>(times) > (seq.is_string() ? limits::string_bytes : limits::list_items) / unit) {
+        if (seq.is_string()) check_string_size(limits::string_bytes + 1, line);
+        check_list_size(limits::list_items + 1, line);
+    }
     if (seq.is_string()) {
         std::string out;
         for (std::int64_t i = 0; i < times; ++i) out += seq.as_string();
@@ -204,15 +260,24 @@ Value repeat(const Value& seq, std::int64_t times) {
 }
 
 Value arithmetic(const std::string& op, const Value& a, const Value& b, int line) {
-    if (op == "~") return a.str() + b.str();
+    if (op == "~") {
+        std::string joined = a.str();
+        const std::string right = b.str();
+        check_string_size(joined.size() + right.size(), line);
+        return joined + right;
+    }
     if (a.is_undefined()) fail(line, undefined_message(a));
     if (b.is_undefined()) fail(line, undefined_message(b));
     auto type_error = [&]() -> Value {
         fail(line, "unsupported operand type(s) for " + op + ": '" + a.type_name() + "' and '" + b.type_name() + "'");
     };
     if (op == "+") {
-        if (a.is_string() && b.is_string()) return a.as_string() + b.as_string();
+        if (a.is_string() && b.is_string()) {
+            check_string_size(a.as_string().size() + b.as_string().size(), line);
+            return a.as_string() + b.as_string();
+        }
         if (a.is_list() && b.is_list() && a.as_list().is_tuple == b.as_list().is_tuple) {
+            check_list_size(a.as_list().items.size() + b.as_list().items.size(), line);
             std::vector<Value> items = a.as_list().items;
             items.insert(items.end(), b.as_list().items.begin(), b.as_list().items.end());
             return Value::list(std::move(items), a.as_list().is_tuple);
@@ -220,8 +285,8 @@ Value arithmetic(const std::string& op, const Value& a, const Value& b, int line
     }
     if (op == "*") {
         bool a_seq = a.is_string() || a.is_list(), b_seq = b.is_string() || b.is_list();
-        if (a_seq && (b.is_int() || b.is_bool())) return repeat(a, to_integer(b, line, ""));
-        if (b_seq && (a.is_int() || a.is_bool())) return repeat(b, to_integer(a, line, ""));
+        if (a_seq && (b.is_int() || b.is_bool())) return repeat(a, to_integer(b, line, ""), line);
+        if (b_seq && (a.is_int() || a.is_bool())) return repeat(b, to_integer(a, line, ""), line);
     }
     if (op == "%" && a.is_string()) fail(line, "unsupported printf-style string formatting ('%')");
     if (!a.is_number() || !b.is_number()) return type_error();
@@ -232,17 +297,19 @@ Value arithmetic(const std::string& op, const Value& a, const Value& b, int line
     }
     if (integral) {
         std::int64_t x = to_integer(a, line, ""), y = to_integer(b, line, "");
-        if (op == "+") return x + y;
-        if (op == "-") return x - y;
-        if (op == "*") return x * y;
+        if (op == "+") return checked_add(x, y, line);
+        if (op == "-") return checked_sub(x, y, line);
+        if (op == "*") return checked_mul(x, y, line);
         if ((op == "//" || op == "%") && y == 0) fail(line, "integer division or modulo by zero");
-        if (op == "//") return floor_div(x, y);
-        if (op == "%") return x - floor_div(x, y) * y;
+        if (op == "//") return floor_div(x, y, line);
+        if (op == "%") {   // Python's: the sign of y (r and y then differ in sign, so r + y cannot overflow)
+            if (y == -1) return std::int64_t{0};
+            const std::int64_t remainder = x % y;
+            return remainder != 0 && ((remainder < 0) != (y < 0)) ? remainder + y : remainder;
+        }
         if (op == "**") {
             if (y < 0) return std::pow(static_cast<double>(x), static_cast<double>(y));
-            std::int64_t r = 1;
-            for (std::int64_t i = 0; i < y; ++i) r *= x;
-            return r;
+            return integer_power(x, y, line);
         }
     }
     double x = a.to_double(), y = b.to_double();
@@ -462,9 +529,11 @@ std::optional<double> parse_python_float(const std::string& text) {
 
 // jinja2's do_int: int(value), else int(float(value)), else the default.
 Value to_int_filter(const Value& v, const Value& fallback) {
+    // A float truncated, as Python's int(); beyond int64 (where Python's would be a big int) the default.
+    auto truncated = [&](double d) { return std::abs(d) < 9223372036854775808.0 ? Value(static_cast<std::int64_t>(d)) : fallback; };
     if (v.is_int()) return v;
     if (v.is_bool()) return std::int64_t{v.as_bool()};
-    if (v.is_double()) return std::isfinite(v.as_double()) ? Value(static_cast<std::int64_t>(v.as_double())) : fallback;
+    if (v.is_double()) return truncated(v.as_double());
     if (v.is_string()) {
         std::string s = python_strip(v.as_string(), std::nullopt, true, true);
         s.erase(std::remove(s.begin(), s.end(), '_'), s.end());
@@ -477,7 +546,7 @@ Value to_int_filter(const Value& v, const Value& fallback) {
                 return fallback;
             }
         }
-        if (auto d = parse_python_float(s); d && std::isfinite(*d)) return static_cast<std::int64_t>(*d);
+        if (auto d = parse_python_float(s)) return truncated(*d);
     }
     return fallback;
 }
@@ -554,7 +623,9 @@ class Evaluator {
 public:
     Flow render_body(const Body& body, const ScopePtr& scope, std::string& out) {
         for (const auto& stmt : body) {
+            const Deeper level(*this, stmt->line);
             Flow flow = render_statement(*stmt, scope, out);
+            check_string_size(out.size(), stmt->line);
             if (flow != Flow::Normal) return flow;
         }
         return Flow::Normal;
@@ -586,6 +657,31 @@ public:
     }
 
 private:
+    // One level of evaluation while alive: statements, expressions and macro calls recurse, and a
+    // self-calling macro would recurse without end (limits::depth).
+    class Deeper {
+    public:
+        Deeper(Evaluator& evaluator, int line) : evaluator_(evaluator) {
+            if (++evaluator_.depth_ > limits::depth)
+                fail(line, "evaluation nests deeper than " + std::to_string(limits::depth) +
+                               " levels (the recursion limit: a macro that calls itself without end?)");
+        }
+        ~Deeper() { --evaluator_.depth_; }
+        Deeper(const Deeper&) = delete;
+        Deeper& operator=(const Deeper&) = delete;
+
+    private:
+        Evaluator& evaluator_;
+    };
+
+    void count_iteration(int line) {
+        if (++loop_iterations_ > limits::loop_iterations)
+            fail(line, "the template loops more than " + std::to_string(limits::loop_iterations) + " times (the loop limit)");
+    }
+
+    int depth_ = 0;
+    std::int64_t loop_iterations_ = 0;
+
     Flow render_statement(const Stmt& s, const ScopePtr& scope, std::string& out) {
         switch (s.kind) {
             case Stmt::Kind::Text: out += s.text; return Flow::Normal;
@@ -644,6 +740,7 @@ private:
         if (items.empty()) return render_body(s.else_body, child_scope(scope), out);
         auto n = static_cast<std::int64_t>(items.size());
         for (std::int64_t i = 0; i < n; ++i) {
+            count_iteration(s.line);
             ScopePtr body_scope = child_scope(scope);
             bind_targets(s.targets, items[static_cast<std::size_t>(i)], *body_scope, s.line);
             DictItems loop = {{"index", i + 1},        {"index0", i},         {"revindex", n - i},
@@ -684,6 +781,7 @@ private:
 
 public:
     Value eval(const Expr& e, const ScopePtr& scope) {
+        const Deeper level(*this, e.line);
         switch (e.kind) {
             case Expr::Kind::Literal: return e.value;
             case Expr::Kind::Name: {
@@ -740,7 +838,8 @@ public:
                 if (v.is_undefined()) fail(e.line, undefined_message(v));
                 if (!v.is_number()) fail(e.line, "bad operand type for unary " + std::string(e.kind == Expr::Kind::Negate ? "-" : "+") + ": '" + v.type_name() + "'");
                 if (e.kind == Expr::Kind::Plus) return v.is_bool() ? Value(std::int64_t{v.as_bool()}) : v;
-                return v.is_double() ? Value(-v.as_double()) : Value(-to_integer(v, e.line, ""));
+                if (v.is_double()) return -v.as_double();
+                return checked_sub(0, to_integer(v, e.line, ""), e.line);
             }
             case Expr::Kind::Binary:
                 return arithmetic(e.name, eval(*e.children[0], scope), eval(*e.children[1], scope), e.line);
@@ -950,11 +1049,13 @@ std::string render(const Template& tmpl, const std::map<std::string, Value>& glo
         std::int64_t stop = bounds.size() > 1 ? bounds[1] : bounds[0];
         std::int64_t step = bounds.size() > 2 ? bounds[2] : 1;
         if (step == 0) fail(line, "range() arg 3 must not be zero");
+        // The length first, in 128 bits (stop - start may not fit in 64).
+        const __int128 span = static_cast<__int128>(stop) - start;
+        const __int128 length = step > 0 ? (span > 0 ? (span + step - 1) / step : 0) : (span < 0 ? (-span + -static_cast<__int128>(step) - 1) / -static_cast<__int128>(step) : 0);
+        if (length > limits::range_items)
+            fail(line, "range() would have more than " + std::to_string(limits::range_items) + " items (the range limit)");
         std::vector<Value> out;
-        for (std::int64_t i = start; step > 0 ? i < stop : i > stop; i += step) {
-            if (out.size() >= 100000) fail(line, "range too big");  // jinja2's sandbox limit
-            out.emplace_back(i);
-        }
+        for (__int128 i = 0; i < length; ++i) out.emplace_back(static_cast<std::int64_t>(start + i * step));
         return Value::list(std::move(out));
     });
     builtin("dict", [](Evaluator&, CallArguments& call_args, int line) -> Value {

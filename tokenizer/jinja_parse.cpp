@@ -6,6 +6,7 @@
 #include "tokenizer/jinja.hpp"
 
 #include <algorithm>
+#include <charconv>
 #include <cstring>
 #include <set>
 
@@ -14,6 +15,18 @@ namespace {
 
 [[noreturn]] void fail(int line, const std::string& what) {
     throw ChatTemplateError("chat template line " + std::to_string(line) + ": " + what);
+}
+
+// A decimal integer literal's value; one beyond int64 is an error (Python's would be a big int).
+std::int64_t integer_literal(const std::string& digits, int line) {
+    std::int64_t value = 0;
+    const auto [end, error] = std::from_chars(digits.data(), digits.data() + digits.size(), value);
+    if (error != std::errc() || end != digits.data() + digits.size()) fail(line, "integer literal " + digits + " out of range (64 bits)");
+    return value;
+}
+
+[[noreturn]] void fail_nesting(int line) {
+    fail(line, "the template nests deeper than " + std::to_string(limits::nesting) + " levels (the nesting limit)");
 }
 
 // ---- Lexer ----------------------------------------------------------------------------------
@@ -272,7 +285,8 @@ private:
             std::size_t end = pos + 2;
             std::int64_t v = 0;
             while (end < src_.size() && ((hex_digit(src_[end]) >= 0 && hex_digit(src_[end]) < base) || src_[end] == '_')) {
-                if (src_[end] != '_') v = v * base + hex_digit(src_[end]);
+                if (src_[end] != '_' && (__builtin_mul_overflow(v, base, &v) || __builtin_add_overflow(v, hex_digit(src_[end]), &v)))
+                    fail(line_, "integer literal out of range (64 bits)");
                 ++end;
             }
             tokens_.push_back({Token::Kind::Integer, std::to_string(v), line_});
@@ -381,9 +395,24 @@ private:
         ++pos_;
     }
 
+    // Counts one level of nesting while alive (limits::nesting): the parser recurses per level.
+    class Nested {
+    public:
+        Nested(Parser& parser, int line) : parser_(parser) {
+            if (++parser_.nesting_ > limits::nesting) fail_nesting(line);
+        }
+        ~Nested() { --parser_.nesting_; }
+        Nested(const Nested&) = delete;
+        Nested& operator=(const Nested&) = delete;
+
+    private:
+        Parser& parser_;
+    };
+
     // Parses statements into body until a block tag whose name is in end_tags (left unconsumed
     // after its name, which is returned) or the end of the template (returns "").
     std::string parse_body(Body& body, const std::set<std::string>& end_tags) {
+        const Nested level(*this, current().line);
         while (true) {
             const Token& t = current();
             switch (t.kind) {
@@ -554,6 +583,22 @@ private:
 
     // ---- Expressions, in jinja2's precedence order ----
 
+    // Adds a child (null: an omitted part) and keeps the parent's height: evaluating and destroying
+    // a tree recurse once a level, so no tree may be taller than limits::nesting, however it was
+    // built (the operator chains below build theirs in loops).
+    static void attach(Expr& parent, ExprPtr child) {
+        if (child) raise_height(parent, child->height);
+        parent.children.push_back(std::move(child));
+    }
+    static void attach_keyword(Expr& parent, std::string key, ExprPtr value) {
+        raise_height(parent, value->height);
+        parent.keywords.emplace_back(std::move(key), std::move(value));
+    }
+    static void raise_height(Expr& parent, int child_height) {
+        parent.height = std::max(parent.height, child_height + 1);
+        if (parent.height > limits::nesting) fail_nesting(parent.line);
+    }
+
     static ExprPtr make(Expr::Kind kind, int line) {
         auto e = std::make_unique<Expr>();
         e->kind = kind;
@@ -567,22 +612,23 @@ private:
         ExprPtr first = parse_one();
         if (!at_operator(",")) return first;
         auto tuple = make(Expr::Kind::TupleLit, line);
-        tuple->children.push_back(std::move(first));
+        attach(*tuple, std::move(first));
         while (skip_operator(",")) {
             if (current().kind == Token::Kind::BlockEnd) break;
-            tuple->children.push_back(parse_one());
+            attach(*tuple, parse_one());
         }
         return tuple;
     }
 
     ExprPtr parse_expression() {
+        const Nested level(*this, current().line);
         ExprPtr expr = parse_or();
         while (at_name("if")) {
             int line = advance().line;
             auto cond = make(Expr::Kind::Conditional, line);
-            cond->children.push_back(parse_or());
-            cond->children.push_back(std::move(expr));
-            cond->children.push_back(skip_name("else") ? parse_expression() : nullptr);
+            attach(*cond, parse_or());
+            attach(*cond, std::move(expr));
+            attach(*cond, skip_name("else") ? parse_expression() : nullptr);
             expr = std::move(cond);
         }
         return expr;
@@ -592,8 +638,8 @@ private:
         ExprPtr left = parse_and();
         while (at_name("or")) {
             auto e = make(Expr::Kind::Or, advance().line);
-            e->children.push_back(std::move(left));
-            e->children.push_back(parse_and());
+            attach(*e, std::move(left));
+            attach(*e, parse_and());
             left = std::move(e);
         }
         return left;
@@ -603,20 +649,23 @@ private:
         ExprPtr left = parse_not();
         while (at_name("and")) {
             auto e = make(Expr::Kind::And, advance().line);
-            e->children.push_back(std::move(left));
-            e->children.push_back(parse_not());
+            attach(*e, std::move(left));
+            attach(*e, parse_not());
             left = std::move(e);
         }
         return left;
     }
 
     ExprPtr parse_not() {
-        if (at_name("not")) {
-            auto e = make(Expr::Kind::Not, advance().line);
-            e->children.push_back(parse_not());
-            return e;
+        std::vector<int> nots;   // the lines of leading `not`s, applied innermost last
+        while (at_name("not")) nots.push_back(advance().line);
+        ExprPtr e = parse_compare();
+        for (auto line = nots.rbegin(); line != nots.rend(); ++line) {
+            auto negation = make(Expr::Kind::Not, *line);
+            attach(*negation, std::move(e));
+            e = std::move(negation);
         }
-        return parse_compare();
+        return e;
     }
 
     ExprPtr parse_compare() {
@@ -639,10 +688,10 @@ private:
             }
             if (!cmp) {
                 cmp = make(Expr::Kind::Compare, line);
-                cmp->children.push_back(std::move(first));
+                attach(*cmp, std::move(first));
             }
             cmp->ops.push_back(op);
-            cmp->children.push_back(parse_math1());
+            attach(*cmp, parse_math1());
         }
         return cmp ? std::move(cmp) : std::move(first);
     }
@@ -650,8 +699,8 @@ private:
     ExprPtr binary(const std::string& op, ExprPtr left, ExprPtr right, int line) {
         auto e = make(Expr::Kind::Binary, line);
         e->name = op;
-        e->children.push_back(std::move(left));
-        e->children.push_back(std::move(right));
+        attach(*e, std::move(left));
+        attach(*e, std::move(right));
         return e;
     }
 
@@ -692,11 +741,12 @@ private:
     }
 
     ExprPtr parse_unary(bool with_filter) {
+        const Nested level(*this, current().line);
         ExprPtr node;
         if (at_operator("-") || at_operator("+")) {
             Token op = advance();
             node = make(op.text == "-" ? Expr::Kind::Negate : Expr::Kind::Plus, op.line);
-            node->children.push_back(parse_unary(false));
+            attach(*node, parse_unary(false));
         } else {
             node = parse_primary();
         }
@@ -730,11 +780,7 @@ private:
             }
             case Token::Kind::Integer: {
                 auto e = make(Expr::Kind::Literal, line);
-                try {
-                    e->value = static_cast<std::int64_t>(std::stoll(advance().text));
-                } catch (const std::out_of_range&) {
-                    fail(line, "integer literal out of range");
-                }
+                e->value = integer_literal(advance().text, line);
                 return e;
             }
             case Token::Kind::Float: {
@@ -752,8 +798,8 @@ private:
                         return inner;
                     }
                     auto tuple = make(Expr::Kind::TupleLit, line);
-                    tuple->children.push_back(std::move(inner));
-                    while (skip_operator(",") && !at_operator(")")) tuple->children.push_back(parse_expression());
+                    attach(*tuple, std::move(inner));
+                    while (skip_operator(",") && !at_operator(")")) attach(*tuple, parse_expression());
                     expect_operator(")");
                     return tuple;
                 }
@@ -763,7 +809,7 @@ private:
                     while (!skip_operator("]")) {
                         if (!list->children.empty()) expect_operator(",");
                         if (skip_operator("]")) break;
-                        list->children.push_back(parse_expression());
+                        attach(*list, parse_expression());
                     }
                     return list;
                 }
@@ -773,9 +819,9 @@ private:
                     while (!skip_operator("}")) {
                         if (!dict->children.empty()) expect_operator(",");
                         if (skip_operator("}")) break;
-                        dict->children.push_back(parse_expression());
+                        attach(*dict, parse_expression());
                         expect_operator(":");
-                        dict->children.push_back(parse_expression());
+                        attach(*dict, parse_expression());
                     }
                     return dict;
                 }
@@ -792,15 +838,15 @@ private:
                 if (current().kind == Token::Kind::Integer) {
                     auto sub = make(Expr::Kind::Subscript, line);
                     auto index = make(Expr::Kind::Literal, line);
-                    index->value = static_cast<std::int64_t>(std::stoll(advance().text));
-                    sub->children.push_back(std::move(node));
-                    sub->children.push_back(std::move(index));
+                    index->value = integer_literal(advance().text, line);
+                    attach(*sub, std::move(node));
+                    attach(*sub, std::move(index));
                     node = std::move(sub);
                     continue;
                 }
                 auto attr = make(Expr::Kind::Attribute, line);
                 attr->name = expect_name();
-                attr->children.push_back(std::move(node));
+                attach(*attr, std::move(node));
                 node = std::move(attr);
             } else if (at_operator("[")) {
                 node = parse_subscript(std::move(node));
@@ -823,12 +869,12 @@ private:
         }
         expect_operator("]");
         auto e = make(is_slice ? Expr::Kind::Slice : Expr::Kind::Subscript, line);
-        e->children.push_back(std::move(node));
+        attach(*e, std::move(node));
         if (!is_slice) {
             if (!parts[0]) fail(line, "expected a subscript");
-            e->children.push_back(std::move(parts[0]));
+            attach(*e, std::move(parts[0]));
         } else {
-            for (auto& p : parts) e->children.push_back(std::move(p));
+            for (auto& p : parts) attach(*e, std::move(p));
         }
         return e;
     }
@@ -844,10 +890,10 @@ private:
             if (current().kind == Token::Kind::Name && peek().kind == Token::Kind::Operator && peek().text == "=") {
                 std::string key = advance().text;
                 ++pos_;
-                call.keywords.emplace_back(key, parse_expression());
+                attach_keyword(call, key, parse_expression());
             } else {
                 if (!call.keywords.empty()) fail(current().line, "positional argument after keyword argument");
-                call.children.push_back(parse_expression());
+                attach(call, parse_expression());
             }
         }
     }
@@ -856,7 +902,7 @@ private:
         auto call = make(Expr::Kind::Call, current().line);
         if (callee->kind == Expr::Kind::Attribute && supported_methods.count(callee->name) == 0)
             fail(callee->line, "unsupported method '" + callee->name + "'");
-        call->children.push_back(std::move(callee));
+        attach(*call, std::move(callee));
         parse_call_arguments(*call);
         return call;
     }
@@ -872,7 +918,7 @@ private:
                                                          : "no filter named '" + name + "'");
                 auto f = make(Expr::Kind::Filter, line);
                 f->name = name;
-                f->children.push_back(std::move(node));
+                attach(*f, std::move(node));
                 if (at_operator("(")) parse_call_arguments(*f);
                 node = std::move(f);
             } else if (at_name("is")) {
@@ -892,7 +938,7 @@ private:
         if (supported_tests.count(name) == 0) fail(line, "unsupported test '" + name + "'");
         auto test = make(Expr::Kind::Test, line);
         test->name = name;
-        test->children.push_back(std::move(node));
+        attach(*test, std::move(node));
         const Token& t = current();
         bool argument_follows = t.kind == Token::Kind::String || t.kind == Token::Kind::Integer ||
                                 t.kind == Token::Kind::Float ||
@@ -902,17 +948,18 @@ private:
             parse_call_arguments(*test);
         } else if (argument_follows) {
             if (at_name("is")) fail(t.line, "you cannot chain multiple tests with is");
-            test->children.push_back(parse_postfix(parse_primary()));
+            attach(*test, parse_postfix(parse_primary()));
         }
         if (!negated) return test;
         auto not_node = make(Expr::Kind::Not, line);
-        not_node->children.push_back(std::move(test));
+        attach(*not_node, std::move(test));
         return not_node;
     }
 
     std::vector<Token> tokens_;
     std::size_t pos_ = 0;
     int loop_depth_ = 0;
+    int nesting_ = 0;   // Nested levels now open
 };
 
 }  // namespace

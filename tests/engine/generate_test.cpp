@@ -1,11 +1,12 @@
 // InferenceEngine::generate on stories260K: the cache kept for a prompt prefix shared with what the
-// model has seen, and control tokens left out of the text.
+// model has seen, control tokens left out of the text, and a hostile chat template contained.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 
 #include "common/test_data.hpp"
 #include "engine/engine.hpp"
+#include "format/gguf.hpp"
 
 namespace twinfer {
 namespace {
@@ -83,6 +84,33 @@ TEST(EngineGenerate, ControlTokensAreLeftOutOfTheTextUnlessSpecial) {
     const auto special = engine.generate(prompt, with_special);
     EXPECT_EQ(special.tokens, plain.tokens);
     EXPECT_NE(special.text.find(bos_text), std::string::npos) << special.text;
+}
+
+// A model file whose chat template is hostile (here: nested past the parser's limit) still loads
+// and generates; only rendering a chat fails, with the limit named.
+TEST(EngineChatTemplate, AHostileTemplateFailsOnlyWhatRendersIt) {
+    TWINFER_REQUIRE_FILE(stories());
+    const gguf::File source = gguf::File::open(stories());
+    gguf::Writer copy;
+    for (const auto& [key, value] : source.metadata())
+        if (key != "general.alignment") copy.set(key, value);
+    copy.set_string("tokenizer.chat_template", "{{ " + std::string(100000, '(') + "1" + std::string(100000, ')') + " }}");
+    for (const gguf::TensorInfo& t : source.tensors()) copy.add_tensor(t.name, t.dims, t.type, t.data);
+    const auto path = test::scratch_dir() / "hostile-template.gguf";
+    copy.write(path);
+
+    BackendOptions options;
+    options.model = path;
+    options.device = DeviceChoice::CPU;
+    auto engine = InferenceEngine::load(options);
+    EXPECT_EQ(engine.generate(engine.tokenize("Once upon a time", true, false), greedy(4)).tokens.size(), 4u);
+    const std::vector<ChatMessage> messages = {{"user", "hi"}};
+    try {
+        engine.render_chat(messages, true);
+        FAIL() << "rendered a chat with a template past the nesting limit";
+    } catch (const ChatTemplateError& e) {
+        EXPECT_NE(std::string(e.what()).find("(the nesting limit)"), std::string::npos) << e.what();
+    }
 }
 
 }  // namespace
