@@ -83,8 +83,7 @@ void merge_best_pairs(std::vector<Symbol>& symbols, Queue& queue, AddBigram&& ad
 Token byte_token(const Vocabulary& v, uint8_t byte) {
     if (v.byte_tokens[byte]) return *v.byte_tokens[byte];
     if (v.unk) return *v.unk;
-    throw TokenizerError("vocabulary has neither a byte token <0x" + std::string(1, "0123456789ABCDEF"[byte >> 4]) +
-                         std::string(1, "0123456789ABCDEF"[byte & 15]) + "> nor an unknown token");
+    throw TokenizerError("vocabulary has neither a byte token " + byte_token_name(byte) + " nor an unknown token");
 }
 
 }  // namespace
@@ -103,8 +102,10 @@ void encode_bpe_fragment(const Vocabulary& v, std::string_view text, std::vector
     std::priority_queue<BpeBigram, std::vector<BpeBigram>, BpeOrder> queue;
     for (const std::string& raw_word : v.pre_tokenizer->split(text)) {
         word.clear();
-        for (char c : raw_word) word += byte_map[static_cast<uint8_t>(c)];
-        if (v.ignore_merges) {
+        if (v.pre.byte_level)
+            for (char c : raw_word) word += byte_map[static_cast<uint8_t>(c)];
+        else word = raw_word;
+        if (v.pre.ignore_merges || (v.pre.newline_runs_whole && word.find_first_not_of('\n') == std::string::npos)) {
             if (auto id = v.find(word)) {
                 output.push_back(*id);
                 continue;
@@ -125,11 +126,22 @@ void encode_bpe_fragment(const Vocabulary& v, std::string_view text, std::vector
                 output.push_back(*id);
                 continue;
             }
-            // As llama.cpp: a piece outside the vocabulary is looked up byte by byte, and bytes
-            // without a token are dropped (a complete byte-level vocabulary never gets here).
-            for (char c : piece)
-                if (auto id = v.find(std::string_view(&c, 1))) output.push_back(*id);
+            // As llama.cpp: a piece outside the vocabulary is looked up byte by byte (the mapped
+            // byte, or <0xNN> for raw UTF-8 words), and bytes without a token are dropped (a
+            // complete byte-level vocabulary never gets here).
+            for (char c : piece) {
+                const auto id = v.pre.byte_level ? v.find(std::string_view(&c, 1))
+                                                 : v.find(byte_token_name(static_cast<uint8_t>(c)));
+                if (id) output.push_back(*id);
+            }
         }
+    }
+}
+
+void append_escaped_spaces(std::string& out, std::string_view text) {
+    for (char c : text) {
+        if (c == ' ') out += "\xE2\x96\x81";  // "▁"
+        else out.push_back(c);
     }
 }
 

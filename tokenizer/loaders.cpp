@@ -22,11 +22,9 @@ void add_merge(Vocabulary& v, const std::string& line, int32_t rank) {
 }
 
 void use_pre_tokenizer(Vocabulary& v, const std::string& pre) {
-    const PreTokenizerSpec spec = pre_tokenizer_spec(pre);
-    v.pre_name = pre;
-    v.pre_tokenizer.emplace(spec);
-    v.ignore_merges = spec.ignore_merges;
-    v.add_bos = spec.default_add_bos;
+    v.pre = pre_tokenizer_spec(pre);
+    v.pre_tokenizer.emplace(v.pre);
+    v.add_bos = v.pre.default_add_bos;
 }
 
 std::string read_text_file(const std::filesystem::path& path) {
@@ -117,34 +115,41 @@ Tokenizer Tokenizer::from_gguf(const gguf::File& file) {
         v->unk = 0;
         v->add_bos = true;
         v->add_space_prefix = file.bool_or("tokenizer.ggml.add_space_prefix", true);
-    } else if (*model == "gpt2") {
+    } else if (*model == "gpt2" || *model == "gemma4") {
         v->model = ModelKind::BytePairGpt2;
-        if (!file.has("tokenizer.ggml.merges"))
-            throw TokenizerError(file.origin() + ": BPE vocabulary without tokenizer.ggml.merges");
-        const auto merges = file.get_string_array("tokenizer.ggml.merges");
-        v->merge_ranks.reserve(merges.size());
-        for (size_t i = 0; i < merges.size(); ++i) add_merge(*v, merges[i], static_cast<int32_t>(i));
-        // llama.cpp takes a missing `pre` as "default" (with a warning); an unknown one is an error.
-        const auto pre = file.string_or("tokenizer.ggml.pre").value_or("default");
+        // llama.cpp takes a missing `pre` as "default" (with a warning); an unknown one is an
+        // error. Gemma 4's model name implies its pre-tokenizer, whatever the file says.
+        std::string pre = *model == "gemma4" ? "gemma4" : file.string_or("tokenizer.ggml.pre").value_or("default");
         use_pre_tokenizer(*v, pre.empty() ? "default" : pre);
+        if (file.has("tokenizer.ggml.merges")) {
+            const auto merges = file.get_string_array("tokenizer.ggml.merges");
+            v->merge_ranks.reserve(merges.size());
+            for (size_t i = 0; i < merges.size(); ++i) add_merge(*v, merges[i], static_cast<int32_t>(i));
+        } else if (!v->pre.merges_optional) {
+            throw TokenizerError(file.origin() + ": BPE vocabulary without tokenizer.ggml.merges");
+        }
     } else {
         throw TokenizerError(file.origin() + ": tokenizer model '" + *model +
-                             "' not supported (tokenizer.ggml.model: llama or gpt2)");
+                             "' not supported (tokenizer.ggml.model: llama, gpt2 or gemma4)");
     }
 
     const std::pair<const char*, std::optional<Token>*> ids[] = {
         {"tokenizer.ggml.bos_token_id", &v->bos},         {"tokenizer.ggml.eos_token_id", &v->eos},
         {"tokenizer.ggml.eot_token_id", &v->eot},         {"tokenizer.ggml.eom_token_id", &v->eom},
         {"tokenizer.ggml.unknown_token_id", &v->unk},     {"tokenizer.ggml.padding_token_id", &v->pad},
-        {"tokenizer.ggml.fim_pad_token_id", &v->fim_pad}, {"tokenizer.ggml.fim_rep_token_id", &v->fim_rep},
-        {"tokenizer.ggml.fim_sep_token_id", &v->fim_sep},
+        {"tokenizer.ggml.fim_pre_token_id", &v->fim_pre}, {"tokenizer.ggml.fim_suf_token_id", &v->fim_suf},
+        {"tokenizer.ggml.fim_mid_token_id", &v->fim_mid}, {"tokenizer.ggml.fim_pad_token_id", &v->fim_pad},
+        {"tokenizer.ggml.fim_rep_token_id", &v->fim_rep}, {"tokenizer.ggml.fim_sep_token_id", &v->fim_sep},
+        // llama.cpp still reads the older names of the first three, after the new ones.
+        {"tokenizer.ggml.prefix_token_id", &v->fim_pre}, {"tokenizer.ggml.suffix_token_id", &v->fim_suf},
+        {"tokenizer.ggml.middle_token_id", &v->fim_mid},
     };
     for (const auto& [key, id] : ids) {
         if (!file.has(key)) continue;
         const uint64_t value = file.get_uint(key);
         if (value < n) *id = static_cast<Token>(value);  // llama.cpp keeps its default for a bad id
     }
-    v->add_bos = file.bool_or("tokenizer.ggml.add_bos_token", v->add_bos);
+    v->add_bos = file.bool_or("tokenizer.ggml.add_bos_token", v->add_bos) || v->pre.always_add_bos;
     v->add_eos = file.bool_or("tokenizer.ggml.add_eos_token", v->add_eos);
     finish(*v);
     return Tokenizer(std::move(v));

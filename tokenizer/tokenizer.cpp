@@ -89,18 +89,24 @@ std::vector<Token> Tokenizer::encode(std::string_view text, bool add_special, bo
                 continue;
             }
             escaped.clear();
-            if (v.add_space_prefix && previous_is_special) escaped = "\xE2\x96\x81";
-            for (char c : text.substr(fragment.begin, fragment.size)) {
-                if (c == ' ') escaped += "\xE2\x96\x81";  // "▁"
-                else escaped.push_back(c);
-            }
+            append_escaped_spaces(escaped, v.add_space_prefix && previous_is_special ? " " : "");
+            append_escaped_spaces(escaped, text.substr(fragment.begin, fragment.size));
             encode_spm_fragment(v, escaped, output);
             previous_is_special = false;
         }
     } else {
+        std::string escaped;
         for (const Fragment& fragment : fragments) {
-            if (fragment.token) output.push_back(*fragment.token);
-            else encode_bpe_fragment(v, text.substr(fragment.begin, fragment.size), output);
+            const std::string_view raw = text.substr(fragment.begin, fragment.size);
+            if (fragment.token) {
+                output.push_back(*fragment.token);
+            } else if (v.pre.escape_spaces) {
+                escaped.clear();
+                append_escaped_spaces(escaped, raw);
+                encode_bpe_fragment(v, escaped, output);
+            } else {
+                encode_bpe_fragment(v, raw, output);
+            }
         }
     }
     if (add_special && v.add_eos) output.push_back(required(v.eos, "EOS"));
@@ -112,7 +118,8 @@ std::string Tokenizer::token_to_piece(Token t) const {
     token_text(t);  // throws for an id outside the vocabulary
     const TokenData& token = v.tokens[t];
     if (token.attr & (ATTR_CONTROL | ATTR_UNKNOWN | ATTR_USER_DEFINED)) return token.text;
-    if (v.model == ModelKind::SentencePiece) {
+    // SentencePiece, and BPE over raw UTF-8 (Gemma 4): "▁" is a space, <0xNN> a byte.
+    if (v.model == ModelKind::SentencePiece || !v.pre.byte_level) {
         if (token.attr & ATTR_NORMAL) {
             std::string piece;
             std::string_view rest = token.text;
@@ -179,7 +186,7 @@ bool Tokenizer::is_control(Token t) const {
 
 std::string Tokenizer::kind() const {
     if (vocabulary_->model == ModelKind::SentencePiece) return vocabulary_->model_name + " (spm)";
-    return vocabulary_->model_name + " (" + vocabulary_->pre_name + ")";
+    return vocabulary_->model_name + " (" + vocabulary_->pre.name + ")";
 }
 
 StreamDecoder::StreamDecoder(const Tokenizer& tokenizer) : tokenizer_(&tokenizer) {}

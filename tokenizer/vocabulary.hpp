@@ -50,20 +50,19 @@ enum class ModelKind { BytePairGpt2, SentencePiece };
 
 struct Vocabulary {
     ModelKind model = ModelKind::BytePairGpt2;
-    std::string model_name;  // "gpt2", "llama"
+    std::string model_name;  // "gpt2", "llama", "gemma4"
     std::vector<TokenData> tokens;
 
     // Byte-level BPE.
     StringMap<int32_t> merge_ranks;  // "left right" -> rank (first occurrence wins)
+    PreTokenizerSpec pre;            // its name and flags; the regexes compiled in pre_tokenizer
     std::optional<PreTokenizer> pre_tokenizer;
-    std::string pre_name;
-    bool ignore_merges = false;
 
     // SentencePiece.
     bool add_space_prefix = false;
 
     bool add_bos = false, add_eos = false;
-    std::optional<Token> bos, eos, eot, eom, unk, pad, fim_pad, fim_rep, fim_sep;
+    std::optional<Token> bos, eos, eot, eom, unk, pad, fim_pre, fim_suf, fim_mid, fim_pad, fim_rep, fim_sep;
 
     // Derived by finish().
     StringMap<Token> token_to_id;               // last id wins for duplicate texts, as llama.cpp
@@ -78,6 +77,9 @@ struct Vocabulary {
     int32_t merge_rank(std::string_view left, std::string_view right, std::string& scratch) const;
 };
 
+// "<0xNN>": SentencePiece's name for the token of a byte.
+std::string byte_token_name(uint8_t byte);
+
 // Builds the derived tables and applies llama.cpp's load-time rules (end markers found by text
 // become CONTROL, EOG set, special-token cache). Call once the loader has filled the rest.
 void finish(Vocabulary& vocabulary);
@@ -85,5 +87,8 @@ void finish(Vocabulary& vocabulary);
 // Encoders (encode.cpp). `output` is appended to.
 void encode_bpe_fragment(const Vocabulary& v, std::string_view text, std::vector<Token>& output);
 void encode_spm_fragment(const Vocabulary& v, std::string_view text, std::vector<Token>& output);
+
+// SentencePiece's whitespace escape: `text` with every ' ' as U+2581, appended to `out`.
+void append_escaped_spaces(std::string& out, std::string_view text);
 
 }  // namespace twinfer::tokenizer_detail

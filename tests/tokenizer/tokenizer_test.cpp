@@ -248,7 +248,8 @@ TEST(Tokenizer, EveryKnownPreTokenizerCompiles) {
     TWINFER_REQUIRE_FILE(vocab_path("ggml-vocab-gpt-2.gguf"));
     const auto original = gguf::File::open(vocab_path("ggml-vocab-gpt-2.gguf"));
     for (const char* pre : {"default", "gpt-2", "llama-bpe", "smollm", "qwen2", "starcoder", "falcon",
-                            "deepseek-llm", "deepseek-coder", "mpt", "refact", "gpt-neox", "command-r"}) {
+                            "deepseek-llm", "deepseek-coder", "mpt", "refact", "command-r", "qwen35", "tekken",
+                            "gpt-4o", "kimi-k2", "superbpe", "afmoe", "bloom", "chameleon"}) {
         gguf::Writer writer;
         for (const auto& [key, value] : original.metadata())
             writer.set(key, key == "tokenizer.ggml.pre" ? gguf::Value{std::string(pre)} : value);
