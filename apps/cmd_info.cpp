@@ -30,7 +30,7 @@ nlohmann::json to_json(const gguf::Value& value) {
             using T = std::decay_t<decltype(x)>;
             if constexpr (std::is_same_v<T, gguf::Array>) {
                 auto arr = nlohmann::json::array();
-                for (const auto& item : x.items) arr.push_back(to_json(item));
+                for (size_t i = 0; i < x.size(); ++i) arr.push_back(to_json(x.at(i)));
                 return arr;
             } else {
                 return x;
@@ -55,7 +55,7 @@ nlohmann::json describe(const gguf::File& file) {
     nlohmann::json tokenizer = nlohmann::json::object();
     if (auto model = file.string_or("tokenizer.ggml.model")) tokenizer["model"] = *model;
     if (auto pre = file.string_or("tokenizer.ggml.pre")) tokenizer["pre"] = *pre;
-    if (file.has("tokenizer.ggml.tokens")) tokenizer["vocab_size"] = file.get_array("tokenizer.ggml.tokens").items.size();
+    if (file.has("tokenizer.ggml.tokens")) tokenizer["vocab_size"] = file.get_array("tokenizer.ggml.tokens").size();
     for (const char* id : {"bos_token_id", "eos_token_id", "eot_token_id", "padding_token_id", "unknown_token_id"})
         if (const auto* v = file.find(std::string("tokenizer.ggml.") + id)) tokenizer[id] = to_json(*v);
     out["tokenizer"] = tokenizer;

@@ -45,6 +45,14 @@ public:
         return value;
     }
 
+    // n bytes in place (a view into the file image).
+    std::span<const std::byte> read_bytes(uint64_t n, const std::string& what) {
+        need(n, what);
+        const auto bytes = bytes_.subspan(pos_, n);
+        pos_ += n;
+        return bytes;
+    }
+
     std::string read_string(const std::string& what) {
         const auto length = read<uint64_t>((what + " (string length)").c_str());
         if (length > remaining())
@@ -71,15 +79,9 @@ private:
 // The smallest number of bytes one element of `type` takes in the file; lets an array count be
 // checked against what is left before anything is allocated for it.
 uint64_t min_encoded_size(ValueType type) {
-    switch (type) {
-        case ValueType::UINT8: case ValueType::INT8: case ValueType::BOOL: return 1;
-        case ValueType::UINT16: case ValueType::INT16: return 2;
-        case ValueType::UINT32: case ValueType::INT32: case ValueType::FLOAT32: return 4;
-        case ValueType::UINT64: case ValueType::INT64: case ValueType::FLOAT64: return 8;
-        case ValueType::STRING: return 8;           // the length prefix
-        case ValueType::ARRAY: return 4 + 8;        // element type + count
-    }
-    return 1;
+    if (type == ValueType::STRING) return 8;        // the length prefix
+    if (type == ValueType::ARRAY) return 4 + 8;     // element type + count
+    return fixed_size(type);
 }
 
 bool is_valid_value_type(uint32_t t) { return t <= static_cast<uint32_t>(ValueType::FLOAT64); }
@@ -91,17 +93,22 @@ Array read_array(Cursor& cur, const std::string& key, const std::string& origin,
     const auto element_type_id = cur.read<uint32_t>(("key '" + key + "' (array element type)").c_str());
     if (!is_valid_value_type(element_type_id))
         fail(origin, "key '" + key + "': invalid array element type " + std::to_string(element_type_id));
-    Array array;
-    array.element_type = static_cast<ValueType>(element_type_id);
+    Array array(static_cast<ValueType>(element_type_id));
     const auto count = cur.read<uint64_t>(("key '" + key + "' (array length)").c_str());
-    const uint64_t min_size = min_encoded_size(array.element_type);
+    const uint64_t min_size = min_encoded_size(array.element_type());
     if (count > cur.remaining() / min_size)
         fail(origin, "key '" + key + "': array length " + std::to_string(count) + " of " +
-                         std::string(value_type_name(array.element_type)) + " cannot fit in the " +
+                         std::string(value_type_name(array.element_type())) + " cannot fit in the " +
                          std::to_string(cur.remaining()) + " bytes left in the file");
-    array.items.reserve(std::min(count, kMaxReserve));
-    for (uint64_t i = 0; i < count; ++i)
-        array.items.push_back(read_value(cur, array.element_type, key, origin, depth + 1));
+    if (fixed_size(array.element_type()) > 0) {
+        const auto bytes = cur.read_bytes(count * min_size, "value of key '" + key + "'");
+        if (array.element_type() == ValueType::BOOL)
+            for (std::byte b : bytes)
+                if (std::to_integer<uint8_t>(b) > 1) fail(origin, "key '" + key + "': invalid bool byte " + std::to_string(std::to_integer<int>(b)));
+        array.assign_packed(bytes);
+        return array;
+    }
+    for (uint64_t i = 0; i < count; ++i) array.push_back(read_value(cur, array.element_type(), key, origin, depth + 1));
     return array;
 }
 
@@ -155,6 +162,81 @@ std::string_view value_type_name(ValueType t) {
 ValueType Value::type() const {
     // The variant's alternatives are declared in ValueType order, so the index is the type id.
     return static_cast<ValueType>(v.index());
+}
+
+size_t fixed_size(ValueType type) {
+    switch (type) {
+        case ValueType::UINT8: case ValueType::INT8: case ValueType::BOOL: return 1;
+        case ValueType::UINT16: case ValueType::INT16: return 2;
+        case ValueType::UINT32: case ValueType::INT32: case ValueType::FLOAT32: return 4;
+        case ValueType::UINT64: case ValueType::INT64: case ValueType::FLOAT64: return 8;
+        case ValueType::STRING: case ValueType::ARRAY: return 0;
+    }
+    return 0;
+}
+
+namespace {
+template <class T> Value load(const std::byte* element) {
+    T x;
+    std::memcpy(&x, element, sizeof x);
+    return Value{x};
+}
+}  // namespace
+
+Array::Array(ValueType element_type) : element_type_(element_type) {}
+
+Array::Array(ValueType element_type, const std::vector<Value>& items) : element_type_(element_type) {
+    for (const Value& item : items) push_back(item);
+}
+
+size_t Array::size() const {
+    const size_t element = fixed_size(element_type_);
+    return element ? packed_.size() / element : values_.size();
+}
+
+Value Array::at(size_t i) const {
+    if (i >= size()) throw std::out_of_range("GGUF array index " + std::to_string(i) + " of " + std::to_string(size()));
+    const size_t element = fixed_size(element_type_);
+    if (!element) return values_[i];
+    const std::byte* p = packed_.data() + i * element;
+    switch (element_type_) {
+        case ValueType::UINT8: return load<uint8_t>(p);
+        case ValueType::INT8: return load<int8_t>(p);
+        case ValueType::UINT16: return load<uint16_t>(p);
+        case ValueType::INT16: return load<int16_t>(p);
+        case ValueType::UINT32: return load<uint32_t>(p);
+        case ValueType::INT32: return load<int32_t>(p);
+        case ValueType::FLOAT32: return load<float>(p);
+        case ValueType::BOOL: return Value{std::to_integer<uint8_t>(*p) != 0};
+        case ValueType::UINT64: return load<uint64_t>(p);
+        case ValueType::INT64: return load<int64_t>(p);
+        case ValueType::FLOAT64: return load<double>(p);
+        case ValueType::STRING: case ValueType::ARRAY: break;
+    }
+    return values_[i];
+}
+
+void Array::push_back(const Value& item) {
+    if (item.type() != element_type_) throw std::invalid_argument("GGUF array items must all be of the element type");
+    const size_t element = fixed_size(element_type_);
+    if (!element) return values_.push_back(item);
+    std::visit(
+        [&](const auto& x) {
+            using T = std::decay_t<decltype(x)>;
+            if constexpr (std::is_same_v<T, bool>) {
+                packed_.push_back(std::byte{x ? uint8_t{1} : uint8_t{0}});
+            } else if constexpr (std::is_arithmetic_v<T>) {
+                const auto* bytes = reinterpret_cast<const std::byte*>(&x);
+                packed_.insert(packed_.end(), bytes, bytes + sizeof x);
+            }
+        },
+        item.v);
+}
+
+void Array::assign_packed(std::span<const std::byte> bytes) {
+    if (fixed_size(element_type_) == 0 || bytes.size() % fixed_size(element_type_) != 0)
+        throw std::invalid_argument("GGUF array: packed bytes need a fixed-size element type and whole elements");
+    packed_.assign(bytes.begin(), bytes.end());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -353,18 +435,19 @@ const Array& File::get_array(std::string_view key) const {
 
 std::vector<std::string> File::get_string_array(std::string_view key) const {
     const Array& a = get_array(key);
-    if (a.element_type != ValueType::STRING) fail(origin_, "metadata key '" + std::string(key) + "' is not an array of strings");
+    if (a.element_type() != ValueType::STRING) fail(origin_, "metadata key '" + std::string(key) + "' is not an array of strings");
     std::vector<std::string> out;
-    out.reserve(a.items.size());
-    for (const auto& item : a.items) out.push_back(std::get<std::string>(item.v));
+    out.reserve(a.size());
+    for (size_t i = 0; i < a.size(); ++i) out.push_back(std::get<std::string>(a.at(i).v));
     return out;
 }
 
 std::vector<float> File::get_float_array(std::string_view key) const {
     const Array& a = get_array(key);
     std::vector<float> out;
-    out.reserve(a.items.size());
-    for (const auto& item : a.items) {
+    out.reserve(a.size());
+    for (size_t i = 0; i < a.size(); ++i) {
+        const Value item = a.at(i);
         if (const auto* f = std::get_if<float>(&item.v)) out.push_back(*f);
         else if (const auto* d = std::get_if<double>(&item.v)) out.push_back(static_cast<float>(*d));
         else fail(origin_, "metadata key '" + std::string(key) + "' is not an array of floats");
@@ -375,11 +458,11 @@ std::vector<float> File::get_float_array(std::string_view key) const {
 std::vector<int64_t> File::get_int_array(std::string_view key) const {
     const Array& a = get_array(key);
     std::vector<int64_t> out;
-    out.reserve(a.items.size());
-    for (const auto& item : a.items) {
-        int64_t i = 0;
-        if (!integer_of(item, i)) fail(origin_, "metadata key '" + std::string(key) + "' is not an array of integers");
-        out.push_back(i);
+    out.reserve(a.size());
+    for (size_t i = 0; i < a.size(); ++i) {
+        int64_t value = 0;
+        if (!integer_of(a.at(i), value)) fail(origin_, "metadata key '" + std::string(key) + "' is not an array of integers");
+        out.push_back(value);
     }
     return out;
 }
@@ -432,13 +515,9 @@ void put_value_body(ByteSink& sink, const Value& value) {
             if constexpr (std::is_same_v<T, std::string>) {
                 sink.put_string(x);
             } else if constexpr (std::is_same_v<T, Array>) {
-                sink.put<uint32_t>(static_cast<uint32_t>(x.element_type));
-                sink.put<uint64_t>(x.items.size());
-                for (const auto& item : x.items) {
-                    if (item.type() != x.element_type)
-                        throw std::invalid_argument("GGUF writer: array items must all be of the element type");
-                    put_value_body(sink, item);
-                }
+                sink.put<uint32_t>(static_cast<uint32_t>(x.element_type()));
+                sink.put<uint64_t>(x.size());
+                for (size_t i = 0; i < x.size(); ++i) put_value_body(sink, x.at(i));
             } else if constexpr (std::is_same_v<T, bool>) {
                 sink.put<uint8_t>(x ? 1 : 0);
             } else {
@@ -467,21 +546,20 @@ void Writer::set(std::string key, Value value) {
 }
 
 void Writer::set_string_array(std::string key, const std::vector<std::string>& items) {
-    Array a{ValueType::STRING, {}};
-    a.items.reserve(items.size());
-    for (const auto& s : items) a.items.push_back(Value{s});
+    Array a(ValueType::STRING);
+    for (const auto& s : items) a.push_back(Value{s});
     set(std::move(key), Value{std::move(a)});
 }
 
 void Writer::set_f32_array(std::string key, const std::vector<float>& items) {
-    Array a{ValueType::FLOAT32, {}};
-    for (float f : items) a.items.push_back(Value{f});
+    Array a(ValueType::FLOAT32);
+    for (float f : items) a.push_back(Value{f});
     set(std::move(key), Value{std::move(a)});
 }
 
 void Writer::set_i32_array(std::string key, const std::vector<int32_t>& items) {
-    Array a{ValueType::INT32, {}};
-    for (int32_t i : items) a.items.push_back(Value{i});
+    Array a(ValueType::INT32);
+    for (int32_t i : items) a.push_back(Value{i});
     set(std::move(key), Value{std::move(a)});
 }
 

@@ -37,9 +37,25 @@ enum class ValueType : uint32_t {
 std::string_view value_type_name(ValueType t);
 
 struct Value;
-struct Array {
-    ValueType element_type = ValueType::UINT8;
-    std::vector<Value> items;
+// A metadata array. Strings and nested arrays are kept as Values; numbers and bools, fixed-size in
+// the file, are kept packed as the file stores them, so that an array costs about its own bytes in
+// memory (a Value is ~48 bytes: a hostile file's huge uint8 array would otherwise cost 48x).
+class Array {
+public:
+    // Out of line: Value is incomplete here. Items must be of the element type (std::invalid_argument).
+    explicit Array(ValueType element_type = ValueType::UINT8);
+    Array(ValueType element_type, const std::vector<Value>& items);
+    ValueType element_type() const { return element_type_; }
+    size_t size() const;
+    Value at(size_t i) const;            // std::out_of_range past the end
+    void push_back(const Value& item);   // std::invalid_argument unless of the element type
+    // Fixed-size elements: n of them, as the file stores them (little endian; bools 0 or 1).
+    void assign_packed(std::span<const std::byte> bytes);
+
+private:
+    ValueType element_type_;
+    std::vector<Value> values_;          // STRING and ARRAY elements
+    std::vector<std::byte> packed_;      // every other element type
 };
 struct Value {
     std::variant<uint8_t, int8_t, uint16_t, int16_t, uint32_t, int32_t, float, bool, std::string,
@@ -47,6 +63,8 @@ struct Value {
         v;
     ValueType type() const;
 };
+// Bytes an element of a fixed-size type takes (0 for STRING and ARRAY).
+size_t fixed_size(ValueType type);
 
 struct TensorInfo {
     std::string name;

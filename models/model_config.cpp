@@ -102,7 +102,7 @@ ModelConfig ModelConfig::from_gguf(const gguf::File& file) {
     c.n_ctx_train = uint_key("context_length");
     c.head_dim = file.has(p + "attention.key_length") ? uint_key("attention.key_length") : c.n_embd / c.n_head;
 
-    if (file.has("tokenizer.ggml.tokens")) c.n_vocab = positive_int(file.get_array("tokenizer.ggml.tokens").items.size(), "vocabulary size");
+    if (file.has("tokenizer.ggml.tokens")) c.n_vocab = positive_int(file.get_array("tokenizer.ggml.tokens").size(), "vocabulary size");
     else if (file.has(p + "vocab_size")) c.n_vocab = uint_key("vocab_size");
     else if (const auto* emb = file.find_tensor("token_embd.weight"); emb && emb->dims.size() == 2) c.n_vocab = positive_int(emb->dims[1], "token_embd.weight rows");
     else throw gguf::FormatError(file.origin() + ": cannot tell the vocabulary size (no tokenizer.ggml.tokens, " + p + "vocab_size or token_embd.weight)");

@@ -96,7 +96,7 @@ int main(int argc, char** argv) {
         const Shape s = kShapes.at(argv[1]);
         const GGMLType type = parse_type(argv[2]);
         const gguf::File vocab = gguf::File::open(argv[3]);
-        const uint64_t n_vocab = vocab.get_array("tokenizer.ggml.tokens").items.size();
+        const uint64_t n_vocab = vocab.get_array("tokenizer.ggml.tokens").size();
         const uint64_t head_dim = s.n_embd / s.n_head, kv = uint64_t(s.n_head_kv) * head_dim;
 
         gguf::Writer out;
