@@ -76,7 +76,7 @@ void File::parse_all() {
     nlohmann::json header;
     try {
         header = nlohmann::json::parse(header_begin, header_begin + header_length);
-    } catch (const nlohmann::json::parse_error& e) {
+    } catch (const nlohmann::json::exception& e) {  // parse_error, and out_of_range for a number beyond 64-bit floats
         fail(origin_, std::string("header is not valid JSON: ") + e.what());
     }
     if (!header.is_object()) fail(origin_, "header is not a JSON object");

@@ -389,7 +389,7 @@ nlohmann::json read_json(const std::filesystem::path& path) {
     if (!in) throw std::runtime_error("cannot open " + path.string());
     try {
         return nlohmann::json::parse(in);
-    } catch (const nlohmann::json::parse_error& e) {
+    } catch (const nlohmann::json::exception& e) {   // parse errors, and numbers beyond a double
         throw std::runtime_error(path.string() + ": not valid JSON: " + e.what());
     }
 }

@@ -147,7 +147,7 @@ ModelConfig ModelConfig::from_hf_config(const nlohmann::json& config) {
         c.n_head = hf_int(config, "n_head");
         c.n_head_kv = c.n_head;
         c.n_ctx_train = config.contains("n_positions") ? hf_int(config, "n_positions") : hf_int(config, "n_ctx");
-        c.n_ff = hf_int_or(config, "n_inner", 4 * c.n_embd);
+        c.n_ff = hf_int_or(config, "n_inner", positive_int(4 * uint64_t(c.n_embd), "config.json 4 x n_embd (n_inner)"));
         c.head_dim = c.n_embd / c.n_head;
         c.norm_eps = hf_float_or(config, "layer_norm_epsilon", 1e-5);
     } else {

