@@ -74,7 +74,7 @@ public:
     Value(const char* s) : storage_(std::string(s)) {}
     static Value list(std::vector<Value> items, bool is_tuple = false);
     static Value dict(DictItems items);
-    Value(std::shared_ptr<NamespaceValue> ns) : storage_(std::move(ns)) {}
+    Value(std::shared_ptr<NamespaceValue> ns) : storage_(std::move(ns)), holds_namespace_(true) {}
     Value(std::shared_ptr<const Callable> c) : storage_(std::move(c)) {}
 
     bool is_undefined() const { return std::holds_alternative<Undefined>(storage_); }
@@ -110,8 +110,18 @@ public:
     // Item lookup on a dict or namespace by key; nullptr when absent.
     const Value* find(const std::string& key) const;
 
+    // Levels of lists and dicts in this value (0 for a scalar), and whether a namespace is among
+    // them: kept as values are built, so that a value nested past limits::nesting (which printing
+    // and destroying would recurse through) is refused when built, and a namespace can be kept
+    // from holding one (a cycle).
+    int nesting() const { return nesting_; }
+    bool holds_namespace() const { return holds_namespace_; }
+
 private:
+    void adopt(const Value& child);   // nesting and holds_namespace of a container with this child
     Storage storage_;
+    int nesting_ = 0;
+    bool holds_namespace_ = false;
 };
 
 bool python_equal(const Value& a, const Value& b);

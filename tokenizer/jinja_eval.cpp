@@ -766,6 +766,10 @@ private:
             const Value* target = scope->lookup(s.targets[0]);
             if (target == nullptr || !target->is_namespace())
                 fail(s.line, "can only set attributes on a namespace ('" + s.targets[0] + "' is not one)");
+            // Namespaces are the one mutable value: one holding a namespace could come to hold
+            // itself, a cycle that printing would follow forever and reference counts never free.
+            if (v.holds_namespace())
+                fail(s.line, "a namespace attribute cannot hold a namespace (the sandbox: it could make a cycle)");
             auto& attributes = target->as_namespace().attributes;
             for (auto& [key, value] : attributes)
                 if (key == s.attribute) {

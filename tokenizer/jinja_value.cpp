@@ -10,14 +10,25 @@
 
 namespace twinfer::jinja {
 
+void Value::adopt(const Value& child) {
+    nesting_ = std::max(nesting_, child.nesting_ + 1);
+    holds_namespace_ = holds_namespace_ || child.holds_namespace_;
+    if (nesting_ > limits::nesting)
+        throw ChatTemplateError("a value nests deeper than " + std::to_string(limits::nesting) + " levels (the nesting limit)");
+}
+
 Value Value::list(std::vector<Value> items, bool is_tuple) {
     Value v;
+    v.nesting_ = 1;
+    for (const Value& item : items) v.adopt(item);
     v.storage_ = std::make_shared<const ListValue>(ListValue{std::move(items), is_tuple});
     return v;
 }
 
 Value Value::dict(DictItems items) {
     Value v;
+    v.nesting_ = 1;
+    for (const auto& [key, item] : items) v.adopt(item);
     v.storage_ = std::make_shared<const DictItems>(std::move(items));
     return v;
 }

@@ -52,6 +52,18 @@ TEST(TemplateSandbox, NestingIsBoundedHoweverItIsBuilt) {
     EXPECT_EQ(render("{{ 1" + repeated(" + 1", 60) + " }}"), "61");
 }
 
+// Namespace attributes are the one state a loop carries: values nested through them, and a
+// namespace holding itself (found by tests/fuzz/chat_template_fuzz: printing it, or destroying a
+// list 100,000 deep, overflowed the stack; the cycle leaked).
+TEST(TemplateSandbox, NamespacesCannotNestValuesWithoutEndOrHoldThemselves) {
+    expect_limit("{% set ns = namespace(x=[]) %}{% for i in range(100000) %}{% set ns.x = [ns.x] %}{% endfor %}", "(the nesting limit)");
+    expect_limit("{% set ns = namespace(x={}) %}{% for i in range(100000) %}{% set ns.x = {'a': ns.x} %}{% endfor %}", "(the nesting limit)");
+    expect_limit("{% set ns = namespace(c=0) %}{% set ns.c = ns %}{{ ns.c }}", "cannot hold a namespace");
+    expect_limit("{% set ns = namespace(c=0) %}{% set ns.c = [ns] %}", "cannot hold a namespace");
+    EXPECT_EQ(render("{% set ns = namespace(x=[]) %}{% for i in range(3) %}{% set ns.x = ns.x + [i] %}{% endfor %}{{ ns.x }}"), "[0, 1, 2]");
+    EXPECT_EQ(render("{% set ns = namespace(x=[]) %}{% for i in range(3) %}{% set ns.x = [ns.x] %}{% endfor %}{{ ns.x }}"), "[[[[]]]]");
+}
+
 TEST(TemplateSandbox, SelfCallingMacrosHitTheRecursionLimit) {
     expect_limit("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}", "(the recursion limit");
     expect_limit("{% macro a() %}{{ b() }}{% endmacro %}{% macro b() %}{{ a() }}{% endmacro %}{{ a() }}", "(the recursion limit");
