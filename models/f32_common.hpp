@@ -153,8 +153,9 @@ Token argmax_of_last(const Logits& logits);
 // Float32 logits [n_positions, n_vocab] in device memory, widened into the interface's float64 Logits.
 Logits download_logits(compute::Context& ctx, const float* values, size_t n_positions, size_t n_vocab);
 
-// The CPU's default is Int8x2 (the float64 reference's top token at ~1.2x int8's decode time,
-// BENCHMARKS.md, "Trust"); CUDA's is Int8, whose kernels are the only quantized ones there.
+// The CPU's default is Int8x2 (the float64 reference's top token where Int8 flips it, for a little
+// of Int8's speed: BENCHMARKS.md, "Trust"); CUDA's is Int8, whose kernels are the only quantized
+// ones there.
 compute::Activations default_activations(compute::Device device);
 // options.activations or the device's default; std::invalid_argument for Int8x2 on CUDA.
 compute::Activations activations_for(const F32Options& options);

@@ -242,21 +242,22 @@ void check_list_size(std::size_t size, int line) {
         fail(line, "a list would exceed " + std::to_string(limits::list_items) + " items (the list size limit)");
 }
 
+// seq * times as Python: empty for times <= 0 or an empty seq (at once, however large times is);
+// the result's size checked before anything is built.
 Value repeat(const Value& seq, std::int64_t times, int line) {
-    if (times <= 0) return seq.is_string() ? Value(std::string()) : Value::list({}, seq.as_list().is_tuple);
     const std::size_t unit = seq.is_string() ? seq.as_string().size() : seq.as_list().items.size();
-    if (unit != 0 && static_cast<std::uint64_t>(times) > (seq.is_string() ? limits::string_bytes : limits::list_items) / unit) {
-        if (seq.is_string()) check_string_size(limits::string_bytes + 1, line);
-        check_list_size(limits::list_items + 1, line);
-    }
+    const std::uint64_t count = times <= 0 || unit == 0 ? 0 : static_cast<std::uint64_t>(times);
+    const std::size_t limit = seq.is_string() ? limits::string_bytes : limits::list_items;
+    const std::size_t size = count > limit / std::max<std::size_t>(unit, 1) ? limit + 1 : count * unit;
     if (seq.is_string()) {
+        check_string_size(size, line);
         std::string out;
-        for (std::int64_t i = 0; i < times; ++i) out += seq.as_string();
+        for (std::uint64_t i = 0; i < count; ++i) out += seq.as_string();
         return out;
     }
+    check_list_size(size, line);
     std::vector<Value> out;
-    for (std::int64_t i = 0; i < times; ++i)
-        out.insert(out.end(), seq.as_list().items.begin(), seq.as_list().items.end());
+    for (std::uint64_t i = 0; i < count; ++i) out.insert(out.end(), seq.as_list().items.begin(), seq.as_list().items.end());
     return Value::list(std::move(out), seq.as_list().is_tuple);
 }
 

@@ -101,6 +101,8 @@ TEST(TemplateSandbox, StringsListsLoopsAndRangesAreBounded) {
               "[-9223372036854775808, -4611686018427387904, 0, 4611686018427387904]");
     EXPECT_EQ(render("{{ range(9223372036854775807, 9223372036854775805, -1)|list }}"), "[9223372036854775807, 9223372036854775806]");
     EXPECT_EQ(render("{{ 'ab' * 3 }} {{ [1] * 2 }} {{ 'x' * -1 }}|"), "ababab [1, 1] |");
+    // An empty sequence repeated any number of times is empty at once (it looped `times` before).
+    EXPECT_EQ(render("{{ '' * 9223372036854775807 }}|{{ ([] * 9223372036854775807)|length }}"), "|0");
 }
 
 }  // namespace
