@@ -67,6 +67,26 @@ PY
   echo "$GEMMA_SHA256  $GEMMA" | sha256sum -c --status || { echo "setup: $GEMMA fails its sha256 check" >&2; exit 1; }
 fi
 
+# llama.cpp's vocabulary-only GGUF files, the tokenizer tests' references (64 MB, too large to keep
+# in the repository): from the PyPI sdist of llama-cpp-python 0.3.36 (vendor/llama.cpp/models/),
+# each checked by sha256 (tests/data/third_party/tokenizers/vocab-gguf.sha256; README.md there).
+VOCABS=tests/data/third_party/tokenizers
+if ! (cd "$VOCABS" && sha256sum -c --status vocab-gguf.sha256 2>/dev/null); then
+  echo "setup: downloading llama.cpp's test vocabularies (PyPI llama-cpp-python==0.3.36 sdist)" >&2
+  tmp=$(mktemp -d)
+  python3 -m pip download -q --no-deps --no-binary :all: -d "$tmp" llama-cpp-python==0.3.36
+  python3 - "$tmp"/llama_cpp_python-0.3.36.tar.gz "$VOCABS" <<'PY'
+import sys, tarfile, pathlib
+names = [line.split()[1] for line in open(pathlib.Path(sys.argv[2]) / "vocab-gguf.sha256")]
+with tarfile.open(sys.argv[1]) as tar:
+    for name in names:
+        member = tar.getmember(f"llama_cpp_python-0.3.36/vendor/llama.cpp/models/{name}")
+        (pathlib.Path(sys.argv[2]) / name).write_bytes(tar.extractfile(member).read())
+PY
+  rm -rf "$tmp"
+  (cd "$VOCABS" && sha256sum -c --quiet vocab-gguf.sha256) || { echo "setup: a test vocabulary fails its sha256 check" >&2; exit 1; }
+fi
+
 BUILD_DIR=${TWINFER_BUILD_DIR:-build}
 if [ ! -f "$BUILD_DIR/build.ninja" ]; then
   cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
