@@ -21,11 +21,16 @@ struct AttentionShape {
     size_t head_dim = 0;
     size_t kv_stride = 0;    // floats between two positions in keys/values (>= n_head_kv * head_dim)
     float scale = 1.0f;      // usually 1/sqrt(head_dim)
+    // Sliding-window attention: a token attends to the last `window` positions, its own included;
+    // 0: to every earlier position. (On CUDA at most max_attention_window.)
+    size_t window = 0;
 };
+constexpr size_t max_attention_window = 8192;
 
 // q: [n_tokens, n_head, head_dim]; keys, values: [first_position + n_tokens, kv_stride], KV head
 // g's vector at offset g * head_dim; out: [n_tokens, n_head, head_dim]. Token t (at position
-// first_position + t) attends to positions 0 ..= first_position + t:
+// first_position + t) attends to positions 0 ..= first_position + t (the last `window` of them
+// with a sliding window):
 //   out[t, h] = sum_p softmax_p(scale * q[t, h] . k[p, g]) v[p, g]
 namespace cpu {
 void attention(Context& ctx, const float* q, const float* keys, const float* values, size_t n_tokens,

@@ -17,6 +17,11 @@ void add(Context& ctx, float* x, const float* y, size_t n);
 void add_bias(Context& ctx, float* x, const float* bias, size_t n_rows, size_t n);
 void swiglu(Context& ctx, const float* gate, const float* up, size_t n, float* out);
 void gelu(Context& ctx, float* x, size_t n);
+void gelu_erf(Context& ctx, float* x, size_t n);
+void geglu(Context& ctx, const float* gate, const float* up, size_t n, float* out);
+void scale(Context& ctx, float* x, size_t n, float factor);
+void add_scaled(Context& ctx, float* x, const float* y, float factor, size_t n);
+void softcap(Context& ctx, float* x, size_t n, float cap);
 void argmax(Context& ctx, const float* x, size_t n, int32_t* out);
 void top_k(Context& ctx, const float* x, size_t n, size_t k, int32_t* ids, float* values);
 }
@@ -55,6 +60,51 @@ inline void gelu(Context& ctx, float* x, size_t n) {
     if (ctx.device() == Device::CUDA) return cuda::gelu(ctx, x, n);
 #endif
     throw_backend_unavailable("gelu", ctx.device());
+}
+
+// x = 0.5 x (1 + erf(x / sqrt(2)))   (the exact GELU: GPT-NeoX), in place
+inline void gelu_erf(Context& ctx, float* x, size_t n) {
+    if (ctx.device() == Device::CPU) return cpu::gelu_erf(ctx, x, n);
+#ifdef TWINFER_WITH_CUDA
+    if (ctx.device() == Device::CUDA) return cuda::gelu_erf(ctx, x, n);
+#endif
+    throw_backend_unavailable("gelu_erf", ctx.device());
+}
+
+// out = gelu(gate) * up, gelu the tanh form   (GeGLU: Gemma's feed-forward). out may alias gate.
+inline void geglu(Context& ctx, const float* gate, const float* up, size_t n, float* out) {
+    if (ctx.device() == Device::CPU) return cpu::geglu(ctx, gate, up, n, out);
+#ifdef TWINFER_WITH_CUDA
+    if (ctx.device() == Device::CUDA) return cuda::geglu(ctx, gate, up, n, out);
+#endif
+    throw_backend_unavailable("geglu", ctx.device());
+}
+
+// x *= factor   (Gemma's embedding scale)
+inline void scale(Context& ctx, float* x, size_t n, float factor) {
+    if (ctx.device() == Device::CPU) return cpu::scale(ctx, x, n, factor);
+#ifdef TWINFER_WITH_CUDA
+    if (ctx.device() == Device::CUDA) return cuda::scale(ctx, x, n, factor);
+#endif
+    throw_backend_unavailable("scale", ctx.device());
+}
+
+// x += factor * y   (an expert's output, weighted by its router weight)
+inline void add_scaled(Context& ctx, float* x, const float* y, float factor, size_t n) {
+    if (ctx.device() == Device::CPU) return cpu::add_scaled(ctx, x, y, factor, n);
+#ifdef TWINFER_WITH_CUDA
+    if (ctx.device() == Device::CUDA) return cuda::add_scaled(ctx, x, y, factor, n);
+#endif
+    throw_backend_unavailable("add_scaled", ctx.device());
+}
+
+// x = cap * tanh(x / cap)   (final logit soft-capping)
+inline void softcap(Context& ctx, float* x, size_t n, float cap) {
+    if (ctx.device() == Device::CPU) return cpu::softcap(ctx, x, n, cap);
+#ifdef TWINFER_WITH_CUDA
+    if (ctx.device() == Device::CUDA) return cuda::softcap(ctx, x, n, cap);
+#endif
+    throw_backend_unavailable("softcap", ctx.device());
 }
 
 // out[0] = the index of the largest of x[0..n), the lowest on ties (as engine/sampler's argmax):

@@ -14,14 +14,14 @@
 #include "models/gpt_model.hpp"
 #include "models/inference.hpp"
 #include "models/tp_llama_model.hpp"
+#include "models/transformer_model.hpp"
 
 namespace twinfer {
 
-// TransformerModel joins when its issue lands; until then the set holds only real models.
-using ModelBackend = std::variant<GPTModel, F32GPTModel, F32LlamaModel, TensorParallelLlamaModel>;
+using ModelBackend = std::variant<GPTModel, F32GPTModel, F32LlamaModel, TensorParallelLlamaModel, TransformerModel>;
 
 static_assert(GPTInference<GPTModel> && GPTInference<F32GPTModel> && GPTInference<F32LlamaModel> &&
-              GPTInference<TensorParallelLlamaModel>);
+              GPTInference<TensorParallelLlamaModel> && GPTInference<TransformerModel>);
 
 enum class Precision { F64, F32 };
 enum class DeviceChoice { Auto, CPU, CUDA };

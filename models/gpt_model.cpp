@@ -13,6 +13,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <numbers>
+#include <numeric>
 #include <set>
 #include <stdexcept>
 #include <string>
@@ -88,6 +89,18 @@ void gelu_tanh_in_place(Tensor<double>& x) {
     }
 }
 
+// GELU, exact (Hendrycks & Gimpel 2016; torch.nn.functional.gelu, transformers' "gelu"):
+// gelu(x) = 0.5 x (1 + erf(x / sqrt(2))).
+void gelu_erf_in_place(Tensor<double>& x) {
+    for (size_t i = 0; i < x.size(); ++i) x[i] = 0.5 * x[i] * (1.0 + std::erf(x[i] / std::numbers::sqrt2));
+}
+
+// GeGLU (Shazeer 2020): gelu_tanh(gate) * up. Result in `gate`.
+void geglu_in_place(Tensor<double>& gate, const Tensor<double>& up) {
+    gelu_tanh_in_place(gate);
+    for (size_t i = 0; i < gate.size(); ++i) gate[i] *= up[i];
+}
+
 // SwiGLU (Shazeer 2020): silu(gate) * up, silu(g) = g / (1 + exp(-g)). Result in `gate`.
 void swiglu_in_place(Tensor<double>& gate, const Tensor<double>& up) {
     for (size_t i = 0; i < gate.size(); ++i) gate[i] = gate[i] / (1.0 + std::exp(-gate[i])) * up[i];
@@ -124,17 +137,22 @@ void rope_in_place(Tensor<double>& x, int n_heads, int D, int n_rot, RopeLayout 
 //   out_h = softmax(q_h k_g^T / sqrt(D) + M) v_g,  M[i][j] = -inf for j > i,
 // q [T, H*D], k and v [T, Hkv*D]; query head h reads key/value head g = h / (H / Hkv)
 // (grouped-query attention, Ainslie et al. 2023; transformers' repeat_kv). out [T, H*D].
-Tensor<double> causal_attention(const Tensor<double>& q, const Tensor<double>& k, const Tensor<double>& v, int H, int Hkv, int D) {
+// With a sliding window W, M[i][j] is also -inf for j <= i - W (W positions seen, i's own
+// included: transformers' sliding_window_causal mask, llama.cpp's LLAMA_SWA_TYPE_STANDARD).
+// scale: 0 means 1/sqrt(D).
+Tensor<double> causal_attention(const Tensor<double>& q, const Tensor<double>& k, const Tensor<double>& v, int H, int Hkv, int D,
+                                double scale = 0, size_t window = 0) {
     const size_t T = q.dim(0), q_width = q.dim(1), kv_width = k.dim(1);
-    const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+    if (scale == 0) scale = 1.0 / std::sqrt(static_cast<double>(D));
     Tensor<double> out(Shape{T, q_width});
     std::vector<double> p(T);
     for (int h = 0; h < H; ++h) {
         const size_t g = static_cast<size_t>(h / (H / Hkv));
         for (size_t i = 0; i < T; ++i) {
             const double* qi = q.data() + i * q_width + static_cast<size_t>(h) * D;
+            const size_t first = window && i + 1 > window ? i + 1 - window : 0;
             double max_score = -INFINITY;
-            for (size_t j = 0; j <= i; ++j) {
+            for (size_t j = first; j <= i; ++j) {
                 const double* kj = k.data() + j * kv_width + g * D;
                 double dot = 0;
                 for (int d = 0; d < D; ++d) dot += qi[d] * kj[d];
@@ -142,9 +160,9 @@ Tensor<double> causal_attention(const Tensor<double>& q, const Tensor<double>& k
                 max_score = std::max(max_score, p[j]);
             }
             double sum = 0;
-            for (size_t j = 0; j <= i; ++j) sum += p[j] = std::exp(p[j] - max_score);
+            for (size_t j = first; j <= i; ++j) sum += p[j] = std::exp(p[j] - max_score);
             double* oi = out.data() + i * q_width + static_cast<size_t>(h) * D;
-            for (size_t j = 0; j <= i; ++j) {
+            for (size_t j = first; j <= i; ++j) {
                 const double* vj = v.data() + j * kv_width + g * D;
                 for (int d = 0; d < D; ++d) oi[d] += p[j] / sum * vj[d];
             }
@@ -341,6 +359,81 @@ GPTModel::Weights load_gguf_llama(WeightLoader& load, const ModelConfig& c) {
     return w;
 }
 
+// Every TransformerModel architecture (GGUF names of llama.cpp's gguf-py constants.py). A fused
+// QKV (attn_qkv: Phi-3, GPT-NeoX after its converter's reordering) is split into Q, K and V rows;
+// a fused gate+up (Phi-3's ffn_up of 2F rows) into gate (first half) and up.
+GPTModel::Weights load_gguf_transformer(WeightLoader& load, const ModelConfig& c) {
+    const TransformerSpec& spec = c.transformer;
+    const size_t E = c.n_embd, F = c.n_ff, V = c.n_vocab, D = c.head_dim, QD = c.n_head * D, KVD = c.n_embd_kv();
+    const bool layer_norm = spec.norm == NormKind::LayerNorm;
+    GPTModel::Weights w;
+    w.token_embd = load.required("token_embd.weight", {V, E});
+    for (int il = 0; il < c.n_layer; ++il) {
+        const std::string p = "blk." + std::to_string(il) + ".";
+        GPTModel::Layer& L = w.layers.emplace_back();
+        L.attn_norm = load.required(p + "attn_norm.weight", {E});
+        if (layer_norm) L.attn_norm_bias = load.optional(p + "attn_norm.bias", {E});
+        if (load.has(p + "attn_qkv.weight")) {
+            const Tensor<double> qkv = load.required(p + "attn_qkv.weight", {QD + 2 * KVD, E});
+            L.wq = rows(qkv, 0, QD), L.wk = rows(qkv, QD, KVD), L.wv = rows(qkv, QD + KVD, KVD);
+            if (const Tensor<double> b = load.optional(p + "attn_qkv.bias", {QD + 2 * KVD}); b.size())
+                L.bq = rows(b, 0, QD), L.bk = rows(b, QD, KVD), L.bv = rows(b, QD + KVD, KVD);
+        } else {
+            L.wq = load.required(p + "attn_q.weight", {QD, E});
+            L.wk = load.required(p + "attn_k.weight", {KVD, E});
+            L.wv = load.required(p + "attn_v.weight", {KVD, E});
+            L.bq = load.optional(p + "attn_q.bias", {QD});
+            L.bk = load.optional(p + "attn_k.bias", {KVD});
+            L.bv = load.optional(p + "attn_v.bias", {KVD});
+        }
+        L.wo = load.required(p + "attn_output.weight", {E, QD});
+        L.bo = load.optional(p + "attn_output.bias", {E});
+        if (spec.qk_norm) {
+            L.q_norm = load.required(p + "attn_q_norm.weight", {D});
+            L.k_norm = load.required(p + "attn_k_norm.weight", {D});
+        }
+        if (spec.post_norms) {
+            L.attn_post_norm = load.required(p + "post_attention_norm.weight", {E});
+            L.ffn_post_norm = load.required(p + "post_ffw_norm.weight", {E});
+        }
+        // A parallel block may share the attention's norm (no ffn_norm).
+        L.ffn_norm = spec.residual == ResidualKind::Parallel ? load.optional(p + "ffn_norm.weight", {E})
+                                                             : load.required(p + "ffn_norm.weight", {E});
+        if (layer_norm) L.ffn_norm_bias = load.optional(p + "ffn_norm.bias", {E});
+        if (spec.n_expert > 0) {
+            const size_t X = spec.n_expert, FE = spec.n_ff_expert;
+            L.router = load.required(p + "ffn_gate_inp.weight", {X, E});
+            const Tensor<double> gate = load.required(p + "ffn_gate_exps.weight", {X, FE, E});
+            const Tensor<double> up = load.required(p + "ffn_up_exps.weight", {X, FE, E});
+            const Tensor<double> down = load.required(p + "ffn_down_exps.weight", {X, E, FE});
+            for (size_t e = 0; e < X; ++e) {
+                L.expert_gate.push_back(Tensor<double>(Shape{FE, E}));
+                std::copy_n(gate.data() + e * FE * E, FE * E, L.expert_gate.back().data());
+                L.expert_up.push_back(Tensor<double>(Shape{FE, E}));
+                std::copy_n(up.data() + e * FE * E, FE * E, L.expert_up.back().data());
+                L.expert_down.push_back(Tensor<double>(Shape{E, FE}));
+                std::copy_n(down.data() + e * E * FE, E * FE, L.expert_down.back().data());
+            }
+            continue;
+        }
+        const bool gated = spec.feed_forward == FeedForwardKind::SwiGLU || spec.feed_forward == FeedForwardKind::GeGLU;
+        if (gated && !load.has(p + "ffn_gate.weight")) {
+            const Tensor<double> gate_up = load.required(p + "ffn_up.weight", {2 * F, E});
+            L.w_gate = rows(gate_up, 0, F), L.w_up = rows(gate_up, F, F);
+        } else {
+            if (gated) L.w_gate = load.required(p + "ffn_gate.weight", {F, E});
+            L.w_up = load.required(p + "ffn_up.weight", {F, E});
+            L.b_up = load.optional(p + "ffn_up.bias", {F});
+        }
+        L.w_down = load.required(p + "ffn_down.weight", {E, F});
+        L.b_down = load.optional(p + "ffn_down.bias", {E});
+    }
+    w.output_norm = load.required("output_norm.weight", {E});
+    if (layer_norm) w.output_norm_bias = load.optional("output_norm.bias", {E});
+    w.output = load.optional("output.weight", {V, E});
+    return w;
+}
+
 // Hugging Face names (GPT2LMHeadModel). Checkpoints saved by transformers prefix "transformer.";
 // the original openai-community/gpt2 files do not. The LM head is always tied to wte.
 GPTModel::Weights load_hf_gpt2(WeightLoader& load, const ModelConfig& c) {
@@ -409,7 +502,9 @@ GPTModel GPTModel::from_gguf(const gguf::File& file, size_t n_ctx) {
     ModelConfig config = ModelConfig::from_gguf(file);
     GGUFWeights source(file);
     WeightLoader load(source, config);
-    Weights weights = config.architecture == Architecture::GPT2 ? load_gguf_gpt2(load, config) : load_gguf_llama(load, config);
+    Weights weights = config.architecture == Architecture::GPT2      ? load_gguf_gpt2(load, config)
+                      : config.architecture == Architecture::Transformer ? load_gguf_transformer(load, config)
+                                                                         : load_gguf_llama(load, config);
     load.check_all_used();
     return GPTModel(std::move(config), std::move(weights), n_ctx);
 }
@@ -442,11 +537,16 @@ Logits GPTModel::forward(std::span<const Token> ids, LogitsMode mode) {
     std::vector<Token> sequence = history_;
     sequence.insert(sequence.end(), ids.begin(), ids.end());
 
-    const Tensor<double> x = config_.architecture == Architecture::GPT2 ? gpt2_forward(sequence) : llama_forward(sequence);   // [T, E]
+    const Tensor<double> x = config_.architecture == Architecture::GPT2          ? gpt2_forward(sequence)
+                             : config_.architecture == Architecture::Transformer ? transformer_forward(sequence)
+                                                                                 : llama_forward(sequence);   // [T, E]
     const size_t T = sequence.size();
     const size_t first = mode == LogitsMode::All ? T - ids.size() : T - 1;
     // logits = x W_out^T, W_out the output matrix or (tied) the token embeddings: [n_positions, V]
-    const Tensor<double> logits = linear(rows(x, first, T - first), weights_.output.size() ? weights_.output : weights_.token_embd, {});
+    Tensor<double> logits = linear(rows(x, first, T - first), weights_.output.size() ? weights_.output : weights_.token_embd, {});
+    // Final logit soft-capping (Gemma 2): logits = c tanh(logits / c).
+    if (const double cap = config_.transformer.final_logit_softcap; cap > 0)
+        for (size_t i = 0; i < logits.size(); ++i) logits[i] = cap * std::tanh(logits[i] / cap);
     observe("result_output", -1, logits);
 
     history_ = std::move(sequence);
@@ -535,6 +635,133 @@ Tensor<double> GPTModel::llama_forward(std::span<const Token> ids) const {
     Tensor<double> result = rms_norm(x, weights_.output_norm, c.norm_eps);   // [T, E]
     observe("result_norm", -1, result);
     return result;
+}
+
+// Every TransformerModel architecture, as its TransformerSpec describes it (transformers'
+// modeling_qwen2/qwen3/qwen3_moe/gemma3/phi3/smollm3/stablelm/gpt_neox/starcoder2.py):
+//   x = embed[ids] * embedding_scale
+//   per layer: h = norm_1(x)
+//              q, k, v = W_q h + b_q, W_k h + b_k, W_v h + b_v
+//              q, k = rms_norm per head (QK-norm), then RoPE with the layer's base (none: NoPE)
+//              a = W_o attn(q, k, v) + b_o over the layer's window; a = post_norm(a) (sandwich)
+//     sequential: x += a;  x += post_norm(ffn(norm_2(x)))
+//     parallel:   x += a + ffn(norm_2(x_in))   (norm_2 = norm_1 when the file has no ffn_norm)
+//   result: norm_f(x)
+// norm: RMSNorm or LayerNorm (with its bias where the file has one).
+Tensor<double> GPTModel::transformer_forward(std::span<const Token> ids) const {
+    const ModelConfig& c = config_;
+    const TransformerSpec& spec = c.transformer;
+    const size_t T = ids.size(), E = c.n_embd, D = c.head_dim;
+    auto norm = [&](const Tensor<double>& x, const Tensor<double>& g, const Tensor<double>& b) {
+        if (spec.norm == NormKind::RMSNorm) return rms_norm(x, g, c.norm_eps);
+        return layer_norm(x, g, b.size() ? b : Tensor<double>(Shape{g.size()}), c.norm_eps);
+    };
+    // QK-norm: RMSNorm over each head's D values (Qwen3, Gemma 3).
+    auto head_norm = [&](Tensor<double>& x, const Tensor<double>& g) {
+        const Shape shape = x.shape();
+        Tensor<double> heads(Shape{x.size() / D, D});
+        std::copy_n(x.data(), x.size(), heads.data());
+        const Tensor<double> normed = rms_norm(heads, g, c.norm_eps);
+        std::copy_n(normed.data(), x.size(), x.data());
+    };
+
+    Tensor<double> x(Shape{T, E});   // [T, E]
+    for (size_t t = 0; t < T; ++t)
+        for (size_t e = 0; e < E; ++e) x[t * E + e] = weights_.token_embd.row(ids[t])[e] * spec.embedding_scale;
+    observe("inp_embd", -1, x);
+
+    for (int il = 0; il < c.n_layer; ++il) {
+        const Layer& L = weights_.layers[il];
+        const LayerSpec& layer = spec.layers[il];
+        const Tensor<double> h = norm(x, L.attn_norm, L.attn_norm_bias);   // [T, E]
+        observe("attn_norm", il, h);
+        Tensor<double> q = linear(h, L.wq, L.bq);         // [T, H*D]
+        Tensor<double> k = linear(h, L.wk, L.bk);         // [T, Hkv*D]
+        const Tensor<double> v = linear(h, L.wv, L.bv);   // [T, Hkv*D]
+        if (spec.qk_norm) head_norm(q, L.q_norm), head_norm(k, L.k_norm);
+        if (layer.rope) {
+            // theta_i = position * base^(-2i / n_rot) * position_scale (linear scaling).
+            std::vector<double> inv_freq(static_cast<size_t>(c.n_rot / 2));
+            for (size_t i = 0; i < inv_freq.size(); ++i)
+                inv_freq[i] = std::pow(layer.rope_freq_base, -2.0 * static_cast<double>(i) / c.n_rot) * layer.rope_position_scale;
+            rope_in_place(q, c.n_head, c.head_dim, c.n_rot, c.rope_layout, inv_freq);
+            rope_in_place(k, c.n_head_kv, c.head_dim, c.n_rot, c.rope_layout, inv_freq);
+        }
+        observe("Qcur", il, q);
+        observe("Kcur", il, k);
+        observe("Vcur", il, v);
+        const Tensor<double> kqv = causal_attention(q, k, v, c.n_head, c.n_head_kv, c.head_dim, spec.attention_scale, layer.window);
+        observe("kqv_out", il, kqv);
+        Tensor<double> attn_out = linear(kqv, L.wo, L.bo);   // [T, E]
+        if (spec.post_norms) attn_out = norm(attn_out, L.attn_post_norm, {});
+        observe("attn_out", il, attn_out);
+
+        if (spec.residual == ResidualKind::Parallel) {
+            const Tensor<double> h2 = L.ffn_norm.size() ? norm(x, L.ffn_norm, L.ffn_norm_bias) : h;
+            const Tensor<double> ffn_out = transformer_feed_forward(L, h2);
+            add_in_place(x, attn_out);
+            add_in_place(x, ffn_out);
+        } else {
+            add_in_place(x, attn_out);
+            observe("ffn_inp", il, x);
+            const Tensor<double> h2 = norm(x, L.ffn_norm, L.ffn_norm_bias);
+            observe("ffn_norm", il, h2);
+            Tensor<double> ffn_out = transformer_feed_forward(L, h2);
+            if (spec.post_norms) ffn_out = norm(ffn_out, L.ffn_post_norm, {});
+            observe("ffn_out", il, ffn_out);
+            add_in_place(x, ffn_out);
+        }
+        observe("l_out", il, x);
+    }
+    Tensor<double> result = norm(x, weights_.output_norm, weights_.output_norm_bias);   // [T, E]
+    observe("result_norm", -1, result);
+    return result;
+}
+
+// The feed-forward block of a TransformerModel layer on h [T, E]: gated (SwiGLU, GeGLU), plain
+// (GELU), or a mixture of experts, whose router takes the softmax over all experts, keeps the
+// top k (the lower index first on ties), renormalizes them when the spec says so, and sums the
+// chosen experts' SwiGLU outputs with those weights (transformers' Qwen3MoeSparseMoeBlock).
+Tensor<double> GPTModel::transformer_feed_forward(const Layer& L, const Tensor<double>& h) const {
+    const TransformerSpec& spec = config_.transformer;
+    if (spec.n_expert > 0) {
+        const size_t T = h.dim(0), E = h.dim(1), X = spec.n_expert, K = spec.n_expert_used;
+        const Tensor<double> router = linear(h, L.router, {});   // [T, n_expert]
+        Tensor<double> out(Shape{T, E});
+        for (size_t t = 0; t < T; ++t) {
+            std::vector<double> p(router.row(t).begin(), router.row(t).end());
+            const double max_logit = *std::max_element(p.begin(), p.end());
+            double sum = 0;
+            for (double& v : p) sum += v = std::exp(v - max_logit);
+            for (double& v : p) v /= sum;
+            std::vector<size_t> order(X);
+            std::iota(order.begin(), order.end(), size_t{0});
+            std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return p[a] > p[b]; });
+            double chosen = 0;
+            for (size_t j = 0; j < K; ++j) chosen += p[order[j]];
+            const Tensor<double> ht = rows(h, t, 1);
+            for (size_t j = 0; j < K; ++j) {
+                const size_t e = order[j];
+                const double weight = spec.normalize_expert_weights ? p[e] / chosen : p[e];
+                Tensor<double> gate = linear(ht, L.expert_gate[e], {});
+                swiglu_in_place(gate, linear(ht, L.expert_up[e], {}));
+                const Tensor<double> y = linear(gate, L.expert_down[e], {});
+                for (size_t i = 0; i < E; ++i) out[t * E + i] += weight * y[i];
+            }
+        }
+        return out;
+    }
+    if (spec.feed_forward == FeedForwardKind::SwiGLU || spec.feed_forward == FeedForwardKind::GeGLU) {
+        Tensor<double> gate = linear(h, L.w_gate, {});   // [T, F]
+        const Tensor<double> up = linear(h, L.w_up, L.b_up);
+        if (spec.feed_forward == FeedForwardKind::SwiGLU) swiglu_in_place(gate, up);
+        else geglu_in_place(gate, up);
+        return linear(gate, L.w_down, L.b_down);
+    }
+    Tensor<double> up = linear(h, L.w_up, L.b_up);   // [T, F]
+    if (spec.feed_forward == FeedForwardKind::GeluTanh) gelu_tanh_in_place(up);
+    else gelu_erf_in_place(up);
+    return linear(up, L.w_down, L.b_down);
 }
 
 void GPTModel::truncate_cache(size_t n) {

@@ -1,5 +1,6 @@
 #pragma once
-// GPTModel: the float64 CPU reference for the GPT-2 and Llama families. It exists to be right,
+// GPTModel: the float64 CPU reference for the GPT-2 and Llama families and every architecture
+// TransformerModel runs (models/architecture.hpp). It exists to be right,
 // not fast: every weight is dequantized to double at load, each call recomputes the whole token
 // history (no KV cache), and each step is a plain loop citing its formula (BLAS dgemm does the
 // matrix products). The float32 models, quantized files and ports are measured against it.
@@ -52,6 +53,11 @@ public:
         Tensor<double> ffn_norm, ffn_norm_bias;              // [E]
         Tensor<double> w_gate, w_up, w_down;                 // [F, E], [F, E], [E, F] (no gate for GPT-2)
         Tensor<double> b_up, b_down;                         // [F], [E]
+        Tensor<double> q_norm, k_norm;                       // [D] (QK-norm)
+        Tensor<double> attn_post_norm, ffn_post_norm;        // [E] (sandwich norms)
+        Tensor<double> router;                               // [n_expert, E] (mixture of experts)
+        std::vector<Tensor<double>> expert_gate, expert_up;  // n_expert x [F_e, E]
+        std::vector<Tensor<double>> expert_down;             // n_expert x [E, F_e]
     };
     struct Weights {
         Tensor<double> token_embd;                           // [V, E]
@@ -67,6 +73,8 @@ public:
 private:
     Tensor<double> gpt2_forward(std::span<const Token> ids) const;
     Tensor<double> llama_forward(std::span<const Token> ids) const;
+    Tensor<double> transformer_forward(std::span<const Token> ids) const;
+    Tensor<double> transformer_feed_forward(const Layer& layer, const Tensor<double>& h) const;
     void observe(std::string_view name, int layer, const Tensor<double>& t) const;
 
     ModelConfig config_;

@@ -1,7 +1,9 @@
 #include "models/model_config.hpp"
 
-#include <nlohmann/json.hpp>
+#include <cmath>
 #include <stdexcept>
+
+#include <nlohmann/json.hpp>
 
 namespace twinfer {
 namespace {
@@ -9,8 +11,9 @@ namespace {
 Architecture architecture_from_name(const std::string& name, const std::string& origin) {
     if (name == "llama") return Architecture::Llama;
     if (name == "gpt2") return Architecture::GPT2;
-    throw std::runtime_error(origin + ": unknown architecture '" + name +
-                             "' (twinfer runs: llama, gpt2)");
+    if (find_architecture(name)) return Architecture::Transformer;
+    throw std::runtime_error(origin + ": unknown architecture '" + name + "' (twinfer runs: llama, gpt2, " +
+                             transformer_architecture_names() + ")");
 }
 
 int positive_int(uint64_t v, const std::string& what) {
@@ -85,6 +88,80 @@ void read_hf_rope(const nlohmann::json& config, ModelConfig& c) {
     }
 }
 
+// A TransformerModel architecture: its description with this file's hyper-parameters laid over it.
+void read_transformer_spec(const gguf::File& file, ModelConfig& c) {
+    const std::string p = c.architecture_name + ".";
+    const ArchitectureDescription& d = *find_architecture(c.architecture_name);
+    TransformerSpec& s = c.transformer;
+    s.description = &d;
+    s.norm = d.norm;
+    s.feed_forward = d.feed_forward;
+    s.rope = d.rope;
+    s.post_norms = d.post_norms;
+    s.qk_norm = d.qk_norm;
+    s.residual = d.residual;
+    if (d.residual_from_metadata && file.has(p + "use_parallel_residual"))
+        s.residual = file.get_bool(p + "use_parallel_residual") ? ResidualKind::Parallel : ResidualKind::Sequential;
+    c.norm_eps = file.get_float(p + (d.norm == NormKind::RMSNorm ? "attention.layer_norm_rms_epsilon" : "attention.layer_norm_epsilon"));
+    if (file.has(p + "attention.value_length") &&
+        file.get_uint(p + "attention.value_length") != static_cast<uint64_t>(c.head_dim))
+        throw std::runtime_error(file.origin() + ": " + p + "attention.value_length differs from key_length (not implemented)");
+    c.n_rot = file.has(p + "rope.dimension_count") ? positive_int(file.get_uint(p + "rope.dimension_count"), p + "rope.dimension_count")
+                                                   : c.head_dim;
+    c.rope_freq_base = file.float_or(p + "rope.freq_base", 10000.0);
+    c.rope_layout = d.rope == RopeKind::Normal ? RopeLayout::Normal : RopeLayout::NeoX;
+    const std::string scaling = file.string_or(p + "rope.scaling.type").value_or("none");
+    double position_scale = 1.0;
+    if (scaling == "linear" || (scaling == "none" && file.has(p + "rope.scaling.factor"))) {
+        const double factor = file.get_float(p + "rope.scaling.factor");
+        if (!(factor > 0)) throw std::runtime_error(file.origin() + ": " + p + "rope.scaling.factor must be positive");
+        position_scale = 1.0 / factor;
+    } else if (scaling != "none" && scaling != "") {
+        throw std::runtime_error(file.origin() + ": rope scaling type '" + scaling + "' is not implemented for " + c.architecture_name);
+    }
+    s.embedding_scale = d.embedding_scale ? std::sqrt(double(c.n_embd)) : 1.0;
+    s.attention_scale = 1.0 / std::sqrt(double(c.head_dim));
+    s.final_logit_softcap = file.float_or(p + "final_logit_softcapping", 0.0);
+    if (s.final_logit_softcap < 0) throw std::runtime_error(file.origin() + ": negative final_logit_softcapping");
+
+    // Which layers slide: an explicit per-layer pattern, a group size, or the description's group.
+    const uint64_t window = file.has(p + "attention.sliding_window") ? file.get_uint(p + "attention.sliding_window") : 0;
+    if (window > (1u << 30)) throw std::runtime_error(file.origin() + ": " + p + "attention.sliding_window is out of range");
+    std::vector<bool> sliding(c.n_layer, false);
+    if (window > 0) {
+        const std::string key = p + "attention.sliding_window_pattern";
+        const gguf::Value* pattern = file.find(key);
+        if (pattern && pattern->type() == gguf::ValueType::ARRAY) {
+            const gguf::Array& flags = file.get_array(key);
+            if (flags.element_type() != gguf::ValueType::BOOL || flags.size() != static_cast<size_t>(c.n_layer))
+                throw std::runtime_error(file.origin() + ": " + key + " must hold one bool per layer (" +
+                                         std::to_string(c.n_layer) + ")");
+            for (int il = 0; il < c.n_layer; ++il) sliding[il] = std::get<bool>(flags.at(il).v);
+        } else {
+            const uint64_t group = pattern ? file.get_uint(key) : static_cast<uint64_t>(d.swa_group);
+            for (int il = 0; il < c.n_layer; ++il) sliding[il] = group == 0 || uint64_t(il) % group < group - 1;
+        }
+    }
+    const double local_base = file.float_or(p + "rope.freq_base_swa", 10000.0);
+    for (int il = 0; il < c.n_layer; ++il) {
+        LayerSpec& layer = s.layers.emplace_back();
+        layer.window = sliding[il] ? window : 0;
+        layer.rope = d.no_rope_interval == 0 || (il + 1) % d.no_rope_interval != 0;
+        // Local layers keep the short-context RoPE: their own base, no scaling (as llama.cpp).
+        layer.rope_freq_base = sliding[il] && d.swa_group ? local_base : c.rope_freq_base;
+        layer.rope_position_scale = sliding[il] && d.swa_group ? 1.0 : position_scale;
+    }
+    if (d.mixture_of_experts) {
+        auto count = [&](const std::string& key) { return positive_int(file.get_uint(p + key), p + key); };
+        s.n_expert = count("expert_count");
+        s.n_expert_used = count("expert_used_count");
+        s.n_ff_expert = count("expert_feed_forward_length");
+        if (s.n_expert_used > s.n_expert)
+            throw std::runtime_error(file.origin() + ": " + p + "expert_used_count exceeds expert_count");
+        if (file.has(p + "expert_weights_norm")) s.normalize_expert_weights = file.get_bool(p + "expert_weights_norm");
+    }
+}
+
 }  // namespace
 
 ModelConfig ModelConfig::from_gguf(const gguf::File& file) {
@@ -124,6 +201,8 @@ ModelConfig ModelConfig::from_gguf(const gguf::File& file) {
             c.rope_scaling.kind = RopeScaling::Kind::Linear;
             c.rope_scaling.factor = file.get_float(p + "rope.scaling.factor");
         }
+    } else if (c.architecture == Architecture::Transformer) {
+        read_transformer_spec(file, c);
     } else {
         c.norm_eps = file.get_float(p + "attention.layer_norm_epsilon");
     }
@@ -178,7 +257,7 @@ void ModelConfig::validate() const {
     check(head_dim > 0, "head dimension must be positive");
     check(architecture != Architecture::GPT2 || head_dim * n_head == n_embd,
           "GPT-2 needs embedding_length = head_count x head_dim");
-    check(architecture != Architecture::Llama || (n_rot > 0 && n_rot <= head_dim && n_rot % 2 == 0),
+    check(architecture == Architecture::GPT2 || (n_rot > 0 && n_rot <= head_dim && n_rot % 2 == 0),
           "rope dimension count " + std::to_string(n_rot) + " must be even and at most the head dimension " + std::to_string(head_dim));
     check(norm_eps > 0, "norm epsilon must be positive");
     check(rope_scaling.factor > 0, "rope scaling factor must be positive");

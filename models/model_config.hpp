@@ -7,10 +7,12 @@
 #include <nlohmann/json_fwd.hpp>
 
 #include "format/gguf.hpp"
+#include "models/architecture.hpp"
 
 namespace twinfer {
 
-enum class Architecture { GPT2, Llama };
+// Transformer: every architecture of architecture.hpp's table, run from its TransformerSpec.
+enum class Architecture { GPT2, Llama, Transformer };
 
 // How RoPE pairs the dimensions of a head. Normal: (x[2i], x[2i+1]) — GGUF Llama files, whose
 // converter permuted Q/K for it. NeoX: (x[i], x[i + n_rot/2]) — Hugging Face checkpoints.
@@ -27,7 +29,7 @@ struct RopeScaling {
 
 struct ModelConfig {
     Architecture architecture = Architecture::Llama;
-    std::string architecture_name;   // as the file says: "llama", "gpt2"
+    std::string architecture_name;   // as the file says: "llama", "gpt2", "gemma3", ...
     int n_vocab = 0;
     int n_ctx_train = 0;             // trained context length
     int n_embd = 0;
@@ -41,6 +43,7 @@ struct ModelConfig {
     double rope_freq_base = 10000.0;
     RopeLayout rope_layout = RopeLayout::Normal;
     RopeScaling rope_scaling;
+    TransformerSpec transformer;     // Architecture::Transformer only
 
     int n_embd_kv() const { return n_head_kv * head_dim; }
 

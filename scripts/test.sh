@@ -5,7 +5,8 @@
 # (docs/reliability.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+# The tests also run Gemma 3 270M (TransformerModel against the float64 reference).
+TWINFER_FETCH_GEMMA=1 scripts/setup.sh
 ctest --test-dir build --output-on-failure -j "$(nproc)"
 
 if [ "${TWINFER_SKIP_SANITIZERS:-0}" != 1 ]; then

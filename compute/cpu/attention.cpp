@@ -21,9 +21,11 @@ void attention(Context& ctx, const float* q, const float* keys, const float* val
         float* scores = scratch[thread];
         for (size_t task = begin; task < end; ++task) {
             const size_t t = task / shape.n_head, h = task % shape.n_head;
-            const size_t kv_offset = (h / group) * shape.head_dim;
+            const size_t n_seen = first_position + t + 1;
+            const size_t first = shape.window && n_seen > shape.window ? n_seen - shape.window : 0;
+            const size_t kv_offset = first * shape.kv_stride + (h / group) * shape.head_dim;
             k.attend(q + t * q_stride + h * shape.head_dim, keys + kv_offset, values + kv_offset, shape.kv_stride,
-                     first_position + t + 1, shape.head_dim, shape.scale, scores, out + t * q_stride + h * shape.head_dim);
+                     n_seen - first, shape.head_dim, shape.scale, scores, out + t * q_stride + h * shape.head_dim);
         }
     });
 }

@@ -1,6 +1,7 @@
 #include "compute/elementwise.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <numeric>
 #include <vector>
@@ -35,6 +36,33 @@ void swiglu(Context& ctx, const float* gate, const float* up, size_t n, float* o
 void gelu(Context& ctx, float* x, size_t n) {
     const Kernels& k = kernels(ctx.cpu_isa());
     ctx.pool().parallel_for(n, activation_chunk, [&](size_t begin, size_t end, int) { k.gelu(x + begin, end - begin); });
+}
+
+void gelu_erf(Context& ctx, float* x, size_t n) {
+    ctx.pool().parallel_for(n, activation_chunk, [&](size_t begin, size_t end, int) {
+        for (size_t i = begin; i < end; ++i) x[i] = 0.5f * x[i] * (1.0f + std::erf(x[i] * 0.70710678118654752f));
+    });
+}
+
+void geglu(Context& ctx, const float* gate, const float* up, size_t n, float* out) {
+    const Kernels& k = kernels(ctx.cpu_isa());
+    ctx.pool().parallel_for(n, activation_chunk, [&](size_t begin, size_t end, int) {
+        if (out != gate) std::copy(gate + begin, gate + end, out + begin);
+        k.gelu(out + begin, end - begin);
+        for (size_t i = begin; i < end; ++i) out[i] *= up[i];
+    });
+}
+
+void scale(Context&, float* x, size_t n, float factor) {
+    for (size_t i = 0; i < n; ++i) x[i] *= factor;
+}
+
+void add_scaled(Context&, float* x, const float* y, float factor, size_t n) {
+    for (size_t i = 0; i < n; ++i) x[i] += factor * y[i];
+}
+
+void softcap(Context&, float* x, size_t n, float cap) {
+    for (size_t i = 0; i < n; ++i) x[i] = cap * std::tanh(x[i] / cap);
 }
 
 void argmax(Context&, const float* x, size_t n, int32_t* out) {

@@ -13,6 +13,7 @@
 // units' rate, and S (at most attention_scores_budget bytes, queries taken in chunks) stays in L2
 // or DRAM. Float32 throughout: no tensor-core rounding.
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <stdexcept>
 #include <string>
@@ -602,10 +603,72 @@ __global__ void store_row_kernel(const float* x, size_t width, float* table, con
     if (i < width) table[size_t(*row) * width + i] = x[i];
 }
 
+// Sliding-window attention, one block per (token, head): the window's scores in shared memory,
+// their softmax, then each output dimension's weighted sum of values by one thread. The window
+// bounds the work (at most max_attention_window keys), so no split over the keys is needed.
+constexpr int window_threads = 256;
+
+__device__ float block_reduce(float v, bool is_max, float* scratch) {
+    for (int offset = 16; offset > 0; offset /= 2) {
+        const float other = __shfl_xor_sync(0xffffffffu, v, offset);
+        v = is_max ? fmaxf(v, other) : v + other;
+    }
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    __syncthreads();   // scratch free from the last reduction
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = scratch[0];
+    for (int w = 1; w < int(blockDim.x / 32); ++w) v = is_max ? fmaxf(v, scratch[w]) : v + scratch[w];
+    return v;
+}
+
+__global__ void __launch_bounds__(window_threads)
+windowed_attention_kernel(const float* q, const float* keys, const float* values, int first_position, const int32_t* position,
+                          int n_head, int group, int head_dim, int kv_stride, int window, float scale, float* out) {
+    grid_dependency_wait();
+    extern __shared__ float scores[];   // [window], then 32 floats of reduction scratch
+    float* scratch = scores + window;
+    const int t = blockIdx.x / n_head, h = blockIdx.x % n_head;
+    const int seen = (position ? *position : first_position) + t + 1;
+    const int first = max(0, seen - window), n = seen - first;
+    const float* qh = q + (size_t(t) * n_head + h) * head_dim;
+    const size_t kv_offset = size_t(first) * kv_stride + size_t(h / group) * head_dim;
+    float max_score = -FLT_MAX;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        const float* k = keys + kv_offset + size_t(j) * kv_stride;
+        float dot = 0;
+        for (int d = 0; d < head_dim; ++d) dot += qh[d] * k[d];
+        scores[j] = dot * scale;
+        max_score = fmaxf(max_score, scores[j]);
+    }
+    max_score = block_reduce(max_score, true, scratch);
+    float sum = 0;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) sum += scores[j] = expf(scores[j] - max_score);
+    sum = block_reduce(sum, false, scratch);   // its barriers also publish every score
+    float* oh = out + (size_t(t) * n_head + h) * head_dim;
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+        float acc = 0;
+        for (int j = 0; j < n; ++j) acc += scores[j] * values[kv_offset + size_t(j) * kv_stride + d];
+        oh[d] = acc / sum;
+    }
+}
+
+void windowed_attention(Context& ctx, const float* q, const float* keys, const float* values, size_t n_tokens,
+                        size_t first_position, const int32_t* position, const AttentionShape& shape, float* out) {
+    if (shape.window > max_attention_window)
+        throw std::invalid_argument("attention: a sliding window of " + std::to_string(shape.window) +
+                                    " positions exceeds the CUDA kernel's " + std::to_string(max_attention_window));
+    const size_t shared = (shape.window + 32) * sizeof(float);
+    launch_after_previous(ctx, windowed_attention_kernel, unsigned(n_tokens * shape.n_head), window_threads, shared, q, keys,
+                          values, int(first_position), position, int(shape.n_head), int(shape.n_head / shape.n_head_kv),
+                          int(shape.head_dim), int(shape.kv_stride), int(shape.window), shape.scale, out);
+}
+
 }  // namespace
 
 void attention(Context& ctx, const float* q, const float* keys, const float* values, size_t n_tokens,
                size_t first_position, const AttentionShape& shape, float* out) {
+    if (shape.window) return windowed_attention(ctx, q, keys, values, n_tokens, first_position, nullptr, shape, out);
     if (n_tokens >= min_gemm_tokens && shape.n_head_kv != 0 && shape.n_head % shape.n_head_kv == 0)
         return gemm_attention(ctx, q, keys, values, n_tokens, first_position, shape, out);
     launch_attention(ctx, q, keys, values, n_tokens, first_position, nullptr, 0, shape, out);
@@ -613,6 +676,7 @@ void attention(Context& ctx, const float* q, const float* keys, const float* val
 
 void attention_at(Context& ctx, const float* q, const float* keys, const float* values, const int32_t* position,
                   size_t max_positions, const AttentionShape& shape, float* out) {
+    if (shape.window) return windowed_attention(ctx, q, keys, values, 1, 0, position, shape, out);
     // The output also quantized for the int8 product that reads it next (Wo), where head_dim splits
     // into whole 32-value blocks, saving that product a quantization launch.
     const size_t width = shape.n_head * shape.head_dim;

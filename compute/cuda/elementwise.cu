@@ -38,6 +38,40 @@ __global__ void gelu_kernel(float* x, size_t n) {
     x[i] = 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
 }
 
+__device__ float gelu_tanh(float v) {
+    return 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+}
+
+__global__ void gelu_erf_kernel(float* x, size_t n) {
+    grid_dependency_wait();
+    const size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i < n) x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678118654752f));
+}
+
+__global__ void geglu_kernel(const float* gate, const float* up, size_t n, float* out) {
+    grid_dependency_wait();
+    const size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = gelu_tanh(gate[i]) * up[i];
+}
+
+__global__ void scale_kernel(float* x, size_t n, float factor) {
+    grid_dependency_wait();
+    const size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i < n) x[i] *= factor;
+}
+
+__global__ void add_scaled_kernel(float* x, const float* y, float factor, size_t n) {
+    grid_dependency_wait();
+    const size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i < n) x[i] += factor * y[i];
+}
+
+__global__ void softcap_kernel(float* x, size_t n, float cap) {
+    grid_dependency_wait();
+    const size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i < n) x[i] = cap * tanhf(x[i] / cap);
+}
+
 // One block: each thread scans a strided slice, then the block reduces (value, index) pairs,
 // keeping the lower index on ties.
 __global__ void argmax_kernel(const float* x, size_t n, int32_t* out) {
@@ -125,6 +159,31 @@ void swiglu(Context& ctx, const float* gate, const float* up, size_t n, float* o
 void gelu(Context& ctx, float* x, size_t n) {
     if (n == 0) return;
     launch_after_previous(ctx, gelu_kernel, blocks_for(n, threads), threads, 0, x, n);
+}
+
+void gelu_erf(Context& ctx, float* x, size_t n) {
+    if (n == 0) return;
+    launch_after_previous(ctx, gelu_erf_kernel, blocks_for(n, threads), threads, 0, x, n);
+}
+
+void geglu(Context& ctx, const float* gate, const float* up, size_t n, float* out) {
+    if (n == 0) return;
+    launch_after_previous(ctx, geglu_kernel, blocks_for(n, threads), threads, 0, gate, up, n, out);
+}
+
+void scale(Context& ctx, float* x, size_t n, float factor) {
+    if (n == 0) return;
+    launch_after_previous(ctx, scale_kernel, blocks_for(n, threads), threads, 0, x, n, factor);
+}
+
+void add_scaled(Context& ctx, float* x, const float* y, float factor, size_t n) {
+    if (n == 0) return;
+    launch_after_previous(ctx, add_scaled_kernel, blocks_for(n, threads), threads, 0, x, y, factor, n);
+}
+
+void softcap(Context& ctx, float* x, size_t n, float cap) {
+    if (n == 0) return;
+    launch_after_previous(ctx, softcap_kernel, blocks_for(n, threads), threads, 0, x, n, cap);
 }
 
 void argmax(Context& ctx, const float* x, size_t n, int32_t* out) {

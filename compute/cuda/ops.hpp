@@ -76,6 +76,11 @@ void add(Context& ctx, float* x, const float* y, size_t n);
 void add_bias(Context& ctx, float* x, const float* bias, size_t n_rows, size_t n);
 void swiglu(Context& ctx, const float* gate, const float* up, size_t n, float* out);
 void gelu(Context& ctx, float* x, size_t n);
+void gelu_erf(Context& ctx, float* x, size_t n);
+void geglu(Context& ctx, const float* gate, const float* up, size_t n, float* out);
+void scale(Context& ctx, float* x, size_t n, float factor);
+void add_scaled(Context& ctx, float* x, const float* y, float factor, size_t n);
+void softcap(Context& ctx, float* x, size_t n, float cap);
 
 // out[0] = the index of the largest of x[0..n) (the first, on ties): greedy decoding without
 // copying the logits back.

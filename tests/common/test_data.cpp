@@ -16,6 +16,7 @@ std::filesystem::path models_dir() { return from_env("TWINFER_MODELS", TWINFER_D
 std::filesystem::path repo_root() { return from_env("TWINFER_REPO", TWINFER_DEFAULT_REPO); }
 std::filesystem::path twinfer_binary() { return from_env("TWINFER_BIN", TWINFER_DEFAULT_BIN); }
 std::filesystem::path smollm2_path() { return models_dir() / "SmolLM2-135M-Instruct.Q4_1.gguf"; }
+std::filesystem::path gemma3_path() { return models_dir() / "gemma-3-270m-it-Q4_K_M.gguf"; }
 
 std::filesystem::path scratch_dir() {
     static const std::filesystem::path dir = [] {

@@ -12,6 +12,7 @@ std::filesystem::path models_dir();        // models/ (the default model, downlo
 std::filesystem::path repo_root();
 std::filesystem::path twinfer_binary();
 std::filesystem::path smollm2_path();      // models/SmolLM2-135M-Instruct.Q4_1.gguf
+std::filesystem::path gemma3_path();       // models/gemma-3-270m-it-Q4_K_M.gguf (setup fetches it for the tests)
 std::filesystem::path scratch_dir();       // a fresh temporary folder per test process
 
 }  // namespace twinfer::test

@@ -1,0 +1,328 @@
+#include "models/transformer_model.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <stdexcept>
+#include <string>
+
+#include "compute/elementwise.hpp"
+#include "compute/memory.hpp"
+#include "compute/norm.hpp"
+
+namespace twinfer {
+namespace {
+
+// The activation buffers of one forward pass, by name; widths in TransformerModel::reserve_workspace.
+// XN2: the parallel block's FFN input; O: an output normalized before its residual add (sandwich
+// norms); EXPERT: one expert's output row.
+enum Buffer { X, XN, XN2, Q, KCUR, VCUR, ATT, O, GATE, UP, LOGITS, EXPERT, N_BUFFERS };
+
+// Rows [first, first + count) of a matrix: a fused QKV or gate+up split where it lies.
+compute::WeightMatrix row_slice(const compute::WeightMatrix& w, size_t first, size_t count) {
+    return {w.type, count, w.cols, w.data + first * w.row_bytes(), w.planar};
+}
+
+}  // namespace
+
+TransformerModel::TransformerModel(std::shared_ptr<const gguf::File> file, ModelConfig config, const F32Options& options)
+    : F32ModelBase(std::move(file), std::move(config), options, LOGITS) {}
+
+TransformerModel TransformerModel::load(std::shared_ptr<const gguf::File> file, const F32Options& options) {
+    if (!file) throw std::invalid_argument("TransformerModel::load: no file");
+    ModelConfig c = ModelConfig::from_gguf(*file);
+    if (c.architecture != Architecture::Transformer)
+        throw std::runtime_error(file->origin() + ": TransformerModel runs " + transformer_architecture_names() + ", not '" +
+                                 c.architecture_name + "'");
+    const TransformerSpec& spec = c.transformer;
+    const size_t E = c.n_embd, F = c.n_ff, V = c.n_vocab, D = c.head_dim, QD = c.n_head * D, KVD = c.n_embd_kv();
+    if (spec.n_expert > 0 && spec.post_norms)
+        throw std::runtime_error(file->origin() + ": experts with sandwich norms are not implemented");
+    for (const LayerSpec& layer : spec.layers)
+        if (options.device == compute::Device::CUDA && layer.window > compute::max_attention_window)
+            throw std::runtime_error(file->origin() + ": a sliding window of " + std::to_string(layer.window) +
+                                     " positions exceeds the CUDA attention's " + std::to_string(compute::max_attention_window));
+
+    F32Options model_options = options;
+    // The experts a token takes are chosen on the host, which a captured graph cannot do.
+    if (spec.n_expert > 0) model_options.cuda_graph = false;
+    check_device_memory(options.device, *file,
+                        KvCache::bytes(c.n_layer, 1, context_length(options, c.n_ctx_train), c.n_embd_kv()));
+    TransformerModel m(file, c, model_options);
+    const F32WeightLoader load(*file);
+    auto place = [&](const compute::WeightMatrix& w) { return compute::place_weights(m.ctx_, w, m.device_weights_); };
+    auto matrix = [&](const std::string& name, size_t rows, size_t cols) { return place(load.matrix(name, rows, cols)); };
+    auto floats = [&](const std::vector<float>& values) { return DeviceFloats(m.ctx_, values); };
+    auto slice = [](const std::vector<float>& v, size_t first, size_t count) {
+        return v.empty() ? v : std::vector<float>(v.begin() + std::ptrdiff_t(first), v.begin() + std::ptrdiff_t(first + count));
+    };
+    auto norm = [&](const std::string& name, bool required) {
+        Norm n;
+        if (!required && !load.has(name + ".weight")) return n;
+        n.weight = floats(load.vector(name + ".weight", E));
+        if (spec.norm == NormKind::LayerNorm) {
+            std::vector<float> bias = load.optional_vector(name + ".bias", E);
+            n.bias = floats(bias.empty() ? std::vector<float>(E, 0.0f) : bias);
+        }
+        return n;
+    };
+    // Experts: a [n_expert, rows, cols] tensor (ggml dims [cols, rows, n_expert]), one matrix each.
+    auto experts = [&](const std::string& name, size_t rows, size_t cols) {
+        const gguf::TensorInfo* t = file->find_tensor(name);
+        const size_t n = spec.n_expert;
+        if (!t) throw std::runtime_error(file->origin() + ": tensor " + name + " is missing");
+        if (t->dims != std::vector<uint64_t>{cols, rows, n})
+            throw std::runtime_error(file->origin() + ": tensor " + name + " has the wrong shape for " + std::to_string(n) +
+                                     " experts of [" + std::to_string(rows) + ", " + std::to_string(cols) + "]");
+        if (!compute::matmul_supports(t->type))
+            throw std::runtime_error(file->origin() + ": tensor " + name + ": no matmul kernel for its type");
+        const compute::WeightMatrix all{t->type, rows * n, cols, t->data.data()};
+        std::vector<compute::WeightMatrix> each;
+        for (size_t e = 0; e < n; ++e) each.push_back(place(row_slice(all, e * rows, rows)));
+        return each;
+    };
+
+    m.token_embd_ = matrix("token_embd.weight", V, E);
+    m.output_ = load.has("output.weight") ? matrix("output.weight", V, E) : m.token_embd_;
+    m.output_norm_ = norm("output_norm", true);
+    for (int il = 0; il < c.n_layer; ++il) {
+        const std::string p = "blk." + std::to_string(il) + ".";
+        const LayerSpec& layer = spec.layers[il];
+        Layer& L = m.layers_.emplace_back();
+        L.attn_norm = norm(p + "attn_norm", true);
+        if (load.has(p + "attn_qkv.weight")) {
+            const compute::WeightMatrix qkv = load.matrix(p + "attn_qkv.weight", QD + 2 * KVD, E);
+            L.wq = place(row_slice(qkv, 0, QD)), L.wk = place(row_slice(qkv, QD, KVD)), L.wv = place(row_slice(qkv, QD + KVD, KVD));
+            const std::vector<float> b = load.optional_vector(p + "attn_qkv.bias", QD + 2 * KVD);
+            L.bq = floats(slice(b, 0, QD)), L.bk = floats(slice(b, QD, KVD)), L.bv = floats(slice(b, QD + KVD, KVD));
+        } else {
+            L.wq = matrix(p + "attn_q.weight", QD, E);
+            L.wk = matrix(p + "attn_k.weight", KVD, E);
+            L.wv = matrix(p + "attn_v.weight", KVD, E);
+            L.bq = floats(load.optional_vector(p + "attn_q.bias", QD));
+            L.bk = floats(load.optional_vector(p + "attn_k.bias", KVD));
+            L.bv = floats(load.optional_vector(p + "attn_v.bias", KVD));
+        }
+        L.wo = matrix(p + "attn_output.weight", E, QD);
+        L.bo = floats(load.optional_vector(p + "attn_output.bias", E));
+        if (spec.qk_norm) {
+            L.q_norm = floats(load.vector(p + "attn_q_norm.weight", D));
+            L.k_norm = floats(load.vector(p + "attn_k_norm.weight", D));
+        }
+        if (spec.post_norms) {
+            L.attn_post_norm = norm(p + "post_attention_norm", true);
+            L.ffn_post_norm = norm(p + "post_ffw_norm", true);
+        }
+        L.ffn_norm = norm(p + "ffn_norm", spec.residual == ResidualKind::Sequential);
+        if (spec.n_expert > 0) {
+            L.router = matrix(p + "ffn_gate_inp.weight", spec.n_expert, E);
+            const size_t FE = spec.n_ff_expert;
+            const auto gate = experts(p + "ffn_gate_exps.weight", FE, E), up = experts(p + "ffn_up_exps.weight", FE, E);
+            const auto down = experts(p + "ffn_down_exps.weight", E, FE);
+            for (int e = 0; e < spec.n_expert; ++e) L.experts.push_back({gate[e], up[e], down[e]});
+        } else {
+            const bool gated = spec.feed_forward == FeedForwardKind::SwiGLU || spec.feed_forward == FeedForwardKind::GeGLU;
+            if (gated && !load.has(p + "ffn_gate.weight")) {
+                const compute::WeightMatrix gate_up = load.matrix(p + "ffn_up.weight", 2 * F, E);
+                L.w_gate = place(row_slice(gate_up, 0, F)), L.w_up = place(row_slice(gate_up, F, F));
+            } else {
+                if (gated) L.w_gate = matrix(p + "ffn_gate.weight", F, E);
+                L.w_up = matrix(p + "ffn_up.weight", F, E);
+                L.b_up = floats(load.optional_vector(p + "ffn_up.bias", F));
+            }
+            L.w_down = matrix(p + "ffn_down.weight", E, F);
+            L.b_down = floats(load.optional_vector(p + "ffn_down.bias", E));
+        }
+        L.rope = {.pairing = spec.rope == RopeKind::Normal ? compute::RopeParams::Pairing::Adjacent
+                                                           : compute::RopeParams::Pairing::Halves,
+                  .n_rot = static_cast<size_t>(c.n_rot),
+                  .freq_base = layer.rope_freq_base,
+                  .position_scale = layer.rope_position_scale,
+                  .freq_factors = nullptr};
+        L.attention = {.n_head = static_cast<size_t>(c.n_head),
+                       .n_head_kv = static_cast<size_t>(c.n_head_kv),
+                       .head_dim = D,
+                       .kv_stride = KVD,
+                       .scale = static_cast<float>(spec.attention_scale),
+                       .window = layer.window};
+    }
+    return m;
+}
+
+void TransformerModel::reserve_workspace(size_t n_tokens) {
+    const ModelConfig& c = config_;
+    const size_t E = c.n_embd, V = c.n_vocab, QD = c.n_head * c.head_dim, KVD = c.n_embd_kv();
+    const size_t F = std::max<size_t>(c.n_ff, c.transformer.n_ff_expert);
+    const size_t widths[N_BUFFERS] = {E, E, E, QD, KVD, KVD, QD, E, F, F, V, E};
+    workspace_.reserve(options_.device, n_tokens, widths);
+}
+
+void TransformerModel::normalize(const Norm& norm, const float* x, size_t n_rows, float* out) {
+    const size_t E = config_.n_embd;
+    const float eps = static_cast<float>(config_.norm_eps);
+    if (config_.transformer.norm == NormKind::RMSNorm) return compute::rms_norm(ctx_, x, norm.weight.data(), n_rows, E, eps, out);
+    compute::layer_norm(ctx_, x, norm.weight.data(), norm.bias.data(), n_rows, E, eps, out);
+}
+
+// Shapes: T new tokens, E = n_embd, H heads and Hkv KV heads of D dims, F = n_ff, V = n_vocab.
+// The pass GPTModel::transformer_forward computes in float64, step for step.
+void TransformerModel::enqueue_forward(const int32_t* ids, size_t T, size_t p0, const int32_t* device_position,
+                                       size_t n_out) {
+    const ModelConfig& c = config_;
+    const TransformerSpec& spec = c.transformer;
+    const size_t E = c.n_embd, H = c.n_head, Hkv = c.n_head_kv, D = c.head_dim, QD = H * D, KVD = Hkv * D;
+    const float eps = static_cast<float>(c.norm_eps);
+    const compute::Activations activations = activations_for(options_);
+    float *x = workspace_.buffer(X), *xn = workspace_.buffer(XN), *q = workspace_.buffer(Q), *att = workspace_.buffer(ATT);
+    float *o = workspace_.buffer(O), *logits = workspace_.buffer(LOGITS);
+
+    compute::get_rows(ctx_, token_embd_, ids, T, x);                                 // x: [T, E]
+    if (spec.embedding_scale != 1.0) compute::scale(ctx_, x, T * E, static_cast<float>(spec.embedding_scale));
+    observe(ctx_, observer_, "inp_embd", -1, x, T * E);
+    for (size_t il = 0; il < layers_.size(); ++il) {
+        const Layer& L = layers_[il];
+        const bool rope = spec.layers[il].rope;
+        float* keys = cache_.keys(il, slot_);                                        // [n_ctx, KVD]
+        float* values = cache_.values(il, slot_);
+        // This call's K and V rows: straight into the cache at p0, or (a decode step) beside it,
+        // stored at the device's position after RoPE.
+        float* k = device_position ? workspace_.buffer(KCUR) : keys + p0 * KVD;     // [T, KVD]
+        float* v = device_position ? workspace_.buffer(VCUR) : values + p0 * KVD;
+
+        // Attention: q, k, v = W xn + b; QK-norm per head; RoPE (not in a NoPE layer); attention
+        // over the layer's window.
+        normalize(L.attn_norm, x, T, xn);                                            // xn: [T, E]
+        observe(ctx_, observer_, "attn_norm", il, xn, T * E);
+        const compute::MatmulOutput qkv[] = {{L.wq, q}, {L.wk, k}, {L.wv, v}};       // q: [T, H, D]; k, v: [T, Hkv, D]
+        compute::matmul(ctx_, qkv, xn, T, activations);
+        if (!L.bq.empty()) compute::add_bias(ctx_, q, L.bq.data(), T, QD);
+        if (!L.bk.empty()) compute::add_bias(ctx_, k, L.bk.data(), T, KVD);
+        if (!L.bv.empty()) compute::add_bias(ctx_, v, L.bv.data(), T, KVD);
+        if (spec.qk_norm) {
+            compute::rms_norm(ctx_, q, L.q_norm.data(), T * H, D, eps, q);
+            compute::rms_norm(ctx_, k, L.k_norm.data(), T * Hkv, D, eps, k);
+        }
+        if (device_position) {
+            if (rope) compute::rope_store_at(ctx_, q, H, k, v, Hkv, D, device_position, L.rope, keys, values);
+            else compute::store_row(ctx_, k, KVD, keys, device_position), compute::store_row(ctx_, v, KVD, values, device_position);
+        } else if (rope) {
+            compute::rope(ctx_, q, T, QD, H, D, p0, L.rope);
+            compute::rope(ctx_, k, T, KVD, Hkv, D, p0, L.rope);
+        }
+        observe(ctx_, observer_, "Qcur", il, q, T * QD);
+        observe(ctx_, observer_, "Kcur", il, k, T * KVD);
+        if (device_position)
+            compute::attention_at(ctx_, q, keys, values, device_position, cache_.n_ctx(), L.attention, att);
+        else
+            compute::attention(ctx_, q, keys, values, T, p0, L.attention, att);      // att: [T, H, D]
+        observe(ctx_, observer_, "kqv_out", il, att, T * QD);
+
+        // The parallel block's FFN reads the layer's input, normalized before the attention adds to it.
+        const float* ffn_in = xn;
+        if (spec.residual == ResidualKind::Parallel && !L.ffn_norm.weight.empty()) {
+            normalize(L.ffn_norm, x, T, workspace_.buffer(XN2));
+            ffn_in = workspace_.buffer(XN2);
+        }
+        if (spec.post_norms) {                                                       // x += post_norm(Wo att + bo)
+            const compute::MatmulOutput out{L.wo, o};
+            compute::matmul(ctx_, std::span(&out, 1), att, T, activations);
+            if (!L.bo.empty()) compute::add_bias(ctx_, o, L.bo.data(), T, E);
+            normalize(L.attn_post_norm, o, T, o);
+            compute::add(ctx_, x, o, T * E);
+        } else {
+            residual_project(ctx_, L.wo, L.bo, att, T, x, activations);              // x += Wo att + bo
+        }
+        observe(ctx_, observer_, "ffn_inp", il, x, T * E);
+
+        if (spec.residual == ResidualKind::Sequential) {
+            normalize(L.ffn_norm, x, T, xn);
+            ffn_in = xn;
+        }
+        if (spec.post_norms) {                                                       // x += post_norm(ffn(xn))
+            feed_forward(L, ffn_in, T, o, false);
+            normalize(L.ffn_post_norm, o, T, o);
+            compute::add(ctx_, x, o, T * E);
+        } else {
+            feed_forward(L, ffn_in, T, x, true);                                     // x += ffn(xn)
+        }
+        observe(ctx_, observer_, "l_out", il, x, T * E);
+    }
+
+    const float* last = x + (T - n_out) * E;                                         // the rows asked for
+    normalize(output_norm_, last, n_out, xn);                                        // xn: [n_out, E]
+    observe(ctx_, observer_, "result_norm", -1, xn, n_out * E);
+    const compute::MatmulOutput output{output_, logits};
+    compute::matmul(ctx_, std::span(&output, 1), xn, n_out, activations);            // logits: [n_out, V]
+    if (spec.final_logit_softcap > 0)
+        compute::softcap(ctx_, logits, n_out * c.n_vocab, static_cast<float>(spec.final_logit_softcap));
+}
+
+void TransformerModel::feed_forward(const Layer& L, const float* h, size_t T, float* y, bool accumulate) {
+    const ModelConfig& c = config_;
+    const size_t E = c.n_embd, F = c.n_ff;
+    const compute::Activations activations = activations_for(options_);
+    if (!L.experts.empty()) return mixture_of_experts(L, h, T, y);
+    float *gate = workspace_.buffer(GATE), *up = workspace_.buffer(UP);             // [T, F]
+    switch (c.transformer.feed_forward) {
+        case FeedForwardKind::SwiGLU:
+            compute::matmul_swiglu(ctx_, L.w_gate, L.w_up, h, T, gate, up, activations);
+            break;
+        case FeedForwardKind::GeGLU: {
+            const compute::MatmulOutput outputs[] = {{L.w_gate, gate}, {L.w_up, up}};
+            compute::matmul(ctx_, outputs, h, T, activations);
+            compute::geglu(ctx_, gate, up, T * F, gate);
+            break;
+        }
+        case FeedForwardKind::GeluTanh:
+        case FeedForwardKind::GeluErf: {
+            const compute::MatmulOutput output{L.w_up, gate};
+            compute::matmul(ctx_, std::span(&output, 1), h, T, activations);
+            if (!L.b_up.empty()) compute::add_bias(ctx_, gate, L.b_up.data(), T, F);
+            if (c.transformer.feed_forward == FeedForwardKind::GeluTanh) compute::gelu(ctx_, gate, T * F);
+            else compute::gelu_erf(ctx_, gate, T * F);
+            break;
+        }
+    }
+    if (accumulate) return residual_project(ctx_, L.w_down, L.b_down, gate, T, y, activations);
+    const compute::MatmulOutput output{L.w_down, y};
+    compute::matmul(ctx_, std::span(&output, 1), gate, T, activations);
+    if (!L.b_down.empty()) compute::add_bias(ctx_, y, L.b_down.data(), T, E);
+}
+
+// y += sum over each token's top-k experts of weight_e * expert_e(h): the router's softmax over
+// all experts, the k largest kept (the lower index first on ties) and renormalized when the spec
+// says so. The choice is made on the host, so only the chosen experts' weights are read.
+void TransformerModel::mixture_of_experts(const Layer& L, const float* h, size_t T, float* y) {
+    const TransformerSpec& spec = config_.transformer;
+    const size_t E = config_.n_embd, X = spec.n_expert, K = spec.n_expert_used;
+    const compute::Activations activations = activations_for(options_);
+    float *gate = workspace_.buffer(GATE), *up = workspace_.buffer(UP), *expert_out = workspace_.buffer(EXPERT);
+    float* router = workspace_.buffer(O);                                            // [T, X] (O is E wide: X <= E checked below)
+    if (X > E) throw std::runtime_error("mixture of experts: more experts than the embedding width is not implemented");
+    const compute::MatmulOutput output{L.router, router};
+    compute::matmul(ctx_, std::span(&output, 1), h, T, activations);
+    router_logits_.resize(T * X);
+    compute::download(ctx_, router_logits_.data(), router, T * X * sizeof(float));
+    std::vector<size_t> order(X);
+    std::vector<double> p(X);
+    for (size_t t = 0; t < T; ++t) {
+        const float* logits = router_logits_.data() + t * X;
+        const double max_logit = *std::max_element(logits, logits + X);
+        double sum = 0;
+        for (size_t e = 0; e < X; ++e) sum += p[e] = std::exp(double(logits[e]) - max_logit);
+        std::iota(order.begin(), order.end(), size_t{0});
+        std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return p[a] > p[b]; });
+        double chosen = 0;
+        for (size_t j = 0; j < K; ++j) chosen += p[order[j]];
+        for (size_t j = 0; j < K; ++j) {
+            const Expert& expert = L.experts[order[j]];
+            const double weight = spec.normalize_expert_weights ? p[order[j]] / chosen : p[order[j]] / sum;
+            compute::matmul_swiglu(ctx_, expert.gate, expert.up, h + t * E, 1, gate, up, activations);
+            const compute::MatmulOutput down{expert.down, expert_out};
+            compute::matmul(ctx_, std::span(&down, 1), gate, 1, activations);
+            compute::add_scaled(ctx_, y + t * E, expert_out, static_cast<float>(weight), E);
+        }
+    }
+}
+
+}  // namespace twinfer

