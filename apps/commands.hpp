@@ -22,5 +22,6 @@ void register_run(CLI::App& app);
 void register_chat(CLI::App& app);
 void register_bench(CLI::App& app);
 void register_eval(CLI::App& app);   // perplexity, verify
+void register_serve(CLI::App& app);
 
 }  // namespace twinfer::cli

@@ -45,6 +45,7 @@ int main(int argc, char** argv) {
     twinfer::cli::register_chat(app);
     twinfer::cli::register_bench(app);
     twinfer::cli::register_eval(app);
+    twinfer::cli::register_serve(app);
     // Exit codes (docs/user-guide.md): 2 for a usage or input mistake the user can fix, 1 for a
     // failure while running, 130 when Ctrl-C interrupted `run`, 0 otherwise.
     try {

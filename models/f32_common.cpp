@@ -252,6 +252,15 @@ void project_qkv(compute::Context& ctx, std::span<const compute::MatmulOutput, 3
     compute::rope(ctx, k, T, KVD, n_head_kv, head_dim, p0, rope);
 }
 
+void copy_on_device(compute::Context& ctx, void* dst, const void* src, size_t bytes) {
+    if (bytes == 0) return;
+#ifdef TWINFER_WITH_CUDA
+    if (ctx.device() == compute::Device::CUDA) return compute::cuda::copy_async(ctx, dst, src, bytes);
+#endif
+    if (ctx.device() != compute::Device::CPU) compute::throw_backend_unavailable("copy_on_device", ctx.device());
+    std::memcpy(dst, src, bytes);
+}
+
 size_t context_length(const F32Options& options, size_t n_ctx_train) {
     return options.n_ctx == 0 ? n_ctx_train : options.n_ctx;
 }

@@ -16,6 +16,7 @@
 #include "compute/context.hpp"
 #include "compute/elementwise.hpp"
 #include "compute/matmul.hpp"
+#include "compute/memory.hpp"
 #include "compute/rope.hpp"
 #ifdef TWINFER_WITH_CUDA
 #include "compute/cuda/runtime.hpp"
@@ -184,6 +185,51 @@ void project_qkv(compute::Context& ctx, std::span<const compute::MatmulOutput, 3
 
 size_t context_length(const F32Options& options, size_t n_ctx_train);
 
+// dst <- src, both in the context's device memory (regions may not overlap).
+void copy_on_device(compute::Context& ctx, void* dst, const void* src, size_t bytes);
+
+// How a batched pass (F32ModelBase::forward_rows) computes a row's matrix products. Single: the
+// row alone, as the decode step does (matrix-vector products with the model's activations, e.g.
+// int8x2 on the CPU). Tiled: together with the pass's other Tiled rows in one tiled product
+// (compute::matmul over many tokens: weights dequantized once per pass, float activations). Either
+// way a row's values do not depend on the other rows of the pass: that is what makes a request's
+// greedy ids independent of what else runs beside it.
+enum class RowProducts { Single, Tiled };
+
+// compute::matmul computes fewer than this many tokens as one matrix-vector product each
+// (compute/cpu/matmul.cpp, min_gemm_tokens) and more as a tiled product; so a pass pads its Tiled
+// rows up to this many, and a lone Tiled row is computed as it would be among others.
+// tests/server/batched_rows_test.cpp fails if the two disagree.
+constexpr size_t rows_for_tiled_products = 4;
+
+// One row of a batched pass: `token` fed to KV-cache slot `slot` after what the slot holds.
+struct SlotToken {
+    size_t slot = 0;
+    Token token = 0;
+    bool logits = false;                        // hand back this row's logits
+    RowProducts products = RowProducts::Single;
+};
+
+// The rows of a batched pass as a model's enqueue_rows receives them: consecutive rows of one
+// slot, fed at consecutive positions.
+struct SlotRun {
+    size_t slot = 0;
+    size_t first_row = 0;
+    size_t n_rows = 0;
+    size_t first_position = 0;
+};
+struct RowBatch {
+    const int32_t* ids = nullptr;        // [n_padded] token ids in device memory
+    size_t n_rows = 0;                   // rows fed: Single rows [0, n_single), then Tiled rows
+    size_t n_single = 0;
+    size_t n_padded = 0;                 // rows the Tiled products compute: the Tiled ones padded
+                                         // to rows_for_tiled_products with copies of the last
+    std::vector<SlotRun> runs;           // every fed row in exactly one run, in row order
+    std::vector<size_t> logit_rows;      // rows whose logits are asked, ascending
+    RowProducts logits_products = RowProducts::Single;   // how the output product computes them
+    size_t n_logits_padded = 0;          // logit_rows.size(), padded as n_padded for Tiled
+};
+
 // The GPTInference interface of an F32 model around its forward pass: the choice between a
 // prompt and a decode step, the decode step (a CUDA graph) with its argmax, and the state they
 // use. Derived (CRTP, a friend) supplies its weights, loading, and these:
@@ -192,6 +238,14 @@ size_t context_length(const F32Options& options, size_t n_ctx_train);
 //                                              // the forward pass, up to the logits in its logits buffer
 // A model whose pass takes more inputs than the token ids (GPT-2's learned positions) declares
 // its own enqueue_prompt and enqueue_decode_step, which hide the ones here.
+// A model may also supply the batched pass of several sequences (forward_rows):
+//   void enqueue_rows(const RowBatch& batch);  // every row at its slot and position, up to the
+//                                              // logits of batch.logit_rows in its logits buffer
+// Without it forward_rows runs each slot's rows through forward(), one sequence after another.
+//
+// The KV cache has slots (set_slot_count): independent sequences. forward, forward_greedy,
+// forward_top_k, n_past, clear_cache and truncate_cache act on the selected one (select_slot;
+// slot 0 by default); forward_rows feeds any of them.
 template <class Derived>
 class F32ModelBase {
 public:
@@ -248,6 +302,46 @@ public:
     const F32Options& options() const { return options_; }
     void set_observer(F32Observer observer) { observer_ = std::move(observer); }
 
+    size_t n_slots() const { return cache_.n_slots(); }
+    // Replaces the KV cache by one of n_slots empty slots of n_ctx() positions each (on the CPU
+    // untouched positions cost address space only; on a GPU the memory is checked first).
+    void set_slot_count(size_t n_slots) {
+        if (n_slots == 0) throw std::invalid_argument("set_slot_count: a cache needs at least one slot");
+        check_slot_memory(n_slots);
+        cache_ = KvCache(options_.device, config_.n_layer, n_slots, cache_.n_ctx(), config_.n_embd_kv());
+        slot_ = 0;
+    }
+    void select_slot(size_t slot) {
+        if (slot >= cache_.n_slots())
+            throw std::out_of_range("select_slot: slot " + std::to_string(slot) + " of " + std::to_string(cache_.n_slots()));
+        slot_ = slot;
+    }
+    size_t slot_length(size_t slot) const { return cache_.length(slot); }
+    void truncate_slot(size_t slot, size_t n) { cache_.truncate(slot, n); }
+
+    // Whether Derived has its own batched pass (enqueue_rows) or forward_rows feeds one slot
+    // after another.
+    static constexpr bool has_batched_pass() { return requires(Derived& d, const RowBatch& b) { d.enqueue_rows(b); }; }
+    // One pass over rows of several sequences: each row's token is fed to its slot after what
+    // the slot holds (rows of one slot adjacent and in order; Single rows before Tiled ones).
+    // Returns the logits of the rows with `logits` set, in row order, computed as logits_products
+    // says. Throws ContextOverflow (no slot changed) when a slot's rows would not fit,
+    // std::out_of_range for a bad slot or token id, std::invalid_argument for rows out of order.
+    Logits forward_rows(std::span<const SlotToken> rows, RowProducts logits_products = RowProducts::Single) {
+        RowBatch batch = plan_rows(rows, logits_products);
+        if constexpr (has_batched_pass()) {
+            std::vector<int32_t> ids(batch.n_padded);
+            for (size_t i = 0; i < ids.size(); ++i) ids[i] = rows[std::min(i, rows.size() - 1)].token;
+            derived().reserve_workspace(batch.n_padded);
+            batch.ids = upload_ids(ctx_, ids, ids_);
+            derived().enqueue_rows(batch);
+            for (const SlotRun& run : batch.runs) cache_.commit(run.slot, run.n_rows);
+            return download_logits(ctx_, workspace_.buffer(logits_buffer_), batch.logit_rows.size(), config_.n_vocab);
+        } else {
+            return forward_runs_one_by_one(rows, batch);
+        }
+    }
+
 protected:
     // logits_buffer: the workspace buffer Derived's enqueue_forward leaves the logits in.
     F32ModelBase(std::shared_ptr<const gguf::File> file, ModelConfig config, const F32Options& options,
@@ -263,6 +357,81 @@ protected:
     void enqueue_prompt(std::span<const Token> ids, size_t p0, size_t n_out) {
         derived().enqueue_forward(upload_ids(ctx_, ids, ids_), ids.size(), p0, nullptr, n_out);
     }
+    // A batch's runs, positions and padding; checks everything forward_rows promises to check
+    // before the cache changes.
+    RowBatch plan_rows(std::span<const SlotToken> rows, RowProducts logits_products) const {
+        if (rows.empty()) throw std::invalid_argument("forward_rows: no rows");
+        RowBatch batch;
+        batch.n_rows = rows.size();
+        batch.logits_products = logits_products;
+        std::vector<bool> seen(cache_.n_slots(), false);
+        for (size_t i = 0; i < rows.size(); ++i) {
+            const SlotToken& row = rows[i];
+            if (row.slot >= cache_.n_slots())
+                throw std::out_of_range("forward_rows: row " + std::to_string(i) + " names slot " + std::to_string(row.slot) +
+                                        " of " + std::to_string(cache_.n_slots()));
+            check_token_ids(std::span<const Token>(&row.token, 1), config_.n_vocab);
+            if (row.products == RowProducts::Single) {
+                if (batch.n_single != i)
+                    throw std::invalid_argument("forward_rows: row " + std::to_string(i) + " is Single after a Tiled row");
+                ++batch.n_single;
+            }
+            if (row.logits) batch.logit_rows.push_back(i);
+            if (!batch.runs.empty() && batch.runs.back().slot == row.slot) {
+                ++batch.runs.back().n_rows;
+                continue;
+            }
+            if (seen[row.slot])
+                throw std::invalid_argument("forward_rows: the rows of slot " + std::to_string(row.slot) + " are not adjacent");
+            seen[row.slot] = true;
+            batch.runs.push_back({row.slot, i, 1, cache_.length(row.slot)});
+        }
+        for (const SlotRun& run : batch.runs) cache_.reserve(run.slot, run.n_rows);
+        const size_t n_tiled = batch.n_rows - batch.n_single;
+        batch.n_padded = batch.n_single + (n_tiled ? std::max(n_tiled, rows_for_tiled_products) : 0);
+        batch.n_logits_padded = logits_products == RowProducts::Tiled && !batch.logit_rows.empty()
+                                    ? std::max(batch.logit_rows.size(), rows_for_tiled_products)
+                                    : batch.logit_rows.size();
+        batch.n_padded = std::max(batch.n_padded, batch.n_logits_padded);
+        return batch;
+    }
+    // forward_rows for a model without enqueue_rows: each run through forward() in its slot.
+    Logits forward_runs_one_by_one(std::span<const SlotToken> rows, const RowBatch& batch) {
+        Logits result{static_cast<size_t>(config_.n_vocab), batch.logit_rows.size(), {}};
+        result.values.reserve(result.n_positions * config_.n_vocab);
+        const size_t selected = slot_;
+        try {
+            for (const SlotRun& run : batch.runs) {
+                const auto run_rows = rows.subspan(run.first_row, run.n_rows);
+                std::vector<Token> ids;
+                size_t n_logit_rows = 0;
+                for (const SlotToken& row : run_rows) ids.push_back(row.token), n_logit_rows += row.logits;
+                slot_ = run.slot;
+                const bool only_last = n_logit_rows == 0 || (n_logit_rows == 1 && run_rows.back().logits);
+                const Logits logits = forward(ids, only_last ? LogitsMode::Last : LogitsMode::All);
+                for (size_t i = 0; i < run_rows.size(); ++i) {
+                    if (!run_rows[i].logits) continue;
+                    const auto row = only_last ? logits.last() : logits.row(i);
+                    result.values.insert(result.values.end(), row.begin(), row.end());
+                }
+            }
+        } catch (...) {
+            slot_ = selected;
+            throw;
+        }
+        slot_ = selected;
+        return result;
+    }
+    void check_slot_memory(size_t n_slots) const {
+        const std::optional<compute::DeviceMemory> memory = compute::device_memory(options_.device);
+        const size_t needed = KvCache::bytes(config_.n_layer, n_slots, cache_.n_ctx(), config_.n_embd_kv());
+        const size_t held = KvCache::bytes(config_.n_layer, cache_.n_slots(), cache_.n_ctx(), config_.n_embd_kv());
+        if (memory && needed > memory->free + held)
+            throw std::runtime_error("a KV cache of " + std::to_string(n_slots) + " slots of " + std::to_string(cache_.n_ctx()) +
+                                     " positions needs " + std::to_string(needed >> 20) + " MiB; the device has " +
+                                     std::to_string((memory->free + held) >> 20) + " MiB (fewer slots or a smaller --ctx-size)");
+    }
+
     // The pass of decode_step_'s token at its position, both in device memory.
     void enqueue_decode_step() { derived().enqueue_forward(decode_step_.token(), 1, 0, decode_step_.position(), 1); }
 
@@ -288,7 +457,10 @@ private:
         const size_t position = cache_.reserve(slot_, 1);
         derived().reserve_workspace(1);
         const bool graph = use_cuda_graph(options_);
-        decode_step_.run(ctx_, token, position, graph, workspace_.addresses(), [&] {
+        // A captured step holds the selected slot's cache addresses: another slot recaptures it.
+        std::vector<const void*> addresses = workspace_.addresses();
+        addresses.push_back(cache_.keys(0, slot_));
+        decode_step_.run(ctx_, token, position, graph, addresses, [&] {
             derived().enqueue_decode_step();
             // A graph serves forward() and forward_greedy() alike: it always ends with the argmax.
             if (graph || greedy)

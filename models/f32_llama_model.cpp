@@ -137,4 +137,102 @@ void F32LlamaModel::enqueue_forward(const int32_t* ids, size_t T, size_t p0, con
     observe(ctx_, observer_, "result_norm", -1, xn, n_out * E);
 }
 
+namespace {
+
+// The products of a batched pass (F32LlamaModel::enqueue_rows): rows [0, n_single) one by one, as
+// the decode step computes its token, then the next n_tiled (padded) as one product, as a prompt's
+// tokens are. outputs' y and x are the pass's row arrays; norm (if any) normalizes each row of x
+// into its `out` first.
+void rows_matmul(compute::Context& ctx, std::span<const compute::MatmulOutput> outputs, const float* x, size_t n_single,
+                 size_t n_tiled, compute::Activations activations, const compute::RmsNorm* norm) {
+    const size_t cols = outputs[0].w.cols;
+    const auto product = [&](size_t first_row, size_t n_rows) {
+        std::vector<compute::MatmulOutput> at_row(outputs.begin(), outputs.end());
+        for (compute::MatmulOutput& o : at_row) o.y += first_row * o.w.rows;
+        const compute::RmsNorm row_norm = norm ? compute::RmsNorm{norm->weight, norm->eps, norm->out + first_row * cols}
+                                               : compute::RmsNorm{};
+        compute::matmul(ctx, at_row, x + first_row * cols, n_rows, activations, norm ? &row_norm : nullptr);
+    };
+    for (size_t r = 0; r < n_single; ++r) product(r, 1);
+    if (n_tiled) product(n_single, n_tiled);
+}
+
+}  // namespace
+
+// The batched pass: the layer of enqueue_forward over rows of several sequences. Shapes: N =
+// batch.n_padded rows (the fed ones, then the Tiled padding), E, H, Hkv, D, F, V as there.
+void F32LlamaModel::enqueue_rows(const RowBatch& batch) {
+    const ModelConfig& c = config_;
+    const size_t E = c.n_embd;
+    const size_t H = c.n_head, Hkv = c.n_head_kv, D = c.head_dim, QD = H * D, KVD = Hkv * D;
+    const size_t N = batch.n_padded, n_single = batch.n_single, n_tiled = N - n_single;
+    const float eps = static_cast<float>(c.norm_eps);
+    const compute::Activations activations = activations_for(options_);
+    float *x = workspace_.buffer(X), *xn = workspace_.buffer(XN), *q = workspace_.buffer(Q), *att = workspace_.buffer(ATT);
+    float *k = workspace_.buffer(KCUR), *v = workspace_.buffer(VCUR), *gate = workspace_.buffer(GATE), *up = workspace_.buffer(UP);
+    float* logits = workspace_.buffer(LOGITS);
+    const auto products = [&](std::span<const compute::MatmulOutput> outputs, const float* in, const compute::RmsNorm* norm) {
+        rows_matmul(ctx_, outputs, in, n_single, n_tiled, activations, norm);
+    };
+
+    compute::get_rows(ctx_, token_embd_, batch.ids, N, x);                          // x: [N, E]
+    observe(ctx_, observer_, "inp_embd", -1, x, N * E);
+    for (size_t il = 0; il < layers_.size(); ++il) {
+        const Layer& L = layers_[il];
+        // Attention block, as in enqueue_forward; q, k, v: [N, H*D], [N, Hkv*D] beside the cache.
+        const compute::RmsNorm attn_norm{L.attn_norm.data(), eps, xn};
+        const compute::MatmulOutput qkv[] = {{L.wq, q}, {L.wk, k}, {L.wv, v}};
+        products(qkv, x, &attn_norm);
+        if (!L.bq.empty()) compute::add_bias(ctx_, q, L.bq.data(), N, QD);
+        if (!L.bk.empty()) compute::add_bias(ctx_, k, L.bk.data(), N, KVD);
+        if (!L.bv.empty()) compute::add_bias(ctx_, v, L.bv.data(), N, KVD);
+        observe(ctx_, observer_, "attn_norm", il, xn, N * E);
+        for (const SlotRun& run : batch.runs) {
+            float* q_run = q + run.first_row * QD;
+            float* k_run = k + run.first_row * KVD;
+            const float* v_run = v + run.first_row * KVD;
+            float* keys = cache_.keys(il, run.slot);                                 // [n_ctx, KVD]
+            float* values = cache_.values(il, run.slot);
+            compute::rope(ctx_, q_run, run.n_rows, QD, H, D, run.first_position, rope_);
+            compute::rope(ctx_, k_run, run.n_rows, KVD, Hkv, D, run.first_position, rope_);
+            copy_on_device(ctx_, keys + run.first_position * KVD, k_run, run.n_rows * KVD * sizeof(float));
+            copy_on_device(ctx_, values + run.first_position * KVD, v_run, run.n_rows * KVD * sizeof(float));
+            compute::attention(ctx_, q_run, keys, values, run.n_rows, run.first_position, attention_shape_,
+                               att + run.first_row * QD);                             // att: [n_rows, H, D]
+        }
+        // The padding rows have no position: their attention output is a copy of the last fed
+        // row's, so the products read finite values (a row's products never mix rows).
+        for (size_t r = batch.n_rows; r < N; ++r)
+            copy_on_device(ctx_, att + r * QD, att + (batch.n_rows - 1) * QD, QD * sizeof(float));
+        observe(ctx_, observer_, "kqv_out", il, att, N * QD);
+        const compute::MatmulOutput wo{L.wo, x, /*accumulate=*/true};
+        products(std::span(&wo, 1), att, nullptr);                                   // x += Wo att
+        if (!L.bo.empty()) compute::add_bias(ctx_, x, L.bo.data(), N, E);
+        observe(ctx_, observer_, "ffn_inp", il, x, N * E);
+
+        // Feed-forward block
+        const compute::RmsNorm ffn_norm{L.ffn_norm.data(), eps, xn};
+        const compute::MatmulOutput gate_up[] = {{L.w_gate, gate}, {L.w_up, up}};
+        products(gate_up, x, &ffn_norm);
+        // Row by row: an elementwise kernel's vector/tail split must not depend on the row count.
+        for (size_t r = 0; r < N; ++r)
+            compute::swiglu(ctx_, gate + r * c.n_ff, up + r * c.n_ff, c.n_ff, gate + r * c.n_ff);   // gate: [N, F]
+        const compute::MatmulOutput down{L.w_down, x, /*accumulate=*/true};
+        products(std::span(&down, 1), gate, nullptr);                                // x += W_down gate
+        observe(ctx_, observer_, "l_out", il, x, N * E);
+    }
+
+    // The rows asked for, gathered at the front of x (ascending, so no row is overwritten before
+    // it is read), then normalized and projected as logits_products says.
+    for (size_t i = 0; i < batch.logit_rows.size(); ++i)
+        if (batch.logit_rows[i] != i) copy_on_device(ctx_, x + i * E, x + batch.logit_rows[i] * E, E * sizeof(float));
+    const compute::RmsNorm output_norm{output_norm_.data(), eps, xn};
+    const compute::MatmulOutput output{output_, logits};
+    if (batch.logits_products == RowProducts::Tiled)
+        rows_matmul(ctx_, std::span(&output, 1), x, 0, batch.n_logits_padded, activations, &output_norm);
+    else
+        rows_matmul(ctx_, std::span(&output, 1), x, batch.logit_rows.size(), 0, activations, &output_norm);
+    observe(ctx_, observer_, "result_norm", -1, xn, batch.n_logits_padded * E);
+}
+
 }  // namespace twinfer

@@ -42,6 +42,10 @@ private:
     // is read there and p0 is unused: nothing in the queued ops depends on the host's position,
     // which lets a captured graph replay it.
     void enqueue_forward(const int32_t* ids, size_t T, size_t p0, const int32_t* device_position, size_t n_out);
+    // Queues a batched pass (F32ModelBase::forward_rows): the products of all rows at once (the
+    // Tiled ones) or row by row (the Single ones); RoPE, the cache write and attention for each
+    // run of rows at its own slot and positions.
+    void enqueue_rows(const RowBatch& batch);
 
     compute::WeightMatrix token_embd_, output_;                 // [V, E]; output_ is token_embd_ when tied
     std::vector<Layer> layers_;

@@ -1,0 +1,66 @@
+#include "server/batched_model.hpp"
+
+#include <stdexcept>
+#include <string>
+#include <variant>
+
+namespace twinfer::server {
+namespace {
+
+template <class M>
+concept HasSlots = requires(M& m, std::span<const SlotToken> rows) {
+    m.set_slot_count(size_t{1});
+    { m.forward_rows(rows, RowProducts::Single) } -> std::same_as<Logits>;
+};
+
+// Calls fn(model) for a model with slots; throws for the others (the constructor refused them).
+template <class F>
+auto with_slots(ModelBackend& backend, F&& fn) {
+    using Result = decltype(fn(std::declval<F32LlamaModel&>()));
+    return std::visit(
+        [&](auto& m) -> Result {
+            if constexpr (HasSlots<std::decay_t<decltype(m)>>) return fn(m);
+            else throw std::logic_error("BatchedModel: a model without KV slots");
+        },
+        backend);
+}
+
+}  // namespace
+
+BatchedModel::BatchedModel(ModelBackend& backend) : backend_(backend) {
+    const bool has_slots = std::visit([](auto& m) { return HasSlots<std::decay_t<decltype(m)>>; }, backend_);
+    if (!has_slots)
+        throw std::runtime_error(backend_description(backend_) +
+                                 " has no KV-cache slots to serve several sequences: twinfer serve runs the float32 models "
+                                 "(--precision f32, without --tensor-parallel)");
+}
+
+void BatchedModel::set_slot_count(size_t n_slots) {
+    with_slots(backend_, [&](auto& m) { m.set_slot_count(n_slots); });
+}
+
+size_t BatchedModel::n_ctx() const {
+    return with_slots(backend_, [](auto& m) { return static_cast<size_t>(m.n_ctx()); });
+}
+
+size_t BatchedModel::n_vocab() const {
+    return with_slots(backend_, [](auto& m) { return static_cast<size_t>(m.config().n_vocab); });
+}
+
+size_t BatchedModel::slot_length(size_t slot) const {
+    return with_slots(backend_, [&](auto& m) { return m.slot_length(slot); });
+}
+
+void BatchedModel::truncate_slot(size_t slot, size_t n) {
+    with_slots(backend_, [&](auto& m) { m.truncate_slot(slot, n); });
+}
+
+Logits BatchedModel::forward_rows(std::span<const SlotToken> rows, RowProducts logits_products) {
+    return with_slots(backend_, [&](auto& m) { return m.forward_rows(rows, logits_products); });
+}
+
+bool BatchedModel::batched() const {
+    return with_slots(backend_, [](auto& m) { return m.has_batched_pass(); });
+}
+
+}  // namespace twinfer::server

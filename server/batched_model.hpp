@@ -1,0 +1,32 @@
+#pragma once
+// The server's view of the loaded model: a KV cache of several slots and the batched pass over
+// them (F32ModelBase's set_slot_count and forward_rows), whichever ModelBackend alternative it is.
+#include <cstddef>
+#include <span>
+
+#include "engine/backend.hpp"
+#include "models/f32_common.hpp"
+
+namespace twinfer::server {
+
+class BatchedModel {
+public:
+    // Throws std::runtime_error when the backend has no KV slots (the float64 reference, tensor
+    // parallelism): naming what serve can run instead.
+    explicit BatchedModel(ModelBackend& backend);
+
+    void set_slot_count(size_t n_slots);
+    size_t n_ctx() const;
+    size_t n_vocab() const;
+    size_t slot_length(size_t slot) const;
+    void truncate_slot(size_t slot, size_t n);
+    Logits forward_rows(std::span<const SlotToken> rows, RowProducts logits_products);
+    // Whether the model has its own batched pass (enqueue_rows) rather than forward_rows's
+    // fallback of one sequence after another.
+    bool batched() const;
+
+private:
+    ModelBackend& backend_;
+};
+
+}  // namespace twinfer::server

@@ -1,0 +1,94 @@
+#pragma once
+// The OpenAI API's request and response shapes: a JSON body becomes GenerationRequest (every field
+// type- and range-checked; anything else is an ApiError, HTTP 4xx), and the scheduler's events
+// become chat.completion / text_completion objects and their streamed chunks.
+// Reference: https://platform.openai.com/docs/api-reference/chat and .../completions.
+#include <cstddef>
+#include <map>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "engine/engine.hpp"
+#include "server/scheduler.hpp"
+
+namespace twinfer::server {
+
+using nlohmann::json;
+
+// An error the client caused or must hear about, as OpenAI reports it:
+// {"error": {"message", "type", "param", "code"}} with an HTTP status.
+struct ApiError : std::runtime_error {
+    ApiError(int status, const std::string& message, std::string type = "invalid_request_error", std::string param = {},
+             std::string code = {})
+        : std::runtime_error(message), status(status), type(std::move(type)), param(std::move(param)), code(std::move(code)) {}
+    int status;
+    std::string type;
+    std::string param;   // the request field at fault, if one is
+    std::string code;
+};
+json error_body(const ApiError& error);
+
+enum class Endpoint { ChatCompletions, Completions };
+
+// What a request asks for, validated: one SequenceParams per choice (prompts x n).
+struct GenerationRequest {
+    Endpoint endpoint = Endpoint::ChatCompletions;
+    std::vector<SequenceParams> choices;   // choice i: prompt i / n, the (i % n)-th sample of it
+    size_t n = 1;
+    bool stream = false;
+    bool include_usage = false;            // stream_options.include_usage
+    bool logprobs = false;
+    size_t top_logprobs = 0;
+};
+
+// What parsing needs to know of the server.
+struct ApiContext {
+    const InferenceEngine& engine;
+    const ChatTemplate* chat_template;     // --chat-template-file's, else the model's (may be null: none)
+    size_t n_ctx;
+    size_t max_choices;                    // prompts x n
+};
+
+GenerationRequest parse_chat_request(const json& body, const ApiContext& context);
+GenerationRequest parse_completion_request(const json& body, const ApiContext& context);
+
+// The body as JSON: an object, else ApiError 400.
+json parse_body(const std::string& body);
+
+// One choice's result, gathered from its events.
+struct ChoiceResult {
+    std::string text;
+    std::vector<SequenceEvent> tokens;     // events with a token (their logprobs)
+    std::optional<FinishReason> finish;
+    std::string error;
+    size_t prompt_tokens = 0, cached_tokens = 0, completion_tokens = 0;
+};
+
+// The response builders. id: "chatcmpl-..." or "cmpl-..."; created: Unix seconds.
+struct ResponseHeader {
+    std::string id;
+    long long created = 0;
+    std::string model;
+};
+json completion_response(const GenerationRequest& request, const ResponseHeader& header,
+                         const std::vector<ChoiceResult>& choices, const Tokenizer& tokenizer);
+// A streamed chunk for one event (text or finish of a choice); null when there is nothing to
+// send. first: the choice's first chunk (chat sends the role then).
+json completion_chunk(const GenerationRequest& request, const ResponseHeader& header, const SequenceEvent& event,
+                      bool first, const Tokenizer& tokenizer);
+// The last chunk of a stream with stream_options.include_usage: no choices, the usage.
+json usage_chunk(const GenerationRequest& request, const ResponseHeader& header, const std::vector<ChoiceResult>& choices);
+json usage_object(const GenerationRequest& request, const std::vector<ChoiceResult>& choices);
+
+// FinishReason::Timeout / Error as the ApiError a client gets (504 / 500).
+ApiError finish_error(FinishReason reason, const std::string& message);
+
+// json::dump that replaces invalid UTF-8 (a token's piece may be part of a character) instead of
+// throwing.
+std::string dump(const json& value);
+
+}  // namespace twinfer::server

@@ -1,0 +1,311 @@
+#include "server/scheduler.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <exception>
+#include <numeric>
+#include <utility>
+
+#include "engine/stop_filter.hpp"
+
+namespace twinfer::server {
+
+std::string_view finish_reason_name(FinishReason reason) {
+    switch (reason) {
+    case FinishReason::Stop: return "stop";
+    case FinishReason::Length: return "length";
+    case FinishReason::Cancelled: return "cancelled";
+    case FinishReason::Timeout: return "timeout";
+    case FinishReason::Error: return "error";
+    }
+    return "?";
+}
+
+void RequestChannel::push(SequenceEvent event) {
+    {
+        const std::lock_guard lock(mutex_);
+        events_.push_back(std::move(event));
+    }
+    ready_.notify_all();
+}
+
+void RequestChannel::wait_take(std::vector<SequenceEvent>& out, std::chrono::milliseconds timeout) {
+    std::unique_lock lock(mutex_);
+    ready_.wait_for(lock, timeout, [&] { return !events_.empty(); });
+    for (SequenceEvent& e : events_) out.push_back(std::move(e));
+    events_.clear();
+}
+
+// One choice of one request, from the queue to its last event.
+struct Scheduler::Sequence {
+    Sequence(SequenceParams p, std::shared_ptr<RequestChannel> c, size_t index, const Tokenizer& tokenizer)
+        : params(std::move(p)), channel(std::move(c)), choice(index), sampler(params.sampling), decoder(tokenizer),
+          stop_filter(params.stop) {
+        for (Token t : params.prompt) sampler.accept(t);   // penalties look at the prompt too, as generate() does
+    }
+
+    SequenceParams params;
+    std::shared_ptr<RequestChannel> channel;
+    size_t choice;
+    SamplerChain sampler;
+    StreamDecoder decoder;
+    StopStringFilter stop_filter;   // refers to params.stop: a Sequence is never moved (unique_ptr)
+
+    size_t slot = 0;
+    size_t reused = 0;              // prompt tokens the slot already held
+    size_t fed = 0;                 // prompt tokens in the slot (reused, then computed)
+    bool decoding = false;          // the prompt is in; next_token is the next row
+    Token next_token = 0;
+    size_t generated = 0;
+    bool text_complete = false;     // a stop string ended the text: nothing held back is emitted
+    bool done = false;
+
+    bool prompt_done() const { return fed == params.prompt.size(); }
+};
+
+Scheduler::Scheduler(InferenceEngine& engine, const SchedulerOptions& options, Metrics& metrics)
+    : engine_(engine), model_(engine.backend()), options_(options), metrics_(metrics) {
+    if (options_.n_slots == 0) throw std::invalid_argument("the server needs at least one slot (--parallel)");
+    if (options_.prompt_chunk == 0) throw std::invalid_argument("the prompt chunk must be at least one token");
+    model_.set_slot_count(options_.n_slots);
+    n_ctx_ = model_.n_ctx();
+    slots_ = SlotTable(options_.n_slots);
+    metrics_.kv_positions_total = options_.n_slots * n_ctx_;
+    thread_ = std::thread([this] { run(); });
+}
+
+Scheduler::~Scheduler() { stop(); }
+
+void Scheduler::stop() {
+    if (!thread_.joinable()) return;
+    {
+        const std::lock_guard lock(mutex_);
+        stopping_ = true;
+    }
+    wake_.notify_all();
+    thread_.join();
+}
+
+std::shared_ptr<RequestChannel> Scheduler::submit(std::vector<SequenceParams> choices) {
+    auto channel = std::make_shared<RequestChannel>();
+    std::vector<std::unique_ptr<Sequence>> sequences;
+    for (size_t i = 0; i < choices.size(); ++i)
+        sequences.push_back(std::make_unique<Sequence>(std::move(choices[i]), channel, i, engine_.tokenizer()));
+    {
+        const std::lock_guard lock(mutex_);
+        if (stopping_) throw QueueFull("the server is shutting down");
+        if (waiting_.size() + sequences.size() > options_.max_queue)
+            throw QueueFull("the queue is full: " + std::to_string(waiting_.size()) + " sequences wait for one of " +
+                            std::to_string(options_.n_slots) + " slots (at most " + std::to_string(options_.max_queue) +
+                            " may wait); retry later");
+        for (auto& s : sequences) waiting_.push_back(std::move(s));
+        metrics_.queue_depth = waiting_.size();
+    }
+    wake_.notify_all();
+    return channel;
+}
+
+void Scheduler::run() {
+    for (;;) {
+        {
+            std::unique_lock lock(mutex_);
+            // Idle: sleep until a request comes; the timeout lets queued requests time out.
+            if (running_.empty())
+                wake_.wait_for(lock, std::chrono::milliseconds(100), [&] { return stopping_ || !waiting_.empty(); });
+            if (stopping_) {
+                for (auto& s : waiting_) s->channel->push({.choice = s->choice, .finish = FinishReason::Cancelled, .error = "the server is shutting down"});
+                waiting_.clear();
+                break;
+            }
+        }
+        admit_waiting();
+        drop_finished_and_cancelled();
+        if (!running_.empty()) step();
+        drop_finished_and_cancelled();
+    }
+    for (auto& s : running_)
+        if (!s->done) finish(*s, FinishReason::Cancelled, "the server is shutting down");
+}
+
+void Scheduler::admit_waiting() {
+    const std::lock_guard lock(mutex_);
+    const auto now = Clock::now();
+    while (!waiting_.empty()) {
+        Sequence& s = *waiting_.front();
+        if (s.channel->cancelled() || now >= s.params.deadline) {
+            const bool cancelled = s.channel->cancelled();
+            (cancelled ? metrics_.sequences_cancelled : metrics_.sequences_timed_out) += 1;
+            s.channel->push({.choice = s.choice,
+                             .finish = cancelled ? FinishReason::Cancelled : FinishReason::Timeout,
+                             .error = cancelled ? "" : "the request timed out waiting for a slot",
+                             .prompt_tokens = s.params.prompt.size()});
+            waiting_.pop_front();
+            continue;
+        }
+        const std::optional<SlotTable::Claim> claim = slots_.claim(s.params.prompt);
+        if (!claim) break;
+        s.slot = claim->slot;
+        s.reused = s.fed = claim->reused;
+        model_.truncate_slot(s.slot, claim->reused);   // keep exactly the matching positions
+        metrics_.prompt_tokens += s.params.prompt.size();
+        metrics_.prompt_tokens_cached += claim->reused;
+        running_.push_back(std::move(waiting_.front()));
+        waiting_.pop_front();
+    }
+    metrics_.queue_depth = waiting_.size();
+    metrics_.running = running_.size();
+}
+
+void Scheduler::drop_finished_and_cancelled() {
+    const auto now = Clock::now();
+    for (auto& s : running_) {
+        if (s->done) continue;
+        if (s->channel->cancelled()) {
+            metrics_.sequences_cancelled += 1;
+            finish(*s, FinishReason::Cancelled);
+        } else if (now >= s->params.deadline) {
+            metrics_.sequences_timed_out += 1;
+            finish(*s, FinishReason::Timeout, "the request timed out after " + std::to_string(s->generated) + " tokens");
+        }
+    }
+    std::erase_if(running_, [](const auto& s) { return s->done; });
+    size_t used = 0;
+    for (const auto& s : running_) used += model_.slot_length(s->slot);
+    metrics_.kv_positions_used = used;
+    metrics_.running = running_.size();
+}
+
+void Scheduler::step() {
+    // Decode rows first (RowProducts::Single rows must come before Tiled ones), then prompt rows
+    // up to the chunk, oldest sequence first.
+    std::vector<SlotToken> rows;
+    struct Part {
+        Sequence* sequence;
+        size_t n_rows;
+        bool logits;
+    };
+    std::vector<Part> parts;
+    for (auto& s : running_)
+        if (s->decoding) {
+            rows.push_back({.slot = s->slot, .token = s->next_token, .logits = true, .products = options_.decode_products});
+            parts.push_back({s.get(), 1, true});
+        }
+    size_t budget = options_.prompt_chunk;
+    for (auto& s : running_) {
+        if (s->decoding || budget == 0) continue;
+        const size_t n = std::min(budget, s->params.prompt.size() - s->fed);
+        for (size_t i = 0; i < n; ++i) {
+            const size_t position = s->fed + i;
+            rows.push_back({.slot = s->slot,
+                            .token = s->params.prompt[position],
+                            .logits = position + 1 == s->params.prompt.size(),
+                            .products = RowProducts::Tiled});
+        }
+        parts.push_back({s.get(), n, s->fed + n == s->params.prompt.size()});
+        budget -= n;
+    }
+    if (rows.empty()) return;
+
+    Logits logits;
+    try {
+        logits = model_.forward_rows(rows, options_.decode_products);
+    } catch (const std::exception& e) {
+        // The cache of these slots may hold partial rows: forget what they held.
+        for (const Part& part : parts) {
+            slots_.forget(part.sequence->slot);
+            model_.truncate_slot(part.sequence->slot, 0);
+            metrics_.sequences_failed += 1;
+            finish(*part.sequence, FinishReason::Error, std::string("the model failed: ") + e.what());
+        }
+        return;
+    }
+    metrics_.steps += 1;
+    metrics_.step_rows += rows.size();
+
+    size_t logits_row = 0;
+    for (const Part& part : parts) {
+        Sequence& s = *part.sequence;
+        if (s.decoding) {
+            // Tiled decode rows compute as prompt rows do: a later prompt may reuse them.
+            if (options_.decode_products == RowProducts::Tiled) slots_.append_reusable(s.slot, std::span(&s.next_token, 1));
+        } else {
+            slots_.append_reusable(s.slot, std::span(s.params.prompt).subspan(s.fed, part.n_rows));
+            s.fed += part.n_rows;
+            metrics_.prompt_tokens_computed += part.n_rows;
+            if (part.logits && options_.decode_products == RowProducts::Single) slots_.end_reusable(s.slot);
+        }
+        if (part.logits) advance(s, logits.row(logits_row++));
+    }
+}
+
+namespace {
+
+// log p(token) for every token of a row: the model's log-softmax, before any sampling stage.
+std::vector<double> log_softmax(std::span<const double> logits) {
+    const double max = *std::max_element(logits.begin(), logits.end());
+    double sum = 0;
+    for (double l : logits) sum += std::exp(l - max);
+    const double log_z = max + std::log(sum);
+    std::vector<double> out(logits.size());
+    for (size_t i = 0; i < logits.size(); ++i) out[i] = logits[i] - log_z;
+    return out;
+}
+
+}  // namespace
+
+void Scheduler::advance(Sequence& s, std::span<const double> logits) {
+    const Token token = s.sampler.sample(logits);
+    s.sampler.accept(token);
+    ++s.generated;
+    metrics_.count_generated(1);
+    SequenceEvent event{.choice = s.choice, .token = token};
+    if (s.params.logprobs) {
+        const std::vector<double> log_p = log_softmax(logits);
+        event.logprob = log_p[size_t(token)];
+        std::vector<Token> order(log_p.size());
+        std::iota(order.begin(), order.end(), Token{0});
+        const size_t n = std::min(s.params.top_logprobs, order.size());
+        std::partial_sort(order.begin(), order.begin() + std::ptrdiff_t(n), order.end(), [&](Token a, Token b) {
+            return log_p[size_t(a)] > log_p[size_t(b)] || (log_p[size_t(a)] == log_p[size_t(b)] && a < b);
+        });
+        for (size_t i = 0; i < n; ++i) event.top_logprobs.push_back({order[i], log_p[size_t(order[i])]});
+    }
+    const Tokenizer& tokenizer = engine_.tokenizer();
+    if (!s.params.ignore_eos && tokenizer.is_end_of_generation(token)) {
+        finish(s, FinishReason::Stop);   // the end-of-generation token is not part of the text
+        return;
+    }
+    bool stopped = false;
+    event.text = s.stop_filter.push(tokenizer.is_control(token) ? std::string() : s.decoder.push(token), stopped);
+    s.channel->push(std::move(event));
+    if (stopped) {
+        s.text_complete = true;   // what followed the stop string is dropped
+        finish(s, FinishReason::Stop);
+        return;
+    }
+    if (s.generated >= s.params.max_tokens || model_.slot_length(s.slot) + 1 > n_ctx_) {
+        finish(s, FinishReason::Length);
+        return;
+    }
+    s.next_token = token;
+    s.decoding = true;
+}
+
+void Scheduler::finish(Sequence& s, FinishReason reason, std::string error) {
+    SequenceEvent event{.choice = s.choice, .finish = reason, .error = std::move(error)};
+    if (reason == FinishReason::Stop || reason == FinishReason::Length) metrics_.sequences_finished += 1;
+    if ((reason == FinishReason::Stop || reason == FinishReason::Length) && !s.text_complete) {
+        // What the decoder and the stop-string filter still hold.
+        bool stopped = false;
+        event.text = s.stop_filter.push(s.decoder.flush(), stopped);
+        if (!stopped) event.text += s.stop_filter.flush();
+    }
+    event.prompt_tokens = s.params.prompt.size();
+    event.cached_tokens = s.reused;
+    event.completion_tokens = s.generated;
+    s.channel->push(std::move(event));
+    slots_.release(s.slot);
+    s.done = true;
+}
+
+}  // namespace twinfer::server

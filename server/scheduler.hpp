@@ -1,0 +1,147 @@
+#pragma once
+// The scheduler: one thread that owns the model and advances every running sequence together.
+// It knows nothing of HTTP: a request arrives as SequenceParams (one per choice) and leaves as
+// events on a RequestChannel that the HTTP thread reads.
+//
+// Each step is one batched pass (F32ModelBase::forward_rows): the next token of every decoding
+// sequence, plus up to `prompt_chunk` prompt tokens of the sequences still reading their prompt
+// (oldest first), so that a long prompt is read between decode steps instead of stalling them.
+// A sequence queued while a step runs joins at the next one. A finished or cancelled sequence
+// frees its KV slot at once; the slot keeps its tokens for prefix reuse (SlotTable).
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "engine/engine.hpp"
+#include "server/batched_model.hpp"
+#include "server/metrics.hpp"
+#include "server/slot_table.hpp"
+
+namespace twinfer::server {
+
+using Clock = std::chrono::steady_clock;
+
+// One choice of a request: its prompt and how to continue it (already validated).
+struct SequenceParams {
+    std::vector<Token> prompt;          // not empty, shorter than the context
+    SamplingParams sampling;
+    size_t max_tokens = 0;              // > 0
+    std::vector<std::string> stop;      // non-empty strings
+    bool ignore_eos = false;
+    size_t top_logprobs = 0;            // alternatives reported per token (with logprobs)
+    bool logprobs = false;              // report each sampled token's log-probability
+    Clock::time_point deadline = Clock::time_point::max();
+};
+
+struct TokenLogprob {
+    Token id = 0;
+    double logprob = 0;
+};
+
+enum class FinishReason { Stop, Length, Cancelled, Timeout, Error };
+
+// What the scheduler tells a request, choice by choice.
+struct SequenceEvent {
+    size_t choice = 0;
+    // A token: its id, the text it lets through (may be empty: held back for a stop string or
+    // an incomplete UTF-8 sequence), and its log-probabilities when asked.
+    std::optional<Token> token = {};
+    std::string text = {};
+    std::optional<double> logprob = {};
+    std::vector<TokenLogprob> top_logprobs = {};
+    // The end of the choice (no token then, maybe text: what was held back).
+    std::optional<FinishReason> finish = {};
+    std::string error = {};               // FinishReason::Error and Timeout: why
+    size_t prompt_tokens = 0;           // with finish: the prompt's length,
+    size_t cached_tokens = 0;           // the part of it reused from a slot,
+    size_t completion_tokens = 0;       // the tokens generated
+};
+
+// The events of one request, from the scheduler thread to the HTTP thread that waits for them.
+class RequestChannel {
+public:
+    void push(SequenceEvent event);
+    // Waits until there are events or `timeout` passed; moves them into `out` (appended).
+    void wait_take(std::vector<SequenceEvent>& out, std::chrono::milliseconds timeout);
+    // The client went away: the scheduler drops the request's sequences at its next step.
+    void cancel() { cancelled_ = true; }
+    bool cancelled() const { return cancelled_; }
+
+private:
+    std::mutex mutex_;
+    std::condition_variable ready_;
+    std::deque<SequenceEvent> events_;
+    std::atomic<bool> cancelled_ = false;
+};
+
+// The queue is full: the caller answers 503.
+struct QueueFull : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+struct SchedulerOptions {
+    size_t n_slots = 4;                 // sequences decoding at once (the KV cache's slots)
+    size_t max_queue = 64;              // sequences waiting for a slot before submit() refuses
+    size_t prompt_chunk = 64;           // prompt tokens read per step, over all sequences
+    // How decode rows compute their products (RowProducts): Single, each as `twinfer run` decodes
+    // (fastest for a few streams); Tiled, all rows of a step in one product (faster from about
+    // eight streams on). Prompt rows are always Tiled; either way rows never depend on each other.
+    RowProducts decode_products = RowProducts::Single;
+};
+
+class Scheduler {
+public:
+    // engine: loaded, outliving the scheduler; its model must have KV slots (BatchedModel).
+    // Starts the scheduler thread.
+    Scheduler(InferenceEngine& engine, const SchedulerOptions& options, Metrics& metrics);
+    ~Scheduler();   // stop()
+    // Stops the thread: queued and running requests end as Cancelled, submit() refuses new ones.
+    void stop();
+    Scheduler(const Scheduler&) = delete;
+    Scheduler& operator=(const Scheduler&) = delete;
+
+    // Queues a request's choices (one sequence each) and returns the channel their events come
+    // on. Throws QueueFull when they would take the queue past max_queue.
+    std::shared_ptr<RequestChannel> submit(std::vector<SequenceParams> choices);
+
+    size_t n_ctx() const { return n_ctx_; }
+    const SchedulerOptions& options() const { return options_; }
+
+private:
+    struct Sequence;
+    void run();
+    void admit_waiting();
+    void drop_finished_and_cancelled();
+    void step();
+    // Samples the sequence's next token from its logits row, emits it, and finishes the sequence
+    // on a stop condition.
+    void advance(Sequence& sequence, std::span<const double> logits);
+    void finish(Sequence& sequence, FinishReason reason, std::string error = {});
+
+    InferenceEngine& engine_;
+    BatchedModel model_;
+    SchedulerOptions options_;
+    Metrics& metrics_;
+    size_t n_ctx_ = 0;
+    SlotTable slots_;
+
+    std::mutex mutex_;                  // guards waiting_ and stopping_
+    std::condition_variable wake_;
+    std::deque<std::unique_ptr<Sequence>> waiting_;
+    bool stopping_ = false;
+    std::vector<std::unique_ptr<Sequence>> running_;   // scheduler thread only
+    std::thread thread_;
+};
+
+std::string_view finish_reason_name(FinishReason reason);   // OpenAI's: "stop", "length", ...
+
+}  // namespace twinfer::server
