@@ -1,6 +1,7 @@
 #include "server/http_server.hpp"
 
 #include <httplib.h>
+#include <sys/socket.h>
 
 #include <chrono>
 #include <fstream>
@@ -11,7 +12,21 @@
 #include "server/openai_api.hpp"
 
 namespace twinfer::server {
+
+// httplib's server with a longer accept queue: 0.11 listens with a backlog of 5, and a burst of
+// clients connecting at once overflows it (the kernel then drops their handshakes, and some
+// clients fail to read a response). listen() again on a listening socket only resizes the queue.
+class ListeningServer : public httplib::Server {
+public:
+    void set_backlog(int backlog) {
+        if (svr_sock_ != INVALID_SOCKET && ::listen(svr_sock_, backlog) != 0)
+            throw std::runtime_error("cannot resize the listening socket's queue to " + std::to_string(backlog));
+    }
+};
+
 namespace {
+
+constexpr int listen_backlog = 1024;
 
 // How often a handler that waits on the scheduler looks at its client: a client that went away is
 // noticed within this and its sequence cancelled.
@@ -63,7 +78,7 @@ std::string read_file(const std::filesystem::path& path) {
 
 }  // namespace
 
-HttpServer::HttpServer(ServerOptions options) : options_(std::move(options)), http_(std::make_unique<httplib::Server>()) {
+HttpServer::HttpServer(ServerOptions options) : options_(std::move(options)), http_(std::make_unique<ListeningServer>()) {
     if (options_.model_id.empty()) options_.model_id = options_.backend.model.filename().string();
 }
 
@@ -84,6 +99,7 @@ void HttpServer::start() {
                                      " (in use, or not an address of this machine)");
         port_ = options_.port;
     }
+    static_cast<ListeningServer&>(*http_).set_backlog(listen_backlog);
     listener_ = std::thread([this] { http_->listen_after_bind(); });
     loader_ = std::thread([this] { load_model(); });
 }

@@ -48,7 +48,9 @@ std::optional<long long> integer_field(const json& body, const char* name, long 
         return bad_field(name, dump(*v) + " is out of range (" + std::to_string(lo) + " to " + std::to_string(hi) + ")");
     };
     if (v->is_number_unsigned()) {
-        if (v->get<unsigned long long>() > static_cast<unsigned long long>(hi)) throw out_of_range();
+        if (v->get<unsigned long long>() > static_cast<unsigned long long>(hi) ||
+            (lo > 0 && v->get<unsigned long long>() < static_cast<unsigned long long>(lo)))
+            throw out_of_range();
         return static_cast<long long>(v->get<unsigned long long>());
     }
     if (v->is_number_integer()) {
