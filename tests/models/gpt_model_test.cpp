@@ -1,5 +1,6 @@
 // GPTModel, the float64 reference, against transformers in float64 (golden files written by
 // tools/make_golden.py), on real models (stories260K, SmolLM2) by greedy decoding, and on bad input.
+#include "models/golden_file.hpp"
 #include "models/gpt_model.hpp"
 
 #include <gtest/gtest.h>
@@ -18,6 +19,9 @@
 namespace twinfer {
 namespace {
 
+using test::GoldenSequence;
+using test::read_golden;
+
 // float64 against float64: what is left is rounding (summation order in dgemm versus torch's
 // matmul), ~1e-15 relative; 1e-10 leaves room for that and catches any real difference (a
 // float32 step anywhere would show as ~1e-7). The GGUF files measure ~1e-13: GGUF stores the norm
@@ -27,41 +31,6 @@ constexpr double kGoldenTolerance = 1e-10;
 const char* const kGoldenCases[] = {"gpt2", "llama_gqa_tied", "llama_linear_rope", "llama3_rope"};
 
 std::filesystem::path golden_dir(const std::string& name) { return test::repo_root() / "tests/models/golden" / name; }
-
-// One sequence of golden.bin (format in tools/make_golden.py).
-struct GoldenSequence {
-    std::vector<Token> tokens;
-    size_t n_vocab = 0;
-    std::vector<double> logits;   // [n_tokens, n_vocab]
-    size_t n_hidden = 0, n_embd = 0;
-    std::vector<double> hidden;   // [n_hidden, n_tokens, n_embd]
-};
-
-std::vector<GoldenSequence> read_golden(const std::filesystem::path& path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw std::runtime_error("cannot open " + path.string());
-    auto read = [&](void* dst, size_t n) {
-        if (!in.read(static_cast<char*>(dst), static_cast<std::streamsize>(n))) throw std::runtime_error(path.string() + ": truncated");
-    };
-    auto u32 = [&] { uint32_t v; read(&v, 4); return v; };
-    char magic[4];
-    read(magic, 4);
-    if (std::memcmp(magic, "TWGL", 4) != 0) throw std::runtime_error(path.string() + ": not a golden file");
-    if (const uint32_t version = u32(); version != 1) throw std::runtime_error(path.string() + ": golden version " + std::to_string(version));
-    std::vector<GoldenSequence> sequences(u32());
-    for (auto& s : sequences) {
-        s.tokens.resize(u32());
-        read(s.tokens.data(), s.tokens.size() * sizeof(Token));
-        s.n_vocab = u32();
-        s.logits.resize(s.tokens.size() * s.n_vocab);
-        read(s.logits.data(), s.logits.size() * sizeof(double));
-        s.n_hidden = u32();
-        s.n_embd = u32();
-        s.hidden.resize(s.n_hidden * s.tokens.size() * s.n_embd);
-        read(s.hidden.data(), s.hidden.size() * sizeof(double));
-    }
-    return sequences;
-}
 
 // max|a - b| / max|b|
 double relative_error(std::span<const double> a, std::span<const double> b) {
