@@ -13,6 +13,9 @@
 
 #include "common/test_data.hpp"
 #include "common/tolerances.hpp"
+#ifdef TWINFER_WITH_CUDA
+#include "compute/cuda/runtime.hpp"
+#endif
 #include "format/gguf.hpp"
 #include "format/quant.hpp"
 #include "models/f32_test_support.hpp"
@@ -183,6 +186,27 @@ TEST_P(EveryArchitecture, DefaultPathOnQuantizedWeightsStaysWithinBudget) {
     for (size_t t = 8; t < ids.size(); ++t)
         worst = std::max(worst, test::relative_error(model.forward(std::span(ids).subspan(t, 1)).row(0), expected.row(t)));
     EXPECT_LT(worst, test::kInt8x2Tolerance) << a.arch;
+}
+
+// On a GPU, float activations, every token through the decode step (the captured graph; without
+// one for experts): within float32 rounding of the reference (test::kFloat32Tolerance).
+TEST_P(EveryArchitecture, CudaDecodeStepMatchesTheReference) {
+#ifdef TWINFER_WITH_CUDA
+    if (compute::cuda::device_count() == 0) GTEST_SKIP() << "no CUDA GPU: " << compute::cuda::describe_device();
+#else
+    GTEST_SKIP() << "built without the CUDA backend (TWINFER_CUDA=OFF)";
+#endif
+    const RandomArch& a = GetParam();
+    const auto file = random_model(a);
+    GPTModel reference = GPTModel::from_gguf(*file);
+    const std::vector<Token> ids = random_ids(16, 5);
+    const Logits expected = reference.forward(ids, LogitsMode::All);
+    TransformerModel model = TransformerModel::load(
+        file, {.n_ctx = kCtx, .device = compute::Device::CUDA, .activations = compute::Activations::Float32});
+    double worst = 0;
+    for (size_t t = 0; t < ids.size(); ++t)
+        worst = std::max(worst, test::relative_error(model.forward(std::span(ids).subspan(t, 1)).row(0), expected.row(t)));
+    EXPECT_LT(worst, test::kFloat32Tolerance) << a.arch;
 }
 
 INSTANTIATE_TEST_SUITE_P(TransformerModel, EveryArchitecture, ::testing::ValuesIn(architectures()),
