@@ -7,9 +7,15 @@
 //   twinfer_make_random_model SHAPE TYPE VOCAB.gguf OUT.gguf
 //     SHAPE: smollm2-135m | tinyllama-1.1b | llama2-7b | llama2-13b
 //     TYPE:  Q4_0 | Q4_1 | Q8_0 | F16   (matrices; norms are F32)
+//   twinfer_make_random_model like TENSORS.tsv METADATA.gguf OUT.gguf
+//     any architecture: every metadata key of METADATA.gguf (a vocabulary-only file with the
+//     model's hyper-parameters), and the tensors TENSORS.tsv lists (name, type, ggml dims:
+//     bench/shapes/), 1-D F32 tensors as ones, the others random blocks of their type.
 #include <cstdio>
 #include <cstring>
 #include <exception>
+#include <fstream>
+#include <sstream>
 #include <map>
 #include <random>
 #include <string>
@@ -43,15 +49,36 @@ GGMLType parse_type(const std::string& s) {
     throw std::invalid_argument("unknown type " + s + " (Q4_0, Q4_1, Q8_0, F16)");
 }
 
-// Random blocks: every byte random, then each block's scale (and min) set to a small half, so the
-// weights are uniform-ish in about [-0.06, 0.06]. Filled by several threads (7B is 3.8 GB).
+GGMLType parse_type_name(const std::string& s) {
+    for (GGMLType t : {GGMLType::F32, GGMLType::F16, GGMLType::Q4_0, GGMLType::Q4_1, GGMLType::Q5_0, GGMLType::Q5_1,
+                       GGMLType::Q8_0, GGMLType::Q4_K, GGMLType::Q5_K, GGMLType::Q6_K})
+        if (type_name(t) == s) return t;
+    throw std::invalid_argument("type " + s + " is not one random blocks are made of");
+}
+
+// Where a block's half-precision scales lie and the values that keep its weights within about
+// +-0.1: (byte offset, value) pairs.
+std::vector<std::pair<size_t, float>> block_scales(GGMLType type) {
+    switch (type) {
+        case GGMLType::Q4_0: case GGMLType::Q5_0: return {{0, 0.008f}};
+        case GGMLType::Q8_0: return {{0, 0.0005f}};
+        case GGMLType::Q4_1: case GGMLType::Q5_1: return {{0, 0.008f}, {2, -0.06f}};
+        case GGMLType::Q4_K: case GGMLType::Q5_K: return {{0, 0.0001f}, {2, 0.0001f}};   // d, dmin
+        case GGMLType::Q6_K: return {{208, 0.00002f}};                                    // d after ql, qh, scales
+        case GGMLType::F16: return {};
+        default: throw std::invalid_argument("random blocks of type " + std::string(type_name(type)) + " are not implemented");
+    }
+}
+
+// Random blocks: every byte random, then each block's scales set to small halves (block_scales).
+// Filled by several threads (7B is 3.8 GB).
 std::vector<std::byte> random_blocks(GGMLType type, uint64_t n_elements, uint64_t seed) {
     const auto& traits = type_traits(type);
     std::vector<std::byte> bytes(row_size_bytes(type, n_elements));
     const size_t n_blocks = bytes.size() / traits.type_size;
     const unsigned n_threads = std::max(1u, std::thread::hardware_concurrency());
-    const ggml_half scale = fp32_to_fp16(type == GGMLType::Q8_0 ? 0.0005f : 0.008f);
-    const ggml_half minimum = fp32_to_fp16(-0.06f);
+    std::vector<std::pair<size_t, ggml_half>> scales;
+    for (const auto& [offset, value] : block_scales(type)) scales.emplace_back(offset, fp32_to_fp16(value));
     std::vector<std::thread> workers;
     for (unsigned t = 0; t < n_threads; ++t)
         workers.emplace_back([&, t] {
@@ -70,8 +97,7 @@ std::vector<std::byte> random_blocks(GGMLType type, uint64_t n_elements, uint64_
                     }
                     continue;
                 }
-                std::memcpy(block, &scale, 2);  // d is the first field of Q4_0, Q4_1 and Q8_0
-                if (type == GGMLType::Q4_1) std::memcpy(block + 2, &minimum, 2);
+                for (const auto& [offset, half] : scales) std::memcpy(block + offset, &half, 2);
             }
         });
     for (auto& w : workers) w.join();
@@ -85,11 +111,53 @@ std::vector<std::byte> ones(uint64_t n) {
     return bytes;
 }
 
+// `like` mode (see the top of the file).
+void write_like(const std::string& tensors_path, const std::string& metadata_path, const std::string& out_path) {
+    const gguf::File metadata = gguf::File::open(metadata_path);
+    gguf::Writer out;
+    for (const auto& [key, value] : metadata.metadata())
+        if (key != "general.alignment") out.set(key, value);
+    std::ifstream in(tensors_path);
+    if (!in) throw std::runtime_error("cannot open " + tensors_path);
+    std::string line;
+    uint64_t seed = 1;
+    while (std::getline(in, line)) {
+        if (line.empty() || line[0] == '#') continue;
+        std::istringstream fields(line);
+        std::string name, type_text, dims_text;
+        if (!std::getline(fields, name, '\t') || !std::getline(fields, type_text, '\t') || !std::getline(fields, dims_text))
+            throw std::runtime_error(tensors_path + ": not 'name<TAB>type<TAB>dims': " + line);
+        std::vector<uint64_t> dims;
+        uint64_t n = 1;
+        std::istringstream dims_in(dims_text);
+        for (std::string d; std::getline(dims_in, d, ',');) n *= dims.emplace_back(std::stoull(d));
+        const GGMLType type = parse_type_name(type_text);
+        if (type == GGMLType::F32) {
+            if (dims.size() != 1) throw std::runtime_error(tensors_path + ": " + name + ": F32 tensors must be 1-D norms");
+            out.add_tensor(name, dims, type, ones(n));
+        } else {
+            out.add_tensor(name, dims, type, random_blocks(type, n, seed++));
+        }
+    }
+    out.write(out_path);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+    if (argc == 5 && std::string(argv[1]) == "like") {
+        try {
+            write_like(argv[2], argv[3], argv[4]);
+            std::printf("wrote %s\n", argv[4]);
+            return 0;
+        } catch (const std::exception& e) {
+            std::fprintf(stderr, "error: %s\n", e.what());
+            return 1;
+        }
+    }
     if (argc != 5 || !kShapes.count(argv[1])) {
-        std::fprintf(stderr, "usage: %s smollm2-135m|tinyllama-1.1b|llama2-7b|llama2-13b Q4_0|Q4_1|Q8_0|F16 VOCAB.gguf OUT.gguf\n", argv[0]);
+        std::fprintf(stderr, "usage: %s smollm2-135m|tinyllama-1.1b|llama2-7b|llama2-13b Q4_0|Q4_1|Q8_0|F16 VOCAB.gguf OUT.gguf\n"
+                             "       %s like TENSORS.tsv METADATA.gguf OUT.gguf\n", argv[0], argv[0]);
         return 2;
     }
     try {
