@@ -59,8 +59,4 @@ Logits BatchedModel::forward_rows(std::span<const SlotToken> rows, RowProducts l
     return with_slots(backend_, [&](auto& m) { return m.forward_rows(rows, logits_products); });
 }
 
-bool BatchedModel::batched() const {
-    return with_slots(backend_, [](auto& m) { return m.has_batched_pass(); });
-}
-
 }  // namespace twinfer::server

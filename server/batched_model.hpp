@@ -21,9 +21,6 @@ public:
     size_t slot_length(size_t slot) const;
     void truncate_slot(size_t slot, size_t n);
     Logits forward_rows(std::span<const SlotToken> rows, RowProducts logits_products);
-    // Whether the model has its own batched pass (enqueue_rows) rather than forward_rows's
-    // fallback of one sequence after another.
-    bool batched() const;
 
 private:
     ModelBackend& backend_;
