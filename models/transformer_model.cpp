@@ -164,135 +164,179 @@ void TransformerModel::normalize(const Norm& norm, const float* x, size_t n_rows
     compute::layer_norm(ctx_, x, norm.weight.data(), norm.bias.data(), n_rows, E, eps, out);
 }
 
-// Shapes: T new tokens, E = n_embd, H heads and Hkv KV heads of D dims, F = n_ff, V = n_vocab.
-// The pass GPTModel::transformer_forward computes in float64, step for step.
+// A single sequence's pass (F32ModelBase's prompt and decode step): one run of T rows in the
+// selected slot, every product over all rows at once.
 void TransformerModel::enqueue_forward(const int32_t* ids, size_t T, size_t p0, const int32_t* device_position,
                                        size_t n_out) {
+    RowBatch batch{.ids = ids, .n_rows = T, .n_single = 0, .n_padded = T, .runs = {{slot_, 0, T, p0}}, .logit_rows = {},
+                   .logits_products = RowProducts::Tiled, .n_logits_padded = n_out};
+    for (size_t r = T - n_out; r < T; ++r) batch.logit_rows.push_back(r);
+    enqueue_pass(batch, device_position);
+}
+
+void TransformerModel::enqueue_rows(const RowBatch& batch) { enqueue_pass(batch, nullptr); }
+
+// The matrix products of a pass: rows [0, n_single) one by one, as the decode step computes them,
+// the others in one product (F32ModelBase::forward_rows: a row never depends on the rest).
+void TransformerModel::products(std::span<const compute::MatmulOutput> outputs, const float* x, size_t n_single,
+                                size_t n_tiled) {
+    const compute::Activations activations = activations_for(options_);
+    const size_t cols = outputs[0].w.cols;
+    std::vector<compute::MatmulOutput> at_row(outputs.begin(), outputs.end());
+    const auto product = [&](size_t first_row, size_t n_rows) {
+        for (size_t i = 0; i < at_row.size(); ++i) at_row[i].y = outputs[i].y + first_row * outputs[i].w.rows;
+        compute::matmul(ctx_, at_row, x + first_row * cols, n_rows, activations);
+    };
+    for (size_t r = 0; r < n_single; ++r) product(r, 1);
+    if (n_tiled) product(n_single, n_tiled);
+}
+
+// Shapes: N = batch.n_padded rows (each run's tokens at its slot and positions, then padding), E =
+// n_embd, H heads and Hkv KV heads of D dims, F = n_ff, V = n_vocab. With device_position (a
+// decode step: one row) the position is read there, so a captured CUDA graph replays it. The pass
+// GPTModel::transformer_forward computes in float64, step for step.
+void TransformerModel::enqueue_pass(const RowBatch& batch, const int32_t* device_position) {
     const ModelConfig& c = config_;
     const TransformerSpec& spec = c.transformer;
     const size_t E = c.n_embd, H = c.n_head, Hkv = c.n_head_kv, D = c.head_dim, QD = H * D, KVD = Hkv * D;
+    const size_t N = batch.n_padded, n_single = batch.n_single, n_tiled = N - n_single;
     const float eps = static_cast<float>(c.norm_eps);
-    const compute::Activations activations = activations_for(options_);
     float *x = workspace_.buffer(X), *xn = workspace_.buffer(XN), *q = workspace_.buffer(Q), *att = workspace_.buffer(ATT);
     float *o = workspace_.buffer(O), *logits = workspace_.buffer(LOGITS);
+    // One run outside a decode step (a prompt) writes its K and V rows straight into the cache.
+    const bool into_cache = !device_position && batch.runs.size() == 1 && N == batch.n_rows;
+    const SlotRun& first_run = batch.runs.front();
 
-    compute::get_rows(ctx_, token_embd_, ids, T, x);                                 // x: [T, E]
-    if (spec.embedding_scale != 1.0) compute::scale(ctx_, x, T * E, static_cast<float>(spec.embedding_scale));
-    observe(ctx_, observer_, "inp_embd", -1, x, T * E);
+    compute::get_rows(ctx_, token_embd_, batch.ids, N, x);                           // x: [N, E]
+    if (spec.embedding_scale != 1.0) compute::scale(ctx_, x, N * E, static_cast<float>(spec.embedding_scale));
+    observe(ctx_, observer_, "inp_embd", -1, x, N * E);
     for (size_t il = 0; il < layers_.size(); ++il) {
         const Layer& L = layers_[il];
         const bool rope = spec.layers[il].rope;
-        float* keys = cache_.keys(il, slot_);                                        // [n_ctx, KVD]
-        float* values = cache_.values(il, slot_);
-        // This call's K and V rows: straight into the cache at p0, or (a decode step) beside it,
-        // stored at the device's position after RoPE.
-        float* k = device_position ? workspace_.buffer(KCUR) : keys + p0 * KVD;     // [T, KVD]
-        float* v = device_position ? workspace_.buffer(VCUR) : values + p0 * KVD;
+        float* k = into_cache ? cache_.keys(il, first_run.slot) + first_run.first_position * KVD : workspace_.buffer(KCUR);
+        float* v = into_cache ? cache_.values(il, first_run.slot) + first_run.first_position * KVD : workspace_.buffer(VCUR);
 
         // Attention: q, k, v = W xn + b; QK-norm per head; RoPE (not in a NoPE layer); attention
-        // over the layer's window.
-        normalize(L.attn_norm, x, T, xn);                                            // xn: [T, E]
-        observe(ctx_, observer_, "attn_norm", il, xn, T * E);
-        const compute::MatmulOutput qkv[] = {{L.wq, q}, {L.wk, k}, {L.wv, v}};       // q: [T, H, D]; k, v: [T, Hkv, D]
-        compute::matmul(ctx_, qkv, xn, T, activations);
-        if (!L.bq.empty()) compute::add_bias(ctx_, q, L.bq.data(), T, QD);
-        if (!L.bk.empty()) compute::add_bias(ctx_, k, L.bk.data(), T, KVD);
-        if (!L.bv.empty()) compute::add_bias(ctx_, v, L.bv.data(), T, KVD);
+        // over the layer's window, each run in its slot.
+        normalize(L.attn_norm, x, N, xn);                                            // xn: [N, E]
+        observe(ctx_, observer_, "attn_norm", il, xn, N * E);
+        const compute::MatmulOutput qkv[] = {{L.wq, q}, {L.wk, k}, {L.wv, v}};       // q: [N, H, D]; k, v: [N, Hkv, D]
+        products(qkv, xn, n_single, n_tiled);
+        if (!L.bq.empty()) compute::add_bias(ctx_, q, L.bq.data(), N, QD);
+        if (!L.bk.empty()) compute::add_bias(ctx_, k, L.bk.data(), N, KVD);
+        if (!L.bv.empty()) compute::add_bias(ctx_, v, L.bv.data(), N, KVD);
         if (spec.qk_norm) {
-            compute::rms_norm(ctx_, q, L.q_norm.data(), T * H, D, eps, q);
-            compute::rms_norm(ctx_, k, L.k_norm.data(), T * Hkv, D, eps, k);
+            compute::rms_norm(ctx_, q, L.q_norm.data(), N * H, D, eps, q);
+            compute::rms_norm(ctx_, k, L.k_norm.data(), N * Hkv, D, eps, k);
         }
         if (device_position) {
+            float *keys = cache_.keys(il, first_run.slot), *values = cache_.values(il, first_run.slot);
             if (rope) compute::rope_store_at(ctx_, q, H, k, v, Hkv, D, device_position, L.rope, keys, values);
             else compute::store_row(ctx_, k, KVD, keys, device_position), compute::store_row(ctx_, v, KVD, values, device_position);
-        } else if (rope) {
-            compute::rope(ctx_, q, T, QD, H, D, p0, L.rope);
-            compute::rope(ctx_, k, T, KVD, Hkv, D, p0, L.rope);
-        }
-        observe(ctx_, observer_, "Qcur", il, q, T * QD);
-        observe(ctx_, observer_, "Kcur", il, k, T * KVD);
-        if (device_position)
             compute::attention_at(ctx_, q, keys, values, device_position, cache_.n_ctx(), L.attention, att);
-        else
-            compute::attention(ctx_, q, keys, values, T, p0, L.attention, att);      // att: [T, H, D]
-        observe(ctx_, observer_, "kqv_out", il, att, T * QD);
+        } else {
+            for (const SlotRun& run : batch.runs) {
+                float *q_run = q + run.first_row * QD, *k_run = k + run.first_row * KVD;
+                float *keys = cache_.keys(il, run.slot), *values = cache_.values(il, run.slot);
+                if (rope) {
+                    compute::rope(ctx_, q_run, run.n_rows, QD, H, D, run.first_position, L.rope);
+                    compute::rope(ctx_, k_run, run.n_rows, KVD, Hkv, D, run.first_position, L.rope);
+                }
+                if (!into_cache) {
+                    copy_on_device(ctx_, keys + run.first_position * KVD, k_run, run.n_rows * KVD * sizeof(float));
+                    copy_on_device(ctx_, values + run.first_position * KVD, v + run.first_row * KVD, run.n_rows * KVD * sizeof(float));
+                }
+                compute::attention(ctx_, q_run, keys, values, run.n_rows, run.first_position, L.attention,
+                                   att + run.first_row * QD);                        // att: [n_rows, H, D]
+            }
+            // Padding rows have no position: a copy of the last fed row's output keeps them finite.
+            for (size_t r = batch.n_rows; r < N; ++r)
+                copy_on_device(ctx_, att + r * QD, att + (batch.n_rows - 1) * QD, QD * sizeof(float));
+        }
+        observe(ctx_, observer_, "Qcur", il, q, N * QD);
+        observe(ctx_, observer_, "kqv_out", il, att, N * QD);
 
         // The parallel block's FFN reads the layer's input, normalized before the attention adds to it.
         const float* ffn_in = xn;
         if (spec.residual == ResidualKind::Parallel && !L.ffn_norm.weight.empty()) {
-            normalize(L.ffn_norm, x, T, workspace_.buffer(XN2));
+            normalize(L.ffn_norm, x, N, workspace_.buffer(XN2));
             ffn_in = workspace_.buffer(XN2);
         }
         if (spec.post_norms) {                                                       // x += post_norm(Wo att + bo)
             const compute::MatmulOutput out{L.wo, o};
-            compute::matmul(ctx_, std::span(&out, 1), att, T, activations);
-            if (!L.bo.empty()) compute::add_bias(ctx_, o, L.bo.data(), T, E);
-            normalize(L.attn_post_norm, o, T, o);
-            compute::add(ctx_, x, o, T * E);
-        } else {
-            residual_project(ctx_, L.wo, L.bo, att, T, x, activations);              // x += Wo att + bo
+            products(std::span(&out, 1), att, n_single, n_tiled);
+            if (!L.bo.empty()) compute::add_bias(ctx_, o, L.bo.data(), N, E);
+            normalize(L.attn_post_norm, o, N, o);
+            compute::add(ctx_, x, o, N * E);
+        } else {                                                                     // x += Wo att + bo
+            const compute::MatmulOutput out{L.wo, x, /*accumulate=*/true};
+            products(std::span(&out, 1), att, n_single, n_tiled);
+            if (!L.bo.empty()) compute::add_bias(ctx_, x, L.bo.data(), N, E);
         }
-        observe(ctx_, observer_, "ffn_inp", il, x, T * E);
+        observe(ctx_, observer_, "ffn_inp", il, x, N * E);
 
         if (spec.residual == ResidualKind::Sequential) {
-            normalize(L.ffn_norm, x, T, xn);
+            normalize(L.ffn_norm, x, N, xn);
             ffn_in = xn;
         }
         if (spec.post_norms) {                                                       // x += post_norm(ffn(xn))
-            feed_forward(L, ffn_in, T, o, false);
-            normalize(L.ffn_post_norm, o, T, o);
-            compute::add(ctx_, x, o, T * E);
+            feed_forward(L, ffn_in, N, n_single, o, false);
+            normalize(L.ffn_post_norm, o, N, o);
+            compute::add(ctx_, x, o, N * E);
         } else {
-            feed_forward(L, ffn_in, T, x, true);                                     // x += ffn(xn)
+            feed_forward(L, ffn_in, N, n_single, x, true);                           // x += ffn(xn)
         }
-        observe(ctx_, observer_, "l_out", il, x, T * E);
+        observe(ctx_, observer_, "l_out", il, x, N * E);
     }
 
-    const float* last = x + (T - n_out) * E;                                         // the rows asked for
-    normalize(output_norm_, last, n_out, xn);                                        // xn: [n_out, E]
+    // The rows asked for, gathered at the front of x (ascending: none is overwritten before it is
+    // read), normalized and projected as the batch says.
+    const size_t n_out = batch.logit_rows.size();
+    for (size_t i = 0; i < n_out; ++i)
+        if (batch.logit_rows[i] != i) copy_on_device(ctx_, x + i * E, x + batch.logit_rows[i] * E, E * sizeof(float));
+    const bool tiled = batch.logits_products == RowProducts::Tiled;
+    const size_t n_logits = tiled ? batch.n_logits_padded : n_out;
+    normalize(output_norm_, x, n_logits, xn);                                        // xn: [n_logits, E]
     observe(ctx_, observer_, "result_norm", -1, xn, n_out * E);
     const compute::MatmulOutput output{output_, logits};
-    compute::matmul(ctx_, std::span(&output, 1), xn, n_out, activations);            // logits: [n_out, V]
+    products(std::span(&output, 1), xn, tiled ? 0 : n_out, tiled ? n_logits : 0);    // logits: [n_logits, V]
     if (spec.final_logit_softcap > 0)
-        compute::softcap(ctx_, logits, n_out * c.n_vocab, static_cast<float>(spec.final_logit_softcap));
+        compute::softcap(ctx_, logits, n_logits * c.n_vocab, static_cast<float>(spec.final_logit_softcap));
 }
 
-void TransformerModel::feed_forward(const Layer& L, const float* h, size_t T, float* y, bool accumulate) {
+// The activations run row by row: an elementwise kernel's vector/tail split must not depend on
+// how many rows a pass holds (a row's values must not depend on the other rows).
+void TransformerModel::feed_forward(const Layer& L, const float* h, size_t N, size_t n_single, float* y, bool accumulate) {
     const ModelConfig& c = config_;
     const size_t E = c.n_embd, F = c.n_ff;
-    const compute::Activations activations = activations_for(options_);
-    if (!L.experts.empty()) return mixture_of_experts(L, h, T, y);
-    float *gate = workspace_.buffer(GATE), *up = workspace_.buffer(UP);             // [T, F]
-    switch (c.transformer.feed_forward) {
-        case FeedForwardKind::SwiGLU:
-            compute::matmul_swiglu(ctx_, L.w_gate, L.w_up, h, T, gate, up, activations);
-            break;
-        case FeedForwardKind::GeGLU: {
-            const compute::MatmulOutput outputs[] = {{L.w_gate, gate}, {L.w_up, up}};
-            compute::matmul(ctx_, outputs, h, T, activations);
-            compute::geglu(ctx_, gate, up, T * F, gate);
-            break;
+    if (!L.experts.empty()) return mixture_of_experts(L, h, N, n_single, y);
+    float *gate = workspace_.buffer(GATE), *up = workspace_.buffer(UP);             // [N, F]
+    const FeedForwardKind kind = c.transformer.feed_forward;
+    if (kind == FeedForwardKind::SwiGLU || kind == FeedForwardKind::GeGLU) {
+        const compute::MatmulOutput outputs[] = {{L.w_gate, gate}, {L.w_up, up}};
+        products(outputs, h, n_single, N - n_single);
+        for (size_t r = 0; r < N; ++r) {
+            if (kind == FeedForwardKind::SwiGLU) compute::swiglu(ctx_, gate + r * F, up + r * F, F, gate + r * F);
+            else compute::geglu(ctx_, gate + r * F, up + r * F, F, gate + r * F);
         }
-        case FeedForwardKind::GeluTanh:
-        case FeedForwardKind::GeluErf: {
-            const compute::MatmulOutput output{L.w_up, gate};
-            compute::matmul(ctx_, std::span(&output, 1), h, T, activations);
-            if (!L.b_up.empty()) compute::add_bias(ctx_, gate, L.b_up.data(), T, F);
-            if (c.transformer.feed_forward == FeedForwardKind::GeluTanh) compute::gelu(ctx_, gate, T * F);
-            else compute::gelu_erf(ctx_, gate, T * F);
-            break;
+    } else {
+        const compute::MatmulOutput output{L.w_up, gate};
+        products(std::span(&output, 1), h, n_single, N - n_single);
+        if (!L.b_up.empty()) compute::add_bias(ctx_, gate, L.b_up.data(), N, F);
+        for (size_t r = 0; r < N; ++r) {
+            if (kind == FeedForwardKind::GeluTanh) compute::gelu(ctx_, gate + r * F, F);
+            else compute::gelu_erf(ctx_, gate + r * F, F);
         }
     }
-    if (accumulate) return residual_project(ctx_, L.w_down, L.b_down, gate, T, y, activations);
-    const compute::MatmulOutput output{L.w_down, y};
-    compute::matmul(ctx_, std::span(&output, 1), gate, T, activations);
-    if (!L.b_down.empty()) compute::add_bias(ctx_, y, L.b_down.data(), T, E);
+    const compute::MatmulOutput down{L.w_down, y, accumulate};
+    products(std::span(&down, 1), gate, n_single, N - n_single);
+    if (!L.b_down.empty()) compute::add_bias(ctx_, y, L.b_down.data(), N, E);
 }
 
 // y += sum over each token's top-k experts of weight_e * expert_e(h): the router's softmax over
 // all experts, the k largest kept (the lower index first on ties) and renormalized when the spec
 // says so. The choice is made on the host, so only the chosen experts' weights are read.
-void TransformerModel::mixture_of_experts(const Layer& L, const float* h, size_t T, float* y) {
+void TransformerModel::mixture_of_experts(const Layer& L, const float* h, size_t T, size_t n_single, float* y) {
     const TransformerSpec& spec = config_.transformer;
     const size_t E = config_.n_embd, X = spec.n_expert, K = spec.n_expert_used;
     const compute::Activations activations = activations_for(options_);
@@ -300,7 +344,7 @@ void TransformerModel::mixture_of_experts(const Layer& L, const float* h, size_t
     float* router = workspace_.buffer(O);                                            // [T, X] (O is E wide: X <= E checked below)
     if (X > E) throw std::runtime_error("mixture of experts: more experts than the embedding width is not implemented");
     const compute::MatmulOutput output{L.router, router};
-    compute::matmul(ctx_, std::span(&output, 1), h, T, activations);
+    products(std::span(&output, 1), h, n_single, T - n_single);
     router_logits_.resize(T * X);
     compute::download(ctx_, router_logits_.data(), router, T * X * sizeof(float));
     std::vector<size_t> order(X);

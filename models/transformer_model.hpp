@@ -47,13 +47,18 @@ private:
 
     TransformerModel(std::shared_ptr<const gguf::File> file, ModelConfig config, const F32Options& options);
     void reserve_workspace(size_t n_tokens);
-    // Queues the pass of T tokens at positions p0.. up to the logits of the last n_out (see
-    // F32LlamaModel::enqueue_forward: with device_position, a decode step at the position read there).
+    // F32ModelBase's hooks: the pass of T tokens of the selected slot at positions p0.. up to the
+    // logits of the last n_out (with device_position, a decode step at the position read there),
+    // and the batched pass over rows of several slots (forward_rows). Both are enqueue_pass.
     void enqueue_forward(const int32_t* ids, size_t T, size_t p0, const int32_t* device_position, size_t n_out);
+    void enqueue_rows(const RowBatch& batch);
+    void enqueue_pass(const RowBatch& batch, const int32_t* device_position);
+    void products(std::span<const compute::MatmulOutput> outputs, const float* x, size_t n_single, size_t n_tiled);
     void normalize(const Norm& norm, const float* x, size_t n_rows, float* out);
-    // y (+)= feed_forward(h) for T rows: the layer's MLP or its routed experts.
-    void feed_forward(const Layer& L, const float* h, size_t T, float* y, bool accumulate);
-    void mixture_of_experts(const Layer& L, const float* h, size_t T, float* y);
+    // y (+)= feed_forward(h) for N rows (the first n_single each alone): the layer's MLP or its
+    // routed experts.
+    void feed_forward(const Layer& L, const float* h, size_t N, size_t n_single, float* y, bool accumulate);
+    void mixture_of_experts(const Layer& L, const float* h, size_t T, size_t n_single, float* y);
 
     compute::WeightMatrix token_embd_, output_;                 // [V, E]; output_ is token_embd_ when tied
     std::vector<Layer> layers_;

@@ -209,6 +209,37 @@ TEST_P(EveryArchitecture, CudaDecodeStepMatchesTheReference) {
     EXPECT_LT(worst, test::kFloat32Tolerance) << a.arch;
 }
 
+// The server's batched pass (forward_rows): two sequences' prompts in one pass, then their decode
+// steps side by side; each sequence's logits bitwise those of the same sequence alone.
+TEST_P(EveryArchitecture, BatchedRowsEqualEachSequenceAlone) {
+    const RandomArch& a = GetParam();
+    const auto file = random_model(a, GGMLType::Q8_0);
+    const std::vector<Token> ids[2] = {random_ids(12, 21), random_ids(12, 22)};
+    std::vector<std::vector<double>> alone[2];
+    for (int s = 0; s < 2; ++s) {
+        TransformerModel model = TransformerModel::load(file, {.n_ctx = kCtx, .n_threads = 2});
+        alone[s].push_back(model.forward(std::span(ids[s]).first(8)).values);
+        for (size_t t = 8; t < 12; ++t) alone[s].push_back(model.forward(std::span(ids[s]).subspan(t, 1)).values);
+    }
+    TransformerModel model = TransformerModel::load(file, {.n_ctx = kCtx, .n_threads = 2});
+    model.set_slot_count(2);
+    std::vector<SlotToken> prompt;
+    for (size_t s = 0; s < 2; ++s)
+        for (size_t t = 0; t < 8; ++t) prompt.push_back({s, ids[s][t], t == 7, RowProducts::Tiled});
+    Logits batched = model.forward_rows(prompt, RowProducts::Single);   // as forward() computes a prompt's last logits
+    for (size_t step = 0;; ++step) {
+        ASSERT_EQ(batched.n_positions, 2u);
+        for (int s = 0; s < 2; ++s) {
+            const auto row = batched.row(s);
+            EXPECT_TRUE(std::equal(row.begin(), row.end(), alone[s][step].begin())) << a.arch << " sequence " << s << " step " << step;
+        }
+        if (step == 4) break;
+        const std::vector<SlotToken> decode = {{0, ids[0][8 + step], true, RowProducts::Single},
+                                               {1, ids[1][8 + step], true, RowProducts::Single}};
+        batched = model.forward_rows(decode);
+    }
+}
+
 INSTANTIATE_TEST_SUITE_P(TransformerModel, EveryArchitecture, ::testing::ValuesIn(architectures()),
                          [](const auto& info) { return info.param.arch; });
 
