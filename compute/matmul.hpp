@@ -105,6 +105,37 @@ inline void matmul(Context& ctx, std::span<const MatmulOutput> outputs, const fl
     throw_backend_unavailable("matmul", ctx.device());
 }
 
+// The batched decode step's products: y[t] = W x[t] for each of n_rows rows of x ([n_rows, cols]),
+// every row's output the same bits as matmul(..., x + t * cols, n_tokens = 1, ...) of that row
+// alone, whatever n_rows is and whatever the other rows hold (batch invariance: a server's greedy
+// ids do not depend on what else runs). Unlike matmul over n_tokens >= 4 (a tiled product with
+// float activations), each row keeps the one-token path's activations (its own int8x2 or int8
+// quantization). On the CPU each weight row is read once for all the rows (up to
+// cpu::matvec_max_rows at a time), where n_rows one-token calls read it n_rows times. norm: as in
+// matmul, each row normalized alone. The GPU has no such kernel yet: it runs the rows' one-token
+// products one after another, which is batch-invariant by construction.
+namespace cpu {
+void matmul_rows(Context& ctx, std::span<const MatmulOutput> outputs, const float* x, size_t n_rows, Activations activations,
+                 const RmsNorm* norm = nullptr);
+}
+inline void matmul_rows(Context& ctx, std::span<const MatmulOutput> outputs, const float* x, size_t n_rows,
+                        Activations activations, const RmsNorm* norm = nullptr) {
+    if (ctx.device() == Device::CPU) return cpu::matmul_rows(ctx, outputs, x, n_rows, activations, norm);
+#ifdef TWINFER_WITH_CUDA
+    if (ctx.device() == Device::CUDA) {
+        const size_t cols = outputs.empty() ? 0 : outputs[0].w.cols;
+        std::vector<MatmulOutput> at_row(outputs.begin(), outputs.end());
+        for (size_t t = 0; t < n_rows; ++t) {
+            for (size_t i = 0; i < outputs.size(); ++i) at_row[i].y = outputs[i].y + t * outputs[i].w.rows;
+            const RmsNorm row_norm = norm ? RmsNorm{norm->weight, norm->eps, norm->out + t * cols} : RmsNorm{};
+            cuda::matmul(ctx, at_row, x + t * cols, 1, activations, norm ? &row_norm : nullptr, nullptr);
+        }
+        return;
+    }
+#endif
+    throw_backend_unavailable("matmul_rows", ctx.device());
+}
+
 // out = silu(W_gate x) * (W_up x)   (Llama's feed-forward before its down projection), gate and up
 // of one shape. up_scratch: [n_tokens, rows] of working memory. On the GPU one token's products and
 // the activation are one launch.

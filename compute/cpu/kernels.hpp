@@ -36,17 +36,23 @@ struct Q8x2Block {
 // Weight types with an int8-activation kernel (the others use float activations).
 bool has_q8_kernel(GGMLType type);
 
+// The most activation rows one matvec call takes (its float path keeps a sum per row on the
+// stack); compute::matmul_rows hands larger batches over in slices of this many.
+constexpr size_t matvec_max_rows = 32;
+
 struct Kernels {
     CpuIsa isa;
-    // y[r] = W[r, :] . x for the n_rows rows at w, row_bytes apart, n_cols values each.
+    // y[b * y_stride + r] = W[r, :] . x[b, :] for the n_rows rows at w, row_bytes apart, n_cols
+    // values each, and n_x <= matvec_max_rows activation rows x: [n_x, n_cols]. Each weight row is
+    // read once for all n_x; a row b's result is the same bits as with x[b] alone (n_x = 1).
     void (*matvec)(GGMLType type, const std::byte* w, size_t row_bytes, size_t n_rows, size_t n_cols,
-                   const float* x, float* y);
-    // The same with x quantized by quantize_q8 (or quantize_q8x2); null in the generic table; type
-    // has_q8_kernel().
+                   const float* x, size_t n_x, float* y, size_t y_stride);
+    // The same with x quantized by quantize_q8 (or quantize_q8x2), row b at x + b * n_cols / 32;
+    // null in the generic table; type has_q8_kernel().
     void (*matvec_q8)(GGMLType type, const std::byte* w, size_t row_bytes, size_t n_rows, size_t n_cols,
-                      const Q8Block* x, float* y);
+                      const Q8Block* x, size_t n_x, float* y, size_t y_stride);
     void (*matvec_q8x2)(GGMLType type, const std::byte* w, size_t row_bytes, size_t n_rows, size_t n_cols,
-                        const Q8x2Block* x, float* y);
+                        const Q8x2Block* x, size_t n_x, float* y, size_t y_stride);
     // n values (a multiple of 32) as Q8x2Blocks; null in the generic table. Vectorized: it runs on
     // one thread before every int8x2 product.
     void (*quantize_q8x2)(const float* x, size_t n, Q8x2Block* out);

@@ -79,41 +79,59 @@ void for_row_chunks(Context& ctx, std::span<const MatmulOutput> outputs, ChunkRo
     });
 }
 
-void matvec(Context& ctx, const Kernels& k, std::span<const MatmulOutput> outputs, const float* x, size_t token,
+// n_x matrix-vector products, x: [n_x, cols] -> each output's y: [n_x, rows], every row
+// computed as it would be alone: quantized alone (quantize_q8 / quantize_q8x2 on its own values),
+// its dot products the kernel's for one row, whatever n_x is; the weight chunks are those of one
+// row's product (the split hands rows to threads, it changes no row's arithmetic). Each chunk of
+// weight rows is read once for up to matvec_max_rows activation rows.
+void matvec(Context& ctx, const Kernels& k, std::span<const MatmulOutput> outputs, const float* x, size_t n_x,
             Activations activations) {
     const size_t cols = outputs[0].w.cols;
     const bool quantized = activations != Activations::Float32 && k.matvec_q8 && cols % 32 == 0;
+    const size_t blocks_per_row = cols / 32;
     const Q8Block* xq = nullptr;
     const Q8x2Block* xq2 = nullptr;
     if (quantized && activations == Activations::Int8x2) {
-        auto* blocks = reinterpret_cast<Q8x2Block*>(ctx.shared_scratch(cols / 32 * sizeof(Q8x2Block)));
-        k.quantize_q8x2(x, cols, blocks);
+        auto* blocks = reinterpret_cast<Q8x2Block*>(ctx.shared_scratch(n_x * blocks_per_row * sizeof(Q8x2Block)));
+        ctx.pool().parallel_for(n_x, 1, [&](size_t first, size_t last, int) {
+            for (size_t b = first; b < last; ++b) k.quantize_q8x2(x + b * cols, cols, blocks + b * blocks_per_row);
+        });
         xq2 = blocks;
     } else if (quantized) {
-        auto* blocks = reinterpret_cast<Q8Block*>(ctx.shared_scratch(cols / 32 * sizeof(Q8Block)));
-        quantize_q8(x, cols, blocks);
+        auto* blocks = reinterpret_cast<Q8Block*>(ctx.shared_scratch(n_x * blocks_per_row * sizeof(Q8Block)));
+        ctx.pool().parallel_for(n_x, 1, [&](size_t first, size_t last, int) {
+            for (size_t b = first; b < last; ++b) quantize_q8(x + b * cols, cols, blocks + b * blocks_per_row);
+        });
         xq = blocks;
     }
     const int n_threads = ctx.pool().size();
     auto chunk_rows = [n_threads](size_t rows) { return matvec_chunk_rows(rows, n_threads); };
-    // Accumulating outputs: each chunk's products land in its thread's scratch first, then are
-    // added (allocated here: a worker thread must not throw).
+    // Accumulating outputs: each chunk's products ([slice rows, chunk rows]) land in its thread's
+    // scratch first, then are added (allocated here: a worker thread must not throw).
+    const size_t slice = std::min(n_x, matvec_max_rows);
     std::vector<float*> sums(ctx.n_threads());
+    size_t sum_floats = 0;
     for (const MatmulOutput& o : outputs)
-        if (o.accumulate)
-            for (int t = 0; t < ctx.n_threads(); ++t)
-                sums[t] = reinterpret_cast<float*>(ctx.thread_scratch(t, chunk_rows(o.w.rows) * sizeof(float)));
+        if (o.accumulate) sum_floats = std::max(sum_floats, chunk_rows(o.w.rows) * slice);
+    if (sum_floats)
+        for (int t = 0; t < ctx.n_threads(); ++t) sums[t] = reinterpret_cast<float*>(ctx.thread_scratch(t, sum_floats * sizeof(float)));
     for_row_chunks(ctx, outputs, chunk_rows, [&](size_t i, size_t begin, size_t end, int thread) {
         const WeightMatrix& w = outputs[i].w;
-        const size_t row_bytes = w.row_bytes();
-        float* y = outputs[i].y + token * w.rows + begin;
-        float* products = outputs[i].accumulate ? sums[thread] : y;
-        if (xq && has_q8_kernel(w.type)) k.matvec_q8(w.type, w.data + begin * row_bytes, row_bytes, end - begin, cols, xq, products);
-        else if (xq2 && has_q8_kernel(w.type))
-            k.matvec_q8x2(w.type, w.data + begin * row_bytes, row_bytes, end - begin, cols, xq2, products);
-        else k.matvec(w.type, w.data + begin * row_bytes, row_bytes, end - begin, cols, x, products);
-        if (outputs[i].accumulate)
-            for (size_t r = 0; r < end - begin; ++r) y[r] += products[r];
+        const size_t row_bytes = w.row_bytes(), n_rows = end - begin;
+        const std::byte* rows = w.data + begin * row_bytes;
+        for (size_t b0 = 0; b0 < n_x; b0 += slice) {
+            const size_t n = std::min(slice, n_x - b0);
+            float* y = outputs[i].y + b0 * w.rows + begin;
+            float* products = outputs[i].accumulate ? sums[thread] : y;
+            const size_t stride = outputs[i].accumulate ? n_rows : w.rows;
+            if (xq && has_q8_kernel(w.type)) k.matvec_q8(w.type, rows, row_bytes, n_rows, cols, xq + b0 * blocks_per_row, n, products, stride);
+            else if (xq2 && has_q8_kernel(w.type))
+                k.matvec_q8x2(w.type, rows, row_bytes, n_rows, cols, xq2 + b0 * blocks_per_row, n, products, stride);
+            else k.matvec(w.type, rows, row_bytes, n_rows, cols, x + b0 * cols, n, products, stride);
+            if (outputs[i].accumulate)
+                for (size_t b = 0; b < n; ++b)
+                    for (size_t r = 0; r < n_rows; ++r) y[b * w.rows + r] += products[b * n_rows + r];
+        }
     });
 }
 
@@ -151,22 +169,34 @@ void gemm(Context& ctx, const Kernels& k, std::span<const MatmulOutput> outputs,
     });
 }
 
-}  // namespace
-
-void matmul(Context& ctx, std::span<const MatmulOutput> outputs, const float* x, size_t n_tokens, Activations activations,
-            const RmsNorm* norm) {
+// The checks and the norm of matmul and matmul_rows; returns the input the products read.
+const float* prepare_products(Context& ctx, std::span<const MatmulOutput> outputs, const float* x, size_t n_tokens,
+                              const RmsNorm* norm) {
     for (const MatmulOutput& o : outputs)
         if (o.w.cols != outputs[0].w.cols)
             throw std::invalid_argument("matmul: matrices sharing an input must have as many columns (" +
                                         std::to_string(o.w.cols) + " vs " + std::to_string(outputs[0].w.cols) + ")");
+    if (outputs.empty() || n_tokens == 0 || !norm) return x;
+    cpu::rms_norm(ctx, x, norm->weight, n_tokens, outputs[0].w.cols, norm->eps, norm->out);
+    return norm->out;
+}
+
+}  // namespace
+
+void matmul(Context& ctx, std::span<const MatmulOutput> outputs, const float* x, size_t n_tokens, Activations activations,
+            const RmsNorm* norm) {
+    x = prepare_products(ctx, outputs, x, n_tokens, norm);
     if (outputs.empty() || n_tokens == 0) return;
-    if (norm) {
-        cpu::rms_norm(ctx, x, norm->weight, n_tokens, outputs[0].w.cols, norm->eps, norm->out);
-        x = norm->out;
-    }
     const Kernels& k = kernels(ctx.cpu_isa());
     if (n_tokens >= min_gemm_tokens) return gemm(ctx, k, outputs, x, n_tokens);
-    for (size_t t = 0; t < n_tokens; ++t) matvec(ctx, k, outputs, x + t * outputs[0].w.cols, t, activations);
+    matvec(ctx, k, outputs, x, n_tokens, activations);
+}
+
+void matmul_rows(Context& ctx, std::span<const MatmulOutput> outputs, const float* x, size_t n_rows, Activations activations,
+                 const RmsNorm* norm) {
+    x = prepare_products(ctx, outputs, x, n_rows, norm);
+    if (outputs.empty() || n_rows == 0) return;
+    matvec(ctx, kernels(ctx.cpu_isa()), outputs, x, n_rows, activations);
 }
 
 void matmul(Context& ctx, const WeightMatrix& w, const float* x, size_t n_tokens, float* y, Activations activations) {

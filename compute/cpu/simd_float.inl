@@ -53,41 +53,47 @@ constexpr auto dot_f32 = dot<float, FloatVec::load, identity>;
 constexpr auto dot_f16 = dot<uint16_t, FloatVec::load_f16, half_to_float>;
 constexpr auto dot_bf16 = dot<uint16_t, FloatVec::load_bf16, bfloat_to_float>;
 
+// The float-activation products take n_x activation rows (x: [n_x, n_cols]) and write
+// y[b * y_stride + r]: each weight row is read from memory once, then from L1 for every further
+// activation row, whose dot product is the one a lone row gets (matmul_rows' batch invariance).
 template <class T, float (*Dot)(const T*, const float*, size_t)>
-void matvec_plain(const std::byte* w, size_t row_bytes, size_t n_rows, size_t n_cols, const float* x, float* y) {
+void matvec_plain(const std::byte* w, size_t row_bytes, size_t n_rows, size_t n_cols, const float* x, size_t n_x, float* y,
+                  size_t y_stride) {
     const std::byte* end = w + n_rows * row_bytes;
     for (size_t r = 0; r < n_rows; ++r) {
         prefetch_ahead(w + r * row_bytes, row_bytes, end);
-        y[r] = Dot(reinterpret_cast<const T*>(w + r * row_bytes), x, n_cols);
+        for (size_t b = 0; b < n_x; ++b) y[b * y_stride + r] = Dot(reinterpret_cast<const T*>(w + r * row_bytes), x + b * n_cols, n_cols);
     }
 }
 
 // Quantized rows with float activations: dequantize 256 values at a time (every block size
-// divides 256) into a buffer that stays in L1, then a float dot product.
+// divides 256) into a buffer that stays in L1, then a float dot product with each activation row.
 void matvec_dequantized(GGMLType type, const std::byte* w, size_t row_bytes, size_t n_rows, size_t n_cols,
-                        const float* x, float* y) {
+                        const float* x, size_t n_x, float* y, size_t y_stride) {
     const GGMLTypeTraits& traits = type_traits(type);
     alignas(64) float values[256];
+    float sums[matvec_max_rows];
     const std::byte* end = w + n_rows * row_bytes;
     for (size_t r = 0; r < n_rows; ++r) {
         const std::byte* row = w + r * row_bytes;
         prefetch_ahead(row, row_bytes, end);
-        float sum = 0.0f;
+        for (size_t b = 0; b < n_x; ++b) sums[b] = 0.0f;
         for (size_t c = 0; c < n_cols; c += 256) {
             const size_t n = std::min<size_t>(256, n_cols - c);
             dequantize_row(type, row + c / traits.block_size * traits.type_size, n, values);
-            sum += dot_f32(values, x + c, n);
+            for (size_t b = 0; b < n_x; ++b) sums[b] += dot_f32(values, x + b * n_cols + c, n);
         }
-        y[r] = sum;
+        for (size_t b = 0; b < n_x; ++b) y[b * y_stride + r] = sums[b];
     }
 }
 
-void matvec(GGMLType type, const std::byte* w, size_t row_bytes, size_t n_rows, size_t n_cols, const float* x, float* y) {
+void matvec(GGMLType type, const std::byte* w, size_t row_bytes, size_t n_rows, size_t n_cols, const float* x, size_t n_x,
+            float* y, size_t y_stride) {
     switch (type) {
-    case GGMLType::F32: return matvec_plain<float, dot_f32>(w, row_bytes, n_rows, n_cols, x, y);
-    case GGMLType::F16: return matvec_plain<uint16_t, dot_f16>(w, row_bytes, n_rows, n_cols, x, y);
-    case GGMLType::BF16: return matvec_plain<uint16_t, dot_bf16>(w, row_bytes, n_rows, n_cols, x, y);
-    default: return matvec_dequantized(type, w, row_bytes, n_rows, n_cols, x, y);
+    case GGMLType::F32: return matvec_plain<float, dot_f32>(w, row_bytes, n_rows, n_cols, x, n_x, y, y_stride);
+    case GGMLType::F16: return matvec_plain<uint16_t, dot_f16>(w, row_bytes, n_rows, n_cols, x, n_x, y, y_stride);
+    case GGMLType::BF16: return matvec_plain<uint16_t, dot_bf16>(w, row_bytes, n_rows, n_cols, x, n_x, y, y_stride);
+    default: return matvec_dequantized(type, w, row_bytes, n_rows, n_cols, x, n_x, y, y_stride);
     }
 }
 

@@ -87,64 +87,108 @@ inline __m256i bit_to_16(__m256i bytes, uint8_t mask) {
 // The block loops below keep two accumulators, even and odd blocks (unrolled by hand: an array
 // indexed by i & 1 ends up in memory): one block's body is about as long as an FMA's latency,
 // so a single accumulator chain would be the bottleneck.
+//
+// Each dot product takes G activation rows (x, x + x_stride, ...; x_stride in blocks) and writes
+// G results (out[0], out[y_stride], ...): a weight block is decoded once and dotted with every
+// row, while each row's own arithmetic (its accumulators, their order, the final sums) is the one
+// G = 1 does. So a row's result is the same bits whichever G computes it and whichever rows are
+// beside it (tests/compute/matmul_test.cpp, MatmulRowsTest): matmul_rows' batch invariance.
+// The per-row state is in arrays indexed by g only inside fully unrolled loops, which keeps it in
+// registers.
+#define TWINFER_FOR_ROWS _Pragma("GCC unroll 8") for (int g = 0; g < G; ++g)
 
 // Σ (q - offset) d_w . y over the blocks, q unsigned: Σ d_w d_y (q.y) - offset Σ d_w sum_y.
-template <class Act, class Block, __m256i (*Values)(const Block&), int Offset>
-float dot_symmetric(const Block* w, const Act* x, size_t n_cols) {
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    float offset0 = 0.0f, offset1 = 0.0f;
-    auto block = [&](size_t i, __m256& acc, float& offset_sum) {
-        const float d = half(w[i].d);
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d * x[i].d), block_dot(Values(w[i]), x[i]), acc);
-        offset_sum += d * x[i].sum;
-    };
-    const size_t nb = n_cols / 32;
-    size_t i = 0;
-    for (; i + 1 < nb; i += 2) {
-        block(i, acc0, offset0);
-        block(i + 1, acc1, offset1);
+template <class Act, class Block, class Values, int Offset>
+struct DotSymmetric {
+    using WeightBlock = Block;
+    template <int G>
+    static void dot(const Block* w, const Act* x, size_t x_stride, size_t n_cols, float* out, size_t y_stride) {
+        __m256 acc0[G], acc1[G];
+        float offset0[G], offset1[G];
+        TWINFER_FOR_ROWS { acc0[g] = acc1[g] = _mm256_setzero_ps(); offset0[g] = offset1[g] = 0.0f; }
+        auto block = [&](size_t i, __m256* acc, float* offset_sum) {
+            const float d = half(w[i].d);
+            const __m256i u = Values::of(w[i]);
+            TWINFER_FOR_ROWS {
+                const Act& y = x[g * x_stride + i];
+                acc[g] = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), block_dot(u, y), acc[g]);
+                offset_sum[g] += d * y.sum;
+            }
+        };
+        const size_t nb = n_cols / 32;
+        size_t i = 0;
+        for (; i + 1 < nb; i += 2) {
+            block(i, acc0, offset0);
+            block(i + 1, acc1, offset1);
+        }
+        if (i < nb) block(i, acc0, offset0);
+        TWINFER_FOR_ROWS out[g * y_stride] = hsum8(_mm256_add_ps(acc0[g], acc1[g])) - Offset * (offset0[g] + offset1[g]);
     }
-    if (i < nb) block(i, acc0, offset0);
-    return hsum8(_mm256_add_ps(acc0, acc1)) - Offset * (offset0 + offset1);
-}
+};
 
 // Σ (q d_w + m) . y over the blocks: Σ d_w d_y (q.y) + Σ m sum_y.
-template <class Act, class Block, __m256i (*Values)(const Block&)>
-float dot_with_min(const Block* w, const Act* x, size_t n_cols) {
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    float min0 = 0.0f, min1 = 0.0f;
-    auto block = [&](size_t i, __m256& acc, float& min_sum) {
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(half(w[i].d) * x[i].d), block_dot(Values(w[i]), x[i]), acc);
-        min_sum += half(w[i].m) * x[i].sum;
-    };
-    const size_t nb = n_cols / 32;
-    size_t i = 0;
-    for (; i + 1 < nb; i += 2) {
-        block(i, acc0, min0);
-        block(i + 1, acc1, min1);
+template <class Act, class Block, class Values>
+struct DotWithMin {
+    using WeightBlock = Block;
+    template <int G>
+    static void dot(const Block* w, const Act* x, size_t x_stride, size_t n_cols, float* out, size_t y_stride) {
+        __m256 acc0[G], acc1[G];
+        float min0[G], min1[G];
+        TWINFER_FOR_ROWS { acc0[g] = acc1[g] = _mm256_setzero_ps(); min0[g] = min1[g] = 0.0f; }
+        auto block = [&](size_t i, __m256* acc, float* min_sum) {
+            const float d = half(w[i].d), m = half(w[i].m);
+            const __m256i u = Values::of(w[i]);
+            TWINFER_FOR_ROWS {
+                const Act& y = x[g * x_stride + i];
+                acc[g] = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), block_dot(u, y), acc[g]);
+                min_sum[g] += m * y.sum;
+            }
+        };
+        const size_t nb = n_cols / 32;
+        size_t i = 0;
+        for (; i + 1 < nb; i += 2) {
+            block(i, acc0, min0);
+            block(i + 1, acc1, min1);
+        }
+        if (i < nb) block(i, acc0, min0);
+        TWINFER_FOR_ROWS out[g * y_stride] = hsum8(_mm256_add_ps(acc0[g], acc1[g])) + min0[g] + min1[g];
     }
-    if (i < nb) block(i, acc0, min0);
-    return hsum8(_mm256_add_ps(acc0, acc1)) + min0 + min1;
-}
+};
 
-template <class Block> __m256i q4_values(const Block& b) { return block_nibbles(b.qs); }
-template <class Block> __m256i q5_values(const Block& b) { return _mm256_or_si256(block_nibbles(b.qs), fifth_bits(b.qh)); }
+// A 32-value block's unsigned values (types, not functions: a function returning __m256i as a
+// template argument loses its vector attributes, which GCC warns about).
+struct Q4Values {
+    template <class Block> static __m256i of(const Block& b) { return block_nibbles(b.qs); }
+};
+struct Q5Values {
+    template <class Block> static __m256i of(const Block& b) { return _mm256_or_si256(block_nibbles(b.qs), fifth_bits(b.qh)); }
+};
 
 template <class Act>
-float dot_q8_0(const BlockQ8_0* w, const Act* x, size_t n_cols) {
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    auto block = [&](size_t i, __m256& acc) {
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(half(w[i].d) * x[i].d), block_dot_signed(load_bytes(w[i].qs), x[i]), acc);
-    };
-    const size_t nb = n_cols / 32;
-    size_t i = 0;
-    for (; i + 1 < nb; i += 2) {
-        block(i, acc0);
-        block(i + 1, acc1);
+struct DotQ8_0 {
+    using WeightBlock = BlockQ8_0;
+    template <int G>
+    static void dot(const BlockQ8_0* w, const Act* x, size_t x_stride, size_t n_cols, float* out, size_t y_stride) {
+        __m256 acc0[G], acc1[G];
+        TWINFER_FOR_ROWS acc0[g] = acc1[g] = _mm256_setzero_ps();
+        auto block = [&](size_t i, __m256* acc) {
+            const float d = half(w[i].d);
+            const __m256i q = load_bytes(w[i].qs);
+            TWINFER_FOR_ROWS {
+                const Act& y = x[g * x_stride + i];
+                acc[g] = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), block_dot_signed(q, y), acc[g]);
+            }
+        };
+        const size_t nb = n_cols / 32;
+        size_t i = 0;
+        for (; i + 1 < nb; i += 2) {
+            block(i, acc0);
+            block(i + 1, acc1);
+        }
+        if (i < nb) block(i, acc0);
+        TWINFER_FOR_ROWS out[g * y_stride] = hsum8(_mm256_add_ps(acc0[g], acc1[g]));
     }
-    if (i < nb) block(i, acc0);
-    return hsum8(_mm256_add_ps(acc0, acc1));
-}
+};
 
 // Scale and min of sub-block j (0..7) of a Q4_K/Q5_K super-block: 6 bits each, packed in 12 bytes
 // (ggml's get_scale_min_k4).
@@ -161,93 +205,127 @@ inline void k4_scale_min(const uint8_t* q, int j, float& scale, float& min) {
 // Q4_K/Q5_K: 8 sub-blocks of 32, value = d * scale_j * q - dmin * min_j. 64 values share 32 bytes
 // of nibbles (low: sub-block 2g, high: 2g+1); Q5_K's fifth bits are bits 2g, 2g+1 of qh[l].
 template <class Act, class Block, bool FifthBit>
-float dot_k_with_min(const Block* w, const Act* x, size_t n_cols) {
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    float min_sum = 0.0f;
-    for (size_t i = 0; i < n_cols / 256; ++i) {
-        const Block& b = w[i];
-        const Act* y = x + 8 * i;
-        const float d = half(b.d), dmin = half(b.dmin);
-        __m256i high_bits = _mm256_setzero_si256();
-        if constexpr (FifthBit) high_bits = load_bytes(b.qh);
-        for (int g = 0; g < 4; ++g) {
-            const __m256i q = load_bytes(b.qs + 32 * g);
-            __m256i lo = low_nibbles(q), hi = high_nibbles(q);
-            if constexpr (FifthBit) {
-                lo = _mm256_or_si256(lo, bit_to_16(high_bits, static_cast<uint8_t>(1u << (2 * g))));
-                hi = _mm256_or_si256(hi, bit_to_16(high_bits, static_cast<uint8_t>(1u << (2 * g + 1))));
+struct DotKWithMin {
+    using WeightBlock = Block;
+    template <int G>
+    static void dot(const Block* w, const Act* x, size_t x_stride, size_t n_cols, float* out, size_t y_stride) {
+        __m256 acc0[G], acc1[G];
+        float min_sum[G];
+        TWINFER_FOR_ROWS { acc0[g] = acc1[g] = _mm256_setzero_ps(); min_sum[g] = 0.0f; }
+        for (size_t i = 0; i < n_cols / 256; ++i) {
+            const Block& b = w[i];
+            const float d = half(b.d), dmin = half(b.dmin);
+            __m256i high_bits = _mm256_setzero_si256();
+            if constexpr (FifthBit) high_bits = load_bytes(b.qh);
+            for (int s = 0; s < 4; ++s) {
+                const __m256i q = load_bytes(b.qs + 32 * s);
+                __m256i lo = low_nibbles(q), hi = high_nibbles(q);
+                if constexpr (FifthBit) {
+                    lo = _mm256_or_si256(lo, bit_to_16(high_bits, static_cast<uint8_t>(1u << (2 * s))));
+                    hi = _mm256_or_si256(hi, bit_to_16(high_bits, static_cast<uint8_t>(1u << (2 * s + 1))));
+                }
+                float scale0, min0, scale1, min1;
+                k4_scale_min(b.scales, 2 * s, scale0, min0);
+                k4_scale_min(b.scales, 2 * s + 1, scale1, min1);
+                TWINFER_FOR_ROWS {
+                    const Act* y = x + g * x_stride + 8 * i;
+                    acc0[g] = _mm256_fmadd_ps(_mm256_set1_ps(d * scale0 * y[2 * s].d), block_dot(lo, y[2 * s]), acc0[g]);
+                    acc1[g] = _mm256_fmadd_ps(_mm256_set1_ps(d * scale1 * y[2 * s + 1].d), block_dot(hi, y[2 * s + 1]), acc1[g]);
+                    min_sum[g] += dmin * (min0 * y[2 * s].sum + min1 * y[2 * s + 1].sum);
+                }
             }
-            float scale0, min0, scale1, min1;
-            k4_scale_min(b.scales, 2 * g, scale0, min0);
-            k4_scale_min(b.scales, 2 * g + 1, scale1, min1);
-            acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d * scale0 * y[2 * g].d), block_dot(lo, y[2 * g]), acc0);
-            acc1 = _mm256_fmadd_ps(_mm256_set1_ps(d * scale1 * y[2 * g + 1].d), block_dot(hi, y[2 * g + 1]), acc1);
-            min_sum += dmin * (min0 * y[2 * g].sum + min1 * y[2 * g + 1].sum);
         }
+        TWINFER_FOR_ROWS out[g * y_stride] = hsum8(_mm256_add_ps(acc0[g], acc1[g])) - min_sum[g];
     }
-    return hsum8(_mm256_add_ps(acc0, acc1)) - min_sum;
-}
+};
 
 // Q6_K: 16 sub-blocks of 16, value = d * scale_s * (q - 32), q 6 bits: 4 from ql, 2 from qh. Each
-// half (128 values) has 4 groups of 32; group g's values come from nibble (g / 2) of ql[32 (g % 2) + l]
-// and bits 2g..2g+1 of qh[l], and use scales 2g (first 16) and 2g + 1 (last 16).
+// half (128 values) has 4 groups of 32; group j's values come from nibble (j / 2) of ql[32 (j % 2) + l]
+// and bits 2j..2j+1 of qh[l], and use scales 2j (first 16) and 2j + 1 (last 16).
 template <class Act>
-float dot_q6_k(const BlockQ6_K* w, const Act* x, size_t n_cols) {
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    const __m256i three = _mm256_set1_epi8(3), thirty_two = _mm256_set1_epi8(32);
-    for (size_t i = 0; i < n_cols / 256; ++i) {
-        const BlockQ6_K& b = w[i];
-        const float d = half(b.d);
-        for (int h = 0; h < 2; ++h) {
-            const __m256i ql0 = load_bytes(b.ql + 64 * h), ql1 = load_bytes(b.ql + 64 * h + 32);
-            const __m256i qh = load_bytes(b.qh + 32 * h);
-            const __m256i q[4] = {
-                _mm256_or_si256(low_nibbles(ql0), _mm256_slli_epi16(_mm256_and_si256(qh, three), 4)),
-                _mm256_or_si256(low_nibbles(ql1), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), three), 4)),
-                _mm256_or_si256(high_nibbles(ql0), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), three), 4)),
-                _mm256_or_si256(high_nibbles(ql1), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), three), 4)),
-            };
-            const int8_t* scales = b.scales + 8 * h;
-            auto group = [&](int g, __m256& acc) {
-                const Act& y = x[8 * i + 4 * h + g];
-                const __m256 p = block_dot_signed(_mm256_sub_epi8(q[g], thirty_two), y);
-                const __m256 s = _mm256_set_m128(_mm_set1_ps(scales[2 * g + 1]), _mm_set1_ps(scales[2 * g]));
-                acc = _mm256_fmadd_ps(_mm256_mul_ps(s, _mm256_set1_ps(d * y.d)), p, acc);
-            };
-            group(0, acc0);
-            group(1, acc1);
-            group(2, acc0);
-            group(3, acc1);
+struct DotQ6_K {
+    using WeightBlock = BlockQ6_K;
+    template <int G>
+    static void dot(const BlockQ6_K* w, const Act* x, size_t x_stride, size_t n_cols, float* out, size_t y_stride) {
+        __m256 acc0[G], acc1[G];
+        TWINFER_FOR_ROWS acc0[g] = acc1[g] = _mm256_setzero_ps();
+        const __m256i three = _mm256_set1_epi8(3), thirty_two = _mm256_set1_epi8(32);
+        for (size_t i = 0; i < n_cols / 256; ++i) {
+            const BlockQ6_K& b = w[i];
+            const float d = half(b.d);
+            for (int h = 0; h < 2; ++h) {
+                const __m256i ql0 = load_bytes(b.ql + 64 * h), ql1 = load_bytes(b.ql + 64 * h + 32);
+                const __m256i qh = load_bytes(b.qh + 32 * h);
+                const __m256i q[4] = {
+                    _mm256_or_si256(low_nibbles(ql0), _mm256_slli_epi16(_mm256_and_si256(qh, three), 4)),
+                    _mm256_or_si256(low_nibbles(ql1), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), three), 4)),
+                    _mm256_or_si256(high_nibbles(ql0), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), three), 4)),
+                    _mm256_or_si256(high_nibbles(ql1), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), three), 4)),
+                };
+                const int8_t* scales = b.scales + 8 * h;
+                auto group = [&](int j, __m256* acc) {
+                    const __m256i values = _mm256_sub_epi8(q[j], thirty_two);
+                    const __m256 s = _mm256_set_m128(_mm_set1_ps(scales[2 * j + 1]), _mm_set1_ps(scales[2 * j]));
+                    TWINFER_FOR_ROWS {
+                        const Act& y = x[g * x_stride + 8 * i + 4 * h + j];
+                        acc[g] = _mm256_fmadd_ps(_mm256_mul_ps(s, _mm256_set1_ps(d * y.d)), block_dot_signed(values, y), acc[g]);
+                    }
+                };
+                group(0, acc0);
+                group(1, acc1);
+                group(2, acc0);
+                group(3, acc1);
+            }
         }
+        TWINFER_FOR_ROWS out[g * y_stride] = hsum8(_mm256_add_ps(acc0[g], acc1[g]));
     }
-    return hsum8(_mm256_add_ps(acc0, acc1));
-}
+};
+#undef TWINFER_FOR_ROWS
 
-template <class Act, class Block, float (*Dot)(const Block*, const Act*, size_t)>
-void rows_q8(const std::byte* w, size_t row_bytes, size_t n_rows, size_t n_cols, const Act* x, float* y) {
+// Activation rows dotted with each weight row together (Dot::dot<act_group>), the rest in one
+// smaller group: a weight row is read from memory once for all n_x rows, and re-read from L1 by
+// each further group. Four rows: 8 accumulators, and the decoded block, stay in 16 registers.
+constexpr size_t act_group = 4;
+
+template <class Act, class Dot>
+void rows_q8(const std::byte* w, size_t row_bytes, size_t n_rows, size_t n_cols, const Act* x, size_t n_x, float* y,
+             size_t y_stride) {
+    using Block = typename Dot::WeightBlock;
+    const size_t x_stride = n_cols / 32;
     const std::byte* end = w + n_rows * row_bytes;
     for (size_t r = 0; r < n_rows; ++r) {
         const std::byte* row = w + r * row_bytes;
         prefetch_ahead(row, row_bytes, end);
-        y[r] = Dot(reinterpret_cast<const Block*>(row), x, n_cols);
+        const Block* blocks = reinterpret_cast<const Block*>(row);
+        size_t b = 0;
+        for (; b + act_group <= n_x; b += act_group)
+            Dot::template dot<act_group>(blocks, x + b * x_stride, x_stride, n_cols, y + b * y_stride + r, y_stride);
+        static_assert(act_group == 4);
+        switch (n_x - b) {
+        case 3: Dot::template dot<3>(blocks, x + b * x_stride, x_stride, n_cols, y + b * y_stride + r, y_stride); break;
+        case 2: Dot::template dot<2>(blocks, x + b * x_stride, x_stride, n_cols, y + b * y_stride + r, y_stride); break;
+        case 1: Dot::template dot<1>(blocks, x + b * x_stride, x_stride, n_cols, y + b * y_stride + r, y_stride); break;
+        default: break;
+        }
     }
 }
 
 template <class Act>
-void matvec_q8(GGMLType type, const std::byte* w, size_t row_bytes, size_t n_rows, size_t n_cols, const Act* x, float* y) {
+void matvec_q8(GGMLType type, const std::byte* w, size_t row_bytes, size_t n_rows, size_t n_cols, const Act* x, size_t n_x,
+               float* y, size_t y_stride) {
     switch (type) {
     case GGMLType::Q4_0:
-        return rows_q8<Act, BlockQ4_0, dot_symmetric<Act, BlockQ4_0, q4_values<BlockQ4_0>, 8>>(w, row_bytes, n_rows, n_cols, x, y);
+        return rows_q8<Act, DotSymmetric<Act, BlockQ4_0, Q4Values, 8>>(w, row_bytes, n_rows, n_cols, x, n_x, y, y_stride);
     case GGMLType::Q4_1:
-        return rows_q8<Act, BlockQ4_1, dot_with_min<Act, BlockQ4_1, q4_values<BlockQ4_1>>>(w, row_bytes, n_rows, n_cols, x, y);
+        return rows_q8<Act, DotWithMin<Act, BlockQ4_1, Q4Values>>(w, row_bytes, n_rows, n_cols, x, n_x, y, y_stride);
     case GGMLType::Q5_0:
-        return rows_q8<Act, BlockQ5_0, dot_symmetric<Act, BlockQ5_0, q5_values<BlockQ5_0>, 16>>(w, row_bytes, n_rows, n_cols, x, y);
+        return rows_q8<Act, DotSymmetric<Act, BlockQ5_0, Q5Values, 16>>(w, row_bytes, n_rows, n_cols, x, n_x, y, y_stride);
     case GGMLType::Q5_1:
-        return rows_q8<Act, BlockQ5_1, dot_with_min<Act, BlockQ5_1, q5_values<BlockQ5_1>>>(w, row_bytes, n_rows, n_cols, x, y);
-    case GGMLType::Q8_0: return rows_q8<Act, BlockQ8_0, dot_q8_0<Act>>(w, row_bytes, n_rows, n_cols, x, y);
-    case GGMLType::Q4_K: return rows_q8<Act, BlockQ4_K, dot_k_with_min<Act, BlockQ4_K, false>>(w, row_bytes, n_rows, n_cols, x, y);
-    case GGMLType::Q5_K: return rows_q8<Act, BlockQ5_K, dot_k_with_min<Act, BlockQ5_K, true>>(w, row_bytes, n_rows, n_cols, x, y);
-    case GGMLType::Q6_K: return rows_q8<Act, BlockQ6_K, dot_q6_k<Act>>(w, row_bytes, n_rows, n_cols, x, y);
+        return rows_q8<Act, DotWithMin<Act, BlockQ5_1, Q5Values>>(w, row_bytes, n_rows, n_cols, x, n_x, y, y_stride);
+    case GGMLType::Q8_0: return rows_q8<Act, DotQ8_0<Act>>(w, row_bytes, n_rows, n_cols, x, n_x, y, y_stride);
+    case GGMLType::Q4_K: return rows_q8<Act, DotKWithMin<Act, BlockQ4_K, false>>(w, row_bytes, n_rows, n_cols, x, n_x, y, y_stride);
+    case GGMLType::Q5_K: return rows_q8<Act, DotKWithMin<Act, BlockQ5_K, true>>(w, row_bytes, n_rows, n_cols, x, n_x, y, y_stride);
+    case GGMLType::Q6_K: return rows_q8<Act, DotQ6_K<Act>>(w, row_bytes, n_rows, n_cols, x, n_x, y, y_stride);
     default: throw std::invalid_argument("no int8 matvec kernel for " + std::string(type_name(type)));
     }
 }
@@ -319,19 +397,19 @@ inline void store32(__m256i q, float scale, float offset, float* dst) {
     store16<Signed>(_mm256_extracti128_si256(q, 1), scale, offset, dst + 16);
 }
 
-template <class Block, __m256i (*Values)(const Block&), int Offset>
+template <class Block, class Values, int Offset>
 void dequantize_symmetric(const std::byte* src, size_t n, float* dst) {
     const Block* b = reinterpret_cast<const Block*>(src);
     for (size_t i = 0; i < n / 32; ++i) {
         const float d = half(b[i].d);
-        store32<false>(Values(b[i]), d, -Offset * d, dst + 32 * i);
+        store32<false>(Values::of(b[i]), d, -Offset * d, dst + 32 * i);
     }
 }
 
-template <class Block, __m256i (*Values)(const Block&)>
+template <class Block, class Values>
 void dequantize_with_min(const std::byte* src, size_t n, float* dst) {
     const Block* b = reinterpret_cast<const Block*>(src);
-    for (size_t i = 0; i < n / 32; ++i) store32<false>(Values(b[i]), half(b[i].d), half(b[i].m), dst + 32 * i);
+    for (size_t i = 0; i < n / 32; ++i) store32<false>(Values::of(b[i]), half(b[i].d), half(b[i].m), dst + 32 * i);
 }
 
 void dequantize_q8_0(const std::byte* src, size_t n, float* dst) {
@@ -392,10 +470,10 @@ void dequantize_q6_k(const std::byte* src, size_t n, float* dst) {
 // n values (whole blocks) of `type` at src into dst.
 void dequantize_row(GGMLType type, const std::byte* src, size_t n, float* dst) {
     switch (type) {
-    case GGMLType::Q4_0: return dequantize_symmetric<BlockQ4_0, q4_values<BlockQ4_0>, 8>(src, n, dst);
-    case GGMLType::Q4_1: return dequantize_with_min<BlockQ4_1, q4_values<BlockQ4_1>>(src, n, dst);
-    case GGMLType::Q5_0: return dequantize_symmetric<BlockQ5_0, q5_values<BlockQ5_0>, 16>(src, n, dst);
-    case GGMLType::Q5_1: return dequantize_with_min<BlockQ5_1, q5_values<BlockQ5_1>>(src, n, dst);
+    case GGMLType::Q4_0: return dequantize_symmetric<BlockQ4_0, Q4Values, 8>(src, n, dst);
+    case GGMLType::Q4_1: return dequantize_with_min<BlockQ4_1, Q4Values>(src, n, dst);
+    case GGMLType::Q5_0: return dequantize_symmetric<BlockQ5_0, Q5Values, 16>(src, n, dst);
+    case GGMLType::Q5_1: return dequantize_with_min<BlockQ5_1, Q5Values>(src, n, dst);
     case GGMLType::Q8_0: return dequantize_q8_0(src, n, dst);
     case GGMLType::Q4_K: return dequantize_k_with_min<BlockQ4_K, false>(src, n, dst);
     case GGMLType::Q5_K: return dequantize_k_with_min<BlockQ5_K, true>(src, n, dst);

@@ -2,6 +2,7 @@
 // dequantize() and a float64 dot product.
 #include <gtest/gtest.h>
 
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -137,6 +138,104 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{GGMLType::Q2_K, 512}, Case{GGMLType::Q3_K, 512}, Case{GGMLType::Q4_K, 512},
                       Case{GGMLType::Q5_K, 512}, Case{GGMLType::Q6_K, 512}),
     case_name);
+
+// matmul_rows: each row's outputs are the bits matmul gives that row alone (n_tokens = 1), for
+// every weight type, activation scheme and ISA, at batch sizes around the kernels' groups of 4
+// rows and their slices of cpu::matvec_max_rows (33 = one full slice and one row). The rows'
+// scales differ by up to 10^6, so a quantization shared between rows, or a sum that mixed them,
+// would show.
+std::vector<float> rows_of_mixed_scales(size_t n_rows, size_t cols, std::mt19937& rng) {
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    std::uniform_real_distribution<float> exponent(-3.0f, 3.0f);
+    std::vector<float> x(n_rows * cols);
+    for (size_t t = 0; t < n_rows; ++t) {
+        const float scale = std::pow(10.0f, exponent(rng));
+        for (size_t c = 0; c < cols; ++c) x[t * cols + c] = scale * normal(rng);
+    }
+    return x;
+}
+
+::testing::AssertionResult same_bits(const float* a, const float* b, size_t n) {
+    for (size_t i = 0; i < n; ++i)
+        if (std::bit_cast<uint32_t>(a[i]) != std::bit_cast<uint32_t>(b[i]))
+            return ::testing::AssertionFailure() << "output " << i << ": " << a[i] << " vs " << b[i] << " alone";
+    return ::testing::AssertionSuccess();
+}
+
+class MatmulRowsTest : public ::testing::TestWithParam<Case> {};
+
+TEST_P(MatmulRowsTest, EachRowIsTheOneTokenProductBitForBit) {
+    const auto [type, cols] = GetParam();
+    const size_t rows = 37;
+    std::mt19937 rng(4321 + static_cast<int>(type));
+    const std::vector<std::byte> bytes = random_weights(type, rows, cols, rng);
+    const WeightMatrix w{type, rows, cols, bytes.data()};
+    for (CpuIsa isa : available_isas()) {
+        Context ctx({.device = Device::CPU, .n_threads = 2, .cpu_isa = isa});
+        for (Activations activations : {Activations::Float32, Activations::Int8, Activations::Int8x2}) {
+            for (size_t n_rows : {size_t{1}, size_t{2}, size_t{3}, size_t{5}, size_t{8}, size_t{16}, size_t{33}}) {
+                const std::vector<float> x = rows_of_mixed_scales(n_rows, cols, rng);
+                std::vector<float> together(n_rows * rows, NAN), alone(n_rows * rows, NAN);
+                const MatmulOutput output{w, together.data()};
+                matmul_rows(ctx, std::span(&output, 1), x.data(), n_rows, activations);
+                for (size_t t = 0; t < n_rows; ++t) matmul(ctx, w, x.data() + t * cols, 1, alone.data() + t * rows, activations);
+                for (size_t t = 0; t < n_rows; ++t)
+                    EXPECT_TRUE(same_bits(together.data() + t * rows, alone.data() + t * rows, rows))
+                        << type_name(type) << " cols=" << cols << " isa=" << isa_name(isa)
+                        << " activations=" << activations_name(activations) << " rows=" << n_rows << " row " << t;
+            }
+        }
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    AllTypes, MatmulRowsTest,
+    ::testing::Values(Case{GGMLType::F32, 512}, Case{GGMLType::F32, 172}, Case{GGMLType::F16, 512},
+                      Case{GGMLType::BF16, 172}, Case{GGMLType::Q4_0, 576}, Case{GGMLType::Q4_1, 576},
+                      Case{GGMLType::Q4_1, 1536}, Case{GGMLType::Q5_0, 576}, Case{GGMLType::Q5_1, 576},
+                      Case{GGMLType::Q8_0, 576}, Case{GGMLType::Q2_K, 512}, Case{GGMLType::Q3_K, 512},
+                      Case{GGMLType::Q4_K, 512}, Case{GGMLType::Q5_K, 768}, Case{GGMLType::Q6_K, 512}),
+    case_name);
+
+// The forms the batched pass uses: several outputs sharing the rows, a residual accumulated, a
+// norm applied on the way in; each row as the decode step computes it alone. 300 rows: several
+// chunks a thread.
+TEST(MatmulRowsTest, SharedInputsNormAndAccumulateMatchOneTokenCalls) {
+    std::mt19937 rng(21);
+    const size_t cols = 256;
+    const GGMLType types[] = {GGMLType::Q4_1, GGMLType::F16, GGMLType::Q6_K};
+    const size_t heights[] = {300, 7, 33};
+    std::vector<std::vector<std::byte>> bytes;
+    for (size_t i = 0; i < 3; ++i) bytes.push_back(random_weights(types[i], heights[i], cols, rng));
+    std::vector<float> norm_weight(cols);
+    std::normal_distribution<float> normal(1.0f, 0.2f);
+    for (float& v : norm_weight) v = normal(rng);
+    Context ctx({.device = Device::CPU, .n_threads = 2, .cpu_isa = std::nullopt});
+    for (Activations activations : {Activations::Float32, Activations::Int8, Activations::Int8x2}) {
+        const size_t n_rows = 11;
+        const std::vector<float> x = rows_of_mixed_scales(n_rows, cols, rng);
+        std::vector<std::vector<float>> together(3), alone(3);
+        std::vector<MatmulOutput> outputs;
+        for (size_t i = 0; i < 3; ++i) {
+            together[i] = rows_of_mixed_scales(n_rows, heights[i], rng);   // accumulated onto
+            alone[i] = together[i];
+            outputs.push_back({{types[i], heights[i], cols, bytes[i].data()}, together[i].data(), /*accumulate=*/i != 1});
+        }
+        std::vector<float> normed_together(n_rows * cols), normed_alone(n_rows * cols);
+        const RmsNorm norm{norm_weight.data(), 1e-5f, normed_together.data()};
+        matmul_rows(ctx, outputs, x.data(), n_rows, activations, &norm);
+        for (size_t t = 0; t < n_rows; ++t) {
+            std::vector<MatmulOutput> at_row = outputs;
+            for (size_t i = 0; i < 3; ++i) at_row[i].y = alone[i].data() + t * heights[i];
+            const RmsNorm row_norm{norm_weight.data(), 1e-5f, normed_alone.data() + t * cols};
+            matmul(ctx, at_row, x.data() + t * cols, 1, activations, &row_norm);
+        }
+        EXPECT_TRUE(same_bits(normed_together.data(), normed_alone.data(), normed_together.size()));
+        for (size_t i = 0; i < 3; ++i)
+            EXPECT_TRUE(same_bits(together[i].data(), alone[i].data(), together[i].size()))
+                << type_name(types[i]) << " activations=" << activations_name(activations);
+    }
+}
 
 // Matrices of different types and heights sharing one input give what each gives alone.
 TEST(MatmulTest, SharedInputMatchesSeparateProducts) {
