@@ -139,22 +139,20 @@ void F32LlamaModel::enqueue_forward(const int32_t* ids, size_t T, size_t p0, con
 
 namespace {
 
-// The products of a batched pass (F32LlamaModel::enqueue_rows): rows [0, n_single) one by one, as
-// the decode step computes its token, then the next n_tiled (padded) as one product, as a prompt's
-// tokens are. outputs' y and x are the pass's row arrays; norm (if any) normalizes each row of x
-// into its `out` first.
+// The products of a batched pass (F32LlamaModel::enqueue_rows): rows [0, n_single) each as the
+// decode step computes its token (compute::matmul_rows: one call, the weights read once for all of
+// them), then the next n_tiled (padded) as one product, as a prompt's tokens are. outputs' y and x
+// are the pass's row arrays; norm (if any) normalizes each row of x into its `out` first.
 void rows_matmul(compute::Context& ctx, std::span<const compute::MatmulOutput> outputs, const float* x, size_t n_single,
                  size_t n_tiled, compute::Activations activations, const compute::RmsNorm* norm) {
+    if (n_single) compute::matmul_rows(ctx, outputs, x, n_single, activations, norm);
+    if (!n_tiled) return;
     const size_t cols = outputs[0].w.cols;
-    const auto product = [&](size_t first_row, size_t n_rows) {
-        std::vector<compute::MatmulOutput> at_row(outputs.begin(), outputs.end());
-        for (compute::MatmulOutput& o : at_row) o.y += first_row * o.w.rows;
-        const compute::RmsNorm row_norm = norm ? compute::RmsNorm{norm->weight, norm->eps, norm->out + first_row * cols}
-                                               : compute::RmsNorm{};
-        compute::matmul(ctx, at_row, x + first_row * cols, n_rows, activations, norm ? &row_norm : nullptr);
-    };
-    for (size_t r = 0; r < n_single; ++r) product(r, 1);
-    if (n_tiled) product(n_single, n_tiled);
+    std::vector<compute::MatmulOutput> tiled(outputs.begin(), outputs.end());
+    for (compute::MatmulOutput& o : tiled) o.y += n_single * o.w.rows;
+    const compute::RmsNorm tiled_norm = norm ? compute::RmsNorm{norm->weight, norm->eps, norm->out + n_single * cols}
+                                             : compute::RmsNorm{};
+    compute::matmul(ctx, tiled, x + n_single * cols, n_tiled, activations, norm ? &tiled_norm : nullptr);
 }
 
 }  // namespace
