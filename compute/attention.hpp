@@ -24,6 +24,10 @@ struct AttentionShape {
     // Sliding-window attention: a token attends to the last `window` positions, its own included;
     // 0: to every earlier position. (On CUDA at most max_attention_window.)
     size_t window = 0;
+    // A ring layer of the KV cache (models/kv_cache.hpp): position p at rows p % ring and
+    // p % ring + ring, so the window's positions are read from row (first % ring) on. 0: position p
+    // at row p. Needs window <= ring.
+    size_t ring = 0;
 };
 constexpr size_t max_attention_window = 8192;
 
@@ -74,6 +78,23 @@ inline void store_row(Context& ctx, const float* x, size_t width, float* table, 
     if (ctx.device() == Device::CUDA) return cuda::store_row(ctx, x, width, table, row);
 #endif
     throw_backend_unavailable("store_row", ctx.device());
+}
+
+// Rows of a ring layer of the KV cache: x's row r (position p = first_position + r, or, with
+// device_position, *device_position for the one row) stored at rows p % ring and p % ring + ring
+// of table ([2 ring, width]).
+namespace cpu {
+void store_ring(Context& ctx, const float* x, size_t n_rows, size_t width, float* table, size_t first_position,
+                const int32_t* device_position, size_t ring);
+}
+inline void store_ring(Context& ctx, const float* x, size_t n_rows, size_t width, float* table, size_t first_position,
+                       const int32_t* device_position, size_t ring) {
+    if (ctx.device() == Device::CPU) return cpu::store_ring(ctx, x, n_rows, width, table, first_position, device_position, ring);
+#ifdef TWINFER_WITH_CUDA
+    if (ctx.device() == Device::CUDA)
+        return cuda::store_ring(ctx, x, n_rows, width, table, first_position, device_position, ring);
+#endif
+    throw_backend_unavailable("store_ring", ctx.device());
 }
 
 // One decode step's rotary embedding and KV-cache write: q [n_head, head_dim] and k [n_head_kv,

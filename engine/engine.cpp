@@ -155,8 +155,14 @@ GenerationResult InferenceEngine::generate(std::span<const Token> prompt, const 
     // (a chat turn extends the previous one; dropping old turns to fit the context shortens the
     // match) and feed the rest. At least one token is fed, so there are fresh logits to sample from.
     const size_t common = std::mismatch(history_.begin(), history_.end(), prompt.begin(), prompt.end()).first - history_.begin();
-    const size_t keep = std::min(common, prompt.size() - 1);
-    std::visit([keep](auto& m) { m.truncate_cache(keep); }, *backend_);
+    size_t keep = std::min(common, prompt.size() - 1);
+    std::visit(
+        [&keep](auto& m) {
+            // A model with sliding-window rings in its KV cache may no longer hold that prefix.
+            if constexpr (requires { m.reusable_prefix(keep); }) keep = m.reusable_prefix(keep);
+            m.truncate_cache(keep);
+        },
+        *backend_);
     history_.resize(keep);
     const auto feed = prompt.subspan(history_.size());
     result.stats.reused_tokens = history_.size();

@@ -261,12 +261,25 @@ public:
             return decode_step_.read_logits(ctx_, workspace_.buffer(logits_buffer_), config_.n_vocab);
         }
         const size_t T = ids.size();
-        const size_t p0 = cache_.reserve(slot_, T);    // positions p0 .. p0+T-1
-        const size_t n_out = mode == LogitsMode::All ? T : 1;
-        derived().reserve_workspace(T);
-        derived().enqueue_prompt(ids, p0, n_out);
-        cache_.commit(slot_, T);
-        return download_logits(ctx_, workspace_.buffer(logits_buffer_), n_out, config_.n_vocab);
+        cache_.reserve(slot_, T);                       // the whole prompt fits, or nothing changes
+        // A model with ring layers in its cache takes at most max_run_rows_ tokens a pass.
+        const size_t chunk = max_run_rows_ ? max_run_rows_ : T;
+        Logits logits{static_cast<size_t>(config_.n_vocab), 0, {}};
+        for (size_t first = 0; first < T; first += chunk) {
+            const auto part = ids.subspan(first, std::min(chunk, T - first));
+            const size_t p0 = cache_.reserve(slot_, part.size());   // positions p0 .. p0+n-1
+            const bool last = first + part.size() == T;
+            const size_t n_out = mode == LogitsMode::All ? part.size() : 1;
+            derived().reserve_workspace(part.size());
+            derived().enqueue_prompt(part, p0, n_out);
+            cache_.commit(slot_, part.size());
+            if (mode == LogitsMode::All || last) {
+                const Logits part_logits = download_logits(ctx_, workspace_.buffer(logits_buffer_), n_out, config_.n_vocab);
+                logits.values.insert(logits.values.end(), part_logits.values.begin(), part_logits.values.end());
+                logits.n_positions += n_out;
+            }
+        }
+        return logits;
     }
     // forward({token}) and the argmax of its logits (the lowest id on ties), computed where the
     // model runs: on CUDA only the id comes back. Throws as forward.
@@ -295,9 +308,27 @@ public:
     const ModelConfig& config() const { return config_; }
     size_t n_past() const { return cache_.length(slot_); }
     size_t n_ctx() const { return cache_.n_ctx(); }
+    size_t kv_cache_bytes() const { return cache_.bytes(); }
     void clear_cache() { cache_.clear(slot_); }
     // Forgets the positions from n on (InferenceEngine keeps a shared prompt prefix this way).
-    void truncate_cache(size_t n) { cache_.truncate(slot_, n); }
+    // std::invalid_argument when the cache cannot keep that prefix (reusable_prefix).
+    void truncate_cache(size_t n) { truncate_slot(slot_, n); }
+    // The longest prefix of at most n positions of `slot` that truncating keeps whole: n, or 0 when
+    // a ring layer has already overwritten positions the window ending at n still needs.
+    size_t reusable_prefix(size_t slot, size_t n) const {
+        const size_t length = cache_.length(slot);
+        if (n >= length || !max_run_rows_) return std::min(n, length);
+        for (size_t layer = 0; layer < cache_.n_layer(); ++layer) {
+            const size_t ring = cache_.ring_rows(layer);
+            // The ring holds the last `ring` positions; the window before n needs ring - max_run_rows_ + 1.
+            if (ring && length > ring && length - n >= max_run_rows_) return 0;
+        }
+        return n;
+    }
+    size_t reusable_prefix(size_t n) const { return reusable_prefix(slot_, n); }
+    // Rows of one slot a pass may take (forward chunks longer prompts; forward_rows refuses more).
+    // 0: no limit.
+    size_t max_run_rows() const { return max_run_rows_; }
 
     const F32Options& options() const { return options_; }
     void set_observer(F32Observer observer) { observer_ = std::move(observer); }
@@ -308,7 +339,7 @@ public:
     void set_slot_count(size_t n_slots) {
         if (n_slots == 0) throw std::invalid_argument("set_slot_count: a cache needs at least one slot");
         check_slot_memory(n_slots);
-        cache_ = KvCache(options_.device, config_.n_layer, n_slots, cache_.n_ctx(), config_.n_embd_kv());
+        cache_ = KvCache(options_.device, config_.n_layer, n_slots, cache_.n_ctx(), config_.n_embd_kv(), cache_.ring_rows());
         slot_ = 0;
     }
     void select_slot(size_t slot) {
@@ -317,7 +348,12 @@ public:
         slot_ = slot;
     }
     size_t slot_length(size_t slot) const { return cache_.length(slot); }
-    void truncate_slot(size_t slot, size_t n) { cache_.truncate(slot, n); }
+    void truncate_slot(size_t slot, size_t n) {
+        if (reusable_prefix(slot, n) != std::min(n, cache_.length(slot)))
+            throw std::invalid_argument("truncate: the sliding-window layers no longer hold the positions before " +
+                                        std::to_string(n) + " (reusable_prefix says what can be kept)");
+        cache_.truncate(slot, n);
+    }
 
     // Whether Derived has its own batched pass (enqueue_rows) or forward_rows feeds one slot
     // after another.
@@ -344,12 +380,15 @@ public:
 
 protected:
     // logits_buffer: the workspace buffer Derived's enqueue_forward leaves the logits in.
+    // kv_ring_rows: per layer, 0 or the length of its ring in the KV cache (models/kv_cache.hpp);
+    // with rings, max_run_rows: the most rows of one slot a pass may write (the rings are sized for it).
     F32ModelBase(std::shared_ptr<const gguf::File> file, ModelConfig config, const F32Options& options,
-                 size_t logits_buffer)
+                 size_t logits_buffer, std::vector<size_t> kv_ring_rows = {}, size_t max_run_rows = 0)
         : file_(std::move(file)), config_(std::move(config)), options_(options),
           ctx_({.device = options.device, .n_threads = options.n_threads, .cpu_isa = std::nullopt}),
-          cache_(options.device, config_.n_layer, 1, context_length(options, config_.n_ctx_train), config_.n_embd_kv()),
-          logits_buffer_(logits_buffer) {
+          cache_(options.device, config_.n_layer, 1, context_length(options, config_.n_ctx_train), config_.n_embd_kv(),
+                 std::move(kv_ring_rows)),
+          max_run_rows_(max_run_rows), logits_buffer_(logits_buffer) {
         activations_for(options_);   // refuses a scheme the device has no kernels for, before any weight is placed
     }
 
@@ -386,7 +425,13 @@ protected:
             seen[row.slot] = true;
             batch.runs.push_back({row.slot, i, 1, cache_.length(row.slot)});
         }
-        for (const SlotRun& run : batch.runs) cache_.reserve(run.slot, run.n_rows);
+        for (const SlotRun& run : batch.runs) {
+            cache_.reserve(run.slot, run.n_rows);
+            if (max_run_rows_ && run.n_rows > max_run_rows_)
+                throw std::invalid_argument("forward_rows: " + std::to_string(run.n_rows) + " rows of slot " +
+                                            std::to_string(run.slot) + " in one pass; this model takes at most " +
+                                            std::to_string(max_run_rows_));
+        }
         const size_t n_tiled = batch.n_rows - batch.n_single;
         batch.n_padded = batch.n_single + (n_tiled ? std::max(n_tiled, rows_for_tiled_products) : 0);
         batch.n_logits_padded = logits_products == RowProducts::Tiled && !batch.logit_rows.empty()
@@ -424,8 +469,8 @@ protected:
     }
     void check_slot_memory(size_t n_slots) const {
         const std::optional<compute::DeviceMemory> memory = compute::device_memory(options_.device);
-        const size_t needed = KvCache::bytes(config_.n_layer, n_slots, cache_.n_ctx(), config_.n_embd_kv());
-        const size_t held = KvCache::bytes(config_.n_layer, cache_.n_slots(), cache_.n_ctx(), config_.n_embd_kv());
+        const size_t needed = KvCache::bytes(config_.n_layer, n_slots, cache_.n_ctx(), config_.n_embd_kv(), cache_.ring_rows());
+        const size_t held = cache_.bytes();
         if (memory && needed > memory->free + held)
             throw std::runtime_error("a KV cache of " + std::to_string(n_slots) + " slots of " + std::to_string(cache_.n_ctx()) +
                                      " positions needs " + std::to_string(needed >> 20) + " MiB; the device has " +
@@ -441,6 +486,7 @@ protected:
     compute::Context ctx_;
     std::vector<compute::Buffer> device_weights_;   // the matrices' copies on another device
     KvCache cache_;
+    size_t max_run_rows_ = 0;                       // 0: no limit (no ring layers)
     size_t slot_ = 0;
     F32Workspace workspace_;
     F32Observer observer_;

@@ -3,12 +3,16 @@
 // forward pass computes only the new tokens. It owns its storage (compute::Buffer, on the model's
 // device) and changes state only through reserve/commit/truncate/clear.
 //
-// Layout, keys and values alike, float32:
-//   [n_layer][n_slots][n_ctx][n_embd_kv]     n_embd_kv = n_head_kv * head_dim, head-major
-// so one layer's positions of one sequence slot are a contiguous [n_ctx, n_embd_kv] matrix: the
-// K and V projections of a forward pass write their rows straight into it. Slots are independent
-// sequences (the server's batching); the models use slot 0 for now.
+// Layout, keys and values alike, float32, layer after layer:
+//   [n_slots][rows(layer)][n_embd_kv]     n_embd_kv = n_head_kv * head_dim, head-major
+// A full layer holds n_ctx rows per slot, position p at row p: the K and V projections of a
+// prompt write their rows straight into it. A ring layer (a sliding-window layer, which only ever
+// reads its last positions) holds 2 x ring rows: position p at rows p % ring and p % ring + ring
+// (a mirrored ring), so any `ring` consecutive positions are contiguous from row
+// (first % ring) and attention reads them as it reads a full layer. Slots are independent
+// sequences (the server's batching).
 #include <cstddef>
+#include <span>
 #include <vector>
 
 #include "compute/buffer.hpp"
@@ -17,11 +21,12 @@ namespace twinfer {
 
 class KvCache {
 public:
-    KvCache(compute::Device device, size_t n_layer, size_t n_slots, size_t n_ctx, size_t n_embd_kv);
+    // ring_rows: per layer, 0 for a full layer or the ring's length (empty: every layer full).
+    KvCache(compute::Device device, size_t n_layer, size_t n_slots, size_t n_ctx, size_t n_embd_kv,
+            std::vector<size_t> ring_rows = {});
     // The bytes such a cache allocates (keys and values).
-    static size_t bytes(size_t n_layer, size_t n_slots, size_t n_ctx, size_t n_embd_kv) {
-        return 2 * n_layer * n_slots * n_ctx * n_embd_kv * sizeof(float);
-    }
+    static size_t bytes(size_t n_layer, size_t n_slots, size_t n_ctx, size_t n_embd_kv, std::span<const size_t> ring_rows = {});
+    size_t bytes() const { return bytes(n_layer_, n_slots(), n_ctx_, n_embd_kv_, ring_rows_); }
 
     size_t n_layer() const { return n_layer_; }
     size_t n_slots() const { return lengths_.size(); }
@@ -29,9 +34,11 @@ public:
     size_t n_embd_kv() const { return n_embd_kv_; }
     size_t length(size_t slot) const { return lengths_.at(slot); }   // positions filled
 
-    // [n_ctx, n_embd_kv] of one layer and slot.
+    // [rows(layer), n_embd_kv] of one layer and slot.
     float* keys(size_t layer, size_t slot) { return keys_.as<float>() + offset(layer, slot); }
     float* values(size_t layer, size_t slot) { return values_.as<float>() + offset(layer, slot); }
+    size_t ring_rows(size_t layer) const { return ring_rows_.empty() ? 0 : ring_rows_[layer]; }   // 0: full
+    const std::vector<size_t>& ring_rows() const { return ring_rows_; }
 
     // The first position for n more tokens of `slot` (= its length). Throws ContextOverflow, cache
     // unchanged, if they would not fit. The caller writes their rows, then commits.
@@ -43,9 +50,12 @@ public:
     void truncate(size_t slot, size_t n);
 
 private:
-    size_t offset(size_t layer, size_t slot) const { return (layer * n_slots() + slot) * n_ctx_ * n_embd_kv_; }
+    size_t rows(size_t layer) const { return ring_rows(layer) ? 2 * ring_rows(layer) : n_ctx_; }
+    size_t offset(size_t layer, size_t slot) const { return (layer_offsets_[layer] + slot * rows(layer)) * n_embd_kv_; }
 
     size_t n_layer_, n_ctx_, n_embd_kv_;
+    std::vector<size_t> ring_rows_;
+    std::vector<size_t> layer_offsets_;   // rows before each layer's first slot
     std::vector<size_t> lengths_;
     compute::Buffer keys_, values_;
 };

@@ -18,6 +18,25 @@ namespace {
 // norms); EXPERT: one expert's output row.
 enum Buffer { X, XN, XN2, Q, KCUR, VCUR, ATT, O, GATE, UP, LOGITS, EXPERT, N_BUFFERS };
 
+// The most positions one pass writes into a slot when the model has ring layers: longer prompts
+// are fed in parts of this size (F32ModelBase::forward), as llama.cpp sizes its sliding-window
+// cache by its batch.
+constexpr size_t max_rows_with_rings = 512;
+
+// Per layer, the ring a sliding-window layer keeps in the KV cache (models/kv_cache.hpp): its
+// window plus the rows one pass may add, so that no pass overwrites a position its own tokens'
+// windows still read. 0 for global layers, and where the ring would not be smaller than the context.
+std::vector<size_t> kv_ring_rows(const ModelConfig& c, size_t n_ctx) {
+    std::vector<size_t> rings;
+    bool any = false;
+    for (const LayerSpec& layer : c.transformer.layers) {
+        const size_t ring = layer.window ? layer.window + max_rows_with_rings - 1 : 0;
+        rings.push_back(ring && 2 * ring < n_ctx ? ring : 0);
+        any = any || rings.back();
+    }
+    return any ? rings : std::vector<size_t>{};
+}
+
 // Rows [first, first + count) of a matrix: a fused QKV or gate+up split where it lies.
 compute::WeightMatrix row_slice(const compute::WeightMatrix& w, size_t first, size_t count) {
     return {w.type, count, w.cols, w.data + first * w.row_bytes(), w.planar};
@@ -25,8 +44,9 @@ compute::WeightMatrix row_slice(const compute::WeightMatrix& w, size_t first, si
 
 }  // namespace
 
-TransformerModel::TransformerModel(std::shared_ptr<const gguf::File> file, ModelConfig config, const F32Options& options)
-    : F32ModelBase(std::move(file), std::move(config), options, LOGITS) {}
+TransformerModel::TransformerModel(std::shared_ptr<const gguf::File> file, ModelConfig config, const F32Options& options,
+                                   std::vector<size_t> kv_rings)
+    : F32ModelBase(std::move(file), std::move(config), options, LOGITS, kv_rings, kv_rings.empty() ? 0 : max_rows_with_rings) {}
 
 TransformerModel TransformerModel::load(std::shared_ptr<const gguf::File> file, const F32Options& options) {
     if (!file) throw std::invalid_argument("TransformerModel::load: no file");
@@ -46,9 +66,10 @@ TransformerModel TransformerModel::load(std::shared_ptr<const gguf::File> file, 
     F32Options model_options = options;
     // The experts a token takes are chosen on the host, which a captured graph cannot do.
     if (spec.n_expert > 0) model_options.cuda_graph = false;
-    check_device_memory(options.device, *file,
-                        KvCache::bytes(c.n_layer, 1, context_length(options, c.n_ctx_train), c.n_embd_kv()));
-    TransformerModel m(file, c, model_options);
+    const size_t n_ctx = context_length(options, c.n_ctx_train);
+    std::vector<size_t> kv_rings = kv_ring_rows(c, n_ctx);
+    check_device_memory(options.device, *file, KvCache::bytes(c.n_layer, 1, n_ctx, c.n_embd_kv(), kv_rings));
+    TransformerModel m(file, c, model_options, kv_rings);
     const F32WeightLoader load(*file);
     auto place = [&](const compute::WeightMatrix& w) { return compute::place_weights(m.ctx_, w, m.device_weights_); };
     auto matrix = [&](const std::string& name, size_t rows, size_t cols) { return place(load.matrix(name, rows, cols)); };
@@ -144,7 +165,8 @@ TransformerModel TransformerModel::load(std::shared_ptr<const gguf::File> file, 
                        .head_dim = D,
                        .kv_stride = KVD,
                        .scale = static_cast<float>(spec.attention_scale),
-                       .window = layer.window};
+                       .window = layer.window,
+                       .ring = kv_rings.empty() ? 0 : kv_rings[il]};
     }
     return m;
 }
@@ -213,8 +235,10 @@ void TransformerModel::enqueue_pass(const RowBatch& batch, const int32_t* device
     for (size_t il = 0; il < layers_.size(); ++il) {
         const Layer& L = layers_[il];
         const bool rope = spec.layers[il].rope;
-        float* k = into_cache ? cache_.keys(il, first_run.slot) + first_run.first_position * KVD : workspace_.buffer(KCUR);
-        float* v = into_cache ? cache_.values(il, first_run.slot) + first_run.first_position * KVD : workspace_.buffer(VCUR);
+        const size_t ring = L.attention.ring;                                        // a ring layer of the cache
+        const bool direct = into_cache && !ring;
+        float* k = direct ? cache_.keys(il, first_run.slot) + first_run.first_position * KVD : workspace_.buffer(KCUR);
+        float* v = direct ? cache_.values(il, first_run.slot) + first_run.first_position * KVD : workspace_.buffer(VCUR);
 
         // Attention: q, k, v = W xn + b; QK-norm per head; RoPE (not in a NoPE layer); attention
         // over the layer's window, each run in its slot.
@@ -231,8 +255,15 @@ void TransformerModel::enqueue_pass(const RowBatch& batch, const int32_t* device
         }
         if (device_position) {
             float *keys = cache_.keys(il, first_run.slot), *values = cache_.values(il, first_run.slot);
-            if (rope) compute::rope_store_at(ctx_, q, H, k, v, Hkv, D, device_position, L.rope, keys, values);
-            else compute::store_row(ctx_, k, KVD, keys, device_position), compute::store_row(ctx_, v, KVD, values, device_position);
+            if (ring) {
+                if (rope) compute::rope_at(ctx_, q, H, D, device_position, L.rope), compute::rope_at(ctx_, k, Hkv, D, device_position, L.rope);
+                compute::store_ring(ctx_, k, 1, KVD, keys, 0, device_position, ring);
+                compute::store_ring(ctx_, v, 1, KVD, values, 0, device_position, ring);
+            } else if (rope) {
+                compute::rope_store_at(ctx_, q, H, k, v, Hkv, D, device_position, L.rope, keys, values);
+            } else {
+                compute::store_row(ctx_, k, KVD, keys, device_position), compute::store_row(ctx_, v, KVD, values, device_position);
+            }
             compute::attention_at(ctx_, q, keys, values, device_position, cache_.n_ctx(), L.attention, att);
         } else {
             for (const SlotRun& run : batch.runs) {
@@ -242,7 +273,10 @@ void TransformerModel::enqueue_pass(const RowBatch& batch, const int32_t* device
                     compute::rope(ctx_, q_run, run.n_rows, QD, H, D, run.first_position, L.rope);
                     compute::rope(ctx_, k_run, run.n_rows, KVD, Hkv, D, run.first_position, L.rope);
                 }
-                if (!into_cache) {
+                if (ring) {
+                    compute::store_ring(ctx_, k_run, run.n_rows, KVD, keys, run.first_position, nullptr, ring);
+                    compute::store_ring(ctx_, v + run.first_row * KVD, run.n_rows, KVD, values, run.first_position, nullptr, ring);
+                } else if (!direct) {
                     copy_on_device(ctx_, keys + run.first_position * KVD, k_run, run.n_rows * KVD * sizeof(float));
                     copy_on_device(ctx_, values + run.first_position * KVD, v + run.first_row * KVD, run.n_rows * KVD * sizeof(float));
                 }

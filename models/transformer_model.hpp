@@ -45,7 +45,8 @@ private:
 
     friend class F32ModelBase<TransformerModel>;
 
-    TransformerModel(std::shared_ptr<const gguf::File> file, ModelConfig config, const F32Options& options);
+    TransformerModel(std::shared_ptr<const gguf::File> file, ModelConfig config, const F32Options& options,
+                     std::vector<size_t> kv_rings);
     void reserve_workspace(size_t n_tokens);
     // F32ModelBase's hooks: the pass of T tokens of the selected slot at positions p0.. up to the
     // logits of the last n_out (with device_position, a decode step at the position read there),

@@ -51,6 +51,14 @@ size_t BatchedModel::slot_length(size_t slot) const {
     return with_slots(backend_, [&](auto& m) { return m.slot_length(slot); });
 }
 
+size_t BatchedModel::reusable_prefix(size_t slot, size_t n) const {
+    return with_slots(backend_, [&](auto& m) { return m.reusable_prefix(slot, n); });
+}
+
+size_t BatchedModel::max_run_rows() const {
+    return with_slots(backend_, [](auto& m) { return m.max_run_rows(); });
+}
+
 void BatchedModel::truncate_slot(size_t slot, size_t n) {
     with_slots(backend_, [&](auto& m) { m.truncate_slot(slot, n); });
 }

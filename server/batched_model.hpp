@@ -19,7 +19,12 @@ public:
     size_t n_ctx() const;
     size_t n_vocab() const;
     size_t slot_length(size_t slot) const;
+    // The longest prefix of at most n positions of `slot` that truncate_slot can keep (0 when the
+    // model's sliding-window layers have moved past it).
+    size_t reusable_prefix(size_t slot, size_t n) const;
     void truncate_slot(size_t slot, size_t n);
+    // The most prompt rows of one slot a pass may take (0: no limit).
+    size_t max_run_rows() const;
     Logits forward_rows(std::span<const SlotToken> rows, RowProducts logits_products);
 
 private:

@@ -145,10 +145,11 @@ void Scheduler::admit_waiting() {
         const std::optional<SlotTable::Claim> claim = slots_.claim(s.params.prompt);
         if (!claim) break;
         s.slot = claim->slot;
-        s.reused = s.fed = claim->reused;
-        model_.truncate_slot(s.slot, claim->reused);   // keep exactly the matching positions
+        // Keep exactly the matching positions, as far as the model's sliding-window layers still can.
+        s.reused = s.fed = model_.reusable_prefix(s.slot, claim->reused);
+        model_.truncate_slot(s.slot, s.reused);
         metrics_.prompt_tokens += s.params.prompt.size();
-        metrics_.prompt_tokens_cached += claim->reused;
+        metrics_.prompt_tokens_cached += s.reused;
         running_.push_back(std::move(waiting_.front()));
         waiting_.pop_front();
     }
@@ -193,7 +194,8 @@ void Scheduler::step() {
     size_t budget = options_.prompt_chunk;
     for (auto& s : running_) {
         if (s->decoding || budget == 0) continue;
-        const size_t n = std::min(budget, s->params.prompt.size() - s->fed);
+        size_t n = std::min(budget, s->params.prompt.size() - s->fed);
+        if (model_.max_run_rows()) n = std::min(n, model_.max_run_rows());
         for (size_t i = 0; i < n; ++i) {
             const size_t position = s->fed + i;
             rows.push_back({.slot = s->slot,

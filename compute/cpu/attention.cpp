@@ -1,5 +1,6 @@
 #include "compute/attention.hpp"
 
+#include <algorithm>
 #include <vector>
 
 #include "compute/cpu/kernels.hpp"
@@ -23,11 +24,22 @@ void attention(Context& ctx, const float* q, const float* keys, const float* val
             const size_t t = task / shape.n_head, h = task % shape.n_head;
             const size_t n_seen = first_position + t + 1;
             const size_t first = shape.window && n_seen > shape.window ? n_seen - shape.window : 0;
-            const size_t kv_offset = first * shape.kv_stride + (h / group) * shape.head_dim;
+            const size_t first_row = shape.ring ? first % shape.ring : first;
+            const size_t kv_offset = first_row * shape.kv_stride + (h / group) * shape.head_dim;
             k.attend(q + t * q_stride + h * shape.head_dim, keys + kv_offset, values + kv_offset, shape.kv_stride,
                      n_seen - first, shape.head_dim, shape.scale, scores, out + t * q_stride + h * shape.head_dim);
         }
     });
+}
+
+void store_ring(Context&, const float* x, size_t n_rows, size_t width, float* table, size_t first_position,
+                const int32_t* device_position, size_t ring) {
+    const size_t first = device_position ? size_t(*device_position) : first_position;
+    for (size_t r = 0; r < n_rows; ++r) {
+        const size_t row = (first + r) % ring;
+        std::copy(x + r * width, x + (r + 1) * width, table + row * width);
+        std::copy(x + r * width, x + (r + 1) * width, table + (row + ring) * width);
+    }
 }
 
 }  // namespace twinfer::compute::cpu

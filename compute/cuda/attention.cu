@@ -624,7 +624,7 @@ __device__ float block_reduce(float v, bool is_max, float* scratch) {
 
 __global__ void __launch_bounds__(window_threads)
 windowed_attention_kernel(const float* q, const float* keys, const float* values, int first_position, const int32_t* position,
-                          int n_head, int group, int head_dim, int kv_stride, int window, float scale, float* out) {
+                          int n_head, int group, int head_dim, int kv_stride, int window, int ring, float scale, float* out) {
     grid_dependency_wait();
     extern __shared__ float scores[];   // [window], then 32 floats of reduction scratch
     float* scratch = scores + window;
@@ -632,7 +632,7 @@ windowed_attention_kernel(const float* q, const float* keys, const float* values
     const int seen = (position ? *position : first_position) + t + 1;
     const int first = max(0, seen - window), n = seen - first;
     const float* qh = q + (size_t(t) * n_head + h) * head_dim;
-    const size_t kv_offset = size_t(first) * kv_stride + size_t(h / group) * head_dim;
+    const size_t kv_offset = size_t(ring ? first % ring : first) * kv_stride + size_t(h / group) * head_dim;
     float max_score = -FLT_MAX;
     for (int j = threadIdx.x; j < n; j += blockDim.x) {
         const float* k = keys + kv_offset + size_t(j) * kv_stride;
@@ -661,13 +661,34 @@ void windowed_attention(Context& ctx, const float* q, const float* keys, const f
     const size_t shared = (shape.window + 32) * sizeof(float);
     launch_after_previous(ctx, windowed_attention_kernel, unsigned(n_tokens * shape.n_head), window_threads, shared, q, keys,
                           values, int(first_position), position, int(shape.n_head), int(shape.n_head / shape.n_head_kv),
-                          int(shape.head_dim), int(shape.kv_stride), int(shape.window), shape.scale, out);
+                          int(shape.head_dim), int(shape.kv_stride), int(shape.window), int(shape.ring), shape.scale, out);
+}
+
+// Row r of x to rows p % ring and p % ring + ring of table, p its position (first_position + r, or
+// *device_position for a decode step's one row).
+__global__ void store_ring_kernel(const float* x, size_t n_rows, size_t width, float* table, size_t first_position,
+                                  const int32_t* device_position, size_t ring) {
+    grid_dependency_wait();
+    const size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i >= n_rows * width) return;
+    const size_t r = i / width, c = i % width;
+    const size_t row = ((device_position ? size_t(*device_position) : first_position) + r) % ring;
+    table[row * width + c] = x[i];
+    table[(row + ring) * width + c] = x[i];
 }
 
 }  // namespace
 
+void store_ring(Context& ctx, const float* x, size_t n_rows, size_t width, float* table, size_t first_position,
+                const int32_t* device_position, size_t ring) {
+    if (n_rows * width == 0) return;
+    launch_after_previous(ctx, store_ring_kernel, blocks_for(n_rows * width, 256), 256, 0, x, n_rows, width, table,
+                          first_position, device_position, ring);
+}
+
 void attention(Context& ctx, const float* q, const float* keys, const float* values, size_t n_tokens,
                size_t first_position, const AttentionShape& shape, float* out) {
+    if (shape.ring && !shape.window) throw std::invalid_argument("attention: a ring layer of the KV cache needs a window");
     if (shape.window) return windowed_attention(ctx, q, keys, values, n_tokens, first_position, nullptr, shape, out);
     if (n_tokens >= min_gemm_tokens && shape.n_head_kv != 0 && shape.n_head % shape.n_head_kv == 0)
         return gemm_attention(ctx, q, keys, values, n_tokens, first_position, shape, out);

@@ -71,6 +71,8 @@ bool project_rope_store_at(Context& ctx, std::span<const MatmulOutput, 3> qkv, c
                            float* keys, float* values);
 // table[*row, :] = x, row in device memory.
 void store_row(Context& ctx, const float* x, size_t width, float* table, const int32_t* row);
+void store_ring(Context& ctx, const float* x, size_t n_rows, size_t width, float* table, size_t first_position,
+                const int32_t* device_position, size_t ring);
 
 void add(Context& ctx, float* x, const float* y, size_t n);
 void add_bias(Context& ctx, float* x, const float* bias, size_t n_rows, size_t n);

@@ -20,6 +20,7 @@
 #include "format/quant.hpp"
 #include "models/f32_test_support.hpp"
 #include "models/gpt_model.hpp"
+#include "models/kv_cache.hpp"
 #include "models/transformer_model.hpp"
 
 namespace twinfer {
@@ -258,6 +259,47 @@ TEST(TransformerModel, SlidingWindowChangesWhatIsSeen) {
     double diff = 0;
     for (size_t i = 0; i < windowed.size(); ++i) diff = std::max(diff, std::abs(windowed[i] - full[i]));
     EXPECT_GT(diff, 1e-3);
+}
+
+// Sliding-window layers keep a ring in the KV cache (window + 511 rows, mirrored): past the ring's
+// length, prompts fed in parts of 512 and decode steps still match the reference at every
+// position; a prefix the rings no longer hold is not kept.
+TEST(TransformerModel, SlidingWindowRingsMatchTheReferencePastTheirLength) {
+    const RandomArch a = architectures()[3];   // gemma3, window 5
+    ASSERT_EQ(a.arch, "gemma3");
+    const auto file = random_model(a);
+    std::mt19937 rng(9);
+    std::uniform_int_distribution<Token> id(0, kVocab - 1);
+    std::vector<Token> ids(1150);
+    for (Token& t : ids) t = id(rng);
+    GPTModel reference = GPTModel::from_gguf(*file, 2048);
+    const Logits expected = reference.forward(ids, LogitsMode::All);
+    TransformerModel model = TransformerModel::load(file, {.n_ctx = 2048, .n_threads = 2, .activations = compute::Activations::Float32});
+    const size_t full = KvCache::bytes(7, 1, 2048, 16);
+    EXPECT_EQ(model.kv_cache_bytes(), full / 7 + 6 * 2 * (2 * 516) * 16 * sizeof(float)) << "1 global layer + 6 rings of 516";
+    const Logits prompt = model.forward(std::span(ids).first(600), LogitsMode::All);   // 512 + 88
+    double worst = 0;
+    for (size_t t = 0; t < 600; ++t) worst = std::max(worst, test::relative_error(prompt.row(t), expected.row(t)));
+    for (size_t t = 600; t < ids.size(); ++t)
+        worst = std::max(worst, test::relative_error(model.forward(std::span(ids).subspan(t, 1)).row(0), expected.row(t)));
+    EXPECT_LT(worst, 1e-5);
+    EXPECT_EQ(model.reusable_prefix(1100), 1100u);   // the rings still hold the 5 positions before 1100
+    EXPECT_EQ(model.reusable_prefix(200), 0u);       // overwritten long ago
+    EXPECT_THROW(model.truncate_cache(200), std::invalid_argument);
+    model.truncate_cache(1100);
+    const Logits again = model.forward(std::span(ids).subspan(1100, 1));
+    EXPECT_LT(test::relative_error(again.row(0), expected.row(1100)), 1e-5);
+}
+
+// Gemma 3 270M at 8K context: 15 of its 18 layers slide over 512 positions, so the cache holds
+// 3 x 8192 + 15 x 2 x 1023 positions instead of 18 x 8192 (measured, not only computed: the
+// model's own cache).
+TEST(TransformerModel, Gemma3KvCacheFollowsTheWindow) {
+    const auto file = std::make_shared<const gguf::File>(gguf::File::open(test::gemma3_path()));
+    TransformerModel model = TransformerModel::load(file, {.n_ctx = 8192});
+    const size_t position_bytes = 2 * 256 * sizeof(float);   // keys and values of one KV head of 256
+    EXPECT_EQ(model.kv_cache_bytes(), (3 * 8192 + 15 * 2 * 1023) * position_bytes);
+    EXPECT_LT(model.kv_cache_bytes(), KvCache::bytes(18, 1, 8192, 256) * 4 / 10);   // 113 MB of 302 MB
 }
 
 TEST(TransformerModel, DescribesEachLayerFromTheMetadata) {
