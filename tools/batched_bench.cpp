@@ -1,7 +1,7 @@
 // The server's batched decode pass (F32ModelBase::forward_rows, Single rows) against the same rows
 // decoded one pass each, and against the decode step alone: decode tokens a second at 1, 4, 16
 // (or the listed) concurrent sequences of one model (BENCHMARKS.md, "Batched decode").
-//   twinfer_batched_bench MODEL.gguf [prompt_tokens=100] [steps=32] [rows...=1 4 16]
+//   twinfer_batched_bench MODEL.gguf [threads=0 (one per core)] [prompt_tokens=100] [steps=32] [rows...=1 4 16]
 // Each sequence's slot holds a prompt of distinct ids (fed as one Tiled pass, not timed); then
 // `steps` decode passes feed every sequence its previous row's argmax. Every configuration starts
 // from the same cache lengths, so attention reads as much in each.
@@ -50,18 +50,19 @@ double decode_rate(F32LlamaModel& model, size_t n, size_t prompt_tokens, size_t 
 
 int main(int argc, char** argv) {
     if (argc < 2) {
-        std::fprintf(stderr, "usage: %s MODEL.gguf [prompt_tokens=100] [steps=32] [rows...=1 4 16]\n", argv[0]);
+        std::fprintf(stderr, "usage: %s MODEL.gguf [threads=0] [prompt_tokens=100] [steps=32] [rows...=1 4 16]\n", argv[0]);
         return 2;
     }
-    const size_t prompt_tokens = argc > 2 ? std::stoul(argv[2]) : 100;
-    const size_t steps = argc > 3 ? std::stoul(argv[3]) : 32;
+    const int threads = argc > 2 ? std::stoi(argv[2]) : 0;
+    const size_t prompt_tokens = argc > 3 ? std::stoul(argv[3]) : 100;
+    const size_t steps = argc > 4 ? std::stoul(argv[4]) : 32;
     std::vector<size_t> row_counts;
-    for (int i = 4; i < argc; ++i) row_counts.push_back(std::stoul(argv[i]));
+    for (int i = 5; i < argc; ++i) row_counts.push_back(std::stoul(argv[i]));
     if (row_counts.empty()) row_counts = {1, 4, 16};
     const size_t max_rows = *std::max_element(row_counts.begin(), row_counts.end());
 
     auto file = std::make_shared<const gguf::File>(gguf::File::open(argv[1]));
-    F32LlamaModel model = F32LlamaModel::load(file, {.n_ctx = prompt_tokens + steps + 1});
+    F32LlamaModel model = F32LlamaModel::load(file, {.n_ctx = prompt_tokens + steps + 1, .n_threads = threads});
     model.set_slot_count(max_rows);
     std::vector<SlotToken> prompt_rows;
     for (size_t s = 0; s < max_rows; ++s)
