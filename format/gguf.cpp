@@ -435,33 +435,44 @@ const Array& File::get_array(std::string_view key) const {
 
 std::vector<std::string> File::get_string_array(std::string_view key) const {
     const Array& a = get_array(key);
-    if (a.element_type() != ValueType::STRING) fail(origin_, "metadata key '" + std::string(key) + "' is not an array of strings");
+    if (a.element_type() != ValueType::STRING)
+        fail(origin_, "metadata key '" + std::string(key) + "' is not an array of strings (it holds " +
+                          std::string(value_type_name(a.element_type())) + ")");
     std::vector<std::string> out;
     out.reserve(a.size());
     for (size_t i = 0; i < a.size(); ++i) out.push_back(std::get<std::string>(a.at(i).v));
     return out;
 }
 
+// The typed array getters check the declared element type, not only the elements: an empty array
+// of strings read as floats is a type error, as a full one is, rather than an empty result.
 std::vector<float> File::get_float_array(std::string_view key) const {
     const Array& a = get_array(key);
+    if (a.element_type() != ValueType::FLOAT32 && a.element_type() != ValueType::FLOAT64)
+        fail(origin_, "metadata key '" + std::string(key) + "' is not an array of floats (it holds " +
+                          std::string(value_type_name(a.element_type())) + ")");
     std::vector<float> out;
     out.reserve(a.size());
     for (size_t i = 0; i < a.size(); ++i) {
         const Value item = a.at(i);
-        if (const auto* f = std::get_if<float>(&item.v)) out.push_back(*f);
-        else if (const auto* d = std::get_if<double>(&item.v)) out.push_back(static_cast<float>(*d));
-        else fail(origin_, "metadata key '" + std::string(key) + "' is not an array of floats");
+        const auto* f = std::get_if<float>(&item.v);
+        out.push_back(f ? *f : static_cast<float>(std::get<double>(item.v)));
     }
     return out;
 }
 
 std::vector<int64_t> File::get_int_array(std::string_view key) const {
     const Array& a = get_array(key);
+    if (fixed_size(a.element_type()) == 0 || a.element_type() == ValueType::BOOL || a.element_type() == ValueType::FLOAT32 ||
+        a.element_type() == ValueType::FLOAT64)
+        fail(origin_, "metadata key '" + std::string(key) + "' is not an array of integers (it holds " +
+                          std::string(value_type_name(a.element_type())) + ")");
     std::vector<int64_t> out;
     out.reserve(a.size());
     for (size_t i = 0; i < a.size(); ++i) {
         int64_t value = 0;
-        if (!integer_of(a.at(i), value)) fail(origin_, "metadata key '" + std::string(key) + "' is not an array of integers");
+        if (!integer_of(a.at(i), value))
+            fail(origin_, "metadata key '" + std::string(key) + "': element " + std::to_string(i) + " does not fit in int64");
         out.push_back(value);
     }
     return out;

@@ -14,6 +14,7 @@
 #include <new>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 // The largest single allocation since the last reset. Replacing the global operator new is the
@@ -393,6 +394,192 @@ TEST_F(BrokenGgufTest, NestingDepthBomb) {
     EXPECT_EQ(ok, "");  // 4000 empty uint8 arrays: valid
     lying.resize(lying.size() - 1);
     expect_rejected(one_key_image("wide", static_cast<uint32_t>(ValueType::ARRAY), lying), {"key 'wide'"}, "one byte short");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The classes of peers' GGUF CVEs, each against this reader. Several overlap the generic tests
+// above; these pin the exact arithmetic each exploit relied on, so a rewrite of a check that
+// still passes the generic cases (a sum instead of a comparison, a count multiplied before it
+// is compared) fails here.
+
+// llama.cpp CVE-2025-53630 and its bypass CVE-2026-27940: offset + size (or a size padded to the
+// alignment, summed over tensors) wrapped past 2^64 to a small number that passed the bounds
+// check. Every offset here is aligned, so only the range check stands between it and a span
+// outside the image.
+TEST_F(BrokenGgufTest, OffsetPlusSizeThatWrapsPast2To64IsPastTheEnd) {
+    const Field& a = layout_.field(Kind::TensorOffset, "tensor 't.a'");  // 128 bytes of F32
+    const Field& b = layout_.field(Kind::TensorOffset, "tensor 't.b'");  // 68 bytes of Q8_0
+    constexpr uint64_t kWrap = 0;  // 2^64 in uint64 arithmetic
+    for (const uint64_t offset : {kWrap - 128, kWrap - 96, kWrap - 32})  // sums 0, 32, 96
+        expect_rejected(patched_field(image_, a, offset), {"tensor 't.a'", "past the end"}, "t.a at 2^64 - " + std::to_string(kWrap - offset));
+    expect_rejected(patched_field(image_, b, kWrap - 64), {"tensor 't.b'", "past the end"}, "t.b at 2^64 - 64 (sum 4)");
+    // A size just under 2^64 that padding to the alignment would wrap: 2^62 - 1 F32 values are
+    // 2^64 - 4 bytes, which a multiple of 32 above is 0.
+    const Field& a0 = layout_.field(Kind::Dim, "tensor 't.a'", 0);
+    const Field& a1 = layout_.field(Kind::Dim, "tensor 't.a'", 1);
+    expect_rejected(patched_field(patched_field(image_, a0, (uint64_t{1} << 62) - 1), a1, 1), {"tensor 't.a'", "past the end"},
+                    "t.a of 2^64 - 4 bytes");
+    // Two tensors of 2^63 bytes each: their sum is 0.
+    const Field& b0 = layout_.field(Kind::Dim, "tensor 't.b'", 0);
+    const Field& b1 = layout_.field(Kind::Dim, "tensor 't.b'", 1);
+    auto halves = patched_field(patched_field(image_, a0, uint64_t{1} << 61), a1, 1);
+    halves = patched_field(patched_field(halves, b0, 32), b1, (uint64_t{1} << 63) / 34 / 32 * 32);
+    expect_rejected(halves, {"past the end"}, "two tensors near 2^63 bytes");
+}
+
+// Ollama CVE-2026-7482 and llama.cpp CVE-2026-33298: dimensions that lie about the data, so that
+// the logical tensor is far larger than the bytes behind it. Here the byte size always follows
+// from the dimensions, and every byte must lie in the data section and in no other tensor.
+TEST_F(BrokenGgufTest, DimensionsThatLieAboutTheByteSize) {
+    const Field& a0 = layout_.field(Kind::Dim, "tensor 't.a'", 0);
+    const Field& a1 = layout_.field(Kind::Dim, "tensor 't.a'", 1);
+    const Field& c0 = layout_.field(Kind::Dim, "tensor 't.c'", 0);
+    auto dims = [&](uint64_t d0, uint64_t d1) { return patched_field(patched_field(image_, a0, d0), a1, d1); };
+    // Products that wrap: 2^62 x 4 is 2^64 (0 elements), 2^32 x 2^32 likewise, 3 x 6148914691236517206 is 2^64 + 2.
+    expect_rejected(dims(uint64_t{1} << 62, 4), {"tensor 't.a'", "element count overflows"}, "2^62 x 4");
+    expect_rejected(dims(uint64_t{1} << 32, uint64_t{1} << 32), {"tensor 't.a'", "element count overflows"}, "2^32 x 2^32");
+    expect_rejected(dims(3, 6148914691236517206u), {"tensor 't.a'", "element count overflows"}, "3 x (2^64 + 2) / 3");
+    // Element counts that fit, byte sizes that do not: 2^63 F32 values, 2^63 F16 values.
+    expect_rejected(dims(uint64_t{1} << 63, 1), {"tensor 't.a'", "byte size overflows"}, "2^63 F32 values");
+    expect_rejected(patched_field(image_, c0, uint64_t{1} << 63), {"tensor 't.c'", "byte size overflows"}, "2^63 F16 values");
+    // A dimension above 2^63, negative as ggml's int64 ne: 2^63 + 1 F16 values need 2^64 + 2 bytes.
+    expect_rejected(patched_field(image_, c0, (uint64_t{1} << 63) + 1), {"tensor 't.c'", "byte size overflows"}, "2^63 + 1 F16 values");
+    // Small lies: one row more runs into the next tensor; the last tensor grown past the file.
+    expect_rejected(dims(8, 5), {"overlaps", "'t.a'", "'t.b'"}, "t.a one row longer");
+    expect_rejected(patched_field(image_, c0, 32), {"tensor 't.c'", "past the end"}, "t.c of 32 values");
+}
+
+// A header with the given metadata (each a key and its type and body), no tensors.
+std::vector<std::byte> metadata_image(const std::vector<std::tuple<std::string, ValueType, std::vector<std::byte>>>& kvs) {
+    std::vector<std::byte> image;
+    auto put = [&](const auto& v) {
+        const auto* p = reinterpret_cast<const std::byte*>(&v);
+        image.insert(image.end(), p, p + sizeof(v));
+    };
+    put(uint32_t{0x46554747});
+    put(uint32_t{3});
+    put(uint64_t{0});
+    put(uint64_t{kvs.size()});
+    for (const auto& [key, type, body] : kvs) {
+        put(uint64_t{key.size()});
+        for (char ch : key) image.push_back(static_cast<std::byte>(ch));
+        put(static_cast<uint32_t>(type));
+        image.insert(image.end(), body.begin(), body.end());
+    }
+    return image;
+}
+
+template <class T> std::vector<std::byte> bytes_of(T value) {
+    std::vector<std::byte> out(sizeof(T));
+    std::memcpy(out.data(), &value, sizeof(T));
+    return out;
+}
+
+// ggml before #19856: an array's element count times the element size, computed before the
+// check, wrapped to a few bytes; the reader then allocated that and walked `count` elements.
+TEST_F(BrokenGgufTest, ArrayLengthsWhoseByteSizeWrapsAreRefused) {
+    const std::pair<ValueType, uint64_t> types[] = {{ValueType::UINT8, 1}, {ValueType::INT16, 2}, {ValueType::FLOAT32, 4},
+                                                    {ValueType::FLOAT64, 8}, {ValueType::STRING, 8}, {ValueType::ARRAY, 12}};
+    for (const auto& [type, size] : types) {
+        // count x size is 0 modulo 2^64, and count + 1 makes it `size` (12-byte arrays: 2^62 x 12 is
+        // 3 x 2^64). One-byte elements cannot wrap: their two largest counts instead.
+        const uint64_t wrapping = size == 12 ? uint64_t{1} << 62 : size == 1 ? ~uint64_t{0} - 1 : (~uint64_t{0} / size) + 1;
+        for (const uint64_t count : {wrapping, wrapping + 1, ~uint64_t{0}, ~uint64_t{0} - 1, uint64_t{1} << 63}) {
+            auto body = array_header(static_cast<uint32_t>(type), count);
+            body.resize(body.size() + 64, std::byte{0});  // a few elements' worth, far fewer than claimed
+            const std::string what = std::string(value_type_name(type)) + " array of " + std::to_string(count);
+            expect_rejected(metadata_image({{"k.arr", ValueType::ARRAY, body}}), {"key 'k.arr'", "array length", "cannot fit"}, what);
+        }
+    }
+}
+
+// String lengths that run one byte past the file, or whose sum with the read position wraps to
+// 0 (the position after the length is 32 for the key, 47 for the value, 59 in the array): the
+// key, a string value, a string inside an array, a tensor's name. Nine bytes follow each length.
+TEST_F(BrokenGgufTest, StringLengthsPastTheFileAreRefused) {
+    constexpr uint64_t kWrap = 0;
+    for (const uint64_t length : {uint64_t{10}, kWrap - 32, kWrap - 47, kWrap - 59, ~uint64_t{0}}) {
+        const std::string n = std::to_string(length);
+        // The key "abcd", its type and a one-byte value.
+        const auto key = metadata_image({{"abcd", ValueType::UINT8, {std::byte{1}}}});
+        expect_rejected(patched(key, 24, length), {"metadata key #0", "string length " + n, "exceeds the 9 bytes left"}, "key length " + n);
+
+        auto value = metadata_image({{"k.s", ValueType::STRING, bytes_of(length)}});
+        value.insert(value.end(), 9, std::byte{'x'});
+        expect_rejected(value, {"key 'k.s'", "string length " + n, "exceeds the 9 bytes left"}, "string value of length " + n);
+
+        auto in_array = array_header(static_cast<uint32_t>(ValueType::STRING), 1);
+        const auto prefix = bytes_of(length);
+        in_array.insert(in_array.end(), prefix.begin(), prefix.end());
+        in_array.insert(in_array.end(), 9, std::byte{'x'});
+        expect_rejected(metadata_image({{"k.a", ValueType::ARRAY, in_array}}), {"key 'k.a'", "string length " + n, "exceeds the 9 bytes left"},
+                        "string of length " + n + " in an array");
+    }
+    // A tensor name one byte longer than the rest of the file.
+    const Field& name = layout_.field(Kind::TensorNameLength, "tensor info #2 name");
+    expect_rejected(patched_field(image_, name, image_.size() - name.offset - 8 + 1), {"tensor info #2 name", "exceeds"}, "t.c's name");
+}
+
+// gguf-py before #19856 and ggml's first readers kept the last of two equal keys: a second
+// general.alignment could change where the data lies after the first had been checked.
+TEST_F(BrokenGgufTest, ASecondAlignmentKeyIsADuplicate) {
+    const auto image = metadata_image({{"general.alignment", ValueType::UINT32, bytes_of(uint32_t{32})},
+                                       {"general.alignment", ValueType::UINT32, bytes_of(uint32_t{1})}});
+    expect_rejected(image, {"duplicate metadata key 'general.alignment'"}, "two alignments");
+}
+
+// A reader that asks for one element type and gets another must get an error naming the key,
+// whatever the array holds, including nothing: an empty array of strings is not an empty array
+// of floats. (llama.cpp read tokenizer.ggml.scores as float* whatever its declared type.)
+TEST(GgufArrayTypes, EachTypedGetterAcceptsOnlyItsElementTypes) {
+    Writer writer;
+    writer.set_string_array("strings", {"a", "b"});
+    writer.set_string_array("no_strings", {});
+    writer.set_f32_array("f32s", {0.5f, 1.5f});
+    writer.set_f32_array("no_f32s", {});
+    writer.set("f64s", Value{Array{ValueType::FLOAT64, {Value{0.25}}}});
+    writer.set_i32_array("i32s", {1, -2});
+    writer.set_i32_array("no_i32s", {});
+    writer.set("u8s", Value{Array{ValueType::UINT8, {Value{uint8_t{7}}}}});
+    writer.set("bools", Value{Array{ValueType::BOOL, {Value{true}}}});
+    writer.set("nested", Value{Array{ValueType::ARRAY, {Value{Array{ValueType::FLOAT32, {Value{1.0f}}}}}}});
+    writer.set("no_nested", Value{Array{ValueType::ARRAY, {}}});
+    writer.set_f32("scalar", 1.0f);
+    const auto image = writer.to_bytes();
+    const File file = File::parse(image, kOrigin);
+
+    enum Getter { Strings, Floats, Ints };
+    const std::pair<const char*, std::vector<Getter>> keys[] = {
+        {"strings", {Strings}}, {"no_strings", {Strings}}, {"f32s", {Floats}}, {"no_f32s", {Floats}}, {"f64s", {Floats}},
+        {"i32s", {Ints}},       {"no_i32s", {Ints}},       {"u8s", {Ints}},    {"bools", {}},          {"nested", {}},
+        {"no_nested", {}},      {"scalar", {}},
+    };
+    const char* names[] = {"strings", "floats", "integers"};
+    for (const auto& [key, accepted] : keys) {
+        for (const Getter getter : {Strings, Floats, Ints}) {
+            const bool ok = std::find(accepted.begin(), accepted.end(), getter) != accepted.end();
+            std::string message;
+            try {
+                if (getter == Strings) (void)file.get_string_array(key);
+                if (getter == Floats) (void)file.get_float_array(key);
+                if (getter == Ints) (void)file.get_int_array(key);
+            } catch (const FormatError& e) {
+                message = e.what();
+            }
+            const std::string what = std::string(key) + " as " + names[getter];
+            if (ok) {
+                EXPECT_EQ(message, "") << what;
+                continue;
+            }
+            ASSERT_FALSE(message.empty()) << what << ": no error";
+            EXPECT_TRUE(contains(message, kOrigin)) << what << ": " << message;
+            EXPECT_TRUE(contains(message, "'" + std::string(key) + "'")) << what << ": " << message;
+            // A scalar is not an array at all; an array of another type says what was wanted.
+            EXPECT_TRUE(contains(message, std::string(key) == "scalar" ? "expected array" : names[getter])) << what << ": " << message;
+        }
+    }
+    EXPECT_EQ(file.get_float_array("f64s"), std::vector<float>{0.25f});
+    EXPECT_EQ(file.get_int_array("u8s"), std::vector<int64_t>{7});
 }
 
 TEST_F(BrokenGgufTest, NotGgufAtAll) {
