@@ -15,10 +15,12 @@
 namespace twinfer::cli {
 namespace {
 
-// Set by Ctrl-C; the text callbacks return false once it is, so generation stops at the next token
-// and the command still prints its summary (or its JSON object).
-volatile std::sig_atomic_t g_interrupted = 0;
-void on_sigint(int) { g_interrupted = 1; }
+// The signal that asked to stop: Ctrl-C (SIGINT), or SIGTERM from a service manager or `timeout`,
+// which would otherwise end the process mid-line without the summary. The text callbacks return
+// false once it is set, so generation stops at the next token and the command still prints its
+// summary (or its JSON object).
+volatile std::sig_atomic_t g_stop_signal = 0;
+void on_stop_signal(int signal) { g_stop_signal = signal; }
 
 struct RunOptions {
     std::string prompt;
@@ -83,7 +85,8 @@ void register_run(CLI::App& app) {
         const int sources = !opts->prompt.empty() + !opts->prompt_file.empty() + !opts->token_list.empty();
         if (sources > 1) throw UsageError("give the prompt one way: -p, -f or --tokens");
         const auto generate = s.generate_options();
-        std::signal(SIGINT, on_sigint);
+        std::signal(SIGINT, on_stop_signal);
+        std::signal(SIGTERM, on_stop_signal);
         auto engine = InferenceEngine::load(s.backend_options());
 
         std::vector<Token> prompt;
@@ -105,23 +108,23 @@ void register_run(CLI::App& app) {
             prompt = engine.tokenize(prompt_text, !opts->no_bos, opts->parse_special);
         }
         if (opts->json) {
-            const auto r = engine.generate(prompt, generate, [](std::string_view) { return !g_interrupted; });
+            const auto r = engine.generate(prompt, generate, [](std::string_view) { return !g_stop_signal; });
             nlohmann::json out{{"backend", engine.backend_name()}, {"prompt_ids", prompt}, {"ids", r.tokens}, {"text", r.text},
                                {"stop_reason", stop_reason_name(r.reason)}, {"load_seconds", engine.load_seconds()},
                                {"prompt_tokens_per_second", r.stats.prompt_tokens_per_second()},
                                {"generation_tokens_per_second", r.stats.generation_tokens_per_second()}};
             std::cout << out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
-            if (r.reason == StopReason::Cancelled) throw Interrupted{};
+            if (r.reason == StopReason::Cancelled) throw Interrupted{g_stop_signal};
             return;
         }
         if (opts->show_prompt) std::cout << prompt_text << std::flush;
         const auto result = engine.generate(prompt, generate, [](std::string_view text) {
             std::cout << text << std::flush;
-            return !g_interrupted;
+            return !g_stop_signal;
         });
         std::cout << "\n" << std::flush;
         print_generation_summary(engine, result);
-        if (result.reason == StopReason::Cancelled) throw Interrupted{};
+        if (result.reason == StopReason::Cancelled) throw Interrupted{g_stop_signal};
     });
 }
 

@@ -12,9 +12,12 @@ struct UsageError : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
 
-// Thrown by a command that Ctrl-C stopped, after it printed what it had: exit code 130, as a shell
-// reports a program killed by SIGINT and as llama.cpp exits.
-struct Interrupted {};
+// Thrown by a command that Ctrl-C (SIGINT) or SIGTERM stopped, after it printed what it had: exit
+// code 128 + the signal (130, 143), as a shell reports a program the signal ended and as llama.cpp
+// exits.
+struct Interrupted {
+    int signal;
+};
 
 void register_info(CLI::App& app);
 void register_tokenize(CLI::App& app);  // tokenize, detokenize

@@ -47,7 +47,7 @@ int main(int argc, char** argv) {
     twinfer::cli::register_eval(app);
     twinfer::cli::register_serve(app);
     // Exit codes (docs/user-guide.md): 2 for a usage or input mistake the user can fix, 1 for a
-    // failure while running, 130 when Ctrl-C interrupted `run`, 0 otherwise.
+    // failure while running, 130 (143) when Ctrl-C (SIGTERM) interrupted `run`, 0 otherwise.
     try {
         // The config file fills the settings first; flags given on the command line override it.
         const auto subcommands = app.get_subcommands([](CLI::App*) { return true; });
@@ -79,8 +79,8 @@ int main(int argc, char** argv) {
     } catch (const twinfer::ContextOverflow& e) {   // a prompt longer than the context: input the user can fix
         std::cerr << "twinfer: error: " << e.what() << "\n";
         return 2;
-    } catch (const twinfer::cli::Interrupted&) {   // the command has printed what it had
-        return 130;
+    } catch (const twinfer::cli::Interrupted& e) {   // the command has printed what it had
+        return 128 + e.signal;
     } catch (const std::exception& e) {
         std::cerr << "twinfer: error: " << e.what() << "\n";
         return 1;

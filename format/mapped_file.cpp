@@ -17,7 +17,9 @@ MappedFile::MappedFile(const std::filesystem::path& path, const char* kind) {
     const std::string origin = path.string();
     std::error_code ec;
     if (std::filesystem::is_directory(path, ec)) throw std::runtime_error(origin + ": is a directory, not a " + kind + " file");
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    // O_NONBLOCK: opening a named pipe for reading would otherwise wait for a writer, forever if
+    // none comes; the fstat below then refuses it. On a regular file the flag changes nothing.
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) throw std::system_error(errno, std::generic_category(), "cannot open " + origin);
     struct stat st {};
     if (::fstat(fd, &st) != 0) {
