@@ -153,7 +153,7 @@ TEST_F(CliFaults, TheUneditedCopyRuns) {
 // context keeps the KV cache, sized by block_count too, from failing first. Not here: 2^30, the
 // largest block_count the config accepts, which today fails before the tensors are looked up
 // (the Llama model: the KV cache's 4096 GiB; qwen2: a 2^30-entry layer table, std::bad_alloc after
-// ~16 GiB), see docs/reliability.md.
+// gigabytes), finding 9 of docs/reliability.md.
 TEST_F(CliFaults, MoreLayersThanTensorsNamesTheMissingTensor) {
     const gguf::File source = gguf::File::open(stories());
     const uint64_t n_layer = source.get_uint("llama.block_count");
