@@ -130,7 +130,11 @@ std::string Tokenizer::token_to_piece(Token t) const {
             piece.append(rest);
             return piece;
         }
-        if ((token.attr & ATTR_BYTE) && token.text.size() == 6 && token.text.starts_with("<0x"))
+        // Two hex digits, checked here: std::stoi threw std::invalid_argument on "<0xZZ>" and read
+        // "<0x1G>" or "<0x+1>" as byte 1. A byte token of any other text decodes to nothing.
+        const auto hex = [](char c) { return std::isxdigit(static_cast<unsigned char>(c)) != 0; };
+        if ((token.attr & ATTR_BYTE) && token.text.size() == 6 && token.text.starts_with("<0x") && token.text[5] == '>' &&
+            hex(token.text[3]) && hex(token.text[4]))
             return std::string(1, static_cast<char>(std::stoi(token.text.substr(3, 2), nullptr, 16)));
         return {};
     }
