@@ -25,9 +25,12 @@ compute::Buffer allocate_half(compute::Device device, size_t n_layer, size_t n_s
         return compute::Buffer(device, total / 2);
     } catch (const std::bad_alloc&) {
         std::ostringstream message;
+        size_t n_rings = 0;
+        for (size_t ring : ring_rows) n_rings += ring != 0;
         message << std::fixed << std::setprecision(1) << "cannot allocate the KV cache for a context of " << n_ctx << " tokens: it needs "
-                << static_cast<double>(total) / (1u << 30) << " GiB (" << n_layer << " layers, " << n_slots << " slots, "
-                << n_embd_kv << " floats a position, keys and values); a smaller --ctx-size shrinks it";
+                << static_cast<double>(total) / (1u << 30) << " GiB (" << n_layer << " layers";
+        if (n_rings) message << ", " << n_rings << " of them sliding-window rings,";
+        message << " x 2 x " << n_slots * n_ctx << " positions x " << n_embd_kv << " x 4 bytes); a smaller --ctx-size shrinks it";
         throw std::runtime_error(message.str());
     }
 }

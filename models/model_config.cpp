@@ -1,5 +1,7 @@
 #include "models/model_config.hpp"
 
+#include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <stdexcept>
 
@@ -172,6 +174,23 @@ ModelConfig ModelConfig::from_gguf(const gguf::File& file) {
     auto uint_key = [&](const std::string& key) { return positive_int(file.get_uint(p + key), p + key); };
 
     c.n_layer = uint_key("block_count");
+    // A block_count the tensors do not back is refused before anything is sized by it (a hostile
+    // file's 2^30 layers would otherwise be allocated first and fail later). Files without tensors
+    // (vocabulary-only) have nothing to check.
+    if (!file.tensors().empty()) {
+        uint64_t layers_present = 0;   // one past the highest blk.N of the tensors
+        for (const gguf::TensorInfo& t : file.tensors()) {
+            if (!t.name.starts_with("blk.")) continue;
+            uint64_t n = 0;
+            size_t i = 4;
+            for (; i < t.name.size() && i < 14 && std::isdigit(static_cast<unsigned char>(t.name[i])); ++i) n = n * 10 + (t.name[i] - '0');
+            if (i > 4 && i < t.name.size() && t.name[i] == '.') layers_present = std::max(layers_present, n + 1);
+        }
+        if (static_cast<uint64_t>(c.n_layer) > layers_present)
+            throw gguf::FormatError(file.origin() + ": " + p + "block_count is " + std::to_string(c.n_layer) + " but tensor blk." +
+                                    std::to_string(layers_present) + ".attn_norm.weight is missing (the file's layers end at " +
+                                    std::to_string(layers_present) + ")");
+    }
     c.n_embd = uint_key("embedding_length");
     c.n_ff = uint_key("feed_forward_length");
     c.n_head = uint_key("attention.head_count");

@@ -119,35 +119,37 @@ def randomize(model, generator):
 
 @contextlib.contextmanager
 def float64_everywhere():
-    """Every float32 request inside answered in float64 (see the module's docstring)."""
-    orig_to, orig_float, orig_softmax, orig_tensor = torch.Tensor.to, torch.Tensor.float, torch.nn.functional.softmax, torch.tensor
+    """Every float32 request inside answered in float64 (see the module's docstring): casts
+    (Tensor.to, .float(), .type), factories given a dtype (torch.arange, zeros, ones, full, empty,
+    tensor: rotary tables are made with torch.arange(..., dtype=torch.float)) and softmax's dtype."""
     low = (torch.float32, torch.float16, torch.bfloat16)
 
-    def to(self, *args, **kwargs):
-        args = tuple(torch.float64 if a in low else a for a in args)
+    def widen(kwargs):
         if kwargs.get("dtype") in low:
             kwargs["dtype"] = torch.float64
-        return orig_to(self, *args, **kwargs)
+        return kwargs
 
-    def softmax(x, *args, **kwargs):
-        if kwargs.get("dtype") in low:
-            kwargs["dtype"] = torch.float64
-        return orig_softmax(x, *args, **kwargs)
+    patched = []
 
-    def tensor(data, *args, **kwargs):
-        if kwargs.get("dtype") in low:
-            kwargs["dtype"] = torch.float64
-        return orig_tensor(data, *args, **kwargs)
+    def patch(owner, name, make):
+        original = getattr(owner, name)
+        patched.append((owner, name, original))
+        setattr(owner, name, make(original))
 
-    torch.Tensor.to, torch.Tensor.float = to, lambda self, *a, **k: orig_to(self, torch.float64)
-    torch.nn.functional.softmax, torch.tensor = softmax, tensor
+    patch(torch.Tensor, "to", lambda f: lambda self, *a, **k: f(self, *(torch.float64 if x in low else x for x in a), **widen(k)))
+    patch(torch.Tensor, "float", lambda f: lambda self, *a, **k: self.to(torch.float64))
+    patch(torch.Tensor, "type", lambda f: lambda self, *a, **k: f(self, *(torch.float64 if x in low else x for x in a), **widen(k)))
+    patch(torch.Tensor, "softmax", lambda f: lambda self, *a, **k: f(self, *a, **widen(k)))
+    for name in ("arange", "zeros", "ones", "full", "empty", "tensor", "softmax"):
+        patch(torch, name, lambda f: lambda *a, **k: f(*a, **widen(k)))
+    patch(torch.nn.functional, "softmax", lambda f: lambda *a, **k: f(*a, **widen(k)))
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
         yield
     finally:
-        torch.Tensor.to, torch.Tensor.float = orig_to, orig_float
-        torch.nn.functional.softmax, torch.tensor = orig_softmax, orig_tensor
+        for owner, name, original in reversed(patched):
+            setattr(owner, name, original)
         torch.set_default_dtype(default)
 
 
@@ -174,6 +176,19 @@ def convert(llama_dir, hf_dir, out_path):
         return cls
 
     converter.get_model_class = get_model_class
+    # This converter reads GPT-NeoX's rotary fraction as "rotary_pct", which transformers 5's
+    # GPTNeoXConfig.to_dict() writes as rope_parameters["partial_rotary_factor"]: the same value
+    # under the older name.
+    load_hparams = converter.ModelBase.load_hparams
+
+    def load_hparams_with_rotary_pct(*args, **kwargs):
+        config = load_hparams(*args, **kwargs)
+        if config.get("model_type") == "gpt_neox" and "rotary_pct" not in config:
+            rope = config.get("rope_parameters") or {}
+            config["rotary_pct"] = config.get("partial_rotary_factor", rope.get("partial_rotary_factor"))
+        return config
+
+    converter.ModelBase.load_hparams = staticmethod(load_hparams_with_rotary_pct)
     argv = sys.argv
     sys.argv = ["convert_hf_to_gguf.py", str(hf_dir), "--outtype", "f32", "--outfile", str(out_path)]
     try:
@@ -181,6 +196,7 @@ def convert(llama_dir, hf_dir, out_path):
     finally:
         sys.argv = argv
         converter.get_model_class = original
+        converter.ModelBase.load_hparams = staticmethod(load_hparams)
 
 
 def write_golden(model, vocab_size, path, generator):

@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <list>
 #include <string>
 #include <utility>
 
@@ -106,7 +107,10 @@ struct DeviceContext {
     Scratch norm_int8;        // PreparedNorm's codes and scales
     Scratch norm_partials;    // PreparedNorm's sums of squares
     PreparedNorm prepared_norm;
-    RopeFrequencies rope_frequencies;
+    // One table per set of rotation parameters a model uses (Gemma 3's local and global layers
+    // rotate with different bases), each made once, before a graph is captured, and kept: a
+    // list, so that no table moves while a captured graph reads it.
+    std::list<RopeFrequencies> rope_frequencies;
 };
 
 DeviceContext& device_of(Context& ctx);

@@ -72,10 +72,12 @@ __global__ void rope_store_kernel(float* q, int n_head, float* k, const float* v
 Rotation rotation_of(Context& ctx, const RopeParams& params) {
     DeviceContext& device = device_of(ctx);
     const size_t n_pairs = params.n_rot / 2;
-    RopeFrequencies& cached = device.rope_frequencies;
-    const bool same = cached.values.address() && cached.n_rot == params.n_rot && cached.freq_base == params.freq_base &&
-                      cached.position_scale == params.position_scale && cached.freq_factors == params.freq_factors;
-    if (!same) {
+    const auto same = [&](const RopeFrequencies& t) {
+        return t.n_rot == params.n_rot && t.freq_base == params.freq_base && t.position_scale == params.position_scale &&
+               t.freq_factors == params.freq_factors;
+    };
+    auto table = std::find_if(device.rope_frequencies.begin(), device.rope_frequencies.end(), same);
+    if (table == device.rope_frequencies.end()) {
         cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
         TWINFER_CUDA_CHECK(cudaStreamIsCapturing(device.stream, &capture));
         if (capture != cudaStreamCaptureStatusNone)
@@ -83,12 +85,13 @@ Rotation rotation_of(Context& ctx, const RopeParams& params) {
         std::vector<float> factors(params.freq_factors ? n_pairs : 0);
         if (params.freq_factors) download(ctx, factors.data(), params.freq_factors, n_pairs * sizeof(float));
         const std::vector<double> frequencies = pair_frequencies(params, factors);
-        void* table = cached.values.get(std::max<size_t>(n_pairs, 1) * sizeof(double), device.stream);
-        upload(ctx, table, frequencies.data(), n_pairs * sizeof(double));
-        cached.n_rot = params.n_rot, cached.freq_base = params.freq_base, cached.position_scale = params.position_scale;
-        cached.freq_factors = params.freq_factors;
+        table = device.rope_frequencies.emplace(device.rope_frequencies.end());
+        void* values = table->values.get(std::max<size_t>(n_pairs, 1) * sizeof(double), device.stream);
+        upload(ctx, values, frequencies.data(), n_pairs * sizeof(double));
+        table->n_rot = params.n_rot, table->freq_base = params.freq_base, table->position_scale = params.position_scale;
+        table->freq_factors = params.freq_factors;
     }
-    return {int(params.n_rot), static_cast<const double*>(cached.values.address()),
+    return {int(params.n_rot), static_cast<const double*>(table->values.address()),
             params.pairing == RopeParams::Pairing::Adjacent};
 }
 

@@ -196,10 +196,13 @@ void* stream_of(DeviceContext& device) { return device.stream; }
 
 std::vector<const void*> scratch_addresses(Context& ctx) {
     const DeviceContext& device = device_of(ctx);
-    return {device.weights_half.address(), device.tokens_half.address(), device.attention_parts.address(),
-            device.attention_finished.address(), device.activations_int8.address(), device.prepared_int8.address(),
-            device.norm_int8.address(), device.norm_partials.address(), device.rope_frequencies.values.address(),
-            device.top_k_keys.address(), device.attention_operands.address()};
+    std::vector<const void*> addresses = {device.weights_half.address(), device.tokens_half.address(),
+                                          device.attention_parts.address(), device.attention_finished.address(),
+                                          device.activations_int8.address(), device.prepared_int8.address(),
+                                          device.norm_int8.address(), device.norm_partials.address(),
+                                          device.top_k_keys.address(), device.attention_operands.address()};
+    for (const RopeFrequencies& table : device.rope_frequencies) addresses.push_back(table.values.address());
+    return addresses;
 }
 
 DeviceContext& device_of(Context& ctx) {

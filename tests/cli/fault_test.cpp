@@ -150,15 +150,14 @@ TEST_F(CliFaults, TheUneditedCopyRuns) {
 // missing tensor, not read a layer that is not there, nor size much by the claimed count before
 // it looks. Through the Llama model and, with the file relabelled qwen2 (the same tensor names),
 // through TransformerModel, whose configuration holds a description of every layer. A small
-// context keeps the KV cache, sized by block_count too, from failing first. Not here: 2^30, the
-// largest block_count the config accepts, which today fails before the tensors are looked up
-// (the Llama model: the KV cache's 4096 GiB; qwen2: a 2^30-entry layer table, std::bad_alloc after
-// gigabytes), finding 9 of docs/reliability.md.
+// context keeps the KV cache, sized by block_count too, from failing first. 2^30, the largest
+// block_count the config accepts, is refused before anything is sized by it (finding 9 of
+// docs/reliability.md: it used to fail on the KV cache's 4096 GiB or a 2^30-entry layer table).
 TEST_F(CliFaults, MoreLayersThanTensorsNamesTheMissingTensor) {
     const gguf::File source = gguf::File::open(stories());
     const uint64_t n_layer = source.get_uint("llama.block_count");
     for (const std::string architecture : {"llama", "qwen2"}) {
-        for (const uint64_t claimed : {n_layer + 1, uint64_t{1} << 20}) {
+        for (const uint64_t claimed : {n_layer + 1, uint64_t{1} << 20, uint64_t{1} << 30}) {
             const std::string what = architecture + ", block_count " + std::to_string(claimed);
             const fs::path model = edited_stories(
                 "layers.gguf", {.architecture = architecture,
