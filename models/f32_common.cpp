@@ -265,4 +265,20 @@ size_t context_length(const F32Options& options, size_t n_ctx_train) {
     return options.n_ctx == 0 ? n_ctx_train : options.n_ctx;
 }
 
+// The products of a batched pass (enqueue_rows of F32LlamaModel and TransformerModel): rows [0, n_single) each as the
+// decode step computes its token (compute::matmul_rows: one call, the weights read once for all of
+// them), then the next n_tiled (padded) as one product, as a prompt's tokens are. outputs' y and x
+// are the pass's row arrays; norm (if any) normalizes each row of x into its `out` first.
+void rows_matmul(compute::Context& ctx, std::span<const compute::MatmulOutput> outputs, const float* x, size_t n_single,
+                 size_t n_tiled, compute::Activations activations, const compute::RmsNorm* norm) {
+    if (n_single) compute::matmul_rows(ctx, outputs, x, n_single, activations, norm);
+    if (!n_tiled) return;
+    const size_t cols = outputs[0].w.cols;
+    std::vector<compute::MatmulOutput> tiled(outputs.begin(), outputs.end());
+    for (compute::MatmulOutput& o : tiled) o.y += n_single * o.w.rows;
+    const compute::RmsNorm tiled_norm = norm ? compute::RmsNorm{norm->weight, norm->eps, norm->out + n_single * cols}
+                                             : compute::RmsNorm{};
+    compute::matmul(ctx, tiled, x + n_single * cols, n_tiled, activations, norm ? &tiled_norm : nullptr);
+}
+
 }  // namespace twinfer

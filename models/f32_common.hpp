@@ -230,6 +230,13 @@ struct RowBatch {
     size_t n_logits_padded = 0;          // logit_rows.size(), padded as n_padded for Tiled
 };
 
+// The products of a batched pass (RowBatch): rows [0, n_single) each as the decode step computes
+// its token (compute::matmul_rows: one call, the weights read once for all of them), then the
+// next n_tiled (padded) as one product, as a prompt's tokens are. outputs' y and x are the pass's
+// row arrays; norm (if any) normalizes each row of x into its `out` first.
+void rows_matmul(compute::Context& ctx, std::span<const compute::MatmulOutput> outputs, const float* x, size_t n_single,
+                 size_t n_tiled, compute::Activations activations, const compute::RmsNorm* norm = nullptr);
+
 // The GPTInference interface of an F32 model around its forward pass: the choice between a
 // prompt and a decode step, the decode step (a CUDA graph) with its argmax, and the state they
 // use. Derived (CRTP, a friend) supplies its weights, loading, and these:

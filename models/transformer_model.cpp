@@ -198,19 +198,11 @@ void TransformerModel::enqueue_forward(const int32_t* ids, size_t T, size_t p0, 
 
 void TransformerModel::enqueue_rows(const RowBatch& batch) { enqueue_pass(batch, nullptr); }
 
-// The matrix products of a pass: rows [0, n_single) one by one, as the decode step computes them,
-// the others in one product (F32ModelBase::forward_rows: a row never depends on the rest).
+// The matrix products of a pass (rows_matmul: Single rows as the decode step computes them, the
+// others in one product; a row never depends on the rest).
 void TransformerModel::products(std::span<const compute::MatmulOutput> outputs, const float* x, size_t n_single,
                                 size_t n_tiled) {
-    const compute::Activations activations = activations_for(options_);
-    const size_t cols = outputs[0].w.cols;
-    std::vector<compute::MatmulOutput> at_row(outputs.begin(), outputs.end());
-    const auto product = [&](size_t first_row, size_t n_rows) {
-        for (size_t i = 0; i < at_row.size(); ++i) at_row[i].y = outputs[i].y + first_row * outputs[i].w.rows;
-        compute::matmul(ctx_, at_row, x + first_row * cols, n_rows, activations);
-    };
-    for (size_t r = 0; r < n_single; ++r) product(r, 1);
-    if (n_tiled) product(n_single, n_tiled);
+    rows_matmul(ctx_, outputs, x, n_single, n_tiled, activations_for(options_));
 }
 
 // Shapes: N = batch.n_padded rows (each run's tokens at its slot and positions, then padding), E =
