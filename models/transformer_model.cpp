@@ -58,6 +58,8 @@ TransformerModel TransformerModel::load(std::shared_ptr<const gguf::File> file, 
     const size_t E = c.n_embd, F = c.n_ff, V = c.n_vocab, D = c.head_dim, QD = c.n_head * D, KVD = c.n_embd_kv();
     if (spec.n_expert > 0 && spec.post_norms)
         throw std::runtime_error(file->origin() + ": experts with sandwich norms are not implemented");
+    if (spec.n_expert > c.n_embd)   // the router's logits share the E-wide O buffer
+        throw std::runtime_error(file->origin() + ": more experts than the embedding width is not implemented");
     for (const LayerSpec& layer : spec.layers)
         if (options.device == compute::Device::CUDA && layer.window > compute::max_attention_window)
             throw std::runtime_error(file->origin() + ": a sliding window of " + std::to_string(layer.window) +
@@ -367,8 +369,7 @@ void TransformerModel::mixture_of_experts(const Layer& L, const float* h, size_t
     const size_t E = config_.n_embd, X = spec.n_expert, K = spec.n_expert_used;
     const compute::Activations activations = activations_for(options_);
     float *gate = workspace_.buffer(GATE), *up = workspace_.buffer(UP), *expert_out = workspace_.buffer(EXPERT);
-    float* router = workspace_.buffer(O);                                            // [T, X] (O is E wide: X <= E checked below)
-    if (X > E) throw std::runtime_error("mixture of experts: more experts than the embedding width is not implemented");
+    float* router = workspace_.buffer(O);                                            // [T, X] (O is E wide: load checks X <= E)
     const compute::MatmulOutput output{L.router, router};
     products(std::span(&output, 1), h, n_single, T - n_single);
     router_logits_.resize(T * X);
