@@ -4,7 +4,10 @@
 # Llama-2-7B Q4_0) with SmolLM2's vocabulary, and runs `twinfer bench --device cuda -p 512 -n 128`
 # on each; with LLAMA_BENCH set to a llama-bench binary (llama.cpp's CUDA build, made outside the
 # repository), runs it on the same files in the same call (-ngl 99 -fa 1), one after the other.
-# Usage: tools/gpu/speed.sh [build-dir] [shape:type ...]; carry .deps and .device (tools/gpu/bench.sh).
+# A spec TSV=METADATA.gguf instead of shape:type makes the file with `twinfer_make_random_model like`
+# (another architecture: bench/shapes/*.tsv, their metadata from tools/make_shape.py).
+# Usage: tools/gpu/speed.sh [build-dir] [shape:type | TSV=METADATA ...]; carry .deps and .device
+# (tools/gpu/bench.sh). TWINFER_BENCH_ARGS replaces `-p 512 -n 128 -r 3` on both sides.
 # TWINFER_CUDA_PDL=0 / TWINFER_CUDA_GRAPH=0 in the environment measure without those.
 set -uo pipefail
 build=${1:-build-gpu}
@@ -19,13 +22,20 @@ build_cuda "$build" "$log/build" twinfer twinfer_make_random_model || exit 1
 mkdir -p "$models"
 echo "git $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet 2>/dev/null || echo '+changes')"
 for spec in "${shapes[@]}"; do
-    shape=${spec%%:*} type=${spec##*:}
-    model=$models/$shape-$type.gguf
-    [ -f "$model" ] || "$build/tools/twinfer_make_random_model" "$shape" "$type" .device/smollm2-vocab.gguf "$model" > /dev/null ||
+    if [[ $spec == *=* ]]; then
+        tsv=${spec%%=*}
+        model=$models/$(basename "$tsv" .tsv).gguf
+        make=(like "$tsv" "${spec#*=}" "$model")
+    else
+        model=$models/${spec%%:*}-${spec##*:}.gguf
+        make=("${spec%%:*}" "${spec##*:}" .device/smollm2-vocab.gguf "$model")
+    fi
+    [ -f "$model" ] || "$build/tools/twinfer_make_random_model" "${make[@]}" > /dev/null ||
         { echo "could not make $model"; continue; }
-    echo "=== $shape $type"
-    timeout 120 "$build/apps/twinfer" bench -m "$model" --device cuda -p 512 -n 128 -r 3 --no-progress 2>&1 | grep -E '^\| [^m-]'
+    echo "=== $(basename "$model" .gguf)"
+    read -ra args <<< "${TWINFER_BENCH_ARGS:--p 512 -n 128 -r 3}"
+    timeout 240 "$build/apps/twinfer" bench -m "$model" --device cuda "${args[@]}" --no-progress 2>&1 | grep -E '^\| [^m-]|rror'
     if [ -n "${LLAMA_BENCH:-}" ]; then
-        timeout 120 "$LLAMA_BENCH" -m "$model" -ngl 99 -fa 1 -p 512 -n 128 -r 3 2>&1 | grep -E '^\| [^m-]'
+        timeout 180 "$LLAMA_BENCH" -m "$model" -ngl 99 -fa 1 "${args[@]}" 2>&1 | grep -E '^\| [^m-]|rror'
     fi
 done
