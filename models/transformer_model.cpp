@@ -7,6 +7,7 @@
 #include <string>
 
 #include "compute/elementwise.hpp"
+#include "compute/experts.hpp"
 #include "compute/memory.hpp"
 #include "compute/norm.hpp"
 
@@ -60,18 +61,18 @@ TransformerModel TransformerModel::load(std::shared_ptr<const gguf::File> file, 
         throw std::runtime_error(file->origin() + ": experts with sandwich norms are not implemented");
     if (spec.n_expert > c.n_embd)   // the router's logits share the E-wide O buffer
         throw std::runtime_error(file->origin() + ": more experts than the embedding width is not implemented");
+    if (spec.n_expert_used > static_cast<int>(compute::max_top_k))   // the router's choice is compute::top_k's
+        throw std::runtime_error(file->origin() + ": more than " + std::to_string(compute::max_top_k) +
+                                 " experts per token is not implemented");
     for (const LayerSpec& layer : spec.layers)
         if (options.device == compute::Device::CUDA && layer.window > compute::max_attention_window)
             throw std::runtime_error(file->origin() + ": a sliding window of " + std::to_string(layer.window) +
                                      " positions exceeds the CUDA attention's " + std::to_string(compute::max_attention_window));
 
-    F32Options model_options = options;
-    // The experts a token takes are chosen on the host, which a captured graph cannot do.
-    if (spec.n_expert > 0) model_options.cuda_graph = false;
     const size_t n_ctx = context_length(options, c.n_ctx_train);
     std::vector<size_t> kv_rings = kv_ring_rows(c, n_ctx);
     check_device_memory(options.device, *file, KvCache::bytes(c.n_layer, 1, n_ctx, c.n_embd_kv(), kv_rings));
-    TransformerModel m(file, c, model_options, kv_rings);
+    TransformerModel m(file, c, options, kv_rings);
     const F32WeightLoader load(*file);
     auto place = [&](const compute::WeightMatrix& w) { return compute::place_weights(m.ctx_, w, m.device_weights_); };
     auto matrix = [&](const std::string& name, size_t rows, size_t cols) { return place(load.matrix(name, rows, cols)); };
@@ -89,7 +90,7 @@ TransformerModel TransformerModel::load(std::shared_ptr<const gguf::File> file, 
         }
         return n;
     };
-    // Experts: a [n_expert, rows, cols] tensor (ggml dims [cols, rows, n_expert]), one matrix each.
+    // Experts: a [n_expert, rows, cols] tensor (ggml dims [cols, rows, n_expert]), placed whole.
     auto experts = [&](const std::string& name, size_t rows, size_t cols) {
         const gguf::TensorInfo* t = file->find_tensor(name);
         const size_t n = spec.n_expert;
@@ -99,11 +100,10 @@ TransformerModel TransformerModel::load(std::shared_ptr<const gguf::File> file, 
                                      " experts of [" + std::to_string(rows) + ", " + std::to_string(cols) + "]");
         if (!compute::matmul_supports(t->type))
             throw std::runtime_error(file->origin() + ": tensor " + name + ": no matmul kernel for its type");
-        const compute::WeightMatrix all{t->type, rows * n, cols, t->data.data()};
-        std::vector<compute::WeightMatrix> each;
-        for (size_t e = 0; e < n; ++e) each.push_back(place(row_slice(all, e * rows, rows)));
-        return each;
+        return compute::ExpertMatrices{place({t->type, rows * n, cols, t->data.data()}), n};
     };
+    if (spec.n_expert > 0)
+        m.routing_ = compute::Buffer(options.device, spec.n_expert_used * (sizeof(int32_t) + sizeof(float)));
 
     m.token_embd_ = matrix("token_embd.weight", V, E);
     m.output_ = load.has("output.weight") ? matrix("output.weight", V, E) : m.token_embd_;
@@ -140,9 +140,9 @@ TransformerModel TransformerModel::load(std::shared_ptr<const gguf::File> file, 
         if (spec.n_expert > 0) {
             L.router = matrix(p + "ffn_gate_inp.weight", spec.n_expert, E);
             const size_t FE = spec.n_ff_expert;
-            const auto gate = experts(p + "ffn_gate_exps.weight", FE, E), up = experts(p + "ffn_up_exps.weight", FE, E);
-            const auto down = experts(p + "ffn_down_exps.weight", E, FE);
-            for (int e = 0; e < spec.n_expert; ++e) L.experts.push_back({gate[e], up[e], down[e]});
+            L.gate_exps = experts(p + "ffn_gate_exps.weight", FE, E);
+            L.up_exps = experts(p + "ffn_up_exps.weight", FE, E);
+            L.down_exps = experts(p + "ffn_down_exps.weight", E, FE);
         } else {
             const bool gated = spec.feed_forward == FeedForwardKind::SwiGLU || spec.feed_forward == FeedForwardKind::GeGLU;
             if (gated && !load.has(p + "ffn_gate.weight")) {
@@ -176,8 +176,10 @@ TransformerModel TransformerModel::load(std::shared_ptr<const gguf::File> file, 
 void TransformerModel::reserve_workspace(size_t n_tokens) {
     const ModelConfig& c = config_;
     const size_t E = c.n_embd, V = c.n_vocab, QD = c.n_head * c.head_dim, KVD = c.n_embd_kv();
-    const size_t F = std::max<size_t>(c.n_ff, c.transformer.n_ff_expert);
-    const size_t widths[N_BUFFERS] = {E, E, E, QD, KVD, KVD, QD, E, F, F, V, E};
+    // A token's chosen experts side by side: [k, F_e] in GATE and UP, [k, E] in EXPERT.
+    const size_t k = c.transformer.n_expert_used;
+    const size_t F = std::max<size_t>(c.n_ff, k * c.transformer.n_ff_expert);
+    const size_t widths[N_BUFFERS] = {E, E, E, QD, KVD, KVD, QD, E, F, F, V, std::max<size_t>(E, k * E)};
     workspace_.reserve(options_.device, n_tokens, widths);
 }
 
@@ -337,7 +339,7 @@ void TransformerModel::enqueue_pass(const RowBatch& batch, const int32_t* device
 void TransformerModel::feed_forward(const Layer& L, const float* h, size_t N, size_t n_single, float* y, bool accumulate) {
     const ModelConfig& c = config_;
     const size_t E = c.n_embd, F = c.n_ff;
-    if (!L.experts.empty()) return mixture_of_experts(L, h, N, n_single, y);
+    if (L.gate_exps.n_experts) return mixture_of_experts(L, h, N, n_single, y);
     float *gate = workspace_.buffer(GATE), *up = workspace_.buffer(UP);             // [N, F]
     const FeedForwardKind kind = c.transformer.feed_forward;
     if (kind == FeedForwardKind::SwiGLU || kind == FeedForwardKind::GeGLU) {
@@ -363,36 +365,25 @@ void TransformerModel::feed_forward(const Layer& L, const float* h, size_t N, si
 
 // y += sum over each token's top-k experts of weight_e * expert_e(h): the router's softmax over
 // all experts, the k largest kept (the lower index first on ties) and renormalized when the spec
-// says so. The choice is made on the host, so only the chosen experts' weights are read.
+// says so. The choice stays on the device (compute/experts.hpp): only the chosen experts' weights
+// are read, and a GPU decode step needs no copy to the host.
 void TransformerModel::mixture_of_experts(const Layer& L, const float* h, size_t T, size_t n_single, float* y) {
     const TransformerSpec& spec = config_.transformer;
-    const size_t E = config_.n_embd, X = spec.n_expert, K = spec.n_expert_used;
+    const size_t E = config_.n_embd, X = spec.n_expert, K = spec.n_expert_used, FE = spec.n_ff_expert;
     const compute::Activations activations = activations_for(options_);
     float *gate = workspace_.buffer(GATE), *up = workspace_.buffer(UP), *expert_out = workspace_.buffer(EXPERT);
     float* router = workspace_.buffer(O);                                            // [T, X] (O is E wide: load checks X <= E)
+    int32_t* chosen = routing_.as<int32_t>();                                        // [K] ids, then [K] logits
+    float* chosen_logits = reinterpret_cast<float*>(chosen + K);
     const compute::MatmulOutput output{L.router, router};
     products(std::span(&output, 1), h, n_single, T - n_single);
-    router_logits_.resize(T * X);
-    compute::download(ctx_, router_logits_.data(), router, T * X * sizeof(float));
-    std::vector<size_t> order(X);
-    std::vector<double> p(X);
     for (size_t t = 0; t < T; ++t) {
-        const float* logits = router_logits_.data() + t * X;
-        const double max_logit = *std::max_element(logits, logits + X);
-        double sum = 0;
-        for (size_t e = 0; e < X; ++e) sum += p[e] = std::exp(double(logits[e]) - max_logit);
-        std::iota(order.begin(), order.end(), size_t{0});
-        std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return p[a] > p[b]; });
-        double chosen = 0;
-        for (size_t j = 0; j < K; ++j) chosen += p[order[j]];
-        for (size_t j = 0; j < K; ++j) {
-            const Expert& expert = L.experts[order[j]];
-            const double weight = spec.normalize_expert_weights ? p[order[j]] / chosen : p[order[j]] / sum;
-            compute::matmul_swiglu(ctx_, expert.gate, expert.up, h + t * E, 1, gate, up, activations);
-            const compute::MatmulOutput down{expert.down, expert_out};
-            compute::matmul(ctx_, std::span(&down, 1), gate, 1, activations);
-            compute::add_scaled(ctx_, y + t * E, expert_out, static_cast<float>(weight), E);
-        }
+        compute::top_k(ctx_, router + t * X, X, K, chosen, chosen_logits);
+        compute::matmul_experts(ctx_, L.gate_exps, chosen, K, h + t * E, 0, gate, activations);
+        compute::matmul_experts(ctx_, L.up_exps, chosen, K, h + t * E, 0, up, activations);
+        compute::swiglu(ctx_, gate, up, K * FE, gate);
+        compute::matmul_experts(ctx_, L.down_exps, chosen, K, gate, FE, expert_out, activations);
+        compute::add_routed(ctx_, y + t * E, expert_out, E, router + t * X, X, chosen_logits, K, spec.normalize_expert_weights);
     }
 }
 

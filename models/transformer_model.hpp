@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "compute/attention.hpp"
+#include "compute/experts.hpp"
 #include "compute/matmul.hpp"
 #include "compute/rope.hpp"
 #include "format/gguf.hpp"
@@ -27,9 +28,6 @@ private:
     struct Norm {
         DeviceFloats weight, bias;                                // [E]; bias: LayerNorm's (zeros if the file has none)
     };
-    struct Expert {
-        compute::WeightMatrix gate, up, down;                     // [F_e, E], [F_e, E], [E, F_e]
-    };
     struct Layer {
         Norm attn_norm, ffn_norm, attn_post_norm, ffn_post_norm; // ffn_norm empty: the parallel block shares attn_norm
         compute::WeightMatrix wq, wk, wv, wo;                     // [H*D, E], [Hkv*D, E], [Hkv*D, E], [E, H*D]
@@ -38,7 +36,7 @@ private:
         compute::WeightMatrix w_gate, w_up, w_down;               // [F, E] (gated only), [F, E], [E, F]
         DeviceFloats b_up, b_down;
         compute::WeightMatrix router;                             // [n_expert, E] (mixture of experts)
-        std::vector<Expert> experts;
+        compute::ExpertMatrices gate_exps, up_exps, down_exps;    // n_expert x [F_e, E], [F_e, E], [E, F_e]
         compute::RopeParams rope;                                 // this layer's base and scale
         compute::AttentionShape attention;                        // this layer's window
     };
@@ -64,7 +62,7 @@ private:
     compute::WeightMatrix token_embd_, output_;                 // [V, E]; output_ is token_embd_ when tied
     std::vector<Layer> layers_;
     Norm output_norm_;
-    std::vector<float> router_logits_;                          // mixture_of_experts' host copy, [T, n_expert]
+    compute::Buffer routing_;                                   // a token's chosen experts: [k] ids, [k] router logits
 };
 
 static_assert(GPTInference<TransformerModel>);

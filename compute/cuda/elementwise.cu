@@ -1,11 +1,14 @@
 // Residual adds, biases, activation functions, argmax and top-k.
 #include <cfloat>
 #include <cstdint>
+#include <stdexcept>
+#include <string>
 
 #include <cub/block/block_radix_sort.cuh>
 
 #include "compute/cuda/device_context.cuh"
 #include "compute/cuda/ops.hpp"
+#include "compute/elementwise.hpp"
 
 namespace twinfer::compute::cuda {
 namespace {
@@ -70,6 +73,29 @@ __global__ void softcap_kernel(float* x, size_t n, float cap) {
     grid_dependency_wait();
     const size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
     if (i < n) x[i] = cap * tanhf(x[i] / cap);
+}
+
+// Every block works out the k weights itself (warp 0; the sums in double, as the CPU's), then
+// adds the weighted expert outputs to its share of y, expert after expert.
+__global__ void add_routed_kernel(float* y, const float* expert_out, int n, const float* router_logits, int n_experts,
+                                  const float* chosen_logits, int k, bool renormalize) {
+    grid_dependency_wait();
+    __shared__ float weights[max_top_k];
+    if (threadIdx.x < 32) {
+        const double max_logit = chosen_logits[0];
+        const float* logits = renormalize ? chosen_logits : router_logits;
+        const int count = renormalize ? k : n_experts;
+        double sum = 0;
+        for (int e = threadIdx.x; e < count; e += 32) sum += exp(double(logits[e]) - max_logit);
+        for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+        for (int j = threadIdx.x; j < k; j += 32) weights[j] = float(exp(double(chosen_logits[j]) - max_logit) / sum);
+    }
+    __syncthreads();
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float acc = y[i];
+    for (int j = 0; j < k; ++j) acc = fmaf(weights[j], expert_out[size_t(j) * n + i], acc);
+    y[i] = acc;
 }
 
 // One block: each thread scans a strided slice, then the block reduces (value, index) pairs,
@@ -184,6 +210,14 @@ void add_scaled(Context& ctx, float* x, const float* y, float factor, size_t n) 
 void softcap(Context& ctx, float* x, size_t n, float cap) {
     if (n == 0) return;
     launch_after_previous(ctx, softcap_kernel, blocks_for(n, threads), threads, 0, x, n, cap);
+}
+
+void add_routed(Context& ctx, float* y, const float* expert_out, size_t n, const float* router_logits, size_t n_experts,
+                const float* chosen_logits, size_t k, bool renormalize) {
+    if (k == 0 || k > max_top_k || k > n_experts)
+        throw std::invalid_argument("CUDA add_routed: " + std::to_string(k) + " of " + std::to_string(n_experts) + " experts");
+    launch_after_previous(ctx, add_routed_kernel, blocks_for(n, threads), threads, 0, y, expert_out, int(n), router_logits,
+                          int(n_experts), chosen_logits, int(k), renormalize);
 }
 
 void argmax(Context& ctx, const float* x, size_t n, int32_t* out) {

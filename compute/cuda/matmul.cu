@@ -22,6 +22,7 @@
 #include "compute/cuda/matvec_int8.cuh"
 #include "compute/cuda/ops.hpp"
 #include "compute/cuda/quant_decode.cuh"
+#include "compute/experts.hpp"
 #include "compute/matmul.hpp"
 
 namespace twinfer::compute::cuda {
@@ -74,8 +75,14 @@ template <GGMLType T> int segments_per_stage(size_t cols) {
 template <GGMLType T, bool Stage>
 __global__ void __launch_bounds__(matvec_warps * 32)
 matvec_kernel(const uint8_t* __restrict__ w, size_t row_bytes, int rows, int cols, const float* __restrict__ x,
-              float* __restrict__ y, bool accumulate, int stage_segments) {
+              float* __restrict__ y, bool accumulate, int stage_segments, const int32_t* __restrict__ expert_ids,
+              int all_rows, int x_stride) {
     grid_dependency_wait();
+    // Expert products (matmul_experts): block row j multiplies the rows of expert expert_ids[j]
+    // (rows of them from all_rows) by x_j into y_j.
+    const int first_expert_row = expert_ids ? expert_ids[blockIdx.y] * rows : 0;
+    x += size_t(blockIdx.y) * x_stride;
+    y += size_t(blockIdx.y) * rows;
     extern __shared__ __align__(16) float shared[];
     const int units = cols / 32;
     float* xs = shared;
@@ -111,7 +118,7 @@ matvec_kernel(const uint8_t* __restrict__ w, size_t row_bytes, int rows, int col
     if (first_row >= rows) return;
     const uint8_t* row[rows_per_warp];
 #pragma unroll
-    for (int r = 0; r < rows_per_warp; ++r) row[r] = w + size_t(min(first_row + r, rows - 1)) * row_bytes;
+    for (int r = 0; r < rows_per_warp; ++r) row[r] = w + size_t(first_expert_row + min(first_row + r, rows - 1)) * row_bytes;
     uint8_t* my_staging = staging + warp * rows_per_warp * stage_bytes;
     float acc[rows_per_warp] = {};
     const int stage_units = Stage ? 32 * stage_segments : 32;
@@ -154,7 +161,8 @@ matvec_kernel(const uint8_t* __restrict__ w, size_t row_bytes, int rows, int col
                     const uint8_t* segment = my_staging + r * stage_bytes + (base - stage) / 32 * segment_bytes<T>();
                     decode_unit<T>(segment, lane, u);
                 } else {
-                    load_unit<T>(DeviceMatrix{w, row_bytes, rows, cols}, min(first_row + r, rows - 1), unit, u);
+                    load_unit<T>(DeviceMatrix{w, row_bytes, all_rows, cols}, first_expert_row + min(first_row + r, rows - 1),
+                                 unit, u);
                 }
                 float dot0 = 0.0f, dot1 = 0.0f;
 #pragma unroll
@@ -287,15 +295,30 @@ void with_type(const WeightMatrix& w, const char* op, F&& f) {
         throw std::invalid_argument(std::string("CUDA ") + op + ": no kernel for " + std::string(type_name(w.type)));
 }
 
+// The rows to multiply: all of w's, or (experts) `rows` of them per expert, expert ids[j] for x_j.
+struct MatvecRows {
+    int rows;
+    const int32_t* expert_ids = nullptr;
+    int n_experts_chosen = 1;
+    int x_stride = 0;
+};
+
 template <GGMLType T, bool Stage>
-void launch_matvec(Context& ctx, const WeightMatrix& w, const float* x, float* y, bool accumulate) {
+void launch_matvec(Context& ctx, const WeightMatrix& w, const MatvecRows& m, const float* x, float* y, bool accumulate) {
     const int stage_segments = Stage ? segments_per_stage<T>(w.cols) : 0;
     const size_t stage_bytes = (stage_segments * segment_bytes<T>() + 15) / 16 * 16;
     const size_t shared = matvec_shared_bytes(w.cols) + matvec_warps * rows_per_warp * stage_bytes;
     allow_shared_memory(reinterpret_cast<const void*>(matvec_kernel<T, Stage>), shared);
-    launch_after_previous(ctx, matvec_kernel<T, Stage>, blocks_for(w.rows, rows_per_block), matvec_warps * 32, shared,
-                          reinterpret_cast<const uint8_t*>(w.data), w.row_bytes(), int(w.rows), int(w.cols), x, y,
-                          accumulate, stage_segments);
+    launch_after_previous(ctx, matvec_kernel<T, Stage>, dim3(blocks_for(m.rows, rows_per_block), m.n_experts_chosen),
+                          matvec_warps * 32, shared, reinterpret_cast<const uint8_t*>(w.data), w.row_bytes(), m.rows,
+                          int(w.cols), x, y, accumulate, stage_segments, m.expert_ids, int(w.rows), m.x_stride);
+}
+
+void matvec(Context& ctx, const WeightMatrix& w, const MatvecRows& m, const float* x, float* y, bool accumulate) {
+    with_type(w, "matmul", [&]<GGMLType T>() {
+        if (staged<T>() && w.row_bytes() % 4 == 0) launch_matvec<T, staged<T>()>(ctx, w, m, x, y, accumulate);
+        else launch_matvec<T, false>(ctx, w, m, x, y, accumulate);
+    });
 }
 
 void matvec(Context& ctx, const WeightMatrix& w, const float* x, float* y, bool accumulate) {
@@ -305,10 +328,7 @@ void matvec(Context& ctx, const WeightMatrix& w, const float* x, float* y, bool 
                               accumulate);
         return;
     }
-    with_type(w, "matmul", [&]<GGMLType T>() {
-        if (staged<T>() && w.row_bytes() % 4 == 0) launch_matvec<T, staged<T>()>(ctx, w, x, y, accumulate);
-        else launch_matvec<T, false>(ctx, w, x, y, accumulate);
-    });
+    matvec(ctx, w, MatvecRows{int(w.rows)}, x, y, accumulate);
 }
 
 template <class OutT>
@@ -466,6 +486,16 @@ void matmul_swiglu(Context& ctx, const WeightMatrix& gate, const WeightMatrix& u
         const std::optional<RmsNorm> norm_t = input.norm_of(t, gate.cols);
         int8_matvec_swiglu(ctx, gate, up, input.x + t * gate.cols, norm_t ? &*norm_t : nullptr, out + t * gate.rows);
     }
+}
+
+void matmul_experts(Context& ctx, const ExpertMatrices& w, const int32_t* ids, size_t k, const float* x, size_t x_stride,
+                    float* y) {
+    if (k == 0) return;
+    if (ragged_float(w.all) || w.all.rows != w.rows() * w.n_experts || k > w.n_experts || x_stride % 4 != 0)
+        throw std::invalid_argument("CUDA matmul_experts: " + std::to_string(k) + " of " + std::to_string(w.n_experts) +
+                                    " experts of [" + std::to_string(w.rows()) + ", " + std::to_string(w.all.cols) +
+                                    "], input stride " + std::to_string(x_stride));
+    matvec(ctx, w.all, MatvecRows{int(w.rows()), ids, int(k), int(x_stride)}, x, y, false);
 }
 
 void get_rows(Context& ctx, const WeightMatrix& table, const int32_t* ids, size_t n_ids, float* out) {

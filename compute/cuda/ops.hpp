@@ -12,6 +12,7 @@ enum class GGMLType : uint32_t;
 namespace twinfer::compute {
 class Context;
 struct WeightMatrix;
+struct ExpertMatrices;
 struct MatmulOutput;
 struct RmsNorm;
 struct RopeParams;
@@ -38,6 +39,9 @@ void matmul(Context& ctx, std::span<const MatmulOutput> outputs, const float* x,
 // out = silu(W_gate x) * (W_up x); one token with int8 activations is one fused launch.
 void matmul_swiglu(Context& ctx, const WeightMatrix& gate, const WeightMatrix& up, const float* x, size_t n_tokens,
                    float* out, float* up_scratch, Activations activations, const RmsNorm* norm = nullptr);
+// compute::matmul_experts (compute/experts.hpp), float activations.
+void matmul_experts(Context& ctx, const ExpertMatrices& w, const int32_t* ids, size_t k, const float* x, size_t x_stride,
+                    float* y);
 // ids in device memory, each < table.rows (the caller checks: a kernel cannot throw).
 void get_rows(Context& ctx, const WeightMatrix& table, const int32_t* ids, size_t n_ids, float* out);
 // Dequantize a whole matrix to float ([rows, cols]); for tests and the float16 product's tiles.
@@ -89,5 +93,8 @@ void softcap(Context& ctx, float* x, size_t n, float cap);
 void argmax(Context& ctx, const float* x, size_t n, int32_t* out);
 // compute::top_k (compute/elementwise.hpp).
 void top_k(Context& ctx, const float* x, size_t n, size_t k, int32_t* ids, float* values);
+// compute::add_routed (compute/experts.hpp).
+void add_routed(Context& ctx, float* y, const float* expert_out, size_t n, const float* router_logits, size_t n_experts,
+                const float* chosen_logits, size_t k, bool renormalize);
 
 }  // namespace twinfer::compute::cuda

@@ -13,6 +13,7 @@
 #include "compute/cuda/ops.hpp"
 #include "compute/cuda/runtime.hpp"
 #include "compute/elementwise.hpp"
+#include "compute/experts.hpp"
 #include "compute/matmul.hpp"
 #include "compute/norm.hpp"
 #include "compute/rope.hpp"
@@ -561,6 +562,39 @@ TEST_F(CudaOps, TopKMatchesCpu) {
             EXPECT_EQ(to_host(values_gpu, k), values) << n << " " << k;
         }
         EXPECT_EQ(ids[0], 1);
+    }
+}
+
+// A mixture-of-experts layer's products for one token against the CPU's, the chosen experts read
+// from device memory: one input for all (gate, up) and one per expert (down), a planar type and a
+// staged K type; then the weighted sum, with and without renormalization over the chosen.
+TEST_F(CudaOps, ExpertProductsMatchCpu) {
+    const size_t n_experts = 16, k = 4, rows = 96, cols = 512;
+    const std::vector<int32_t> ids = {11, 0, 15, 3};
+    for (GGMLType type : {GGMLType::Q8_0, GGMLType::Q4_K, GGMLType::F16}) {
+        const auto weights = random_weights(type, n_experts * rows, cols, rng);
+        const ExpertMatrices w_cpu{{type, n_experts * rows, cols, weights.data()}, n_experts};
+        const ExpertMatrices w_gpu{placed(type, n_experts * rows, cols, weights), n_experts};
+        for (size_t x_stride : {size_t{0}, cols}) {
+            const auto x = random(k * cols);
+            std::vector<float> want(k * rows);
+            matmul_experts(cpu, w_cpu, ids.data(), k, x.data(), x_stride, want.data(), Activations::Float32);
+            float* y = poisoned(k * rows);
+            matmul_experts(*gpu, w_gpu, to_device(ids), k, to_device(x), x_stride, y, Activations::Float32);
+            EXPECT_LT(relative_error(to_host(y, want.size()), want), float_tolerance) << type_name(type) << " " << x_stride;
+        }
+    }
+    const size_t n = 1000;
+    const auto router = random(n_experts), outputs = random(k * n), y0 = random(n);
+    std::vector<int32_t> chosen(k);
+    std::vector<float> chosen_logits(k);
+    top_k(cpu, router.data(), n_experts, k, chosen.data(), chosen_logits.data());
+    for (bool renormalize : {false, true}) {
+        auto want = y0;
+        add_routed(cpu, want.data(), outputs.data(), n, router.data(), n_experts, chosen_logits.data(), k, renormalize);
+        float* y = to_device(y0);
+        add_routed(*gpu, y, to_device(outputs), n, to_device(router), n_experts, to_device(chosen_logits), k, renormalize);
+        EXPECT_LT(relative_error(to_host(y, n), want), 1e-6) << renormalize;
     }
 }
 

@@ -13,6 +13,7 @@
 #include "compute/cpu/kernels.hpp"
 #include "compute/cpu/thread_pool.hpp"
 #include "compute/elementwise.hpp"
+#include "compute/experts.hpp"
 #include "compute/memory.hpp"
 #include "compute/norm.hpp"
 #include "compute/rope.hpp"
@@ -175,6 +176,47 @@ TEST(OpsTest, TopKIsTheSortedPrefix) {
     EXPECT_THROW(top_k(ctx, x.data(), x.size(), 0, ids.data(), values.data()), std::invalid_argument);
     EXPECT_THROW(top_k(ctx, x.data(), x.size(), max_top_k + 1, ids.data(), values.data()), std::invalid_argument);
     EXPECT_THROW(top_k(ctx, x.data(), 10, 11, ids.data(), values.data()), std::invalid_argument);
+}
+
+// The router's weights against their formula (softmax over all experts, or over the chosen), and
+// each chosen expert's product against the product with its own rows, ids out of range refused.
+TEST(OpsTest, RoutedExperts) {
+    Context ctx;
+    const size_t n_experts = 6, k = 3, n = 5;
+    const std::vector<float> router = {0.5f, -1.0f, 2.0f, 1.5f, 0.0f, 2.0f};
+    std::vector<int32_t> chosen(k);
+    std::vector<float> chosen_logits(k);
+    top_k(ctx, router.data(), n_experts, k, chosen.data(), chosen_logits.data());
+    ASSERT_EQ(chosen, (std::vector<int32_t>{2, 5, 3}));
+    const auto outputs = gaussian(k * n, 21);
+    double all = 0;
+    for (float r : router) all += std::exp(double(r) - 2.0);
+    const double chosen_sum = 2 + std::exp(-0.5);
+    for (bool renormalize : {false, true}) {
+        std::vector<float> y(n, 1.0f);
+        add_routed(ctx, y.data(), outputs.data(), n, router.data(), n_experts, chosen_logits.data(), k, renormalize);
+        const double total = renormalize ? chosen_sum : all;
+        for (size_t i = 0; i < n; ++i) {
+            const double want = 1 + (outputs[i] + outputs[n + i] + std::exp(-0.5) * outputs[2 * n + i]) / total;
+            EXPECT_NEAR(y[i], want, 1e-6) << renormalize << " " << i;
+        }
+    }
+
+    const size_t rows = 4, cols = 8;
+    const auto weights = gaussian(n_experts * rows * cols, 22), x = gaussian(2 * cols, 23);
+    const ExpertMatrices experts{{GGMLType::F32, n_experts * rows, cols, reinterpret_cast<const std::byte*>(weights.data())},
+                                 n_experts};
+    const std::vector<int32_t> ids = {4, 1};
+    std::vector<float> y(2 * rows);
+    matmul_experts(ctx, experts, ids.data(), 2, x.data(), cols, y.data(), Activations::Float32);
+    for (size_t j = 0; j < 2; ++j)
+        for (size_t r = 0; r < rows; ++r) {
+            double want = 0;
+            for (size_t c = 0; c < cols; ++c) want += double(weights[(ids[j] * rows + r) * cols + c]) * x[j * cols + c];
+            EXPECT_NEAR(y[j * rows + r], want, 1e-5) << j << " " << r;
+        }
+    const std::vector<int32_t> bad = {6};
+    EXPECT_THROW(matmul_experts(ctx, experts, bad.data(), 1, x.data(), 0, y.data(), Activations::Float32), std::out_of_range);
 }
 
 // Exact on every instruction set (a double holds every float), with a tail shorter than a vector,

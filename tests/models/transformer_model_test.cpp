@@ -189,8 +189,8 @@ TEST_P(EveryArchitecture, DefaultPathOnQuantizedWeightsStaysWithinBudget) {
     EXPECT_LT(worst, test::kInt8x2Tolerance) << a.arch;
 }
 
-// On a GPU, float activations, every token through the decode step (the captured graph; without
-// one for experts): within float32 rounding of the reference (test::kFloat32Tolerance).
+// On a GPU, float activations, every token through the decode step (the captured graph, the
+// experts' choice inside it): within float32 rounding of the reference (test::kFloat32Tolerance).
 TEST_P(EveryArchitecture, CudaDecodeStepMatchesTheReference) {
 #ifdef TWINFER_WITH_CUDA
     if (compute::cuda::device_count() == 0) GTEST_SKIP() << "no CUDA GPU: " << compute::cuda::describe_device();
