@@ -205,8 +205,8 @@ void TransformerModel::enqueue_rows(const RowBatch& batch) { enqueue_pass(batch,
 // The matrix products of a pass (rows_matmul: Single rows as the decode step computes them, the
 // others in one product; a row never depends on the rest).
 void TransformerModel::products(std::span<const compute::MatmulOutput> outputs, const float* x, size_t n_single,
-                                size_t n_tiled) {
-    rows_matmul(ctx_, outputs, x, n_single, n_tiled, activations_for(options_));
+                                size_t n_tiled, const compute::RmsNorm* norm) {
+    rows_matmul(ctx_, outputs, x, n_single, n_tiled, activations_for(options_), norm);
 }
 
 // Shapes: N = batch.n_padded rows (each run's tokens at its slot and positions, then padding), E =
@@ -221,6 +221,10 @@ void TransformerModel::enqueue_pass(const RowBatch& batch, const int32_t* device
     const float eps = static_cast<float>(c.norm_eps);
     float *x = workspace_.buffer(X), *xn = workspace_.buffer(XN), *q = workspace_.buffer(Q), *att = workspace_.buffer(ATT);
     float *o = workspace_.buffer(O), *logits = workspace_.buffer(LOGITS);
+    // An RMSNorm before products goes into them (a GPU's int8 decode products fold it into their
+    // quantization: no launch of its own). Not for the parallel block, whose FFN reads the
+    // attention's normalized input after the attention has run.
+    const bool fold_norms = spec.norm == NormKind::RMSNorm && spec.residual == ResidualKind::Sequential;
     // One run outside a decode step (a prompt) writes its K and V rows straight into the cache.
     const bool into_cache = !device_position && batch.runs.size() == 1 && N == batch.n_rows;
     const SlotRun& first_run = batch.runs.front();
@@ -238,10 +242,15 @@ void TransformerModel::enqueue_pass(const RowBatch& batch, const int32_t* device
 
         // Attention: q, k, v = W xn + b; QK-norm per head; RoPE (not in a NoPE layer); attention
         // over the layer's window, each run in its slot.
-        normalize(L.attn_norm, x, N, xn);                                            // xn: [N, E]
-        observe(ctx_, observer_, "attn_norm", il, xn, N * E);
         const compute::MatmulOutput qkv[] = {{L.wq, q}, {L.wk, k}, {L.wv, v}};       // q: [N, H, D]; k, v: [N, Hkv, D]
-        products(qkv, xn, n_single, n_tiled);
+        const compute::RmsNorm attn_norm{L.attn_norm.weight.data(), eps, xn};        // xn: [N, E]
+        if (fold_norms) {
+            products(qkv, x, n_single, n_tiled, &attn_norm);
+        } else {
+            normalize(L.attn_norm, x, N, xn);
+            products(qkv, xn, n_single, n_tiled);
+        }
+        observe(ctx_, observer_, "attn_norm", il, xn, N * E);
         if (!L.bq.empty()) compute::add_bias(ctx_, q, L.bq.data(), N, QD);
         if (!L.bk.empty()) compute::add_bias(ctx_, k, L.bk.data(), N, KVD);
         if (!L.bv.empty()) compute::add_bias(ctx_, v, L.bv.data(), N, KVD);
@@ -305,16 +314,22 @@ void TransformerModel::enqueue_pass(const RowBatch& batch, const int32_t* device
         }
         observe(ctx_, observer_, "ffn_inp", il, x, N * E);
 
+        const compute::RmsNorm ffn_norm{L.ffn_norm.weight.data(), eps, xn};
+        const compute::RmsNorm* ffn_in_norm = nullptr;                               // the norm the FFN's products apply
         if (spec.residual == ResidualKind::Sequential) {
-            normalize(L.ffn_norm, x, N, xn);
-            ffn_in = xn;
+            if (fold_norms && !L.gate_exps.n_experts) {
+                ffn_in = x, ffn_in_norm = &ffn_norm;
+            } else {
+                normalize(L.ffn_norm, x, N, xn);
+                ffn_in = xn;
+            }
         }
         if (spec.post_norms) {                                                       // x += post_norm(ffn(xn))
-            feed_forward(L, ffn_in, N, n_single, o, false);
+            feed_forward(L, ffn_in, ffn_in_norm, N, n_single, o, false);
             normalize(L.ffn_post_norm, o, N, o);
             compute::add(ctx_, x, o, N * E);
         } else {
-            feed_forward(L, ffn_in, N, n_single, x, true);                           // x += ffn(xn)
+            feed_forward(L, ffn_in, ffn_in_norm, N, n_single, x, true);              // x += ffn(xn)
         }
         observe(ctx_, observer_, "l_out", il, x, N * E);
     }
@@ -336,22 +351,23 @@ void TransformerModel::enqueue_pass(const RowBatch& batch, const int32_t* device
 
 // The activations run row by row: an elementwise kernel's vector/tail split must not depend on
 // how many rows a pass holds (a row's values must not depend on the other rows).
-void TransformerModel::feed_forward(const Layer& L, const float* h, size_t N, size_t n_single, float* y, bool accumulate) {
+void TransformerModel::feed_forward(const Layer& L, const float* h, const compute::RmsNorm* norm, size_t N, size_t n_single,
+                                    float* y, bool accumulate) {
     const ModelConfig& c = config_;
     const size_t E = c.n_embd, F = c.n_ff;
-    if (L.gate_exps.n_experts) return mixture_of_experts(L, h, N, n_single, y);
+    if (L.gate_exps.n_experts) return mixture_of_experts(L, h, N, n_single, y);   // h normalized (no norm)
     float *gate = workspace_.buffer(GATE), *up = workspace_.buffer(UP);             // [N, F]
     const FeedForwardKind kind = c.transformer.feed_forward;
     if (kind == FeedForwardKind::SwiGLU || kind == FeedForwardKind::GeGLU) {
         const compute::MatmulOutput outputs[] = {{L.w_gate, gate}, {L.w_up, up}};
-        products(outputs, h, n_single, N - n_single);
+        products(outputs, h, n_single, N - n_single, norm);
         for (size_t r = 0; r < N; ++r) {
             if (kind == FeedForwardKind::SwiGLU) compute::swiglu(ctx_, gate + r * F, up + r * F, F, gate + r * F);
             else compute::geglu(ctx_, gate + r * F, up + r * F, F, gate + r * F);
         }
     } else {
         const compute::MatmulOutput output{L.w_up, gate};
-        products(std::span(&output, 1), h, n_single, N - n_single);
+        products(std::span(&output, 1), h, n_single, N - n_single, norm);
         if (!L.b_up.empty()) compute::add_bias(ctx_, gate, L.b_up.data(), N, F);
         for (size_t r = 0; r < N; ++r) {
             if (kind == FeedForwardKind::GeluTanh) compute::gelu(ctx_, gate + r * F, F);

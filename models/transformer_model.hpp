@@ -52,11 +52,13 @@ private:
     void enqueue_forward(const int32_t* ids, size_t T, size_t p0, const int32_t* device_position, size_t n_out);
     void enqueue_rows(const RowBatch& batch);
     void enqueue_pass(const RowBatch& batch, const int32_t* device_position);
-    void products(std::span<const compute::MatmulOutput> outputs, const float* x, size_t n_single, size_t n_tiled);
+    void products(std::span<const compute::MatmulOutput> outputs, const float* x, size_t n_single, size_t n_tiled,
+                  const compute::RmsNorm* norm = nullptr);
     void normalize(const Norm& norm, const float* x, size_t n_rows, float* out);
     // y (+)= feed_forward(h) for N rows (the first n_single each alone): the layer's MLP or its
-    // routed experts.
-    void feed_forward(const Layer& L, const float* h, size_t N, size_t n_single, float* y, bool accumulate);
+    // routed experts. norm (MLP only): h's RMSNorm, applied by the products on the way in.
+    void feed_forward(const Layer& L, const float* h, const compute::RmsNorm* norm, size_t N, size_t n_single, float* y,
+                      bool accumulate);
     void mixture_of_experts(const Layer& L, const float* h, size_t T, size_t n_single, float* y);
 
     compute::WeightMatrix token_embd_, output_;                 // [V, E]; output_ is token_embd_ when tied

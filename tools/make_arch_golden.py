@@ -93,6 +93,9 @@ def make_config(model_type, overrides):
                                                                        "attn_logit_softcapping", "sliding_window")}
     config = AutoConfig.for_model(model_type, **kwargs)
     config._attn_implementation = "eager"
+    # Mixture of experts: transformers 5's default grouped product has no float64 kernel; the
+    # eager backend loops over the experts in plain matmuls.
+    config._experts_implementation = "eager"
     return config
 
 
