@@ -4,8 +4,10 @@
 # models of the benchmark shapes, and for each prints the kernels' summed durations for one
 # prompt of 512 tokens and for 4 single-token decode steps (CUDA graph off, so ncu sees each
 # launch; its serialization removes launch overlap, so compare the kernels' sums, not the wall time).
-# PHASES="tg4" profiles decoding alone.
-# Usage: tools/gpu/profile.sh [build-dir] [shape:type ...]   (default build-gpu smollm2-135m:Q4_1
+# PHASES="tg4" profiles decoding alone. Each phase also sums the bytes the kernels read from DRAM
+# (dram__bytes_read.sum: what a decode step really streams, e.g. a mixture of experts' chosen
+# experts against all of them). A spec TSV=METADATA.gguf makes the file as tools/gpu/speed.sh does.
+# Usage: tools/gpu/profile.sh [build-dir] [shape:type | TSV=METADATA ...]   (default build-gpu smollm2-135m:Q4_1
 #   tinyllama-1.1b:Q4_0 llama2-7b:Q4_0). Carry .deps and .device (see tools/gpu/bench.sh).
 set -uo pipefail
 build=${1:-build-gpu}
@@ -24,25 +26,37 @@ rows = list(csv.reader(open(sys.argv[1])))
 head = next(i for i, r in enumerate(rows) if "Kernel Name" in r)
 h = rows[head]; name = h.index("Kernel Name"); metric = h.index("Metric Name"); value = h.index("Metric Value"); unit = h.index("Metric Unit")
 total = collections.defaultdict(float); calls = collections.Counter()
+dram = 0.0
 for r in rows[head + 1:]:
+    if len(r) > value and r[metric] == "dram__bytes_read.sum":
+        scale = {"byte": 1, "Kbyte": 1e3, "Mbyte": 1e6, "Gbyte": 1e9}.get(r[unit], 1)
+        dram += float(r[value].replace(",", "")) * scale
     if len(r) <= value or r[metric] != "gpu__time_duration.sum": continue
     v = float(r[value].replace(",", "")); u = r[unit]
     v = v / 1000 if u in ("nsecond", "ns") else v * 1000 if u in ("msecond", "ms") else v
     k = r[name].replace("(anonymous namespace)::", "").split("(")[0][-60:]
     total[k] += v; calls[k] += 1
 all_us = sum(total.values())
-print(f"{'us':>10} {'%':>5} {'calls':>6} kernel   (sum {all_us:.0f} us)")
+print(f"{'us':>10} {'%':>5} {'calls':>6} kernel   (sum {all_us:.0f} us, DRAM read {dram / 1e6:.1f} MB)")
 for k, v in sorted(total.items(), key=lambda kv: -kv[1])[:14]:
     print(f"{v:10.1f} {100*v/all_us:5.1f} {calls[k]:6d} {k}")
 PY
 }
 for spec in "${shapes[@]}"; do
-    shape=${spec%%:*} type=${spec##*:}
-    model=/tmp/$shape-$type.gguf
-    [ -f "$model" ] || "$build/tools/twinfer_make_random_model" "$shape" "$type" .device/smollm2-vocab.gguf "$model" > /dev/null || continue
+    if [[ $spec == *=* ]]; then   # the file speed.sh makes of it
+        shape=$(basename "${spec%%=*}" .tsv) type=""
+        model=${TWINFER_MODELS:-/tmp/models}/$shape.gguf
+        make=(like "${spec%%=*}" "${spec#*=}")
+    else
+        shape=${spec%%:*} type=${spec##*:}
+        model=${TWINFER_MODELS:-/tmp/models}/$shape-$type.gguf
+        make=("$shape" "$type" .device/smollm2-vocab.gguf)
+    fi
+    mkdir -p "$(dirname "$model")"
+    [ -f "$model" ] || "$build/tools/twinfer_make_random_model" "${make[@]}" "$model" > /dev/null || continue
     for phase in ${PHASES:-pp512 tg4}; do
         if [ $phase = pp512 ]; then args=(-p 512 -n 0); else args=(-p 0 -n 4); fi
-        TWINFER_CUDA_GRAPH=0 timeout 300 "$ncu" --clock-control none --cache-control none --metrics gpu__time_duration.sum --csv -c 4000 \
+        TWINFER_CUDA_GRAPH=0 timeout 300 "$ncu" --clock-control none --cache-control none --metrics gpu__time_duration.sum,dram__bytes_read.sum --csv -c 4000 \
             --log-file "$log/ncu-$shape-$type-$phase.csv" "$build/apps/twinfer" bench -m "$model" --device cuda \
             "${args[@]}" -r 1 --no-progress > /dev/null 2>&1 || { echo "ncu failed on $shape $phase"; continue; }
         echo "=== $shape $type $phase"
