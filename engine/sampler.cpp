@@ -304,6 +304,34 @@ Token SamplerChain::sample_top(std::span<const Token> ids, std::span<const float
     return draw(c);
 }
 
+Token SamplerChain::sample_allowed(std::span<const double> logits, const std::function<bool(Token)>& allows,
+                                   const std::function<std::vector<Token>()>& list) {
+    if (logits.empty()) throw std::invalid_argument("sampling from an empty row of logits");
+    const bool pointwise = std::all_of(stages_.begin(), stages_.end(), [](const sampling::Stage& s) {
+        return std::holds_alternative<sampling::LogitBias>(s) || std::holds_alternative<sampling::Penalties>(s) ||
+               std::holds_alternative<sampling::Temperature>(s);
+    });
+    if (pointwise) {
+        // Each stage changes one token's logit by itself, so striking a token out of the list
+        // after the stages is striking it out before them.
+        Candidates c = Candidates::from_logits(logits);
+        for (const auto& stage : stages_) std::visit([&](const auto& s) { s.apply(c); }, stage);
+        for (size_t struck = 0; struck < max_struck && !c.items.empty(); ++struck) {
+            // Greedy: the largest without sorting the whole vocabulary.
+            const Token t = greedy_ ? std::min_element(c.items.begin(), c.items.end(), before)->id : draw(c);
+            if (allows(t)) return t;
+            std::erase_if(c.items, [t](const Candidate& cand) { return cand.id == t; });
+        }
+    }
+    const std::vector<Token> ids = list();
+    if (ids.empty()) throw std::runtime_error("no token of the vocabulary may come next");
+    Candidates c;
+    c.items.reserve(ids.size());
+    for (const Token t : ids) c.items.push_back({t, static_cast<float>(logits[size_t(t)]), 0.0f});
+    for (const auto& stage : stages_) std::visit([&](const auto& s) { s.apply(c); }, stage);
+    return draw(c);
+}
+
 Token SamplerChain::draw(Candidates& c) {
     if (greedy_) {
         c.sort_descending();

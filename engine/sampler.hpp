@@ -6,6 +6,7 @@
 // Default order (llama.cpp's): logit bias, penalties, top-k, typical, top-p, min-p, temperature.
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <random>
 #include <span>
@@ -106,6 +107,16 @@ public:
     // sample() given what the leading top-k stage leaves: ids and logits, largest first, the lower
     // id first among equal logits (TopLogits). The same token as sample() on the whole row.
     Token sample_top(std::span<const Token> ids, std::span<const float> logits);
+    // sample() where only the tokens `allows` accepts may come (structured output): the draw is
+    // from the allowed tokens' renormalized distribution, as sample() on logits with every other
+    // token at -inf. `list` gives every allowed token. Where no stage cuts the list (top-k,
+    // typical, top-p, min-p), a token is drawn from the whole row and, if refused, struck out and
+    // the draw repeated, which draws from the same distribution while testing a token or two;
+    // otherwise, and after max_struck refusals, the chain runs on the listed tokens alone.
+    // Throws std::runtime_error when no token is allowed.
+    Token sample_allowed(std::span<const double> logits, const std::function<bool(Token)>& allows,
+                         const std::function<std::vector<Token>()>& list);
+    static constexpr size_t max_struck = 8;
     void accept(Token t);   // the token was emitted: feeds the penalty history
     void reset();           // a new conversation
 

@@ -313,12 +313,12 @@ void HttpServer::respond_stream(httplib::Response& res, const std::shared_ptr<co
                                 const ResponseHeader& header, const std::shared_ptr<RequestChannel>& channel) {
     struct StreamState {
         std::vector<ChoiceResult> results;
-        std::vector<bool> started;
+        std::vector<ChoiceStream> streams;
         size_t finished = 0;
     };
     auto state = std::make_shared<StreamState>();
     state->results.resize(request->choices.size());
-    state->started.resize(request->choices.size(), false);
+    state->streams.resize(request->choices.size(), choice_stream(*request));
     res.set_header("Cache-Control", "no-cache");
     res.set_header("X-Accel-Buffering", "no");   // a proxy in front must not hold the events back
     const Tokenizer& tokenizer = engine_->tokenizer();
@@ -340,9 +340,7 @@ void HttpServer::respond_stream(httplib::Response& res, const std::shared_ptr<co
                     send(error_body(e.finish == FinishReason::Cancelled ? ApiError(503, "the server is shutting down", "server_error", "", "shutting_down")
                                                                          : finish_error(*e.finish, e.error)));
                 } else {
-                    const json chunk = completion_chunk(*request, header, e, !state->started[e.choice], tokenizer);
-                    state->started[e.choice] = true;
-                    if (!chunk.is_null()) send(chunk);
+                    for (const json& chunk : stream_chunks(*request, header, e, state->streams[e.choice], tokenizer)) send(chunk);
                 }
                 apply_event(state->results[e.choice], e);
             }

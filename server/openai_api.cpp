@@ -1,7 +1,11 @@
 #include "server/openai_api.hpp"
 
+#include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <limits>
+
+#include "structured/json_schema.hpp"
 
 namespace twinfer::server {
 namespace {
@@ -100,7 +104,39 @@ struct CommonFields {
     bool ignore_eos = false;
     std::optional<long long> max_tokens;
     std::optional<uint64_t> seed;
+    std::shared_ptr<const structured::Grammar> grammar;   // response_format json_object / json_schema
 };
+
+// A SchemaError as the client hears it: 400 naming the construct, its path in `param`.
+ApiError schema_error(const structured::SchemaError& e, const std::string& field) {
+    return ApiError(400, "'" + field + e.where + "': " + e.what(), "invalid_request_error", field + e.where, "invalid_schema");
+}
+
+// response_format: text (nothing to enforce), json_object, or json_schema {name, schema, strict}.
+std::shared_ptr<const structured::Grammar> response_format_grammar(const json& body) {
+    const json* format = field(body, "response_format");
+    if (!format) return nullptr;
+    if (!format->is_object() || !format->contains("type") || !(*format)["type"].is_string())
+        throw bad_field("response_format", "must be an object with a string 'type'");
+    const std::string type = (*format)["type"].get<std::string>();
+    if (type == "text") return nullptr;
+    if (type == "json_object") return std::make_shared<structured::Grammar>(structured::Grammar{structured::any_json_object(), "", ""});
+    if (type != "json_schema")
+        throw bad_field("response_format.type", "must be \"text\", \"json_object\" or \"json_schema\", got " + dump((*format)["type"]));
+    const json* spec = field(*format, "json_schema");
+    if (!spec || !spec->is_object()) throw bad_field("response_format.json_schema", "an object {name, schema, strict} is required");
+    if (const json* name = field(*spec, "name"); name && !name->is_string())
+        throw bad_field("response_format.json_schema.name", "must be a string");
+    const bool strict = bool_field(*spec, "strict").value_or(false);
+    const json* schema = field(*spec, "schema");
+    try {
+        // No schema: any JSON value, as OpenAI takes it.
+        return std::make_shared<structured::Grammar>(
+            structured::Grammar{structured::compile_json_schema(schema ? *schema : json::object(), {.strict = strict}), "", ""});
+    } catch (const structured::SchemaError& e) {
+        throw schema_error(e, "response_format.json_schema.schema");
+    }
+}
 
 CommonFields common_fields(const json& body, const ApiContext& context) {
     if (const json* model = field(body, "model"); model && !model->is_string())
@@ -149,18 +185,9 @@ CommonFields common_fields(const json& body, const ApiContext& context) {
     c.max_tokens = integer_field(body, "max_completion_tokens", 1, static_cast<long long>(context.n_ctx));
     if (const auto legacy = integer_field(body, "max_tokens", 1, static_cast<long long>(context.n_ctx)); legacy && !c.max_tokens)
         c.max_tokens = legacy;
-    refuse_unsupported(body, "tools", "tool calls");
-    refuse_unsupported(body, "tool_choice", "tool calls");
-    refuse_unsupported(body, "functions", "function calls");
-    refuse_unsupported(body, "function_call", "function calls");
-    if (const json* format = field(body, "response_format")) {
-        if (!format->is_object() || !format->contains("type") || !(*format)["type"].is_string())
-            throw bad_field("response_format", "must be an object with a string 'type'");
-        if ((*format)["type"] != "text")
-            throw ApiError(400, "'response_format' of type " + dump((*format)["type"]) +
-                                    " is not supported by this server yet (structured output); only \"text\"",
-                           "invalid_request_error", "response_format", "unsupported_parameter");
-    }
+    refuse_unsupported(body, "functions", "the deprecated function calls: use tools");
+    refuse_unsupported(body, "function_call", "the deprecated function calls: use tool_choice");
+    c.grammar = response_format_grammar(body);
     return c;
 }
 
@@ -203,6 +230,7 @@ GenerationRequest make_request(Endpoint endpoint, const std::vector<std::vector<
             s.ignore_eos = c.ignore_eos;
             s.logprobs = logprobs;
             s.top_logprobs = top_logprobs;
+            s.grammar = c.grammar;
             request.choices.push_back(std::move(s));
         }
     }
@@ -224,6 +252,116 @@ std::string message_content(const json& message, size_t index) {
         text += part["text"].get<std::string>();
     }
     return text;
+}
+
+constexpr size_t max_tools = 64;
+
+// A message as the chat template gets it: role (developer as system), content as a string (text
+// parts joined), an assistant's tool_calls with their arguments as JSON objects (templates write
+// them with tojson, as transformers passes them), a tool message's tool_call_id.
+json template_message(const json& m, size_t index) {
+    const std::string where = "messages[" + std::to_string(index) + "]";
+    if (!m.is_object()) throw bad_field(where, "must be an object");
+    const json* role = field(m, "role");
+    if (!role || !role->is_string()) throw bad_field(where + ".role", "must be a string");
+    const std::string r = role->get<std::string>();
+    if (r != "system" && r != "developer" && r != "user" && r != "assistant" && r != "tool")
+        throw bad_field(where + ".role", "'" + r + "' is not a role (system, developer, user, assistant, tool)");
+    json out = {{"role", r == "developer" ? "system" : r}, {"content", message_content(m, index)}};
+    if (const json* name = field(m, "name")) {
+        if (!name->is_string()) throw bad_field(where + ".name", "must be a string");
+        out["name"] = *name;
+    }
+    if (r == "tool") {
+        const json* id = field(m, "tool_call_id");
+        if (!id || !id->is_string()) throw bad_field(where + ".tool_call_id", "a tool message needs the string id of the call it answers");
+        out["tool_call_id"] = *id;
+    }
+    if (const json* calls = field(m, "tool_calls")) {
+        if (r != "assistant") throw bad_field(where + ".tool_calls", "only assistant messages carry tool calls");
+        if (!calls->is_array()) throw bad_field(where + ".tool_calls", "must be an array of tool calls");
+        json converted = json::array();
+        for (size_t i = 0; i < calls->size(); ++i) {
+            const std::string at = where + ".tool_calls[" + std::to_string(i) + "]";
+            const json& call = (*calls)[i];
+            const json* function = call.is_object() ? field(call, "function") : nullptr;
+            if (!function || !function->is_object()) throw bad_field(at, "must be {\"id\", \"type\": \"function\", \"function\": {\"name\", \"arguments\"}}");
+            if (const json* type = field(call, "type"); type && *type != "function") throw bad_field(at + ".type", "must be \"function\"");
+            const json* name = field(*function, "name");
+            const json* arguments = field(*function, "arguments");
+            if (!name || !name->is_string()) throw bad_field(at + ".function.name", "must be a string");
+            if (!arguments || !arguments->is_string()) throw bad_field(at + ".function.arguments", "must be a string (JSON)");
+            const json parsed = json::parse(arguments->get<std::string>(), nullptr, false);
+            const json* id = field(call, "id");
+            if (id && !id->is_string()) throw bad_field(at + ".id", "must be a string");
+            converted.push_back({{"id", id ? *id : json("")},
+                                 {"type", "function"},
+                                 {"function", {{"name", *name}, {"arguments", parsed.is_discarded() ? *arguments : parsed}}}});
+        }
+        out["tool_calls"] = std::move(converted);
+    }
+    return out;
+}
+
+bool valid_function_name(const std::string& name) {
+    return !name.empty() && name.size() <= 64 &&
+           std::all_of(name.begin(), name.end(), [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-'; });
+}
+
+// tools and tool_choice; null where the request has no tools or tool_choice is "none".
+std::shared_ptr<const ToolSet> parse_tools(const json& body) {
+    const json* tools = field(body, "tools");
+    const json* choice = field(body, "tool_choice");
+    if (const json* parallel = field(body, "parallel_tool_calls"); parallel && !parallel->is_boolean())
+        throw bad_field("parallel_tool_calls", "must be a boolean");
+    if (!tools) {
+        if (choice && *choice != "none") throw bad_field("tool_choice", "needs tools");
+        return nullptr;
+    }
+    if (!tools->is_array() || tools->empty() || tools->size() > max_tools)
+        throw bad_field("tools", "must be an array of 1 to " + std::to_string(max_tools) + " tools");
+    auto set = std::make_shared<ToolSet>();
+    for (size_t i = 0; i < tools->size(); ++i) {
+        const std::string where = "tools[" + std::to_string(i) + "]";
+        const json& tool = (*tools)[i];
+        if (!tool.is_object() || tool.value("type", json()) != "function")
+            throw bad_field(where, "must be {\"type\": \"function\", \"function\": {...}}");
+        const json* function = field(tool, "function");
+        if (!function || !function->is_object()) throw bad_field(where + ".function", "must be an object {name, description, parameters}");
+        const json* name = field(*function, "name");
+        if (!name || !name->is_string() || !valid_function_name(name->get<std::string>()))
+            throw bad_field(where + ".function.name", "must be 1 to 64 letters, digits, '_' or '-'");
+        if (const json* description = field(*function, "description"); description && !description->is_string())
+            throw bad_field(where + ".function.description", "must be a string");
+        ToolFunction f{.name = name->get<std::string>(), .parameters = json{{"type", "object"}}};
+        f.strict = bool_field(*function, "strict").value_or(false);
+        if (const json* parameters = field(*function, "parameters")) {
+            if (!parameters->is_object()) throw bad_field(where + ".function.parameters", "must be a JSON Schema object");
+            f.parameters = *parameters;
+        }
+        try {
+            f.arguments = std::make_shared<structured::Grammar>(
+                structured::Grammar{structured::compile_json_schema(f.parameters, {.strict = f.strict}), "", ""});
+        } catch (const structured::SchemaError& e) {
+            throw schema_error(e, where + ".function.parameters");
+        }
+        for (const ToolFunction& other : set->functions)
+            if (other.name == f.name) throw bad_field(where + ".function.name", "'" + f.name + "' names two tools");
+        set->functions.push_back(std::move(f));
+    }
+    if (!choice || *choice == "auto") set->choice = ToolChoice::Auto;
+    else if (*choice == "none") return nullptr;
+    else if (*choice == "required") set->choice = ToolChoice::Required;
+    else if (choice->is_object() && choice->value("type", json()) == "function" && choice->contains("function") &&
+             (*choice)["function"].is_object() && (*choice)["function"].value("name", json()).is_string()) {
+        set->choice = ToolChoice::Named;
+        set->named = (*choice)["function"]["name"].get<std::string>();
+        if (std::none_of(set->functions.begin(), set->functions.end(), [&](const ToolFunction& f) { return f.name == set->named; }))
+            throw bad_field("tool_choice", "names '" + set->named + "', which is not among the tools");
+    } else {
+        throw bad_field("tool_choice", "must be \"none\", \"auto\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": ...}}");
+    }
+    return set;
 }
 
 json logprob_entry(const Tokenizer& tokenizer, Token id, double logprob) {
@@ -266,6 +404,53 @@ std::string object_name(const GenerationRequest& request, bool chunk) {
     return chunk ? "chat.completion.chunk" : "chat.completion";
 }
 
+// The tool calls a finished chat choice's text is, if the request has tools and it is.
+std::optional<std::vector<ToolCall>> tool_calls_of(const GenerationRequest& request, const std::string& text,
+                                                   std::optional<FinishReason> finish) {
+    if (!request.tools || finish != FinishReason::Stop) return std::nullopt;
+    return parse_tool_calls(text, *request.tools);
+}
+
+json tool_calls_json(const std::vector<ToolCall>& calls, bool streamed) {
+    json out = json::array();
+    for (size_t i = 0; i < calls.size(); ++i) {
+        json call = {{"id", calls[i].id}, {"type", "function"}, {"function", {{"name", calls[i].name}, {"arguments", calls[i].arguments}}}};
+        if (streamed) call["index"] = i;   // a delta's calls say which call they extend
+        out.push_back(std::move(call));
+    }
+    return out;
+}
+
+json chunk_of(const GenerationRequest& request, const ResponseHeader& header, json choice) {
+    json out = {{"id", header.id}, {"object", object_name(request, true)}, {"created", header.created}, {"model", header.model},
+                {"system_fingerprint", nullptr}, {"choices", json::array({std::move(choice)})}};
+    if (request.include_usage) out["usage"] = nullptr;
+    return out;
+}
+
+// A streamed chunk for one event (text or finish of a choice); null when there is nothing to
+// send. first: the choice's first chunk (chat sends the role then).
+json completion_chunk(const GenerationRequest& request, const ResponseHeader& header, const SequenceEvent& event, bool first,
+                      const Tokenizer& tokenizer) {
+    const bool has_token = event.token.has_value() && request.logprobs && event.logprob;
+    if (event.text.empty() && !event.finish && !has_token && !first) return nullptr;
+    json choice = {{"index", event.choice},
+                   {"finish_reason", event.finish ? json(std::string(finish_reason_name(*event.finish))) : json(nullptr)}};
+    std::vector<const SequenceEvent*> tokens;
+    if (has_token) tokens.push_back(&event);
+    if (request.endpoint == Endpoint::ChatCompletions) {
+        json delta = json::object();
+        if (first) delta["role"] = "assistant";
+        if (!event.text.empty() || first) delta["content"] = event.text;
+        choice["delta"] = std::move(delta);
+        choice["logprobs"] = has_token ? chat_logprobs(tokens, tokenizer) : json(nullptr);
+    } else {
+        choice["text"] = event.text;
+        choice["logprobs"] = has_token ? completion_logprobs(tokens, tokenizer, 0) : json(nullptr);
+    }
+    return chunk_of(request, header, std::move(choice));
+}
+
 }  // namespace
 
 json error_body(const ApiError& error) {
@@ -292,48 +477,57 @@ json parse_body(const std::string& body) {
 }
 
 GenerationRequest parse_chat_request(const json& body, const ApiContext& context) {
-    const CommonFields common = common_fields(body, context);
+    CommonFields common = common_fields(body, context);
     const json* messages = field(body, "messages");
     if (!messages) throw ApiError(400, "'messages' is required", "invalid_request_error", "messages", "missing_required_parameter");
     if (!messages->is_array() || messages->empty()) throw bad_field("messages", "must be a non-empty array of messages");
-    std::vector<ChatMessage> chat;
-    for (size_t i = 0; i < messages->size(); ++i) {
-        const json& m = (*messages)[i];
-        if (!m.is_object()) throw bad_field("messages[" + std::to_string(i) + "]", "must be an object");
-        const json* role = field(m, "role");
-        if (!role || !role->is_string()) throw bad_field("messages[" + std::to_string(i) + "].role", "must be a string");
-        const std::string r = role->get<std::string>();
-        if (r != "system" && r != "developer" && r != "user" && r != "assistant")
-            throw ApiError(400, "'messages[" + std::to_string(i) + "].role': '" + r +
-                                    "' is not supported (system, developer, user, assistant; tool messages need tool calls, not implemented yet)",
-                           "invalid_request_error", "messages[" + std::to_string(i) + "].role", "invalid_value");
-        refuse_unsupported(m, "tool_calls", "tool calls");
-        // The templates know system, user and assistant; OpenAI's newer "developer" is a system message.
-        chat.push_back({r == "developer" ? "system" : r, message_content(m, i)});
-    }
+    json chat = json::array();
+    for (size_t i = 0; i < messages->size(); ++i) chat.push_back(template_message((*messages)[i], i));
     bool logprobs = bool_field(body, "logprobs").value_or(false);
     const auto top = integer_field(body, "top_logprobs", 0, max_top_logprobs);
     if (top && !logprobs) throw bad_field("top_logprobs", "needs logprobs: true");
     if (!context.chat_template)
         throw ApiError(400, "this model has no chat template: use /v1/completions, or start the server with --chat-template-file",
                        "invalid_request_error", "messages", "no_chat_template");
+    const std::shared_ptr<const ToolSet> tools = parse_tools(body);
+    if (tools) {
+        if (!template_writes_hermes_tool_calls(context.chat_template->source()))
+            throw ApiError(400, "this model's chat template does not write tool calls in the <tool_call> format this server reads; "
+                                "start the server with --chat-template-file and a template that does",
+                           "invalid_request_error", "tools", "unsupported_parameter");
+        if (common.grammar)
+            throw ApiError(400, "'response_format' other than text together with tools is not supported by this server",
+                           "invalid_request_error", "response_format", "unsupported_parameter");
+        if (tools->choice == ToolChoice::Required || tools->choice == ToolChoice::Named) {
+            try {
+                common.grammar = tool_call_grammar(*tools);
+            } catch (const structured::SchemaError& e) {
+                throw ApiError(400, std::string("the tools' schemas together: ") + e.what(), "invalid_request_error", "tools", "invalid_schema");
+            }
+        }
+    }
     std::string text;
     try {
         const Tokenizer& tokenizer = context.engine.tokenizer();
         const auto piece = [&](std::optional<Token> t) { return t ? tokenizer.token_to_piece(*t) : std::string(); };
-        text = context.chat_template->apply(chat, /*add_generation_prompt=*/true, piece(tokenizer.bos()), piece(tokenizer.eos()));
+        text = context.chat_template->apply_json(chat, tools ? (*field(body, "tools")) : json(), /*add_generation_prompt=*/true,
+                                                 piece(tokenizer.bos()), piece(tokenizer.eos()));
     } catch (const ChatTemplateError& e) {
         throw ApiError(400, std::string("the chat template refused these messages: ") + e.what(), "invalid_request_error", "messages",
                        "chat_template_error");
     }
     const std::vector<std::vector<Token>> prompts{context.engine.tokenize(text, /*add_special=*/true, /*parse_special=*/true)};
-    return make_request(Endpoint::ChatCompletions, prompts, common, context.n_ctx, logprobs, top.value_or(0), context);
+    GenerationRequest request = make_request(Endpoint::ChatCompletions, prompts, common, context.n_ctx, logprobs, top.value_or(0), context);
+    request.tools = tools;
+    return request;
 }
 
 GenerationRequest parse_completion_request(const json& body, const ApiContext& context) {
     const CommonFields common = common_fields(body, context);
     if (bool_field(body, "echo").value_or(false)) throw ApiError(400, "'echo' is not supported by this server yet", "invalid_request_error", "echo", "unsupported_parameter");
     refuse_unsupported(body, "suffix", "insertion");
+    refuse_unsupported(body, "tools", "tool calls are for /v1/chat/completions");
+    refuse_unsupported(body, "tool_choice", "tool calls are for /v1/chat/completions");
     if (const auto best_of = integer_field(body, "best_of", 1, static_cast<long long>(context.max_choices)); best_of && size_t(*best_of) != common.n)
         throw ApiError(400, "'best_of' other than n is not supported by this server yet", "invalid_request_error", "best_of", "unsupported_parameter");
     const json* prompt = field(body, "prompt");
@@ -396,6 +590,11 @@ json completion_response(const GenerationRequest& request, const ResponseHeader&
         json choice = {{"index", i}, {"finish_reason", std::string(finish_reason_name(c.finish.value_or(FinishReason::Length)))}};
         if (request.endpoint == Endpoint::ChatCompletions) {
             choice["message"] = {{"role", "assistant"}, {"content", c.text}, {"refusal", nullptr}};
+            if (const auto calls = tool_calls_of(request, c.text, c.finish)) {
+                choice["message"]["content"] = nullptr;
+                choice["message"]["tool_calls"] = tool_calls_json(*calls, false);
+                choice["finish_reason"] = "tool_calls";
+            }
             choice["logprobs"] = request.logprobs ? chat_logprobs(tokens, tokenizer) : json(nullptr);
         } else {
             choice["text"] = c.text;
@@ -408,28 +607,37 @@ json completion_response(const GenerationRequest& request, const ResponseHeader&
     return out;
 }
 
-json completion_chunk(const GenerationRequest& request, const ResponseHeader& header, const SequenceEvent& event, bool first,
-                      const Tokenizer& tokenizer) {
-    const bool has_token = event.token.has_value() && request.logprobs && event.logprob;
-    if (event.text.empty() && !event.finish && !has_token && !first) return nullptr;
-    json choice = {{"index", event.choice},
-                   {"finish_reason", event.finish ? json(std::string(finish_reason_name(*event.finish))) : json(nullptr)}};
-    std::vector<const SequenceEvent*> tokens;
-    if (has_token) tokens.push_back(&event);
-    if (request.endpoint == Endpoint::ChatCompletions) {
-        json delta = json::object();
-        if (first) delta["role"] = "assistant";
-        if (!event.text.empty() || first) delta["content"] = event.text;
-        choice["delta"] = std::move(delta);
-        choice["logprobs"] = has_token ? chat_logprobs(tokens, tokenizer) : json(nullptr);
-    } else {
-        choice["text"] = event.text;
-        choice["logprobs"] = has_token ? completion_logprobs(tokens, tokenizer, 0) : json(nullptr);
+ChoiceStream choice_stream(const GenerationRequest& request) {
+    ChoiceStream stream;
+    if (request.tools) stream.tool_calls.emplace(request.tools->choice != ToolChoice::Auto);
+    return stream;
+}
+
+std::vector<json> stream_chunks(const GenerationRequest& request, const ResponseHeader& header, const SequenceEvent& event,
+                                ChoiceStream& stream, const Tokenizer& tokenizer) {
+    const bool first = !stream.started;
+    stream.started = true;
+    if (!stream.tool_calls) {
+        json chunk = completion_chunk(request, header, event, first, tokenizer);
+        return chunk.is_null() ? std::vector<json>{} : std::vector<json>{std::move(chunk)};
     }
-    json out = {{"id", header.id}, {"object", object_name(request, true)}, {"created", header.created}, {"model", header.model},
-                {"system_fingerprint", nullptr}, {"choices", json::array({std::move(choice)})}};
-    if (request.include_usage) out["usage"] = nullptr;
-    return out;
+    // With tools the text is held while it may be a call; a finished call goes out as one delta
+    // with the whole call, then the finish.
+    SequenceEvent shown = event;
+    shown.text = stream.tool_calls->push(event.text);
+    if (event.finish && stream.tool_calls->held_all()) {
+        if (const auto calls = tool_calls_of(request, stream.tool_calls->text(), event.finish)) {
+            std::vector<json> out;
+            json delta = {{"tool_calls", tool_calls_json(*calls, true)}};
+            if (first) delta["role"] = "assistant", delta["content"] = nullptr;
+            out.push_back(chunk_of(request, header, {{"index", event.choice}, {"delta", delta}, {"logprobs", nullptr}, {"finish_reason", nullptr}}));
+            out.push_back(chunk_of(request, header, {{"index", event.choice}, {"delta", json::object()}, {"logprobs", nullptr}, {"finish_reason", "tool_calls"}}));
+            return out;
+        }
+        shown.text = stream.tool_calls->release() + shown.text;
+    }
+    json chunk = completion_chunk(request, header, shown, first, tokenizer);
+    return chunk.is_null() ? std::vector<json>{} : std::vector<json>{std::move(chunk)};
 }
 
 json usage_chunk(const GenerationRequest& request, const ResponseHeader& header, const std::vector<ChoiceResult>& choices) {

@@ -14,6 +14,7 @@
 
 #include "engine/engine.hpp"
 #include "server/scheduler.hpp"
+#include "server/tool_calls.hpp"
 
 namespace twinfer::server {
 
@@ -43,6 +44,8 @@ struct GenerationRequest {
     bool include_usage = false;            // stream_options.include_usage
     bool logprobs = false;
     size_t top_logprobs = 0;
+    // Chat with tools (and a tool_choice other than "none"): the text may be tool calls.
+    std::shared_ptr<const ToolSet> tools;
 };
 
 // What parsing needs to know of the server.
@@ -76,10 +79,16 @@ struct ResponseHeader {
 };
 json completion_response(const GenerationRequest& request, const ResponseHeader& header,
                          const std::vector<ChoiceResult>& choices, const Tokenizer& tokenizer);
-// A streamed chunk for one event (text or finish of a choice); null when there is nothing to
-// send. first: the choice's first chunk (chat sends the role then).
-json completion_chunk(const GenerationRequest& request, const ResponseHeader& header, const SequenceEvent& event,
-                      bool first, const Tokenizer& tokenizer);
+// What a stream has sent of one choice.
+struct ChoiceStream {
+    bool started = false;                     // the first chunk (chat: with the role) is out
+    std::optional<ToolCallStream> tool_calls; // with tools: the text held while it may be a call
+};
+ChoiceStream choice_stream(const GenerationRequest& request);
+// The streamed chunks for one event of a choice (text, or its finish): none, one, or for a tool
+// call the call and then the finish.
+std::vector<json> stream_chunks(const GenerationRequest& request, const ResponseHeader& header, const SequenceEvent& event,
+                                ChoiceStream& stream, const Tokenizer& tokenizer);
 // The last chunk of a stream with stream_options.include_usage: no choices, the usage.
 json usage_chunk(const GenerationRequest& request, const ResponseHeader& header, const std::vector<ChoiceResult>& choices);
 json usage_object(const GenerationRequest& request, const std::vector<ChoiceResult>& choices);

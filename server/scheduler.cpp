@@ -38,10 +38,12 @@ void RequestChannel::wait_take(std::vector<SequenceEvent>& out, std::chrono::mil
 
 // One choice of one request, from the queue to its last event.
 struct Scheduler::Sequence {
-    Sequence(SequenceParams p, std::shared_ptr<RequestChannel> c, size_t index, const Tokenizer& tokenizer)
+    Sequence(SequenceParams p, std::shared_ptr<RequestChannel> c, size_t index, const Tokenizer& tokenizer,
+             const std::shared_ptr<const structured::VocabularyBytes>& vocabulary_bytes)
         : params(std::move(p)), channel(std::move(c)), choice(index), sampler(params.sampling), decoder(tokenizer),
           stop_filter(params.stop) {
         for (Token t : params.prompt) sampler.accept(t);   // penalties look at the prompt too, as generate() does
+        if (params.grammar) constraint.emplace(params.grammar, vocabulary_bytes);
     }
 
     SequenceParams params;
@@ -50,6 +52,7 @@ struct Scheduler::Sequence {
     SamplerChain sampler;
     StreamDecoder decoder;
     StopStringFilter stop_filter;   // refers to params.stop: a Sequence is never moved (unique_ptr)
+    std::optional<structured::TokenConstraint> constraint;   // with params.grammar
 
     size_t slot = 0;
     size_t reused = 0;              // prompt tokens the slot already held
@@ -70,6 +73,7 @@ Scheduler::Scheduler(InferenceEngine& engine, const SchedulerOptions& options, M
     model_.set_slot_count(options_.n_slots);
     n_ctx_ = model_.n_ctx();
     slots_ = SlotTable(options_.n_slots);
+    vocabulary_bytes_ = std::make_shared<const structured::VocabularyBytes>(engine_.tokenizer());
     metrics_.kv_positions_total = options_.n_slots * n_ctx_;
     thread_ = std::thread([this] { run(); });
 }
@@ -90,7 +94,7 @@ std::shared_ptr<RequestChannel> Scheduler::submit(std::vector<SequenceParams> ch
     auto channel = std::make_shared<RequestChannel>();
     std::vector<std::unique_ptr<Sequence>> sequences;
     for (size_t i = 0; i < choices.size(); ++i)
-        sequences.push_back(std::make_unique<Sequence>(std::move(choices[i]), channel, i, engine_.tokenizer()));
+        sequences.push_back(std::make_unique<Sequence>(std::move(choices[i]), channel, i, engine_.tokenizer(), vocabulary_bytes_));
     {
         const std::lock_guard lock(mutex_);
         if (stopping_) throw QueueFull("the server is shutting down");
@@ -256,7 +260,20 @@ std::vector<double> log_softmax(std::span<const double> logits) {
 }  // namespace
 
 void Scheduler::advance(Sequence& s, std::span<const double> logits) {
-    const Token token = s.sampler.sample(logits);
+    Token token = 0;
+    try {
+        if (s.constraint) {
+            token = s.sampler.sample_allowed(
+                logits, [&](Token t) { return s.constraint->allows(t); }, [&] { return s.constraint->allowed(); });
+            s.constraint->accept(token);
+        } else {
+            token = s.sampler.sample(logits);
+        }
+    } catch (const std::exception& e) {
+        metrics_.sequences_failed += 1;
+        finish(s, FinishReason::Error, std::string("structured output: ") + e.what());
+        return;
+    }
     s.sampler.accept(token);
     ++s.generated;
     metrics_.count_generated(1);
@@ -273,7 +290,8 @@ void Scheduler::advance(Sequence& s, std::span<const double> logits) {
         for (size_t i = 0; i < n; ++i) event.top_logprobs.push_back({order[i], log_p[size_t(order[i])]});
     }
     const Tokenizer& tokenizer = engine_.tokenizer();
-    if (!s.params.ignore_eos && tokenizer.is_end_of_generation(token)) {
+    // A constrained sequence samples an end only where its document is whole.
+    if ((!s.params.ignore_eos || s.constraint) && tokenizer.is_end_of_generation(token)) {
         finish(s, FinishReason::Stop);   // the end-of-generation token is not part of the text
         return;
     }
@@ -283,6 +301,10 @@ void Scheduler::advance(Sequence& s, std::span<const double> logits) {
     if (stopped) {
         s.text_complete = true;   // what followed the stop string is dropped
         finish(s, FinishReason::Stop);
+        return;
+    }
+    if (s.constraint && s.constraint->finished()) {
+        finish(s, FinishReason::Stop);   // the document is whole and nothing may follow it
         return;
     }
     if (s.generated >= s.params.max_tokens || model_.slot_length(s.slot) + 1 > n_ctx_) {

@@ -25,6 +25,7 @@
 #include "server/batched_model.hpp"
 #include "server/metrics.hpp"
 #include "server/slot_table.hpp"
+#include "structured/token_constraint.hpp"
 
 namespace twinfer::server {
 
@@ -39,6 +40,9 @@ struct SequenceParams {
     bool ignore_eos = false;
     size_t top_logprobs = 0;            // alternatives reported per token (with logprobs)
     bool logprobs = false;              // report each sampled token's log-probability
+    // Structured output: tokens that would break the grammar's document are never sampled, and
+    // the sequence ends (Stop) when the document is whole. Null: free text.
+    std::shared_ptr<const structured::Grammar> grammar = {};
     Clock::time_point deadline = Clock::time_point::max();
 };
 
@@ -133,6 +137,7 @@ private:
     Metrics& metrics_;
     size_t n_ctx_ = 0;
     SlotTable slots_;
+    std::shared_ptr<const structured::VocabularyBytes> vocabulary_bytes_;   // for constrained sequences
 
     std::mutex mutex_;                  // guards waiting_ and stopping_
     std::condition_variable wake_;

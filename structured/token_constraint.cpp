@@ -38,8 +38,10 @@ std::vector<Token> TokenConstraint::allowed() const {
     const bool plain = matcher_.in_plain_string();
     const bool accepting = matcher_.accepting();
     enum : int8_t { Untested = -1, Refused = 0, Accepted = 1 };
+    // Whether the matcher reads a token's first byte, and its first two: most tokens fall at one.
     std::array<int8_t, 256> first_byte;
     first_byte.fill(Untested);
+    std::vector<int8_t> first_two(256 * 256, Untested);
     std::vector<Token> out;
     for (size_t i = 0; i < vocabulary.size(); ++i) {
         const Token t = Token(i);
@@ -56,7 +58,14 @@ std::vector<Token> TokenConstraint::allowed() const {
         int8_t& first = first_byte[uint8_t(bytes[0])];
         if (first == Untested) first = matcher_.can_feed(bytes.substr(0, 1)) ? Accepted : Refused;
         if (first == Refused) continue;
-        if (bytes.size() == 1 || matcher_.can_feed(bytes)) out.push_back(t);
+        if (bytes.size() == 1) {
+            out.push_back(t);
+            continue;
+        }
+        int8_t& two = first_two[size_t(uint8_t(bytes[0])) << 8 | uint8_t(bytes[1])];
+        if (two == Untested) two = matcher_.can_feed(bytes.substr(0, 2)) ? Accepted : Refused;
+        if (two == Refused) continue;
+        if (bytes.size() == 2 || matcher_.can_feed(bytes)) out.push_back(t);
     }
     return out;
 }

@@ -5,8 +5,8 @@
 //
 // A token is tested by feeding its bytes to a copy of the matcher. Three shortcuts keep the whole
 // vocabulary's mask cheap: each token's bytes are read from the tokenizer once per model
-// (VocabularyBytes); tokens whose first byte the matcher refuses are skipped after one test per
-// byte value; inside a string, tokens made of plain string text (no quote, no control character,
+// (VocabularyBytes); tokens whose first byte, or first two, the matcher refuses are skipped after
+// one test per byte value (or pair); inside a string, tokens made of plain string text (no quote, no control character,
 // whole UTF-8 characters) are allowed without a test.
 #include <memory>
 #include <string>

@@ -10,6 +10,8 @@
 #include <stdexcept>
 #include <string>
 
+#include <nlohmann/json.hpp>
+
 namespace twinfer {
 
 struct ChatMessage {
@@ -39,6 +41,13 @@ public:
     std::string apply(std::span<const ChatMessage> messages, bool add_generation_prompt,
                       const std::string& bos_token, const std::string& eos_token,
                       const std::map<std::string, std::string>& extra_variables = {}) const;
+
+    // The same, with messages as OpenAI-shaped JSON objects passed as they are (role, content,
+    // and tool_calls, tool_call_id, name where given) and `tools` as the template's tools variable
+    // (null: undefined, as for a caller with no tools). JSON nested deeper than the template
+    // sandbox allows is a ChatTemplateError.
+    std::string apply_json(const nlohmann::json& messages, const nlohmann::json& tools, bool add_generation_prompt,
+                           const std::string& bos_token, const std::string& eos_token) const;
 
     const std::string& source() const { return source_; }
 
