@@ -1,6 +1,8 @@
 // `twinfer chat`: a multi-turn conversation with the model's chat template. Line editing and
 // history through readline when stdin is a terminal; plain lines otherwise (nothing waits for a
 // keyboard that is not there). Ctrl-C stops the answer being generated, not the program.
+// `--history FILE` keeps the conversation in a file, saved after every answer. SIGTERM stops an
+// answer as Ctrl-C does, lets the conversation be saved, and exits 143.
 #include <readline/history.h>
 #include <readline/readline.h>
 #include <unistd.h>
@@ -20,6 +22,18 @@ namespace {
 
 std::atomic<bool> g_generating{false};
 std::atomic<bool> g_interrupted{false};
+// A line is being handled (an answer, a command, the saving after it): SIGTERM then waits for it.
+std::atomic<bool> g_busy{false};
+std::atomic<bool> g_terminated{false};
+
+void on_sigterm(int) {
+    if (!g_busy.load()) {
+        // Waiting for a line (or loading): everything is saved already.
+        if (isatty(STDIN_FILENO)) rl_deprep_terminal();
+        _exit(128 + SIGTERM);
+    }
+    g_terminated.store(true);
+}
 
 void on_sigint(int) {
     if (g_generating.load()) {
@@ -94,21 +108,35 @@ std::string format_stats(const InferenceEngine& engine, const ChatSession& sessi
 
 class ChatRepl {
 public:
-    ChatRepl() : session_(settings().system_prompt) {}
+    // `history`: the file the conversation is kept in (none if empty), loaded now if it exists.
+    explicit ChatRepl(std::filesystem::path history) : session_(settings().system_prompt), history_(std::move(history)) {
+        if (!history_.empty() && std::filesystem::exists(history_)) session_.load(history_);
+    }
 
     void run() {
         reload("loaded");
         LineReader reader;
         if (reader.interactive()) std::cout << "twinfer chat: " << engine_->backend_name() << ". /help for commands.\n";
+        if (!history_.empty() && !session_.messages().empty())
+            log("info", "continuing the " + std::to_string(session_.messages().size()) + " messages of " + history_.string());
         std::string line;
-        while (reader.read(reader.interactive() ? "> " : "", line)) {
+        for (;;) {
+            g_busy = false;   // from here a SIGTERM exits at once
+            if (g_terminated) throw Interrupted{SIGTERM};
+            if (!reader.read(reader.interactive() ? "> " : "", line)) break;
+            g_busy = true;
             if (line.empty()) continue;
             if (line[0] == '/') {
                 if (!command(line)) break;
                 continue;
             }
             answer(line);
+            keep_history();
         }
+        g_busy = true;
+        if (unsaved_changes_ > 0)
+            throw std::runtime_error(history_.string() + " lacks the last " + std::to_string(unsaved_changes_) +
+                                     " change(s) of the conversation: " + save_error_);
     }
 
 private:
@@ -131,7 +159,7 @@ private:
         try {
             const auto result = session_.reply(*engine_, message, settings().generate_options(), [](std::string_view text) {
                 std::cout << text << std::flush;
-                return !g_interrupted.load();
+                return !g_interrupted.load() && !g_terminated.load();
             });
             g_generating = false;
             std::cout << "\n";
@@ -163,6 +191,7 @@ private:
                 session_.clear();
                 engine_->clear();
                 std::cout << "conversation cleared\n";
+                keep_history();
             } else if (name == "/save") {
                 const std::string path = arg.empty() ? "twinfer-chat.json" : arg;
                 session_.save(path);
@@ -171,11 +200,13 @@ private:
                 const std::string path = arg.empty() ? "twinfer-chat.json" : arg;
                 session_.load(path);
                 std::cout << "loaded " << session_.messages().size() << " messages from " << path << "\n";
+                keep_history();
             } else if (name == "/system") {
                 session_.set_system_prompt(arg);
                 session_.clear();
                 s.system_prompt = arg;
                 std::cout << (arg.empty() ? "system prompt removed" : "system prompt set") << "; conversation cleared\n";
+                keep_history();
             } else if (name == "/model") {
                 if (arg.empty()) throw UsageError("/model needs a path");
                 switch_setting(s.model, arg);
@@ -217,8 +248,26 @@ private:
         }
     }
 
+    // Saves the conversation to the --history file, if any. A failure (a full disk) is a warning:
+    // the file keeps the conversation as last saved, the chat goes on, and the next change tries
+    // again; if none succeeds, the command fails at its end naming what the file lacks.
+    void keep_history() {
+        if (history_.empty()) return;
+        try {
+            session_.save(history_);
+            unsaved_changes_ = 0;
+        } catch (const std::exception& e) {
+            ++unsaved_changes_;
+            save_error_ = e.what();
+            log("warn", save_error_);
+        }
+    }
+
     ChatSession session_;
     std::unique_ptr<InferenceEngine> engine_;
+    std::filesystem::path history_;
+    size_t unsaved_changes_ = 0;   // changes since the last successful save
+    std::string save_error_;
 };
 
 }  // namespace
@@ -230,9 +279,14 @@ void register_chat(CLI::App& app) {
     add_model_flags(*cmd, s);
     add_generation_flags(*cmd, s);
     add_ui_flags(*cmd, s);
+    static std::string history;
+    cmd->add_option("--history", history,
+                    "keep the conversation in this JSON file: continued from it when it exists, saved after every answer "
+                    "(as /save writes it: a temporary file renamed over the old one)");
     cmd->callback([] {
         std::signal(SIGINT, on_sigint);
-        ChatRepl().run();
+        std::signal(SIGTERM, on_sigterm);
+        ChatRepl(history).run();
     });
 }
 

@@ -10,6 +10,7 @@
 #include <toml++/toml.h>
 
 #include "apps/commands.hpp"
+#include "format/atomic_file.hpp"
 
 namespace twinfer::cli {
 
@@ -184,12 +185,11 @@ std::string settings_to_toml(const Settings& s) {
     return out.str();
 }
 
+// A temporary file renamed over the old one: a failure (a full disk) leaves the old file as it was.
 void save_config_file(const Settings& s, const std::filesystem::path& path) {
     if (path.empty()) throw UsageError("no config path (set HOME or XDG_CONFIG_HOME, or pass --config)");
     if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path());
-    std::ofstream out(path);
-    out << settings_to_toml(s);
-    if (!out) throw std::runtime_error("cannot write " + path.string());
+    write_file_atomically(path, settings_to_toml(s));
 }
 
 void add_config_flag(CLI::App& cmd) {

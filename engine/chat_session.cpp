@@ -5,6 +5,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "format/atomic_file.hpp"
+
 namespace twinfer {
 
 std::vector<ChatMessage> ChatSession::with_system_prompt(std::span<const ChatMessage> messages) const {
@@ -52,9 +54,7 @@ void ChatSession::save(const std::filesystem::path& path) const {
     j["system_prompt"] = system_prompt_;
     j["messages"] = nlohmann::json::array();
     for (const auto& m : messages_) j["messages"].push_back({{"role", m.role}, {"content", m.content}});
-    std::ofstream out(path);
-    out << j.dump(2) << "\n";
-    if (!out) throw std::runtime_error("cannot write chat history to " + path.string());
+    write_file_atomically(path, j.dump(2) + "\n");
 }
 
 void ChatSession::load(const std::filesystem::path& path) {

@@ -30,7 +30,9 @@ public:
     // The full message list the template sees (system prompt first, when set).
     std::vector<ChatMessage> conversation() const;
 
-    // JSON: {"system_prompt": "...", "messages": [{"role": "...", "content": "..."}, ...]}.
+    // JSON: {"system_prompt": "...", "messages": [{"role": "...", "content": "..."}, ...]}, written
+    // to a temporary file and renamed over `path`: a failure (a full disk) throws
+    // std::system_error and leaves the old file as it was.
     void save(const std::filesystem::path& path) const;
     void load(const std::filesystem::path& path);  // throws naming the file and the problem
 

@@ -4,6 +4,8 @@
 #include <string>
 #include <variant>
 
+#include "format/mapped_file_guard.hpp"
+
 namespace twinfer::server {
 namespace {
 
@@ -23,6 +25,13 @@ auto with_slots(ModelBackend& backend, F&& fn) {
             else throw std::logic_error("BatchedModel: a model without KV slots");
         },
         backend);
+}
+
+// The CPU models read their weights from the model file's mapping as they run: once the file was
+// truncated or rewritten (format/mapped_file_guard.hpp), no pass can be trusted, now or later.
+void require_unchanged_model_file() {
+    if (const std::string problem = mapped_files_problem(); !problem.empty())
+        throw std::runtime_error(problem + ": restart the server to load it again");
 }
 
 }  // namespace
@@ -64,7 +73,10 @@ void BatchedModel::truncate_slot(size_t slot, size_t n) {
 }
 
 Logits BatchedModel::forward_rows(std::span<const SlotToken> rows, RowProducts logits_products) {
-    return with_slots(backend_, [&](auto& m) { return m.forward_rows(rows, logits_products); });
+    require_unchanged_model_file();
+    Logits logits = with_slots(backend_, [&](auto& m) { return m.forward_rows(rows, logits_products); });
+    require_unchanged_model_file();   // changed during the pass: these logits may have read zeros or new bytes
+    return logits;
 }
 
 }  // namespace twinfer::server

@@ -8,6 +8,7 @@
 #include <iterator>
 #include <sstream>
 
+#include "format/mapped_file_guard.hpp"
 #include "server/chat_page_html.hpp"
 #include "server/client_connection.hpp"
 #include "server/openai_api.hpp"
@@ -204,7 +205,12 @@ void HttpServer::add_routes() {
 
     http.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
         const std::lock_guard lock(state_mutex_);
-        if (state_ == State::Ready) return send_json(res, {{"status", "ok"}});
+        if (state_ == State::Ready) {
+            // The model file truncated or rewritten under its mapping: every pass fails until a restart.
+            if (const std::string problem = mapped_files_problem(); !problem.empty())
+                return send_error(res, ApiError(503, problem + ": restart the server to load it again", "server_error", "", "model_file_changed"));
+            return send_json(res, {{"status", "ok"}});
+        }
         if (state_ == State::Loading) return send_error(res, ApiError(503, "the model is loading", "server_error", "", "model_loading"));
         send_error(res, ApiError(500, "the model failed to load: " + load_error_, "server_error", "", "model_load_failed"));
     });
