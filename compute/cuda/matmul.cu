@@ -240,12 +240,17 @@ __device__ float load_weight(GGMLType type, const uint8_t* row, int i) {
     return __uint_as_float(uint32_t(reinterpret_cast<const uint16_t*>(row)[i]) << 16);  // BF16
 }
 
+// expert_ids, x_stride: as matvec_kernel's (matmul_experts).
 __global__ void ragged_matvec_kernel(GGMLType type, const uint8_t* __restrict__ w, size_t row_bytes, int rows, int cols,
-                                     const float* __restrict__ x, float* __restrict__ y, bool accumulate) {
+                                     const float* __restrict__ x, float* __restrict__ y, bool accumulate,
+                                     const int32_t* __restrict__ expert_ids, int x_stride) {
     grid_dependency_wait();
     const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= rows) return;
-    const uint8_t* r = w + size_t(row) * row_bytes;
+    const int first_expert_row = expert_ids ? expert_ids[blockIdx.y] * rows : 0;
+    x += size_t(blockIdx.y) * x_stride;
+    y += size_t(blockIdx.y) * rows;
+    const uint8_t* r = w + size_t(first_expert_row + row) * row_bytes;
     float acc = 0.0f;
     for (int i = lane; i < cols; i += 32) acc = fmaf(load_weight(type, r, i), x[i], acc);
     acc = warp_sum(acc);
@@ -315,6 +320,12 @@ void launch_matvec(Context& ctx, const WeightMatrix& w, const MatvecRows& m, con
 }
 
 void matvec(Context& ctx, const WeightMatrix& w, const MatvecRows& m, const float* x, float* y, bool accumulate) {
+    if (ragged_float(w)) {
+        launch_after_previous(ctx, ragged_matvec_kernel, dim3(blocks_for(m.rows, 8), m.n_experts_chosen), 256, 0, w.type,
+                              reinterpret_cast<const uint8_t*>(w.data), w.row_bytes(), m.rows, int(w.cols), x, y,
+                              accumulate, m.expert_ids, m.x_stride);
+        return;
+    }
     with_type(w, "matmul", [&]<GGMLType T>() {
         if (staged<T>() && w.row_bytes() % 4 == 0) launch_matvec<T, staged<T>()>(ctx, w, m, x, y, accumulate);
         else launch_matvec<T, false>(ctx, w, m, x, y, accumulate);
@@ -322,12 +333,6 @@ void matvec(Context& ctx, const WeightMatrix& w, const MatvecRows& m, const floa
 }
 
 void matvec(Context& ctx, const WeightMatrix& w, const float* x, float* y, bool accumulate) {
-    if (ragged_float(w)) {
-        launch_after_previous(ctx, ragged_matvec_kernel, blocks_for(w.rows, 8), 256, 0, w.type,
-                              reinterpret_cast<const uint8_t*>(w.data), w.row_bytes(), int(w.rows), int(w.cols), x, y,
-                              accumulate);
-        return;
-    }
     matvec(ctx, w, MatvecRows{int(w.rows)}, x, y, accumulate);
 }
 
@@ -491,7 +496,8 @@ void matmul_swiglu(Context& ctx, const WeightMatrix& gate, const WeightMatrix& u
 void matmul_experts(Context& ctx, const ExpertMatrices& w, const int32_t* ids, size_t k, const float* x, size_t x_stride,
                     float* y) {
     if (k == 0) return;
-    if (ragged_float(w.all) || w.all.rows != w.rows() * w.n_experts || k > w.n_experts || x_stride % 4 != 0)
+    // Float rows of any width take the ragged kernel; the others read x in 16-byte pieces.
+    if (w.all.rows != w.rows() * w.n_experts || k > w.n_experts || (!ragged_float(w.all) && x_stride % 4 != 0))
         throw std::invalid_argument("CUDA matmul_experts: " + std::to_string(k) + " of " + std::to_string(w.n_experts) +
                                     " experts of [" + std::to_string(w.rows()) + ", " + std::to_string(w.all.cols) +
                                     "], input stride " + std::to_string(x_stride));

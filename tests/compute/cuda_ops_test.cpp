@@ -566,12 +566,13 @@ TEST_F(CudaOps, TopKMatchesCpu) {
 }
 
 // A mixture-of-experts layer's products for one token against the CPU's, the chosen experts read
-// from device memory: one input for all (gate, up) and one per expert (down), a planar type and a
-// staged K type; then the weighted sum, with and without renormalization over the chosen.
+// from device memory: one input for all (gate, up) and one per expert (down), a planar type, a
+// staged K type and float rows of a ragged width; then the weighted sum, with and without renormalization over the chosen.
 TEST_F(CudaOps, ExpertProductsMatchCpu) {
-    const size_t n_experts = 16, k = 4, rows = 96, cols = 512;
+    const size_t n_experts = 16, k = 4, rows = 96;
     const std::vector<int32_t> ids = {11, 0, 15, 3};
-    for (GGMLType type : {GGMLType::Q8_0, GGMLType::Q4_K, GGMLType::F16}) {
+    for (auto [type, cols] : {std::pair{GGMLType::Q8_0, size_t{512}}, {GGMLType::Q4_K, size_t{512}},
+                              {GGMLType::F16, size_t{512}}, {GGMLType::F32, size_t{24}}}) {   // F32 24: ragged rows
         const auto weights = random_weights(type, n_experts * rows, cols, rng);
         const ExpertMatrices w_cpu{{type, n_experts * rows, cols, weights.data()}, n_experts};
         const ExpertMatrices w_gpu{placed(type, n_experts * rows, cols, weights), n_experts};
