@@ -56,7 +56,7 @@ std::optional<std::vector<ToolCall>> parse_tool_calls(const std::string& text, c
         at = skip_whitespace(text, end + tool_call_close.size());
         if (!call.is_object() || !call.contains("name") || !call["name"].is_string() || !call.contains("arguments")) return std::nullopt;
         const auto function = std::find_if(tools.functions.begin(), tools.functions.end(),
-                                           [&](const ToolFunction& f) { return f.name == call["name"]; });
+                                           [&](const ToolFunction& f) { return f.name == call["name"].get<std::string>(); });
         if (function == tools.functions.end()) return std::nullopt;
         json arguments = call["arguments"];
         if (arguments.is_string()) arguments = json::parse(arguments.get<std::string>(), nullptr, false);   // some models quote them
