@@ -64,7 +64,9 @@ std::optional<long long> integer_field(const json& body, const char* name, long 
     }
     const double x = v->get<double>();
     if (!std::isfinite(x) || std::floor(x) != x) throw bad_field(name, "must be an integer, got " + dump(*v));
-    if (x < double(lo) || x > double(hi)) throw out_of_range();
+    // double(hi) may round up: double(LLONG_MAX) is 2^63, which no long long holds.
+    constexpr double two_to_63 = 9223372036854775808.0;
+    if (x < double(lo) || x > double(hi) || x >= two_to_63) throw out_of_range();
     return static_cast<long long>(x);
 }
 
@@ -467,7 +469,7 @@ json parse_body(const std::string& body) {
     json parsed;
     try {
         parsed = json::parse(body);
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {   // parse_error, and out_of_range for a number beyond double (1e400)
         throw ApiError(400, std::string("the body is not valid JSON: ") + e.what(), "invalid_request_error", "", "invalid_json");
     }
     if (!parsed.is_object())

@@ -1,5 +1,7 @@
 #include "compute/context.hpp"
 
+#include <cpuid.h>
+
 #include <string>
 #include <thread>
 
@@ -10,6 +12,13 @@
 
 namespace twinfer::compute {
 namespace {
+
+// F16C (CPUID leaf 1, ECX bit 29) read directly: clang before 15 knows no "f16c" for
+// __builtin_cpu_supports, and the fuzz build compiles this file with clang 14.
+bool cpu_has_f16c() {
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    return __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C);
+}
 
 size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
 
@@ -30,8 +39,7 @@ std::string_view isa_name(CpuIsa isa) {
 
 bool cpu_supports(CpuIsa isa) {
     __builtin_cpu_init();
-    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                      __builtin_cpu_supports("f16c");
+    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c();
     switch (isa) {
     case CpuIsa::Generic: return true;
     case CpuIsa::AVX2: return avx2;

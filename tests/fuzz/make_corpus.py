@@ -4,7 +4,8 @@
 Small real inputs, so the fuzzers start from every branch of a valid file rather than
 rediscovering the format: GGUF files with the golden models' metadata and one tiny tensor per
 ggml type, the golden safetensors files with their tensors cut to at most 2 x 2, the golden
-config.json files, the chat templates of tests/tokenizer/templates, and text for the tokenizers.
+config.json files, the chat templates of tests/tokenizer/templates, text for the tokenizers, and
+request bodies for the server.
 Run from anywhere; rewrites the corpora deterministically (fixed random seed).
 """
 import json
@@ -174,9 +175,60 @@ def chat_corpora():
         (d / t.stem).write_bytes(bytes([i | 0x80]) + "\0".join(CONVERSATION).encode())
 
 
+# Request bodies for server_request_fuzz: each field of both endpoints with a valid value, then
+# the edges of each range (the first value past it, integral floats, 2^63 and 2^64, -0) and the
+# features the server refuses. Written as text: the exact number spellings are the point.
+MESSAGES = '[{"role": "user", "content": "Once upon a time"}]'
+ALL_ROLES = ('[{"role": "system", "content": "Be brief."}, {"role": "developer", "content": "Tell stories."}, '
+             '{"role": "user", "content": [{"type": "text", "text": "Hi "}, {"type": "text", "text": "there"}]}, '
+             '{"role": "assistant", "content": "Hello."}, {"role": "user", "content": "A story, please."}]')
+SAMPLING = ('"temperature": 0.7, "top_p": 0.9, "top_k": 40, "min_p": 0.05, "presence_penalty": 0.5, '
+            '"frequency_penalty": -0.5, "repeat_penalty": 1.1, "repeat_last_n": 64, "seed": 42, '
+            '"logit_bias": {"0": -100, "1": 100, "511": 2.5}, "stop": ["\\n", "The end"], "ignore_eos": false')
+SERVER_REQUESTS = {
+    "chat_minimal": '{"messages": ' + MESSAGES + '}',
+    "chat_every_field": '{"model": "stories", "messages": ' + ALL_ROLES + ', ' + SAMPLING + ', "max_tokens": 32, '
+                        '"n": 2, "logprobs": true, "top_logprobs": 20, "stream": true, '
+                        '"stream_options": {"include_usage": true}, "response_format": {"type": "text"}}',
+    "chat_max_completion_tokens": '{"messages": ' + MESSAGES + ', "max_completion_tokens": 8, "max_tokens": 9}',
+    "chat_nulls": '{"messages": ' + MESSAGES + ', "temperature": null, "stop": null, "seed": null, "n": null}',
+    "chat_tools": '{"messages": ' + MESSAGES + ', "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "auto"}',
+    "chat_json_schema": '{"messages": ' + MESSAGES + ', "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}',
+    "chat_tool_message": '{"messages": [{"role": "tool", "content": "42", "tool_call_id": "1"}]}',
+    "chat_image_part": '{"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}',
+    "chat_roles_out_of_order": '{"messages": [{"role": "assistant", "content": "a"}, {"role": "assistant", "content": "b"}]}',
+    "completion_string": '{"prompt": "Once upon a time", "max_tokens": 16, "echo": false, "best_of": 1, "logprobs": 5}',
+    "completion_every_field": '{"model": "stories", "prompt": "Once", ' + SAMPLING + ', "max_tokens": 32, "n": 4, '
+                              '"best_of": 4, "logprobs": 20, "stream": true, "stream_options": {"include_usage": false}}',
+    "completion_strings": '{"prompt": ["Once", "upon", "a time"], "n": 5}',
+    "completion_ids": '{"prompt": [1, 2, 3, 511]}',
+    "completion_id_lists": '{"prompt": [[1, 2], [3], [511, 0]]}',
+    "completion_long_ids": '{"prompt": [' + ", ".join(["7"] * 300) + ']}',
+    "completion_suffix": '{"prompt": "Once", "suffix": "end", "echo": true}',
+    "edge_integral_floats": '{"prompt": "x", "max_tokens": 4.0, "n": 2.0, "top_k": 1e1, "seed": -0.0}',
+    "edge_past_ranges": '{"prompt": "x", "temperature": 2.0000001, "top_p": 1.0000001, "top_k": 513, "n": 17, '
+                        '"max_tokens": 256, "repeat_last_n": -2, "repeat_penalty": 0.00999}',
+    "edge_huge_numbers": '{"prompt": "x", "seed": 18446744073709551616, "max_tokens": 1e308, "temperature": -1e-320, '
+                         '"n": 9223372036854775807, "logprobs": 21}',
+    "edge_seed_2_63_float": '{"prompt": "x", "seed": 9223372036854775807.0}',
+    "edge_seed_limits": '{"prompt": "x", "seed": -9223372036854775808, "n": 2}',
+    "edge_logit_bias_keys": '{"prompt": "x", "logit_bias": {" 1": 1, "+2": 1, "3x": 1, "-1": 1, "512": 1, "99999999999999999999": 1}}',
+    "edge_stop_strings": '{"prompt": "x", "stop": ["", "' + "s" * 257 + '"]}',
+    "not_an_object": '[{"messages": []}]',
+    "not_json": '{"messages": [',
+}
+
+
+def server_request_corpus():
+    d = fresh("server_request")
+    for name, body in SERVER_REQUESTS.items():
+        (d / name).write_text(body)
+
+
 if __name__ == "__main__":
     gguf_corpus()
     safetensors_corpus()
     hf_config_corpus()
     tokenizer_corpus()
     chat_corpora()
+    server_request_corpus()
