@@ -209,7 +209,10 @@ public:
     bool plain_string(const Path& p) const {
         if (p.stack.empty()) return false;
         const Frame& f = p.stack.back();
-        return f.kind == FrameKind::String && f.escape == 0 && f.utf8_due == 0 && (!f.key || object_rules(f.node).additional >= 0);
+        if (f.kind != FrameKind::String || f.escape != 0 || f.utf8_due != 0) return false;
+        if (f.key) return object_rules(f.node).additional >= 0;
+        // A maximum length makes a token's length matter.
+        return node(f.node).max_length == SIZE_MAX;
     }
 
 private:
@@ -360,7 +363,12 @@ private:
             f.utf8_lo = 0x80, f.utf8_hi = 0xBF;
             return key_byte(f, c);
         }
-        if (c == '"') return close_string(p);
+        if (c == '"') return (f.key || f.count >= node(f.node).min_length) && close_string(p);
+        // A new character (an escape is one): within maxLength.
+        if (!f.key) {
+            if (f.count >= node(f.node).max_length) return false;
+            if (c >= 0x20) ++f.count;
+        }
         if (c == '\\') {
             f.escape = 1;
             return key_byte(f, c);

@@ -66,7 +66,7 @@ public:
         bool surrogate = false;     // String: \u's first digit was d/D
         int32_t node = -1;
         int32_t value_node = -1;    // Object: the schema of the value after the key just read
-        uint32_t count = 0;         // Array: items; Number: digits of the current part
+        uint32_t count = 0;         // Array: items; Number: digits of the current part; String: characters
         uint32_t lo = 0, hi = 0, pos = 0;   // Literal, key: the candidates [lo, hi) matching `pos` bytes; Raw: pos
         uint64_t used = 0;          // Object: the declared properties given so far
 

@@ -11,7 +11,7 @@ using nlohmann::json;
 const std::set<std::string> annotations = {"title", "description", "default", "examples", "$schema", "$id", "$comment",
                                            "$defs", "definitions", "deprecated", "readOnly", "writeOnly"};
 const std::set<std::string> understood = {"type", "properties", "required", "additionalProperties", "items", "minItems",
-                                          "maxItems", "enum", "const", "anyOf"};
+                                          "maxItems", "minLength", "maxLength", "enum", "const", "anyOf"};
 const std::set<std::string> type_names = {"object", "array", "string", "number", "integer", "boolean", "null"};
 
 std::string compact(const json& value) { return value.dump(-1, ' ', false, json::error_handler_t::strict); }
@@ -55,6 +55,7 @@ private:
                 return compile_typed(schema, "object", where, depth);
             if (schema.contains("items") || schema.contains("minItems") || schema.contains("maxItems"))
                 return compile_typed(schema, "array", where, depth);
+            if (schema.contains("minLength") || schema.contains("maxLength")) return compile_typed(schema, "string", where, depth);
             return add({}, where);   // {}: any value
         }
         if (type->is_string()) return compile_typed(schema, type->get<std::string>(), where, depth);
@@ -76,7 +77,8 @@ private:
     static void refuse_foreign(const json& schema, const std::string& type, const std::string& where) {
         static const std::vector<std::pair<std::string, std::string>> owner = {
             {"properties", "object"}, {"required", "object"}, {"additionalProperties", "object"},
-            {"items", "array"},       {"minItems", "array"},  {"maxItems", "array"}};
+            {"items", "array"},       {"minItems", "array"},  {"maxItems", "array"},
+            {"minLength", "string"},  {"maxLength", "string"}};
         for (const auto& [key, owner_type] : owner)
             if (schema.contains(key) && owner_type != type)
                 throw SchemaError("'" + key + "' applies to " + owner_type + ", not to type '" + type + "'", where + "." + key);
@@ -87,7 +89,13 @@ private:
         refuse_foreign(schema, type, where);
         if (type == "object") return compile_object(schema, where, depth);
         if (type == "array") return compile_array(schema, where, depth);
-        if (type == "string") return add({.kind = NodeKind::String}, where);
+        if (type == "string") {
+            SchemaNode node{.kind = NodeKind::String};
+            if (schema.contains("minLength")) node.min_length = count_field(schema, "minLength", where);
+            if (schema.contains("maxLength")) node.max_length = count_field(schema, "maxLength", where);
+            if (node.min_length > node.max_length) throw SchemaError("'minLength' is larger than 'maxLength'", where + ".minLength");
+            return add(std::move(node), where);
+        }
         if (type == "number") return add({.kind = NodeKind::Number}, where);
         if (type == "integer") return add({.kind = NodeKind::Integer}, where);
         if (type == "boolean") return add({.kind = NodeKind::Literals, .literals = {"false", "true"}}, where);
@@ -117,7 +125,7 @@ private:
             if (!r->is_array()) throw SchemaError("'required' must be an array of property names", where + ".required");
             for (const json& name : *r) {
                 if (!name.is_string()) throw SchemaError("'required' must hold property names", where + ".required");
-                const auto it = std::find_if(properties.begin(), properties.end(), [&](const auto& p) { return p.first == name; });
+                const auto it = std::find_if(properties.begin(), properties.end(), [&](const auto& p) { return p.first == name.get<std::string>(); });
                 if (it == properties.end())
                     throw SchemaError("the required property '" + name.get<std::string>() + "' is not in 'properties'", where + ".required");
                 node.required |= uint64_t{1} << (it - properties.begin());
@@ -154,7 +162,7 @@ private:
     }
 
     int compile_literals(const json& schema, const std::string& where) {
-        for (const char* other : {"properties", "required", "additionalProperties", "items", "minItems", "maxItems"})
+        for (const char* other : {"properties", "required", "additionalProperties", "items", "minItems", "maxItems", "minLength", "maxLength"})
             if (schema.contains(other))
                 throw SchemaError("'" + std::string(other) + "' beside enum/const is not supported", where + "." + other);
         SchemaNode node{.kind = NodeKind::Literals};

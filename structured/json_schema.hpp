@@ -3,7 +3,8 @@
 //
 // The supported subset: type (a name or a list of names), object with properties, required and
 // additionalProperties (a boolean or a schema), array with items, minItems and maxItems, string,
-// number, integer, boolean, null, enum, const, anyOf, and the empty schema (any value).
+// minLength and maxLength (in characters, an escape counting as one), number, integer, boolean,
+// null, enum, const, anyOf, and the empty schema (any value).
 // Annotations (title, description, default, examples, $schema, $id, $comment, $defs,
 // definitions) are ignored. Every other keyword (pattern, format, $ref, oneOf, allOf, minimum,
 // minLength, ...) is refused with a SchemaError naming it and where it is: a constraint the
@@ -59,6 +60,8 @@ struct SchemaNode {
     // Array.
     int items = -1;
     size_t min_items = 0, max_items = SIZE_MAX;
+    // String: bounds on its characters.
+    size_t min_length = 0, max_length = SIZE_MAX;
     // Literals: the compact JSON text of each value, sorted bytewise, no duplicates.
     std::vector<std::string> literals = {};
     // AnyOf.

@@ -99,6 +99,21 @@ TEST(JsonMatcher, ObjectPropertiesRequiredAdditional) {
     expect_refused(grammar_of(typed_extra), R"({"x": 1)");
 }
 
+TEST(JsonMatcher, StringLengthsCountCharacters) {
+    const auto g = grammar_of({{"type", "string"}, {"minLength", 2}, {"maxLength", 3}});
+    expect_refused(g, "\"a\"");
+    expect_whole(g, "\"ab\"");
+    expect_whole(g, "\"a\\n\xC3\xA9\"");   // an escape and a two-byte character count one each
+    expect_refused(g, "\"abcd");
+    JsonMatcher m(g);
+    EXPECT_TRUE(m.feed("\"abc"));
+    EXPECT_FALSE(m.in_plain_string());     // every token's length matters now
+    EXPECT_FALSE(m.can_feed("d"));
+    EXPECT_TRUE(m.can_feed("\""));
+    EXPECT_THROW(compile_json_schema({{"type", "string"}, {"minLength", 4}, {"maxLength", 3}}), SchemaError);
+    EXPECT_THROW(compile_json_schema({{"type", "integer"}, {"maxLength", 3}}), SchemaError);
+}
+
 TEST(JsonMatcher, EscapedPropertyNames) {
     const json schema = {{"type", "object"}, {"properties", {{"a\"b", {{"type", "null"}}}}}, {"required", {"a\"b"}}, {"additionalProperties", false}};
     expect_whole(grammar_of(schema), R"({"a\"b": null})");
@@ -248,8 +263,9 @@ TEST(JsonSchema, UnsupportedKeywordsAreRefusedByName) {
     const std::vector<std::pair<json, std::string>> cases = {
         {{{"type", "string"}, {"pattern", "^a"}}, ".pattern"},
         {{{"type", "string"}, {"format", "date"}}, ".format"},
-        {{{"type", "string"}, {"minLength", 1}}, ".minLength"},
-        {{{"type", "string"}, {"maxLength", 1}}, ".maxLength"},
+        {{{"type", "string"}, {"contentEncoding", "base64"}}, ".contentEncoding"},
+        {{{"type", "array"}, {"contains", {{"type", "string"}}}}, ".contains"},
+        {{{"type", "object"}, {"dependentRequired", json::object()}}, ".dependentRequired"},
         {{{"type", "number"}, {"minimum", 1}}, ".minimum"},
         {{{"type", "number"}, {"maximum", 1}}, ".maximum"},
         {{{"type", "number"}, {"exclusiveMinimum", 1}}, ".exclusiveMinimum"},
