@@ -93,9 +93,6 @@ def make_config(model_type, overrides):
                                                                        "attn_logit_softcapping", "sliding_window")}
     config = AutoConfig.for_model(model_type, **kwargs)
     config._attn_implementation = "eager"
-    # Mixture of experts: transformers 5's default grouped product has no float64 kernel; the
-    # eager backend loops over the experts in plain matmuls.
-    config._experts_implementation = "eager"
     return config
 
 
@@ -161,6 +158,12 @@ def build(model_type, overrides, generator):
     with float64_everywhere():   # buffers made at init (rotary inv_freq, embedding scales) in float64
         model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float64)
     model = model.eval()
+    # Mixture of experts: transformers 5's default grouped product has no float64 kernel; the
+    # eager backend loops over the experts in plain matmuls. from_config picks the backend, so it
+    # is set afterwards on every config the experts read.
+    for module in model.modules():
+        if hasattr(module, "config"):
+            module.config._experts_implementation = "eager"
     randomize(model, generator)
     return model, config
 
