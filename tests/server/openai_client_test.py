@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
 """twinfer serve through the official `openai` Python client (PyPI): plain and streamed chat and
-completions, logprobs in OpenAI's shape, usage, and errors as the client's exceptions.
+completions, logprobs in OpenAI's shape, usage, structured output (json_schema) and tool calls
+(the server runs SmolLM2 with the tool-calling ChatML template of tests/data/chat_templates, which
+renders a conversation without tools as the model's own template does), and errors as the
+client's exceptions.
 
 Usage: openai_client_test.py --twinfer build/apps/twinfer --model models/SmolLM2-135M-Instruct.Q4_1.gguf
 Exits non-zero on the first failed check (unittest)."""
 import argparse
 import json
 import math
+import pathlib
 import subprocess
 import sys
 import time
@@ -14,6 +18,8 @@ import unittest
 import urllib.request
 
 import openai
+
+TOOL_TEMPLATE = str(pathlib.Path(__file__).resolve().parent.parent / "data" / "chat_templates" / "chatml_tools.jinja")
 
 API_KEY = "sk-twinfer-test"
 ARGS = None
@@ -25,7 +31,7 @@ def start_server():
     global SERVER, BASE_URL
     SERVER = subprocess.Popen(
         [ARGS.twinfer, "serve", "-m", ARGS.model, "--port", "0", "--parallel", "4", "-c", "1024", "--api-key", API_KEY,
-         "--no-progress"],
+         "--no-progress", "--chat-template-file", TOOL_TEMPLATE],
         stdout=subprocess.PIPE, text=True)
     line = SERVER.stdout.readline()
     port = int(line.strip().rsplit(":", 1)[1])
@@ -133,6 +139,115 @@ class Completions(unittest.TestCase):
         by_ids = client().completions.create(model="smollm2", prompt=ids, temperature=0, max_tokens=8)
         by_text = client().completions.create(model="smollm2", prompt="Once upon a time", temperature=0, max_tokens=8)
         self.assertEqual(by_ids.choices[0].text, by_text.choices[0].text)
+
+
+CITY_SCHEMA = {
+    "type": "object",
+    "properties": {"city": {"type": "string", "maxLength": 30}, "country": {"type": "string", "maxLength": 30},
+                   "population": {"type": "integer"}, "coastal": {"type": "boolean"},
+                   "landmarks": {"type": "array", "items": {"type": "string", "maxLength": 30}, "maxItems": 3}},
+    "required": ["city", "country", "population", "coastal", "landmarks"],
+    "additionalProperties": False,
+}
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "The current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 40},
+                                                    "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+                   "required": ["city", "unit"], "additionalProperties": False}}}
+WEATHER_QUESTION = [{"role": "user", "content": "What is the weather like in Paris today?"}]
+
+
+class StructuredOutput(unittest.TestCase):
+    def check_city(self, text):
+        doc = json.loads(text)
+        self.assertEqual(set(doc), set(CITY_SCHEMA["properties"]))
+        self.assertIsInstance(doc["city"], str)
+        self.assertIsInstance(doc["country"], str)
+        self.assertIsInstance(doc["population"], int)
+        self.assertIsInstance(doc["coastal"], bool)
+        self.assertLessEqual(len(doc["landmarks"]), 3)
+        for landmark in doc["landmarks"]:
+            self.assertIsInstance(landmark, str)
+
+    def test_json_schema(self):
+        r = client().chat.completions.create(
+            model="smollm2", messages=[{"role": "user", "content": "Describe Paris as JSON."}], temperature=0, max_tokens=300,
+            response_format={"type": "json_schema", "json_schema": {"name": "city", "strict": True, "schema": CITY_SCHEMA}})
+        self.assertEqual(r.choices[0].finish_reason, "stop")
+        self.assertIsNone(r.choices[0].message.tool_calls)
+        self.check_city(r.choices[0].message.content)
+
+    def test_json_schema_streamed_sampled(self):
+        text, finish = "", None
+        for chunk in client().chat.completions.create(
+                model="smollm2", messages=[{"role": "user", "content": "A city as JSON."}], temperature=1.2, seed=5,
+                max_tokens=300, stream=True,
+                response_format={"type": "json_schema", "json_schema": {"name": "city", "strict": True, "schema": CITY_SCHEMA}}):
+            text += chunk.choices[0].delta.content or ""
+            finish = chunk.choices[0].finish_reason or finish
+        self.assertEqual(finish, "stop")
+        self.check_city(text)
+
+    def check_weather_call(self, call):
+        self.assertTrue(call.id.startswith("call_"))
+        self.assertEqual(call.type, "function")
+        self.assertEqual(call.function.name, "get_weather")
+        arguments = json.loads(call.function.arguments)
+        self.assertEqual(set(arguments), {"city", "unit"})
+        self.assertIsInstance(arguments["city"], str)
+        self.assertIn(arguments["unit"], ("celsius", "fahrenheit"))
+
+    def test_tool_call(self):
+        r = client().chat.completions.create(model="smollm2", messages=WEATHER_QUESTION, temperature=0, max_tokens=200,
+                                             tools=[WEATHER_TOOL], tool_choice="required")
+        choice = r.choices[0]
+        self.assertEqual(choice.finish_reason, "tool_calls")
+        self.assertIsNone(choice.message.content)
+        self.assertEqual(len(choice.message.tool_calls), 1)
+        self.check_weather_call(choice.message.tool_calls[0])
+
+        # The call and its result go back; the model answers (with tools offered, tool_choice none).
+        messages = WEATHER_QUESTION + [choice.message.model_dump(exclude_none=True),
+                                       {"role": "tool", "tool_call_id": choice.message.tool_calls[0].id,
+                                        "content": json.dumps({"temperature": 21, "sky": "clear"})}]
+        answer = client().chat.completions.create(model="smollm2", messages=messages, temperature=0, max_tokens=40,
+                                                  tools=[WEATHER_TOOL], tool_choice="none")
+        self.assertIn(answer.choices[0].finish_reason, ("stop", "length"))
+        self.assertIsInstance(answer.choices[0].message.content, str)
+
+    def test_tool_call_streamed(self):
+        calls, finish, roles = {}, None, []
+        for chunk in client().chat.completions.create(
+                model="smollm2", messages=WEATHER_QUESTION, temperature=0, max_tokens=200, stream=True, tools=[WEATHER_TOOL],
+                tool_choice={"type": "function", "function": {"name": "get_weather"}}):
+            self.assertEqual(chunk.object, "chat.completion.chunk")
+            delta = chunk.choices[0].delta
+            if delta.role:
+                roles.append(delta.role)
+            self.assertFalse(delta.content)
+            for part in delta.tool_calls or []:
+                call = calls.setdefault(part.index, {"id": None, "type": None, "name": "", "arguments": ""})
+                call["id"] = part.id or call["id"]
+                call["type"] = part.type or call["type"]
+                call["name"] += part.function.name or ""
+                call["arguments"] += part.function.arguments or ""
+            finish = chunk.choices[0].finish_reason or finish
+        self.assertEqual(roles, ["assistant"])
+        self.assertEqual(finish, "tool_calls")
+        self.assertEqual(list(calls), [0])
+        self.assertTrue(calls[0]["id"].startswith("call_"))
+        self.assertEqual(calls[0]["type"], "function")
+        self.assertEqual(calls[0]["name"], "get_weather")
+        self.assertIn(json.loads(calls[0]["arguments"])["unit"], ("celsius", "fahrenheit"))
+
+    def test_unsupported_schema_is_refused(self):
+        with self.assertRaises(openai.BadRequestError) as e:
+            client().chat.completions.create(
+                model="smollm2", messages=MESSAGES,
+                response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {
+                    "type": "object", "properties": {"zip": {"type": "string", "pattern": "^[0-9]{5}$"}}}}})
+        self.assertEqual(e.exception.param, "response_format.json_schema.schema.properties.zip.pattern")
+        self.assertIn("'pattern'", e.exception.message)
 
 
 class Errors(unittest.TestCase):
