@@ -16,8 +16,8 @@
 #include <thread>
 #include <vector>
 
-#include "cli/twinfer_process.hpp"
 #include "common/test_data.hpp"
+#include "server/server_process.hpp"
 
 namespace twinfer {
 namespace {
@@ -25,65 +25,15 @@ namespace {
 using nlohmann::json;
 constexpr const char* api_key = "test-key-123";
 
-// The server process: started with --port 0, its port read from its first line of output.
-class ServerProcess {
-public:
-    explicit ServerProcess(std::vector<std::string> extra) {
-        int out[2];
-        if (pipe(out) != 0) throw std::runtime_error("pipe failed");
-        pid_ = fork();
-        if (pid_ == 0) {
-            dup2(out[1], STDOUT_FILENO);
-            close(out[0]);
-            close(out[1]);
-            std::vector<std::string> args{"serve", "-m", test::smollm2_path().string(), "--port", "0", "--no-progress"};
-            args.insert(args.end(), extra.begin(), extra.end());
-            test::exec_twinfer(args);
-        }
-        close(out[1]);
-        FILE* stream = fdopen(out[0], "r");
-        char line[512] = {};
-        if (!fgets(line, sizeof line, stream)) throw std::runtime_error("twinfer serve printed nothing");
-        fclose(stream);
-        const std::string text = line;
-        port_ = std::stoi(text.substr(text.rfind(':') + 1));
-        const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-        while (std::chrono::steady_clock::now() < deadline) {
-            if (auto res = client().Get("/health"); res && res->status == 200) return;
-            std::this_thread::sleep_for(std::chrono::milliseconds(100));
-        }
-        throw std::runtime_error("twinfer serve did not become healthy");
-    }
-    ~ServerProcess() {
-        kill(pid_, SIGTERM);
-        int status = 0;
-        waitpid(pid_, &status, 0);
-    }
-    httplib::Client client(bool with_key = true) const {
-        httplib::Client c("127.0.0.1", port_);
-        c.set_read_timeout(120, 0);
-        if (with_key) c.set_default_headers({{"Authorization", std::string("Bearer ") + api_key}});
-        return c;
-    }
-    json post(const std::string& path, const std::string& body, int expected_status) const {
-        auto res = client().Post(path, body, "application/json");
-        if (!res) throw std::runtime_error("no response from " + path);
-        EXPECT_EQ(res->status, expected_status) << path << " " << body << " -> " << res->body;
-        return json::parse(res->body);
-    }
-    int port() const { return port_; }
-
-private:
-    pid_t pid_ = -1;
-    int port_ = 0;
-};
+using test::ServerProcess;
 
 // One server for the whole suite (loading it takes a second or two).
 class ServerProcessTest : public ::testing::Test {
 protected:
     static void SetUpTestSuite() {
         server_ = new ServerProcess({"--parallel", "8", "--max-queue", "8", "-c", "512", "--api-key", api_key, "--max-body", "16",
-                                     "--timeout", "120"});
+                                     "--timeout", "120"},
+                                    test::smollm2_path(), api_key);
     }
     static void TearDownTestSuite() {
         delete server_;
