@@ -2,7 +2,7 @@
 """twinfer serve's chat page (GET /) in headless Chromium, driven by Playwright (PyPI) with the
 system browser (Debian's chromium): an error is shown, an answer streams in and equals the same
 request made without the page, the conversation is sent back whole, Stop ends a stream and the
-server counts the sequence as cancelled. Leaves a screenshot at --screenshot.
+server counts the sequence as cancelled, a server that dies mid-answer is shown as an error. Leaves a screenshot at --screenshot.
 
 Usage: chat_page_test.py --twinfer build/apps/twinfer --model models/SmolLM2-135M-Instruct.Q4_1.gguf
                          --screenshot build/chat_page.png [--chromium /usr/bin/chromium]
@@ -134,6 +134,15 @@ class ChatPage(unittest.TestCase):
         self.assertEqual(self.sent_bodies[-1]["messages"][1]["content"].strip(), answer.strip())
 
         page.screenshot(path=ARGS.screenshot, full_page=True)
+
+        # The server dies mid-answer: the answer is marked as failed, not shown as complete.
+        self.ask(LONG_QUESTION)
+        page.wait_for_function("document.querySelectorAll('.message.assistant').length == 3 && "
+                               "document.querySelectorAll('.message.assistant')[2].textContent.length > 40", timeout=120_000)
+        self.server.kill()
+        self.wait_until_idle()
+        self.assertEqual(page.locator(".message.error").count(), 2)
+        self.assertNotIn("[stopped]", page.inner_text(".message.error >> nth=-1"))
         self.assertEqual(self.page_errors, [])
 
 
