@@ -619,24 +619,21 @@ std::vector<json> stream_chunks(const GenerationRequest& request, const Response
                                 ChoiceStream& stream, const Tokenizer& tokenizer) {
     const bool first = !stream.started;
     stream.started = true;
-    if (!stream.tool_calls) {
-        json chunk = completion_chunk(request, header, event, first, tokenizer);
-        return chunk.is_null() ? std::vector<json>{} : std::vector<json>{std::move(chunk)};
-    }
-    // With tools the text is held while it may be a call; a finished call goes out as one delta
-    // with the whole call, then the finish.
     SequenceEvent shown = event;
-    shown.text = stream.tool_calls->push(event.text);
-    if (event.finish && stream.tool_calls->held_all()) {
-        if (const auto calls = tool_calls_of(request, stream.tool_calls->text(), event.finish)) {
-            std::vector<json> out;
-            json delta = {{"tool_calls", tool_calls_json(*calls, true)}};
-            if (first) delta["role"] = "assistant", delta["content"] = nullptr;
-            out.push_back(chunk_of(request, header, {{"index", event.choice}, {"delta", delta}, {"logprobs", nullptr}, {"finish_reason", nullptr}}));
-            out.push_back(chunk_of(request, header, {{"index", event.choice}, {"delta", json::object()}, {"logprobs", nullptr}, {"finish_reason", "tool_calls"}}));
-            return out;
+    if (stream.tool_calls) {
+        // With tools the text is held while it may be a call; a finished call goes out as one
+        // delta with the whole call, then the finish.
+        shown.text = stream.tool_calls->push(event.text);
+        if (event.finish && stream.tool_calls->held_all()) {
+            if (const auto calls = tool_calls_of(request, stream.tool_calls->text(), event.finish)) {
+                json delta = {{"tool_calls", tool_calls_json(*calls, true)}};
+                if (first) delta["role"] = "assistant", delta["content"] = nullptr;
+                return {chunk_of(request, header, {{"index", event.choice}, {"delta", delta}, {"logprobs", nullptr}, {"finish_reason", nullptr}}),
+                        chunk_of(request, header,
+                                 {{"index", event.choice}, {"delta", json::object()}, {"logprobs", nullptr}, {"finish_reason", "tool_calls"}})};
+            }
+            shown.text = stream.tool_calls->release() + shown.text;
         }
-        shown.text = stream.tool_calls->release() + shown.text;
     }
     json chunk = completion_chunk(request, header, shown, first, tokenizer);
     return chunk.is_null() ? std::vector<json>{} : std::vector<json>{std::move(chunk)};
