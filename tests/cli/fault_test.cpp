@@ -1,13 +1,19 @@
 // Faults a user meets, against the real `twinfer` binary: model files that are cut short, that
-// lie about their layers or shapes, that are not files at all; a SIGTERM while generating. Each
-// must end in an exit code and a one-line message saying what is wrong, never a signal or a hang.
-// The child runs under a deadline, so a hang fails the test instead of stalling the suite.
+// lie about their layers or shapes, that are not files at all; a SIGTERM while generating; a chat
+// history or config file that cannot be saved (a full disk, a read-only folder). Each must end in
+// an exit code and a one-line message saying what is wrong, never a signal or a hang, and never
+// a half-written file. The child runs under a deadline, so a hang fails the test instead of
+// stalling the suite.
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include <linux/capability.h>
 
 #include <algorithm>
 #include <cstring>
@@ -48,16 +54,25 @@ bool has_output(const fs::path& p) {
     return !ec && size > 0;
 }
 
-// Runs `twinfer args` in a child (stdin /dev/null). `during`, if given, runs once the child has
-// started and is passed its pid and its stdout file. The child gets `deadline_s` seconds in all.
+// How the child starts: what its stdin reads (a file, or a named pipe the test writes to), and
+// what it does to itself before it runs twinfer (a limit, a signal disposition).
+struct Child {
+    fs::path stdin_path = "/dev/null";
+    std::function<void()> before_exec;
+};
+
+// Runs `twinfer args` in a child. `during`, if given, runs once the child has started and is
+// passed its pid and its stdout file. The child gets `deadline_s` seconds in all.
 Outcome run_twinfer(const std::vector<std::string>& args, int deadline_s = 120,
-                    const std::function<void(pid_t, const fs::path&)>& during = {}) {
+                    const std::function<void(pid_t, const fs::path&)>& during = {}, const Child& child = {}) {
     static int counter = 0;
     const std::string id = std::to_string(counter++);
     const fs::path out = scratch_dir() / ("fault" + id + ".out"), err = scratch_dir() / ("fault" + id + ".err");
     const pid_t pid = fork();
     if (pid == 0) {
-        if (!freopen("/dev/null", "r", stdin) || !freopen(out.c_str(), "w", stdout) || !freopen(err.c_str(), "w", stderr)) _exit(127);
+        if (!freopen(out.c_str(), "w", stdout) || !freopen(err.c_str(), "w", stderr)) _exit(127);
+        if (!freopen(child.stdin_path.c_str(), "r", stdin)) _exit(127);   // a named pipe waits here for its writer
+        if (child.before_exec) child.before_exec();
         exec_twinfer(args);
     }
     if (during) during(pid, out);
@@ -130,6 +145,32 @@ fs::path edited_stories(const std::string& name, const Edit& edit) {
     writer.write(path);
     return path;
 }
+
+// Root (CAP_DAC_OVERRIDE) writes into a read-only folder anyway. The child gives up the
+// capabilities that bypass file permissions, for what it runs too (the bounding set), so the
+// folder's mode decides as it does for any other user.
+void give_up_permission_override() {
+    prctl(PR_CAPBSET_DROP, CAP_DAC_OVERRIDE, 0, 0, 0);
+    prctl(PR_CAPBSET_DROP, CAP_DAC_READ_SEARCH, 0, 0, 0);
+    prctl(PR_CAPBSET_DROP, CAP_FOWNER, 0, 0, 0);
+}
+
+// Whether the shell command `probe` still succeeds in a child that ran
+// give_up_permission_override(): then file modes decide nothing for this user, and a test of them
+// has nothing to test.
+bool permissions_bypassed(const std::string& probe) {
+    const pid_t pid = fork();
+    if (pid == 0) {
+        give_up_permission_override();
+        execl("/bin/sh", "sh", "-c", ("exec 2>/dev/null; " + probe).c_str(), static_cast<char*>(nullptr));
+        _exit(127);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
+bool writable_anyway(const fs::path& dir) { return permissions_bypassed("echo x > '" + (dir / "probe").string() + "'"); }
 
 class CliFaults : public ::testing::Test {
 protected:
@@ -262,14 +303,12 @@ TEST_F(CliFaults, AnUnreadableModelSaysPermissionDenied) {
     const fs::path model = scratch_dir() / "locked.gguf";
     fs::copy_file(stories(), model, fs::copy_options::overwrite_existing);
     fs::permissions(model, fs::perms::none);
-    // Root (CAP_DAC_OVERRIDE) reads a mode-000 file anyway: there is nothing to test then.
-    const int fd = ::open(model.c_str(), O_RDONLY);
-    if (fd >= 0) {
-        ::close(fd);
+    // Root reads a mode-000 file anyway: the child gives up the capabilities that let it.
+    if (permissions_bypassed("cat '" + model.string() + "' >/dev/null")) {
         fs::permissions(model, fs::perms::owner_read | fs::perms::owner_write);
-        GTEST_SKIP() << "a mode-000 file is readable to this user (uid " << geteuid() << ", root or CAP_DAC_OVERRIDE)";
+        GTEST_SKIP() << "a mode-000 file is readable to this user (uid " << geteuid() << "), capabilities or not";
     }
-    const Outcome o = run_twinfer(run_args(model));
+    const Outcome o = run_twinfer(run_args(model), 120, {}, {"/dev/null", give_up_permission_override});
     fs::permissions(model, fs::perms::owner_read | fs::perms::owner_write);
     expect_clean_error(o, 1, {"locked.gguf", "Permission denied"}, "mode 000");
 }
@@ -305,6 +344,247 @@ TEST_F(CliFaults, SigtermDuringGenerationStopsWithTheSummaryAndExit143) {
     const auto j = nlohmann::json::parse(json.out);
     EXPECT_EQ(j["stop_reason"], "cancelled");
     EXPECT_LT(j["ids"].size(), 100000u);
+}
+
+// --- Saving: the chat history (`chat --history`) and the config file (`/config save`) -----------
+
+// stories260K with a chat template, so that `twinfer chat` runs on it (fast, even under ASan).
+fs::path chat_model() {
+    const std::string chat_template =
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}";
+    return edited_stories("chat.gguf", {.metadata = {{"tokenizer.chat_template", gguf::Value{chat_template}}}});
+}
+
+// A conversation in the form `chat --history` and /save write.
+std::string history_json(const std::vector<std::pair<std::string, std::string>>& messages) {
+    nlohmann::json j{{"system_prompt", ""}, {"messages", nlohmann::json::array()}};
+    for (const auto& [role, content] : messages) j["messages"].push_back({{"role", role}, {"content", content}});
+    return j.dump(2) + "\n";
+}
+
+// The messages of a saved conversation; fails the test if the file is not whole JSON (a reader
+// must never see a half-written one).
+nlohmann::json saved_messages(const fs::path& path) {
+    try {
+        return nlohmann::json::parse(slurp(path)).at("messages");
+    } catch (const std::exception& e) {
+        ADD_FAILURE() << path << " is not a whole conversation: " << e.what() << "\n" << slurp(path);
+        return nlohmann::json::array();
+    }
+}
+
+// Waits (at most 60 s) until the conversation in `path` holds `n` messages.
+bool wait_for_messages(const fs::path& path, size_t n) {
+    for (int i = 0; i < 600; ++i) {
+        if (fs::exists(path) && saved_messages(path).size() == n) return true;
+        usleep(100 * 1000);
+    }
+    return false;
+}
+
+// Waits (at most 60 s) until `out` holds more than `bytes` bytes: the child is writing.
+bool wait_for_output(const fs::path& out, uintmax_t bytes) {
+    std::error_code ec;
+    for (int i = 0; i < 600; ++i) {
+        if (fs::file_size(out, ec) > bytes && !ec) return true;
+        usleep(100 * 1000);
+    }
+    return false;
+}
+
+std::vector<std::string> chat_args(const fs::path& history, const std::string& max_tokens = "16", const std::string& context = "4096") {
+    return {"chat", "-m", chat_model().string(), "--temp", "0", "-n", max_tokens, "-c", context, "--history", history.string()};
+}
+
+fs::path text_file(const std::string& name, const std::string& text) {
+    const fs::path path = scratch_dir() / name;
+    std::ofstream(path, std::ios::binary) << text;
+    return path;
+}
+
+// A fresh folder holding only what the test puts there.
+fs::path empty_folder(const std::string& name) {
+    const fs::path dir = scratch_dir() / name;
+    if (fs::exists(dir)) fs::permissions(dir, fs::perms::owner_all);
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    return dir;
+}
+
+size_t entries(const fs::path& dir) { return static_cast<size_t>(std::distance(fs::directory_iterator(dir), fs::directory_iterator())); }
+
+// Full disk: writes past `limit` bytes fail part-way (RLIMIT_FSIZE, as `ulimit -f`; SIGXFSZ
+// ignored, so write(2) returns EFBIG where a full disk returns ENOSPC).
+Child with_file_size_limit(rlim_t limit, const fs::path& stdin_path = "/dev/null") {
+    return {stdin_path, [limit] {
+                signal(SIGXFSZ, SIG_IGN);
+                const struct rlimit fsize = {limit, limit};
+                if (setrlimit(RLIMIT_FSIZE, &fsize) != 0) _exit(126);
+            }};
+}
+
+// Where the old file must survive and what the message must say.
+void expect_old_file_kept(const Outcome& o, const fs::path& path, const std::string& old, const std::string& cause) {
+    EXPECT_FALSE(o.hung) << describe(o);
+    EXPECT_EQ(o.signal, 0) << describe(o);
+    EXPECT_EQ(slurp(path), old) << path << " changed";
+    EXPECT_EQ(entries(path.parent_path()), 1u) << "a temporary file was left in " << path.parent_path();
+    EXPECT_NE(o.err.find("cannot save " + path.string() + " ("), std::string::npos) << o.err;
+    EXPECT_NE(o.err.find("the old file is unchanged): " + cause), std::string::npos) << o.err;
+}
+
+// The baseline of the faults below: the history is written after each answer, and a second run
+// continues it.
+TEST_F(CliFaults, ChatHistoryIsSavedAfterEachAnswerAndContinued) {
+    const fs::path dir = empty_folder("history-ok");
+    const fs::path history = dir / "chat.json";
+    const Outcome first = run_twinfer(chat_args(history), 120, {}, {text_file("two.in", "Hello\nTell me more\n")});
+    ASSERT_EQ(first.exit_code, 0) << describe(first);
+    const nlohmann::json two = saved_messages(history);
+    ASSERT_EQ(two.size(), 4u) << slurp(history);
+    EXPECT_EQ(two[0]["content"], "Hello");
+    EXPECT_EQ(two[2]["content"], "Tell me more");
+    EXPECT_EQ(two[3]["role"], "assistant");
+
+    const Outcome second = run_twinfer(chat_args(history), 120, {}, {text_file("one.in", "Again\n")});
+    ASSERT_EQ(second.exit_code, 0) << describe(second);
+    EXPECT_NE(second.err.find("continuing the 4 messages of " + history.string()), std::string::npos) << second.err;
+    const nlohmann::json three = saved_messages(history);
+    ASSERT_EQ(three.size(), 6u);
+    for (size_t i = 0; i < 4; ++i) EXPECT_EQ(three[i], two[i]) << i;
+    EXPECT_EQ(three[4]["content"], "Again");
+    EXPECT_EQ(entries(dir), 1u);
+}
+
+// A full disk while saving the history: the write of the temporary fails part-way. The old file
+// stays byte for byte, the chat says so (a warning at the answer, an error naming what the file
+// lacks at the end) and exits 1. The old conversation is longer than stdout and stderr will be,
+// so the limit stops only the history.
+TEST_F(CliFaults, AFullDiskWhileSavingTheChatHistoryKeepsTheOldFile) {
+    const fs::path dir = empty_folder("history-full");
+    const fs::path history = dir / "chat.json";
+    std::string story;
+    for (int i = 0; i < 100; ++i) story += "The cat sat. ";
+    const std::string old = history_json({{"user", "Tell me a story."}, {"assistant", story}});
+    std::ofstream(history, std::ios::binary) << old;
+    const Outcome o = run_twinfer(chat_args(history), 120, {}, with_file_size_limit(old.size() + 16, text_file("full.in", "Hello\n")));
+    expect_old_file_kept(o, history, old, "File too large");
+    EXPECT_EQ(o.exit_code, 1) << describe(o);
+    EXPECT_NE(o.err.find("twinfer: warn: cannot save " + history.string()), std::string::npos) << o.err;
+    EXPECT_NE(o.err.find("twinfer: error: " + history.string() + " lacks the last 1 change(s) of the conversation"), std::string::npos)
+        << o.err;
+    EXPECT_FALSE(o.out.empty()) << "the answer was not shown";
+}
+
+// A folder the history cannot be written in (read-only, or a disk that refuses new files): the
+// temporary cannot even be created.
+TEST_F(CliFaults, AReadOnlyFolderKeepsTheOldChatHistory) {
+    const fs::path dir = empty_folder("history-readonly");
+    const fs::path history = dir / "chat.json";
+    const std::string old = history_json({{"user", "Hi"}, {"assistant", "Hello there."}});
+    std::ofstream(history, std::ios::binary) << old;
+    fs::permissions(dir, fs::perms::owner_read | fs::perms::owner_exec);
+    if (writable_anyway(dir)) {
+        fs::permissions(dir, fs::perms::owner_all);
+        GTEST_SKIP() << "this process cannot give up the capabilities that write into a read-only folder";
+    }
+    const Outcome o = run_twinfer(chat_args(history), 120, {}, {text_file("readonly.in", "Hello\n"), give_up_permission_override});
+    fs::permissions(dir, fs::perms::owner_all);
+    expect_old_file_kept(o, history, old, "Permission denied");
+    EXPECT_NE(o.err.find("(creating a temporary file in " + dir.string()), std::string::npos) << o.err;
+    EXPECT_EQ(o.exit_code, 1) << describe(o);
+}
+
+// `/config save` on a full disk and into a read-only folder: an error line, the chat goes on, the
+// old config file stays. (HOME is the scratch folder; the config is removed afterwards, as other
+// tests read it.)
+TEST_F(CliFaults, AConfigThatCannotBeSavedKeepsTheOldFile) {
+    const fs::path dir = empty_folder(".config/twinfer");
+    const fs::path config = dir / "config.toml";
+    const std::string old = "# the old config\n" + std::string(2000, '#') + "\nlog_level = 'info'\n";
+    std::ofstream(config, std::ios::binary) << old;
+    const std::vector<std::string> args = {"chat", "-m", chat_model().string(), "--system-prompt", std::string(4000, 's')};
+    const fs::path save = text_file("config.in", "/config save\n");
+
+    const Outcome full = run_twinfer(args, 120, {}, with_file_size_limit(old.size() + 16, save));
+    expect_old_file_kept(full, config, old, "File too large");
+    EXPECT_NE(full.err.find("error: cannot save " + config.string()), std::string::npos) << full.err;
+    EXPECT_EQ(full.exit_code, 0) << describe(full);
+
+    fs::permissions(dir, fs::perms::owner_read | fs::perms::owner_exec);
+    if (!writable_anyway(dir)) {
+        const Outcome readonly = run_twinfer(args, 120, {}, {save, give_up_permission_override});
+        fs::permissions(dir, fs::perms::owner_all);
+        expect_old_file_kept(readonly, config, old, "Permission denied");
+    }
+    fs::permissions(dir, fs::perms::owner_all);
+    // Without a limit the same command replaces it.
+    const Outcome saved = run_twinfer(args, 120, {}, {save});
+    EXPECT_EQ(saved.exit_code, 0) << describe(saved);
+    EXPECT_NE(slurp(config).find("system_prompt = '" + std::string(4000, 's') + "'"), std::string::npos);
+    fs::remove_all(scratch_dir() / ".config");
+}
+
+// SIGTERM while chat generates: the answer stops as with Ctrl-C, the conversation is saved with
+// every turn so far (the stopped one with the text it had), and the exit code is 143. Lines come
+// through a named pipe, so the test decides when each arrives: the first answer is stopped with
+// SIGINT (Ctrl-C), and saved; the second with SIGTERM.
+TEST_F(CliFaults, SigtermDuringChatSavesTheHistoryAndExits143) {
+    const fs::path dir = empty_folder("history-sigterm");
+    const fs::path history = dir / "chat.json";
+    std::ofstream(history, std::ios::binary) << history_json({{"user", "Hi"}, {"assistant", "Hello there."}});
+    const fs::path lines = scratch_dir() / "sigterm.fifo";
+    fs::remove(lines);
+    ASSERT_EQ(mkfifo(lines.c_str(), 0600), 0) << std::strerror(errno);
+    auto args = chat_args(history, "100000", "100000");
+    args.push_back("--ignore-eos");
+    bool second_answer_started = false;
+    const Outcome o = run_twinfer(args, 120, [&](pid_t pid, const fs::path& out) {
+        const int fd = ::open(lines.c_str(), O_WRONLY);
+        const auto say = [fd](const std::string& line) { return ::write(fd, line.data(), line.size()) == ssize_t(line.size()); };
+        if (say("Once upon a time\n") && wait_for_output(out, 0)) kill(pid, SIGINT);
+        if (wait_for_messages(history, 4) && say("And then?\n")) {
+            const uintmax_t before = fs::file_size(out);
+            second_answer_started = wait_for_output(out, before + 32);
+        }
+        kill(pid, SIGTERM);
+        ::close(fd);
+    }, {lines});
+    EXPECT_TRUE(second_answer_started) << describe(o);
+    EXPECT_FALSE(o.hung) << describe(o);
+    EXPECT_EQ(o.signal, 0) << describe(o);
+    EXPECT_EQ(o.exit_code, 143) << describe(o);
+    const nlohmann::json saved = saved_messages(history);
+    ASSERT_EQ(saved.size(), 6u) << slurp(history);
+    EXPECT_EQ(saved[1]["content"], "Hello there.");
+    EXPECT_EQ(saved[2]["content"], "Once upon a time");
+    EXPECT_EQ(saved[4]["content"], "And then?");
+    EXPECT_EQ(saved[5]["role"], "assistant");
+    EXPECT_FALSE(saved[3]["content"].get<std::string>().empty());
+    EXPECT_FALSE(saved[5]["content"].get<std::string>().empty());
+    // What the second answer printed before SIGTERM is what was saved of it.
+    EXPECT_NE(o.out.find(saved[5]["content"].get<std::string>()), std::string::npos) << o.out;
+    EXPECT_EQ(entries(dir), 1u);
+}
+
+// SIGTERM while chat waits for the next line: everything is saved already, it exits 143 at once.
+TEST_F(CliFaults, SigtermWhileChatWaitsForALineExits143) {
+    const fs::path dir = empty_folder("history-idle");
+    const fs::path history = dir / "chat.json";
+    const fs::path lines = scratch_dir() / "idle.fifo";
+    fs::remove(lines);
+    ASSERT_EQ(mkfifo(lines.c_str(), 0600), 0) << std::strerror(errno);
+    const Outcome o = run_twinfer(chat_args(history), 120, [&](pid_t pid, const fs::path&) {
+        const int fd = ::open(lines.c_str(), O_WRONLY);
+        const std::string line = "Hello\n";
+        if (::write(fd, line.data(), line.size()) == ssize_t(line.size())) wait_for_messages(history, 2);
+        usleep(200 * 1000);   // most likely back at the read (a SIGTERM before it must end the same way)
+        kill(pid, SIGTERM);
+        ::close(fd);
+    }, {lines});
+    EXPECT_FALSE(o.hung) << describe(o);
+    EXPECT_EQ(o.exit_code, 143) << describe(o);
+    EXPECT_EQ(saved_messages(history).size(), 2u);
 }
 
 }  // namespace
