@@ -83,7 +83,7 @@ public:
                 return true;
             }
             case FrameKind::Value: {
-                if (space) return f.phase == 1 && take_whitespace(p);
+                if (space) return false;   // a value starts at once: its container took the whitespace before it
                 const SchemaNode& n = node(f.node);
                 if (n.kind == NodeKind::AnyOf) {
                     for (size_t i = 1; i < n.options.size(); ++i) {
@@ -432,7 +432,7 @@ private:
 JsonMatcher::JsonMatcher(std::shared_ptr<const Grammar> grammar) : grammar_(std::move(grammar)) {
     Path start;
     if (!grammar_->suffix.empty()) start.stack.push_back({.kind = FrameKind::Raw, .phase = 1});
-    start.stack.push_back({.kind = FrameKind::Value, .phase = 1, .node = grammar_->schema.root});
+    start.stack.push_back({.kind = FrameKind::Value, .node = grammar_->schema.root});
     if (!grammar_->prefix.empty()) start.stack.push_back({.kind = FrameKind::Raw, .phase = 0});
     paths_.push_back(std::move(start));
 }

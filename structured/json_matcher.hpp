@@ -2,11 +2,11 @@
 // A character-level pushdown matcher: it reads output one byte at a time and refuses the first
 // byte after which the text could no longer be the prefix of a valid document: `prefix`, one
 // JSON value valid under the schema, `suffix` (a tool call's wrapper; both empty for plain
-// structured output).
+// structured output). The value starts at once (no whitespace before it, none after).
 //
 // The state is a set of paths (anyOf forks one per alternative; most die on the next byte), each
-// a stack of frames, one per open value. Whitespace is allowed where JSON allows it, in runs of at
-// most `max_whitespace_run` bytes (space, newline, tab), and not after the document: a model
+// a stack of frames, one per open value. Whitespace is allowed where JSON allows it inside the
+// value, in runs of at most `max_whitespace_run` bytes (space, newline, tab), and not around it: a model
 // cannot loop on whitespace, and the text ends when the value closes. Numbers have at most
 // `max_digits` digits per part. Every prefix the matcher accepts can still be completed: no dead
 // ends, so constrained generation never has to give up.
@@ -58,7 +58,7 @@ public:
     enum class FrameKind : uint8_t { Value, Object, Array, String, Number, Literal, Raw };
     struct Frame {
         FrameKind kind = FrameKind::Value;
-        uint8_t phase = 0;          // Value: 1 where whitespace may come first; Raw: 0 prefix, 1 suffix
+        uint8_t phase = 0;          // Raw: 0 prefix, 1 suffix; Object, Array, Number: where in it
         uint8_t escape = 0;         // String: 1 after '\\', 2 to 5 reading \u's digits
         uint8_t utf8_due = 0;       // String: continuation bytes a UTF-8 character still needs
         uint8_t utf8_lo = 0x80, utf8_hi = 0xBF;   // String: the range of the next continuation byte

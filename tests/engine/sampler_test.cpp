@@ -252,6 +252,37 @@ TEST(Sampler, ChainOrderFollowsLlamaCpp) {
     EXPECT_EQ(chain.describe().substr(0, 56), "penalties -> top-k -> typical -> top-p -> min-p -> tempe");
 }
 
+// sample_allowed over {0.1, 0.2, 0.3, 0.4} with tokens 1 and 3 refused: greedy takes token 2;
+// a draw is from the renormalized rest, {0.1, 0.3} / 0.4 = {0.25, 0.75}, both by striking refused
+// draws (temperature only) and by the full list (with a top-p stage, which keeps all four here).
+TEST(Sampler, SampleAllowedDrawsFromTheRenormalizedAllowedTokens) {
+    const std::vector<double> logits = logits_of({0.1, 0.2, 0.3, 0.4});
+    const auto allows = [](Token t) { return t == 0 || t == 2; };
+    size_t listed = 0;
+    const auto list = [&] {
+        ++listed;
+        return std::vector<Token>{0, 2};
+    };
+    SamplingParams greedy;
+    greedy.temperature = 0.0f;
+    EXPECT_EQ(SamplerChain(greedy).sample_allowed(logits, allows, list), 2);
+    for (const float top_p : {1.0f, 0.999f}) {
+        SamplingParams params = temperature_only(42);
+        params.top_p = top_p;
+        SamplerChain chain(params);
+        listed = 0;
+        std::map<Token, int> counts;
+        constexpr int draws = 20000;
+        for (int i = 0; i < draws; ++i) counts[chain.sample_allowed(logits, allows, list)] += 1;
+        EXPECT_EQ(counts[1] + counts[3], 0);
+        EXPECT_NEAR(counts[2] / double(draws), 0.75, 0.015) << "top_p " << top_p;
+        if (top_p == 1.0f) EXPECT_EQ(listed, 0u);                    // refused draws struck, the list never needed
+        else EXPECT_EQ(listed, size_t(draws));                        // a truncating stage: always the list
+    }
+    SamplerChain none(temperature_only(1));
+    EXPECT_THROW(none.sample_allowed(logits, [](Token) { return false; }, [] { return std::vector<Token>{}; }), std::runtime_error);
+}
+
 TEST(Sampler, InvalidParametersAreRejected) {
     SamplingParams params;
     params.top_p = 2.0f;

@@ -131,7 +131,7 @@ TEST_F(ServerProcessTest, BadJsonAndWrongTypesAre400) {
     expect_error("/v1/completions", R"({"prompt": "x", "stop": [1]})", 400, "stop");
     expect_error("/v1/completions", R"({"prompt": {"a": 1}})", 400, "prompt");
     expect_error("/v1/completions", R"({"max_tokens": 3})", 400, "prompt");
-    expect_error("/v1/completions", R"({"prompt": "x", "response_format": {"type": "json_object"}})", 400, "response_format");
+    expect_error("/v1/completions", R"({"prompt": "x", "response_format": {"type": "yaml"}})", 400, "response_format.type");
     expect_error("/v1/chat/completions", R"({"messages": [{"role": "user", "content": "x"}], "tools": []})", 400, "tools");
     expect_error("/tokenize", R"({"content": 3})", 400, "content");
     expect_error("/detokenize", R"({"tokens": [1, "a"]})", 400, "tokens");

@@ -45,7 +45,8 @@ TEST(JsonMatcher, AnyObject) {
     const auto g = std::make_shared<Grammar>(Grammar{any_json_object(), "", ""});
     expect_whole(g, "{}");
     expect_whole(g, R"({"a": [1, -2.5e3, "x\u00e9\n", true, null, {"b": {}}], "c": false})");
-    expect_whole(g, "\n{ \"a\" :\t1 }");
+    expect_whole(g, "{ \"a\" :\t1 }");
+    expect_refused(g, "\n{}");         // the document starts at once
     expect_prefix_only(g, "{\"a\": tr");
     expect_prefix_only(g, "{\"a\": 12");
     expect_refused(g, "[]");            // an object, not any value
