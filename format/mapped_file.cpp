@@ -2,11 +2,10 @@
 #include "format/mapped_file_guard.hpp"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#include <signal.h>
 
 #include <atomic>
 #include <cerrno>
@@ -75,8 +74,10 @@ uintptr_t g_page_size = 4096;
 
 // A SIGBUS inside a watched mapping is a read past the end of its truncated file (or a page the
 // disk could not give): that page and every later one of the mapping become zeros, the mapping
-// is marked damaged, and the read runs again. Everything here is async-signal-safe.
+// is marked damaged, and the read runs again. Everything here is async-signal-safe, and errno is
+// left as the interrupted code had it.
 void on_sigbus(int signal, siginfo_t* info, void* context) {
+    const int saved_errno = errno;
     const auto at = reinterpret_cast<uintptr_t>(info->si_addr);
     for (Region& r : g_regions) {
         const uintptr_t begin = r.begin.load(std::memory_order_acquire);
@@ -86,6 +87,7 @@ void on_sigbus(int signal, siginfo_t* info, void* context) {
         const uintptr_t page = at & ~(g_page_size - 1);
         void* zeros = ::mmap(reinterpret_cast<void*>(page), begin + length - page, PROT_READ,
                              MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+        errno = saved_errno;
         if (zeros != MAP_FAILED) return;
         break;
     }
