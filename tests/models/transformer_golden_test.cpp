@@ -56,7 +56,8 @@ TEST_P(GoldenArchitecture, Float32MatchesTransformers) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Transformers, GoldenArchitecture,
-                         ::testing::Values("qwen2", "qwen3", "gemma3", "phi3", "smollm3", "stablelm", "gptneox", "starcoder2"));
+                         ::testing::Values("qwen2", "qwen3", "qwen3moe", "gemma3", "phi3", "smollm3", "stablelm", "gptneox",
+                                           "starcoder2"));
 
 }  // namespace
 }  // namespace twinfer
