@@ -10,7 +10,8 @@
 //   twinfer_make_random_model like TENSORS.tsv METADATA.gguf OUT.gguf
 //     any architecture: every metadata key of METADATA.gguf (a vocabulary-only file with the
 //     model's hyper-parameters), and the tensors TENSORS.tsv lists (name, type, ggml dims:
-//     bench/shapes/), 1-D F32 tensors as ones, the others random blocks of their type.
+//     bench/shapes/), 1-D F32 tensors as ones, F32 matrices (a router) as small random floats,
+//     the others random blocks of their type.
 #include <cstdio>
 #include <cstring>
 #include <exception>
@@ -104,11 +105,21 @@ std::vector<std::byte> random_blocks(GGMLType type, uint64_t n_elements, uint64_
     return bytes;
 }
 
-std::vector<std::byte> ones(uint64_t n) {
-    std::vector<float> v(n, 1.0f);
-    std::vector<std::byte> bytes(n * sizeof(float));
+std::vector<std::byte> as_bytes(const std::vector<float>& v) {
+    std::vector<std::byte> bytes(v.size() * sizeof(float));
     std::memcpy(bytes.data(), v.data(), bytes.size());
     return bytes;
+}
+
+std::vector<std::byte> ones(uint64_t n) { return as_bytes(std::vector<float>(n, 1.0f)); }
+
+// Within +-0.1, as the blocks' weights (block_scales).
+std::vector<std::byte> small_floats(uint64_t n, uint64_t seed) {
+    std::mt19937_64 rng(seed);
+    std::uniform_real_distribution<float> value(-0.1f, 0.1f);
+    std::vector<float> v(n);
+    for (float& x : v) x = value(rng);
+    return as_bytes(v);
 }
 
 // `like` mode (see the top of the file).
@@ -133,8 +144,7 @@ void write_like(const std::string& tensors_path, const std::string& metadata_pat
         for (std::string d; std::getline(dims_in, d, ',');) n *= dims.emplace_back(std::stoull(d));
         const GGMLType type = parse_type_name(type_text);
         if (type == GGMLType::F32) {
-            if (dims.size() != 1) throw std::runtime_error(tensors_path + ": " + name + ": F32 tensors must be 1-D norms");
-            out.add_tensor(name, dims, type, ones(n));
+            out.add_tensor(name, dims, type, dims.size() == 1 ? ones(n) : small_floats(n, seed++));
         } else {
             out.add_tensor(name, dims, type, random_blocks(type, n, seed++));
         }
