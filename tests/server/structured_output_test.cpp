@@ -24,7 +24,8 @@ class StructuredOutputTest : public ::testing::Test {
 protected:
     static void SetUpTestSuite() {
         if (!std::filesystem::exists(test::smollm2_path())) return;
-        server_ = new ServerProcess({"--parallel", "10", "-c", "1024", "--chat-template-file",
+        // A long --timeout: fifty answers on a two-core machine that other builds share.
+        server_ = new ServerProcess({"--parallel", "10", "-c", "1024", "--timeout", "1400", "--chat-template-file",
                                      (test::repo_root() / "tests/data/chat_templates/chatml_tools.jinja").string()});
     }
     static void TearDownTestSuite() {
@@ -91,7 +92,7 @@ TEST_F(StructuredOutputTest, JsonSchemaOverFiftySeedsAtTemperatureOnePointFive) 
     for (size_t r = 0; r < bodies.size(); ++r)
         threads.emplace_back([&, r] {
             httplib::Client client = server_->client();
-            client.set_read_timeout(600, 0);   // 50 answers on a shared two-core machine
+            client.set_read_timeout(1400, 0);
             const json body = chat("Describe a club member as JSON.",
                                    {{"temperature", 1.5}, {"seed", 1000 + 10 * r}, {"n", 10}, {"max_tokens", 400},
                                     {"response_format", {{"type", "json_schema"}, {"json_schema", {{"name", "member"}, {"strict", true}, {"schema", member_schema}}}}}});
