@@ -23,10 +23,9 @@ void matmul_experts(Context& ctx, const ExpertMatrices& w, const int32_t* ids, s
 void add_routed(Context& ctx, float* y, const float* expert_out, size_t n, const float* router_logits, size_t n_experts,
                 const float* chosen_logits, size_t k, bool renormalize) {
     const double max_logit = chosen_logits[0];
-    double all = 0, chosen = 0;
-    for (size_t e = 0; e < n_experts; ++e) all += std::exp(double(router_logits[e]) - max_logit);
-    for (size_t j = 0; j < k; ++j) chosen += std::exp(double(chosen_logits[j]) - max_logit);
-    const double total = renormalize ? chosen : all;
+    const float* logits = renormalize ? chosen_logits : router_logits;   // the softmax's denominator is over these
+    double total = 0;
+    for (size_t e = 0; e < (renormalize ? k : n_experts); ++e) total += std::exp(double(logits[e]) - max_logit);
     for (size_t j = 0; j < k; ++j)
         cpu::add_scaled(ctx, y, expert_out + j * n, static_cast<float>(std::exp(double(chosen_logits[j]) - max_logit) / total), n);
 }
