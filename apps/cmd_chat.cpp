@@ -134,9 +134,7 @@ public:
             keep_history();
         }
         g_busy = true;
-        if (unsaved_changes_ > 0)
-            throw std::runtime_error(history_.string() + " lacks the last " + std::to_string(unsaved_changes_) +
-                                     " change(s) of the conversation: " + save_error_);
+        if (unsaved_changes_ > 0) throw std::runtime_error(unsaved_changes_message());
     }
 
 private:
@@ -173,7 +171,25 @@ private:
             g_generating = false;
             std::cout << std::flush;
             std::cerr << "error: " << e.what() << " (/clear to start over)\n";
+        } catch (const ModelFileChanged& e) {
+            // Every later answer would read the same damaged weights: the chat ends (exit 1). This
+            // answer, computed from them, is not kept; the history file has every turn before it.
+            g_generating = false;
+            std::cout << "\n" << std::flush;
+            throw ModelFileChanged(e.what() + history_state());
         }
+    }
+
+    // Where the conversation stands in the --history file, for a message that ends the chat: "" if
+    // there is none, else that the file holds every finished turn, or what it lacks.
+    std::string history_state() const {
+        if (history_.empty()) return {};
+        if (unsaved_changes_ == 0) return "; the conversation up to the last answer is saved in " + history_.string();
+        return "; " + unsaved_changes_message();
+    }
+
+    std::string unsaved_changes_message() const {
+        return history_.string() + " lacks the last " + std::to_string(unsaved_changes_) + " change(s) of the conversation: " + save_error_;
     }
 
     // Returns false to quit.

@@ -9,7 +9,6 @@
 
 #include "apps/commands.hpp"
 #include "apps/options.hpp"
-#include "format/mapped_file_guard.hpp"
 #include "server/http_server.hpp"
 
 namespace twinfer::cli {
@@ -75,10 +74,6 @@ void run_serve(const ServeOptions& o) {
     sigaddset(&stop_signals, SIGINT);
     sigaddset(&stop_signals, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
-    // The CPU models read weights from the model file's mapping: if the file is truncated under the
-    // server, a read past its end reads zeros instead of killing the process, and the passes fail
-    // (server/batched_model.cpp) until a restart.
-    guard_mapped_files();
 
     server::HttpServer http(options);
     http.start();

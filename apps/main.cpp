@@ -7,6 +7,7 @@
 
 #include "apps/commands.hpp"
 #include "apps/options.hpp"
+#include "format/mapped_file_guard.hpp"
 
 namespace {
 
@@ -63,6 +64,12 @@ int main(int argc, char** argv) {
         }
         reject_unknown_short_options(*command, argc, argv);
         twinfer::cli::load_config(twinfer::cli::settings(), argc, argv);
+        // The CPU models read their weights from the model file's mapping at every pass: if the
+        // file is truncated under a command (a chat left open, a server, a long run), a read past
+        // its new end reads zeros instead of ending the process with SIGBUS, and the pass fails:
+        // ModelFileChanged (engine/engine.hpp), an error line and exit 1 like any other failure;
+        // in the server, a 500 for each request (server/batched_model.cpp).
+        twinfer::guard_mapped_files();
         app.parse(argc, argv);
     } catch (const CLI::CallForHelp& e) {
         return app.exit(e);

@@ -10,6 +10,7 @@
 
 #include "compute/elementwise.hpp"
 #include "engine/stop_filter.hpp"
+#include "format/mapped_file_guard.hpp"
 
 namespace twinfer {
 
@@ -28,6 +29,13 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+// Asked after every pass rather than before: a file truncated between two passes, or during one,
+// shows in the pass that read it (an fstat of the file, and whether a read faulted), so no result
+// computed from the changed file gets out.
+void require_unchanged_model_file() {
+    if (std::string problem = mapped_files_problem(); !problem.empty()) throw ModelFileChanged(problem);
+}
 
 }  // namespace
 
@@ -93,6 +101,7 @@ std::vector<Token> InferenceEngine::tokenize(std::string_view text, bool add_spe
 
 Logits InferenceEngine::forward(std::span<const Token> ids, LogitsMode mode) {
     Logits logits = std::visit([&](auto& m) { return m.forward(ids, mode); }, *backend_);
+    require_unchanged_model_file();
     history_.insert(history_.end(), ids.begin(), ids.end());
     return logits;
 }
@@ -106,6 +115,7 @@ Token InferenceEngine::forward_greedy(Token token) {
                 return argmax(m.forward(std::span<const Token>(&token, 1)).last());
         },
         *backend_);
+    require_unchanged_model_file();
     history_.push_back(token);
     return next;
 }
@@ -119,6 +129,7 @@ TopLogits InferenceEngine::forward_top_k(Token token, size_t k) {
                 return top_logits_of_last(m.forward(std::span<const Token>(&token, 1)), k);
         },
         *backend_);
+    require_unchanged_model_file();
     history_.push_back(token);
     return top;
 }

@@ -7,6 +7,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <variant>
 #include <vector>
@@ -44,6 +45,14 @@ struct GenerationResult {
     std::string text;                     // decoded text, stop string removed
     StopReason reason = StopReason::MaxTokens;
     GenerationStats stats;
+};
+
+// Thrown by every model pass of InferenceEngine (generate, evaluate_all, evaluate_as_generated,
+// forward) once the model file was truncated or rewritten after it was loaded
+// (format/mapped_file_guard.hpp): that pass read zeros or other bytes in place of weights, and so
+// would every later one. The message names the file and the change (mapped_files_problem()).
+struct ModelFileChanged : std::runtime_error {
+    using std::runtime_error::runtime_error;
 };
 
 // Receives text as soon as it is decoded; return false to stop (StopReason::Cancelled).

@@ -5,9 +5,10 @@
 // changes for this process. Rewritten in place, the pages read what was written. Truncated, a page
 // past the new end raises SIGBUS when it is read, which kills the process.
 //
-// A long-running process (the server) calls guard_mapped_files() once: such a page then reads as
-// zeros instead and the mapping is marked damaged; mapped_files_problem(), asked before and after
-// each use of the weights, tells whether any mapped file was truncated, rewritten or damaged.
+// `twinfer` calls guard_mapped_files() once, for every command (apps/main.cpp): such a page then
+// reads as zeros instead and the mapping is marked damaged; mapped_files_problem(), asked after
+// each use of the weights (engine/engine.cpp; before it too in server/batched_model.cpp), tells
+// whether any mapped file was truncated, rewritten or damaged.
 #include <string>
 
 namespace twinfer {

@@ -587,5 +587,77 @@ TEST_F(CliFaults, SigtermWhileChatWaitsForALineExits143) {
     EXPECT_EQ(saved_messages(history).size(), 2u);
 }
 
+// --- The model file truncated under a running command (format/mapped_file_guard.hpp) ------------
+
+// A copy of `model` for one child to load and the test to cut: the original must not change.
+fs::path copy_to_cut(const fs::path& model, const std::string& name) {
+    const fs::path copy = scratch_dir() / name;
+    fs::copy_file(model, copy, fs::copy_options::overwrite_existing);
+    return copy;
+}
+
+std::string truncated_message(const fs::path& model, uintmax_t from, uintmax_t to) {
+    return model.string() + " was truncated from " + std::to_string(from) + " to " + std::to_string(to) + " bytes after it was loaded";
+}
+
+// `run` generating when its model is cut to half: the next pass reads past the new end (SIGBUS,
+// which the guard turns into zeros) and fails with a line naming the file, exit 1, never the
+// signal. The file is cut once text streams, so the model is loaded and generating, and 100,000
+// tokens are far from done.
+TEST_F(CliFaults, AModelTruncatedWhileRunGeneratesIsAnErrorNotSigbus) {
+    const fs::path model = copy_to_cut(stories(), "run-cut.gguf");
+    const uintmax_t size = fs::file_size(model);
+    const std::vector<std::string> endless = {"run", "-m", model.string(), "-c", "100000", "-n", "100000", "--ignore-eos",
+                                              "--temp", "0", "-p", "Once upon a time"};
+    bool cut = false;
+    const Outcome o = run_twinfer(endless, 60, [&](pid_t, const fs::path& out) {
+        if (!wait_for_output(out, 0)) return;
+        fs::resize_file(model, size / 2);
+        cut = true;
+    });
+    ASSERT_TRUE(cut) << "no text came: " << describe(o);
+    expect_clean_error(o, 1, {truncated_message(model, size, size / 2)}, "cut while generating");
+    EXPECT_FALSE(o.out.empty());
+}
+
+// `chat` left open while its model is cut to nothing: the next answer fails, the chat ends with
+// exit 1 and a line naming the file and the history file, which holds every turn before that
+// answer. Lines come through a named pipe: the second is sent once the first answer is saved and
+// the file cut, so the cut always falls between the two.
+TEST_F(CliFaults, AModelTruncatedBetweenChatAnswersEndsTheChatWithTheHistorySaved) {
+    const fs::path dir = empty_folder("history-model-cut");
+    const fs::path history = dir / "chat.json";
+    const fs::path model = copy_to_cut(chat_model(), "chat-cut.gguf");
+    const uintmax_t size = fs::file_size(model);
+    const fs::path lines = scratch_dir() / "model-cut.fifo";
+    fs::remove(lines);
+    ASSERT_EQ(mkfifo(lines.c_str(), 0600), 0) << std::strerror(errno);
+    const std::vector<std::string> args = {"chat", "-m", model.string(), "--temp", "0", "-n", "16", "--history", history.string()};
+    bool cut = false;
+    const Outcome o = run_twinfer(args, 120, [&](pid_t, const fs::path&) {
+        const int fd = ::open(lines.c_str(), O_WRONLY);
+        const auto say = [fd](const std::string& line) { return ::write(fd, line.data(), line.size()) == ssize_t(line.size()); };
+        if (say("Hello\n") && wait_for_messages(history, 2)) {
+            fs::resize_file(model, 0);
+            cut = true;
+            say("Tell me more\n");
+        }
+        ::close(fd);
+    }, {lines});
+    ASSERT_TRUE(cut) << "the first answer was not saved: " << describe(o);
+    EXPECT_FALSE(o.hung) << describe(o);
+    EXPECT_EQ(o.signal, 0) << describe(o);
+    EXPECT_EQ(o.exit_code, 1) << describe(o);
+    EXPECT_NE(o.err.find("twinfer: error: " + truncated_message(model, size, 0) + "; the conversation up to the last answer is saved in " +
+                         history.string() + "\n"),
+              std::string::npos)
+        << o.err;
+    const nlohmann::json saved = saved_messages(history);
+    ASSERT_EQ(saved.size(), 2u) << slurp(history);
+    EXPECT_EQ(saved[0]["content"], "Hello");
+    EXPECT_EQ(saved[1]["role"], "assistant");
+    EXPECT_EQ(entries(dir), 1u);
+}
+
 }  // namespace
 }  // namespace twinfer::test
