@@ -1,18 +1,27 @@
 #!/usr/bin/env python3
-"""Aggregate decode rate of an OpenAI-compatible server at N concurrent greedy streams.
+"""Aggregate decode rate and time to first token of an OpenAI-compatible server at N concurrent
+greedy streams.
 
     python3 bench/serve/streams.py --url http://127.0.0.1:8080 --streams 1 4 16 [--tokens 128]
 
-Each stream is one /v1/completions request (a distinct ~100-token prompt, temperature 0,
-max_tokens = --tokens, ignore_eos so every stream decodes all of them), all N sent at once from N
-threads. Two rates per N: "wall" = completion tokens of all streams / time from the first send to
-the last answer (prompt reading included), and "decode" = the same tokens after each stream's
-first, over the time between the first stream's first token and the last stream's last token
-(streamed responses give those times). Works against twinfer serve and llama.cpp's llama-server
-(both take ignore_eos). Standard library only.
+Each stream is one /v1/completions request (a distinct ~100-token prompt, never sent before, so
+no server can answer it from a prefix or prompt cache; temperature 0, max_tokens = --tokens,
+ignore_eos so every stream decodes all of them), all N sent at once from N threads. Two rates per
+N: "wall" = completion tokens of all streams / time from the first send to the last answer
+(prompt reading included), and "decode" = the same tokens after each stream's first, over the
+time between the first stream's first token and the last stream's last token (streamed responses
+give those times). Time to first token (TTFT) of a stream = from just before its request is sent
+to its first streamed text; p50 and p99 over the N streams by linear interpolation between the
+sorted values (numpy's default: at N = 1 both are the one value; for N up to 100, p99 lies
+between the two largest). Every stream is checked: a failed request, or a stream whose streamed
+usage is missing or counts other than --tokens completion tokens, is printed as a PROBLEM and the
+run exits with status 1 at the end; fewer text chunks than tokens is only noted. Works against
+twinfer serve and llama.cpp's llama-server (both take ignore_eos). Standard library only.
 """
 import argparse
 import json
+import random
+import sys
 import threading
 import time
 import urllib.request
@@ -27,13 +36,26 @@ def prompt(i):
     return f"Story {i}: " + " ".join(words) + ". Continue the story:"
 
 
-def stream_one(url, i, tokens, out):
-    body = json.dumps({"prompt": prompt(i), "max_tokens": tokens, "temperature": 0, "ignore_eos": True,
+class Ids:
+    """Prompt numbers never used before in this process (nor, from a random start, in an earlier
+    one), so that no stream finds its prompt already in a server's prefix or prompt cache."""
+
+    def __init__(self, first):
+        self.next = first
+
+    def take(self, n):
+        self.next += n
+        return range(self.next - n, self.next)
+
+
+def stream_one(url, i, pid, tokens, out):
+    body = json.dumps({"prompt": prompt(pid), "max_tokens": tokens, "temperature": 0, "ignore_eos": True,
                        "stream": True, "stream_options": {"include_usage": True}}).encode()
     request = urllib.request.Request(url + "/v1/completions", data=body, headers={"Content-Type": "application/json"})
     first = last = None
     chunks = 0
     usage = None
+    sent = time.perf_counter()
     with urllib.request.urlopen(request, timeout=600) as response:
         for line in response:
             line = line.strip()
@@ -47,26 +69,60 @@ def stream_one(url, i, tokens, out):
                 first = first or now
                 last = now
                 chunks += 1
-    out[i] = {"first": first, "last": last, "chunks": chunks,
+    out[i] = {"sent": sent, "first": first, "last": last, "chunks": chunks,
               "tokens": usage["completion_tokens"] if usage else chunks,
               "prompt_tokens": usage["prompt_tokens"] if usage else None}
 
 
-def run(url, n, tokens):
+def percentile(values, p):
+    # Linear interpolation between the closest ranks (numpy.percentile's default).
+    v = sorted(values)
+    x = (len(v) - 1) * p / 100
+    lo = int(x)
+    hi = min(lo + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (x - lo)
+
+
+def guarded(url, i, pid, tokens, out, errors):
+    try:
+        stream_one(url, i, pid, tokens, out)
+    except Exception as e:  # noqa: BLE001 - every failure is reported, none hidden
+        errors[i] = f"{type(e).__name__}: {e}"
+
+
+def run(url, n, tokens, ids):
     out = [None] * n
-    threads = [threading.Thread(target=stream_one, args=(url, i, tokens, out)) for i in range(n)]
+    errors = [None] * n
+    threads = [threading.Thread(target=guarded, args=(url, i, pid, tokens, out, errors))
+               for i, pid in enumerate(ids.take(n))]
     start = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     end = time.perf_counter()
+    problems = [f"stream {i}: {e}" for i, e in enumerate(errors) if e]
+    problems += [f"stream {i}: no token streamed" for i, o in enumerate(out) if o and o["first"] is None]
+    problems += [f"stream {i}: no usage in the stream" for i, o in enumerate(out) if o and o["prompt_tokens"] is None]
+    problems += [f"stream {i}: {o['tokens']} completion tokens (usage), expected {tokens}"
+                 for i, o in enumerate(out) if o and o["first"] is not None and o["tokens"] != tokens]
+    # A token whose text is an incomplete UTF-8 sequence may come with the next chunk, so fewer
+    # text chunks than tokens is a note, not a failure.
+    notes = [f"stream {i}: {o['chunks']} text chunks for {o['tokens']} tokens"
+             for i, o in enumerate(out) if o and o["chunks"] != o["tokens"]]
+    out = [o for o in out if o and o["first"] is not None]
+    if not out:
+        return {"streams": n, "problems": problems, "notes": notes}
     total = sum(o["tokens"] for o in out)
     first = min(o["first"] for o in out)
     last = max(o["last"] for o in out)
     decode_tokens = sum(o["tokens"] - 1 for o in out)
-    return {"streams": n, "tokens": total, "prompt_tokens": out[0]["prompt_tokens"], "wall_s": end - start,
-            "wall_tok_s": total / (end - start), "decode_tok_s": decode_tokens / (last - first)}
+    ttft = [o["first"] - o["sent"] for o in out]
+    return {"streams": n, "ok": len(out), "tokens": total, "prompt_tokens": out[0]["prompt_tokens"],
+            "wall_s": end - start, "wall_tok_s": total / (end - start),
+            "decode_tok_s": decode_tokens / (last - first) if last > first else float("nan"),
+            "ttft_p50_s": percentile(ttft, 50), "ttft_p99_s": percentile(ttft, 99), "problems": problems,
+            "notes": notes}
 
 
 def main():
@@ -75,15 +131,32 @@ def main():
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--first-id", type=int, default=None,
+                        help="number of the first prompt (default: random, so reruns share no prompt)")
     args = parser.parse_args()
-    run(args.url, 1, 8)   # warm-up
-    print("| streams | prompt tokens each | completion tokens | wall s | wall tok/s | decode tok/s |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    first_id = args.first_id if args.first_id is not None else random.randrange(1000, 900000, 1000)
+    print(f"prompts from number {first_id}", file=sys.stderr, flush=True)
+    ids = Ids(first_id)
+    run(args.url, 1, 8, ids)   # warm-up
+    print("| streams | ok | prompt tokens each | completion tokens | wall s | wall tok/s | decode tok/s "
+          "| TTFT p50 ms | TTFT p99 ms |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    failed = False
     for _ in range(args.rounds):
         for n in args.streams:
-            r = run(args.url, n, args.tokens)
-            print(f"| {r['streams']} | {r['prompt_tokens']} | {r['tokens']} | {r['wall_s']:.2f} | "
-                  f"{r['wall_tok_s']:.1f} | {r['decode_tok_s']:.1f} |", flush=True)
+            r = run(args.url, n, args.tokens, ids)
+            for p in r["problems"]:
+                print(f"PROBLEM ({n} streams): {p}", file=sys.stderr, flush=True)
+            for p in r["notes"]:
+                print(f"note ({n} streams): {p}", file=sys.stderr, flush=True)
+            failed = failed or bool(r["problems"])
+            if "tokens" not in r:
+                print(f"| {n} | 0 | | | | | | | |", flush=True)
+                continue
+            print(f"| {r['streams']} | {r['ok']} | {r['prompt_tokens']} | {r['tokens']} | {r['wall_s']:.2f} | "
+                  f"{r['wall_tok_s']:.1f} | {r['decode_tok_s']:.1f} | {1000 * r['ttft_p50_s']:.0f} | "
+                  f"{1000 * r['ttft_p99_s']:.0f} |", flush=True)
+    sys.exit(1 if failed else 0)
 
 
 if __name__ == "__main__":
