@@ -25,8 +25,8 @@ struct ExpertMatrices {
 
 // y[j] = W_{ids[j]} x_j for j < k, x_j = x + j * x_stride (x_stride 0: one input for every expert),
 // y_j = y + j * rows. ids in the device's memory, each < n_experts (a kernel cannot check: the
-// router's top_k makes them). The CPU takes `activations` as matmul does; the GPU's expert products
-// use float activations (its int8 kernels have no expert-indexed form).
+// router's top_k makes them). `activations` as matmul takes them (the GPU's int8 kernels read the
+// chosen experts' rows where x_stride is 0 or the matrices' columns).
 namespace cpu {
 void matmul_experts(Context& ctx, const ExpertMatrices& w, const int32_t* ids, size_t k, const float* x, size_t x_stride,
                     float* y, Activations activations);
@@ -35,9 +35,27 @@ inline void matmul_experts(Context& ctx, const ExpertMatrices& w, const int32_t*
                            size_t x_stride, float* y, Activations activations) {
     if (ctx.device() == Device::CPU) return cpu::matmul_experts(ctx, w, ids, k, x, x_stride, y, activations);
 #ifdef TWINFER_WITH_CUDA
-    if (ctx.device() == Device::CUDA) return cuda::matmul_experts(ctx, w, ids, k, x, x_stride, y);
+    if (ctx.device() == Device::CUDA) return cuda::matmul_experts(ctx, w, ids, k, x, x_stride, y, activations);
 #endif
     throw_backend_unavailable("matmul_experts", ctx.device());
+}
+
+// out[j] = silu(W_gate_{ids[j]} x) * (W_up_{ids[j]} x) for j < k, one x for every expert (a gated
+// expert's first half; out and up_scratch [k, rows]): matmul_experts twice and swiglu, which the
+// GPU's int8 kernels do in one launch.
+namespace cpu {
+void matmul_experts_swiglu(Context& ctx, const ExpertMatrices& gate, const ExpertMatrices& up, const int32_t* ids,
+                           size_t k, const float* x, float* out, float* up_scratch, Activations activations);
+}
+inline void matmul_experts_swiglu(Context& ctx, const ExpertMatrices& gate, const ExpertMatrices& up, const int32_t* ids,
+                                  size_t k, const float* x, float* out, float* up_scratch, Activations activations) {
+    if (ctx.device() == Device::CPU)
+        return cpu::matmul_experts_swiglu(ctx, gate, up, ids, k, x, out, up_scratch, activations);
+#ifdef TWINFER_WITH_CUDA
+    if (ctx.device() == Device::CUDA)
+        return cuda::matmul_experts_swiglu(ctx, gate, up, ids, k, x, out, up_scratch, activations);
+#endif
+    throw_backend_unavailable("matmul_experts_swiglu", ctx.device());
 }
 
 // y += sum_j weight_j * expert_out[j] (expert_out: [k, n]), in order of j: weight_j the router's

@@ -39,7 +39,7 @@ bool matmul_supports(GGMLType type);
 
 // `w` where the context's device reads it, laid out as that device's kernels read it best: the CPU
 // uses w as it is (in the file mapping); a GPU gets a copy, in a buffer appended to `storage`, with
-// the int8 kernels' types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) split into planes.
+// the int8 kernels' types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K) split into planes.
 inline WeightMatrix place_weights(Context& ctx, const WeightMatrix& w, [[maybe_unused]] std::vector<Buffer>& storage) {
     if (ctx.device() == Device::CPU) return w;
 #ifdef TWINFER_WITH_CUDA

@@ -395,9 +395,7 @@ void TransformerModel::mixture_of_experts(const Layer& L, const float* h, size_t
     products(std::span(&output, 1), h, n_single, T - n_single);
     for (size_t t = 0; t < T; ++t) {
         compute::top_k(ctx_, router + t * X, X, K, chosen, chosen_logits);
-        compute::matmul_experts(ctx_, L.gate_exps, chosen, K, h + t * E, 0, gate, activations);
-        compute::matmul_experts(ctx_, L.up_exps, chosen, K, h + t * E, 0, up, activations);
-        compute::swiglu(ctx_, gate, up, K * FE, gate);
+        compute::matmul_experts_swiglu(ctx_, L.gate_exps, L.up_exps, chosen, K, h + t * E, gate, up, activations);
         compute::matmul_experts(ctx_, L.down_exps, chosen, K, gate, FE, expert_out, activations);
         compute::add_routed(ctx_, y + t * E, expert_out, E, router + t * X, X, chosen_logits, K, spec.normalize_expert_weights);
     }

@@ -20,6 +20,13 @@ void matmul_experts(Context& ctx, const ExpertMatrices& w, const int32_t* ids, s
     }
 }
 
+void matmul_experts_swiglu(Context& ctx, const ExpertMatrices& gate, const ExpertMatrices& up, const int32_t* ids,
+                           size_t k, const float* x, float* out, float* up_scratch, Activations activations) {
+    cpu::matmul_experts(ctx, gate, ids, k, x, 0, out, activations);
+    cpu::matmul_experts(ctx, up, ids, k, x, 0, up_scratch, activations);
+    cpu::swiglu(ctx, out, up_scratch, k * gate.rows(), out);
+}
+
 void add_routed(Context& ctx, float* y, const float* expert_out, size_t n, const float* router_logits, size_t n_experts,
                 const float* chosen_logits, size_t k, bool renormalize) {
     const double max_logit = chosen_logits[0];

@@ -165,6 +165,40 @@ top_k_kernel(const float* __restrict__ x, const uint64_t* __restrict__ in, int n
     }
 }
 
+// top_k of a router's few logits (a mixture-of-experts layer: 128 of them, 8 chosen, every layer
+// of every token): one warp, each lane holding its candidates' keys in registers; k rounds of a
+// warp-wide maximum, the lane that held it taking it out. The block sort above spends most of its
+// time on the 2,048 slots whatever n is.
+constexpr int small_top_k_items = 16;
+constexpr size_t small_top_k_n = 32 * small_top_k_items, small_top_k_k = 32;
+__global__ void __launch_bounds__(32)
+small_top_k_kernel(const float* __restrict__ x, int n, int k, int32_t* __restrict__ ids, float* __restrict__ values) {
+    grid_dependency_wait();
+    const int lane = int(threadIdx.x);
+    uint64_t keys[small_top_k_items];   // 0: none (every candidate's key is larger, x having no NaN)
+    uint64_t best = 0;
+#pragma unroll
+    for (int j = 0; j < small_top_k_items; ++j) {
+        const int i = lane + 32 * j;
+        keys[j] = i < n ? candidate_key(x[i], i) : 0;
+        best = max(best, keys[j]);
+    }
+    for (int rank = 0; rank < k; ++rank) {
+        uint64_t top = best;
+        for (int offset = 16; offset > 0; offset /= 2) top = max(top, __shfl_xor_sync(0xffffffffu, top, offset));
+        if (best != top) continue;   // keys are unique: one lane holds it
+        const int32_t id = candidate_index(top);
+        ids[rank] = id;
+        values[rank] = x[id];
+        best = 0;
+#pragma unroll
+        for (int j = 0; j < small_top_k_items; ++j) {
+            if (keys[j] == top) keys[j] = 0;
+            best = max(best, keys[j]);
+        }
+    }
+}
+
 }  // namespace
 
 void add(Context& ctx, float* x, const float* y, size_t n) {
@@ -225,6 +259,8 @@ void argmax(Context& ctx, const float* x, size_t n, int32_t* out) {
 }
 
 void top_k(Context& ctx, const float* x, size_t n, size_t k, int32_t* ids, float* values) {
+    if (n <= small_top_k_n && k <= small_top_k_k)
+        return launch_after_previous(ctx, small_top_k_kernel, 1, 32, 0, x, int(n), int(k), ids, values);
     DeviceContext& device = device_of(ctx);
     // Keys between passes, in two halves (a pass reads one, writes the other): the first pass's
     // output is the largest.

@@ -40,16 +40,13 @@ constexpr size_t min_gemm_tokens = 8;
 
 size_t matvec_shared_bytes(size_t cols) { return (cols / 32 * padded_unit + (cols / 16 + 3) / 4 * 4) * sizeof(float); }
 
-// Rows in the file's layout that are staged through shared memory (the K types: the planar types
+// Rows in the file's layout that are staged through shared memory (Q2_K, Q3_K: the planar types
 // are read in place, their codes already contiguous, and so are the float types): a warp's 32
 // consecutive units of one row, four whole blocks, in bytes; 0 for a type read in place.
 template <GGMLType T> __host__ __device__ constexpr size_t segment_bytes() {
     switch (T) {
     case GGMLType::Q2_K: return 4 * 84;
     case GGMLType::Q3_K: return 4 * 110;
-    case GGMLType::Q4_K: return 4 * 144;
-    case GGMLType::Q5_K: return 4 * 176;
-    case GGMLType::Q6_K: return 4 * 210;
     default: return 0;
     }
 }
@@ -70,8 +67,8 @@ template <GGMLType T> int segments_per_stage(size_t cols) {
     }
 }
 
-// Stage: staged<T>() and rows a whole number of 4-byte words (not so for an odd number of Q3_K or
-// Q6_K blocks, which are read in place).
+// Stage: staged<T>() and rows a whole number of 4-byte words (not so for an odd number of Q3_K
+// blocks, which are read in place).
 template <GGMLType T, bool Stage>
 __global__ void __launch_bounds__(matvec_warps * 32)
 matvec_kernel(const uint8_t* __restrict__ w, size_t row_bytes, int rows, int cols, const float* __restrict__ x,
@@ -274,23 +271,54 @@ void check_shape(const WeightMatrix& w) {
                                     ": place them with compute::place_weights");
 }
 
-// GGUF's blocks [n_blocks] to the planar layout, one thread per block.
+// GGUF's blocks to the planar layout (quant_decode.cuh), one thread per 32-weight block of the
+// n_blocks (a K type's sub-block: its super-block's header copied by the thread of sub-block 0).
 template <GGMLType T>
 __global__ void repack_kernel(const uint8_t* __restrict__ blocks, size_t n_blocks, uint8_t* __restrict__ planar) {
     const size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
     if (i >= n_blocks) return;
     using P = Planar<T>;
-    // The file's block: scales, fifth bits, codes.
-    const uint8_t* block = blocks + i * (P::code_bytes + P::high_bytes + P::scale_bytes);
     const PlanarView<T> view(planar, n_blocks);
-    auto* scales = const_cast<uint8_t*>(view.scales_of(i));
-    for (int k = 0; k < P::scale_bytes; ++k) scales[k] = block[k];
-    if constexpr (P::high_bytes != 0) {
-        auto* high = const_cast<uint8_t*>(view.high) + 4 * i;
-        for (int k = 0; k < 4; ++k) high[k] = block[P::scale_bytes + k];
-    }
     auto* codes = const_cast<uint8_t*>(view.codes_of(i));
-    for (int k = 0; k < P::code_bytes; ++k) codes[k] = block[P::scale_bytes + P::high_bytes + k];
+    auto* high = const_cast<uint8_t*>(view.high_of(i));
+    auto* scales = const_cast<uint8_t*>(view.scales_of(i));
+    if constexpr (!k_type<T>) {
+        // The file's block: scales, fifth bits, codes (already in the planar order).
+        const uint8_t* block = blocks + i * (P::code_bytes + P::high_bytes + P::scale_bytes);
+        for (int k = 0; k < P::scale_bytes; ++k) scales[k] = block[k];
+        for (int k = 0; k < P::high_bytes; ++k) high[k] = block[P::scale_bytes + k];
+        for (int k = 0; k < P::code_bytes; ++k) codes[k] = block[P::scale_bytes + P::high_bytes + k];
+    } else {
+        // Sub-block `sub` of a super-block: weight e's low four bits and high bits as ggml lays them
+        // (Q4_K, Q5_K: a nibble of byte 32 * (sub / 2) + e of qs, the fifth bit bit `sub` of qh[e];
+        // Q6_K: a nibble of ql, two bits of qh, by halves of 128 weights).
+        constexpr size_t super_bytes = T == GGMLType::Q4_K ? 144 : T == GGMLType::Q5_K ? 176 : 210;
+        const uint8_t* block = blocks + i / 8 * super_bytes;
+        const int sub = int(i % 8);
+        uint8_t low[32], high_bits[32];
+        for (int e = 0; e < 32; ++e) {
+            if constexpr (T == GGMLType::Q6_K) {
+                const int half = sub / 4, s = sub % 4;
+                low[e] = (block[64 * half + 32 * (s % 2) + e] >> (4 * (s / 2))) & 0xf;
+                high_bits[e] = (block[128 + 32 * half + e] >> (2 * s)) & 3;
+            } else {
+                low[e] = (block[(T == GGMLType::Q4_K ? 16 : 48) + 32 * (sub / 2) + e] >> (4 * (sub % 2))) & 0xf;
+                high_bits[e] = T == GGMLType::Q5_K ? (block[16 + e] >> sub) & 1 : 0;
+            }
+        }
+        for (int k = 0; k < 16; ++k) codes[k] = uint8_t(low[k] | low[16 + k] << 4);
+        // Q5_K: bit e of one word; Q6_K: bits 2e..2e+1 of word e / 16.
+        constexpr int bits = T == GGMLType::Q6_K ? 2 : 1;
+        for (int k = 0; k < P::high_bytes; ++k) {
+            uint32_t byte = 0;
+            for (int b = 0; b < 8 / bits; ++b) byte |= uint32_t(high_bits[k * 8 / bits + b]) << (bits * b);
+            high[k] = uint8_t(byte);
+        }
+        // The header: d, dmin and the 12 scale bytes at the block's start (Q4_K, Q5_K); Q6_K's 16
+        // scales and d at its end.
+        if (sub == 0)
+            for (int k = 0; k < P::group_bytes; ++k) scales[k] = block[(T == GGMLType::Q6_K ? 192 : 0) + k];
+    }
 }
 
 template <class F>
@@ -494,14 +522,29 @@ void matmul_swiglu(Context& ctx, const WeightMatrix& gate, const WeightMatrix& u
 }
 
 void matmul_experts(Context& ctx, const ExpertMatrices& w, const int32_t* ids, size_t k, const float* x, size_t x_stride,
-                    float* y) {
+                    float* y, Activations activations) {
     if (k == 0) return;
     // Float rows of any width take the ragged kernel; the others read x in 16-byte pieces.
     if (w.all.rows != w.rows() * w.n_experts || k > w.n_experts || (!ragged_float(w.all) && x_stride % 4 != 0))
         throw std::invalid_argument("CUDA matmul_experts: " + std::to_string(k) + " of " + std::to_string(w.n_experts) +
                                     " experts of [" + std::to_string(w.rows()) + ", " + std::to_string(w.all.cols) +
                                     "], input stride " + std::to_string(x_stride));
+    const MatmulOutput all{w.all, y};
+    if (int8_products(std::span(&all, 1), activations) && int8_matvec_experts(ctx, w.all, w.rows(), ids, k, x, x_stride, y))
+        return;
     matvec(ctx, w.all, MatvecRows{int(w.rows()), ids, int(k), int(x_stride)}, x, y, false);
+}
+
+void matmul_experts_swiglu(Context& ctx, const ExpertMatrices& gate, const ExpertMatrices& up, const int32_t* ids,
+                           size_t k, const float* x, float* out, float* up_scratch, Activations activations) {
+    if (k == 0) return;
+    const MatmulOutput both[] = {{gate.all, out}, {up.all, up_scratch}};
+    if (gate.n_experts == up.n_experts && int8_products(both, activations) &&
+        int8_matvec_experts(ctx, gate.all, gate.rows(), ids, k, x, 0, out, &up.all))
+        return;
+    cuda::matmul_experts(ctx, gate, ids, k, x, 0, out, activations);
+    cuda::matmul_experts(ctx, up, ids, k, x, 0, up_scratch, activations);
+    cuda::swiglu(ctx, out, up_scratch, k * gate.rows(), out);
 }
 
 void get_rows(Context& ctx, const WeightMatrix& table, const int32_t* ids, size_t n_ids, float* out) {

@@ -2,8 +2,8 @@
 // are quantized once per product (a small kernel, with the RMSNorm where there is one, or by the
 // kernel that produced them: PreparedInt8), then each warp streams one or two weight rows,
 // every lane taking whole 32-weight blocks in turn (lane, lane + 32, ...) and multiplying its
-// 4-bit, 5-bit or 8-bit codes by the int8 activations four at a time (__dp4a), in integers, with
-// one float multiply-add per block for the scales.
+// 4-, 5-, 6- or 8-bit codes by the int8 activations four at a time (__dp4a), in integers, with
+// one or two float multiply-adds per block for the scales.
 //
 // Why not the float kernel (matmul.cu): decoding every weight to float costs 32 conversions and 32
 // FMAs per block per lane, and the staging that made its loads coalesced needs up to 96 KiB of
@@ -11,8 +11,9 @@
 // DRAM's latency. Here a block is 4 warps and no shared memory.
 //
 // Loads: the weights are in the planar layout (quant_decode.cuh), so a lane reads its block's codes
-// with one 16-byte load (two for Q8_0) and its scale with one more; a warp's load instruction
-// covers 512 contiguous bytes.
+// with one 16-byte load (two for Q8_0), its high bits and scales with one or two more (a K type's
+// header is shared by the eight lanes of a super-block: one transaction); a warp's load
+// instruction for codes covers 512 contiguous bytes.
 #include <cuda_fp16.h>
 
 #include <algorithm>
@@ -73,12 +74,16 @@ struct ActivationBlock {
 };
 
 // One weight block in registers, loaded apart from its use so that a lane's loads for several
-// blocks are all in flight before the first is needed: its codes (16 or 32 bytes), fifth bits
-// (Q5_0, Q5_1) and scale bits (d, or d and m, as float16).
+// blocks are all in flight before the first is needed: its codes (16 or 32 bytes), high bits
+// (Q5_0, Q5_1, Q5_K: one word; Q6_K: two) and scale bits (d, or d and m, as float16; Q4_K and
+// Q5_K: the super-block's 16-byte header; Q6_K: the block's two int8 scales and d), and which
+// sub-block of its super-block it is (the K types).
 template <GGMLType T> struct WeightBlock {
-    uint32_t codes[Planar<T>::code_bytes / 4];
-    uint32_t high;
-    uint32_t scale;
+    using P = Planar<T>;
+    uint32_t codes[P::code_bytes / 4];
+    uint32_t high[P::high_bytes > 4 ? 2 : 1];
+    uint32_t scale[P::group_bytes == 16 ? 4 : 1];
+    int sub;
 };
 
 template <GGMLType T> __device__ __forceinline__ WeightBlock<T> load_block(const PlanarView<T>& v, size_t i) {
@@ -89,9 +94,25 @@ template <GGMLType T> __device__ __forceinline__ WeightBlock<T> load_block(const
         const uint4 c = __ldg(reinterpret_cast<const uint4*>(v.codes_of(i)) + k);
         b.codes[4 * k] = c.x, b.codes[4 * k + 1] = c.y, b.codes[4 * k + 2] = c.z, b.codes[4 * k + 3] = c.w;
     }
-    b.high = P::high_bytes != 0 ? __ldg(reinterpret_cast<const uint32_t*>(v.high) + i) : 0u;
-    if constexpr (P::scale_bytes == 2) b.scale = __ldg(reinterpret_cast<const unsigned short*>(v.scales) + i);
-    else b.scale = __ldg(reinterpret_cast<const uint32_t*>(v.scales) + i);
+    if constexpr (P::high_bytes == 8) {
+        const uint2 h = __ldg(reinterpret_cast<const uint2*>(v.high_of(i)));
+        b.high[0] = h.x, b.high[1] = h.y;
+    } else {
+        b.high[0] = P::high_bytes != 0 ? __ldg(reinterpret_cast<const uint32_t*>(v.high_of(i))) : 0u;
+    }
+    b.sub = int(i % 8);
+    const uint8_t* scales = v.scales_of(i);
+    if constexpr (P::group_bytes == 16) {
+        const uint4 h = __ldg(reinterpret_cast<const uint4*>(scales));
+        b.scale[0] = h.x, b.scale[1] = h.y, b.scale[2] = h.z, b.scale[3] = h.w;
+    } else if constexpr (P::group_bytes == 18) {   // Q6_K: scales 2 sub, 2 sub + 1, then d at byte 16
+        const auto* halves = reinterpret_cast<const unsigned short*>(scales);
+        b.scale[0] = uint32_t(__ldg(halves + b.sub)) | uint32_t(__ldg(halves + 8)) << 16;
+    } else if constexpr (P::scale_bytes == 2) {
+        b.scale[0] = __ldg(reinterpret_cast<const unsigned short*>(scales));
+    } else {
+        b.scale[0] = __ldg(reinterpret_cast<const uint32_t*>(scales));
+    }
     return b;
 }
 
@@ -111,27 +132,50 @@ __device__ __forceinline__ int five_bit_dot(uint32_t word, uint32_t qh, int k, c
     return __dp4a(int(((word >> 4) & 0x0F0F0F0Fu) | fifth_bits_of(qh >> (16 + 4 * k))), x.a[4 + k], dot);
 }
 
+// Q6_K's fifth and sixth bits of four weights (bits 2b..2b+1 of h, weight b) at bits 4..5 of byte b.
+__device__ __forceinline__ uint32_t high_two_bits_of(uint32_t h) {
+    return ((h & 0x3u) << 4) | ((h & 0xCu) << 10) | ((h & 0x30u) << 16) | ((h & 0xC0u) << 22);
+}
+
 __device__ __forceinline__ float half_bits(uint32_t bits) { return __half2float(__ushort_as_half(uint16_t(bits))); }
 
 // A block's dot product with an activation block. Codes c in [0, 16) or [0, 32) stand for
-// d * (c - offset) (Q4_0, Q5_0) or d * c + m (Q4_1, Q5_1); the offset or m term uses the
-// activations' d * sum(q).
+// d * (c - offset) (Q4_0, Q5_0) or d * c + m (Q4_1, Q5_1) or d * scale * c - dmin * min (Q4_K,
+// Q5_K); the offset or min term uses the activations' d * sum(q). Q6_K's codes in [0, 64) stand
+// for d * scale * (c - 32), a scale per 16 weights: c - 32 fits a signed byte, so each half is one
+// integer dot product.
 template <GGMLType T> __device__ __forceinline__ float block_dot(const WeightBlock<T>& w, const ActivationBlock& x) {
     using P = Planar<T>;
     int dot = 0;
     if constexpr (T == GGMLType::Q8_0) {
 #pragma unroll
         for (int k = 0; k < 8; ++k) dot = __dp4a(int(w.codes[k]), x.a[k], dot);
-        return half_bits(w.scale) * x.ds.x * float(dot);
+        return half_bits(w.scale[0]) * x.ds.x * float(dot);
+    } else if constexpr (T == GGMLType::Q6_K) {
+        int dot_low = 0, dot_high = 0;   // weights 0..15, 16..31
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            const uint32_t low = (w.codes[k] & 0x0F0F0F0Fu) | high_two_bits_of(w.high[0] >> (8 * k));
+            const uint32_t high = ((w.codes[k] >> 4) & 0x0F0F0F0Fu) | high_two_bits_of(w.high[1] >> (8 * k));
+            dot_low = __dp4a(int(__vsubss4(low, 0x20202020u)), x.a[k], dot_low);
+            dot_high = __dp4a(int(__vsubss4(high, 0x20202020u)), x.a[4 + k], dot_high);
+        }
+        const int scale_low = int(int8_t(w.scale[0] & 0xffu)), scale_high = int(int8_t((w.scale[0] >> 8) & 0xffu));
+        return half_bits(w.scale[0] >> 16) * x.ds.x * float(scale_low * dot_low + scale_high * dot_high);
     } else {
 #pragma unroll
         for (int k = 0; k < 4; ++k)
-            dot = P::high_bytes != 0 ? five_bit_dot(w.codes[k], w.high, k, x, dot) : nibble_dot(w.codes[k], k, x, dot);
-        if constexpr (T == GGMLType::Q4_0 || T == GGMLType::Q5_0) {
+            dot = P::high_bytes != 0 ? five_bit_dot(w.codes[k], w.high[0], k, x, dot) : nibble_dot(w.codes[k], k, x, dot);
+        if constexpr (k_type<T>) {
+            int scale, min;
+            k4_scale_min(w.scale, w.sub, scale, min);
+            const float2 dm = __half22float2(*reinterpret_cast<const __half2*>(&w.scale[0]));
+            return dm.x * float(scale) * x.ds.x * float(dot) - dm.y * float(min) * x.ds.y;
+        } else if constexpr (T == GGMLType::Q4_0 || T == GGMLType::Q5_0) {
             constexpr float offset = T == GGMLType::Q4_0 ? 8.0f : 16.0f;
-            return half_bits(w.scale) * (x.ds.x * float(dot) - offset * x.ds.y);
+            return half_bits(w.scale[0]) * (x.ds.x * float(dot) - offset * x.ds.y);
         } else {
-            const float2 dm = __half22float2(*reinterpret_cast<const __half2*>(&w.scale));
+            const float2 dm = __half22float2(*reinterpret_cast<const __half2*>(&w.scale[0]));
             return dm.x * x.ds.x * float(dot) + dm.y * x.ds.y;
         }
     }
@@ -187,6 +231,22 @@ enum class Epilogue {
                      // input prepared (NormOut, PreparedNorm): weight * y quantized, the block's
                      // sum of y^2 (one-wave launches). Given x in float (no kernel quantized it),
                      // each block quantizes it into shared memory first.
+    Experts,    // y_j = W_{ids[j]} x_j (compute::matmul_experts): grid row j takes the rows of the
+                // expert the router chose j-th (ExpertChoice), as Plain does the whole matrix's
+    ExpertsSwiglu,   // Swiglu over the chosen experts' gate and up rows (matmul_experts_swiglu)
+};
+__host__ __device__ constexpr bool gated(Epilogue E) {
+    return E == Epilogue::Swiglu || E == Epilogue::SwigluQuantize || E == Epilogue::ExpertsSwiglu;
+}
+__host__ __device__ constexpr bool chosen_rows(Epilogue E) { return E == Epilogue::Experts || E == Epilogue::ExpertsSwiglu; }
+
+// Experts' products: the router's choice in device memory, the matrix of all experts' rows, and
+// the distance between the quantized inputs x_j in 32-value blocks (0: one x for every expert).
+struct ExpertChoice {
+    const int32_t* ids = nullptr;
+    int n_chosen = 1;
+    int all_rows = 0;
+    int x_blocks = 0;
 };
 
 // Warps a block: 32 output rows for SwigluQuantize and AccumulateNorm, so that a 32-value block of
@@ -201,8 +261,8 @@ struct NormOut {
     float* partial_sums;
 };
 
-// Blocks per SM the register budget is held to: six (80 registers a thread) for the 4-bit types,
-// which fit that without spilling, five (102) for the 5-bit and 8-bit types, which spill at 80.
+// Blocks per SM the register budget is held to: six (80 registers a thread) for Q4_0 and Q4_1,
+// which fit that without spilling, five (102) for the 5-bit, 8-bit and K types, which spill at 80.
 // (SwigluQuantize's and AccumulateNorm's blocks of 16 warps: one.)
 template <GGMLType T> constexpr bool four_bit = T == GGMLType::Q4_0 || T == GGMLType::Q4_1;
 template <GGMLType T> constexpr int min_blocks_per_sm = four_bit<T> ? 6 : 5;
@@ -212,8 +272,8 @@ template <GGMLType T, int Rows, Epilogue E>
 __global__ void __launch_bounds__(warps_of<E> * 32, whole_blocks(E) ? 1 : min_blocks_per_sm<T>)
 int8_matvec_kernel(Targets targets, int n_blocks, const int8_t* __restrict__ qs, const float2* __restrict__ ds,
                    NormScale norm_scale, RopeStore rope_store, bool early_loads, QuantizedActivations out_int8,
-                   NormOut norm_out, const float* __restrict__ x_float) {
-    constexpr bool Swiglu = E == Epilogue::Swiglu || E == Epilogue::SwigluQuantize;
+                   NormOut norm_out, const float* __restrict__ x_float, ExpertChoice experts) {
+    constexpr bool Swiglu = gated(E);
     // The block's target, by constant indices: a runtime index into the parameters would copy
     // them to the stack (local memory) first.
     Target target = targets.t[0];
@@ -227,14 +287,24 @@ int8_matvec_kernel(Targets targets, int n_blocks, const int8_t* __restrict__ qs,
     constexpr int rows_of_target = Swiglu ? Rows / 2 : Rows;
     const int first_row = ((int(blockIdx.x) - target.first_block) * warps_of<E> + warp) * rows_of_target;
     if (!whole_blocks(E) && first_row >= target.rows) return;   // (whole_blocks: every warp has rows)
+    // Experts: which rows, known only once the router's top_k has finished (no early loads).
+    int first_expert_row = 0, matrix_rows = target.rows;
+    if constexpr (chosen_rows(E)) {
+        grid_dependency_wait();
+        first_expert_row = __ldg(experts.ids + blockIdx.y) * target.rows;
+        matrix_rows = experts.all_rows;
+        qs += size_t(blockIdx.y) * experts.x_blocks * 32;
+        ds += size_t(blockIdx.y) * experts.x_blocks;
+        target.y += size_t(blockIdx.y) * target.rows;
+    }
     // Row r's block b is block r * n_blocks + b of its matrix.
     PlanarView<T> view[Rows];
     size_t first_block_of[Rows];
 #pragma unroll
     for (int r = 0; r < Rows; ++r) {
         const Target& m = Swiglu && r % 2 == 1 ? targets.t[1] : target;
-        view[r] = PlanarView<T>(m.w, size_t(m.rows) * n_blocks);
-        first_block_of[r] = size_t(min(first_row + (Swiglu ? r / 2 : r), target.rows - 1)) * n_blocks;
+        view[r] = PlanarView<T>(m.w, size_t(Swiglu && !chosen_rows(E) ? m.rows : matrix_rows) * n_blocks);
+        first_block_of[r] = size_t(first_expert_row + min(first_row + (Swiglu ? r / 2 : r), target.rows - 1)) * n_blocks;
     }
     // A lane's blocks lane, lane + 32, ... in batches whose loads are all issued before the first
     // is used: a plain loop over them (unrolled by 4, with a remainder loop) waited out one memory
@@ -452,8 +522,9 @@ template <GGMLType T, int Rows, Epilogue E> int resident_blocks(Context& ctx) {
 
 template <GGMLType T, int Rows, Epilogue E>
 void launch(Context& ctx, Targets targets, int n_blocks, const QuantizedActivations& q, const RopeStore& rope_store,
-            const QuantizedActivations& out_int8 = {}, const NormOut& norm_out = {}, const float* x_float = nullptr) {
-    constexpr bool Swiglu = E == Epilogue::Swiglu || E == Epilogue::SwigluQuantize;
+            const QuantizedActivations& out_int8 = {}, const NormOut& norm_out = {}, const float* x_float = nullptr,
+            const ExpertChoice& experts = {}) {
+    constexpr bool Swiglu = gated(E);
     int blocks = 0;
     for (int i = 0; i < targets.n; ++i) {
         targets.t[i].first_block = blocks;
@@ -463,10 +534,11 @@ void launch(Context& ctx, Targets targets, int n_blocks, const QuantizedActivati
     // Early weight loads only where the whole grid is resident at once: a launch of several waves
     // is bandwidth-bound, and its early loads only took bandwidth from the kernel before it
     // (Llama 2 7B decoding -3%, SmolLM2 and TinyLlama +1..5%; BENCHMARKS.md, session 4).
-    const bool early_loads = blocks <= resident_blocks<T, Rows, E>(ctx);
+    const bool early_loads = !chosen_rows(E) && blocks <= resident_blocks<T, Rows, E>(ctx);
     const size_t shared_bytes = x_float ? shared_activation_bytes(n_blocks) : 0;
-    launch_after_previous(ctx, int8_matvec_kernel<T, Rows, E>, unsigned(blocks), warps_of<E> * 32, shared_bytes, targets,
-                          n_blocks, q.qs, q.ds, q.norm_scale, rope_store, early_loads, out_int8, norm_out, x_float);
+    launch_after_previous(ctx, int8_matvec_kernel<T, Rows, E>, dim3(unsigned(blocks), unsigned(experts.n_chosen)),
+                          warps_of<E> * 32, shared_bytes, targets, n_blocks, q.qs, q.ds, q.norm_scale, rope_store,
+                          early_loads, out_int8, norm_out, x_float, experts);
 }
 
 template <GGMLType T>
@@ -582,6 +654,29 @@ bool int8_matvec_then_norm(Context& ctx, const MatmulOutput& out, const float* x
         launched = true;
     });
     return launched;
+}
+
+bool int8_matvec_experts(Context& ctx, const WeightMatrix& all, size_t rows, const int32_t* ids, size_t k,
+                         const float* x, size_t x_stride, float* y, const WeightMatrix* up) {
+    if (x_stride != 0 && x_stride != all.cols) return false;
+    if (up && (up->type != all.type || up->rows != all.rows || up->cols != all.cols || x_stride != 0)) return false;
+    // Each x_j quantized: one launch over the k contiguous rows.
+    const QuantizedActivations q = quantized(ctx, x, nullptr, (x_stride ? k : 1) * all.cols);
+    Targets targets{};
+    targets.t[0] = target_of(all, y, false);
+    targets.t[0].rows = int(rows);
+    if (up) targets.t[1] = target_of(*up, nullptr, false);
+    targets.n = up ? 2 : 1;
+    const int n_blocks = int(all.cols / 32);
+    const ExpertChoice experts{ids, int(k), int(all.rows), x_stride ? n_blocks : 0};
+    with_int8_type(all.type, [&]<GGMLType T>() {
+        if (up) return launch<T, 2, Epilogue::ExpertsSwiglu>(ctx, targets, n_blocks, q, RopeStore{}, {}, {}, nullptr, experts);
+        // Two rows a warp where one each would take more than a wave, as for a plain product.
+        if (k * rows > size_t(warps_per_block) * resident_blocks<T, 1, Epilogue::Experts>(ctx))
+            launch<T, 2, Epilogue::Experts>(ctx, targets, n_blocks, q, RopeStore{}, {}, {}, nullptr, experts);
+        else launch<T, 1, Epilogue::Experts>(ctx, targets, n_blocks, q, RopeStore{}, {}, {}, nullptr, experts);
+    });
+    return true;
 }
 
 void int8_matvec_swiglu(Context& ctx, const WeightMatrix& gate, const WeightMatrix& up, const float* x,

@@ -77,7 +77,7 @@ __device__ __forceinline__ void quantize_block(const float* __restrict__ x, int8
 
 bool int8_matvec_supports(GGMLType type);
 // y = W x (or y += W x, MatmulOutput::accumulate) for token `token` of every output, whose types
-// int8_matvec_supports (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0): up to three matrices of one type per launch.
+// int8_matvec_supports (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K): up to three matrices of one type per launch.
 // x: the token's [cols] floats; norm (or null): x := RMSNorm(x) * norm.weight first, also written
 // to norm->out (the token's row) — except where x's producer prepared that norm (PreparedNorm,
 // int8_matvec_then_norm): then its quantized input and sums of squares are used, nothing written.
@@ -95,6 +95,13 @@ bool int8_matvec_rope_store(Context& ctx, std::span<const MatmulOutput, 3> qkv, 
 // more than one wave of its blocks. x: as the kernel that wrote it quantized it (PreparedInt8), or
 // else quantized by this launch's blocks themselves.
 bool int8_matvec_then_norm(Context& ctx, const MatmulOutput& out, const float* x, const RmsNorm& next_norm);
+// y_j = W_{ids[j]} x_j for j < k (compute::matmul_experts): `all` the experts' matrices stacked,
+// `rows` rows each, planar and of a type int8_matvec_supports; x_j = x + j * x_stride. With `up`
+// (the up experts, of all's type and shape; one x): y_j = silu(all_j x) * (up_j x) in the same
+// launch (compute::matmul_experts_swiglu). False, with nothing done, for an x_stride other than 0
+// (one x) or all.cols (k contiguous rows), or an up unlike all.
+bool int8_matvec_experts(Context& ctx, const WeightMatrix& all, size_t rows, const int32_t* ids, size_t k,
+                         const float* x, size_t x_stride, float* y, const WeightMatrix* up = nullptr);
 // out = silu(W_gate x) * (W_up x), gate and up of one shape and type, in one launch.
 void int8_matvec_swiglu(Context& ctx, const WeightMatrix& gate, const WeightMatrix& up, const float* x,
                         const RmsNorm* norm, float* out);

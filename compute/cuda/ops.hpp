@@ -23,7 +23,7 @@ enum class Activations;
 namespace twinfer::compute::cuda {
 
 // Matrix products. One token (up to 7, one at a time): Activations::Int8 with Q4_0, Q4_1, Q5_0,
-// Q5_1 or Q8_0 weights quantizes x to int8 and runs integer dot products (matvec_int8.cu);
+// Q5_1, Q8_0, Q4_K, Q5_K or Q6_K weights quantizes x to int8 and runs integer dot products (matvec_int8.cu);
 // otherwise a fused dequantize-dot kernel in float32. Several tokens: the weights dequantized to
 // float16 and a cuBLAS float16 product with float32 accumulation (float32 for F32 weights); see
 // matmul.cu for its error. x must be 16-byte aligned (cudaMalloc memory at a multiple of 4 floats).
@@ -39,9 +39,13 @@ void matmul(Context& ctx, std::span<const MatmulOutput> outputs, const float* x,
 // out = silu(W_gate x) * (W_up x); one token with int8 activations is one fused launch.
 void matmul_swiglu(Context& ctx, const WeightMatrix& gate, const WeightMatrix& up, const float* x, size_t n_tokens,
                    float* out, float* up_scratch, Activations activations, const RmsNorm* norm = nullptr);
-// compute::matmul_experts (compute/experts.hpp), float activations.
+// compute::matmul_experts (compute/experts.hpp): int8 activations as matmul takes them (an
+// x_stride of 0 or w.all.cols), float otherwise.
 void matmul_experts(Context& ctx, const ExpertMatrices& w, const int32_t* ids, size_t k, const float* x, size_t x_stride,
-                    float* y);
+                    float* y, Activations activations);
+// compute::matmul_experts_swiglu: gate and up in one launch where both take the int8 kernels.
+void matmul_experts_swiglu(Context& ctx, const ExpertMatrices& gate, const ExpertMatrices& up, const int32_t* ids,
+                           size_t k, const float* x, float* out, float* up_scratch, Activations activations);
 // ids in device memory, each < table.rows (the caller checks: a kernel cannot throw).
 void get_rows(Context& ctx, const WeightMatrix& table, const int32_t* ids, size_t n_ids, float* out);
 // Dequantize a whole matrix to float ([rows, cols]); for tests and the float16 product's tiles.

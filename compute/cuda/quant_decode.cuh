@@ -100,7 +100,7 @@ template <> __device__ __forceinline__ void decode_unit<GGMLType::BF16>(const ui
 }
 
 // Two bits per element, 32 bytes per 128-element half: element 32 * s + e of the half is bits
-// 2s..2s+1 of byte e (Q2_K, Q3_K, Q6_K). Fills q[k] for the unit's s.
+// 2s..2s+1 of byte e (Q2_K, Q3_K). Fills q[k] for the unit's s.
 __device__ __forceinline__ void two_bits(Unit& u, const uint8_t* half_bytes, int s) {
 #pragma unroll
     for (int w = 0; w < 8; ++w) {
@@ -146,105 +146,37 @@ template <> __device__ __forceinline__ void decode_unit<GGMLType::Q3_K>(const ui
     }
 }
 
-// Q4_K / Q5_K's scale and min of sub-block j (ggml's get_scale_min_k4).
-__device__ __forceinline__ void k4_scale_min(const uint8_t* scales, int j, float& scale, float& min) {
-    if (j < 4) {
-        scale = float(scales[j] & 63);
-        min = float(scales[j + 4] & 63);
-    } else {
-        scale = float((scales[j + 4] & 0xf) | ((scales[j - 4] >> 6) << 4));
-        min = float((scales[j + 4] >> 4) | ((scales[j] >> 6) << 4));
-    }
-}
-
-// Q4_K / Q5_K low nibbles: sub-block j uses bytes 32 * (j / 2).. of qs, low nibbles for even j.
-__device__ __forceinline__ void k4_nibbles(Unit& u, const uint8_t* qs, int sub) {
-    const auto* v = reinterpret_cast<const uint4*>(qs + 32 * (sub / 2));
-    const int shift = 4 * (sub % 2);
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-        const uint4 p = v[i];
-        const uint32_t words[4] = {p.x, p.y, p.z, p.w};
-#pragma unroll
-        for (int w = 0; w < 4; ++w)
-#pragma unroll
-            for (int b = 0; b < 4; ++b) u.q[16 * i + 4 * w + b] = code((byte_of(words[w], b) >> shift) & 0xf);
-    }
-}
-
-__device__ __forceinline__ void k4_affine(Unit& u, const uint8_t* block, int sub) {
-    float scale, min;
-    k4_scale_min(block + 4, sub, scale, min);
-    set_affine(u, half_at(block) * scale, -half_at(block + 2) * min);
-}
-
-template <> __device__ __forceinline__ void decode_unit<GGMLType::Q4_K>(const uint8_t* row, int unit, Unit& u) {
-    const uint8_t* block = row + 144 * (unit / 8);
-    const int sub = unit % 8;
-    k4_nibbles(u, block + 16, sub);
-    k4_affine(u, block, sub);
-}
-
-template <> __device__ __forceinline__ void decode_unit<GGMLType::Q5_K>(const uint8_t* row, int unit, Unit& u) {
-    const uint8_t* block = row + 176 * (unit / 8);
-    const int sub = unit % 8;
-    k4_nibbles(u, block + 48, sub);
-    const auto* qh = reinterpret_cast<const uint4*>(block + 16);
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-        const uint4 p = qh[i];
-        const uint32_t words[4] = {p.x, p.y, p.z, p.w};
-#pragma unroll
-        for (int w = 0; w < 4; ++w)
-#pragma unroll
-            for (int b = 0; b < 4; ++b) u.q[16 * i + 4 * w + b] += float((byte_of(words[w], b) >> sub) & 1u) * 16.0f;
-    }
-    k4_affine(u, block, sub);
-}
-
-template <> __device__ __forceinline__ void decode_unit<GGMLType::Q6_K>(const uint8_t* row, int unit, Unit& u) {
-    const uint8_t* block = row + 210 * (unit / 8);
-    const int sub = unit % 8, half = sub / 4, s = sub % 4;
-    const float d = half_at(block + 208);
-    two_bits(u, block + 128 + 32 * half, s);  // the high two bits, shifted into place below
-    const uint8_t* ql = block + 64 * half + 32 * (s % 2);
-    const int shift = 4 * (s / 2);
-#pragma unroll
-    for (int w = 0; w < 8; ++w) {
-        const uint32_t word = u32_a2(ql + 4 * w) >> shift;
-#pragma unroll
-        for (int i = 0; i < 4; ++i) u.q[4 * w + i] = u.q[4 * w + i] * 16.0f + code(byte_of(word, i) & 0xf);
-    }
-    const auto* scales = reinterpret_cast<const int8_t*>(block + 192);
-#pragma unroll
-    for (int g = 0; g < 2; ++g) {
-        u.a[g] = d * float(scales[2 * sub + g]);
-        u.b[g] = -32.0f * u.a[g];
-    }
-}
-
-// The GPU's layout of the types of the int8 kernels (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0): a matrix's
-// blocks split into three planes -- every block's codes (16 or 32 bytes), then every block's fifth
-// bits (Q5_0, Q5_1: 4 bytes), then every block's scales (d, or d and m: 2 or 4 bytes) -- block
-// i = row * blocks_per_row + b at i times the plane's width. Same size as the file's layout. A
-// warp's lanes then read 32 neighbouring blocks' codes with one 16-byte load each, 512 contiguous
-// bytes, where GGUF's 18- to 34-byte blocks allow only 2-byte loads (up to 17 per block) spread
-// over the warp's span: a 4096-wide Q4_0 product went from 9 load instructions per block to 2.
+// The GPU's layout of the types of the int8 kernels (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K,
+// Q6_K): a matrix's 32-weight blocks (a K type's sub-blocks) split into three planes -- every
+// block's codes (16 or 32 bytes), then every block's high bits (Q5_0, Q5_1, Q5_K: the fifth, 4
+// bytes; Q6_K: the fifth and sixth, 8 bytes), then the scales: every block's (d, or d and m: 2 or
+// 4 bytes), or for the K types every 256-weight super-block's header (Q4_K, Q5_K: d, dmin and the
+// 12 bytes of 6-bit scales and mins; Q6_K: the 16 int8 scales, then d) -- block i = row *
+// blocks_per_row + b at i times the plane's width. Same size as the file's layout. A warp's lanes
+// then read 32 neighbouring blocks' codes with one 16-byte load each, 512 contiguous bytes, where
+// GGUF's 18- to 34-byte blocks allow only 2-byte loads (up to 17 per block) spread over the warp's
+// span: a 4096-wide Q4_0 product went from 9 load instructions per block to 2. Every type's codes
+// are in Q4_0's order (byte k: weight k in the low nibble, weight 16 + k in the high one; Q8_0:
+// byte k is weight k), and high bits in weight order (bit k, or bits 2k..2k+1 counting from
+// weight 16's for the second word), so that one integer dot product serves them all.
 // compute::place_weights lays weights out so on upload (repack_kernel in matmul.cu).
 template <GGMLType T> struct Planar {
     static constexpr bool used = false;
 };
-// A planar type's bytes per block in each plane. In the file's block they sit in the other order:
-// scales at byte 0, then the fifth bits, then the codes.
-template <int Code, int High, int Scale> struct PlanarBlock {
+// A planar type's bytes per block in each plane (Group: per super-block of 8 blocks, the K types).
+template <int Code, int High, int Scale, int Group = 0> struct PlanarBlock {
     static constexpr bool used = true;
-    static constexpr int code_bytes = Code, high_bytes = High, scale_bytes = Scale;
+    static constexpr int code_bytes = Code, high_bytes = High, scale_bytes = Scale, group_bytes = Group;
 };
 template <> struct Planar<GGMLType::Q4_0> : PlanarBlock<16, 0, 2> {};   // d
 template <> struct Planar<GGMLType::Q4_1> : PlanarBlock<16, 0, 4> {};   // d, m
 template <> struct Planar<GGMLType::Q5_0> : PlanarBlock<16, 4, 2> {};
 template <> struct Planar<GGMLType::Q5_1> : PlanarBlock<16, 4, 4> {};
 template <> struct Planar<GGMLType::Q8_0> : PlanarBlock<32, 0, 2> {};
+template <> struct Planar<GGMLType::Q4_K> : PlanarBlock<16, 0, 0, 16> {};
+template <> struct Planar<GGMLType::Q5_K> : PlanarBlock<16, 4, 0, 16> {};
+template <> struct Planar<GGMLType::Q6_K> : PlanarBlock<16, 8, 0, 18> {};
+template <GGMLType T> constexpr bool k_type = Planar<T>::used && Planar<T>::group_bytes != 0;
 
 // The three planes of a planar matrix of n_blocks blocks.
 template <GGMLType T> struct PlanarView {
@@ -255,11 +187,27 @@ template <GGMLType T> struct PlanarView {
     __host__ __device__ PlanarView(const uint8_t* data, size_t n_blocks)
         : codes(data), high(data + n_blocks * Planar<T>::code_bytes),
           scales(data + n_blocks * (Planar<T>::code_bytes + Planar<T>::high_bytes)) {}
-    // Block i's codes, fifth bits and scales.
+    // Block i's codes, high bits and scales (a K type's: its super-block's header).
     __device__ const uint8_t* codes_of(size_t i) const { return codes + i * Planar<T>::code_bytes; }
-    __device__ uint32_t high_of(size_t i) const { return *reinterpret_cast<const uint32_t*>(high + i * 4); }
-    __device__ const uint8_t* scales_of(size_t i) const { return scales + i * Planar<T>::scale_bytes; }
+    __device__ const uint8_t* high_of(size_t i) const { return high + i * Planar<T>::high_bytes; }
+    __device__ const uint8_t* scales_of(size_t i) const {
+        return scales + i * Planar<T>::scale_bytes + i / 8 * Planar<T>::group_bytes;
+    }
 };
+
+// Q4_K / Q5_K's scale and min of sub-block j from the words of its super-block's header (as
+// k4_scale_min, without indexing the words by j).
+__device__ __forceinline__ void k4_scale_min(const uint32_t header[4], int j, int& scale, int& min) {
+    const int shift = 8 * (j & 3);
+    const uint32_t low = header[1] >> shift, middle = header[2] >> shift, high = header[3] >> shift;
+    if (j < 4) {
+        scale = int(low & 63);
+        min = int(middle & 63);
+    } else {
+        scale = int((high & 0xf) | ((low >> 6) & 3) << 4);
+        min = int(((high >> 4) & 0xf) | ((middle >> 6) & 3) << 4);
+    }
+}
 
 // Block i of a planar matrix as a unit of 32 weights (one block is one unit for these types).
 template <GGMLType T> __device__ __forceinline__ void decode_planar(const PlanarView<T>& v, size_t i, Unit& u) {
@@ -274,13 +222,35 @@ template <GGMLType T> __device__ __forceinline__ void decode_planar(const Planar
         }
         const float d = half_at(scales);
         set_affine(u, d, -128.0f * d);
+    } else if constexpr (T == GGMLType::Q6_K) {
+        nibbles(u, codes, u32_a4);
+        const int sub = int(i % 8);
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const uint32_t word = u32_a4(v.high_of(i) + 4 * h);
+#pragma unroll
+            for (int k = 0; k < 16; ++k) u.q[16 * h + k] += float((word >> (2 * k)) & 3u) * 16.0f;
+        }
+        const float d = half_at(scales + 16);
+#pragma unroll
+        for (int g = 0; g < 2; ++g) {
+            u.a[g] = d * float(int8_t(scales[2 * sub + g]));
+            u.b[g] = -32.0f * u.a[g];
+        }
     } else {
         nibbles(u, codes, u32_a4);
-        if constexpr (Planar<T>::high_bytes != 0) fifth_bits(u, v.high_of(i));
-        const float d = half_at(scales);
-        if constexpr (T == GGMLType::Q4_0) set_affine(u, d, -8.0f * d);
-        else if constexpr (T == GGMLType::Q5_0) set_affine(u, d, -16.0f * d);
-        else set_affine(u, d, half_at(scales + 2));   // Q4_1, Q5_1: d and m
+        if constexpr (Planar<T>::high_bytes != 0) fifth_bits(u, u32_a4(v.high_of(i)));
+        if constexpr (k_type<T>) {
+            const uint32_t header[4] = {u32_a4(scales), u32_a4(scales + 4), u32_a4(scales + 8), u32_a4(scales + 12)};
+            int scale, min;
+            k4_scale_min(header, int(i % 8), scale, min);
+            set_affine(u, half_at(scales) * float(scale), -half_at(scales + 2) * float(min));
+        } else {
+            const float d = half_at(scales);
+            if constexpr (T == GGMLType::Q4_0) set_affine(u, d, -8.0f * d);
+            else if constexpr (T == GGMLType::Q5_0) set_affine(u, d, -16.0f * d);
+            else set_affine(u, d, half_at(scales + 2));   // Q4_1, Q5_1: d and m
+        }
     }
 }
 

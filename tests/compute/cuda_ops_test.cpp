@@ -133,8 +133,9 @@ TEST_P(CudaMatmul, MatchesCpu) {
 
     // Int8 activations on the integer kernels (matvec_int8.cu): the CPU's quantization scheme on
     // the same x, so the same codes and only the summation order differs.
-    const bool int8_kernel = n_tokens < 8 && (type == GGMLType::Q4_0 || type == GGMLType::Q4_1 || type == GGMLType::Q5_0 ||
-                                              type == GGMLType::Q5_1 || type == GGMLType::Q8_0);
+    const bool int8_kernel =
+        n_tokens < 8 && (type == GGMLType::Q4_0 || type == GGMLType::Q4_1 || type == GGMLType::Q5_0 || type == GGMLType::Q5_1 ||
+                         type == GGMLType::Q8_0 || type == GGMLType::Q4_K || type == GGMLType::Q5_K || type == GGMLType::Q6_K);
     if (int8_kernel) {
         std::vector<float> want_int8(n_tokens * rows);
         matmul(cpu, w_cpu, x.data(), n_tokens, want_int8.data(), Activations::Int8);
@@ -160,6 +161,7 @@ std::vector<MatmulCase> matmul_cases() {
         cases.push_back({type, 70, 1024, 20}); // the float16 cuBLAS product
     }
     cases.push_back({GGMLType::Q4_0, 24, 11008, 1});  // x past 48 KiB of shared memory
+    cases.push_back({GGMLType::Q4_K, 24, 11008, 1});  // 43 super-blocks: a lane's last batch partial
     // K types staged in more than one pass per row (a stage holds 7,168 columns of Q6_K, 13,312 of
     // Q3_K), each pass starting on its own block boundary: Llama 3 8B's feed-forward width.
     cases.push_back({GGMLType::Q6_K, 24, 14336, 1});
@@ -232,9 +234,11 @@ TEST_F(CudaOps, FusedProductsMatchCpu) {
     // and by two rows of each (5,632, TinyLlama's), on an H100.
     for (const Shape& shape : {Shape{576, {576, 192, 70}}, Shape{4160, {12288, 4100, 70}},
                                Shape{11008, {4128, 64, 8}}, Shape{2048, {5632, 256, 64}}})
-        for (GGMLType type : {GGMLType::Q4_0, GGMLType::Q4_1, GGMLType::Q5_0, GGMLType::Q8_0})
+        for (GGMLType type : {GGMLType::Q4_0, GGMLType::Q4_1, GGMLType::Q5_0, GGMLType::Q8_0, GGMLType::Q4_K, GGMLType::Q5_K,
+                              GGMLType::Q6_K})
         for (size_t n_tokens : {size_t{1}, size_t{20}}) {
-            if (shape.cols > 576 && n_tokens > 1) continue;
+            const size_t block = type_traits(type).block_size;   // the down product's columns are heights[0]
+            if ((shape.cols > 576 && n_tokens > 1) || shape.cols % block != 0 || shape.heights[0] % block != 0) continue;
             const size_t cols = shape.cols;
             const auto& heights = shape.heights;
             const double tolerance = n_tokens == 1 ? 1e-5 : float_tolerance;
@@ -403,11 +407,12 @@ TEST_F(CudaOps, ProjectRopeStoreAtMatchesSeparateSteps) {
     const size_t n_ctx = 40;
     const int32_t position = 29;
     for (const Heads& heads : {Heads{6, 2, 64, 576}, Heads{32, 32, 128, 4096}})
-    for (GGMLType type : {GGMLType::Q4_0, GGMLType::Q8_0})
+    for (GGMLType type : {GGMLType::Q4_0, GGMLType::Q8_0, GGMLType::Q4_K, GGMLType::Q6_K})
     for (auto pairing : {RopeParams::Pairing::Adjacent, RopeParams::Pairing::Halves})
     for (size_t n_rot : {heads.head_dim, heads.head_dim * 3 / 4})
     for (Activations activations : {Activations::Int8, Activations::Float32}) {
         const auto [n_head, n_head_kv, head_dim, cols] = heads;
+        if (cols % type_traits(type).block_size != 0) continue;
         const size_t q_rows = n_head * head_dim, kv_rows = n_head_kv * head_dim;
         SCOPED_TRACE(std::string(type_name(type)) + " heads of " + std::to_string(head_dim) +
                      (pairing == RopeParams::Pairing::Adjacent ? " adjacent" : " halves") + " n_rot " + std::to_string(n_rot) +
@@ -541,12 +546,12 @@ TEST_F(CudaOps, Argmax) {
     EXPECT_EQ(to_host(out, 1)[0], 31337);
 }
 
-// top_k against the CPU's (a partial sort): one block (n <= 2,048), two passes, three (Llama 3's
-// vocabulary with k = 256); ties put the lower index first, -0 equals +0 (both in the top), -inf
-// kept in order.
+// top_k against the CPU's (a partial sort): one warp (n <= 512, k <= 32: a router's choice), one
+// block (n <= 2,048), two passes, three (Llama 3's vocabulary with k = 256); ties put the lower
+// index first, -0 equals +0 (both in the top), -inf kept in order.
 TEST_F(CudaOps, TopKMatchesCpu) {
-    for (auto [n, k] : {std::pair<size_t, size_t>{1000, 1}, {2048, 40}, {49152, 40}, {49152, 256}, {128256, 256},
-                        {5000, 250}}) {
+    for (auto [n, k] : {std::pair<size_t, size_t>{128, 8}, {512, 32}, {96, 32}, {40, 40}, {1000, 1}, {2048, 40},
+                        {49152, 40}, {49152, 256}, {128256, 256}, {5000, 250}}) {
         auto x = random(n);
         for (float& v : x) v -= 3.0f;   // so that the zeros below rank high
         for (size_t i = 0; i < n; i += 97) x[i] = -0.25f;   // many ties
@@ -566,23 +571,48 @@ TEST_F(CudaOps, TopKMatchesCpu) {
 }
 
 // A mixture-of-experts layer's products for one token against the CPU's, the chosen experts read
-// from device memory: one input for all (gate, up) and one per expert (down), a planar type, a
-// staged K type and float rows of a ragged width; then the weighted sum, with and without renormalization over the chosen.
+// from device memory: one input for all (gate, up) and one per expert (down); planar types and K
+// types with float and int8 activations (int8: the CPU's quantization, so the same codes, and two
+// rows a warp where the chosen rows pass a wave of one a warp), float rows of a ragged width; then
+// the weighted sum, with and without renormalization over the chosen.
 TEST_F(CudaOps, ExpertProductsMatchCpu) {
-    const size_t n_experts = 16, k = 4, rows = 96;
+    const size_t n_experts = 16, k = 4;
     const std::vector<int32_t> ids = {11, 0, 15, 3};
-    for (auto [type, cols] : {std::pair{GGMLType::Q8_0, size_t{512}}, {GGMLType::Q4_K, size_t{512}},
-                              {GGMLType::F16, size_t{512}}, {GGMLType::F32, size_t{24}}}) {   // F32 24: ragged rows
+    struct Case {
+        GGMLType type;
+        size_t rows, cols;
+    };
+    for (auto [type, rows, cols] : {Case{GGMLType::Q8_0, 96, 512}, Case{GGMLType::Q4_K, 96, 512}, Case{GGMLType::Q6_K, 96, 768},
+                                    Case{GGMLType::Q4_K, 1536, 2048}, Case{GGMLType::F16, 96, 512},
+                                    Case{GGMLType::F32, 96, 24}}) {   // F32 24: ragged rows
         const auto weights = random_weights(type, n_experts * rows, cols, rng);
         const ExpertMatrices w_cpu{{type, n_experts * rows, cols, weights.data()}, n_experts};
         const ExpertMatrices w_gpu{placed(type, n_experts * rows, cols, weights), n_experts};
+        const bool quantized = type != GGMLType::F16 && type != GGMLType::F32;
+        for (Activations activations : {Activations::Float32, Activations::Int8})
         for (size_t x_stride : {size_t{0}, cols}) {
+            if (activations == Activations::Int8 && !quantized) continue;
             const auto x = random(k * cols);
             std::vector<float> want(k * rows);
-            matmul_experts(cpu, w_cpu, ids.data(), k, x.data(), x_stride, want.data(), Activations::Float32);
+            matmul_experts(cpu, w_cpu, ids.data(), k, x.data(), x_stride, want.data(), activations);
             float* y = poisoned(k * rows);
-            matmul_experts(*gpu, w_gpu, to_device(ids), k, to_device(x), x_stride, y, Activations::Float32);
-            EXPECT_LT(relative_error(to_host(y, want.size()), want), float_tolerance) << type_name(type) << " " << x_stride;
+            matmul_experts(*gpu, w_gpu, to_device(ids), k, to_device(x), x_stride, y, activations);
+            EXPECT_LT(relative_error(to_host(y, want.size()), want), activations == Activations::Int8 ? 1e-5 : float_tolerance)
+                << type_name(type) << " rows " << rows << " stride " << x_stride
+                << (activations == Activations::Int8 ? " int8" : " float");
+            if (x_stride != 0) continue;
+            // Gate and up (w as gate, a second set as up) and SwiGLU: one launch on the int8 kernels.
+            const auto up_weights = random_weights(type, n_experts * rows, cols, rng);
+            const ExpertMatrices up_cpu{{type, n_experts * rows, cols, up_weights.data()}, n_experts};
+            const ExpertMatrices up_gpu{placed(type, n_experts * rows, cols, up_weights), n_experts};
+            std::vector<float> swiglu_want(k * rows), scratch(k * rows);
+            matmul_experts_swiglu(cpu, w_cpu, up_cpu, ids.data(), k, x.data(), swiglu_want.data(), scratch.data(), activations);
+            float* swiglu_out = poisoned(k * rows);
+            matmul_experts_swiglu(*gpu, w_gpu, up_gpu, to_device(ids), k, to_device(x), swiglu_out, poisoned(k * rows),
+                                  activations);
+            EXPECT_LT(relative_error(to_host(swiglu_out, swiglu_want.size()), swiglu_want),
+                      activations == Activations::Int8 ? 1e-5 : float_tolerance)
+                << type_name(type) << " rows " << rows << " swiglu" << (activations == Activations::Int8 ? " int8" : " float");
         }
     }
     const size_t n = 1000;
