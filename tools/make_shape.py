@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Benchmark shapes of models whose weights cannot travel to the GPU machine (Qwen3-1.7B,
-Qwen3-30B-A3B): their tensor list with the types llama-quantize gives for Q4_K_M, and a
+Qwen3-30B-A3B, Llama-3.2-1B, Llama-3.1-8B): their tensor list with the types llama-quantize gives for Q4_K_M, and a
 metadata-only GGUF (the hyper-parameters of the model's config.json and a vocabulary GGUF's
 tokenizer). `twinfer_make_random_model like TSV METADATA.gguf OUT.gguf` then writes random
 weights of that shape, which llama.cpp and twinfer both load.
 
   tools/make_shape.py SHAPE VOCAB.gguf OUT_METADATA.gguf [OUT.tsv]
-    SHAPE: qwen3-1.7b | qwen3-30b-a3b
-    VOCAB.gguf: tests/data/third_party/tokenizers/ggml-vocab-qwen2.gguf (Qwen's 151,936 tokens)
+    SHAPE: qwen3-1.7b | qwen3-30b-a3b | llama-3.2-1b | llama-3.1-8b
+    VOCAB.gguf: tests/data/third_party/tokenizers/ggml-vocab-qwen2.gguf (Qwen's 151,936 tokens),
+      ggml-vocab-llama-bpe.gguf for the Llama shapes (Llama 3's 128,256)
 
 The Q4_K_M choices follow llama.cpp's llama_tensor_get_type (src/llama-quant.cpp, llama-cpp-python
 0.3.36): the output matrix (or the tied embedding) Q6_K; attn_v and ffn_down (experts too) Q6_K
@@ -21,9 +22,14 @@ import gguf
 # Hugging Face config.json values of the published models.
 SHAPES = {
     "qwen3-1.7b": dict(arch="qwen3", n_embd=2048, n_layer=28, n_head=16, n_head_kv=8, head_dim=128,
-                       n_ff=6144, n_ctx=40960, tied=True),
+                       n_ff=6144, n_ctx=40960, tied=True, qk_norm=True, rope_base=1e6),
     "qwen3-30b-a3b": dict(arch="qwen3moe", n_embd=2048, n_layer=48, n_head=32, n_head_kv=4, head_dim=128,
-                          n_ff=6144, n_ctx=40960, tied=False, n_expert=128, n_expert_used=8, n_ff_exp=768),
+                          n_ff=6144, n_ctx=40960, tied=False, qk_norm=True, rope_base=1e6, n_expert=128,
+                          n_expert_used=8, n_ff_exp=768),
+    "llama-3.2-1b": dict(arch="llama", n_embd=2048, n_layer=16, n_head=32, n_head_kv=8, head_dim=64,
+                         n_ff=8192, n_ctx=131072, tied=True, qk_norm=False, rope_base=5e5),
+    "llama-3.1-8b": dict(arch="llama", n_embd=4096, n_layer=32, n_head=32, n_head_kv=8, head_dim=128,
+                         n_ff=14336, n_ctx=131072, tied=False, qk_norm=False, rope_base=5e5),
 }
 
 
@@ -42,10 +48,11 @@ def tensors(s, n_vocab):
                 (b + "attn_q.weight", "Q4_K", (e, s["n_head"] * hd)),
                 (b + "attn_k.weight", "Q4_K", (e, s["n_head_kv"] * hd)),
                 (b + "attn_v.weight", more, (e, s["n_head_kv"] * hd)),
-                (b + "attn_output.weight", "Q4_K", (s["n_head"] * hd, e)),
-                (b + "attn_q_norm.weight", "F32", (hd,)),
-                (b + "attn_k_norm.weight", "F32", (hd,)),
-                (b + "ffn_norm.weight", "F32", (e,))]
+                (b + "attn_output.weight", "Q4_K", (s["n_head"] * hd, e))]
+        if s["qk_norm"]:
+            out += [(b + "attn_q_norm.weight", "F32", (hd,)),
+                    (b + "attn_k_norm.weight", "F32", (hd,))]
+        out.append((b + "ffn_norm.weight", "F32", (e,)))
         if "n_expert" in s:
             x, f = s["n_expert"], s["n_ff_exp"]
             out += [(b + "ffn_gate_inp.weight", "F32", (e, x)),
@@ -76,8 +83,9 @@ def write_metadata(s, vocab_path, out_path):
     w.add_head_count_kv(s["n_head_kv"])
     w.add_key_length(s["head_dim"])
     w.add_value_length(s["head_dim"])
-    w.add_rope_freq_base(1e6)
-    w.add_layer_norm_rms_eps(1e-6)
+    w.add_rope_freq_base(s["rope_base"])
+    w.add_rope_dimension_count(s["head_dim"])
+    w.add_layer_norm_rms_eps(1e-5 if arch == "llama" else 1e-6)
     w.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_K_M)
     if "n_expert" in s:
         w.add_expert_count(s["n_expert"])
