@@ -1,19 +1,22 @@
 #!/usr/bin/env python3
 """Benchmark shapes of models whose weights cannot travel to the GPU machine (Qwen3-1.7B,
-Qwen3-30B-A3B, Llama-3.2-1B, Llama-3.1-8B): their tensor list with the types llama-quantize gives for Q4_K_M, and a
+Qwen3-30B-A3B, Llama-3.2-1B, Llama-3.1-8B, SmolLM2-135M): their tensor list with the types llama-quantize gives for Q4_K_M, and a
 metadata-only GGUF (the hyper-parameters of the model's config.json and a vocabulary GGUF's
 tokenizer). `twinfer_make_random_model like TSV METADATA.gguf OUT.gguf` then writes random
 weights of that shape, which llama.cpp and twinfer both load.
 
   tools/make_shape.py SHAPE VOCAB.gguf OUT_METADATA.gguf [OUT.tsv]
-    SHAPE: qwen3-1.7b | qwen3-30b-a3b | llama-3.2-1b | llama-3.1-8b
+    SHAPE: qwen3-1.7b | qwen3-30b-a3b | llama-3.2-1b | llama-3.1-8b | smollm2-135m
     VOCAB.gguf: tests/data/third_party/tokenizers/ggml-vocab-qwen2.gguf (Qwen's 151,936 tokens),
-      ggml-vocab-llama-bpe.gguf for the Llama shapes (Llama 3's 128,256)
+      ggml-vocab-llama-bpe.gguf for the Llama 3 shapes (Llama 3's 128,256), SmolLM2's own
+      vocabulary (its 49,152 tokens) for smollm2-135m
 
 The Q4_K_M choices follow llama.cpp's llama_tensor_get_type (src/llama-quant.cpp, llama-cpp-python
 0.3.36): the output matrix (or the tied embedding) Q6_K; attn_v and ffn_down (experts too) Q6_K
 on the first and last eighth of the layers and every third layer between, Q4_K elsewhere;
-every other matrix Q4_K; norms and the router (ffn_gate_inp) F32.
+every other matrix Q4_K; norms and the router (ffn_gate_inp) F32. A matrix whose rows are not a
+whole number of 256-weight super-blocks falls back as tensor_type_fallback does: Q4_K to Q5_0,
+Q6_K to Q8_0 (SmolLM2's 576-wide rows).
 """
 import sys
 
@@ -30,6 +33,8 @@ SHAPES = {
                          n_ff=8192, n_ctx=131072, tied=True, qk_norm=False, rope_base=5e5),
     "llama-3.1-8b": dict(arch="llama", n_embd=4096, n_layer=32, n_head=32, n_head_kv=8, head_dim=128,
                          n_ff=14336, n_ctx=131072, tied=False, qk_norm=False, rope_base=5e5),
+    "smollm2-135m": dict(arch="llama", n_embd=576, n_layer=30, n_head=9, n_head_kv=3, head_dim=64,
+                         n_ff=1536, n_ctx=8192, tied=True, qk_norm=False, rope_base=1e5),
 }
 
 
@@ -67,7 +72,8 @@ def tensors(s, n_vocab):
     out.append(("output_norm.weight", "F32", (e,)))
     if not s["tied"]:
         out.append(("output.weight", "Q6_K", (e, n_vocab)))
-    return out
+    fallback = {"Q4_K": "Q5_0", "Q6_K": "Q8_0"}
+    return [(name, fallback[kind] if kind in fallback and dims[0] % 256 else kind, dims) for name, kind, dims in out]
 
 
 def write_metadata(s, vocab_path, out_path):
