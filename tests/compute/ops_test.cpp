@@ -46,6 +46,24 @@ TEST(ThreadPoolTest, ParallelForVisitsEveryIndexOnce) {
     }
 }
 
+// Joinable regions (parallel_for, which a late worker may miss) between every-thread regions (run,
+// which every worker must serve once), back to back and tiny, so that workers arrive while the
+// caller is already closing a region or writing the next one's parameters.
+TEST(ThreadPoolTest, RegionsOfBothKindsInterleaved) {
+    for (int n_threads : {2, 3}) {
+        cpu::ThreadPool pool(n_threads);
+        std::vector<std::atomic<int>> seen(16);
+        std::vector<std::atomic<int>> runs(n_threads);
+        constexpr int repeats = 20000;
+        for (int repeat = 0; repeat < repeats; ++repeat) {
+            pool.parallel_for(seen.size(), 1, [&](size_t b, size_t e, int) { for (size_t i = b; i < e; ++i) seen[i]++; });
+            if (repeat % 7 == 0) pool.run([&](int thread) { runs[thread]++; });
+        }
+        for (size_t i = 0; i < seen.size(); ++i) ASSERT_EQ(seen[i].load(), repeats) << i;
+        for (int t = 0; t < n_threads; ++t) EXPECT_EQ(runs[t].load(), (repeats + 6) / 7) << "thread " << t;
+    }
+}
+
 TEST(OpsTest, RmsNormAndLayerNorm) {
     const size_t rows = 3, n = 100;
     const auto x = gaussian(rows * n, 1, 3.0f), w = gaussian(n, 2), b = gaussian(n, 3);
