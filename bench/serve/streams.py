@@ -17,6 +17,11 @@ between the two largest). Every stream is checked: a failed request, or a stream
 usage is missing or counts other than --tokens completion tokens, is printed as a PROBLEM and the
 run exits with status 1 at the end; fewer text chunks than tokens is only noted. Works against
 twinfer serve and llama.cpp's llama-server (both take ignore_eos). Standard library only.
+
+The memory soak (issue 19: RSS + swap within 5% across 5 rounds of 64 streams), with the server on
+this machine:
+
+    python3 bench/serve/streams.py --streams 64 --rounds 5 --server-pid "$(pgrep -f 'twinfer serve')"
 """
 import argparse
 import json
@@ -125,12 +130,26 @@ def run(url, n, tokens, ids):
             "notes": notes}
 
 
+def server_memory_kib(pid):
+    """The server's resident plus swapped memory (/proc/PID/status VmRSS + VmSwap), KiB."""
+    fields = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            fields[key] = value
+    return sum(int(fields[key].split()[0]) for key in ("VmRSS", "VmSwap") if key in fields)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--url", default="http://127.0.0.1:8080")
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--server-pid", type=int, default=None,
+                        help="the server's process (same machine): its RSS + swap after every round; "
+                             "more than --memory-spread between rounds fails")
+    parser.add_argument("--memory-spread", type=float, default=0.05)
     parser.add_argument("--first-id", type=int, default=None,
                         help="number of the first prompt (default: random, so reruns share no prompt)")
     args = parser.parse_args()
@@ -142,6 +161,7 @@ def main():
           "| TTFT p50 ms | TTFT p99 ms |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     failed = False
+    memory = []
     for _ in range(args.rounds):
         for n in args.streams:
             r = run(args.url, n, args.tokens, ids)
@@ -156,6 +176,14 @@ def main():
             print(f"| {r['streams']} | {r['ok']} | {r['prompt_tokens']} | {r['tokens']} | {r['wall_s']:.2f} | "
                   f"{r['wall_tok_s']:.1f} | {r['decode_tok_s']:.1f} | {1000 * r['ttft_p50_s']:.0f} | "
                   f"{1000 * r['ttft_p99_s']:.0f} |", flush=True)
+        if args.server_pid:
+            memory.append(server_memory_kib(args.server_pid))
+            print(f"server RSS + swap after round {len(memory)}: {memory[-1] / 1024:.1f} MiB", flush=True)
+    if len(memory) >= 2:
+        spread = (max(memory) - min(memory)) / min(memory)
+        print(f"server memory over {len(memory)} rounds: {min(memory) / 1024:.1f} .. {max(memory) / 1024:.1f} MiB, "
+              f"spread {100 * spread:.1f}% (allowed {100 * args.memory_spread:.0f}%)", flush=True)
+        failed = failed or spread > args.memory_spread
     sys.exit(1 if failed else 0)
 
 
