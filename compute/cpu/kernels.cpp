@@ -47,6 +47,19 @@ void quantize_q8(const float* x, size_t n, Q8Block* out) {
     }
 }
 
+void pack_q8x2_quads(const Q8x2Block* x, size_t n_blocks, Q8x2Quad* out) {
+    for (size_t i = 0; i < n_blocks; ++i) {
+        for (int r = 0; r < 4; ++r) {
+            const Q8x2Block& y = x[r * n_blocks + i];
+            const int pair = r / 2, half = r % 2;
+            std::memcpy(out[i].hi[pair] + 32 * half, y.hi, 32);
+            std::memcpy(out[i].lo[pair] + 32 * half, y.lo, 32);
+            std::fill_n(out[i].d[pair] + 8 * half, 8, y.d);
+            out[i].sum[r] = y.sum;
+        }
+    }
+}
+
 // Tiled over columns so that a tile of the block (64 columns x token_block) stays in L1 while
 // each token's row segment is spread into it.
 void pack_tokens(const float* x, size_t n_tokens, size_t n_cols, size_t token_block, float* out) {

@@ -33,6 +33,19 @@ struct Q8x2Block {
     int8_t lo[32];
 };
 
+// Four activation rows' Q8x2Blocks of one column block, arranged for 512-bit products: rows 2p and
+// 2p + 1 side by side in each vector (hi digits, lo digits, and each row's d repeated over its 8
+// lanes), the four sums together. The AVX-512 kernels dot a weight block with two rows an
+// instruction: every lane computes what that row's 256-bit product computes, so the bits are the same.
+struct Q8x2Quad {
+    int8_t hi[2][64];
+    int8_t lo[2][64];
+    float d[2][16];
+    float sum[4];
+};
+// The quads of rows x[0..3] (x + r * n_blocks), one a block.
+void pack_q8x2_quads(const Q8x2Block* x, size_t n_blocks, Q8x2Quad* out);
+
 // Weight types with an int8-activation kernel (the others use float activations).
 bool has_q8_kernel(GGMLType type);
 
@@ -53,6 +66,11 @@ struct Kernels {
                       const Q8Block* x, size_t n_x, float* y, size_t y_stride);
     void (*matvec_q8x2)(GGMLType type, const std::byte* w, size_t row_bytes, size_t n_rows, size_t n_cols,
                         const Q8x2Block* x, size_t n_x, float* y, size_t y_stride);
+    // matvec_q8x2 with each whole group of four rows x[4j..4j+3] also given as quads (at quads +
+    // j * n_cols / 32, from pack_q8x2_quads); null where the kernels have no use for them (AVX2,
+    // generic).
+    void (*matvec_q8x2_quads)(GGMLType type, const std::byte* w, size_t row_bytes, size_t n_rows, size_t n_cols,
+                              const Q8x2Block* x, const Q8x2Quad* quads, size_t n_x, float* y, size_t y_stride);
     // n values (a multiple of 32) as Q8x2Blocks; null in the generic table. Vectorized: it runs on
     // one thread before every int8x2 product.
     void (*quantize_q8x2)(const float* x, size_t n, Q8x2Block* out);

@@ -54,8 +54,170 @@ constexpr bool avx512 = true;
 #include "compute/cpu/simd_int8.inl"
 #include "compute/cpu/simd_float.inl"
 
+namespace {
+
+// DotWithMin's and DotQ8_0's dot<4> with Q8x2 activations (simd_int8.inl), two rows a 512-bit
+// vector from the rows' Q8x2Quads: row 2p + h lives in half h of pair p's vectors, where each
+// lane holds what the row's own 256-bit dot<1> holds in that lane, by the same operations in the
+// same order (the block's dots, the shift, the conversion, the scale d_w d_y, the FMA onto the
+// even or odd blocks' accumulator; the final sums as dot<1>'s), so a row's result is the same bits
+// (MatmulRowsTest). A many-row step is bound by the per-row vector instructions, not the weight
+// reads (BENCHMARKS.md, issue 19): here a row costs about half of dot<4>'s.
+inline __m512i both_halves(__m256i v) { return _mm512_broadcast_i64x4(v); }
+inline __m512i load512(const int8_t* p) { return _mm512_loadu_si512(p); }
+
+// Two rows' block dots with unsigned weight bytes u (in both halves), 256 hi + lo as in block_dot.
+inline __m512 pair_dot(__m512i u, __m512i hi, __m512i lo) {
+    const __m512i h = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, hi);
+    return _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_slli_epi32(h, 8), u, lo));
+}
+
+// dot<1>'s final hsum8(acc0 + acc1) of the pair's two rows.
+inline void pair_sums(__m512 acc0, __m512 acc1, float* sums) {
+    const __m512 s = _mm512_add_ps(acc0, acc1);
+    sums[0] = hsum8(_mm512_castps512_ps256(s));
+    sums[1] = hsum8(_mm512_extractf32x8_ps(s, 1));
+}
+
+// The block loop of dot<G>: even blocks onto acc0, odd ones onto acc1.
+template <class F>
+inline void alternate_blocks(size_t n_cols, F&& block) {
+    const size_t nb = n_cols / 32;
+    size_t i = 0;
+    for (; i + 1 < nb; i += 2) {
+        block(i, 0);
+        block(i + 1, 1);
+    }
+    if (i < nb) block(i, 0);
+}
+
+// dot<Q>: Q groups of four rows (their quads x + q * x_stride) at once, so that a weight block's
+// decoding is shared by 4Q rows; the 512-bit instructions have two ports where the 256-bit ones
+// had three, so the decoding (~9 of them a block) is what 8 rows a call halves again per row.
+#define TWINFER_FOR_PAIRS _Pragma("GCC unroll 8") for (int p = 0; p < 2 * Q; ++p)
+#define TWINFER_FOR_QUADS _Pragma("GCC unroll 4") for (int q = 0; q < Q; ++q)
+
+template <class Block, class Values>
+struct QuadDotWithMin {
+    template <int Q>
+    static void dot(const Block* w, const Q8x2Quad* x, size_t x_stride, size_t n_cols, float* out, size_t y_stride) {
+        __m512 acc[2][2 * Q];
+        __m128 min_sum[2][Q];   // lane g: row 4q + g's min0 / min1
+        TWINFER_FOR_PAIRS acc[0][p] = acc[1][p] = _mm512_setzero_ps();
+        TWINFER_FOR_QUADS min_sum[0][q] = min_sum[1][q] = _mm_setzero_ps();
+        alternate_blocks(n_cols, [&](size_t i, int odd) {
+            const __m512 d = _mm512_set1_ps(half(w[i].d));
+            const __m128 m = _mm_set1_ps(half(w[i].m));
+            const __m512i u = both_halves(Values::of(w[i]));
+            TWINFER_FOR_PAIRS {
+                const Q8x2Quad& y = x[p / 2 * x_stride + i];
+                acc[odd][p] = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_loadu_ps(y.d[p % 2])),
+                                              pair_dot(u, load512(y.hi[p % 2]), load512(y.lo[p % 2])), acc[odd][p]);
+            }
+            TWINFER_FOR_QUADS min_sum[odd][q] = _mm_fmadd_ps(m, _mm_loadu_ps(x[q * x_stride + i].sum), min_sum[odd][q]);
+        });
+        TWINFER_FOR_QUADS {
+            float sums[4], min0[4], min1[4];
+            pair_sums(acc[0][2 * q], acc[1][2 * q], sums);
+            pair_sums(acc[0][2 * q + 1], acc[1][2 * q + 1], sums + 2);
+            _mm_storeu_ps(min0, min_sum[0][q]);
+            _mm_storeu_ps(min1, min_sum[1][q]);
+            for (int g = 0; g < 4; ++g) out[(4 * q + g) * y_stride] = sums[g] + min0[g] + min1[g];
+        }
+    }
+};
+
+struct QuadDotQ8_0 {
+    template <int Q>
+    static void dot(const BlockQ8_0* w, const Q8x2Quad* x, size_t x_stride, size_t n_cols, float* out, size_t y_stride) {
+        __m512 acc[2][2 * Q];
+        TWINFER_FOR_PAIRS acc[0][p] = acc[1][p] = _mm512_setzero_ps();
+        alternate_blocks(n_cols, [&](size_t i, int odd) {
+            const __m512 d = _mm512_set1_ps(half(w[i].d));
+            const __m512i q = both_halves(load_bytes(w[i].qs));
+            const __m512i u = _mm512_abs_epi8(q);
+            // block_dot_signed's sign_epi8 (no 512-bit form): negate where the weight is negative;
+            // where it is zero the digit stays, but u is 0 there, so the dot is the same.
+            const __mmask64 negative = _mm512_movepi8_mask(q);
+            auto with_sign = [&](const int8_t* digits) {
+                const __m512i v = load512(digits);
+                return _mm512_mask_sub_epi8(v, negative, _mm512_setzero_si512(), v);
+            };
+            TWINFER_FOR_PAIRS {
+                const Q8x2Quad& y = x[p / 2 * x_stride + i];
+                acc[odd][p] = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_loadu_ps(y.d[p % 2])),
+                                              pair_dot(u, with_sign(y.hi[p % 2]), with_sign(y.lo[p % 2])), acc[odd][p]);
+            }
+        });
+        TWINFER_FOR_PAIRS {
+            float sums[2];
+            pair_sums(acc[0][p], acc[1][p], sums);
+            out[2 * p * y_stride] = sums[0];
+            out[(2 * p + 1) * y_stride] = sums[1];
+        }
+    }
+};
+#undef TWINFER_FOR_QUADS
+#undef TWINFER_FOR_PAIRS
+
+// rows_q8 with whole groups of four rows through QuadDot, and another loop order: a group's quads
+// are 20 times the bytes of a Q4_1 weight row (400 a block against 20; 34 for Q8_0), so rather
+// than every group's quads read again for each weight row (from L2 once they outgrow L1: 16 rows
+// of 1536 columns are 77 KB), the weight rows go in tiles of about quad_tile_bytes, each tile
+// dotted with one group after another while it and the group's quads stay in L1.
+constexpr size_t quad_tile_bytes = 16384;
+
+template <class Dot, class QuadDot>
+void rows_q8x2_quads(const std::byte* w, size_t row_bytes, size_t n_rows, size_t n_cols, const Q8x2Block* x,
+                     const Q8x2Quad* quads, size_t n_x, float* y, size_t y_stride) {
+    using Block = typename Dot::WeightBlock;
+    const size_t x_stride = n_cols / 32;
+    const size_t tile_rows = std::max<size_t>(1, quad_tile_bytes / row_bytes);
+    const std::byte* end = w + n_rows * row_bytes;
+    for (size_t r0 = 0; r0 < n_rows; r0 += tile_rows) {
+        const size_t r1 = std::min(n_rows, r0 + tile_rows);
+        // The tile's first pass reads it from memory: prefetch as rows_q8 does, only then.
+        auto blocks = [&](size_t r, bool first_pass) {
+            const std::byte* row = w + r * row_bytes;
+            if (first_pass) prefetch_ahead(row, row_bytes, end);
+            return reinterpret_cast<const Block*>(row);
+        };
+        size_t b = 0;
+        for (; b + 8 <= n_x; b += 8)
+            for (size_t r = r0; r < r1; ++r)
+                QuadDot::template dot<2>(blocks(r, b == 0), quads + b / 4 * x_stride, x_stride, n_cols, y + b * y_stride + r, y_stride);
+        if (b + 4 <= n_x) {
+            for (size_t r = r0; r < r1; ++r)
+                QuadDot::template dot<1>(blocks(r, b == 0), quads + b / 4 * x_stride, x_stride, n_cols, y + b * y_stride + r, y_stride);
+            b += 4;
+        }
+        if (b < n_x)
+            for (size_t r = r0; r < r1; ++r)
+                dot_rest<Dot>(n_x - b, blocks(r, b == 0), x + b * x_stride, x_stride, n_cols, y + b * y_stride + r, y_stride);
+    }
+}
+
+// The types with a QuadDot (those of SmolLM2-class Q4_1/Q5_1 files and their Q8_0 output heads);
+// the others ignore the quads.
+void matvec_q8x2_quads(GGMLType type, const std::byte* w, size_t row_bytes, size_t n_rows, size_t n_cols,
+                       const Q8x2Block* x, const Q8x2Quad* quads, size_t n_x, float* y, size_t y_stride) {
+    switch (type) {
+    case GGMLType::Q4_1:
+        return rows_q8x2_quads<DotWithMin<Q8x2Block, BlockQ4_1, Q4Values>, QuadDotWithMin<BlockQ4_1, Q4Values>>(
+            w, row_bytes, n_rows, n_cols, x, quads, n_x, y, y_stride);
+    case GGMLType::Q5_1:
+        return rows_q8x2_quads<DotWithMin<Q8x2Block, BlockQ5_1, Q5Values>, QuadDotWithMin<BlockQ5_1, Q5Values>>(
+            w, row_bytes, n_rows, n_cols, x, quads, n_x, y, y_stride);
+    case GGMLType::Q8_0:
+        return rows_q8x2_quads<DotQ8_0<Q8x2Block>, QuadDotQ8_0>(w, row_bytes, n_rows, n_cols, x, quads, n_x, y, y_stride);
+    default: return matvec_q8<Q8x2Block>(type, w, row_bytes, n_rows, n_cols, x, n_x, y, y_stride);
+    }
+}
+
+}  // namespace
+
 const Kernels& avx512_kernels() {
-    static const Kernels table{CpuIsa::AVX512, matvec, matvec_q8<Q8Block>, matvec_q8<Q8x2Block>, quantize_q8x2, dequantize_row, NR, gemm, attend, swiglu, gelu, widen};
+    static const Kernels table{CpuIsa::AVX512, matvec, matvec_q8<Q8Block>, matvec_q8<Q8x2Block>, matvec_q8x2_quads, quantize_q8x2, dequantize_row, NR, gemm, attend, swiglu, gelu, widen};
     return table;
 }
 

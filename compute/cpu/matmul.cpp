@@ -91,12 +91,26 @@ void matvec(Context& ctx, const Kernels& k, std::span<const MatmulOutput> output
     const size_t blocks_per_row = cols / 32;
     const Q8Block* xq = nullptr;
     const Q8x2Block* xq2 = nullptr;
+    const Q8x2Quad* quads = nullptr;
     if (quantized && activations == Activations::Int8x2) {
-        auto* blocks = reinterpret_cast<Q8x2Block*>(ctx.shared_scratch(n_x * blocks_per_row * sizeof(Q8x2Block)));
-        ctx.pool().parallel_for(n_x, 1, [&](size_t first, size_t last, int) {
-            for (size_t b = first; b < last; ++b) k.quantize_q8x2(x + b * cols, cols, blocks + b * blocks_per_row);
+        // Whole groups of four rows are also packed as quads where the kernels read them (groups
+        // never straddle a slice: matvec_max_rows is a multiple of 4).
+        static_assert(matvec_max_rows % 4 == 0);
+        const size_t n_quad_groups = k.matvec_q8x2_quads ? n_x / 4 : 0;
+        const size_t block_bytes = n_x * blocks_per_row * sizeof(Q8x2Block);
+        std::byte* scratch = ctx.shared_scratch(block_bytes + n_quad_groups * blocks_per_row * sizeof(Q8x2Quad));
+        auto* blocks = reinterpret_cast<Q8x2Block*>(scratch);
+        auto* packed = n_quad_groups ? reinterpret_cast<Q8x2Quad*>(scratch + block_bytes) : nullptr;
+        ctx.pool().parallel_for((n_x + 3) / 4, 1, [&](size_t first, size_t last, int) {
+            for (size_t group = first; group < last; ++group) {
+                for (size_t b = 4 * group; b < std::min(n_x, 4 * group + 4); ++b)
+                    k.quantize_q8x2(x + b * cols, cols, blocks + b * blocks_per_row);
+                if (group < n_quad_groups)
+                    pack_q8x2_quads(blocks + 4 * group * blocks_per_row, blocks_per_row, packed + group * blocks_per_row);
+            }
         });
         xq2 = blocks;
+        quads = packed;
     } else if (quantized) {
         auto* blocks = reinterpret_cast<Q8Block*>(ctx.shared_scratch(n_x * blocks_per_row * sizeof(Q8Block)));
         ctx.pool().parallel_for(n_x, 1, [&](size_t first, size_t last, int) {
@@ -125,6 +139,9 @@ void matvec(Context& ctx, const Kernels& k, std::span<const MatmulOutput> output
             float* products = outputs[i].accumulate ? sums[thread] : y;
             const size_t stride = outputs[i].accumulate ? n_rows : w.rows;
             if (xq && has_q8_kernel(w.type)) k.matvec_q8(w.type, rows, row_bytes, n_rows, cols, xq + b0 * blocks_per_row, n, products, stride);
+            else if (xq2 && has_q8_kernel(w.type) && quads)
+                k.matvec_q8x2_quads(w.type, rows, row_bytes, n_rows, cols, xq2 + b0 * blocks_per_row,
+                                    quads + b0 / 4 * blocks_per_row, n, products, stride);
             else if (xq2 && has_q8_kernel(w.type))
                 k.matvec_q8x2(w.type, rows, row_bytes, n_rows, cols, xq2 + b0 * blocks_per_row, n, products, stride);
             else k.matvec(w.type, rows, row_bytes, n_rows, cols, x + b0 * cols, n, products, stride);

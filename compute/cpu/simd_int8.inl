@@ -287,6 +287,19 @@ struct DotQ6_K {
 // each further group. Four rows: 8 accumulators, and the decoded block, stay in 16 registers.
 constexpr size_t act_group = 4;
 
+// Dot::dot<G> for the last G < act_group rows (G = 0: nothing).
+template <class Dot>
+void dot_rest(size_t G, const typename Dot::WeightBlock* w, const auto* x, size_t x_stride, size_t n_cols, float* y,
+              size_t y_stride) {
+    static_assert(act_group == 4);
+    switch (G) {
+    case 3: return Dot::template dot<3>(w, x, x_stride, n_cols, y, y_stride);
+    case 2: return Dot::template dot<2>(w, x, x_stride, n_cols, y, y_stride);
+    case 1: return Dot::template dot<1>(w, x, x_stride, n_cols, y, y_stride);
+    default: return;
+    }
+}
+
 template <class Act, class Dot>
 void rows_q8(const std::byte* w, size_t row_bytes, size_t n_rows, size_t n_cols, const Act* x, size_t n_x, float* y,
              size_t y_stride) {
@@ -300,13 +313,7 @@ void rows_q8(const std::byte* w, size_t row_bytes, size_t n_rows, size_t n_cols,
         size_t b = 0;
         for (; b + act_group <= n_x; b += act_group)
             Dot::template dot<act_group>(blocks, x + b * x_stride, x_stride, n_cols, y + b * y_stride + r, y_stride);
-        static_assert(act_group == 4);
-        switch (n_x - b) {
-        case 3: Dot::template dot<3>(blocks, x + b * x_stride, x_stride, n_cols, y + b * y_stride + r, y_stride); break;
-        case 2: Dot::template dot<2>(blocks, x + b * x_stride, x_stride, n_cols, y + b * y_stride + r, y_stride); break;
-        case 1: Dot::template dot<1>(blocks, x + b * x_stride, x_stride, n_cols, y + b * y_stride + r, y_stride); break;
-        default: break;
-        }
+        dot_rest<Dot>(n_x - b, blocks, x + b * x_stride, x_stride, n_cols, y + b * y_stride + r, y_stride);
     }
 }
 
