@@ -158,7 +158,18 @@ void attend(const float* q, const float* k, const float* v, size_t kv_stride, si
     for (; p < n_kv; ++p) sum += scores[p] = std::exp(scores[p] - max_score);
     const float inv_sum = 1.0f / sum;
 
+    // Four column chunks at once, each its own FMA chain over the positions in order (the same
+    // arithmetic as one chunk at a time): with one chain, bound by the FMA's latency, this loop
+    // took ~88% of attend's time in a 16-stream serve run (perf; BENCHMARKS.md, issue 19).
     size_t d = 0;
+    for (; d + 4 * W <= head_dim; d += 4 * W) {
+        V acc[4] = {FloatVec::zero(), FloatVec::zero(), FloatVec::zero(), FloatVec::zero()};
+        for (size_t p2 = 0; p2 < n_kv; ++p2) {
+            const V s = FloatVec::set1(scores[p2]);
+            for (size_t j = 0; j < 4; ++j) acc[j] = FloatVec::fma(s, FloatVec::load(v + p2 * kv_stride + d + j * W), acc[j]);
+        }
+        for (size_t j = 0; j < 4; ++j) FloatVec::store(out + d + j * W, FloatVec::mul(acc[j], FloatVec::set1(inv_sum)));
+    }
     for (; d + W <= head_dim; d += W) {
         V acc = FloatVec::zero();
         for (size_t p2 = 0; p2 < n_kv; ++p2) acc = FloatVec::fma(FloatVec::set1(scores[p2]), FloatVec::load(v + p2 * kv_stride + d), acc);
