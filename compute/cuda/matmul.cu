@@ -292,7 +292,7 @@ __global__ void repack_kernel(const uint8_t* __restrict__ blocks, size_t n_block
         // Sub-block `sub` of a super-block: weight e's low four bits and high bits as ggml lays them
         // (Q4_K, Q5_K: a nibble of byte 32 * (sub / 2) + e of qs, the fifth bit bit `sub` of qh[e];
         // Q6_K: a nibble of ql, two bits of qh, by halves of 128 weights).
-        constexpr size_t super_bytes = T == GGMLType::Q4_K ? 144 : T == GGMLType::Q5_K ? 176 : 210;
+        constexpr size_t super_bytes = 8 * (P::code_bytes + P::high_bytes) + P::group_bytes;   // same size as the file's
         const uint8_t* block = blocks + i / 8 * super_bytes;
         const int sub = int(i % 8);
         uint8_t low[32], high_bits[32];

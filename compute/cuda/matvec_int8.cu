@@ -288,11 +288,10 @@ int8_matvec_kernel(Targets targets, int n_blocks, const int8_t* __restrict__ qs,
     const int first_row = ((int(blockIdx.x) - target.first_block) * warps_of<E> + warp) * rows_of_target;
     if (!whole_blocks(E) && first_row >= target.rows) return;   // (whole_blocks: every warp has rows)
     // Experts: which rows, known only once the router's top_k has finished (no early loads).
-    int first_expert_row = 0, matrix_rows = target.rows;
+    int first_expert_row = 0;
     if constexpr (chosen_rows(E)) {
         grid_dependency_wait();
         first_expert_row = __ldg(experts.ids + blockIdx.y) * target.rows;
-        matrix_rows = experts.all_rows;
         qs += size_t(blockIdx.y) * experts.x_blocks * 32;
         ds += size_t(blockIdx.y) * experts.x_blocks;
         target.y += size_t(blockIdx.y) * target.rows;
@@ -303,7 +302,7 @@ int8_matvec_kernel(Targets targets, int n_blocks, const int8_t* __restrict__ qs,
 #pragma unroll
     for (int r = 0; r < Rows; ++r) {
         const Target& m = Swiglu && r % 2 == 1 ? targets.t[1] : target;
-        view[r] = PlanarView<T>(m.w, size_t(Swiglu && !chosen_rows(E) ? m.rows : matrix_rows) * n_blocks);
+        view[r] = PlanarView<T>(m.w, size_t(chosen_rows(E) ? experts.all_rows : m.rows) * n_blocks);
         first_block_of[r] = size_t(first_expert_row + min(first_row + (Swiglu ? r / 2 : r), target.rows - 1)) * n_blocks;
     }
     // A lane's blocks lane, lane + 32, ... in batches whose loads are all issued before the first
