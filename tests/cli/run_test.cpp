@@ -184,6 +184,24 @@ TEST(CliBench, ReportsPromptAndGenerationSpeed) {
     EXPECT_GT(j[1]["avg_ts"].get<double>(), 0.0);
 }
 
+// -d: each test after a cache of D tokens, in llama-bench's names; the context is sized for the
+// deepest test, so a depth beyond a given --ctx-size is an error.
+TEST(CliBench, TestsAtDepth) {
+    TWINFER_REQUIRE_FILE(stories());
+    const auto r = twinfer("bench -m " + stories().string() + " -p 8 -n 4 -d 0,40 -r 1 -o json");
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    const auto j = nlohmann::json::parse(r.out);
+    ASSERT_EQ(j.size(), 4u);
+    EXPECT_EQ(j[0]["test"], "pp8");
+    EXPECT_EQ(j[1]["test"], "tg4");
+    EXPECT_EQ(j[2]["test"], "pp8 @ d40");
+    EXPECT_EQ(j[3]["test"], "tg4 @ d40");
+    EXPECT_EQ(j[3]["n_depth"], 40);
+    const auto too_deep = twinfer("bench -m " + stories().string() + " -p 8 -n 4 -d 64 -c 32");
+    EXPECT_EQ(too_deep.exit_code, 2);
+    EXPECT_NE(too_deep.err.find("a test needs 72 tokens but the context holds 32"), std::string::npos) << too_deep.err;
+}
+
 // perplexity's decode path scores the same text a token at a time and says which path it scored;
 // on stories260K (float weights: no activation quantization on either path) the two agree.
 TEST(CliPerplexity, DecodePathScoresWhatThePromptPathScores) {
@@ -382,6 +400,7 @@ TEST(CliExitCodes, EveryCommandFollowsOneRule) {
         {"chat -m /nonexistent.gguf", 2},
         {"chat -m " + model, 2},   // no chat template
         {"bench -m " + model + " -p -1", 2},
+        {"bench -m " + model + " -d -5", 2},
         {"perplexity -m " + model + " -f /nonexistent.txt", 2},
         {"verify -m " + model + " --precision f64", 2},
         {"run -m " + garbage.string() + " -p hi", 1},
