@@ -181,6 +181,10 @@ void TransformerModel::reserve_workspace(size_t n_tokens) {
     const size_t F = std::max<size_t>(c.n_ff, k * c.transformer.n_ff_expert);
     const size_t widths[N_BUFFERS] = {E, E, E, QD, KVD, KVD, QD, E, F, F, V, std::max<size_t>(E, k * E)};
     workspace_.reserve(options_.device, n_tokens, widths);
+    if (k && n_tokens >= rows_for_tiled_products) {
+        const size_t bytes = compute::grouped_scratch_bytes(expert_layer(layers_.front()), n_tokens, rows_for_tiled_products);
+        if (bytes > expert_groups_.bytes()) expert_groups_ = compute::Buffer(options_.device, bytes);
+    }
 }
 
 void TransformerModel::normalize(const Norm& norm, const float* x, size_t n_rows, float* out) {
@@ -379,26 +383,35 @@ void TransformerModel::feed_forward(const Layer& L, const float* h, const comput
     if (!L.b_down.empty()) compute::add_bias(ctx_, y, L.b_down.data(), N, E);
 }
 
+compute::ExpertLayer TransformerModel::expert_layer(const Layer& L) const {
+    const TransformerSpec& spec = config_.transformer;
+    return {L.gate_exps, L.up_exps, L.down_exps, static_cast<size_t>(spec.n_expert_used), spec.normalize_expert_weights};
+}
+
 // y += sum over each token's top-k experts of weight_e * expert_e(h): the router's softmax over
 // all experts, the k largest kept (the lower index first on ties) and renormalized when the spec
-// says so. The choice stays on the device (compute/experts.hpp): only the chosen experts' weights
-// are read, and a GPU decode step needs no copy to the host.
+// says so (compute/experts.hpp). Single rows and short prompts one token after another, the
+// choice left on the device (a GPU decode step needs no copy to the host); the Tiled rows of a
+// pass grouped by expert once they are as many as a tiled product takes, as the other products
+// compute them (each expert's weights read once for its tokens; a row's result independent of
+// the others: Single or Tiled, never chosen by the batch size).
 void TransformerModel::mixture_of_experts(const Layer& L, const float* h, size_t T, size_t n_single, float* y) {
-    const TransformerSpec& spec = config_.transformer;
-    const size_t E = config_.n_embd, X = spec.n_expert, K = spec.n_expert_used, FE = spec.n_ff_expert;
+    const size_t E = config_.n_embd, X = config_.transformer.n_expert, K = config_.transformer.n_expert_used;
     const compute::Activations activations = activations_for(options_);
-    float *gate = workspace_.buffer(GATE), *up = workspace_.buffer(UP), *expert_out = workspace_.buffer(EXPERT);
+    const compute::ExpertLayer experts = expert_layer(L);
     float* router = workspace_.buffer(O);                                            // [T, X] (O is E wide: load checks X <= E)
-    int32_t* chosen = routing_.as<int32_t>();                                        // [K] ids, then [K] logits
-    float* chosen_logits = reinterpret_cast<float*>(chosen + K);
     const compute::MatmulOutput output{L.router, router};
     products(std::span(&output, 1), h, n_single, T - n_single);
-    for (size_t t = 0; t < T; ++t) {
-        compute::top_k(ctx_, router + t * X, X, K, chosen, chosen_logits);
-        compute::matmul_experts_swiglu(ctx_, L.gate_exps, L.up_exps, chosen, K, h + t * E, gate, up, activations);
-        compute::matmul_experts(ctx_, L.down_exps, chosen, K, gate, FE, expert_out, activations);
-        compute::add_routed(ctx_, y + t * E, expert_out, E, router + t * X, X, chosen_logits, K, spec.normalize_expert_weights);
-    }
+    const size_t n_grouped = T - n_single >= rows_for_tiled_products ? T - n_single : 0, n_alone = T - n_grouped;
+    int32_t* chosen = routing_.as<int32_t>();                                        // [K] ids, then [K] logits
+    const compute::OneByOneScratch alone{chosen, reinterpret_cast<float*>(chosen + K), workspace_.buffer(GATE),
+                                         workspace_.buffer(UP), workspace_.buffer(EXPERT)};
+    compute::add_experts_one_by_one(ctx_, experts, h, n_alone, router, alone, activations, y);
+    if (!n_grouped) return;
+    const compute::GroupedScratch grouped =
+        compute::grouped_scratch_in(expert_groups_.data(), experts, n_grouped, rows_for_tiled_products);
+    compute::add_experts_grouped(ctx_, experts, h + n_alone * E, n_grouped, router + n_alone * X, rows_for_tiled_products,
+                                 grouped, activations, y + n_alone * E);
 }
 
 }  // namespace twinfer

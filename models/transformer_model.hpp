@@ -60,11 +60,13 @@ private:
     void feed_forward(const Layer& L, const float* h, const compute::RmsNorm* norm, size_t N, size_t n_single, float* y,
                       bool accumulate);
     void mixture_of_experts(const Layer& L, const float* h, size_t T, size_t n_single, float* y);
+    compute::ExpertLayer expert_layer(const Layer& L) const;
 
     compute::WeightMatrix token_embd_, output_;                 // [V, E]; output_ is token_embd_ when tied
     std::vector<Layer> layers_;
     Norm output_norm_;
     compute::Buffer routing_;                                   // a token's chosen experts: [k] ids, [k] router logits
+    compute::Buffer expert_groups_;                             // a prompt's experts grouped (compute::GroupedScratch)
 };
 
 static_assert(GPTInference<TransformerModel>);

@@ -75,12 +75,10 @@ __global__ void softcap_kernel(float* x, size_t n, float cap) {
     if (i < n) x[i] = cap * tanhf(x[i] / cap);
 }
 
-// Every block works out the k weights itself (warp 0; the sums in double, as the CPU's), then
-// adds the weighted expert outputs to its share of y, expert after expert.
-__global__ void add_routed_kernel(float* y, const float* expert_out, int n, const float* router_logits, int n_experts,
-                                  const float* chosen_logits, int k, bool renormalize) {
-    grid_dependency_wait();
-    __shared__ float weights[max_top_k];
+// A token's k routing weights into shared memory, worked out by warp 0 of every block (the sums in
+// double, as the CPU's); the block's threads may read them after it returns.
+__device__ void routing_weights(const float* router_logits, int n_experts, const float* chosen_logits, int k,
+                                bool renormalize, float* weights) {
     if (threadIdx.x < 32) {
         const double max_logit = chosen_logits[0];
         const float* logits = renormalize ? chosen_logits : router_logits;
@@ -91,11 +89,34 @@ __global__ void add_routed_kernel(float* y, const float* expert_out, int n, cons
         for (int j = threadIdx.x; j < k; j += 32) weights[j] = float(exp(double(chosen_logits[j]) - max_logit) / sum);
     }
     __syncthreads();
+}
+
+// Every block works out the k weights itself, then adds the weighted expert outputs to its share
+// of y, expert after expert.
+__global__ void add_routed_kernel(float* y, const float* expert_out, int n, const float* router_logits, int n_experts,
+                                  const float* chosen_logits, int k, bool renormalize) {
+    grid_dependency_wait();
+    __shared__ float weights[max_top_k];
+    routing_weights(router_logits, n_experts, chosen_logits, k, renormalize, weights);
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     float acc = y[i];
     for (int j = 0; j < k; ++j) acc = fmaf(weights[j], expert_out[size_t(j) * n + i], acc);
     y[i] = acc;
+}
+
+// add_routed_kernel for token blockIdx.y, its experts' outputs gathered from the grouped rows.
+__global__ void add_routed_rows_kernel(float* y, const float* rows, int n, const int32_t* pair_row, const float* router_logits,
+                                       int n_experts, const float* chosen_logits, int k, bool renormalize) {
+    grid_dependency_wait();
+    __shared__ float weights[max_top_k];
+    const size_t t = blockIdx.y;
+    routing_weights(router_logits + t * n_experts, n_experts, chosen_logits + t * k, k, renormalize, weights);
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float acc = y[t * n + i];
+    for (int j = 0; j < k; ++j) acc = fmaf(weights[j], rows[size_t(pair_row[t * k + j]) * n + i], acc);
+    y[t * n + i] = acc;
 }
 
 // One block: each thread scans a strided slice, then the block reduces (value, index) pairs,
@@ -168,12 +189,13 @@ top_k_kernel(const float* __restrict__ x, const uint64_t* __restrict__ in, int n
 // top_k of a router's few logits (a mixture-of-experts layer: 128 of them, 8 chosen, every layer
 // of every token): one warp, each lane holding its candidates' keys in registers; k rounds of a
 // warp-wide maximum, the lane that held it taking it out. The block sort above spends most of its
-// time on the 2,048 slots whatever n is.
+// time on the 2,048 slots whatever n is. Block b takes row b of x ([blocks, n]; ids, values [blocks, k]).
 constexpr int small_top_k_items = 16;
 constexpr size_t small_top_k_n = 32 * small_top_k_items, small_top_k_k = 32;
 __global__ void __launch_bounds__(32)
 small_top_k_kernel(const float* __restrict__ x, int n, int k, int32_t* __restrict__ ids, float* __restrict__ values) {
     grid_dependency_wait();
+    x += size_t(blockIdx.x) * n, ids += size_t(blockIdx.x) * k, values += size_t(blockIdx.x) * k;
     const int lane = int(threadIdx.x);
     uint64_t keys[small_top_k_items];   // 0: none (every candidate's key is larger, x having no NaN)
     uint64_t best = 0;
@@ -252,6 +274,25 @@ void add_routed(Context& ctx, float* y, const float* expert_out, size_t n, const
         throw std::invalid_argument("CUDA add_routed: " + std::to_string(k) + " of " + std::to_string(n_experts) + " experts");
     launch_after_previous(ctx, add_routed_kernel, blocks_for(n, threads), threads, 0, y, expert_out, int(n), router_logits,
                           int(n_experts), chosen_logits, int(k), renormalize);
+}
+
+void add_routed_rows(Context& ctx, float* y, const float* rows, size_t n, const int32_t* pair_row, size_t n_tokens,
+                     const float* router_logits, size_t n_experts, const float* chosen_logits, size_t k, bool renormalize) {
+    if (k == 0 || k > max_top_k || k > n_experts)
+        throw std::invalid_argument("CUDA add_routed_rows: " + std::to_string(k) + " of " + std::to_string(n_experts) + " experts");
+    if (n_tokens == 0) return;
+    launch_after_previous(ctx, add_routed_rows_kernel, dim3(blocks_for(n, threads), unsigned(n_tokens)), threads, 0, y, rows,
+                          int(n), pair_row, router_logits, int(n_experts), chosen_logits, int(k), renormalize);
+}
+
+void route(Context& ctx, const float* router_logits, size_t n_tokens, size_t n_experts, size_t k, int32_t* ids,
+           float* chosen_logits) {
+    if (n_tokens == 0) return;
+    if (n_experts <= small_top_k_n && k <= small_top_k_k)
+        return launch_after_previous(ctx, small_top_k_kernel, unsigned(n_tokens), 32, 0, router_logits, int(n_experts),
+                                     int(k), ids, chosen_logits);
+    for (size_t t = 0; t < n_tokens; ++t)   // routers of more than 512 experts: the block sort, token by token
+        cuda::top_k(ctx, router_logits + t * n_experts, n_experts, k, ids + t * k, chosen_logits + t * k);
 }
 
 void argmax(Context& ctx, const float* x, size_t n, int32_t* out) {

@@ -182,17 +182,11 @@ matvec_kernel(const uint8_t* __restrict__ w, size_t row_bytes, int rows, int col
 // two-byte stores per thread, each warp instruction touching 32 lines, ran at a tenth of DRAM's
 // rate and made this kernel 70% of a 7B model's prompt time).
 template <GGMLType T, class OutT>
-__global__ void dequantize_kernel(const uint8_t* __restrict__ w, size_t row_bytes, size_t rows, int cols,
-                                  OutT* __restrict__ out) {
-    const int units = cols / 32;
-    const size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
-    if (i >= rows * units) return;
-    const size_t r = i / units;
-    const int unit = int(i % units);
+__device__ __forceinline__ void dequantize_unit(const DeviceMatrix& w, size_t r, int unit, OutT* __restrict__ out) {
     Unit u;
-    load_unit<T>(DeviceMatrix{w, row_bytes, int(rows), cols}, int(r), unit, u);
+    load_unit<T>(w, int(r), unit, u);
     constexpr int per_store = 16 / sizeof(OutT);
-    auto* dst = reinterpret_cast<uint4*>(out + r * cols + unit * 32);
+    auto* dst = reinterpret_cast<uint4*>(out + r * w.cols + unit * 32);
 #pragma unroll
     for (int s = 0; s < 32 / per_store; ++s) {
         alignas(16) OutT v[per_store];
@@ -205,6 +199,27 @@ __global__ void dequantize_kernel(const uint8_t* __restrict__ w, size_t row_byte
         }
         dst[s] = *reinterpret_cast<const uint4*>(v);
     }
+}
+
+template <GGMLType T, class OutT>
+__global__ void dequantize_kernel(const uint8_t* __restrict__ w, size_t row_bytes, size_t rows, int cols,
+                                  OutT* __restrict__ out) {
+    const int units = cols / 32;
+    const size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i >= rows * units) return;
+    dequantize_unit<T>(DeviceMatrix{w, row_bytes, int(rows), cols}, i / units, int(i % units), out);
+}
+
+// dequantize_kernel for the experts (blockIdx.y) that have rows in a grouped product (offsets:
+// group_by_expert's), each at its place in out ([n_experts * expert_rows, cols]).
+template <GGMLType T>
+__global__ void dequantize_experts_kernel(const uint8_t* __restrict__ w, size_t row_bytes, int expert_rows, int cols,
+                                          const int32_t* __restrict__ offsets, __half* __restrict__ out) {
+    const int e = int(blockIdx.y), units = cols / 32;
+    const size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (offsets[e + 1] == offsets[e] || i >= size_t(expert_rows) * units) return;
+    const DeviceMatrix all{w, row_bytes, expert_rows * int(gridDim.y), cols};
+    dequantize_unit<T>(all, size_t(e) * expert_rows + i / units, int(i % units), out);
 }
 
 template <GGMLType T>
@@ -408,14 +423,14 @@ WeightMatrix place_weights(Context& ctx, const WeightMatrix& w, void* device) {
     placed.data = static_cast<const std::byte*>(device);
     placed.planar = planar_layout(w.type);
     if (!placed.planar) {
-        upload(ctx, device, w.data, bytes);
+        cuda::upload(ctx, device, w.data, bytes);
         return placed;
     }
     // The file's bytes through scratch, then rearranged on the device (the host would take a second
     // per gigabyte).
     DeviceContext& state = device_of(ctx);
     void* staging = state.weights_half.get(bytes, state.stream);
-    upload(ctx, staging, w.data, bytes);
+    cuda::upload(ctx, staging, w.data, bytes);
     with_decoder(w.type, [&]<GGMLType T>() {
         if constexpr (Planar<T>::used) {
             const size_t n_blocks = w.rows * (w.cols / 32);
@@ -545,6 +560,43 @@ void matmul_experts_swiglu(Context& ctx, const ExpertMatrices& gate, const Exper
     cuda::matmul_experts(ctx, gate, ids, k, x, 0, out, activations);
     cuda::matmul_experts(ctx, up, ids, k, x, 0, up_scratch, activations);
     cuda::swiglu(ctx, out, up_scratch, k * gate.rows(), out);
+}
+
+// Why not a grouped kernel: the planar experts dequantized in one launch and cuBLAS's product per
+// expert are the prompt path's own float16 tensor-core products (matmul.cu's top), a launch an
+// expert and no new arithmetic to trust; a kernel reading the quantized experts itself (llama.cpp's
+// MMQ with expert ids) would save the float16 copy's traffic and these launches.
+void matmul_expert_groups(Context& ctx, const ExpertMatrices& w, const ExpertGroups& groups, const float* x, float* y,
+                          Activations activations) {
+    const size_t rows = w.rows(), cols = w.all.cols, total = groups.rows();
+    if (total == 0) return;
+    auto first_row = [&](size_t e) { return size_t(groups.host_offsets[e]); };
+    auto n_rows = [&](size_t e) { return size_t(groups.host_offsets[e + 1] - groups.host_offsets[e]); };
+    if (!w.all.planar) {   // the file's layout: an expert's rows are a matrix of their own
+        for (size_t e = 0; e < w.n_experts; ++e)
+            if (n_rows(e))
+                cuda::matmul(ctx, WeightMatrix{w.all.type, rows, cols, w.all.data + e * rows * w.all.row_bytes(), false},
+                             x + first_row(e) * cols, n_rows(e), y + first_row(e) * rows, activations);
+        return;
+    }
+    DeviceContext& device = device_of(ctx);
+    auto* w_half = static_cast<__half*>(device.weights_half.get(w.all.rows * cols * sizeof(__half), device.stream));
+    auto* x_half = static_cast<__half*>(device.tokens_half.get(total * cols * sizeof(__half), device.stream));
+    with_type(w.all, "matmul_expert_groups", [&]<GGMLType T>() {
+        dequantize_experts_kernel<T><<<dim3(blocks_for(rows * (cols / 32), 256), unsigned(w.n_experts)), 256, 0, device.stream>>>(
+            reinterpret_cast<const uint8_t*>(w.all.data), w.all.row_bytes(), int(rows), int(cols), groups.offsets, w_half);
+        TWINFER_CUDA_CHECK_LAUNCH();
+    });
+    to_half_kernel<<<blocks_for(total * cols, 256), 256, 0, device.stream>>>(x, total * cols, x_half);
+    TWINFER_CUDA_CHECK_LAUNCH();
+    const float one = 1.0f, zero = 0.0f;
+    for (size_t e = 0; e < w.n_experts; ++e) {
+        if (!n_rows(e)) continue;
+        TWINFER_CUDA_CHECK(cublasGemmEx(device.cublas, CUBLAS_OP_T, CUBLAS_OP_N, int(rows), int(n_rows(e)), int(cols), &one,
+                                        w_half + e * rows * cols, CUDA_R_16F, int(cols), x_half + first_row(e) * cols,
+                                        CUDA_R_16F, int(cols), &zero, y + first_row(e) * rows, CUDA_R_32F, int(rows),
+                                        CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    }
 }
 
 void get_rows(Context& ctx, const WeightMatrix& table, const int32_t* ids, size_t n_ids, float* out) {

@@ -13,6 +13,7 @@ namespace twinfer::compute {
 class Context;
 struct WeightMatrix;
 struct ExpertMatrices;
+struct ExpertGroups;
 struct MatmulOutput;
 struct RmsNorm;
 struct RopeParams;
@@ -46,6 +47,13 @@ void matmul_experts(Context& ctx, const ExpertMatrices& w, const int32_t* ids, s
 // compute::matmul_experts_swiglu: gate and up in one launch where both take the int8 kernels.
 void matmul_experts_swiglu(Context& ctx, const ExpertMatrices& gate, const ExpertMatrices& up, const int32_t* ids,
                            size_t k, const float* x, float* out, float* up_scratch, Activations activations);
+// compute::matmul_expert_groups: the planar types' experts dequantized to float16 (only those
+// with rows, one launch) for one cuBLAS product each; the other types through matmul per expert.
+void matmul_expert_groups(Context& ctx, const ExpertMatrices& w, const ExpertGroups& groups, const float* x, float* y,
+                          Activations activations);
+// compute::group_by_expert: one block.
+void group_by_expert(Context& ctx, const int32_t* ids, size_t n_tokens, size_t k, size_t n_experts, size_t min_group_rows,
+                     int32_t* offsets, int32_t* row_token, int32_t* pair_row);
 // ids in device memory, each < table.rows (the caller checks: a kernel cannot throw).
 void get_rows(Context& ctx, const WeightMatrix& table, const int32_t* ids, size_t n_ids, float* out);
 // Dequantize a whole matrix to float ([rows, cols]); for tests and the float16 product's tiles.
@@ -100,5 +108,11 @@ void top_k(Context& ctx, const float* x, size_t n, size_t k, int32_t* ids, float
 // compute::add_routed (compute/experts.hpp).
 void add_routed(Context& ctx, float* y, const float* expert_out, size_t n, const float* router_logits, size_t n_experts,
                 const float* chosen_logits, size_t k, bool renormalize);
+// compute::route: top_k of each row, a warp a row where top_k takes one warp.
+void route(Context& ctx, const float* router_logits, size_t n_tokens, size_t n_experts, size_t k, int32_t* ids,
+           float* chosen_logits);
+// compute::add_routed_rows: add_routed's kernel, a row of blocks a token.
+void add_routed_rows(Context& ctx, float* y, const float* rows, size_t n, const int32_t* pair_row, size_t n_tokens,
+                     const float* router_logits, size_t n_experts, const float* chosen_logits, size_t k, bool renormalize);
 
 }  // namespace twinfer::compute::cuda

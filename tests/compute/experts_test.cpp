@@ -1,0 +1,253 @@
+// A mixture-of-experts layer grouped by expert (compute::add_experts_grouped, a prompt's path)
+// against the same layer one token after another (add_experts_one_by_one, the decode step's), on
+// the CPU and on CUDA; and the grouping itself.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "compute/experts.hpp"
+#include "compute/memory.hpp"
+#include "format/quant.hpp"
+#ifdef TWINFER_WITH_CUDA
+#include "compute/cuda/runtime.hpp"
+#endif
+
+namespace twinfer::compute {
+namespace {
+
+// The model's threshold of a tiled product (models/f32_common.hpp, rows_for_tiled_products).
+constexpr size_t min_group_rows = 4;
+
+std::vector<float> gaussian(size_t n, std::mt19937& rng, float sigma = 1.0f) {
+    std::normal_distribution<float> normal(0.0f, sigma);
+    std::vector<float> v(n);
+    for (float& x : v) x = normal(rng);
+    return v;
+}
+
+double relative_error(const std::vector<float>& got, const std::vector<float>& want) {
+    double diff = 0, norm = 0;
+    for (size_t i = 0; i < want.size(); ++i) {
+        if (!std::isfinite(got[i])) return INFINITY;
+        diff += (double(got[i]) - want[i]) * (double(got[i]) - want[i]);
+        norm += double(want[i]) * want[i];
+    }
+    return std::sqrt(diff / norm);
+}
+
+// n_experts experts of `type` (gate and up [rows, cols], down [cols, rows]), in host memory.
+struct RandomExperts {
+    size_t n_experts, rows, cols;
+    std::vector<std::byte> gate_bytes, up_bytes, down_bytes;
+
+    RandomExperts(GGMLType type, size_t n_experts_, size_t rows_, size_t cols_, std::mt19937& rng)
+        : n_experts(n_experts_), rows(rows_), cols(cols_) {
+        gate_bytes = quantized(type, n_experts * rows, cols, rng, 1.0f / std::sqrt(float(cols)));
+        up_bytes = quantized(type, n_experts * rows, cols, rng, 1.0f / std::sqrt(float(cols)));
+        down_bytes = quantized(type, n_experts * cols, rows, rng, 1.0f / std::sqrt(float(rows)));
+    }
+    static std::vector<std::byte> quantized(GGMLType type, size_t rows, size_t cols, std::mt19937& rng, float sigma) {
+        std::vector<std::byte> bytes(rows * row_size_bytes(type, cols));
+        quantize(type, gaussian(rows * cols, rng, sigma), bytes);
+        return bytes;
+    }
+};
+
+// A router that every token sends to expert 0 and none to the last; the others at random.
+std::vector<float> router_logits(size_t n_tokens, size_t n_experts, std::mt19937& rng) {
+    std::vector<float> logits = gaussian(n_tokens * n_experts, rng);
+    for (size_t t = 0; t < n_tokens; ++t) logits[t * n_experts] = 8.0f, logits[t * n_experts + n_experts - 1] = -8.0f;
+    return logits;
+}
+
+// Device memory for the tests' arrays, kept alive by the object.
+class DeviceArrays {
+public:
+    explicit DeviceArrays(Context& ctx) : ctx_(ctx) {}
+    template <class T> T* copy(const std::vector<T>& host) {
+        T* p = static_cast<T*>(allocate(host.size() * sizeof(T)));
+        upload(ctx_, p, host.data(), host.size() * sizeof(T));
+        return p;
+    }
+    void* allocate(size_t bytes) { return buffers_.emplace_back(ctx_.device(), std::max<size_t>(bytes, 1)).data(); }
+    template <class T> std::vector<T> read(const T* device, size_t n) {
+        std::vector<T> host(n);
+        download(ctx_, host.data(), device, n * sizeof(T));
+        return host;
+    }
+
+private:
+    Context& ctx_;
+    std::vector<Buffer> buffers_;
+};
+
+// One layer on one context: the experts placed where its kernels read them, y = y0 + layer(x)
+// either way.
+class ExpertsOn {
+public:
+    ExpertsOn(Context& ctx, GGMLType type, const RandomExperts& e, size_t k, bool renormalize)
+        : ctx_(ctx), arrays_(ctx),
+          gate_{place_weights(ctx, {type, e.n_experts * e.rows, e.cols, e.gate_bytes.data()}, weights_), e.n_experts},
+          up_{place_weights(ctx, {type, e.n_experts * e.rows, e.cols, e.up_bytes.data()}, weights_), e.n_experts},
+          down_{place_weights(ctx, {type, e.n_experts * e.cols, e.rows, e.down_bytes.data()}, weights_), e.n_experts},
+          layer_{gate_, up_, down_, k, renormalize} {}
+
+    std::vector<float> one_by_one(const std::vector<float>& x, const std::vector<float>& router, const std::vector<float>& y0,
+                                  Activations activations) {
+        const size_t n_tokens = y0.size() / gate_.all.cols, k = layer_.k;
+        const OneByOneScratch s{arrays_.copy(std::vector<int32_t>(k)), floats(k), floats(k * gate_.rows()),
+                                floats(k * gate_.rows()), floats(k * gate_.all.cols)};
+        float* y = arrays_.copy(y0);
+        add_experts_one_by_one(ctx_, layer_, arrays_.copy(x), n_tokens, arrays_.copy(router), s, activations, y);
+        return arrays_.read(y, y0.size());
+    }
+    std::vector<float> grouped(const std::vector<float>& x, const std::vector<float>& router, const std::vector<float>& y0,
+                               Activations activations) {
+        const size_t n_tokens = y0.size() / gate_.all.cols;
+        last_scratch_ = grouped_scratch_in(arrays_.allocate(grouped_scratch_bytes(layer_, n_tokens, min_group_rows)), layer_,
+                                           n_tokens, min_group_rows);
+        float* y = arrays_.copy(y0);
+        add_experts_grouped(ctx_, layer_, arrays_.copy(x), n_tokens, arrays_.copy(router), min_group_rows, last_scratch_,
+                            activations, y);
+        return arrays_.read(y, y0.size());
+    }
+    // The last grouped call's choice and grouping, on the host.
+    std::vector<int32_t> last_ids(size_t n_tokens) { return arrays_.read(last_scratch_.ids, n_tokens * layer_.k); }
+    std::vector<int32_t> last_offsets() { return arrays_.read(last_scratch_.offsets, gate_.n_experts + 1); }
+    std::vector<int32_t> last_row_token() {
+        const std::vector<int32_t> offsets = last_offsets();
+        return arrays_.read(last_scratch_.row_token, size_t(offsets.back()));
+    }
+    std::vector<int32_t> last_pair_row(size_t n_tokens) { return arrays_.read(last_scratch_.pair_row, n_tokens * layer_.k); }
+
+private:
+    float* floats(size_t n) { return static_cast<float*>(arrays_.allocate(n * sizeof(float))); }
+
+    Context& ctx_;
+    DeviceArrays arrays_;
+    std::vector<Buffer> weights_;
+    ExpertMatrices gate_, up_, down_;
+    ExpertLayer layer_;
+    GroupedScratch last_scratch_{};
+};
+
+ContextOptions options_for(Device device) {
+    ContextOptions options;
+    options.device = device;
+    options.n_threads = 2;
+    return options;
+}
+
+// Expert 0 chosen by every token, the last by none, groups of one token padded; float weights of
+// a ragged width (24) and quantized ones; prompts of a few tokens to a few dozen. Float
+// activations: the two differ only in the order of each product's sums (matrix-vector against
+// tiled; measured 1-2e-7). The CPU's default int8x2 activations: each one-by-one product's inputs
+// rounded to ~15 bits (x = d (256 hi + lo), an error of at most 1/32,512 of a block's largest),
+// the grouped products' not (measured 2-3e-5).
+TEST(ExpertsTest, GroupedMatchesOneByOne) {
+    Context cpu(options_for(Device::CPU));
+    std::mt19937 rng(7);
+    struct Case {
+        GGMLType type;
+        size_t n_experts, k, rows, cols;
+    };
+    for (auto [type, n_experts, k, rows, cols] : {Case{GGMLType::F32, 6, 2, 24, 32}, Case{GGMLType::Q8_0, 8, 3, 64, 96},
+                                                  Case{GGMLType::Q4_0, 16, 4, 96, 64}}) {
+        const RandomExperts experts(type, n_experts, rows, cols, rng);
+        for (bool renormalize : {true, false}) {
+            ExpertsOn on(cpu, type, experts, k, renormalize);
+            for (size_t n_tokens : {4, 5, 9, 33}) {
+                const auto x = gaussian(n_tokens * cols, rng), y0 = gaussian(n_tokens * cols, rng);
+                const auto router = router_logits(n_tokens, n_experts, rng);
+                const std::string what = std::string(type_name(type)) + " tokens " + std::to_string(n_tokens) +
+                                         (renormalize ? " renormalized" : "");
+                const auto grouped = on.grouped(x, router, y0, Activations::Float32);
+                EXPECT_LT(relative_error(grouped, on.one_by_one(x, router, y0, Activations::Float32)), 1e-6) << what;
+                EXPECT_LT(relative_error(on.grouped(x, router, y0, Activations::Int8x2),
+                                         on.one_by_one(x, router, y0, Activations::Int8x2)), 1e-4) << what;
+                const std::vector<int32_t> offsets = on.last_offsets();
+                EXPECT_EQ(offsets[1] - offsets[0], int32_t(n_tokens)) << what;              // expert 0: every token
+                EXPECT_EQ(offsets[n_experts], offsets[n_experts - 1]) << what;             // the last: none
+            }
+        }
+    }
+}
+
+// A token's row does not depend on the other tokens (a server's Tiled rows beside others, as a
+// prompt computes them): its experts' groups have other members and other sizes, the bits stay.
+TEST(ExpertsTest, GroupedRowsDoNotDependOnOtherTokens) {
+    Context cpu(options_for(Device::CPU));
+    std::mt19937 rng(11);
+    const size_t n_experts = 8, k = 2, rows = 64, cols = 64, n_tokens = 24;
+    const RandomExperts experts(GGMLType::Q8_0, n_experts, rows, cols, rng);
+    ExpertsOn on(cpu, GGMLType::Q8_0, experts, k, true);
+    const auto x = gaussian(n_tokens * cols, rng), y0 = gaussian(n_tokens * cols, rng);
+    const auto router = gaussian(n_tokens * n_experts, rng);
+    const auto all = on.grouped(x, router, y0, Activations::Int8x2);
+    for (auto [first, count] : {std::pair<size_t, size_t>{0, 4}, {3, 5}, {20, 4}}) {
+        auto part = [&](const std::vector<float>& v, size_t width) {
+            return std::vector<float>(v.begin() + std::ptrdiff_t(first * width), v.begin() + std::ptrdiff_t((first + count) * width));
+        };
+        EXPECT_EQ(on.grouped(part(x, cols), part(router, n_experts), part(y0, cols), Activations::Int8x2), part(all, cols))
+            << "tokens " << first << ".." << first + count;
+    }
+}
+
+// The grouping against its definition: each expert's rows in token order, padded with copies of
+// its last up to min_group_rows, every pair's row pointing at its own token.
+TEST(ExpertsTest, GroupByExpert) {
+    Context cpu(options_for(Device::CPU));
+    const size_t n_experts = 5, k = 2, n_tokens = 4;
+    const std::vector<int32_t> ids = {0, 2, 2, 0, 0, 3, 0, 2};   // expert 1 and 4: none; 3: one token
+    std::vector<int32_t> offsets(n_experts + 1), row_token(max_grouped_rows(n_tokens, k, n_experts, min_group_rows));
+    std::vector<int32_t> pair_row(n_tokens * k);
+    group_by_expert(cpu, ids.data(), n_tokens, k, n_experts, min_group_rows, offsets.data(), row_token.data(), pair_row.data());
+    EXPECT_EQ(offsets, (std::vector<int32_t>{0, 4, 4, 8, 12, 12}));
+    EXPECT_EQ(std::vector<int32_t>(row_token.begin(), row_token.begin() + 12),
+              (std::vector<int32_t>{0, 1, 2, 3, 0, 1, 3, 3, 2, 2, 2, 2}));
+    EXPECT_EQ(pair_row, (std::vector<int32_t>{0, 4, 5, 1, 2, 8, 3, 6}));
+    const std::vector<int32_t> bad = {0, 5};
+    EXPECT_THROW(group_by_expert(cpu, bad.data(), 1, k, n_experts, 1, offsets.data(), row_token.data(), pair_row.data()),
+                 std::out_of_range);
+}
+
+#ifdef TWINFER_WITH_CUDA
+// The GPU's grouped layer against the CPU's one-by-one: the same choice and grouping (bit for bit),
+// and outputs within the float16 products' error (cuda_ops_test.cpp's 1e-3); planar types (one
+// dequantization launch, a cuBLAS product an expert) and the others (matmul per expert), a ragged
+// width among them; then its one-by-one path, the decode step's.
+TEST(ExpertsCudaTest, GroupedMatchesCpu) {
+    if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA GPU: " << cuda::describe_device();
+    Context cpu(options_for(Device::CPU)), gpu(options_for(Device::CUDA));
+    std::mt19937 rng(5);
+    struct Case {
+        GGMLType type;
+        size_t n_experts, k, rows, cols;
+    };
+    for (auto [type, n_experts, k, rows, cols] : {Case{GGMLType::Q8_0, 8, 3, 64, 96}, Case{GGMLType::Q4_0, 128, 8, 96, 256},
+                                                  Case{GGMLType::F16, 16, 4, 64, 128}, Case{GGMLType::F32, 6, 2, 24, 32}}) {
+        const RandomExperts experts(type, n_experts, rows, cols, rng);
+        ExpertsOn on_cpu(cpu, type, experts, k, true), on_gpu(gpu, type, experts, k, true);
+        for (size_t n_tokens : {4, 9, 200}) {
+            const auto x = gaussian(n_tokens * cols, rng), y0 = gaussian(n_tokens * cols, rng);
+            const auto router = router_logits(n_tokens, n_experts, rng);
+            const std::string what = std::string(type_name(type)) + " tokens " + std::to_string(n_tokens);
+            const auto want = on_cpu.grouped(x, router, y0, Activations::Float32);
+            EXPECT_LT(relative_error(on_gpu.grouped(x, router, y0, Activations::Int8), want), 1e-3) << what;
+            EXPECT_EQ(on_gpu.last_ids(n_tokens), on_cpu.last_ids(n_tokens)) << what;
+            EXPECT_EQ(on_gpu.last_offsets(), on_cpu.last_offsets()) << what;
+            EXPECT_EQ(on_gpu.last_row_token(), on_cpu.last_row_token()) << what;
+            EXPECT_EQ(on_gpu.last_pair_row(n_tokens), on_cpu.last_pair_row(n_tokens)) << what;
+            EXPECT_LT(relative_error(on_gpu.one_by_one(x, router, y0, Activations::Float32), want), 1e-3) << what;
+        }
+    }
+}
+#endif
+
+}  // namespace
+}  // namespace twinfer::compute
