@@ -11,6 +11,8 @@
 // activations in cuBLAS on the tensor cores, accumulating in float32. The error is the two
 // roundings to float16 (relative 2^-11 at most, each): a relative error of a few 1e-4 in y, the
 // size of the error the tests allow (cuda_ops_test.cpp). F32 weights use a float32 cuBLAS product.
+#include <mma.h>
+
 #include <algorithm>
 #include <cstdint>
 #include <optional>
@@ -181,12 +183,13 @@ matvec_kernel(const uint8_t* __restrict__ w, size_t row_bytes, int rows, int col
 // One thread per unit of 32 weights: out[r, :] = W[r, :] as OutT, written 16 bytes at a time (32
 // two-byte stores per thread, each warp instruction touching 32 lines, ran at a tenth of DRAM's
 // rate and made this kernel 70% of a 7B model's prompt time).
+// Unit `unit` of row r of w as 32 values of OutT at out (16-byte aligned).
 template <GGMLType T, class OutT>
 __device__ __forceinline__ void dequantize_unit(const DeviceMatrix& w, size_t r, int unit, OutT* __restrict__ out) {
     Unit u;
     load_unit<T>(w, int(r), unit, u);
     constexpr int per_store = 16 / sizeof(OutT);
-    auto* dst = reinterpret_cast<uint4*>(out + r * w.cols + unit * 32);
+    auto* dst = reinterpret_cast<uint4*>(out);
 #pragma unroll
     for (int s = 0; s < 32 / per_store; ++s) {
         alignas(16) OutT v[per_store];
@@ -207,19 +210,95 @@ __global__ void dequantize_kernel(const uint8_t* __restrict__ w, size_t row_byte
     const int units = cols / 32;
     const size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
     if (i >= rows * units) return;
-    dequantize_unit<T>(DeviceMatrix{w, row_bytes, int(rows), cols}, i / units, int(i % units), out);
+    dequantize_unit<T>(DeviceMatrix{w, row_bytes, int(rows), cols}, i / units, int(i % units), out + i * 32);
 }
 
-// dequantize_kernel for the experts (blockIdx.y) that have rows in a grouped product (offsets:
-// group_by_expert's), each at its place in out ([n_experts * expert_rows, cols]).
+// A grouped product's tiles (matmul_expert_groups): 64 of an expert's weight rows by 64 of its
+// token rows, four warps of 32 x 32 (2 x 2 WMMA fragments of 16 x 16, float16 in, float32
+// accumulated), K in steps of 64. Each step a thread decodes one 32-weight unit of the weight
+// tile (dequantize_kernel's arithmetic, into shared memory: the experts are read in their own
+// blocks, no float16 copy of them is written) and holds its share of the next step's token tile
+// in registers while the tensor cores work. Rows padded by 8 halves (16 bytes): WMMA wants
+// 32-byte aligned fragment pointers, and the padding staggers the rows over the banks.
+constexpr int group_tile = 64, group_k = 64, group_stride = group_k + 8, group_threads = 128;
+constexpr int group_pieces = group_tile * group_k / 8 / group_threads;   // 16-byte loads of x a thread a step
+static_assert(group_tile * group_k / 32 == group_threads, "a unit of the weight tile a thread a step");
+
+// y[r] = W_e x[r] for expert e = blockIdx.z's rows r = offsets[e] + blockIdx.y * 64 .., weight rows
+// blockIdx.x * 64 ..: w the experts ([gridDim.z * rows, cols], as matvec reads them), x float16
+// ([, cols]), y float ([, rows]). cols a multiple of 32 (a unit or a 16-byte piece of x is all in
+// or all out of the last step).
 template <GGMLType T>
-__global__ void dequantize_experts_kernel(const uint8_t* __restrict__ w, size_t row_bytes, int expert_rows, int cols,
-                                          const int32_t* __restrict__ offsets, __half* __restrict__ out) {
-    const int e = int(blockIdx.y), units = cols / 32;
-    const size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
-    if (offsets[e + 1] == offsets[e] || i >= size_t(expert_rows) * units) return;
-    const DeviceMatrix all{w, row_bytes, expert_rows * int(gridDim.y), cols};
-    dequantize_unit<T>(all, size_t(e) * expert_rows + i / units, int(i % units), out);
+__global__ void __launch_bounds__(group_threads)
+expert_groups_gemm_kernel(const uint8_t* __restrict__ w, size_t row_bytes, const __half* __restrict__ x,
+                          const int32_t* __restrict__ offsets, int rows, int cols, float* __restrict__ y) {
+    using namespace nvcuda;
+    const int e = int(blockIdx.z), first = offsets[e], count = offsets[e + 1] - first;
+    const int token0 = int(blockIdx.y) * group_tile, row0 = int(blockIdx.x) * group_tile;
+    if (token0 >= count) return;
+    __shared__ __align__(128) __half ws[group_tile][group_stride];
+    __shared__ __align__(128) __half xs[group_tile][group_stride];
+    __shared__ __align__(128) float cs[group_tile][group_tile + 4];   // [token][row]
+    const DeviceMatrix experts{w, row_bytes, rows * int(gridDim.z), cols};
+    const __half* x_rows = x + (size_t(first) + token0) * cols;
+    const int n_rows = min(group_tile, rows - row0), n_tokens = min(group_tile, count - token0);
+    const int unit_row = int(threadIdx.x) / (group_k / 32), unit_in_step = int(threadIdx.x) % (group_k / 32);
+    uint4 x_next[group_pieces];
+    auto load_x = [&](int k0) {
+#pragma unroll
+        for (int p = 0; p < group_pieces; ++p) {
+            const int piece = int(threadIdx.x) + p * group_threads, r = piece / (group_k / 8), c = k0 + piece % (group_k / 8) * 8;
+            x_next[p] = c < cols && r < n_tokens ? *reinterpret_cast<const uint4*>(x_rows + size_t(r) * cols + c) : uint4{};
+        }
+    };
+    const int warp = int(threadIdx.x) / 32, warp_row = warp / 2 * 32, warp_token = warp % 2 * 32;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+    load_x(0);
+    for (int k0 = 0; k0 < cols; k0 += group_k) {
+        __half* unit_out = &ws[unit_row][unit_in_step * 32];
+        const int unit = k0 / 32 + unit_in_step;
+        if (unit_row < n_rows && unit < cols / 32) {
+            dequantize_unit<T>(experts, size_t(e) * rows + row0 + unit_row, unit, unit_out);
+        } else {
+#pragma unroll
+            for (int s = 0; s < 4; ++s) reinterpret_cast<uint4*>(unit_out)[s] = uint4{};
+        }
+#pragma unroll
+        for (int p = 0; p < group_pieces; ++p) {
+            const int piece = int(threadIdx.x) + p * group_threads, r = piece / (group_k / 8), c = piece % (group_k / 8) * 8;
+            *reinterpret_cast<uint4*>(&xs[r][c]) = x_next[p];
+        }
+        __syncthreads();
+        if (k0 + group_k < cols) load_x(k0 + group_k);
+#pragma unroll
+        for (int kk = 0; kk < group_k; kk += 16) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> a[2];     // W [row][k]
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> b[2];     // x^T: x [token][k]
+#pragma unroll
+            for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(a[i], &ws[warp_row + 16 * i][kk], group_stride);
+#pragma unroll
+            for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(b[j], &xs[warp_token + 16 * j][kk], group_stride);
+#pragma unroll
+            for (int i = 0; i < 2; ++i)
+#pragma unroll
+                for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 2; ++j)   // element (row, token) at cs[token][row]
+            wmma::store_matrix_sync(&cs[warp_token + 16 * j][warp_row + 16 * i], acc[i][j], group_tile + 4, wmma::mem_col_major);
+    __syncthreads();
+    for (int i = int(threadIdx.x); i < group_tile * group_tile; i += group_threads) {
+        const int t = i / group_tile, r = i % group_tile;
+        if (t < n_tokens && r < n_rows) y[(size_t(first) + token0 + t) * rows + row0 + r] = cs[t][r];
+    }
 }
 
 template <GGMLType T>
@@ -562,41 +641,40 @@ void matmul_experts_swiglu(Context& ctx, const ExpertMatrices& gate, const Exper
     cuda::swiglu(ctx, out, up_scratch, k * gate.rows(), out);
 }
 
-// Why not a grouped kernel: the planar experts dequantized in one launch and cuBLAS's product per
-// expert are the prompt path's own float16 tensor-core products (matmul.cu's top), a launch an
-// expert and no new arithmetic to trust; a kernel reading the quantized experts itself (llama.cpp's
-// MMQ with expert ids) would save the float16 copy's traffic and these launches.
+// Every expert's tiles in one launch (expert_groups_gemm_kernel), the experts decoded from their
+// own blocks: the prompt path's float16 tensor-core arithmetic (the top of this file) without its
+// float16 copy of the weights (all 128 experts of a Qwen3-30B-A3B layer would be 400 MB written and
+// read again a product), in two launches a product whatever the number of experts. (cuBLAS's
+// product one expert at a time was a launch and a mostly idle GPU an expert, 128 of them a layer;
+// its grouped-batched GEMM has no float16-in, float32-out form.) F32 experts (cuBLAS's float32
+// product) and float rows of a ragged width (no 32-weight units) go through matmul one expert at
+// a time.
 void matmul_expert_groups(Context& ctx, const ExpertMatrices& w, const ExpertGroups& groups, const float* x, float* y,
                           Activations activations) {
     const size_t rows = w.rows(), cols = w.all.cols, total = groups.rows();
     if (total == 0) return;
-    auto first_row = [&](size_t e) { return size_t(groups.host_offsets[e]); };
-    auto n_rows = [&](size_t e) { return size_t(groups.host_offsets[e + 1] - groups.host_offsets[e]); };
-    if (!w.all.planar) {   // the file's layout: an expert's rows are a matrix of their own
-        for (size_t e = 0; e < w.n_experts; ++e)
-            if (n_rows(e))
+    if (w.all.type == GGMLType::F32 || ragged_float(w.all)) {
+        for (size_t e = 0; e < w.n_experts; ++e) {
+            const size_t first = size_t(groups.host_offsets[e]), n = size_t(groups.host_offsets[e + 1]) - first;
+            if (n)
                 cuda::matmul(ctx, WeightMatrix{w.all.type, rows, cols, w.all.data + e * rows * w.all.row_bytes(), false},
-                             x + first_row(e) * cols, n_rows(e), y + first_row(e) * rows, activations);
+                             x + first * cols, n, y + first * rows, activations);
+        }
         return;
     }
+    int32_t most_rows = 0;
+    for (size_t e = 0; e < w.n_experts; ++e)
+        most_rows = std::max(most_rows, groups.host_offsets[e + 1] - groups.host_offsets[e]);
     DeviceContext& device = device_of(ctx);
-    auto* w_half = static_cast<__half*>(device.weights_half.get(w.all.rows * cols * sizeof(__half), device.stream));
     auto* x_half = static_cast<__half*>(device.tokens_half.get(total * cols * sizeof(__half), device.stream));
-    with_type(w.all, "matmul_expert_groups", [&]<GGMLType T>() {
-        dequantize_experts_kernel<T><<<dim3(blocks_for(rows * (cols / 32), 256), unsigned(w.n_experts)), 256, 0, device.stream>>>(
-            reinterpret_cast<const uint8_t*>(w.all.data), w.all.row_bytes(), int(rows), int(cols), groups.offsets, w_half);
-        TWINFER_CUDA_CHECK_LAUNCH();
-    });
     to_half_kernel<<<blocks_for(total * cols, 256), 256, 0, device.stream>>>(x, total * cols, x_half);
     TWINFER_CUDA_CHECK_LAUNCH();
-    const float one = 1.0f, zero = 0.0f;
-    for (size_t e = 0; e < w.n_experts; ++e) {
-        if (!n_rows(e)) continue;
-        TWINFER_CUDA_CHECK(cublasGemmEx(device.cublas, CUBLAS_OP_T, CUBLAS_OP_N, int(rows), int(n_rows(e)), int(cols), &one,
-                                        w_half + e * rows * cols, CUDA_R_16F, int(cols), x_half + first_row(e) * cols,
-                                        CUDA_R_16F, int(cols), &zero, y + first_row(e) * rows, CUDA_R_32F, int(rows),
-                                        CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    }
+    const dim3 grid(blocks_for(rows, group_tile), blocks_for(size_t(most_rows), group_tile), unsigned(w.n_experts));
+    with_type(w.all, "matmul_expert_groups", [&]<GGMLType T>() {
+        expert_groups_gemm_kernel<T><<<grid, group_threads, 0, device.stream>>>(
+            reinterpret_cast<const uint8_t*>(w.all.data), w.all.row_bytes(), x_half, groups.offsets, int(rows), int(cols), y);
+        TWINFER_CUDA_CHECK_LAUNCH();
+    });
 }
 
 void get_rows(Context& ctx, const WeightMatrix& table, const int32_t* ids, size_t n_ids, float* out) {

@@ -47,8 +47,9 @@ void matmul_experts(Context& ctx, const ExpertMatrices& w, const int32_t* ids, s
 // compute::matmul_experts_swiglu: gate and up in one launch where both take the int8 kernels.
 void matmul_experts_swiglu(Context& ctx, const ExpertMatrices& gate, const ExpertMatrices& up, const int32_t* ids,
                            size_t k, const float* x, float* out, float* up_scratch, Activations activations);
-// compute::matmul_expert_groups: the planar types' experts dequantized to float16 (only those
-// with rows, one launch) for one cuBLAS product each; the other types through matmul per expert.
+// compute::matmul_expert_groups: every expert's tiles in one launch of float16 tensor-core
+// products, the experts decoded from their blocks in the kernel; F32 and ragged float experts
+// through matmul one expert at a time.
 void matmul_expert_groups(Context& ctx, const ExpertMatrices& w, const ExpertGroups& groups, const float* x, float* y,
                           Activations activations);
 // compute::group_by_expert: one block.

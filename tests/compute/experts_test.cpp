@@ -217,10 +217,11 @@ TEST(ExpertsTest, GroupByExpert) {
 }
 
 #ifdef TWINFER_WITH_CUDA
-// The GPU's grouped layer against the CPU's one-by-one: the same choice and grouping (bit for bit),
-// and outputs within the float16 products' error (cuda_ops_test.cpp's 1e-3); planar types (one
-// dequantization launch, a cuBLAS product an expert) and the others (matmul per expert), a ragged
-// width among them; then its one-by-one path, the decode step's.
+// The GPU's grouped layer against the CPU's: the same choice and grouping (bit for bit), and
+// outputs within the float16 products' error (cuda_ops_test.cpp's 1e-3). Quantized and F16 experts
+// take the tiled kernel that decodes them (tiles cut at a partial K step of 96 columns, a partial
+// row tile of 96 rows, an expert of 200 rows over four token tiles, 128 experts), F32 ones matmul
+// per expert (a ragged width of 24). Then the GPU's one-by-one path, the decode step's.
 TEST(ExpertsCudaTest, GroupedMatchesCpu) {
     if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA GPU: " << cuda::describe_device();
     Context cpu(options_for(Device::CPU)), gpu(options_for(Device::CUDA));
