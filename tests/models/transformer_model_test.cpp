@@ -244,6 +244,52 @@ TEST_P(EveryArchitecture, BatchedRowsEqualEachSequenceAlone) {
 INSTANTIATE_TEST_SUITE_P(TransformerModel, EveryArchitecture, ::testing::ValuesIn(architectures()),
                          [](const auto& info) { return info.param.arch; });
 
+// Qwen3-MoE with experts wide enough for whole quantized blocks (8 experts of [64, 32] and [32,
+// 64], 2 a token): a 16-token prompt goes through the experts grouped by expert
+// (compute::add_experts_grouped), some groups padded, some empty.
+RandomArch moe_with_quantized_experts() {
+    RandomArch a = architectures()[2];
+    a.n_expert = 8, a.n_expert_used = 2, a.n_ff_expert = 64;
+    return a;
+}
+
+Logits moe_prompt(const std::shared_ptr<const gguf::File>& file, compute::Device device) {
+    TransformerModel model = TransformerModel::load(
+        file, {.n_ctx = kCtx, .n_threads = 2, .device = device, .activations = compute::Activations::Float32});
+    return model.forward(random_ids(16, 13), LogitsMode::All);
+}
+
+// The grouped prompt against the reference on the same weights: within float32 rounding.
+TEST(TransformerModel, MoePromptGroupedByExpertMatchesTheReference) {
+    const RandomArch a = moe_with_quantized_experts();
+    ASSERT_EQ(a.arch, "qwen3moe");
+    for (GGMLType type : {GGMLType::Q8_0, GGMLType::Q4_0}) {
+        const auto file = random_model(a, type);
+        const Logits expected = GPTModel::from_gguf(*file).forward(random_ids(16, 13), LogitsMode::All);
+        const Logits prompt = moe_prompt(file, compute::Device::CPU);
+        double worst = 0;
+        for (size_t t = 0; t < 16; ++t) worst = std::max(worst, test::relative_error(prompt.row(t), expected.row(t)));
+        EXPECT_LT(worst, 1e-5) << type_name(type);
+    }
+}
+
+// The same prompt on a GPU (the tiled kernel decoding the experts, a K step cut at 32 columns)
+// against the CPU's: within the float16 products' error (f32_cuda_test.cpp's 1e-3).
+TEST(TransformerModel, CudaMoePromptGroupedByExpertMatchesCpu) {
+#ifdef TWINFER_WITH_CUDA
+    if (compute::cuda::device_count() == 0) GTEST_SKIP() << "no CUDA GPU: " << compute::cuda::describe_device();
+#else
+    GTEST_SKIP() << "built without the CUDA backend (TWINFER_CUDA=OFF)";
+#endif
+    for (GGMLType type : {GGMLType::Q8_0, GGMLType::Q4_0}) {
+        const auto file = random_model(moe_with_quantized_experts(), type);
+        const Logits cpu = moe_prompt(file, compute::Device::CPU), gpu = moe_prompt(file, compute::Device::CUDA);
+        double worst = 0;
+        for (size_t t = 0; t < 16; ++t) worst = std::max(worst, test::relative_error(gpu.row(t), cpu.row(t)));
+        EXPECT_LT(worst, 1e-3) << type_name(type);
+    }
+}
+
 // A sliding window must change the result (else the test above could not tell it is applied):
 // the same Gemma 3 weights with a window as long as the sequence give other logits past the window.
 TEST(TransformerModel, SlidingWindowChangesWhatIsSeen) {
