@@ -214,6 +214,7 @@ void run_verify(const VerifyOptions& opts) {
     auto ref_options = fast_options;
     ref_options.precision = Precision::F64;
     ref_options.device = DeviceChoice::CPU;
+    ref_options.cache_type = compute::KvType::F32;   // the reference's own cache is float64
     auto reference = InferenceEngine::load(ref_options);
     const Logits ref_logits = reference.evaluate_all(ids);
 

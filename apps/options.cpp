@@ -127,6 +127,7 @@ void load_config_file(Settings& s, const std::filesystem::path& path) {
     bool exact_activations = false;   // the older spelling of activations = "f32"
     top.read("exact_activations", exact_activations);
     if (exact_activations) s.activations = "f32";
+    top.read("cache_type", s.cache_type);
     top.read("tensor_parallel", s.tensor_parallel);
     top.read("system_prompt", s.system_prompt);
     top.read("log_level", s.log_level);
@@ -178,7 +179,7 @@ std::string settings_to_toml(const Settings& s) {
     gen.insert("stop", stops);
     toml::table root{{"model", s.model},         {"precision", s.precision}, {"device", s.device},
                      {"threads", s.threads},     {"ctx_size", s.ctx_size},   {"activations", s.activations},
-                     {"tensor_parallel", s.tensor_parallel}, {"system_prompt", s.system_prompt}, {"log_level", s.log_level}};
+                     {"cache_type", s.cache_type}, {"tensor_parallel", s.tensor_parallel}, {"system_prompt", s.system_prompt}, {"log_level", s.log_level}};
     root.insert("generation", gen);
     std::ostringstream out;
     out << "# twinfer configuration: command-line flags override these values.\n" << root << "\n";
@@ -213,6 +214,8 @@ void add_model_flags(CLI::App& cmd, Settings& s) {
         ->check(CLI::IsMember({"auto", "f32", "int8", "int8x2"}))
         ->capture_default_str();
     cmd.add_flag_callback("--exact-activations", [&s] { s.activations = "f32"; }, "the same as --activations f32");
+    cmd.add_option("--cache-type", s.cache_type, "the KV cache's elements, keys and values: f32, or f16 (half the memory)")
+        ->check(CLI::IsMember({"f32", "f16"}))->capture_default_str();
     cmd.add_option("--tensor-parallel", s.tensor_parallel,
                    "split a Llama model over N ranks: N GPUs over NCCL (--device cuda), or N simulated ranks (--device cpu)")
         ->check(allowed_values(1, 64, "1 to 64"))->capture_default_str();
@@ -265,6 +268,11 @@ BackendOptions Settings::backend_options() const {
         } catch (const std::invalid_argument& e) {
             throw UsageError(e.what());
         }
+    }
+    try {
+        o.cache_type = compute::parse_kv_type(cache_type);
+    } catch (const std::invalid_argument& e) {
+        throw UsageError(e.what());
     }
     o.tensor_parallel = tensor_parallel;
     return o;

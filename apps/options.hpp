@@ -21,6 +21,7 @@ struct Settings {
     int threads = 0;
     int ctx_size = 0;
     std::string activations = "auto";   // auto (the device's default), f32, int8, int8x2
+    std::string cache_type = "f32";     // the KV cache's elements: f32 or f16
     int tensor_parallel = 1;
     // generation
     int max_tokens = -1;

@@ -6,6 +6,7 @@
 #include <string>
 #include <cstdint>
 
+#include "compute/cache_rows.hpp"
 #include "compute/context.hpp"
 #include "compute/matmul.hpp"
 #include "compute/rope.hpp"
@@ -19,7 +20,7 @@ struct AttentionShape {
     size_t n_head = 0;
     size_t n_head_kv = 0;    // query head h reads KV head h / (n_head / n_head_kv) (grouped-query)
     size_t head_dim = 0;
-    size_t kv_stride = 0;    // floats between two positions in keys/values (>= n_head_kv * head_dim)
+    size_t kv_stride = 0;    // elements between two positions in keys/values (>= n_head_kv * head_dim)
     float scale = 1.0f;      // usually 1/sqrt(head_dim)
     // Sliding-window attention: a token attends to the last `window` positions, its own included;
     // 0: to every earlier position. (On CUDA at most max_attention_window.)
@@ -32,16 +33,20 @@ struct AttentionShape {
 constexpr size_t max_attention_window = 8192;
 
 // q: [n_tokens, n_head, head_dim]; keys, values: [first_position + n_tokens, kv_stride], KV head
-// g's vector at offset g * head_dim; out: [n_tokens, n_head, head_dim]. Token t (at position
-// first_position + t) attends to positions 0 ..= first_position + t (the last `window` of them
-// with a sliding window):
+// g's vector at offset g * head_dim, float32 or float16 (both tables of one type); out: [n_tokens,
+// n_head, head_dim]. Token t (at position first_position + t) attends to positions 0 ..=
+// first_position + t (the last `window` of them with a sliding window):
 //   out[t, h] = sum_p softmax_p(scale * q[t, h] . k[p, g]) v[p, g]
 namespace cpu {
-void attention(Context& ctx, const float* q, const float* keys, const float* values, size_t n_tokens,
-               size_t first_position, const AttentionShape& shape, float* out);
+void attention(Context& ctx, const float* q, CacheRows keys, CacheRows values, size_t n_tokens, size_t first_position,
+               const AttentionShape& shape, float* out);
 }
-inline void attention(Context& ctx, const float* q, const float* keys, const float* values, size_t n_tokens,
+inline void check_cache_types(CacheRows keys, CacheRows values) {
+    if (keys.type != values.type) throw std::invalid_argument("attention: keys and values of different types");
+}
+inline void attention(Context& ctx, const float* q, CacheRows keys, CacheRows values, size_t n_tokens,
                       size_t first_position, const AttentionShape& shape, float* out) {
+    check_cache_types(keys, values);
     if (ctx.device() == Device::CPU) return cpu::attention(ctx, q, keys, values, n_tokens, first_position, shape, out);
 #ifdef TWINFER_WITH_CUDA
     if (ctx.device() == Device::CUDA) return cuda::attention(ctx, q, keys, values, n_tokens, first_position, shape, out);
@@ -53,8 +58,9 @@ inline void attention(Context& ctx, const float* q, const float* keys, const flo
 // positions 0 ..= *position: the same result as attention() with n_tokens 1, for a decode step
 // replayed as a CUDA graph at every position. max_positions (the cache's length) bounds *position:
 // the CUDA launch is sized for it.
-inline void attention_at(Context& ctx, const float* q, const float* keys, const float* values, const int32_t* position,
+inline void attention_at(Context& ctx, const float* q, CacheRows keys, CacheRows values, const int32_t* position,
                          size_t max_positions, const AttentionShape& shape, float* out) {
+    check_cache_types(keys, values);
     if (ctx.device() == Device::CPU) {
         if (*position < 0 || size_t(*position) >= max_positions)
             throw std::out_of_range("attention_at: position " + std::to_string(*position) + " outside the cache's " +
@@ -67,13 +73,23 @@ inline void attention_at(Context& ctx, const float* q, const float* keys, const 
     throw_backend_unavailable("attention_at", ctx.device());
 }
 
+// table[first_row + r, :] = x[r, :] for r < n_rows   x: [n_rows, width], table: [rows, width],
+// rounded to the table's type: a prompt's K or V rows into the cache.
+namespace cpu {
+void store_rows(Context& ctx, const float* x, size_t n_rows, size_t width, CacheRows table, size_t first_row);
+}
+inline void store_rows(Context& ctx, const float* x, size_t n_rows, size_t width, CacheRows table, size_t first_row) {
+    if (ctx.device() == Device::CPU) return cpu::store_rows(ctx, x, n_rows, width, table, first_row);
+#ifdef TWINFER_WITH_CUDA
+    if (ctx.device() == Device::CUDA) return cuda::store_rows(ctx, x, n_rows, width, table, first_row);
+#endif
+    throw_backend_unavailable("store_rows", ctx.device());
+}
+
 // table[*row, :] = x   x: [width], table: [rows, width]; row in device memory (a KV cache write
 // at a position the host does not bake into the step).
-inline void store_row(Context& ctx, const float* x, size_t width, float* table, const int32_t* row) {
-    if (ctx.device() == Device::CPU) {
-        std::copy(x, x + width, table + size_t(*row) * width);
-        return;
-    }
+inline void store_row(Context& ctx, const float* x, size_t width, CacheRows table, const int32_t* row) {
+    if (ctx.device() == Device::CPU) return cpu::store_rows(ctx, x, 1, width, table, size_t(*row));
 #ifdef TWINFER_WITH_CUDA
     if (ctx.device() == Device::CUDA) return cuda::store_row(ctx, x, width, table, row);
 #endif
@@ -84,10 +100,10 @@ inline void store_row(Context& ctx, const float* x, size_t width, float* table, 
 // device_position, *device_position for the one row) stored at rows p % ring and p % ring + ring
 // of table ([2 ring, width]).
 namespace cpu {
-void store_ring(Context& ctx, const float* x, size_t n_rows, size_t width, float* table, size_t first_position,
+void store_ring(Context& ctx, const float* x, size_t n_rows, size_t width, CacheRows table, size_t first_position,
                 const int32_t* device_position, size_t ring);
 }
-inline void store_ring(Context& ctx, const float* x, size_t n_rows, size_t width, float* table, size_t first_position,
+inline void store_ring(Context& ctx, const float* x, size_t n_rows, size_t width, CacheRows table, size_t first_position,
                        const int32_t* device_position, size_t ring) {
     if (ctx.device() == Device::CPU) return cpu::store_ring(ctx, x, n_rows, width, table, first_position, device_position, ring);
 #ifdef TWINFER_WITH_CUDA
@@ -101,7 +117,8 @@ inline void store_ring(Context& ctx, const float* x, size_t n_rows, size_t width
 // head_dim] rotated at *position (device memory), then k and v stored as row *position of keys and
 // values ([positions, n_head_kv * head_dim]). rope_at twice and store_row twice, one launch on the GPU.
 inline void rope_store_at(Context& ctx, float* q, size_t n_head, float* k, const float* v, size_t n_head_kv,
-                          size_t head_dim, const int32_t* position, const RopeParams& params, float* keys, float* values) {
+                          size_t head_dim, const int32_t* position, const RopeParams& params, CacheRows keys,
+                          CacheRows values) {
 #ifdef TWINFER_WITH_CUDA
     if (ctx.device() == Device::CUDA)
         return cuda::rope_store_at(ctx, q, n_head, k, v, n_head_kv, head_dim, position, params, keys, values);
@@ -117,8 +134,8 @@ inline void rope_store_at(Context& ctx, float* q, size_t n_head, float* k, const
 // products' own launch (no launch of its own for RoPE and the cache write).
 inline void project_rope_store_at(Context& ctx, std::span<const MatmulOutput, 3> qkv, const float* x,
                                   Activations activations, const RmsNorm* norm, size_t n_head, size_t n_head_kv,
-                                  size_t head_dim, const int32_t* position, const RopeParams& params, float* keys,
-                                  float* values) {
+                                  size_t head_dim, const int32_t* position, const RopeParams& params, CacheRows keys,
+                                  CacheRows values) {
 #ifdef TWINFER_WITH_CUDA
     if (ctx.device() == Device::CUDA &&
         cuda::project_rope_store_at(ctx, qkv, x, activations, norm, head_dim, position, params, keys, values))

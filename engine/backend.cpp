@@ -58,12 +58,12 @@ compute::Device resolve_device(DeviceChoice choice) {
     }
     return compute::Device::CPU;
 }
-// The trained context when its float32 KV cache fits in half of the free memory, else the largest
+// The trained context when its KV cache fits in half of the free memory, else the largest
 // multiple of 1024 that does (users of long-context models would otherwise get a failed
 // allocation before their first token). An explicit --ctx-size is always honoured.
-size_t default_context(const ModelConfig& config) {
+size_t default_context(const ModelConfig& config, compute::KvType cache_type) {
     const size_t trained = static_cast<size_t>(config.n_ctx_train);
-    const size_t bytes_per_token = size_t{2} * config.n_layer * config.n_embd_kv() * sizeof(float);
+    const size_t bytes_per_token = size_t{2} * config.n_layer * config.n_embd_kv() * compute::kv_element_bytes(cache_type);
     const long pages = ::sysconf(_SC_AVPHYS_PAGES), page_size = ::sysconf(_SC_PAGESIZE);
     if (pages <= 0 || page_size <= 0) return trained;
     const size_t budget = static_cast<size_t>(pages) * static_cast<size_t>(page_size) / 2;
@@ -81,11 +81,15 @@ ModelBackend make_backend(std::shared_ptr<const gguf::File> file, const BackendO
             throw std::invalid_argument("the float64 reference runs on one CPU (--precision f64 with --tensor-parallel)");
         if (options.device == DeviceChoice::CUDA)
             throw std::invalid_argument("the float64 reference runs on the CPU only (--precision f64 with --device cuda)");
+        if (options.cache_type != compute::KvType::F32)
+            throw std::invalid_argument("the float64 reference keeps its cache in float64 (--precision f64 with --cache-type " +
+                                        std::string(compute::kv_type_name(options.cache_type)) + ")");
         return GPTModel::from_gguf(*file, options.n_ctx);
     }
     F32Options f32;
     const ModelConfig config = ModelConfig::from_gguf(*file);
-    f32.n_ctx = options.n_ctx ? options.n_ctx : default_context(config);
+    f32.n_ctx = options.n_ctx ? options.n_ctx : default_context(config, options.cache_type);
+    f32.cache_type = options.cache_type;
     f32.n_threads = options.n_threads;
     f32.activations = options.activations;
     f32.device = resolve_device(options.device);
@@ -120,7 +124,11 @@ std::string backend_description(const ModelBackend& backend) {
                 std::string ranks;
                 if constexpr (std::is_same_v<M, TensorParallelLlamaModel>) ranks = ", " + std::to_string(model.n_ranks()) + " ranks";
                 return std::string(name) + " (f32, " + std::string(compute::device_name(model.options().device)) + ranks + ", " +
-                       std::string(compute::activations_name(activations_for(model.options()))) + " activations)";
+                       std::string(compute::activations_name(activations_for(model.options()))) + " activations" +
+                       (model.options().cache_type == compute::KvType::F32
+                            ? std::string()
+                            : ", " + std::string(compute::kv_type_name(model.options().cache_type)) + " KV cache") +
+                       ")";
             }
         },
         backend);

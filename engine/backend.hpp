@@ -38,6 +38,7 @@ struct BackendOptions {
     size_t n_ctx = 0;            // 0: the model's trained context
     int n_threads = 0;           // 0: every core
     std::optional<compute::Activations> activations = std::nullopt;   // unset: the device's default (models/f32_common.hpp)
+    compute::KvType cache_type = compute::KvType::F32;                 // the float32 models' KV cache elements
     // > 1: a Llama model split over this many ranks (TensorParallelLlamaModel): GPUs over NCCL
     // on cuda, simulated ranks on cpu.
     int tensor_parallel = 1;

@@ -236,7 +236,7 @@ void residual_project(compute::Context& ctx, const compute::WeightMatrix& w, con
 void project_qkv(compute::Context& ctx, std::span<const compute::MatmulOutput, 3> qkv, const float* x, size_t T,
                  compute::Activations activations, const compute::RmsNorm& norm, const QkvBiases& biases, size_t n_head,
                  size_t n_head_kv, size_t head_dim, size_t p0, const int32_t* device_position, const compute::RopeParams& rope,
-                 float* keys, float* values) {
+                 compute::CacheRows keys, compute::CacheRows values) {
     float *q = qkv[0].y, *k = qkv[1].y, *v = qkv[2].y;
     const size_t QD = n_head * head_dim, KVD = n_head_kv * head_dim;
     if (device_position && !biases.q && !biases.k && !biases.v)

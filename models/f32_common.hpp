@@ -35,6 +35,9 @@ struct F32Options {
     // How matrix-vector products against quantized weights read the activations
     // (compute::Activations); unset: the device's default, default_activations(device).
     std::optional<compute::Activations> activations = std::nullopt;
+    // The KV cache's element type (`--cache-type`): float32 keeps the values as computed, float16
+    // halves the cache's memory and the bytes a long context's decode step reads.
+    compute::KvType cache_type = compute::KvType::F32;
     // CUDA: single-token steps captured once as a graph and replayed (one launch a step instead
     // of ~15 per layer). The environment variable TWINFER_CUDA_GRAPH=0 turns it off whatever
     // this says (see use_cuda_graph).
@@ -181,7 +184,7 @@ struct QkvBiases {
 void project_qkv(compute::Context& ctx, std::span<const compute::MatmulOutput, 3> qkv, const float* x, size_t T,
                  compute::Activations activations, const compute::RmsNorm& norm, const QkvBiases& biases, size_t n_head,
                  size_t n_head_kv, size_t head_dim, size_t p0, const int32_t* device_position, const compute::RopeParams& rope,
-                 float* keys, float* values);
+                 compute::CacheRows keys, compute::CacheRows values);
 
 size_t context_length(const F32Options& options, size_t n_ctx_train);
 
@@ -346,7 +349,8 @@ public:
     void set_slot_count(size_t n_slots) {
         if (n_slots == 0) throw std::invalid_argument("set_slot_count: a cache needs at least one slot");
         check_slot_memory(n_slots);
-        cache_ = KvCache(options_.device, config_.n_layer, n_slots, cache_.n_ctx(), config_.n_embd_kv(), cache_.ring_rows());
+        cache_ = KvCache(options_.device, config_.n_layer, n_slots, cache_.n_ctx(), config_.n_embd_kv(), cache_.type(),
+                         cache_.ring_rows());
         slot_ = 0;
     }
     void select_slot(size_t slot) {
@@ -394,7 +398,7 @@ protected:
         : file_(std::move(file)), config_(std::move(config)), options_(options),
           ctx_({.device = options.device, .n_threads = options.n_threads, .cpu_isa = std::nullopt}),
           cache_(options.device, config_.n_layer, 1, context_length(options, config_.n_ctx_train), config_.n_embd_kv(),
-                 std::move(kv_ring_rows)),
+                 options.cache_type, std::move(kv_ring_rows)),
           max_run_rows_(max_run_rows), logits_buffer_(logits_buffer) {
         activations_for(options_);   // refuses a scheme the device has no kernels for, before any weight is placed
     }
@@ -476,7 +480,8 @@ protected:
     }
     void check_slot_memory(size_t n_slots) const {
         const std::optional<compute::DeviceMemory> memory = compute::device_memory(options_.device);
-        const size_t needed = KvCache::bytes(config_.n_layer, n_slots, cache_.n_ctx(), config_.n_embd_kv(), cache_.ring_rows());
+        const size_t needed =
+            KvCache::bytes(config_.n_layer, n_slots, cache_.n_ctx(), config_.n_embd_kv(), cache_.type(), cache_.ring_rows());
         const size_t held = cache_.bytes();
         if (memory && needed > memory->free + held)
             throw std::runtime_error("a KV cache of " + std::to_string(n_slots) + " slots of " + std::to_string(cache_.n_ctx()) +
@@ -512,7 +517,7 @@ private:
         const bool graph = use_cuda_graph(options_);
         // A captured step holds the selected slot's cache addresses: another slot recaptures it.
         std::vector<const void*> addresses = workspace_.addresses();
-        addresses.push_back(cache_.keys(0, slot_));
+        addresses.push_back(cache_.keys(0, slot_).data);
         decode_step_.run(ctx_, token, position, graph, addresses, [&] {
             derived().enqueue_decode_step();
             // A graph serves forward() and forward_greedy() alike: it always ends with the argmax.

@@ -36,7 +36,7 @@ F32GPTModel F32GPTModel::load(std::shared_ptr<const gguf::File> file, const F32O
     const size_t E = c.n_embd, F = c.n_ff, V = c.n_vocab;
 
     check_device_memory(options.device, *file,
-                        KvCache::bytes(c.n_layer, 1, context_length(options, c.n_ctx_train), c.n_embd_kv()));
+                        KvCache::bytes(c.n_layer, 1, context_length(options, c.n_ctx_train), c.n_embd_kv(), options.cache_type));
     F32GPTModel m(file, c, options);
     const F32WeightLoader load(*file);
     auto matrix = [&](const compute::WeightMatrix& w) { return compute::place_weights(m.ctx_, w, m.device_weights_); };
@@ -115,16 +115,17 @@ void F32GPTModel::enqueue_forward(const int32_t* ids, const int32_t* positions, 
     observe(ctx_, observer_, "inp_embd", -1, x, T * E);
     for (size_t il = 0; il < layers_.size(); ++il) {
         const Layer& L = layers_[il];
-        float* keys = cache_.keys(il, slot_);                                       // [n_ctx, E]
-        float* values = cache_.values(il, slot_);
+        const compute::CacheRows keys = cache_.keys(il, slot_);                      // [n_ctx, E]
+        const compute::CacheRows values = cache_.values(il, slot_);
 
         // Attention block: x += Wo attention(Wq xn, Wk xn, Wv xn) + bo, xn = layer_norm(x)
         compute::layer_norm(ctx_, x, L.attn_norm.data(), L.attn_norm_bias.data(), T, E, eps, xn);   // xn: [T, E]
         observe(ctx_, observer_, "attn_norm", il, xn, T * E);
-        // This call's K and V rows: straight into the cache at p0, or (a decode step) beside it,
-        // copied to the device's position.
-        float* k = device_position ? workspace_.buffer(KCUR) : keys + p0 * E;       // [T, E]
-        float* v = device_position ? workspace_.buffer(VCUR) : values + p0 * E;
+        // This call's K and V rows: straight into a float32 cache at p0, or beside it (a decode
+        // step, or a float16 cache), then stored.
+        const bool direct = !device_position && keys.type == compute::KvType::F32;
+        float* k = direct ? keys.f32() + p0 * E : workspace_.buffer(KCUR);          // [T, E]
+        float* v = direct ? values.f32() + p0 * E : workspace_.buffer(VCUR);
         const compute::MatmulOutput qkv[] = {{L.wq, q}, {L.wk, k}, {L.wv, v}};
         compute::matmul(ctx_, qkv, xn, T, activations_for(options_));               // q, k, v: [T, H, D]
         compute::add_bias(ctx_, q, L.bq.data(), T, E);
@@ -135,6 +136,7 @@ void F32GPTModel::enqueue_forward(const int32_t* ids, const int32_t* positions, 
             compute::store_row(ctx_, v, E, values, device_position);
             compute::attention_at(ctx_, q, keys, values, device_position, cache_.n_ctx(), attention_shape_, att);
         } else {
+            if (!direct) compute::store_rows(ctx_, k, T, E, keys, p0), compute::store_rows(ctx_, v, T, E, values, p0);
             compute::attention(ctx_, q, keys, values, T, p0, attention_shape_, att);    // att: [T, H, D]
         }
         observe(ctx_, observer_, "kqv_out", il, att, T * E);

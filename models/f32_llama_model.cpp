@@ -27,7 +27,7 @@ F32LlamaModel F32LlamaModel::load(std::shared_ptr<const gguf::File> file, const 
     const size_t E = c.n_embd, F = c.n_ff, V = c.n_vocab, QD = c.n_head * c.head_dim, KVD = c.n_embd_kv();
 
     check_device_memory(options.device, *file,
-                        KvCache::bytes(c.n_layer, 1, context_length(options, c.n_ctx_train), c.n_embd_kv()));
+                        KvCache::bytes(c.n_layer, 1, context_length(options, c.n_ctx_train), c.n_embd_kv(), options.cache_type));
     F32LlamaModel m(file, c, options);
     const F32WeightLoader load(*file);
     auto matrix = [&](const std::string& name, size_t rows, size_t cols) {
@@ -96,18 +96,23 @@ void F32LlamaModel::enqueue_forward(const int32_t* ids, size_t T, size_t p0, con
     const bool prepare_norms = !observer_;
     for (size_t il = 0; il < layers_.size(); ++il) {
         const Layer& L = layers_[il];
-        float* keys = cache_.keys(il, slot_);                                       // [n_ctx, KVD]
-        float* values = cache_.values(il, slot_);
-        // This call's K and V rows: straight into the cache at p0, or (a decode step) beside it,
-        // copied to the device's position after RoPE.
-        float* k = device_position ? workspace_.buffer(KCUR) : keys + p0 * KVD;    // [T, KVD]
-        float* v = device_position ? workspace_.buffer(VCUR) : values + p0 * KVD;
+        const compute::CacheRows keys = cache_.keys(il, slot_);                      // [n_ctx, KVD]
+        const compute::CacheRows values = cache_.values(il, slot_);
+        // This call's K and V rows: straight into a float32 cache at p0, or beside it (a decode
+        // step, or a float16 cache), stored after RoPE.
+        const bool direct = !device_position && keys.type == compute::KvType::F32;
+        float* k = direct ? keys.f32() + p0 * KVD : workspace_.buffer(KCUR);        // [T, KVD]
+        float* v = direct ? values.f32() + p0 * KVD : workspace_.buffer(VCUR);
 
         // Attention block: x += Wo attention(rope(Wq xn), rope(Wk xn), Wv xn), xn = rms_norm(x) (in the product)
         const compute::RmsNorm attn_norm{L.attn_norm.data(), eps, xn};              // xn: [T, E]
         const compute::MatmulOutput qkv[] = {{L.wq, q}, {L.wk, k}, {L.wv, v}};      // q: [T, H, D]; k, v: [T, Hkv, D]
         project_qkv(ctx_, qkv, x, T, activations_for(options_), attn_norm, {L.bq.data(), L.bk.data(), L.bv.data()}, H, Hkv, D,
                     p0, device_position, rope_, keys, values);
+        if (!direct && !device_position) {
+            compute::store_rows(ctx_, k, T, KVD, keys, p0);
+            compute::store_rows(ctx_, v, T, KVD, values, p0);
+        }
         observe(ctx_, observer_, "attn_norm", il, xn, T * E);
         observe(ctx_, observer_, "Qcur", il, q, T * QD);
         observe(ctx_, observer_, "Kcur", il, k, T * KVD);
@@ -169,12 +174,12 @@ void F32LlamaModel::enqueue_rows(const RowBatch& batch) {
             float* q_run = q + run.first_row * QD;
             float* k_run = k + run.first_row * KVD;
             const float* v_run = v + run.first_row * KVD;
-            float* keys = cache_.keys(il, run.slot);                                 // [n_ctx, KVD]
-            float* values = cache_.values(il, run.slot);
+            const compute::CacheRows keys = cache_.keys(il, run.slot);                // [n_ctx, KVD]
+            const compute::CacheRows values = cache_.values(il, run.slot);
             compute::rope(ctx_, q_run, run.n_rows, QD, H, D, run.first_position, rope_);
             compute::rope(ctx_, k_run, run.n_rows, KVD, Hkv, D, run.first_position, rope_);
-            copy_on_device(ctx_, keys + run.first_position * KVD, k_run, run.n_rows * KVD * sizeof(float));
-            copy_on_device(ctx_, values + run.first_position * KVD, v_run, run.n_rows * KVD * sizeof(float));
+            compute::store_rows(ctx_, k_run, run.n_rows, KVD, keys, run.first_position);
+            compute::store_rows(ctx_, v_run, run.n_rows, KVD, values, run.first_position);
             compute::attention(ctx_, q_run, keys, values, run.n_rows, run.first_position, attention_shape_,
                                att + run.first_row * QD);                             // att: [n_rows, H, D]
         }

@@ -3,7 +3,7 @@
 // forward pass computes only the new tokens. It owns its storage (compute::Buffer, on the model's
 // device) and changes state only through reserve/commit/truncate/clear.
 //
-// Layout, keys and values alike, float32, layer after layer:
+// Layout, keys and values alike, float32 or float16 (compute::KvType, `--cache-type`), layer after layer:
 //   [n_slots][rows(layer)][n_embd_kv]     n_embd_kv = n_head_kv * head_dim, head-major
 // A full layer holds n_ctx rows per slot, position p at row p: the K and V projections of a
 // prompt write their rows straight into it. A ring layer (a sliding-window layer, which only ever
@@ -16,27 +16,32 @@
 #include <vector>
 
 #include "compute/buffer.hpp"
+#include "compute/cache_rows.hpp"
 
 namespace twinfer {
 
 class KvCache {
 public:
     // ring_rows: per layer, 0 for a full layer or the ring's length (empty: every layer full).
-    KvCache(compute::Device device, size_t n_layer, size_t n_slots, size_t n_ctx, size_t n_embd_kv,
+    KvCache(compute::Device device, size_t n_layer, size_t n_slots, size_t n_ctx, size_t n_embd_kv, compute::KvType type,
             std::vector<size_t> ring_rows = {});
     // The bytes such a cache allocates (keys and values).
-    static size_t bytes(size_t n_layer, size_t n_slots, size_t n_ctx, size_t n_embd_kv, std::span<const size_t> ring_rows = {});
-    size_t bytes() const { return bytes(n_layer_, n_slots(), n_ctx_, n_embd_kv_, ring_rows_); }
+    static size_t bytes(size_t n_layer, size_t n_slots, size_t n_ctx, size_t n_embd_kv, compute::KvType type,
+                        std::span<const size_t> ring_rows = {});
+    size_t bytes() const { return bytes(n_layer_, n_slots(), n_ctx_, n_embd_kv_, type_, ring_rows_); }
 
     size_t n_layer() const { return n_layer_; }
     size_t n_slots() const { return lengths_.size(); }
     size_t n_ctx() const { return n_ctx_; }
     size_t n_embd_kv() const { return n_embd_kv_; }
+    compute::KvType type() const { return type_; }
     size_t length(size_t slot) const { return lengths_.at(slot); }   // positions filled
 
     // [rows(layer), n_embd_kv] of one layer and slot.
-    float* keys(size_t layer, size_t slot) { return keys_.as<float>() + offset(layer, slot); }
-    float* values(size_t layer, size_t slot) { return values_.as<float>() + offset(layer, slot); }
+    compute::CacheRows keys(size_t layer, size_t slot) { return compute::CacheRows(keys_.data(), type_).plus(offset(layer, slot)); }
+    compute::CacheRows values(size_t layer, size_t slot) {
+        return compute::CacheRows(values_.data(), type_).plus(offset(layer, slot));
+    }
     size_t ring_rows(size_t layer) const { return ring_rows_.empty() ? 0 : ring_rows_[layer]; }   // 0: full
     const std::vector<size_t>& ring_rows() const { return ring_rows_; }
 
@@ -54,6 +59,7 @@ private:
     size_t offset(size_t layer, size_t slot) const { return (layer_offsets_[layer] + slot * rows(layer)) * n_embd_kv_; }
 
     size_t n_layer_, n_ctx_, n_embd_kv_;
+    compute::KvType type_;
     std::vector<size_t> ring_rows_;
     std::vector<size_t> layer_offsets_;   // rows before each layer's first slot
     std::vector<size_t> lengths_;

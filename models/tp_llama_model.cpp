@@ -184,7 +184,7 @@ struct Pass {
 // own thread (on CUDA that thread's current device is the rank's GPU).
 struct Rank {
     Rank(const gguf::File& file, const ModelConfig& c, const RankShard& shard, const compute::ContextOptions& context,
-         size_t n_ctx);
+         size_t n_ctx, compute::KvType cache_type);
     // The pass over this rank's share; a single token goes through decode_step (with use_graph,
     // on CUDA, a graph per rank, its all-reduces captured with it).
     void forward(const ModelConfig& c, compute::Collective& collective, compute::Activations activations, const Pass& pass,
@@ -210,9 +210,9 @@ struct Rank {
 };
 
 Rank::Rank(const gguf::File& file, const ModelConfig& c, const RankShard& s, const compute::ContextOptions& context,
-           size_t n_ctx)
+           size_t n_ctx, compute::KvType cache_type)
     : shard(s), ctx(context), weights(ctx),
-      cache(context.device, c.n_layer, 1, n_ctx, s.kv_heads.size() * c.head_dim) {
+      cache(context.device, c.n_layer, 1, n_ctx, s.kv_heads.size() * c.head_dim, cache_type) {
     const size_t E = c.n_embd, F = c.n_ff, V = c.n_vocab, D = c.head_dim, QD = c.n_head * D, KVD = c.n_embd_kv();
     const IndexRange q_rows = s.heads.scaled(D), kv_rows = s.kv_heads.scaled(D);
     const F32WeightLoader load(file);
@@ -299,18 +299,21 @@ void Rank::enqueue(const ModelConfig& c, compute::Collective& collective, comput
     compute::get_rows(ctx, token_embd, ids, T, x);                                  // x: [T, E]
     for (size_t il = 0; il < layers.size(); ++il) {
         const LayerShard& L = layers[il];
-        float* keys = cache.keys(il, 0);                                            // [n_ctx, KVDr]
-        float* values = cache.values(il, 0);
-        // This call's K and V rows: straight into the cache at p0, or (a decode step) beside it,
-        // copied to the device's position after RoPE.
-        float* k = device_position ? workspace.buffer(KCUR) : keys + p0 * KVDr;     // [T, KVDr]
-        float* v = device_position ? workspace.buffer(VCUR) : values + p0 * KVDr;
+        const compute::CacheRows keys = cache.keys(il, 0);                          // [n_ctx, KVDr]
+        const compute::CacheRows values = cache.values(il, 0);
+        // This call's K and V rows: straight into a float32 cache at p0, or beside it (a decode
+        // step, or a float16 cache), stored after RoPE.
+        const bool direct = !device_position && keys.type == compute::KvType::F32;
+        float* k = direct ? keys.f32() + p0 * KVDr : workspace.buffer(KCUR);       // [T, KVDr]
+        float* v = direct ? values.f32() + p0 * KVDr : workspace.buffer(VCUR);
 
         // Attention block: x += sum over ranks of Wo_r attention_r(...), xn = rms_norm(x)
         const compute::RmsNorm attn_norm{L.attn_norm, eps, xn};                     // xn: [T, E]
         const compute::MatmulOutput qkv[] = {{L.wq, q}, {L.wk, k}, {L.wv, v}};      // q: [T, Hr, D]; k, v: [T, Hkv_r, D]
         project_qkv(ctx, qkv, x, T, activations, attn_norm, {L.bq, L.bk, L.bv}, Hr, Hkv_r, D, p0, device_position, rope, keys,
                     values);
+        if (!direct && !device_position)
+            compute::store_rows(ctx, k, T, KVDr, keys, p0), compute::store_rows(ctx, v, T, KVDr, values, p0);
         if (device_position)
             compute::attention_at(ctx, q, keys, values, device_position, cache.n_ctx(), attention, att);
         else
@@ -404,7 +407,7 @@ TensorParallelLlamaModel TensorParallelLlamaModel::load(std::shared_ptr<const gg
     Ranks& ranks = *m.ranks_;
     ranks.threads.run([&](int r) {
         ranks.collective->bind_thread(r);
-        ranks.ranks[r] = std::make_unique<Rank>(*file, m.config_, shards[r], context, m.n_ctx_);
+        ranks.ranks[r] = std::make_unique<Rank>(*file, m.config_, shards[r], context, m.n_ctx_, options.cache_type);
     });
     return m;
 }

@@ -71,7 +71,7 @@ TransformerModel TransformerModel::load(std::shared_ptr<const gguf::File> file, 
 
     const size_t n_ctx = context_length(options, c.n_ctx_train);
     std::vector<size_t> kv_rings = kv_ring_rows(c, n_ctx);
-    check_device_memory(options.device, *file, KvCache::bytes(c.n_layer, 1, n_ctx, c.n_embd_kv(), kv_rings));
+    check_device_memory(options.device, *file, KvCache::bytes(c.n_layer, 1, n_ctx, c.n_embd_kv(), options.cache_type, kv_rings));
     TransformerModel m(file, c, options, kv_rings);
     const F32WeightLoader load(*file);
     auto place = [&](const compute::WeightMatrix& w) { return compute::place_weights(m.ctx_, w, m.device_weights_); };
@@ -240,9 +240,9 @@ void TransformerModel::enqueue_pass(const RowBatch& batch, const int32_t* device
         const Layer& L = layers_[il];
         const bool rope = spec.layers[il].rope;
         const size_t ring = L.attention.ring;                                        // a ring layer of the cache
-        const bool direct = into_cache && !ring;
-        float* k = direct ? cache_.keys(il, first_run.slot) + first_run.first_position * KVD : workspace_.buffer(KCUR);
-        float* v = direct ? cache_.values(il, first_run.slot) + first_run.first_position * KVD : workspace_.buffer(VCUR);
+        const bool direct = into_cache && !ring && cache_.type() == compute::KvType::F32;
+        float* k = direct ? cache_.keys(il, first_run.slot).f32() + first_run.first_position * KVD : workspace_.buffer(KCUR);
+        float* v = direct ? cache_.values(il, first_run.slot).f32() + first_run.first_position * KVD : workspace_.buffer(VCUR);
 
         // Attention: q, k, v = W xn + b; QK-norm per head; RoPE (not in a NoPE layer); attention
         // over the layer's window, each run in its slot.
@@ -263,7 +263,7 @@ void TransformerModel::enqueue_pass(const RowBatch& batch, const int32_t* device
             compute::rms_norm(ctx_, k, L.k_norm.data(), N * Hkv, D, eps, k);
         }
         if (device_position) {
-            float *keys = cache_.keys(il, first_run.slot), *values = cache_.values(il, first_run.slot);
+            const compute::CacheRows keys = cache_.keys(il, first_run.slot), values = cache_.values(il, first_run.slot);
             if (ring) {
                 if (rope) compute::rope_at(ctx_, q, H, D, device_position, L.rope), compute::rope_at(ctx_, k, Hkv, D, device_position, L.rope);
                 compute::store_ring(ctx_, k, 1, KVD, keys, 0, device_position, ring);
@@ -277,7 +277,7 @@ void TransformerModel::enqueue_pass(const RowBatch& batch, const int32_t* device
         } else {
             for (const SlotRun& run : batch.runs) {
                 float *q_run = q + run.first_row * QD, *k_run = k + run.first_row * KVD;
-                float *keys = cache_.keys(il, run.slot), *values = cache_.values(il, run.slot);
+                const compute::CacheRows keys = cache_.keys(il, run.slot), values = cache_.values(il, run.slot);
                 if (rope) {
                     compute::rope(ctx_, q_run, run.n_rows, QD, H, D, run.first_position, L.rope);
                     compute::rope(ctx_, k_run, run.n_rows, KVD, Hkv, D, run.first_position, L.rope);
@@ -286,8 +286,8 @@ void TransformerModel::enqueue_pass(const RowBatch& batch, const int32_t* device
                     compute::store_ring(ctx_, k_run, run.n_rows, KVD, keys, run.first_position, nullptr, ring);
                     compute::store_ring(ctx_, v + run.first_row * KVD, run.n_rows, KVD, values, run.first_position, nullptr, ring);
                 } else if (!direct) {
-                    copy_on_device(ctx_, keys + run.first_position * KVD, k_run, run.n_rows * KVD * sizeof(float));
-                    copy_on_device(ctx_, values + run.first_position * KVD, v + run.first_row * KVD, run.n_rows * KVD * sizeof(float));
+                    compute::store_rows(ctx_, k_run, run.n_rows, KVD, keys, run.first_position);
+                    compute::store_rows(ctx_, v + run.first_row * KVD, run.n_rows, KVD, values, run.first_position);
                 }
                 compute::attention(ctx_, q_run, keys, values, run.n_rows, run.first_position, L.attention,
                                    att + run.first_row * QD);                        // att: [n_rows, H, D]

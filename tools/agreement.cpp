@@ -71,11 +71,13 @@ void write_ids(const std::vector<std::vector<Token>>& sequences, const std::file
     if (!out) throw std::runtime_error("cannot write " + path.string());
 }
 
-// A fast path: one of twinfer's activation schemes, or another engine's output read from files
-// (logits: float32 rows of every chunk position, in order; ids: kGreedyTokens per prompt line).
+// A fast path: one of twinfer's activation schemes with a KV cache type, or another engine's
+// output read from files (logits: float32 rows of every chunk position, in order; ids:
+// kGreedyTokens per prompt line).
 struct Path {
     std::string name;
     std::optional<compute::Activations> activations = std::nullopt;
+    compute::KvType cache_type = compute::KvType::F32;
     std::filesystem::path logits_file = {}, ids_file = {};
     // Filled as the measurement goes.
     std::vector<PositionDivergence> rows = {};
@@ -142,7 +144,7 @@ void run(const std::filesystem::path& model, const std::filesystem::path& set_di
     for (const Path& p : paths) {
         if (p.activations) {
             engines.push_back(InferenceEngine::load({.model = model, .device = DeviceChoice::CPU, .n_ctx = 1024, .n_threads = threads,
-                                                     .activations = p.activations}));
+                                                     .activations = p.activations, .cache_type = p.cache_type}));
         } else {
             external.emplace_back(p.logits_file, n_vocab);
         }
@@ -207,7 +209,9 @@ int main(int argc, char** argv) {
     int threads = 0;
     app.add_option("-m,--model", model, "GGUF model file")->required();
     app.add_option("--set", set_dir, "the agreement set's folder (texts/, prompts.json)")->capture_default_str();
-    app.add_option("--paths", paths_list, "twinfer's activation schemes to measure, comma-separated (none: with --write-ids, only the ids)")
+    app.add_option("--paths", paths_list,
+                   "twinfer's paths to measure, comma-separated: an activation scheme, or SCHEME/CACHE_TYPE (int8x2/f16) "
+                   "(none: with --write-ids, only the ids)")
         ->capture_default_str();
     app.add_option("--chunks", chunks, "text chunks of 512 tokens to use")->capture_default_str();
     app.add_option("-t,--threads", threads, "CPU threads (0: every core)");
@@ -218,7 +222,13 @@ int main(int argc, char** argv) {
         std::vector<Path> paths;
         std::stringstream list(paths_list);
         for (std::string name; std::getline(list, name, ',');)
-            if (!name.empty()) paths.push_back({.name = "twinfer " + name, .activations = compute::parse_activations(name)});
+            if (!name.empty()) {
+                const size_t slash = name.find('/');
+                paths.push_back({.name = "twinfer " + name,
+                                 .activations = compute::parse_activations(name.substr(0, slash)),
+                                 .cache_type = slash == std::string::npos ? compute::KvType::F32
+                                                                          : compute::parse_kv_type(name.substr(slash + 1))});
+            }
         for (const auto& e : externals) {
             const size_t a = e.find(':'), b = e.find(':', a + 1);
             if (a == std::string::npos || b == std::string::npos) throw std::invalid_argument("--external wants NAME:LOGITS:IDS, not " + e);

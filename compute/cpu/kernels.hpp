@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "compute/cache_rows.hpp"
 #include "compute/context.hpp"
 #include "format/ggml_type.hpp"
 
@@ -82,9 +83,9 @@ struct Kernels {
     void (*gemm)(const float* w, size_t w_stride, size_t n_rows, size_t n_cols, const float* x_packed,
                  size_t n_tokens, float* y, size_t y_stride);
     // One query head over n_kv cached positions: out = sum_p softmax_p(scale q . k_p) v_p, with
-    // k_p = k + p * kv_stride (likewise v); scores is scratch for n_kv floats.
-    void (*attend)(const float* q, const float* k, const float* v, size_t kv_stride, size_t n_kv, size_t head_dim,
-                   float scale, float* scores, float* out);
+    // k_p = k + p * kv_stride elements of `type` (likewise v); scores is scratch for n_kv floats.
+    void (*attend)(const float* q, const void* k, const void* v, KvType type, size_t kv_stride, size_t n_kv,
+                   size_t head_dim, float scale, float* scores, float* out);
     void (*swiglu)(const float* gate, const float* up, size_t n, float* out);
     void (*gelu)(float* x, size_t n);
     // out[i] = x[i] as double (compute::widen_to_double).

@@ -139,11 +139,12 @@ void gemm(const float* w, size_t w_stride, size_t n_rows, size_t n_cols, const f
     }
 }
 
-void attend(const float* q, const float* k, const float* v, size_t kv_stride, size_t n_kv, size_t head_dim,
-            float scale, float* scores, float* out) {
+template <class T, V (*Load)(const T*), float (*ToFloat)(T)>
+void attend_rows(const float* q, const T* k, const T* v, size_t kv_stride, size_t n_kv, size_t head_dim, float scale,
+                 float* scores, float* out) {
     float max_score = -INFINITY;
     for (size_t p = 0; p < n_kv; ++p) {
-        scores[p] = scale * dot_f32(q, k + p * kv_stride, head_dim);
+        scores[p] = scale * dot<T, Load, ToFloat>(k + p * kv_stride, q, head_dim);
         max_score = std::max(max_score, scores[p]);
     }
     const V vmax = FloatVec::set1(max_score);
@@ -166,20 +167,30 @@ void attend(const float* q, const float* k, const float* v, size_t kv_stride, si
         V acc[4] = {FloatVec::zero(), FloatVec::zero(), FloatVec::zero(), FloatVec::zero()};
         for (size_t p2 = 0; p2 < n_kv; ++p2) {
             const V s = FloatVec::set1(scores[p2]);
-            for (size_t j = 0; j < 4; ++j) acc[j] = FloatVec::fma(s, FloatVec::load(v + p2 * kv_stride + d + j * W), acc[j]);
+            for (size_t j = 0; j < 4; ++j) acc[j] = FloatVec::fma(s, Load(v + p2 * kv_stride + d + j * W), acc[j]);
         }
         for (size_t j = 0; j < 4; ++j) FloatVec::store(out + d + j * W, FloatVec::mul(acc[j], FloatVec::set1(inv_sum)));
     }
     for (; d + W <= head_dim; d += W) {
         V acc = FloatVec::zero();
-        for (size_t p2 = 0; p2 < n_kv; ++p2) acc = FloatVec::fma(FloatVec::set1(scores[p2]), FloatVec::load(v + p2 * kv_stride + d), acc);
+        for (size_t p2 = 0; p2 < n_kv; ++p2) acc = FloatVec::fma(FloatVec::set1(scores[p2]), Load(v + p2 * kv_stride + d), acc);
         FloatVec::store(out + d, FloatVec::mul(acc, FloatVec::set1(inv_sum)));
     }
     for (; d < head_dim; ++d) {
         float acc = 0.0f;
-        for (size_t p2 = 0; p2 < n_kv; ++p2) acc += scores[p2] * v[p2 * kv_stride + d];
+        for (size_t p2 = 0; p2 < n_kv; ++p2) acc += scores[p2] * ToFloat(v[p2 * kv_stride + d]);
         out[d] = acc * inv_sum;
     }
+}
+
+void attend(const float* q, const void* k, const void* v, KvType type, size_t kv_stride, size_t n_kv, size_t head_dim,
+            float scale, float* scores, float* out) {
+    if (type == KvType::F16)
+        return attend_rows<uint16_t, FloatVec::load_f16, half_to_float>(q, static_cast<const uint16_t*>(k),
+                                                                       static_cast<const uint16_t*>(v), kv_stride, n_kv,
+                                                                       head_dim, scale, scores, out);
+    attend_rows<float, FloatVec::load, identity>(q, static_cast<const float*>(k), static_cast<const float*>(v), kv_stride,
+                                                 n_kv, head_dim, scale, scores, out);
 }
 
 // A plain loop, vectorized by the compiler for the table's instruction set. Compiled for baseline

@@ -14,11 +14,13 @@
 // or DRAM. Float32 throughout: no tensor-core rounding.
 #include <algorithm>
 #include <cfloat>
+#include <climits>
 #include <cmath>
 #include <stdexcept>
 #include <string>
 
 #include "compute/attention.hpp"
+#include "compute/cuda/cache_rows.cuh"
 #include "compute/cuda/device_context.cuh"
 #include "compute/cuda/matvec_int8.cuh"
 #include "compute/cuda/ops.hpp"
@@ -123,8 +125,9 @@ __device__ float merged(const float* row_parts, int n_splits, int hd, int d) {
     return num / den;
 }
 
+template <class KV>
 __global__ void __launch_bounds__(threads)
-attention_kernel(const float* __restrict__ q, const float* __restrict__ keys, const float* __restrict__ values,
+attention_kernel(const float* __restrict__ q, const KV* __restrict__ keys, const KV* __restrict__ values,
                  Layout L, float* __restrict__ out, QuantizedActivations out_int8, float* __restrict__ parts,
                  unsigned* __restrict__ finished) {
     grid_dependency_wait();
@@ -169,12 +172,12 @@ attention_kernel(const float* __restrict__ q, const float* __restrict__ keys, co
         const int n_in = min(kv_tile, end - tile);
         __syncthreads();  // the previous tile's V and probabilities are used up
         // K and V together, 16 bytes at a time where rows allow: one memory round trip per tile.
-        if (hd % 4 == 0 && L.kv_stride % 4 == 0 && reinterpret_cast<uintptr_t>(keys) % 16 == 0 &&
-            reinterpret_cast<uintptr_t>(values) % 16 == 0) {
+        if (hd % 4 == 0 && L.kv_stride % 4 == 0 && reinterpret_cast<uintptr_t>(keys) % (4 * sizeof(KV)) == 0 &&
+            reinterpret_cast<uintptr_t>(values) % (4 * sizeof(KV)) == 0) {
             for (int e = 4 * threadIdx.x; e < n_in * hd; e += 4 * threads) {
                 const size_t from = size_t(tile + e / hd) * L.kv_stride + kv_head * hd + e % hd;
-                const float4 k4 = *reinterpret_cast<const float4*>(keys + from);
-                const float4 v4 = *reinterpret_cast<const float4*>(values + from);
+                const float4 k4 = cached_float4(keys + from);
+                const float4 v4 = cached_float4(values + from);
                 float* k = ks + (e / hd) * (hd + 1) + e % hd;
                 float* v = vs + (e / hd) * (hd + 1) + e % hd;
                 k[0] = k4.x, k[1] = k4.y, k[2] = k4.z, k[3] = k4.w;
@@ -183,8 +186,8 @@ attention_kernel(const float* __restrict__ q, const float* __restrict__ keys, co
         } else {
             for (int e = threadIdx.x; e < n_in * hd; e += threads) {
                 const size_t from = size_t(tile + e / hd) * L.kv_stride + kv_head * hd + e % hd;
-                ks[(e / hd) * (hd + 1) + e % hd] = keys[from];
-                vs[(e / hd) * (hd + 1) + e % hd] = values[from];
+                ks[(e / hd) * (hd + 1) + e % hd] = cached_value(keys + from);
+                vs[(e / hd) * (hd + 1) + e % hd] = cached_value(values + from);
             }
         }
         __syncthreads();
@@ -288,10 +291,10 @@ template <int HeadDim> struct DecodeTiling {
     static constexpr int tile = 32 / key_lanes;        // positions a warp takes at once
     static constexpr int warps = decode_unit / tile;   // 4 for heads of 64, 8 for heads of 128
 };
-template <int HeadDim>
+template <int HeadDim, class KV>
 __global__ void __launch_bounds__(DecodeTiling<HeadDim>::warps * 32)
-decode_attention_kernel(const float* __restrict__ q, const float* __restrict__ keys, const float* __restrict__ values,
-                        const int32_t* position, int group, int kv_stride, float scale, int split_cap,
+decode_attention_kernel(const float* __restrict__ q, const KV* __restrict__ keys, const KV* __restrict__ values,
+                        const int32_t* position, int group, int kv_stride, float scale, int split_cap, int max_kv,
                         float* __restrict__ out, QuantizedActivations out_int8, float* __restrict__ parts,
                         unsigned* __restrict__ finished) {
     constexpr int tile = DecodeTiling<HeadDim>::tile, warps = DecodeTiling<HeadDim>::warps;
@@ -303,6 +306,10 @@ decode_attention_kernel(const float* __restrict__ q, const float* __restrict__ k
     // The position is the step's input (written before the step's first kernel), and the cached
     // keys and values before it were written by earlier steps.
     const int n_kv = *position + 1;
+    if (n_kv > max_kv) {   // grouped_decode_attention_kernel's: done once the launches before are
+        grid_dependency_wait();
+        return;
+    }
     const int last = n_kv - 1;   // this step's own row
     const SplitPlan plan = split_plan(n_kv, split_cap, decode_unit);
     const int split = blockIdx.y;
@@ -315,9 +322,9 @@ decode_attention_kernel(const float* __restrict__ q, const float* __restrict__ k
     const int first_tile = begin + tile * warp;
     float4 k4[key_part / 4];
     auto load_keys = [&](int p) {
-        const float4* k = reinterpret_cast<const float4*>(keys + size_t(p) * kv_stride + kv_offset + key_part * slice);
+        const KV* k = keys + size_t(p) * kv_stride + kv_offset + key_part * slice;
 #pragma unroll
-        for (int i = 0; i < key_part / 4; ++i) k4[i] = __ldg(k + i);
+        for (int i = 0; i < key_part / 4; ++i) k4[i] = cached_float4(k + 4 * i);
     };
     // A tile's value rows (all loads issued before the first is used), row `skip` left out.
     float v[tile][per_lane];
@@ -326,9 +333,9 @@ decode_attention_kernel(const float* __restrict__ q, const float* __restrict__ k
         for (int j = 0; j < tile; ++j) {
             if (j >= n_in) break;
             if (t + j == skip) continue;
-            const float* row = values + size_t(t + j) * kv_stride + kv_offset;
+            const KV* row = values + size_t(t + j) * kv_stride + kv_offset;
 #pragma unroll
-            for (int i = 0; i < per_lane; ++i) v[j][i] = __ldg(row + lane + 32 * i);
+            for (int i = 0; i < per_lane; ++i) v[j][i] = cached_value(row + lane + 32 * i);
         }
     };
     const int first_n_in = min(tile, end - first_tile);
@@ -337,12 +344,12 @@ decode_attention_kernel(const float* __restrict__ q, const float* __restrict__ k
     grid_dependency_wait();
     if (first_tile + slot == last && last < end) load_keys(last);
     if (first_tile <= last && last < first_tile + first_n_in) {
-        const float* row = values + size_t(last) * kv_stride + kv_offset;
+        const KV* row = values + size_t(last) * kv_stride + kv_offset;
 #pragma unroll
         for (int j = 0; j < tile; ++j)
             if (first_tile + j == last)
 #pragma unroll
-                for (int i = 0; i < per_lane; ++i) v[j][i] = __ldg(row + lane + 32 * i);
+                for (int i = 0; i < per_lane; ++i) v[j][i] = cached_value(row + lane + 32 * i);
     }
     float* qs = reinterpret_cast<float*>(q_shared);
     for (int d = threadIdx.x; d < HeadDim; d += warps * 32) qs[d] = q[size_t(head) * HeadDim + d] * scale;
@@ -443,27 +450,198 @@ decode_attention_kernel(const float* __restrict__ q, const float* __restrict__ k
         write_out(lane + 32 * i, merged(head_parts, plan.n_splits, HeadDim, lane + 32 * i));
 }
 
-// attention_at on decode_attention_kernel, for the head sizes it is built for; false otherwise.
-// Heads without groups (Llama 2) take it too since it loads its first tile of keys before the
-// grid-dependency wait (H200, tg128: 7B 574 -> 627 tok/s against the general kernel; before that
-// change it measured slower there, 523 -> 494).
-bool launch_decode_attention(Context& ctx, const float* q, const float* keys, const float* values, const int32_t* position,
+// A decoding step over a long cache (flash-decoding for grouped heads): a block per (KV head,
+// split of the positions) takes the group's query heads together, so each cached key and value is
+// read once for all of them (decode_attention_kernel's block per query head read a group's rows
+// once per head, and at 16K positions ran with one block of 8 warps per SM, 12% of the SM's warps
+// active and 14% of the memory bandwidth: each warp's 17 tiles, one after the other). Here a lane
+// owns a position: it reads its key row itself (8 loads in flight at a time) and dots it with every
+// head's q from shared memory, so scores take no shuffles; the warp's 32 positions then update
+// each head's online softmax, and lanes own head_dim / 32 consecutive dimensions of the values,
+// each value row read coalesced and its probability shuffled from the position's lane. Splits fill
+// the GPU four blocks per SM over; the last block of a KV head merges its heads (last_to_finish).
+constexpr int grouped_warps = 4;
+constexpr int grouped_unit = grouped_warps * 32;   // positions a block takes at least
+template <int HeadDim, class KV, int Group>
+__global__ void __launch_bounds__(grouped_warps * 32)
+grouped_decode_attention_kernel(const float* __restrict__ q, const KV* __restrict__ keys, const KV* __restrict__ values,
+                                const int32_t* position, int group, int kv_stride, float scale, int split_cap,
+                                int min_kv, float* __restrict__ out, QuantizedActivations out_int8,
+                                float* __restrict__ parts, unsigned* __restrict__ finished) {
+    constexpr int per_lane = HeadDim / 32;   // value dimensions lane * per_lane ..
+    constexpr int key_loads = 8;             // a key row's float4 loads in flight at once
+    __shared__ float4 q_shared[Group][HeadDim / 4];
+    __shared__ float acc_shared[grouped_warps][Group][HeadDim];
+    __shared__ float m_shared[grouped_warps][Group], l_shared[grouped_warps][Group];
+    grid_dependency_wait();   // q and this step's key and value rows come from the launch before
+    const int n_kv = *position + 1;
+    if (n_kv < min_kv) return;   // decode_attention_kernel's
+    const SplitPlan plan = split_plan(n_kv, split_cap, grouped_unit);
+    const int split = blockIdx.y;
+    if (split >= plan.n_splits) return;   // a split this position does not need
+    const int kv_head = blockIdx.x, first_head = kv_head * group;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    float* qs = reinterpret_cast<float*>(q_shared);
+    for (int i = threadIdx.x; i < Group * HeadDim; i += blockDim.x)
+        qs[i] = i < group * HeadDim ? q[size_t(first_head) * HeadDim + i] * scale : 0.0f;
+    __syncthreads();
+    const size_t kv_offset = size_t(kv_head) * HeadDim;
+    const int begin = split * plan.chunk, end = min(n_kv, begin + plan.chunk);
+    float m[Group], l[Group], acc[Group][per_lane];
+#pragma unroll
+    for (int g = 0; g < Group; ++g) {
+        m[g] = -INFINITY, l[g] = 0.0f;
+#pragma unroll
+        for (int d = 0; d < per_lane; ++d) acc[g][d] = 0.0f;
+    }
+    for (int base = begin + warp * 32; base < end; base += grouped_unit) {
+        const int p = base + lane;
+        float s[Group] = {};
+        if (p < end) {
+            const KV* k = keys + size_t(p) * kv_stride + kv_offset;
+#pragma unroll
+            for (int c = 0; c < HeadDim / 4; c += key_loads) {
+                float4 k4[key_loads];
+#pragma unroll
+                for (int i = 0; i < key_loads; ++i) k4[i] = cached_float4(k + 4 * (c + i));
+#pragma unroll
+                for (int g = 0; g < Group; ++g)
+#pragma unroll
+                    for (int i = 0; i < key_loads; ++i) {
+                        const float4 qv = q_shared[g][c + i];
+                        s[g] = fmaf(qv.x, k4[i].x, fmaf(qv.y, k4[i].y, fmaf(qv.z, k4[i].z, fmaf(qv.w, k4[i].w, s[g]))));
+                    }
+            }
+        }
+        // Each head's online softmax over the warp's positions (base < end: lane 0's is one).
+        float prob[Group];
+#pragma unroll
+        for (int g = 0; g < Group; ++g) {
+            const float score = p < end ? s[g] : -INFINITY;
+            const float m_new = fmaxf(m[g], warp_max(score));
+            prob[g] = p < end ? __expf(score - m_new) : 0.0f;
+            const float correction = __expf(m[g] - m_new);   // 0 on the first positions (m = -inf)
+            l[g] = l[g] * correction + warp_sum(prob[g]);
+            m[g] = m_new;
+#pragma unroll
+            for (int d = 0; d < per_lane; ++d) acc[g][d] *= correction;
+        }
+        const int n_in = min(32, end - base);
+#pragma unroll
+        for (int j0 = 0; j0 < 32; j0 += key_loads) {
+            if (j0 >= n_in) break;
+            float v[key_loads][per_lane];
+#pragma unroll
+            for (int i = 0; i < key_loads; ++i)
+                if (j0 + i < n_in) cached_values<per_lane>(values + size_t(base + j0 + i) * kv_stride + kv_offset + lane * per_lane, v[i]);
+#pragma unroll
+            for (int i = 0; i < key_loads; ++i) {
+                if (j0 + i >= n_in) break;
+#pragma unroll
+                for (int g = 0; g < Group; ++g) {
+                    const float pj = __shfl_sync(0xffffffffu, prob[g], j0 + i);
+#pragma unroll
+                    for (int d = 0; d < per_lane; ++d) acc[g][d] = fmaf(pj, v[i][d], acc[g][d]);
+                }
+            }
+        }
+    }
+    // The warps' parts merged through shared memory (a warp without positions has m = -inf, l = 0).
+#pragma unroll
+    for (int g = 0; g < Group; ++g) {
+#pragma unroll
+        for (int d = 0; d < per_lane; ++d) acc_shared[warp][g][lane * per_lane + d] = acc[g][d];
+        if (lane == 0) m_shared[warp][g] = m[g], l_shared[warp][g] = l[g];
+    }
+    __syncthreads();
+    // Output i = g * HeadDim + d: a warp's 32 outputs are one 32-value block of one head, as
+    // quantize_in_warp needs (HeadDim a multiple of 32; warps past group * HeadDim take none).
+    auto write_out = [&](int i, float y) {
+        const int index = first_head * HeadDim + i;
+        out[index] = y;
+        if (out_int8.qs) quantize_in_warp(y, index, out_int8.qs, out_int8.ds);
+    };
+    for (int i = threadIdx.x; i < group * HeadDim; i += blockDim.x) {
+        const int g = i / HeadDim, d = i % HeadDim;
+        float m_max = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < grouped_warps; ++w) m_max = fmaxf(m_max, m_shared[w][g]);
+        float num = 0.0f, den = 0.0f;
+#pragma unroll
+        for (int w = 0; w < grouped_warps; ++w) {
+            const float weight = m_shared[w][g] == -INFINITY ? 0.0f : __expf(m_shared[w][g] - m_max);
+            num += weight * acc_shared[w][g][d];
+            den += weight * l_shared[w][g];
+        }
+        if (plan.n_splits == 1) {
+            write_out(i, num / den);
+        } else {
+            float* part = parts + (size_t(first_head + g) * plan.n_splits + split) * (HeadDim + 2);
+            part[d] = num;
+            if (d == 0) part[HeadDim] = m_max, part[HeadDim + 1] = den;
+        }
+    }
+    if (plan.n_splits == 1 || !last_to_finish(finished[kv_head], plan.n_splits)) return;
+    for (int i = threadIdx.x; i < group * HeadDim; i += blockDim.x) {
+        const int g = i / HeadDim, d = i % HeadDim;
+        write_out(i, merged(parts + size_t(first_head + g) * plan.n_splits * (HeadDim + 2), plan.n_splits, HeadDim, d));
+    }
+}
+
+// The grouped kernel's instance for a head size (64, 128) and group (up to 8, rounded up to a power
+// of two); null where it has none.
+template <class KV>
+auto grouped_decode_kernel(size_t head_dim, size_t group) {
+    using Kernel = decltype(&grouped_decode_attention_kernel<64, KV, 1>);
+    auto for_group = [&]<int HeadDim>() -> Kernel {
+        return group <= 1   ? grouped_decode_attention_kernel<HeadDim, KV, 1>
+               : group <= 2 ? grouped_decode_attention_kernel<HeadDim, KV, 2>
+               : group <= 4 ? grouped_decode_attention_kernel<HeadDim, KV, 4>
+               : group <= 8 ? grouped_decode_attention_kernel<HeadDim, KV, 8>
+                            : nullptr;
+    };
+    return head_dim == 64 ? for_group.template operator()<64>() : head_dim == 128 ? for_group.template operator()<128>() : nullptr;
+}
+
+// attention_at on the decode kernels, for the head sizes (64, 128) they are built for; false
+// otherwise. Caches of up to grouped_min_positions positions take decode_attention_kernel (a block
+// per query head, its first tile loaded before the grid-dependency wait: the shorter chain while a
+// step reads few positions), longer ones grouped_decode_attention_kernel (each key and value read
+// once for a group of up to 8 heads, the GPU filled with splits). A captured step serves every
+// position, so where the cache can outgrow the threshold both are launched and each leaves the
+// other's positions (the idle one returns once the launches before it are done, so that the chain
+// of dependent launches holds). Heads without groups (Llama 2) take them too:
+// decode_attention_kernel loads its first tile of keys before the wait (H200, tg128: 7B 574 -> 627
+// tok/s against the general kernel; before that change it measured slower there, 523 -> 494).
+constexpr int grouped_min_positions = 1024;
+template <class KV>
+bool launch_decode_attention(Context& ctx, const float* q, const KV* keys, const KV* values, const int32_t* position,
                              size_t max_positions, const AttentionShape& shape, float* out, const QuantizedActivations& out_int8) {
-    auto kernel = shape.head_dim == 64    ? decode_attention_kernel<64>
-                  : shape.head_dim == 128 ? decode_attention_kernel<128>
+    auto kernel = shape.head_dim == 64    ? decode_attention_kernel<64, KV>
+                  : shape.head_dim == 128 ? decode_attention_kernel<128, KV>
                                           : nullptr;
     const int threads = shape.head_dim == 64 ? DecodeTiling<64>::warps * 32 : DecodeTiling<128>::warps * 32;
     if (!kernel || shape.n_head_kv == 0 || shape.n_head % shape.n_head_kv != 0 || shape.kv_stride % 4 != 0 ||
-        reinterpret_cast<uintptr_t>(keys) % 16 != 0)
+        reinterpret_cast<uintptr_t>(keys) % 16 != 0 || reinterpret_cast<uintptr_t>(values) % 16 != 0)
         return false;
+    const size_t group = shape.n_head / shape.n_head_kv;
+    const auto grouped =
+        max_positions > size_t(grouped_min_positions) ? grouped_decode_kernel<KV>(shape.head_dim, group) : nullptr;
     DeviceContext& device = device_of(ctx);
-    const unsigned blocks = unsigned(shape.n_head);
-    const int split_cap = split_cap_for(device, int(blocks));
-    const int max_splits = max_splits_for(max_positions, split_cap, decode_unit);
-    const SplitScratch scratch = split_scratch(device, shape.n_head, max_splits, shape.head_dim, blocks);
-    launch_after_previous(ctx, kernel, dim3(blocks, unsigned(max_splits)), threads, 0, q, keys, values, position,
-                          int(shape.n_head / shape.n_head_kv), int(shape.kv_stride), shape.scale, split_cap, out, out_int8,
-                          scratch.parts, scratch.finished);
+    const int per_head_cap = split_cap_for(device, int(shape.n_head));
+    const int per_head_splits = max_splits_for(max_positions, per_head_cap, decode_unit);
+    const int grouped_cap = std::max(1, 4 * device.n_sms / int(shape.n_head_kv));
+    const int grouped_splits = grouped ? max_splits_for(max_positions, grouped_cap, grouped_unit) : 0;
+    // One scratch for both (a second request could move the first's), the counters per query head.
+    const SplitScratch scratch =
+        split_scratch(device, shape.n_head, std::max(per_head_splits, grouped_splits), shape.head_dim, shape.n_head);
+    launch_after_previous(ctx, kernel, dim3(unsigned(shape.n_head), unsigned(per_head_splits)), threads, 0, q, keys, values,
+                          position, int(group), int(shape.kv_stride), shape.scale, per_head_cap,
+                          grouped ? grouped_min_positions - 1 : INT_MAX, out, out_int8, scratch.parts, scratch.finished);
+    if (grouped)
+        launch_after_previous(ctx, grouped, dim3(unsigned(shape.n_head_kv), unsigned(grouped_splits)), grouped_warps * 32, 0,
+                              q, keys, values, position, int(group), int(shape.kv_stride), shape.scale, grouped_cap,
+                              grouped_min_positions, out, out_int8, scratch.parts, scratch.finished);
     return true;
 }
 
@@ -475,7 +653,8 @@ int largest_divisor_at_most(int n, int limit) {
 
 // A launch of attention() (position null) or attention_at() (position in device memory, one token,
 // the grid sized for the plan of max_positions: no plan for fewer positions has more splits).
-void launch_attention(Context& ctx, const float* q, const float* keys, const float* values, size_t n_tokens,
+template <class KV>
+void launch_attention(Context& ctx, const float* q, const KV* keys, const KV* values, size_t n_tokens,
                       size_t first_position, const int32_t* position, size_t max_positions, const AttentionShape& shape,
                       float* out, const QuantizedActivations& out_int8 = {}) {
     if (n_tokens == 0) return;
@@ -514,8 +693,8 @@ void launch_attention(Context& ctx, const float* q, const float* keys, const flo
     const size_t hd = shape.head_dim;
     const size_t shared = (rows * hd + 2 * kv_tile * (hd + 1) + rows * kv_tile + 3 * rows) * sizeof(float);
     const SplitScratch scratch = split_scratch(device, n_tokens * shape.n_head, L.n_splits, hd, size_t(blocks));
-    allow_shared_memory(reinterpret_cast<const void*>(attention_kernel), shared);
-    launch_after_previous(ctx, attention_kernel, dim3(grid_2d.x, grid_2d.y, unsigned(L.n_splits)), threads, shared, q, keys,
+    allow_shared_memory(reinterpret_cast<const void*>(attention_kernel<KV>), shared);
+    launch_after_previous(ctx, attention_kernel<KV>, dim3(grid_2d.x, grid_2d.y, unsigned(L.n_splits)), threads, shared, q, keys,
                           values, L, out, out_int8, scratch.parts, scratch.finished);
 }
 
@@ -597,10 +776,19 @@ void gemm_attention(Context& ctx, const float* q, const float* keys, const float
     }
 }
 
-__global__ void store_row_kernel(const float* x, size_t width, float* table, const int32_t* row) {
+// x's n_rows rows to table from row first_row on, or (row in device memory, one row) to row *row.
+__global__ void store_rows_kernel(const float* x, size_t n_rows, size_t width, DeviceCacheRows table, size_t first_row,
+                                  const int32_t* row) {
     grid_dependency_wait();
     const size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
-    if (i < width) table[size_t(*row) * width + i] = x[i];
+    if (i < n_rows * width) store_cached(table, (row ? size_t(*row) : first_row) * width + i, x[i]);
+}
+
+// A float16 table's first n values as float32 (gemm_attention's operands).
+__global__ void widen_kernel(const __half* table, size_t n, float* out) {
+    grid_dependency_wait();
+    const size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = __half2float(table[i]);
 }
 
 // Sliding-window attention, one block per (token, head): the window's scores in shared memory,
@@ -622,8 +810,9 @@ __device__ float block_reduce(float v, bool is_max, float* scratch) {
     return v;
 }
 
+template <class KV>
 __global__ void __launch_bounds__(window_threads)
-windowed_attention_kernel(const float* q, const float* keys, const float* values, int first_position, const int32_t* position,
+windowed_attention_kernel(const float* q, const KV* keys, const KV* values, int first_position, const int32_t* position,
                           int n_head, int group, int head_dim, int kv_stride, int window, int ring, float scale, float* out) {
     grid_dependency_wait();
     extern __shared__ float scores[];   // [window], then 32 floats of reduction scratch
@@ -635,9 +824,9 @@ windowed_attention_kernel(const float* q, const float* keys, const float* values
     const size_t kv_offset = size_t(ring ? first % ring : first) * kv_stride + size_t(h / group) * head_dim;
     float max_score = -FLT_MAX;
     for (int j = threadIdx.x; j < n; j += blockDim.x) {
-        const float* k = keys + kv_offset + size_t(j) * kv_stride;
+        const KV* k = keys + kv_offset + size_t(j) * kv_stride;
         float dot = 0;
-        for (int d = 0; d < head_dim; ++d) dot += qh[d] * k[d];
+        for (int d = 0; d < head_dim; ++d) dot += qh[d] * cached_value(k + d);
         scores[j] = dot * scale;
         max_score = fmaxf(max_score, scores[j]);
     }
@@ -648,68 +837,103 @@ windowed_attention_kernel(const float* q, const float* keys, const float* values
     float* oh = out + (size_t(t) * n_head + h) * head_dim;
     for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
         float acc = 0;
-        for (int j = 0; j < n; ++j) acc += scores[j] * values[kv_offset + size_t(j) * kv_stride + d];
+        for (int j = 0; j < n; ++j) acc += scores[j] * cached_value(values + kv_offset + size_t(j) * kv_stride + d);
         oh[d] = acc / sum;
     }
 }
 
-void windowed_attention(Context& ctx, const float* q, const float* keys, const float* values, size_t n_tokens,
+template <class KV>
+void windowed_attention(Context& ctx, const float* q, const KV* keys, const KV* values, size_t n_tokens,
                         size_t first_position, const int32_t* position, const AttentionShape& shape, float* out) {
     if (shape.window > max_attention_window)
         throw std::invalid_argument("attention: a sliding window of " + std::to_string(shape.window) +
                                     " positions exceeds the CUDA kernel's " + std::to_string(max_attention_window));
     const size_t shared = (shape.window + 32) * sizeof(float);
-    launch_after_previous(ctx, windowed_attention_kernel, unsigned(n_tokens * shape.n_head), window_threads, shared, q, keys,
+    launch_after_previous(ctx, windowed_attention_kernel<KV>, unsigned(n_tokens * shape.n_head), window_threads, shared, q, keys,
                           values, int(first_position), position, int(shape.n_head), int(shape.n_head / shape.n_head_kv),
                           int(shape.head_dim), int(shape.kv_stride), int(shape.window), int(shape.ring), shape.scale, out);
 }
 
 // Row r of x to rows p % ring and p % ring + ring of table, p its position (first_position + r, or
 // *device_position for a decode step's one row).
-__global__ void store_ring_kernel(const float* x, size_t n_rows, size_t width, float* table, size_t first_position,
-                                  const int32_t* device_position, size_t ring) {
+__global__ void store_ring_kernel(const float* x, size_t n_rows, size_t width, DeviceCacheRows table,
+                                  size_t first_position, const int32_t* device_position, size_t ring) {
     grid_dependency_wait();
     const size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
     if (i >= n_rows * width) return;
     const size_t r = i / width, c = i % width;
     const size_t row = ((device_position ? size_t(*device_position) : first_position) + r) % ring;
-    table[row * width + c] = x[i];
-    table[(row + ring) * width + c] = x[i];
+    store_cached(table, row * width + c, x[i]);
+    store_cached(table, (row + ring) * width + c, x[i]);
+}
+
+// f(keys, values) with the tables as pointers to their element type.
+template <class F>
+void with_cache_type(CacheRows keys, CacheRows values, F&& f) {
+    if (keys.type == KvType::F16) return f(static_cast<const __half*>(keys.data), static_cast<const __half*>(values.data));
+    f(static_cast<const float*>(keys.data), static_cast<const float*>(values.data));
+}
+
+// A prompt's attention over a float16 cache: gemm_attention's float32 products over the positions
+// so far, widened into scratch first (a read of the half-size tables and a write of float32 ones:
+// a small part of a prompt's time beside its matrix products; float32 products keep the prompt's
+// arithmetic that of a float32 cache).
+void gemm_attention(Context& ctx, const float* q, CacheRows keys, CacheRows values, size_t n_tokens, size_t first_position,
+                    const AttentionShape& shape, float* out) {
+    if (keys.type == KvType::F32) return gemm_attention(ctx, q, keys.f32(), values.f32(), n_tokens, first_position, shape, out);
+    DeviceContext& device = device_of(ctx);
+    const size_t n = (first_position + n_tokens) * shape.kv_stride;
+    float* wide = static_cast<float*>(device.attention_kv.get(2 * n * sizeof(float), device.stream));
+    launch_after_previous(ctx, widen_kernel, blocks_for(n, 256), 256, 0, static_cast<const __half*>(keys.data), n, wide);
+    launch_after_previous(ctx, widen_kernel, blocks_for(n, 256), 256, 0, static_cast<const __half*>(values.data), n, wide + n);
+    gemm_attention(ctx, q, wide, wide + n, n_tokens, first_position, shape, out);
 }
 
 }  // namespace
 
-void store_ring(Context& ctx, const float* x, size_t n_rows, size_t width, float* table, size_t first_position,
+void store_ring(Context& ctx, const float* x, size_t n_rows, size_t width, CacheRows table, size_t first_position,
                 const int32_t* device_position, size_t ring) {
     if (n_rows * width == 0) return;
-    launch_after_previous(ctx, store_ring_kernel, blocks_for(n_rows * width, 256), 256, 0, x, n_rows, width, table,
-                          first_position, device_position, ring);
+    launch_after_previous(ctx, store_ring_kernel, blocks_for(n_rows * width, 256), 256, 0, x, n_rows, width,
+                          device_rows(table), first_position, device_position, ring);
 }
 
-void attention(Context& ctx, const float* q, const float* keys, const float* values, size_t n_tokens,
-               size_t first_position, const AttentionShape& shape, float* out) {
+void attention(Context& ctx, const float* q, CacheRows keys, CacheRows values, size_t n_tokens, size_t first_position,
+               const AttentionShape& shape, float* out) {
     if (shape.ring && !shape.window) throw std::invalid_argument("attention: a ring layer of the KV cache needs a window");
-    if (shape.window) return windowed_attention(ctx, q, keys, values, n_tokens, first_position, nullptr, shape, out);
-    if (n_tokens >= min_gemm_tokens && shape.n_head_kv != 0 && shape.n_head % shape.n_head_kv == 0)
+    if (!shape.window && n_tokens >= min_gemm_tokens && shape.n_head_kv != 0 && shape.n_head % shape.n_head_kv == 0)
         return gemm_attention(ctx, q, keys, values, n_tokens, first_position, shape, out);
-    launch_attention(ctx, q, keys, values, n_tokens, first_position, nullptr, 0, shape, out);
+    with_cache_type(keys, values, [&](auto* k, auto* v) {
+        if (shape.window) return windowed_attention(ctx, q, k, v, n_tokens, first_position, nullptr, shape, out);
+        launch_attention(ctx, q, k, v, n_tokens, first_position, nullptr, 0, shape, out);
+    });
 }
 
-void attention_at(Context& ctx, const float* q, const float* keys, const float* values, const int32_t* position,
+void attention_at(Context& ctx, const float* q, CacheRows keys, CacheRows values, const int32_t* position,
                   size_t max_positions, const AttentionShape& shape, float* out) {
-    if (shape.window) return windowed_attention(ctx, q, keys, values, 1, 0, position, shape, out);
-    // The output also quantized for the int8 product that reads it next (Wo), where head_dim splits
-    // into whole 32-value blocks, saving that product a quantization launch.
-    const size_t width = shape.n_head * shape.head_dim;
-    const QuantizedActivations out_int8 = shape.head_dim % 32 == 0 ? prepared_int8_scratch(ctx, width) : QuantizedActivations{};
-    if (!launch_decode_attention(ctx, q, keys, values, position, max_positions, shape, out, out_int8))
-        launch_attention(ctx, q, keys, values, 1, 0, position, max_positions, shape, out, out_int8);
-    if (out_int8.qs) publish_prepared_int8(ctx, out, width, out_int8);
+    with_cache_type(keys, values, [&](auto* k, auto* v) {
+        if (shape.window) return windowed_attention(ctx, q, k, v, 1, 0, position, shape, out);
+        // The output also quantized for the int8 product that reads it next (Wo), where head_dim
+        // splits into whole 32-value blocks, saving that product a quantization launch.
+        const size_t width = shape.n_head * shape.head_dim;
+        const QuantizedActivations out_int8 =
+            shape.head_dim % 32 == 0 ? prepared_int8_scratch(ctx, width) : QuantizedActivations{};
+        if (!launch_decode_attention(ctx, q, k, v, position, max_positions, shape, out, out_int8))
+            launch_attention(ctx, q, k, v, 1, 0, position, max_positions, shape, out, out_int8);
+        if (out_int8.qs) publish_prepared_int8(ctx, out, width, out_int8);
+    });
 }
 
-void store_row(Context& ctx, const float* x, size_t width, float* table, const int32_t* row) {
+void store_rows(Context& ctx, const float* x, size_t n_rows, size_t width, CacheRows table, size_t first_row) {
+    if (n_rows * width == 0) return;
+    launch_after_previous(ctx, store_rows_kernel, blocks_for(n_rows * width, 256), 256, 0, x, n_rows, width,
+                          device_rows(table), first_row, static_cast<const int32_t*>(nullptr));
+}
+
+void store_row(Context& ctx, const float* x, size_t width, CacheRows table, const int32_t* row) {
     if (width == 0) return;
-    launch_after_previous(ctx, store_row_kernel, blocks_for(width, 256), 256, 0, x, width, table, row);
+    launch_after_previous(ctx, store_rows_kernel, blocks_for(width, 256), 256, 0, x, size_t(1), width, device_rows(table),
+                          size_t(0), row);
 }
 
 }  // namespace twinfer::compute::cuda

@@ -98,6 +98,7 @@ struct DeviceContext {
     Scratch tokens_half;      // activations converted for cuBLAS
     Scratch attention_parts;  // split-KV partial results
     Scratch attention_finished;  // per group of split-KV blocks: how many have written their part
+    Scratch attention_kv;     // a prompt's float16 keys and values widened to float32 (gemm_attention)
     Scratch attention_scores; // a prompt's attention scores, [heads, tokens, keys] per chunk of tokens
     Scratch attention_operands;  // their batched products' operands, a pointer per head
     Scratch top_k_keys;       // top_k's candidates between its passes

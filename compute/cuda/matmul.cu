@@ -591,7 +591,7 @@ void matmul(Context& ctx, std::span<const MatmulOutput> outputs, const float* x,
 
 bool project_rope_store_at(Context& ctx, std::span<const MatmulOutput, 3> qkv, const float* x, Activations activations,
                            const RmsNorm* norm, size_t head_dim, const int32_t* position, const RopeParams& rope,
-                           float* keys, float* values) {
+                           CacheRows keys, CacheRows values) {
     return int8_products(qkv, activations) && int8_matvec_rope_store(ctx, qkv, x, norm, rope, head_dim, position, keys, values);
 }
 

@@ -206,8 +206,8 @@ struct RopeStore {
     const int32_t* position;   // device memory
     Rotation rotation;
     int head_dim;
-    float* keys;               // [positions, k rows]
-    float* values;             // [positions, v rows]
+    DeviceCacheRows keys;      // [positions, k rows]
+    DeviceCacheRows values;    // [positions, v rows]
 };
 
 // Row `row`'s pair_frequency in target q (0) or k (1), or 0 where it is not rotated (v, or past n_rot).
@@ -410,10 +410,10 @@ int8_matvec_kernel(Targets targets, int n_blocks, const int8_t* __restrict__ qs,
             target.y[row] = y0;
             target.y[row + 1] = y1;
             if (target_index > 0) {
-                float* cached = (target_index == 1 ? rope_store.keys : rope_store.values) +
-                                size_t(position) * target.rows + row;
-                cached[0] = y0;
-                cached[1] = y1;
+                const DeviceCacheRows table = target_index == 1 ? rope_store.keys : rope_store.values;
+                const size_t cached = size_t(position) * target.rows + row;
+                store_cached(table, cached, y0);
+                store_cached(table, cached + 1, y1);
             }
         }
         return;
@@ -688,7 +688,8 @@ void int8_matvec_swiglu(Context& ctx, const WeightMatrix& gate, const WeightMatr
 }
 
 bool int8_matvec_rope_store(Context& ctx, std::span<const MatmulOutput, 3> qkv, const float* x, const RmsNorm* norm,
-                            const RopeParams& rope, size_t head_dim, const int32_t* position, float* keys, float* values) {
+                            const RopeParams& rope, size_t head_dim, const int32_t* position, CacheRows keys,
+                            CacheRows values) {
     const GGMLType type = qkv[0].w.type;
     const bool fits = rope.pairing == RopeParams::Pairing::Adjacent && head_dim % 2 == 0 && rope.n_rot % 2 == 0 &&
                       rope.n_rot <= head_dim &&
@@ -699,7 +700,7 @@ bool int8_matvec_rope_store(Context& ctx, std::span<const MatmulOutput, 3> qkv, 
     Targets targets{};
     for (int i = 0; i < 3; ++i) targets.t[i] = target_of(qkv[i].w, qkv[i].y, false);
     targets.n = 3;
-    const RopeStore rope_store{position, rotation_of(ctx, rope), int(head_dim), keys, values};
+    const RopeStore rope_store{position, rotation_of(ctx, rope), int(head_dim), device_rows(keys), device_rows(values)};
     const QuantizedActivations q = quantized(ctx, x, norm, qkv[0].w.cols);
     const int n_blocks = int(qkv[0].w.cols / 32);
     with_int8_type(type, [&]<GGMLType T>() {

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <span>
 
+#include "compute/cuda/cache_rows.cuh"
 #include "compute/cuda/device_context.cuh"
 #include "compute/matmul.hpp"
 #include "compute/rope.hpp"
@@ -87,7 +88,8 @@ void int8_matvec(Context& ctx, std::span<const MatmulOutput> outputs, size_t tok
 // (compute::project_rope_store_at). False, with nothing done, where that launch cannot: pairs
 // other than Adjacent, matrices of different types, rows not whole heads.
 bool int8_matvec_rope_store(Context& ctx, std::span<const MatmulOutput, 3> qkv, const float* x, const RmsNorm* norm,
-                            const RopeParams& rope, size_t head_dim, const int32_t* position, float* keys, float* values);
+                            const RopeParams& rope, size_t head_dim, const int32_t* position, CacheRows keys,
+                            CacheRows values);
 // y += W x for one token, the single output `out` (accumulate) a residual that the caller's next
 // products normalize with next_norm: that norm's input prepared in the same launch
 // (PreparedNorm), so that those products, given next_norm on out.y, launch no norm (and leave

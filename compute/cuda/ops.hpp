@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <span>
 
+#include "compute/cache_rows.hpp"
+
 // Declared, not included: compute/*.hpp include this file to dispatch to it.
 namespace twinfer {
 enum class GGMLType : uint32_t;
@@ -69,26 +71,27 @@ void rope(Context& ctx, float* x, size_t n_tokens, size_t row_stride, size_t n_h
 // One token at the position in device memory (a decode step captured once, replayed anywhere).
 void rope_at(Context& ctx, float* x, size_t n_heads, size_t head_dim, const int32_t* position, const RopeParams& params);
 
-void attention(Context& ctx, const float* q, const float* keys, const float* values, size_t n_tokens,
-               size_t first_position, const AttentionShape& shape, float* out);
+void attention(Context& ctx, const float* q, CacheRows keys, CacheRows values, size_t n_tokens, size_t first_position,
+               const AttentionShape& shape, float* out);
 // One token at the position in device memory: the launch is sized for max_positions, and each
 // block works out its share of 0 ..= *position as attention() would have split it (same result,
 // bit for bit); the blocks beyond that split return at once.
-void attention_at(Context& ctx, const float* q, const float* keys, const float* values, const int32_t* position,
+void attention_at(Context& ctx, const float* q, CacheRows keys, CacheRows values, const int32_t* position,
                   size_t max_positions, const AttentionShape& shape, float* out);
 // A decode step's rotary embedding and KV-cache write in one launch: rope_at(q), rope_at(k), then
 // k and v stored as row *position of keys and values ([positions, n_head_kv * head_dim]).
 void rope_store_at(Context& ctx, float* q, size_t n_head, float* k, const float* v, size_t n_head_kv, size_t head_dim,
-                   const int32_t* position, const RopeParams& params, float* keys, float* values);
+                   const int32_t* position, const RopeParams& params, CacheRows keys, CacheRows values);
 // A decode step's Q, K and V products (one token of x, norm as in matmul) and then rope_store_at,
 // in the products' one launch (int8 activations, shapes as int8_matvec_rope_store takes them);
 // false, with nothing done, where that launch cannot: the caller runs the two steps.
 bool project_rope_store_at(Context& ctx, std::span<const MatmulOutput, 3> qkv, const float* x, Activations activations,
                            const RmsNorm* norm, size_t head_dim, const int32_t* position, const RopeParams& rope,
-                           float* keys, float* values);
+                           CacheRows keys, CacheRows values);
+void store_rows(Context& ctx, const float* x, size_t n_rows, size_t width, CacheRows table, size_t first_row);
 // table[*row, :] = x, row in device memory.
-void store_row(Context& ctx, const float* x, size_t width, float* table, const int32_t* row);
-void store_ring(Context& ctx, const float* x, size_t n_rows, size_t width, float* table, size_t first_position,
+void store_row(Context& ctx, const float* x, size_t width, CacheRows table, const int32_t* row);
+void store_ring(Context& ctx, const float* x, size_t n_rows, size_t width, CacheRows table, size_t first_position,
                 const int32_t* device_position, size_t ring);
 
 void add(Context& ctx, float* x, const float* y, size_t n);

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "compute/cuda/cache_rows.cuh"
 #include "compute/cuda/device_context.cuh"
 #include "compute/cuda/ops.hpp"
 #include "compute/cuda/rope.cuh"
@@ -40,7 +41,8 @@ __global__ void rope_kernel(float* x, int n_tokens, size_t row_stride, int n_hea
 // thread per (head, pair) of q, then of k, then per value of v. k's dimensions beyond n_rot are
 // copied by the threads of the pairs beyond n_rot / 2.
 __global__ void rope_store_kernel(float* q, int n_head, float* k, const float* v, int n_head_kv, int head_dim,
-                                  const int32_t* device_position, Rotation rotation, float* keys, float* values) {
+                                  const int32_t* device_position, Rotation rotation, DeviceCacheRows keys,
+                                  DeviceCacheRows values) {
     grid_dependency_wait();
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     const int q_threads = n_head * (rotation.n_rot / 2), k_threads = n_head_kv * (head_dim / 2);
@@ -51,19 +53,19 @@ __global__ void rope_store_kernel(float* q, int n_head, float* k, const float* v
     } else if (i < q_threads + k_threads) {
         const int j = i - q_threads, h = j / (head_dim / 2), pair = j % (head_dim / 2);
         float* head = k + size_t(h) * head_dim;
-        float* cached = keys + position * kv_width + size_t(h) * head_dim;
+        const size_t cached = position * kv_width + size_t(h) * head_dim;
         if (pair < rotation.n_rot / 2) {
             rotate_pair(head, position, pair, rotation);
             const int a = rotation.adjacent ? 2 * pair : pair;
             const int b = rotation.adjacent ? 2 * pair + 1 : pair + rotation.n_rot / 2;
-            cached[a] = head[a], cached[b] = head[b];
+            store_cached(keys, cached + a, head[a]), store_cached(keys, cached + b, head[b]);
         } else {
             const int d = rotation.n_rot + 2 * (pair - rotation.n_rot / 2);
-            cached[d] = head[d], cached[d + 1] = head[d + 1];
+            store_cached(keys, cached + d, head[d]), store_cached(keys, cached + d + 1, head[d + 1]);
         }
     } else if (i < q_threads + k_threads + kv_width) {
         const int j = i - q_threads - k_threads;
-        values[position * kv_width + j] = v[j];
+        store_cached(values, position * kv_width + j, v[j]);
     }
 }
 
@@ -124,11 +126,11 @@ void rope_at(Context& ctx, float* x, size_t n_heads, size_t head_dim, const int3
 }
 
 void rope_store_at(Context& ctx, float* q, size_t n_head, float* k, const float* v, size_t n_head_kv, size_t head_dim,
-                   const int32_t* position, const RopeParams& params, float* keys, float* values) {
+                   const int32_t* position, const RopeParams& params, CacheRows keys, CacheRows values) {
     check_rotation(params, head_dim);
     const size_t n = n_head * (params.n_rot / 2) + n_head_kv * (head_dim / 2) + n_head_kv * head_dim;
     launch_after_previous(ctx, rope_store_kernel, blocks_for(n, 128), 128, 0, q, int(n_head), k, v, int(n_head_kv),
-                          int(head_dim), position, rotation_of(ctx, params), keys, values);
+                          int(head_dim), position, rotation_of(ctx, params), device_rows(keys), device_rows(values));
 }
 
 }  // namespace twinfer::compute::cuda

@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <deque>
 #include <random>
 #include <utility>
 #include <vector>
@@ -72,11 +73,33 @@ protected:
         cuda::download(*gpu, host.data(), device, n * sizeof(T));
         return host;
     }
+    // `values` as a KV cache table of `type`, in host or device memory (float16: fp32_to_fp16's
+    // rounding, as the cache stores it), kept alive by the fixture.
+    CacheRows cache_table(const std::vector<float>& values, KvType type, bool on_device) {
+        if (type == KvType::F32) return on_device ? CacheRows(to_device(values)) : CacheRows(values.data());
+        std::vector<uint16_t>& halves = host_halves.emplace_back(values.size());
+        for (size_t i = 0; i < values.size(); ++i) halves[i] = fp32_to_fp16(values[i]);
+        return on_device ? CacheRows(to_device(halves), KvType::F16) : CacheRows(halves.data(), KvType::F16);
+    }
+    // n elements of a table (host or device memory) as floats.
+    std::vector<float> cache_values(CacheRows table, size_t n, bool on_device) {
+        std::vector<float> out(n);
+        if (table.type == KvType::F32) {
+            if (on_device) return to_host(table.f32(), n);
+            std::copy(table.f32(), table.f32() + n, out.begin());
+            return out;
+        }
+        const auto* halves = static_cast<const uint16_t*>(table.data);
+        const std::vector<uint16_t> bits = on_device ? to_host(halves, n) : std::vector<uint16_t>(halves, halves + n);
+        for (size_t i = 0; i < n; ++i) out[i] = fp16_to_fp32(bits[i]);
+        return out;
+    }
 
     std::mt19937 rng{std::random_device{}()};
     Context cpu{options_for(Device::CPU)};
     std::unique_ptr<Context> gpu;
     std::vector<Buffer> buffers;
+    std::deque<std::vector<uint16_t>> host_halves;   // a deque: earlier tables keep their addresses
 };
 
 // Random bytes of `rows` rows in `type`, with every block's float16 scales set to sane values
@@ -371,26 +394,31 @@ TEST_F(CudaOps, ResidualProductPreparesNextNorm) {
 }
 
 // rope_store_at: q and k rotated at the device's position, k and v written to that cache row; a
-// partial rotation (the last dimensions of k copied as they are), both pairings.
+// partial rotation (the last dimensions of k copied as they are), both pairings, both cache types.
 TEST_F(CudaOps, RopeStoreAtMatchesCpu) {
     const size_t n_head = 6, n_head_kv = 2, head_dim = 64, n_ctx = 40, width = n_head_kv * head_dim;
     const int32_t position = 33;
+    for (KvType type : {KvType::F32, KvType::F16})
     for (auto pairing : {RopeParams::Pairing::Adjacent, RopeParams::Pairing::Halves}) {
+        SCOPED_TRACE(kv_type_name(type));
         RopeParams params;
         params.pairing = pairing;
         params.n_rot = 48;
         const auto q = random(n_head * head_dim), k = random(width), v = random(width);
         const auto keys = random(n_ctx * width), values = random(n_ctx * width);
-        auto q_want = q, k_want = k, keys_want = keys, values_want = values;
-        rope_store_at(cpu, q_want.data(), n_head, k_want.data(), v.data(), n_head_kv, head_dim, &position, params,
-                      keys_want.data(), values_want.data());
-        float *q_gpu = to_device(q), *k_gpu = to_device(k), *keys_gpu = to_device(keys), *values_gpu = to_device(values);
+        auto q_want = q, k_want = k;
+        const CacheRows keys_want = cache_table(keys, type, false), values_want = cache_table(values, type, false);
+        rope_store_at(cpu, q_want.data(), n_head, k_want.data(), v.data(), n_head_kv, head_dim, &position, params, keys_want,
+                      values_want);
+        float *q_gpu = to_device(q), *k_gpu = to_device(k);
+        const CacheRows keys_gpu = cache_table(keys, type, true), values_gpu = cache_table(values, type, true);
         rope_store_at(*gpu, q_gpu, n_head, k_gpu, to_device(v), n_head_kv, head_dim, to_device(std::vector<int32_t>{position}),
                       params, keys_gpu, values_gpu);
         EXPECT_LT(relative_error(to_host(q_gpu, q.size()), q_want), float_tolerance);
         EXPECT_LT(relative_error(to_host(k_gpu, k.size()), k_want), float_tolerance);
-        EXPECT_LT(relative_error(to_host(keys_gpu, keys.size()), keys_want), float_tolerance);
-        EXPECT_EQ(to_host(values_gpu, values.size()), values_want);
+        EXPECT_LT(relative_error(cache_values(keys_gpu, keys.size(), true), cache_values(keys_want, keys.size(), false)),
+                  float_tolerance);
+        EXPECT_EQ(cache_values(values_gpu, values.size(), true), cache_values(values_want, values.size(), false));
     }
 }
 
@@ -410,13 +438,15 @@ TEST_F(CudaOps, ProjectRopeStoreAtMatchesSeparateSteps) {
     for (GGMLType type : {GGMLType::Q4_0, GGMLType::Q8_0, GGMLType::Q4_K, GGMLType::Q6_K})
     for (auto pairing : {RopeParams::Pairing::Adjacent, RopeParams::Pairing::Halves})
     for (size_t n_rot : {heads.head_dim, heads.head_dim * 3 / 4})
-    for (Activations activations : {Activations::Int8, Activations::Float32}) {
+    for (Activations activations : {Activations::Int8, Activations::Float32})
+    for (KvType cache_type : {KvType::F32, KvType::F16}) {
         const auto [n_head, n_head_kv, head_dim, cols] = heads;
         if (cols % type_traits(type).block_size != 0) continue;
+        if (cache_type == KvType::F16 && activations != Activations::Int8) continue;   // the fused launch's store
         const size_t q_rows = n_head * head_dim, kv_rows = n_head_kv * head_dim;
         SCOPED_TRACE(std::string(type_name(type)) + " heads of " + std::to_string(head_dim) +
                      (pairing == RopeParams::Pairing::Adjacent ? " adjacent" : " halves") + " n_rot " + std::to_string(n_rot) +
-                     (activations == Activations::Int8 ? " int8" : " float"));
+                     (activations == Activations::Int8 ? " int8" : " float") + " " + std::string(kv_type_name(cache_type)));
         RopeParams params;
         params.pairing = pairing;
         params.n_rot = n_rot;
@@ -427,44 +457,46 @@ TEST_F(CudaOps, ProjectRopeStoreAtMatchesSeparateSteps) {
         const auto keys = random(n_ctx * kv_rows), values = random(n_ctx * kv_rows);
 
         std::vector<float> q_want(q_rows), k_want(kv_rows), v_want(kv_rows), xn_want(cols);
-        auto keys_want = keys, values_want = values;
+        const CacheRows keys_want = cache_table(keys, cache_type, false), values_want = cache_table(values, cache_type, false);
         const MatmulOutput qkv_cpu[] = {{{type, q_rows, cols, wq.data()}, q_want.data()},
                                         {{type, kv_rows, cols, wk.data()}, k_want.data()},
                                         {{type, kv_rows, cols, wv.data()}, v_want.data()}};
         const RmsNorm norm_cpu{norm_weight.data(), 1e-5f, xn_want.data()};
         project_rope_store_at(cpu, qkv_cpu, x.data(), activations, &norm_cpu, n_head, n_head_kv, head_dim, &position,
-                              params, keys_want.data(), values_want.data());
+                              params, keys_want, values_want);
 
         const MatmulOutput qkv_gpu[] = {{placed(type, q_rows, cols, wq), poisoned(q_rows)},
                                         {placed(type, kv_rows, cols, wk), poisoned(kv_rows)},
                                         {placed(type, kv_rows, cols, wv), poisoned(kv_rows)}};
         const RmsNorm norm_gpu{to_device(norm_weight), 1e-5f, poisoned(cols)};
         const int32_t* position_gpu = to_device(std::vector<int32_t>{position});
-        float *x_gpu = to_device(x), *keys_gpu = to_device(keys), *values_gpu = to_device(values);
+        float* x_gpu = to_device(x);
+        const CacheRows keys_gpu = cache_table(keys, cache_type, true), values_gpu = cache_table(values, cache_type, true);
         project_rope_store_at(*gpu, qkv_gpu, x_gpu, activations, &norm_gpu, n_head, n_head_kv, head_dim, position_gpu,
                               params, keys_gpu, values_gpu);
         const auto q_got = to_host(qkv_gpu[0].y, q_rows), k_got = to_host(qkv_gpu[1].y, kv_rows);
-        const auto keys_got = to_host(keys_gpu, keys.size()), values_got = to_host(values_gpu, values.size());
+        const auto keys_got = cache_values(keys_gpu, keys.size(), true), values_got = cache_values(values_gpu, values.size(), true);
 
         // The GPU's two-launch route on the same inputs.
-        float *keys_two = to_device(keys), *values_two = to_device(values);
+        const CacheRows keys_two = cache_table(keys, cache_type, true), values_two = cache_table(values, cache_type, true);
         matmul(*gpu, std::span<const MatmulOutput>(qkv_gpu), x_gpu, 1, activations, &norm_gpu);
         rope_store_at(*gpu, qkv_gpu[0].y, n_head, qkv_gpu[1].y, qkv_gpu[2].y, n_head_kv, head_dim, position_gpu, params,
                       keys_two, values_two);
         EXPECT_LT(relative_error(q_got, to_host(qkv_gpu[0].y, q_rows)), 1e-6);
         EXPECT_LT(relative_error(k_got, to_host(qkv_gpu[1].y, kv_rows)), 1e-6);
-        EXPECT_LT(relative_error(keys_got, to_host(keys_two, keys.size())), 1e-6);
-        EXPECT_LT(relative_error(values_got, to_host(values_two, values.size())), 1e-6);
+        EXPECT_LT(relative_error(keys_got, cache_values(keys_two, keys.size(), true)), 1e-6);
+        EXPECT_LT(relative_error(values_got, cache_values(values_two, values.size(), true)), 1e-6);
 
         const double tolerance = activations == Activations::Int8 ? 5e-3 : float_tolerance;
         EXPECT_LT(relative_error(q_got, q_want), tolerance);
         EXPECT_LT(relative_error(k_got, k_want), tolerance);
-        EXPECT_LT(relative_error(keys_got, keys_want), tolerance);
-        EXPECT_LT(relative_error(values_got, values_want), tolerance);
+        EXPECT_LT(relative_error(keys_got, cache_values(keys_want, keys.size(), false)), tolerance);
+        EXPECT_LT(relative_error(values_got, cache_values(values_want, values.size(), false)), tolerance);
         // Only the position's cache row changes.
+        const auto keys_before = cache_values(cache_table(keys, cache_type, false), keys.size(), false);
         for (size_t i = 0; i < keys.size(); ++i) {
             if (i / kv_rows != size_t(position)) {
-                ASSERT_EQ(keys_got[i], keys[i]) << i;
+                ASSERT_EQ(keys_got[i], keys_before[i]) << i;
             }
         }
     }
@@ -476,27 +508,33 @@ struct AttentionCase {
 
 class CudaAttention : public CudaOps, public ::testing::WithParamInterface<AttentionCase> {};
 
+// Both cache types: the CPU over the same float16 values is the reference for the float16 tables.
 TEST_P(CudaAttention, MatchesCpu) {
     const auto [n_head, n_head_kv, head_dim, n_tokens, first_position] = GetParam();
     AttentionShape shape{n_head, n_head_kv, head_dim, n_head_kv * head_dim + 8, 1.0f / std::sqrt(float(head_dim))};
     const size_t n_kv = first_position + n_tokens;
     const auto q = random(n_tokens * n_head * head_dim, 2.0f);
     const auto keys = random(n_kv * shape.kv_stride, 2.0f), values = random(n_kv * shape.kv_stride);
-    std::vector<float> want(q.size());
-    attention(cpu, q.data(), keys.data(), values.data(), n_tokens, first_position, shape, want.data());
-    float* out = poisoned(q.size());
-    attention(*gpu, to_device(q), to_device(keys), to_device(values), n_tokens, first_position, shape, out);
-    EXPECT_LT(relative_error(to_host(out, q.size()), want), float_tolerance);
-    if (n_tokens != 1) return;
-    // The decode step's form: the position read on the device, the launch sized for a longer
-    // cache (blocks of splits the position does not need return). Twice: the split-KV merge's
-    // counters must be back at zero after each launch.
-    const int32_t position = int32_t(first_position);
-    for (int run = 0; run < 2; ++run) {
-        float* out_at = poisoned(q.size());
-        attention_at(*gpu, to_device(q), to_device(keys), to_device(values), to_device(std::vector<int32_t>{position}),
-                     n_kv + 1000, shape, out_at);
-        EXPECT_LT(relative_error(to_host(out_at, q.size()), want), float_tolerance) << "attention_at, run " << run;
+    for (KvType type : {KvType::F32, KvType::F16}) {
+        SCOPED_TRACE(kv_type_name(type));
+        const CacheRows keys_gpu = cache_table(keys, type, true), values_gpu = cache_table(values, type, true);
+        std::vector<float> want(q.size());
+        attention(cpu, q.data(), cache_table(keys, type, false), cache_table(values, type, false), n_tokens, first_position,
+                  shape, want.data());
+        float* out = poisoned(q.size());
+        attention(*gpu, to_device(q), keys_gpu, values_gpu, n_tokens, first_position, shape, out);
+        EXPECT_LT(relative_error(to_host(out, q.size()), want), float_tolerance);
+        if (n_tokens != 1) continue;
+        // The decode step's form: the position read on the device, the launch sized for a longer
+        // cache (blocks of splits the position does not need return). Twice: the split-KV merge's
+        // counters must be back at zero after each launch.
+        const int32_t position = int32_t(first_position);
+        for (int run = 0; run < 2; ++run) {
+            float* out_at = poisoned(q.size());
+            attention_at(*gpu, to_device(q), keys_gpu, values_gpu, to_device(std::vector<int32_t>{position}), n_kv + 1000, shape,
+                         out_at);
+            EXPECT_LT(relative_error(to_host(out_at, q.size()), want), float_tolerance) << "attention_at, run " << run;
+        }
     }
 }
 
@@ -518,7 +556,16 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaAttention,
                                            AttentionCase{12, 12, 64, 19, 40},   // GPT-2
                                            AttentionCase{16, 1, 256, 3, 90},    // one KV head, wide heads
                                            AttentionCase{6, 2, 32, 1, 50},      // decoding, heads of 32: the general kernel
-                                           AttentionCase{10, 5, 128, 1, 31}));  // grouped heads of 128
+                                           AttentionCase{10, 5, 128, 1, 31},    // grouped heads of 128
+                                           // Long caches: the grouped decode kernel (from 1,024 positions;
+                                           // below it, the per-head kernel of the same launch)
+                                           AttentionCase{9, 3, 64, 1, 1022},    // the per-head kernel's last
+                                           AttentionCase{9, 3, 64, 1, 1023},    // the grouped kernel's first
+                                           AttentionCase{32, 8, 128, 1, 5000},  // Llama 3 8B
+                                           AttentionCase{32, 32, 128, 1, 3000}, // no groups (Llama 2 7B)
+                                           AttentionCase{16, 2, 64, 1, 2500},   // groups of 8
+                                           AttentionCase{12, 4, 128, 1, 1500},  // groups of 3, rounded up to 4
+                                           AttentionCase{32, 2, 64, 1, 1500})); // groups of 16: the per-head kernel
 
 TEST_F(CudaOps, Elementwise) {
     const size_t n_rows = 3, n = 1000;

@@ -17,6 +17,7 @@
 #include "compute/memory.hpp"
 #include "compute/norm.hpp"
 #include "compute/rope.hpp"
+#include "format/quant.hpp"
 
 namespace twinfer::compute {
 namespace {
@@ -109,6 +110,52 @@ TEST(OpsTest, RopeRotatesPairsByPositionAngle) {
                 EXPECT_EQ(x[base + 7], original[base + 7]);
             }
     }
+}
+
+// A float16 cache: stored values are fp32_to_fp16's rounding, and attention over them computes
+// exactly what it computes over a float32 table holding the rounded values (the kernels widen each
+// element and do the same arithmetic), decode steps, prompts and sliding-window rings alike.
+TEST(OpsTest, Float16CacheIsTheFloat32CacheOfItsRoundedValues) {
+    const size_t n_head = 6, n_head_kv = 2, head_dim = 64, kv_stride = n_head_kv * head_dim, n_kv = 70;
+    const auto k = gaussian(n_kv * kv_stride, 11), v = gaussian(n_kv * kv_stride, 12);
+    for (CpuIsa isa : available_isas()) {
+        Context ctx({.cpu_isa = isa});
+        std::vector<uint16_t> k16(k.size()), v16(v.size());
+        store_rows(ctx, k.data(), n_kv, kv_stride, CacheRows(k16.data(), KvType::F16), 0);
+        store_rows(ctx, v.data(), n_kv, kv_stride, CacheRows(v16.data(), KvType::F16), 0);
+        std::vector<float> k_rounded(k.size()), v_rounded(v.size());
+        for (size_t i = 0; i < k.size(); ++i) {
+            ASSERT_EQ(k16[i], fp32_to_fp16(k[i])) << i;
+            ASSERT_EQ(v16[i], fp32_to_fp16(v[i])) << i;
+            k_rounded[i] = fp16_to_fp32(k16[i]), v_rounded[i] = fp16_to_fp32(v16[i]);
+        }
+        struct Case {
+            size_t tokens, first, window;
+        };
+        for (const Case c : {Case{1, 69, 0}, Case{1, 0, 0}, Case{9, 61, 0}, Case{5, 40, 16}}) {
+            AttentionShape shape{n_head, n_head_kv, head_dim, kv_stride, 1.0f / std::sqrt(float(head_dim))};
+            shape.window = c.window;
+            const auto q = gaussian(c.tokens * n_head * head_dim, 13);
+            std::vector<float> want(q.size()), got(q.size());
+            attention(ctx, q.data(), k_rounded.data(), v_rounded.data(), c.tokens, c.first, shape, want.data());
+            attention(ctx, q.data(), CacheRows(k16.data(), KvType::F16), CacheRows(v16.data(), KvType::F16), c.tokens, c.first,
+                      shape, got.data());
+            EXPECT_EQ(got, want) << isa_name(isa) << " " << c.tokens << " tokens after " << c.first;
+        }
+        // A ring layer: rows p % ring and p % ring + ring, rounded likewise (11 rows into a ring of
+        // 8: the last 8 stay).
+        const size_t ring = 8;
+        std::vector<uint16_t> table(2 * ring * kv_stride);
+        store_ring(ctx, k.data(), 11, kv_stride, CacheRows(table.data(), KvType::F16), 3, nullptr, ring);
+        for (size_t r = 11 - ring; r < 11; ++r)
+            for (size_t copy : {size_t{0}, ring})
+                for (size_t i = 0; i < kv_stride; ++i)
+                    ASSERT_EQ(table[((3 + r) % ring + copy) * kv_stride + i], k16[r * kv_stride + i]) << r;
+    }
+    Context ctx(ContextOptions{});
+    EXPECT_THROW(attention(ctx, k.data(), k.data(), CacheRows(nullptr, KvType::F16), 1, 0,
+                           AttentionShape{n_head, n_head_kv, head_dim, kv_stride, 1.0f}, nullptr),
+                 std::invalid_argument);
 }
 
 TEST(OpsTest, CausalGroupedQueryAttention) {

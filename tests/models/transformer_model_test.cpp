@@ -210,6 +210,42 @@ TEST_P(EveryArchitecture, CudaDecodeStepMatchesTheReference) {
     EXPECT_LT(worst, test::kFloat32Tolerance) << a.arch;
 }
 
+// A float16 KV cache (--cache-type f16), float activations: the prompt path and the decode step
+// within the cache's rounding of the reference (test::kFloat16CacheTolerance); and on a GPU, the
+// same cache type agrees with the CPU's within float32 rounding (the kernels widen the same halves).
+TEST_P(EveryArchitecture, Float16CacheStaysWithinItsBudget) {
+    const RandomArch& a = GetParam();
+    const auto file = random_model(a);
+    GPTModel reference = GPTModel::from_gguf(*file);
+    const std::vector<Token> ids = random_ids(24, 9);
+    const Logits expected = reference.forward(ids, LogitsMode::All);
+    auto rows_on = [&](compute::Device device) {
+        TransformerModel model = TransformerModel::load(file, {.n_ctx = kCtx, .n_threads = 2, .device = device,
+                                                               .activations = compute::Activations::Float32,
+                                                               .cache_type = compute::KvType::F16});
+        std::vector<std::vector<double>> rows;
+        const Logits prompt = model.forward(std::span(ids).first(12), LogitsMode::All);
+        for (size_t t = 0; t < 12; ++t) rows.emplace_back(prompt.row(t).begin(), prompt.row(t).end());
+        for (size_t t = 12; t < ids.size(); ++t) {
+            const Logits step = model.forward(std::span(ids).subspan(t, 1));
+            rows.emplace_back(step.row(0).begin(), step.row(0).end());
+        }
+        return rows;
+    };
+    const auto cpu = rows_on(compute::Device::CPU);
+    double worst = 0;
+    for (size_t t = 0; t < ids.size(); ++t) worst = std::max(worst, test::relative_error(cpu[t], expected.row(t)));
+    EXPECT_LT(worst, test::kFloat16CacheTolerance) << a.arch;
+    EXPECT_GT(worst, 1e-5) << a.arch << ": float16 rounding of the cache must show beside float32's";
+#ifdef TWINFER_WITH_CUDA
+    if (compute::cuda::device_count() == 0) return;
+    const auto gpu = rows_on(compute::Device::CUDA);
+    double gpu_worst = 0;
+    for (size_t t = 0; t < ids.size(); ++t) gpu_worst = std::max(gpu_worst, test::relative_error(gpu[t], cpu[t]));
+    EXPECT_LT(gpu_worst, test::kFloat32Tolerance) << a.arch << " on the GPU";
+#endif
+}
+
 // The server's batched pass (forward_rows): two sequences' prompts in one pass, then their decode
 // steps side by side; each sequence's logits bitwise those of the same sequence alone.
 TEST_P(EveryArchitecture, BatchedRowsEqualEachSequenceAlone) {
@@ -321,7 +357,7 @@ TEST(TransformerModel, SlidingWindowRingsMatchTheReferencePastTheirLength) {
     GPTModel reference = GPTModel::from_gguf(*file, 2048);
     const Logits expected = reference.forward(ids, LogitsMode::All);
     TransformerModel model = TransformerModel::load(file, {.n_ctx = 2048, .n_threads = 2, .activations = compute::Activations::Float32});
-    const size_t full = KvCache::bytes(7, 1, 2048, 16);
+    const size_t full = KvCache::bytes(7, 1, 2048, 16, compute::KvType::F32);
     EXPECT_EQ(model.kv_cache_bytes(), full / 7 + 6 * 2 * (2 * 516) * 16 * sizeof(float)) << "1 global layer + 6 rings of 516";
     const Logits prompt = model.forward(std::span(ids).first(600), LogitsMode::All);   // 512 + 88
     double worst = 0;
@@ -345,7 +381,10 @@ TEST(TransformerModel, Gemma3KvCacheFollowsTheWindow) {
     TransformerModel model = TransformerModel::load(file, {.n_ctx = 8192});
     const size_t position_bytes = 2 * 256 * sizeof(float);   // keys and values of one KV head of 256
     EXPECT_EQ(model.kv_cache_bytes(), (3 * 8192 + 15 * 2 * 1023) * position_bytes);
-    EXPECT_LT(model.kv_cache_bytes(), KvCache::bytes(18, 1, 8192, 256) * 4 / 10);   // 113 MB of 302 MB
+    EXPECT_LT(model.kv_cache_bytes(), KvCache::bytes(18, 1, 8192, 256, compute::KvType::F32) * 4 / 10);   // 113 MB of 302 MB
+    // --cache-type f16: half of it.
+    TransformerModel half = TransformerModel::load(file, {.n_ctx = 8192, .cache_type = compute::KvType::F16});
+    EXPECT_EQ(half.kv_cache_bytes() * 2, model.kv_cache_bytes());
 }
 
 TEST(TransformerModel, DescribesEachLayerFromTheMetadata) {
