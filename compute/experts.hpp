@@ -215,7 +215,25 @@ inline void add_routed_rows(Context& ctx, float* y, const float* rows, size_t n,
     throw_backend_unavailable("add_routed_rows", ctx.device());
 }
 
-// The working memory of add_experts_one_by_one, on the context's device.
+// Arrays laid out one after another from `base` (null: only their size counted), each 256-byte
+// aligned (cuBLAS's and the kernels' 16-byte loads): the experts' working memory in one allocation.
+class ScratchLayout {
+public:
+    explicit ScratchLayout(std::byte* base) : base_(base) {}
+    template <class T> void take(T*& p, size_t count) {
+        p = base_ ? reinterpret_cast<T*>(base_ + end_) : nullptr;
+        end_ += (count * sizeof(T) + 255) / 256 * 256;
+    }
+    size_t bytes() const { return end_; }
+
+private:
+    std::byte* base_;
+    size_t end_ = 0;
+};
+
+// The working memory of add_experts_one_by_one: one allocation of one_by_one_scratch_bytes() on
+// the context's device, carved by one_by_one_scratch_in(). A captured decode step reads it, so it
+// is allocated once, at load.
 struct OneByOneScratch {
     int32_t* ids;          // [k]
     float* chosen_logits;  // [k]
@@ -223,6 +241,23 @@ struct OneByOneScratch {
     float* up;             // [k, rows]
     float* expert_out;     // [k, cols]
 };
+inline size_t lay_out(const ExpertLayer& layer, ScratchLayout& at, OneByOneScratch& s) {
+    const size_t k = layer.k, width = layer.gate.rows(), cols = layer.gate.all.cols;
+    at.take(s.ids, k), at.take(s.chosen_logits, k), at.take(s.gate, k * width), at.take(s.up, k * width);
+    at.take(s.expert_out, k * cols);
+    return at.bytes();
+}
+inline size_t one_by_one_scratch_bytes(const ExpertLayer& layer) {
+    ScratchLayout at(nullptr);
+    OneByOneScratch s;
+    return lay_out(layer, at, s);
+}
+inline OneByOneScratch one_by_one_scratch_in(void* memory, const ExpertLayer& layer) {
+    ScratchLayout at(static_cast<std::byte*>(memory));
+    OneByOneScratch s;
+    lay_out(layer, at, s);
+    return s;
+}
 
 // y[t] += layer(x[t]) for t < n_tokens (x, y: [n_tokens, cols]; router_logits: [n_tokens,
 // n_experts]), one token after another, each token's experts read where top_k left them: the
@@ -245,28 +280,22 @@ struct GroupedScratch {
     int32_t *ids, *offsets, *row_token, *pair_row;
     float *chosen_logits, *rows_in, *gate, *up;   // rows_in: the gathered inputs, then down's outputs
 };
-// The arrays from `base` on (each 256-byte aligned: cuBLAS's and the kernels' 16-byte loads);
-// returns the bytes they take. base null: the size only.
-inline size_t carve_grouped_scratch(const ExpertLayer& layer, size_t n_tokens, size_t min_group_rows, std::byte* base,
-                                    GroupedScratch& s) {
+inline size_t lay_out(const ExpertLayer& layer, size_t n_tokens, size_t min_group_rows, ScratchLayout& at, GroupedScratch& s) {
     const size_t n_experts = layer.gate.n_experts, pairs = n_tokens * layer.k, cols = layer.gate.all.cols;
     const size_t rows = max_grouped_rows(n_tokens, layer.k, n_experts, min_group_rows), width = layer.gate.rows();
-    size_t end = 0;
-    auto take = [&]<class T>(T*& p, size_t count) {
-        p = base ? reinterpret_cast<T*>(base + end) : nullptr;
-        end += (count * sizeof(T) + 255) / 256 * 256;
-    };
-    take(s.ids, pairs), take(s.chosen_logits, pairs), take(s.offsets, n_experts + 1), take(s.row_token, rows);
-    take(s.pair_row, pairs), take(s.rows_in, rows * cols), take(s.gate, rows * width), take(s.up, rows * width);
-    return end;
+    at.take(s.ids, pairs), at.take(s.chosen_logits, pairs), at.take(s.offsets, n_experts + 1), at.take(s.row_token, rows);
+    at.take(s.pair_row, pairs), at.take(s.rows_in, rows * cols), at.take(s.gate, rows * width), at.take(s.up, rows * width);
+    return at.bytes();
 }
 inline size_t grouped_scratch_bytes(const ExpertLayer& layer, size_t n_tokens, size_t min_group_rows) {
+    ScratchLayout at(nullptr);
     GroupedScratch s;
-    return carve_grouped_scratch(layer, n_tokens, min_group_rows, nullptr, s);
+    return lay_out(layer, n_tokens, min_group_rows, at, s);
 }
 inline GroupedScratch grouped_scratch_in(void* memory, const ExpertLayer& layer, size_t n_tokens, size_t min_group_rows) {
+    ScratchLayout at(static_cast<std::byte*>(memory));
     GroupedScratch s;
-    carve_grouped_scratch(layer, n_tokens, min_group_rows, static_cast<std::byte*>(memory), s);
+    lay_out(layer, n_tokens, min_group_rows, at, s);
     return s;
 }
 

@@ -16,8 +16,8 @@ namespace {
 
 // The activation buffers of one forward pass, by name; widths in TransformerModel::reserve_workspace.
 // XN2: the parallel block's FFN input; O: an output normalized before its residual add (sandwich
-// norms); EXPERT: one expert's output row.
-enum Buffer { X, XN, XN2, Q, KCUR, VCUR, ATT, O, GATE, UP, LOGITS, EXPERT, N_BUFFERS };
+// norms).
+enum Buffer { X, XN, XN2, Q, KCUR, VCUR, ATT, O, GATE, UP, LOGITS, N_BUFFERS };
 
 // The most positions one pass writes into a slot when the model has ring layers: longer prompts
 // are fed in parts of this size (F32ModelBase::forward), as llama.cpp sizes its sliding-window
@@ -102,8 +102,6 @@ TransformerModel TransformerModel::load(std::shared_ptr<const gguf::File> file, 
             throw std::runtime_error(file->origin() + ": tensor " + name + ": no matmul kernel for its type");
         return compute::ExpertMatrices{place({t->type, rows * n, cols, t->data.data()}), n};
     };
-    if (spec.n_expert > 0)
-        m.routing_ = compute::Buffer(options.device, spec.n_expert_used * (sizeof(int32_t) + sizeof(float)));
 
     m.token_embd_ = matrix("token_embd.weight", V, E);
     m.output_ = load.has("output.weight") ? matrix("output.weight", V, E) : m.token_embd_;
@@ -170,18 +168,17 @@ TransformerModel TransformerModel::load(std::shared_ptr<const gguf::File> file, 
                        .window = layer.window,
                        .ring = kv_rings.empty() ? 0 : kv_rings[il]};
     }
+    if (spec.n_expert > 0)
+        m.one_by_one_ = compute::Buffer(options.device, compute::one_by_one_scratch_bytes(m.expert_layer(m.layers_.front())));
     return m;
 }
 
 void TransformerModel::reserve_workspace(size_t n_tokens) {
     const ModelConfig& c = config_;
-    const size_t E = c.n_embd, V = c.n_vocab, QD = c.n_head * c.head_dim, KVD = c.n_embd_kv();
-    // A token's chosen experts side by side: [k, F_e] in GATE and UP, [k, E] in EXPERT.
-    const size_t k = c.transformer.n_expert_used;
-    const size_t F = std::max<size_t>(c.n_ff, k * c.transformer.n_ff_expert);
-    const size_t widths[N_BUFFERS] = {E, E, E, QD, KVD, KVD, QD, E, F, F, V, std::max<size_t>(E, k * E)};
+    const size_t E = c.n_embd, F = c.n_ff, V = c.n_vocab, QD = c.n_head * c.head_dim, KVD = c.n_embd_kv();
+    const size_t widths[N_BUFFERS] = {E, E, E, QD, KVD, KVD, QD, E, F, F, V};
     workspace_.reserve(options_.device, n_tokens, widths);
-    if (k && n_tokens >= rows_for_tiled_products) {
+    if (c.transformer.n_expert && n_tokens >= rows_for_tiled_products) {
         const size_t bytes = compute::grouped_scratch_bytes(expert_layer(layers_.front()), n_tokens, rows_for_tiled_products);
         if (bytes > expert_groups_.bytes()) expert_groups_ = compute::Buffer(options_.device, bytes);
     }
@@ -396,17 +393,15 @@ compute::ExpertLayer TransformerModel::expert_layer(const Layer& L) const {
 // compute them (each expert's weights read once for its tokens; a row's result independent of
 // the others: Single or Tiled, never chosen by the batch size).
 void TransformerModel::mixture_of_experts(const Layer& L, const float* h, size_t T, size_t n_single, float* y) {
-    const size_t E = config_.n_embd, X = config_.transformer.n_expert, K = config_.transformer.n_expert_used;
+    const size_t E = config_.n_embd, X = config_.transformer.n_expert;
     const compute::Activations activations = activations_for(options_);
     const compute::ExpertLayer experts = expert_layer(L);
     float* router = workspace_.buffer(O);                                            // [T, X] (O is E wide: load checks X <= E)
     const compute::MatmulOutput output{L.router, router};
     products(std::span(&output, 1), h, n_single, T - n_single);
     const size_t n_grouped = T - n_single >= rows_for_tiled_products ? T - n_single : 0, n_alone = T - n_grouped;
-    int32_t* chosen = routing_.as<int32_t>();                                        // [K] ids, then [K] logits
-    const compute::OneByOneScratch alone{chosen, reinterpret_cast<float*>(chosen + K), workspace_.buffer(GATE),
-                                         workspace_.buffer(UP), workspace_.buffer(EXPERT)};
-    compute::add_experts_one_by_one(ctx_, experts, h, n_alone, router, alone, activations, y);
+    compute::add_experts_one_by_one(ctx_, experts, h, n_alone, router, compute::one_by_one_scratch_in(one_by_one_.data(), experts),
+                                    activations, y);
     if (!n_grouped) return;
     const compute::GroupedScratch grouped =
         compute::grouped_scratch_in(expert_groups_.data(), experts, n_grouped, rows_for_tiled_products);

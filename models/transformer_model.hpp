@@ -65,7 +65,7 @@ private:
     compute::WeightMatrix token_embd_, output_;                 // [V, E]; output_ is token_embd_ when tied
     std::vector<Layer> layers_;
     Norm output_norm_;
-    compute::Buffer routing_;                                   // a token's chosen experts: [k] ids, [k] router logits
+    compute::Buffer one_by_one_;                                // a token's experts (compute::OneByOneScratch)
     compute::Buffer expert_groups_;                             // a prompt's experts grouped (compute::GroupedScratch)
 };
 

@@ -99,9 +99,8 @@ public:
 
     std::vector<float> one_by_one(const std::vector<float>& x, const std::vector<float>& router, const std::vector<float>& y0,
                                   Activations activations) {
-        const size_t n_tokens = y0.size() / gate_.all.cols, k = layer_.k;
-        const OneByOneScratch s{arrays_.copy(std::vector<int32_t>(k)), floats(k), floats(k * gate_.rows()),
-                                floats(k * gate_.rows()), floats(k * gate_.all.cols)};
+        const size_t n_tokens = y0.size() / gate_.all.cols;
+        const OneByOneScratch s = one_by_one_scratch_in(arrays_.allocate(one_by_one_scratch_bytes(layer_)), layer_);
         float* y = arrays_.copy(y0);
         add_experts_one_by_one(ctx_, layer_, arrays_.copy(x), n_tokens, arrays_.copy(router), s, activations, y);
         return arrays_.read(y, y0.size());
@@ -126,8 +125,6 @@ public:
     std::vector<int32_t> last_pair_row(size_t n_tokens) { return arrays_.read(last_scratch_.pair_row, n_tokens * layer_.k); }
 
 private:
-    float* floats(size_t n) { return static_cast<float*>(arrays_.allocate(n * sizeof(float))); }
-
     Context& ctx_;
     DeviceArrays arrays_;
     std::vector<Buffer> weights_;
