@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <memory>
+#include <string>
+#include <tuple>
 #include <vector>
 
 #include "common/test_data.hpp"
@@ -57,22 +59,30 @@ std::vector<std::vector<double>> run_batch(F32LlamaModel& model, const std::vect
     return first_rows;
 }
 
-class ServerBatchedRows : public ::testing::TestWithParam<RowProducts> {};
+class ServerBatchedRows : public ::testing::TestWithParam<std::tuple<RowProducts, compute::KvType>> {};
 
+// With either KV cache type (`serve --cache-type f16`: a float16 cache's rows are stored and read
+// the same way whatever else the pass holds).
 TEST_P(ServerBatchedRows, SequenceAloneEqualsSequenceAmongSevenOthers) {
     TWINFER_REQUIRE_FILE(test::smollm2_path());
-    F32LlamaModel model = F32LlamaModel::load(smollm2(), {.n_ctx = 128});
+    const auto [products, cache_type] = GetParam();
+    F32LlamaModel model = F32LlamaModel::load(smollm2(), {.n_ctx = 128, .cache_type = cache_type});
     ASSERT_TRUE(F32LlamaModel::has_batched_pass());
     std::vector<std::vector<Token>> prompts;
     for (int s = 0; s < 8; ++s) prompts.push_back(prompt(s, 5 + 3 * size_t(s)));
-    const auto alone = run_batch(model, {prompts[0]}, 6, GetParam());
-    const auto together = run_batch(model, prompts, 6, GetParam());
+    const auto alone = run_batch(model, {prompts[0]}, 6, products);
+    const auto together = run_batch(model, prompts, 6, products);
     ASSERT_EQ(alone.size(), together.size());
     for (size_t i = 0; i < alone.size(); ++i) EXPECT_EQ(alone[i], together[i]) << "row " << i << " differs bitwise";
 }
 
-INSTANTIATE_TEST_SUITE_P(Products, ServerBatchedRows, ::testing::Values(RowProducts::Single, RowProducts::Tiled),
-                         [](const auto& info) { return info.param == RowProducts::Single ? "Single" : "Tiled"; });
+INSTANTIATE_TEST_SUITE_P(Products, ServerBatchedRows,
+                         ::testing::Combine(::testing::Values(RowProducts::Single, RowProducts::Tiled),
+                                            ::testing::Values(compute::KvType::F32, compute::KvType::F16)),
+                         [](const auto& info) {
+                             return std::string(std::get<0>(info.param) == RowProducts::Single ? "Single" : "Tiled") + "_" +
+                                    std::string(compute::kv_type_name(std::get<1>(info.param)));
+                         });
 
 // Single rows compute as the decode step does (the CLI's `run`), Tiled rows as a prompt does.
 TEST(ServerBatchedRowsPaths, SingleRowsEqualDecodeStepAndTiledRowsEqualPrompt) {
