@@ -215,7 +215,8 @@ TEST(ExpertsTest, GroupByExpert) {
 
 #ifdef TWINFER_WITH_CUDA
 // The GPU's grouped layer against the CPU's: the same choice and grouping (bit for bit), and
-// outputs within the float16 products' error (cuda_ops_test.cpp's 1e-3). Quantized and F16 experts
+// outputs within the float16 products' error (cuda_ops_test.cpp's 1e-3; the three chained float16
+// products of these shapes simulated in numpy: 2.7e-4). Quantized and F16 experts
 // take the tiled kernel that decodes them (tiles cut at a partial K step of 96 columns, a partial
 // row tile of 96 rows, an expert of 200 rows over four token tiles, 128 experts), F32 ones matmul
 // per expert (a ragged width of 24). Then the GPU's one-by-one path, the decode step's.

@@ -310,7 +310,10 @@ TEST(TransformerModel, MoePromptGroupedByExpertMatchesTheReference) {
 }
 
 // The same prompt on a GPU (the tiled kernel decoding the experts, a K step cut at 32 columns)
-// against the CPU's: within the float16 products' error (f32_cuda_test.cpp's 1e-3).
+// against the CPU's, max |error| / max |logit|: every product of a prompt rounds its inputs to
+// float16 (f32_cuda_test.cpp holds a dense prompt to 1e-3), and an expert chains three of them
+// (gate and up, then down on their SwiGLU), hence 3e-3; a tile read from the wrong place is off
+// by the logits' own size.
 TEST(TransformerModel, CudaMoePromptGroupedByExpertMatchesCpu) {
 #ifdef TWINFER_WITH_CUDA
     if (compute::cuda::device_count() == 0) GTEST_SKIP() << "no CUDA GPU: " << compute::cuda::describe_device();
@@ -322,7 +325,7 @@ TEST(TransformerModel, CudaMoePromptGroupedByExpertMatchesCpu) {
         const Logits cpu = moe_prompt(file, compute::Device::CPU), gpu = moe_prompt(file, compute::Device::CUDA);
         double worst = 0;
         for (size_t t = 0; t < 16; ++t) worst = std::max(worst, test::relative_error(gpu.row(t), cpu.row(t)));
-        EXPECT_LT(worst, 1e-3) << type_name(type);
+        EXPECT_LT(worst, 3e-3) << type_name(type);
     }
 }
 
