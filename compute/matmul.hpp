@@ -1,7 +1,9 @@
 #pragma once
 // Matrix products against a weight matrix kept in its file's block format (no copy, no
 // conversion at load): one token is a matrix-vector product that dequantizes inside the dot
-// product; many tokens dequantize tiles of rows to float and run a register-blocked product.
+// product; many tokens run a register-blocked product over tiles of rows decoded once: to int8
+// against quantized tokens on a CPU with AVX-512 VNNI (the int8 kernels' types, int8 or int8x2
+// activations), to float otherwise.
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -53,8 +55,8 @@ inline WeightMatrix place_weights(Context& ctx, const WeightMatrix& w, [[maybe_u
 // (llama.cpp's Q8_0 scheme, about 0.4% error per value, mostly averaging out in the sum) for
 // integer dot products against quantized weights. Int8x2 (CPU only): two 8-bit digits a value
 // (x = d (256 hi + lo)), ~15 bits (error at most 1/32,512 of its block's largest), two integer dots
-// per block. Float32: as they are. Float weights (F32, F16, BF16) and products
-// over many tokens always use Float32.
+// per block. Float32: as they are. Float weights (F32, F16, BF16) always use Float32; so do
+// products over many tokens on a CPU without AVX-512 VNNI (the CUDA backend: see its ops).
 enum class Activations { Float32, Int8, Int8x2 };
 std::string_view activations_name(Activations a);      // "f32", "int8", "int8x2"
 Activations parse_activations(std::string_view name);  // throws std::invalid_argument
@@ -108,10 +110,10 @@ inline void matmul(Context& ctx, std::span<const MatmulOutput> outputs, const fl
 // The batched decode step's products: y[t] = W x[t] for each of n_rows rows of x ([n_rows, cols]),
 // every row's output the same bits as matmul(..., x + t * cols, n_tokens = 1, ...) of that row
 // alone, whatever n_rows is and whatever the other rows hold (batch invariance: a server's greedy
-// ids do not depend on what else runs). Unlike matmul over n_tokens >= 4 (a tiled product with
-// float activations), each row keeps the one-token path's activations (its own int8x2 or int8
-// quantization). On the CPU each weight row is read once for all the rows (up to
-// cpu::matvec_max_rows at a time), where n_rows one-token calls read it n_rows times. norm: as in
+// ids do not depend on what else runs). Unlike matmul over n_tokens >= 4 (a tiled product, which
+// sums in another order, or with float activations), each row is the one-token path's bits. On
+// the CPU each weight row is read once for all the rows (up to cpu::matvec_max_rows at a time),
+// where n_rows one-token calls read it n_rows times. norm: as in
 // matmul, each row normalized alone. The GPU has no such kernel yet: it runs the rows' one-token
 // products one after another, which is batch-invariant by construction.
 namespace cpu {

@@ -54,6 +54,14 @@ bool has_q8_kernel(GGMLType type);
 // stack); compute::matmul_rows hands larger batches over in slices of this many.
 constexpr size_t matvec_max_rows = 32;
 
+// The int8 tiled product (Kernels::gemm_q8) reads tokens in groups of q8_gemm_group, each
+// 32-value column block of a group packed as the kernel's vectors want it, [step][16 tokens][4
+// bytes], then the 16 tokens' d and their sums (Q8Block::sum): one digit (Q8Block's quantization)
+// as 8 steps of 4 unsigned bytes, q + 128; two (Q8x2Block's) as 16 steps of 2 int16 codes,
+// 256 hi + lo. A padded token is code 0 with d = sum = 0.
+constexpr size_t q8_gemm_group = 16;
+constexpr size_t q8_gemm_block_bytes(int digits) { return static_cast<size_t>(digits) * 8 * 64 + 2 * 16 * sizeof(float); }
+
 struct Kernels {
     CpuIsa isa;
     // y[b * y_stride + r] = W[r, :] . x[b, :] for the n_rows rows at w, row_bytes apart, n_cols
@@ -82,6 +90,18 @@ struct Kernels {
     size_t gemm_token_block;
     void (*gemm)(const float* w, size_t w_stride, size_t n_rows, size_t n_cols, const float* x_packed,
                  size_t n_tokens, float* y, size_t y_stride);
+    // Int8 products over many tokens (AVX-512 VNNI; null elsewhere), for has_q8_kernel types and
+    // n_cols % 32 == 0. pack_q8_tokens: n_tokens <= q8_gemm_group rows of x ([n_tokens, n_cols])
+    // quantized (digits 1: quantize_q8; 2: quantize_q8x2, each token's codes what the matrix-vector
+    // products get) into one group of n_cols / 32 * q8_gemm_block_bytes(digits) bytes. gemm_q8:
+    // y[t * y_stride + r] (= or +=) W[r, :] . x[t, :] for the n_rows rows at w and the n_tokens
+    // tokens of the groups at x_packed, the rows decoded once into scratch, of
+    // gemm_q8_scratch_bytes(n_rows, n_cols, digits).
+    void (*pack_q8_tokens)(const float* x, size_t n_tokens, size_t n_cols, int digits, std::byte* out);
+    size_t (*gemm_q8_scratch_bytes)(size_t n_rows, size_t n_cols, int digits);
+    void (*gemm_q8)(GGMLType type, const std::byte* w, size_t row_bytes, size_t n_rows, size_t n_cols,
+                    const std::byte* x_packed, size_t n_tokens, int digits, std::byte* scratch, float* y, size_t y_stride,
+                    bool accumulate);
     // One query head over n_kv cached positions: out = sum_p softmax_p(scale q . k_p) v_p, with
     // k_p = k + p * kv_stride elements of `type` (likewise v); scores is scratch for n_kv floats.
     void (*attend)(const float* q, const void* k, const void* v, KvType type, size_t kv_stride, size_t n_kv,

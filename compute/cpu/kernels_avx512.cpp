@@ -7,6 +7,7 @@
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 #include "compute/cpu/kernels.hpp"
@@ -53,6 +54,7 @@ constexpr bool avx512 = true;
 
 #include "compute/cpu/simd_int8.inl"
 #include "compute/cpu/simd_float.inl"
+#include "compute/cpu/gemm_q8_avx512.inl"
 
 namespace {
 
@@ -217,7 +219,7 @@ void matvec_q8x2_quads(GGMLType type, const std::byte* w, size_t row_bytes, size
 }  // namespace
 
 const Kernels& avx512_kernels() {
-    static const Kernels table{CpuIsa::AVX512, matvec, matvec_q8<Q8Block>, matvec_q8<Q8x2Block>, matvec_q8x2_quads, quantize_q8x2, dequantize_row, NR, gemm, attend, swiglu, gelu, widen};
+    static const Kernels table{CpuIsa::AVX512, matvec, matvec_q8<Q8Block>, matvec_q8<Q8x2Block>, matvec_q8x2_quads, quantize_q8x2, dequantize_row, NR, gemm, pack_q8_tokens, gemm_q8_scratch_bytes, gemm_q8, attend, swiglu, gelu, widen};
     return table;
 }
 

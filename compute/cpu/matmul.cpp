@@ -60,7 +60,7 @@ constexpr size_t min_gemm_tokens = 4;
 size_t matvec_chunk_rows(size_t rows, int n_threads) {
     return std::max<size_t>(16, rows / (4 * static_cast<size_t>(n_threads)));
 }
-constexpr size_t gemm_chunk_rows = 48;   // a multiple of every table's gemm_rows (12, 6, 4)
+constexpr size_t gemm_chunk_rows = 48;   // a multiple of every table's gemm_rows (12, 6, 4) and of gemm_q8's panels (4)
 
 // Calls fn(output, begin, end, thread) for chunks of every output's rows, from one parallel region.
 // chunk_rows(rows) gives each output's chunk size.
@@ -152,34 +152,65 @@ void matvec(Context& ctx, const Kernels& k, std::span<const MatmulOutput> output
     });
 }
 
-void gemm(Context& ctx, const Kernels& k, std::span<const MatmulOutput> outputs, const float* x, size_t n_tokens) {
+// The tiled products over n_tokens >= min_gemm_tokens. With int8 or int8x2 activations, the
+// matrices of the int8 kernels' types go through gemm_q8 (tokens quantized once, as the one-token
+// products quantize them; weights decoded to int8 once per chunk of rows), the others (and every
+// matrix with f32 activations, or on a table without gemm_q8) through the float product of
+// dequantized tiles.
+void gemm(Context& ctx, const Kernels& k, std::span<const MatmulOutput> outputs, const float* x, size_t n_tokens,
+          Activations activations) {
     const size_t cols = outputs[0].w.cols;
+    const int digits = activations == Activations::Int8x2 ? 2 : 1;
+    auto int8 = [&](const WeightMatrix& w) {
+        return activations != Activations::Float32 && k.gemm_q8 && cols % 32 == 0 && has_q8_kernel(w.type);
+    };
+    bool any_int8 = false, any_float = false;
+    for (const MatmulOutput& o : outputs) (int8(o.w) ? any_int8 : any_float) = true;
+
     const size_t block = k.gemm_token_block;
     const size_t n_blocks = (n_tokens + block - 1) / block;
-    auto* packed = reinterpret_cast<float*>(ctx.shared_scratch(n_blocks * block * cols * sizeof(float)));
-    ctx.pool().parallel_for(n_blocks, 1, [&](size_t first, size_t last, int) {
-        const size_t t0 = first * block, t1 = std::min(n_tokens, last * block);
-        pack_tokens(x + t0 * cols, t1 - t0, cols, block, packed + t0 * cols);
+    const size_t float_bytes = any_float ? n_blocks * block * cols * sizeof(float) : 0;
+    const size_t n_groups = (n_tokens + q8_gemm_group - 1) / q8_gemm_group;
+    const size_t group_bytes = cols / 32 * q8_gemm_block_bytes(digits);
+    std::byte* shared = ctx.shared_scratch(float_bytes + (any_int8 ? n_groups * group_bytes : 0));
+    auto* packed = reinterpret_cast<float*>(shared);
+    std::byte* quantized = shared + float_bytes;
+    const size_t float_tasks = any_float ? n_blocks : 0;
+    ctx.pool().parallel_for(float_tasks + (any_int8 ? n_groups : 0), 1, [&](size_t first, size_t last, int) {
+        for (size_t task = first; task < last; ++task) {
+            if (task < float_tasks) {
+                const size_t t0 = task * block, t1 = std::min(n_tokens, t0 + block);
+                pack_tokens(x + t0 * cols, t1 - t0, cols, block, packed + t0 * cols);
+            } else {
+                const size_t g = task - float_tasks, t0 = g * q8_gemm_group;
+                k.pack_q8_tokens(x + t0 * cols, std::min(q8_gemm_group, n_tokens - t0), cols, digits, quantized + g * group_bytes);
+            }
+        }
     });
-    // Each thread's tile of dequantized rows, then (accumulating outputs) its products before they
-    // are added; allocated here: a worker thread must not throw.
-    const size_t tile_floats = gemm_chunk_rows * cols;
-    const size_t product_floats = gemm_chunk_rows * n_tokens;
-    std::vector<float*> tiles(ctx.n_threads());
-    for (int t = 0; t < ctx.n_threads(); ++t)
-        tiles[t] = reinterpret_cast<float*>(ctx.thread_scratch(t, (tile_floats + product_floats) * sizeof(float)));
+    // Each thread's tile of dequantized (or decoded) rows, then (accumulating outputs of the float
+    // product) its products before they are added; allocated here: a worker thread must not throw.
+    const size_t tile_floats = any_float ? gemm_chunk_rows * cols : 0;
+    const size_t product_floats = any_float ? gemm_chunk_rows * n_tokens : 0;
+    const size_t tile_bytes = std::max((tile_floats + product_floats) * sizeof(float),
+                                       any_int8 ? k.gemm_q8_scratch_bytes(gemm_chunk_rows, cols, digits) : 0);
+    std::vector<std::byte*> tiles(ctx.n_threads());
+    for (int t = 0; t < ctx.n_threads(); ++t) tiles[t] = ctx.thread_scratch(t, tile_bytes);
     for_row_chunks(ctx, outputs, [](size_t) { return gemm_chunk_rows; }, [&](size_t i, size_t begin, size_t end, int thread) {
         const WeightMatrix& w = outputs[i].w;
         const size_t n_rows = end - begin;
         const std::byte* rows = w.data + begin * w.row_bytes();
+        float* y = outputs[i].y + begin;
+        if (int8(w))
+            return k.gemm_q8(w.type, rows, w.row_bytes(), n_rows, cols, quantized, n_tokens, digits, tiles[thread], y, w.rows,
+                             outputs[i].accumulate);
+        auto* scratch = reinterpret_cast<float*>(tiles[thread]);
         const float* tile = reinterpret_cast<const float*>(rows);
         if (w.type != GGMLType::F32) {
-            k.dequantize(w.type, rows, n_rows * cols, tiles[thread]);
-            tile = tiles[thread];
+            k.dequantize(w.type, rows, n_rows * cols, scratch);
+            tile = scratch;
         }
-        float* y = outputs[i].y + begin;
         if (!outputs[i].accumulate) return k.gemm(tile, cols, n_rows, cols, packed, n_tokens, y, w.rows);
-        float* products = tiles[thread] + tile_floats;   // [n_tokens, n_rows]
+        float* products = scratch + tile_floats;   // [n_tokens, n_rows]
         k.gemm(tile, cols, n_rows, cols, packed, n_tokens, products, n_rows);
         for (size_t t = 0; t < n_tokens; ++t)
             for (size_t r = 0; r < n_rows; ++r) y[t * w.rows + r] += products[t * n_rows + r];
@@ -205,7 +236,7 @@ void matmul(Context& ctx, std::span<const MatmulOutput> outputs, const float* x,
     x = prepare_products(ctx, outputs, x, n_tokens, norm);
     if (outputs.empty() || n_tokens == 0) return;
     const Kernels& k = kernels(ctx.cpu_isa());
-    if (n_tokens >= min_gemm_tokens) return gemm(ctx, k, outputs, x, n_tokens);
+    if (n_tokens >= min_gemm_tokens) return gemm(ctx, k, outputs, x, n_tokens, activations);
     matvec(ctx, k, outputs, x, n_tokens, activations);
 }
 

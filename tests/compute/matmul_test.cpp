@@ -103,8 +103,9 @@ TEST_P(MatmulTest, MatchesDequantizedDoubleProduct) {
                 Context ctx({.device = Device::CPU, .n_threads = 2, .cpu_isa = isa});
                 std::vector<float> y(n_tokens * rows, NAN);
                 matmul(ctx, matrix, x.data(), n_tokens, y.data(), activations);
+                // Many tokens go through the int8 tiled product where the table has one.
                 const bool quantized = activations != Activations::Float32 && isa != CpuIsa::Generic &&
-                                       cpu::has_q8_kernel(type) && n_tokens < 4;
+                                       cpu::has_q8_kernel(type) && (n_tokens < 4 || cpu::kernels(isa).gemm_q8);
                 // int8x2's second digit makes its step 254 times finer than int8's.
                 const double step_scale = !quantized ? 0.0 : activations == Activations::Int8 ? 1.0 : 1.0 / 254;
                 double worst = 0;
@@ -195,6 +196,66 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{GGMLType::Q4_1, 1536}, Case{GGMLType::Q5_0, 576}, Case{GGMLType::Q5_1, 576},
                       Case{GGMLType::Q8_0, 576}, Case{GGMLType::Q2_K, 512}, Case{GGMLType::Q3_K, 512},
                       Case{GGMLType::Q4_K, 512}, Case{GGMLType::Q5_K, 768}, Case{GGMLType::Q6_K, 512}),
+    case_name);
+
+// The int8 tiled product (prompts: matmul over n_tokens >= 4) against the matrix-vector kernels
+// on the same rows (matmul_rows: the one-token products). Both quantize each token alone the same
+// way and sum the same exact int32 block dots; only the float arithmetic after them differs (the
+// order of the sums, the scales' products, and the tiled product's one conversion of a whole
+// block's int32 sum, rounded where it passes 2^24), so each output agrees within a few float
+// roundings per block: 4 n_blocks 2^-24 of Σ |w x|. Token counts around the groups of 16 and 64,
+// row counts that are no multiple of the 4-row panels or of the 48-row chunks, accumulated
+// outputs too.
+class Int8TiledProductTest : public ::testing::TestWithParam<Case> {};
+
+TEST_P(Int8TiledProductTest, MatchesTheMatrixVectorProducts) {
+    const auto [type, cols] = GetParam();
+    if (!cpu_supports(CpuIsa::AVX512) || !cpu::kernels(CpuIsa::AVX512).gemm_q8) GTEST_SKIP() << "no int8 tiled product here";
+    std::mt19937 rng(777 + static_cast<int>(type));
+    Context ctx({.device = Device::CPU, .n_threads = 2, .cpu_isa = CpuIsa::AVX512});
+    const double tolerance = 4.0 * static_cast<double>(cols / 32) * std::ldexp(1.0, -24);
+    double worst = 0;
+    for (size_t rows : {size_t{7}, size_t{101}}) {
+        const std::vector<std::byte> bytes = random_weights(type, rows, cols, rng);
+        std::vector<double> w(rows * cols);
+        dequantize(type, bytes, w);
+        const WeightMatrix matrix{type, rows, cols, bytes.data()};
+        for (size_t n_tokens : {size_t{4}, size_t{5}, size_t{16}, size_t{17}, size_t{63}, size_t{64}, size_t{65}, size_t{130}}) {
+            const std::vector<float> x = rows_of_mixed_scales(n_tokens, cols, rng);
+            std::vector<float> y0(n_tokens * rows);
+            std::normal_distribution<float> normal(0.0f, 1.0f);
+            for (float& v : y0) v = normal(rng);
+            for (Activations activations : {Activations::Int8, Activations::Int8x2}) {
+                std::vector<float> tiled(n_tokens * rows, NAN), one_token(n_tokens * rows, NAN), accumulated = y0;
+                matmul(ctx, matrix, x.data(), n_tokens, tiled.data(), activations);
+                const MatmulOutput one_token_output{matrix, one_token.data()}, accumulated_output{matrix, accumulated.data(), true};
+                matmul_rows(ctx, std::span(&one_token_output, 1), x.data(), n_tokens, activations);
+                matmul(ctx, std::span(&accumulated_output, 1), x.data(), n_tokens, activations);
+                for (size_t t = 0; t < n_tokens; ++t) {
+                    for (size_t r = 0; r < rows; ++r) {
+                        double condition = 0;
+                        for (size_t c = 0; c < cols; ++c) condition += std::fabs(w[r * cols + c] * x[t * cols + c]);
+                        const size_t i = t * rows + r;
+                        const double error = std::fabs(static_cast<double>(tiled[i]) - one_token[i]);
+                        ASSERT_LE(error, tolerance * condition)
+                            << type_name(type) << " rows=" << rows << " tokens=" << n_tokens
+                            << " activations=" << activations_name(activations) << " token " << t << " row " << r;
+                        EXPECT_EQ(accumulated[i], y0[i] + tiled[i]) << "accumulated, token " << t << " row " << r;
+                        worst = std::max(worst, error / condition);
+                    }
+                }
+            }
+        }
+    }
+    std::printf("%-5s max |tiled - one-token| / sum|w x| = %.2e (bound %.2e)\n", std::string(type_name(type)).c_str(), worst, tolerance);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Int8Types, Int8TiledProductTest,
+    ::testing::Values(Case{GGMLType::Q4_0, 576}, Case{GGMLType::Q4_1, 576}, Case{GGMLType::Q5_0, 576},
+                      Case{GGMLType::Q5_1, 576}, Case{GGMLType::Q8_0, 576}, Case{GGMLType::Q8_0, 32},
+                      Case{GGMLType::Q4_K, 512}, Case{GGMLType::Q5_K, 768}, Case{GGMLType::Q6_K, 512},
+                      Case{GGMLType::Q6_K, 2048}),
     case_name);
 
 // The forms the batched pass uses: several outputs sharing the rows, a residual accumulated, a

@@ -33,8 +33,14 @@ using test::prompt_then_steps;
 // - the CPU simulation against F32LlamaModel, float32 activations: the same products, except
 //   that the attention output and down projections sum over their columns in N partial sums
 //   added by the all-reduce: float32 rounding in another order, up to 1.3e-6 measured. 1e-5.
-// - with int8 activations the column shards quantize the same 32-value blocks (cuts fall on
-//   block boundaries), so the same bound holds.
+// - with quantized activations the column shards quantize the same 32-value blocks (cuts fall on
+//   block boundaries), but an activation that differs by that rounding can land on the other side
+//   of a rounding boundary and move by a whole step (as on the GPUs below), and the KV cache
+//   carries it on: with int8's steps (1/254 of a block's largest) a logit moved by up to 1.5e-2
+//   depending on the token seed (seeds 8 and 13 failed 1e-5 with float prompt products already;
+//   with the CPU's int8 prompt products, seed 7 too); int8x2's steps are 256 times finer, 6-8e-5
+//   measured over seeds 7, 8 and 13-15 at 1, 2 and 4 ranks. The case runs int8x2 (the CPU's
+//   default): 3e-4.
 // - TP=2 against TP=1 on GPUs, both fed alike: the brief's 1e-3 (cuBLAS float16 prompt products
 //   on both sides), for float activations and for prompts.
 // - TP=2 against TP=1 on GPUs, decoding with int8 activations: an activation that differs by
@@ -45,6 +51,7 @@ using test::prompt_then_steps;
 //   float16 rounding boundaries of the cuBLAS products' inputs (steps of 2^-11), compounding layer
 //   after layer: 3.8e-3 measured on a random Llama-2-7B-shaped Q4_0 model, 2 H100s. 1e-2.
 constexpr double kSplitTolerance = 1e-5;
+constexpr double kInt8x2SplitTolerance = 3e-4;
 constexpr double kGpuSplitTolerance = 1e-3;
 constexpr double kGpuInt8SplitTolerance = 3e-2;
 constexpr double kGpuDeepPromptTolerance = 1e-2;
@@ -320,12 +327,11 @@ std::shared_ptr<const gguf::File> open(const std::filesystem::path& path) {
 
 
 // Prompt processing (all positions' logits), then decoding steps one token at a time, KV cache
-// included. With float32 activations F32LlamaModel gets the whole sequence at once; with int8
-// activations (matrix-vector products only) it is fed the same way, so that both quantize the
-// same products' activations.
+// included. With float32 activations F32LlamaModel gets the whole sequence at once; with int8x2
+// activations it is fed the same way, so that both quantize the same products' activations.
 void expect_split_matches(const std::shared_ptr<const gguf::File>& file, int n_ranks, bool exact,
                           const std::vector<Token>& tokens, size_t prompt_length) {
-    const F32Options options{.n_ctx = 64, .activations = exact ? compute::Activations::Float32 : compute::Activations::Int8};
+    const F32Options options{.n_ctx = 64, .activations = exact ? compute::Activations::Float32 : compute::Activations::Int8x2};
     F32LlamaModel single = F32LlamaModel::load(file, options);
     TensorParallelLlamaModel split = TensorParallelLlamaModel::load(file, n_ranks, options);
     EXPECT_EQ(split.n_ranks(), n_ranks);
@@ -339,13 +345,13 @@ void expect_split_matches(const std::shared_ptr<const gguf::File>& file, int n_r
         for (size_t p = 0; p < tokens.size(); ++p) {
             const double error = test::relative_error(rows[p], expected[p]);
             worst = std::max(worst, error);
-            EXPECT_LE(error, kSplitTolerance) << "position " << p;
+            EXPECT_LE(error, kInt8x2SplitTolerance) << "position " << p;
             EXPECT_EQ(test::argmax(rows[p]), test::argmax(expected[p])) << "position " << p;
         }
     }
     EXPECT_EQ(split.n_past(), tokens.size());
     std::printf("%s over %d ranks, %s activations: max relative error %.2e\n", file->origin().c_str(), n_ranks,
-                exact ? "float" : "int8", worst);
+                exact ? "float" : "int8x2", worst);
 }
 
 const std::vector<Token> kStoriesPrompt = {1, 403, 407, 261, 378, 432, 383, 286, 261, 376, 298, 315, 421, 395,
@@ -417,7 +423,7 @@ INSTANTIATE_TEST_SUITE_P(
     Tp, TensorParallelRandomLlama,
     ::testing::Values(RandomCase{{"tp_q8_0", 256, 8, 4, 512, 3, 301, GGMLType::Q8_0}, true},
                       RandomCase{{"tp_q4_0_untied_biases", 256, 8, 4, 512, 3, 301, GGMLType::Q4_0, false, true}, true},
-                      RandomCase{{"tp_q4_0_int8", 256, 8, 4, 512, 3, 301, GGMLType::Q4_0, false}, false},
+                      RandomCase{{"tp_q4_0_int8x2", 256, 8, 4, 512, 3, 301, GGMLType::Q4_0, false}, false},
                       RandomCase{{"tp_f32_mha", 128, 4, 4, 200, 2, 97, GGMLType::F32}, true}),
     [](const auto& info) { return std::string(info.param.shape.name); });
 
