@@ -41,7 +41,7 @@ struct FloatVec {
         return _mm_cvtss_f32(s);
     }
     static V round(V v) { return _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-    // y * 2^n through the exponent field; n >= -127 after vexp's clamp (-127 flushes to zero).
+    // y * 2^n through the exponent field; n >= -126 after vexp's clamp.
     static V scale_pow2(V y, V n) {
         const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
         return _mm256_mul_ps(y, _mm256_castsi256_ps(e));

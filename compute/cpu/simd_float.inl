@@ -13,9 +13,16 @@ using V = FloatVec::V;
 constexpr size_t W = FloatVec::width;
 
 // exp(x) for a vector: x = n ln2 + r, |r| <= ln2/2, exp(r) by Cephes' expf polynomial (about one
-// ulp), times 2^n. Below -87.3 the result flushes towards zero, above 88.3 it is +inf.
+// ulp), times 2^n. Above 88.3 it is +inf; at -87 and below, 0 (e^-87 is 1.6e-38): never a
+// subnormal, which, like its products, costs a microcode assist in every FMA it enters (the
+// softmax weights of distant positions: half of a 1B model's pp128 time once went to attention's
+// V sums; BENCHMARKS.md, "CPU int8 prompt products").
 inline V vexp(V x) {
-    x = FloatVec::max(FloatVec::min(x, FloatVec::set1(88.7f)), FloatVec::set1(-88.0f));
+    // 1 where x > -87, else 0 (x + 87 is 0 or at least ~7.6e-6 there).
+    const V kept = FloatVec::min(FloatVec::max(FloatVec::mul(FloatVec::add(x, FloatVec::set1(87.0f)), FloatVec::set1(0x1p100f)),
+                                               FloatVec::zero()),
+                                 FloatVec::set1(1.0f));
+    x = FloatVec::max(FloatVec::min(x, FloatVec::set1(88.7f)), FloatVec::set1(-87.0f));
     const V n = FloatVec::round(FloatVec::mul(x, FloatVec::set1(1.44269504088896341f)));
     V r = FloatVec::fma(n, FloatVec::set1(-0.693359375f), x);
     r = FloatVec::fma(n, FloatVec::set1(2.12194440e-4f), r);
@@ -26,7 +33,7 @@ inline V vexp(V x) {
     p = FloatVec::fma(p, r, FloatVec::set1(1.6666665459e-1f));
     p = FloatVec::fma(p, r, FloatVec::set1(5.0000001201e-1f));
     p = FloatVec::fma(FloatVec::mul(p, r), r, FloatVec::add(r, FloatVec::set1(1.0f)));
-    return FloatVec::scale_pow2(p, n);
+    return FloatVec::mul(FloatVec::scale_pow2(p, n), kept);
 }
 
 // Σ a[i] b[i] with four accumulators (enough to hide the FMA latency); `Load` widens a's elements.
