@@ -36,24 +36,20 @@ __device__ __forceinline__ float4 cached_float4(const __half* p) {
     return make_float4(a.x, a.y, b.x, b.y);
 }
 
-// N = 2 or 4 consecutive elements as floats (aligned to N elements).
-template <int N> __device__ __forceinline__ void cached_values(const float* p, float (&out)[N]) {
-    if constexpr (N == 4) {
-        const float4 v = cached_float4(p);
-        out[0] = v.x, out[1] = v.y, out[2] = v.z, out[3] = v.w;
-    } else {
-        static_assert(N == 2);
-        const float2 v = __ldg(reinterpret_cast<const float2*>(p));
-        out[0] = v.x, out[1] = v.y;
-    }
+// Two consecutive elements (8-byte aligned for float32, 4-byte for float16).
+__device__ __forceinline__ float2 cached_float2(const float* p) { return __ldg(reinterpret_cast<const float2*>(p)); }
+__device__ __forceinline__ float2 cached_float2(const __half* p) {
+    return __half22float2(__ldg(reinterpret_cast<const __half2*>(p)));
 }
-template <int N> __device__ __forceinline__ void cached_values(const __half* p, float (&out)[N]) {
+
+// N = 2 or 4 consecutive elements as floats (aligned to N elements).
+template <int N, class KV> __device__ __forceinline__ void cached_values(const KV* p, float (&out)[N]) {
+    static_assert(N == 2 || N == 4);
     if constexpr (N == 4) {
         const float4 v = cached_float4(p);
         out[0] = v.x, out[1] = v.y, out[2] = v.z, out[3] = v.w;
     } else {
-        static_assert(N == 2);
-        const float2 v = __half22float2(__ldg(reinterpret_cast<const __half2*>(p)));
+        const float2 v = cached_float2(p);
         out[0] = v.x, out[1] = v.y;
     }
 }
