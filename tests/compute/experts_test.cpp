@@ -143,9 +143,10 @@ ContextOptions options_for(Device device) {
 // Expert 0 chosen by every token, the last by none, groups of one token padded; float weights of
 // a ragged width (24) and quantized ones; prompts of a few tokens to a few dozen. Float
 // activations: the two differ only in the order of each product's sums (matrix-vector against
-// tiled; measured 1-2e-7). The CPU's default int8x2 activations: each one-by-one product's inputs
-// rounded to ~15 bits (x = d (256 hi + lo), an error of at most 1/32,512 of a block's largest),
-// the grouped products' not (measured 2-3e-5).
+// tiled; measured 1-2e-7). The CPU's default int8x2 activations (x = d (256 hi + lo), ~15 bits):
+// with AVX-512 VNNI the tiled products quantize their tokens as the one-token products do, so
+// again only the order of the sums differs (measured 2-5e-6); without it they run on float
+// tiles, and the one-by-one products' rounding shows (measured 2-3e-5).
 TEST(ExpertsTest, GroupedMatchesOneByOne) {
     Context cpu(options_for(Device::CPU));
     std::mt19937 rng(7);
