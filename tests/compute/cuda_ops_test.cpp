@@ -265,6 +265,10 @@ TEST_F(CudaOps, FusedProductsMatchCpu) {
             const size_t cols = shape.cols;
             const auto& heights = shape.heights;
             const double tolerance = n_tokens == 1 ? 1e-5 : float_tolerance;
+            // Several tokens: the GPU's products are float16 tensor-core ones whatever the
+            // activations (cuda/ops.hpp), the CPU's with int8 activations its int8 tiled product; its
+            // float products are the reference there.
+            const Activations reference = n_tokens == 1 ? Activations::Int8 : Activations::Float32;
             const auto x = random(n_tokens * cols);
             std::vector<std::vector<std::byte>> weights;
             std::vector<MatmulOutput> on_cpu, on_gpu;
@@ -280,7 +284,7 @@ TEST_F(CudaOps, FusedProductsMatchCpu) {
                 const WeightMatrix w_gpu = placed(type, heights[i], cols, weights[i]);
                 on_gpu.push_back({w_gpu, i == 1 ? to_device(y0[i]) : poisoned(n_tokens * heights[i]), i == 1});
             }
-            matmul(cpu, on_cpu, x.data(), n_tokens, Activations::Int8);
+            matmul(cpu, on_cpu, x.data(), n_tokens, reference);
             matmul(*gpu, on_gpu, to_device(x), n_tokens, Activations::Int8);
             for (size_t i = 0; i < 3; ++i)
                 EXPECT_LT(relative_error(to_host(on_gpu[i].y, want[i].size()), want[i]), tolerance)
@@ -291,7 +295,7 @@ TEST_F(CudaOps, FusedProductsMatchCpu) {
             const WeightMatrix up{type, heights[0], cols, up_bytes.data()};
             const WeightMatrix up_gpu = placed(type, heights[0], cols, up_bytes);
             std::vector<float> swiglu_want(n_tokens * heights[0]), scratch(n_tokens * heights[0]);
-            matmul_swiglu(cpu, on_cpu[0].w, up, x.data(), n_tokens, swiglu_want.data(), scratch.data(), Activations::Int8);
+            matmul_swiglu(cpu, on_cpu[0].w, up, x.data(), n_tokens, swiglu_want.data(), scratch.data(), reference);
             const size_t down_rows = 64;   // the down product after it (below), placed before it runs
             const auto down_bytes = random_weights(type, down_rows, heights[0], rng);
             const WeightMatrix down{type, down_rows, heights[0], down_bytes.data()};
@@ -309,7 +313,7 @@ TEST_F(CudaOps, FusedProductsMatchCpu) {
             // output, equal to about 1e-6, so a value on a rounding boundary can take the
             // neighbouring int8 code (as with the folded norm below).
             std::vector<float> down_want(n_tokens * down_rows);
-            matmul(cpu, down, swiglu_want.data(), n_tokens, down_want.data(), Activations::Int8);
+            matmul(cpu, down, swiglu_want.data(), n_tokens, down_want.data(), reference);
             float* down_out = poisoned(n_tokens * down_rows);
             matmul(*gpu, down_gpu, swiglu_out, n_tokens, down_out, Activations::Int8);
             EXPECT_LT(relative_error(to_host(down_out, down_want.size()), down_want), n_tokens == 1 ? 5e-3 : float_tolerance)
@@ -343,12 +347,14 @@ TEST_F(CudaOps, NormFoldedIntoProductsMatchesCpu) {
         // One token: the CPU normalizes in double, the GPU in float, so a value on a rounding
         // boundary can take the neighbouring int8 code: one step of its block, ~1e-3 of a product.
         const double tolerance = n_tokens == 1 ? 5e-3 : float_tolerance;
+        // Several tokens: float16 products on the GPU, so the CPU's float ones are the reference.
+        const Activations reference = n_tokens == 1 ? Activations::Int8 : Activations::Float32;
         const auto x = random(n_tokens * cols, 3.0f);
         std::vector<float> y_want(n_tokens * rows), xn_want(n_tokens * cols), swiglu_want(n_tokens * rows), scratch(n_tokens * rows);
         const RmsNorm on_cpu{norm_weight.data(), 1e-5f, xn_want.data()};
         const MatmulOutput out_cpu{w, y_want.data()};
-        matmul(cpu, std::span(&out_cpu, 1), x.data(), n_tokens, Activations::Int8, &on_cpu);
-        matmul_swiglu(cpu, w, up, x.data(), n_tokens, swiglu_want.data(), scratch.data(), Activations::Int8, &on_cpu);
+        matmul(cpu, std::span(&out_cpu, 1), x.data(), n_tokens, reference, &on_cpu);
+        matmul_swiglu(cpu, w, up, x.data(), n_tokens, swiglu_want.data(), scratch.data(), reference, &on_cpu);
 
         float* xn = poisoned(n_tokens * cols);
         const RmsNorm on_gpu{to_device(norm_weight), 1e-5f, xn};
