@@ -240,7 +240,7 @@ void gemm_q8_typed(const std::byte* w, size_t row_bytes, size_t n_rows, size_t n
         // lines are requested now, to arrive during the products instead of stalling the stores.
         const size_t t0 = g0 * q8_gemm_group, t1 = std::min(n_tokens, t0 + T * q8_gemm_group);
         for (size_t t = t0; t < t1; ++t)
-            for (size_t r = 0; r < n_rows; r += 16) _m_prefetchw(y + t * y_stride + r);
+            for (size_t r = 0; r < n_rows; r += 16) __builtin_prefetch(y + t * y_stride + r, 1, 3);
         const size_t slice = std::max<size_t>(1, 20480 / (T * block_bytes));
         const std::byte* x = x_packed + g0 * group_bytes;
         for (size_t k0 = 0; k0 < n_blocks; k0 += slice) {
