@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/vector_error.hpp"
 #include "compute/attention.hpp"
 #include "compute/cuda/ops.hpp"
 #include "compute/cuda/runtime.hpp"
@@ -25,15 +26,7 @@ namespace {
 
 constexpr double float_tolerance = 1e-3;
 
-double relative_error(const std::vector<float>& got, const std::vector<float>& want) {
-    double diff = 0, norm = 0;
-    for (size_t i = 0; i < want.size(); ++i) {
-        if (!std::isfinite(got[i])) return INFINITY;
-        diff += (double(got[i]) - want[i]) * (double(got[i]) - want[i]);
-        norm += double(want[i]) * want[i];
-    }
-    return std::sqrt(diff / norm);
-}
+using test::l2_relative_error;
 
 ContextOptions options_for(Device device) {
     ContextOptions options;
@@ -152,7 +145,7 @@ TEST_P(CudaMatmul, MatchesCpu) {
     float* y = poisoned(n_tokens * rows);
     matmul(*gpu, w_gpu, to_device(x), n_tokens, y, Activations::Float32);
     // Eight tokens and more go through float16 tiles (matmul.cu): about 4e-4, still under 1e-3.
-    EXPECT_LT(relative_error(to_host(y, want.size()), want), float_tolerance);
+    EXPECT_LT(l2_relative_error(to_host(y, want.size()), want), float_tolerance);
 
     // Int8 activations on the integer kernels (matvec_int8.cu): the CPU's quantization scheme on
     // the same x, so the same codes and only the summation order differs.
@@ -164,14 +157,14 @@ TEST_P(CudaMatmul, MatchesCpu) {
         matmul(cpu, w_cpu, x.data(), n_tokens, want_int8.data(), Activations::Int8);
         float* y_int8 = poisoned(n_tokens * rows);
         matmul(*gpu, w_gpu, to_device(x), n_tokens, y_int8, Activations::Int8);
-        EXPECT_LT(relative_error(to_host(y_int8, want_int8.size()), want_int8), 1e-5);
+        EXPECT_LT(l2_relative_error(to_host(y_int8, want_int8.size()), want_int8), 1e-5);
     }
 
     std::vector<float> dequantized(rows * cols);
     dequantize(type, weights, dequantized);
     float* out = poisoned(rows * cols);
     cuda::dequantize(*gpu, w_gpu, out);
-    EXPECT_LT(relative_error(to_host(out, dequantized.size()), dequantized), 1e-6);
+    EXPECT_LT(l2_relative_error(to_host(out, dequantized.size()), dequantized), 1e-6);
 }
 
 std::vector<MatmulCase> matmul_cases() {
@@ -207,7 +200,7 @@ TEST_F(CudaOps, GetRows) {
         get_rows(cpu, {type, rows, cols, weights.data()}, ids.data(), ids.size(), want.data());
         float* out = poisoned(want.size());
         get_rows(*gpu, placed(type, rows, cols, weights), to_device(ids), ids.size(), out);
-        EXPECT_LT(relative_error(to_host(out, want.size()), want), 1e-6) << type_name(type);
+        EXPECT_LT(l2_relative_error(to_host(out, want.size()), want), 1e-6) << type_name(type);
     }
 }
 
@@ -218,12 +211,12 @@ TEST_F(CudaOps, Norms) {
     rms_norm(cpu, x.data(), weight.data(), n_rows, n, 1e-5f, want.data());
     float* out = poisoned(x.size());
     rms_norm(*gpu, to_device(x), to_device(weight), n_rows, n, 1e-5f, out);
-    EXPECT_LT(relative_error(to_host(out, x.size()), want), float_tolerance);
+    EXPECT_LT(l2_relative_error(to_host(out, x.size()), want), float_tolerance);
 
     layer_norm(cpu, x.data(), weight.data(), bias.data(), n_rows, n, 1e-5f, want.data());
     float* x_gpu = to_device(x);
     layer_norm(*gpu, x_gpu, to_device(weight), to_device(bias), n_rows, n, 1e-5f, x_gpu);  // in place
-    EXPECT_LT(relative_error(to_host(x_gpu, x.size()), want), float_tolerance);
+    EXPECT_LT(l2_relative_error(to_host(x_gpu, x.size()), want), float_tolerance);
 }
 
 TEST_F(CudaOps, Rope) {
@@ -238,7 +231,7 @@ TEST_F(CudaOps, Rope) {
         rope(cpu, want.data(), n_tokens, row_stride, n_heads, head_dim, 3000, params);
         float* x_gpu = to_device(x);
         rope(*gpu, x_gpu, n_tokens, row_stride, n_heads, head_dim, 3000, params);
-        EXPECT_LT(relative_error(to_host(x_gpu, x.size()), want), float_tolerance);
+        EXPECT_LT(l2_relative_error(to_host(x_gpu, x.size()), want), float_tolerance);
     }
 }
 
@@ -287,7 +280,7 @@ TEST_F(CudaOps, FusedProductsMatchCpu) {
             matmul(cpu, on_cpu, x.data(), n_tokens, reference);
             matmul(*gpu, on_gpu, to_device(x), n_tokens, Activations::Int8);
             for (size_t i = 0; i < 3; ++i)
-                EXPECT_LT(relative_error(to_host(on_gpu[i].y, want[i].size()), want[i]), tolerance)
+                EXPECT_LT(l2_relative_error(to_host(on_gpu[i].y, want[i].size()), want[i]), tolerance)
                     << type_name(type) << " tokens=" << n_tokens << " output " << i;
 
             // gate = outputs 0 and up = a second matrix of its shape
@@ -305,7 +298,7 @@ TEST_F(CudaOps, FusedProductsMatchCpu) {
             float* swiglu_out = poisoned(n_tokens * heights[0]);
             matmul_swiglu(*gpu, on_gpu[0].w, up_gpu, x_gpu, n_tokens, swiglu_out, swiglu_scratch,
                           Activations::Int8);
-            EXPECT_LT(relative_error(to_host(swiglu_out, swiglu_want.size()), swiglu_want), tolerance)
+            EXPECT_LT(l2_relative_error(to_host(swiglu_out, swiglu_want.size()), swiglu_want), tolerance)
                 << type_name(type) << " swiglu tokens=" << n_tokens;
 
             // The down product right after, on SwiGLU's output as the GPU left it: quantized by the
@@ -316,7 +309,7 @@ TEST_F(CudaOps, FusedProductsMatchCpu) {
             matmul(cpu, down, swiglu_want.data(), n_tokens, down_want.data(), reference);
             float* down_out = poisoned(n_tokens * down_rows);
             matmul(*gpu, down_gpu, swiglu_out, n_tokens, down_out, Activations::Int8);
-            EXPECT_LT(relative_error(to_host(down_out, down_want.size()), down_want), n_tokens == 1 ? 5e-3 : float_tolerance)
+            EXPECT_LT(l2_relative_error(to_host(down_out, down_want.size()), down_want), n_tokens == 1 ? 5e-3 : float_tolerance)
                 << type_name(type) << " down after swiglu, tokens=" << n_tokens;
         }
 }
@@ -361,11 +354,11 @@ TEST_F(CudaOps, NormFoldedIntoProductsMatchesCpu) {
         const MatmulOutput out_gpu{w_gpu, poisoned(n_tokens * rows)};
         float* x_gpu = to_device(x);
         matmul(*gpu, std::span(&out_gpu, 1), x_gpu, n_tokens, Activations::Int8, &on_gpu);
-        EXPECT_LT(relative_error(to_host(out_gpu.y, y_want.size()), y_want), tolerance) << "tokens=" << n_tokens;
-        EXPECT_LT(relative_error(to_host(xn, xn_want.size()), xn_want), 1e-6) << "tokens=" << n_tokens;
+        EXPECT_LT(l2_relative_error(to_host(out_gpu.y, y_want.size()), y_want), tolerance) << "tokens=" << n_tokens;
+        EXPECT_LT(l2_relative_error(to_host(xn, xn_want.size()), xn_want), 1e-6) << "tokens=" << n_tokens;
         float* swiglu_out = poisoned(n_tokens * rows);
         matmul_swiglu(*gpu, w_gpu, up_gpu, x_gpu, n_tokens, swiglu_out, poisoned(n_tokens * rows), Activations::Int8, &on_gpu);
-        EXPECT_LT(relative_error(to_host(swiglu_out, swiglu_want.size()), swiglu_want), tolerance) << "tokens=" << n_tokens;
+        EXPECT_LT(l2_relative_error(to_host(swiglu_out, swiglu_want.size()), swiglu_want), tolerance) << "tokens=" << n_tokens;
     }
 }
 
@@ -393,8 +386,8 @@ TEST_F(CudaOps, ResidualProductPreparesNextNorm) {
         const float* att_gpu = to_device(att);
         matmul(*gpu, std::span(&wo_gpu, 1), att_gpu, 1, Activations::Int8, nullptr, &norm_gpu);
         matmul(*gpu, std::span(&w2_gpu, 1), x, 1, Activations::Int8, &norm_gpu);
-        EXPECT_LT(relative_error(to_host(x, width), x_want), 1e-5) << width << " x " << inner;
-        EXPECT_LT(relative_error(to_host(w2_gpu.y, rows), y_want), 5e-3) << width << " x " << inner;
+        EXPECT_LT(l2_relative_error(to_host(x, width), x_want), 1e-5) << width << " x " << inner;
+        EXPECT_LT(l2_relative_error(to_host(w2_gpu.y, rows), y_want), 5e-3) << width << " x " << inner;
         EXPECT_TRUE(std::isnan(to_host(norm_gpu.out, 1)[0])) << width << ": the products normalized x themselves";
     }
 }
@@ -420,9 +413,9 @@ TEST_F(CudaOps, RopeStoreAtMatchesCpu) {
         const CacheRows keys_gpu = cache_table(keys, type, true), values_gpu = cache_table(values, type, true);
         rope_store_at(*gpu, q_gpu, n_head, k_gpu, to_device(v), n_head_kv, head_dim, to_device(std::vector<int32_t>{position}),
                       params, keys_gpu, values_gpu);
-        EXPECT_LT(relative_error(to_host(q_gpu, q.size()), q_want), float_tolerance);
-        EXPECT_LT(relative_error(to_host(k_gpu, k.size()), k_want), float_tolerance);
-        EXPECT_LT(relative_error(cache_values(keys_gpu, keys.size(), true), cache_values(keys_want, keys.size(), false)),
+        EXPECT_LT(l2_relative_error(to_host(q_gpu, q.size()), q_want), float_tolerance);
+        EXPECT_LT(l2_relative_error(to_host(k_gpu, k.size()), k_want), float_tolerance);
+        EXPECT_LT(l2_relative_error(cache_values(keys_gpu, keys.size(), true), cache_values(keys_want, keys.size(), false)),
                   float_tolerance);
         EXPECT_EQ(cache_values(values_gpu, values.size(), true), cache_values(values_want, values.size(), false));
     }
@@ -488,16 +481,16 @@ TEST_F(CudaOps, ProjectRopeStoreAtMatchesSeparateSteps) {
         matmul(*gpu, std::span<const MatmulOutput>(qkv_gpu), x_gpu, 1, activations, &norm_gpu);
         rope_store_at(*gpu, qkv_gpu[0].y, n_head, qkv_gpu[1].y, qkv_gpu[2].y, n_head_kv, head_dim, position_gpu, params,
                       keys_two, values_two);
-        EXPECT_LT(relative_error(q_got, to_host(qkv_gpu[0].y, q_rows)), 1e-6);
-        EXPECT_LT(relative_error(k_got, to_host(qkv_gpu[1].y, kv_rows)), 1e-6);
-        EXPECT_LT(relative_error(keys_got, cache_values(keys_two, keys.size(), true)), 1e-6);
-        EXPECT_LT(relative_error(values_got, cache_values(values_two, values.size(), true)), 1e-6);
+        EXPECT_LT(l2_relative_error(q_got, to_host(qkv_gpu[0].y, q_rows)), 1e-6);
+        EXPECT_LT(l2_relative_error(k_got, to_host(qkv_gpu[1].y, kv_rows)), 1e-6);
+        EXPECT_LT(l2_relative_error(keys_got, cache_values(keys_two, keys.size(), true)), 1e-6);
+        EXPECT_LT(l2_relative_error(values_got, cache_values(values_two, values.size(), true)), 1e-6);
 
         const double tolerance = activations == Activations::Int8 ? 5e-3 : float_tolerance;
-        EXPECT_LT(relative_error(q_got, q_want), tolerance);
-        EXPECT_LT(relative_error(k_got, k_want), tolerance);
-        EXPECT_LT(relative_error(keys_got, cache_values(keys_want, keys.size(), false)), tolerance);
-        EXPECT_LT(relative_error(values_got, cache_values(values_want, values.size(), false)), tolerance);
+        EXPECT_LT(l2_relative_error(q_got, q_want), tolerance);
+        EXPECT_LT(l2_relative_error(k_got, k_want), tolerance);
+        EXPECT_LT(l2_relative_error(keys_got, cache_values(keys_want, keys.size(), false)), tolerance);
+        EXPECT_LT(l2_relative_error(values_got, cache_values(values_want, values.size(), false)), tolerance);
         // Only the position's cache row changes.
         const auto keys_before = cache_values(cache_table(keys, cache_type, false), keys.size(), false);
         for (size_t i = 0; i < keys.size(); ++i) {
@@ -529,7 +522,7 @@ TEST_P(CudaAttention, MatchesCpu) {
                   shape, want.data());
         float* out = poisoned(q.size());
         attention(*gpu, to_device(q), keys_gpu, values_gpu, n_tokens, first_position, shape, out);
-        EXPECT_LT(relative_error(to_host(out, q.size()), want), float_tolerance);
+        EXPECT_LT(l2_relative_error(to_host(out, q.size()), want), float_tolerance);
         if (n_tokens != 1) continue;
         // The decode step's form: the position read on the device, the launch sized for a longer
         // cache (blocks of splits the position does not need return). Twice: the split-KV merge's
@@ -539,7 +532,7 @@ TEST_P(CudaAttention, MatchesCpu) {
             float* out_at = poisoned(q.size());
             attention_at(*gpu, to_device(q), keys_gpu, values_gpu, to_device(std::vector<int32_t>{position}), n_kv + 1000, shape,
                          out_at);
-            EXPECT_LT(relative_error(to_host(out_at, q.size()), want), float_tolerance) << "attention_at, run " << run;
+            EXPECT_LT(l2_relative_error(to_host(out_at, q.size()), want), float_tolerance) << "attention_at, run " << run;
         }
     }
 }
@@ -587,7 +580,7 @@ TEST_F(CudaOps, Elementwise) {
     add_bias(*gpu, x, to_device(bias), n_rows, n);
     gelu(*gpu, x, a.size());
     swiglu(*gpu, x, y, a.size(), x);
-    EXPECT_LT(relative_error(to_host(x, a.size()), want), float_tolerance);
+    EXPECT_LT(l2_relative_error(to_host(x, a.size()), want), float_tolerance);
 }
 
 TEST_F(CudaOps, Argmax) {
@@ -650,7 +643,7 @@ TEST_F(CudaOps, ExpertProductsMatchCpu) {
             matmul_experts(cpu, w_cpu, ids.data(), k, x.data(), x_stride, want.data(), activations);
             float* y = poisoned(k * rows);
             matmul_experts(*gpu, w_gpu, to_device(ids), k, to_device(x), x_stride, y, activations);
-            EXPECT_LT(relative_error(to_host(y, want.size()), want), activations == Activations::Int8 ? 1e-5 : float_tolerance)
+            EXPECT_LT(l2_relative_error(to_host(y, want.size()), want), activations == Activations::Int8 ? 1e-5 : float_tolerance)
                 << type_name(type) << " rows " << rows << " stride " << x_stride
                 << (activations == Activations::Int8 ? " int8" : " float");
             if (x_stride != 0) continue;
@@ -663,7 +656,7 @@ TEST_F(CudaOps, ExpertProductsMatchCpu) {
             float* swiglu_out = poisoned(k * rows);
             matmul_experts_swiglu(*gpu, w_gpu, up_gpu, to_device(ids), k, to_device(x), swiglu_out, poisoned(k * rows),
                                   activations);
-            EXPECT_LT(relative_error(to_host(swiglu_out, swiglu_want.size()), swiglu_want),
+            EXPECT_LT(l2_relative_error(to_host(swiglu_out, swiglu_want.size()), swiglu_want),
                       activations == Activations::Int8 ? 1e-5 : float_tolerance)
                 << type_name(type) << " rows " << rows << " swiglu" << (activations == Activations::Int8 ? " int8" : " float");
         }
@@ -678,7 +671,7 @@ TEST_F(CudaOps, ExpertProductsMatchCpu) {
         add_routed(cpu, want.data(), outputs.data(), n, router.data(), n_experts, chosen_logits.data(), k, renormalize);
         float* y = to_device(y0);
         add_routed(*gpu, y, to_device(outputs), n, to_device(router), n_experts, to_device(chosen_logits), k, renormalize);
-        EXPECT_LT(relative_error(to_host(y, n), want), 1e-6) << renormalize;
+        EXPECT_LT(l2_relative_error(to_host(y, n), want), 1e-6) << renormalize;
     }
 }
 
@@ -699,7 +692,7 @@ TEST_F(CudaOps, GraphReplaysCapturedOps) {
         add(cpu, want.data(), b.data(), want.size());
         gelu(cpu, want.data(), want.size());
     }
-    EXPECT_LT(relative_error(to_host(x, a.size()), want), float_tolerance);
+    EXPECT_LT(l2_relative_error(to_host(x, a.size()), want), float_tolerance);
 }
 
 TEST_F(CudaOps, OutOfMemorySaysHowMuch) {

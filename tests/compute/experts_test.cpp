@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/vector_error.hpp"
 #include "compute/experts.hpp"
 #include "compute/memory.hpp"
 #include "format/quant.hpp"
@@ -30,15 +31,7 @@ std::vector<float> gaussian(size_t n, std::mt19937& rng, float sigma = 1.0f) {
     return v;
 }
 
-double relative_error(const std::vector<float>& got, const std::vector<float>& want) {
-    double diff = 0, norm = 0;
-    for (size_t i = 0; i < want.size(); ++i) {
-        if (!std::isfinite(got[i])) return INFINITY;
-        diff += (double(got[i]) - want[i]) * (double(got[i]) - want[i]);
-        norm += double(want[i]) * want[i];
-    }
-    return std::sqrt(diff / norm);
-}
+using test::l2_relative_error;
 
 // n_experts experts of `type` (gate and up [rows, cols], down [cols, rows]), in host memory.
 struct RandomExperts {
@@ -165,8 +158,8 @@ TEST(ExpertsTest, GroupedMatchesOneByOne) {
                 const std::string what = std::string(type_name(type)) + " tokens " + std::to_string(n_tokens) +
                                          (renormalize ? " renormalized" : "");
                 const auto grouped = on.grouped(x, router, y0, Activations::Float32);
-                EXPECT_LT(relative_error(grouped, on.one_by_one(x, router, y0, Activations::Float32)), 1e-6) << what;
-                EXPECT_LT(relative_error(on.grouped(x, router, y0, Activations::Int8x2),
+                EXPECT_LT(l2_relative_error(grouped, on.one_by_one(x, router, y0, Activations::Float32)), 1e-6) << what;
+                EXPECT_LT(l2_relative_error(on.grouped(x, router, y0, Activations::Int8x2),
                                          on.one_by_one(x, router, y0, Activations::Int8x2)), 1e-4) << what;
                 const std::vector<int32_t> offsets = on.last_offsets();
                 EXPECT_EQ(offsets[1] - offsets[0], int32_t(n_tokens)) << what;              // expert 0: every token
@@ -238,12 +231,12 @@ TEST(ExpertsCudaTest, GroupedMatchesCpu) {
             const auto router = router_logits(n_tokens, n_experts, rng);
             const std::string what = std::string(type_name(type)) + " tokens " + std::to_string(n_tokens);
             const auto want = on_cpu.grouped(x, router, y0, Activations::Float32);
-            EXPECT_LT(relative_error(on_gpu.grouped(x, router, y0, Activations::Int8), want), 1e-3) << what;
+            EXPECT_LT(l2_relative_error(on_gpu.grouped(x, router, y0, Activations::Int8), want), 1e-3) << what;
             EXPECT_EQ(on_gpu.last_ids(n_tokens), on_cpu.last_ids(n_tokens)) << what;
             EXPECT_EQ(on_gpu.last_offsets(), on_cpu.last_offsets()) << what;
             EXPECT_EQ(on_gpu.last_row_token(), on_cpu.last_row_token()) << what;
             EXPECT_EQ(on_gpu.last_pair_row(n_tokens), on_cpu.last_pair_row(n_tokens)) << what;
-            EXPECT_LT(relative_error(on_gpu.one_by_one(x, router, y0, Activations::Float32), want), 1e-3) << what;
+            EXPECT_LT(l2_relative_error(on_gpu.one_by_one(x, router, y0, Activations::Float32), want), 1e-3) << what;
         }
     }
 }
