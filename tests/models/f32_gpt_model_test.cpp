@@ -58,6 +58,15 @@ TEST(F32GPTModelTest, IntermediatesMatchReference) {
     test::compare_intermediates(model, reference, kTokens, kFloat32Tolerance);
 }
 
+// A float16 KV cache: the prompt's K and V rows stored into it, the decode step's by store_row.
+TEST(F32GPTModelTest, Float16CacheStaysWithinItsBudget) {
+    const auto file = test::convert_gguf(test::golden_model("gpt2"), GGMLType::F32, "f32");
+    GPTModel reference = GPTModel::from_gguf(*file);
+    F32GPTModel model = F32GPTModel::load(file, {.cache_type = compute::KvType::F16});
+    const double worst = test::compare_logits(model, reference, kTokens, 12, test::kFloat16CacheTolerance);
+    EXPECT_GT(worst, kFloat32Tolerance / 10);
+}
+
 TEST(F32GPTModelTest, ContextIsBoundedByThePositionEmbeddings) {
     const auto file = test::convert_gguf(test::golden_model("gpt2"), GGMLType::F32, "context");
     EXPECT_EQ(F32GPTModel::load(file).n_ctx(), 32u);

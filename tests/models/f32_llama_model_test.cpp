@@ -121,6 +121,21 @@ TEST(F32LlamaStories260K, LogitsAndGreedyDecodingMatchReference) {
     EXPECT_EQ(greedy(model, {1}, 128), expected);
 }
 
+// A float16 KV cache (--cache-type f16): the prompt's rows stored into it after RoPE, the decode
+// step's by its fused store, both read back widened; within the cache's budget of the reference,
+// and off by more than float32 rounding alone (the cache really holds halves).
+TEST(F32LlamaStories260K, Float16CacheStaysWithinItsBudget) {
+    const auto path = test::third_party_testdata() / "models/stories260K.gguf";
+    TWINFER_REQUIRE_FILE(path);
+    const auto file = open(path);
+    GPTModel reference = GPTModel::from_gguf(*file);
+    F32LlamaModel model = F32LlamaModel::load(file, {.cache_type = compute::KvType::F16});
+    const std::vector<Token> prompt = {1, 403, 407, 261, 378, 432, 383, 286, 261, 376, 298, 315, 421, 395, 317, 426,
+                                       338, 401, 396, 267, 337, 410, 408, 419, 292, 411, 322, 265};
+    const double worst = compare_logits(model, reference, prompt, 20, test::kFloat16CacheTolerance);
+    EXPECT_GT(worst, kFloat32Tolerance / 10);
+}
+
 TEST(F32LlamaStories260K, IntermediatesMatchReference) {
     const auto path = test::third_party_testdata() / "models/stories260K.gguf";
     TWINFER_REQUIRE_FILE(path);

@@ -16,6 +16,7 @@
 #include "compute/collective.hpp"
 #include "f32_test_support.hpp"
 #include "models/f32_llama_model.hpp"
+#include "models/gpt_model.hpp"
 #include "models/tensor_parallel.hpp"
 #include "models/tp_llama_model.hpp"
 #ifdef TWINFER_WITH_CUDA
@@ -365,6 +366,19 @@ TEST(TensorParallelStories260K, SplitOverOneTwoFourRanksMatchesOneDevice) {
         SCOPED_TRACE(n);
         expect_split_matches(file, n, true, kStoriesPrompt, 20);
     }
+}
+
+// A float16 KV cache in every rank (each rank's heads' halves): within the cache's budget of the
+// float64 reference. (Not within float32 rounding of one device: the split's other summation order
+// can round a cached value to the neighbouring half, 2e-5 here.)
+TEST(TensorParallelStories260K, Float16CacheSplitStaysWithinItsBudget) {
+    const auto path = test::third_party_testdata() / "models/stories260K.gguf";
+    TWINFER_REQUIRE_FILE(path);
+    const auto file = open(path);
+    GPTModel reference = GPTModel::from_gguf(*file);
+    const F32Options options{.n_ctx = 64, .activations = compute::Activations::Float32, .cache_type = compute::KvType::F16};
+    TensorParallelLlamaModel split = TensorParallelLlamaModel::load(file, 2, options);
+    EXPECT_GT(compare_logits(split, reference, kStoriesPrompt, 20, test::kFloat16CacheTolerance), kSplitTolerance);
 }
 
 TEST(TensorParallelStories260K, GreedyDecodingMatchesOneDevice) {
