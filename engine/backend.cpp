@@ -63,7 +63,7 @@ compute::Device resolve_device(DeviceChoice choice) {
 // allocation before their first token). An explicit --ctx-size is always honoured.
 size_t default_context(const ModelConfig& config, compute::KvType cache_type) {
     const size_t trained = static_cast<size_t>(config.n_ctx_train);
-    const size_t bytes_per_token = size_t{2} * config.n_layer * config.n_embd_kv() * compute::kv_element_bytes(cache_type);
+    const size_t bytes_per_token = KvCache::bytes(config.n_layer, 1, 1, config.n_embd_kv(), cache_type);
     const long pages = ::sysconf(_SC_AVPHYS_PAGES), page_size = ::sysconf(_SC_PAGESIZE);
     if (pages <= 0 || page_size <= 0) return trained;
     const size_t budget = static_cast<size_t>(pages) * static_cast<size_t>(page_size) / 2;
