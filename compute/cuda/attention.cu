@@ -22,6 +22,7 @@
 #include "compute/attention.hpp"
 #include "compute/cuda/cache_rows.cuh"
 #include "compute/cuda/device_context.cuh"
+#include "compute/cuda/flash_attention.cuh"
 #include "compute/cuda/matvec_int8.cuh"
 #include "compute/cuda/ops.hpp"
 
@@ -901,8 +902,10 @@ void store_ring(Context& ctx, const float* x, size_t n_rows, size_t width, Cache
 void attention(Context& ctx, const float* q, CacheRows keys, CacheRows values, size_t n_tokens, size_t first_position,
                const AttentionShape& shape, float* out) {
     if (shape.ring && !shape.window) throw std::invalid_argument("attention: a ring layer of the KV cache needs a window");
-    if (!shape.window && n_tokens >= min_gemm_tokens && shape.n_head_kv != 0 && shape.n_head % shape.n_head_kv == 0)
+    if (!shape.window && n_tokens >= min_gemm_tokens && shape.n_head_kv != 0 && shape.n_head % shape.n_head_kv == 0) {
+        if (flash_attention(ctx, q, keys, values, n_tokens, first_position, shape, out)) return;
         return gemm_attention(ctx, q, keys, values, n_tokens, first_position, shape, out);
+    }
     with_cache_type(keys, values, [&](auto* k, auto* v) {
         if (shape.window) return windowed_attention(ctx, q, k, v, n_tokens, first_position, nullptr, shape, out);
         launch_attention(ctx, q, k, v, n_tokens, first_position, nullptr, 0, shape, out);

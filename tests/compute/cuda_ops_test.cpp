@@ -507,6 +507,10 @@ struct AttentionCase {
 
 class CudaAttention : public CudaOps, public ::testing::WithParamInterface<AttentionCase> {};
 
+// A prompt over a float16 cache on the tensor cores (flash_attention.cu) rounds Q and the softmax's
+// weights to float16 as well: its budget against the CPU over the same cached values.
+constexpr double flash_attention_tolerance = 1e-3;
+
 // Both cache types: the CPU over the same float16 values is the reference for the float16 tables.
 TEST_P(CudaAttention, MatchesCpu) {
     const auto [n_head, n_head_kv, head_dim, n_tokens, first_position] = GetParam();
@@ -522,7 +526,10 @@ TEST_P(CudaAttention, MatchesCpu) {
                   shape, want.data());
         float* out = poisoned(q.size());
         attention(*gpu, to_device(q), keys_gpu, values_gpu, n_tokens, first_position, shape, out);
-        EXPECT_LT(l2_relative_error(to_host(out, q.size()), want), float_tolerance);
+        const bool tensor_cores = type == KvType::F16 && n_tokens >= 16 && (head_dim == 64 || head_dim == 128);
+        const double error = l2_relative_error(to_host(out, q.size()), want);
+        EXPECT_LT(error, tensor_cores ? flash_attention_tolerance : float_tolerance);
+        if (tensor_cores) RecordProperty("flash_attention_error", std::to_string(error));
         if (n_tokens != 1) continue;
         // The decode step's form: the position read on the device, the launch sized for a longer
         // cache (blocks of splits the position does not need return). Twice: the split-KV merge's
@@ -553,6 +560,12 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaAttention,
                                            AttentionCase{32, 32, 128, 100, 0},  // a Llama 2 prompt
                                            AttentionCase{32, 4, 64, 64, 30},    // a TinyLlama prompt after a few tokens
                                            AttentionCase{12, 12, 64, 19, 40},   // GPT-2
+                                           // Prompts of 16 tokens or more: over a float16 cache, the
+                                           // tensor cores' kernel (64 rows a block, 64 positions a tile)
+                                           AttentionCase{32, 8, 128, 300, 1000},  // Llama 3 8B, tiles across the diagonal
+                                           AttentionCase{12, 4, 128, 70, 200},    // groups of 3: blocks end mid-token
+                                           AttentionCase{16, 2, 64, 33, 0},       // groups of 8, a prompt from the start
+                                           AttentionCase{8, 8, 64, 16, 63},       // the shortest prompt, one tile boundary
                                            AttentionCase{16, 1, 256, 3, 90},    // one KV head, wide heads
                                            AttentionCase{6, 2, 32, 1, 50},      // decoding, heads of 32: the general kernel
                                            AttentionCase{10, 5, 128, 1, 31},    // grouped heads of 128
@@ -699,7 +712,7 @@ TEST_F(CudaOps, OutOfMemorySaysHowMuch) {
     try {
         Buffer huge(Device::CUDA, size_t(1) << 50);
         FAIL() << "a petabyte was allocated";
-    } catch (const cuda::Error& e) {
+    } catch (const OutOfMemory& e) {   // the server's scheduler retries a pass that throws this in smaller parts
         EXPECT_NE(std::string(e.what()).find("out of GPU memory: asked for"), std::string::npos) << e.what();
         EXPECT_NE(std::string(e.what()).find("free of"), std::string::npos) << e.what();
     }
