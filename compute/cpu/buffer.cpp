@@ -2,6 +2,7 @@
 
 #include <cstdlib>
 #include <new>
+#include <string>
 #include <utility>
 
 #include "compute/context.hpp"
@@ -29,7 +30,7 @@ Buffer::Buffer(Device device, size_t bytes) : device_(device), bytes_(bytes) {
     if (device != Device::CPU) throw_backend_unavailable("allocating a buffer", device);
     if (bytes == 0) return;
     data_ = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
-    if (!data_) throw std::bad_alloc();
+    if (!data_) throw OutOfMemory("out of host memory: asked for " + std::to_string(bytes) + " bytes");
 }
 
 Buffer::Buffer(Buffer&& other) noexcept

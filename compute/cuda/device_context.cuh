@@ -20,7 +20,8 @@ namespace twinfer::compute::cuda {
 
 }  // namespace twinfer::compute::cuda
 
-// Checks a CUDA runtime or cuBLAS call; throws cuda::Error naming the call, the error and file:line.
+// Checks a CUDA runtime or cuBLAS call; throws cuda::Error naming the call, the error and file:line
+// (compute::OutOfMemory for cudaErrorMemoryAllocation and CUBLAS_STATUS_ALLOC_FAILED).
 #define TWINFER_CUDA_CHECK(call)                                                           \
     do {                                                                                   \
         auto twinfer_status_ = (call);                                                     \

@@ -42,11 +42,19 @@ void require_device() {
 }  // namespace
 
 void throw_error(const char* call, cudaError_t error, const char* file, int line) {
+    if (error == cudaErrorMemoryAllocation) {
+        cudaGetLastError();   // not sticky, but cleared so that the next check reports its own error
+        throw OutOfMemory(std::string(file) + ":" + std::to_string(line) + ": " + call + ": out of memory (" +
+                          cudaGetErrorString(error) + ")");
+    }
     throw Error(std::string(file) + ":" + std::to_string(line) + ": " + call + ": " + cudaGetErrorName(error) + " (" +
                 cudaGetErrorString(error) + ")");
 }
 
 void throw_error(const char* call, cublasStatus_t status, const char* file, int line) {
+    if (status == CUBLAS_STATUS_ALLOC_FAILED)
+        throw OutOfMemory(std::string(file) + ":" + std::to_string(line) + ": " + call + ": cuBLAS ran out of GPU memory (" +
+                          cublasGetStatusString(status) + ")");
     throw Error(std::string(file) + ":" + std::to_string(line) + ": " + call + ": " + cublasGetStatusName(status) + " (" +
                 cublasGetStatusString(status) + ")");
 }
@@ -81,7 +89,7 @@ void* allocate(size_t bytes) {
         cudaGetLastError();
         size_t free = 0, total = 0;
         cudaMemGetInfo(&free, &total);
-        throw Error("out of GPU memory: asked for " + gib(bytes) + ", " + gib(free) + " free of " + gib(total));
+        throw OutOfMemory("out of GPU memory: asked for " + gib(bytes) + ", " + gib(free) + " free of " + gib(total));
     }
     TWINFER_CUDA_CHECK(error);
     return data;

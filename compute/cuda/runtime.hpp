@@ -25,8 +25,8 @@ int device_count();
 // A line describing device 0 ("NVIDIA H100 80GB HBM3, 132 SMs, 79.1 GiB, CUDA 13.0"), or why none.
 std::string describe_device();
 
-// Device memory. allocate throws Error saying how much was asked and how much is free, or that
-// there is no GPU or the driver is too old; release accepts null.
+// Device memory. allocate throws compute::OutOfMemory saying how much was asked and how much is
+// free, or Error when there is no GPU or the driver is too old; release accepts null.
 void* allocate(size_t bytes);
 void release(void* data) noexcept;
 // Free and total bytes of device 0's memory; throws Error when there is no usable GPU.
