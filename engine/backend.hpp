@@ -39,6 +39,7 @@ struct BackendOptions {
     int n_threads = 0;           // 0: every core
     std::optional<compute::Activations> activations = std::nullopt;   // unset: the device's default (models/f32_common.hpp)
     compute::KvType cache_type = compute::KvType::F32;                 // the float32 models' KV cache elements
+    size_t max_workspace_bytes = 0;   // the float32 models' F32Options::max_workspace_bytes (0: no limit)
     // > 1: a Llama model split over this many ranks (TensorParallelLlamaModel): GPUs over NCCL
     // on cuda, simulated ranks on cpu.
     int tensor_parallel = 1;

@@ -84,7 +84,14 @@ void check_device_memory(compute::Device device, const gguf::File& file, size_t 
 
 void F32Workspace::reserve(compute::Device device, size_t n_tokens, std::span<const size_t> widths) {
     if (n_tokens <= capacity_tokens_ && buffers_.size() == widths.size()) return;
+    size_t row_bytes = 0;
+    for (size_t width : widths) row_bytes += width * sizeof(float);
+    if (max_bytes_ && n_tokens * row_bytes > max_bytes_)
+        throw compute::OutOfMemory("the activations of a pass of " + std::to_string(n_tokens) + " tokens need " +
+                                   std::to_string(n_tokens * row_bytes) + " bytes, past the limit of " +
+                                   std::to_string(max_bytes_) + " (max_workspace_bytes)");
     buffers_.clear();
+    capacity_tokens_ = 0;
     for (size_t width : widths) buffers_.emplace_back(device, n_tokens * width * sizeof(float));
     capacity_tokens_ = n_tokens;
 }

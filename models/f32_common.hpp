@@ -42,6 +42,11 @@ struct F32Options {
     // of ~15 per layer). The environment variable TWINFER_CUDA_GRAPH=0 turns it off whatever
     // this says (see use_cuda_graph).
     bool cuda_graph = true;
+    // The most bytes the activation buffers of one pass may take (F32Workspace); 0: no limit. A
+    // pass that would need more throws compute::OutOfMemory before anything is allocated, as if
+    // the device had run out: the server then runs the step in smaller parts (`serve
+    // --max-activation-memory`, in MiB; docs/serving.md).
+    size_t max_workspace_bytes = 0;
 };
 
 // Whether a model with these options replays its single-token steps as a CUDA graph: on CUDA,
@@ -93,16 +98,21 @@ using F32Observer = std::function<void(std::string_view name, int layer, std::sp
 void observe(compute::Context& ctx, const F32Observer& observer, std::string_view name, int layer,
              const float* values, size_t count);
 
-// Activation buffers sized for the largest call so far, on the model's device.
+// Activation buffers sized for the largest call so far, on the model's device, within an optional
+// limit (F32Options::max_workspace_bytes).
 class F32Workspace {
 public:
+    explicit F32Workspace(size_t max_bytes = 0) : max_bytes_(max_bytes) {}
     // Makes every buffer hold n_tokens rows of its width (widths fixed at construction by name).
+    // Throws compute::OutOfMemory, the buffers unchanged, when that would pass the limit; and
+    // when an allocation fails (the buffers then empty: the next call allocates again).
     void reserve(compute::Device device, size_t n_tokens, std::span<const size_t> widths);
     float* buffer(size_t index) { return buffers_[index].as<float>(); }
     // Every buffer's address: a captured step reads them, and a reserve() that grows moves them.
     std::vector<const void*> addresses() const;
 
 private:
+    size_t max_bytes_ = 0;   // 0: no limit
     size_t capacity_tokens_ = 0;
     std::vector<compute::Buffer> buffers_;
 };
@@ -399,7 +409,7 @@ protected:
           ctx_({.device = options.device, .n_threads = options.n_threads, .cpu_isa = std::nullopt}),
           cache_(options.device, config_.n_layer, 1, context_length(options, config_.n_ctx_train), config_.n_embd_kv(),
                  options.cache_type, std::move(kv_ring_rows)),
-          max_run_rows_(max_run_rows), logits_buffer_(logits_buffer) {
+          max_run_rows_(max_run_rows), workspace_(options.max_workspace_bytes), logits_buffer_(logits_buffer) {
         activations_for(options_);   // refuses a scheme the device has no kernels for, before any weight is placed
     }
 
