@@ -18,12 +18,14 @@
 #include <cmath>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "compute/attention.hpp"
 #include "compute/cuda/cache_rows.cuh"
 #include "compute/cuda/device_context.cuh"
 #include "compute/cuda/flash_attention.cuh"
 #include "compute/cuda/matvec_int8.cuh"
+#include "compute/cuda/tensor_core.cuh"
 #include "compute/cuda/ops.hpp"
 
 namespace twinfer::compute::cuda {
@@ -110,17 +112,20 @@ __device__ bool last_to_finish(unsigned& finished, int n_splits) {
     return true;
 }
 
-// out[d] of one row: sum_s e^(m_s - M) acc_s[d] / sum_s e^(m_s - M) l_s.
+// out[d] of one row: sum_s e^(m_s - M) acc_s[d] / sum_s e^(m_s - M) l_s. The loads do not wait on
+// one another (no branch on a loaded value), so a merge of many splits is not a chain of L2 trips.
 __device__ float merged(const float* row_parts, int n_splits, int hd, int d) {
     float m_max = -INFINITY;
+#pragma unroll 8
     for (int s = 0; s < n_splits; ++s) m_max = fmaxf(m_max, __ldcg(row_parts + s * (hd + 2) + hd));
     float num = 0.0f, den = 0.0f;
+#pragma unroll 8
     for (int s = 0; s < n_splits; ++s) {
         const float* part = row_parts + s * (hd + 2);
-        const float l_s = __ldcg(part + hd + 1);
-        if (l_s == 0.0f) continue;  // a split past this token's last position
-        const float w = __expf(__ldcg(part + hd) - m_max);
-        num += w * __ldcg(part + d);
+        const float l_s = __ldcg(part + hd + 1), m_s = __ldcg(part + hd), acc = __ldcg(part + d);
+        const bool empty = l_s == 0.0f;   // a split past this token's last position: whatever its other values
+        const float w = empty ? 0.0f : __expf(m_s - m_max);
+        num += empty ? 0.0f : w * acc;
         den += w * l_s;
     }
     return num / den;
@@ -589,6 +594,212 @@ grouped_decode_attention_kernel(const float* __restrict__ q, const KV* __restric
     }
 }
 
+// The grouped kernel's work over a float16 cache on the tensor cores: a block per (KV head, split)
+// stages the split's positions 64 at a time (cp.async, two buffers) and each warp takes 16 of a
+// tile's positions for the group's heads (up to 16 rows of an m16n8k16 product, the rest zero):
+// S = Q K^T and O += P V as mma.sync with the online softmax on S's accumulators, as
+// flash_attention.cu does for prompts. The grouped kernel's lane a position read each key row in
+// 8-byte pieces, 32 rows a load; here each staged row is read whole by 16-byte copies. Q and P are
+// rounded to float16 (as in flash_attention.cu); the merges are those of the grouped kernel.
+constexpr int flash_decode_warps = 4;
+constexpr int flash_decode_tile = 64;   // positions a stage
+constexpr int flash_decode_max_group = 16;
+template <int HeadDim> constexpr size_t flash_decode_staged_bytes() {
+    return size_t(2) * 2 * flash_decode_tile * (HeadDim + row_pad) * sizeof(__half);
+}
+template <int HeadDim>
+__global__ void __launch_bounds__(flash_decode_warps * 32)
+flash_decode_attention_kernel(const float* __restrict__ q, const __half* __restrict__ keys,
+                              const __half* __restrict__ values, const int32_t* position, int group, int kv_stride,
+                              float scale_log2e, int split_cap, int min_kv, float* __restrict__ out,
+                              QuantizedActivations out_int8, float* __restrict__ parts, unsigned* __restrict__ finished) {
+    constexpr int stride = HeadDim + row_pad, dim_steps = HeadDim / 16, dim_columns = HeadDim / 8;
+    constexpr float ln2 = 0.6931471805599453f;
+    extern __shared__ __align__(16) __half staged[];   // [buffer][keys, values][tile][stride]; then the warps' parts
+    __shared__ float m_shared[flash_decode_warps][flash_decode_max_group];
+    __shared__ float l_shared[flash_decode_warps][flash_decode_max_group];
+    grid_dependency_wait();   // q and this step's key and value rows come from the launch before
+    const int n_kv = *position + 1;
+    if (n_kv < min_kv) return;   // decode_attention_kernel's
+    const SplitPlan plan = split_plan(n_kv, split_cap, flash_decode_tile);
+    const int split = blockIdx.y;
+    if (split >= plan.n_splits) return;   // a split this position does not need
+    const int kv_head = blockIdx.x, first_head = kv_head * group;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+
+    uint32_t qa[dim_steps][4];   // rows lane / 4 and lane / 4 + 8: the group's heads, zero past them
+    for (int i = 0; i < 2; ++i) {
+        const int row = lane / 4 + 8 * i;
+        const float* q_row = q + size_t(first_head + row) * HeadDim;
+#pragma unroll
+        for (int k = 0; k < dim_steps; ++k)
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+                const float2 v = row < group ? *reinterpret_cast<const float2*>(q_row + k * 16 + half * 8 + 2 * (lane % 4))
+                                             : make_float2(0.0f, 0.0f);
+                qa[k][i + 2 * half] = half2_bits(v.x * scale_log2e, v.y * scale_log2e);
+            }
+    }
+
+    const int begin = split * plan.chunk, end = min(n_kv, begin + plan.chunk);
+    const int n_tiles = (end - begin + flash_decode_tile - 1) / flash_decode_tile;
+    const __half* k_head = keys + size_t(kv_head) * HeadDim;
+    const __half* v_head = values + size_t(kv_head) * HeadDim;
+    const auto stage = [&](int tile) {
+        __half* k_to = staged + (tile & 1) * 2 * flash_decode_tile * stride;
+        __half* v_to = k_to + flash_decode_tile * stride;
+        constexpr int pieces = HeadDim / 8;   // 16-byte pieces of a row
+        for (int c = threadIdx.x; c < flash_decode_tile * pieces; c += blockDim.x) {
+            const int row = c / pieces, column = c % pieces * 8, p = begin + tile * flash_decode_tile + row;
+            const bool valid = p < end;
+            const size_t from = size_t(valid ? p : 0) * kv_stride + column;
+            copy_16_async(k_to + row * stride + column, k_head + from, valid);
+            copy_16_async(v_to + row * stride + column, v_head + from, valid);
+        }
+        commit_copies();
+    };
+
+    float o[dim_columns][4] = {};
+    float running_max[2] = {-1e30f, -1e30f}, denominator[2] = {0.0f, 0.0f};
+    const int m = lane / 8, r = lane % 8;   // this lane's matrix and row in load_matrices
+    stage(0);
+    for (int tile = 0; tile < n_tiles; ++tile) {
+        if (tile + 1 < n_tiles) {
+            stage(tile + 1);
+            wait_copies<1>();
+        } else {
+            wait_copies<0>();
+        }
+        __syncthreads();
+        const __half* ks = staged + (tile & 1) * 2 * flash_decode_tile * stride + warp * 16 * stride;
+        const __half* vs = ks + flash_decode_tile * stride;
+        float s[2][4] = {};
+#pragma unroll
+        for (int k = 0; k < dim_steps; k += 2)
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+                uint32_t b[4];
+                load_matrices(b, ks + (j * 8 + r) * stride + k * 16 + m * 8);
+                mma_16x8x16(s[j], qa[k], b[0], b[1]);
+                mma_16x8x16(s[j], qa[k + 1], b[2], b[3]);
+            }
+        const int first = begin + tile * flash_decode_tile + warp * 16;
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e)
+                if (first + j * 8 + 2 * (lane % 4) + (e & 1) >= end) s[j][e] = -INFINITY;
+        float rescale[2];
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            float tile_max = fmaxf(running_max[i], fmaxf(fmaxf(s[0][2 * i], s[0][2 * i + 1]), fmaxf(s[1][2 * i], s[1][2 * i + 1])));
+            tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
+            tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
+            rescale[i] = exp2f(running_max[i] - tile_max);
+            running_max[i] = tile_max;
+            denominator[i] *= rescale[i];
+        }
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                s[j][e] = exp2f(s[j][e] - running_max[e / 2]);
+                denominator[e / 2] += s[j][e];
+            }
+        const uint32_t pa[4] = {half2_bits(s[0][0], s[0][1]), half2_bits(s[0][2], s[0][3]), half2_bits(s[1][0], s[1][1]),
+                                half2_bits(s[1][2], s[1][3])};
+#pragma unroll
+        for (int d = 0; d < dim_columns; d += 2) {
+            uint32_t b[4];
+            load_matrices_transposed(b, vs + ((m & 1) * 8 + r) * stride + (d + (m >> 1)) * 8);
+#pragma unroll
+            for (int e = 0; e < 4; ++e) o[d][e] *= rescale[e / 2], o[d + 1][e] *= rescale[e / 2];
+            mma_16x8x16(o[d], pa, b[0], b[1]);
+            mma_16x8x16(o[d + 1], pa, b[2], b[3]);
+        }
+        __syncthreads();   // every warp is done with this buffer before the next tile but one is staged into it
+    }
+
+    // The warps' parts merged through shared memory (the staged tiles' space, free now), in exp2's
+    // units; a warp that saw no position has denominator 0.
+    float* acc_shared = reinterpret_cast<float*>(staged);   // [warp][group row][HeadDim]
+    for (int i = 0; i < 2; ++i) {
+        const int row = lane / 4 + 8 * i;
+        float sum = denominator[i];
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+        if (row >= group) continue;
+        float* acc_row = acc_shared + (warp * flash_decode_max_group + row) * HeadDim;
+#pragma unroll
+        for (int d = 0; d < dim_columns; ++d)
+            *reinterpret_cast<float2*>(acc_row + d * 8 + 2 * (lane % 4)) = make_float2(o[d][2 * i], o[d][2 * i + 1]);
+        if (lane % 4 == 0) m_shared[warp][row] = running_max[i], l_shared[warp][row] = sum;
+    }
+    __syncthreads();
+    // Output i = g * HeadDim + d: a warp's 32 outputs are one 32-value block of one head, as
+    // quantize_in_warp needs (warps past group * HeadDim take none).
+    auto write_out = [&](int i, float y) {
+        const int index = first_head * HeadDim + i;
+        out[index] = y;
+        if (out_int8.qs) quantize_in_warp(y, index, out_int8.qs, out_int8.ds);
+    };
+    for (int i = threadIdx.x; i < group * HeadDim; i += blockDim.x) {
+        const int g = i / HeadDim, d = i % HeadDim;
+        float m_max = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < flash_decode_warps; ++w) m_max = fmaxf(m_max, m_shared[w][g]);
+        float num = 0.0f, den = 0.0f;
+#pragma unroll
+        for (int w = 0; w < flash_decode_warps; ++w) {
+            const float weight = exp2f(m_shared[w][g] - m_max);
+            num += weight * acc_shared[(w * flash_decode_max_group + g) * HeadDim + d];
+            den += weight * l_shared[w][g];
+        }
+        if (plan.n_splits == 1) {
+            write_out(i, num / den);
+        } else {
+            float* part = parts + (size_t(first_head + g) * plan.n_splits + split) * (HeadDim + 2);
+            part[d] = num;
+            if (d == 0) part[HeadDim] = m_max * ln2, part[HeadDim + 1] = den;   // merged() takes natural units
+        }
+    }
+    if (plan.n_splits == 1 || !last_to_finish(finished[kv_head], plan.n_splits)) return;
+    // The group's merge, its weights e^(m_s - M) once a (head, split) in shared memory (the staged
+    // tiles' space again): then each output is one pass of independent loads (merged() per output
+    // made the last block walk the splits twice an output, the longest part of the kernel at 16K).
+    float* weights = reinterpret_cast<float*>(staged);   // [group][n_splits]
+    __shared__ float inverse_denominator[flash_decode_max_group];
+    const size_t part_size = HeadDim + 2;
+    for (int g = warp; g < group; g += flash_decode_warps) {
+        const float* row_parts = parts + size_t(first_head + g) * plan.n_splits * part_size;
+        float m_max = -INFINITY;
+        for (int s = lane; s < plan.n_splits; s += 32) m_max = fmaxf(m_max, __ldcg(row_parts + s * part_size + HeadDim));
+        m_max = warp_max(m_max);
+        float den = 0.0f;
+        for (int s = lane; s < plan.n_splits; s += 32) {
+            const float l_s = __ldcg(row_parts + s * part_size + HeadDim + 1);
+            const float w = l_s == 0.0f ? 0.0f : __expf(__ldcg(row_parts + s * part_size + HeadDim) - m_max);
+            weights[g * plan.n_splits + s] = w;
+            den += w * l_s;
+        }
+        den = warp_sum(den);
+        if (lane == 0) inverse_denominator[g] = 1.0f / den;
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < group * HeadDim; i += blockDim.x) {
+        const int g = i / HeadDim, d = i % HeadDim;
+        const float* row_parts = parts + size_t(first_head + g) * plan.n_splits * part_size + d;
+        const float* w = weights + g * plan.n_splits;
+        float num = 0.0f;
+#pragma unroll 8
+        for (int s = 0; s < plan.n_splits; ++s) {
+            const float acc = __ldcg(row_parts + s * part_size);
+            num += w[s] == 0.0f ? 0.0f : w[s] * acc;
+        }
+        write_out(i, num * inverse_denominator[g]);
+    }
+}
+
 // The grouped kernel's instance for a head size (64, 128) and group (up to 8, rounded up to a power
 // of two); null where it has none.
 template <class KV>
@@ -626,23 +837,40 @@ bool launch_decode_attention(Context& ctx, const float* q, const KV* keys, const
         reinterpret_cast<uintptr_t>(keys) % 16 != 0 || reinterpret_cast<uintptr_t>(values) % 16 != 0)
         return false;
     const size_t group = shape.n_head / shape.n_head_kv;
-    const auto grouped =
-        max_positions > size_t(grouped_min_positions) ? grouped_decode_kernel<KV>(shape.head_dim, group) : nullptr;
+    const bool long_cache = max_positions > size_t(grouped_min_positions);
+    // Over a float16 cache, the tensor cores' kernel (three blocks of its shared memory an SM).
+    bool tensor_cores = false;
+    if constexpr (std::is_same_v<KV, __half>) tensor_cores = long_cache && group <= flash_decode_max_group && shape.kv_stride % 8 == 0;
+    const auto grouped = long_cache && !tensor_cores ? grouped_decode_kernel<KV>(shape.head_dim, group) : nullptr;
     DeviceContext& device = device_of(ctx);
     const int per_head_cap = split_cap_for(device, int(shape.n_head));
     const int per_head_splits = max_splits_for(max_positions, per_head_cap, decode_unit);
-    const int grouped_cap = std::max(1, 4 * device.n_sms / int(shape.n_head_kv));
-    const int grouped_splits = grouped ? max_splits_for(max_positions, grouped_cap, grouped_unit) : 0;
+    const int grouped_cap = std::max(1, (tensor_cores ? 3 : 4) * device.n_sms / int(shape.n_head_kv));
+    const int grouped_splits = grouped || tensor_cores
+                                   ? max_splits_for(max_positions, grouped_cap, tensor_cores ? flash_decode_tile : grouped_unit)
+                                   : 0;
     // One scratch for both (a second request could move the first's), the counters per query head.
     const SplitScratch scratch =
         split_scratch(device, shape.n_head, std::max(per_head_splits, grouped_splits), shape.head_dim, shape.n_head);
     launch_after_previous(ctx, kernel, dim3(unsigned(shape.n_head), unsigned(per_head_splits)), threads, 0, q, keys, values,
                           position, int(group), int(shape.kv_stride), shape.scale, per_head_cap,
-                          grouped ? grouped_min_positions - 1 : INT_MAX, out, out_int8, scratch.parts, scratch.finished);
+                          grouped || tensor_cores ? grouped_min_positions - 1 : INT_MAX, out, out_int8, scratch.parts,
+                          scratch.finished);
+    const dim3 grouped_grid(unsigned(shape.n_head_kv), unsigned(grouped_splits));
     if (grouped)
-        launch_after_previous(ctx, grouped, dim3(unsigned(shape.n_head_kv), unsigned(grouped_splits)), grouped_warps * 32, 0,
-                              q, keys, values, position, int(group), int(shape.kv_stride), shape.scale, grouped_cap,
-                              grouped_min_positions, out, out_int8, scratch.parts, scratch.finished);
+        launch_after_previous(ctx, grouped, grouped_grid, grouped_warps * 32, 0, q, keys, values, position, int(group),
+                              int(shape.kv_stride), shape.scale, grouped_cap, grouped_min_positions, out, out_int8,
+                              scratch.parts, scratch.finished);
+    if constexpr (std::is_same_v<KV, __half>) {
+        if (tensor_cores) {
+            auto flash = shape.head_dim == 64 ? flash_decode_attention_kernel<64> : flash_decode_attention_kernel<128>;
+            const size_t shared = shape.head_dim == 64 ? flash_decode_staged_bytes<64>() : flash_decode_staged_bytes<128>();
+            allow_shared_memory(reinterpret_cast<const void*>(flash), shared);
+            launch_after_previous(ctx, flash, grouped_grid, flash_decode_warps * 32, shared, q, keys, values, position,
+                                  int(group), int(shape.kv_stride), float(shape.scale * 1.4426950408889634), grouped_cap,
+                                  grouped_min_positions, out, out_int8, scratch.parts, scratch.finished);
+        }
+    }
     return true;
 }
 

@@ -16,6 +16,7 @@
 #include "compute/cuda/device_context.cuh"
 #include "compute/cuda/flash_attention.cuh"
 #include "compute/cuda/runtime.hpp"
+#include "compute/cuda/tensor_core.cuh"
 
 namespace twinfer::compute::cuda {
 namespace {
@@ -23,51 +24,7 @@ namespace {
 constexpr int flash_warps = 4;
 constexpr int flash_rows = 16 * flash_warps;   // (token, head) rows a block
 constexpr int flash_keys = 64;                 // positions a staged tile
-// Halves past each staged row: a row is then 16 bytes past a multiple of 128, so the 8 rows that one
-// phase of ldmatrix reads fall on different banks.
-constexpr int row_pad = 8;
-
 template <int HD> constexpr size_t staged_bytes() { return size_t(2) * 2 * flash_keys * (HD + row_pad) * sizeof(__half); }
-
-__device__ __forceinline__ uint32_t shared_address(const void* p) { return uint32_t(__cvta_generic_to_shared(p)); }
-
-// 16 bytes from global to shared memory, asynchronously; zeros where !valid (positions past the
-// ones this block reads: masked, and zero rather than whatever is there, since 0 * NaN is NaN).
-__device__ __forceinline__ void copy_16_async(void* to, const void* from, bool valid) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address(to)), "l"(from),
-                 "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void commit_copies() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int Pending> __device__ __forceinline__ void wait_copies() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(Pending));
-}
-
-// Four 8x8 float16 matrices from shared memory; lane l gives the address of row l % 8 of matrix
-// l / 8. Trans: each matrix transposed (a column of V staged as rows of keys).
-__device__ __forceinline__ void load_matrices(uint32_t (&r)[4], const __half* row) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(shared_address(row)));
-}
-__device__ __forceinline__ void load_matrices_transposed(uint32_t (&r)[4], const __half* row) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(shared_address(row)));
-}
-
-// c += a b: a 16x16 (row-major fragment), b 16x8 (column-major fragment), float32 c.
-__device__ __forceinline__ void mma_16x8x16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ uint32_t half2_bits(float lo, float hi) {
-    const __half2 h = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&h);
-}
 
 // Block (x, y): rows x * 64 .. x * 64 + 63 of KV head y's group, row r being token r / group and
 // query head y * group + r % group. In a warp's fragments, lane l holds rows l / 4 and l / 4 + 8
