@@ -32,6 +32,18 @@ struct AttentionShape {
 };
 constexpr size_t max_attention_window = 8192;
 
+// How the CPU computes a call's rows: the two ways round differently, so a row's values depend on
+// this choice and on nothing else of the call (not on its other rows, nor on where a prompt was
+// cut into calls), and a batched pass gives each row the way its kind gets alone (RowProducts in
+// models/f32_common.hpp: Tiled rows are prompt rows). The CUDA backend ignores it.
+//   Decode: each (token, head) alone, the decode step's arithmetic (one row of scores, then the
+//     values' sums).
+//   Prompt: blocks of query rows that read the same KV head (tokens, and a group's heads) against
+//     tiles of keys, the softmax taken online (flash-attention style): each cached row read once
+//     a block instead of once a row.
+//   Auto: Prompt from two tokens on, Decode for one.
+enum class AttentionRows { Auto, Prompt, Decode };
+
 // q: [n_tokens, n_head, head_dim]; keys, values: [first_position + n_tokens, kv_stride], KV head
 // g's vector at offset g * head_dim, float32 or float16 (both tables of one type); out: [n_tokens,
 // n_head, head_dim]. Token t (at position first_position + t) attends to positions 0 ..=
@@ -39,15 +51,17 @@ constexpr size_t max_attention_window = 8192;
 //   out[t, h] = sum_p softmax_p(scale * q[t, h] . k[p, g]) v[p, g]
 namespace cpu {
 void attention(Context& ctx, const float* q, CacheRows keys, CacheRows values, size_t n_tokens, size_t first_position,
-               const AttentionShape& shape, float* out);
+               const AttentionShape& shape, float* out, AttentionRows rows = AttentionRows::Auto);
 }
 inline void check_cache_types(CacheRows keys, CacheRows values) {
     if (keys.type != values.type) throw std::invalid_argument("attention: keys and values of different types");
 }
 inline void attention(Context& ctx, const float* q, CacheRows keys, CacheRows values, size_t n_tokens,
-                      size_t first_position, const AttentionShape& shape, float* out) {
+                      size_t first_position, const AttentionShape& shape, float* out,
+                      AttentionRows rows = AttentionRows::Auto) {
     check_cache_types(keys, values);
-    if (ctx.device() == Device::CPU) return cpu::attention(ctx, q, keys, values, n_tokens, first_position, shape, out);
+    if (ctx.device() == Device::CPU)
+        return cpu::attention(ctx, q, keys, values, n_tokens, first_position, shape, out, rows);
 #ifdef TWINFER_WITH_CUDA
     if (ctx.device() == Device::CUDA) return cuda::attention(ctx, q, keys, values, n_tokens, first_position, shape, out);
 #endif
@@ -65,7 +79,7 @@ inline void attention_at(Context& ctx, const float* q, CacheRows keys, CacheRows
         if (*position < 0 || size_t(*position) >= max_positions)
             throw std::out_of_range("attention_at: position " + std::to_string(*position) + " outside the cache's " +
                                     std::to_string(max_positions));
-        return cpu::attention(ctx, q, keys, values, 1, size_t(*position), shape, out);
+        return cpu::attention(ctx, q, keys, values, 1, size_t(*position), shape, out, AttentionRows::Decode);
     }
 #ifdef TWINFER_WITH_CUDA
     if (ctx.device() == Device::CUDA) return cuda::attention_at(ctx, q, keys, values, position, max_positions, shape, out);

@@ -180,8 +180,12 @@ void F32LlamaModel::enqueue_rows(const RowBatch& batch) {
             compute::rope(ctx_, k_run, run.n_rows, KVD, Hkv, D, run.first_position, rope_);
             compute::store_rows(ctx_, k_run, run.n_rows, KVD, keys, run.first_position);
             compute::store_rows(ctx_, v_run, run.n_rows, KVD, values, run.first_position);
+            // A run's rows get the attention their kind gets alone: Tiled rows a prompt's, Single
+            // rows the decode step's (the two round differently; compute::AttentionRows).
+            const auto rows =
+                run.first_row >= batch.n_single ? compute::AttentionRows::Prompt : compute::AttentionRows::Decode;
             compute::attention(ctx_, q_run, keys, values, run.n_rows, run.first_position, attention_shape_,
-                               att + run.first_row * QD);                             // att: [n_rows, H, D]
+                               att + run.first_row * QD, rows);                       // att: [n_rows, H, D]
         }
         // The padding rows have no position: their attention output is a copy of the last fed
         // row's, so the products read finite values (a row's products never mix rows).

@@ -286,8 +286,12 @@ void TransformerModel::enqueue_pass(const RowBatch& batch, const int32_t* device
                     compute::store_rows(ctx_, k_run, run.n_rows, KVD, keys, run.first_position);
                     compute::store_rows(ctx_, v + run.first_row * KVD, run.n_rows, KVD, values, run.first_position);
                 }
+                // A run's rows get the attention their kind gets alone: Tiled rows a prompt's,
+                // Single rows the decode step's (the two round differently; compute::AttentionRows).
+                const auto rows =
+                    run.first_row >= batch.n_single ? compute::AttentionRows::Prompt : compute::AttentionRows::Decode;
                 compute::attention(ctx_, q_run, keys, values, run.n_rows, run.first_position, L.attention,
-                                   att + run.first_row * QD);                        // att: [n_rows, H, D]
+                                   att + run.first_row * QD, rows);                  // att: [n_rows, H, D]
             }
             // Padding rows have no position: a copy of the last fed row's output keeps them finite.
             for (size_t r = batch.n_rows; r < N; ++r)

@@ -9,10 +9,68 @@
 
 namespace twinfer::compute::cpu {
 
-// One task per (token, head); each thread keeps its scores in its own scratch.
+namespace {
+
+// The positions token t (at first_position + t) attends to: [first, n_seen).
+struct Seen {
+    size_t first, n_seen;
+};
+Seen seen(const AttentionShape& shape, size_t first_position, size_t t) {
+    const size_t n_seen = first_position + t + 1;
+    return {shape.window && n_seen > shape.window ? n_seen - shape.window : 0, n_seen};
+}
+
+// Prompts, flash-attention style (Kernels::attend_block). KV head g's query rows are i = t * group
+// + j (token t, head g * group + j), consecutive rows sharing every key they read; a block is
+// attention_block_rows of them, and a task one (KV head, block), each head's blocks from the last
+// (the longest, causal) down so that the short ones fill the end. On a ring layer a block reads
+// its rows' windows as consecutive rows from (its first position % ring) on, so its positions
+// (window + its tokens - 1) must fit in the ring: narrower blocks where the ring is narrow (a
+// model's ring is window + 511, wide enough; a row's values do not depend on its block).
+void attention_blocks(Context& ctx, const Kernels& k, const float* q, CacheRows keys, CacheRows values, size_t n_tokens,
+                      size_t first_position, const AttentionShape& shape, float* out) {
+    const size_t group = shape.n_head / shape.n_head_kv, D = shape.head_dim;
+    const size_t q_stride = shape.n_head * D;
+    size_t R = k.attention_block_rows;
+    // R rows span at most (R - 1 + group - 1) / group + 1 tokens.
+    if (shape.ring) R = std::min(R, (shape.ring - shape.window) * group + 1);
+    const size_t n_rows = n_tokens * group, n_blocks = (n_rows + R - 1) / R;
+    std::vector<std::byte*> scratch(ctx.n_threads());
+    for (int t = 0; t < ctx.n_threads(); ++t) scratch[t] = ctx.thread_scratch(t, k.attend_block_scratch_bytes(D));
+    ctx.pool().parallel_for(shape.n_head_kv * n_blocks, 1, [&](size_t begin, size_t end, int thread) {
+        for (size_t task = begin; task < end; ++task) {
+            const size_t g = task / n_blocks, i0 = (n_blocks - 1 - task % n_blocks) * R;
+            const size_t n = std::min(R, n_rows - i0);
+            const float* rows_q[max_attention_block_rows];
+            float* rows_out[max_attention_block_rows];
+            size_t rows_first[max_attention_block_rows], rows_end[max_attention_block_rows];
+            // Keys from the block's first position (its first row's, the smallest) on; on a ring
+            // layer they are rows (lo % ring) + i, contiguous in the mirrored ring.
+            const size_t lo = seen(shape, first_position, i0 / group).first;
+            for (size_t r = 0; r < n; ++r) {
+                const size_t t = (i0 + r) / group, h = g * group + (i0 + r) % group;
+                const Seen s = seen(shape, first_position, t);
+                rows_q[r] = q + t * q_stride + h * D;
+                rows_out[r] = out + t * q_stride + h * D;
+                rows_first[r] = s.first - lo, rows_end[r] = s.n_seen - lo;
+            }
+            const size_t offset = (shape.ring ? lo % shape.ring : lo) * shape.kv_stride + g * D;
+            const AttentionBlock block{n, rows_q, rows_out, rows_first, rows_end, keys.plus(offset).data,
+                                       values.plus(offset).data, keys.type, shape.kv_stride, D, shape.scale, lo};
+            k.attend_block(block, scratch[thread]);
+        }
+    });
+}
+
+}  // namespace
+
+// Prompt rows in blocks (attention_blocks); decode rows one task per (token, head), each thread
+// keeping its scores in its own scratch.
 void attention(Context& ctx, const float* q, CacheRows keys, CacheRows values, size_t n_tokens, size_t first_position,
-               const AttentionShape& shape, float* out) {
+               const AttentionShape& shape, float* out, AttentionRows rows) {
     const Kernels& k = kernels(ctx.cpu_isa());
+    if (rows == AttentionRows::Prompt || (rows == AttentionRows::Auto && n_tokens > 1))
+        return attention_blocks(ctx, k, q, keys, values, n_tokens, first_position, shape, out);
     const size_t group = shape.n_head / shape.n_head_kv;
     const size_t q_stride = shape.n_head * shape.head_dim;
     const size_t max_kv = first_position + n_tokens;
@@ -23,8 +81,7 @@ void attention(Context& ctx, const float* q, CacheRows keys, CacheRows values, s
         float* scores = scratch[thread];
         for (size_t task = begin; task < end; ++task) {
             const size_t t = task / shape.n_head, h = task % shape.n_head;
-            const size_t n_seen = first_position + t + 1;
-            const size_t first = shape.window && n_seen > shape.window ? n_seen - shape.window : 0;
+            const auto [first, n_seen] = seen(shape, first_position, t);
             const size_t first_row = shape.ring ? first % shape.ring : first;
             const size_t kv_offset = first_row * shape.kv_stride + (h / group) * shape.head_dim;
             k.attend(q + t * q_stride + h * shape.head_dim, keys.plus(kv_offset).data, values.plus(kv_offset).data, keys.type,

@@ -62,6 +62,31 @@ constexpr size_t matvec_max_rows = 32;
 constexpr size_t q8_gemm_group = 16;
 constexpr size_t q8_gemm_block_bytes(int digits) { return static_cast<size_t>(digits) * 8 * 64 + 2 * 16 * sizeof(float); }
 
+// The most rows a Kernels::attend_block call takes (AVX-512's two vectors of 16).
+constexpr size_t max_attention_block_rows = 32;
+
+// One block of query rows for Kernels::attend_block: row r < n_rows (n_rows <= the table's
+// attention_block_rows) has its query at q[r] and its output at out[r] (head_dim floats each), and
+// attends to the key rows [first[r], end[r]) (first < end) of k, row i at k + i * kv_stride
+// elements of `type` (likewise v):
+//   out[r] = sum_{first[r] <= i < end[r]} softmax_i(scale q[r] . k_i) v_i
+// Key row i is at position `position` + i: the kernel's tiles of keys break at fixed positions,
+// so that a row's values do not depend on the block, nor on the call, it comes in.
+struct AttentionBlock {
+    size_t n_rows;
+    const float* const* q;
+    float* const* out;
+    const size_t* first;
+    const size_t* end;
+    const void* k;
+    const void* v;
+    KvType type;
+    size_t kv_stride;
+    size_t head_dim;
+    float scale;
+    size_t position;
+};
+
 struct Kernels {
     CpuIsa isa;
     // y[b * y_stride + r] = W[r, :] . x[b, :] for the n_rows rows at w, row_bytes apart, n_cols
@@ -106,6 +131,14 @@ struct Kernels {
     // k_p = k + p * kv_stride elements of `type` (likewise v); scores is scratch for n_kv floats.
     void (*attend)(const float* q, const void* k, const void* v, KvType type, size_t kv_stride, size_t n_kv,
                    size_t head_dim, float scale, float* scores, float* out);
+    // Prompt attention, flash-attention style: one block of query rows that read the same KV head
+    // (several tokens, and the heads of a group) against tiles of the keys, the softmax taken
+    // online, so each cached row is read (a float16 one widened) once a block instead of once a
+    // row. Rows are the vectors' lanes (at most attention_block_rows, two vectors); a row's values
+    // are the same bits in any block (see AttentionBlock), but not attend's.
+    size_t attention_block_rows;
+    size_t (*attend_block_scratch_bytes)(size_t head_dim);
+    void (*attend_block)(const AttentionBlock& block, std::byte* scratch);
     void (*swiglu)(const float* gate, const float* up, size_t n, float* out);
     void (*gelu)(float* x, size_t n);
     // out[i] = x[i] as double (compute::widen_to_double).

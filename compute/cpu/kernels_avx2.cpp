@@ -59,7 +59,7 @@ constexpr bool avx512 = false;
 #include "compute/cpu/simd_float.inl"
 
 const Kernels& avx2_kernels() {
-    static const Kernels table{CpuIsa::AVX2, matvec, matvec_q8<Q8Block>, matvec_q8<Q8x2Block>, nullptr, quantize_q8x2, dequantize_row, NR, gemm, nullptr, nullptr, nullptr, attend, swiglu, gelu, widen};
+    static const Kernels table{CpuIsa::AVX2, matvec, matvec_q8<Q8Block>, matvec_q8<Q8x2Block>, nullptr, quantize_q8x2, dequantize_row, NR, gemm, nullptr, nullptr, nullptr, attend, AR, attend_block_scratch_bytes, attend_block, swiglu, gelu, widen};
     return table;
 }
 

@@ -219,7 +219,7 @@ void matvec_q8x2_quads(GGMLType type, const std::byte* w, size_t row_bytes, size
 }  // namespace
 
 const Kernels& avx512_kernels() {
-    static const Kernels table{CpuIsa::AVX512, matvec, matvec_q8<Q8Block>, matvec_q8<Q8x2Block>, matvec_q8x2_quads, quantize_q8x2, dequantize_row, NR, gemm, pack_q8_tokens, gemm_q8_scratch_bytes, gemm_q8, attend, swiglu, gelu, widen};
+    static const Kernels table{CpuIsa::AVX512, matvec, matvec_q8<Q8Block>, matvec_q8<Q8x2Block>, matvec_q8x2_quads, quantize_q8x2, dequantize_row, NR, gemm, pack_q8_tokens, gemm_q8_scratch_bytes, gemm_q8, attend, AR, attend_block_scratch_bytes, attend_block, swiglu, gelu, widen};
     return table;
 }
 

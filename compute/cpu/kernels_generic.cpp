@@ -43,7 +43,7 @@ void dequantize_row(GGMLType type, const std::byte* src, size_t n, float* dst) {
 #include "compute/cpu/simd_float.inl"
 
 const Kernels& generic_kernels() {
-    static const Kernels table{CpuIsa::Generic, matvec, nullptr, nullptr, nullptr, nullptr, dequantize_row, NR, gemm, nullptr, nullptr, nullptr, attend, swiglu, gelu, widen};
+    static const Kernels table{CpuIsa::Generic, matvec, nullptr, nullptr, nullptr, nullptr, dequantize_row, NR, gemm, nullptr, nullptr, nullptr, attend, AR, attend_block_scratch_bytes, attend_block, swiglu, gelu, widen};
     return table;
 }
 

@@ -200,6 +200,208 @@ void attend(const float* q, const void* k, const void* v, KvType type, size_t kv
                                                  n_kv, head_dim, scale, scores, out);
 }
 
+// Prompt attention a block of query rows at a time (Kernels::attend_block). The vectors run along
+// the block's rows (RV vectors of W: one or two), so every step is vertical: the scores of AK
+// keys are AK x RV accumulators fed by broadcasts of the keys' elements, one FMA a (row, key,
+// element) and no horizontal sums; the online softmax keeps a running max and sum a row (lane);
+// the values' sums are AK head elements x RV accumulators fed by broadcasts of the values. A tile
+// of keys is copied (a float16 one widened) into scratch once for the block's rows.
+//
+// A row's values are the same bits whatever block it is computed in (its lane's operations do not
+// depend on the other lanes, nor on RV), and tiles break at fixed positions (multiples of
+// attn_tile), so they are the same whatever prompt call, chunk or block the row comes in:
+// keys outside a row's range weigh exactly 0 and leave its sums as they were.
+constexpr size_t AR = 2 * W;
+constexpr size_t AK = MR;
+constexpr size_t attn_tile = 4 * AK;
+static_assert(AR <= max_attention_block_rows);
+// A masked score becomes attn_masked; a row's running max starts at attn_floor, so a masked
+// key's weight is exp(-1e30 + 1e20) = 0 even before the row has met a visible key, and the first
+// visible one's rescale factor exp(-1e20 - max) = 0 leaves its sums as they were (zero).
+constexpr float attn_masked = -1e30f, attn_floor = -1e20f;
+
+// s[i * RV W ..] = sum_d kt[i * kd + d] qt[d * RV W ..] for i < N: the scores of N keys (rows of
+// kt, kd apart; kd = KD when known when compiled) with the block's (transposed) query rows. Each
+// lane's sum is one FMA chain per attn_score_chunk elements, the chunks' sums added in s: a chain
+// over all of a 256-wide head strayed ~3x further from float64 than attend's dot (its 4 W lanes of
+// chains and a tree of adds) in OpsTest.PromptAttentionInBlocksMatchesRowsAndFloat64.
+constexpr size_t attn_score_chunk = 16;
+template <size_t RV, size_t N, size_t KD>
+void attn_scores(const float* kt, size_t kd, size_t n_d, const float* qt, float* s) {
+    constexpr size_t R = RV * W;
+    if constexpr (KD != 0) kd = KD;
+    for (size_t d0 = 0; d0 < n_d; d0 += attn_score_chunk) {
+        const size_t d1 = std::min(n_d, d0 + attn_score_chunk);
+        V acc[N][RV];
+        for (size_t i = 0; i < N; ++i)
+            for (size_t v = 0; v < RV; ++v) acc[i][v] = FloatVec::zero();
+        for (size_t d = d0; d < d1; ++d) {
+            V x[RV];
+            for (size_t v = 0; v < RV; ++v) x[v] = FloatVec::load(qt + d * R + v * W);
+#pragma GCC unroll 16
+            for (size_t i = 0; i < N; ++i) {
+                const V b = FloatVec::set1(kt[i * kd + d]);
+                for (size_t v = 0; v < RV; ++v) acc[i][v] = FloatVec::fma(b, x[v], acc[i][v]);
+            }
+        }
+        for (size_t i = 0; i < N; ++i)
+            for (size_t v = 0; v < RV; ++v) {
+                if (d0 > 0) acc[i][v] = FloatVec::add(acc[i][v], FloatVec::load(s + i * R + v * W));
+                FloatVec::store(s + i * R + v * W, acc[i][v]);
+            }
+    }
+}
+
+// ot[i * RV W ..] += sum_j vt[j * vd + i] p[j * RV W ..] for i < N: N head elements of the
+// block's (transposed) outputs, over n_keys value rows vd apart and their weights p.
+template <size_t RV, size_t N>
+void attn_values(const float* vt, size_t vd, size_t n_keys, const float* p, float* ot) {
+    constexpr size_t R = RV * W;
+    V acc[N][RV];
+    for (size_t i = 0; i < N; ++i)
+        for (size_t v = 0; v < RV; ++v) acc[i][v] = FloatVec::load(ot + i * R + v * W);
+    for (size_t j = 0; j < n_keys; ++j) {
+        V x[RV];
+        for (size_t v = 0; v < RV; ++v) x[v] = FloatVec::load(p + j * R + v * W);
+        const float* row = vt + j * vd;
+#pragma GCC unroll 16
+        for (size_t i = 0; i < N; ++i) {
+            const V b = FloatVec::set1(row[i]);
+            for (size_t v = 0; v < RV; ++v) acc[i][v] = FloatVec::fma(b, x[v], acc[i][v]);
+        }
+    }
+    for (size_t i = 0; i < N; ++i)
+        for (size_t v = 0; v < RV; ++v) FloatVec::store(ot + i * R + v * W, acc[i][v]);
+}
+
+template <size_t RV, size_t KD, size_t... I>
+constexpr auto attn_scores_table(std::index_sequence<I...>) {
+    return std::array<void (*)(const float*, size_t, size_t, const float*, float*), sizeof...(I)>{attn_scores<RV, I + 1, KD>...};
+}
+template <size_t RV, size_t... I>
+constexpr auto attn_values_table(std::index_sequence<I...>) {
+    return std::array<void (*)(const float*, size_t, size_t, const float*, float*), sizeof...(I)>{attn_values<RV, I + 1>...};
+}
+
+size_t attend_block_scratch_bytes(size_t head_dim) {
+    // qt and ot [head_dim][AR], scores [attn_tile][AR], the key and value tiles [attn_tile][head_dim].
+    return (2 * head_dim * AR + attn_tile * AR + 2 * attn_tile * head_dim) * sizeof(float);
+}
+
+// n rows of head_dim elements, src_stride apart, into dst as floats (head_dim apart).
+template <class T, V (*Load)(const T*), float (*ToFloat)(T)>
+void widen_rows(const T* src, size_t src_stride, size_t n, size_t head_dim, float* dst) {
+    const size_t whole = head_dim / W * W;
+    for (size_t j = 0; j < n; ++j) {
+        const T* row = src + j * src_stride;
+        float* out = dst + j * head_dim;
+        for (size_t d = 0; d < whole; d += W) FloatVec::store(out + d, Load(row + d));
+        for (size_t d = whole; d < head_dim; ++d) out[d] = ToFloat(row[d]);
+    }
+}
+
+template <class T, V (*Load)(const T*), float (*ToFloat)(T), size_t KD, size_t RV>
+void attend_block_rows(const AttentionBlock& b, float* scratch) {
+    constexpr size_t R = RV * W;
+    static constexpr auto scores_for = attn_scores_table<RV, KD>(std::make_index_sequence<AK>());
+    static constexpr auto values_for = attn_values_table<RV>(std::make_index_sequence<AK>());
+    const size_t D = KD != 0 ? KD : b.head_dim;
+    float* qt = scratch;               // [D][R]: scale q, transposed
+    float* ot = qt + D * R;            // [D][R]: the unnormalized outputs, transposed
+    float* st = ot + D * R;            // [attn_tile][R]: a tile's scores, then its weights
+    float* kt = st + attn_tile * R;    // [attn_tile][D]
+    float* vt = kt + attn_tile * D;    // [attn_tile][D]
+    alignas(64) float m[R], l[R], first[R], end[R];
+    size_t lo = SIZE_MAX, hi = 0, max_first = 0, min_end = SIZE_MAX;
+    for (size_t r = 0; r < R; ++r) {
+        // Padding rows (zero queries) repeat the last row's range, so they widen no key range.
+        const size_t rr = std::min(r, b.n_rows - 1);
+        first[r] = static_cast<float>(b.first[rr]), end[r] = static_cast<float>(b.end[rr]);
+        lo = std::min(lo, b.first[rr]), max_first = std::max(max_first, b.first[rr]);
+        hi = std::max(hi, b.end[rr]), min_end = std::min(min_end, b.end[rr]);
+        for (size_t d = 0; d < D; ++d) qt[d * R + r] = r < b.n_rows ? b.scale * b.q[r][d] : 0.0f;
+        m[r] = attn_floor, l[r] = 0.0f;
+    }
+    std::fill_n(ot, D * R, 0.0f);
+    const T* k = static_cast<const T*>(b.k);
+    const T* v = static_cast<const T*>(b.v);
+    for (size_t j0 = lo, j1; j0 < hi; j0 = j1) {
+        j1 = std::min(hi, ((b.position + j0) / attn_tile + 1) * attn_tile - b.position);
+        const size_t n = j1 - j0;
+        widen_rows<T, Load, ToFloat>(k + j0 * b.kv_stride, b.kv_stride, n, D, kt);
+        widen_rows<T, Load, ToFloat>(v + j0 * b.kv_stride, b.kv_stride, n, D, vt);
+        size_t j = 0;
+        for (; j + AK <= n; j += AK) attn_scores<RV, AK, KD>(kt + j * D, D, D, qt, st + j * R);
+        if (j < n) scores_for[n - j - 1](kt + j * D, D, D, qt, st + j * R);
+
+        // Some row sees only part of the tile: its other scores become attn_masked, through
+        // keep = [key < end] [key >= first] as 0/1 from clamped differences (exact: small integers).
+        const bool masked = j0 < max_first || j1 > min_end;
+        for (size_t h = 0; h < R; h += W) {
+            const V m_old = FloatVec::load(m + h);
+            V mx = m_old;
+            if (masked) {
+                const V vfirst = FloatVec::load(first + h), vend = FloatVec::load(end + h);
+                const V zero = FloatVec::zero(), one = FloatVec::set1(1.0f);
+                for (size_t jj = 0; jj < n; ++jj) {
+                    const V key = FloatVec::set1(static_cast<float>(j0 + jj));
+                    const V below_end = FloatVec::min(FloatVec::max(FloatVec::sub(vend, key), zero), one);
+                    const V from_first = FloatVec::min(FloatVec::max(FloatVec::add(FloatVec::sub(key, vfirst), one), zero), one);
+                    const V bound = FloatVec::fma(FloatVec::mul(below_end, from_first),
+                                                  FloatVec::set1(-2.0f * attn_masked), FloatVec::set1(attn_masked));
+                    const V s = FloatVec::min(FloatVec::load(st + jj * R + h), bound);
+                    FloatVec::store(st + jj * R + h, s);
+                    mx = FloatVec::max(mx, s);
+                }
+            } else {
+                for (size_t jj = 0; jj < n; ++jj) mx = FloatVec::max(mx, FloatVec::load(st + jj * R + h));
+            }
+            V sum = FloatVec::zero();
+            for (size_t jj = 0; jj < n; ++jj) {
+                const V p = vexp(FloatVec::sub(FloatVec::load(st + jj * R + h), mx));
+                FloatVec::store(st + jj * R + h, p);
+                sum = FloatVec::add(sum, p);
+            }
+            const V alpha = vexp(FloatVec::sub(m_old, mx));
+            FloatVec::store(l + h, FloatVec::fma(FloatVec::load(l + h), alpha, sum));
+            FloatVec::store(m + h, mx);
+            for (size_t d = 0; d < D; ++d)
+                FloatVec::store(ot + d * R + h, FloatVec::mul(FloatVec::load(ot + d * R + h), alpha));
+        }
+
+        size_t d = 0;
+        for (; d + AK <= D; d += AK) attn_values<RV, AK>(vt + d, D, n, st, ot + d * R);
+        if (d < D) values_for[D - d - 1](vt + d, D, n, st, ot + d * R);
+    }
+    for (size_t r = 0; r < b.n_rows; ++r) {
+        const float inverse = 1.0f / l[r];
+        for (size_t d = 0; d < D; ++d) b.out[r][d] = ot[d * R + r] * inverse;
+    }
+}
+
+// One vector of rows where they fit in one (fewer lanes to fill), else two.
+template <class T, V (*Load)(const T*), float (*ToFloat)(T), size_t KD>
+void attend_block_sized(const AttentionBlock& b, float* scratch) {
+    if (b.n_rows <= W) return attend_block_rows<T, Load, ToFloat, KD, 1>(b, scratch);
+    attend_block_rows<T, Load, ToFloat, KD, 2>(b, scratch);
+}
+
+template <class T, V (*Load)(const T*), float (*ToFloat)(T)>
+void attend_block_typed(const AttentionBlock& b, float* scratch) {
+    switch (b.head_dim) {
+    case 64: return attend_block_sized<T, Load, ToFloat, 64>(b, scratch);
+    case 128: return attend_block_sized<T, Load, ToFloat, 128>(b, scratch);
+    case 256: return attend_block_sized<T, Load, ToFloat, 256>(b, scratch);
+    default: return attend_block_sized<T, Load, ToFloat, 0>(b, scratch);
+    }
+}
+
+void attend_block(const AttentionBlock& b, std::byte* scratch) {
+    float* f = reinterpret_cast<float*>(scratch);
+    if (b.type == KvType::F16) return attend_block_typed<uint16_t, FloatVec::load_f16, half_to_float>(b, f);
+    attend_block_typed<float, FloatVec::load, identity>(b, f);
+}
+
 // A plain loop, vectorized by the compiler for the table's instruction set. Compiled for baseline
 // x86-64 instead (SSE2), the same loop took ~100 us for a 49,152-float logits row inside twinfer on
 // the H100 machine's Xeon, between decode steps, against ~12 us under AVX2; why the SSE code is that

@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cmath>
 #include <limits>
@@ -186,6 +187,175 @@ TEST(OpsTest, CausalGroupedQueryAttention) {
                     ASSERT_NEAR(out[(t * n_head + h) * head_dim + i], o, 2e-6) << isa_name(isa) << " t=" << t << " h=" << h;
                 }
             }
+    }
+}
+
+// Float64 attention of query q (head_dim values) over key/value rows [first, end) of k and v
+// (row i at i * kv_stride), scaled by `scale`: the formula in compute/attention.hpp, plainly.
+std::vector<double> attention_f64(const float* q, const float* k, const float* v, size_t kv_stride, size_t first,
+                                  size_t end, size_t head_dim, double scale) {
+    std::vector<double> s(end - first), out(head_dim, 0.0);
+    double mx = -1e300, sum = 0;
+    for (size_t i = first; i < end; ++i) {
+        double d = 0;
+        for (size_t j = 0; j < head_dim; ++j) d += double(q[j]) * k[i * kv_stride + j];
+        mx = std::max(mx, s[i - first] = d * scale);
+    }
+    for (double& e : s) sum += e = std::exp(e - mx);
+    for (size_t i = first; i < end; ++i)
+        for (size_t j = 0; j < head_dim; ++j) out[j] += s[i - first] / sum * v[i * kv_stride + j];
+    return out;
+}
+
+// The prompt kernel alone: a block of query rows with ranges of keys of their own (some past the
+// first tiles, some inside one tile, one key alone, n_rows below the block's size), float32 and
+// float16 tables, every head size path (the 64/128/256 instances and the general one).
+TEST(OpsTest, AttendBlockKernelAgainstFloat64) {
+    for (CpuIsa isa : available_isas()) {
+        const cpu::Kernels& kern = cpu::kernels(isa);
+        for (size_t head_dim : {size_t{64}, size_t{128}, size_t{256}, size_t{40}}) {
+            const size_t kv_stride = 2 * head_dim + 8, n_keys = 150;
+            const auto k = gaussian(n_keys * kv_stride, 21), v = gaussian(n_keys * kv_stride, 22);
+            std::vector<uint16_t> k16(k.size()), v16(v.size());
+            std::vector<float> k_rounded(k.size()), v_rounded(v.size());
+            for (size_t i = 0; i < k.size(); ++i) {
+                k16[i] = fp32_to_fp16(k[i]), v16[i] = fp32_to_fp16(v[i]);
+                k_rounded[i] = fp16_to_fp32(k16[i]), v_rounded[i] = fp16_to_fp32(v16[i]);
+            }
+            for (size_t n_rows : {kern.attention_block_rows, kern.attention_block_rows - 1, size_t{1}}) {
+                const auto q = gaussian(n_rows * head_dim, 23, 2.0f);
+                std::vector<size_t> first(n_rows), end(n_rows);
+                std::mt19937 rng(24);
+                for (size_t r = 0; r < n_rows; ++r) {
+                    first[r] = rng() % 120;
+                    end[r] = first[r] + 1 + rng() % (n_keys - first[r]);
+                }
+                first[0] = 0, end[0] = n_keys;            // every tile
+                if (n_rows > 2) first[1] = 97, end[1] = 98;   // one key, in the third tile
+                std::vector<float> out(n_rows * head_dim, NAN);
+                std::vector<const float*> qs(n_rows);
+                std::vector<float*> outs(n_rows);
+                for (size_t r = 0; r < n_rows; ++r) qs[r] = q.data() + r * head_dim, outs[r] = out.data() + r * head_dim;
+                std::vector<std::byte> scratch(kern.attend_block_scratch_bytes(head_dim));
+                const float scale = 1.0f / std::sqrt(float(head_dim));
+                for (KvType type : {KvType::F32, KvType::F16}) {
+                    const bool f16 = type == KvType::F16;
+                    const cpu::AttentionBlock block{n_rows, qs.data(), outs.data(), first.data(), end.data(),
+                                                    f16 ? static_cast<const void*>(k16.data()) : k.data(),
+                                                    f16 ? static_cast<const void*>(v16.data()) : v.data(),
+                                                    type, kv_stride, head_dim, scale, 30};
+                    kern.attend_block(block, scratch.data());
+                    // Each row alone in a block: the same bits (a row's lane never mixes with the others).
+                    std::vector<float> alone(head_dim);
+                    for (size_t r = 0; r < n_rows; ++r) {
+                        float* alone_out = alone.data();
+                        cpu::AttentionBlock one = block;
+                        one.n_rows = 1, one.q = &qs[r], one.out = &alone_out, one.first = &first[r], one.end = &end[r];
+                        kern.attend_block(one, scratch.data());
+                        ASSERT_TRUE(std::equal(alone.begin(), alone.end(), out.begin() + r * head_dim))
+                            << isa_name(isa) << " " << kv_type_name(type) << " head_dim " << head_dim << " row " << r;
+                    }
+                    for (size_t r = 0; r < n_rows; ++r) {
+                        const auto want = attention_f64(q.data() + r * head_dim, (f16 ? k_rounded : k).data(),
+                                                        (f16 ? v_rounded : v).data(), kv_stride, first[r], end[r], head_dim, scale);
+                        for (size_t j = 0; j < head_dim; ++j)
+                            ASSERT_NEAR(out[r * head_dim + j], want[j], 2e-6)
+                                << isa_name(isa) << " " << kv_type_name(type) << " head_dim " << head_dim << " rows "
+                                << n_rows << " row " << r << " [" << first[r] << ", " << end[r] << ")";
+                    }
+                }
+            }
+        }
+    }
+}
+
+// Prompts through attention(): in blocks of query rows (a KV head's group of heads and several
+// tokens together), against float64 (the attention tests' 2e-6), against the same tokens one at a
+// time (the decode step's path; each within 2e-6 of float64, so within 4e-6 of each other), and
+// against the same prompt cut into calls (bitwise). Group sizes 1, 2, 3, 4, 8; head sizes 64,
+// 128, 256 and 40; a cache of both types; prompts from position 0 and continuing a cache; sliding
+// windows; a ring layer (rows p % ring and p % ring + ring) wide enough for whole blocks, and one
+// narrower (narrower blocks); sizes over the 48-key tiles' and the blocks' edges.
+TEST(OpsTest, PromptAttentionInBlocksMatchesRowsAndFloat64) {
+    struct Shape {
+        size_t n_head_kv, group, head_dim;
+    };
+    struct Case {
+        size_t tokens, first, window, ring;
+    };
+    const Shape shapes[] = {{2, 1, 64}, {2, 2, 64}, {3, 3, 64}, {2, 4, 64}, {1, 8, 64},
+                            {2, 3, 128}, {1, 4, 256}, {2, 2, 40}};
+    const Case cases[] = {{37, 0, 0, 0}, {70, 30, 0, 0}, {6, 91, 0, 0}, {50, 40, 20, 0}, {40, 60, 24, 64}, {20, 60, 24, 48}};
+    for (const Shape sh : shapes) {
+        const size_t n_head = sh.n_head_kv * sh.group, kv_stride = sh.n_head_kv * sh.head_dim;
+        for (const Case c : cases) {
+            const size_t n_kv = c.first + c.tokens;
+            AttentionShape shape{n_head, sh.n_head_kv, sh.head_dim, kv_stride, 1.0f / std::sqrt(float(sh.head_dim))};
+            shape.window = c.window, shape.ring = c.ring;
+            const auto q = gaussian(c.tokens * n_head * sh.head_dim, 31, 2.0f);
+            const auto k = gaussian(n_kv * kv_stride, 32), v = gaussian(n_kv * kv_stride, 33);
+            for (KvType type : {KvType::F32, KvType::F16}) {
+                // The values the cache holds (float16: rounded), in position order, for the reference.
+                std::vector<float> k_held = k, v_held = v;
+                if (type == KvType::F16)
+                    for (size_t i = 0; i < k.size(); ++i)
+                        k_held[i] = fp16_to_fp32(fp32_to_fp16(k[i])), v_held[i] = fp16_to_fp32(fp32_to_fp16(v[i]));
+                std::vector<std::vector<float>> want(c.tokens * n_head);
+                for (size_t t = 0; t < c.tokens; ++t) {
+                    const size_t n_seen = c.first + t + 1, from = c.window && n_seen > c.window ? n_seen - c.window : 0;
+                    for (size_t h = 0; h < n_head; ++h) {
+                        const size_t off = (h / sh.group) * sh.head_dim;
+                        const auto o = attention_f64(q.data() + (t * n_head + h) * sh.head_dim, k_held.data() + off,
+                                                     v_held.data() + off, kv_stride, from, n_seen, sh.head_dim, shape.scale);
+                        want[t * n_head + h].assign(o.begin(), o.end());
+                    }
+                }
+                for (CpuIsa isa : available_isas()) {
+                    Context ctx({.cpu_isa = isa});
+                    const size_t table_rows = c.ring ? 2 * c.ring : n_kv;
+                    std::vector<uint16_t> keys16(table_rows * kv_stride), values16(keys16.size());
+                    std::vector<float> keys32(keys16.size()), values32(keys16.size());
+                    const CacheRows keys = type == KvType::F16 ? CacheRows(keys16.data(), type) : CacheRows(keys32.data());
+                    const CacheRows values = type == KvType::F16 ? CacheRows(values16.data(), type) : CacheRows(values32.data());
+                    if (c.ring) {
+                        store_ring(ctx, k.data(), n_kv, kv_stride, keys, 0, nullptr, c.ring);
+                        store_ring(ctx, v.data(), n_kv, kv_stride, values, 0, nullptr, c.ring);
+                    } else {
+                        store_rows(ctx, k.data(), n_kv, kv_stride, keys, 0);
+                        store_rows(ctx, v.data(), n_kv, kv_stride, values, 0);
+                    }
+                    std::vector<float> got(q.size(), NAN), rows(q.size(), NAN), chunked(q.size(), NAN);
+                    attention(ctx, q.data(), keys, values, c.tokens, c.first, shape, got.data());
+                    for (size_t t = 0; t < c.tokens; ++t) {
+                        const size_t at = t * n_head * sh.head_dim;
+                        attention(ctx, q.data() + at, keys, values, 1, c.first + t, shape, rows.data() + at);
+                    }
+                    // The same prompt cut into calls of 1, 5, 17, 1, 5, 17, ... tokens (as a server
+                    // pass may cut it): the same bits, every row (a lone prompt row included).
+                    for (size_t t = 0, part = 0; t < c.tokens; ++part) {
+                        const size_t n = std::min(c.tokens - t, std::array<size_t, 3>{1, 5, 17}[part % 3]);
+                        const size_t at = t * n_head * sh.head_dim;
+                        attention(ctx, q.data() + at, keys, values, n, c.first + t, shape, chunked.data() + at,
+                                  AttentionRows::Prompt);
+                        t += n;
+                    }
+                    EXPECT_EQ(chunked, got) << isa_name(isa) << " " << kv_type_name(type) << " group " << sh.group
+                                            << " head_dim " << sh.head_dim << ", " << c.tokens << " tokens after "
+                                            << c.first << ", window " << c.window << ", ring " << c.ring;
+                    for (size_t t = 0; t < c.tokens; ++t)
+                        for (size_t h = 0; h < n_head; ++h)
+                            for (size_t j = 0; j < sh.head_dim; ++j) {
+                                const size_t i = (t * n_head + h) * sh.head_dim + j;
+                                ASSERT_NEAR(got[i], want[t * n_head + h][j], 2e-6)
+                                    << isa_name(isa) << " " << kv_type_name(type) << " group " << sh.group << " head_dim "
+                                    << sh.head_dim << ", " << c.tokens << " tokens after " << c.first << ", window "
+                                    << c.window << ", ring " << c.ring << ": token " << t << " head " << h;
+                                ASSERT_NEAR(got[i], rows[i], 4e-6) << "against rows at a time: " << isa_name(isa) << " "
+                                                                   << kv_type_name(type) << " group " << sh.group << " token " << t;
+                            }
+                }
+            }
+        }
     }
 }
 
