@@ -309,7 +309,8 @@ void HttpServer::respond_whole(const httplib::Request& req, httplib::Response& r
         }
     }
     for (const ChoiceResult& r : results) {
-        if (r.finish == FinishReason::Timeout || r.finish == FinishReason::Error) throw finish_error(*r.finish, r.error);
+        if (r.finish == FinishReason::Timeout || r.finish == FinishReason::Error || r.finish == FinishReason::OutOfMemory)
+            throw finish_error(*r.finish, r.error);
         if (r.finish == FinishReason::Cancelled) throw ApiError(503, "the server is shutting down", "server_error", "", "shutting_down");
     }
     send_json(res, completion_response(request, header, results, engine_->tokenizer()));
@@ -341,7 +342,8 @@ void HttpServer::respond_stream(httplib::Response& res, const std::shared_ptr<co
             const auto send = [&](const json& value) { out += "data: " + dump(value) + "\n\n"; };
             for (SequenceEvent& e : events) {
                 if (e.finish) ++state->finished;
-                if (e.finish == FinishReason::Timeout || e.finish == FinishReason::Error || e.finish == FinishReason::Cancelled) {
+                if (e.finish == FinishReason::Timeout || e.finish == FinishReason::Error || e.finish == FinishReason::OutOfMemory ||
+                    e.finish == FinishReason::Cancelled) {
                     // The status line is sent: the error travels as an event, as llama-server does.
                     send(error_body(e.finish == FinishReason::Cancelled ? ApiError(503, "the server is shutting down", "server_error", "", "shutting_down")
                                                                          : finish_error(*e.finish, e.error)));

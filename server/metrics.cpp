@@ -57,6 +57,8 @@ std::string Metrics::prometheus() const {
     metric(out, "twinfer_sequences_failed_total", "counter", "Sequences ended by an error.", double(sequences_failed));
     metric(out, "twinfer_steps_total", "counter", "Batched forward passes.", double(steps));
     metric(out, "twinfer_step_rows_total", "counter", "Rows (tokens) over all batched passes.", double(step_rows));
+    metric(out, "twinfer_steps_out_of_memory_total", "counter", "Batched passes that ran out of memory and were run again in smaller parts.",
+           double(steps_out_of_memory));
     metric(out, "twinfer_queue_depth", "gauge", "Sequences waiting for a KV slot.", double(queue_depth));
     metric(out, "twinfer_sequences_running", "gauge", "Sequences holding a KV slot.", double(running));
     metric(out, "twinfer_kv_positions_used", "gauge", "KV-cache positions held by running sequences.", double(kv_positions_used));

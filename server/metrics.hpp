@@ -25,6 +25,7 @@ public:
     std::atomic<uint64_t> sequences_failed{0};
     std::atomic<uint64_t> steps{0};                    // batched passes
     std::atomic<uint64_t> step_rows{0};                // rows over all passes
+    std::atomic<uint64_t> steps_out_of_memory{0};      // passes that ran out of memory (run again in parts)
     // Gauges.
     std::atomic<uint64_t> queue_depth{0};              // sequences waiting for a slot
     std::atomic<uint64_t> running{0};                  // sequences holding a slot

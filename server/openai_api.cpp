@@ -646,6 +646,9 @@ json usage_chunk(const GenerationRequest& request, const ResponseHeader& header,
 
 ApiError finish_error(FinishReason reason, const std::string& message) {
     if (reason == FinishReason::Timeout) return ApiError(504, message, "timeout_error", "", "timeout");
+    // 503, not 500: the server lacks the memory for this request (its one token ran alone), it
+    // did not break, and goes on serving others; the request may fit on a replica with more memory.
+    if (reason == FinishReason::OutOfMemory) return ApiError(503, message, "server_error", "", "out_of_memory");
     return ApiError(500, message.empty() ? "the request was cancelled" : message, "server_error", "", "internal_error");
 }
 

@@ -93,7 +93,8 @@ std::vector<json> stream_chunks(const GenerationRequest& request, const Response
 json usage_chunk(const GenerationRequest& request, const ResponseHeader& header, const std::vector<ChoiceResult>& choices);
 json usage_object(const GenerationRequest& request, const std::vector<ChoiceResult>& choices);
 
-// FinishReason::Timeout / Error as the ApiError a client gets (504 / 500).
+// FinishReason::Timeout / Error / OutOfMemory as the ApiError a client gets (504 / 500 / 503,
+// code "out_of_memory").
 ApiError finish_error(FinishReason reason, const std::string& message);
 
 // json::dump that replaces invalid UTF-8 (a token's piece may be part of a character) instead of

@@ -17,6 +17,7 @@ std::string_view finish_reason_name(FinishReason reason) {
     case FinishReason::Cancelled: return "cancelled";
     case FinishReason::Timeout: return "timeout";
     case FinishReason::Error: return "error";
+    case FinishReason::OutOfMemory: return "error";
     }
     return "?";
 }
@@ -183,46 +184,97 @@ void Scheduler::drop_finished_and_cancelled() {
 void Scheduler::step() {
     // Decode rows first (RowProducts::Single rows must come before Tiled ones), then prompt rows
     // up to the chunk, oldest sequence first.
-    std::vector<SlotToken> rows;
-    struct Part {
-        Sequence* sequence;
-        size_t n_rows;
-        bool logits;
-    };
     std::vector<Part> parts;
     for (auto& s : running_)
-        if (s->decoding) {
-            rows.push_back({.slot = s->slot, .token = s->next_token, .logits = true, .products = options_.decode_products});
-            parts.push_back({s.get(), 1, true});
-        }
+        if (s->decoding) parts.push_back({s.get(), 1});
     size_t budget = options_.prompt_chunk;
     for (auto& s : running_) {
         if (s->decoding || budget == 0) continue;
         size_t n = std::min(budget, s->params.prompt.size() - s->fed);
         if (model_.max_run_rows()) n = std::min(n, model_.max_run_rows());
-        for (size_t i = 0; i < n; ++i) {
-            const size_t position = s->fed + i;
-            rows.push_back({.slot = s->slot,
-                            .token = s->params.prompt[position],
-                            .logits = position + 1 == s->params.prompt.size(),
-                            .products = RowProducts::Tiled});
-        }
-        parts.push_back({s.get(), n, s->fed + n == s->params.prompt.size()});
+        parts.push_back({s.get(), n});
         budget -= n;
     }
-    if (rows.empty()) return;
+    if (!parts.empty()) run_parts(parts);
+}
 
+void Scheduler::run_parts(std::span<const Part> all_parts) {
+    // A sequence ended by an earlier part of the same step (its prompt's first half found no
+    // memory) has nothing left to run.
+    std::vector<Part> parts;
+    for (const Part& part : all_parts)
+        if (!part.sequence->done) parts.push_back(part);
+    if (parts.empty()) return;
+
+    std::vector<SlotToken> rows;
+    std::vector<size_t> lengths;   // each part's slot length before the pass
+    for (const Part& part : parts) {
+        const Sequence& s = *part.sequence;
+        lengths.push_back(model_.slot_length(s.slot));
+        if (s.decoding) {
+            rows.push_back({.slot = s.slot, .token = s.next_token, .logits = true, .products = options_.decode_products});
+            continue;
+        }
+        for (size_t i = 0; i < part.n_rows; ++i) {
+            const size_t position = s.fed + i;
+            rows.push_back({.slot = s.slot,
+                            .token = s.params.prompt[position],
+                            .logits = position + 1 == s.params.prompt.size(),
+                            .products = RowProducts::Tiled});
+        }
+    }
+
+    // The cache of these slots may hold partial rows, and a failed pass may have written rows
+    // past a slot's length into a sliding-window ring (overwriting positions a shorter prefix
+    // would need): forget what they held.
+    const auto fail = [&](const Part& part, FinishReason reason, const std::string& error) {
+        slots_.forget(part.sequence->slot);
+        model_.truncate_slot(part.sequence->slot, 0);
+        metrics_.sequences_failed += 1;
+        finish(*part.sequence, reason, error);
+    };
     Logits logits;
     try {
+        if (options_.before_pass) options_.before_pass(rows);
         logits = model_.forward_rows(rows, options_.decode_products);
-    } catch (const std::exception& e) {
-        // The cache of these slots may hold partial rows: forget what they held.
-        for (const Part& part : parts) {
-            slots_.forget(part.sequence->slot);
-            model_.truncate_slot(part.sequence->slot, 0);
-            metrics_.sequences_failed += 1;
-            finish(*part.sequence, FinishReason::Error, std::string("the model failed: ") + e.what());
+    } catch (const std::bad_alloc& e) {
+        metrics_.steps_out_of_memory += 1;
+        // Back to the lengths before the pass: positions it wrote past them are overwritten by
+        // the retry (a model without its own batched pass commits slot by slot, hence the cut).
+        std::vector<Part> restored;
+        for (size_t i = 0; i < parts.size(); ++i) {
+            const size_t slot = parts[i].sequence->slot;
+            if (model_.slot_length(slot) != lengths[i] && model_.reusable_prefix(slot, lengths[i]) != lengths[i]) {
+                fail(parts[i], FinishReason::Error, std::string("the model ran out of memory and its cache could not be restored: ") + e.what());
+                continue;
+            }
+            model_.truncate_slot(slot, lengths[i]);
+            restored.push_back(parts[i]);
         }
+        if (rows.size() == 1) {
+            const Sequence& s = *parts.front().sequence;
+            for (const Part& part : restored)
+                fail(part, FinishReason::OutOfMemory,
+                     "out of memory: even a step of this sequence's single next token (position " +
+                         std::to_string(model_.slot_length(s.slot)) + ") does not fit: " + e.what());
+            return;
+        }
+        if (restored.size() > 1) {
+            // Half the sequences, then the other half.
+            const size_t half = restored.size() / 2;
+            run_parts(std::span(restored).first(half));
+            run_parts(std::span(restored).subspan(half));
+        } else if (restored.size() == 1) {
+            // One sequence's prompt chunk: its first half, then the rest from where that left off.
+            const Part part = restored.front();
+            const Part first{part.sequence, part.n_rows / 2};
+            const Part rest{part.sequence, part.n_rows - first.n_rows};
+            run_parts(std::span(&first, 1));
+            run_parts(std::span(&rest, 1));
+        }
+        return;
+    } catch (const std::exception& e) {
+        for (const Part& part : parts) fail(part, FinishReason::Error, std::string("the model failed: ") + e.what());
         return;
     }
     metrics_.steps += 1;
@@ -231,6 +283,7 @@ void Scheduler::step() {
     size_t logits_row = 0;
     for (const Part& part : parts) {
         Sequence& s = *part.sequence;
+        const bool has_logits = s.decoding || s.fed + part.n_rows == s.params.prompt.size();
         if (s.decoding) {
             // Tiled decode rows compute as prompt rows do: a later prompt may reuse them.
             if (options_.decode_products == RowProducts::Tiled) slots_.append_reusable(s.slot, std::span(&s.next_token, 1));
@@ -238,9 +291,9 @@ void Scheduler::step() {
             slots_.append_reusable(s.slot, std::span(s.params.prompt).subspan(s.fed, part.n_rows));
             s.fed += part.n_rows;
             metrics_.prompt_tokens_computed += part.n_rows;
-            if (part.logits && options_.decode_products == RowProducts::Single) slots_.end_reusable(s.slot);
+            if (has_logits && options_.decode_products == RowProducts::Single) slots_.end_reusable(s.slot);
         }
-        if (part.logits) advance(s, logits.row(logits_row++));
+        if (has_logits) advance(s, logits.row(logits_row++));
     }
 }
 

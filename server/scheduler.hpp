@@ -8,11 +8,21 @@
 // (oldest first), so that a long prompt is read between decode steps instead of stalling them.
 // A sequence queued while a step runs joins at the next one. A finished or cancelled sequence
 // frees its KV slot at once; the slot keeps its tokens for prefix reuse (SlotTable).
+//
+// A step that runs out of memory (a std::bad_alloc: compute::OutOfMemory from the device, the
+// host, or the model's activation limit) is run again in smaller parts: its sequences in two
+// halves, one sequence's prompt chunk in two halves, down to one token of one sequence. Each
+// slot's KV cache is first cut back to its length before the failed pass, so nothing it
+// half-wrote counts, and rows never depend on the other rows of their pass: every sequence
+// produces exactly the ids it would have. Only a sequence whose single token still does not fit
+// ends, with FinishReason::OutOfMemory; the others go on. Any other exception ends every
+// sequence of the failed pass (FinishReason::Error) and forgets what their slots held.
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -51,7 +61,8 @@ struct TokenLogprob {
     double logprob = 0;
 };
 
-enum class FinishReason { Stop, Length, Cancelled, Timeout, Error };
+// OutOfMemory: even one token of the sequence did not fit in memory (the server answers 503).
+enum class FinishReason { Stop, Length, Cancelled, Timeout, Error, OutOfMemory };
 
 // What the scheduler tells a request, choice by choice.
 struct SequenceEvent {
@@ -64,7 +75,7 @@ struct SequenceEvent {
     std::vector<TokenLogprob> top_logprobs = {};
     // The end of the choice (no token then, maybe text: what was held back).
     std::optional<FinishReason> finish = {};
-    std::string error = {};               // FinishReason::Error and Timeout: why
+    std::string error = {};               // FinishReason::Error, OutOfMemory and Timeout: why
     size_t prompt_tokens = 0;           // with finish: the prompt's length,
     size_t cached_tokens = 0;           // the part of it reused from a slot,
     size_t completion_tokens = 0;       // the tokens generated
@@ -100,6 +111,11 @@ struct SchedulerOptions {
     // (fastest for a few streams); Tiled, all rows of a step in one product (faster from about
     // eight streams on). Prompt rows are always Tiled; either way rows never depend on each other.
     RowProducts decode_products = RowProducts::Single;
+    // Called with a pass's rows just before the model runs them; what it throws fails the pass as
+    // the model's own exception would (compute::OutOfMemory: the step is retried in smaller
+    // parts). Empty in `twinfer serve`: tests inject faults through it
+    // (tests/server/out_of_memory_test.cpp).
+    std::function<void(std::span<const SlotToken> rows)> before_pass = {};
 };
 
 class Scheduler {
@@ -122,10 +138,18 @@ public:
 
 private:
     struct Sequence;
+    // One sequence's share of a step: its next token (decoding), or its next n_rows prompt tokens.
+    struct Part {
+        Sequence* sequence;
+        size_t n_rows;
+    };
     void run();
     void admit_waiting();
     void drop_finished_and_cancelled();
     void step();
+    // One pass over the parts (those whose sequence is not done), in smaller passes when it runs
+    // out of memory.
+    void run_parts(std::span<const Part> parts);
     // Samples the sequence's next token from its logits row, emits it, and finishes the sequence
     // on a stop condition.
     void advance(Sequence& sequence, std::span<const double> logits);
