@@ -6,12 +6,13 @@
 // blocks (flash-decoding); the last block of a group to finish merges the group's partial results,
 // found by a counter per group, so a decoding step spends one launch on attention, not two.
 //
-// Prompts of min_gemm_tokens or more take three steps instead: the scores of every head by a cuBLAS
-// float32 batched product (S = scale Q K^T), a causal softmax over each row of S, and O = P V by
-// cuBLAS again. The kernel above re-reads each key and value once per 8 (token, head) rows from
-// L2, in scalar float32, and was 16% of a 7B model's prompt time; the products run at the float32
-// units' rate, and S (at most attention_scores_budget bytes, queries taken in chunks) stays in L2
-// or DRAM. Float32 throughout: no tensor-core rounding.
+// Prompts of min_gemm_tokens or more over a float16 cache go to the tensor cores
+// (flash_attention.cu); over a float32 cache they take three steps instead: the scores of every
+// head by a cuBLAS float32 batched product (S = scale Q K^T), a causal softmax over each row of S,
+// and O = P V by cuBLAS again. The kernel above re-reads each key and value once per 8 (token,
+// head) rows from L2, in scalar float32, and was 16% of a 7B model's prompt time; the products run
+// at the float32 units' rate, and S (at most attention_scores_budget bytes, queries taken in
+// chunks) stays in L2 or DRAM. Float32 throughout: no tensor-core rounding for a float32 cache.
 #include <algorithm>
 #include <cfloat>
 #include <climits>

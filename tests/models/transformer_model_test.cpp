@@ -246,6 +246,34 @@ TEST_P(EveryArchitecture, Float16CacheStaysWithinItsBudget) {
 #endif
 }
 
+// A float16 cache at a longer context on the GPU, where its tensor-core kernels take over (heads of
+// 64, a prompt of 16 tokens or more: flash_attention.cu; decoding from 1,024 positions: the
+// long-cache decoding kernel, inside the captured step): every row within the cache's budget of the
+// float64 reference, as on the CPU.
+TEST(TransformerModelCuda, Float16CacheAtLongContextStaysWithinItsBudget) {
+#ifdef TWINFER_WITH_CUDA
+    if (compute::cuda::device_count() == 0) GTEST_SKIP() << "no CUDA GPU: " << compute::cuda::describe_device();
+#else
+    GTEST_SKIP() << "built without the CUDA backend (TWINFER_CUDA=OFF)";
+#endif
+    const RandomArch a{.arch = "qwen3", .qk_norm = true, .n_head = 4, .n_head_kv = 2, .head_dim = 64, .n_rot = 64};
+    const auto file = random_model(a);
+    const std::vector<Token> ids = random_ids(1100, 17);
+    const size_t n_prompt = 1030;   // the decode steps then read 1,031 positions and more
+    const Logits expected = GPTModel::from_gguf(*file, 2048).forward(ids, LogitsMode::All);
+    TransformerModel model = TransformerModel::load(file, {.n_ctx = 2048, .device = compute::Device::CUDA,
+                                                           .activations = compute::Activations::Float32,
+                                                           .cache_type = compute::KvType::F16});
+    const Logits prompt = model.forward(std::span(ids).first(n_prompt), LogitsMode::All);
+    double worst = 0;
+    for (size_t t = 0; t < n_prompt; ++t) worst = std::max(worst, test::relative_error(prompt.row(t), expected.row(t)));
+    EXPECT_LT(worst, test::kFloat16CacheTolerance) << "prompt";
+    worst = 0;
+    for (size_t t = n_prompt; t < ids.size(); ++t)
+        worst = std::max(worst, test::relative_error(model.forward(std::span(ids).subspan(t, 1)).row(0), expected.row(t)));
+    EXPECT_LT(worst, test::kFloat16CacheTolerance) << "decode steps";
+}
+
 // The server's batched pass (forward_rows): two sequences' prompts in one pass, then their decode
 // steps side by side; each sequence's logits bitwise those of the same sequence alone.
 TEST_P(EveryArchitecture, BatchedRowsEqualEachSequenceAlone) {
