@@ -201,9 +201,10 @@ void F32LlamaModel::enqueue_rows(const RowBatch& batch) {
         const compute::RmsNorm ffn_norm{L.ffn_norm.data(), eps, xn};
         const compute::MatmulOutput gate_up[] = {{L.w_gate, gate}, {L.w_up, up}};
         products(gate_up, x, &ffn_norm);
-        // Row by row: an elementwise kernel's vector/tail split must not depend on the row count.
-        for (size_t r = 0; r < N; ++r)
-            compute::swiglu(ctx_, gate + r * c.n_ff, up + r * c.n_ff, c.n_ff, gate + r * c.n_ff);   // gate: [N, F]
+        // A row's values must not depend on the row count (each_row).
+        each_row(ctx_, N, c.n_ff, [&](size_t first, size_t n) {                          // gate: [N, F]
+            compute::swiglu(ctx_, gate + first, up + first, n, gate + first);
+        });
         const compute::MatmulOutput down{L.w_down, x, /*accumulate=*/true};
         products(std::span(&down, 1), gate, nullptr);                                // x += W_down gate
         observe(ctx_, observer_, "l_out", il, x, N * E);

@@ -354,8 +354,7 @@ void TransformerModel::enqueue_pass(const RowBatch& batch, const int32_t* device
         compute::softcap(ctx_, logits, n_logits * c.n_vocab, static_cast<float>(spec.final_logit_softcap));
 }
 
-// The activations run row by row: an elementwise kernel's vector/tail split must not depend on
-// how many rows a pass holds (a row's values must not depend on the other rows).
+// The activations run as each_row says: a row's values must not depend on the other rows.
 void TransformerModel::feed_forward(const Layer& L, const float* h, const compute::RmsNorm* norm, size_t N, size_t n_single,
                                     float* y, bool accumulate) {
     const ModelConfig& c = config_;
@@ -366,18 +365,18 @@ void TransformerModel::feed_forward(const Layer& L, const float* h, const comput
     if (kind == FeedForwardKind::SwiGLU || kind == FeedForwardKind::GeGLU) {
         const compute::MatmulOutput outputs[] = {{L.w_gate, gate}, {L.w_up, up}};
         products(outputs, h, n_single, N - n_single, norm);
-        for (size_t r = 0; r < N; ++r) {
-            if (kind == FeedForwardKind::SwiGLU) compute::swiglu(ctx_, gate + r * F, up + r * F, F, gate + r * F);
-            else compute::geglu(ctx_, gate + r * F, up + r * F, F, gate + r * F);
-        }
+        each_row(ctx_, N, F, [&](size_t first, size_t n) {
+            if (kind == FeedForwardKind::SwiGLU) compute::swiglu(ctx_, gate + first, up + first, n, gate + first);
+            else compute::geglu(ctx_, gate + first, up + first, n, gate + first);
+        });
     } else {
         const compute::MatmulOutput output{L.w_up, gate};
         products(std::span(&output, 1), h, n_single, N - n_single, norm);
         if (!L.b_up.empty()) compute::add_bias(ctx_, gate, L.b_up.data(), N, F);
-        for (size_t r = 0; r < N; ++r) {
-            if (kind == FeedForwardKind::GeluTanh) compute::gelu(ctx_, gate + r * F, F);
-            else compute::gelu_erf(ctx_, gate + r * F, F);
-        }
+        each_row(ctx_, N, F, [&](size_t first, size_t n) {
+            if (kind == FeedForwardKind::GeluTanh) compute::gelu(ctx_, gate + first, n);
+            else compute::gelu_erf(ctx_, gate + first, n);
+        });
     }
     const compute::MatmulOutput down{L.w_down, y, accumulate};
     products(std::span(&down, 1), gate, n_single, N - n_single);

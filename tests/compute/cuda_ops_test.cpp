@@ -585,6 +585,40 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaAttention,
                                            AttentionCase{12, 4, 128, 1, 1500},  // groups of 3, rounded up to 4
                                            AttentionCase{32, 2, 64, 1, 1500})); // groups of 16: the per-head kernel
 
+// Sliding windows over a prompt, against the CPU: a prompt within the window's first positions
+// (causal attention: the prompt kernels), one the window cuts (windowed_attention_kernel), on a
+// plain table and on a ring (position p at rows p % ring and p % ring + ring).
+TEST_F(CudaOps, WindowedPromptMatchesCpu) {
+    struct Case {
+        size_t n_head, n_head_kv, head_dim, n_tokens, first_position, window, ring;
+    };
+    for (const Case& c : {Case{4, 1, 256, 40, 0, 64, 0},       // Gemma 3's heads, within the window
+                          Case{4, 1, 256, 40, 30, 64, 0},      // the window cuts rows
+                          Case{4, 1, 256, 48, 16, 64, 127},    // a ring, within the window
+                          Case{4, 1, 256, 48, 40, 64, 127},    // a ring, cut
+                          Case{8, 2, 64, 20, 4, 32, 0},        // heads of 64 (float16: the tensor cores)
+                          Case{8, 2, 64, 20, 20, 32, 63}}) {   // the same, cut, on a ring
+        SCOPED_TRACE(testing::Message() << "tokens " << c.n_tokens << " from " << c.first_position << ", window "
+                                        << c.window << ", ring " << c.ring << ", head_dim " << c.head_dim);
+        AttentionShape shape{c.n_head, c.n_head_kv, c.head_dim, c.n_head_kv * c.head_dim, 1.0f / std::sqrt(float(c.head_dim)),
+                             c.window, c.ring};
+        const size_t n_rows = c.ring ? 2 * c.ring : c.first_position + c.n_tokens;
+        const auto q = random(c.n_tokens * c.n_head * c.head_dim, 2.0f);
+        const auto keys = random(n_rows * shape.kv_stride, 2.0f), values = random(n_rows * shape.kv_stride);
+        for (KvType type : {KvType::F32, KvType::F16}) {
+            SCOPED_TRACE(kv_type_name(type));
+            std::vector<float> want(q.size());
+            attention(cpu, q.data(), cache_table(keys, type, false), cache_table(values, type, false), c.n_tokens,
+                      c.first_position, shape, want.data());
+            float* out = poisoned(q.size());
+            attention(*gpu, to_device(q), cache_table(keys, type, true), cache_table(values, type, true), c.n_tokens,
+                      c.first_position, shape, out);
+            EXPECT_LT(l2_relative_error(to_host(out, q.size()), want),
+                      type == KvType::F16 ? flash_attention_tolerance : float_tolerance);
+        }
+    }
+}
+
 TEST_F(CudaOps, Elementwise) {
     const size_t n_rows = 3, n = 1000;
     const auto a = random(n_rows * n), b = random(n_rows * n), bias = random(n);

@@ -190,6 +190,33 @@ TEST(OpsTest, CausalGroupedQueryAttention) {
     }
 }
 
+// A prompt that ends within a sliding window's first positions attends as causal attention does,
+// over a plain table and over a ring (positions below the ring's size sit at their own rows): the
+// CUDA backend hands such prompts to its causal prompt kernels on that ground.
+TEST(OpsTest, WindowNotYetReachedIsCausalAttention) {
+    const size_t n_head = 4, n_head_kv = 1, head_dim = 64, kv_stride = 64, window = 32;
+    for (size_t ring : {size_t{0}, size_t{47}}) {
+        // {20, 13}: the last row's window starts at position 1, so there the two differ.
+        for (auto [tokens, first] : {std::pair<size_t, size_t>{32, 0}, {20, 12}, {1, 31}, {20, 13}}) {
+            const size_t n_rows = ring ? 2 * ring : first + tokens;
+            const auto q = gaussian(tokens * n_head * head_dim, 8);
+            const auto k = gaussian(n_rows * kv_stride, 9), v = gaussian(n_rows * kv_stride, 10);
+            const AttentionShape causal{n_head, n_head_kv, head_dim, kv_stride, 0.125f};
+            AttentionShape windowed = causal;
+            windowed.window = window;
+            windowed.ring = ring;
+            Context ctx({.cpu_isa = available_isas().back()});
+            std::vector<float> want(q.size()), got(q.size());
+            attention(ctx, q.data(), k.data(), v.data(), tokens, first, causal, want.data());
+            attention(ctx, q.data(), k.data(), v.data(), tokens, first, windowed, got.data());
+            float worst = 0.0f;
+            for (size_t i = 0; i < got.size(); ++i) worst = std::max(worst, std::fabs(got[i] - want[i]) / (1.0f + std::fabs(want[i])));
+            if (first + tokens <= window) EXPECT_LT(worst, 1e-5f) << "ring " << ring << ", " << tokens << " tokens from " << first;
+            else EXPECT_GT(worst, 1e-3f) << "ring " << ring << ": the window cuts the last row";
+        }
+    }
+}
+
 // Float64 attention of query q (head_dim values) over key/value rows [first, end) of k and v
 // (row i at i * kv_stride), scaled by `scale`: the formula in compute/attention.hpp, plainly.
 std::vector<double> attention_f64(const float* q, const float* k, const float* v, size_t kv_stride, size_t first,
