@@ -167,35 +167,55 @@ SchedulerOptions failing_on(Token poison, SchedulerOptions options) {
 
 const std::string kDoomed = "Zebras sing xylophone songs";
 
+// Three requests submitted at once with kDoomed, whose token `poison` (in no other request's ids)
+// makes every pass holding it throw Exception; a scheduler of four slots, kept for the next
+// requests. alone: served[i]'s ids when served alone (served: the three, then the next request).
+struct BesideTheDoomed {
+    std::vector<std::string> others, served;
+    std::vector<std::vector<Token>> alone;
+    InferenceEngine engine;
+    Metrics metrics;
+    std::unique_ptr<Scheduler> scheduler;
+    std::vector<Outcome> outcomes;   // the three others', then the doomed one's
+
+    template <class Exception>
+    static std::unique_ptr<BesideTheDoomed> run() {
+        auto b = std::unique_ptr<BesideTheDoomed>(new BesideTheDoomed{
+            {kTexts.begin(), kTexts.begin() + 3}, {kTexts.begin(), kTexts.begin() + 4}, {}, load_stories(), {}, {}, {}});
+        const SchedulerOptions plain{.n_slots = 4};
+        b->alone = ids_alone(b->served, plain);
+        const Token poison = token_only_in(b->engine, kDoomed, b->served, b->alone);
+        b->scheduler = std::make_unique<Scheduler>(b->engine, failing_on<Exception>(poison, plain), b->metrics);
+        std::vector<SequenceParams> choices;
+        for (const std::string& text : b->others) choices.push_back(greedy(b->engine, text));
+        choices.push_back(greedy(b->engine, kDoomed));
+        b->outcomes = collect(*b->scheduler->submit(std::move(choices)), 4);   // all four in the first pass
+        return b;
+    }
+    // The request after them, served as it is alone.
+    void expect_next_served() {
+        const auto next = collect(*scheduler->submit({greedy(engine, kTexts[3])}), 1);
+        EXPECT_EQ(next[0].finish, FinishReason::Length) << next[0].error;
+        EXPECT_EQ(next[0].ids, alone[3]);
+    }
+};
+
 // One sequence's single token never fits: that sequence ends with OutOfMemory (a 503 naming out of
 // memory), the three beside it in the same steps get their ids alone, and so does the next request.
 TEST(ServerOutOfMemoryOneToken, OnlyTheSequenceThatCannotFitEndsAndTheServerGoesOn) {
     TWINFER_REQUIRE_FILE(stories());
-    const std::vector<std::string> others(kTexts.begin(), kTexts.begin() + 3);   // beside the doomed one
-    const std::vector<std::string> served(kTexts.begin(), kTexts.begin() + 4);   // and kTexts[3] after it
-    const SchedulerOptions plain{.n_slots = 4};
-    const auto alone = ids_alone(served, plain);
-
-    InferenceEngine engine = load_stories();
-    const Token poison = token_only_in(engine, kDoomed, served, alone);
-    Metrics metrics;
-    Scheduler scheduler(engine, failing_on<compute::OutOfMemory>(poison, plain), metrics);
-    std::vector<SequenceParams> choices;
-    for (const std::string& text : others) choices.push_back(greedy(engine, text));
-    choices.push_back(greedy(engine, kDoomed));
-    const auto outcomes = collect(*scheduler.submit(std::move(choices)), 4);
-
-    for (size_t i = 0; i < others.size(); ++i) {
-        EXPECT_EQ(outcomes[i].finish, FinishReason::Length) << others[i] << ": " << outcomes[i].error;
-        EXPECT_EQ(outcomes[i].ids, alone[i]) << others[i];
+    const auto b = BesideTheDoomed::run<compute::OutOfMemory>();
+    for (size_t i = 0; i < b->others.size(); ++i) {
+        EXPECT_EQ(b->outcomes[i].finish, FinishReason::Length) << b->others[i] << ": " << b->outcomes[i].error;
+        EXPECT_EQ(b->outcomes[i].ids, b->alone[i]) << b->others[i];
     }
-    const Outcome& doomed = outcomes[3];
+    const Outcome& doomed = b->outcomes[3];
     EXPECT_EQ(doomed.finish, FinishReason::OutOfMemory) << doomed.error;
     EXPECT_TRUE(doomed.ids.empty());
     EXPECT_NE(doomed.error.find("out of memory: even a step of this sequence's single next token"), std::string::npos) << doomed.error;
     EXPECT_NE(doomed.error.find("test fault: no memory"), std::string::npos) << doomed.error;
-    EXPECT_EQ(metrics.sequences_failed, 1u);
-    EXPECT_GT(metrics.steps_out_of_memory, 0u);
+    EXPECT_EQ(b->metrics.sequences_failed, 1u);
+    EXPECT_GT(b->metrics.steps_out_of_memory, 0u);
 
     // What a client gets: 503, code out_of_memory, the message as the scheduler wrote it.
     const ApiError api = finish_error(FinishReason::OutOfMemory, doomed.error);
@@ -205,40 +225,21 @@ TEST(ServerOutOfMemoryOneToken, OnlyTheSequenceThatCannotFitEndsAndTheServerGoes
     EXPECT_EQ(std::string(api.what()), doomed.error);
 
     // The next request is served, into whichever slot, the doomed one's included.
-    for (int i = 0; i < 2; ++i) {
-        const auto next = collect(*scheduler.submit({greedy(engine, kTexts[3])}), 1);
-        EXPECT_EQ(next[0].finish, FinishReason::Length) << next[0].error;
-        EXPECT_EQ(next[0].ids, alone[3]);
-    }
+    for (int i = 0; i < 2; ++i) b->expect_next_served();
 }
 
 // Any other exception keeps its behaviour: every sequence of the failed pass ends with Error ("the
 // model failed"), nothing is retried, and the next request is served.
 TEST(ServerOutOfMemoryOneToken, OtherErrorsFailTheWholePass) {
     TWINFER_REQUIRE_FILE(stories());
-    const std::vector<std::string> others(kTexts.begin(), kTexts.begin() + 3);   // beside the doomed one
-    const std::vector<std::string> served(kTexts.begin(), kTexts.begin() + 4);   // and kTexts[3] after it
-    const SchedulerOptions plain{.n_slots = 4};
-    const auto alone = ids_alone(served, plain);
-
-    InferenceEngine engine = load_stories();
-    const Token poison = token_only_in(engine, kDoomed, served, alone);
-    Metrics metrics;
-    Scheduler scheduler(engine, failing_on<std::runtime_error>(poison, plain), metrics);
-    std::vector<SequenceParams> choices;
-    for (const std::string& text : others) choices.push_back(greedy(engine, text));
-    choices.push_back(greedy(engine, kDoomed));
-    const auto outcomes = collect(*scheduler.submit(std::move(choices)), 4);   // all four in the first pass
-    for (const Outcome& o : outcomes) {
+    const auto b = BesideTheDoomed::run<std::runtime_error>();
+    for (const Outcome& o : b->outcomes) {
         EXPECT_EQ(o.finish, FinishReason::Error);
         EXPECT_NE(o.error.find("the model failed: test fault"), std::string::npos) << o.error;
     }
-    EXPECT_EQ(metrics.steps_out_of_memory, 0u);
-    EXPECT_EQ(metrics.sequences_failed, 4u);
-
-    const auto next = collect(*scheduler.submit({greedy(engine, kTexts[3])}), 1);
-    EXPECT_EQ(next[0].finish, FinishReason::Length) << next[0].error;
-    EXPECT_EQ(next[0].ids, alone[3]);
+    EXPECT_EQ(b->metrics.steps_out_of_memory, 0u);
+    EXPECT_EQ(b->metrics.sequences_failed, 4u);
+    b->expect_next_served();
 }
 
 }  // namespace
