@@ -31,14 +31,7 @@ import threading
 import time
 import urllib.request
 
-WORDS = ("river stone lantern orchard copper meadow harbor violet thunder candle pepper marble "
-         "falcon willow saddle granite velvet comet basket ember").split()
-
-
-def prompt(i):
-    # ~100 tokens of plain words, different for every stream so that no prefix is shared.
-    words = [WORDS[(i * 7 + k * 13 + k * k) % len(WORDS)] for k in range(90)]
-    return f"Story {i}: " + " ".join(words) + ". Continue the story:"
+from serve_client import DONE, server_memory_kib, sse_events, story_prompt
 
 
 class Ids:
@@ -54,7 +47,7 @@ class Ids:
 
 
 def stream_one(url, i, pid, tokens, out):
-    body = json.dumps({"prompt": prompt(pid), "max_tokens": tokens, "temperature": 0, "ignore_eos": True,
+    body = json.dumps({"prompt": story_prompt(pid), "max_tokens": tokens, "temperature": 0, "ignore_eos": True,
                        "stream": True, "stream_options": {"include_usage": True}}).encode()
     request = urllib.request.Request(url + "/v1/completions", data=body, headers={"Content-Type": "application/json"})
     first = last = None
@@ -62,11 +55,9 @@ def stream_one(url, i, pid, tokens, out):
     usage = None
     sent = time.perf_counter()
     with urllib.request.urlopen(request, timeout=600) as response:
-        for line in response:
-            line = line.strip()
-            if not line.startswith(b"data: ") or line == b"data: [DONE]":
+        for chunk in sse_events(response):
+            if chunk == DONE:
                 continue
-            chunk = json.loads(line[6:])
             if chunk.get("usage"):
                 usage = chunk["usage"]
             if chunk.get("choices") and chunk["choices"][0].get("text"):
@@ -128,16 +119,6 @@ def run(url, n, tokens, ids):
             "decode_tok_s": decode_tokens / (last - first) if last > first else float("nan"),
             "ttft_p50_s": percentile(ttft, 50), "ttft_p99_s": percentile(ttft, 99), "problems": problems,
             "notes": notes}
-
-
-def server_memory_kib(pid):
-    """The server's resident plus swapped memory (/proc/PID/status VmRSS + VmSwap), KiB."""
-    fields = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            fields[key] = value
-    return sum(int(fields[key].split()[0]) for key in ("VmRSS", "VmSwap") if key in fields)
 
 
 def main():
