@@ -17,14 +17,17 @@ Started by the script, the server is `twinfer serve -m MODEL --port 0 --parallel
    sixth sampled at temperature 0.7 with a fixed seed) is sent alone, streamed, one after another,
    before any load. Its answer = the text, every token with its logprob (chat: `logprobs`;
    completions: `logprobs: 0`), the finish reason and the usage's prompt and completion tokens.
+   Then the fill (unless --no-fill): --clients requests at once, each longer than any request of
+   the soak (~750 prompt tokens + 32), read whole, so that every slot's KV cache is written up to
+   the longest sequence the soak will make (with --parallel = --clients, one a slot).
 2. Load: --clients threads for --seconds, each looping over a random choice (seeded by --seed):
    - a pool request (~70%), streamed or (one in five) not; its answer must equal the reference,
      logprobs bit for bit (the server computes a row alone whatever else runs);
-   - a hang-up (~15%), the three kinds in turn: a stream closed after 1-6 events (mid-answer); a stream of a
-     ~600-token prompt closed after 0-300 ms with no event yet (while its prompt is read or it
-     waits for a slot; one that already had an event is counted as mid-answer); a non-streamed
-     request closed after 0-300 ms;
-   - a bad request (~15%), from a fixed list: bad JSON, wrong types, negative and huge numbers, a
+   - a hang-up (~15%), three kinds in turn: a stream closed after 1-6 events (mid-answer); a
+     stream of a ~650-token prompt closed after 0-300 ms with no event yet (while its prompt is
+     read or it waits for a slot; one that already had an event is counted as mid-answer); a
+     non-streamed request closed after 0-300 ms;
+   - a bad request (~15%), each of a fixed list in turn: bad JSON, wrong types, negative and huge numbers, a
      number beyond double, unknown token ids, a prompt or max_tokens past the context, an
      unsupported field, a body over --max-body-kib, an unknown route, a wrong method, and with
      --api-key a wrong key; each must get its intended 4xx and an OpenAI error object
@@ -37,10 +40,12 @@ Started by the script, the server is `twinfer serve -m MODEL --port 0 --parallel
    still equal its reference.
 4. Memory: the server's VmRSS + VmSwap (/proc/PID/status) every --sample-every seconds during the
    load. Compared: the samples after --warmup seconds of load (default 60, a quarter of a shorter
-   run), max against min. The warm-up is left out because the first minute grows by design: the
-   CPU KV cache is mapped page by page as each slot first reaches a length, and each HTTP thread's
-   malloc arena grows on first use; once every slot has held the pool's longest sequences, growth
-   would be a leak. More than --memory-spread (5%) fails, unless --no-memory-check.
+   run), max against min. The server grows by design until it has seen the soak's largest work: the
+   CPU KV cache maps its pages as each slot first reaches a length (SmolLM2-135M, f32 cache: 46 KB a
+   position, ~36 MB for a slot of ~780 positions), passes size their activation buffers by the
+   most rows they have held, and each HTTP thread's malloc arena grows on first use. The fill
+   takes the KV cache to its final size; the warm-up leaves the rest out. After both, growth would
+   be a leak. More than --memory-spread (5%) fails, unless --no-memory-check.
 
 Exit status 0 when everything holds, 1 otherwise; the summary (markdown) goes to stdout, progress
 and problems to stderr, and with --json PATH the counts as JSON. Standard library only.
@@ -100,9 +105,15 @@ def pool_request(i, max_tokens):
 
 
 def long_request(i):
-    """A ~600-token completion prompt, for hanging up before its first event."""
+    """A ~650-token completion prompt, for hanging up before its first event."""
     return "/v1/completions", {"prompt": " ".join(story_prompt(10000 + i * 6 + k) for k in range(6)), "max_tokens": 32,
                                "temperature": 0}
+
+
+def fill_request(i):
+    """Longer than any request of the soak (seven stories against long_request's six), read whole."""
+    return "/v1/completions", {"prompt": " ".join(story_prompt(20000 + i * 7 + k) for k in range(7)), "max_tokens": 32,
+                               "temperature": 0, "ignore_eos": True}
 
 
 def bad_requests(max_body_kib, api_key, n_ctx):
@@ -267,6 +278,7 @@ class Soak:
         self.bad_counts = {case[0]: 0 for case in self.bad}
         self.problems = []
         self.turns = {}
+        self.marks = {}   # memory (KiB) before and after the fill
         self.memory = []   # (seconds into the load, KiB)
         self.start = self.deadline = None
 
@@ -392,6 +404,23 @@ class Soak:
                 answers.append(None)
         return answers
 
+    def fill(self):
+        """--clients fill requests at once, each read whole: with one slot a client (the server's
+        --parallel), every slot's KV cache is then written up to the soak's longest sequence, so
+        that the pages it maps as it first reaches a length are all mapped before the load."""
+        def one(i):
+            try:
+                got = self.server.answer(*fill_request(i), True)
+                if got[4] != 32:
+                    raise Unintended(f"{got[4]} completion tokens, asked 32 with ignore_eos")
+            except (Unintended, OSError, http.client.HTTPException, ValueError) as e:
+                self.problem("unintended", f"fill request {i}: {type(e).__name__}: {e}")
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(self.args.clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
     def client(self, n):
         rng = random.Random(self.args.seed * 1000 + n)
         while time.monotonic() < self.deadline:
@@ -509,6 +538,7 @@ def main():
     p.add_argument("--warmup", type=float, default=60, help="seconds of load left out of the memory comparison")
     p.add_argument("--memory-spread", type=float, default=0.05)
     p.add_argument("--no-memory-check", action="store_true", help="report the memory, do not fail on it")
+    p.add_argument("--no-fill", action="store_true", help="no fill requests before the load")
     p.add_argument("--json", help="write the counts here as JSON")
     args = p.parse_args()
     if args.max_tokens < 9:
@@ -531,6 +561,13 @@ def main():
               flush=True)
         if any(r is None for r in soak.reference):
             sys.exit(1)
+        if not args.no_fill:
+            t0 = time.monotonic()
+            soak.marks["before the fill"] = server_memory_kib(pid) if pid else None
+            soak.fill()
+            soak.marks["after the fill"] = server_memory_kib(pid) if pid else None
+            print(f"fill: {args.clients} long requests at once in {time.monotonic() - t0:.1f} s", file=sys.stderr,
+                  flush=True)
         before = server.metrics()
         load_s = soak.load()
         after = soak.settle()
@@ -587,7 +624,8 @@ def report(args, soak, url, pid, warmup, load_s, before, after):
               f"max {max(kib) / 1024:.1f} MiB, **spread (max - min) / min {100 * spread:.2f}%** "
               f"(allowed {100 * args.memory_spread:g}%{', not checked' if args.no_memory_check else ''}); "
               f"all {len(soak.memory)} samples, the warm-up's included: {min(k for _, k in soak.memory) / 1024:.1f} .. "
-              f"{max(k for _, k in soak.memory) / 1024:.1f} MiB")
+              f"{max(k for _, k in soak.memory) / 1024:.1f} MiB"
+              + "".join(f"; {name} {kib / 1024:.1f} MiB" for name, kib in soak.marks.items() if kib))
     else:
         print("- server memory: not compared (no --server-pid, or fewer than 2 samples after the warm-up)")
     print(f"- result: **{'FAIL' if failed else 'pass'}**", flush=True)
@@ -595,7 +633,7 @@ def report(args, soak, url, pid, warmup, load_s, before, after):
         with open(args.json, "w") as f:
             json.dump({"failed": failed, "seconds": load_s, "clients": args.clients, "counts": c,
                        "bad_counts": soak.bad_counts, "server_responses": {f"{r} {s}": v for (r, s), v in served.items()},
-                       "metrics_delta": delta, "memory_kib": soak.memory, "warmup_s": warmup, "memory_spread": spread,
+                       "metrics_delta": delta, "memory_kib": soak.memory, "memory_marks_kib": soak.marks, "warmup_s": warmup, "memory_spread": spread,
                        "problems": soak.problems}, f, indent=1)
     sys.exit(1 if failed else 0)
 

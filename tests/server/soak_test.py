@@ -29,7 +29,7 @@ class Soak(unittest.TestCase):
             out = Path(scratch) / "soak.json"
             run = subprocess.run([sys.executable, str(BENCH / "soak.py"), "--twinfer", ARGS.twinfer, "--model", ARGS.model,
                                   "--clients", "8", "--seconds", "25", "--pool", "12", "--max-tokens", "20", "--bad", "0.25",
-                                  "--api-key", "soak-test-key", "--no-memory-check", "--json", str(out)],
+                                  "--api-key", "soak-test-key", "--no-memory-check", "--no-fill", "--json", str(out)],
                                  capture_output=True, text=True, timeout=400)
             sys.stdout.write(run.stdout)
             sys.stderr.write(run.stderr)
