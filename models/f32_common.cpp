@@ -233,11 +233,11 @@ compute::Activations activations_for(const F32Options& options) {
     return a;
 }
 
-void residual_project(compute::Context& ctx, const compute::WeightMatrix& w, const DeviceFloats& bias, const float* x,
+void residual_project(compute::Context& ctx, const compute::WeightMatrix& w, const float* bias, const float* x,
                       size_t n_tokens, float* y, compute::Activations activations, const compute::RmsNorm* next_norm) {
     const compute::MatmulOutput output{w, y, /*accumulate=*/true};
-    compute::matmul(ctx, std::span(&output, 1), x, n_tokens, activations, nullptr, bias.empty() ? next_norm : nullptr);
-    if (!bias.empty()) compute::add_bias(ctx, y, bias.data(), n_tokens, w.rows);
+    compute::matmul(ctx, std::span(&output, 1), x, n_tokens, activations, nullptr, bias ? nullptr : next_norm);
+    if (bias) compute::add_bias(ctx, y, bias, n_tokens, w.rows);
 }
 
 void project_qkv(compute::Context& ctx, std::span<const compute::MatmulOutput, 3> qkv, const float* x, size_t T,

@@ -174,11 +174,16 @@ compute::Activations default_activations(compute::Device device);
 // options.activations or the device's default; std::invalid_argument for Int8x2 on CUDA.
 compute::Activations activations_for(const F32Options& options);
 
-// y += W x (+ bias, when there is one): a residual connection, the add folded into the product.
+// y += W x (+ bias, when not null): a residual connection, the add folded into the product.
 // x: [n_tokens, w.cols], y: [n_tokens, w.rows]. next_norm: the RMSNorm the next products apply to
 // y, for the backend to prepare in this launch (compute::matmul; without a bias only).
-void residual_project(compute::Context& ctx, const compute::WeightMatrix& w, const DeviceFloats& bias, const float* x,
+void residual_project(compute::Context& ctx, const compute::WeightMatrix& w, const float* bias, const float* x,
                       size_t n_tokens, float* y, compute::Activations activations, const compute::RmsNorm* next_norm = nullptr);
+inline void residual_project(compute::Context& ctx, const compute::WeightMatrix& w, const DeviceFloats& bias, const float* x,
+                             size_t n_tokens, float* y, compute::Activations activations,
+                             const compute::RmsNorm* next_norm = nullptr) {
+    residual_project(ctx, w, bias.empty() ? nullptr : bias.data(), x, n_tokens, y, activations, next_norm);
+}
 
 // A Llama layer's attention inputs for T tokens of x: q, k, v = the products qkv (x normalized by
 // norm first, as in compute::matmul), plus their biases where the layer has them (null: none), q and

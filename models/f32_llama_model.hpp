@@ -15,6 +15,7 @@
 #include "models/f32_common.hpp"
 #include "models/inference.hpp"
 #include "models/kv_cache.hpp"
+#include "models/llama_layers.hpp"
 #include "models/model_config.hpp"
 
 namespace twinfer {
@@ -26,33 +27,19 @@ public:
     static F32LlamaModel load(std::shared_ptr<const gguf::File> file, const F32Options& options = {});
 
 private:
-    struct Layer {
-        DeviceFloats attn_norm, ffn_norm;                         // [E]
-        compute::WeightMatrix wq, wk, wv, wo;                     // [H*D, E], [Hkv*D, E], [Hkv*D, E], [E, H*D]
-        DeviceFloats bq, bk, bv, bo;                              // optional biases (Qwen-style files)
-        compute::WeightMatrix w_gate, w_up, w_down;               // [F, E], [F, E], [E, F]
-    };
-
     friend class F32ModelBase<F32LlamaModel>;
 
     F32LlamaModel(std::shared_ptr<const gguf::File> file, ModelConfig config, const F32Options& options);
     void reserve_workspace(size_t n_tokens);
     // Queues the pass of T tokens (ids in device memory) at positions p0.. up to the logits of the
-    // last n_out, in the LOGITS buffer. With device_position (device memory; T = 1), the position
-    // is read there and p0 is unused: nothing in the queued ops depends on the host's position,
-    // which lets a captured graph replay it.
+    // last n_out, in the LOGITS buffer: enqueue_llama_pass on this model's slot and buffers.
     void enqueue_forward(const int32_t* ids, size_t T, size_t p0, const int32_t* device_position, size_t n_out);
     // Queues a batched pass (F32ModelBase::forward_rows): the products of all rows at once (the
     // Tiled ones) or row by row (the Single ones); RoPE, the cache write and attention for each
     // run of rows at its own slot and positions.
     void enqueue_rows(const RowBatch& batch);
 
-    compute::WeightMatrix token_embd_, output_;                 // [V, E]; output_ is token_embd_ when tied
-    std::vector<Layer> layers_;
-    DeviceFloats output_norm_;                                  // [E]
-    DeviceFloats rope_freq_factors_;                            // [n_rot/2] rope_freqs.weight, or empty
-    compute::RopeParams rope_;
-    compute::AttentionShape attention_shape_;
+    LlamaWeights weights_;                                      // the whole model (llama_layers.hpp)
 };
 
 static_assert(GPTInference<F32LlamaModel>);

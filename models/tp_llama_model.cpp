@@ -1,9 +1,7 @@
 #include "models/tp_llama_model.hpp"
 
 #include <algorithm>
-#include <cmath>
 #include <condition_variable>
-#include <cstring>
 #include <functional>
 #include <mutex>
 #include <stdexcept>
@@ -11,18 +9,12 @@
 #include <thread>
 #include <vector>
 
-#include "compute/attention.hpp"
 #include "compute/collective.hpp"
 #include "compute/context.hpp"
-#include "compute/elementwise.hpp"
-#include "compute/matmul.hpp"
 #include "compute/memory.hpp"
-#include "compute/rope.hpp"
 #include "models/kv_cache.hpp"
+#include "models/llama_layers.hpp"
 #include "models/tensor_parallel.hpp"
-#ifdef TWINFER_WITH_CUDA
-#include "compute/cuda/runtime.hpp"
-#endif
 
 namespace twinfer {
 namespace {
@@ -30,13 +22,6 @@ namespace {
 // The activation buffers of one rank's forward pass, by name; widths in Rank::forward. KCUR and
 // VCUR hold a decode step's key and value rows until they are stored at its position.
 enum Buffer { X, XN, Q, KCUR, VCUR, ATT, OUT, GATE, UP, LOGITS, N_BUFFERS };
-
-void copy_to_device([[maybe_unused]] compute::Context& ctx, void* device, const void* host, size_t bytes) {
-#ifdef TWINFER_WITH_CUDA
-    if (ctx.device() == compute::Device::CUDA) return compute::cuda::upload(ctx, device, host, bytes);
-#endif
-    std::memcpy(device, host, bytes);
-}
 
 // One thread per rank, alive as long as the model: run() hands every rank the same job and waits
 // for all of them. A rank that throws calls on_failure (which aborts the collective, so that the
@@ -119,59 +104,6 @@ private:
     std::vector<std::thread> threads_;   // last: started once everything above exists
 };
 
-// A rank's weights on its device: views into the GGUF mapping where a CPU rank can use the file's
-// bytes as they are (whole rows), copies otherwise (column shards; everything on a GPU, laid out
-// by compute::place_weights).
-class RankWeights {
-public:
-    explicit RankWeights(compute::Context& ctx) : ctx_(ctx) {}
-
-    compute::WeightMatrix rows(const compute::WeightMatrix& w, IndexRange rows) {
-        return compute::place_weights(ctx_, {w.type, rows.size(), w.cols, w.data + rows.begin * w.row_bytes()}, buffers_);
-    }
-
-    // Columns [cols.begin, cols.end) of every row, gathered: both ends on block boundaries.
-    compute::WeightMatrix columns(const compute::WeightMatrix& w, IndexRange cols, const std::string& name) {
-        const GGMLTypeTraits& traits = type_traits(w.type);
-        if (cols.begin % traits.block_size != 0 || cols.end % traits.block_size != 0)
-            throw std::invalid_argument(name + ": columns [" + std::to_string(cols.begin) + ", " + std::to_string(cols.end) +
-                                        ") do not start and end on the " + std::to_string(traits.block_size) +
-                                        "-value blocks of " + std::string(type_name(w.type)));
-        const size_t offset = cols.begin / traits.block_size * traits.type_size;
-        const size_t shard_row_bytes = row_size_bytes(w.type, cols.size());
-        std::vector<std::byte> gathered(w.rows * shard_row_bytes);
-        for (size_t r = 0; r < w.rows; ++r)
-            std::memcpy(gathered.data() + r * shard_row_bytes, w.data + r * w.row_bytes() + offset, shard_row_bytes);
-        // On the CPU the gathered bytes need a home that outlives this call.
-        if (ctx_.device() == compute::Device::CPU) return {w.type, w.rows, cols.size(), place(gathered.data(), gathered.size())};
-        return compute::place_weights(ctx_, {w.type, w.rows, cols.size(), gathered.data()}, buffers_);
-    }
-
-    // A float vector (or the part `range` of it) on the device; null when empty.
-    const float* floats(const std::vector<float>& v, IndexRange range) {
-        if (v.empty()) return nullptr;
-        return reinterpret_cast<const float*>(place(v.data() + range.begin, range.size() * sizeof(float)));
-    }
-    const float* floats(const std::vector<float>& v) { return floats(v, {0, v.size()}); }
-
-private:
-    const std::byte* place(const void* host, size_t bytes) {
-        compute::Buffer& buffer = buffers_.emplace_back(ctx_.device(), bytes);
-        copy_to_device(ctx_, buffer.data(), host, bytes);
-        return buffer.as<std::byte>();
-    }
-
-    compute::Context& ctx_;
-    std::vector<compute::Buffer> buffers_;
-};
-
-struct LayerShard {
-    const float *attn_norm, *ffn_norm;                // [E]
-    compute::WeightMatrix wq, wk, wv, wo;             // [Hr*D, E], [Hkv_r*D, E], [Hkv_r*D, E], [E, Hr*D]
-    const float *bq, *bk, *bv, *bo;                   // optional biases: this rank's rows; bo whole
-    compute::WeightMatrix w_gate, w_up, w_down;       // [Fr, E], [Fr, E], [E, Fr]
-};
-
 // One forward pass's arguments, the same for every rank.
 struct Pass {
     std::span<const Token> ids;
@@ -196,13 +128,7 @@ struct Rank {
 
     RankShard shard;
     compute::Context ctx;
-    RankWeights weights;
-    compute::WeightMatrix token_embd, output;           // [V, E] whole; [Vr, E] this rank's vocabulary rows
-    std::vector<LayerShard> layers;
-    const float* output_norm = nullptr;                  // [E]
-    const float* rope_freq_factors = nullptr;            // [n_rot/2] or null
-    compute::RopeParams rope;
-    compute::AttentionShape attention;
+    LlamaWeights weights;                                // this rank's shard (llama_layers.hpp)
     KvCache cache;                                       // this rank's KV heads: [n_layer][1][n_ctx][Hkv_r*D]
     F32Workspace workspace;
     compute::Buffer device_ids;                          // CUDA: the pass's token ids
@@ -211,47 +137,8 @@ struct Rank {
 
 Rank::Rank(const gguf::File& file, const ModelConfig& c, const RankShard& s, const compute::ContextOptions& context,
            size_t n_ctx, compute::KvType cache_type)
-    : shard(s), ctx(context), weights(ctx),
-      cache(context.device, c.n_layer, 1, n_ctx, s.kv_heads.size() * c.head_dim, cache_type) {
-    const size_t E = c.n_embd, F = c.n_ff, V = c.n_vocab, D = c.head_dim, QD = c.n_head * D, KVD = c.n_embd_kv();
-    const IndexRange q_rows = s.heads.scaled(D), kv_rows = s.kv_heads.scaled(D);
-    const F32WeightLoader load(file);
-    token_embd = weights.rows(load.matrix("token_embd.weight", V, E), {0, V});
-    // Tied: this rank's rows of the embedding table, placed on their own (views of the mapping on
-    // the CPU; on a GPU a copy, since a planar matrix cannot be cut into row ranges in place).
-    output = weights.rows(load.matrix(load.has("output.weight") ? "output.weight" : "token_embd.weight", V, E), s.vocab);
-    output_norm = weights.floats(load.vector("output_norm.weight", E));
-    for (int il = 0; il < c.n_layer; ++il) {
-        const std::string p = "blk." + std::to_string(il) + ".";
-        LayerShard& L = layers.emplace_back();
-        L.attn_norm = weights.floats(load.vector(p + "attn_norm.weight", E));
-        L.wq = weights.rows(load.matrix(p + "attn_q.weight", QD, E), q_rows);
-        L.wk = weights.rows(load.matrix(p + "attn_k.weight", KVD, E), kv_rows);
-        L.wv = weights.rows(load.matrix(p + "attn_v.weight", KVD, E), kv_rows);
-        L.wo = weights.columns(load.matrix(p + "attn_output.weight", E, QD), q_rows, p + "attn_output.weight");
-        L.bq = weights.floats(load.optional_vector(p + "attn_q.bias", QD), q_rows);
-        L.bk = weights.floats(load.optional_vector(p + "attn_k.bias", KVD), kv_rows);
-        L.bv = weights.floats(load.optional_vector(p + "attn_v.bias", KVD), kv_rows);
-        L.bo = weights.floats(load.optional_vector(p + "attn_output.bias", E));
-        L.ffn_norm = weights.floats(load.vector(p + "ffn_norm.weight", E));
-        L.w_gate = weights.rows(load.matrix(p + "ffn_gate.weight", F, E), s.ff);
-        L.w_up = weights.rows(load.matrix(p + "ffn_up.weight", F, E), s.ff);
-        L.w_down = weights.columns(load.matrix(p + "ffn_down.weight", E, F), s.ff, p + "ffn_down.weight");
-    }
-    // As F32LlamaModel::load.
-    rope_freq_factors = weights.floats(load.optional_vector("rope_freqs.weight", c.n_rot / 2));
-    rope = {.pairing = c.rope_layout == RopeLayout::Normal ? compute::RopeParams::Pairing::Adjacent
-                                                           : compute::RopeParams::Pairing::Halves,
-            .n_rot = static_cast<size_t>(c.n_rot),
-            .freq_base = c.rope_freq_base,
-            .position_scale = c.rope_scaling.kind == RopeScaling::Kind::Linear ? 1.0 / c.rope_scaling.factor : 1.0,
-            .freq_factors = rope_freq_factors};
-    attention = {.n_head = s.heads.size(),
-                 .n_head_kv = s.kv_heads.size(),
-                 .head_dim = D,
-                 .kv_stride = kv_rows.size(),
-                 .scale = static_cast<float>(1.0 / std::sqrt(double(D)))};
-}
+    : shard(s), ctx(context), weights(LlamaWeights::load(ctx, file, c, s)),
+      cache(context.device, c.n_layer, 1, n_ctx, s.kv_heads.size() * c.head_dim, cache_type) {}
 
 void Rank::forward(const ModelConfig& c, compute::Collective& collective, compute::Activations activations, const Pass& pass,
                    bool use_graph) {
@@ -270,7 +157,7 @@ void Rank::forward(const ModelConfig& c, compute::Collective& collective, comput
         const Token* ids = pass.ids.data();
         if (ctx.device() != compute::Device::CPU) {
             if (device_ids.bytes() < T * sizeof(Token)) device_ids = compute::Buffer(ctx.device(), T * sizeof(Token));
-            copy_to_device(ctx, device_ids.data(), ids, T * sizeof(Token));
+            compute::upload(ctx, device_ids.data(), ids, T * sizeof(Token));
             ids = device_ids.as<Token>();
         }
         enqueue(c, collective, activations, ids, T, p0, nullptr, n_out);
@@ -283,58 +170,16 @@ void Rank::forward(const ModelConfig& c, compute::Collective& collective, comput
         compute::widen_to_double(rows + p * Vr, Vr, pass.result->values.data() + p * V + shard.vocab.begin);
 }
 
-// F32LlamaModel::enqueue_forward over this rank's heads and feed-forward units; the two all-reduces
-// turn the partial attention and MLP outputs into the whole ones, so x (the residual stream) is the
-// same on every rank. Shapes: T new tokens, E = n_embd, this rank's Hr heads, Hkv_r KV heads of
-// D dims, Fr feed-forward units, Vr vocabulary rows.
+// The pass of llama_layers.cpp over this rank's shard, its two all-reduces turning the partial
+// attention and MLP outputs into the whole ones, so x (the residual stream) is the same on every rank.
 void Rank::enqueue(const ModelConfig& c, compute::Collective& collective, compute::Activations activations, const int32_t* ids,
                    size_t T, size_t p0, const int32_t* device_position, size_t n_out) {
-    const size_t E = c.n_embd, D = c.head_dim;
-    const size_t Hr = shard.heads.size(), Hkv_r = shard.kv_heads.size(), KVDr = Hkv_r * D;
-    const float eps = static_cast<float>(c.norm_eps);
-    float *x = workspace.buffer(X), *xn = workspace.buffer(XN), *q = workspace.buffer(Q), *att = workspace.buffer(ATT);
-    float *out = workspace.buffer(OUT), *gate = workspace.buffer(GATE), *up = workspace.buffer(UP);
-    float* logits = workspace.buffer(LOGITS);
-
-    compute::get_rows(ctx, token_embd, ids, T, x);                                  // x: [T, E]
-    for (size_t il = 0; il < layers.size(); ++il) {
-        const LayerShard& L = layers[il];
-        const compute::CacheRows keys = cache.keys(il, 0);                          // [n_ctx, KVDr]
-        const compute::CacheRows values = cache.values(il, 0);
-        // This call's K and V rows: straight into a float32 cache at p0, or beside it (a decode
-        // step, or a float16 cache), stored after RoPE.
-        const bool direct = !device_position && keys.type == compute::KvType::F32;
-        float* k = direct ? keys.f32() + p0 * KVDr : workspace.buffer(KCUR);       // [T, KVDr]
-        float* v = direct ? values.f32() + p0 * KVDr : workspace.buffer(VCUR);
-
-        // Attention block: x += sum over ranks of Wo_r attention_r(...), xn = rms_norm(x)
-        const compute::RmsNorm attn_norm{L.attn_norm, eps, xn};                     // xn: [T, E]
-        const compute::MatmulOutput qkv[] = {{L.wq, q}, {L.wk, k}, {L.wv, v}};      // q: [T, Hr, D]; k, v: [T, Hkv_r, D]
-        project_qkv(ctx, qkv, x, T, activations, attn_norm, {L.bq, L.bk, L.bv}, Hr, Hkv_r, D, p0, device_position, rope, keys,
-                    values);
-        if (!direct && !device_position)
-            compute::store_rows(ctx, k, T, KVDr, keys, p0), compute::store_rows(ctx, v, T, KVDr, values, p0);
-        if (device_position)
-            compute::attention_at(ctx, q, keys, values, device_position, cache.n_ctx(), attention, att);
-        else
-            compute::attention(ctx, q, keys, values, T, p0, attention, att);        // att: [T, Hr, D]
-        compute::matmul(ctx, L.wo, att, T, out, activations);                       // out: [T, E], this rank's heads' share
-        collective.all_reduce_sum(shard.rank, ctx, out, T * E);                     // out: [T, E], all heads
-        if (L.bo) compute::add_bias(ctx, out, L.bo, T, E);
-        compute::add(ctx, x, out, T * E);
-
-        // Feed-forward block: x += sum over ranks of W_down_r (silu(W_gate_r xn) * W_up_r xn)
-        const compute::RmsNorm ffn_norm{L.ffn_norm, eps, xn};
-        compute::matmul_swiglu(ctx, L.w_gate, L.w_up, x, T, gate, up, activations, &ffn_norm);  // gate: [T, Fr]
-        compute::matmul(ctx, L.w_down, gate, T, out, activations);                  // out: [T, E], this rank's share
-        collective.all_reduce_sum(shard.rank, ctx, out, T * E);
-        compute::add(ctx, x, out, T * E);
-    }
-
-    const float* last = x + (T - n_out) * E;                                        // the rows asked for
-    const compute::RmsNorm final_norm{output_norm, eps, xn};                        // xn: [n_out, E]
-    const compute::MatmulOutput vocabulary{output, logits};
-    compute::matmul(ctx, std::span(&vocabulary, 1), last, n_out, activations, &final_norm);  // logits: [n_out, Vr]
+    const LlamaPassBuffers buffers{workspace.buffer(X),    workspace.buffer(XN),  workspace.buffer(Q),
+                                   workspace.buffer(KCUR), workspace.buffer(VCUR), workspace.buffer(ATT),
+                                   workspace.buffer(OUT),  workspace.buffer(GATE), workspace.buffer(UP),
+                                   workspace.buffer(LOGITS)};
+    const RankReduce reduce{collective, shard.rank};
+    enqueue_llama_pass(ctx, c, weights, cache, 0, buffers, activations, ids, T, p0, device_position, n_out, &reduce, {});
 }
 
 // The split's inputs from the file: the column-split matrices' types, the coarsest block where
