@@ -157,24 +157,6 @@ void HttpServer::add_routes() {
                 return httplib::Server::HandlerResponse::Handled;
             }
         }
-        // The chat page holds no secret and asks for the key itself; /health is for load balancers.
-        if (req.path == "/health" || req.path == "/") return httplib::Server::HandlerResponse::Unhandled;
-        if (!options_.api_key.empty()) {
-            const std::string header = req.get_header_value("Authorization");
-            const std::string prefix = "Bearer ";
-            if (header.rfind(prefix, 0) != 0 || !same_secret(header.substr(prefix.size()), options_.api_key)) {
-                send_error(res, ApiError(401, header.empty() ? "no API key given (Authorization: Bearer KEY)" : "incorrect API key",
-                                         "invalid_request_error", "", "invalid_api_key"));
-                return httplib::Server::HandlerResponse::Handled;
-            }
-        }
-        const std::lock_guard lock(state_mutex_);
-        if (state_ != State::Ready && req.path != "/metrics") {
-            send_error(res, state_ == State::Loading ? ApiError(503, "the model is loading", "server_error", "", "model_loading")
-                                                     : ApiError(500, "the model failed to load: " + load_error_, "server_error", "",
-                                                                "model_load_failed"));
-            return httplib::Server::HandlerResponse::Handled;
-        }
         return httplib::Server::HandlerResponse::Unhandled;
     });
 
@@ -217,10 +199,12 @@ void HttpServer::add_routes() {
     http.Get("/", [](const httplib::Request&, httplib::Response& res) {
         res.set_content(chat_page_html.data(), chat_page_html.size(), "text/html; charset=utf-8");
     });
-    http.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+    http.Get("/metrics", [this](const httplib::Request& req, httplib::Response& res) {
+        admit(req, Need::Key);
         res.set_content(metrics_.prometheus(), "text/plain; version=0.0.4");
     });
-    http.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
+    http.Get("/v1/models", [this](const httplib::Request& req, httplib::Response& res) {
+        admit(req, Need::KeyAndModel);
         send_json(res, {{"object", "list"},
                         {"data", json::array({{{"id", options_.model_id}, {"object", "model"}, {"created", unix_seconds()},
                                                {"owned_by", "twinfer"}, {"meta", {{"n_ctx", scheduler_->n_ctx()},
@@ -228,6 +212,7 @@ void HttpServer::add_routes() {
                                                                                   {"backend", engine_->backend_name()}}}}})}});
     });
     http.Post("/tokenize", [this](const httplib::Request& req, httplib::Response& res) {
+        admit(req, Need::KeyAndModel);
         const json body = parse_body(req.body);
         const auto content = body.find("content");
         if (content == body.end() || !content->is_string())
@@ -241,6 +226,7 @@ void HttpServer::add_routes() {
         send_json(res, {{"tokens", engine_->tokenize(content->get<std::string>(), flag("add_special", false), flag("parse_special", true))}});
     });
     http.Post("/detokenize", [this](const httplib::Request& req, httplib::Response& res) {
+        admit(req, Need::KeyAndModel);
         const json body = parse_body(req.body);
         const auto tokens = body.find("tokens");
         if (tokens == body.end() || !tokens->is_array())
@@ -258,6 +244,7 @@ void HttpServer::add_routes() {
 
     const auto generation = [this](Endpoint endpoint) {
         return [this, endpoint](const httplib::Request& req, httplib::Response& res) {
+            admit(req, Need::KeyAndModel);
             const json body = parse_body(req.body);
             const ChatTemplate* chat_template = nullptr;
             if (chat_template_override_) chat_template = &*chat_template_override_;
@@ -288,6 +275,25 @@ void HttpServer::add_routes() {
     };
     http.Post("/v1/chat/completions", generation(Endpoint::ChatCompletions));
     http.Post("/v1/completions", generation(Endpoint::Completions));
+}
+
+// In the route's handler, not before routing: httplib has read the body by then. An answer given
+// before the body is read would leave it on a kept-alive connection, to be parsed as the client's
+// next request. The chat page (it holds no secret and asks for the key itself) and /health (for
+// load balancers) are open to all.
+void HttpServer::admit(const httplib::Request& req, Need need) const {
+    if (!options_.api_key.empty()) {
+        const std::string header = req.get_header_value("Authorization");
+        const std::string prefix = "Bearer ";
+        if (header.rfind(prefix, 0) != 0 || !same_secret(header.substr(prefix.size()), options_.api_key))
+            throw ApiError(401, header.empty() ? "no API key given (Authorization: Bearer KEY)" : "incorrect API key",
+                           "invalid_request_error", "", "invalid_api_key");
+    }
+    if (need == Need::Key) return;
+    const std::lock_guard lock(state_mutex_);
+    if (state_ == State::Loading) throw ApiError(503, "the model is loading", "server_error", "", "model_loading");
+    if (state_ == State::Failed)
+        throw ApiError(500, "the model failed to load: " + load_error_, "server_error", "", "model_load_failed");
 }
 
 void HttpServer::respond_whole(const httplib::Request& req, httplib::Response& res, const GenerationRequest& request,

@@ -61,6 +61,9 @@ public:
 private:
     void load_model();
     void add_routes();
+    // Throws the ApiError (401, 503 while loading, 500 if the load failed) that refuses a request.
+    enum class Need { Key, KeyAndModel };
+    void admit(const httplib::Request& req, Need need) const;
     // A non-streamed answer: waits for every choice, cancelling them if the client goes away.
     void respond_whole(const httplib::Request& req, httplib::Response& res, const GenerationRequest& request,
                        const ResponseHeader& header, const std::shared_ptr<RequestChannel>& channel);

@@ -117,6 +117,22 @@ TEST_F(ServerProcessTest, ApiKeyIsRequired) {
     EXPECT_EQ(res->status, 401);
 }
 
+// A refused request's body is read before the refusal: left on a kept-alive connection, it would
+// be parsed as the client's next request (that request got a 400 meant for the leftover bytes).
+TEST_F(ServerProcessTest, ARefusedRequestLeavesItsKeptAliveConnectionClean) {
+    auto client = server_->client(false);
+    client.set_keep_alive(true);
+    client.set_default_headers({{"Authorization", "Bearer test-key-124"}});
+    for (int i = 0; i < 3; ++i) {
+        auto res = client.Post("/v1/completions", completion_body("Hi", 1, false), "application/json");
+        ASSERT_TRUE(res);
+        EXPECT_EQ(res->status, 401) << "request " << i << ": " << res->body;
+    }
+    auto health = client.Get("/health");
+    ASSERT_TRUE(health);
+    EXPECT_EQ(health->status, 200) << health->body;
+}
+
 TEST_F(ServerProcessTest, BadJsonAndWrongTypesAre400) {
     expect_error("/v1/chat/completions", "{not json", 400);
     expect_error("/v1/chat/completions", "[1, 2]", 400);
