@@ -22,6 +22,9 @@ struct RopeParams {
     double freq_base = 10000.0;
     double position_scale = 1.0;           // linear scaling: positions multiplied by 1/factor
     const float* freq_factors = nullptr;   // [n_rot/2] divisors of each pair's frequency (rope_freqs.weight), or null
+    // cos and sin multiplied by it (YaRN's and LongRoPE's attention factor, llama.cpp's mscale):
+    // the rotated dimensions grow, the others (partial rotary) do not, as in llama.cpp and HF.
+    double magnitude = 1.0;
 };
 
 // Each pair's angle per position, in double (positions reach thousands; float would lose the low
@@ -38,7 +41,8 @@ inline std::vector<double> pair_frequencies(const RopeParams& params, std::span<
 }
 
 // x: [n_tokens, n_heads, head_dim] with rows `row_stride` floats apart; token t is at position
-// first_position + t. Pair i turns by angle position * pair_frequencies(params)[i].
+// first_position + t. Pair i turns by angle position * pair_frequencies(params)[i] and is scaled by
+// params.magnitude.
 namespace cpu {
 void rope(Context& ctx, float* x, size_t n_tokens, size_t row_stride, size_t n_heads, size_t head_dim,
           size_t first_position, const RopeParams& params);

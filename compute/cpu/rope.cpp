@@ -9,7 +9,7 @@
 namespace twinfer::compute::cpu {
 namespace {
 
-// cos and sin of every (token, pair) angle of one call. Computed in double (positions reach
+// cos and sin of every (token, pair) angle of one call, times the magnitude. Computed in double (positions reach
 // thousands; float would lose the low bits of the angle), stored as float. A forward pass rotates
 // Q and K of every layer at the same positions, so the last table is kept and reused while the
 // positions and parameters stay the same (per calling thread: each model calls from its own).
@@ -21,7 +21,7 @@ struct RopeTable {
 
     bool matches(size_t first, size_t n, const RopeParams& p) const {
         if (cos_sin.empty() || first != first_position || n != n_tokens || p.n_rot != params.n_rot ||
-            p.freq_base != params.freq_base || p.position_scale != params.position_scale ||
+            p.freq_base != params.freq_base || p.position_scale != params.position_scale || p.magnitude != params.magnitude ||
             (p.freq_factors == nullptr) != freq_factors.empty())
             return false;
         return !p.freq_factors || std::equal(freq_factors.begin(), freq_factors.end(), p.freq_factors);
@@ -36,8 +36,8 @@ struct RopeTable {
         for (size_t t = 0; t < n; ++t)
             for (size_t i = 0; i < n_pairs; ++i) {
                 const double theta = double(first + t) * inv_freq[i];
-                cos_sin[(t * n_pairs + i) * 2] = static_cast<float>(std::cos(theta));
-                cos_sin[(t * n_pairs + i) * 2 + 1] = static_cast<float>(std::sin(theta));
+                cos_sin[(t * n_pairs + i) * 2] = static_cast<float>(p.magnitude * std::cos(theta));
+                cos_sin[(t * n_pairs + i) * 2 + 1] = static_cast<float>(p.magnitude * std::sin(theta));
             }
     }
 };

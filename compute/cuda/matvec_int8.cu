@@ -401,7 +401,8 @@ int8_matvec_kernel(Targets targets, int n_blocks, const int8_t* __restrict__ qs,
         for (int p = 0; p < Rows / 2; ++p) {
             float y0 = total[2 * p], y1 = total[2 * p + 1];
             if (frequency[p] != 0.0) {
-                const float2 cs = rotation_at(size_t(position), frequency[p]);
+                float2 cs = rotation_at(size_t(position), frequency[p]);
+                cs.x *= rope_store.rotation.magnitude, cs.y *= rope_store.rotation.magnitude;
                 const float x0 = y0;
                 y0 = x0 * cs.x - y1 * cs.y;
                 y1 = x0 * cs.y + y1 * cs.x;

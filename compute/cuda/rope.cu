@@ -17,7 +17,8 @@ namespace {
 
 // Turns pair `pair` of one head in place.
 __device__ __forceinline__ void rotate_pair(float* head, size_t position, int pair, const Rotation& r) {
-    const float2 cs = rotation_at(position, pair_frequency(pair, r));
+    float2 cs = rotation_at(position, pair_frequency(pair, r));
+    cs.x *= r.magnitude, cs.y *= r.magnitude;
     const int a = r.adjacent ? 2 * pair : pair;
     const int b = r.adjacent ? 2 * pair + 1 : pair + r.n_rot / 2;
     const float x0 = head[a], x1 = head[b];
@@ -94,7 +95,7 @@ Rotation rotation_of(Context& ctx, const RopeParams& params) {
         table->freq_factors = params.freq_factors;
     }
     return {int(params.n_rot), static_cast<const double*>(table->values.address()),
-            params.pairing == RopeParams::Pairing::Adjacent};
+            params.pairing == RopeParams::Pairing::Adjacent, float(params.magnitude)};
 }
 
 namespace {

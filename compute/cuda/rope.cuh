@@ -12,6 +12,7 @@ struct Rotation {
     int n_rot;
     const double* frequencies;   // device memory, [n_rot / 2]: pair_frequency's
     bool adjacent;
+    float magnitude;             // RopeParams::magnitude: cos and sin multiplied by it
 };
 
 // The rotation of `params` with its pairs' frequencies in device memory, worked out on the host as

@@ -88,11 +88,14 @@ TEST(OpsTest, RmsNormAndLayerNorm) {
     }
 }
 
+// With a magnitude (YaRN's, LongRoPE's attention factor) the rotated pairs grow by it and the
+// dimensions past n_rot stay as they were.
 TEST(OpsTest, RopeRotatesPairsByPositionAngle) {
     const size_t tokens = 3, heads = 2, head_dim = 8, first = 5;
     const std::vector<float> freq_factors = {1.0f, 2.0f, 4.0f};
+    for (const double magnitude : {1.0, 1.5})
     for (auto pairing : {RopeParams::Pairing::Adjacent, RopeParams::Pairing::Halves}) {
-        const RopeParams params{pairing, 6, 500.0, 0.5, freq_factors.data()};
+        const RopeParams params{pairing, 6, 500.0, 0.5, freq_factors.data(), magnitude};
         auto x = gaussian(tokens * heads * head_dim, 4);
         const auto original = x;
         Context ctx;
@@ -104,8 +107,9 @@ TEST(OpsTest, RopeRotatesPairsByPositionAngle) {
                     const size_t a = pairing == RopeParams::Pairing::Adjacent ? 2 * i : i;
                     const size_t b = pairing == RopeParams::Pairing::Adjacent ? 2 * i + 1 : i + 3;
                     const double theta = (first + t) * 0.5 * std::pow(500.0, -2.0 * i / 6) / freq_factors[i];
-                    EXPECT_NEAR(x[base + a], original[base + a] * std::cos(theta) - original[base + b] * std::sin(theta), 1e-5);
-                    EXPECT_NEAR(x[base + b], original[base + a] * std::sin(theta) + original[base + b] * std::cos(theta), 1e-5);
+                    const double c = magnitude * std::cos(theta), s = magnitude * std::sin(theta);
+                    EXPECT_NEAR(x[base + a], original[base + a] * c - original[base + b] * s, 1e-5);
+                    EXPECT_NEAR(x[base + b], original[base + a] * s + original[base + b] * c, 1e-5);
                 }
                 EXPECT_EQ(x[base + 6], original[base + 6]);   // past n_rot: untouched
                 EXPECT_EQ(x[base + 7], original[base + 7]);
