@@ -52,6 +52,7 @@ struct LayerSpec {
     bool rope = true;           // false: NoPE layer
     double rope_freq_base = 10000.0;
     double rope_position_scale = 1.0;   // linear RoPE scaling: positions times this
+    bool rope_scaled = true;            // false: a local layer keeps the short-context RoPE (no YaRN, LongRoPE)
 };
 
 struct TransformerSpec {

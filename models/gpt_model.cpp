@@ -113,8 +113,11 @@ void add_in_place(Tensor<double>& x, const Tensor<double>& y) {
 // RoPE (Su et al. 2021, RoFormer eq. 34), in place on x [T, n_heads * D]: token t's pair (a, b)
 // of frequency i becomes (a cos - b sin, a sin + b cos), theta = t * inv_freq[i], for the first
 // n_rot dimensions of each head. Normal layout pairs (x[2i], x[2i+1]) (llama.cpp rope_norm);
-// NeoX pairs (x[i], x[i + n_rot/2]) (transformers' rotate_half).
-void rope_in_place(Tensor<double>& x, int n_heads, int D, int n_rot, RopeLayout layout, const std::vector<double>& inv_freq) {
+// NeoX pairs (x[i], x[i + n_rot/2]) (transformers' rotate_half). magnitude multiplies cos and sin
+// (YaRN's and LongRoPE's attention factor: transformers' attention_scaling, llama.cpp's mscale), so
+// it scales the rotated dimensions only.
+void rope_in_place(Tensor<double>& x, int n_heads, int D, int n_rot, RopeLayout layout, const std::vector<double>& inv_freq,
+                   double magnitude = 1.0) {
     const size_t T = x.dim(0), width = x.dim(1);
     const int half = n_rot / 2;
     for (size_t t = 0; t < T; ++t) {
@@ -122,7 +125,7 @@ void rope_in_place(Tensor<double>& x, int n_heads, int D, int n_rot, RopeLayout 
             double* head = x.data() + t * width + static_cast<size_t>(h) * D;
             for (int i = 0; i < half; ++i) {
                 const double theta = static_cast<double>(t) * inv_freq[i];
-                const double c = std::cos(theta), s = std::sin(theta);
+                const double c = magnitude * std::cos(theta), s = magnitude * std::sin(theta);
                 double& a = layout == RopeLayout::Normal ? head[2 * i] : head[i];
                 double& b = layout == RopeLayout::Normal ? head[2 * i + 1] : head[i + half];
                 const double a0 = a, b0 = b;
@@ -431,6 +434,9 @@ GPTModel::Weights load_gguf_transformer(WeightLoader& load, const ModelConfig& c
     w.output_norm = load.required("output_norm.weight", {E});
     if (layer_norm) w.output_norm_bias = load.optional("output_norm.bias", {E});
     w.output = load.optional("output.weight", {V, E});
+    // LongRoPE's factors are read with the hyper-parameters (ModelConfig::rope_scaling).
+    load.skip("rope_factors_long.weight");
+    load.skip("rope_factors_short.weight");
     return w;
 }
 
@@ -665,6 +671,9 @@ Tensor<double> GPTModel::transformer_forward(std::span<const Token> ids) const {
         std::copy_n(normed.data(), x.size(), x.data());
     };
 
+    // YaRN or LongRoPE at this model's context (LongRoPE's factor set depends on it).
+    const RopeFrequencyScaling scaling = rope_frequency_scaling(c, n_ctx_);
+
     Tensor<double> x(Shape{T, E});   // [T, E]
     for (size_t t = 0; t < T; ++t)
         for (size_t e = 0; e < E; ++e) x[t * E + e] = weights_.token_embd.row(ids[t])[e] * spec.embedding_scale;
@@ -680,12 +689,16 @@ Tensor<double> GPTModel::transformer_forward(std::span<const Token> ids) const {
         const Tensor<double> v = linear(h, L.wv, L.bv);   // [T, Hkv*D]
         if (spec.qk_norm) head_norm(q, L.q_norm), head_norm(k, L.k_norm);
         if (layer.rope) {
-            // theta_i = position * base^(-2i / n_rot) * position_scale (linear scaling).
+            // theta_i = position * base^(-2i / n_rot) * position_scale (linear scaling) / divisor_i
+            // (YaRN, LongRoPE; not on local layers).
+            const bool scaled = layer.rope_scaled && !scaling.divisors.empty();
             std::vector<double> inv_freq(static_cast<size_t>(c.n_rot / 2));
             for (size_t i = 0; i < inv_freq.size(); ++i)
-                inv_freq[i] = std::pow(layer.rope_freq_base, -2.0 * static_cast<double>(i) / c.n_rot) * layer.rope_position_scale;
-            rope_in_place(q, c.n_head, c.head_dim, c.n_rot, c.rope_layout, inv_freq);
-            rope_in_place(k, c.n_head_kv, c.head_dim, c.n_rot, c.rope_layout, inv_freq);
+                inv_freq[i] = std::pow(layer.rope_freq_base, -2.0 * static_cast<double>(i) / c.n_rot) * layer.rope_position_scale /
+                              (scaled ? scaling.divisors[i] : 1.0);
+            const double magnitude = layer.rope_scaled ? scaling.magnitude : 1.0;
+            rope_in_place(q, c.n_head, c.head_dim, c.n_rot, c.rope_layout, inv_freq, magnitude);
+            rope_in_place(k, c.n_head_kv, c.head_dim, c.n_rot, c.rope_layout, inv_freq, magnitude);
         }
         observe("Qcur", il, q);
         observe("Kcur", il, k);

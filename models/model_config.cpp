@@ -3,9 +3,12 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <numbers>
 #include <stdexcept>
 
 #include <nlohmann/json.hpp>
+
+#include "format/quant.hpp"
 
 namespace twinfer {
 namespace {
@@ -90,6 +93,88 @@ void read_hf_rope(const nlohmann::json& config, ModelConfig& c) {
     }
 }
 
+// RoPE scaling from GGUF metadata, with llama.cpp's key names (llama-arch.cpp) and its converter's
+// meaning (convert_hf_to_gguf.py: ModelBase.set_gguf_parameters, Phi3MiniModel): <arch>.rope.scaling.
+//   type "linear" (or no type but a factor): positions divided by factor.
+//   type "yarn": factor, original_context_length (default: context_length), yarn_beta_fast (32),
+//     yarn_beta_slow (1), yarn_attn_factor (HF's attention_factor; default 0.1 ln(factor) + 1).
+//     llama.cpp reads the beta and yarn_attn_factor keys for a few architectures only (grok,
+//     mistral3) and its YaRN magnitude is always the default; transformers uses the values the
+//     converter copied from config.json, and so does twinfer (they differ only where a file has them).
+//   LongRoPE: type "longrope", or no type and the tensors rope_factors_long.weight and
+//     rope_factors_short.weight (Phi-3's converter writes no type), each [n_rot/2] divisors;
+//     original_context_length picks between them (rope_frequency_scaling).
+//   attn_factor multiplies the magnitude (llama.cpp's rope_attn_factor, which for LongRoPE is the
+//     whole of it; default there HF's sqrt(1 + ln(s) / ln(original)), s = context_length / original).
+// yarn_log_multiplier (DeepSeek's mscale_all_dim) and a yarn_ext_factor other than 1 have meanings
+// no architecture twinfer runs uses, and are refused.
+void read_gguf_rope_scaling(const gguf::File& file, ModelConfig& c) {
+    const std::string p = c.architecture_name + ".rope.scaling.";
+    const std::string where = file.origin() + ": " + p;
+    RopeScaling& s = c.rope_scaling;
+    auto positive = [&](const std::string& key, double fallback) {
+        const double v = file.float_or(p + key, fallback);
+        if (!(v > 0) || !std::isfinite(v)) throw std::runtime_error(where + key + " = " + std::to_string(v) + " must be a positive number");
+        return v;
+    };
+    auto original_context = [&] {
+        if (!file.has(p + "original_context_length")) return c.n_ctx_train;
+        return positive_int(file.get_uint(p + "original_context_length"), p + "original_context_length");
+    };
+    const std::string type = file.string_or(p + "type").value_or("none");
+    const bool has_long = file.find_tensor("rope_factors_long.weight"), has_short = file.find_tensor("rope_factors_short.weight");
+    if (type == "longrope" || ((type == "none" || type.empty()) && (has_long || has_short))) {
+        if (!has_long || !has_short)
+            throw std::runtime_error(file.origin() + ": LongRoPE needs both rope_factors_long.weight and rope_factors_short.weight");
+        s.kind = RopeScaling::Kind::LongRope;
+        s.original_context = original_context();
+        auto factors = [&](const std::string& name) {
+            const gguf::TensorInfo& t = *file.find_tensor(name);
+            const size_t n = static_cast<size_t>(c.n_rot / 2);
+            if (t.dims != std::vector<uint64_t>{n})
+                throw std::runtime_error(file.origin() + ": " + name + " must hold " + std::to_string(n) + " factors (rope.dimension_count / 2)");
+            std::vector<double> values(n);
+            try {
+                dequantize(t.type, t.data, values);
+            } catch (const std::exception& e) {
+                throw std::runtime_error(file.origin() + ": loading " + name + ": " + e.what());
+            }
+            for (size_t i = 0; i < n; ++i)
+                if (!(values[i] > 0) || !std::isfinite(values[i]))
+                    throw std::runtime_error(file.origin() + ": " + name + "[" + std::to_string(i) + "] = " + std::to_string(values[i]) +
+                                             " must be a positive number");
+            return values;
+        };
+        s.long_factors = factors("rope_factors_long.weight");
+        s.short_factors = factors("rope_factors_short.weight");
+        const double scale = double(c.n_ctx_train) / s.original_context;
+        s.attn_factor = positive("attn_factor", scale > 1 ? std::sqrt(1 + std::log(scale) / std::log(double(s.original_context))) : 1.0);
+    } else if (has_long || has_short) {
+        throw std::runtime_error(file.origin() + ": rope_factors_long/short.weight (LongRoPE) with rope scaling type '" + type +
+                                 "' is not implemented");
+    } else if (type == "yarn") {
+        s.kind = RopeScaling::Kind::Yarn;
+        s.factor = positive("factor", 1.0);
+        s.original_context = original_context();
+        s.beta_fast = positive("yarn_beta_fast", 32.0);
+        s.beta_slow = positive("yarn_beta_slow", 1.0);
+        if (file.has(p + "yarn_log_multiplier") && file.get_float(p + "yarn_log_multiplier") != 0)
+            throw std::runtime_error(where + "yarn_log_multiplier (DeepSeek's mscale_all_dim) is not implemented");
+        if (file.has(p + "yarn_ext_factor") && file.get_float(p + "yarn_ext_factor") != 1)
+            throw std::runtime_error(where + "yarn_ext_factor other than 1 is not implemented");
+        if (!(c.rope_freq_base > 1) || !std::isfinite(c.rope_freq_base))
+            throw std::runtime_error(file.origin() + ": YaRN needs a rope.freq_base above 1, not " + std::to_string(c.rope_freq_base));
+        const double mscale = s.factor <= 1 ? 1.0 : 0.1 * std::log(s.factor) + 1.0;   // HF yarn_get_mscale, llama.cpp get_mscale
+        s.attn_factor = positive("yarn_attn_factor", mscale) * positive("attn_factor", 1.0);
+    } else if (type == "linear" || ((type == "none" || type.empty()) && file.has(p + "factor"))) {
+        s.kind = RopeScaling::Kind::Linear;
+        s.factor = positive("factor", 1.0);
+    } else if (type != "none" && !type.empty()) {
+        throw std::runtime_error(file.origin() + ": rope scaling type '" + type + "' is not implemented for " + c.architecture_name +
+                                 " (twinfer runs: linear, yarn, longrope)");
+    }
+}
+
 // A TransformerModel architecture: its description with this file's hyper-parameters laid over it.
 void read_transformer_spec(const gguf::File& file, ModelConfig& c) {
     const std::string p = c.architecture_name + ".";
@@ -112,15 +197,8 @@ void read_transformer_spec(const gguf::File& file, ModelConfig& c) {
                                                    : c.head_dim;
     c.rope_freq_base = file.float_or(p + "rope.freq_base", 10000.0);
     c.rope_layout = d.rope == RopeKind::Normal ? RopeLayout::Normal : RopeLayout::NeoX;
-    const std::string scaling = file.string_or(p + "rope.scaling.type").value_or("none");
-    double position_scale = 1.0;
-    if (scaling == "linear" || (scaling == "none" && file.has(p + "rope.scaling.factor"))) {
-        const double factor = file.get_float(p + "rope.scaling.factor");
-        if (!(factor > 0)) throw std::runtime_error(file.origin() + ": " + p + "rope.scaling.factor must be positive");
-        position_scale = 1.0 / factor;
-    } else if (scaling != "none" && scaling != "") {
-        throw std::runtime_error(file.origin() + ": rope scaling type '" + scaling + "' is not implemented for " + c.architecture_name);
-    }
+    read_gguf_rope_scaling(file, c);
+    const double position_scale = c.rope_scaling.kind == RopeScaling::Kind::Linear ? 1.0 / c.rope_scaling.factor : 1.0;
     s.embedding_scale = d.embedding_scale ? std::sqrt(double(c.n_embd)) : 1.0;
     s.attention_scale = 1.0 / std::sqrt(double(c.head_dim));
     s.final_logit_softcap = file.float_or(p + "final_logit_softcapping", 0.0);
@@ -152,6 +230,7 @@ void read_transformer_spec(const gguf::File& file, ModelConfig& c) {
         // Local layers keep the short-context RoPE: their own base, no scaling (as llama.cpp).
         layer.rope_freq_base = sliding[il] && d.swa_group ? local_base : c.rope_freq_base;
         layer.rope_position_scale = sliding[il] && d.swa_group ? 1.0 : position_scale;
+        layer.rope_scaled = !(sliding[il] && d.swa_group);
     }
     if (d.mixture_of_experts) {
         auto count = [&](const std::string& key) { return positive_int(file.get_uint(p + key), p + key); };
@@ -165,6 +244,34 @@ void read_transformer_spec(const gguf::File& file, ModelConfig& c) {
 }
 
 }  // namespace
+
+RopeFrequencyScaling rope_frequency_scaling(const ModelConfig& c, size_t n_ctx) {
+    const RopeScaling& s = c.rope_scaling;
+    RopeFrequencyScaling r;
+    if (s.kind == RopeScaling::Kind::LongRope) {
+        r.divisors = n_ctx > static_cast<size_t>(s.original_context) ? s.long_factors : s.short_factors;
+        r.magnitude = s.attn_factor;
+    } else if (s.kind == RopeScaling::Kind::Yarn) {
+        // YaRN (Peng et al. 2023; ggml_rope_yarn_corr_dims and rope_yarn, HF _compute_yarn_parameters
+        // with truncate): the pair that turns `rotations` times over the original context sits at
+        // dimension n_rot ln(original / (2 pi rotations)) / (2 ln base). Pairs below beta_fast's
+        // (rounded down) keep their frequency, pairs above beta_slow's (rounded up) are divided by
+        // factor, and a linear ramp blends the two in between.
+        const double n_rot = c.n_rot;
+        auto dimension = [&](double rotations) {
+            return n_rot * std::log(s.original_context / (rotations * 2 * std::numbers::pi)) / (2 * std::log(c.rope_freq_base));
+        };
+        const double low = std::max(0.0, std::floor(dimension(s.beta_fast)));
+        const double high = std::min(n_rot - 1, std::ceil(dimension(s.beta_slow)));
+        r.divisors.resize(static_cast<size_t>(c.n_rot / 2));
+        for (size_t i = 0; i < r.divisors.size(); ++i) {
+            const double extrapolate = 1 - std::clamp((double(i) - low) / std::max(0.001, high - low), 0.0, 1.0);
+            r.divisors[i] = 1 / ((1 - extrapolate) / s.factor + extrapolate);
+        }
+        r.magnitude = s.attn_factor;
+    }
+    return r;
+}
 
 ModelConfig ModelConfig::from_gguf(const gguf::File& file) {
     ModelConfig c;
@@ -214,8 +321,10 @@ ModelConfig ModelConfig::from_gguf(const gguf::File& file) {
             c.rope_scaling.factor = file.get_float(p + "rope.scaling.factor");
         } else if (scaling != "none" && scaling != "") {
             // Llama-3 frequency scaling arrives in GGUF as the rope_freqs.weight tensor, read by
-            // the models; a metadata scaling type other than linear is not implemented.
-            throw std::runtime_error(file.origin() + ": unsupported rope scaling type '" + scaling + "'");
+            // the models; YaRN and LongRoPE run on TransformerModel's architectures only.
+            throw std::runtime_error(file.origin() + ": rope scaling type '" + scaling +
+                                     "' is not implemented for the llama architecture (it runs linear scaling and "
+                                     "rope_freqs.weight; yarn and longrope run on " + transformer_architecture_names() + ")");
         } else if (file.has(p + "rope.scaling.factor") && file.get_float(p + "rope.scaling.factor") != 1.0) {
             c.rope_scaling.kind = RopeScaling::Kind::Linear;
             c.rope_scaling.factor = file.get_float(p + "rope.scaling.factor");

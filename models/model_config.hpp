@@ -3,6 +3,7 @@
 // implementation (float64 reference, float32 CPU/CUDA) reads. Filled from GGUF metadata or from a
 // Hugging Face config.json.
 #include <string>
+#include <vector>
 
 #include <nlohmann/json_fwd.hpp>
 
@@ -19,12 +20,26 @@ enum class Architecture { GPT2, Llama, Transformer };
 enum class RopeLayout { Normal, NeoX };
 
 struct RopeScaling {
-    enum class Kind { None, Linear, Llama3 };
+    enum class Kind { None, Linear, Llama3, Yarn, LongRope };
     Kind kind = Kind::None;
-    double factor = 1.0;             // Linear: positions divided by it; Llama3: low-frequency divisor
+    double factor = 1.0;             // Linear: positions divided by it; Llama3: low-frequency divisor;
+                                     // YaRN: the interpolated frequencies' divisor
     double low_freq_factor = 1.0;    // Llama3 only
     double high_freq_factor = 4.0;   // Llama3 only
-    int original_context = 8192;     // Llama3 only
+    int original_context = 8192;     // Llama3, YaRN, LongRoPE: the context the model was trained on
+    double beta_fast = 32, beta_slow = 1;   // YaRN: rotations per original context bounding the ramp
+    // YaRN and LongRoPE: the magnitude cos and sin are multiplied by (llama.cpp's attn_factor, HF's
+    // attention_scaling), resolved from the file's keys and the defaults (model_config.cpp).
+    double attn_factor = 1.0;
+    // LongRoPE: rope_factors_short/long.weight, [n_rot/2] divisors of the pairs' frequencies each.
+    std::vector<double> short_factors, long_factors;
+};
+
+// The RoPE of one rotating layer at a context of n_ctx positions per sequence, beyond its base: the
+// divisor of each pair's frequency (empty: none) and the magnitude of the rotated dimensions.
+struct RopeFrequencyScaling {
+    std::vector<double> divisors;
+    double magnitude = 1.0;
 };
 
 struct ModelConfig {
@@ -55,5 +70,13 @@ struct ModelConfig {
 
     void validate() const;  // throws std::runtime_error naming the first inconsistent field
 };
+
+// YaRN and LongRoPE as per-pair divisors and a magnitude (Linear and Llama3 stay where they were:
+// positions scaled, rope_freqs.weight). n_ctx (per sequence) picks LongRoPE's set: the long factors
+// when it exceeds the original context, else the short ones (llama.cpp's get_rope_factors; HF picks
+// by the length of the sequence instead, which is the same choice when the context is the sequence).
+// Every scaled layer rotates with the model's rope_freq_base (a local layer, !LayerSpec::rope_scaled,
+// keeps its own base and takes no scaling).
+RopeFrequencyScaling rope_frequency_scaling(const ModelConfig& c, size_t n_ctx);
 
 }  // namespace twinfer

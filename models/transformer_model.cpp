@@ -103,6 +103,12 @@ TransformerModel TransformerModel::load(std::shared_ptr<const gguf::File> file, 
         return compute::ExpertMatrices{place({t->type, rows * n, cols, t->data.data()}), n};
     };
 
+    // YaRN and LongRoPE: one set of divisors for every scaled layer (the model's base), and the
+    // magnitude on the rotation itself: with partial rotary it scales only the rotated dimensions
+    // (llama.cpp, HF), which the attention's scale could not. The divisors go to the kernels as
+    // float, as rope_freqs.weight does (a relative 6e-8 of each frequency: within float32's budget).
+    const RopeFrequencyScaling rope_scaling = rope_frequency_scaling(c, n_ctx);
+    m.rope_factors_ = floats(std::vector<float>(rope_scaling.divisors.begin(), rope_scaling.divisors.end()));
     m.token_embd_ = matrix("token_embd.weight", V, E);
     m.output_ = load.has("output.weight") ? matrix("output.weight", V, E) : m.token_embd_;
     m.output_norm_ = norm("output_norm", true);
@@ -159,7 +165,8 @@ TransformerModel TransformerModel::load(std::shared_ptr<const gguf::File> file, 
                   .n_rot = static_cast<size_t>(c.n_rot),
                   .freq_base = layer.rope_freq_base,
                   .position_scale = layer.rope_position_scale,
-                  .freq_factors = nullptr};
+                  .freq_factors = layer.rope_scaled && !m.rope_factors_.empty() ? m.rope_factors_.data() : nullptr,
+                  .magnitude = layer.rope_scaled ? rope_scaling.magnitude : 1.0};
         L.attention = {.n_head = static_cast<size_t>(c.n_head),
                        .n_head_kv = static_cast<size_t>(c.n_head_kv),
                        .head_dim = D,

@@ -37,7 +37,7 @@ private:
         DeviceFloats b_up, b_down;
         compute::WeightMatrix router;                             // [n_expert, E] (mixture of experts)
         compute::ExpertMatrices gate_exps, up_exps, down_exps;    // n_expert x [F_e, E], [F_e, E], [E, F_e]
-        compute::RopeParams rope;                                 // this layer's base and scale
+        compute::RopeParams rope;                                 // this layer's base, scale, factors, magnitude
         compute::AttentionShape attention;                        // this layer's window
     };
 
@@ -65,6 +65,7 @@ private:
     compute::WeightMatrix token_embd_, output_;                 // [V, E]; output_ is token_embd_ when tied
     std::vector<Layer> layers_;
     Norm output_norm_;
+    DeviceFloats rope_factors_;                                 // [n_rot/2] YaRN or LongRoPE divisors, or empty
     compute::Buffer one_by_one_;                                // a token's experts (compute::OneByOneScratch)
     compute::Buffer expert_groups_;                             // a prompt's experts grouped (compute::GroupedScratch)
 };

@@ -76,6 +76,23 @@ CASES = {
     "stablelm": ("stablelm", dict(hidden_size=64, partial_rotary_factor=0.25, use_qkv_bias=True, qk_layernorm=False,
                                   use_parallel_residual=False, layer_norm_eps=1e-5, tie_word_embeddings=False,
                                   hidden_act="silu")),
+    # YaRN (rope_type "yarn"): a base of 100 and heads of 16 put the ramp between the corrected
+    # dimensions (beta_fast 32, beta_slow 1 of 64 original positions) over pairs 0..5, so pairs 1-4
+    # blend the interpolated and extrapolated frequencies; attention factor 0.1 ln(4) + 1.
+    "qwen2_yarn": ("qwen2", dict(hidden_size=64, max_position_embeddings=256, tie_word_embeddings=False, rms_norm_eps=1e-6,
+                                 rope_parameters=dict(rope_type="yarn", rope_theta=100.0, factor=4.0,
+                                                      original_max_position_embeddings=64))),
+    # LongRoPE (Phi-3.5/Phi-4-mini): per-pair short and long factors (float32 values), half of each
+    # head rotated, 16 original positions. transformers picks the long factors for sequences longer
+    # than 16 (here the 24-token one), llama.cpp for contexts longer than 16: the test runs each
+    # sequence in a context of its own length, where the two agree. 512 / 16 positions make the
+    # attention factor sqrt(1 + ln 32 / ln 16) = 1.5, which the converter's float32 holds exactly.
+    "phi3_longrope": ("phi3", dict(hidden_size=64, partial_rotary_factor=0.5, original_max_position_embeddings=16,
+                                   max_position_embeddings=512, sliding_window=None, tie_word_embeddings=False,
+                                   rms_norm_eps=1e-5, resid_pdrop=0.0, embd_pdrop=0.0, attention_dropout=0.0,
+                                   rope_parameters=dict(rope_type="longrope", rope_theta=100.0, partial_rotary_factor=0.5,
+                                                        short_factor=[1.0, 1.25, 1.5, 2.0],
+                                                        long_factor=[1.0, 3.0, 6.0, 12.0]))),
     # Parallel attention and MLP residual, fused per-head QKV with biases, GELU (erf), half rotary.
     "gptneox": ("gpt_neox", dict(rotary_pct=0.5, use_parallel_residual=True, hidden_act="gelu", layer_norm_eps=1e-5,
                                  tie_word_embeddings=False, attention_bias=True, num_key_value_heads=None)),

@@ -4,8 +4,10 @@
 // bug cannot agree.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "common/test_data.hpp"
 #include "models/f32_test_support.hpp"
@@ -24,12 +26,17 @@ constexpr double kFloat32Tolerance = 1e-5;
 
 std::filesystem::path case_dir(const std::string& name) { return test::repo_root() / "tests/models/golden_arch" / name; }
 
+// Each sequence runs in a context of its own length: transformers picks LongRoPE's factor set by the
+// sequence's length, llama.cpp and twinfer by the context (phi3_longrope: short for 1 and 5 tokens,
+// long for 24), the same choice here. No other case depends on the context.
+size_t context_of(const test::GoldenSequence& golden) { return golden.tokens.size(); }
+
 class GoldenArchitecture : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(GoldenArchitecture, ReferenceMatchesTransformers) {
     const gguf::File file = gguf::File::open(case_dir(GetParam()) / "model.gguf");
     for (const test::GoldenSequence& golden : test::read_golden(case_dir(GetParam()) / "golden.bin")) {
-        GPTModel model = GPTModel::from_gguf(file);
+        GPTModel model = GPTModel::from_gguf(file, context_of(golden));
         const Logits logits = model.forward(golden.tokens, LogitsMode::All);
         ASSERT_EQ(logits.n_vocab, golden.n_vocab);
         for (size_t t = 0; t < golden.tokens.size(); ++t)
@@ -43,7 +50,8 @@ TEST_P(GoldenArchitecture, ReferenceMatchesTransformers) {
 TEST_P(GoldenArchitecture, Float32MatchesTransformers) {
     const auto file = std::make_shared<const gguf::File>(gguf::File::open(case_dir(GetParam()) / "model.gguf"));
     for (const test::GoldenSequence& golden : test::read_golden(case_dir(GetParam()) / "golden.bin")) {
-        TransformerModel model = TransformerModel::load(file, {.n_ctx = 64, .n_threads = 2, .activations = compute::Activations::Float32});
+        TransformerModel model =
+            TransformerModel::load(file, {.n_ctx = context_of(golden), .n_threads = 2, .activations = compute::Activations::Float32});
         const size_t T = golden.tokens.size(), n_prompt = (T + 1) / 2;
         auto expected = [&](size_t t) { return std::span(golden.logits).subspan(t * golden.n_vocab, golden.n_vocab); };
         const Logits prompt = model.forward(std::span(golden.tokens).first(n_prompt), LogitsMode::All);
@@ -55,9 +63,42 @@ TEST_P(GoldenArchitecture, Float32MatchesTransformers) {
     }
 }
 
+// The LongRoPE rule is llama.cpp's, by the context: phi3_longrope's 5-token sequence, for which
+// transformers took the short factors, run in a context beyond the 16 original positions takes the
+// long ones and parts from transformers' logits, on both paths alike.
+TEST(GoldenLongRope, AContextBeyondTheOriginalTakesTheLongFactors) {
+    const auto file = std::make_shared<const gguf::File>(gguf::File::open(case_dir("phi3_longrope") / "model.gguf"));
+    const test::GoldenSequence golden = test::read_golden(case_dir("phi3_longrope") / "golden.bin").at(1);
+    ASSERT_EQ(golden.tokens.size(), 5u);
+    ASSERT_EQ(ModelConfig::from_gguf(*file).rope_scaling.original_context, 16);
+    GPTModel reference = GPTModel::from_gguf(*file, 17);
+    const Logits logits = reference.forward(golden.tokens, LogitsMode::All);
+    TransformerModel model = TransformerModel::load(file, {.n_ctx = 17, .n_threads = 2, .activations = compute::Activations::Float32});
+    const Logits f32 = model.forward(golden.tokens, LogitsMode::All);
+    double departure = 0;
+    for (size_t t = 1; t < golden.tokens.size(); ++t) {   // position 0 turns by no angle
+        departure = std::max(departure, test::relative_error(logits.row(t), std::span(golden.logits).subspan(t * golden.n_vocab, golden.n_vocab)));
+        EXPECT_LT(test::relative_error(f32.row(t), logits.row(t)), kFloat32Tolerance) << "position " << t;
+    }
+    EXPECT_GT(departure, 1e-3);
+}
+
+// qwen2_yarn's pairs: the first keeps its frequency, the next four blend the two on the ramp, the
+// last three are interpolated: the golden covers all three.
+TEST(GoldenYarn, TheCaseCoversTheRamp) {
+    const gguf::File file = gguf::File::open(case_dir("qwen2_yarn") / "model.gguf");
+    const ModelConfig c = ModelConfig::from_gguf(file);
+    ASSERT_EQ(c.rope_scaling.kind, RopeScaling::Kind::Yarn);
+    const std::vector<double> divisors = rope_frequency_scaling(c, 64).divisors;
+    ASSERT_EQ(divisors.size(), 8u);
+    EXPECT_EQ(divisors[0], 1.0);
+    for (size_t i = 1; i < 5; ++i) EXPECT_TRUE(divisors[i] > 1.0 && divisors[i] < 4.0) << i << ": " << divisors[i];
+    for (size_t i = 5; i < 8; ++i) EXPECT_EQ(divisors[i], 4.0) << i;
+}
+
 INSTANTIATE_TEST_SUITE_P(Transformers, GoldenArchitecture,
                          ::testing::Values("qwen2", "qwen3", "qwen3moe", "gemma3", "phi3", "smollm3", "stablelm", "gptneox",
-                                           "starcoder2"));
+                                           "starcoder2", "qwen2_yarn", "phi3_longrope"));
 
 }  // namespace
 }  // namespace twinfer

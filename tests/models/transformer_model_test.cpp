@@ -37,6 +37,11 @@ struct RandomArch {
     int parallel = -1;             // <arch>.use_parallel_residual when 0 or 1
     int n_expert = 0, n_expert_used = 0, n_ff_expert = 0;
     float rope_base = 10000.0f;    // <arch>.rope.freq_base (Gemma 3: its global layers')
+    // "yarn" (factor 4 over 64 original positions) or "longrope" (factor tensors, 16 original
+    // positions: the test's context takes the long set): the keys and tensors llama.cpp's converter writes.
+    std::string rope_scaling = "";
+
+    std::string name() const { return rope_scaling.empty() ? arch : arch + "_" + rope_scaling; }
 };
 
 constexpr int kVocab = 96, kEmbd = 32, kFF = 48, kCtx = 64;
@@ -55,6 +60,8 @@ std::vector<RandomArch> architectures() {
          .ffn_bias = true, .n_head_kv = 4, .n_rot = 4, .parallel = 1},
         {.arch = "starcoder2", .layer_norm = true, .qkv_bias = true, .out_bias = true, .gated = false, .ffn_bias = true,
          .tied = true},
+        {.arch = "qwen2", .qkv_bias = true, .rope_base = 100.0f, .rope_scaling = "yarn"},
+        {.arch = "phi3", .fused_qkv = true, .fused_gate_up = true, .n_rot = 4, .rope_scaling = "longrope"},
     };
 }
 
@@ -78,6 +85,14 @@ std::shared_ptr<const gguf::File> random_model(const RandomArch& a, GGMLType mat
     w.set_f32(p + (a.layer_norm ? "attention.layer_norm_epsilon" : "attention.layer_norm_rms_epsilon"), 1e-5f);
     if (a.sliding_window) w.set_u32(p + "attention.sliding_window", a.sliding_window);
     if (a.parallel >= 0) w.set_bool(p + "use_parallel_residual", a.parallel == 1);
+    if (a.rope_scaling == "yarn") {
+        w.set_string(p + "rope.scaling.type", "yarn");
+        w.set_f32(p + "rope.scaling.factor", 4.0f);
+        w.set_u32(p + "rope.scaling.original_context_length", 64);
+    } else if (a.rope_scaling == "longrope") {
+        w.set_u32(p + "rope.scaling.original_context_length", 16);
+        w.set_f32(p + "rope.scaling.attn_factor", 1.25f);
+    }
     if (a.n_expert) {
         w.set_u32(p + "expert_count", a.n_expert);
         w.set_u32(p + "expert_used_count", a.n_expert_used);
@@ -137,7 +152,12 @@ std::shared_ptr<const gguf::File> random_model(const RandomArch& a, GGMLType mat
     }
     norm("output_norm", E);
     if (!a.tied) add("output.weight", {E, V}, in_scale);
-    const auto path = test::scratch_dir() / (a.arch + "_" + std::string(type_name(matrix_type)) + ".gguf");
+    if (a.rope_scaling == "longrope") {
+        const uint64_t pairs = uint64_t(a.n_rot) / 2;
+        add("rope_factors_short.weight", {pairs}, 0.25f, 1.5f);
+        add("rope_factors_long.weight", {pairs}, 0.5f, 4.0f);
+    }
+    const auto path = test::scratch_dir() / (a.name() + "_" + std::string(type_name(matrix_type)) + ".gguf");
     w.write(path);
     return std::make_shared<const gguf::File>(gguf::File::open(path));
 }
@@ -170,8 +190,8 @@ TEST_P(EveryArchitecture, Float32MatchesTheFloat64Reference) {
         const Logits step = model.forward(std::span(ids).subspan(t, 1));
         worst = std::max(worst, test::relative_error(step.row(0), expected.row(t)));
     }
-    EXPECT_LT(worst, 1e-5) << a.arch;
-    EXPECT_GT(worst, 0.0) << a.arch << ": float32 and float64 cannot agree exactly";
+    EXPECT_LT(worst, 1e-5) << a.name();
+    EXPECT_GT(worst, 0.0) << a.name() << ": float32 and float64 cannot agree exactly";
 }
 
 // The default (int8x2) path on Q8_0 weights stays within the Trust budget of the reference on the
@@ -186,7 +206,7 @@ TEST_P(EveryArchitecture, DefaultPathOnQuantizedWeightsStaysWithinBudget) {
     double worst = test::relative_error(model.forward(std::span(ids).first(8), LogitsMode::All).row(7), expected.row(7));
     for (size_t t = 8; t < ids.size(); ++t)
         worst = std::max(worst, test::relative_error(model.forward(std::span(ids).subspan(t, 1)).row(0), expected.row(t)));
-    EXPECT_LT(worst, test::kInt8x2Tolerance) << a.arch;
+    EXPECT_LT(worst, test::kInt8x2Tolerance) << a.name();
 }
 
 // On a GPU, float activations, every token through the decode step (the captured graph, the
@@ -207,7 +227,7 @@ TEST_P(EveryArchitecture, CudaDecodeStepMatchesTheReference) {
     double worst = 0;
     for (size_t t = 0; t < ids.size(); ++t)
         worst = std::max(worst, test::relative_error(model.forward(std::span(ids).subspan(t, 1)).row(0), expected.row(t)));
-    EXPECT_LT(worst, test::kFloat32Tolerance) << a.arch;
+    EXPECT_LT(worst, test::kFloat32Tolerance) << a.name();
 }
 
 // A float16 KV cache (--cache-type f16), float activations: the prompt path and the decode step
@@ -235,14 +255,14 @@ TEST_P(EveryArchitecture, Float16CacheStaysWithinItsBudget) {
     const auto cpu = rows_on(compute::Device::CPU);
     double worst = 0;
     for (size_t t = 0; t < ids.size(); ++t) worst = std::max(worst, test::relative_error(cpu[t], expected.row(t)));
-    EXPECT_LT(worst, test::kFloat16CacheTolerance) << a.arch;
-    EXPECT_GT(worst, 1e-5) << a.arch << ": float16 rounding of the cache must show beside float32's";
+    EXPECT_LT(worst, test::kFloat16CacheTolerance) << a.name();
+    EXPECT_GT(worst, 1e-5) << a.name() << ": float16 rounding of the cache must show beside float32's";
 #ifdef TWINFER_WITH_CUDA
     if (compute::cuda::device_count() == 0) return;
     const auto gpu = rows_on(compute::Device::CUDA);
     double gpu_worst = 0;
     for (size_t t = 0; t < ids.size(); ++t) gpu_worst = std::max(gpu_worst, test::relative_error(gpu[t], cpu[t]));
-    EXPECT_LT(gpu_worst, test::kFloat32Tolerance) << a.arch << " on the GPU";
+    EXPECT_LT(gpu_worst, test::kFloat32Tolerance) << a.name() << " on the GPU";
 #endif
 }
 
@@ -296,7 +316,7 @@ TEST_P(EveryArchitecture, BatchedRowsEqualEachSequenceAlone) {
         ASSERT_EQ(batched.n_positions, 2u);
         for (int s = 0; s < 2; ++s) {
             const auto row = batched.row(s);
-            EXPECT_TRUE(std::equal(row.begin(), row.end(), alone[s][step].begin())) << a.arch << " sequence " << s << " step " << step;
+            EXPECT_TRUE(std::equal(row.begin(), row.end(), alone[s][step].begin())) << a.name() << " sequence " << s << " step " << step;
         }
         if (step == 4) break;
         const std::vector<SlotToken> decode = {{0, ids[0][8 + step], true, RowProducts::Single},
@@ -306,7 +326,7 @@ TEST_P(EveryArchitecture, BatchedRowsEqualEachSequenceAlone) {
 }
 
 INSTANTIATE_TEST_SUITE_P(TransformerModel, EveryArchitecture, ::testing::ValuesIn(architectures()),
-                         [](const auto& info) { return info.param.arch; });
+                         [](const auto& info) { return info.param.name(); });
 
 // Qwen3-MoE with experts wide enough for whole quantized blocks (8 experts of [64, 32] and [32,
 // 64], 2 a token): a 16-token prompt goes through the experts grouped by expert
