@@ -34,6 +34,7 @@ constexpr TypeEntry kTypes[] = {
     {GGMLType::I64, {"I64", 1, 8, false}},
     {GGMLType::F64, {"F64", 1, 8, false}},
     {GGMLType::BF16, {"BF16", 1, 2, true}},
+    {GGMLType::MXFP4, {"MXFP4", 32, 17, true}},
 };
 
 const TypeEntry* find_type(uint32_t id) {

@@ -162,6 +162,19 @@ void dequantize_q8_0(std::span<const std::byte> src, std::span<T> dst) {
     }
 }
 
+// d * kvalue in float, as gguf-py multiplies them: exact (a power of two of at least 2^-128 times
+// an integer of at most 12, nothing below float's subnormal unit 2^-149), but from e = 253 up the
+// largest codes overflow float to infinity, as in gguf-py (double keeps them finite).
+template <typename T>
+void dequantize_mxfp4(std::span<const std::byte> src, std::span<T> dst) {
+    for (size_t b = 0; b < dst.size() / QK_MXFP4; ++b) {
+        const auto block = load_block<BlockMXFP4>(src, b);
+        const T d = static_cast<T>(e8m0_to_fp32_half(block.e));
+        for (size_t j = 0; j < QK_MXFP4; ++j)
+            dst[b * QK_MXFP4 + j] = d * static_cast<T>(kvalues_mxfp4[low_block_nibble(block.qs, j)]);
+    }
+}
+
 // In Q2_K, Q3_K and Q6_K each 128-element half of a block takes 32 bytes of 2-bit fields: element
 // 32 * s + l of the half is bits 2s..2s+1 of byte l.
 uint8_t two_bit_field(const uint8_t* half_bytes, size_t element_in_half) {
@@ -434,6 +447,7 @@ void dequantize_any(GGMLType type, std::span<const std::byte> src, std::span<T> 
         case GGMLType::Q4_K: return dequantize_q4_k(src, dst);
         case GGMLType::Q5_K: return dequantize_q5_k(src, dst);
         case GGMLType::Q6_K: return dequantize_q6_k(src, dst);
+        case GGMLType::MXFP4: return dequantize_mxfp4(src, dst);
         default:
             throw std::invalid_argument("dequantize: type " + std::string(type_name(type)) +
                                         " is not supported");

@@ -8,7 +8,8 @@ Writes raw little-endian files into OUT_DIR (tests/format/quant_test.cpp reads t
                               special values: infinities, half overflow, rounding ties)
   {TYPE}.quant.bytes          gguf.quants.quantize(input, TYPE)       (F32 F16 BF16 Q4_0..Q8_0)
   {TYPE}.quant.f32            gguf.quants.dequantize of those bytes
-  {TYPE}.random.bytes         random blocks (half-precision scales kept finite) for every type
+  {TYPE}.random.bytes         random blocks (half-precision scales kept finite, MXFP4's exponents
+                              below float overflow) for every type
   {TYPE}.random.f32           gguf.quants.dequantize of those bytes
 """
 import sys
@@ -19,7 +20,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
 from gguf import quants
 
 QUANTIZABLE = [T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0]
-DEQUANTIZABLE = QUANTIZABLE + [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]
+DEQUANTIZABLE = QUANTIZABLE + [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.MXFP4]
 
 # Byte offsets of the fp16 scale fields in each block; random bytes there are replaced by finite
 # halves, so no NaN scale makes the comparison depend on NaN payload propagation.
@@ -66,6 +67,11 @@ def random_blocks(rng: np.random.Generator, qtype: T, n_blocks: int) -> np.ndarr
         scale = (sign * magnitude).astype(np.float16)
         scale[0] = 0.0
         raw[:, offset:offset + 2] = scale.view(np.uint8).reshape(n_blocks, 2)
+    if qtype == T.MXFP4:
+        # E8M0 exponents: the two that are float subnormals (0, 1), the largest whose codes all stay
+        # finite in float (252: 12 * 2^124), and the rest at random below it.
+        raw[:, 0] = rng.integers(0, 253, size=n_blocks, dtype=np.uint8)
+        raw[:3, 0] = [0, 1, 252]
     return raw.reshape(1, -1)
 
 

@@ -28,6 +28,7 @@ TEST(GGMLType, BlockGeometryMatchesGgml) {
         {GGMLType::I8, "I8", 1, 1, false},        {GGMLType::I16, "I16", 1, 2, false},
         {GGMLType::I32, "I32", 1, 4, false},      {GGMLType::I64, "I64", 1, 8, false},
         {GGMLType::F64, "F64", 1, 8, false},      {GGMLType::BF16, "BF16", 1, 2, true},
+        {GGMLType::MXFP4, "MXFP4", 32, 17, true},
     };
     for (const Expected& e : expected) {
         SCOPED_TRACE(e.name);
@@ -42,7 +43,7 @@ TEST(GGMLType, BlockGeometryMatchesGgml) {
 }
 
 TEST(GGMLType, UnknownIdsAreRejectedByNumber) {
-    for (uint32_t id : {4u, 5u, 16u, 29u, 31u, 1000u}) {
+    for (uint32_t id : {4u, 5u, 16u, 29u, 31u, 38u, 40u, 1000u}) {
         EXPECT_FALSE(is_known_type(id));
         try {
             type_traits(static_cast<GGMLType>(id));
@@ -59,6 +60,8 @@ TEST(GGMLType, RowSizeBytes) {
     EXPECT_EQ(row_size_bytes(GGMLType::BF16, 0), 0u);
     EXPECT_EQ(row_size_bytes(GGMLType::Q4_0, 64), 36u);
     EXPECT_EQ(row_size_bytes(GGMLType::Q6_K, 4096), 16u * 210u);
+    EXPECT_EQ(row_size_bytes(GGMLType::MXFP4, 2880), 90u * 17u);
+    EXPECT_THROW(row_size_bytes(GGMLType::MXFP4, 48), std::runtime_error);
     EXPECT_THROW(row_size_bytes(GGMLType::Q4_0, 33), std::runtime_error);
     EXPECT_THROW(row_size_bytes(GGMLType::Q4_K, 128), std::runtime_error);
     EXPECT_THROW(row_size_bytes(GGMLType::F64, std::numeric_limits<uint64_t>::max()),

@@ -449,6 +449,29 @@ TEST_F(BrokenGgufTest, DimensionsThatLieAboutTheByteSize) {
     expect_rejected(patched_field(image_, c0, 32), {"tensor 't.c'", "past the end"}, "t.c of 32 values");
 }
 
+// MXFP4 (gpt-oss's expert matrices): 17-byte blocks, the byte size following from the dimensions
+// as for any type. t.b's 68 bytes (Q8_0 [32, 2]) typed MXFP4 [64, 2] are exactly its 4 blocks; a
+// row that is no whole number of 32-weight blocks, a row more than the bytes before the next
+// tensor, and the last tensor's blocks past the file are refused, naming the tensor.
+TEST_F(BrokenGgufTest, MXFP4TensorsAreSizedByTheirBlocks) {
+    constexpr uint32_t mxfp4 = 39;
+    const Field& b_type = layout_.field(Kind::TensorType, "tensor 't.b'");
+    const Field& b0 = layout_.field(Kind::Dim, "tensor 't.b'", 0);
+    const Field& b1 = layout_.field(Kind::Dim, "tensor 't.b'", 1);
+    const std::vector<std::byte> as_mxfp4 = patched_field(patched_field(image_, b_type, mxfp4), b0, 64);
+    ASSERT_EQ(parse_error(as_mxfp4), "");
+    const File file = File::parse(as_mxfp4);
+    const TensorInfo& b = file.tensors()[1];
+    EXPECT_EQ(b.type, GGMLType::MXFP4);
+    EXPECT_EQ(b.n_bytes, 68u);
+    expect_rejected(patched_field(as_mxfp4, b0, 48), {"tensor 't.b'", "not a multiple of the MXFP4 block size 32"}, "48 MXFP4 values a row");
+    expect_rejected(patched_field(as_mxfp4, b1, 3), {"overlaps", "'t.b'", "'t.c'"}, "t.b one MXFP4 row longer");
+    const Field& c_type = layout_.field(Kind::TensorType, "tensor 't.c'");
+    const Field& c0 = layout_.field(Kind::Dim, "tensor 't.c'", 0);
+    expect_rejected(patched_field(patched_field(image_, c_type, mxfp4), c0, 128), {"tensor 't.c'", "past the end"},
+                    "t.c as 4 MXFP4 blocks");
+}
+
 // A header with the given metadata (each a key and its type and body), no tensors.
 std::vector<std::byte> metadata_image(const std::vector<std::tuple<std::string, ValueType, std::vector<std::byte>>>& kvs) {
     std::vector<std::byte> image;

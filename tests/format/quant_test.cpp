@@ -97,7 +97,7 @@ size_t element_count(GGMLType type, size_t n_bytes) {
 const GGMLType kDequantizable[] = {
     GGMLType::F32,  GGMLType::F16,  GGMLType::BF16, GGMLType::Q4_0, GGMLType::Q4_1,
     GGMLType::Q5_0, GGMLType::Q5_1, GGMLType::Q8_0, GGMLType::Q2_K, GGMLType::Q3_K,
-    GGMLType::Q4_K, GGMLType::Q5_K, GGMLType::Q6_K,
+    GGMLType::Q4_K, GGMLType::Q5_K, GGMLType::Q6_K, GGMLType::MXFP4,
 };
 const GGMLType kQuantizable[] = {
     GGMLType::F32,  GGMLType::F16,  GGMLType::BF16, GGMLType::Q4_0,
@@ -244,6 +244,49 @@ TEST(QuantErrors, SizesAndTypesAreChecked) {
     EXPECT_THROW(quantize(GGMLType::Q8_0, std::span<const float>(block).first(32),
                           std::span<std::byte>(large).first(35)),
                  std::invalid_argument);
+}
+
+// MXFP4 by hand, apart from the oracle: ggml's E8M0 halving (2^(e - 128), subnormal below e = 2),
+// the doubled E2M1 codes with their sign bit, and element j + 16 in the high nibble of byte j.
+TEST(MXFP4, ScalesCodesAndNibbleOrder) {
+    EXPECT_EQ(e8m0_to_fp32_half(0), std::ldexp(1.0f, -128));
+    EXPECT_EQ(e8m0_to_fp32_half(1), std::ldexp(1.0f, -127));
+    EXPECT_EQ(e8m0_to_fp32_half(2), std::ldexp(1.0f, -126));
+    EXPECT_EQ(e8m0_to_fp32_half(127), 0.5f);
+    EXPECT_EQ(e8m0_to_fp32_half(255), std::ldexp(1.0f, 127));
+    BlockMXFP4 block{};
+    block.e = 128;   // scale 1: the values are the doubled codes
+    for (uint8_t j = 0; j < 16; ++j) block.qs[j] = static_cast<uint8_t>(j | (15 - j) << 4);
+    std::vector<std::byte> bytes(sizeof block);
+    std::memcpy(bytes.data(), &block, sizeof block);
+    std::vector<float> values(32);
+    dequantize(GGMLType::MXFP4, bytes, std::span<float>(values));
+    const float codes[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+    for (size_t j = 0; j < 16; ++j) {
+        EXPECT_EQ(values[j], codes[j]) << "element " << j;
+        EXPECT_EQ(values[16 + j], codes[15 - j]) << "element " << 16 + j;
+    }
+}
+
+// An MXFP4 buffer must be exactly its 17-byte blocks: 16 bytes (a block without its exponent, or a
+// Q4_0-sized reading) or 18 are refused, naming the type and both sizes.
+TEST(MXFP4, SizeMismatchIsRefused) {
+    std::vector<std::byte> bytes(18);
+    std::vector<float> values(32);
+    for (size_t size : {size_t{16}, size_t{18}}) {
+        try {
+            dequantize(GGMLType::MXFP4, std::span<const std::byte>(bytes).first(size), std::span<float>(values));
+            ADD_FAILURE() << "no exception for " << size << " bytes";
+        } catch (const std::invalid_argument& error) {
+            const std::string message = error.what();
+            EXPECT_NE(message.find("MXFP4"), std::string::npos) << message;
+            EXPECT_NE(message.find("17"), std::string::npos) << message;
+            EXPECT_NE(message.find(std::to_string(size)), std::string::npos) << message;
+        }
+    }
+    EXPECT_THROW(dequantize(GGMLType::MXFP4, std::span<const std::byte>(bytes).first(17), std::span<float>(values).first(16)),
+                 std::invalid_argument);
+    EXPECT_FALSE(can_quantize(GGMLType::MXFP4));
 }
 
 }  // namespace
