@@ -3,7 +3,9 @@
 // conversion at load): one token is a matrix-vector product that dequantizes inside the dot
 // product; many tokens run a register-blocked product over tiles of rows decoded once: to int8
 // against quantized tokens on a CPU with AVX-512 VNNI (the int8 kernels' types, int8 or int8x2
-// activations), to float otherwise.
+// activations), to float otherwise. Weight types (matmul_supports): F32, F16, BF16, Q4_0, Q4_1,
+// Q5_0, Q5_1, Q8_0, Q2_K-Q6_K and MXFP4 (gpt-oss's experts); the int8 kernels' types are Q4_0,
+// Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K and MXFP4.
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -41,7 +43,7 @@ bool matmul_supports(GGMLType type);
 
 // `w` where the context's device reads it, laid out as that device's kernels read it best: the CPU
 // uses w as it is (in the file mapping); a GPU gets a copy, in a buffer appended to `storage`, with
-// the int8 kernels' types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K) split into planes.
+// the int8 kernels' types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, MXFP4) split into planes.
 inline WeightMatrix place_weights(Context& ctx, const WeightMatrix& w, [[maybe_unused]] std::vector<Buffer>& storage) {
     if (ctx.device() == Device::CPU) return w;
 #ifdef TWINFER_WITH_CUDA

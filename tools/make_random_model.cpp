@@ -6,7 +6,7 @@
 //
 //   twinfer_make_random_model SHAPE TYPE VOCAB.gguf OUT.gguf
 //     SHAPE: smollm2-135m | tinyllama-1.1b | llama2-7b | llama2-13b
-//     TYPE:  Q4_0 | Q4_1 | Q8_0 | F16   (matrices; norms are F32)
+//     TYPE:  Q4_0 | Q4_1 | Q8_0 | MXFP4 | F16   (matrices; norms are F32)
 //   twinfer_make_random_model like TENSORS.tsv METADATA.gguf OUT.gguf
 //     any architecture: every metadata key of METADATA.gguf (a vocabulary-only file with the
 //     model's hyper-parameters), and the tensors TENSORS.tsv lists (name, type, ggml dims:
@@ -46,13 +46,14 @@ GGMLType parse_type(const std::string& s) {
     if (s == "Q4_0") return GGMLType::Q4_0;
     if (s == "Q4_1") return GGMLType::Q4_1;
     if (s == "Q8_0") return GGMLType::Q8_0;
+    if (s == "MXFP4") return GGMLType::MXFP4;
     if (s == "F16") return GGMLType::F16;
-    throw std::invalid_argument("unknown type " + s + " (Q4_0, Q4_1, Q8_0, F16)");
+    throw std::invalid_argument("unknown type " + s + " (Q4_0, Q4_1, Q8_0, MXFP4, F16)");
 }
 
 GGMLType parse_type_name(const std::string& s) {
     for (GGMLType t : {GGMLType::F32, GGMLType::F16, GGMLType::Q4_0, GGMLType::Q4_1, GGMLType::Q5_0, GGMLType::Q5_1,
-                       GGMLType::Q8_0, GGMLType::Q4_K, GGMLType::Q5_K, GGMLType::Q6_K})
+                       GGMLType::Q8_0, GGMLType::Q4_K, GGMLType::Q5_K, GGMLType::Q6_K, GGMLType::MXFP4})
         if (type_name(t) == s) return t;
     throw std::invalid_argument("type " + s + " is not one random blocks are made of");
 }
@@ -66,10 +67,13 @@ std::vector<std::pair<size_t, float>> block_scales(GGMLType type) {
         case GGMLType::Q4_1: case GGMLType::Q5_1: return {{0, 0.008f}, {2, -0.06f}};
         case GGMLType::Q4_K: case GGMLType::Q5_K: return {{0, 0.0001f}, {2, 0.0001f}};   // d, dmin
         case GGMLType::Q6_K: return {{208, 0.00002f}};                                    // d after ql, qh, scales
-        case GGMLType::F16: return {};
+        case GGMLType::F16: case GGMLType::MXFP4: return {};   // no half scales (MXFP4: mxfp4_exponent)
         default: throw std::invalid_argument("random blocks of type " + std::string(type_name(type)) + " are not implemented");
     }
 }
+
+// MXFP4's exponent byte for every block: 2^(121 - 128), codes of at most 12 times that, 0.094.
+constexpr uint8_t mxfp4_exponent = 121;
 
 // Random blocks: every byte random, then each block's scales set to small halves (block_scales).
 // Filled by several threads (7B is 3.8 GB).
@@ -98,6 +102,7 @@ std::vector<std::byte> random_blocks(GGMLType type, uint64_t n_elements, uint64_
                     }
                     continue;
                 }
+                if (type == GGMLType::MXFP4) block[offsetof(BlockMXFP4, e)] = std::byte{mxfp4_exponent};
                 for (const auto& [offset, half] : scales) std::memcpy(block + offset, &half, 2);
             }
         });
@@ -166,7 +171,7 @@ int main(int argc, char** argv) {
         }
     }
     if (argc != 5 || !kShapes.count(argv[1])) {
-        std::fprintf(stderr, "usage: %s smollm2-135m|tinyllama-1.1b|llama2-7b|llama2-13b Q4_0|Q4_1|Q8_0|F16 VOCAB.gguf OUT.gguf\n"
+        std::fprintf(stderr, "usage: %s smollm2-135m|tinyllama-1.1b|llama2-7b|llama2-13b Q4_0|Q4_1|Q8_0|MXFP4|F16 VOCAB.gguf OUT.gguf\n"
                              "       %s like TENSORS.tsv METADATA.gguf OUT.gguf\n", argv[0], argv[0]);
         return 2;
     }

@@ -27,14 +27,11 @@ struct GemmBlock32 {
     static constexpr bool halves = false, has_min = HasMin_;
     template <class Emit>
     static void decode(const Block& b, Emit&& emit) {
-        const float d = half(b.d);
+        const float d = scale_of(b);
         float m = 0.0f;
         if constexpr (HasMin_) m = half(b.m);
         emit(0, _mm256_sub_epi8(Values::of(b), _mm256_set1_epi8(Offset)), d, d, m);
     }
-};
-struct SignedValues {
-    template <class Block> static __m256i of(const Block& b) { return load_bytes(b.qs); }
 };
 
 // Q4_K/Q5_K: the 8 sub-blocks' 6-bit scales and mins unpacked together from their 12 bytes
@@ -288,6 +285,7 @@ void gemm_q8_digits(GGMLType type, const std::byte* w, size_t row_bytes, size_t 
     case GGMLType::Q4_K: return run(GemmBlockK4<BlockQ4_K, false>{});
     case GGMLType::Q5_K: return run(GemmBlockK4<BlockQ5_K, true>{});
     case GGMLType::Q6_K: return run(GemmBlockQ6_K{});
+    case GGMLType::MXFP4: return run(GemmBlock32<BlockMXFP4, MXFP4Values, 0, false>{});
     default: throw std::invalid_argument("no int8 tiled product for " + std::string(type_name(type)));
     }
 }

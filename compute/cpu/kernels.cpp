@@ -21,7 +21,7 @@ const Kernels& kernels(CpuIsa isa) {
 bool has_q8_kernel(GGMLType type) {
     switch (type) {
     case GGMLType::Q4_0: case GGMLType::Q4_1: case GGMLType::Q5_0: case GGMLType::Q5_1:
-    case GGMLType::Q8_0: case GGMLType::Q4_K: case GGMLType::Q5_K: case GGMLType::Q6_K:
+    case GGMLType::Q8_0: case GGMLType::Q4_K: case GGMLType::Q5_K: case GGMLType::Q6_K: case GGMLType::MXFP4:
         return true;
     default:
         return false;

@@ -58,7 +58,7 @@ constexpr bool avx512 = true;
 
 namespace {
 
-// DotWithMin's and DotQ8_0's dot<4> with Q8x2 activations (simd_int8.inl), two rows a 512-bit
+// DotWithMin's and DotSigned's dot<4> with Q8x2 activations (simd_int8.inl), two rows a 512-bit
 // vector from the rows' Q8x2Quads: row 2p + h lives in half h of pair p's vectors, where each
 // lane holds what the row's own 256-bit dot<1> holds in that lane, by the same operations in the
 // same order (the block's dots, the shift, the conversion, the scale d_w d_y, the FMA onto the
@@ -129,14 +129,16 @@ struct QuadDotWithMin {
     }
 };
 
-struct QuadDotQ8_0 {
+// DotSigned's (Q8_0, MXFP4).
+template <class Block, class Values>
+struct QuadDotSigned {
     template <int Q>
-    static void dot(const BlockQ8_0* w, const Q8x2Quad* x, size_t x_stride, size_t n_cols, float* out, size_t y_stride) {
+    static void dot(const Block* w, const Q8x2Quad* x, size_t x_stride, size_t n_cols, float* out, size_t y_stride) {
         __m512 acc[2][2 * Q];
         TWINFER_FOR_PAIRS acc[0][p] = acc[1][p] = _mm512_setzero_ps();
         alternate_blocks(n_cols, [&](size_t i, int odd) {
-            const __m512 d = _mm512_set1_ps(half(w[i].d));
-            const __m512i q = both_halves(load_bytes(w[i].qs));
+            const __m512 d = _mm512_set1_ps(scale_of(w[i]));
+            const __m512i q = both_halves(Values::of(w[i]));
             const __m512i u = _mm512_abs_epi8(q);
             // block_dot_signed's sign_epi8 (no 512-bit form): negate where the weight is negative;
             // where it is zero the digit stays, but u is 0 there, so the dot is the same.
@@ -199,8 +201,8 @@ void rows_q8x2_quads(const std::byte* w, size_t row_bytes, size_t n_rows, size_t
     }
 }
 
-// The types with a QuadDot (those of SmolLM2-class Q4_1/Q5_1 files and their Q8_0 output heads);
-// the others ignore the quads.
+// The types with a QuadDot (those of SmolLM2-class Q4_1/Q5_1 files and their Q8_0 output heads,
+// and MXFP4, whose signed values take Q8_0's); the others ignore the quads.
 void matvec_q8x2_quads(GGMLType type, const std::byte* w, size_t row_bytes, size_t n_rows, size_t n_cols,
                        const Q8x2Block* x, const Q8x2Quad* quads, size_t n_x, float* y, size_t y_stride) {
     switch (type) {
@@ -211,7 +213,11 @@ void matvec_q8x2_quads(GGMLType type, const std::byte* w, size_t row_bytes, size
         return rows_q8x2_quads<DotWithMin<Q8x2Block, BlockQ5_1, Q5Values>, QuadDotWithMin<BlockQ5_1, Q5Values>>(
             w, row_bytes, n_rows, n_cols, x, quads, n_x, y, y_stride);
     case GGMLType::Q8_0:
-        return rows_q8x2_quads<DotQ8_0<Q8x2Block>, QuadDotQ8_0>(w, row_bytes, n_rows, n_cols, x, quads, n_x, y, y_stride);
+        return rows_q8x2_quads<DotQ8_0<Q8x2Block>, QuadDotSigned<BlockQ8_0, SignedValues>>(w, row_bytes, n_rows, n_cols, x,
+                                                                                          quads, n_x, y, y_stride);
+    case GGMLType::MXFP4:
+        return rows_q8x2_quads<DotMXFP4<Q8x2Block>, QuadDotSigned<BlockMXFP4, MXFP4Values>>(w, row_bytes, n_rows, n_cols, x,
+                                                                                            quads, n_x, y, y_stride);
     default: return matvec_q8<Q8x2Block>(type, w, row_bytes, n_rows, n_cols, x, n_x, y, y_stride);
     }
 }

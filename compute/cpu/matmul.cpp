@@ -33,6 +33,7 @@ bool matmul_supports(GGMLType type) {
     case GGMLType::F32: case GGMLType::F16: case GGMLType::BF16:
     case GGMLType::Q4_0: case GGMLType::Q4_1: case GGMLType::Q5_0: case GGMLType::Q5_1: case GGMLType::Q8_0:
     case GGMLType::Q2_K: case GGMLType::Q3_K: case GGMLType::Q4_K: case GGMLType::Q5_K: case GGMLType::Q6_K:
+    case GGMLType::MXFP4:
         return true;
     default:
         return false;

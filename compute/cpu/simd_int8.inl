@@ -163,17 +163,34 @@ struct Q4Values {
 struct Q5Values {
     template <class Block> static __m256i of(const Block& b) { return _mm256_or_si256(block_nibbles(b.qs), fifth_bits(b.qh)); }
 };
+// Signed values: Q8_0's bytes as they are; MXFP4's codes looked up in kvalues_mxfp4 (a byte
+// shuffle, each 128-bit lane holding the whole table), small enough (|v| <= 12) for every dot.
+struct SignedValues {
+    template <class Block> static __m256i of(const Block& b) { return load_bytes(b.qs); }
+};
+struct MXFP4Values {
+    static __m256i of(const BlockMXFP4& b) {
+        const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kvalues_mxfp4)));
+        return _mm256_shuffle_epi8(table, block_nibbles(b.qs));
+    }
+};
 
-template <class Act>
-struct DotQ8_0 {
-    using WeightBlock = BlockQ8_0;
+// A 32-value block's scale: its half d, or MXFP4's E8M0 exponent (halved: its values are doubled).
+template <class Block> inline float scale_of(const Block& b) { return half(b.d); }
+inline float scale_of(const BlockMXFP4& b) { return e8m0_to_fp32_half(b.e); }
+
+// Signed codes times one scale a block: Q8_0's bytes and half d, MXFP4's codebook values and
+// E8M0 exponent. Σ d_w d_y (q.y).
+template <class Act, class Block, class Values>
+struct DotSigned {
+    using WeightBlock = Block;
     template <int G>
-    static void dot(const BlockQ8_0* w, const Act* x, size_t x_stride, size_t n_cols, float* out, size_t y_stride) {
+    static void dot(const Block* w, const Act* x, size_t x_stride, size_t n_cols, float* out, size_t y_stride) {
         __m256 acc0[G], acc1[G];
         TWINFER_FOR_ROWS acc0[g] = acc1[g] = _mm256_setzero_ps();
         auto block = [&](size_t i, __m256* acc) {
-            const float d = half(w[i].d);
-            const __m256i q = load_bytes(w[i].qs);
+            const float d = scale_of(w[i]);
+            const __m256i q = Values::of(w[i]);
             TWINFER_FOR_ROWS {
                 const Act& y = x[g * x_stride + i];
                 acc[g] = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), block_dot_signed(q, y), acc[g]);
@@ -189,6 +206,8 @@ struct DotQ8_0 {
         TWINFER_FOR_ROWS out[g * y_stride] = hsum8(_mm256_add_ps(acc0[g], acc1[g]));
     }
 };
+template <class Act> using DotQ8_0 = DotSigned<Act, BlockQ8_0, SignedValues>;
+template <class Act> using DotMXFP4 = DotSigned<Act, BlockMXFP4, MXFP4Values>;
 
 // Scale and min of sub-block j (0..7) of a Q4_K/Q5_K super-block: 6 bits each, packed in 12 bytes
 // (ggml's get_scale_min_k4).
@@ -333,6 +352,7 @@ void matvec_q8(GGMLType type, const std::byte* w, size_t row_bytes, size_t n_row
     case GGMLType::Q4_K: return rows_q8<Act, DotKWithMin<Act, BlockQ4_K, false>>(w, row_bytes, n_rows, n_cols, x, n_x, y, y_stride);
     case GGMLType::Q5_K: return rows_q8<Act, DotKWithMin<Act, BlockQ5_K, true>>(w, row_bytes, n_rows, n_cols, x, n_x, y, y_stride);
     case GGMLType::Q6_K: return rows_q8<Act, DotQ6_K<Act>>(w, row_bytes, n_rows, n_cols, x, n_x, y, y_stride);
+    case GGMLType::MXFP4: return rows_q8<Act, DotMXFP4<Act>>(w, row_bytes, n_rows, n_cols, x, n_x, y, y_stride);
     default: throw std::invalid_argument("no int8 matvec kernel for " + std::string(type_name(type)));
     }
 }
@@ -419,9 +439,12 @@ void dequantize_with_min(const std::byte* src, size_t n, float* dst) {
     for (size_t i = 0; i < n / 32; ++i) store32<false>(Values::of(b[i]), half(b[i].d), half(b[i].m), dst + 32 * i);
 }
 
-void dequantize_q8_0(const std::byte* src, size_t n, float* dst) {
-    const BlockQ8_0* b = reinterpret_cast<const BlockQ8_0*>(src);
-    for (size_t i = 0; i < n / 32; ++i) store32<true>(load_bytes(b[i].qs), half(b[i].d), 0.0f, dst + 32 * i);
+// Signed values times the block's scale (Q8_0, MXFP4): fma(d, v, 0) is d * v rounded once, the
+// bits of format/quant.cpp's product.
+template <class Block, class Values>
+void dequantize_signed(const std::byte* src, size_t n, float* dst) {
+    const Block* b = reinterpret_cast<const Block*>(src);
+    for (size_t i = 0; i < n / 32; ++i) store32<true>(Values::of(b[i]), scale_of(b[i]), 0.0f, dst + 32 * i);
 }
 
 template <class Block, bool FifthBit>
@@ -481,10 +504,11 @@ void dequantize_row(GGMLType type, const std::byte* src, size_t n, float* dst) {
     case GGMLType::Q4_1: return dequantize_with_min<BlockQ4_1, Q4Values>(src, n, dst);
     case GGMLType::Q5_0: return dequantize_symmetric<BlockQ5_0, Q5Values, 16>(src, n, dst);
     case GGMLType::Q5_1: return dequantize_with_min<BlockQ5_1, Q5Values>(src, n, dst);
-    case GGMLType::Q8_0: return dequantize_q8_0(src, n, dst);
+    case GGMLType::Q8_0: return dequantize_signed<BlockQ8_0, SignedValues>(src, n, dst);
     case GGMLType::Q4_K: return dequantize_k_with_min<BlockQ4_K, false>(src, n, dst);
     case GGMLType::Q5_K: return dequantize_k_with_min<BlockQ5_K, true>(src, n, dst);
     case GGMLType::Q6_K: return dequantize_q6_k(src, n, dst);
+    case GGMLType::MXFP4: return dequantize_signed<BlockMXFP4, MXFP4Values>(src, n, dst);
     default: return dequantize(type, {src, row_size_bytes(type, n)}, std::span<float>(dst, n));
     }
 }

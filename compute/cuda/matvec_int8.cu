@@ -2,8 +2,9 @@
 // are quantized once per product (a small kernel, with the RMSNorm where there is one, or by the
 // kernel that produced them: PreparedInt8), then each warp streams one or two weight rows,
 // every lane taking whole 32-weight blocks in turn (lane, lane + 32, ...) and multiplying its
-// 4-, 5-, 6- or 8-bit codes by the int8 activations four at a time (__dp4a), in integers, with
-// one or two float multiply-adds per block for the scales.
+// 4-, 5-, 6- or 8-bit codes (MXFP4's looked up as signed bytes first) by the int8 activations
+// four at a time (__dp4a), in integers, with one or two float multiply-adds per block for the
+// scales.
 //
 // Why not the float kernel (matmul.cu): decoding every weight to float costs 32 conversions and 32
 // FMAs per block per lane, and the staging that made its loads coalesced needs up to 96 KiB of
@@ -76,7 +77,8 @@ struct ActivationBlock {
 // One weight block in registers, loaded apart from its use so that a lane's loads for several
 // blocks are all in flight before the first is needed: its codes (16 or 32 bytes), high bits
 // (Q5_0, Q5_1, Q5_K: one word; Q6_K: two) and scale bits (d, or d and m, as float16; Q4_K and
-// Q5_K: the super-block's 16-byte header; Q6_K: the block's two int8 scales and d), and which
+// Q5_K: the super-block's 16-byte header; Q6_K: the block's two int8 scales and d; MXFP4: the
+// exponent byte), and which
 // sub-block of its super-block it is (the K types).
 template <GGMLType T> struct WeightBlock {
     using P = Planar<T>;
@@ -110,6 +112,8 @@ template <GGMLType T> __device__ __forceinline__ WeightBlock<T> load_block(const
         b.scale[0] = uint32_t(__ldg(halves + b.sub)) | uint32_t(__ldg(halves + 8)) << 16;
     } else if constexpr (P::scale_bytes == 2) {
         b.scale[0] = __ldg(reinterpret_cast<const unsigned short*>(scales));
+    } else if constexpr (P::scale_bytes == 1) {
+        b.scale[0] = __ldg(scales);
     } else {
         b.scale[0] = __ldg(reinterpret_cast<const uint32_t*>(scales));
     }
@@ -137,13 +141,24 @@ __device__ __forceinline__ uint32_t high_two_bits_of(uint32_t h) {
     return ((h & 0x3u) << 4) | ((h & 0xCu) << 10) | ((h & 0x30u) << 16) | ((h & 0xC0u) << 22);
 }
 
+// Four MXFP4 codes (bytes of `codes`, each 0..15) as four signed bytes, kvalues_mxfp4 of each: the
+// magnitude picked by the low three bits from eight constant bytes (one byte permute), negated
+// ((m ^ 0xff) - 0xff) where the sign bit 3 is set.
+__device__ __forceinline__ int mxfp4_bytes(uint32_t codes) {
+    const uint32_t selector = (codes & 0x7u) | ((codes >> 4) & 0x70u) | ((codes >> 8) & 0x700u) | ((codes >> 12) & 0x7000u);
+    const uint32_t magnitude = __byte_perm(0x03020100u, 0x0C080604u, selector);
+    const uint32_t negative = ((codes >> 3) & 0x01010101u) * 0xffu;
+    return int(__vsub4(magnitude ^ negative, negative));
+}
+
 __device__ __forceinline__ float half_bits(uint32_t bits) { return __half2float(__ushort_as_half(uint16_t(bits))); }
 
 // A block's dot product with an activation block. Codes c in [0, 16) or [0, 32) stand for
 // d * (c - offset) (Q4_0, Q5_0) or d * c + m (Q4_1, Q5_1) or d * scale * c - dmin * min (Q4_K,
 // Q5_K); the offset or min term uses the activations' d * sum(q). Q6_K's codes in [0, 64) stand
 // for d * scale * (c - 32), a scale per 16 weights: c - 32 fits a signed byte, so each half is one
-// integer dot product.
+// integer dot product. MXFP4's codes stand for 2^(e - 128) * kvalues_mxfp4[c], signed bytes
+// (|v| <= 12) once looked up.
 template <GGMLType T> __device__ __forceinline__ float block_dot(const WeightBlock<T>& w, const ActivationBlock& x) {
     using P = Planar<T>;
     int dot = 0;
@@ -151,6 +166,13 @@ template <GGMLType T> __device__ __forceinline__ float block_dot(const WeightBlo
 #pragma unroll
         for (int k = 0; k < 8; ++k) dot = __dp4a(int(w.codes[k]), x.a[k], dot);
         return half_bits(w.scale[0]) * x.ds.x * float(dot);
+    } else if constexpr (T == GGMLType::MXFP4) {
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            dot = __dp4a(mxfp4_bytes(w.codes[k] & 0x0F0F0F0Fu), x.a[k], dot);
+            dot = __dp4a(mxfp4_bytes((w.codes[k] >> 4) & 0x0F0F0F0Fu), x.a[4 + k], dot);
+        }
+        return e8m0_half(w.scale[0]) * x.ds.x * float(dot);
     } else if constexpr (T == GGMLType::Q6_K) {
         int dot_low = 0, dot_high = 0;   // weights 0..15, 16..31
 #pragma unroll

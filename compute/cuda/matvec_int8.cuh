@@ -78,7 +78,7 @@ __device__ __forceinline__ void quantize_block(const float* __restrict__ x, int8
 
 bool int8_matvec_supports(GGMLType type);
 // y = W x (or y += W x, MatmulOutput::accumulate) for token `token` of every output, whose types
-// int8_matvec_supports (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K): up to three matrices of one type per launch.
+// int8_matvec_supports (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, MXFP4): up to three matrices of one type per launch.
 // x: the token's [cols] floats; norm (or null): x := RMSNorm(x) * norm.weight first, also written
 // to norm->out (the token's row) — except where x's producer prepared that norm (PreparedNorm,
 // int8_matvec_then_norm): then its quantized input and sums of squares are used, nothing written.

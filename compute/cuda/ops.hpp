@@ -26,7 +26,7 @@ enum class Activations;
 namespace twinfer::compute::cuda {
 
 // Matrix products. One token (up to 7, one at a time): Activations::Int8 with Q4_0, Q4_1, Q5_0,
-// Q5_1, Q8_0, Q4_K, Q5_K or Q6_K weights quantizes x to int8 and runs integer dot products (matvec_int8.cu);
+// Q5_1, Q8_0, Q4_K, Q5_K, Q6_K or MXFP4 weights quantizes x to int8 and runs integer dot products (matvec_int8.cu);
 // otherwise a fused dequantize-dot kernel in float32. Several tokens: the weights dequantized to
 // float16 and a cuBLAS float16 product with float32 accumulation (float32 for F32 weights); see
 // matmul.cu for its error. x must be 16-byte aligned (cudaMalloc memory at a multiple of 4 floats).

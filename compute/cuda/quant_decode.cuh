@@ -1,7 +1,8 @@
 #pragma once
 // Decoding GGUF weight blocks on the GPU, 32 weights (a "unit") at a time, for every type the
-// matrix kernels take. A unit decodes to small non-negative integer codes q[k], exact in float,
-// and an affine map per 16 weights: w[k] = a[k / 16] * q[k] + b[k / 16]. The matrix-vector
+// matrix kernels take. A unit decodes to small integer codes q[k], exact in float (non-negative
+// but for MXFP4's signed codebook values), and an affine map per 16 weights: w[k] = a[k / 16] *
+// q[k] + b[k / 16]. The matrix-vector
 // kernel then needs one multiply-add per weight (sum q x) and two per 16 (a * that + b * sum x);
 // the dequantize kernel writes a * q + b. Float types decode to their values with a = 1, b = 0.
 // Layouts are ggml's, as format/quant.cpp reads them on the CPU.
@@ -31,6 +32,15 @@ __device__ __forceinline__ uint32_t u32_a2(const uint8_t* p) {
 }
 __device__ __forceinline__ uint32_t u32_a4(const uint8_t* p) { return *reinterpret_cast<const uint32_t*>(p); }
 __device__ __forceinline__ uint32_t byte_of(uint32_t word, int i) { return (word >> (8 * i)) & 0xffu; }
+
+// MXFP4 (format/quant.hpp): 2^(e - 128), ggml's GGML_E8M0_TO_FP32_HALF (float subnormals below e = 2).
+__device__ __forceinline__ float e8m0_half(uint32_t e) { return __uint_as_float(e < 2 ? 0x00200000u << e : (e - 1) << 23); }
+// Code c's doubled E2M1 value (kvalues_mxfp4): magnitudes {0, 1, 2, 3, 4, 6, 8, 12} by its low three
+// bits, negative where bit 3 is set; from a constant, not a table in memory.
+__device__ __forceinline__ int mxfp4_value(uint32_t c) {
+    const int magnitude = int((0x0C08060403020100ull >> (8 * (c & 7u))) & 0xffu);
+    return c & 8u ? -magnitude : magnitude;
+}
 
 __device__ __forceinline__ void set_affine(Unit& u, float a, float b) {
     u.a[0] = u.a[1] = a;
@@ -147,10 +157,10 @@ template <> __device__ __forceinline__ void decode_unit<GGMLType::Q3_K>(const ui
 }
 
 // The GPU's layout of the types of the int8 kernels (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K,
-// Q6_K): a matrix's 32-weight blocks (a K type's sub-blocks) split into three planes -- every
+// Q6_K, MXFP4): a matrix's 32-weight blocks (a K type's sub-blocks) split into three planes -- every
 // block's codes (16 or 32 bytes), then every block's high bits (Q5_0, Q5_1, Q5_K: the fifth, 4
 // bytes; Q6_K: the fifth and sixth, 8 bytes), then the scales: every block's (d, or d and m: 2 or
-// 4 bytes), or for the K types every 256-weight super-block's header (Q4_K, Q5_K: d, dmin and the
+// 4 bytes; MXFP4's exponent: 1 byte), or for the K types every 256-weight super-block's header (Q4_K, Q5_K: d, dmin and the
 // 12 bytes of 6-bit scales and mins; Q6_K: the 16 int8 scales, then d) -- block i = row *
 // blocks_per_row + b at i times the plane's width. Same size as the file's layout. A warp's lanes
 // then read 32 neighbouring blocks' codes with one 16-byte load each, 512 contiguous bytes, where
@@ -176,6 +186,7 @@ template <> struct Planar<GGMLType::Q8_0> : PlanarBlock<32, 0, 2> {};
 template <> struct Planar<GGMLType::Q4_K> : PlanarBlock<16, 0, 0, 16> {};
 template <> struct Planar<GGMLType::Q5_K> : PlanarBlock<16, 4, 0, 16> {};
 template <> struct Planar<GGMLType::Q6_K> : PlanarBlock<16, 8, 0, 18> {};
+template <> struct Planar<GGMLType::MXFP4> : PlanarBlock<16, 0, 1> {};   // e
 template <GGMLType T> constexpr bool k_type = Planar<T>::used && Planar<T>::group_bytes != 0;
 
 // The three planes of a planar matrix of n_blocks blocks.
@@ -222,6 +233,17 @@ template <GGMLType T> __device__ __forceinline__ void decode_planar(const Planar
         }
         const float d = half_at(scales);
         set_affine(u, d, -128.0f * d);
+    } else if constexpr (T == GGMLType::MXFP4) {
+#pragma unroll
+        for (int w = 0; w < 4; ++w) {
+            const uint32_t word = u32_a4(codes + 4 * w);
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                u.q[4 * w + i] = float(mxfp4_value(byte_of(word, i) & 0xfu));
+                u.q[16 + 4 * w + i] = float(mxfp4_value(byte_of(word, i) >> 4));
+            }
+        }
+        set_affine(u, e8m0_half(scales[0]), 0.0f);
     } else if constexpr (T == GGMLType::Q6_K) {
         nibbles(u, codes, u32_a4);
         const int sub = int(i % 8);
@@ -289,6 +311,7 @@ bool with_decoder(GGMLType type, F&& f) {
     case GGMLType::Q4_K: f.template operator()<GGMLType::Q4_K>(); return true;
     case GGMLType::Q5_K: f.template operator()<GGMLType::Q5_K>(); return true;
     case GGMLType::Q6_K: f.template operator()<GGMLType::Q6_K>(); return true;
+    case GGMLType::MXFP4: f.template operator()<GGMLType::MXFP4>(); return true;
     default: return false;
     }
 }

@@ -111,6 +111,13 @@ std::vector<std::byte> random_weights(GGMLType type, size_t rows, size_t cols, s
     for (auto& b : bytes) b = std::byte(byte(rng));
     std::uniform_real_distribution<float> scale(0.001f, 0.02f);
     const auto& traits = type_traits(type);
+    if (type == GGMLType::MXFP4) {
+        // Exponents of 2^-11 to 2^-7: weights up to 12 times that, about the quantized types' 0.05.
+        std::uniform_int_distribution<int> exponent(128 - 11, 128 - 7);
+        for (size_t block = 0; block < bytes.size() / traits.type_size; ++block)
+            bytes[block * traits.type_size] = std::byte(exponent(rng));
+        return bytes;
+    }
     std::vector<size_t> half_offsets;
     switch (type) {
     case GGMLType::Q2_K: half_offsets = {80, 82}; break;
@@ -151,7 +158,8 @@ TEST_P(CudaMatmul, MatchesCpu) {
     // the same x, so the same codes and only the summation order differs.
     const bool int8_kernel =
         n_tokens < 8 && (type == GGMLType::Q4_0 || type == GGMLType::Q4_1 || type == GGMLType::Q5_0 || type == GGMLType::Q5_1 ||
-                         type == GGMLType::Q8_0 || type == GGMLType::Q4_K || type == GGMLType::Q5_K || type == GGMLType::Q6_K);
+                         type == GGMLType::Q8_0 || type == GGMLType::Q4_K || type == GGMLType::Q5_K || type == GGMLType::Q6_K ||
+                         type == GGMLType::MXFP4);
     if (int8_kernel) {
         std::vector<float> want_int8(n_tokens * rows);
         matmul(cpu, w_cpu, x.data(), n_tokens, want_int8.data(), Activations::Int8);
@@ -171,7 +179,7 @@ std::vector<MatmulCase> matmul_cases() {
     std::vector<MatmulCase> cases;
     for (GGMLType type : {GGMLType::F32, GGMLType::F16, GGMLType::BF16, GGMLType::Q4_0, GGMLType::Q4_1, GGMLType::Q5_0,
                           GGMLType::Q5_1, GGMLType::Q8_0, GGMLType::Q2_K, GGMLType::Q3_K, GGMLType::Q4_K, GGMLType::Q5_K,
-                          GGMLType::Q6_K}) {
+                          GGMLType::Q6_K, GGMLType::MXFP4}) {
         cases.push_back({type, 37, 512, 1});   // rows not a multiple of a block's 16
         cases.push_back({type, 64, 768, 3});   // one product per token
         cases.push_back({type, 70, 1024, 20}); // the float16 cuBLAS product
@@ -182,6 +190,8 @@ std::vector<MatmulCase> matmul_cases() {
     // Q3_K), each pass starting on its own block boundary: Llama 3 8B's feed-forward width.
     cases.push_back({GGMLType::Q6_K, 24, 14336, 1});
     cases.push_back({GGMLType::Q3_K, 24, 14336, 1});
+    // gpt-oss-20b's expert shape (2,880 = 90 blocks: a lane's last batch partial), MXFP4 as it ships.
+    cases.push_back({GGMLType::MXFP4, 24, 2880, 1});
     return cases;
 }
 
@@ -192,7 +202,7 @@ INSTANTIATE_TEST_SUITE_P(Types, CudaMatmul, ::testing::ValuesIn(matmul_cases()),
 });
 
 TEST_F(CudaOps, GetRows) {
-    for (GGMLType type : {GGMLType::F32, GGMLType::Q4_1, GGMLType::Q6_K}) {
+    for (GGMLType type : {GGMLType::F32, GGMLType::Q4_1, GGMLType::Q6_K, GGMLType::MXFP4}) {
         const size_t rows = 50, cols = 512;
         const auto weights = random_weights(type, rows, cols, rng);
         const std::vector<int32_t> ids{3, 0, 49, 3, 17};
@@ -251,7 +261,7 @@ TEST_F(CudaOps, FusedProductsMatchCpu) {
     for (const Shape& shape : {Shape{576, {576, 192, 70}}, Shape{4160, {12288, 4100, 70}},
                                Shape{11008, {4128, 64, 8}}, Shape{2048, {5632, 256, 64}}})
         for (GGMLType type : {GGMLType::Q4_0, GGMLType::Q4_1, GGMLType::Q5_0, GGMLType::Q8_0, GGMLType::Q4_K, GGMLType::Q5_K,
-                              GGMLType::Q6_K})
+                              GGMLType::Q6_K, GGMLType::MXFP4})
         for (size_t n_tokens : {size_t{1}, size_t{20}}) {
             const size_t block = type_traits(type).block_size;   // the down product's columns are heights[0]
             if ((shape.cols > 576 && n_tokens > 1) || shape.cols % block != 0 || shape.heights[0] % block != 0) continue;
@@ -682,7 +692,7 @@ TEST_F(CudaOps, ExpertProductsMatchCpu) {
         size_t rows, cols;
     };
     for (auto [type, rows, cols] : {Case{GGMLType::Q8_0, 96, 512}, Case{GGMLType::Q4_K, 96, 512}, Case{GGMLType::Q6_K, 96, 768},
-                                    Case{GGMLType::Q4_K, 1536, 2048}, Case{GGMLType::F16, 96, 512},
+                                    Case{GGMLType::Q4_K, 1536, 2048}, Case{GGMLType::MXFP4, 96, 2880}, Case{GGMLType::F16, 96, 512},
                                     Case{GGMLType::F32, 96, 24}}) {   // F32 24: ragged rows
         const auto weights = random_weights(type, n_experts * rows, cols, rng);
         const ExpertMatrices w_cpu{{type, n_experts * rows, cols, weights.data()}, n_experts};

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <string>
 #include <utility>
@@ -46,7 +47,30 @@ struct RandomExperts {
     }
     static std::vector<std::byte> quantized(GGMLType type, size_t rows, size_t cols, std::mt19937& rng, float sigma) {
         std::vector<std::byte> bytes(rows * row_size_bytes(type, cols));
-        quantize(type, gaussian(rows * cols, rng, sigma), bytes);
+        const std::vector<float> values = gaussian(rows * cols, rng, sigma);
+        if (type == GGMLType::MXFP4) return mxfp4_nearest(values);
+        quantize(type, values, bytes);
+        return bytes;
+    }
+    // twinfer has no MXFP4 quantizer (gguf-py's picks its exponent by a float32 log2): each block's
+    // exponent from its largest value as gguf-py sets it, each value the nearest of the codes.
+    static std::vector<std::byte> mxfp4_nearest(const std::vector<float>& values) {
+        std::vector<std::byte> bytes(row_size_bytes(GGMLType::MXFP4, values.size()));
+        for (size_t b = 0; b < values.size() / QK_MXFP4; ++b) {
+            const float* v = values.data() + b * QK_MXFP4;
+            float amax = 0;
+            for (size_t j = 0; j < QK_MXFP4; ++j) amax = std::max(amax, std::fabs(v[j]));
+            BlockMXFP4 block{};
+            block.e = amax > 0 ? uint8_t(std::ilogb(amax) - 2 + 127) : 0;
+            const float d = e8m0_to_fp32_half(block.e);
+            for (size_t j = 0; j < QK_MXFP4; ++j) {
+                uint8_t best = 0;
+                for (uint8_t c = 1; c < 16; ++c)
+                    if (std::fabs(d * kvalues_mxfp4[c] - v[j]) < std::fabs(d * kvalues_mxfp4[best] - v[j])) best = c;
+                block.qs[j % 16] |= uint8_t(best << (j < 16 ? 0 : 4));
+            }
+            std::memcpy(bytes.data() + b * sizeof(BlockMXFP4), &block, sizeof block);
+        }
         return bytes;
     }
 };
@@ -148,7 +172,7 @@ TEST(ExpertsTest, GroupedMatchesOneByOne) {
         size_t n_experts, k, rows, cols;
     };
     for (auto [type, n_experts, k, rows, cols] : {Case{GGMLType::F32, 6, 2, 24, 32}, Case{GGMLType::Q8_0, 8, 3, 64, 96},
-                                                  Case{GGMLType::Q4_0, 16, 4, 96, 64}}) {
+                                                  Case{GGMLType::Q4_0, 16, 4, 96, 64}, Case{GGMLType::MXFP4, 32, 4, 64, 96}}) {
         const RandomExperts experts(type, n_experts, rows, cols, rng);
         for (bool renormalize : {true, false}) {
             ExpertsOn on(cpu, type, experts, k, renormalize);
@@ -223,6 +247,7 @@ TEST(ExpertsCudaTest, GroupedMatchesCpu) {
         size_t n_experts, k, rows, cols;
     };
     for (auto [type, n_experts, k, rows, cols] : {Case{GGMLType::Q8_0, 8, 3, 64, 96}, Case{GGMLType::Q4_0, 128, 8, 96, 256},
+                                                  Case{GGMLType::MXFP4, 32, 4, 96, 2880},
                                                   Case{GGMLType::F16, 16, 4, 64, 128}, Case{GGMLType::F32, 6, 2, 24, 32}}) {
         const RandomExperts experts(type, n_experts, rows, cols, rng);
         ExpertsOn on_cpu(cpu, type, experts, k, true), on_gpu(gpu, type, experts, k, true);

@@ -2,6 +2,7 @@
 // dequantize() and a float64 dot product.
 #include <gtest/gtest.h>
 
+#include <array>
 #include <bit>
 #include <cmath>
 #include <cstring>
@@ -23,7 +24,8 @@ std::vector<CpuIsa> available_isas() {
 }
 
 // Weights of `type`: quantize() of Gaussian values where twinfer can quantize the type; otherwise
-// random bytes with the super-block scales overwritten by sane fp16 values.
+// random bytes with the super-block scales overwritten by sane fp16 values (MXFP4: exponents of
+// 2^-9 to 2^-4, weights up to 12 times that).
 std::vector<std::byte> random_weights(GGMLType type, size_t rows, size_t cols, std::mt19937& rng) {
     std::vector<std::byte> bytes(rows * row_size_bytes(type, cols));
     if (can_quantize(type)) {
@@ -36,6 +38,7 @@ std::vector<std::byte> random_weights(GGMLType type, size_t rows, size_t cols, s
     std::uniform_int_distribution<int> byte(0, 255);
     for (std::byte& b : bytes) b = std::byte(byte(rng));
     std::uniform_real_distribution<float> scale(0.001f, 0.05f);
+    std::uniform_int_distribution<int> exponent(128 - 9, 128 - 4);
     const size_t block_bytes = type_traits(type).type_size;
     for (size_t offset = 0; offset < bytes.size(); offset += block_bytes) {
         auto set_half = [&](size_t field) {
@@ -48,6 +51,7 @@ std::vector<std::byte> random_weights(GGMLType type, size_t rows, size_t cols, s
         case GGMLType::Q6_K: set_half(offsetof(BlockQ6_K, d)); break;
         case GGMLType::Q2_K: set_half(offsetof(BlockQ2_K, d)); set_half(offsetof(BlockQ2_K, dmin)); break;
         case GGMLType::Q3_K: set_half(offsetof(BlockQ3_K, d)); break;
+        case GGMLType::MXFP4: bytes[offset + offsetof(BlockMXFP4, e)] = std::byte(exponent(rng)); break;
         default: ADD_FAILURE() << "no random-block recipe for " << type_name(type);
         }
     }
@@ -137,7 +141,8 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{GGMLType::BF16, 172}, Case{GGMLType::Q4_0, 576}, Case{GGMLType::Q4_1, 576},
                       Case{GGMLType::Q5_0, 576}, Case{GGMLType::Q5_1, 576}, Case{GGMLType::Q8_0, 576},
                       Case{GGMLType::Q2_K, 512}, Case{GGMLType::Q3_K, 512}, Case{GGMLType::Q4_K, 512},
-                      Case{GGMLType::Q5_K, 512}, Case{GGMLType::Q6_K, 512}),
+                      Case{GGMLType::Q5_K, 512}, Case{GGMLType::Q6_K, 512}, Case{GGMLType::MXFP4, 576},
+                      Case{GGMLType::MXFP4, 2880}),
     case_name);
 
 // matmul_rows: each row's outputs are the bits matmul gives that row alone (n_tokens = 1), for
@@ -161,6 +166,26 @@ std::vector<float> rows_of_mixed_scales(size_t n_rows, size_t cols, std::mt19937
         if (std::bit_cast<uint32_t>(a[i]) != std::bit_cast<uint32_t>(b[i]))
             return ::testing::AssertionFailure() << "output " << i << ": " << a[i] << " vs " << b[i] << " alone";
     return ::testing::AssertionSuccess();
+}
+
+// The kernels' dequantization (get_rows, the float tiles) of the signed types, one scale times
+// a value, is format/quant.cpp's bit for bit on every ISA; MXFP4 with its extreme exponents too
+// (subnormal scales 2^-128 and 2^-127, and 2^127, whose larger codes overflow to infinity).
+TEST(KernelDequantize, SignedTypesAreTheReferenceBitForBit) {
+    std::mt19937 rng(99);
+    const size_t rows = 8, cols = 512;
+    for (GGMLType type : {GGMLType::Q8_0, GGMLType::MXFP4}) {
+        std::vector<std::byte> bytes = random_weights(type, rows, cols, rng);
+        if (type == GGMLType::MXFP4)
+            for (size_t block = 0; block < 4; ++block) bytes[block * sizeof(BlockMXFP4)] = std::byte(std::array{0, 1, 2, 255}[block]);
+        std::vector<float> want(rows * cols);
+        dequantize(type, bytes, want);
+        for (CpuIsa isa : available_isas()) {
+            std::vector<float> got(rows * cols, NAN);
+            cpu::kernels(isa).dequantize(type, bytes.data(), rows * cols, got.data());
+            EXPECT_TRUE(same_bits(got.data(), want.data(), got.size())) << type_name(type) << " " << isa_name(isa);
+        }
+    }
 }
 
 class MatmulRowsTest : public ::testing::TestWithParam<Case> {};
@@ -195,7 +220,8 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{GGMLType::BF16, 172}, Case{GGMLType::Q4_0, 576}, Case{GGMLType::Q4_1, 576},
                       Case{GGMLType::Q4_1, 1536}, Case{GGMLType::Q5_0, 576}, Case{GGMLType::Q5_1, 576},
                       Case{GGMLType::Q8_0, 576}, Case{GGMLType::Q2_K, 512}, Case{GGMLType::Q3_K, 512},
-                      Case{GGMLType::Q4_K, 512}, Case{GGMLType::Q5_K, 768}, Case{GGMLType::Q6_K, 512}),
+                      Case{GGMLType::Q4_K, 512}, Case{GGMLType::Q5_K, 768}, Case{GGMLType::Q6_K, 512},
+                      Case{GGMLType::MXFP4, 576}),
     case_name);
 
 // The int8 tiled product (prompts: matmul over n_tokens >= 4) against the matrix-vector kernels
@@ -255,7 +281,7 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(Case{GGMLType::Q4_0, 576}, Case{GGMLType::Q4_1, 576}, Case{GGMLType::Q5_0, 576},
                       Case{GGMLType::Q5_1, 576}, Case{GGMLType::Q8_0, 576}, Case{GGMLType::Q8_0, 32},
                       Case{GGMLType::Q4_K, 512}, Case{GGMLType::Q5_K, 768}, Case{GGMLType::Q6_K, 512},
-                      Case{GGMLType::Q6_K, 2048}),
+                      Case{GGMLType::Q6_K, 2048}, Case{GGMLType::MXFP4, 576}, Case{GGMLType::MXFP4, 2880}),
     case_name);
 
 // The forms the batched pass uses: several outputs sharing the rows, a residual accumulated, a
