@@ -62,6 +62,7 @@ std::string route_label(const std::string& path) {
 
 void apply_event(ChoiceResult& result, SequenceEvent& event) {
     result.text += event.text;
+    if (!event.prompt_scores.empty()) result.prompt_scores = std::move(event.prompt_scores);
     if (event.token) result.tokens.push_back(event);
     if (event.finish) {
         result.finish = event.finish;

@@ -140,7 +140,8 @@ std::shared_ptr<const structured::Grammar> response_format_grammar(const json& b
     }
 }
 
-CommonFields common_fields(const json& body, const ApiContext& context) {
+// echo: a completion that echoes its prompt may ask for no tokens (max_tokens 0: the prompt scored).
+CommonFields common_fields(const json& body, const ApiContext& context, bool echo = false) {
     if (const json* model = field(body, "model"); model && !model->is_string())
         throw bad_field("model", "must be a string, got " + std::string(model->type_name()));
     CommonFields c;
@@ -184,8 +185,9 @@ CommonFields common_fields(const json& body, const ApiContext& context) {
         c.include_usage = bool_field(*options, "include_usage").value_or(false);
     }
     c.ignore_eos = bool_field(body, "ignore_eos").value_or(false);
-    c.max_tokens = integer_field(body, "max_completion_tokens", 1, static_cast<long long>(context.n_ctx));
-    if (const auto legacy = integer_field(body, "max_tokens", 1, static_cast<long long>(context.n_ctx)); legacy && !c.max_tokens)
+    const long long fewest = echo ? 0 : 1;
+    c.max_tokens = integer_field(body, "max_completion_tokens", fewest, static_cast<long long>(context.n_ctx));
+    if (const auto legacy = integer_field(body, "max_tokens", fewest, static_cast<long long>(context.n_ctx)); legacy && !c.max_tokens)
         c.max_tokens = legacy;
     refuse_unsupported(body, "functions", "the deprecated function calls: use tools");
     refuse_unsupported(body, "function_call", "the deprecated function calls: use tool_choice");
@@ -385,19 +387,30 @@ json chat_logprobs(const std::vector<const SequenceEvent*>& tokens, const Tokeni
     return {{"content", content}, {"refusal", nullptr}};
 }
 
-// Completions' logprobs: parallel arrays, top_logprobs as {token: logprob} objects.
-json completion_logprobs(const std::vector<const SequenceEvent*>& tokens, const Tokenizer& tokenizer, size_t text_offset) {
+// Completions' logprobs: parallel arrays, top_logprobs as {token: logprob} objects. With echo the
+// prompt's tokens come first, the first with null logprobs (nothing comes before it), as OpenAI's
+// completions and vLLM report them; text_offset counts from the start of the choice's text.
+json completion_logprobs(const std::vector<const SequenceEvent*>& tokens, const Tokenizer& tokenizer, size_t text_offset,
+                         const SequenceParams* echoed = nullptr, const std::vector<ScoredToken>& prompt_scores = {}) {
     json out = {{"tokens", json::array()}, {"token_logprobs", json::array()}, {"top_logprobs", json::array()}, {"text_offset", json::array()}};
-    for (const SequenceEvent* e : tokens) {
-        const std::string piece = tokenizer.token_to_piece(*e->token);
+    size_t offset = 0;
+    const auto add = [&](Token id, json logprob, const std::vector<TokenLogprob>* top_logprobs) {
+        const std::string piece = tokenizer.token_to_piece(id);
         out["tokens"].push_back(piece);
-        out["token_logprobs"].push_back(*e->logprob);
-        json top = json::object();
-        for (const TokenLogprob& t : e->top_logprobs) top[tokenizer.token_to_piece(t.id)] = t.logprob;
-        out["top_logprobs"].push_back(top);
-        out["text_offset"].push_back(text_offset);
-        text_offset += piece.size();
+        out["token_logprobs"].push_back(std::move(logprob));
+        json top = top_logprobs ? json::object() : json(nullptr);
+        if (top_logprobs)
+            for (const TokenLogprob& t : *top_logprobs) top[tokenizer.token_to_piece(t.id)] = t.logprob;
+        out["top_logprobs"].push_back(std::move(top));
+        out["text_offset"].push_back(offset);
+        offset += piece.size();
+    };
+    if (echoed) {
+        add(echoed->prompt.front(), nullptr, nullptr);
+        for (const ScoredToken& t : prompt_scores) add(t.id, t.logprob, &t.top_logprobs);
     }
+    offset = text_offset;
+    for (const SequenceEvent* e : tokens) add(*e->token, *e->logprob, &e->top_logprobs);
     return out;
 }
 
@@ -446,6 +459,13 @@ json completion_chunk(const GenerationRequest& request, const ResponseHeader& he
         if (!event.text.empty() || first) delta["content"] = event.text;
         choice["delta"] = std::move(delta);
         choice["logprobs"] = has_token ? chat_logprobs(tokens, tokenizer) : json(nullptr);
+    } else if (first && !request.echo.empty()) {
+        // The prompt goes out first, with its tokens' logprobs when they are asked for.
+        const std::string& echoed = request.echo[event.choice];
+        choice["text"] = echoed + event.text;
+        choice["logprobs"] = request.logprobs ? completion_logprobs(tokens, tokenizer, echoed.size(), &request.choices[event.choice],
+                                                                    event.prompt_scores)
+                                              : json(nullptr);
     } else {
         choice["text"] = event.text;
         choice["logprobs"] = has_token ? completion_logprobs(tokens, tokenizer, 0) : json(nullptr);
@@ -525,8 +545,8 @@ GenerationRequest parse_chat_request(const json& body, const ApiContext& context
 }
 
 GenerationRequest parse_completion_request(const json& body, const ApiContext& context) {
-    const CommonFields common = common_fields(body, context);
-    if (bool_field(body, "echo").value_or(false)) throw ApiError(400, "'echo' is not supported by this server yet", "invalid_request_error", "echo", "unsupported_parameter");
+    const bool echo = bool_field(body, "echo").value_or(false);
+    const CommonFields common = common_fields(body, context, echo);
     refuse_unsupported(body, "suffix", "insertion");
     refuse_unsupported(body, "tools", "tool calls are for /v1/chat/completions");
     refuse_unsupported(body, "tool_choice", "tool calls are for /v1/chat/completions");
@@ -546,13 +566,21 @@ GenerationRequest parse_completion_request(const json& body, const ApiContext& c
     };
     const auto text_ids = [&](const json& text) { return context.engine.tokenize(text.get<std::string>(), true, false); };
     std::vector<std::vector<Token>> prompts;
-    if (prompt->is_string()) prompts.push_back(text_ids(*prompt));
-    else if (prompt->is_array() && !prompt->empty() && (*prompt)[0].is_number()) prompts.push_back(token_ids(*prompt));
+    std::vector<std::string> prompt_texts;   // what echo repeats: the prompt as given, or its ids' text
+    const auto add = [&](const json& p) {
+        if (p.is_string()) {
+            prompts.push_back(text_ids(p));
+            prompt_texts.push_back(p.get<std::string>());
+        } else {
+            prompts.push_back(token_ids(p));
+            prompt_texts.push_back(context.engine.tokenizer().decode(prompts.back()));
+        }
+    };
+    if (prompt->is_string() || (prompt->is_array() && !prompt->empty() && (*prompt)[0].is_number())) add(*prompt);
     else if (prompt->is_array() && !prompt->empty()) {
         for (const json& p : *prompt) {
-            if (p.is_string()) prompts.push_back(text_ids(p));
-            else if (p.is_array()) prompts.push_back(token_ids(p));
-            else throw bad_field("prompt", "must be a string, an array of strings, or token ids");
+            if (!p.is_string() && !p.is_array()) throw bad_field("prompt", "must be a string, an array of strings, or token ids");
+            add(p);
         }
     } else {
         throw bad_field("prompt", "must be a string, an array of strings, or token ids");
@@ -562,8 +590,14 @@ GenerationRequest parse_completion_request(const json& body, const ApiContext& c
     // Completions' logprobs is the number of alternatives (OpenAI allows 0 to 5; here up to 20).
     const auto logprobs = integer_field(body, "logprobs", 0, max_top_logprobs);
     constexpr size_t openai_completion_default_max_tokens = 16;
-    return make_request(Endpoint::Completions, prompts, common, openai_completion_default_max_tokens, logprobs.has_value(),
-                        static_cast<size_t>(logprobs.value_or(0)), context);
+    GenerationRequest request = make_request(Endpoint::Completions, prompts, common, openai_completion_default_max_tokens,
+                                             logprobs.has_value(), static_cast<size_t>(logprobs.value_or(0)), context);
+    if (echo) {
+        for (SequenceParams& choice : request.choices) choice.score_prompt = request.logprobs;
+        for (const std::string& text : prompt_texts)
+            for (size_t i = 0; i < request.n; ++i) request.echo.push_back(text);
+    }
+    return request;
 }
 
 json usage_object(const GenerationRequest& request, const std::vector<ChoiceResult>& choices) {
@@ -599,8 +633,11 @@ json completion_response(const GenerationRequest& request, const ResponseHeader&
             }
             choice["logprobs"] = request.logprobs ? chat_logprobs(tokens, tokenizer) : json(nullptr);
         } else {
-            choice["text"] = c.text;
-            choice["logprobs"] = request.logprobs ? completion_logprobs(tokens, tokenizer, 0) : json(nullptr);
+            const std::string echoed = request.echo.empty() ? std::string() : request.echo[i];
+            choice["text"] = echoed + c.text;
+            choice["logprobs"] = request.logprobs ? completion_logprobs(tokens, tokenizer, echoed.size(),
+                                                                        request.echo.empty() ? nullptr : &request.choices[i], c.prompt_scores)
+                                                  : json(nullptr);
         }
         list.push_back(std::move(choice));
     }

@@ -44,6 +44,9 @@ struct GenerationRequest {
     bool include_usage = false;            // stream_options.include_usage
     bool logprobs = false;
     size_t top_logprobs = 0;
+    // Completions with echo: choice i's text begins with echo[i], its prompt (with logprobs, its
+    // prompt tokens' logprobs begin the choice's logprobs, the first token's null). Empty: no echo.
+    std::vector<std::string> echo;
     // Chat with tools (and a tool_choice other than "none"): the text may be tool calls.
     std::shared_ptr<const ToolSet> tools;
 };
@@ -66,6 +69,7 @@ json parse_body(const std::string& body);
 struct ChoiceResult {
     std::string text;
     std::vector<SequenceEvent> tokens;     // events with a token (their logprobs)
+    std::vector<ScoredToken> prompt_scores;  // with SequenceParams::score_prompt
     std::optional<FinishReason> finish;
     std::string error;
     size_t prompt_tokens = 0, cached_tokens = 0, completion_tokens = 0;

@@ -61,6 +61,7 @@ struct Scheduler::Sequence {
     bool decoding = false;          // the prompt is in; next_token is the next row
     Token next_token = 0;
     size_t generated = 0;
+    std::vector<ScoredToken> prompt_scores;   // with params.score_prompt, until the prompt is in
     bool text_complete = false;     // a stop string ended the text: nothing held back is emitted
     bool done = false;
 
@@ -151,7 +152,7 @@ void Scheduler::admit_waiting() {
         if (!claim) break;
         s.slot = claim->slot;
         // Keep exactly the matching positions, as far as the model's sliding-window layers still can.
-        s.reused = s.fed = model_.reusable_prefix(s.slot, claim->reused);
+        s.reused = s.fed = s.params.score_prompt ? 0 : model_.reusable_prefix(s.slot, claim->reused);
         model_.truncate_slot(s.slot, s.reused);
         metrics_.prompt_tokens += s.params.prompt.size();
         metrics_.prompt_tokens_cached += s.reused;
@@ -198,6 +199,36 @@ void Scheduler::step() {
     if (!parts.empty()) run_parts(parts);
 }
 
+namespace {
+
+// log p(token) for every token of a row: the model's log-softmax, before any sampling stage.
+std::vector<double> log_softmax(std::span<const double> logits) {
+    const double max = *std::max_element(logits.begin(), logits.end());
+    double sum = 0;
+    for (double l : logits) sum += std::exp(l - max);
+    const double log_z = max + std::log(sum);
+    std::vector<double> out(logits.size());
+    for (size_t i = 0; i < logits.size(); ++i) out[i] = logits[i] - log_z;
+    return out;
+}
+
+// The token's log-probability in a row of logits, and the `top` most likely tokens (ties: the
+// lower id first).
+ScoredToken score(std::span<const double> logits, Token token, size_t top) {
+    const std::vector<double> log_p = log_softmax(logits);
+    ScoredToken out{.id = token, .logprob = log_p[size_t(token)]};
+    std::vector<Token> order(log_p.size());
+    std::iota(order.begin(), order.end(), Token{0});
+    const size_t n = std::min(top, order.size());
+    std::partial_sort(order.begin(), order.begin() + std::ptrdiff_t(n), order.end(), [&](Token a, Token b) {
+        return log_p[size_t(a)] > log_p[size_t(b)] || (log_p[size_t(a)] == log_p[size_t(b)] && a < b);
+    });
+    for (size_t i = 0; i < n; ++i) out.top_logprobs.push_back({order[i], log_p[size_t(order[i])]});
+    return out;
+}
+
+}  // namespace
+
 void Scheduler::run_parts(std::span<const Part> all_parts) {
     // A sequence ended by an earlier part of the same step (its prompt's first half found no
     // memory) has nothing left to run.
@@ -219,7 +250,7 @@ void Scheduler::run_parts(std::span<const Part> all_parts) {
             const size_t position = s.fed + i;
             rows.push_back({.slot = s.slot,
                             .token = s.params.prompt[position],
-                            .logits = position + 1 == s.params.prompt.size(),
+                            .logits = s.params.score_prompt || position + 1 == s.params.prompt.size(),
                             .products = RowProducts::Tiled});
         }
     }
@@ -288,29 +319,28 @@ void Scheduler::run_parts(std::span<const Part> all_parts) {
             // Tiled decode rows compute as prompt rows do: a later prompt may reuse them.
             if (options_.decode_products == RowProducts::Tiled) slots_.append_reusable(s.slot, std::span(&s.next_token, 1));
         } else {
+            if (s.params.score_prompt) {
+                // Each row but the prompt's last scores the prompt token after it.
+                const size_t scored = has_logits ? part.n_rows - 1 : part.n_rows;
+                for (size_t i = 0; i < scored; ++i)
+                    s.prompt_scores.push_back(score(logits.row(logits_row++), s.params.prompt[s.fed + i + 1], s.params.top_logprobs));
+            }
             slots_.append_reusable(s.slot, std::span(s.params.prompt).subspan(s.fed, part.n_rows));
             s.fed += part.n_rows;
             metrics_.prompt_tokens_computed += part.n_rows;
             if (has_logits && options_.decode_products == RowProducts::Single) slots_.end_reusable(s.slot);
         }
-        if (has_logits) advance(s, logits.row(logits_row++));
+        if (!has_logits) continue;
+        if (s.params.score_prompt) s.channel->push({.choice = s.choice, .prompt_scores = std::move(s.prompt_scores)});
+        if (s.params.max_tokens == 0) {
+            logits_row += 1;
+            finish(s, FinishReason::Length);
+            continue;
+        }
+        advance(s, logits.row(logits_row++));
     }
 }
 
-namespace {
-
-// log p(token) for every token of a row: the model's log-softmax, before any sampling stage.
-std::vector<double> log_softmax(std::span<const double> logits) {
-    const double max = *std::max_element(logits.begin(), logits.end());
-    double sum = 0;
-    for (double l : logits) sum += std::exp(l - max);
-    const double log_z = max + std::log(sum);
-    std::vector<double> out(logits.size());
-    for (size_t i = 0; i < logits.size(); ++i) out[i] = logits[i] - log_z;
-    return out;
-}
-
-}  // namespace
 
 void Scheduler::advance(Sequence& s, std::span<const double> logits) {
     Token token = 0;
@@ -332,15 +362,9 @@ void Scheduler::advance(Sequence& s, std::span<const double> logits) {
     metrics_.count_generated(1);
     SequenceEvent event{.choice = s.choice, .token = token};
     if (s.params.logprobs) {
-        const std::vector<double> log_p = log_softmax(logits);
-        event.logprob = log_p[size_t(token)];
-        std::vector<Token> order(log_p.size());
-        std::iota(order.begin(), order.end(), Token{0});
-        const size_t n = std::min(s.params.top_logprobs, order.size());
-        std::partial_sort(order.begin(), order.begin() + std::ptrdiff_t(n), order.end(), [&](Token a, Token b) {
-            return log_p[size_t(a)] > log_p[size_t(b)] || (log_p[size_t(a)] == log_p[size_t(b)] && a < b);
-        });
-        for (size_t i = 0; i < n; ++i) event.top_logprobs.push_back({order[i], log_p[size_t(order[i])]});
+        ScoredToken scored = score(logits, token, s.params.top_logprobs);
+        event.logprob = scored.logprob;
+        event.top_logprobs = std::move(scored.top_logprobs);
     }
     const Tokenizer& tokenizer = engine_.tokenizer();
     // A constrained sequence samples an end only where its document is whole.

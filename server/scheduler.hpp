@@ -45,11 +45,15 @@ using Clock = std::chrono::steady_clock;
 struct SequenceParams {
     std::vector<Token> prompt;          // not empty, shorter than the context
     SamplingParams sampling;
-    size_t max_tokens = 0;              // > 0
+    size_t max_tokens = 0;              // 0: the prompt is read (and scored), nothing generated
     std::vector<std::string> stop;      // non-empty strings
     bool ignore_eos = false;
     size_t top_logprobs = 0;            // alternatives reported per token (with logprobs)
     bool logprobs = false;              // report each sampled token's log-probability
+    // Report each prompt token's log-probability given the tokens before it (from the second
+    // token on, with top_logprobs alternatives): completions' echo with logprobs. Every prompt
+    // row is computed for it, no cached prefix is reused.
+    bool score_prompt = false;
     // Structured output: tokens that would break the grammar's document are never sampled, and
     // the sequence ends (Stop) when the document is whole. Null: free text.
     std::shared_ptr<const structured::Grammar> grammar = {};
@@ -59,6 +63,13 @@ struct SequenceParams {
 struct TokenLogprob {
     Token id = 0;
     double logprob = 0;
+};
+
+// A token with its log-probability and the most likely alternatives at its position.
+struct ScoredToken {
+    Token id = 0;
+    double logprob = 0;
+    std::vector<TokenLogprob> top_logprobs = {};
 };
 
 // OutOfMemory: even one token of the sequence did not fit in memory (the server answers 503).
@@ -73,6 +84,8 @@ struct SequenceEvent {
     std::string text = {};
     std::optional<double> logprob = {};
     std::vector<TokenLogprob> top_logprobs = {};
+    // With score_prompt: once, before any token, the prompt's tokens from the second on.
+    std::vector<ScoredToken> prompt_scores = {};
     // The end of the choice (no token then, maybe text: what was held back).
     std::optional<FinishReason> finish = {};
     std::string error = {};               // FinishReason::Error, OutOfMemory and Timeout: why

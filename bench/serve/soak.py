@@ -142,7 +142,7 @@ def bad_requests(max_body_kib, api_key, n_ctx):
          None, "context_length_exceeded"),
         ("max_tokens past the context", "POST", "/v1/completions", {"prompt": [1000] * 10, "max_tokens": n_ctx - 5}, {},
          400, None, "context_length_exceeded"),
-        ("echo", "POST", "/v1/completions", {"prompt": "x", "echo": True}, {}, 400, "echo", "unsupported_parameter"),
+        ("suffix", "POST", "/v1/completions", {"prompt": "x", "suffix": "y"}, {}, 400, "suffix", "unsupported_parameter"),
         ("body over the limit", "POST", "/v1/completions", big, {}, 413, None, "body_too_large"),
         ("unknown route", "POST", "/v1/nothing", b"{}", {}, 404, None, None),
         ("GET on a POST route", "GET", "/v1/completions", None, {}, 404, None, None),

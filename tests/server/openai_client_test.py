@@ -132,6 +132,31 @@ class Completions(unittest.TestCase):
             self.assertAlmostEqual(max(top.values()), logprob, places=9)
             self.assertEqual(max(top, key=top.get), token)
 
+    def test_echo_scores_a_continuation_as_lm_evaluation_harness_does(self):
+        # lm-evaluation-harness's loglikelihood: context + continuation echoed with logprobs=1,
+        # the continuation's token logprobs summed, "greedy" when each is its position's top token.
+        ids = json.loads(urllib.request.urlopen(urllib.request.Request(
+            BASE_URL + "/tokenize", data=json.dumps({"content": "The capital of France is Paris"}).encode(),
+            headers={"Authorization": "Bearer " + API_KEY})).read())["tokens"]
+        r = client().completions.create(model="smollm2", prompt=[ids], temperature=0, max_tokens=0, logprobs=1, echo=True)
+        lp = r.choices[0].logprobs
+        self.assertEqual(len(lp.tokens), len(ids))
+        self.assertIsNone(lp.token_logprobs[0])
+        self.assertIsNone(lp.top_logprobs[0])
+        self.assertEqual(r.choices[0].text, "The capital of France is Paris")
+        self.assertEqual(r.usage.completion_tokens, 0)
+        for token, logprob, top in zip(lp.tokens[1:], lp.token_logprobs[1:], lp.top_logprobs[1:]):
+            self.assertLess(logprob, 0.0)
+            self.assertEqual(len(top), 1)
+            self.assertGreaterEqual(max(top.values()), logprob)
+        # The last token's logprob is what a greedy completion of the rest reports for it when it
+        # is the greedy choice there.
+        rest = client().completions.create(model="smollm2", prompt=[ids[:-1]], temperature=0, max_tokens=1, logprobs=1)
+        if rest.choices[0].logprobs.tokens[0] == lp.tokens[-1]:
+            self.assertAlmostEqual(rest.choices[0].logprobs.token_logprobs[0], lp.token_logprobs[-1], places=4)
+        else:
+            self.assertLess(lp.token_logprobs[-1], rest.choices[0].logprobs.token_logprobs[0])
+
     def test_token_prompt(self):
         ids = json.loads(urllib.request.urlopen(urllib.request.Request(
             BASE_URL + "/tokenize", data=json.dumps({"content": "Once upon a time"}).encode(),

@@ -272,6 +272,76 @@ TEST_F(ServerProcessTest, DisconnectedStreamIsCancelled) {
 }
 
 // A shared prefix is reused from a free slot and reported.
+// The data of a stream's chunks, in order.
+std::vector<json> stream_chunks(const std::string& sse) {
+    std::vector<json> chunks;
+    size_t at = 0;
+    while ((at = sse.find("data: ", at)) != std::string::npos) {
+        const size_t end = sse.find("\n\n", at);
+        const std::string data = sse.substr(at + 6, end - at - 6);
+        at = end;
+        if (data != "[DONE]") chunks.push_back(json::parse(data));
+    }
+    return chunks;
+}
+
+// Completions' echo, as lm-evaluation-harness uses it to score a text: the prompt comes back as
+// the text's start, its tokens first in logprobs (the first without a logprob), with max_tokens 0
+// nothing else.
+TEST_F(ServerProcessTest, EchoReturnsThePromptAndItsTokensLogprobs) {
+    const std::string prompt = "The capital of France is";
+    const auto body = [&](int max_tokens, bool stream) {
+        return json{{"prompt", prompt}, {"max_tokens", max_tokens}, {"echo", true}, {"logprobs", 2}, {"temperature", 0}, {"stream", stream}}.dump();
+    };
+    const json scored = server_->post("/v1/completions", body(0, false), 200);
+    const json& choice = scored["choices"][0];
+    EXPECT_EQ(choice["text"], prompt);
+    EXPECT_EQ(choice["finish_reason"], "length");
+    EXPECT_EQ(scored["usage"]["completion_tokens"], 0);
+    const json& lp = choice["logprobs"];
+    const size_t n = scored["usage"]["prompt_tokens"].get<size_t>();
+    ASSERT_GT(n, 3u);
+    ASSERT_EQ(lp["tokens"].size(), n);
+    ASSERT_EQ(lp["token_logprobs"].size(), n);
+    ASSERT_EQ(lp["text_offset"].size(), n);
+    EXPECT_TRUE(lp["token_logprobs"][0].is_null());
+    EXPECT_TRUE(lp["top_logprobs"][0].is_null());
+    std::string joined;
+    for (size_t i = 0; i < n; ++i) {
+        EXPECT_EQ(lp["text_offset"][i], joined.size()) << i;
+        joined += lp["tokens"][i].get<std::string>();
+        if (i == 0) continue;
+        EXPECT_LE(lp["token_logprobs"][i].get<double>(), 0.0) << i;
+        EXPECT_EQ(lp["top_logprobs"][i].size(), 2u) << i;
+    }
+    EXPECT_EQ(joined, prompt);
+
+    // With tokens asked: the same prompt scores, then the greedy completion a plain request gets.
+    const json both = server_->post("/v1/completions", body(4, false), 200);
+    const json plain = server_->post("/v1/completions", completion_body(prompt, 4, false), 200);
+    const json& blp = both["choices"][0]["logprobs"];
+    ASSERT_EQ(blp["tokens"].size(), n + 4);
+    for (size_t i = 1; i < n; ++i) EXPECT_EQ(blp["token_logprobs"][i], lp["token_logprobs"][i]) << i;
+    EXPECT_EQ(both["choices"][0]["text"], prompt + plain["choices"][0]["text"].get<std::string>());
+    EXPECT_EQ(blp["text_offset"][n], prompt.size());
+    for (size_t i = 0; i < 4; ++i) EXPECT_EQ(blp["token_logprobs"][n + i], plain["choices"][0]["logprobs"]["token_logprobs"][i]) << i;
+
+    // Streamed: the prompt and its logprobs in the first chunk, then the tokens.
+    auto res = server_->client().Post("/v1/completions", body(4, true), "application/json");
+    ASSERT_TRUE(res);
+    ASSERT_EQ(res->status, 200);
+    const std::vector<json> chunks = stream_chunks(res->body);
+    ASSERT_GE(chunks.size(), 2u);
+    EXPECT_EQ(chunks[0]["choices"][0]["text"], prompt);
+    EXPECT_EQ(chunks[0]["choices"][0]["logprobs"]["tokens"].size(), n);
+    std::string text;
+    for (const json& chunk : chunks) text += chunk["choices"][0]["text"].get<std::string>();
+    EXPECT_EQ(text, both["choices"][0]["text"]);
+
+    // Without echo no tokens is no completion at all.
+    expect_error("/v1/completions", json{{"prompt", prompt}, {"max_tokens", 0}}.dump(), 400, "max_tokens");
+}
+
 TEST_F(ServerProcessTest, SharedPrefixShowsInCachedTokens) {
     const std::string system = "You are a helpful assistant who answers briefly and precisely, always in English.";
     const auto chat = [&](const std::string& question) {
