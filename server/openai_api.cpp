@@ -389,7 +389,8 @@ json chat_logprobs(const std::vector<const SequenceEvent*>& tokens, const Tokeni
 
 // Completions' logprobs: parallel arrays, top_logprobs as {token: logprob} objects. With echo the
 // prompt's tokens come first, the first with null logprobs (nothing comes before it), as OpenAI's
-// completions and vLLM report them; text_offset counts from the start of the choice's text.
+// completions and vLLM report them; text_offset counts from the start of the choice's text, where
+// a control token (a BOS the tokenizer added) takes no room.
 json completion_logprobs(const std::vector<const SequenceEvent*>& tokens, const Tokenizer& tokenizer, size_t text_offset,
                          const SequenceParams* echoed = nullptr, const std::vector<ScoredToken>& prompt_scores = {}) {
     json out = {{"tokens", json::array()}, {"token_logprobs", json::array()}, {"top_logprobs", json::array()}, {"text_offset", json::array()}};
@@ -403,7 +404,7 @@ json completion_logprobs(const std::vector<const SequenceEvent*>& tokens, const 
             for (const TokenLogprob& t : *top_logprobs) top[tokenizer.token_to_piece(t.id)] = t.logprob;
         out["top_logprobs"].push_back(std::move(top));
         out["text_offset"].push_back(offset);
-        offset += piece.size();
+        offset += tokenizer.is_control(id) ? 0 : piece.size();   // a control token adds nothing to the text
     };
     if (echoed) {
         add(echoed->prompt.front(), nullptr, nullptr);
@@ -573,7 +574,13 @@ GenerationRequest parse_completion_request(const json& body, const ApiContext& c
             prompt_texts.push_back(p.get<std::string>());
         } else {
             prompts.push_back(token_ids(p));
-            prompt_texts.push_back(context.engine.tokenizer().decode(prompts.back()));
+            // The ids' text as generated text shows it: control tokens left out, so that each
+            // logprobs entry's text_offset points into it.
+            const Tokenizer& tokenizer = context.engine.tokenizer();
+            std::string text;
+            for (Token t : prompts.back())
+                if (!tokenizer.is_control(t)) text += tokenizer.token_to_piece(t);
+            prompt_texts.push_back(std::move(text));
         }
     };
     if (prompt->is_string() || (prompt->is_array() && !prompt->empty() && (*prompt)[0].is_number())) add(*prompt);

@@ -338,6 +338,20 @@ TEST_F(ServerProcessTest, EchoReturnsThePromptAndItsTokensLogprobs) {
     for (const json& chunk : chunks) text += chunk["choices"][0]["text"].get<std::string>();
     EXPECT_EQ(text, both["choices"][0]["text"]);
 
+    // Token ids led by a control token (<|im_start|>): it takes no room in the text, as in
+    // generated text, and every offset points at its token's text.
+    const json ids = server_->post("/tokenize", json{{"content", "<|im_start|>The sky is"}}.dump(), 200)["tokens"];
+    ASSERT_EQ(ids.size(), 4u);
+    const json by_ids = server_->post("/v1/completions", json{{"prompt", ids}, {"max_tokens", 0}, {"echo", true}, {"logprobs", 0}}.dump(), 200);
+    const std::string echoed = by_ids["choices"][0]["text"];
+    EXPECT_EQ(echoed, "The sky is");
+    const json& ilp = by_ids["choices"][0]["logprobs"];
+    EXPECT_EQ(ilp["tokens"][0], "<|im_start|>");
+    for (size_t i = 1; i < 4; ++i) {
+        const std::string token = ilp["tokens"][i];
+        EXPECT_EQ(echoed.substr(ilp["text_offset"][i].get<size_t>(), token.size()), token) << i;
+    }
+
     // Without echo no tokens is no completion at all.
     expect_error("/v1/completions", json{{"prompt", prompt}, {"max_tokens", 0}}.dump(), 400, "max_tokens");
 }
