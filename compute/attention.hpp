@@ -29,6 +29,10 @@ struct AttentionShape {
     // p % ring + ring, so the window's positions are read from row (first % ring) on. 0: position p
     // at row p. Needs window <= ring.
     size_t ring = 0;
+    // Attention sinks (gpt-oss): sinks[h], a learned logit of query head h that joins each of its
+    // softmax's denominators and weighs no value, so a row can attend to nothing. Not scaled by
+    // `scale`. null: none. CPU only (the CUDA kernels refuse it).
+    const float* sinks = nullptr;
 };
 constexpr size_t max_attention_window = 8192;
 
@@ -49,12 +53,17 @@ enum class AttentionRows { Auto, Prompt, Decode };
 // n_head, head_dim]. Token t (at position first_position + t) attends to positions 0 ..=
 // first_position + t (the last `window` of them with a sliding window):
 //   out[t, h] = sum_p softmax_p(scale * q[t, h] . k[p, g]) v[p, g]
+// (with sinks, the softmax's denominator also holds exp(sinks[h])).
 namespace cpu {
 void attention(Context& ctx, const float* q, CacheRows keys, CacheRows values, size_t n_tokens, size_t first_position,
                const AttentionShape& shape, float* out, AttentionRows rows = AttentionRows::Auto);
 }
 inline void check_cache_types(CacheRows keys, CacheRows values) {
     if (keys.type != values.type) throw std::invalid_argument("attention: keys and values of different types");
+}
+// The CUDA attention kernels have no sinks (models refuse such architectures on a GPU at load).
+inline void check_cuda_shape(const AttentionShape& shape) {
+    if (shape.sinks) throw std::invalid_argument("attention: sinks are not implemented on CUDA (run on the CPU)");
 }
 inline void attention(Context& ctx, const float* q, CacheRows keys, CacheRows values, size_t n_tokens,
                       size_t first_position, const AttentionShape& shape, float* out,
@@ -63,7 +72,10 @@ inline void attention(Context& ctx, const float* q, CacheRows keys, CacheRows va
     if (ctx.device() == Device::CPU)
         return cpu::attention(ctx, q, keys, values, n_tokens, first_position, shape, out, rows);
 #ifdef TWINFER_WITH_CUDA
-    if (ctx.device() == Device::CUDA) return cuda::attention(ctx, q, keys, values, n_tokens, first_position, shape, out);
+    if (ctx.device() == Device::CUDA) {
+        check_cuda_shape(shape);
+        return cuda::attention(ctx, q, keys, values, n_tokens, first_position, shape, out);
+    }
 #endif
     throw_backend_unavailable("attention", ctx.device());
 }
@@ -82,7 +94,10 @@ inline void attention_at(Context& ctx, const float* q, CacheRows keys, CacheRows
         return cpu::attention(ctx, q, keys, values, 1, size_t(*position), shape, out, AttentionRows::Decode);
     }
 #ifdef TWINFER_WITH_CUDA
-    if (ctx.device() == Device::CUDA) return cuda::attention_at(ctx, q, keys, values, position, max_positions, shape, out);
+    if (ctx.device() == Device::CUDA) {
+        check_cuda_shape(shape);
+        return cuda::attention_at(ctx, q, keys, values, position, max_positions, shape, out);
+    }
 #endif
     throw_backend_unavailable("attention_at", ctx.device());
 }

@@ -16,6 +16,7 @@ namespace cpu {
 void add(Context& ctx, float* x, const float* y, size_t n);
 void add_bias(Context& ctx, float* x, const float* bias, size_t n_rows, size_t n);
 void swiglu(Context& ctx, const float* gate, const float* up, size_t n, float* out);
+void swiglu_oai(Context& ctx, const float* gate, const float* up, size_t n, float* out);
 void gelu(Context& ctx, float* x, size_t n);
 void gelu_erf(Context& ctx, float* x, size_t n);
 void geglu(Context& ctx, const float* gate, const float* up, size_t n, float* out);
@@ -51,6 +52,15 @@ inline void swiglu(Context& ctx, const float* gate, const float* up, size_t n, f
     if (ctx.device() == Device::CUDA) return cuda::swiglu(ctx, gate, up, n, out);
 #endif
     throw_backend_unavailable("swiglu", ctx.device());
+}
+
+// gpt-oss's gated activation (llama.cpp's swiglu_oai, transformers' GptOssExperts._apply_gate):
+// g = min(gate, 7), u = clamp(up, -7, 7), out = g sigmoid(1.702 g) (u + 1). out may alias gate.
+// CPU only: gpt-oss is refused on a GPU.
+constexpr float swiglu_oai_alpha = 1.702f, swiglu_oai_limit = 7.0f;
+inline void swiglu_oai(Context& ctx, const float* gate, const float* up, size_t n, float* out) {
+    if (ctx.device() == Device::CPU) return cpu::swiglu_oai(ctx, gate, up, n, out);
+    throw std::invalid_argument("swiglu_oai: no GPU kernel (gpt-oss runs on the CPU)");
 }
 
 // x = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))   (GPT-2's GELU, tanh form), in place

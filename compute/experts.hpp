@@ -14,9 +14,11 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "compute/context.hpp"
@@ -34,21 +36,38 @@ namespace twinfer::compute {
 struct ExpertMatrices {
     WeightMatrix all;
     size_t n_experts = 0;
+    const float* bias = nullptr;   // [n_experts, rows()]: each expert's bias (gpt-oss), or null. CPU only.
 
     size_t rows() const { return n_experts ? all.rows / n_experts : 0; }
 };
 
-// A gated (SwiGLU) mixture-of-experts feed-forward: per token, k of n_experts chosen by the
-// router's softmax, y += sum_j weight_j * down_j(silu(gate_j x) * up_j x).
+// The gated activation of an expert: silu(gate) * up, or gpt-oss's clamped form
+// (compute::swiglu_oai; CPU only).
+enum class ExpertActivation { SwiGLU, SwiGLUOai };
+
+// A gated mixture-of-experts feed-forward: per token, k of n_experts chosen by the router's
+// softmax, y += sum_j weight_j * (down_j(act(gate_j x + bg_j, up_j x + bu_j)) + bd_j), the biases
+// where the matrices have them.
 struct ExpertLayer {
     const ExpertMatrices& gate;   // n_experts x [rows, cols]
     const ExpertMatrices& up;     // n_experts x [rows, cols]
     const ExpertMatrices& down;   // n_experts x [cols, rows]
     size_t k;                     // experts a token
     bool renormalize;             // the softmax over the k chosen only (else over all, the k kept)
+    ExpertActivation activation = ExpertActivation::SwiGLU;
 };
 
-// y[j] = W_{ids[j]} x_j for j < k, x_j = x + j * x_stride (x_stride 0: one input for every expert),
+// The CUDA expert kernels have neither biases nor gpt-oss's activation (models refuse such
+// architectures on a GPU at load).
+inline void check_cuda_experts(std::string_view op, std::initializer_list<const ExpertMatrices*> matrices,
+                               ExpertActivation activation = ExpertActivation::SwiGLU) {
+    for (const ExpertMatrices* w : matrices)
+        if (w->bias) throw std::invalid_argument(std::string(op) + ": expert biases are not implemented on CUDA (run on the CPU)");
+    if (activation != ExpertActivation::SwiGLU)
+        throw std::invalid_argument(std::string(op) + ": gpt-oss's expert activation is not implemented on CUDA (run on the CPU)");
+}
+
+// y[j] = W_{ids[j]} x_j (+ its bias) for j < k, x_j = x + j * x_stride (x_stride 0: one input for every expert),
 // y_j = y + j * rows. ids in the device's memory, each < n_experts (a kernel cannot check: the
 // router's top_k makes them). `activations` as matmul takes them (the GPU's int8 kernels read the
 // chosen experts' rows where x_stride is 0 or the matrices' columns).
@@ -60,25 +79,32 @@ inline void matmul_experts(Context& ctx, const ExpertMatrices& w, const int32_t*
                            size_t x_stride, float* y, Activations activations) {
     if (ctx.device() == Device::CPU) return cpu::matmul_experts(ctx, w, ids, k, x, x_stride, y, activations);
 #ifdef TWINFER_WITH_CUDA
-    if (ctx.device() == Device::CUDA) return cuda::matmul_experts(ctx, w, ids, k, x, x_stride, y, activations);
+    if (ctx.device() == Device::CUDA) {
+        check_cuda_experts("matmul_experts", {&w});
+        return cuda::matmul_experts(ctx, w, ids, k, x, x_stride, y, activations);
+    }
 #endif
     throw_backend_unavailable("matmul_experts", ctx.device());
 }
 
-// out[j] = silu(W_gate_{ids[j]} x) * (W_up_{ids[j]} x) for j < k, one x for every expert (a gated
-// expert's first half; out and up_scratch [k, rows]): matmul_experts twice and swiglu, which the
-// GPU's int8 kernels do in one launch.
+// out[j] = act(W_gate_{ids[j]} x, W_up_{ids[j]} x) for j < k (biases included where the matrices
+// have them), one x for every expert (a gated expert's first half; out and up_scratch [k, rows]):
+// matmul_experts twice and the activation, which the GPU's int8 kernels do in one launch.
 namespace cpu {
 void matmul_experts_swiglu(Context& ctx, const ExpertMatrices& gate, const ExpertMatrices& up, const int32_t* ids,
-                           size_t k, const float* x, float* out, float* up_scratch, Activations activations);
+                           size_t k, const float* x, float* out, float* up_scratch, Activations activations,
+                           ExpertActivation activation);
 }
 inline void matmul_experts_swiglu(Context& ctx, const ExpertMatrices& gate, const ExpertMatrices& up, const int32_t* ids,
-                                  size_t k, const float* x, float* out, float* up_scratch, Activations activations) {
+                                  size_t k, const float* x, float* out, float* up_scratch, Activations activations,
+                                  ExpertActivation activation = ExpertActivation::SwiGLU) {
     if (ctx.device() == Device::CPU)
-        return cpu::matmul_experts_swiglu(ctx, gate, up, ids, k, x, out, up_scratch, activations);
+        return cpu::matmul_experts_swiglu(ctx, gate, up, ids, k, x, out, up_scratch, activations, activation);
 #ifdef TWINFER_WITH_CUDA
-    if (ctx.device() == Device::CUDA)
+    if (ctx.device() == Device::CUDA) {
+        check_cuda_experts("matmul_experts_swiglu", {&gate, &up}, activation);
         return cuda::matmul_experts_swiglu(ctx, gate, up, ids, k, x, out, up_scratch, activations);
+    }
 #endif
     throw_backend_unavailable("matmul_experts_swiglu", ctx.device());
 }
@@ -152,7 +178,7 @@ struct ExpertGroups {
     size_t rows() const { return size_t(host_offsets.back()); }
 };
 
-// y[r] = W_e x[r] for every expert e's rows r (x: [groups.rows(), cols], y: [groups.rows(), rows]):
+// y[r] = W_e x[r] (+ e's bias) for every expert e's rows r (x: [groups.rows(), cols], y: [groups.rows(), rows]):
 // one product over each expert's slice of w, as compute::matmul computes a prompt. `activations`
 // as matmul takes them (for an expert with fewer rows than a tiled product takes).
 namespace cpu {
@@ -166,26 +192,30 @@ inline void matmul_expert_groups(Context& ctx, const ExpertMatrices& w, const Ex
                                     std::to_string(w.n_experts) + " experts");
     if (ctx.device() == Device::CPU) return cpu::matmul_expert_groups(ctx, w, groups, x, y, activations);
 #ifdef TWINFER_WITH_CUDA
-    if (ctx.device() == Device::CUDA) return cuda::matmul_expert_groups(ctx, w, groups, x, y, activations);
+    if (ctx.device() == Device::CUDA) {
+        check_cuda_experts("matmul_expert_groups", {&w});
+        return cuda::matmul_expert_groups(ctx, w, groups, x, y, activations);
+    }
 #endif
     throw_backend_unavailable("matmul_expert_groups", ctx.device());
 }
 
-// out[r] = silu(W_gate_e x[r]) * (W_up_e x[r]) for every expert e's rows r (out, up_scratch:
-// [groups.rows(), rows]), each row's activation computed alone (the CPU's vector/tail split of a
-// row must not depend on the rows beside it).
+// out[r] = act(W_gate_e x[r], W_up_e x[r]) for every expert e's rows r (biases included where the
+// matrices have them; out, up_scratch: [groups.rows(), rows]), each row's activation computed
+// alone (the CPU's vector/tail split of a row must not depend on the rows beside it).
 namespace cpu {
 void matmul_expert_groups_swiglu(Context& ctx, const ExpertMatrices& gate, const ExpertMatrices& up,
                                  const ExpertGroups& groups, const float* x, float* out, float* up_scratch,
-                                 Activations activations);
+                                 Activations activations, ExpertActivation activation);
 }
 inline void matmul_expert_groups_swiglu(Context& ctx, const ExpertMatrices& gate, const ExpertMatrices& up,
                                         const ExpertGroups& groups, const float* x, float* out, float* up_scratch,
-                                        Activations activations) {
+                                        Activations activations, ExpertActivation activation = ExpertActivation::SwiGLU) {
     if (ctx.device() == Device::CPU)
-        return cpu::matmul_expert_groups_swiglu(ctx, gate, up, groups, x, out, up_scratch, activations);
+        return cpu::matmul_expert_groups_swiglu(ctx, gate, up, groups, x, out, up_scratch, activations, activation);
 #ifdef TWINFER_WITH_CUDA
     if (ctx.device() == Device::CUDA) {
+        check_cuda_experts("matmul_expert_groups_swiglu", {&gate, &up}, activation);
         // The GPU's SwiGLU is the same arithmetic for every element, whatever the length.
         cuda::matmul_expert_groups(ctx, gate, groups, x, out, activations);
         cuda::matmul_expert_groups(ctx, up, groups, x, up_scratch, activations);
@@ -267,7 +297,7 @@ inline void add_experts_one_by_one(Context& ctx, const ExpertLayer& layer, const
     const size_t cols = layer.gate.all.cols, n_experts = layer.gate.n_experts, k = layer.k;
     for (size_t t = 0; t < n_tokens; ++t) {
         top_k(ctx, router_logits + t * n_experts, n_experts, k, s.ids, s.chosen_logits);
-        matmul_experts_swiglu(ctx, layer.gate, layer.up, s.ids, k, x + t * cols, s.gate, s.up, activations);
+        matmul_experts_swiglu(ctx, layer.gate, layer.up, s.ids, k, x + t * cols, s.gate, s.up, activations, layer.activation);
         matmul_experts(ctx, layer.down, s.ids, k, s.gate, layer.gate.rows(), s.expert_out, activations);
         add_routed(ctx, y + t * cols, s.expert_out, cols, router_logits + t * n_experts, n_experts, s.chosen_logits, k,
                    layer.renormalize);
@@ -316,7 +346,7 @@ inline void add_experts_grouped(Context& ctx, const ExpertLayer& layer, const fl
     const ExpertGroups groups{s.offsets, host_offsets};
     get_rows(ctx, WeightMatrix{GGMLType::F32, n_tokens, cols, reinterpret_cast<const std::byte*>(x)}, s.row_token,
              groups.rows(), s.rows_in);                                                  // rows_in: [rows, cols]
-    matmul_expert_groups_swiglu(ctx, layer.gate, layer.up, groups, s.rows_in, s.gate, s.up, activations);
+    matmul_expert_groups_swiglu(ctx, layer.gate, layer.up, groups, s.rows_in, s.gate, s.up, activations, layer.activation);
     matmul_expert_groups(ctx, layer.down, groups, s.gate, s.rows_in, activations);        // rows_in: [rows, cols]
     add_routed_rows(ctx, y, s.rows_in, cols, s.pair_row, n_tokens, router_logits, n_experts, s.chosen_logits, k,
                     layer.renormalize);

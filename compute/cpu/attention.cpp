@@ -1,6 +1,7 @@
 #include "compute/attention.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "compute/cpu/kernels.hpp"
@@ -44,6 +45,7 @@ void attention_blocks(Context& ctx, const Kernels& k, const float* q, CacheRows 
             const float* rows_q[max_attention_block_rows];
             float* rows_out[max_attention_block_rows];
             size_t rows_first[max_attention_block_rows], rows_end[max_attention_block_rows];
+            float rows_sink[max_attention_block_rows];
             // Keys from the block's first position (its first row's, the smallest) on; on a ring
             // layer they are rows (lo % ring) + i, contiguous in the mirrored ring.
             const size_t lo = seen(shape, first_position, i0 / group).first;
@@ -53,10 +55,12 @@ void attention_blocks(Context& ctx, const Kernels& k, const float* q, CacheRows 
                 rows_q[r] = q + t * q_stride + h * D;
                 rows_out[r] = out + t * q_stride + h * D;
                 rows_first[r] = s.first - lo, rows_end[r] = s.n_seen - lo;
+                if (shape.sinks) rows_sink[r] = shape.sinks[h];
             }
             const size_t offset = (shape.ring ? lo % shape.ring : lo) * shape.kv_stride + g * D;
             const AttentionBlock block{n, rows_q, rows_out, rows_first, rows_end, keys.plus(offset).data,
-                                       values.plus(offset).data, keys.type, shape.kv_stride, D, shape.scale, lo};
+                                       values.plus(offset).data, keys.type, shape.kv_stride, D, shape.scale, lo,
+                                       shape.sinks ? rows_sink : nullptr};
             k.attend_block(block, scratch[thread]);
         }
     });
@@ -85,7 +89,8 @@ void attention(Context& ctx, const float* q, CacheRows keys, CacheRows values, s
             const size_t first_row = shape.ring ? first % shape.ring : first;
             const size_t kv_offset = first_row * shape.kv_stride + (h / group) * shape.head_dim;
             k.attend(q + t * q_stride + h * shape.head_dim, keys.plus(kv_offset).data, values.plus(kv_offset).data, keys.type,
-                     shape.kv_stride, n_seen - first, shape.head_dim, shape.scale, scores, out + t * q_stride + h * shape.head_dim);
+                     shape.kv_stride, n_seen - first, shape.head_dim, shape.scale, shape.sinks ? shape.sinks[h] : -INFINITY,
+                     scores, out + t * q_stride + h * shape.head_dim);
         }
     });
 }

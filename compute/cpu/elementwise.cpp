@@ -33,6 +33,15 @@ void swiglu(Context& ctx, const float* gate, const float* up, size_t n, float* o
     });
 }
 
+void swiglu_oai(Context& ctx, const float* gate, const float* up, size_t n, float* out) {
+    ctx.pool().parallel_for(n, activation_chunk, [&](size_t begin, size_t end, int) {
+        for (size_t i = begin; i < end; ++i) {
+            const float g = std::min(gate[i], swiglu_oai_limit), u = std::clamp(up[i], -swiglu_oai_limit, swiglu_oai_limit);
+            out[i] = g / (1.0f + std::exp(-swiglu_oai_alpha * g)) * (u + 1.0f);
+        }
+    });
+}
+
 void gelu(Context& ctx, float* x, size_t n) {
     const Kernels& k = kernels(ctx.cpu_isa());
     ctx.pool().parallel_for(n, activation_chunk, [&](size_t begin, size_t end, int) { k.gelu(x + begin, end - begin); });

@@ -27,6 +27,12 @@ void routing_weights(const float* router_logits, size_t n_experts, const float* 
     for (size_t j = 0; j < k; ++j) weights[j] = static_cast<float>(std::exp(double(chosen_logits[j]) - max_logit) / total);
 }
 
+// out = act(out, up) over n values.
+void gated_activation(Context& ctx, ExpertActivation activation, float* out, const float* up, size_t n) {
+    if (activation == ExpertActivation::SwiGLUOai) return cpu::swiglu_oai(ctx, out, up, n, out);
+    cpu::swiglu(ctx, out, up, n, out);
+}
+
 }  // namespace
 
 void matmul_experts(Context& ctx, const ExpertMatrices& w, const int32_t* ids, size_t k, const float* x, size_t x_stride,
@@ -36,14 +42,16 @@ void matmul_experts(Context& ctx, const ExpertMatrices& w, const int32_t* ids, s
         if (e >= w.n_experts)
             throw std::out_of_range("matmul_experts: expert " + std::to_string(ids[j]) + " of " + std::to_string(w.n_experts));
         cpu::matmul(ctx, expert_matrix(w, e), x + j * x_stride, 1, y + j * w.rows(), activations);
+        if (w.bias) cpu::add_bias(ctx, y + j * w.rows(), w.bias + e * w.rows(), 1, w.rows());
     }
 }
 
 void matmul_experts_swiglu(Context& ctx, const ExpertMatrices& gate, const ExpertMatrices& up, const int32_t* ids,
-                           size_t k, const float* x, float* out, float* up_scratch, Activations activations) {
+                           size_t k, const float* x, float* out, float* up_scratch, Activations activations,
+                           ExpertActivation activation) {
     cpu::matmul_experts(ctx, gate, ids, k, x, 0, out, activations);
     cpu::matmul_experts(ctx, up, ids, k, x, 0, up_scratch, activations);
-    cpu::swiglu(ctx, out, up_scratch, k * gate.rows(), out);
+    gated_activation(ctx, activation, out, up_scratch, k * gate.rows());
 }
 
 void add_routed(Context& ctx, float* y, const float* expert_out, size_t n, const float* router_logits, size_t n_experts,
@@ -87,14 +95,16 @@ void matmul_expert_groups(Context& ctx, const ExpertMatrices& w, const ExpertGro
     const size_t cols = w.all.cols, rows = w.rows();
     for (size_t e = 0; e < w.n_experts; ++e) {
         const size_t first = size_t(groups.host_offsets[e]), n = size_t(groups.host_offsets[e + 1]) - first;
-        if (n) cpu::matmul(ctx, expert_matrix(w, e), x + first * cols, n, y + first * rows, activations);
+        if (!n) continue;
+        cpu::matmul(ctx, expert_matrix(w, e), x + first * cols, n, y + first * rows, activations);
+        if (w.bias) cpu::add_bias(ctx, y + first * rows, w.bias + e * rows, n, rows);
     }
 }
 
 // Gate and up of an expert in one call: its rows' inputs packed once for both.
 void matmul_expert_groups_swiglu(Context& ctx, const ExpertMatrices& gate, const ExpertMatrices& up,
                                  const ExpertGroups& groups, const float* x, float* out, float* up_scratch,
-                                 Activations activations) {
+                                 Activations activations, ExpertActivation activation) {
     if (gate.n_experts != up.n_experts || gate.all.rows != up.all.rows || gate.all.cols != up.all.cols)
         throw std::invalid_argument("matmul_expert_groups_swiglu: gate and up experts differ in shape");
     const size_t cols = gate.all.cols, rows = gate.rows();
@@ -103,8 +113,10 @@ void matmul_expert_groups_swiglu(Context& ctx, const ExpertMatrices& gate, const
         if (!n) continue;
         const MatmulOutput outputs[] = {{expert_matrix(gate, e), out + first * rows}, {expert_matrix(up, e), up_scratch + first * rows}};
         cpu::matmul(ctx, outputs, x + first * cols, n, activations);
+        if (gate.bias) cpu::add_bias(ctx, out + first * rows, gate.bias + e * rows, n, rows);
+        if (up.bias) cpu::add_bias(ctx, up_scratch + first * rows, up.bias + e * rows, n, rows);
     }
-    for (size_t r = 0; r < groups.rows(); ++r) cpu::swiglu(ctx, out + r * rows, up_scratch + r * rows, rows, out + r * rows);
+    for (size_t r = 0; r < groups.rows(); ++r) gated_activation(ctx, activation, out + r * rows, up_scratch + r * rows, rows);
 }
 
 void add_routed_rows(Context& ctx, float* y, const float* rows, size_t n, const int32_t* pair_row, size_t n_tokens,

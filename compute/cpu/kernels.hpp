@@ -70,8 +70,9 @@ constexpr size_t max_attention_block_rows = 32;
 // attends to the key rows [first[r], end[r]) (first < end) of k, row i at k + i * kv_stride
 // elements of `type` (likewise v):
 //   out[r] = sum_{first[r] <= i < end[r]} softmax_i(scale q[r] . k_i) v_i
-// Key row i is at position `position` + i: the kernel's tiles of keys break at fixed positions,
-// so that a row's values do not depend on the block, nor on the call, it comes in.
+// (with sinks, exp(sinks[r]) joins the softmax's denominator: AttentionShape::sinks). Key row i
+// is at position `position` + i: the kernel's tiles of keys break at fixed positions, so that a
+// row's values do not depend on the block, nor on the call, it comes in.
 struct AttentionBlock {
     size_t n_rows;
     const float* const* q;
@@ -85,6 +86,7 @@ struct AttentionBlock {
     size_t head_dim;
     float scale;
     size_t position;
+    const float* sinks = nullptr;   // [n_rows]: each row's sink logit (its head's), or null
 };
 
 struct Kernels {
@@ -129,8 +131,9 @@ struct Kernels {
                     bool accumulate);
     // One query head over n_kv cached positions: out = sum_p softmax_p(scale q . k_p) v_p, with
     // k_p = k + p * kv_stride elements of `type` (likewise v); scores is scratch for n_kv floats.
+    // sink: a logit that joins the softmax's denominator only (attention sinks); -inf for none.
     void (*attend)(const float* q, const void* k, const void* v, KvType type, size_t kv_stride, size_t n_kv,
-                   size_t head_dim, float scale, float* scores, float* out);
+                   size_t head_dim, float scale, float sink, float* scores, float* out);
     // Prompt attention, flash-attention style: one block of query rows that read the same KV head
     // (several tokens, and the heads of a group) against tiles of the keys, the softmax taken
     // online, so each cached row is read (a float16 one widened) once a block instead of once a

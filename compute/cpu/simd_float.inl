@@ -148,8 +148,8 @@ void gemm(const float* w, size_t w_stride, size_t n_rows, size_t n_cols, const f
 
 template <class T, V (*Load)(const T*), float (*ToFloat)(T)>
 void attend_rows(const float* q, const T* k, const T* v, size_t kv_stride, size_t n_kv, size_t head_dim, float scale,
-                 float* scores, float* out) {
-    float max_score = -INFINITY;
+                 float sink, float* scores, float* out) {
+    float max_score = sink;   // -inf without a sink
     for (size_t p = 0; p < n_kv; ++p) {
         scores[p] = scale * dot<T, Load, ToFloat>(k + p * kv_stride, q, head_dim);
         max_score = std::max(max_score, scores[p]);
@@ -164,6 +164,7 @@ void attend_rows(const float* q, const T* k, const T* v, size_t kv_stride, size_
     }
     float sum = FloatVec::hsum(vsum);
     for (; p < n_kv; ++p) sum += scores[p] = std::exp(scores[p] - max_score);
+    if (sink > -INFINITY) sum += std::exp(sink - max_score);
     const float inv_sum = 1.0f / sum;
 
     // Four column chunks at once, each its own FMA chain over the positions in order (the same
@@ -191,13 +192,13 @@ void attend_rows(const float* q, const T* k, const T* v, size_t kv_stride, size_
 }
 
 void attend(const float* q, const void* k, const void* v, KvType type, size_t kv_stride, size_t n_kv, size_t head_dim,
-            float scale, float* scores, float* out) {
+            float scale, float sink, float* scores, float* out) {
     if (type == KvType::F16)
         return attend_rows<uint16_t, FloatVec::load_f16, half_to_float>(q, static_cast<const uint16_t*>(k),
                                                                        static_cast<const uint16_t*>(v), kv_stride, n_kv,
-                                                                       head_dim, scale, scores, out);
+                                                                       head_dim, scale, sink, scores, out);
     attend_rows<float, FloatVec::load, identity>(q, static_cast<const float*>(k), static_cast<const float*>(v), kv_stride,
-                                                 n_kv, head_dim, scale, scores, out);
+                                                 n_kv, head_dim, scale, sink, scores, out);
 }
 
 // Prompt attention a block of query rows at a time (Kernels::attend_block). The vectors run along
@@ -374,7 +375,11 @@ void attend_block_rows(const AttentionBlock& b, float* scratch) {
         if (d < D) values_for[D - d - 1](vt + d, D, n, st, ot + d * R);
     }
     for (size_t r = 0; r < b.n_rows; ++r) {
-        const float inverse = 1.0f / l[r];
+        float inverse = 1.0f / l[r];
+        if (b.sinks) {   // the sink's term joins the denominator, both rescaled to the larger of m and the sink
+            const float mx = std::max(m[r], b.sinks[r]), alpha = std::exp(m[r] - mx);
+            inverse = alpha / (l[r] * alpha + std::exp(b.sinks[r] - mx));
+        }
         for (size_t d = 0; d < D; ++d) b.out[r][d] = ot[d * R + r] * inverse;
     }
 }

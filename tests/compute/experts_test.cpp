@@ -193,6 +193,72 @@ TEST(ExpertsTest, GroupedMatchesOneByOne) {
     }
 }
 
+// gpt-oss's experts (CPU): the router's choice, each expert's gate, up and down biases, and the
+// clamped SwiGLU (gate and up values reaching past 7), one by one and grouped, each against the
+// layer's formula in double: y += sum_j w_j (W_down (act(W_gate x + b_gate, W_up x + b_up)) + b_down).
+TEST(ExpertsTest, BiasesAndClampedSwigluAgainstTheFormula) {
+    Context cpu(options_for(Device::CPU));
+    std::mt19937 rng(17);
+    const size_t n_experts = 6, k = 2, rows = 24, cols = 32, n_tokens = 9;
+    const auto gate_w = gaussian(n_experts * rows * cols, rng, 8.0f / std::sqrt(float(cols)));
+    const auto up_w = gaussian(n_experts * rows * cols, rng, 8.0f / std::sqrt(float(cols)));
+    const auto down_w = gaussian(n_experts * cols * rows, rng, 1.0f / std::sqrt(float(rows)));
+    const auto gate_b = gaussian(n_experts * rows, rng), up_b = gaussian(n_experts * rows, rng);
+    const auto down_b = gaussian(n_experts * cols, rng);
+    auto matrices = [&](const std::vector<float>& w, size_t r, size_t c, const std::vector<float>& b) {
+        return ExpertMatrices{{GGMLType::F32, n_experts * r, c, reinterpret_cast<const std::byte*>(w.data())}, n_experts, b.data()};
+    };
+    const ExpertMatrices gate = matrices(gate_w, rows, cols, gate_b), up = matrices(up_w, rows, cols, up_b);
+    const ExpertMatrices down = matrices(down_w, cols, rows, down_b);
+    const ExpertLayer layer{gate, up, down, k, true, ExpertActivation::SwiGLUOai};
+    const auto x = gaussian(n_tokens * cols, rng), y0 = gaussian(n_tokens * cols, rng);
+    const auto router = router_logits(n_tokens, n_experts, rng);
+
+    std::vector<double> want(y0.begin(), y0.end());
+    size_t clamped = 0;
+    for (size_t t = 0; t < n_tokens; ++t) {
+        std::vector<size_t> order(n_experts);
+        for (size_t e = 0; e < n_experts; ++e) order[e] = e;
+        const float* logits = router.data() + t * n_experts;
+        std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return logits[a] > logits[b]; });
+        double total = 0;
+        for (size_t j = 0; j < k; ++j) total += std::exp(double(logits[order[j]]) - logits[order[0]]);
+        for (size_t j = 0; j < k; ++j) {
+            const size_t e = order[j];
+            const double weight = std::exp(double(logits[e]) - logits[order[0]]) / total;
+            std::vector<double> act(rows);
+            for (size_t r = 0; r < rows; ++r) {
+                double g = gate_b[e * rows + r], u = up_b[e * rows + r];
+                for (size_t i = 0; i < cols; ++i) {
+                    g += double(gate_w[(e * rows + r) * cols + i]) * x[t * cols + i];
+                    u += double(up_w[(e * rows + r) * cols + i]) * x[t * cols + i];
+                }
+                clamped += g > 7 || std::fabs(u) > 7;
+                g = std::min(g, 7.0), u = std::clamp(u, -7.0, 7.0);
+                act[r] = g / (1 + std::exp(-1.702 * g)) * (u + 1);
+            }
+            for (size_t i = 0; i < cols; ++i) {
+                double d = down_b[e * cols + i];
+                for (size_t r = 0; r < rows; ++r) d += double(down_w[(e * cols + i) * rows + r]) * act[r];
+                want[t * cols + i] += weight * d;
+            }
+        }
+    }
+    EXPECT_GT(clamped, 20u);
+
+    std::vector<std::byte> one_scratch(one_by_one_scratch_bytes(layer));
+    std::vector<float> y1 = y0;
+    add_experts_one_by_one(cpu, layer, x.data(), n_tokens, router.data(), one_by_one_scratch_in(one_scratch.data(), layer),
+                           Activations::Float32, y1.data());
+    std::vector<std::byte> grouped_scratch(grouped_scratch_bytes(layer, n_tokens, min_group_rows));
+    std::vector<float> y2 = y0;
+    add_experts_grouped(cpu, layer, x.data(), n_tokens, router.data(), min_group_rows,
+                        grouped_scratch_in(grouped_scratch.data(), layer, n_tokens, min_group_rows), Activations::Float32, y2.data());
+    const std::vector<float> want_f(want.begin(), want.end());
+    EXPECT_LT(l2_relative_error(y1, want_f), 1e-6) << "one by one";
+    EXPECT_LT(l2_relative_error(y2, want_f), 1e-6) << "grouped";
+}
+
 // A token's row does not depend on the other tokens (a server's Tiled rows beside others, as a
 // prompt computes them): its experts' groups have other members and other sizes, the bits stay.
 TEST(ExpertsTest, GroupedRowsDoNotDependOnOtherTokens) {

@@ -222,20 +222,93 @@ TEST(OpsTest, WindowNotYetReachedIsCausalAttention) {
 }
 
 // Float64 attention of query q (head_dim values) over key/value rows [first, end) of k and v
-// (row i at i * kv_stride), scaled by `scale`: the formula in compute/attention.hpp, plainly.
+// (row i at i * kv_stride), scaled by `scale`: the formula in compute/attention.hpp, plainly; a
+// sink's exp(sink) in the denominator too.
 std::vector<double> attention_f64(const float* q, const float* k, const float* v, size_t kv_stride, size_t first,
-                                  size_t end, size_t head_dim, double scale) {
+                                  size_t end, size_t head_dim, double scale, double sink = -INFINITY) {
     std::vector<double> s(end - first), out(head_dim, 0.0);
-    double mx = -1e300, sum = 0;
+    double mx = sink, sum = 0;
     for (size_t i = first; i < end; ++i) {
         double d = 0;
         for (size_t j = 0; j < head_dim; ++j) d += double(q[j]) * k[i * kv_stride + j];
         mx = std::max(mx, s[i - first] = d * scale);
     }
     for (double& e : s) sum += e = std::exp(e - mx);
+    sum += std::exp(sink - mx);
     for (size_t i = first; i < end; ++i)
         for (size_t j = 0; j < head_dim; ++j) out[j] += s[i - first] / sum * v[i * kv_stride + j];
     return out;
+}
+
+// Attention sinks (gpt-oss) on every CPU path a model reaches: decode rows (Kernels::attend) and
+// prompt blocks (Kernels::attend_block, a GQA group's heads in one block, each row its own head's
+// sink), causal, windowed, and over a ring; float32 and float16 caches; head sizes of a
+// specialized block kernel (64) and the general one (40). Against float64 with the sinks (the
+// attention tests' 2e-6), and apart from the same attention without them: one sink far above the
+// scores (8: that head's rows weigh little), one far below (-8: nearly none), two in between.
+TEST(OpsTest, AttentionSinksOnEveryCpuPath) {
+    struct Case {
+        size_t tokens, first, window, ring;
+    };
+    const size_t n_head = 4, n_head_kv = 2;
+    const std::vector<float> sinks = {8.0f, -8.0f, 0.5f, 1.5f};
+    for (size_t head_dim : {size_t{64}, size_t{40}}) {
+        const size_t kv_stride = n_head_kv * head_dim;
+        for (const Case c : {Case{1, 30, 0, 0}, Case{37, 0, 0, 0}, Case{30, 40, 16, 0}, Case{40, 60, 24, 64}}) {
+            const size_t n_kv = c.first + c.tokens;
+            AttentionShape shape{n_head, n_head_kv, head_dim, kv_stride, 1.0f / std::sqrt(float(head_dim))};
+            shape.window = c.window, shape.ring = c.ring, shape.sinks = sinks.data();
+            AttentionShape no_sinks = shape;
+            no_sinks.sinks = nullptr;
+            const auto q = gaussian(c.tokens * n_head * head_dim, 41, 2.0f);
+            const auto k = gaussian(n_kv * kv_stride, 42), v = gaussian(n_kv * kv_stride, 43);
+            for (KvType type : {KvType::F32, KvType::F16}) {
+                std::vector<float> k_held = k, v_held = v;
+                if (type == KvType::F16)
+                    for (size_t i = 0; i < k.size(); ++i)
+                        k_held[i] = fp16_to_fp32(fp32_to_fp16(k[i])), v_held[i] = fp16_to_fp32(fp32_to_fp16(v[i]));
+                for (CpuIsa isa : available_isas()) {
+                    Context ctx({.cpu_isa = isa});
+                    const size_t table_rows = c.ring ? 2 * c.ring : n_kv;
+                    std::vector<uint16_t> keys16(table_rows * kv_stride), values16(keys16.size());
+                    std::vector<float> keys32(keys16.size()), values32(keys16.size());
+                    const CacheRows keys = type == KvType::F16 ? CacheRows(keys16.data(), type) : CacheRows(keys32.data());
+                    const CacheRows values = type == KvType::F16 ? CacheRows(values16.data(), type) : CacheRows(values32.data());
+                    if (c.ring) {
+                        store_ring(ctx, k.data(), n_kv, kv_stride, keys, 0, nullptr, c.ring);
+                        store_ring(ctx, v.data(), n_kv, kv_stride, values, 0, nullptr, c.ring);
+                    } else {
+                        store_rows(ctx, k.data(), n_kv, kv_stride, keys, 0);
+                        store_rows(ctx, v.data(), n_kv, kv_stride, values, 0);
+                    }
+                    for (AttentionRows rows : {AttentionRows::Prompt, AttentionRows::Decode}) {
+                        const std::string what = std::string(isa_name(isa)) + " " + std::string(kv_type_name(type)) +
+                                                 (rows == AttentionRows::Prompt ? " prompt" : " decode") + " rows, head_dim " +
+                                                 std::to_string(head_dim) + ", " + std::to_string(c.tokens) + " tokens after " +
+                                                 std::to_string(c.first) + ", window " + std::to_string(c.window) + ", ring " +
+                                                 std::to_string(c.ring);
+                        std::vector<float> got(q.size(), NAN), without(q.size(), NAN);
+                        attention(ctx, q.data(), keys, values, c.tokens, c.first, shape, got.data(), rows);
+                        attention(ctx, q.data(), keys, values, c.tokens, c.first, no_sinks, without.data(), rows);
+                        double apart = 0;
+                        for (size_t t = 0; t < c.tokens; ++t) {
+                            const size_t n_seen = c.first + t + 1, from = c.window && n_seen > c.window ? n_seen - c.window : 0;
+                            for (size_t h = 0; h < n_head; ++h) {
+                                const size_t off = (h / (n_head / n_head_kv)) * head_dim, at = (t * n_head + h) * head_dim;
+                                const auto want = attention_f64(q.data() + at, k_held.data() + off, v_held.data() + off, kv_stride,
+                                                                from, n_seen, head_dim, shape.scale, sinks[h]);
+                                for (size_t j = 0; j < head_dim; ++j) {
+                                    ASSERT_NEAR(got[at + j], want[j], 2e-6) << what << ": token " << t << " head " << h;
+                                    apart = std::max(apart, double(std::fabs(got[at + j] - without[at + j])));
+                                }
+                            }
+                        }
+                        EXPECT_GT(apart, 1e-2) << what << ": the sinks changed nothing";
+                    }
+                }
+            }
+        }
+    }
 }
 
 // The prompt kernel alone: a block of query rows with ranges of keys of their own (some past the
@@ -418,6 +491,30 @@ TEST(OpsTest, ActivationsAndAdds) {
     EXPECT_EQ(a, (std::vector<float>{11, 22, 33, 14, 25, 36}));
     add(ctx, a.data(), bias.data(), 3);
     EXPECT_EQ(a, (std::vector<float>{21, 42, 63, 14, 25, 36}));
+}
+
+// gpt-oss's activation against its formula in double: the gate clamped above at 7 only, up at
+// both -7 and 7 (values placed on each side of the clamps and on them).
+TEST(OpsTest, SwigluOaiIsTheClampedFormula) {
+    const size_t n = 20000 + 5;
+    auto gate = gaussian(n, 12, 6.0f), up = gaussian(n, 13, 6.0f);
+    const float edges[] = {-100.0f, -7.0f, -6.99f, 0.0f, 6.99f, 7.0f, 7.01f, 100.0f};
+    for (size_t i = 0; i < 8; ++i)
+        for (size_t j = 0; j < 8; ++j) gate[i * 8 + j] = edges[i], up[i * 8 + j] = edges[j];
+    Context ctx;
+    std::vector<float> out(n);
+    swiglu_oai(ctx, gate.data(), up.data(), n, out.data());
+    size_t clamped_gate = 0, clamped_up = 0;
+    for (size_t i = 0; i < n; ++i) {
+        const double g = std::min(double(gate[i]), 7.0), u = std::clamp(double(up[i]), -7.0, 7.0);
+        const double want = g / (1 + std::exp(-1.702 * g)) * (u + 1);
+        ASSERT_NEAR(out[i], want, 2e-6 * (1 + std::fabs(want))) << i << ": gate " << gate[i] << ", up " << up[i];
+        clamped_gate += gate[i] > 7, clamped_up += std::fabs(up[i]) > 7;
+    }
+    EXPECT_GT(clamped_gate, 100u);
+    EXPECT_GT(clamped_up, 100u);
+    swiglu_oai(ctx, gate.data(), up.data(), n, gate.data());   // in place
+    EXPECT_EQ(gate, out);
 }
 
 // top_k on the CPU against a full sort by (value descending, index ascending), and its bounds.
