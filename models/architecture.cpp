@@ -19,6 +19,10 @@ constexpr std::array architectures{
     ArchitectureDescription{.name = "gptneox", .norm = NormKind::LayerNorm, .residual = ResidualKind::Parallel,
                             .residual_from_metadata = true, .feed_forward = FeedForwardKind::GeluErf},
     ArchitectureDescription{.name = "starcoder2", .norm = NormKind::LayerNorm, .feed_forward = FeedForwardKind::GeluTanh},
+    // Sliding (window 128) and full layers alternating, the first sliding; every layer YaRN.
+    ArchitectureDescription{.name = "gpt-oss", .feed_forward = FeedForwardKind::SwiGLUOai, .swa_group = 2,
+                            .swa_rope_scaled = true, .mixture_of_experts = true, .attention_sinks = true,
+                            .required_biases = true, .ffn_norm = "post_attention_norm", .yarn_truncate = false},
 };
 
 }  // namespace

@@ -18,9 +18,11 @@ enum class NormKind { RMSNorm, LayerNorm };   // LayerNorm: with a bias where th
 // Sequential: x += attn(norm1(x)); x += ffn(norm2(x)). Parallel (GPT-NeoX): x += attn(norm1(x)) +
 // ffn(norm2(x)), both from the same x.
 enum class ResidualKind { Sequential, Parallel };
-// SwiGLU: silu(gate) * up; GeGLU: gelu_tanh(gate) * up; the two GELUs: a plain up/down MLP. A
-// fused gate+up matrix (Phi-3's ffn_up of 2F rows) holds the gate in its first half.
-enum class FeedForwardKind { SwiGLU, GeGLU, GeluTanh, GeluErf };
+// SwiGLU: silu(gate) * up; GeGLU: gelu_tanh(gate) * up; SwiGLUOai: gpt-oss's clamped SwiGLU,
+// g sigmoid(1.702 g) (u + 1) with g = min(gate, 7), u = clamp(up, -7, 7) (compute::swiglu_oai);
+// the two GELUs: a plain up/down MLP. A fused gate+up matrix (Phi-3's ffn_up of 2F rows) holds
+// the gate in its first half. With experts, the experts' activation (SwiGLU or SwiGLUOai).
+enum class FeedForwardKind { SwiGLU, GeGLU, SwiGLUOai, GeluTanh, GeluErf };
 enum class RopeKind { Normal, NeoX };         // pairs (2i, 2i+1) or (i, i + n_rot/2)
 
 struct ArchitectureDescription {
@@ -37,9 +39,26 @@ struct ArchitectureDescription {
     // context, the others to the window (<arch>.attention.sliding_window; no window: all global).
     // 0: no sliding window unless the metadata sets a pattern.
     int swa_group = 0;
+    // The RoPE of those windowed layers: false, the short-context one (rope.freq_base_swa, default
+    // 10000, no scaling: Gemma 3); true, the global layers' (rope.freq_base_swa where the file
+    // has it, else rope.freq_base; YaRN included: gpt-oss, as llama.cpp and transformers).
+    bool swa_rope_scaled = false;
     // Every no_rope_interval-th layer (1-based) has no positional encoding (NoPE); 0: none.
     int no_rope_interval = 0;
     bool mixture_of_experts = false;          // ffn_gate_inp + ffn_{gate,up,down}_exps, top-k routing
+    // gpt-oss: each head's attention sink (attn_sinks.weight, [n_head]: a logit in every softmax's
+    // denominator that weighs no value), and biases required where elsewhere optional: the
+    // attention output's, the router's and every expert's (ffn_{gate,up,down}_exps.bias).
+    bool attention_sinks = false;
+    bool required_biases = false;
+    // The sequential block's second norm (before the FFN): "ffn_norm", or gpt-oss's
+    // "post_attention_norm" (the converter's name for the same norm, transformers'
+    // post_attention_layernorm).
+    std::string_view ffn_norm = "ffn_norm";
+    // YaRN's ramp between the corrected dimensions rounded outwards (floor, ceil), as llama.cpp
+    // always does and transformers does unless the config says "truncate": false, which gpt-oss's
+    // does (OpenAI's reference rotary embedding does not round).
+    bool yarn_truncate = true;
 };
 
 // The architectures TransformerModel knows, by general.architecture; nullptr if none.

@@ -54,9 +54,9 @@ compute::WeightMatrix F32WeightLoader::matrix(const std::string& name, size_t ro
     }
 }
 
-std::vector<float> F32WeightLoader::vector(const std::string& name, size_t n) const {
-    const gguf::TensorInfo& tensor = find(name, {n});
-    std::vector<float> values(n);
+std::vector<float> F32WeightLoader::vectors(const std::string& name, size_t n, size_t count) const {
+    const gguf::TensorInfo& tensor = find(name, count == 1 ? std::vector<uint64_t>{n} : std::vector<uint64_t>{n, count});
+    std::vector<float> values(n * count);
     try {
         dequantize(tensor.type, tensor.data, values);
     } catch (const std::exception& e) {

@@ -75,9 +75,10 @@ public:
     // A [rows, cols] matrix (ggml dims [cols, rows]), left in the mapping.
     compute::WeightMatrix matrix(const std::string& name, size_t rows, size_t cols) const;
     // An n-vector as float32 (norm weights and biases; any type dequantize() reads). Empty if
-    // absent and optional.
-    std::vector<float> vector(const std::string& name, size_t n) const;
+    // absent and optional. vectors: count of them, [count, n] (ggml dims [n, count]): experts' biases.
+    std::vector<float> vector(const std::string& name, size_t n) const { return vectors(name, n, 1); }
     std::vector<float> optional_vector(const std::string& name, size_t n) const;
+    std::vector<float> vectors(const std::string& name, size_t n, size_t count) const;
     bool has(const std::string& name) const { return file_.find_tensor(name) != nullptr; }
 
 private:

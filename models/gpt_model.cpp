@@ -106,6 +106,17 @@ void swiglu_in_place(Tensor<double>& gate, const Tensor<double>& up) {
     for (size_t i = 0; i < gate.size(); ++i) gate[i] = gate[i] / (1.0 + std::exp(-gate[i])) * up[i];
 }
 
+// gpt-oss's SwiGLU (transformers' GptOssExperts._apply_gate, alpha 1.702 and limit 7 of its
+// config; llama.cpp's swiglu_oai): g = min(gate, 7), u = clamp(up, -7, 7), g sigmoid(1.702 g) (u + 1).
+// Result in `gate`.
+void swiglu_oai_in_place(Tensor<double>& gate, const Tensor<double>& up) {
+    constexpr double alpha = 1.702, limit = 7.0;
+    for (size_t i = 0; i < gate.size(); ++i) {
+        const double g = std::min(gate[i], limit), u = std::clamp(up[i], -limit, limit);
+        gate[i] = g / (1.0 + std::exp(-alpha * g)) * (u + 1.0);
+    }
+}
+
 void add_in_place(Tensor<double>& x, const Tensor<double>& y) {
     for (size_t i = 0; i < x.size(); ++i) x[i] += y[i];
 }
@@ -142,9 +153,10 @@ void rope_in_place(Tensor<double>& x, int n_heads, int D, int n_rot, RopeLayout 
 // (grouped-query attention, Ainslie et al. 2023; transformers' repeat_kv). out [T, H*D].
 // With a sliding window W, M[i][j] is also -inf for j <= i - W (W positions seen, i's own
 // included: transformers' sliding_window_causal mask, llama.cpp's LLAMA_SWA_TYPE_STANDARD).
-// scale: 0 means 1/sqrt(D).
+// scale: 0 means 1/sqrt(D). sinks ([H], gpt-oss): head h's softmax also holds a term exp(sinks[h])
+// in its denominator, of no value (transformers' eager_attention_forward for gpt-oss).
 Tensor<double> causal_attention(const Tensor<double>& q, const Tensor<double>& k, const Tensor<double>& v, int H, int Hkv, int D,
-                                double scale = 0, size_t window = 0) {
+                                double scale = 0, size_t window = 0, const Tensor<double>& sinks = {}) {
     const size_t T = q.dim(0), q_width = q.dim(1), kv_width = k.dim(1);
     if (scale == 0) scale = 1.0 / std::sqrt(static_cast<double>(D));
     Tensor<double> out(Shape{T, q_width});
@@ -154,7 +166,8 @@ Tensor<double> causal_attention(const Tensor<double>& q, const Tensor<double>& k
         for (size_t i = 0; i < T; ++i) {
             const double* qi = q.data() + i * q_width + static_cast<size_t>(h) * D;
             const size_t first = window && i + 1 > window ? i + 1 - window : 0;
-            double max_score = -INFINITY;
+            const double sink = sinks.size() ? sinks[static_cast<size_t>(h)] : -INFINITY;
+            double max_score = sink;
             for (size_t j = first; j <= i; ++j) {
                 const double* kj = k.data() + j * kv_width + g * D;
                 double dot = 0;
@@ -164,6 +177,7 @@ Tensor<double> causal_attention(const Tensor<double>& q, const Tensor<double>& k
             }
             double sum = 0;
             for (size_t j = first; j <= i; ++j) sum += p[j] = std::exp(p[j] - max_score);
+            if (sinks.size()) sum += std::exp(sink - max_score);
             double* oi = out.data() + i * q_width + static_cast<size_t>(h) * D;
             for (size_t j = first; j <= i; ++j) {
                 const double* vj = v.data() + j * kv_width + g * D;
@@ -367,6 +381,12 @@ GPTModel::Weights load_gguf_llama(WeightLoader& load, const ModelConfig& c) {
 // a fused gate+up (Phi-3's ffn_up of 2F rows) into gate (first half) and up.
 GPTModel::Weights load_gguf_transformer(WeightLoader& load, const ModelConfig& c) {
     const TransformerSpec& spec = c.transformer;
+    const ArchitectureDescription& d = *spec.description;
+    // Biases: optional, or required where the description says so (gpt-oss's attention output,
+    // router and experts).
+    auto bias = [&](const std::string& name, Shape shape) {
+        return d.required_biases ? load.required(name, std::move(shape)) : load.optional(name, std::move(shape));
+    };
     const size_t E = c.n_embd, F = c.n_ff, V = c.n_vocab, D = c.head_dim, QD = c.n_head * D, KVD = c.n_embd_kv();
     const bool layer_norm = spec.norm == NormKind::LayerNorm;
     GPTModel::Weights w;
@@ -390,7 +410,8 @@ GPTModel::Weights load_gguf_transformer(WeightLoader& load, const ModelConfig& c
             L.bv = load.optional(p + "attn_v.bias", {KVD});
         }
         L.wo = load.required(p + "attn_output.weight", {E, QD});
-        L.bo = load.optional(p + "attn_output.bias", {E});
+        L.bo = bias(p + "attn_output.bias", {E});
+        if (d.attention_sinks) L.attn_sinks = load.required(p + "attn_sinks.weight", {static_cast<size_t>(c.n_head)});
         if (spec.qk_norm) {
             L.q_norm = load.required(p + "attn_q_norm.weight", {D});
             L.k_norm = load.required(p + "attn_k_norm.weight", {D});
@@ -400,12 +421,16 @@ GPTModel::Weights load_gguf_transformer(WeightLoader& load, const ModelConfig& c
             L.ffn_post_norm = load.required(p + "post_ffw_norm.weight", {E});
         }
         // A parallel block may share the attention's norm (no ffn_norm).
-        L.ffn_norm = spec.residual == ResidualKind::Parallel ? load.optional(p + "ffn_norm.weight", {E})
-                                                             : load.required(p + "ffn_norm.weight", {E});
+        const std::string ffn_norm = p + std::string(d.ffn_norm) + ".weight";
+        L.ffn_norm = spec.residual == ResidualKind::Parallel ? load.optional(ffn_norm, {E}) : load.required(ffn_norm, {E});
         if (layer_norm) L.ffn_norm_bias = load.optional(p + "ffn_norm.bias", {E});
         if (spec.n_expert > 0) {
             const size_t X = spec.n_expert, FE = spec.n_ff_expert;
             L.router = load.required(p + "ffn_gate_inp.weight", {X, E});
+            L.router_bias = bias(p + "ffn_gate_inp.bias", {X});
+            L.expert_gate_bias = bias(p + "ffn_gate_exps.bias", {X, FE});
+            L.expert_up_bias = bias(p + "ffn_up_exps.bias", {X, FE});
+            L.expert_down_bias = bias(p + "ffn_down_exps.bias", {X, E});
             const Tensor<double> gate = load.required(p + "ffn_gate_exps.weight", {X, FE, E});
             const Tensor<double> up = load.required(p + "ffn_up_exps.weight", {X, FE, E});
             const Tensor<double> down = load.required(p + "ffn_down_exps.weight", {X, E, FE});
@@ -419,7 +444,7 @@ GPTModel::Weights load_gguf_transformer(WeightLoader& load, const ModelConfig& c
             }
             continue;
         }
-        const bool gated = spec.feed_forward == FeedForwardKind::SwiGLU || spec.feed_forward == FeedForwardKind::GeGLU;
+        const bool gated = spec.feed_forward != FeedForwardKind::GeluTanh && spec.feed_forward != FeedForwardKind::GeluErf;
         if (gated && !load.has(p + "ffn_gate.weight")) {
             const Tensor<double> gate_up = load.required(p + "ffn_up.weight", {2 * F, E});
             L.w_gate = rows(gate_up, 0, F), L.w_up = rows(gate_up, F, F);
@@ -644,12 +669,13 @@ Tensor<double> GPTModel::llama_forward(std::span<const Token> ids) const {
 }
 
 // Every TransformerModel architecture, as its TransformerSpec describes it (transformers'
-// modeling_qwen2/qwen3/qwen3_moe/gemma3/phi3/smollm3/stablelm/gpt_neox/starcoder2.py):
+// modeling_qwen2/qwen3/qwen3_moe/gemma3/phi3/smollm3/stablelm/gpt_neox/starcoder2/gpt_oss.py):
 //   x = embed[ids] * embedding_scale
 //   per layer: h = norm_1(x)
 //              q, k, v = W_q h + b_q, W_k h + b_k, W_v h + b_v
 //              q, k = rms_norm per head (QK-norm), then RoPE with the layer's base (none: NoPE)
-//              a = W_o attn(q, k, v) + b_o over the layer's window; a = post_norm(a) (sandwich)
+//              a = W_o attn(q, k, v) + b_o over the layer's window (with its sinks: gpt-oss);
+//              a = post_norm(a) (sandwich)
 //     sequential: x += a;  x += post_norm(ffn(norm_2(x)))
 //     parallel:   x += a + ffn(norm_2(x_in))   (norm_2 = norm_1 when the file has no ffn_norm)
 //   result: norm_f(x)
@@ -703,7 +729,8 @@ Tensor<double> GPTModel::transformer_forward(std::span<const Token> ids) const {
         observe("Qcur", il, q);
         observe("Kcur", il, k);
         observe("Vcur", il, v);
-        const Tensor<double> kqv = causal_attention(q, k, v, c.n_head, c.n_head_kv, c.head_dim, spec.attention_scale, layer.window);
+        const Tensor<double> kqv =
+            causal_attention(q, k, v, c.n_head, c.n_head_kv, c.head_dim, spec.attention_scale, layer.window, L.attn_sinks);
         observe("kqv_out", il, kqv);
         Tensor<double> attn_out = linear(kqv, L.wo, L.bo);   // [T, E]
         if (spec.post_norms) attn_out = norm(attn_out, L.attn_post_norm, {});
@@ -731,15 +758,17 @@ Tensor<double> GPTModel::transformer_forward(std::span<const Token> ids) const {
     return result;
 }
 
-// The feed-forward block of a TransformerModel layer on h [T, E]: gated (SwiGLU, GeGLU), plain
-// (GELU), or a mixture of experts, whose router takes the softmax over all experts, keeps the
-// top k (the lower index first on ties), renormalizes them when the spec says so, and sums the
-// chosen experts' SwiGLU outputs with those weights (transformers' Qwen3MoeSparseMoeBlock).
+// The feed-forward block of a TransformerModel layer on h [T, E]: gated (SwiGLU, GeGLU, gpt-oss's
+// SwiGLU), plain (GELU), or a mixture of experts, whose router (with its bias: gpt-oss) takes the
+// softmax over all experts, keeps the top k (the lower index first on ties), renormalizes them
+// when the spec says so, and sums the chosen experts' gated outputs (with their biases: gpt-oss)
+// with those weights (transformers' Qwen3MoeSparseMoeBlock; GptOssMLP's softmax over the top k
+// logits is the renormalized one).
 Tensor<double> GPTModel::transformer_feed_forward(const Layer& L, const Tensor<double>& h) const {
     const TransformerSpec& spec = config_.transformer;
     if (spec.n_expert > 0) {
         const size_t T = h.dim(0), E = h.dim(1), X = spec.n_expert, K = spec.n_expert_used;
-        const Tensor<double> router = linear(h, L.router, {});   // [T, n_expert]
+        const Tensor<double> router = linear(h, L.router, L.router_bias);   // [T, n_expert]
         Tensor<double> out(Shape{T, E});
         for (size_t t = 0; t < T; ++t) {
             std::vector<double> p(router.row(t).begin(), router.row(t).end());
@@ -756,18 +785,23 @@ Tensor<double> GPTModel::transformer_feed_forward(const Layer& L, const Tensor<d
             for (size_t j = 0; j < K; ++j) {
                 const size_t e = order[j];
                 const double weight = spec.normalize_expert_weights ? p[e] / chosen : p[e];
-                Tensor<double> gate = linear(ht, L.expert_gate[e], {});
-                swiglu_in_place(gate, linear(ht, L.expert_up[e], {}));
-                const Tensor<double> y = linear(gate, L.expert_down[e], {});
+                // Expert e's biases, where the file has them: rows e of the [n_expert, n] tensors.
+                auto expert_bias = [&](const Tensor<double>& b) { return b.size() ? rows(b, e, 1) : Tensor<double>(); };
+                Tensor<double> gate = linear(ht, L.expert_gate[e], expert_bias(L.expert_gate_bias));
+                const Tensor<double> up = linear(ht, L.expert_up[e], expert_bias(L.expert_up_bias));
+                if (spec.feed_forward == FeedForwardKind::SwiGLUOai) swiglu_oai_in_place(gate, up);
+                else swiglu_in_place(gate, up);
+                const Tensor<double> y = linear(gate, L.expert_down[e], expert_bias(L.expert_down_bias));
                 for (size_t i = 0; i < E; ++i) out[t * E + i] += weight * y[i];
             }
         }
         return out;
     }
-    if (spec.feed_forward == FeedForwardKind::SwiGLU || spec.feed_forward == FeedForwardKind::GeGLU) {
+    if (spec.feed_forward != FeedForwardKind::GeluTanh && spec.feed_forward != FeedForwardKind::GeluErf) {
         Tensor<double> gate = linear(h, L.w_gate, {});   // [T, F]
         const Tensor<double> up = linear(h, L.w_up, L.b_up);
         if (spec.feed_forward == FeedForwardKind::SwiGLU) swiglu_in_place(gate, up);
+        else if (spec.feed_forward == FeedForwardKind::SwiGLUOai) swiglu_oai_in_place(gate, up);
         else geglu_in_place(gate, up);
         return linear(gate, L.w_down, L.b_down);
     }

@@ -55,9 +55,12 @@ public:
         Tensor<double> b_up, b_down;                         // [F], [E]
         Tensor<double> q_norm, k_norm;                       // [D] (QK-norm)
         Tensor<double> attn_post_norm, ffn_post_norm;        // [E] (sandwich norms)
-        Tensor<double> router;                               // [n_expert, E] (mixture of experts)
+        Tensor<double> attn_sinks;                           // [H] (gpt-oss)
+        Tensor<double> router, router_bias;                  // [n_expert, E], [n_expert] (mixture of experts)
         std::vector<Tensor<double>> expert_gate, expert_up;  // n_expert x [F_e, E]
         std::vector<Tensor<double>> expert_down;             // n_expert x [E, F_e]
+        Tensor<double> expert_gate_bias, expert_up_bias;     // [n_expert, F_e] (gpt-oss)
+        Tensor<double> expert_down_bias;                     // [n_expert, E] (gpt-oss)
     };
     struct Weights {
         Tensor<double> token_embd;                           // [V, E]

@@ -158,6 +158,7 @@ void read_gguf_rope_scaling(const gguf::File& file, ModelConfig& c) {
         s.original_context = original_context();
         s.beta_fast = positive("yarn_beta_fast", 32.0);
         s.beta_slow = positive("yarn_beta_slow", 1.0);
+        s.truncate = c.transformer.description->yarn_truncate;
         if (file.has(p + "yarn_log_multiplier") && file.get_float(p + "yarn_log_multiplier") != 0)
             throw std::runtime_error(where + "yarn_log_multiplier (DeepSeek's mscale_all_dim) is not implemented");
         if (file.has(p + "yarn_ext_factor") && file.get_float(p + "yarn_ext_factor") != 1)
@@ -222,15 +223,17 @@ void read_transformer_spec(const gguf::File& file, ModelConfig& c) {
             for (int il = 0; il < c.n_layer; ++il) sliding[il] = group == 0 || uint64_t(il) % group < group - 1;
         }
     }
-    const double local_base = file.float_or(p + "rope.freq_base_swa", 10000.0);
+    const double local_base = file.float_or(p + "rope.freq_base_swa", d.swa_rope_scaled ? c.rope_freq_base : 10000.0);
     for (int il = 0; il < c.n_layer; ++il) {
         LayerSpec& layer = s.layers.emplace_back();
         layer.window = sliding[il] ? window : 0;
         layer.rope = d.no_rope_interval == 0 || (il + 1) % d.no_rope_interval != 0;
-        // Local layers keep the short-context RoPE: their own base, no scaling (as llama.cpp).
-        layer.rope_freq_base = sliding[il] && d.swa_group ? local_base : c.rope_freq_base;
-        layer.rope_position_scale = sliding[il] && d.swa_group ? 1.0 : position_scale;
-        layer.rope_scaled = !(sliding[il] && d.swa_group);
+        // A group's local layers take rope.freq_base_swa; unless the description says otherwise,
+        // they keep the short-context RoPE (no scaling), as llama.cpp.
+        const bool local = sliding[il] && d.swa_group;
+        layer.rope_freq_base = local ? local_base : c.rope_freq_base;
+        layer.rope_position_scale = local && !d.swa_rope_scaled ? 1.0 : position_scale;
+        layer.rope_scaled = !local || d.swa_rope_scaled;
     }
     if (d.mixture_of_experts) {
         auto count = [&](const std::string& key) { return positive_int(file.get_uint(p + key), p + key); };
@@ -255,14 +258,15 @@ RopeFrequencyScaling rope_frequency_scaling(const ModelConfig& c, size_t n_ctx) 
         // YaRN (Peng et al. 2023; ggml_rope_yarn_corr_dims and rope_yarn, HF _compute_yarn_parameters
         // with truncate): the pair that turns `rotations` times over the original context sits at
         // dimension n_rot ln(original / (2 pi rotations)) / (2 ln base). Pairs below beta_fast's
-        // (rounded down) keep their frequency, pairs above beta_slow's (rounded up) are divided by
-        // factor, and a linear ramp blends the two in between.
+        // (rounded down, unless !truncate) keep their frequency, pairs above beta_slow's (rounded
+        // up) are divided by factor, and a linear ramp blends the two in between.
         const double n_rot = c.n_rot;
         auto dimension = [&](double rotations) {
             return n_rot * std::log(s.original_context / (rotations * 2 * std::numbers::pi)) / (2 * std::log(c.rope_freq_base));
         };
-        const double low = std::max(0.0, std::floor(dimension(s.beta_fast)));
-        const double high = std::min(n_rot - 1, std::ceil(dimension(s.beta_slow)));
+        const double fast = dimension(s.beta_fast), slow = dimension(s.beta_slow);
+        const double low = std::max(0.0, s.truncate ? std::floor(fast) : fast);
+        const double high = std::min(n_rot - 1, s.truncate ? std::ceil(slow) : slow);
         r.divisors.resize(static_cast<size_t>(c.n_rot / 2));
         for (size_t i = 0; i < r.divisors.size(); ++i) {
             const double extrapolate = 1 - std::clamp((double(i) - low) / std::max(0.001, high - low), 0.0, 1.0);

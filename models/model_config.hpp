@@ -28,6 +28,7 @@ struct RopeScaling {
     double high_freq_factor = 4.0;   // Llama3 only
     int original_context = 8192;     // Llama3, YaRN, LongRoPE: the context the model was trained on
     double beta_fast = 32, beta_slow = 1;   // YaRN: rotations per original context bounding the ramp
+    bool truncate = true;                   // YaRN: the ramp's ends rounded (ArchitectureDescription::yarn_truncate)
     // YaRN and LongRoPE: the magnitude cos and sin are multiplied by (llama.cpp's attn_factor, HF's
     // attention_scaling), resolved from the file's keys and the defaults (model_config.cpp).
     double attn_factor = 1.0;

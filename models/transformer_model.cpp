@@ -56,7 +56,14 @@ TransformerModel TransformerModel::load(std::shared_ptr<const gguf::File> file, 
         throw std::runtime_error(file->origin() + ": TransformerModel runs " + transformer_architecture_names() + ", not '" +
                                  c.architecture_name + "'");
     const TransformerSpec& spec = c.transformer;
+    const ArchitectureDescription& d = *spec.description;
     const size_t E = c.n_embd, F = c.n_ff, V = c.n_vocab, D = c.head_dim, QD = c.n_head * D, KVD = c.n_embd_kv();
+    // Attention sinks, the experts' biases and gpt-oss's activation have CPU kernels only.
+    if (options.device == compute::Device::CUDA &&
+        (d.attention_sinks || d.required_biases || spec.feed_forward == FeedForwardKind::SwiGLUOai))
+        throw std::runtime_error(file->origin() + ": " + c.architecture_name +
+                                 " runs on the CPU only (--device cpu): its attention sinks, expert biases and "
+                                 "clamped SwiGLU have no CUDA kernels yet");
     if (spec.n_expert > 0 && spec.post_norms)
         throw std::runtime_error(file->origin() + ": experts with sandwich norms are not implemented");
     if (spec.n_expert > c.n_embd)   // the router's logits share the E-wide O buffer
@@ -77,6 +84,11 @@ TransformerModel TransformerModel::load(std::shared_ptr<const gguf::File> file, 
     auto place = [&](const compute::WeightMatrix& w) { return compute::place_weights(m.ctx_, w, m.device_weights_); };
     auto matrix = [&](const std::string& name, size_t rows, size_t cols) { return place(load.matrix(name, rows, cols)); };
     auto floats = [&](const std::vector<float>& values) { return DeviceFloats(m.ctx_, values); };
+    // Biases: optional, or required where the description says so (gpt-oss's attention output,
+    // router and experts); count > 1: one bias of n per expert.
+    auto bias = [&](const std::string& name, size_t n, size_t count = 1) {
+        return floats(d.required_biases || load.has(name) ? load.vectors(name, n, count) : std::vector<float>{});
+    };
     auto slice = [](const std::vector<float>& v, size_t first, size_t count) {
         return v.empty() ? v : std::vector<float>(v.begin() + std::ptrdiff_t(first), v.begin() + std::ptrdiff_t(first + count));
     };
@@ -131,7 +143,8 @@ TransformerModel TransformerModel::load(std::shared_ptr<const gguf::File> file, 
             L.bv = floats(load.optional_vector(p + "attn_v.bias", KVD));
         }
         L.wo = matrix(p + "attn_output.weight", E, QD);
-        L.bo = floats(load.optional_vector(p + "attn_output.bias", E));
+        L.bo = bias(p + "attn_output.bias", E);
+        if (d.attention_sinks) L.sinks = floats(load.vector(p + "attn_sinks.weight", c.n_head));
         if (spec.qk_norm) {
             L.q_norm = floats(load.vector(p + "attn_q_norm.weight", D));
             L.k_norm = floats(load.vector(p + "attn_k_norm.weight", D));
@@ -140,15 +153,22 @@ TransformerModel TransformerModel::load(std::shared_ptr<const gguf::File> file, 
             L.attn_post_norm = norm(p + "post_attention_norm", true);
             L.ffn_post_norm = norm(p + "post_ffw_norm", true);
         }
-        L.ffn_norm = norm(p + "ffn_norm", spec.residual == ResidualKind::Sequential);
+        L.ffn_norm = norm(p + std::string(d.ffn_norm), spec.residual == ResidualKind::Sequential);
         if (spec.n_expert > 0) {
-            L.router = matrix(p + "ffn_gate_inp.weight", spec.n_expert, E);
-            const size_t FE = spec.n_ff_expert;
+            const size_t X = spec.n_expert, FE = spec.n_ff_expert;
+            L.router = matrix(p + "ffn_gate_inp.weight", X, E);
+            L.router_bias = bias(p + "ffn_gate_inp.bias", X);
+            L.gate_exps_bias = bias(p + "ffn_gate_exps.bias", FE, X);
+            L.up_exps_bias = bias(p + "ffn_up_exps.bias", FE, X);
+            L.down_exps_bias = bias(p + "ffn_down_exps.bias", E, X);
             L.gate_exps = experts(p + "ffn_gate_exps.weight", FE, E);
             L.up_exps = experts(p + "ffn_up_exps.weight", FE, E);
             L.down_exps = experts(p + "ffn_down_exps.weight", E, FE);
+            L.gate_exps.bias = L.gate_exps_bias.empty() ? nullptr : L.gate_exps_bias.data();
+            L.up_exps.bias = L.up_exps_bias.empty() ? nullptr : L.up_exps_bias.data();
+            L.down_exps.bias = L.down_exps_bias.empty() ? nullptr : L.down_exps_bias.data();
         } else {
-            const bool gated = spec.feed_forward == FeedForwardKind::SwiGLU || spec.feed_forward == FeedForwardKind::GeGLU;
+            const bool gated = spec.feed_forward != FeedForwardKind::GeluTanh && spec.feed_forward != FeedForwardKind::GeluErf;
             if (gated && !load.has(p + "ffn_gate.weight")) {
                 const compute::WeightMatrix gate_up = load.matrix(p + "ffn_up.weight", 2 * F, E);
                 L.w_gate = place(row_slice(gate_up, 0, F)), L.w_up = place(row_slice(gate_up, F, F));
@@ -173,7 +193,8 @@ TransformerModel TransformerModel::load(std::shared_ptr<const gguf::File> file, 
                        .kv_stride = KVD,
                        .scale = static_cast<float>(spec.attention_scale),
                        .window = layer.window,
-                       .ring = kv_rings.empty() ? 0 : kv_rings[il]};
+                       .ring = kv_rings.empty() ? 0 : kv_rings[il],
+                       .sinks = L.sinks.empty() ? nullptr : L.sinks.data()};
     }
     if (spec.n_expert > 0)
         m.one_by_one_ = compute::Buffer(options.device, compute::one_by_one_scratch_bytes(m.expert_layer(m.layers_.front())));
@@ -369,11 +390,12 @@ void TransformerModel::feed_forward(const Layer& L, const float* h, const comput
     if (L.gate_exps.n_experts) return mixture_of_experts(L, h, N, n_single, y);   // h normalized (no norm)
     float *gate = workspace_.buffer(GATE), *up = workspace_.buffer(UP);             // [N, F]
     const FeedForwardKind kind = c.transformer.feed_forward;
-    if (kind == FeedForwardKind::SwiGLU || kind == FeedForwardKind::GeGLU) {
+    if (kind != FeedForwardKind::GeluTanh && kind != FeedForwardKind::GeluErf) {
         const compute::MatmulOutput outputs[] = {{L.w_gate, gate}, {L.w_up, up}};
         products(outputs, h, n_single, N - n_single, norm);
         each_row(ctx_, N, F, [&](size_t first, size_t n) {
             if (kind == FeedForwardKind::SwiGLU) compute::swiglu(ctx_, gate + first, up + first, n, gate + first);
+            else if (kind == FeedForwardKind::SwiGLUOai) compute::swiglu_oai(ctx_, gate + first, up + first, n, gate + first);
             else compute::geglu(ctx_, gate + first, up + first, n, gate + first);
         });
     } else {
@@ -392,7 +414,9 @@ void TransformerModel::feed_forward(const Layer& L, const float* h, const comput
 
 compute::ExpertLayer TransformerModel::expert_layer(const Layer& L) const {
     const TransformerSpec& spec = config_.transformer;
-    return {L.gate_exps, L.up_exps, L.down_exps, static_cast<size_t>(spec.n_expert_used), spec.normalize_expert_weights};
+    return {L.gate_exps, L.up_exps, L.down_exps, static_cast<size_t>(spec.n_expert_used), spec.normalize_expert_weights,
+            spec.feed_forward == FeedForwardKind::SwiGLUOai ? compute::ExpertActivation::SwiGLUOai
+                                                             : compute::ExpertActivation::SwiGLU};
 }
 
 // y += sum over each token's top-k experts of weight_e * expert_e(h): the router's softmax over
@@ -409,6 +433,7 @@ void TransformerModel::mixture_of_experts(const Layer& L, const float* h, size_t
     float* router = workspace_.buffer(O);                                            // [T, X] (O is E wide: load checks X <= E)
     const compute::MatmulOutput output{L.router, router};
     products(std::span(&output, 1), h, n_single, T - n_single);
+    if (!L.router_bias.empty()) compute::add_bias(ctx_, router, L.router_bias.data(), T, X);
     const size_t n_grouped = T - n_single >= rows_for_tiled_products ? T - n_single : 0, n_alone = T - n_grouped;
     compute::add_experts_one_by_one(ctx_, experts, h, n_alone, router, compute::one_by_one_scratch_in(one_by_one_.data(), experts),
                                     activations, y);

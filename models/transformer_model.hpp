@@ -1,7 +1,8 @@
 #pragma once
 // TransformerModel: every decoder architecture of models/architecture.hpp (Qwen 2/3, Qwen3-MoE,
-// Gemma 3, Phi-3, SmolLM3, StableLM, GPT-NeoX, StarCoder 2) with float32 activations and a KV
-// cache, on the CPU and CUDA, from one forward pass driven by the model's TransformerSpec. Weights
+// Gemma 3, Phi-3, SmolLM3, StableLM, GPT-NeoX, StarCoder 2, gpt-oss) with float32 activations and
+// a KV cache, on the CPU and CUDA (gpt-oss: the CPU only), from one forward pass driven by the
+// model's TransformerSpec. Weights
 // stay in the file's block format (compute/ dequantizes them inside its products), the decode
 // step is F32ModelBase's (a CUDA graph on the GPU), as for F32LlamaModel.
 #include <memory>
@@ -32,11 +33,14 @@ private:
         Norm attn_norm, ffn_norm, attn_post_norm, ffn_post_norm; // ffn_norm empty: the parallel block shares attn_norm
         compute::WeightMatrix wq, wk, wv, wo;                     // [H*D, E], [Hkv*D, E], [Hkv*D, E], [E, H*D]
         DeviceFloats bq, bk, bv, bo;                              // optional biases
+        DeviceFloats sinks;                                       // [H] attention sinks (gpt-oss)
         DeviceFloats q_norm, k_norm;                              // [D] (QK-norm)
         compute::WeightMatrix w_gate, w_up, w_down;               // [F, E] (gated only), [F, E], [E, F]
         DeviceFloats b_up, b_down;
         compute::WeightMatrix router;                             // [n_expert, E] (mixture of experts)
+        DeviceFloats router_bias;                                 // [n_expert] (gpt-oss)
         compute::ExpertMatrices gate_exps, up_exps, down_exps;    // n_expert x [F_e, E], [F_e, E], [E, F_e]
+        DeviceFloats gate_exps_bias, up_exps_bias, down_exps_bias;   // [n_expert, F_e], [n_expert, F_e], [n_expert, E] (gpt-oss)
         compute::RopeParams rope;                                 // this layer's base, scale, factors, magnitude
         compute::AttentionShape attention;                        // this layer's window
     };

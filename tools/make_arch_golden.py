@@ -100,6 +100,20 @@ CASES = {
     "starcoder2": ("starcoder2", dict(use_bias=True, norm_epsilon=1e-5, hidden_act="gelu_pytorch_tanh",
                                       sliding_window=None, tie_word_embeddings=True, rope_theta=1e5,
                                       residual_dropout=0.0, embedding_dropout=0.0)),
+    # gpt-oss: attention sinks (randomize: N(0, 2) logits), layers sliding (window 6 of the 24-token
+    # sequence), full, sliding (transformers' default layer_types; llama.cpp's pattern of 2), QKV,
+    # output, router and expert biases, 4 experts of which 2 a token (softmax over the chosen
+    # logits), the clamped SwiGLU (alpha 1.702, limit 7: randomize makes the gate/up values reach
+    # past 7), YaRN as gpt-oss has it (factor 32, beta_fast 32, beta_slow 1, truncate false) over
+    # 64 original positions with base 100 and heads of 16, so pairs 1-4 lie on the ramp, whose
+    # upper end (4.03) truncation would round to 5. The converter writes the experts as F32 (they
+    # are not MXFP4 blocks in the checkpoint).
+    "gpt_oss": ("gpt_oss", dict(num_hidden_layers=3, head_dim=16, num_local_experts=4, num_experts_per_tok=2,
+                                intermediate_size=32, sliding_window=6, max_position_embeddings=256,
+                                rms_norm_eps=1e-5, tie_word_embeddings=False, attention_bias=True,
+                                rope_parameters=dict(rope_type="yarn", rope_theta=100.0, factor=32.0, beta_fast=32.0,
+                                                     beta_slow=1.0, truncate=False,
+                                                     original_max_position_embeddings=64))),
 }
 
 
@@ -124,6 +138,8 @@ def randomize(model, generator):
             shape = p.shape
             if name.endswith("bias"):
                 v = 0.1 * torch.randn(shape, generator=generator, dtype=torch.float64)
+            elif name.endswith("sinks"):  # gpt-oss's attention sinks: logits as large as the scores
+                v = 2.0 * torch.randn(shape, generator=generator, dtype=torch.float64)
             elif p.dim() == 1:  # norm gains: multiples of 1/64 (Gemma's converter adds 1: still exact)
                 k = torch.randint(-12, 13, shape, generator=generator).to(torch.float64) / 64
                 v = k if is_gemma(model) else 1.0 + k
@@ -131,6 +147,8 @@ def randomize(model, generator):
                 v = torch.randn(shape, generator=generator, dtype=torch.float64)
             else:  # Linear [out, in], or stacked experts [n, out, in] / [n, in, out]
                 v = torch.randn(shape, generator=generator, dtype=torch.float64) / math.sqrt(min(shape[-1], shape[-2]))
+                if name.endswith("experts.gate_up_proj"):  # gpt-oss: past its activation's clamps at 7
+                    v = 8.0 * v
             p.copy_(v.to(torch.float32).to(torch.float64))
 
 

@@ -13,6 +13,7 @@
 #include "models/f32_test_support.hpp"
 #include "models/golden_file.hpp"
 #include "models/gpt_model.hpp"
+#include "models/kv_cache.hpp"
 #include "models/transformer_model.hpp"
 
 namespace twinfer {
@@ -96,9 +97,36 @@ TEST(GoldenYarn, TheCaseCoversTheRamp) {
     for (size_t i = 5; i < 8; ++i) EXPECT_EQ(divisors[i], 4.0) << i;
 }
 
+// gpt_oss's sliding layers (0 and 2, window 6) as rings of the KV cache (a context of 2048: rings
+// of 6 + 511 rows): the same logits as transformers', prompt and decode steps, sinks included.
+TEST(GoldenGptOss, RingLayersMatchTransformers) {
+    const auto file = std::make_shared<const gguf::File>(gguf::File::open(case_dir("gpt_oss") / "model.gguf"));
+    const test::GoldenSequence golden = test::read_golden(case_dir("gpt_oss") / "golden.bin").back();
+    ASSERT_EQ(golden.tokens.size(), 24u);
+    TransformerModel model = TransformerModel::load(file, {.n_ctx = 2048, .n_threads = 2, .activations = compute::Activations::Float32});
+    ASSERT_LT(model.kv_cache_bytes(), KvCache::bytes(3, 1, 2048, 32, compute::KvType::F32)) << "the sliding layers are rings";
+    auto expected = [&](size_t t) { return std::span(golden.logits).subspan(t * golden.n_vocab, golden.n_vocab); };
+    const Logits prompt = model.forward(std::span(golden.tokens).first(12), LogitsMode::All);
+    for (size_t t = 0; t < 12; ++t) EXPECT_LT(test::relative_error(prompt.row(t), expected(t)), kFloat32Tolerance) << t;
+    for (size_t t = 12; t < 24; ++t)
+        EXPECT_LT(test::relative_error(model.forward(std::span(golden.tokens).subspan(t, 1)).row(0), expected(t)), kFloat32Tolerance) << t;
+}
+
+// gpt_oss's YaRN ramp ends at dimension 4.03, not rounded up to 5 (its config's "truncate":
+// false): pair 4 is then nearly interpolated (divisor ~26 of 32; rounded, it would be ~4.4).
+TEST(GoldenGptOss, TheYarnRampIsNotRounded) {
+    const ModelConfig c = ModelConfig::from_gguf(gguf::File::open(case_dir("gpt_oss") / "model.gguf"));
+    const std::vector<double> divisors = rope_frequency_scaling(c, 256).divisors;
+    ASSERT_EQ(divisors.size(), 8u);
+    EXPECT_EQ(divisors[0], 1.0);
+    EXPECT_GT(divisors[4], 20.0);
+    EXPECT_LT(divisors[4], 32.0);
+    EXPECT_EQ(divisors[5], 32.0);
+}
+
 INSTANTIATE_TEST_SUITE_P(Transformers, GoldenArchitecture,
                          ::testing::Values("qwen2", "qwen3", "qwen3moe", "gemma3", "phi3", "smollm3", "stablelm", "gptneox",
-                                           "starcoder2", "qwen2_yarn", "phi3_longrope"));
+                                           "starcoder2", "qwen2_yarn", "phi3_longrope", "gpt_oss"));
 
 }  // namespace
 }  // namespace twinfer

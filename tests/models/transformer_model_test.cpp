@@ -4,6 +4,7 @@
 // Gemma 3 270M from PyPI end to end. (Against transformers itself: transformer_golden_test.cpp.)
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <memory>
@@ -40,8 +41,22 @@ struct RandomArch {
     // "yarn" (factor 4 over 64 original positions) or "longrope" (factor tensors, 16 original
     // positions: the test's context takes the long set): the keys and tensors llama.cpp's converter writes.
     std::string rope_scaling = "";
+    // gpt-oss: attention sinks (n_sinks of them; 0: one a head), the router's and the experts'
+    // biases, the FFN's norm under another name, expert gate/up weights expert_scale times as
+    // large (gpt-oss's activation clamps at 7).
+    bool sinks = false, expert_biases = false;
+    int n_sinks = 0;
+    std::string ffn_norm = "ffn_norm";
+    float expert_scale = 1.0f;
+    std::string omit = "";         // a tensor the file leaves out (hostile files)
 
-    std::string name() const { return rope_scaling.empty() ? arch : arch + "_" + rope_scaling; }
+    std::string name() const {
+        std::string n = rope_scaling.empty() ? arch : arch + "_" + rope_scaling;
+        std::replace(n.begin(), n.end(), '-', '_');   // a test name's characters
+        return n;
+    }
+    // The architectures whose kernels exist on the CPU only (TransformerModel refuses them on a GPU).
+    bool cpu_only() const { return arch == "gpt-oss"; }
 };
 
 constexpr int kVocab = 96, kEmbd = 32, kFF = 48, kCtx = 64;
@@ -62,6 +77,10 @@ std::vector<RandomArch> architectures() {
          .tied = true},
         {.arch = "qwen2", .qkv_bias = true, .rope_base = 100.0f, .rope_scaling = "yarn"},
         {.arch = "phi3", .fused_qkv = true, .fused_gate_up = true, .n_rot = 4, .rope_scaling = "longrope"},
+        // Sliding, full, sliding; YaRN on every layer (unrounded ramp: its upper end is 2.01).
+        {.arch = "gpt-oss", .qkv_bias = true, .out_bias = true, .n_layer = 3, .sliding_window = 5, .n_expert = 4,
+         .n_expert_used = 2, .n_ff_expert = 32, .rope_base = 100.0f, .rope_scaling = "yarn", .sinks = true,
+         .expert_biases = true, .ffn_norm = "post_attention_norm", .expert_scale = 6.0f},
     };
 }
 
@@ -99,6 +118,7 @@ std::shared_ptr<const gguf::File> random_model(const RandomArch& a, GGMLType mat
         w.set_u32(p + "expert_feed_forward_length", a.n_ff_expert);
     }
     auto add = [&](const std::string& name, std::vector<uint64_t> dims, float scale, float offset = 0.0f) {
+        if (!a.omit.empty() && name == a.omit) return;
         size_t n = 1;
         for (uint64_t d : dims) n *= d;
         std::vector<float> values(n);
@@ -131,13 +151,20 @@ std::shared_ptr<const gguf::File> random_model(const RandomArch& a, GGMLType mat
         if (a.out_bias) add(b + "attn_output.bias", {E}, 0.1f);
         if (a.qk_norm) add(b + "attn_q_norm.weight", {uint64_t(a.head_dim)}, 0.2f, 1.0f), add(b + "attn_k_norm.weight", {uint64_t(a.head_dim)}, 0.2f, 1.0f);
         if (a.post_norms) norm(b + "post_attention_norm", E), norm(b + "post_ffw_norm", E);
-        norm(b + "ffn_norm", E);
+        if (a.sinks) add(b + "attn_sinks.weight", {uint64_t(a.n_sinks ? a.n_sinks : a.n_head)}, 2.0f);
+        norm(b + a.ffn_norm, E);
         if (a.n_expert) {
             const uint64_t X = a.n_expert, FE = a.n_ff_expert;
             add(b + "ffn_gate_inp.weight", {E, X}, in_scale);
-            add(b + "ffn_gate_exps.weight", {E, FE, X}, in_scale);
-            add(b + "ffn_up_exps.weight", {E, FE, X}, in_scale);
+            add(b + "ffn_gate_exps.weight", {E, FE, X}, a.expert_scale * in_scale);
+            add(b + "ffn_up_exps.weight", {E, FE, X}, a.expert_scale * in_scale);
             add(b + "ffn_down_exps.weight", {FE, E, X}, 1.0f / std::sqrt(float(FE)));
+            if (a.expert_biases) {
+                add(b + "ffn_gate_inp.bias", {X}, 0.5f);
+                add(b + "ffn_gate_exps.bias", {FE, X}, 0.5f);
+                add(b + "ffn_up_exps.bias", {FE, X}, 0.5f);
+                add(b + "ffn_down_exps.bias", {E, X}, 0.1f);
+            }
             continue;
         }
         if (a.fused_gate_up) {
@@ -218,6 +245,7 @@ TEST_P(EveryArchitecture, CudaDecodeStepMatchesTheReference) {
     GTEST_SKIP() << "built without the CUDA backend (TWINFER_CUDA=OFF)";
 #endif
     const RandomArch& a = GetParam();
+    if (a.cpu_only()) GTEST_SKIP() << a.arch << " runs on the CPU only (GptOss.RefusedOnCudaByName)";
     const auto file = random_model(a);
     GPTModel reference = GPTModel::from_gguf(*file);
     const std::vector<Token> ids = random_ids(16, 5);
@@ -258,7 +286,7 @@ TEST_P(EveryArchitecture, Float16CacheStaysWithinItsBudget) {
     EXPECT_LT(worst, test::kFloat16CacheTolerance) << a.name();
     EXPECT_GT(worst, 1e-5) << a.name() << ": float16 rounding of the cache must show beside float32's";
 #ifdef TWINFER_WITH_CUDA
-    if (compute::cuda::device_count() == 0) return;
+    if (compute::cuda::device_count() == 0 || a.cpu_only()) return;
     const auto gpu = rows_on(compute::Device::CUDA);
     double gpu_worst = 0;
     for (size_t t = 0; t < ids.size(); ++t) gpu_worst = std::max(gpu_worst, test::relative_error(gpu[t], cpu[t]));
@@ -454,6 +482,89 @@ TEST(TransformerModel, DescribesEachLayerFromTheMetadata) {
     EXPECT_EQ(neox.transformer.feed_forward, FeedForwardKind::GeluErf);
 }
 
+RandomArch gpt_oss() {
+    const RandomArch a = architectures().back();
+    EXPECT_EQ(a.arch, "gpt-oss");
+    return a;
+}
+
+// gpt-oss: sliding layers alternate with full ones, the first sliding (llama.cpp's pattern of 2,
+// transformers' layer_types); every layer takes YaRN with the model's base (none keeps a
+// short-context RoPE), its ramp unrounded.
+TEST(GptOss, DescribesItsLayers) {
+    const ModelConfig c = ModelConfig::from_gguf(*random_model(gpt_oss()));
+    ASSERT_EQ(c.transformer.layers.size(), 3u);
+    for (int il = 0; il < 3; ++il) {
+        EXPECT_EQ(c.transformer.layers[il].window, il % 2 == 0 ? 5u : 0u) << il;
+        EXPECT_TRUE(c.transformer.layers[il].rope_scaled) << il;
+        EXPECT_EQ(c.transformer.layers[il].rope_freq_base, 100.0) << il;
+    }
+    EXPECT_EQ(c.transformer.feed_forward, FeedForwardKind::SwiGLUOai);
+    ASSERT_EQ(c.rope_scaling.kind, RopeScaling::Kind::Yarn);
+    EXPECT_FALSE(c.rope_scaling.truncate);
+}
+
+// The sliding layers as rings of the KV cache (window 5 + 511 rows) with their sinks: past the
+// rings' length, prompts in parts of 512 and decode steps match the reference at every position
+// (the CPU's windowed prompt blocks and decode rows over a ring, each with sinks).
+TEST(GptOss, RingLayersMatchTheReferencePastTheirLength) {
+    const auto file = random_model(gpt_oss());
+    const std::vector<Token> ids = random_ids(1100, 19);
+    const Logits expected = GPTModel::from_gguf(*file, 2048).forward(ids, LogitsMode::All);
+    TransformerModel model = TransformerModel::load(file, {.n_ctx = 2048, .n_threads = 2, .activations = compute::Activations::Float32});
+    const size_t kvd = 2 * 8, full = KvCache::bytes(3, 1, 2048, kvd, compute::KvType::F32);
+    EXPECT_EQ(model.kv_cache_bytes(), full / 3 + 2 * 2 * (2 * 516) * kvd * sizeof(float)) << "1 global layer + 2 rings of 516";
+    const Logits prompt = model.forward(std::span(ids).first(600), LogitsMode::All);   // 512 + 88
+    double worst = 0;
+    for (size_t t = 0; t < 600; ++t) worst = std::max(worst, test::relative_error(prompt.row(t), expected.row(t)));
+    for (size_t t = 600; t < ids.size(); ++t)
+        worst = std::max(worst, test::relative_error(model.forward(std::span(ids).subspan(t, 1)).row(0), expected.row(t)));
+    EXPECT_LT(worst, 1e-5);
+}
+
+// A hostile or truncated gpt-oss file: sinks of the wrong length, a required bias or the sinks
+// missing. Both models refuse it, naming the tensor.
+TEST(GptOss, HostileFilesAreRefusedNamingTheTensor) {
+    struct Case {
+        RandomArch arch;
+        std::string tensor;
+    };
+    std::vector<Case> cases;
+    RandomArch short_sinks = gpt_oss();
+    short_sinks.n_sinks = 3;
+    cases.push_back({short_sinks, "blk.0.attn_sinks.weight"});
+    for (const char* missing : {"blk.1.attn_sinks.weight", "blk.0.attn_output.bias", "blk.2.ffn_gate_inp.bias",
+                                "blk.1.ffn_gate_exps.bias", "blk.0.ffn_up_exps.bias", "blk.2.ffn_down_exps.bias"}) {
+        RandomArch a = gpt_oss();
+        a.omit = missing;
+        cases.push_back({a, missing});
+    }
+    for (const Case& c : cases) {
+        const auto file = random_model(c.arch);
+        auto expect_refusal = [&](const char* model, const std::function<void()>& load) {
+            try {
+                load();
+                ADD_FAILURE() << model << " loaded a file with " << c.tensor << " " << (c.arch.omit.empty() ? "misshapen" : "missing");
+            } catch (const std::runtime_error& e) {
+                EXPECT_NE(std::string(e.what()).find(c.tensor), std::string::npos) << model << ": " << e.what();
+            }
+        };
+        expect_refusal("GPTModel", [&] { GPTModel::from_gguf(*file); });
+        expect_refusal("TransformerModel", [&] { TransformerModel::load(file, {.n_ctx = kCtx, .n_threads = 2}); });
+    }
+}
+
+// On a GPU gpt-oss is refused by name before anything is placed (its sinks, expert biases and
+// clamped SwiGLU have CPU kernels only), whether or not this build has the CUDA backend.
+TEST(GptOss, RefusedOnCudaByName) {
+    try {
+        TransformerModel::load(random_model(gpt_oss()), {.n_ctx = kCtx, .device = compute::Device::CUDA});
+        FAIL() << "gpt-oss loaded on CUDA";
+    } catch (const std::runtime_error& e) {
+        EXPECT_NE(std::string(e.what()).find("gpt-oss runs on the CPU only (--device cpu)"), std::string::npos) << e.what();
+    }
+}
+
 TEST(TransformerModel, UnknownArchitectureListsTheSupportedOnes) {
     RandomArch a = architectures()[0];
     a.arch = "mamba";
@@ -464,7 +575,7 @@ TEST(TransformerModel, UnknownArchitectureListsTheSupportedOnes) {
         const std::string message = e.what();
         EXPECT_NE(message.find("unknown architecture 'mamba'"), std::string::npos) << message;
         for (const char* name : {"llama", "gpt2", "qwen2", "qwen3", "qwen3moe", "gemma3", "phi3", "smollm3", "stablelm",
-                                 "gptneox", "starcoder2"})
+                                 "gptneox", "starcoder2", "gpt-oss"})
             EXPECT_NE(message.find(name), std::string::npos) << name << " missing from: " << message;
     }
 }
