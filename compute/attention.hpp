@@ -31,7 +31,7 @@ struct AttentionShape {
     size_t ring = 0;
     // Attention sinks (gpt-oss): sinks[h], a learned logit of query head h that joins each of its
     // softmax's denominators and weighs no value, so a row can attend to nothing. Not scaled by
-    // `scale`. null: none. CPU only (the CUDA kernels refuse it).
+    // `scale`. null: none. In the context's device memory, as q.
     const float* sinks = nullptr;
 };
 constexpr size_t max_attention_window = 8192;
@@ -61,10 +61,6 @@ void attention(Context& ctx, const float* q, CacheRows keys, CacheRows values, s
 inline void check_cache_types(CacheRows keys, CacheRows values) {
     if (keys.type != values.type) throw std::invalid_argument("attention: keys and values of different types");
 }
-// The CUDA attention kernels have no sinks (models refuse such architectures on a GPU at load).
-inline void check_cuda_shape(const AttentionShape& shape) {
-    if (shape.sinks) throw std::invalid_argument("attention: sinks are not implemented on CUDA (run on the CPU)");
-}
 inline void attention(Context& ctx, const float* q, CacheRows keys, CacheRows values, size_t n_tokens,
                       size_t first_position, const AttentionShape& shape, float* out,
                       AttentionRows rows = AttentionRows::Auto) {
@@ -72,10 +68,7 @@ inline void attention(Context& ctx, const float* q, CacheRows keys, CacheRows va
     if (ctx.device() == Device::CPU)
         return cpu::attention(ctx, q, keys, values, n_tokens, first_position, shape, out, rows);
 #ifdef TWINFER_WITH_CUDA
-    if (ctx.device() == Device::CUDA) {
-        check_cuda_shape(shape);
-        return cuda::attention(ctx, q, keys, values, n_tokens, first_position, shape, out);
-    }
+    if (ctx.device() == Device::CUDA) return cuda::attention(ctx, q, keys, values, n_tokens, first_position, shape, out);
 #endif
     throw_backend_unavailable("attention", ctx.device());
 }
@@ -94,10 +87,7 @@ inline void attention_at(Context& ctx, const float* q, CacheRows keys, CacheRows
         return cpu::attention(ctx, q, keys, values, 1, size_t(*position), shape, out, AttentionRows::Decode);
     }
 #ifdef TWINFER_WITH_CUDA
-    if (ctx.device() == Device::CUDA) {
-        check_cuda_shape(shape);
-        return cuda::attention_at(ctx, q, keys, values, position, max_positions, shape, out);
-    }
+    if (ctx.device() == Device::CUDA) return cuda::attention_at(ctx, q, keys, values, position, max_positions, shape, out);
 #endif
     throw_backend_unavailable("attention_at", ctx.device());
 }

@@ -56,11 +56,13 @@ inline void swiglu(Context& ctx, const float* gate, const float* up, size_t n, f
 
 // gpt-oss's gated activation (llama.cpp's swiglu_oai, transformers' GptOssExperts._apply_gate):
 // g = min(gate, 7), u = clamp(up, -7, 7), out = g sigmoid(1.702 g) (u + 1). out may alias gate.
-// CPU only: gpt-oss is refused on a GPU.
 constexpr float swiglu_oai_alpha = 1.702f, swiglu_oai_limit = 7.0f;
 inline void swiglu_oai(Context& ctx, const float* gate, const float* up, size_t n, float* out) {
     if (ctx.device() == Device::CPU) return cpu::swiglu_oai(ctx, gate, up, n, out);
-    throw std::invalid_argument("swiglu_oai: no GPU kernel (gpt-oss runs on the CPU)");
+#ifdef TWINFER_WITH_CUDA
+    if (ctx.device() == Device::CUDA) return cuda::swiglu_oai(ctx, gate, up, n, out);
+#endif
+    throw_backend_unavailable("swiglu_oai", ctx.device());
 }
 
 // x = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))   (GPT-2's GELU, tanh form), in place

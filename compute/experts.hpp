@@ -14,11 +14,9 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
-#include <initializer_list>
 #include <span>
 #include <stdexcept>
 #include <string>
-#include <string_view>
 #include <vector>
 
 #include "compute/context.hpp"
@@ -36,13 +34,13 @@ namespace twinfer::compute {
 struct ExpertMatrices {
     WeightMatrix all;
     size_t n_experts = 0;
-    const float* bias = nullptr;   // [n_experts, rows()]: each expert's bias (gpt-oss), or null. CPU only.
+    const float* bias = nullptr;   // [n_experts, rows()]: each expert's bias (gpt-oss), or null; on the context's device
 
     size_t rows() const { return n_experts ? all.rows / n_experts : 0; }
 };
 
 // The gated activation of an expert: silu(gate) * up, or gpt-oss's clamped form
-// (compute::swiglu_oai; CPU only).
+// (compute::swiglu_oai).
 enum class ExpertActivation { SwiGLU, SwiGLUOai };
 
 // A gated mixture-of-experts feed-forward: per token, k of n_experts chosen by the router's
@@ -57,16 +55,6 @@ struct ExpertLayer {
     ExpertActivation activation = ExpertActivation::SwiGLU;
 };
 
-// The CUDA expert kernels have neither biases nor gpt-oss's activation (models refuse such
-// architectures on a GPU at load).
-inline void check_cuda_experts(std::string_view op, std::initializer_list<const ExpertMatrices*> matrices,
-                               ExpertActivation activation = ExpertActivation::SwiGLU) {
-    for (const ExpertMatrices* w : matrices)
-        if (w->bias) throw std::invalid_argument(std::string(op) + ": expert biases are not implemented on CUDA (run on the CPU)");
-    if (activation != ExpertActivation::SwiGLU)
-        throw std::invalid_argument(std::string(op) + ": gpt-oss's expert activation is not implemented on CUDA (run on the CPU)");
-}
-
 // y[j] = W_{ids[j]} x_j (+ its bias) for j < k, x_j = x + j * x_stride (x_stride 0: one input for every expert),
 // y_j = y + j * rows. ids in the device's memory, each < n_experts (a kernel cannot check: the
 // router's top_k makes them). `activations` as matmul takes them (the GPU's int8 kernels read the
@@ -79,10 +67,7 @@ inline void matmul_experts(Context& ctx, const ExpertMatrices& w, const int32_t*
                            size_t x_stride, float* y, Activations activations) {
     if (ctx.device() == Device::CPU) return cpu::matmul_experts(ctx, w, ids, k, x, x_stride, y, activations);
 #ifdef TWINFER_WITH_CUDA
-    if (ctx.device() == Device::CUDA) {
-        check_cuda_experts("matmul_experts", {&w});
-        return cuda::matmul_experts(ctx, w, ids, k, x, x_stride, y, activations);
-    }
+    if (ctx.device() == Device::CUDA) return cuda::matmul_experts(ctx, w, ids, k, x, x_stride, y, activations);
 #endif
     throw_backend_unavailable("matmul_experts", ctx.device());
 }
@@ -101,10 +86,8 @@ inline void matmul_experts_swiglu(Context& ctx, const ExpertMatrices& gate, cons
     if (ctx.device() == Device::CPU)
         return cpu::matmul_experts_swiglu(ctx, gate, up, ids, k, x, out, up_scratch, activations, activation);
 #ifdef TWINFER_WITH_CUDA
-    if (ctx.device() == Device::CUDA) {
-        check_cuda_experts("matmul_experts_swiglu", {&gate, &up}, activation);
-        return cuda::matmul_experts_swiglu(ctx, gate, up, ids, k, x, out, up_scratch, activations);
-    }
+    if (ctx.device() == Device::CUDA)
+        return cuda::matmul_experts_swiglu(ctx, gate, up, ids, k, x, out, up_scratch, activations, activation);
 #endif
     throw_backend_unavailable("matmul_experts_swiglu", ctx.device());
 }
@@ -192,10 +175,7 @@ inline void matmul_expert_groups(Context& ctx, const ExpertMatrices& w, const Ex
                                     std::to_string(w.n_experts) + " experts");
     if (ctx.device() == Device::CPU) return cpu::matmul_expert_groups(ctx, w, groups, x, y, activations);
 #ifdef TWINFER_WITH_CUDA
-    if (ctx.device() == Device::CUDA) {
-        check_cuda_experts("matmul_expert_groups", {&w});
-        return cuda::matmul_expert_groups(ctx, w, groups, x, y, activations);
-    }
+    if (ctx.device() == Device::CUDA) return cuda::matmul_expert_groups(ctx, w, groups, x, y, activations);
 #endif
     throw_backend_unavailable("matmul_expert_groups", ctx.device());
 }
@@ -215,11 +195,12 @@ inline void matmul_expert_groups_swiglu(Context& ctx, const ExpertMatrices& gate
         return cpu::matmul_expert_groups_swiglu(ctx, gate, up, groups, x, out, up_scratch, activations, activation);
 #ifdef TWINFER_WITH_CUDA
     if (ctx.device() == Device::CUDA) {
-        check_cuda_experts("matmul_expert_groups_swiglu", {&gate, &up}, activation);
-        // The GPU's SwiGLU is the same arithmetic for every element, whatever the length.
+        // The GPU's activations are the same arithmetic for every element, whatever the length.
         cuda::matmul_expert_groups(ctx, gate, groups, x, out, activations);
         cuda::matmul_expert_groups(ctx, up, groups, x, up_scratch, activations);
-        return cuda::swiglu(ctx, out, up_scratch, groups.rows() * gate.rows(), out);
+        const size_t n = groups.rows() * gate.rows();
+        if (activation == ExpertActivation::SwiGLUOai) return cuda::swiglu_oai(ctx, out, up_scratch, n, out);
+        return cuda::swiglu(ctx, out, up_scratch, n, out);
     }
 #endif
     throw_backend_unavailable("matmul_expert_groups_swiglu", ctx.device());

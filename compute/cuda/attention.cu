@@ -13,6 +13,10 @@
 // head) rows from L2, in scalar float32, and was 16% of a 7B model's prompt time; the products run
 // at the float32 units' rate, and S (at most attention_scores_budget bytes, queries taken in
 // chunks) stays in L2 or DRAM. Float32 throughout: no tensor-core rounding for a float32 cache.
+//
+// Attention sinks (gpt-oss, AttentionShape::sinks) join a row's softmax denominator where the row
+// is finished: every kernel here takes them, as the CPU's attend and attend_block do (with_sink).
+// Split positions add theirs once, at the merge (merged()), not once a split.
 #include <algorithm>
 #include <cfloat>
 #include <climits>
@@ -42,6 +46,7 @@ constexpr int max_pairs = max_rows * max_head_dim / threads;  // (row, dim) outp
 struct Layout {
     int n_tokens, first_position, n_head, group, heads_per_block, tokens_per_block, head_dim, kv_stride, chunk, n_splits;
     float scale;
+    const float* sinks;   // [n_head], or null
     // attention_at: the position in device memory; first_position, chunk and n_splits are then
     // worked out in the kernels from it (split_plan), and split_cap is split_plan's bound.
     const int32_t* position;
@@ -113,10 +118,11 @@ __device__ bool last_to_finish(unsigned& finished, int n_splits) {
     return true;
 }
 
-// out[d] of one row: sum_s e^(m_s - M) acc_s[d] / sum_s e^(m_s - M) l_s. The loads do not wait on
-// one another (no branch on a loaded value), so a merge of many splits is not a chain of L2 trips.
-__device__ float merged(const float* row_parts, int n_splits, int hd, int d) {
-    float m_max = -INFINITY;
+// out[d] of one row: sum_s e^(m_s - M) acc_s[d] / (sum_s e^(m_s - M) l_s + e^(sink - M)), M the
+// largest of the m_s and the row's sink (-inf: none). The loads do not wait on one another (no
+// branch on a loaded value), so a merge of many splits is not a chain of L2 trips.
+__device__ float merged(const float* row_parts, int n_splits, int hd, int d, float sink) {
+    float m_max = sink;
 #pragma unroll 8
     for (int s = 0; s < n_splits; ++s) m_max = fmaxf(m_max, __ldcg(row_parts + s * (hd + 2) + hd));
     float num = 0.0f, den = 0.0f;
@@ -129,7 +135,7 @@ __device__ float merged(const float* row_parts, int n_splits, int hd, int d) {
         num += empty ? 0.0f : w * acc;
         den += w * l_s;
     }
-    return num / den;
+    return num / (sink == -INFINITY ? den : den + __expf(sink - m_max));
 }
 
 template <class KV>
@@ -258,7 +264,7 @@ attention_kernel(const float* __restrict__ q, const KV* __restrict__ keys, const
         if (t >= L.n_tokens) continue;
         const size_t row = size_t(t) * L.n_head + head_of(r);
         if (L.n_splits == 1) {
-            write_out(row * hd + d, acc[k] / row_l[r]);
+            write_out(row * hd + d, with_sink(acc[k], row_l[r], row_m[r], sink_of(L.sinks, head_of(r))));
         } else {
             float* part = parts + (row * L.n_splits + split) * (hd + 2);
             part[d] = acc[k];
@@ -270,7 +276,8 @@ attention_kernel(const float* __restrict__ q, const KV* __restrict__ keys, const
         const int r = pair / hd, d = pair % hd, t = token_of(r);
         if (t >= L.n_tokens) continue;
         const size_t row = size_t(t) * L.n_head + head_of(r);
-        write_out(row * hd + d, merged(parts + row * L.n_splits * (hd + 2), L.n_splits, hd, d));
+        write_out(row * hd + d,
+                  merged(parts + row * L.n_splits * (hd + 2), L.n_splits, hd, d, sink_of(L.sinks, head_of(r))));
     }
 }
 
@@ -301,9 +308,9 @@ template <int HeadDim> struct DecodeTiling {
 template <int HeadDim, class KV>
 __global__ void __launch_bounds__(DecodeTiling<HeadDim>::warps * 32)
 decode_attention_kernel(const float* __restrict__ q, const KV* __restrict__ keys, const KV* __restrict__ values,
-                        const int32_t* position, int group, int kv_stride, float scale, int split_cap, int max_kv,
-                        float* __restrict__ out, QuantizedActivations out_int8, float* __restrict__ parts,
-                        unsigned* __restrict__ finished) {
+                        const int32_t* position, int group, int kv_stride, float scale, const float* __restrict__ sinks,
+                        int split_cap, int max_kv, float* __restrict__ out, QuantizedActivations out_int8,
+                        float* __restrict__ parts, unsigned* __restrict__ finished) {
     constexpr int tile = DecodeTiling<HeadDim>::tile, warps = DecodeTiling<HeadDim>::warps;
     constexpr int key_part = 64;             // key values a lane holds
     constexpr int per_lane = HeadDim / 32;   // output dimensions lane, lane + 32, ...
@@ -441,7 +448,7 @@ decode_attention_kernel(const float* __restrict__ q, const KV* __restrict__ keys
     if (plan.n_splits == 1) {
         if (warp == 0)
 #pragma unroll
-            for (int i = 0; i < per_lane; ++i) write_out(lane + 32 * i, acc[i] / l);
+            for (int i = 0; i < per_lane; ++i) write_out(lane + 32 * i, with_sink(acc[i], l, m, sink_of(sinks, head)));
         return;
     }
     if (warp == 0) {
@@ -454,7 +461,7 @@ decode_attention_kernel(const float* __restrict__ q, const KV* __restrict__ keys
     const float* head_parts = parts + size_t(head) * plan.n_splits * (HeadDim + 2);
 #pragma unroll
     for (int i = 0; i < per_lane; ++i)
-        write_out(lane + 32 * i, merged(head_parts, plan.n_splits, HeadDim, lane + 32 * i));
+        write_out(lane + 32 * i, merged(head_parts, plan.n_splits, HeadDim, lane + 32 * i, sink_of(sinks, head)));
 }
 
 // A decoding step over a long cache (flash-decoding for grouped heads): a block per (KV head,
@@ -472,9 +479,9 @@ constexpr int grouped_unit = grouped_warps * 32;   // positions a block takes at
 template <int HeadDim, class KV, int Group>
 __global__ void __launch_bounds__(grouped_warps * 32)
 grouped_decode_attention_kernel(const float* __restrict__ q, const KV* __restrict__ keys, const KV* __restrict__ values,
-                                const int32_t* position, int group, int kv_stride, float scale, int split_cap,
-                                int min_kv, float* __restrict__ out, QuantizedActivations out_int8,
-                                float* __restrict__ parts, unsigned* __restrict__ finished) {
+                                const int32_t* position, int group, int kv_stride, float scale,
+                                const float* __restrict__ sinks, int split_cap, int min_kv, float* __restrict__ out,
+                                QuantizedActivations out_int8, float* __restrict__ parts, unsigned* __restrict__ finished) {
     constexpr int per_lane = HeadDim / 32;   // value dimensions lane * per_lane ..
     constexpr int key_loads = 8;             // a key row's float4 loads in flight at once
     __shared__ float4 q_shared[Group][HeadDim / 4];
@@ -581,7 +588,7 @@ grouped_decode_attention_kernel(const float* __restrict__ q, const KV* __restric
             den += weight * l_shared[w][g];
         }
         if (plan.n_splits == 1) {
-            write_out(i, num / den);
+            write_out(i, with_sink(num, den, m_max, sink_of(sinks, first_head + g)));
         } else {
             float* part = parts + (size_t(first_head + g) * plan.n_splits + split) * (HeadDim + 2);
             part[d] = num;
@@ -591,7 +598,8 @@ grouped_decode_attention_kernel(const float* __restrict__ q, const KV* __restric
     if (plan.n_splits == 1 || !last_to_finish(finished[kv_head], plan.n_splits)) return;
     for (int i = threadIdx.x; i < group * HeadDim; i += blockDim.x) {
         const int g = i / HeadDim, d = i % HeadDim;
-        write_out(i, merged(parts + size_t(first_head + g) * plan.n_splits * (HeadDim + 2), plan.n_splits, HeadDim, d));
+        write_out(i, merged(parts + size_t(first_head + g) * plan.n_splits * (HeadDim + 2), plan.n_splits, HeadDim, d,
+                            sink_of(sinks, first_head + g)));
     }
 }
 
@@ -612,10 +620,11 @@ template <int HeadDim>
 __global__ void __launch_bounds__(flash_decode_warps * 32)
 flash_decode_attention_kernel(const float* __restrict__ q, const __half* __restrict__ keys,
                               const __half* __restrict__ values, const int32_t* position, int group, int kv_stride,
-                              float scale_log2e, int split_cap, int min_kv, float* __restrict__ out,
-                              QuantizedActivations out_int8, float* __restrict__ parts, unsigned* __restrict__ finished) {
+                              float scale_log2e, const float* __restrict__ sinks, int split_cap, int min_kv,
+                              float* __restrict__ out, QuantizedActivations out_int8, float* __restrict__ parts,
+                              unsigned* __restrict__ finished) {
     constexpr int stride = HeadDim + row_pad, dim_steps = HeadDim / 16, dim_columns = HeadDim / 8;
-    constexpr float ln2 = 0.6931471805599453f;
+    constexpr float ln2 = 0.6931471805599453f, log2e = 1.4426950408889634f;
     extern __shared__ __align__(16) __half staged[];   // [buffer][keys, values][tile][stride]; then the warps' parts
     __shared__ float m_shared[flash_decode_warps][flash_decode_max_group];
     __shared__ float l_shared[flash_decode_warps][flash_decode_max_group];
@@ -757,7 +766,7 @@ flash_decode_attention_kernel(const float* __restrict__ q, const __half* __restr
             den += weight * l_shared[w][g];
         }
         if (plan.n_splits == 1) {
-            write_out(i, num / den);
+            write_out(i, with_sink<true>(num, den, m_max, sink_of(sinks, first_head + g) * log2e));
         } else {
             float* part = parts + (size_t(first_head + g) * plan.n_splits + split) * (HeadDim + 2);
             part[d] = num;
@@ -773,7 +782,8 @@ flash_decode_attention_kernel(const float* __restrict__ q, const __half* __restr
     const size_t part_size = HeadDim + 2;
     for (int g = warp; g < group; g += flash_decode_warps) {
         const float* row_parts = parts + size_t(first_head + g) * plan.n_splits * part_size;
-        float m_max = -INFINITY;
+        const float sink = sink_of(sinks, first_head + g);   // merged()'s: the largest with the splits' maxima
+        float m_max = sink;
         for (int s = lane; s < plan.n_splits; s += 32) m_max = fmaxf(m_max, __ldcg(row_parts + s * part_size + HeadDim));
         m_max = warp_max(m_max);
         float den = 0.0f;
@@ -784,6 +794,7 @@ flash_decode_attention_kernel(const float* __restrict__ q, const __half* __restr
             den += w * l_s;
         }
         den = warp_sum(den);
+        if (sink != -INFINITY) den += __expf(sink - m_max);
         if (lane == 0) inverse_denominator[g] = 1.0f / den;
     }
     __syncthreads();
@@ -854,22 +865,22 @@ bool launch_decode_attention(Context& ctx, const float* q, const KV* keys, const
     const SplitScratch scratch =
         split_scratch(device, shape.n_head, std::max(per_head_splits, grouped_splits), shape.head_dim, shape.n_head);
     launch_after_previous(ctx, kernel, dim3(unsigned(shape.n_head), unsigned(per_head_splits)), threads, 0, q, keys, values,
-                          position, int(group), int(shape.kv_stride), shape.scale, per_head_cap,
+                          position, int(group), int(shape.kv_stride), shape.scale, shape.sinks, per_head_cap,
                           grouped || tensor_cores ? grouped_min_positions - 1 : INT_MAX, out, out_int8, scratch.parts,
                           scratch.finished);
     const dim3 grouped_grid(unsigned(shape.n_head_kv), unsigned(grouped_splits));
     if (grouped)
         launch_after_previous(ctx, grouped, grouped_grid, grouped_warps * 32, 0, q, keys, values, position, int(group),
-                              int(shape.kv_stride), shape.scale, grouped_cap, grouped_min_positions, out, out_int8,
-                              scratch.parts, scratch.finished);
+                              int(shape.kv_stride), shape.scale, shape.sinks, grouped_cap, grouped_min_positions, out,
+                              out_int8, scratch.parts, scratch.finished);
     if constexpr (std::is_same_v<KV, __half>) {
         if (tensor_cores) {
             auto flash = shape.head_dim == 64 ? flash_decode_attention_kernel<64> : flash_decode_attention_kernel<128>;
             const size_t shared = shape.head_dim == 64 ? flash_decode_staged_bytes<64>() : flash_decode_staged_bytes<128>();
             allow_shared_memory(reinterpret_cast<const void*>(flash), shared);
             launch_after_previous(ctx, flash, grouped_grid, flash_decode_warps * 32, shared, q, keys, values, position,
-                                  int(group), int(shape.kv_stride), float(shape.scale * 1.4426950408889634), grouped_cap,
-                                  grouped_min_positions, out, out_int8, scratch.parts, scratch.finished);
+                                  int(group), int(shape.kv_stride), float(shape.scale * 1.4426950408889634), shape.sinks,
+                                  grouped_cap, grouped_min_positions, out, out_int8, scratch.parts, scratch.finished);
         }
     }
     return true;
@@ -902,6 +913,7 @@ void launch_attention(Context& ctx, const float* q, const KV* keys, const KV* va
     L.head_dim = int(shape.head_dim);
     L.kv_stride = int(shape.kv_stride);
     L.scale = shape.scale;
+    L.sinks = shape.sinks;
     L.position = position;
     // As many tokens per block as fit in max_rows, but no more than there are: a decoding step with
     // one head per block (Llama 2 7B) computed seven rows of nothing beside its one.
@@ -932,17 +944,20 @@ constexpr size_t min_gemm_tokens = 16;
 constexpr size_t attention_scores_budget = size_t(256) << 20;
 
 // One block per row of S ([head][token][n_keys]): row (h, t) keeps keys 0 ..= first_key + t,
-// softmax in place; the masked tail becomes 0, so that P V sums over every key.
-__global__ void causal_softmax_kernel(float* scores, int n_tokens, int n_keys, int first_key) {
+// softmax in place (head h's sink in the denominator, the max taken with it); the masked tail
+// becomes 0, so that P V sums over every key.
+__global__ void causal_softmax_kernel(float* scores, int n_tokens, int n_keys, int first_key, const float* sinks) {
     grid_dependency_wait();
     float* row = scores + size_t(blockIdx.x) * n_keys;
     const int valid = min(n_keys, first_key + int(blockIdx.x) % n_tokens + 1);
+    const float sink = sink_of(sinks, int(blockIdx.x) / n_tokens);
     float m = -INFINITY;
     for (int i = threadIdx.x; i < valid; i += blockDim.x) m = fmaxf(m, row[i]);
-    m = block_max(m);
+    m = fmaxf(block_max(m), sink);
     float sum = 0.0f;
     for (int i = threadIdx.x; i < valid; i += blockDim.x) sum += __expf(row[i] - m);
-    const float inverse = 1.0f / block_sum(sum);
+    sum = block_sum(sum);
+    const float inverse = 1.0f / (sink == -INFINITY ? sum : sum + __expf(sink - m));
     for (int i = threadIdx.x; i < n_keys; i += blockDim.x) row[i] = i < valid ? __expf(row[i] - m) * inverse : 0.0f;
 }
 
@@ -1000,7 +1015,7 @@ void gemm_attention(Context& ctx, const float* q, const float* keys, const float
         TWINFER_CUDA_CHECK(cublasSgemmBatched(device.cublas, CUBLAS_OP_T, CUBLAS_OP_N, n_keys, tokens, D, &shape.scale,
                                               ops.k, kv_stride, ops.q, H * D, &zero, ops.s, n_keys, H));
         launch_after_previous(ctx, causal_softmax_kernel, unsigned(H * tokens), 256, 0, scores, tokens, n_keys,
-                              int(first_position + t0));
+                              int(first_position + t0), shape.sinks);
         TWINFER_CUDA_CHECK(cublasSgemmBatched(device.cublas, CUBLAS_OP_N, CUBLAS_OP_N, D, tokens, n_keys, &one, ops.v,
                                               kv_stride, ops.p, n_keys, &zero, ops.o, H * D, H));
     }
@@ -1043,7 +1058,8 @@ __device__ float block_reduce(float v, bool is_max, float* scratch) {
 template <class KV>
 __global__ void __launch_bounds__(window_threads)
 windowed_attention_kernel(const float* q, const KV* keys, const KV* values, int first_position, const int32_t* position,
-                          int n_head, int group, int head_dim, int kv_stride, int window, int ring, float scale, float* out) {
+                          int n_head, int group, int head_dim, int kv_stride, int window, int ring, float scale,
+                          const float* sinks, float* out) {
     grid_dependency_wait();
     extern __shared__ float scores[];   // [window], then 32 floats of reduction scratch
     float* scratch = scores + window;
@@ -1060,10 +1076,12 @@ windowed_attention_kernel(const float* q, const KV* keys, const KV* values, int 
         scores[j] = dot * scale;
         max_score = fmaxf(max_score, scores[j]);
     }
-    max_score = block_reduce(max_score, true, scratch);
+    const float sink = sink_of(sinks, h);   // in the max and the denominator
+    max_score = fmaxf(block_reduce(max_score, true, scratch), sink);
     float sum = 0;
     for (int j = threadIdx.x; j < n; j += blockDim.x) sum += scores[j] = expf(scores[j] - max_score);
     sum = block_reduce(sum, false, scratch);   // its barriers also publish every score
+    if (sink != -INFINITY) sum += expf(sink - max_score);
     float* oh = out + (size_t(t) * n_head + h) * head_dim;
     for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
         float acc = 0;
@@ -1081,7 +1099,8 @@ void windowed_attention(Context& ctx, const float* q, const KV* keys, const KV* 
     const size_t shared = (shape.window + 32) * sizeof(float);
     launch_after_previous(ctx, windowed_attention_kernel<KV>, unsigned(n_tokens * shape.n_head), window_threads, shared, q, keys,
                           values, int(first_position), position, int(shape.n_head), int(shape.n_head / shape.n_head_kv),
-                          int(shape.head_dim), int(shape.kv_stride), int(shape.window), int(shape.ring), shape.scale, out);
+                          int(shape.head_dim), int(shape.kv_stride), int(shape.window), int(shape.ring), shape.scale,
+                          shape.sinks, out);
 }
 
 // Row r of x to rows p % ring and p % ring + ring of table, p its position (first_position + r, or

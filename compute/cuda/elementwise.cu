@@ -7,6 +7,7 @@
 #include <cub/block/block_radix_sort.cuh>
 
 #include "compute/cuda/device_context.cuh"
+#include "compute/cuda/experts.cuh"
 #include "compute/cuda/ops.hpp"
 #include "compute/elementwise.hpp"
 
@@ -31,6 +32,12 @@ __global__ void swiglu_kernel(const float* gate, const float* up, size_t n, floa
     grid_dependency_wait();
     const size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
     if (i < n) out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+}
+
+__global__ void swiglu_oai_kernel(const float* gate, const float* up, size_t n, float* out) {
+    grid_dependency_wait();
+    const size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = swiglu_oai_value(gate[i], up[i]);
 }
 
 __global__ void gelu_kernel(float* x, size_t n) {
@@ -236,6 +243,11 @@ void add_bias(Context& ctx, float* x, const float* bias, size_t n_rows, size_t n
 void swiglu(Context& ctx, const float* gate, const float* up, size_t n, float* out) {
     if (n == 0) return;
     launch_after_previous(ctx, swiglu_kernel, blocks_for(n, threads), threads, 0, gate, up, n, out);
+}
+
+void swiglu_oai(Context& ctx, const float* gate, const float* up, size_t n, float* out) {
+    if (n == 0) return;
+    launch_after_previous(ctx, swiglu_oai_kernel, blocks_for(n, threads), threads, 0, gate, up, n, out);
 }
 
 void gelu(Context& ctx, float* x, size_t n) {

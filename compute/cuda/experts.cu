@@ -1,8 +1,10 @@
-// A prompt's (token, choice) pairs grouped by expert (compute::group_by_expert) on the GPU.
+// A prompt's (token, choice) pairs grouped by expert (compute::group_by_expert) on the GPU, and
+// the experts' biases and gated activations after their products (experts.cuh).
 #include <stdexcept>
 #include <string>
 
 #include "compute/cuda/device_context.cuh"
+#include "compute/cuda/experts.cuh"
 #include "compute/cuda/ops.hpp"
 #include "compute/experts.hpp"
 
@@ -63,7 +65,62 @@ group_by_expert_kernel(const int32_t* __restrict__ ids, int n_pairs, int k, int 
     }
 }
 
+constexpr int bias_threads = 256;
+
+__global__ void add_expert_bias_kernel(float* y, const float* bias, const int32_t* ids, size_t k, size_t rows) {
+    grid_dependency_wait();
+    const size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i < k * rows) y[i] += bias[size_t(ids[i / rows]) * rows + i % rows];
+}
+
+__global__ void expert_bias_activation_kernel(float* out, const float* up, const float* gate_bias, const float* up_bias,
+                                              const int32_t* ids, size_t k, size_t rows, bool oai) {
+    grid_dependency_wait();
+    const size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i >= k * rows) return;
+    const size_t b = size_t(ids[i / rows]) * rows + i % rows;
+    const float g = gate_bias ? out[i] + gate_bias[b] : out[i], u = up_bias ? up[i] + up_bias[b] : up[i];
+    out[i] = oai ? swiglu_oai_value(g, u) : g / (1.0f + expf(-g)) * u;
+}
+
+// Row r's expert: the last e with offsets[e] <= r (an expert without rows has offsets[e] =
+// offsets[e + 1] and is passed over), by bisection of the n_experts + 1 offsets.
+__global__ void add_expert_group_bias_kernel(float* y, const float* bias, const int32_t* offsets, int n_experts,
+                                             size_t n_rows, size_t rows) {
+    grid_dependency_wait();
+    const size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i >= n_rows * rows) return;
+    const int r = int(i / rows);
+    int lo = 0, hi = n_experts;   // offsets[lo] <= r < offsets[hi]
+    while (hi - lo > 1) {
+        const int mid = (lo + hi) / 2;
+        if (offsets[mid] <= r) lo = mid;
+        else hi = mid;
+    }
+    y[i] += bias[size_t(lo) * rows + i % rows];
+}
+
 }  // namespace
+
+void add_expert_bias(Context& ctx, float* y, const float* bias, const int32_t* ids, size_t k, size_t rows) {
+    if (k * rows == 0) return;
+    launch_after_previous(ctx, add_expert_bias_kernel, blocks_for(k * rows, bias_threads), bias_threads, 0, y, bias, ids,
+                          k, rows);
+}
+
+void expert_bias_activation(Context& ctx, float* out, const float* up, const float* gate_bias, const float* up_bias,
+                            const int32_t* ids, size_t k, size_t rows, ExpertActivation activation) {
+    if (k * rows == 0) return;
+    launch_after_previous(ctx, expert_bias_activation_kernel, blocks_for(k * rows, bias_threads), bias_threads, 0, out, up,
+                          gate_bias, up_bias, ids, k, rows, activation == ExpertActivation::SwiGLUOai);
+}
+
+void add_expert_group_bias(Context& ctx, float* y, const float* bias, const int32_t* offsets, size_t n_experts,
+                           size_t n_rows, size_t rows) {
+    if (n_rows * rows == 0) return;
+    launch_after_previous(ctx, add_expert_group_bias_kernel, blocks_for(n_rows * rows, bias_threads), bias_threads, 0, y,
+                          bias, offsets, int(n_experts), n_rows, rows);
+}
 
 void group_by_expert(Context& ctx, const int32_t* ids, size_t n_tokens, size_t k, size_t n_experts, size_t min_group_rows,
                      int32_t* offsets, int32_t* row_token, int32_t* pair_row) {

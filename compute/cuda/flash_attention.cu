@@ -7,7 +7,8 @@
 // written, and each staged key and value serves 64 rows.
 //
 // Rounding: Q and P are rounded to float16 (the cache already is); sums, the running maximum and
-// the softmax's denominator are float32. Only for float16 caches: a float32 cache keeps the
+// the softmax's denominator are float32. Attention sinks join each row's denominator at the end
+// (with_sink). Only for float16 caches: a float32 cache keeps the
 // float32 products of attention.cu, the default path's arithmetic.
 #include <cstdint>
 
@@ -32,7 +33,7 @@ template <int HD> constexpr size_t staged_bytes() { return size_t(2) * 2 * flash
 template <int HD>
 __global__ void __launch_bounds__(flash_warps * 32)
 flash_attention_kernel(const float* q, const __half* keys, const __half* values, int n_tokens, int first_position,
-                       int n_head, int group, int kv_stride, float scale_log2e, float* out) {
+                       int n_head, int group, int kv_stride, float scale_log2e, const float* sinks, float* out) {
     constexpr int stride = HD + row_pad;
     constexpr int dim_steps = HD / 16;        // k-steps of Q K^T
     constexpr int key_columns = flash_keys / 8;
@@ -44,6 +45,7 @@ flash_attention_kernel(const float* q, const __half* keys, const __half* values,
 
     int last_seen[2];   // the last position each of this thread's two rows attends to; -1: no row
     float* out_row[2];
+    float sink[2];      // each row's sink, times log2(e) as the scores; -inf: none
     uint32_t qa[dim_steps][4];   // Q as the A operand, times scale * log2(e): the softmax uses exp2
     for (int i = 0; i < 2; ++i) {
         const int r = block_row + warp * 16 + lane / 4 + 8 * i;
@@ -52,6 +54,7 @@ flash_attention_kernel(const float* q, const __half* keys, const __half* values,
         last_seen[i] = valid ? first_position + t : -1;
         const float* q_row = q + (size_t(t) * n_head + h) * HD;
         out_row[i] = valid ? out + (size_t(t) * n_head + h) * HD : nullptr;
+        sink[i] = valid && sinks ? sinks[h] * 1.4426950408889634f : -INFINITY;
 #pragma unroll
         for (int k = 0; k < dim_steps; ++k)
 #pragma unroll
@@ -161,7 +164,7 @@ flash_attention_kernel(const float* q, const __half* keys, const __half* values,
         sum += __shfl_xor_sync(0xffffffffu, sum, 1);
         sum += __shfl_xor_sync(0xffffffffu, sum, 2);
         if (!out_row[i]) continue;
-        const float inverse = 1.0f / sum;
+        const float inverse = with_sink<true>(1.0f, sum, running_max[i], sink[i]);
 #pragma unroll
         for (int d = 0; d < dim_columns; ++d)
             *reinterpret_cast<float2*>(out_row[i] + d * 8 + 2 * (lane % 4)) =
@@ -178,7 +181,7 @@ void launch_flash_attention(Context& ctx, const float* q, const __half* keys, co
     allow_shared_memory(reinterpret_cast<const void*>(&flash_attention_kernel<HD>), shared);
     launch_after_previous(ctx, flash_attention_kernel<HD>, grid, flash_warps * 32, shared, q, keys, values,
                           int(n_tokens), int(first_position), int(shape.n_head), group, int(shape.kv_stride),
-                          float(shape.scale * 1.4426950408889634), out);
+                          float(shape.scale * 1.4426950408889634), shape.sinks, out);
 }
 
 }  // namespace

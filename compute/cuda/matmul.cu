@@ -21,6 +21,7 @@
 #include <string>
 
 #include "compute/cuda/device_context.cuh"
+#include "compute/cuda/experts.cuh"
 #include "compute/cuda/matvec_int8.cuh"
 #include "compute/cuda/ops.hpp"
 #include "compute/cuda/quant_decode.cuh"
@@ -615,9 +616,11 @@ void matmul_swiglu(Context& ctx, const WeightMatrix& gate, const WeightMatrix& u
     }
 }
 
-void matmul_experts(Context& ctx, const ExpertMatrices& w, const int32_t* ids, size_t k, const float* x, size_t x_stride,
-                    float* y, Activations activations) {
-    if (k == 0) return;
+namespace {
+
+// matmul_experts without the biases.
+void expert_products(Context& ctx, const ExpertMatrices& w, const int32_t* ids, size_t k, const float* x, size_t x_stride,
+                     float* y, Activations activations) {
     // Float rows of any width take the ragged kernel; the others read x in 16-byte pieces.
     if (w.all.rows != w.rows() * w.n_experts || k > w.n_experts || (!ragged_float(w.all) && x_stride % 4 != 0))
         throw std::invalid_argument("CUDA matmul_experts: " + std::to_string(k) + " of " + std::to_string(w.n_experts) +
@@ -629,16 +632,29 @@ void matmul_experts(Context& ctx, const ExpertMatrices& w, const int32_t* ids, s
     matvec(ctx, w.all, MatvecRows{int(w.rows()), ids, int(k), int(x_stride)}, x, y, false);
 }
 
+}  // namespace
+
+void matmul_experts(Context& ctx, const ExpertMatrices& w, const int32_t* ids, size_t k, const float* x, size_t x_stride,
+                    float* y, Activations activations) {
+    if (k == 0) return;
+    expert_products(ctx, w, ids, k, x, x_stride, y, activations);
+    if (w.bias) add_expert_bias(ctx, y, w.bias, ids, k, w.rows());
+}
+
+// The int8 kernels' fused launch computes silu(gate) * up from the products themselves: experts
+// with biases (gpt-oss) or the clamped activation take the two products and one launch after.
 void matmul_experts_swiglu(Context& ctx, const ExpertMatrices& gate, const ExpertMatrices& up, const int32_t* ids,
-                           size_t k, const float* x, float* out, float* up_scratch, Activations activations) {
+                           size_t k, const float* x, float* out, float* up_scratch, Activations activations,
+                           ExpertActivation activation) {
     if (k == 0) return;
     const MatmulOutput both[] = {{gate.all, out}, {up.all, up_scratch}};
-    if (gate.n_experts == up.n_experts && int8_products(both, activations) &&
+    const bool plain = !gate.bias && !up.bias && activation == ExpertActivation::SwiGLU;
+    if (plain && gate.n_experts == up.n_experts && int8_products(both, activations) &&
         int8_matvec_experts(ctx, gate.all, gate.rows(), ids, k, x, 0, out, &up.all))
         return;
-    cuda::matmul_experts(ctx, gate, ids, k, x, 0, out, activations);
-    cuda::matmul_experts(ctx, up, ids, k, x, 0, up_scratch, activations);
-    cuda::swiglu(ctx, out, up_scratch, k * gate.rows(), out);
+    expert_products(ctx, gate, ids, k, x, 0, out, activations);
+    expert_products(ctx, up, ids, k, x, 0, up_scratch, activations);
+    expert_bias_activation(ctx, out, up_scratch, gate.bias, up.bias, ids, k, gate.rows(), activation);
 }
 
 // Every expert's tiles in one launch (expert_groups_gemm_kernel), the experts decoded from their
@@ -660,6 +676,7 @@ void matmul_expert_groups(Context& ctx, const ExpertMatrices& w, const ExpertGro
                 cuda::matmul(ctx, WeightMatrix{w.all.type, rows, cols, w.all.data + e * rows * w.all.row_bytes(), false},
                              x + first * cols, n, y + first * rows, activations);
         }
+        if (w.bias) add_expert_group_bias(ctx, y, w.bias, groups.offsets, w.n_experts, total, rows);
         return;
     }
     int32_t most_rows = 0;
@@ -675,6 +692,7 @@ void matmul_expert_groups(Context& ctx, const ExpertMatrices& w, const ExpertGro
             reinterpret_cast<const uint8_t*>(w.all.data), w.all.row_bytes(), x_half, groups.offsets, int(rows), int(cols), y);
         TWINFER_CUDA_CHECK_LAUNCH();
     });
+    if (w.bias) add_expert_group_bias(ctx, y, w.bias, groups.offsets, w.n_experts, total, rows);
 }
 
 void get_rows(Context& ctx, const WeightMatrix& table, const int32_t* ids, size_t n_ids, float* out) {

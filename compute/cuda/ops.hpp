@@ -21,6 +21,7 @@ struct RmsNorm;
 struct RopeParams;
 struct AttentionShape;
 enum class Activations;
+enum class ExpertActivation;
 }  // namespace twinfer::compute
 
 namespace twinfer::compute::cuda {
@@ -43,15 +44,19 @@ void matmul(Context& ctx, std::span<const MatmulOutput> outputs, const float* x,
 void matmul_swiglu(Context& ctx, const WeightMatrix& gate, const WeightMatrix& up, const float* x, size_t n_tokens,
                    float* out, float* up_scratch, Activations activations, const RmsNorm* norm = nullptr);
 // compute::matmul_experts (compute/experts.hpp): int8 activations as matmul takes them (an
-// x_stride of 0 or w.all.cols), float otherwise.
+// x_stride of 0 or w.all.cols), float otherwise; the experts' biases, where w has them, by a
+// launch of their own.
 void matmul_experts(Context& ctx, const ExpertMatrices& w, const int32_t* ids, size_t k, const float* x, size_t x_stride,
                     float* y, Activations activations);
-// compute::matmul_experts_swiglu: gate and up in one launch where both take the int8 kernels.
+// compute::matmul_experts_swiglu: gate and up in one launch where both take the int8 kernels and
+// the experts have neither biases nor gpt-oss's activation; otherwise matmul_experts twice and
+// one launch of the biases and activation.
 void matmul_experts_swiglu(Context& ctx, const ExpertMatrices& gate, const ExpertMatrices& up, const int32_t* ids,
-                           size_t k, const float* x, float* out, float* up_scratch, Activations activations);
+                           size_t k, const float* x, float* out, float* up_scratch, Activations activations,
+                           ExpertActivation activation);
 // compute::matmul_expert_groups: every expert's tiles in one launch of float16 tensor-core
 // products, the experts decoded from their blocks in the kernel; F32 and ragged float experts
-// through matmul one expert at a time.
+// through matmul one expert at a time; then the experts' biases, where w has them.
 void matmul_expert_groups(Context& ctx, const ExpertMatrices& w, const ExpertGroups& groups, const float* x, float* y,
                           Activations activations);
 // compute::group_by_expert: one block.
@@ -97,6 +102,7 @@ void store_ring(Context& ctx, const float* x, size_t n_rows, size_t width, Cache
 void add(Context& ctx, float* x, const float* y, size_t n);
 void add_bias(Context& ctx, float* x, const float* bias, size_t n_rows, size_t n);
 void swiglu(Context& ctx, const float* gate, const float* up, size_t n, float* out);
+void swiglu_oai(Context& ctx, const float* gate, const float* up, size_t n, float* out);
 void gelu(Context& ctx, float* x, size_t n);
 void gelu_erf(Context& ctx, float* x, size_t n);
 void geglu(Context& ctx, const float* gate, const float* up, size_t n, float* out);

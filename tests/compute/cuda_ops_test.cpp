@@ -629,6 +629,79 @@ TEST_F(CudaOps, WindowedPromptMatchesCpu) {
     }
 }
 
+// gpt-oss's attention sinks (a logit per head in each softmax's denominator) on every CUDA path a
+// gpt-oss layer reaches, against the CPU's (compute/attention.hpp; its own test holds it to
+// float64): its shape (64 heads over 8 KV heads of 64; sliding layers of 128 as rings of 128 + 511
+// rows), both cache types. Sinks of either sign, one far above every score (the rows' max is the
+// sink's) and one far below; each case checks that the sinks change the CPU's result.
+TEST_F(CudaOps, AttentionSinksMatchCpu) {
+    struct Case {
+        size_t n_head, n_head_kv, head_dim, n_tokens, first_position, window, ring;
+        size_t max_positions;   // one token: attention_at too, sized for this cache
+        const char* path;
+    };
+    for (const Case& c : {
+             Case{64, 8, 64, 1, 50, 0, 0, 1024, "decode: the per-head kernel, one split; one token: the general kernel"},
+             Case{64, 8, 64, 1, 700, 0, 0, 1024, "decode: the per-head kernel, split and merged"},
+             Case{64, 8, 64, 1, 3000, 0, 0, 4096, "long cache: grouped (f32) or tensor-core (f16) decode, split and merged"},
+             Case{64, 8, 64, 1, 1500, 0, 0, 4096, "long cache, fewer splits"},
+             Case{8, 2, 32, 1, 200, 0, 0, 1024, "decode with heads of 32: the general kernel, split"},
+             Case{64, 8, 64, 5, 300, 0, 0, 0, "a short prompt: the general kernel, split"},
+             Case{64, 8, 64, 100, 40, 0, 0, 0, "prompt: tensor cores (f16), cuBLAS scores and softmax (f32)"},
+             Case{8, 2, 32, 40, 10, 0, 0, 0, "prompt, heads of 32: cuBLAS over the widened f16 cache"},
+             Case{64, 8, 64, 40, 0, 128, 0, 0, "sliding layer's prompt within the window: the causal kernels"},
+             Case{64, 8, 64, 100, 200, 128, 0, 0, "sliding prompt the window cuts: the windowed kernel"},
+             Case{64, 8, 64, 100, 600, 128, 639, 0, "ring prompt: the windowed kernel"},
+             Case{64, 8, 64, 1, 700, 128, 639, 1024, "ring decode: the windowed kernel"},
+             Case{64, 8, 64, 1, 50, 128, 639, 1024, "ring decode within the window"}}) {
+        SCOPED_TRACE(testing::Message() << c.path << ": tokens " << c.n_tokens << " from " << c.first_position << ", heads "
+                                        << c.n_head << "/" << c.n_head_kv << " of " << c.head_dim << ", window " << c.window
+                                        << ", ring " << c.ring);
+        AttentionShape shape{c.n_head, c.n_head_kv, c.head_dim, c.n_head_kv * c.head_dim, 1.0f / std::sqrt(float(c.head_dim)),
+                             c.window, c.ring};
+        const size_t n_rows = c.ring ? 2 * c.ring : c.first_position + c.n_tokens;
+        const auto q = random(c.n_tokens * c.n_head * c.head_dim, 2.0f);
+        const auto keys = random(n_rows * shape.kv_stride, 2.0f), values = random(n_rows * shape.kv_stride);
+        auto sinks = random(c.n_head, 3.0f);
+        sinks[0] = 40.0f, sinks[1] = -40.0f;
+        for (KvType type : {KvType::F32, KvType::F16}) {
+            SCOPED_TRACE(kv_type_name(type));
+            const CacheRows keys_cpu = cache_table(keys, type, false), values_cpu = cache_table(values, type, false);
+            std::vector<float> without(q.size()), want(q.size());
+            attention(cpu, q.data(), keys_cpu, values_cpu, c.n_tokens, c.first_position, shape, without.data());
+            AttentionShape with_sinks = shape;
+            with_sinks.sinks = sinks.data();
+            attention(cpu, q.data(), keys_cpu, values_cpu, c.n_tokens, c.first_position, with_sinks, want.data());
+            EXPECT_GT(l2_relative_error(without, want), 1e-2) << "the sinks must weigh";
+
+            with_sinks.sinks = to_device(sinks);
+            const CacheRows keys_gpu = cache_table(keys, type, true), values_gpu = cache_table(values, type, true);
+            float* out = poisoned(q.size());
+            attention(*gpu, to_device(q), keys_gpu, values_gpu, c.n_tokens, c.first_position, with_sinks, out);
+            EXPECT_LT(l2_relative_error(to_host(out, q.size()), want), flash_attention_tolerance) << "attention";
+            if (!c.max_positions) continue;
+            // The decode step's form, twice: the split merge's counters back at zero after each launch.
+            for (int run = 0; run < 2; ++run) {
+                float* out_at = poisoned(q.size());
+                attention_at(*gpu, to_device(q), keys_gpu, values_gpu, to_device(std::vector<int32_t>{int32_t(c.first_position)}),
+                             c.max_positions, with_sinks, out_at);
+                EXPECT_LT(l2_relative_error(to_host(out_at, q.size()), want), flash_attention_tolerance) << "attention_at, run " << run;
+            }
+        }
+    }
+}
+
+// gpt-oss's clamped SwiGLU against the CPU's, gate and up values on both sides of the clamps.
+TEST_F(CudaOps, SwigluOaiMatchesCpu) {
+    const size_t n = 5000;
+    const auto gate = random(n, 6.0f), up = random(n, 6.0f);
+    std::vector<float> want(n);
+    swiglu_oai(cpu, gate.data(), up.data(), n, want.data());
+    float* gate_gpu = to_device(gate);
+    swiglu_oai(*gpu, gate_gpu, to_device(up), n, gate_gpu);   // in place, as the models run it
+    EXPECT_LT(l2_relative_error(to_host(gate_gpu, n), want), 1e-6);
+}
+
 TEST_F(CudaOps, Elementwise) {
     const size_t n_rows = 3, n = 1000;
     const auto a = random(n_rows * n), b = random(n_rows * n), bias = random(n);

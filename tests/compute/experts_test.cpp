@@ -34,15 +34,16 @@ std::vector<float> gaussian(size_t n, std::mt19937& rng, float sigma = 1.0f) {
 
 using test::l2_relative_error;
 
-// n_experts experts of `type` (gate and up [rows, cols], down [cols, rows]), in host memory.
+// n_experts experts of `type` (gate and up [rows, cols], down [cols, rows]), in host memory; gate
+// and up gate_up_scale times as large as unit outputs take (gpt-oss's activation clamps at 7).
 struct RandomExperts {
     size_t n_experts, rows, cols;
     std::vector<std::byte> gate_bytes, up_bytes, down_bytes;
 
-    RandomExperts(GGMLType type, size_t n_experts_, size_t rows_, size_t cols_, std::mt19937& rng)
+    RandomExperts(GGMLType type, size_t n_experts_, size_t rows_, size_t cols_, std::mt19937& rng, float gate_up_scale = 1.0f)
         : n_experts(n_experts_), rows(rows_), cols(cols_) {
-        gate_bytes = quantized(type, n_experts * rows, cols, rng, 1.0f / std::sqrt(float(cols)));
-        up_bytes = quantized(type, n_experts * rows, cols, rng, 1.0f / std::sqrt(float(cols)));
+        gate_bytes = quantized(type, n_experts * rows, cols, rng, gate_up_scale / std::sqrt(float(cols)));
+        up_bytes = quantized(type, n_experts * rows, cols, rng, gate_up_scale / std::sqrt(float(cols)));
         down_bytes = quantized(type, n_experts * cols, rows, rng, 1.0f / std::sqrt(float(rows)));
     }
     static std::vector<std::byte> quantized(GGMLType type, size_t rows, size_t cols, std::mt19937& rng, float sigma) {
@@ -103,16 +104,26 @@ private:
     std::vector<Buffer> buffers_;
 };
 
-// One layer on one context: the experts placed where its kernels read them, y = y0 + layer(x)
-// either way.
+// gpt-oss's experts' biases ([n_experts, rows] for gate and up, [n_experts, cols] for down), in
+// host memory.
+struct ExpertBiases {
+    std::vector<float> gate, up, down;
+};
+
+// One layer on one context: the experts (and their biases) placed where its kernels read them,
+// y = y0 + layer(x) either way.
 class ExpertsOn {
 public:
-    ExpertsOn(Context& ctx, GGMLType type, const RandomExperts& e, size_t k, bool renormalize)
+    ExpertsOn(Context& ctx, GGMLType type, const RandomExperts& e, size_t k, bool renormalize,
+              const ExpertBiases* biases = nullptr, ExpertActivation activation = ExpertActivation::SwiGLU)
         : ctx_(ctx), arrays_(ctx),
-          gate_{place_weights(ctx, {type, e.n_experts * e.rows, e.cols, e.gate_bytes.data()}, weights_), e.n_experts},
-          up_{place_weights(ctx, {type, e.n_experts * e.rows, e.cols, e.up_bytes.data()}, weights_), e.n_experts},
-          down_{place_weights(ctx, {type, e.n_experts * e.cols, e.rows, e.down_bytes.data()}, weights_), e.n_experts},
-          layer_{gate_, up_, down_, k, renormalize} {}
+          gate_{place_weights(ctx, {type, e.n_experts * e.rows, e.cols, e.gate_bytes.data()}, weights_), e.n_experts,
+                biases ? arrays_.copy(biases->gate) : nullptr},
+          up_{place_weights(ctx, {type, e.n_experts * e.rows, e.cols, e.up_bytes.data()}, weights_), e.n_experts,
+              biases ? arrays_.copy(biases->up) : nullptr},
+          down_{place_weights(ctx, {type, e.n_experts * e.cols, e.rows, e.down_bytes.data()}, weights_), e.n_experts,
+                biases ? arrays_.copy(biases->down) : nullptr},
+          layer_{gate_, up_, down_, k, renormalize, activation} {}
 
     std::vector<float> one_by_one(const std::vector<float>& x, const std::vector<float>& router, const std::vector<float>& y0,
                                   Activations activations) {
@@ -328,6 +339,50 @@ TEST(ExpertsCudaTest, GroupedMatchesCpu) {
             EXPECT_EQ(on_gpu.last_row_token(), on_cpu.last_row_token()) << what;
             EXPECT_EQ(on_gpu.last_pair_row(n_tokens), on_cpu.last_pair_row(n_tokens)) << what;
             EXPECT_LT(l2_relative_error(on_gpu.one_by_one(x, router, y0, Activations::Float32), want), 1e-3) << what;
+        }
+    }
+}
+
+// gpt-oss's experts on the GPU against the CPU's (whose own test holds them to the layer's formula
+// in double): each expert's gate, up and down biases and the clamped SwiGLU, gate and up values
+// reaching past the clamps; MXFP4 experts of gpt-oss's width (2880) among them. Grouped (the
+// tiled kernel, then the grouped biases and activation) within the float16 products' 1e-3 as
+// above; one by one (the decode step's: the products, then the biases and activation in one
+// launch) with float activations within float32 rounding (1e-4), with int8 ones (quantized types)
+// against the CPU's int8 products on the same codes (1e-3: the activation's output is quantized
+// again on each side for down, where a code may round the other way).
+TEST(ExpertsCudaTest, BiasesAndClampedSwigluMatchCpu) {
+    if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA GPU: " << cuda::describe_device();
+    Context cpu(options_for(Device::CPU)), gpu(options_for(Device::CUDA));
+    std::mt19937 rng(23);
+    struct Case {
+        GGMLType type;
+        size_t n_experts, k, rows, cols;
+    };
+    for (auto [type, n_experts, k, rows, cols] : {Case{GGMLType::MXFP4, 32, 4, 96, 2880}, Case{GGMLType::Q8_0, 8, 3, 64, 96},
+                                                  Case{GGMLType::F16, 16, 4, 64, 128}, Case{GGMLType::F32, 6, 2, 24, 32}}) {
+        const RandomExperts experts(type, n_experts, rows, cols, rng, 6.0f);
+        const ExpertBiases biases{gaussian(n_experts * rows, rng, 2.0f), gaussian(n_experts * rows, rng, 2.0f),
+                                  gaussian(n_experts * cols, rng, 0.5f)};
+        ExpertsOn on_cpu(cpu, type, experts, k, true, &biases, ExpertActivation::SwiGLUOai);
+        ExpertsOn on_gpu(gpu, type, experts, k, true, &biases, ExpertActivation::SwiGLUOai);
+        ExpertsOn plain_cpu(cpu, type, experts, k, true);
+        const bool quantized = type != GGMLType::F16 && type != GGMLType::F32;
+        for (size_t n_tokens : {4, 9, 200}) {
+            const auto x = gaussian(n_tokens * cols, rng), y0 = gaussian(n_tokens * cols, rng);
+            const auto router = router_logits(n_tokens, n_experts, rng);
+            const std::string what = std::string(type_name(type)) + " tokens " + std::to_string(n_tokens);
+            const auto want = on_cpu.grouped(x, router, y0, Activations::Float32);
+            EXPECT_GT(l2_relative_error(plain_cpu.grouped(x, router, y0, Activations::Float32), want), 1e-2)
+                << what << ": the biases and the activation must weigh";
+            EXPECT_LT(l2_relative_error(on_gpu.grouped(x, router, y0, Activations::Int8), want), 1e-3) << what << " grouped";
+            EXPECT_LT(l2_relative_error(on_gpu.one_by_one(x, router, y0, Activations::Float32),
+                                        on_cpu.one_by_one(x, router, y0, Activations::Float32)), 1e-4)
+                << what << " one by one";
+            if (quantized)
+                EXPECT_LT(l2_relative_error(on_gpu.one_by_one(x, router, y0, Activations::Int8),
+                                            on_cpu.one_by_one(x, router, y0, Activations::Int8)), 1e-3)
+                    << what << " one by one, int8";
         }
     }
 }
