@@ -58,12 +58,6 @@ TransformerModel TransformerModel::load(std::shared_ptr<const gguf::File> file, 
     const TransformerSpec& spec = c.transformer;
     const ArchitectureDescription& d = *spec.description;
     const size_t E = c.n_embd, F = c.n_ff, V = c.n_vocab, D = c.head_dim, QD = c.n_head * D, KVD = c.n_embd_kv();
-    // Attention sinks, the experts' biases and gpt-oss's activation have CPU kernels only.
-    if (options.device == compute::Device::CUDA &&
-        (d.attention_sinks || d.required_biases || spec.feed_forward == FeedForwardKind::SwiGLUOai))
-        throw std::runtime_error(file->origin() + ": " + c.architecture_name +
-                                 " runs on the CPU only (--device cpu): its attention sinks, expert biases and "
-                                 "clamped SwiGLU have no CUDA kernels yet");
     if (spec.n_expert > 0 && spec.post_norms)
         throw std::runtime_error(file->origin() + ": experts with sandwich norms are not implemented");
     if (spec.n_expert > c.n_embd)   // the router's logits share the E-wide O buffer

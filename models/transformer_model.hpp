@@ -1,10 +1,9 @@
 #pragma once
 // TransformerModel: every decoder architecture of models/architecture.hpp (Qwen 2/3, Qwen3-MoE,
 // Gemma 3, Phi-3, SmolLM3, StableLM, GPT-NeoX, StarCoder 2, gpt-oss) with float32 activations and
-// a KV cache, on the CPU and CUDA (gpt-oss: the CPU only), from one forward pass driven by the
-// model's TransformerSpec. Weights
-// stay in the file's block format (compute/ dequantizes them inside its products), the decode
-// step is F32ModelBase's (a CUDA graph on the GPU), as for F32LlamaModel.
+// a KV cache, on the CPU and CUDA, from one forward pass driven by the model's TransformerSpec.
+// Weights stay in the file's block format (compute/ dequantizes them inside its products), the
+// decode step is F32ModelBase's (a CUDA graph on the GPU), as for F32LlamaModel.
 #include <memory>
 #include <vector>
 

@@ -10,6 +10,10 @@
 #include <vector>
 
 #include "common/test_data.hpp"
+#include "common/tolerances.hpp"
+#ifdef TWINFER_WITH_CUDA
+#include "compute/cuda/runtime.hpp"
+#endif
 #include "models/f32_test_support.hpp"
 #include "models/golden_file.hpp"
 #include "models/gpt_model.hpp"
@@ -110,6 +114,31 @@ TEST(GoldenGptOss, RingLayersMatchTransformers) {
     for (size_t t = 0; t < 12; ++t) EXPECT_LT(test::relative_error(prompt.row(t), expected(t)), kFloat32Tolerance) << t;
     for (size_t t = 12; t < 24; ++t)
         EXPECT_LT(test::relative_error(model.forward(std::span(golden.tokens).subspan(t, 1)).row(0), expected(t)), kFloat32Tolerance) << t;
+}
+
+// The same on a GPU (float activations, both cache types): a float32 cache within float32 rounding
+// of transformers (test::kFloat32Tolerance, the GPU's budget against the CPU), a float16 one
+// within its budget; sinks, expert biases and the clamped SwiGLU in every step.
+TEST(GoldenGptOss, CudaMatchesTransformers) {
+#ifdef TWINFER_WITH_CUDA
+    if (compute::cuda::device_count() == 0) GTEST_SKIP() << "no CUDA GPU: " << compute::cuda::describe_device();
+#else
+    GTEST_SKIP() << "built without the CUDA backend (TWINFER_CUDA=OFF)";
+#endif
+    const auto file = std::make_shared<const gguf::File>(gguf::File::open(case_dir("gpt_oss") / "model.gguf"));
+    const test::GoldenSequence golden = test::read_golden(case_dir("gpt_oss") / "golden.bin").back();
+    auto expected = [&](size_t t) { return std::span(golden.logits).subspan(t * golden.n_vocab, golden.n_vocab); };
+    for (compute::KvType type : {compute::KvType::F32, compute::KvType::F16}) {
+        SCOPED_TRACE(compute::kv_type_name(type));
+        const double tolerance = type == compute::KvType::F32 ? test::kFloat32Tolerance : test::kFloat16CacheTolerance;
+        TransformerModel model = TransformerModel::load(file, {.n_ctx = 2048, .device = compute::Device::CUDA,
+                                                               .activations = compute::Activations::Float32,
+                                                               .cache_type = type});
+        const Logits prompt = model.forward(std::span(golden.tokens).first(12), LogitsMode::All);
+        for (size_t t = 0; t < 12; ++t) EXPECT_LT(test::relative_error(prompt.row(t), expected(t)), tolerance) << t;
+        for (size_t t = 12; t < golden.tokens.size(); ++t)
+            EXPECT_LT(test::relative_error(model.forward(std::span(golden.tokens).subspan(t, 1)).row(0), expected(t)), tolerance) << t;
+    }
 }
 
 // gpt_oss's YaRN ramp ends at dimension 4.03, not rounded up to 5 (its config's "truncate":

@@ -55,8 +55,6 @@ struct RandomArch {
         std::replace(n.begin(), n.end(), '-', '_');   // a test name's characters
         return n;
     }
-    // The architectures whose kernels exist on the CPU only (TransformerModel refuses them on a GPU).
-    bool cpu_only() const { return arch == "gpt-oss"; }
 };
 
 constexpr int kVocab = 96, kEmbd = 32, kFF = 48, kCtx = 64;
@@ -245,7 +243,6 @@ TEST_P(EveryArchitecture, CudaDecodeStepMatchesTheReference) {
     GTEST_SKIP() << "built without the CUDA backend (TWINFER_CUDA=OFF)";
 #endif
     const RandomArch& a = GetParam();
-    if (a.cpu_only()) GTEST_SKIP() << a.arch << " runs on the CPU only (GptOss.RefusedOnCudaByName)";
     const auto file = random_model(a);
     GPTModel reference = GPTModel::from_gguf(*file);
     const std::vector<Token> ids = random_ids(16, 5);
@@ -286,7 +283,7 @@ TEST_P(EveryArchitecture, Float16CacheStaysWithinItsBudget) {
     EXPECT_LT(worst, test::kFloat16CacheTolerance) << a.name();
     EXPECT_GT(worst, 1e-5) << a.name() << ": float16 rounding of the cache must show beside float32's";
 #ifdef TWINFER_WITH_CUDA
-    if (compute::cuda::device_count() == 0 || a.cpu_only()) return;
+    if (compute::cuda::device_count() == 0) return;
     const auto gpu = rows_on(compute::Device::CUDA);
     double gpu_worst = 0;
     for (size_t t = 0; t < ids.size(); ++t) gpu_worst = std::max(gpu_worst, test::relative_error(gpu[t], cpu[t]));
@@ -554,14 +551,39 @@ TEST(GptOss, HostileFilesAreRefusedNamingTheTensor) {
     }
 }
 
-// On a GPU gpt-oss is refused by name before anything is placed (its sinks, expert biases and
-// clamped SwiGLU have CPU kernels only), whether or not this build has the CUDA backend.
-TEST(GptOss, RefusedOnCudaByName) {
-    try {
-        TransformerModel::load(random_model(gpt_oss()), {.n_ctx = kCtx, .device = compute::Device::CUDA});
-        FAIL() << "gpt-oss loaded on CUDA";
-    } catch (const std::runtime_error& e) {
-        EXPECT_NE(std::string(e.what()).find("gpt-oss runs on the CPU only (--device cpu)"), std::string::npos) << e.what();
+// gpt-oss on a GPU at a longer context, with heads of 64 (the sizes the CUDA decode and tensor-core
+// kernels are built for): a prompt of 1,030 tokens (the full layer's prompt kernels, cuBLAS over a
+// float32 cache and the tensor cores over a float16 one; the sliding layers' windowed kernel over
+// their rings of 5 + 511 rows; the experts grouped), then decode steps from 1,031 positions (the
+// captured step: the long-cache decode kernels, their splits merged, and the windowed one; the
+// experts one by one), sinks, biases and the clamped SwiGLU in each: every row within float32
+// rounding of the float64 reference (float32 cache) or the float16 cache's budget.
+TEST(TransformerModelCuda, GptOssAtLongContextMatchesTheReference) {
+#ifdef TWINFER_WITH_CUDA
+    if (compute::cuda::device_count() == 0) GTEST_SKIP() << "no CUDA GPU: " << compute::cuda::describe_device();
+#else
+    GTEST_SKIP() << "built without the CUDA backend (TWINFER_CUDA=OFF)";
+#endif
+    RandomArch a = gpt_oss();
+    a.head_dim = 64, a.n_rot = 64;
+    const auto file = random_model(a);
+    const std::vector<Token> ids = random_ids(1100, 19);
+    const size_t n_prompt = 1030;
+    const Logits expected = GPTModel::from_gguf(*file, 2048).forward(ids, LogitsMode::All);
+    for (compute::KvType type : {compute::KvType::F32, compute::KvType::F16}) {
+        SCOPED_TRACE(compute::kv_type_name(type));
+        const double tolerance = type == compute::KvType::F32 ? test::kFloat32Tolerance : test::kFloat16CacheTolerance;
+        TransformerModel model = TransformerModel::load(file, {.n_ctx = 2048, .device = compute::Device::CUDA,
+                                                               .activations = compute::Activations::Float32,
+                                                               .cache_type = type});
+        const Logits prompt = model.forward(std::span(ids).first(n_prompt), LogitsMode::All);
+        double worst = 0;
+        for (size_t t = 0; t < n_prompt; ++t) worst = std::max(worst, test::relative_error(prompt.row(t), expected.row(t)));
+        EXPECT_LT(worst, tolerance) << "prompt";
+        worst = 0;
+        for (size_t t = n_prompt; t < ids.size(); ++t)
+            worst = std::max(worst, test::relative_error(model.forward(std::span(ids).subspan(t, 1)).row(0), expected.row(t)));
+        EXPECT_LT(worst, tolerance) << "decode steps";
     }
 }
 
