@@ -32,6 +32,8 @@ Started by the script, the server is `twinfer serve -m MODEL --port 0 --parallel
      unsupported field, a body over --max-body-kib, an unknown route, a wrong method, and with
      --api-key a wrong key; each must get its intended 4xx and an OpenAI error object
      `{"error": {"message", "type", "param", "code"}}` with the intended param/code.
+   With --every-kind the clients go on past --seconds with bad requests and hang-ups only, until
+   each bad request and each kind of hang-up was sent (a short run on a slow build).
    Anything else is an unintended error: another status, an error event in a stream, a stream
    without `data: [DONE]`, a connection that fails or times out, an answer that differs.
 3. After: the server must count no 5xx response (its /metrics `twinfer_requests_total`) and as many
@@ -421,6 +423,16 @@ class Soak:
         for t in threads:
             t.join()
 
+    def missing_kinds(self):
+        """With --every-kind: "bad" while some bad request has not been sent, "hang_up" while some
+        kind of hang-up has not been tried; None when each has."""
+        with self.lock:
+            if self.turns.get("bad", -1) + 1 < len(self.bad):
+                return "bad"
+            if self.turns.get("hang_up", -1) + 1 < 3:
+                return "hang_up"
+        return None
+
     def client(self, n):
         rng = random.Random(self.args.seed * 1000 + n)
         while time.monotonic() < self.deadline:
@@ -431,6 +443,12 @@ class Soak:
                 self.hang_up(rng)
             else:
                 self.pool_answer(rng)
+        # A short run on a slow build (sanitizers) may end before every kind came in turn.
+        while self.args.every_kind and (missing := self.missing_kinds()):
+            if missing == "bad":
+                self.bad_request(rng)
+            else:
+                self.hang_up(rng)
 
     def sampler(self, stop):
         next_progress = 60
@@ -539,6 +557,8 @@ def main():
     p.add_argument("--memory-spread", type=float, default=0.05)
     p.add_argument("--no-memory-check", action="store_true", help="report the memory, do not fail on it")
     p.add_argument("--no-fill", action="store_true", help="no fill requests before the load")
+    p.add_argument("--every-kind", action="store_true",
+                   help="after --seconds, go on until every bad request and every kind of hang-up was sent once")
     p.add_argument("--json", help="write the counts here as JSON")
     args = p.parse_args()
     if args.max_tokens < 9:

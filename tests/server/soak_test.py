@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The soak of bench/serve/soak.py, short: a server it starts, 8 clients for 25 s, some hanging up
 mid-answer or before the first event, some sending bad requests (each kind at least once, a wrong
-API key among them). Correctness only, no memory or timing: the script's exit status, no
+API key among them: --every-kind goes on past the 25 s until each was sent, so that a slow build
+has them too). Correctness only, no memory or timing: the script's exit status, no
 unintended error, every completed answer (greedy, or sampled with a fixed seed) equal to the same
 request alone, the server's 4xx exactly the bad requests and no 5xx. Also that the comparison sees
 a changed token and a changed logprob.
@@ -29,7 +30,7 @@ class Soak(unittest.TestCase):
             out = Path(scratch) / "soak.json"
             run = subprocess.run([sys.executable, str(BENCH / "soak.py"), "--twinfer", ARGS.twinfer, "--model", ARGS.model,
                                   "--clients", "8", "--seconds", "25", "--pool", "12", "--max-tokens", "20", "--bad", "0.25",
-                                  "--api-key", "soak-test-key", "--no-memory-check", "--no-fill", "--json", str(out)],
+                                  "--api-key", "soak-test-key", "--no-memory-check", "--no-fill", "--every-kind", "--json", str(out)],
                                  capture_output=True, text=True, timeout=400)
             sys.stdout.write(run.stdout)
             sys.stderr.write(run.stderr)
