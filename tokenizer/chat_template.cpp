@@ -40,9 +40,16 @@ jinja::Value from_json(const nlohmann::json& value, int depth) {
     }
 }
 
+std::tm local_time_now() {
+    const std::time_t t = std::time(nullptr);
+    std::tm now{};
+    localtime_r(&t, &now);
+    return now;
+}
+
 std::string render(const jinja::Template& parsed, jinja::Value messages, jinja::Value tools, bool add_generation_prompt,
                    const std::string& bos_token, const std::string& eos_token,
-                   const std::map<std::string, std::string>& extra_variables) {
+                   const std::map<std::string, std::string>& extra_variables, const std::tm& now) {
     std::map<std::string, jinja::Value> globals;
     for (const auto& [name, value] : extra_variables) globals[name] = value;
     globals["messages"] = std::move(messages);
@@ -50,7 +57,7 @@ std::string render(const jinja::Template& parsed, jinja::Value messages, jinja::
     globals["add_generation_prompt"] = add_generation_prompt;
     globals["bos_token"] = bos_token;
     globals["eos_token"] = eos_token;
-    return jinja::render(parsed, globals);
+    return jinja::render(parsed, globals, now);
 }
 
 }  // namespace
@@ -63,13 +70,13 @@ std::string ChatTemplate::apply(std::span<const ChatMessage> messages, bool add_
     for (const auto& m : messages)
         message_values.push_back(jinja::Value::dict({{"role", m.role}, {"content", m.content}}));
     return render(*parsed_, jinja::Value::list(std::move(message_values)), jinja::Undefined{"tools"}, add_generation_prompt,
-                  bos_token, eos_token, extra_variables);
+                  bos_token, eos_token, extra_variables, now_.value_or(local_time_now()));
 }
 
 std::string ChatTemplate::apply_json(const nlohmann::json& messages, const nlohmann::json& tools, bool add_generation_prompt,
                                      const std::string& bos_token, const std::string& eos_token) const {
     return render(*parsed_, from_json(messages, 0), tools.is_null() ? jinja::Value(jinja::Undefined{"tools"}) : from_json(tools, 0),
-                  add_generation_prompt, bos_token, eos_token, {});
+                  add_generation_prompt, bos_token, eos_token, {}, now_.value_or(local_time_now()));
 }
 
 }  // namespace twinfer

@@ -4,8 +4,10 @@
 // without HTML escaping, raise_exception, break/continue). Only the subset of Jinja that real chat
 // templates use is implemented (tokenizer/jinja.hpp lists it); anything else is rejected with a
 // ChatTemplateError naming the construct and its line, never rendered into a wrong prompt.
+#include <ctime>
 #include <map>
 #include <memory>
+#include <optional>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -51,8 +53,12 @@ public:
 
     const std::string& source() const { return source_; }
 
+    // The local time strftime_now() formats: fixed by tests; unset, the time of each render.
+    void set_now(const std::tm& now) { now_ = now; }
+
 private:
     std::string source_;
+    std::optional<std::tm> now_;
     std::unique_ptr<const jinja::Template> parsed_;
 };
 

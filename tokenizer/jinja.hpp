@@ -13,6 +13,7 @@
 //
 // Lexer and parser: jinja_parse.cpp. Values: jinja_value.cpp. Evaluation: jinja_eval.cpp.
 #include <cstdint>
+#include <ctime>
 #include <functional>
 #include <map>
 #include <memory>
@@ -34,6 +35,7 @@ constexpr std::size_t string_bytes = 16u << 20;      // any string built, the ou
 constexpr std::size_t list_items = 1u << 20;         // any list built
 constexpr std::int64_t loop_iterations = 1'000'000;  // for-loop iterations of one render, summed
 constexpr std::int64_t range_items = 100'000;        // range()'s length (jinja2's sandbox's MAX_RANGE)
+constexpr std::size_t strftime_format_bytes = 256;   // strftime_now()'s format
 }  // namespace limits
 
 class Value;
@@ -219,7 +221,8 @@ struct CallArguments {
     std::vector<std::pair<std::string, Value>> keywords;
 };
 
-// Renders with the given global variables; runtime errors are ChatTemplateError.
-std::string render(const Template& tmpl, const std::map<std::string, Value>& globals);
+// Renders with the given global variables; runtime errors are ChatTemplateError. now: the local
+// time strftime_now(format) formats (transformers' datetime.now().strftime(format)).
+std::string render(const Template& tmpl, const std::map<std::string, Value>& globals, const std::tm& now);
 
 }  // namespace twinfer::jinja

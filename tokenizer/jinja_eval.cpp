@@ -1019,7 +1019,7 @@ private:
     }
 };
 
-std::string render(const Template& tmpl, const std::map<std::string, Value>& globals) {
+std::string render(const Template& tmpl, const std::map<std::string, Value>& globals, const std::tm& now) {
     auto root = std::make_shared<Scope>();
     auto builtin = [&](const std::string& name, std::function<Value(Evaluator&, CallArguments&, int)> fn) {
         root->variables[name] = Value(std::make_shared<const Callable>(Callable{name, std::move(fn)}));
@@ -1029,6 +1029,20 @@ std::string render(const Template& tmpl, const std::map<std::string, Value>& glo
         Value message = args.get_or(0, "message", "");
         args.done();
         throw ChatTemplateError(message.str());
+    });
+    builtin("strftime_now", [now](Evaluator&, CallArguments& call_args, int line) -> Value {
+        Arguments args(call_args, "strftime_now", line);
+        const Value format = args.get_or(0, "format", Value());
+        args.done();
+        if (!format.is_string()) fail(line, "strftime_now() needs a format string");
+        const std::string& f = format.as_string();
+        if (f.size() > limits::strftime_format_bytes)
+            fail(line, "strftime_now() format longer than " + std::to_string(limits::strftime_format_bytes) + " bytes");
+        if (f.empty()) return Value(std::string());
+        // Each conversion writes at most a few dozen bytes; 0 from strftime is then an empty result.
+        std::string out(64 * f.size() + 64, '\0');
+        out.resize(std::strftime(out.data(), out.size(), f.c_str(), &now));
+        return Value(std::move(out));
     });
     builtin("namespace", [](Evaluator&, CallArguments& call_args, int line) -> Value {
         auto ns = std::make_shared<NamespaceValue>();

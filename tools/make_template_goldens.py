@@ -15,6 +15,7 @@ the expected text or the expected error: `raise_exception` (message compared exa
 
 Usage: python3 tools/make_template_goldens.py   (rewrites the golden file in place)
 """
+import datetime
 import json
 import pathlib
 
@@ -59,7 +60,13 @@ def environment():
                                         extensions=[GenerationTag, jinja2.ext.loopcontrols])
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
+    # transformers' strftime_now is datetime.now().strftime; the goldens fix the clock at NOW, as
+    # tests/tokenizer/chat_template_test.cpp does (ChatTemplate::set_now).
+    env.globals["strftime_now"] = lambda format: NOW.strftime(format)
     return env
+
+
+NOW = datetime.datetime(2026, 12, 6, 9, 30, 15)
 
 
 def msg(role, content):
@@ -105,6 +112,7 @@ TOKENS = {
     "mistral": ("<s>", "</s>"),
     "gemma": ("<bos>", "<eos>"),
     "phi3": ("<s>", "<|endoftext|>"),
+    "gpt_oss": ("<|startoftext|>", "<|return|>"),
 }
 
 

@@ -43,6 +43,20 @@ std::string first_difference(const std::string& expected, const std::string& act
     return "first difference at byte " + std::to_string(i) + ": expected " + excerpt(expected) + ", got " + excerpt(actual);
 }
 
+// The clock tools/make_template_goldens.py fixes for strftime_now: Sunday 2026-12-06 09:30:15.
+std::tm golden_now() {
+    std::tm t{};
+    t.tm_year = 2026 - 1900;
+    t.tm_mon = 11;
+    t.tm_mday = 6;
+    t.tm_hour = 9;
+    t.tm_min = 30;
+    t.tm_sec = 15;
+    t.tm_wday = 0;
+    t.tm_yday = 339;
+    return t;
+}
+
 TEST(ChatTemplate, MatchesJinja2Goldens) {
     auto golden_path = templates_dir() / "goldens.json";
     TWINFER_REQUIRE_FILE(golden_path);
@@ -51,7 +65,11 @@ TEST(ChatTemplate, MatchesJinja2Goldens) {
     int checked = 0;
     for (const auto& c : goldens["cases"]) {
         std::string name = c["template"];
-        if (!templates.count(name)) templates.emplace(name, ChatTemplate(read_file(templates_dir() / (name + ".jinja"))));
+        if (!templates.count(name)) {
+            ChatTemplate t(read_file(templates_dir() / (name + ".jinja")));
+            t.set_now(golden_now());
+            templates.emplace(name, std::move(t));
+        }
         std::vector<ChatMessage> messages;
         for (const auto& m : c["messages"]) messages.push_back({m["role"], m["content"]});
         std::string label = name + " / " + c["conversation"].get<std::string>() +
@@ -147,8 +165,25 @@ TEST(ChatTemplate, RejectsUnsupportedConstructsWithNameAndLine) {
     expect_parse_error("{{ 'unterminated }}", "unterminated", 1);
 }
 
+// strftime_now, as transformers defines it for templates (gpt-oss's writes the current date).
+TEST(ChatTemplate, StrftimeNowFormatsTheTemplatesClock) {
+    ChatTemplate t("{{ strftime_now('%Y-%m-%d %a %H:%M:%S') }}|{{ strftime_now('') }}|{{ strftime_now(format='%d %b %Y') }}");
+    t.set_now(golden_now());
+    EXPECT_EQ(t.apply({}, false, "<s>", "</s>"), "2026-12-06 Sun 09:30:15||06 Dec 2026");
+    EXPECT_THROW(render("{{ strftime_now(5) }}"), ChatTemplateError);
+    EXPECT_THROW(render("{{ strftime_now() }}"), ChatTemplateError);
+    try {
+        render("{{ strftime_now('%c' * 200) }}");
+        FAIL() << "a format of 400 bytes rendered";
+    } catch (const ChatTemplateError& e) {
+        EXPECT_NE(std::string(e.what()).find("256 bytes"), std::string::npos) << e.what();
+    }
+    // Unfixed, the time of the render: this year's number at least.
+    EXPECT_GE(std::stoi(render("{{ strftime_now('%Y') }}")), 2026);
+}
+
 TEST(ChatTemplate, RuntimeErrorsThrowInsteadOfRenderingWrongText) {
-    EXPECT_THROW(render("{{ strftime_now('%d') }}"), ChatTemplateError);  // unknown function
+    EXPECT_THROW(render("{{ utcnow('%d') }}"), ChatTemplateError);  // unknown function
     EXPECT_THROW(render("{{ undefined_thing.attribute }}"), ChatTemplateError);
     EXPECT_THROW(render("{{ 'a' + 1 }}"), ChatTemplateError);
     EXPECT_THROW(render("{{ messages[0].content.split(1) }}"), ChatTemplateError);
