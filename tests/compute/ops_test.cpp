@@ -240,6 +240,47 @@ std::vector<double> attention_f64(const float* q, const float* k, const float* v
     return out;
 }
 
+// The values a cache of `type` holds of x (float16: rounded), in position order, for the float64
+// reference.
+std::vector<float> held(const std::vector<float>& x, KvType type) {
+    std::vector<float> out = x;
+    if (type == KvType::F16)
+        for (float& e : out) e = fp16_to_fp32(fp32_to_fp16(e));
+    return out;
+}
+
+// K and V of positions 0..n_kv-1 stored by ctx's store ops in tables of `type`: rows in position
+// order, or a ring of `ring` positions (twice as many rows) as sliding-window layers keep them.
+class StoredKv {
+public:
+    StoredKv(Context& ctx, const std::vector<float>& k, const std::vector<float>& v, size_t n_kv, size_t kv_stride, KvType type,
+             size_t ring)
+        : type_(type), keys16_((ring ? 2 * ring : n_kv) * kv_stride), values16_(keys16_.size()), keys32_(keys16_.size()),
+          values32_(keys16_.size()) {
+        if (ring) {
+            store_ring(ctx, k.data(), n_kv, kv_stride, keys(), 0, nullptr, ring);
+            store_ring(ctx, v.data(), n_kv, kv_stride, values(), 0, nullptr, ring);
+        } else {
+            store_rows(ctx, k.data(), n_kv, kv_stride, keys(), 0);
+            store_rows(ctx, v.data(), n_kv, kv_stride, values(), 0);
+        }
+    }
+    StoredKv(const StoredKv&) = delete;   // the tables point into its vectors
+    StoredKv& operator=(const StoredKv&) = delete;
+
+    CacheRows keys() const { return table(keys16_, keys32_); }
+    CacheRows values() const { return table(values16_, values32_); }
+
+private:
+    CacheRows table(const std::vector<uint16_t>& f16, const std::vector<float>& f32) const {
+        return type_ == KvType::F16 ? CacheRows(const_cast<uint16_t*>(f16.data()), type_) : CacheRows(f32.data());
+    }
+
+    KvType type_;
+    std::vector<uint16_t> keys16_, values16_;
+    std::vector<float> keys32_, values32_;
+};
+
 // Attention sinks (gpt-oss) on every CPU path a model reaches: decode rows (Kernels::attend) and
 // prompt blocks (Kernels::attend_block, a GQA group's heads in one block, each row its own head's
 // sink), causal, windowed, and over a ring; float32 and float16 caches; head sizes of a
@@ -263,24 +304,11 @@ TEST(OpsTest, AttentionSinksOnEveryCpuPath) {
             const auto q = gaussian(c.tokens * n_head * head_dim, 41, 2.0f);
             const auto k = gaussian(n_kv * kv_stride, 42), v = gaussian(n_kv * kv_stride, 43);
             for (KvType type : {KvType::F32, KvType::F16}) {
-                std::vector<float> k_held = k, v_held = v;
-                if (type == KvType::F16)
-                    for (size_t i = 0; i < k.size(); ++i)
-                        k_held[i] = fp16_to_fp32(fp32_to_fp16(k[i])), v_held[i] = fp16_to_fp32(fp32_to_fp16(v[i]));
+                const std::vector<float> k_held = held(k, type), v_held = held(v, type);
                 for (CpuIsa isa : available_isas()) {
                     Context ctx({.cpu_isa = isa});
-                    const size_t table_rows = c.ring ? 2 * c.ring : n_kv;
-                    std::vector<uint16_t> keys16(table_rows * kv_stride), values16(keys16.size());
-                    std::vector<float> keys32(keys16.size()), values32(keys16.size());
-                    const CacheRows keys = type == KvType::F16 ? CacheRows(keys16.data(), type) : CacheRows(keys32.data());
-                    const CacheRows values = type == KvType::F16 ? CacheRows(values16.data(), type) : CacheRows(values32.data());
-                    if (c.ring) {
-                        store_ring(ctx, k.data(), n_kv, kv_stride, keys, 0, nullptr, c.ring);
-                        store_ring(ctx, v.data(), n_kv, kv_stride, values, 0, nullptr, c.ring);
-                    } else {
-                        store_rows(ctx, k.data(), n_kv, kv_stride, keys, 0);
-                        store_rows(ctx, v.data(), n_kv, kv_stride, values, 0);
-                    }
+                    const StoredKv stored(ctx, k, v, n_kv, kv_stride, type, c.ring);
+                    const CacheRows keys = stored.keys(), values = stored.values();
                     for (AttentionRows rows : {AttentionRows::Prompt, AttentionRows::Decode}) {
                         const std::string what = std::string(isa_name(isa)) + " " + std::string(kv_type_name(type)) +
                                                  (rows == AttentionRows::Prompt ? " prompt" : " decode") + " rows, head_dim " +
@@ -399,11 +427,7 @@ TEST(OpsTest, PromptAttentionInBlocksMatchesRowsAndFloat64) {
             const auto q = gaussian(c.tokens * n_head * sh.head_dim, 31, 2.0f);
             const auto k = gaussian(n_kv * kv_stride, 32), v = gaussian(n_kv * kv_stride, 33);
             for (KvType type : {KvType::F32, KvType::F16}) {
-                // The values the cache holds (float16: rounded), in position order, for the reference.
-                std::vector<float> k_held = k, v_held = v;
-                if (type == KvType::F16)
-                    for (size_t i = 0; i < k.size(); ++i)
-                        k_held[i] = fp16_to_fp32(fp32_to_fp16(k[i])), v_held[i] = fp16_to_fp32(fp32_to_fp16(v[i]));
+                const std::vector<float> k_held = held(k, type), v_held = held(v, type);
                 std::vector<std::vector<float>> want(c.tokens * n_head);
                 for (size_t t = 0; t < c.tokens; ++t) {
                     const size_t n_seen = c.first + t + 1, from = c.window && n_seen > c.window ? n_seen - c.window : 0;
@@ -416,18 +440,8 @@ TEST(OpsTest, PromptAttentionInBlocksMatchesRowsAndFloat64) {
                 }
                 for (CpuIsa isa : available_isas()) {
                     Context ctx({.cpu_isa = isa});
-                    const size_t table_rows = c.ring ? 2 * c.ring : n_kv;
-                    std::vector<uint16_t> keys16(table_rows * kv_stride), values16(keys16.size());
-                    std::vector<float> keys32(keys16.size()), values32(keys16.size());
-                    const CacheRows keys = type == KvType::F16 ? CacheRows(keys16.data(), type) : CacheRows(keys32.data());
-                    const CacheRows values = type == KvType::F16 ? CacheRows(values16.data(), type) : CacheRows(values32.data());
-                    if (c.ring) {
-                        store_ring(ctx, k.data(), n_kv, kv_stride, keys, 0, nullptr, c.ring);
-                        store_ring(ctx, v.data(), n_kv, kv_stride, values, 0, nullptr, c.ring);
-                    } else {
-                        store_rows(ctx, k.data(), n_kv, kv_stride, keys, 0);
-                        store_rows(ctx, v.data(), n_kv, kv_stride, values, 0);
-                    }
+                    const StoredKv stored(ctx, k, v, n_kv, kv_stride, type, c.ring);
+                    const CacheRows keys = stored.keys(), values = stored.values();
                     std::vector<float> got(q.size(), NAN), rows(q.size(), NAN), chunked(q.size(), NAN);
                     attention(ctx, q.data(), keys, values, c.tokens, c.first, shape, got.data());
                     for (size_t t = 0; t < c.tokens; ++t) {
