@@ -24,20 +24,13 @@
 #include "engine/engine.hpp"
 #include "server/openai_api.hpp"
 #include "server/scheduler.hpp"
+#include "server/scheduler_support.hpp"
 
 namespace twinfer::server {
 namespace {
 
-std::filesystem::path stories() { return test::third_party_testdata() / "models" / "stories260K.gguf"; }
-
-InferenceEngine load_stories(size_t max_workspace_bytes = 0) {
-    BackendOptions options;
-    options.model = stories();
-    options.device = DeviceChoice::CPU;
-    options.n_threads = 1;   // the machine's cores are shared; one thread changes no logit
-    options.max_workspace_bytes = max_workspace_bytes;
-    return InferenceEngine::load(options);
-}
+using test_support::load_stories;
+using test_support::stories;
 
 // The bytes one row takes in F32LlamaModel's activation buffers (its reserve_workspace widths).
 size_t activation_row_bytes(const ModelConfig& c) {
@@ -54,23 +47,11 @@ struct Outcome {
 // Every choice's events until each has finished (at most a minute).
 std::vector<Outcome> collect(RequestChannel& channel, size_t n_choices) {
     std::vector<Outcome> outcomes(n_choices);
-    size_t finished = 0;
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(1);
-    std::vector<SequenceEvent> events;
-    while (finished < n_choices && std::chrono::steady_clock::now() < deadline) {
-        events.clear();
-        channel.wait_take(events, std::chrono::milliseconds(100));
-        for (const SequenceEvent& e : events) {
-            Outcome& o = outcomes.at(e.choice);
-            if (e.token) o.ids.push_back(*e.token);
-            if (e.finish) {
-                o.finish = e.finish;
-                o.error = e.error;
-                ++finished;
-            }
-        }
-    }
-    EXPECT_EQ(finished, n_choices) << "the scheduler did not finish every choice within a minute";
+    test_support::read_events(channel, n_choices, [&](SequenceEvent& e) {
+        Outcome& o = outcomes.at(e.choice);
+        if (e.token) o.ids.push_back(*e.token);
+        if (e.finish) o.finish = e.finish, o.error = e.error;
+    });
     return outcomes;
 }
 

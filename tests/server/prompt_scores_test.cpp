@@ -15,17 +15,12 @@
 #include "common/test_data.hpp"
 #include "engine/engine.hpp"
 #include "server/scheduler.hpp"
+#include "server/scheduler_support.hpp"
 
 namespace twinfer::server {
 namespace {
 
-InferenceEngine load_stories() {
-    BackendOptions options;
-    options.model = test::third_party_testdata() / "models" / "stories260K.gguf";
-    options.device = DeviceChoice::CPU;
-    options.n_threads = 1;
-    return InferenceEngine::load(options);
-}
+using test_support::load_stories;
 
 struct Choice {
     std::vector<ScoredToken> prompt_scores;
@@ -38,23 +33,15 @@ struct Choice {
 
 std::vector<Choice> collect(RequestChannel& channel, size_t n_choices) {
     std::vector<Choice> choices(n_choices);
-    size_t finished = 0;
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(1);
-    std::vector<SequenceEvent> events;
-    while (finished < n_choices && std::chrono::steady_clock::now() < deadline) {
-        events.clear();
-        channel.wait_take(events, std::chrono::milliseconds(100));
-        for (SequenceEvent& e : events) {
-            Choice& c = choices.at(e.choice);
-            if (!e.prompt_scores.empty()) {
-                c.score_events += 1;
-                c.prompt_scores = std::move(e.prompt_scores);
-            }
-            if (e.token) c.ids.push_back(*e.token), c.logprobs.push_back(e.logprob.value_or(NAN));
-            if (e.finish) c.finish = e.finish, c.completion_tokens = e.completion_tokens, ++finished;
+    test_support::read_events(channel, n_choices, [&](SequenceEvent& e) {
+        Choice& c = choices.at(e.choice);
+        if (!e.prompt_scores.empty()) {
+            c.score_events += 1;
+            c.prompt_scores = std::move(e.prompt_scores);
         }
-    }
-    EXPECT_EQ(finished, n_choices) << "the scheduler did not finish every choice within a minute";
+        if (e.token) c.ids.push_back(*e.token), c.logprobs.push_back(e.logprob.value_or(NAN));
+        if (e.finish) c.finish = e.finish, c.completion_tokens = e.completion_tokens;
+    });
     return choices;
 }
 
