@@ -40,16 +40,9 @@ jinja::Value from_json(const nlohmann::json& value, int depth) {
     }
 }
 
-std::tm local_time_now() {
-    const std::time_t t = std::time(nullptr);
-    std::tm now{};
-    localtime_r(&t, &now);
-    return now;
-}
-
 std::string render(const jinja::Template& parsed, jinja::Value messages, jinja::Value tools, bool add_generation_prompt,
                    const std::string& bos_token, const std::string& eos_token,
-                   const std::map<std::string, std::string>& extra_variables, const std::tm& now) {
+                   const std::map<std::string, std::string>& extra_variables, const std::optional<std::tm>& now) {
     std::map<std::string, jinja::Value> globals;
     for (const auto& [name, value] : extra_variables) globals[name] = value;
     globals["messages"] = std::move(messages);
@@ -70,13 +63,13 @@ std::string ChatTemplate::apply(std::span<const ChatMessage> messages, bool add_
     for (const auto& m : messages)
         message_values.push_back(jinja::Value::dict({{"role", m.role}, {"content", m.content}}));
     return render(*parsed_, jinja::Value::list(std::move(message_values)), jinja::Undefined{"tools"}, add_generation_prompt,
-                  bos_token, eos_token, extra_variables, now_.value_or(local_time_now()));
+                  bos_token, eos_token, extra_variables, now_);
 }
 
 std::string ChatTemplate::apply_json(const nlohmann::json& messages, const nlohmann::json& tools, bool add_generation_prompt,
                                      const std::string& bos_token, const std::string& eos_token) const {
     return render(*parsed_, from_json(messages, 0), tools.is_null() ? jinja::Value(jinja::Undefined{"tools"}) : from_json(tools, 0),
-                  add_generation_prompt, bos_token, eos_token, {}, now_.value_or(local_time_now()));
+                  add_generation_prompt, bos_token, eos_token, {}, now_);
 }
 
 }  // namespace twinfer

@@ -53,7 +53,7 @@ public:
 
     const std::string& source() const { return source_; }
 
-    // The local time strftime_now() formats: fixed by tests; unset, the time of each render.
+    // The local time strftime_now() formats: fixed by tests; unset, the time it is called.
     void set_now(const std::tm& now) { now_ = now; }
 
 private:

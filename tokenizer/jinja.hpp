@@ -222,7 +222,8 @@ struct CallArguments {
 };
 
 // Renders with the given global variables; runtime errors are ChatTemplateError. now: the local
-// time strftime_now(format) formats (transformers' datetime.now().strftime(format)).
-std::string render(const Template& tmpl, const std::map<std::string, Value>& globals, const std::tm& now);
+// time strftime_now(format) formats (transformers' datetime.now().strftime(format)); none: the
+// time of the call.
+std::string render(const Template& tmpl, const std::map<std::string, Value>& globals, const std::optional<std::tm>& now);
 
 }  // namespace twinfer::jinja

@@ -1019,7 +1019,7 @@ private:
     }
 };
 
-std::string render(const Template& tmpl, const std::map<std::string, Value>& globals, const std::tm& now) {
+std::string render(const Template& tmpl, const std::map<std::string, Value>& globals, const std::optional<std::tm>& now) {
     auto root = std::make_shared<Scope>();
     auto builtin = [&](const std::string& name, std::function<Value(Evaluator&, CallArguments&, int)> fn) {
         root->variables[name] = Value(std::make_shared<const Callable>(Callable{name, std::move(fn)}));
@@ -1040,8 +1040,15 @@ std::string render(const Template& tmpl, const std::map<std::string, Value>& glo
             fail(line, "strftime_now() format longer than " + std::to_string(limits::strftime_format_bytes) + " bytes");
         if (f.empty()) return Value(std::string());
         // Each conversion writes at most a few dozen bytes; 0 from strftime is then an empty result.
+        std::tm time{};
+        if (now) {
+            time = *now;
+        } else {
+            const std::time_t t = std::time(nullptr);
+            localtime_r(&t, &time);
+        }
         std::string out(64 * f.size() + 64, '\0');
-        out.resize(std::strftime(out.data(), out.size(), f.c_str(), &now));
+        out.resize(std::strftime(out.data(), out.size(), f.c_str(), &time));
         return Value(std::move(out));
     });
     builtin("namespace", [](Evaluator&, CallArguments& call_args, int line) -> Value {
