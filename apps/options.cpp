@@ -217,7 +217,7 @@ void add_model_flags(CLI::App& cmd, Settings& s) {
     cmd.add_option("--cache-type", s.cache_type, "the KV cache's elements, keys and values: f32, or f16 (half the memory)")
         ->check(CLI::IsMember({"f32", "f16"}))->capture_default_str();
     cmd.add_option("--tensor-parallel", s.tensor_parallel,
-                   "split a Llama model over N ranks: N GPUs over NCCL (--device cuda), or N simulated ranks (--device cpu)")
+                   "split the model over N ranks: N GPUs over NCCL (--device cuda), or N simulated ranks (--device cpu)")
         ->check(allowed_values(1, 64, "1 to 64"))->capture_default_str();
 }
 

@@ -1,5 +1,5 @@
 #pragma once
-// Collectives among the ranks of a tensor-parallel model (models/tp_llama_model.hpp): one process
+// Collectives among the ranks of a tensor-parallel model (models/tp_model.hpp): one process
 // drives N ranks, one thread per rank, each with its own Context. The all-reduce is the one
 // collective Megatron-style inference needs (after attention and after the MLP).
 //

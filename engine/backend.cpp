@@ -97,15 +97,15 @@ ModelBackend make_backend(std::shared_ptr<const gguf::File> file, const BackendO
     switch (config.architecture) {
         case Architecture::GPT2:
             if (options.tensor_parallel > 1)
-                throw std::invalid_argument("--tensor-parallel splits Llama-family models; this one is " + config.architecture_name);
+                throw std::invalid_argument("--tensor-parallel does not split " + config.architecture_name +
+                                            " models (GPT-2's fused attention weights)");
             return F32GPTModel::load(std::move(file), f32);
         case Architecture::Llama:
             if (options.tensor_parallel > 1) return TensorParallelLlamaModel::load(std::move(file), options.tensor_parallel, f32);
             return F32LlamaModel::load(std::move(file), f32);
         case Architecture::Transformer:
             if (options.tensor_parallel > 1)
-                throw std::invalid_argument("--tensor-parallel splits Llama-family models only so far; this one is " +
-                                            config.architecture_name);
+                return TensorParallelTransformerModel::load(std::move(file), options.tensor_parallel, f32);
             return TransformerModel::load(std::move(file), f32);
     }
     throw std::runtime_error("no float32 model for architecture " + config.architecture_name);
@@ -118,12 +118,13 @@ std::string backend_description(const ModelBackend& backend) {
             if constexpr (std::is_same_v<M, GPTModel>) {
                 return "GPTModel (f64, cpu)";
             } else {
-                const char* name = std::is_same_v<M, F32LlamaModel>      ? "F32LlamaModel"
-                                   : std::is_same_v<M, F32GPTModel>      ? "F32GPTModel"
-                                   : std::is_same_v<M, TransformerModel> ? "TransformerModel"
-                                                                         : "TensorParallelLlamaModel";
+                const char* name = std::is_same_v<M, F32LlamaModel>              ? "F32LlamaModel"
+                                   : std::is_same_v<M, F32GPTModel>              ? "F32GPTModel"
+                                   : std::is_same_v<M, TransformerModel>         ? "TransformerModel"
+                                   : std::is_same_v<M, TensorParallelLlamaModel> ? "TensorParallelLlamaModel"
+                                                                                 : "TensorParallelTransformerModel";
                 std::string ranks;
-                if constexpr (std::is_same_v<M, TensorParallelLlamaModel>) ranks = ", " + std::to_string(model.n_ranks()) + " ranks";
+                if constexpr (requires { model.n_ranks(); }) ranks = ", " + std::to_string(model.n_ranks()) + " ranks";
                 return std::string(name) + " (f32, " + std::string(compute::device_name(model.options().device)) + ranks + ", " +
                        std::string(compute::activations_name(activations_for(model.options()))) + " activations" +
                        (model.options().cache_type == compute::KvType::F32

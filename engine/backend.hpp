@@ -13,15 +13,17 @@
 #include "models/f32_llama_model.hpp"
 #include "models/gpt_model.hpp"
 #include "models/inference.hpp"
-#include "models/tp_llama_model.hpp"
+#include "models/tp_model.hpp"
 #include "models/transformer_model.hpp"
 
 namespace twinfer {
 
-using ModelBackend = std::variant<GPTModel, F32GPTModel, F32LlamaModel, TensorParallelLlamaModel, TransformerModel>;
+using ModelBackend = std::variant<GPTModel, F32GPTModel, F32LlamaModel, TensorParallelLlamaModel, TransformerModel,
+                                  TensorParallelTransformerModel>;
 
 static_assert(GPTInference<GPTModel> && GPTInference<F32GPTModel> && GPTInference<F32LlamaModel> &&
-              GPTInference<TensorParallelLlamaModel> && GPTInference<TransformerModel>);
+              GPTInference<TensorParallelLlamaModel> && GPTInference<TransformerModel> &&
+              GPTInference<TensorParallelTransformerModel>);
 
 enum class Precision { F64, F32 };
 enum class DeviceChoice { Auto, CPU, CUDA };
@@ -40,8 +42,8 @@ struct BackendOptions {
     std::optional<compute::Activations> activations = std::nullopt;   // unset: the device's default (models/f32_common.hpp)
     compute::KvType cache_type = compute::KvType::F32;                 // the float32 models' KV cache elements
     size_t max_workspace_bytes = 0;   // the float32 models' F32Options::max_workspace_bytes (0: no limit)
-    // > 1: a Llama model split over this many ranks (TensorParallelLlamaModel): GPUs over NCCL
-    // on cuda, simulated ranks on cpu.
+    // > 1: a Llama-family or TransformerModel model split over this many ranks
+    // (TensorParallelModel): GPUs over NCCL on cuda, simulated ranks on cpu.
     int tensor_parallel = 1;
 };
 

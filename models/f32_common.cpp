@@ -268,6 +268,15 @@ void copy_on_device(compute::Context& ctx, void* dst, const void* src, size_t by
     std::memcpy(dst, src, bytes);
 }
 
+void zero_on_device(compute::Context& ctx, void* dst, size_t bytes) {
+    if (bytes == 0) return;
+#ifdef TWINFER_WITH_CUDA
+    if (ctx.device() == compute::Device::CUDA) return compute::cuda::zero_async(ctx, dst, bytes);
+#endif
+    if (ctx.device() != compute::Device::CPU) compute::throw_backend_unavailable("zero_on_device", ctx.device());
+    std::memset(dst, 0, bytes);
+}
+
 size_t context_length(const F32Options& options, size_t n_ctx_train) {
     return options.n_ctx == 0 ? n_ctx_train : options.n_ctx;
 }

@@ -25,6 +25,7 @@
 #include "models/inference.hpp"
 #include "models/kv_cache.hpp"
 #include "models/model_config.hpp"
+#include "models/shards.hpp"
 
 namespace twinfer {
 
@@ -206,6 +207,8 @@ size_t context_length(const F32Options& options, size_t n_ctx_train);
 
 // dst <- src, both in the context's device memory (regions may not overlap).
 void copy_on_device(compute::Context& ctx, void* dst, const void* src, size_t bytes);
+// bytes zero bytes at dst, in ctx's device memory.
+void zero_on_device(compute::Context& ctx, void* dst, size_t bytes);
 
 // How a batched pass (F32ModelBase::forward_rows) computes a row's matrix products. Single: the
 // row alone, as the decode step does (matrix-vector products with the model's activations, e.g.
@@ -295,13 +298,13 @@ public:
         check_token_ids(ids, config_.n_vocab);
         if (ids.size() == 1 && !observer_) {
             decode(ids[0], false);
-            return decode_step_.read_logits(ctx_, workspace_.buffer(logits_buffer_), config_.n_vocab);
+            return decode_step_.read_logits(ctx_, workspace_.buffer(logits_buffer_), n_logits());
         }
         const size_t T = ids.size();
         cache_.reserve(slot_, T);                       // the whole prompt fits, or nothing changes
         // A model with ring layers in its cache takes at most max_run_rows_ tokens a pass.
         const size_t chunk = max_run_rows_ ? max_run_rows_ : T;
-        Logits logits{static_cast<size_t>(config_.n_vocab), 0, {}};
+        Logits logits{n_logits(), 0, {}};
         for (size_t first = 0; first < T; first += chunk) {
             const auto part = ids.subspan(first, std::min(chunk, T - first));
             const size_t p0 = cache_.reserve(slot_, part.size());   // positions p0 .. p0+n-1
@@ -311,7 +314,7 @@ public:
             derived().enqueue_prompt(part, p0, n_out);
             cache_.commit(slot_, part.size());
             if (mode == LogitsMode::All || last) {
-                const Logits part_logits = download_logits(ctx_, workspace_.buffer(logits_buffer_), n_out, config_.n_vocab);
+                const Logits part_logits = download_logits(ctx_, workspace_.buffer(logits_buffer_), n_out, n_logits());
                 logits.values.insert(logits.values.end(), part_logits.values.begin(), part_logits.values.end());
                 logits.n_positions += n_out;
             }
@@ -339,7 +342,7 @@ public:
         if (top_.bytes() < 2 * k * sizeof(int32_t))
             top_ = compute::Buffer(ctx_.device(), 2 * compute::max_top_k * sizeof(int32_t));
         int32_t* ids = top_.as<int32_t>();
-        compute::top_k(ctx_, workspace_.buffer(logits_buffer_), config_.n_vocab, k, ids, reinterpret_cast<float*>(ids + k));
+        compute::top_k(ctx_, workspace_.buffer(logits_buffer_), n_logits(), k, ids, reinterpret_cast<float*>(ids + k));
         return decode_step_.read_top(ctx_, top_.data(), k);
     }
     const ModelConfig& config() const { return config_; }
@@ -376,7 +379,7 @@ public:
     void set_slot_count(size_t n_slots) {
         if (n_slots == 0) throw std::invalid_argument("set_slot_count: a cache needs at least one slot");
         check_slot_memory(n_slots);
-        cache_ = KvCache(options_.device, config_.n_layer, n_slots, cache_.n_ctx(), config_.n_embd_kv(), cache_.type(),
+        cache_ = KvCache(options_.device, config_.n_layer, n_slots, cache_.n_ctx(), kv_width(), cache_.type(),
                          cache_.ring_rows());
         slot_ = 0;
     }
@@ -392,6 +395,9 @@ public:
                                         std::to_string(n) + " (reusable_prefix says what can be kept)");
         cache_.truncate(slot, n);
     }
+
+    // Throws what forward_rows would throw for these rows before it changes anything.
+    void check_rows(std::span<const SlotToken> rows) const { plan_rows(rows, RowProducts::Single); }
 
     // Whether Derived has its own batched pass (enqueue_rows) or forward_rows feeds one slot
     // after another.
@@ -410,21 +416,25 @@ public:
             batch.ids = upload_ids(ctx_, ids, ids_);
             derived().enqueue_rows(batch);
             for (const SlotRun& run : batch.runs) cache_.commit(run.slot, run.n_rows);
-            return download_logits(ctx_, workspace_.buffer(logits_buffer_), batch.logit_rows.size(), config_.n_vocab);
+            return download_logits(ctx_, workspace_.buffer(logits_buffer_), batch.logit_rows.size(), n_logits());
         } else {
             return forward_runs_one_by_one(rows, batch);
         }
     }
 
 protected:
-    // logits_buffer: the workspace buffer Derived's enqueue_forward leaves the logits in.
-    // kv_ring_rows: per layer, 0 or the length of its ring in the KV cache (models/kv_cache.hpp);
-    // with rings, max_run_rows: the most rows of one slot a pass may write (the rings are sized for it).
+    // part: the whole model, or a tensor-parallel rank's shard (its KV heads in the cache, its
+    // vocabulary rows in the logits). logits_buffer: the workspace buffer Derived's
+    // enqueue_forward leaves the logits in. kv_ring_rows: per layer, 0 or the length of its ring
+    // in the KV cache (models/kv_cache.hpp); with rings, max_run_rows: the most rows of one slot a
+    // pass may write (the rings are sized for it).
     F32ModelBase(std::shared_ptr<const gguf::File> file, ModelConfig config, const F32Options& options,
-                 size_t logits_buffer, std::vector<size_t> kv_ring_rows = {}, size_t max_run_rows = 0)
+                 std::optional<ModelPart> part, size_t logits_buffer, std::vector<size_t> kv_ring_rows = {},
+                 size_t max_run_rows = 0)
         : file_(std::move(file)), config_(std::move(config)), options_(options),
+          part_(part ? std::move(*part) : ModelPart{whole_shard(config_), std::nullopt}),
           ctx_({.device = options.device, .n_threads = options.n_threads, .cpu_isa = std::nullopt}),
-          cache_(options.device, config_.n_layer, 1, context_length(options, config_.n_ctx_train), config_.n_embd_kv(),
+          cache_(options.device, config_.n_layer, 1, context_length(options, config_.n_ctx_train), kv_width(),
                  options.cache_type, std::move(kv_ring_rows)),
           max_run_rows_(max_run_rows), workspace_(options.max_workspace_bytes), logits_buffer_(logits_buffer) {
         activations_for(options_);   // refuses a scheme the device has no kernels for, before any weight is placed
@@ -480,8 +490,8 @@ protected:
     }
     // forward_rows for a model without enqueue_rows: each run through forward() in its slot.
     Logits forward_runs_one_by_one(std::span<const SlotToken> rows, const RowBatch& batch) {
-        Logits result{static_cast<size_t>(config_.n_vocab), batch.logit_rows.size(), {}};
-        result.values.reserve(result.n_positions * config_.n_vocab);
+        Logits result{n_logits(), batch.logit_rows.size(), {}};
+        result.values.reserve(result.n_positions * n_logits());
         const size_t selected = slot_;
         try {
             for (const SlotRun& run : batch.runs) {
@@ -508,7 +518,7 @@ protected:
     void check_slot_memory(size_t n_slots) const {
         const std::optional<compute::DeviceMemory> memory = compute::device_memory(options_.device);
         const size_t needed =
-            KvCache::bytes(config_.n_layer, n_slots, cache_.n_ctx(), config_.n_embd_kv(), cache_.type(), cache_.ring_rows());
+            KvCache::bytes(config_.n_layer, n_slots, cache_.n_ctx(), kv_width(), cache_.type(), cache_.ring_rows());
         const size_t held = cache_.bytes();
         if (memory && needed > memory->free + held)
             throw std::runtime_error("a KV cache of " + std::to_string(n_slots) + " slots of " + std::to_string(cache_.n_ctx()) +
@@ -519,9 +529,16 @@ protected:
     // The pass of decode_step_'s token at its position, both in device memory.
     void enqueue_decode_step() { derived().enqueue_forward(decode_step_.token(), 1, 0, decode_step_.position(), 1); }
 
+    // The widths this part computes: its KV heads' cache rows, its vocabulary rows of logits.
+    size_t kv_width() const { return part_.shard.kv_heads.size() * config_.head_dim; }
+    size_t n_logits() const { return part_.shard.vocab.size(); }
+    // Where a rank's partial sums are added up; null on one device.
+    const RankReduce* reduce() const { return part_.reduce ? &*part_.reduce : nullptr; }
+
     std::shared_ptr<const gguf::File> file_;   // the mapping the weight matrices point into (CPU)
     ModelConfig config_;
     F32Options options_;
+    ModelPart part_;
     compute::Context ctx_;
     std::vector<compute::Buffer> device_weights_;   // the matrices' copies on another device
     KvCache cache_;
@@ -549,7 +566,7 @@ private:
             derived().enqueue_decode_step();
             // A graph serves forward() and forward_greedy() alike: it always ends with the argmax.
             if (graph || greedy)
-                compute::argmax(ctx_, workspace_.buffer(logits_buffer_), config_.n_vocab, decode_step_.next_token());
+                compute::argmax(ctx_, workspace_.buffer(logits_buffer_), n_logits(), decode_step_.next_token());
         });
         cache_.commit(slot_, 1);
     }

@@ -23,7 +23,7 @@ compute::WeightMatrix row_block(const compute::WeightMatrix& w, size_t first, si
 }  // namespace
 
 F32GPTModel::F32GPTModel(std::shared_ptr<const gguf::File> file, ModelConfig config, const F32Options& options)
-    : F32ModelBase(std::move(file), std::move(config), options, LOGITS) {}
+    : F32ModelBase(std::move(file), std::move(config), options, std::nullopt, LOGITS) {}
 
 F32GPTModel F32GPTModel::load(std::shared_ptr<const gguf::File> file, const F32Options& options) {
     if (!file) throw std::invalid_argument("F32GPTModel::load: no file");

@@ -4,6 +4,7 @@
 // in the file's block format inside the GGUF mapping; compute/ dequantizes them inside its
 // products. Each forward pass computes only the new tokens.
 #include <memory>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -22,24 +23,31 @@ namespace twinfer {
 
 class F32LlamaModel : public F32ModelBase<F32LlamaModel> {
 public:
+    // Whether forward_rows runs on a tensor-parallel rank's shard: not yet (enqueue_rows has no
+    // all-reduces), so TensorParallelModel<F32LlamaModel> has no KV slots for the server.
+    static constexpr bool batches_shards = false;
+
     // Throws std::runtime_error naming a missing or misshapen tensor, or one whose type has no
-    // kernel; the file must be a Llama-family GGUF.
-    static F32LlamaModel load(std::shared_ptr<const gguf::File> file, const F32Options& options = {});
+    // kernel; the file must be a Llama-family GGUF. part: a tensor-parallel rank's shard
+    // (TensorParallelModel builds its ranks so); unset, the whole model.
+    static F32LlamaModel load(std::shared_ptr<const gguf::File> file, const F32Options& options = {},
+                              std::optional<ModelPart> part = std::nullopt);
 
 private:
     friend class F32ModelBase<F32LlamaModel>;
 
-    F32LlamaModel(std::shared_ptr<const gguf::File> file, ModelConfig config, const F32Options& options);
+    F32LlamaModel(std::shared_ptr<const gguf::File> file, ModelConfig config, const F32Options& options,
+                  std::optional<ModelPart> part);
     void reserve_workspace(size_t n_tokens);
     // Queues the pass of T tokens (ids in device memory) at positions p0.. up to the logits of the
     // last n_out, in the LOGITS buffer: enqueue_llama_pass on this model's slot and buffers.
     void enqueue_forward(const int32_t* ids, size_t T, size_t p0, const int32_t* device_position, size_t n_out);
     // Queues a batched pass (F32ModelBase::forward_rows): the products of all rows at once (the
     // Tiled ones) or row by row (the Single ones); RoPE, the cache write and attention for each
-    // run of rows at its own slot and positions.
+    // run of rows at its own slot and positions. The whole model only.
     void enqueue_rows(const RowBatch& batch);
 
-    LlamaWeights weights_;                                      // the whole model (llama_layers.hpp)
+    LlamaWeights weights_;                                      // the part's shard (llama_layers.hpp)
 };
 
 static_assert(GPTInference<F32LlamaModel>);

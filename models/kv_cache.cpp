@@ -63,12 +63,16 @@ KvCache::KvCache(compute::Device device, size_t n_layer, size_t n_slots, size_t 
     }
 }
 
+void check_context(size_t length, size_t n, size_t n_ctx) {
+    if (length + n > n_ctx)
+        throw ContextOverflow("sequence of " + std::to_string(length) + " tokens plus " + std::to_string(n) +
+                              " new ones exceeds the context of " + std::to_string(n_ctx) +
+                              " tokens (raise n_ctx, up to what the model was trained for, or start a new sequence)");
+}
+
 size_t KvCache::reserve(size_t slot, size_t n) const {
     const size_t length = lengths_.at(slot);
-    if (length + n > n_ctx_)
-        throw ContextOverflow("sequence of " + std::to_string(length) + " tokens plus " + std::to_string(n) +
-                              " new ones exceeds the context of " + std::to_string(n_ctx_) +
-                              " tokens (raise n_ctx, up to what the model was trained for, or start a new sequence)");
+    check_context(length, n, n_ctx_);
     return length;
 }
 

@@ -20,6 +20,9 @@
 
 namespace twinfer {
 
+// Throws ContextOverflow when n more tokens after `length` would not fit in n_ctx.
+void check_context(size_t length, size_t n, size_t n_ctx);
+
 class KvCache {
 public:
     // ring_rows: per layer, 0 for a full layer or the ring's length (empty: every layer full).

@@ -1,68 +1,13 @@
 #include "models/llama_layers.hpp"
 
 #include <cmath>
-#include <cstring>
 #include <stdexcept>
 #include <string>
 
 #include "compute/elementwise.hpp"
 #include "compute/norm.hpp"
-#include "format/ggml_type.hpp"
 
 namespace twinfer {
-namespace {
-
-// Places a shard's pieces of the file's tensors on ctx's device, into `storage`.
-class ShardPlacer {
-public:
-    ShardPlacer(compute::Context& ctx, std::vector<compute::Buffer>& storage) : ctx_(ctx), storage_(storage) {}
-
-    compute::WeightMatrix rows(const compute::WeightMatrix& w, IndexRange rows) {
-        return compute::place_weights(ctx_, {w.type, rows.size(), w.cols, w.data + rows.begin * w.row_bytes()}, storage_);
-    }
-    compute::WeightMatrix columns(const compute::WeightMatrix& w, IndexRange cols, const std::string& name) {
-        if (cols.begin == 0 && cols.end == w.cols) return rows(w, {0, w.rows});   // one device: the matrix as it is
-        const GGMLTypeTraits& traits = type_traits(w.type);
-        if (cols.begin % traits.block_size != 0 || cols.end % traits.block_size != 0)
-            throw std::invalid_argument(name + ": columns [" + std::to_string(cols.begin) + ", " + std::to_string(cols.end) +
-                                        ") do not start and end on the " + std::to_string(traits.block_size) +
-                                        "-value blocks of " + std::string(type_name(w.type)));
-        const size_t offset = cols.begin / traits.block_size * traits.type_size;
-        const size_t shard_row_bytes = row_size_bytes(w.type, cols.size());
-        std::vector<std::byte> gathered(w.rows * shard_row_bytes);
-        for (size_t r = 0; r < w.rows; ++r)
-            std::memcpy(gathered.data() + r * shard_row_bytes, w.data + r * w.row_bytes() + offset, shard_row_bytes);
-        // On the CPU the gathered bytes need a home that outlives this call.
-        if (ctx_.device() == compute::Device::CPU) return {w.type, w.rows, cols.size(), place(gathered.data(), gathered.size())};
-        return compute::place_weights(ctx_, {w.type, w.rows, cols.size(), gathered.data()}, storage_);
-    }
-    // A float vector (or the part `range` of it) on the device; null when empty.
-    const float* floats(const std::vector<float>& v, IndexRange range) {
-        if (v.empty()) return nullptr;
-        return reinterpret_cast<const float*>(place(v.data() + range.begin, range.size() * sizeof(float)));
-    }
-    const float* floats(const std::vector<float>& v) { return floats(v, {0, v.size()}); }
-
-private:
-    const std::byte* place(const void* host, size_t bytes) {
-        compute::Buffer& buffer = storage_.emplace_back(ctx_.device(), bytes);
-        compute::upload(ctx_, buffer.data(), host, bytes);
-        return buffer.as<std::byte>();
-    }
-
-    compute::Context& ctx_;
-    std::vector<compute::Buffer>& storage_;
-};
-
-}  // namespace
-
-RankShard whole_shard(const ModelConfig& c) {
-    return {.rank = 0,
-            .heads = {0, static_cast<size_t>(c.n_head)},
-            .kv_heads = {0, static_cast<size_t>(c.n_head_kv)},
-            .ff = {0, static_cast<size_t>(c.n_ff)},
-            .vocab = {0, static_cast<size_t>(c.n_vocab)}};
-}
 
 LlamaWeights LlamaWeights::load(compute::Context& ctx, const gguf::File& file, const ModelConfig& c, const RankShard& s) {
     const size_t E = c.n_embd, F = c.n_ff, V = c.n_vocab, D = c.head_dim, QD = c.n_head * D, KVD = c.n_embd_kv();
@@ -128,7 +73,7 @@ void enqueue_llama_pass(compute::Context& ctx, const ModelConfig& c, const Llama
     const auto residual = [&](const compute::WeightMatrix& wm, const float* bias, const float* a, const compute::RmsNorm* next_norm) {
         if (!reduce) return residual_project(ctx, wm, bias, a, T, x, activations, next_norm);
         compute::matmul(ctx, wm, a, T, b.out, activations);                          // out: [T, E], this rank's share
-        reduce->collective.all_reduce_sum(reduce->rank, ctx, b.out, T * E);          // out: [T, E], all shares
+        reduce->collective->all_reduce_sum(reduce->rank, ctx, b.out, T * E);          // out: [T, E], all shares
         if (bias) compute::add_bias(ctx, b.out, bias, T, E);
         compute::add(ctx, x, b.out, T * E);
     };

@@ -1,6 +1,6 @@
 #pragma once
 // The Llama family's weights and forward pass, written once for F32LlamaModel (one device) and for
-// each rank of TensorParallelLlamaModel. A rank's weights are the rows and columns its shard owns
+// each rank of TensorParallelLlamaModel (models/tp_model.hpp). A rank's weights are the rows and columns its shard owns
 // (models/tensor_parallel.hpp), one device's are the whole matrices (whole_shard); the pass differs
 // only where a rank's partial sums are added up: one all-reduce after attention's output product
 // and one after the MLP's down product (RankReduce).
@@ -10,7 +10,6 @@
 #include <vector>
 
 #include "compute/attention.hpp"
-#include "compute/collective.hpp"
 #include "compute/context.hpp"
 #include "compute/matmul.hpp"
 #include "compute/memory.hpp"
@@ -19,12 +18,10 @@
 #include "models/f32_common.hpp"
 #include "models/kv_cache.hpp"
 #include "models/model_config.hpp"
+#include "models/shards.hpp"
 #include "models/tensor_parallel.hpp"
 
 namespace twinfer {
-
-// What one device alone owns: every head, unit and vocabulary row.
-RankShard whole_shard(const ModelConfig& c);
 
 struct LlamaLayer {
     const float* attn_norm = nullptr;                  // [E]
@@ -55,12 +52,6 @@ struct LlamaWeights {
 // hold a decode step's (or a float16 cache's) key and value rows until they are stored.
 struct LlamaPassBuffers {
     float *x, *xn, *q, *k_rows, *v_rows, *att, *out, *gate, *up, *logits;
-};
-
-// Where a rank's partial outputs are summed (tensor parallelism).
-struct RankReduce {
-    compute::Collective& collective;
-    int rank;
 };
 
 // Queues the pass of T tokens (ids in device memory) at positions p0.. of `slot` up to the logits

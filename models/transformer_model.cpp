@@ -16,8 +16,8 @@ namespace {
 
 // The activation buffers of one forward pass, by name; widths in TransformerModel::reserve_workspace.
 // XN2: the parallel block's FFN input; O: an output normalized before its residual add (sandwich
-// norms).
-enum Buffer { X, XN, XN2, Q, KCUR, VCUR, ATT, O, GATE, UP, LOGITS, N_BUFFERS };
+// norms), or a rank's partial sums before their all-reduce; ROUTER: the router's logits.
+enum Buffer { X, XN, XN2, Q, KCUR, VCUR, ATT, O, GATE, UP, ROUTER, LOGITS, N_BUFFERS };
 
 // The most positions one pass writes into a slot when the model has ring layers: longer prompts
 // are fed in parts of this size (F32ModelBase::forward), as llama.cpp sizes its sliding-window
@@ -46,10 +46,12 @@ compute::WeightMatrix row_slice(const compute::WeightMatrix& w, size_t first, si
 }  // namespace
 
 TransformerModel::TransformerModel(std::shared_ptr<const gguf::File> file, ModelConfig config, const F32Options& options,
-                                   std::vector<size_t> kv_rings)
-    : F32ModelBase(std::move(file), std::move(config), options, LOGITS, kv_rings, kv_rings.empty() ? 0 : max_rows_with_rings) {}
+                                   std::optional<ModelPart> part, std::vector<size_t> kv_rings)
+    : F32ModelBase(std::move(file), std::move(config), options, std::move(part), LOGITS, kv_rings,
+                   kv_rings.empty() ? 0 : max_rows_with_rings) {}
 
-TransformerModel TransformerModel::load(std::shared_ptr<const gguf::File> file, const F32Options& options) {
+TransformerModel TransformerModel::load(std::shared_ptr<const gguf::File> file, const F32Options& options,
+                                        std::optional<ModelPart> part) {
     if (!file) throw std::invalid_argument("TransformerModel::load: no file");
     ModelConfig c = ModelConfig::from_gguf(*file);
     if (c.architecture != Architecture::Transformer)
@@ -60,8 +62,6 @@ TransformerModel TransformerModel::load(std::shared_ptr<const gguf::File> file, 
     const size_t E = c.n_embd, F = c.n_ff, V = c.n_vocab, D = c.head_dim, QD = c.n_head * D, KVD = c.n_embd_kv();
     if (spec.n_expert > 0 && spec.post_norms)
         throw std::runtime_error(file->origin() + ": experts with sandwich norms are not implemented");
-    if (spec.n_expert > c.n_embd)   // the router's logits share the E-wide O buffer
-        throw std::runtime_error(file->origin() + ": more experts than the embedding width is not implemented");
     if (spec.n_expert_used > static_cast<int>(compute::max_top_k))   // the router's choice is compute::top_k's
         throw std::runtime_error(file->origin() + ": more than " + std::to_string(compute::max_top_k) +
                                  " experts per token is not implemented");
@@ -72,20 +72,31 @@ TransformerModel TransformerModel::load(std::shared_ptr<const gguf::File> file, 
 
     const size_t n_ctx = context_length(options, c.n_ctx_train);
     std::vector<size_t> kv_rings = kv_ring_rows(c, n_ctx);
-    check_device_memory(options.device, *file, KvCache::bytes(c.n_layer, 1, n_ctx, c.n_embd_kv(), options.cache_type, kv_rings));
-    TransformerModel m(file, c, options, kv_rings);
+    if (!part)
+        check_device_memory(options.device, *file, KvCache::bytes(c.n_layer, 1, n_ctx, c.n_embd_kv(), options.cache_type, kv_rings));
+    TransformerModel m(file, c, options, std::move(part), kv_rings);
+    // The shard's pieces: rows of whole heads (q) and KV heads (k, v), their columns of the
+    // attention output; rows of the feed-forward units (gate, up) and their columns of the down
+    // product, each expert's likewise; the shard's vocabulary rows of the output. A bias of a
+    // column-split product (attention output, down, the experts' down) is added once, by rank 0:
+    // the all-reduce sums the ranks' partial outputs, bias included.
+    const RankShard& s = m.part_.shard;
+    const IndexRange q_rows = s.heads.scaled(D), kv_rows = s.kv_heads.scaled(D);
+    const bool sums_bias = s.rank == 0;
     const F32WeightLoader load(*file);
-    auto place = [&](const compute::WeightMatrix& w) { return compute::place_weights(m.ctx_, w, m.device_weights_); };
-    auto matrix = [&](const std::string& name, size_t rows, size_t cols) { return place(load.matrix(name, rows, cols)); };
+    ShardPlacer placer(m.ctx_, m.device_weights_);
+    auto place = [&](const compute::WeightMatrix& w) { return placer.rows(w, {0, w.rows}); };
+    auto rows = [&](const compute::WeightMatrix& w, IndexRange range) { return placer.rows(w, range); };
+    auto columns = [&](const std::string& name, size_t n_rows, size_t n_cols, IndexRange range) {
+        return placer.columns(load.matrix(name, n_rows, n_cols), range, name);
+    };
     auto floats = [&](const std::vector<float>& values) { return DeviceFloats(m.ctx_, values); };
     // Biases: optional, or required where the description says so (gpt-oss's attention output,
     // router and experts); count > 1: one bias of n per expert.
     auto bias = [&](const std::string& name, size_t n, size_t count = 1) {
-        return floats(d.required_biases || load.has(name) ? load.vectors(name, n, count) : std::vector<float>{});
+        return d.required_biases || load.has(name) ? load.vectors(name, n, count) : std::vector<float>{};
     };
-    auto slice = [](const std::vector<float>& v, size_t first, size_t count) {
-        return v.empty() ? v : std::vector<float>(v.begin() + std::ptrdiff_t(first), v.begin() + std::ptrdiff_t(first + count));
-    };
+    auto part_of = [](const std::vector<float>& v, IndexRange range) { return part_of_each(v, 1, range); };
     auto norm = [&](const std::string& name, bool required) {
         Norm n;
         if (!required && !load.has(name + ".weight")) return n;
@@ -96,8 +107,9 @@ TransformerModel TransformerModel::load(std::shared_ptr<const gguf::File> file, 
         }
         return n;
     };
-    // Experts: a [n_expert, rows, cols] tensor (ggml dims [cols, rows, n_expert]), placed whole.
-    auto experts = [&](const std::string& name, size_t rows, size_t cols) {
+    // Experts: a [n_expert, rows, cols] tensor (ggml dims [cols, rows, n_expert]), in the file as a
+    // [n_expert * rows, cols] matrix.
+    auto experts = [&](const std::string& name, size_t rows, size_t cols) -> compute::WeightMatrix {
         const gguf::TensorInfo* t = file->find_tensor(name);
         const size_t n = spec.n_expert;
         if (!t) throw std::runtime_error(file->origin() + ": tensor " + name + " is missing");
@@ -106,7 +118,7 @@ TransformerModel TransformerModel::load(std::shared_ptr<const gguf::File> file, 
                                      " experts of [" + std::to_string(rows) + ", " + std::to_string(cols) + "]");
         if (!compute::matmul_supports(t->type))
             throw std::runtime_error(file->origin() + ": tensor " + name + ": no matmul kernel for its type");
-        return compute::ExpertMatrices{place({t->type, rows * n, cols, t->data.data()}), n};
+        return {t->type, rows * n, cols, t->data.data()};
     };
 
     // YaRN and LongRoPE: one set of divisors for every scaled layer (the model's base), and the
@@ -115,8 +127,9 @@ TransformerModel TransformerModel::load(std::shared_ptr<const gguf::File> file, 
     // float, as rope_freqs.weight does (a relative 6e-8 of each frequency: within float32's budget).
     const RopeFrequencyScaling rope_scaling = rope_frequency_scaling(c, n_ctx);
     m.rope_factors_ = floats(std::vector<float>(rope_scaling.divisors.begin(), rope_scaling.divisors.end()));
-    m.token_embd_ = matrix("token_embd.weight", V, E);
-    m.output_ = load.has("output.weight") ? matrix("output.weight", V, E) : m.token_embd_;
+    m.token_embd_ = place(load.matrix("token_embd.weight", V, E));
+    const bool tied = !load.has("output.weight");
+    m.output_ = tied && s.vocab == IndexRange{0, V} ? m.token_embd_ : rows(load.matrix(tied ? "token_embd.weight" : "output.weight", V, E), s.vocab);
     m.output_norm_ = norm("output_norm", true);
     for (int il = 0; il < c.n_layer; ++il) {
         const std::string p = "blk." + std::to_string(il) + ".";
@@ -125,20 +138,22 @@ TransformerModel TransformerModel::load(std::shared_ptr<const gguf::File> file, 
         L.attn_norm = norm(p + "attn_norm", true);
         if (load.has(p + "attn_qkv.weight")) {
             const compute::WeightMatrix qkv = load.matrix(p + "attn_qkv.weight", QD + 2 * KVD, E);
-            L.wq = place(row_slice(qkv, 0, QD)), L.wk = place(row_slice(qkv, QD, KVD)), L.wv = place(row_slice(qkv, QD + KVD, KVD));
+            L.wq = rows(row_slice(qkv, 0, QD), q_rows), L.wk = rows(row_slice(qkv, QD, KVD), kv_rows);
+            L.wv = rows(row_slice(qkv, QD + KVD, KVD), kv_rows);
             const std::vector<float> b = load.optional_vector(p + "attn_qkv.bias", QD + 2 * KVD);
-            L.bq = floats(slice(b, 0, QD)), L.bk = floats(slice(b, QD, KVD)), L.bv = floats(slice(b, QD + KVD, KVD));
+            L.bq = floats(part_of(b, q_rows)), L.bk = floats(part_of(b, {QD + kv_rows.begin, QD + kv_rows.end}));
+            L.bv = floats(part_of(b, {QD + KVD + kv_rows.begin, QD + KVD + kv_rows.end}));
         } else {
-            L.wq = matrix(p + "attn_q.weight", QD, E);
-            L.wk = matrix(p + "attn_k.weight", KVD, E);
-            L.wv = matrix(p + "attn_v.weight", KVD, E);
-            L.bq = floats(load.optional_vector(p + "attn_q.bias", QD));
-            L.bk = floats(load.optional_vector(p + "attn_k.bias", KVD));
-            L.bv = floats(load.optional_vector(p + "attn_v.bias", KVD));
+            L.wq = rows(load.matrix(p + "attn_q.weight", QD, E), q_rows);
+            L.wk = rows(load.matrix(p + "attn_k.weight", KVD, E), kv_rows);
+            L.wv = rows(load.matrix(p + "attn_v.weight", KVD, E), kv_rows);
+            L.bq = floats(part_of(load.optional_vector(p + "attn_q.bias", QD), q_rows));
+            L.bk = floats(part_of(load.optional_vector(p + "attn_k.bias", KVD), kv_rows));
+            L.bv = floats(part_of(load.optional_vector(p + "attn_v.bias", KVD), kv_rows));
         }
-        L.wo = matrix(p + "attn_output.weight", E, QD);
-        L.bo = bias(p + "attn_output.bias", E);
-        if (d.attention_sinks) L.sinks = floats(load.vector(p + "attn_sinks.weight", c.n_head));
+        L.wo = columns(p + "attn_output.weight", E, QD, q_rows);
+        if (sums_bias) L.bo = floats(bias(p + "attn_output.bias", E));
+        if (d.attention_sinks) L.sinks = floats(part_of(load.vector(p + "attn_sinks.weight", c.n_head), s.heads));
         if (spec.qk_norm) {
             L.q_norm = floats(load.vector(p + "attn_q_norm.weight", D));
             L.k_norm = floats(load.vector(p + "attn_k_norm.weight", D));
@@ -150,14 +165,14 @@ TransformerModel TransformerModel::load(std::shared_ptr<const gguf::File> file, 
         L.ffn_norm = norm(p + std::string(d.ffn_norm), spec.residual == ResidualKind::Sequential);
         if (spec.n_expert > 0) {
             const size_t X = spec.n_expert, FE = spec.n_ff_expert;
-            L.router = matrix(p + "ffn_gate_inp.weight", X, E);
-            L.router_bias = bias(p + "ffn_gate_inp.bias", X);
-            L.gate_exps_bias = bias(p + "ffn_gate_exps.bias", FE, X);
-            L.up_exps_bias = bias(p + "ffn_up_exps.bias", FE, X);
-            L.down_exps_bias = bias(p + "ffn_down_exps.bias", E, X);
-            L.gate_exps = experts(p + "ffn_gate_exps.weight", FE, E);
-            L.up_exps = experts(p + "ffn_up_exps.weight", FE, E);
-            L.down_exps = experts(p + "ffn_down_exps.weight", E, FE);
+            L.router = place(load.matrix(p + "ffn_gate_inp.weight", X, E));
+            L.router_bias = floats(bias(p + "ffn_gate_inp.bias", X));
+            L.gate_exps_bias = floats(part_of_each(bias(p + "ffn_gate_exps.bias", FE, X), X, s.expert_ff));
+            L.up_exps_bias = floats(part_of_each(bias(p + "ffn_up_exps.bias", FE, X), X, s.expert_ff));
+            if (sums_bias) L.down_exps_bias = floats(bias(p + "ffn_down_exps.bias", E, X));
+            L.gate_exps = {placer.rows_of_each(experts(p + "ffn_gate_exps.weight", FE, E), X, s.expert_ff), X};
+            L.up_exps = {placer.rows_of_each(experts(p + "ffn_up_exps.weight", FE, E), X, s.expert_ff), X};
+            L.down_exps = {placer.columns(experts(p + "ffn_down_exps.weight", E, FE), s.expert_ff, p + "ffn_down_exps.weight"), X};
             L.gate_exps.bias = L.gate_exps_bias.empty() ? nullptr : L.gate_exps_bias.data();
             L.up_exps.bias = L.up_exps_bias.empty() ? nullptr : L.up_exps_bias.data();
             L.down_exps.bias = L.down_exps_bias.empty() ? nullptr : L.down_exps_bias.data();
@@ -165,14 +180,14 @@ TransformerModel TransformerModel::load(std::shared_ptr<const gguf::File> file, 
             const bool gated = spec.feed_forward != FeedForwardKind::GeluTanh && spec.feed_forward != FeedForwardKind::GeluErf;
             if (gated && !load.has(p + "ffn_gate.weight")) {
                 const compute::WeightMatrix gate_up = load.matrix(p + "ffn_up.weight", 2 * F, E);
-                L.w_gate = place(row_slice(gate_up, 0, F)), L.w_up = place(row_slice(gate_up, F, F));
+                L.w_gate = rows(row_slice(gate_up, 0, F), s.ff), L.w_up = rows(row_slice(gate_up, F, F), s.ff);
             } else {
-                if (gated) L.w_gate = matrix(p + "ffn_gate.weight", F, E);
-                L.w_up = matrix(p + "ffn_up.weight", F, E);
-                L.b_up = floats(load.optional_vector(p + "ffn_up.bias", F));
+                if (gated) L.w_gate = rows(load.matrix(p + "ffn_gate.weight", F, E), s.ff);
+                L.w_up = rows(load.matrix(p + "ffn_up.weight", F, E), s.ff);
+                L.b_up = floats(part_of(load.optional_vector(p + "ffn_up.bias", F), s.ff));
             }
-            L.w_down = matrix(p + "ffn_down.weight", E, F);
-            L.b_down = floats(load.optional_vector(p + "ffn_down.bias", E));
+            L.w_down = columns(p + "ffn_down.weight", E, F, s.ff);
+            if (sums_bias) L.b_down = floats(load.optional_vector(p + "ffn_down.bias", E));
         }
         L.rope = {.pairing = spec.rope == RopeKind::Normal ? compute::RopeParams::Pairing::Adjacent
                                                            : compute::RopeParams::Pairing::Halves,
@@ -181,10 +196,10 @@ TransformerModel TransformerModel::load(std::shared_ptr<const gguf::File> file, 
                   .position_scale = layer.rope_position_scale,
                   .freq_factors = layer.rope_scaled && !m.rope_factors_.empty() ? m.rope_factors_.data() : nullptr,
                   .magnitude = layer.rope_scaled ? rope_scaling.magnitude : 1.0};
-        L.attention = {.n_head = static_cast<size_t>(c.n_head),
-                       .n_head_kv = static_cast<size_t>(c.n_head_kv),
+        L.attention = {.n_head = s.heads.size(),
+                       .n_head_kv = s.kv_heads.size(),
                        .head_dim = D,
-                       .kv_stride = KVD,
+                       .kv_stride = kv_rows.size(),
                        .scale = static_cast<float>(spec.attention_scale),
                        .window = layer.window,
                        .ring = kv_rings.empty() ? 0 : kv_rings[il],
@@ -197,8 +212,10 @@ TransformerModel TransformerModel::load(std::shared_ptr<const gguf::File> file, 
 
 void TransformerModel::reserve_workspace(size_t n_tokens) {
     const ModelConfig& c = config_;
-    const size_t E = c.n_embd, F = c.n_ff, V = c.n_vocab, QD = c.n_head * c.head_dim, KVD = c.n_embd_kv();
-    const size_t widths[N_BUFFERS] = {E, E, E, QD, KVD, KVD, QD, E, F, F, V};
+    const RankShard& s = part_.shard;
+    const size_t E = c.n_embd, Fr = s.ff.size(), QDr = s.heads.size() * c.head_dim, KVDr = kv_width();
+    const size_t widths[N_BUFFERS] = {E, E, E, QDr, KVDr, KVDr, QDr, E, Fr, Fr, static_cast<size_t>(c.transformer.n_expert),
+                                      n_logits()};
     workspace_.reserve(options_.device, n_tokens, widths);
     if (c.transformer.n_expert && n_tokens >= rows_for_tiled_products) {
         const size_t bytes = compute::grouped_scratch_bytes(expert_layer(layers_.front()), n_tokens, rows_for_tiled_products);
@@ -211,6 +228,15 @@ void TransformerModel::normalize(const Norm& norm, const float* x, size_t n_rows
     const float eps = static_cast<float>(config_.norm_eps);
     if (config_.transformer.norm == NormKind::RMSNorm) return compute::rms_norm(ctx_, x, norm.weight.data(), n_rows, E, eps, out);
     compute::layer_norm(ctx_, x, norm.weight.data(), norm.bias.data(), n_rows, E, eps, out);
+}
+
+// x += norm(o) for N rows (no norm: x += o), o first summed over the ranks on a tensor-parallel
+// rank (o its partial output until then).
+void TransformerModel::add_residual(const Norm* norm, float* o, size_t N, float* x) {
+    const size_t E = config_.n_embd;
+    if (const RankReduce* r = reduce()) r->collective->all_reduce_sum(r->rank, ctx_, o, N * E);
+    if (norm) normalize(*norm, o, N, o);
+    compute::add(ctx_, x, o, N * E);
 }
 
 // A single sequence's pass (F32ModelBase's prompt and decode step): one run of T rows in the
@@ -239,7 +265,8 @@ void TransformerModel::products(std::span<const compute::MatmulOutput> outputs, 
 void TransformerModel::enqueue_pass(const RowBatch& batch, const int32_t* device_position) {
     const ModelConfig& c = config_;
     const TransformerSpec& spec = c.transformer;
-    const size_t E = c.n_embd, H = c.n_head, Hkv = c.n_head_kv, D = c.head_dim, QD = H * D, KVD = Hkv * D;
+    const size_t E = c.n_embd, H = part_.shard.heads.size(), Hkv = part_.shard.kv_heads.size(), D = c.head_dim;
+    const size_t QD = H * D, KVD = Hkv * D;
     const size_t N = batch.n_padded, n_single = batch.n_single, n_tiled = N - n_single;
     const float eps = static_cast<float>(c.norm_eps);
     float *x = workspace_.buffer(X), *xn = workspace_.buffer(XN), *q = workspace_.buffer(Q), *att = workspace_.buffer(ATT);
@@ -328,12 +355,11 @@ void TransformerModel::enqueue_pass(const RowBatch& batch, const int32_t* device
             normalize(L.ffn_norm, x, N, workspace_.buffer(XN2));
             ffn_in = workspace_.buffer(XN2);
         }
-        if (spec.post_norms) {                                                       // x += post_norm(Wo att + bo)
+        if (spec.post_norms || reduce()) {                                           // x += post_norm(sum(Wo att + bo))
             const compute::MatmulOutput out{L.wo, o};
             products(std::span(&out, 1), att, n_single, n_tiled);
             if (!L.bo.empty()) compute::add_bias(ctx_, o, L.bo.data(), N, E);
-            normalize(L.attn_post_norm, o, N, o);
-            compute::add(ctx_, x, o, N * E);
+            add_residual(spec.post_norms ? &L.attn_post_norm : nullptr, o, N, x);
         } else {                                                                     // x += Wo att + bo
             const compute::MatmulOutput out{L.wo, x, /*accumulate=*/true};
             products(std::span(&out, 1), att, n_single, n_tiled);
@@ -351,10 +377,9 @@ void TransformerModel::enqueue_pass(const RowBatch& batch, const int32_t* device
                 ffn_in = xn;
             }
         }
-        if (spec.post_norms) {                                                       // x += post_norm(ffn(xn))
+        if (spec.post_norms || reduce()) {                                           // x += post_norm(sum(ffn(xn)))
             feed_forward(L, ffn_in, ffn_in_norm, N, n_single, o, false);
-            normalize(L.ffn_post_norm, o, N, o);
-            compute::add(ctx_, x, o, N * E);
+            add_residual(spec.post_norms ? &L.ffn_post_norm : nullptr, o, N, x);
         } else {
             feed_forward(L, ffn_in, ffn_in_norm, N, n_single, x, true);              // x += ffn(xn)
         }
@@ -367,21 +392,24 @@ void TransformerModel::enqueue_pass(const RowBatch& batch, const int32_t* device
     for (size_t i = 0; i < n_out; ++i)
         if (batch.logit_rows[i] != i) copy_on_device(ctx_, x + i * E, x + batch.logit_rows[i] * E, E * sizeof(float));
     const bool tiled = batch.logits_products == RowProducts::Tiled;
-    const size_t n_logits = tiled ? batch.n_logits_padded : n_out;
-    normalize(output_norm_, x, n_logits, xn);                                        // xn: [n_logits, E]
+    const size_t n_logit_rows = tiled ? batch.n_logits_padded : n_out;
+    normalize(output_norm_, x, n_logit_rows, xn);                                     // xn: [n_logits, E]
     observe(ctx_, observer_, "result_norm", -1, xn, n_out * E);
     const compute::MatmulOutput output{output_, logits};
-    products(std::span(&output, 1), xn, tiled ? 0 : n_out, tiled ? n_logits : 0);    // logits: [n_logits, V]
+    products(std::span(&output, 1), xn, tiled ? 0 : n_out, tiled ? n_logit_rows : 0);   // logits: [rows, V]
     if (spec.final_logit_softcap > 0)
-        compute::softcap(ctx_, logits, n_logits * c.n_vocab, static_cast<float>(spec.final_logit_softcap));
+        compute::softcap(ctx_, logits, n_logit_rows * n_logits(), static_cast<float>(spec.final_logit_softcap));
 }
 
 // The activations run as each_row says: a row's values must not depend on the other rows.
 void TransformerModel::feed_forward(const Layer& L, const float* h, const compute::RmsNorm* norm, size_t N, size_t n_single,
                                     float* y, bool accumulate) {
     const ModelConfig& c = config_;
-    const size_t E = c.n_embd, F = c.n_ff;
-    if (L.gate_exps.n_experts) return mixture_of_experts(L, h, N, n_single, y);   // h normalized (no norm)
+    const size_t E = c.n_embd, F = part_.shard.ff.size();   // this part's units
+    if (L.gate_exps.n_experts) {                                                    // h normalized (no norm)
+        if (!accumulate) zero_on_device(ctx_, y, N * E * sizeof(float));
+        return mixture_of_experts(L, h, N, n_single, y);
+    }
     float *gate = workspace_.buffer(GATE), *up = workspace_.buffer(UP);             // [N, F]
     const FeedForwardKind kind = c.transformer.feed_forward;
     if (kind != FeedForwardKind::GeluTanh && kind != FeedForwardKind::GeluErf) {
@@ -424,7 +452,7 @@ void TransformerModel::mixture_of_experts(const Layer& L, const float* h, size_t
     const size_t E = config_.n_embd, X = config_.transformer.n_expert;
     const compute::Activations activations = activations_for(options_);
     const compute::ExpertLayer experts = expert_layer(L);
-    float* router = workspace_.buffer(O);                                            // [T, X] (O is E wide: load checks X <= E)
+    float* router = workspace_.buffer(ROUTER);                                       // [T, X]
     const compute::MatmulOutput output{L.router, router};
     products(std::span(&output, 1), h, n_single, T - n_single);
     if (!L.router_bias.empty()) compute::add_bias(ctx_, router, L.router_bias.data(), T, X);

@@ -5,6 +5,7 @@
 // Weights stay in the file's block format (compute/ dequantizes them inside its products), the
 // decode step is F32ModelBase's (a CUDA graph on the GPU), as for F32LlamaModel.
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "compute/attention.hpp"
@@ -20,9 +21,14 @@ namespace twinfer {
 
 class TransformerModel : public F32ModelBase<TransformerModel> {
 public:
+    // forward_rows runs on a tensor-parallel rank's shard too (one pass for every batch).
+    static constexpr bool batches_shards = true;
+
     // Throws std::runtime_error naming a missing or misshapen tensor, or one whose type has no
-    // kernel; the file's architecture must be one of architecture.hpp's table.
-    static TransformerModel load(std::shared_ptr<const gguf::File> file, const F32Options& options = {});
+    // kernel; the file's architecture must be one of architecture.hpp's table. part: a
+    // tensor-parallel rank's shard (TensorParallelModel builds its ranks so); unset, the whole model.
+    static TransformerModel load(std::shared_ptr<const gguf::File> file, const F32Options& options = {},
+                                 std::optional<ModelPart> part = std::nullopt);
 
 private:
     struct Norm {
@@ -47,7 +53,7 @@ private:
     friend class F32ModelBase<TransformerModel>;
 
     TransformerModel(std::shared_ptr<const gguf::File> file, ModelConfig config, const F32Options& options,
-                     std::vector<size_t> kv_rings);
+                     std::optional<ModelPart> part, std::vector<size_t> kv_rings);
     void reserve_workspace(size_t n_tokens);
     // F32ModelBase's hooks: the pass of T tokens of the selected slot at positions p0.. up to the
     // logits of the last n_out (with device_position, a decode step at the position read there),
@@ -58,6 +64,7 @@ private:
     void products(std::span<const compute::MatmulOutput> outputs, const float* x, size_t n_single, size_t n_tiled,
                   const compute::RmsNorm* norm = nullptr);
     void normalize(const Norm& norm, const float* x, size_t n_rows, float* out);
+    void add_residual(const Norm* norm, float* o, size_t N, float* x);
     // y (+)= feed_forward(h) for N rows (the first n_single each alone): the layer's MLP or its
     // routed experts. norm (MLP only): h's RMSNorm, applied by the products on the way in.
     void feed_forward(const Layer& L, const float* h, const compute::RmsNorm* norm, size_t N, size_t n_single, float* y,

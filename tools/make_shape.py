@@ -7,6 +7,9 @@ tokenizer). `twinfer_make_random_model like TSV METADATA.gguf OUT.gguf` then wri
 weights of that shape, which llama.cpp and twinfer both load.
 
   tools/make_shape.py SHAPE VOCAB.gguf OUT_METADATA.gguf [OUT.tsv]
+  tools/make_shape.py metadata MODEL.gguf OUT_METADATA.gguf
+    every key of a real file without its tensors (SmolLM2's for .device/smollm2-vocab.gguf, the
+    Gemma 3 file's for bench/shapes/gemma-3-270m-it-Q4_K_M.tsv), small enough to travel
     SHAPE: qwen3-1.7b | qwen3-30b-a3b | llama-3.2-1b | llama-3.1-8b | smollm2-135m | gpt-oss-20b
     VOCAB.gguf: tests/data/third_party/tokenizers/ggml-vocab-qwen2.gguf (Qwen's 151,936 tokens),
       ggml-vocab-llama-bpe.gguf for the Llama 3 shapes (Llama 3's 128,256), SmolLM2's own
@@ -165,7 +168,25 @@ def write_metadata(s, vocab_path, out_path):
     return n_vocab
 
 
+def copy_metadata(model_path, out_path):
+    model = gguf.GGUFReader(model_path)
+    w = gguf.GGUFWriter(out_path, model.fields["general.architecture"].contents())
+    for key, field in model.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue
+        kind = field.types[0]
+        if kind == gguf.GGUFValueType.ARRAY:
+            w.add_key_value(key, field.contents(), kind, sub_type=field.types[-1])
+        else:
+            w.add_key_value(key, field.contents(), kind)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.close()
+
+
 def main():
+    if len(sys.argv) == 4 and sys.argv[1] == "metadata":
+        return copy_metadata(sys.argv[2], sys.argv[3])
     if len(sys.argv) not in (4, 5) or sys.argv[1] not in SHAPES:
         sys.exit(__doc__)
     shape = SHAPES[sys.argv[1]]

@@ -1,6 +1,6 @@
 // The all-reduce of tensor parallelism over NCCL, one GPU per rank, all in one process.
 //
-// One process, one thread per GPU (models/tp_llama_model.cpp runs the threads). Why not one
+// One process, one thread per GPU (models/tp_model.cpp runs the threads). Why not one
 // process per GPU (MPI-style): a process holds one model and one HTTP server; splitting it would
 // need a launcher and a second channel for tokens, for nothing NCCL needs. Why not one thread
 // issuing to every GPU: a decode step of a 7B model enqueues ~500 kernels per GPU, a few

@@ -143,6 +143,10 @@ void copy_async(Context& ctx, void* destination, const void* source, size_t byte
     TWINFER_CUDA_CHECK(cudaMemcpyAsync(destination, source, bytes, cudaMemcpyDefault, stream(ctx)));
 }
 
+void zero_async(Context& ctx, void* destination, size_t bytes) {
+    TWINFER_CUDA_CHECK(cudaMemsetAsync(destination, 0, bytes, stream(ctx)));
+}
+
 void* Scratch::get(size_t bytes, cudaStream_t stream) {
     if (bytes <= bytes_) return data_;
     cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;

@@ -66,6 +66,8 @@ private:
 };
 // Queued on the context's stream, returning at once: between device memory and PinnedHostMemory.
 void copy_async(Context& ctx, void* destination, const void* source, size_t bytes);
+// bytes zero bytes at destination (device memory), queued on ctx's stream.
+void zero_async(Context& ctx, void* destination, size_t bytes);
 
 // The stream, cuBLAS handle and scratch memory of one Context (defined in device_context.cuh).
 struct DeviceContext;

@@ -22,6 +22,7 @@
 #include "models/f32_test_support.hpp"
 #include "models/gpt_model.hpp"
 #include "models/kv_cache.hpp"
+#include "models/tp_model.hpp"
 #include "models/transformer_model.hpp"
 
 namespace twinfer {
@@ -319,19 +320,19 @@ TEST(TransformerModelCuda, Float16CacheAtLongContextStaysWithinItsBudget) {
     EXPECT_LT(worst, test::kFloat16CacheTolerance) << "decode steps";
 }
 
-// The server's batched pass (forward_rows): two sequences' prompts in one pass, then their decode
-// steps side by side; each sequence's logits bitwise those of the same sequence alone.
-TEST_P(EveryArchitecture, BatchedRowsEqualEachSequenceAlone) {
-    const RandomArch& a = GetParam();
-    const auto file = random_model(a, GGMLType::Q8_0);
+// The server's batched pass (forward_rows) of the models `load` makes: two sequences' prompts in
+// one pass, then their decode steps side by side; each sequence's logits bitwise those of the same
+// sequence alone.
+template <class Load>
+void expect_batched_rows_equal_each_sequence_alone(const RandomArch& a, Load load) {
     const std::vector<Token> ids[2] = {random_ids(12, 21), random_ids(12, 22)};
     std::vector<std::vector<double>> alone[2];
     for (int s = 0; s < 2; ++s) {
-        TransformerModel model = TransformerModel::load(file, {.n_ctx = kCtx, .n_threads = 2});
+        auto model = load();
         alone[s].push_back(model.forward(std::span(ids[s]).first(8)).values);
         for (size_t t = 8; t < 12; ++t) alone[s].push_back(model.forward(std::span(ids[s]).subspan(t, 1)).values);
     }
-    TransformerModel model = TransformerModel::load(file, {.n_ctx = kCtx, .n_threads = 2});
+    auto model = load();
     model.set_slot_count(2);
     std::vector<SlotToken> prompt;
     for (size_t s = 0; s < 2; ++s)
@@ -348,6 +349,45 @@ TEST_P(EveryArchitecture, BatchedRowsEqualEachSequenceAlone) {
                                                {1, ids[1][8 + step], true, RowProducts::Single}};
         batched = model.forward_rows(decode);
     }
+}
+
+TEST_P(EveryArchitecture, BatchedRowsEqualEachSequenceAlone) {
+    const auto file = random_model(GetParam(), GGMLType::Q8_0);
+    expect_batched_rows_equal_each_sequence_alone(GetParam(), [&] {
+        return TransformerModel::load(file, {.n_ctx = kCtx, .n_threads = 2});
+    });
+}
+
+// Tensor parallelism (models/tp_model.hpp), CPU ranks over the in-memory all-reduce: 2 and 4
+// ranks against one device, float activations, the prompt and then the decode step. Every shape
+// here splits at both sizes: one head per rank at 4, the two KV heads (Gemma 3's one) shared by
+// the ranks that read them, the experts' 24 or 32 units cut in 4. The logits differ only by the
+// order of float32 additions (the all-reduce sums partial outputs): 1e-5, as for the Llama split
+// (tp_model_test.cpp).
+TEST_P(EveryArchitecture, TensorParallelSplitMatchesOneDevice) {
+    const RandomArch& a = GetParam();
+    const auto file = random_model(a);
+    const F32Options options{.n_ctx = kCtx, .n_threads = 2, .activations = compute::Activations::Float32};
+    TransformerModel single = TransformerModel::load(file, options);
+    const std::vector<Token> ids = random_ids(20, 9);
+    for (int n : {2, 4}) {
+        SCOPED_TRACE(n);
+        TensorParallelTransformerModel split = TensorParallelTransformerModel::load(file, n, options);
+        single.clear_cache();
+        const double worst = test::compare_logits(split, single, ids, 12, 1e-5);
+        EXPECT_GT(worst, 0.0) << a.name() << ": the split adds in another order";
+        EXPECT_EQ(split.n_past(), ids.size());
+    }
+}
+
+// The server's batched pass on the ranks: each sequence's logits bitwise those of the same
+// sequence alone on the same split. (Float32 weights: a Q8_0 file's 32-value blocks hold more
+// than a rank's 16 columns of the attention output.)
+TEST_P(EveryArchitecture, TensorParallelBatchedRowsEqualEachSequenceAlone) {
+    const auto file = random_model(GetParam());
+    expect_batched_rows_equal_each_sequence_alone(GetParam(), [&] {
+        return TensorParallelTransformerModel::load(file, 2, {.n_ctx = kCtx, .n_threads = 2});
+    });
 }
 
 INSTANTIATE_TEST_SUITE_P(TransformerModel, EveryArchitecture, ::testing::ValuesIn(architectures()),

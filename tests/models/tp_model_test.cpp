@@ -18,7 +18,7 @@
 #include "models/f32_llama_model.hpp"
 #include "models/gpt_model.hpp"
 #include "models/tensor_parallel.hpp"
-#include "models/tp_llama_model.hpp"
+#include "models/tp_model.hpp"
 #ifdef TWINFER_WITH_CUDA
 #include "compute/cuda/runtime.hpp"
 #endif
@@ -144,13 +144,54 @@ TEST(TensorParallelPlan, GroupedQueryAttentionKeepsGroupsTogether) {
     EXPECT_EQ(plan_tensor_parallel(4, stories)[3].heads, (IndexRange{6, 8}));
 }
 
+TEST(TensorParallelPlan, FewerKvHeadsThanRanksAreShared) {
+    // Gemma 3 270M: 4 query heads of 256 over one KV head; Q8_0 output and down projections.
+    const TensorParallelShape gemma{.n_head = 4, .n_head_kv = 1, .head_dim = 256, .n_ff = 2048, .n_vocab = 262144,
+                                    .attn_output_type = GGMLType::Q8_0, .ffn_down_type = GGMLType::Q8_0};
+    for (int n : {2, 4}) {
+        SCOPED_TRACE(n);
+        const auto shards = plan_tensor_parallel(n, gemma);
+        for (size_t r = 0; r < shards.size(); ++r) {
+            EXPECT_EQ(shards[r].kv_heads, (IndexRange{0, 1}));
+            EXPECT_EQ(shards[r].heads, (IndexRange{r * 4 / n, (r + 1) * 4 / n}));
+        }
+    }
+    // 8 query heads over 2 KV heads at 4 ranks: ranks 0-1 share KV head 0, ranks 2-3 KV head 1.
+    const TensorParallelShape two_kv{.n_head = 8, .n_head_kv = 2, .head_dim = 64, .n_ff = 1024, .n_vocab = 100};
+    const auto shards = plan_tensor_parallel(4, two_kv);
+    EXPECT_EQ(shards[1].kv_heads, (IndexRange{0, 1}));
+    EXPECT_EQ(shards[1].heads, (IndexRange{2, 4}));
+    EXPECT_EQ(shards[2].kv_heads, (IndexRange{1, 2}));
+    EXPECT_EQ(shards[2].heads, (IndexRange{4, 6}));
+    EXPECT_NE(plan_error(8, gemma).find("n_head = 4 is not a multiple of 8"), std::string::npos);
+}
+
+TEST(TensorParallelPlan, EveryExpertSplitsOnWholeBlocks) {
+    // Qwen3-30B-A3B's experts: 768 units, Q6_K down projections (256-value blocks): 3 blocks,
+    // one and two at 2 ranks, too few for 4; gpt-oss-20b's 2880 MXFP4 units (32-value blocks).
+    TensorParallelShape qwen{.n_head = 32, .n_head_kv = 4, .head_dim = 128, .n_ff = 6144, .n_vocab = 151936,
+                             .n_ff_expert = 768, .attn_output_type = GGMLType::Q4_K, .ffn_down_type = GGMLType::F32,
+                             .ffn_down_exps_type = GGMLType::Q6_K};
+    EXPECT_EQ(plan_tensor_parallel(2, qwen)[1].expert_ff, (IndexRange{256, 768}));
+    EXPECT_NE(plan_error(4, qwen).find("an expert's n_ff = 768 holds only 3 256-value blocks of Q6_K to share among 4 ranks"),
+              std::string::npos) << plan_error(4, qwen);
+    qwen.ffn_down_exps_type = GGMLType::Q8_0;
+    EXPECT_EQ(plan_tensor_parallel(4, qwen)[1].expert_ff, (IndexRange{192, 384}));
+    const TensorParallelShape gpt_oss{.n_head = 64, .n_head_kv = 8, .head_dim = 64, .n_ff = 2880, .n_vocab = 201088,
+                                      .n_ff_expert = 2880, .attn_output_type = GGMLType::Q8_0,
+                                      .ffn_down_type = GGMLType::F32, .ffn_down_exps_type = GGMLType::MXFP4};
+    const auto four = plan_tensor_parallel(4, gpt_oss);
+    EXPECT_EQ(four[0].expert_ff, (IndexRange{0, 22 * 32}));
+    EXPECT_EQ(four[3].expert_ff.end, 2880u);
+}
+
 TEST(TensorParallelPlan, ErrorsSayWhatDoesNotDivideAndWhichSizesWould) {
     TensorParallelShape s = llama2_7b(GGMLType::Q4_0);
     s.n_head_kv = 8;
     std::string error = plan_error(3, s);
-    EXPECT_NE(error.find("n_head_kv = 8 is not a multiple of 3"), std::string::npos) << error;
-    EXPECT_NE(error.find("sizes that work for this model: 1, 2, 4, 8"), std::string::npos) << error;
-    EXPECT_NE(plan_error(16, s).find("n_head_kv = 8 is not a multiple of 16"), std::string::npos);
+    EXPECT_NE(error.find("n_head_kv = 8 is neither a multiple nor a divisor of 3"), std::string::npos) << error;
+    EXPECT_NE(error.find("sizes that work for this model: 1, 2, 4, 8, 16, 32"), std::string::npos) << error;
+    EXPECT_NE(plan_error(64, s).find("n_head = 32 is not a multiple of 64"), std::string::npos);
     EXPECT_NE(plan_error(0, s).find("at least 1"), std::string::npos);
     EXPECT_NE(plan_error(-2, s).find("at least 1"), std::string::npos);
 
@@ -399,7 +440,7 @@ TEST(TensorParallelStories260K, RefusesSizesThatDoNotDivide) {
     const auto path = test::third_party_testdata() / "models/stories260K.gguf";
     TWINFER_REQUIRE_FILE(path);
     const auto file = open(path);
-    for (int n : {3, 8, 0}) {
+    for (int n : {3, 16, 0}) {
         try {
             TensorParallelLlamaModel::load(file, n);
             ADD_FAILURE() << n << " ranks accepted";
