@@ -57,12 +57,12 @@ void F32LlamaModel::enqueue_forward(const int32_t* ids, size_t T, size_t p0, con
 }
 
 // The batched pass: enqueue_llama_pass's layer over rows of several sequences. Shapes: N =
-// batch.n_padded rows (the fed ones, then the Tiled padding), E, H, Hkv, D, F, V as there.
+// batch.n_padded rows (the fed ones, then the Tiled padding), E, H, Hkv, D, F, V as there (a
+// tensor-parallel rank's share of them).
 void F32LlamaModel::enqueue_rows(const RowBatch& batch) {
-    if (reduce()) throw std::logic_error("F32LlamaModel: batched rows on a tensor-parallel rank");
     const ModelConfig& c = config_;
     const size_t E = c.n_embd;
-    const size_t H = c.n_head, Hkv = c.n_head_kv, D = c.head_dim, QD = H * D, KVD = Hkv * D;
+    const size_t H = part_.shard.heads.size(), Hkv = part_.shard.kv_heads.size(), D = c.head_dim, QD = H * D, KVD = Hkv * D;
     const size_t N = batch.n_padded, n_single = batch.n_single, n_tiled = N - n_single;
     const float eps = static_cast<float>(c.norm_eps);
     const compute::Activations activations = activations_for(options_);
@@ -71,6 +71,16 @@ void F32LlamaModel::enqueue_rows(const RowBatch& batch) {
     float* logits = workspace_.buffer(LOGITS);
     const auto products = [&](std::span<const compute::MatmulOutput> outputs, const float* in, const compute::RmsNorm* norm) {
         rows_matmul(ctx_, outputs, in, n_single, n_tiled, activations, norm);
+    };
+    // x += W a (+ bias); on a tensor-parallel rank its share into OUT, summed over the ranks first.
+    const auto residual = [&](const compute::WeightMatrix& w, const float* bias, const float* a) {
+        const RankReduce* r = reduce();
+        float* out = r ? workspace_.buffer(OUT) : x;
+        const compute::MatmulOutput product{w, out, /*accumulate=*/!r};
+        products(std::span(&product, 1), a, nullptr);
+        if (r) r->collective->all_reduce_sum(r->rank, ctx_, out, N * E);
+        if (bias) compute::add_bias(ctx_, out, bias, N, E);
+        if (r) compute::add(ctx_, x, out, N * E);
     };
 
     compute::get_rows(ctx_, weights_.token_embd, batch.ids, N, x);                          // x: [N, E]
@@ -107,9 +117,7 @@ void F32LlamaModel::enqueue_rows(const RowBatch& batch) {
         for (size_t r = batch.n_rows; r < N; ++r)
             copy_on_device(ctx_, att + r * QD, att + (batch.n_rows - 1) * QD, QD * sizeof(float));
         observe(ctx_, observer_, "kqv_out", il, att, N * QD);
-        const compute::MatmulOutput wo{L.wo, x, /*accumulate=*/true};
-        products(std::span(&wo, 1), att, nullptr);                                   // x += Wo att
-        if (L.bo) compute::add_bias(ctx_, x, L.bo, N, E);
+        residual(L.wo, L.bo, att);                                                   // x += Wo att
         observe(ctx_, observer_, "ffn_inp", il, x, N * E);
 
         // Feed-forward block
@@ -117,11 +125,10 @@ void F32LlamaModel::enqueue_rows(const RowBatch& batch) {
         const compute::MatmulOutput gate_up[] = {{L.w_gate, gate}, {L.w_up, up}};
         products(gate_up, x, &ffn_norm);
         // A row's values must not depend on the row count (each_row).
-        each_row(ctx_, N, c.n_ff, [&](size_t first, size_t n) {                          // gate: [N, F]
+        each_row(ctx_, N, part_.shard.ff.size(), [&](size_t first, size_t n) {          // gate: [N, F]
             compute::swiglu(ctx_, gate + first, up + first, n, gate + first);
         });
-        const compute::MatmulOutput down{L.w_down, x, /*accumulate=*/true};
-        products(std::span(&down, 1), gate, nullptr);                                // x += W_down gate
+        residual(L.w_down, nullptr, gate);                                           // x += W_down gate
         observe(ctx_, observer_, "l_out", il, x, N * E);
     }
 

@@ -23,9 +23,6 @@ namespace twinfer {
 
 class F32LlamaModel : public F32ModelBase<F32LlamaModel> {
 public:
-    // Whether forward_rows runs on a tensor-parallel rank's shard: not yet (enqueue_rows has no
-    // all-reduces), so TensorParallelModel<F32LlamaModel> has no KV slots for the server.
-    static constexpr bool batches_shards = false;
 
     // Throws std::runtime_error naming a missing or misshapen tensor, or one whose type has no
     // kernel; the file must be a Llama-family GGUF. part: a tensor-parallel rank's shard
@@ -44,7 +41,7 @@ private:
     void enqueue_forward(const int32_t* ids, size_t T, size_t p0, const int32_t* device_position, size_t n_out);
     // Queues a batched pass (F32ModelBase::forward_rows): the products of all rows at once (the
     // Tiled ones) or row by row (the Single ones); RoPE, the cache write and attention for each
-    // run of rows at its own slot and positions. The whole model only.
+    // run of rows at its own slot and positions.
     void enqueue_rows(const RowBatch& batch);
 
     LlamaWeights weights_;                                      // the part's shard (llama_layers.hpp)

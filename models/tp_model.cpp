@@ -249,13 +249,11 @@ void TensorParallelModel<RankModel>::truncate_cache(size_t n) {
 
 template <class RankModel>
 size_t TensorParallelModel<RankModel>::reusable_prefix(size_t n) const {
-    if constexpr (requires(const RankModel& m) { m.reusable_prefix(n); }) return first().reusable_prefix(n);
-    else return std::min(n, n_past());
+    return first().reusable_prefix(n);
 }
 
 template <class RankModel>
 void TensorParallelModel<RankModel>::set_slot_count(size_t n_slots)
-    requires RankModel::batches_shards
 {
     check_usable();
     ranks_->threads.run([&](int r) { ranks_->models[r]->set_slot_count(n_slots); });   // on the rank's GPU
@@ -263,7 +261,6 @@ void TensorParallelModel<RankModel>::set_slot_count(size_t n_slots)
 
 template <class RankModel>
 Logits TensorParallelModel<RankModel>::forward_rows(std::span<const SlotToken> rows, RowProducts logits_products)
-    requires RankModel::batches_shards
 {
     // As forward: what a rank would refuse, refused before any rank starts (plan_rows's checks).
     if (rows.empty()) throw std::invalid_argument("forward_rows: no rows");
@@ -282,28 +279,24 @@ Logits TensorParallelModel<RankModel>::forward_rows(std::span<const SlotToken> r
 
 template <class RankModel>
 size_t TensorParallelModel<RankModel>::slot_length(size_t slot) const
-    requires RankModel::batches_shards
 {
     return first().slot_length(slot);
 }
 
 template <class RankModel>
 size_t TensorParallelModel<RankModel>::reusable_prefix(size_t slot, size_t n) const
-    requires RankModel::batches_shards
 {
     return first().reusable_prefix(slot, n);
 }
 
 template <class RankModel>
 void TensorParallelModel<RankModel>::truncate_slot(size_t slot, size_t n)
-    requires RankModel::batches_shards
 {
     for (auto& model : ranks_->models) model->truncate_slot(slot, n);   // alike: the first refuses for all
 }
 
 template <class RankModel>
 size_t TensorParallelModel<RankModel>::max_run_rows() const
-    requires RankModel::batches_shards
 {
     return first().max_run_rows();
 }

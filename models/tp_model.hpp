@@ -54,15 +54,13 @@ public:
     void truncate_cache(size_t n);
     size_t reusable_prefix(size_t n) const;
 
-    // KV-cache slots and the batched pass (F32ModelBase's), for twinfer serve: where the rank
-    // model's batched pass computes a shard (TransformerModel).
-    void set_slot_count(size_t n_slots) requires RankModel::batches_shards;
-    Logits forward_rows(std::span<const SlotToken> rows, RowProducts logits_products = RowProducts::Single)
-        requires RankModel::batches_shards;
-    size_t slot_length(size_t slot) const requires RankModel::batches_shards;
-    size_t reusable_prefix(size_t slot, size_t n) const requires RankModel::batches_shards;
-    void truncate_slot(size_t slot, size_t n) requires RankModel::batches_shards;
-    size_t max_run_rows() const requires RankModel::batches_shards;
+    // KV-cache slots and the batched pass (F32ModelBase's), for twinfer serve.
+    void set_slot_count(size_t n_slots);
+    Logits forward_rows(std::span<const SlotToken> rows, RowProducts logits_products = RowProducts::Single);
+    size_t slot_length(size_t slot) const;
+    size_t reusable_prefix(size_t slot, size_t n) const;
+    void truncate_slot(size_t slot, size_t n);
+    size_t max_run_rows() const;
 
     const F32Options& options() const { return options_; }
     int n_ranks() const { return n_ranks_; }

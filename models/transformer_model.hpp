@@ -21,8 +21,6 @@ namespace twinfer {
 
 class TransformerModel : public F32ModelBase<TransformerModel> {
 public:
-    // forward_rows runs on a tensor-parallel rank's shard too (one pass for every batch).
-    static constexpr bool batches_shards = true;
 
     // Throws std::runtime_error naming a missing or misshapen tensor, or one whose type has no
     // kernel; the file's architecture must be one of architecture.hpp's table. part: a

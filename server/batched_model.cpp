@@ -41,7 +41,7 @@ BatchedModel::BatchedModel(ModelBackend& backend) : backend_(backend) {
     if (!has_slots)
         throw std::runtime_error(backend_description(backend_) +
                                  " has no KV-cache slots to serve several sequences: twinfer serve runs the float32 models "
-                                 "(--precision f32; --tensor-parallel for the TransformerModel architectures, not Llama's)");
+                                 "(--precision f32)");
 }
 
 void BatchedModel::set_slot_count(size_t n_slots) {

@@ -11,8 +11,8 @@ namespace twinfer::server {
 
 class BatchedModel {
 public:
-    // Throws std::runtime_error when the backend has no KV slots (the float64 reference, a Llama
-    // model split by tensor parallelism): naming what serve can run instead.
+    // Throws std::runtime_error when the backend has no KV slots (the float64 reference): naming
+    // what serve can run instead.
     explicit BatchedModel(ModelBackend& backend);
 
     void set_slot_count(size_t n_slots);

@@ -482,6 +482,47 @@ INSTANTIATE_TEST_SUITE_P(
                       RandomCase{{"tp_f32_mha", 128, 4, 4, 200, 2, 97, GGMLType::F32}, true}),
     [](const auto& info) { return std::string(info.param.shape.name); });
 
+// The server's batched pass on 2 ranks (F32LlamaModel's enqueue_rows with its all-reduces): two
+// sequences' prompts in one pass, then their decode steps side by side. Each sequence's logits are
+// bitwise those of the same sequence batched alone on the same split (a row never depends on the
+// others), and within float32 rounding of one device's forward().
+TEST(TensorParallelModel, BatchedRowsEqualEachSequenceAlone) {
+    const auto path = test::third_party_testdata() / "models/stories260K.gguf";
+    TWINFER_REQUIRE_FILE(path);
+    const auto file = open(path);
+    const F32Options options{.n_ctx = 64, .activations = compute::Activations::Float32};
+    const std::vector<Token> ids[2] = {random_tokens(12, 512, 21), random_tokens(12, 512, 22)};
+    // Sequences s0.. in slots 0..: their 8-token prompts as one pass, then 4 decode passes.
+    const auto batched = [&](TensorParallelLlamaModel& split, const std::vector<size_t>& sequences) {
+        split.set_slot_count(sequences.size());
+        std::vector<SlotToken> rows;
+        for (size_t slot = 0; slot < sequences.size(); ++slot)
+            for (size_t t = 0; t < 8; ++t) rows.push_back({slot, ids[sequences[slot]][t], t == 7, RowProducts::Tiled});
+        std::vector<Logits> passes{split.forward_rows(rows, RowProducts::Tiled)};
+        for (size_t t = 8; t < 12; ++t) {
+            rows.clear();
+            for (size_t slot = 0; slot < sequences.size(); ++slot)
+                rows.push_back({slot, ids[sequences[slot]][t], true, RowProducts::Single});
+            passes.push_back(split.forward_rows(rows));
+        }
+        return passes;
+    };
+    TensorParallelLlamaModel split = TensorParallelLlamaModel::load(file, 2, options);
+    const std::vector<Logits> both = batched(split, {0, 1});
+    EXPECT_EQ(split.slot_length(1), 12u);
+    for (size_t s = 0; s < 2; ++s) {
+        const std::vector<Logits> alone = batched(split, {s});
+        F32LlamaModel one = F32LlamaModel::load(file, options);
+        std::vector<std::vector<double>> expected{one.forward(std::span(ids[s]).first(8)).values};
+        for (size_t t = 8; t < 12; ++t) expected.push_back(one.forward(std::span(ids[s]).subspan(t, 1)).values);
+        for (size_t pass = 0; pass < both.size(); ++pass) {
+            const auto row = both[pass].row(s);
+            EXPECT_TRUE(std::equal(row.begin(), row.end(), alone[pass].row(0).begin())) << "sequence " << s << " pass " << pass;
+            EXPECT_LE(test::relative_error(row, expected[pass]), kSplitTolerance) << "sequence " << s << " pass " << pass;
+        }
+    }
+}
+
 TEST(TensorParallelModel, BadInputLeavesEveryRankUnchanged) {
     const LlamaShape shape{"tp_bad_input", 128, 4, 2, 256, 2, 50, GGMLType::Q8_0};
     const auto file = write_random_llama(shape, test::scratch_dir() / "tp_bad_input.gguf");
