@@ -64,6 +64,29 @@ TEST(EngineGenerate, ReusesExactlyTheCommonPrefixAndGeneratesAsFromScratch) {
     }
 }
 
+// --tensor-parallel 2 (CPU ranks) through the engine: the same greedy ids as one device, with the
+// cache kept for a shared prefix on every rank (truncate_cache on each).
+TEST(EngineGenerate, TensorParallelGeneratesAsOneDeviceAndReusesThePrefix) {
+    TWINFER_REQUIRE_FILE(stories());
+    auto one = load_stories(Precision::F32);
+    BackendOptions options;
+    options.model = stories();
+    options.device = DeviceChoice::CPU;
+    options.n_threads = 2;
+    options.tensor_parallel = 2;
+    auto split = InferenceEngine::load(options);
+    EXPECT_NE(split.backend_name().find("TensorParallelLlamaModel (f32, cpu, 2 ranks"), std::string::npos) << split.backend_name();
+    const auto prompt = one.tokenize("Once upon a time, there was a little girl", true, false);
+    EXPECT_EQ(split.generate(prompt, greedy(24)).tokens, one.generate(prompt, greedy(24)).tokens);
+    auto second = std::vector<Token>(prompt.begin(), prompt.begin() + 6);
+    const auto ending = one.tokenize(" big dog who liked to run", false, false);
+    second.insert(second.end(), ending.begin(), ending.end());
+    const auto reused = split.generate(second, greedy(16));
+    EXPECT_EQ(reused.stats.reused_tokens, 6u);
+    one.clear();
+    EXPECT_EQ(reused.tokens, one.generate(second, greedy(16)).tokens);
+}
+
 TEST(EngineGenerate, ControlTokensAreLeftOutOfTheTextUnlessSpecial) {
     TWINFER_REQUIRE_FILE(stories());
     auto engine = load_stories(Precision::F32);
