@@ -41,6 +41,20 @@ struct WeightMatrix {
 
 bool matmul_supports(GGMLType type);
 
+// The fewest tokens compute::matmul takes as one tiled product on the CPU; fewer are one
+// matrix-vector product each, which rounds differently.
+constexpr size_t cpu_min_tiled_tokens = 4;
+
+// The same on `device`. A batched pass pads its Tiled rows up to this many (models/f32_common.hpp),
+// so that a lone Tiled row is computed as it is among many.
+inline size_t min_tiled_tokens(Device device) {
+#ifdef TWINFER_WITH_CUDA
+    if (device == Device::CUDA) return cuda::min_tiled_tokens();
+#endif
+    (void)device;
+    return cpu_min_tiled_tokens;
+}
+
 // `w` where the context's device reads it, laid out as that device's kernels read it best: the CPU
 // uses w as it is (in the file mapping); a GPU gets a copy, in a buffer appended to `storage`, with
 // the int8 kernels' types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, MXFP4) split into planes.

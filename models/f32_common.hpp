@@ -218,11 +218,6 @@ void zero_on_device(compute::Context& ctx, void* dst, size_t bytes);
 // greedy ids independent of what else runs beside it.
 enum class RowProducts { Single, Tiled };
 
-// compute::matmul computes fewer than this many tokens as one matrix-vector product each
-// (compute/cpu/matmul.cpp, min_gemm_tokens) and more as a tiled product; so a pass pads its Tiled
-// rows up to this many, and a lone Tiled row is computed as it would be among others.
-// tests/server/batched_rows_test.cpp fails if the two disagree.
-constexpr size_t rows_for_tiled_products = 4;
 
 // One row of a batched pass: `token` fed to KV-cache slot `slot` after what the slot holds.
 struct SlotToken {
@@ -245,7 +240,7 @@ struct RowBatch {
     size_t n_rows = 0;                   // rows fed: Single rows [0, n_single), then Tiled rows
     size_t n_single = 0;
     size_t n_padded = 0;                 // rows the Tiled products compute: the Tiled ones padded
-                                         // to rows_for_tiled_products with copies of the last
+                                         // to compute::min_tiled_tokens with copies of the last
     std::vector<SlotRun> runs;           // every fed row in exactly one run, in row order
     std::vector<size_t> logit_rows;      // rows whose logits are asked, ascending
     RowProducts logits_products = RowProducts::Single;   // how the output product computes them
@@ -481,9 +476,13 @@ protected:
                                             std::to_string(max_run_rows_));
         }
         const size_t n_tiled = batch.n_rows - batch.n_single;
-        batch.n_padded = batch.n_single + (n_tiled ? std::max(n_tiled, rows_for_tiled_products) : 0);
+        // compute::matmul takes fewer rows than its device's min_tiled_tokens one by one: padded
+        // up to that many, a lone Tiled row is computed as it would be among others
+        // (tests/server/batched_rows_test.cpp fails if the two disagree).
+        const size_t tiled_rows = compute::min_tiled_tokens(options_.device);
+        batch.n_padded = batch.n_single + (n_tiled ? std::max(n_tiled, tiled_rows) : 0);
         batch.n_logits_padded = logits_products == RowProducts::Tiled && !batch.logit_rows.empty()
-                                    ? std::max(batch.logit_rows.size(), rows_for_tiled_products)
+                                    ? std::max(batch.logit_rows.size(), tiled_rows)
                                     : batch.logit_rows.size();
         batch.n_padded = std::max(batch.n_padded, batch.n_logits_padded);
         return batch;

@@ -217,8 +217,9 @@ void TransformerModel::reserve_workspace(size_t n_tokens) {
     const size_t widths[N_BUFFERS] = {E, E, E, QDr, KVDr, KVDr, QDr, E, Fr, Fr, static_cast<size_t>(c.transformer.n_expert),
                                       n_logits()};
     workspace_.reserve(options_.device, n_tokens, widths);
-    if (c.transformer.n_expert && n_tokens >= rows_for_tiled_products) {
-        const size_t bytes = compute::grouped_scratch_bytes(expert_layer(layers_.front()), n_tokens, rows_for_tiled_products);
+    const size_t tiled_rows = compute::min_tiled_tokens(options_.device);
+    if (c.transformer.n_expert && n_tokens >= tiled_rows) {
+        const size_t bytes = compute::grouped_scratch_bytes(expert_layer(layers_.front()), n_tokens, tiled_rows);
         if (bytes > expert_groups_.bytes()) expert_groups_ = compute::Buffer(options_.device, bytes);
     }
 }
@@ -456,13 +457,14 @@ void TransformerModel::mixture_of_experts(const Layer& L, const float* h, size_t
     const compute::MatmulOutput output{L.router, router};
     products(std::span(&output, 1), h, n_single, T - n_single);
     if (!L.router_bias.empty()) compute::add_bias(ctx_, router, L.router_bias.data(), T, X);
-    const size_t n_grouped = T - n_single >= rows_for_tiled_products ? T - n_single : 0, n_alone = T - n_grouped;
+    const size_t tiled_rows = compute::min_tiled_tokens(options_.device);
+    const size_t n_grouped = T - n_single >= tiled_rows ? T - n_single : 0, n_alone = T - n_grouped;
     compute::add_experts_one_by_one(ctx_, experts, h, n_alone, router, compute::one_by_one_scratch_in(one_by_one_.data(), experts),
                                     activations, y);
     if (!n_grouped) return;
     const compute::GroupedScratch grouped =
-        compute::grouped_scratch_in(expert_groups_.data(), experts, n_grouped, rows_for_tiled_products);
-    compute::add_experts_grouped(ctx_, experts, h + n_alone * E, n_grouped, router + n_alone * X, rows_for_tiled_products,
+        compute::grouped_scratch_in(expert_groups_.data(), experts, n_grouped, tiled_rows);
+    compute::add_experts_grouped(ctx_, experts, h + n_alone * E, n_grouped, router + n_alone * X, tiled_rows,
                                  grouped, activations, y + n_alone * E);
 }
 

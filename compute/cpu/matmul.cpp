@@ -54,7 +54,7 @@ namespace {
 
 // Below this many tokens one matrix-vector product per token beats the tiled product, which
 // pads the tokens to a whole block and dequantizes its tiles.
-constexpr size_t min_gemm_tokens = 4;
+constexpr size_t min_gemm_tokens = cpu_min_tiled_tokens;
 // Rows handed out at a time in a matrix-vector product: each thread should stream long runs of
 // consecutive rows (hardware prefetchers follow a stream, and lose it at every jump), yet there
 // should be a few chunks per thread, so that a core slowed by another process takes fewer.

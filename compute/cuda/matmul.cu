@@ -497,6 +497,8 @@ struct NoOp {
 
 bool matmul_supports(GGMLType type) { return with_decoder(type, NoOp{}); }
 
+size_t min_tiled_tokens() { return min_gemm_tokens; }
+
 WeightMatrix place_weights(Context& ctx, const WeightMatrix& w, void* device) {
     const size_t bytes = w.rows * w.row_bytes();
     WeightMatrix placed = w;

@@ -32,6 +32,8 @@ namespace twinfer::compute::cuda {
 // float16 and a cuBLAS float16 product with float32 accumulation (float32 for F32 weights); see
 // matmul.cu for its error. x must be 16-byte aligned (cudaMalloc memory at a multiple of 4 floats).
 bool matmul_supports(GGMLType type);
+// The fewest tokens matmul takes as one tiled (cuBLAS) product; fewer are matrix-vector products.
+size_t min_tiled_tokens();
 // w (host memory) copied to `device` (w.rows * w.row_bytes() bytes), planar for the int8 kernels'
 // types; returns the matrix there.
 WeightMatrix place_weights(Context& ctx, const WeightMatrix& w, void* device);

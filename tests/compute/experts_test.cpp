@@ -22,8 +22,8 @@
 namespace twinfer::compute {
 namespace {
 
-// The model's threshold of a tiled product (models/f32_common.hpp, rows_for_tiled_products).
-constexpr size_t min_group_rows = 4;
+// The CPU model's threshold of a tiled product (compute::min_tiled_tokens).
+constexpr size_t min_group_rows = cpu_min_tiled_tokens;
 
 std::vector<float> gaussian(size_t n, std::mt19937& rng, float sigma = 1.0f) {
     std::normal_distribution<float> normal(0.0f, sigma);
