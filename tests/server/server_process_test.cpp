@@ -368,5 +368,33 @@ TEST_F(ServerProcessTest, SharedPrefixShowsInCachedTokens) {
     EXPECT_LT(second["usage"]["prompt_tokens_details"]["cached_tokens"].get<int>(), second["usage"]["prompt_tokens"].get<int>());
 }
 
+// `serve --tensor-parallel 3`: SmolLM2's 9 heads over 3 KV heads split over three CPU ranks, one
+// server process driving them. Four concurrent greedy streams each equal the same request sent
+// alone to this server, and alone to the one-device server above (the split adds in another
+// order: on greedy ids of 24 tokens, no near-tie moved).
+TEST_F(ServerProcessTest, TensorParallelServerBatchesAsOneDevice) {
+    ServerProcess split({"--parallel", "4", "-c", "512", "--tensor-parallel", "3"}, test::smollm2_path());
+    std::vector<std::string> prompts;
+    for (int i = 0; i < 4; ++i) prompts.push_back("Recipe " + std::to_string(i) + ": take " + std::to_string(i + 2) + " eggs and");
+    std::vector<std::vector<std::string>> alone;
+    for (const auto& p : prompts) {
+        alone.push_back(tokens_of(split.post("/v1/completions", completion_body(p, 24, false), 200)));
+        EXPECT_EQ(alone.back(), tokens_of(server_->post("/v1/completions", completion_body(p, 24, false), 200))) << p;
+    }
+    std::vector<std::vector<std::string>> together(prompts.size());
+    std::vector<std::thread> clients;
+    for (size_t i = 0; i < prompts.size(); ++i)
+        clients.emplace_back([&, i] {
+            auto res = split.client().Post("/v1/completions", completion_body(prompts[i], 24, true), "application/json");
+            bool saw_done = false;
+            if (res && res->status == 200) together[i] = streamed_tokens(res->body, saw_done);
+        });
+    for (auto& t : clients) t.join();
+    for (size_t i = 0; i < prompts.size(); ++i) {
+        EXPECT_EQ(alone[i].size(), 24u);
+        EXPECT_EQ(together[i], alone[i]) << "stream " << i;
+    }
+}
+
 }  // namespace
 }  // namespace twinfer
