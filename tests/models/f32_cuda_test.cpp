@@ -342,6 +342,42 @@ TEST(F32DecodeStepTest, ForwardTopKIsTheTopOfForwardOnCpu) {
     check_top_k_matches_forward<F32LlamaModel>(kStories, compute::Device::CPU);
 }
 
+// The server's prefix reuse (forward_rows): a 40-token prompt fed whole as Tiled rows, and the same
+// prompt as its first 39 tokens (a cached prefix) and then its last token alone, give the last
+// token's logits bit for bit: a row's products and attention must not depend on how many rows
+// of its sequence the pass holds. Default activations of each device.
+void check_prompt_after_cached_prefix(compute::Device device) {
+    const auto file = open(test::third_party_testdata() / "models/stories260K.gguf");
+    std::vector<Token> prompt;
+    for (Token t = 0; t < 40; ++t) prompt.push_back(1 + (t * 37) % 500);
+    const auto feed = [](F32LlamaModel& model, std::span<const Token> ids, bool logits) {
+        std::vector<SlotToken> rows;
+        for (size_t i = 0; i < ids.size(); ++i) rows.push_back({0, ids[i], logits && i + 1 == ids.size(), RowProducts::Tiled});
+        return model.forward_rows(rows, RowProducts::Tiled);
+    };
+    F32LlamaModel whole = F32LlamaModel::load(file, {.device = device});
+    const Logits expected = feed(whole, prompt, true);
+    F32LlamaModel reused = F32LlamaModel::load(file, {.device = device});
+    feed(reused, std::span(prompt).first(39), false);
+    const Logits got = feed(reused, std::span(prompt).last(1), true);
+    EXPECT_EQ(got.values, expected.values) << "max relative difference " << test::relative_error(got.row(0), expected.row(0));
+}
+
+TEST(F32DecodeStepTest, PromptAfterACachedPrefixEqualsTheWholePromptOnCpu) {
+    TWINFER_REQUIRE_FILE(test::third_party_testdata() / "models/stories260K.gguf");
+    check_prompt_after_cached_prefix(compute::Device::CPU);
+}
+
+// On CUDA this failed on an H100 (session 16, through the server): the lone row ran as
+// matrix-vector products (fixed since: Tiled rows padded to compute::min_tiled_tokens) and its
+// attention, a run under 16 rows, takes another kernel than the whole prompt's (open,
+// docs/serving.md "On CUDA, not yet with prefix reuse").
+TEST(F32CudaTest, PromptAfterACachedPrefixEqualsTheWholePrompt) {
+    TWINFER_REQUIRE_GPU();
+    TWINFER_REQUIRE_FILE(test::third_party_testdata() / "models/stories260K.gguf");
+    check_prompt_after_cached_prefix(compute::Device::CUDA);
+}
+
 TEST(F32CudaTest, TooLargeKvCacheSaysHowMuchMemory) {
     TWINFER_REQUIRE_GPU();
     const auto file = test::convert_gguf(test::golden_model("llama_gqa_tied"), GGMLType::F32, "cuda_memory");
