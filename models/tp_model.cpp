@@ -262,9 +262,8 @@ void TensorParallelModel<RankModel>::set_slot_count(size_t n_slots)
 template <class RankModel>
 Logits TensorParallelModel<RankModel>::forward_rows(std::span<const SlotToken> rows, RowProducts logits_products)
 {
-    // As forward: what a rank would refuse, refused before any rank starts (plan_rows's checks).
-    if (rows.empty()) throw std::invalid_argument("forward_rows: no rows");
-    for (const SlotToken& row : rows) check_token_ids(std::span<const Token>(&row.token, 1), config_.n_vocab);
+    // As forward: what a rank would refuse (empty rows, bad ids or slots, overflow), refused before
+    // any rank starts.
     first().check_rows(rows);
     const size_t V = config_.n_vocab;
     Logits result{V, 0, {}};
