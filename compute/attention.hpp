@@ -36,16 +36,19 @@ struct AttentionShape {
 };
 constexpr size_t max_attention_window = 8192;
 
-// How the CPU computes a call's rows: the two ways round differently, so a row's values depend on
+// How a call's rows are computed: the two ways round differently, so a row's values depend on
 // this choice and on nothing else of the call (not on its other rows, nor on where a prompt was
 // cut into calls), and a batched pass gives each row the way its kind gets alone (RowProducts in
-// models/f32_common.hpp: Tiled rows are prompt rows). The CUDA backend ignores it.
+// models/f32_common.hpp: Tiled rows are prompt rows).
 //   Decode: each (token, head) alone, the decode step's arithmetic (one row of scores, then the
-//     values' sums).
-//   Prompt: blocks of query rows that read the same KV head (tokens, and a group's heads) against
-//     tiles of keys, the softmax taken online (flash-attention style): each cached row read once
-//     a block instead of once a row.
-//   Auto: Prompt from two tokens on, Decode for one.
+//     values' sums; on CUDA, attention() of that one token).
+//   Prompt: on the CPU, blocks of query rows that read the same KV head (tokens, and a group's
+//     heads) against tiles of keys, the softmax taken online (flash-attention style): each cached
+//     row read once a block instead of once a row. On CUDA, the kernels whose arithmetic for a row
+//     does not follow the call's size (cuda/attention.cu, prompt_attention).
+//   Auto: on the CPU, Prompt from two tokens on, Decode for one. On CUDA, the fastest kernel for
+//     the call's size (cuBLAS products or the tensor cores from 16 tokens on), whose rows may
+//     differ in their last bits from the same rows in a call of another size.
 enum class AttentionRows { Auto, Prompt, Decode };
 
 // q: [n_tokens, n_head, head_dim]; keys, values: [first_position + n_tokens, kv_stride], KV head
@@ -68,7 +71,7 @@ inline void attention(Context& ctx, const float* q, CacheRows keys, CacheRows va
     if (ctx.device() == Device::CPU)
         return cpu::attention(ctx, q, keys, values, n_tokens, first_position, shape, out, rows);
 #ifdef TWINFER_WITH_CUDA
-    if (ctx.device() == Device::CUDA) return cuda::attention(ctx, q, keys, values, n_tokens, first_position, shape, out);
+    if (ctx.device() == Device::CUDA) return cuda::attention(ctx, q, keys, values, n_tokens, first_position, shape, out, rows);
 #endif
     throw_backend_unavailable("attention", ctx.device());
 }

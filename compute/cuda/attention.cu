@@ -118,11 +118,13 @@ __device__ bool last_to_finish(unsigned& finished, int n_splits) {
     return true;
 }
 
-// out[d] of one row: sum_s e^(m_s - M) acc_s[d] / (sum_s e^(m_s - M) l_s + e^(sink - M)), M the
-// largest of the m_s and the row's sink (-inf: none). The loads do not wait on one another (no
-// branch on a loaded value), so a merge of many splits is not a chain of L2 trips.
+// out[d] of one row: with_sink(sum_s e^(m_s - M) acc_s[d], sum_s e^(m_s - M) l_s, M), M the largest
+// of the m_s. The loads do not wait on one another (no branch on a loaded value), so a merge of
+// many splits is not a chain of L2 trips. A row that one split holds whole merges to exactly that
+// split's own result (its weight is e^0 = 1, the empty splits' 0), so a prompt row's value does not
+// depend on how many splits its call has (AttentionRows::Prompt, prompt_rows_attention).
 __device__ float merged(const float* row_parts, int n_splits, int hd, int d, float sink) {
-    float m_max = sink;
+    float m_max = -INFINITY;
 #pragma unroll 8
     for (int s = 0; s < n_splits; ++s) m_max = fmaxf(m_max, __ldcg(row_parts + s * (hd + 2) + hd));
     float num = 0.0f, den = 0.0f;
@@ -135,7 +137,7 @@ __device__ float merged(const float* row_parts, int n_splits, int hd, int d, flo
         num += empty ? 0.0f : w * acc;
         den += w * l_s;
     }
-    return num / (sink == -INFINITY ? den : den + __expf(sink - m_max));
+    return with_sink(num, den, m_max, sink);
 }
 
 template <class KV>
@@ -782,7 +784,7 @@ flash_decode_attention_kernel(const float* __restrict__ q, const __half* __restr
     const size_t part_size = HeadDim + 2;
     for (int g = warp; g < group; g += flash_decode_warps) {
         const float* row_parts = parts + size_t(first_head + g) * plan.n_splits * part_size;
-        const float sink = sink_of(sinks, first_head + g);   // merged()'s: the largest with the splits' maxima
+        const float sink = sink_of(sinks, first_head + g);   // in the max: no exponential exceeds 1
         float m_max = sink;
         for (int s = lane; s < plan.n_splits; s += 32) m_max = fmaxf(m_max, __ldcg(row_parts + s * part_size + HeadDim));
         m_max = warp_max(m_max);
@@ -894,10 +896,12 @@ int largest_divisor_at_most(int n, int limit) {
 
 // A launch of attention() (position null) or attention_at() (position in device memory, one token,
 // the grid sized for the plan of max_positions: no plan for fewer positions has more splits).
+// fixed_chunk (prompt rows, position null): the positions split in chunks of that many from
+// position 0, whatever the call, instead of by the plan that fills the GPU.
 template <class KV>
 void launch_attention(Context& ctx, const float* q, const KV* keys, const KV* values, size_t n_tokens,
                       size_t first_position, const int32_t* position, size_t max_positions, const AttentionShape& shape,
-                      float* out, const QuantizedActivations& out_int8 = {}) {
+                      float* out, const QuantizedActivations& out_int8 = {}, int fixed_chunk = 0) {
     if (n_tokens == 0) return;
     if (shape.head_dim > max_head_dim || shape.n_head_kv == 0 || shape.n_head % shape.n_head_kv != 0)
         throw std::invalid_argument("CUDA attention: head_dim " + std::to_string(shape.head_dim) + " (at most " +
@@ -924,7 +928,10 @@ void launch_attention(Context& ctx, const float* q, const KV* keys, const KV* va
                        unsigned(shape.n_head_kv * (L.group / L.heads_per_block)));
     const int blocks = int(grid_2d.x * grid_2d.y);
     L.split_cap = split_cap_for(device, blocks);
-    if (position) {
+    if (fixed_chunk) {
+        L.chunk = fixed_chunk;
+        L.n_splits = int((first_position + n_tokens + fixed_chunk - 1) / fixed_chunk);
+    } else if (position) {
         L.n_splits = max_splits_for(max_positions, L.split_cap);
     } else {
         const SplitPlan plan = split_plan(int(first_position + n_tokens), L.split_cap);
@@ -1138,6 +1145,41 @@ void gemm_attention(Context& ctx, const float* q, CacheRows keys, CacheRows valu
     gemm_attention(ctx, q, wide, wide + n, n_tokens, first_position, shape, out);
 }
 
+// Prompt rows on the general kernel: the positions split in chunks of prompt_chunk (whole tiles)
+// counted from position 0, so a row's splits, their tiles and its merge are the same in any call
+// (a tile past the row's own position is an exact no-op for it: every score -inf, its rescale
+// e^0); tokens taken in groups whose split parts fit prompt_parts_budget.
+constexpr int prompt_chunk = 8 * kv_tile;
+constexpr size_t prompt_parts_budget = size_t(64) << 20;
+template <class KV>
+void prompt_rows_attention(Context& ctx, const float* q, const KV* keys, const KV* values, size_t n_tokens,
+                           size_t first_position, const AttentionShape& shape, float* out) {
+    const size_t row_width = shape.n_head * shape.head_dim;
+    const size_t most_splits = (first_position + n_tokens + prompt_chunk - 1) / prompt_chunk;
+    const size_t group =
+        std::max<size_t>(1, prompt_parts_budget / (shape.n_head * (shape.head_dim + 2) * sizeof(float) * most_splits));
+    for (size_t t = 0; t < n_tokens; t += group)
+        launch_attention(ctx, q + t * row_width, keys, values, std::min(group, n_tokens - t), first_position + t, nullptr,
+                         0, shape, out + t * row_width, {}, prompt_chunk);
+}
+
+// AttentionRows::Prompt: every row as it is in any call, whatever the call's other rows and
+// wherever a prompt was cut into calls (the server's batch invariance across reused prefixes).
+// Sliding windows: windowed_attention_kernel, a block a row, at every position (attention()'s
+// shortcut, the causal kernels for a prompt within the window's first positions, would give a row
+// another kernel in another call). A float16 cache: the tensor cores' kernel at any length
+// (64-position tiles from position 0; a row's tiles past its position are exact no-ops for it).
+// Otherwise prompt_rows_attention, never the cuBLAS products (their arithmetic follows the
+// problem's size).
+void prompt_attention(Context& ctx, const float* q, CacheRows keys, CacheRows values, size_t n_tokens,
+                      size_t first_position, const AttentionShape& shape, float* out) {
+    if (!shape.window && flash_attention(ctx, q, keys, values, n_tokens, first_position, shape, out)) return;
+    with_cache_type(keys, values, [&](auto* k, auto* v) {
+        if (shape.window) return windowed_attention(ctx, q, k, v, n_tokens, first_position, nullptr, shape, out);
+        prompt_rows_attention(ctx, q, k, v, n_tokens, first_position, shape, out);
+    });
+}
+
 }  // namespace
 
 void store_ring(Context& ctx, const float* x, size_t n_rows, size_t width, CacheRows table, size_t first_position,
@@ -1148,8 +1190,15 @@ void store_ring(Context& ctx, const float* x, size_t n_rows, size_t width, Cache
 }
 
 void attention(Context& ctx, const float* q, CacheRows keys, CacheRows values, size_t n_tokens, size_t first_position,
-               const AttentionShape& shape, float* out) {
+               const AttentionShape& shape, float* out, AttentionRows rows) {
     if (shape.ring && !shape.window) throw std::invalid_argument("attention: a ring layer of the KV cache needs a window");
+    if (rows == AttentionRows::Prompt) return prompt_attention(ctx, q, keys, values, n_tokens, first_position, shape, out);
+    if (rows == AttentionRows::Decode && n_tokens > 1) {   // each token as one alone
+        const size_t row_width = shape.n_head * shape.head_dim;
+        for (size_t t = 0; t < n_tokens; ++t)
+            cuda::attention(ctx, q + t * row_width, keys, values, 1, first_position + t, shape, out + t * row_width, rows);
+        return;
+    }
     // A prompt that ends within a window's first positions is causal attention (no row's window
     // starts past position 0), and a ring holds those positions at their own rows (position <
     // window <= ring): the prompt kernels take it (windowed_attention_kernel's block a (token, head)
@@ -1157,7 +1206,7 @@ void attention(Context& ctx, const float* q, CacheRows keys, CacheRows values, s
     if (shape.window && first_position + n_tokens <= shape.window) {
         AttentionShape causal = shape;
         causal.window = causal.ring = 0;
-        return cuda::attention(ctx, q, keys, values, n_tokens, first_position, causal, out);
+        return cuda::attention(ctx, q, keys, values, n_tokens, first_position, causal, out, rows);
     }
     if (!shape.window && n_tokens >= min_gemm_tokens && shape.n_head_kv != 0 && shape.n_head % shape.n_head_kv == 0) {
         if (flash_attention(ctx, q, keys, values, n_tokens, first_position, shape, out)) return;

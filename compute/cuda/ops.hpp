@@ -20,6 +20,7 @@ struct MatmulOutput;
 struct RmsNorm;
 struct RopeParams;
 struct AttentionShape;
+enum class AttentionRows;
 enum class Activations;
 enum class ExpertActivation;
 }  // namespace twinfer::compute
@@ -79,7 +80,7 @@ void rope(Context& ctx, float* x, size_t n_tokens, size_t row_stride, size_t n_h
 void rope_at(Context& ctx, float* x, size_t n_heads, size_t head_dim, const int32_t* position, const RopeParams& params);
 
 void attention(Context& ctx, const float* q, CacheRows keys, CacheRows values, size_t n_tokens, size_t first_position,
-               const AttentionShape& shape, float* out);
+               const AttentionShape& shape, float* out, AttentionRows rows);
 // One token at the position in device memory: the launch is sized for max_positions, and each
 // block works out its share of 0 ..= *position as attention() would have split it (same result,
 // bit for bit); the blocks beyond that split return at once.

@@ -3,6 +3,8 @@
 #ifdef TWINFER_WITH_CUDA
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <deque>
@@ -625,6 +627,59 @@ TEST_F(CudaOps, WindowedPromptMatchesCpu) {
                       c.first_position, shape, out);
             EXPECT_LT(l2_relative_error(to_host(out, q.size()), want),
                       type == KvType::F16 ? flash_attention_tolerance : float_tolerance);
+        }
+    }
+}
+
+// AttentionRows::Prompt, the server's prompt rows: each row the same bits in any call, however a
+// prompt is cut into calls (1, 5, 17, 1, 5, 17, ... tokens, as after a reused prefix) and whatever
+// the call's length; and near the CPU. Every kernel the rows reach: the general one with split
+// positions (chunks from position 0; prompts past one chunk, so some rows merge splits and others
+// do not), the tensor cores' over a float16 cache at any length (heads of 64), the general one for
+// heads the tensor cores lack (40), sliding windows at every position (plain and ring), sinks.
+TEST_F(CudaOps, PromptRowsAreTheSameInAnyCall) {
+    struct Case {
+        size_t n_head, n_head_kv, head_dim, n_tokens, first_position, window, ring;
+        bool sinks;
+    };
+    for (const Case& c : {Case{9, 3, 64, 600, 0, 0, 0, false},      // SmolLM2's heads, three chunks
+                          Case{6, 2, 40, 300, 200, 0, 0, false},    // heads of 40, after a cached prefix
+                          Case{8, 2, 64, 300, 0, 0, 0, true},       // sinks, split and not
+                          Case{4, 1, 256, 90, 0, 64, 0, false},     // Gemma 3's heads, a window from the start
+                          Case{8, 2, 64, 100, 30, 32, 63, true}}) { // a ring, sinks
+        SCOPED_TRACE(testing::Message() << c.n_head << " heads over " << c.n_head_kv << " of " << c.head_dim << ", tokens "
+                                        << c.n_tokens << " from " << c.first_position << ", window " << c.window
+                                        << ", ring " << c.ring << (c.sinks ? ", sinks" : ""));
+        AttentionShape shape{c.n_head, c.n_head_kv, c.head_dim, c.n_head_kv * c.head_dim, 1.0f / std::sqrt(float(c.head_dim)),
+                             c.window, c.ring};
+        std::vector<float> sinks(c.n_head);
+        for (size_t h = 0; h < c.n_head; ++h) sinks[h] = float(h % 3) - 1.0f;
+        if (c.sinks) shape.sinks = to_device(sinks);
+        const size_t n_rows = c.ring ? 2 * c.ring : c.first_position + c.n_tokens;
+        const size_t row_width = c.n_head * c.head_dim;
+        const auto q = random(c.n_tokens * row_width, 2.0f);
+        const auto keys = random(n_rows * shape.kv_stride, 2.0f), values = random(n_rows * shape.kv_stride);
+        const float* q_gpu = to_device(q);
+        for (KvType type : {KvType::F32, KvType::F16}) {
+            SCOPED_TRACE(kv_type_name(type));
+            const CacheRows keys_gpu = cache_table(keys, type, true), values_gpu = cache_table(values, type, true);
+            float* whole = poisoned(q.size());
+            attention(*gpu, q_gpu, keys_gpu, values_gpu, c.n_tokens, c.first_position, shape, whole, AttentionRows::Prompt);
+            float* cut = poisoned(q.size());
+            for (size_t t = 0, part = 0; t < c.n_tokens; ++part) {
+                const size_t n = std::min(c.n_tokens - t, std::array<size_t, 3>{1, 5, 17}[part % 3]);
+                attention(*gpu, q_gpu + t * row_width, keys_gpu, values_gpu, n, c.first_position + t, shape,
+                          cut + t * row_width, AttentionRows::Prompt);
+                t += n;
+            }
+            const auto got = to_host(whole, q.size());
+            EXPECT_EQ(to_host(cut, q.size()), got);
+            AttentionShape on_cpu = shape;
+            on_cpu.sinks = c.sinks ? sinks.data() : nullptr;
+            std::vector<float> want(q.size());
+            attention(cpu, q.data(), cache_table(keys, type, false), cache_table(values, type, false), c.n_tokens,
+                      c.first_position, on_cpu, want.data(), AttentionRows::Prompt);
+            EXPECT_LT(l2_relative_error(got, want), type == KvType::F16 ? flash_attention_tolerance : float_tolerance);
         }
     }
 }

@@ -342,25 +342,33 @@ TEST(F32DecodeStepTest, ForwardTopKIsTheTopOfForwardOnCpu) {
     check_top_k_matches_forward<F32LlamaModel>(kStories, compute::Device::CPU);
 }
 
-// The server's prefix reuse (forward_rows): a 40-token prompt fed whole as Tiled rows, and the same
-// prompt as its first 39 tokens (a cached prefix) and then its last token alone, give the last
-// token's logits bit for bit: a row's products and attention must not depend on how many rows
-// of its sequence the pass holds. Default activations of each device.
+// The server's prefix reuse (forward_rows): a 300-token prompt fed whole as Tiled rows, and the
+// same prompt as a cached prefix (its first 299, 260 or 20 tokens) and then the rest, give the
+// last token's logits bit for bit: a row's products and attention must not depend on how many
+// rows of its sequence the pass holds (300 positions: past the CUDA prompt attention's first
+// chunk of 256). Default activations of each device, both cache types.
 void check_prompt_after_cached_prefix(compute::Device device) {
     const auto file = open(test::third_party_testdata() / "models/stories260K.gguf");
     std::vector<Token> prompt;
-    for (Token t = 0; t < 40; ++t) prompt.push_back(1 + (t * 37) % 500);
+    for (Token t = 0; t < 300; ++t) prompt.push_back(1 + (t * 37) % 500);
     const auto feed = [](F32LlamaModel& model, std::span<const Token> ids, bool logits) {
         std::vector<SlotToken> rows;
         for (size_t i = 0; i < ids.size(); ++i) rows.push_back({0, ids[i], logits && i + 1 == ids.size(), RowProducts::Tiled});
         return model.forward_rows(rows, RowProducts::Tiled);
     };
-    F32LlamaModel whole = F32LlamaModel::load(file, {.device = device});
-    const Logits expected = feed(whole, prompt, true);
-    F32LlamaModel reused = F32LlamaModel::load(file, {.device = device});
-    feed(reused, std::span(prompt).first(39), false);
-    const Logits got = feed(reused, std::span(prompt).last(1), true);
-    EXPECT_EQ(got.values, expected.values) << "max relative difference " << test::relative_error(got.row(0), expected.row(0));
+    for (compute::KvType type : {compute::KvType::F32, compute::KvType::F16}) {
+        const F32Options options{.device = device, .cache_type = type};
+        F32LlamaModel whole = F32LlamaModel::load(file, options);
+        const Logits expected = feed(whole, prompt, true);
+        for (size_t cached : {299, 260, 20}) {
+            F32LlamaModel reused = F32LlamaModel::load(file, options);
+            feed(reused, std::span(prompt).first(cached), false);
+            const Logits got = feed(reused, std::span(prompt).subspan(cached), true);
+            EXPECT_EQ(got.values, expected.values)
+                << compute::kv_type_name(type) << " cache, " << cached << " tokens cached: max relative difference "
+                << test::relative_error(got.row(0), expected.row(0));
+        }
+    }
 }
 
 TEST(F32DecodeStepTest, PromptAfterACachedPrefixEqualsTheWholePromptOnCpu) {
@@ -370,8 +378,8 @@ TEST(F32DecodeStepTest, PromptAfterACachedPrefixEqualsTheWholePromptOnCpu) {
 
 // On CUDA this failed on an H100 (session 16, through the server): the lone row ran as
 // matrix-vector products (fixed since: Tiled rows padded to compute::min_tiled_tokens) and its
-// attention, a run under 16 rows, takes another kernel than the whole prompt's (open,
-// docs/serving.md "On CUDA, not yet with prefix reuse").
+// attention, a run under 16 rows, took another kernel than the whole prompt's (AttentionRows::Prompt
+// since).
 TEST(F32CudaTest, PromptAfterACachedPrefixEqualsTheWholePrompt) {
     TWINFER_REQUIRE_GPU();
     TWINFER_REQUIRE_FILE(test::third_party_testdata() / "models/stories260K.gguf");
