@@ -130,8 +130,9 @@ inline void matmul(Context& ctx, std::span<const MatmulOutput> outputs, const fl
 // sums in another order, or with float activations), each row is the one-token path's bits. On
 // the CPU each weight row is read once for all the rows (up to cpu::matvec_max_rows at a time),
 // where n_rows one-token calls read it n_rows times. norm: as in
-// matmul, each row normalized alone. The GPU has no such kernel yet: it runs the rows' one-token
-// products one after another, which is batch-invariant by construction.
+// matmul, each row normalized alone. On the GPU, with int8 activations, one launch for all the
+// rows, a grid row each (the weights read from L2 by all but the first of the rows that take
+// them at once); float activations run the rows' one-token products one after another.
 namespace cpu {
 void matmul_rows(Context& ctx, std::span<const MatmulOutput> outputs, const float* x, size_t n_rows, Activations activations,
                  const RmsNorm* norm = nullptr);
@@ -140,16 +141,7 @@ inline void matmul_rows(Context& ctx, std::span<const MatmulOutput> outputs, con
                         Activations activations, const RmsNorm* norm = nullptr) {
     if (ctx.device() == Device::CPU) return cpu::matmul_rows(ctx, outputs, x, n_rows, activations, norm);
 #ifdef TWINFER_WITH_CUDA
-    if (ctx.device() == Device::CUDA) {
-        const size_t cols = outputs.empty() ? 0 : outputs[0].w.cols;
-        std::vector<MatmulOutput> at_row(outputs.begin(), outputs.end());
-        for (size_t t = 0; t < n_rows; ++t) {
-            for (size_t i = 0; i < outputs.size(); ++i) at_row[i].y = outputs[i].y + t * outputs[i].w.rows;
-            const RmsNorm row_norm = norm ? RmsNorm{norm->weight, norm->eps, norm->out + t * cols} : RmsNorm{};
-            cuda::matmul(ctx, at_row, x + t * cols, 1, activations, norm ? &row_norm : nullptr, nullptr);
-        }
-        return;
-    }
+    if (ctx.device() == Device::CUDA) return cuda::matmul_rows(ctx, outputs, x, n_rows, activations, norm);
 #endif
     throw_backend_unavailable("matmul_rows", ctx.device());
 }

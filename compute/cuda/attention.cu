@@ -51,6 +51,10 @@ struct Layout {
     // worked out in the kernels from it (split_plan), and split_cap is split_plan's bound.
     const int32_t* position;
     int split_cap;
+    // attention_at over a sliding window (AttentionShape::window, ring): the token's last `window`
+    // positions, read as a cache of their own from row first_row on (key i at row first_row + i;
+    // a ring holds them contiguously, rows p % ring and p % ring + ring).
+    int window, ring, first_row;
 };
 
 struct SplitPlan {
@@ -96,8 +100,13 @@ SplitScratch split_scratch(DeviceContext& device, size_t rows, int n_splits, siz
 // token there.
 __device__ inline void resolve_position(Layout& L) {
     if (!L.position) return;
-    L.first_position = *L.position;
-    const SplitPlan plan = split_plan(L.first_position + L.n_tokens, L.split_cap);
+    int n_kv = *L.position + 1;
+    if (L.window && n_kv > L.window) {
+        L.first_row = L.ring ? (n_kv - L.window) % L.ring : n_kv - L.window;
+        n_kv = L.window;
+    }
+    L.first_position = n_kv - 1;
+    const SplitPlan plan = split_plan(n_kv, L.split_cap);
     L.n_splits = plan.n_splits;
     L.chunk = plan.chunk;
 }
@@ -164,6 +173,8 @@ attention_kernel(const float* __restrict__ q, const KV* __restrict__ keys, const
     const int chunks_per_kv = L.group / L.heads_per_block;
     const int kv_head = blockIdx.y / chunks_per_kv;
     const int first_head = kv_head * L.group + (blockIdx.y % chunks_per_kv) * L.heads_per_block;
+    keys += size_t(L.first_row) * L.kv_stride;
+    values += size_t(L.first_row) * L.kv_stride;
     const int split = blockIdx.z;
     auto token_of = [&](int r) { return t0 + r / L.heads_per_block; };
     auto head_of = [&](int r) { return first_head + r % L.heads_per_block; };
@@ -919,6 +930,7 @@ void launch_attention(Context& ctx, const float* q, const KV* keys, const KV* va
     L.scale = shape.scale;
     L.sinks = shape.sinks;
     L.position = position;
+    if (position) L.window = int(shape.window), L.ring = int(shape.ring);
     // As many tokens per block as fit in max_rows, but no more than there are: a decoding step with
     // one head per block (Llama 2 7B) computed seven rows of nothing beside its one.
     L.tokens_per_block = int(std::min<size_t>(max_rows / L.heads_per_block, n_tokens));
@@ -1064,14 +1076,14 @@ __device__ float block_reduce(float v, bool is_max, float* scratch) {
 
 template <class KV>
 __global__ void __launch_bounds__(window_threads)
-windowed_attention_kernel(const float* q, const KV* keys, const KV* values, int first_position, const int32_t* position,
-                          int n_head, int group, int head_dim, int kv_stride, int window, int ring, float scale,
+windowed_attention_kernel(const float* q, const KV* keys, const KV* values, int first_position, int n_head, int group,
+                          int head_dim, int kv_stride, int window, int ring, float scale,
                           const float* sinks, float* out) {
     grid_dependency_wait();
     extern __shared__ float scores[];   // [window], then 32 floats of reduction scratch
     float* scratch = scores + window;
     const int t = blockIdx.x / n_head, h = blockIdx.x % n_head;
-    const int seen = (position ? *position : first_position) + t + 1;
+    const int seen = first_position + t + 1;
     const int first = max(0, seen - window), n = seen - first;
     const float* qh = q + (size_t(t) * n_head + h) * head_dim;
     const size_t kv_offset = size_t(ring ? first % ring : first) * kv_stride + size_t(h / group) * head_dim;
@@ -1099,13 +1111,13 @@ windowed_attention_kernel(const float* q, const KV* keys, const KV* values, int 
 
 template <class KV>
 void windowed_attention(Context& ctx, const float* q, const KV* keys, const KV* values, size_t n_tokens,
-                        size_t first_position, const int32_t* position, const AttentionShape& shape, float* out) {
+                        size_t first_position, const AttentionShape& shape, float* out) {
     if (shape.window > max_attention_window)
         throw std::invalid_argument("attention: a sliding window of " + std::to_string(shape.window) +
                                     " positions exceeds the CUDA kernel's " + std::to_string(max_attention_window));
     const size_t shared = (shape.window + 32) * sizeof(float);
     launch_after_previous(ctx, windowed_attention_kernel<KV>, unsigned(n_tokens * shape.n_head), window_threads, shared, q, keys,
-                          values, int(first_position), position, int(shape.n_head), int(shape.n_head / shape.n_head_kv),
+                          values, int(first_position), int(shape.n_head), int(shape.n_head / shape.n_head_kv),
                           int(shape.head_dim), int(shape.kv_stride), int(shape.window), int(shape.ring), shape.scale,
                           shape.sinks, out);
 }
@@ -1175,7 +1187,7 @@ void prompt_attention(Context& ctx, const float* q, CacheRows keys, CacheRows va
                       size_t first_position, const AttentionShape& shape, float* out) {
     if (!shape.window && flash_attention(ctx, q, keys, values, n_tokens, first_position, shape, out)) return;
     with_cache_type(keys, values, [&](auto* k, auto* v) {
-        if (shape.window) return windowed_attention(ctx, q, k, v, n_tokens, first_position, nullptr, shape, out);
+        if (shape.window) return windowed_attention(ctx, q, k, v, n_tokens, first_position, shape, out);
         prompt_rows_attention(ctx, q, k, v, n_tokens, first_position, shape, out);
     });
 }
@@ -1213,7 +1225,7 @@ void attention(Context& ctx, const float* q, CacheRows keys, CacheRows values, s
         return gemm_attention(ctx, q, keys, values, n_tokens, first_position, shape, out);
     }
     with_cache_type(keys, values, [&](auto* k, auto* v) {
-        if (shape.window) return windowed_attention(ctx, q, k, v, n_tokens, first_position, nullptr, shape, out);
+        if (shape.window) return windowed_attention(ctx, q, k, v, n_tokens, first_position, shape, out);
         launch_attention(ctx, q, k, v, n_tokens, first_position, nullptr, 0, shape, out);
     });
 }
@@ -1221,13 +1233,16 @@ void attention(Context& ctx, const float* q, CacheRows keys, CacheRows values, s
 void attention_at(Context& ctx, const float* q, CacheRows keys, CacheRows values, const int32_t* position,
                   size_t max_positions, const AttentionShape& shape, float* out) {
     with_cache_type(keys, values, [&](auto* k, auto* v) {
-        if (shape.window) return windowed_attention(ctx, q, k, v, 1, 0, position, shape, out);
         // The output also quantized for the int8 product that reads it next (Wo), where head_dim
         // splits into whole 32-value blocks, saving that product a quantization launch.
         const size_t width = shape.n_head * shape.head_dim;
         const QuantizedActivations out_int8 =
             shape.head_dim % 32 == 0 ? prepared_int8_scratch(ctx, width) : QuantizedActivations{};
-        if (!launch_decode_attention(ctx, q, k, v, position, max_positions, shape, out, out_int8))
+        // A sliding window: the general kernel over the window's positions, split to fill the GPU
+        // (windowed_attention_kernel's block a head took 14.6 us a layer for Gemma 3 270M).
+        if (shape.window)
+            launch_attention(ctx, q, k, v, 1, 0, position, std::min(max_positions, shape.window), shape, out, out_int8);
+        else if (!launch_decode_attention(ctx, q, k, v, position, max_positions, shape, out, out_int8))
             launch_attention(ctx, q, k, v, 1, 0, position, max_positions, shape, out, out_int8);
         if (out_int8.qs) publish_prepared_int8(ctx, out, width, out_int8);
     });

@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <optional>
+#include <vector>
 #include <type_traits>
 #include <stdexcept>
 #include <string>
@@ -589,6 +590,19 @@ void matmul(Context& ctx, std::span<const MatmulOutput> outputs, const float* x,
         } else {
             for (const MatmulOutput& o : outputs) matvec(ctx, o.w, input.x + t * cols, o.y + t * o.w.rows, o.accumulate);
         }
+    }
+}
+
+void matmul_rows(Context& ctx, std::span<const MatmulOutput> outputs, const float* x, size_t n_rows, Activations activations,
+                 const RmsNorm* norm) {
+    if (outputs.empty() || n_rows == 0) return;
+    if (int8_products(outputs, activations)) return int8_matvec_rows(ctx, outputs, x, n_rows, norm);
+    const size_t cols = outputs[0].w.cols;
+    std::vector<MatmulOutput> at_row(outputs.begin(), outputs.end());
+    for (size_t t = 0; t < n_rows; ++t) {
+        for (size_t i = 0; i < outputs.size(); ++i) at_row[i].y = outputs[i].y + t * outputs[i].w.rows;
+        const RmsNorm row_norm = norm ? RmsNorm{norm->weight, norm->eps, norm->out + t * cols} : RmsNorm{};
+        cuda::matmul(ctx, at_row, x + t * cols, 1, activations, norm ? &row_norm : nullptr, nullptr);
     }
 }
 

@@ -44,7 +44,8 @@ __global__ void quantize_kernel(const float* __restrict__ x, int n, int8_t* __re
 // same order, so every block gets the same inv_rms; a 4096-value row is 16 KiB of L2 reads per
 // block), then normalizes, writes and quantizes its own slice, a warp per 32-value block. One block
 // of 1024 threads doing the whole row took 5.8 us for Llama 2 7B's 4096 values (Nsight Compute),
-// twice a layer.
+// twice a layer. Grid row y: row y of x, out, qs and ds (rows of n values, matmul_rows), each as
+// it would be alone.
 constexpr int norm_threads = 256;
 __global__ void __launch_bounds__(norm_threads)
 rms_norm_quantize_kernel(const float* __restrict__ x, const float* __restrict__ weight, int n, float eps,
@@ -53,6 +54,8 @@ rms_norm_quantize_kernel(const float* __restrict__ x, const float* __restrict__ 
     // thread's own value of x with the row's, so that the chain after the wait is one round trip.
     const int i = blockIdx.x * norm_threads + threadIdx.x;
     const float w = i < n ? __ldg(weight + i) : 0.0f;
+    const size_t row = size_t(blockIdx.y) * n;
+    x += row, out += row, qs += row, ds += row / 32;
     grid_dependency_wait();
     const float xi = i < n ? __ldg(x + i) : 0.0f;
     float sum_squares = 0.0f;
@@ -255,6 +258,8 @@ enum class Epilogue {
                      // each block quantizes it into shared memory first.
     Experts,    // y_j = W_{ids[j]} x_j (compute::matmul_experts): grid row j takes the rows of the
                 // expert the router chose j-th (ExpertChoice), as Plain does the whole matrix's
+    Rows,       // y_j = W x_j, or y_j += W x_j (compute::matmul_rows): grid row j does Plain's work
+                // for token j's activations (ExpertChoice::x_blocks apart) into its own rows of y
     ExpertsSwiglu,   // Swiglu over the chosen experts' gate and up rows (matmul_experts_swiglu)
 };
 __host__ __device__ constexpr bool gated(Epilogue E) {
@@ -264,6 +269,7 @@ __host__ __device__ constexpr bool chosen_rows(Epilogue E) { return E == Epilogu
 
 // Experts' products: the router's choice in device memory, the matrix of all experts' rows, and
 // the distance between the quantized inputs x_j in 32-value blocks (0: one x for every expert).
+// Epilogue::Rows: n_chosen rows of x, x_blocks apart, no ids.
 struct ExpertChoice {
     const int32_t* ids = nullptr;
     int n_chosen = 1;
@@ -318,6 +324,11 @@ int8_matvec_kernel(Targets targets, int n_blocks, const int8_t* __restrict__ qs,
         ds += size_t(blockIdx.y) * experts.x_blocks;
         target.y += size_t(blockIdx.y) * target.rows;
     }
+    if constexpr (E == Epilogue::Rows) {
+        qs += size_t(blockIdx.y) * experts.x_blocks * 32;
+        ds += size_t(blockIdx.y) * experts.x_blocks;
+        target.y += size_t(blockIdx.y) * target.rows;
+    }
     // Row r's block b is block r * n_blocks + b of its matrix.
     PlanarView<T> view[Rows];
     size_t first_block_of[Rows];
@@ -360,7 +371,7 @@ int8_matvec_kernel(Targets targets, int n_blocks, const int8_t* __restrict__ qs,
     // A residual add's old y loaded now, with the activations, not after the products (a memory
     // round trip at the end of the chain).
     float old_y[Rows] = {};
-    if constexpr (E == Epilogue::Plain || E == Epilogue::AccumulateNorm) {
+    if constexpr (E == Epilogue::Plain || E == Epilogue::Rows || E == Epilogue::AccumulateNorm) {
         if (target.accumulate && lane == 0)
 #pragma unroll
             for (int r = 0; r < Rows; ++r)
@@ -505,10 +516,11 @@ QuantizedActivations quantize_activations(Context& ctx, const float* x, size_t c
     return q;
 }
 
-QuantizedActivations rms_norm_quantize(Context& ctx, const float* x, const RmsNorm& norm, size_t cols) {
-    const QuantizedActivations q = activation_scratch(ctx, cols);
-    launch_after_previous(ctx, rms_norm_quantize_kernel, blocks_for(cols, norm_threads), norm_threads, 0, x, norm.weight,
-                          int(cols), norm.eps, norm.out, q.qs, q.ds);
+// n_rows rows of cols values (one launch; each row as alone), into scratch as n_rows * cols.
+QuantizedActivations rms_norm_quantize(Context& ctx, const float* x, const RmsNorm& norm, size_t cols, size_t n_rows = 1) {
+    const QuantizedActivations q = activation_scratch(ctx, n_rows * cols);
+    launch_after_previous(ctx, rms_norm_quantize_kernel, dim3(unsigned(blocks_for(cols, norm_threads)), unsigned(n_rows)),
+                          norm_threads, 0, x, norm.weight, int(cols), norm.eps, norm.out, q.qs, q.ds);
     return q;
 }
 
@@ -556,7 +568,7 @@ void launch(Context& ctx, Targets targets, int n_blocks, const QuantizedActivati
     // Early weight loads only where the whole grid is resident at once: a launch of several waves
     // is bandwidth-bound, and its early loads only took bandwidth from the kernel before it
     // (Llama 2 7B decoding -3%, SmolLM2 and TinyLlama +1..5%; BENCHMARKS.md, session 4).
-    const bool early_loads = !chosen_rows(E) && blocks <= resident_blocks<T, Rows, E>(ctx);
+    const bool early_loads = !chosen_rows(E) && blocks * experts.n_chosen <= resident_blocks<T, Rows, E>(ctx);
     const size_t shared_bytes = x_float ? shared_activation_bytes(n_blocks) : 0;
     launch_after_previous(ctx, int8_matvec_kernel<T, Rows, E>, dim3(unsigned(blocks), unsigned(experts.n_chosen)),
                           warps_of<E> * 32, shared_bytes, targets, n_blocks, q.qs, q.ds, q.norm_scale, rope_store,
@@ -647,6 +659,32 @@ void int8_matvec(Context& ctx, std::span<const MatmulOutput> outputs, size_t tok
             targets.t[targets.n++] = target_of(o.w, o.y + token * o.w.rows, o.accumulate);
         }
         launch(ctx, type, targets, outputs[first].w.cols, q, false);
+        first = next;
+    }
+}
+
+void int8_matvec_rows(Context& ctx, std::span<const MatmulOutput> outputs, const float* x, size_t n_rows, const RmsNorm* norm) {
+    if (outputs.empty() || n_rows == 0) return;
+    const size_t cols = outputs[0].w.cols;
+    const QuantizedActivations q = norm ? rms_norm_quantize(ctx, x, *norm, cols, n_rows) : quantize_activations(ctx, x, n_rows * cols);
+    const int n_blocks = int(cols / 32);
+    const ExpertChoice rows_of_x{nullptr, int(n_rows), 0, n_blocks};
+    for (size_t first = 0; first < outputs.size();) {
+        Targets targets{};
+        const GGMLType type = outputs[first].w.type;
+        size_t next = first, rows = 0;
+        while (next < outputs.size() && targets.n < max_targets && outputs[next].w.type == type) {
+            const MatmulOutput& o = outputs[next++];
+            targets.t[targets.n++] = target_of(o.w, o.y, o.accumulate);
+            rows += o.w.rows;
+        }
+        // Two rows a warp where one each would take more than a wave, as int8_matvec's (the sums of
+        // an output are the same either way: a lane's blocks in order, then the warp's).
+        with_int8_type(type, [&]<GGMLType T>() {
+            if (rows * n_rows > size_t(warps_per_block) * resident_blocks<T, 1, Epilogue::Rows>(ctx))
+                launch<T, 2, Epilogue::Rows>(ctx, targets, n_blocks, q, RopeStore{}, {}, {}, nullptr, rows_of_x);
+            else launch<T, 1, Epilogue::Rows>(ctx, targets, n_blocks, q, RopeStore{}, {}, {}, nullptr, rows_of_x);
+        });
         first = next;
     }
 }

@@ -83,6 +83,10 @@ bool int8_matvec_supports(GGMLType type);
 // to norm->out (the token's row) — except where x's producer prepared that norm (PreparedNorm,
 // int8_matvec_then_norm): then its quantized input and sums of squares are used, nothing written.
 void int8_matvec(Context& ctx, std::span<const MatmulOutput> outputs, size_t token, const float* x, const RmsNorm* norm);
+// y_t = W x_t (or +=) for each of n_rows rows of x ([n_rows, cols]) into row t of every output's y,
+// one launch per type: each row's sums exactly those of int8_matvec of that row alone (norm: each
+// row normalized alone, written to its row of norm->out, in one launch too).
+void int8_matvec_rows(Context& ctx, std::span<const MatmulOutput> outputs, const float* x, size_t n_rows, const RmsNorm* norm);
 // A decode step's q, k, v = the products qkv (as int8_matvec, token 0), with RoPE on q and k at
 // *position and k and v written to row *position of keys and values, in the products' one launch
 // (compute::project_rope_store_at). False, with nothing done, where that launch cannot: pairs

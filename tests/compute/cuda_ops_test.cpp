@@ -326,6 +326,71 @@ TEST_F(CudaOps, FusedProductsMatchCpu) {
         }
 }
 
+// compute::matmul_rows on the GPU (the server's Single rows): one launch for all the rows, each
+// row's output the same bits as matmul of that row alone (one token, int8 activations) whatever
+// the number of rows, with and without the folded RMSNorm (its output rows too), three outputs
+// of one type in a launch (the middle one accumulating), and near the CPU's. Shapes of one wave
+// and of several (two rows a warp), 1 to 40 rows.
+TEST_F(CudaOps, MatmulRowsAreEachRowAlone) {
+    struct Shape {
+        size_t cols, heights[3];
+    };
+    for (const Shape& shape : {Shape{576, {576, 192, 192}}, Shape{2048, {5632, 256, 64}}})
+        for (GGMLType type : {GGMLType::Q4_0, GGMLType::Q4_1, GGMLType::Q8_0, GGMLType::Q4_K, GGMLType::Q6_K})
+            for (bool with_norm : {false, true}) {
+                const size_t cols = shape.cols, n_rows = 40;
+                if (cols % type_traits(type).block_size != 0) continue;
+                SCOPED_TRACE(testing::Message() << type_name(type) << ", " << cols << " columns" << (with_norm ? ", norm" : ""));
+                const auto x = random(n_rows * cols);
+                const auto norm_weight = random(cols);
+                const float* x_gpu = to_device(x);
+                std::vector<WeightMatrix> w_cpu, w_gpu;
+                std::vector<std::vector<std::byte>> weights;
+                std::vector<std::vector<float>> y0;
+                for (size_t rows : shape.heights) {
+                    weights.push_back(random_weights(type, rows, cols, rng));
+                    w_cpu.push_back({type, rows, cols, weights.back().data()});
+                    w_gpu.push_back(placed(type, rows, cols, weights.back()));
+                    y0.push_back(random(n_rows * rows));
+                }
+                // Every output of n rows from row `first` on, into fresh device memory.
+                const auto run = [&](size_t first, size_t n, bool alone) {
+                    std::vector<MatmulOutput> outputs;
+                    for (size_t i = 0; i < 3; ++i) {
+                        const size_t rows = shape.heights[i];
+                        std::vector<float> init(y0[i].begin() + first * rows, y0[i].begin() + (first + n) * rows);
+                        outputs.push_back({w_gpu[i], i == 1 ? to_device(init) : poisoned(n * rows), i == 1});
+                    }
+                    const RmsNorm norm{to_device(norm_weight), 1e-5f, poisoned(n * cols)};
+                    if (alone) matmul(*gpu, outputs, x_gpu + first * cols, 1, Activations::Int8, with_norm ? &norm : nullptr);
+                    else matmul_rows(*gpu, outputs, x_gpu + first * cols, n, Activations::Int8, with_norm ? &norm : nullptr);
+                    std::vector<std::vector<float>> got;
+                    for (size_t i = 0; i < 3; ++i) got.push_back(to_host(outputs[i].y, n * shape.heights[i]));
+                    if (with_norm) got.push_back(to_host(norm.out, n * cols));
+                    return got;
+                };
+                const auto all = run(0, n_rows, false);
+                for (size_t first : {size_t{0}, size_t{7}, size_t{39}}) {
+                    const auto alone = run(first, 1, true), one_row = run(first, 1, false);
+                    for (size_t i = 0; i < all.size(); ++i) {
+                        const size_t width = i < 3 ? shape.heights[i] : cols;
+                        const std::vector<float> in_all(all[i].begin() + first * width, all[i].begin() + (first + 1) * width);
+                        EXPECT_EQ(in_all, alone[i]) << "row " << first << ", output " << i << " (3: the norm's)";
+                        EXPECT_EQ(one_row[i], alone[i]) << "row " << first << ", output " << i;
+                    }
+                }
+                // Near the CPU's rows (its int8 products of each row alone).
+                for (size_t i = 0; i < 3; ++i) {
+                    std::vector<float> want = y0[i];
+                    std::vector<float> normalized(n_rows * cols);
+                    const RmsNorm norm{norm_weight.data(), 1e-5f, normalized.data()};
+                    const MatmulOutput out{w_cpu[i], want.data(), i == 1};
+                    matmul_rows(cpu, std::span(&out, 1), x.data(), n_rows, Activations::Int8, with_norm ? &norm : nullptr);
+                    EXPECT_LT(l2_relative_error(all[i], want), 5e-3) << "output " << i;
+                }
+            }
+}
+
 // The int8 kernels' types must come through place_weights (planar); a raw copy of the file's
 // bytes is refused by name instead of being read wrongly.
 TEST_F(CudaOps, FileLayoutOfPlanarTypesIsRefused) {
@@ -707,8 +772,9 @@ TEST_F(CudaOps, AttentionSinksMatchCpu) {
              Case{64, 8, 64, 40, 0, 128, 0, 0, "sliding layer's prompt within the window: the causal kernels"},
              Case{64, 8, 64, 100, 200, 128, 0, 0, "sliding prompt the window cuts: the windowed kernel"},
              Case{64, 8, 64, 100, 600, 128, 639, 0, "ring prompt: the windowed kernel"},
-             Case{64, 8, 64, 1, 700, 128, 639, 1024, "ring decode: the windowed kernel"},
-             Case{64, 8, 64, 1, 50, 128, 639, 1024, "ring decode within the window"}}) {
+             Case{64, 8, 64, 1, 700, 128, 639, 1024, "ring decode: the windowed kernel; at: the general one over the window"},
+             Case{64, 8, 64, 1, 50, 128, 639, 1024, "ring decode within the window"},
+             Case{4, 1, 256, 1, 1500, 512, 0, 2048, "Gemma 3's sliding decode, no ring: at: the general kernel, split"}}) {
         SCOPED_TRACE(testing::Message() << c.path << ": tokens " << c.n_tokens << " from " << c.first_position << ", heads "
                                         << c.n_head << "/" << c.n_head_kv << " of " << c.head_dim << ", window " << c.window
                                         << ", ring " << c.ring);
