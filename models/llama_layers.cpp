@@ -55,78 +55,132 @@ LlamaWeights LlamaWeights::load(compute::Context& ctx, const gguf::File& file, c
     return w;
 }
 
-// Shapes: T new tokens, E = n_embd, the shard's Hr heads and Hkv_r KV heads of D dims, Fr
-// feed-forward units, Vr vocabulary rows (one device: all of them).
+// Shapes: N = batch.n_padded rows (each run's tokens at its slot and positions, then the Tiled
+// padding), E = n_embd, the shard's Hr heads and Hkv_r KV heads of D dims, Fr feed-forward units,
+// Vr vocabulary rows (one device: all of them).
 // Reference: llama.cpp llm_build_llama; Touvron et al. 2023; Megatron-LM for the split.
-void enqueue_llama_pass(compute::Context& ctx, const ModelConfig& c, const LlamaWeights& w, KvCache& cache, size_t slot,
-                        const LlamaPassBuffers& b, compute::Activations activations, const int32_t* ids, size_t T,
-                        size_t p0, const int32_t* device_position, size_t n_out, const RankReduce* reduce,
-                        const F32Observer& observer) {
+void enqueue_llama_pass(compute::Context& ctx, const ModelConfig& c, const LlamaWeights& w, KvCache& cache,
+                        const LlamaPassBuffers& b, compute::Activations activations, const RowBatch& batch, LlamaPass pass,
+                        const int32_t* device_position, const RankReduce* reduce, const F32Observer& observer) {
     const size_t E = c.n_embd, D = c.head_dim;
     const size_t Hr = w.attention.n_head, Hkv_r = w.attention.n_head_kv, QDr = Hr * D, KVDr = Hkv_r * D;
+    const size_t N = batch.n_padded, n_single = batch.n_single, n_tiled = N - n_single, n_out = batch.logit_rows.size();
     const float eps = static_cast<float>(c.norm_eps);
+    const bool sequence = pass == LlamaPass::Sequence;
+    const SlotRun& run0 = batch.runs.front();                                        // a sequence's one run
     float *x = b.x, *xn = b.xn, *q = b.q, *att = b.att;
 
-    // x += W a (+ bias). One device: one product adding into x, which may also prepare the next
-    // norm (compute::matmul's next_norm). A rank: its heads' or units' share into out, the
-    // all-reduce that sums the shares, then the bias and the residual add.
+    // The products of the rows: Single rows each as the decode step computes it, Tiled rows together
+    // (rows_matmul; a sequence's are all Tiled: compute::matmul over its tokens).
+    const auto products = [&](std::span<const compute::MatmulOutput> outputs, const float* in, const compute::RmsNorm* norm) {
+        rows_matmul(ctx, outputs, in, n_single, n_tiled, activations, norm);
+    };
+    // x += W a (+ bias). One device: one product adding into x, which in a sequence's pass may also
+    // prepare the next norm (compute::matmul's next_norm). A rank: its heads' or units' share into
+    // out, the all-reduce that sums the shares, then the bias and the residual add.
     const auto residual = [&](const compute::WeightMatrix& wm, const float* bias, const float* a, const compute::RmsNorm* next_norm) {
-        if (!reduce) return residual_project(ctx, wm, bias, a, T, x, activations, next_norm);
-        compute::matmul(ctx, wm, a, T, b.out, activations);                          // out: [T, E], this rank's share
-        reduce->collective->all_reduce_sum(reduce->rank, ctx, b.out, T * E);          // out: [T, E], all shares
-        if (bias) compute::add_bias(ctx, b.out, bias, T, E);
-        compute::add(ctx, x, b.out, T * E);
+        if (!reduce && sequence) return residual_project(ctx, wm, bias, a, N, x, activations, next_norm);
+        float* out = reduce ? b.out : x;
+        const compute::MatmulOutput product{wm, out, /*accumulate=*/!reduce};
+        products(std::span(&product, 1), a, nullptr);                                // out: [N, E], this rank's share
+        if (reduce) reduce->collective->all_reduce_sum(reduce->rank, ctx, out, N * E);  // out: [N, E], all shares
+        if (bias) compute::add_bias(ctx, out, bias, N, E);
+        if (reduce) compute::add(ctx, x, out, N * E);
     };
 
-    compute::get_rows(ctx, w.token_embd, ids, T, x);                                 // x: [T, E]
-    observe(ctx, observer, "inp_embd", -1, x, T * E);
-    // The next norm is handed to each residual product, which may prepare it — not while an
+    compute::get_rows(ctx, w.token_embd, batch.ids, N, x);                          // x: [N, E]
+    observe(ctx, observer, "inp_embd", -1, x, N * E);
+    // A sequence's residual products are handed the next norm, which they may prepare — not while an
     // observer reads the normalized rows, which that leaves unwritten.
-    const bool prepare_norms = !observer;
+    const bool prepare_norms = sequence && !observer;
     for (size_t il = 0; il < w.layers.size(); ++il) {
         const LlamaLayer& L = w.layers[il];
-        const compute::CacheRows keys = cache.keys(il, slot);                         // [n_ctx, KVDr]
-        const compute::CacheRows values = cache.values(il, slot);
-        // This call's K and V rows: straight into a float32 cache at p0, or beside it (a decode
-        // step, or a float16 cache), stored after RoPE.
-        const bool direct = !device_position && keys.type == compute::KvType::F32;
-        float* k = direct ? keys.f32() + p0 * KVDr : b.k_rows;                        // [T, KVDr]
-        float* v = direct ? values.f32() + p0 * KVDr : b.v_rows;
-
         // Attention block: x += Wo attention(rope(Wq xn), rope(Wk xn), Wv xn), xn = rms_norm(x) (in the product)
-        const compute::RmsNorm attn_norm{L.attn_norm, eps, xn};                      // xn: [T, E]
-        const compute::MatmulOutput qkv[] = {{L.wq, q}, {L.wk, k}, {L.wv, v}};       // q: [T, Hr, D]; k, v: [T, Hkv_r, D]
-        project_qkv(ctx, qkv, x, T, activations, attn_norm, {L.bq, L.bk, L.bv}, Hr, Hkv_r, D, p0, device_position, w.rope, keys,
-                    values);
-        if (!direct && !device_position) {
-            compute::store_rows(ctx, k, T, KVDr, keys, p0);
-            compute::store_rows(ctx, v, T, KVDr, values, p0);
+        const compute::RmsNorm attn_norm{L.attn_norm, eps, xn};                      // xn: [N, E]
+        // A sequence's K and V rows: straight into a float32 cache at its position, or beside it (a
+        // decode step, or a float16 cache), stored after RoPE; a batch's beside it.
+        const compute::CacheRows keys0 = cache.keys(il, run0.slot), values0 = cache.values(il, run0.slot);
+        const bool direct = sequence && !device_position && keys0.type == compute::KvType::F32;
+        float* k = direct ? keys0.f32() + run0.first_position * KVDr : b.k_rows;     // [N, KVDr]
+        float* v = direct ? values0.f32() + run0.first_position * KVDr : b.v_rows;
+        const compute::MatmulOutput qkv[] = {{L.wq, q}, {L.wk, k}, {L.wv, v}};       // q: [N, Hr, D]; k, v: [N, Hkv_r, D]
+        if (sequence) {                                                              // the products, biases, RoPE (and a decode step's store) fused where the device can
+            project_qkv(ctx, qkv, x, N, activations, attn_norm, {L.bq, L.bk, L.bv}, Hr, Hkv_r, D, run0.first_position,
+                        device_position, w.rope, keys0, values0);
+        } else {
+            products(qkv, x, &attn_norm);
+            if (L.bq) compute::add_bias(ctx, q, L.bq, N, QDr);
+            if (L.bk) compute::add_bias(ctx, k, L.bk, N, KVDr);
+            if (L.bv) compute::add_bias(ctx, v, L.bv, N, KVDr);
         }
-        observe(ctx, observer, "attn_norm", il, xn, T * E);
-        observe(ctx, observer, "Qcur", il, q, T * QDr);
-        observe(ctx, observer, "Kcur", il, k, T * KVDr);
-        observe(ctx, observer, "Vcur", il, v, T * KVDr);
-        if (device_position)
-            compute::attention_at(ctx, q, keys, values, device_position, cache.n_ctx(), w.attention, att);
-        else
-            compute::attention(ctx, q, keys, values, T, p0, w.attention, att);       // att: [T, Hr, D]
-        observe(ctx, observer, "kqv_out", il, att, T * QDr);
+        observe(ctx, observer, "attn_norm", il, xn, N * E);
+        if (device_position) {
+            compute::attention_at(ctx, q, keys0, values0, device_position, cache.n_ctx(), w.attention, att);
+        } else {
+            for (const SlotRun& run : batch.runs) {
+                float *q_run = q + run.first_row * QDr, *k_run = k + run.first_row * KVDr;
+                const float* v_run = v + run.first_row * KVDr;
+                const compute::CacheRows keys = cache.keys(il, run.slot);            // [n_ctx, KVDr]
+                const compute::CacheRows values = cache.values(il, run.slot);
+                if (!sequence) {
+                    compute::rope(ctx, q_run, run.n_rows, QDr, Hr, D, run.first_position, w.rope);
+                    compute::rope(ctx, k_run, run.n_rows, KVDr, Hkv_r, D, run.first_position, w.rope);
+                }
+                if (!direct) {
+                    compute::store_rows(ctx, k_run, run.n_rows, KVDr, keys, run.first_position);
+                    compute::store_rows(ctx, v_run, run.n_rows, KVDr, values, run.first_position);
+                }
+                // A batch's runs get the attention their kind gets alone: Tiled rows a prompt's,
+                // Single rows the decode step's (the two round differently; compute::AttentionRows).
+                const auto rows = sequence                          ? compute::AttentionRows::Auto
+                                  : run.first_row >= batch.n_single ? compute::AttentionRows::Prompt
+                                                                    : compute::AttentionRows::Decode;
+                compute::attention(ctx, q_run, keys, values, run.n_rows, run.first_position, w.attention,
+                                   att + run.first_row * QDr, rows);                 // att: [n_rows, Hr, D]
+            }
+            // Padding rows have no position: a copy of the last fed row's output keeps them finite
+            // (a row's products never mix rows).
+            for (size_t r = batch.n_rows; r < N; ++r)
+                copy_on_device(ctx, att + r * QDr, att + (batch.n_rows - 1) * QDr, QDr * sizeof(float));
+        }
+        observe(ctx, observer, "Qcur", il, q, N * QDr);
+        observe(ctx, observer, "Kcur", il, k, N * KVDr);
+        observe(ctx, observer, "Vcur", il, v, N * KVDr);
+        observe(ctx, observer, "kqv_out", il, att, N * QDr);
         const compute::RmsNorm ffn_norm{L.ffn_norm, eps, xn};
         residual(L.wo, L.bo, att, prepare_norms ? &ffn_norm : nullptr);              // x += Wo att
-        observe(ctx, observer, "ffn_inp", il, x, T * E);
+        observe(ctx, observer, "ffn_inp", il, x, N * E);
 
         // Feed-forward block: x += W_down (silu(W_gate xn) * W_up xn), xn = rms_norm(x) (in the product)
-        compute::matmul_swiglu(ctx, L.w_gate, L.w_up, x, T, b.gate, b.up, activations, &ffn_norm);  // gate: [T, Fr]
-        observe(ctx, observer, "ffn_norm", il, xn, T * E);
+        if (sequence) {                                                              // one launch where the device can
+            compute::matmul_swiglu(ctx, L.w_gate, L.w_up, x, N, b.gate, b.up, activations, &ffn_norm);  // gate: [N, Fr]
+        } else {
+            const compute::MatmulOutput gate_up[] = {{L.w_gate, b.gate}, {L.w_up, b.up}};
+            products(gate_up, x, &ffn_norm);
+            // A row's values must not depend on the row count (each_row).
+            each_row(ctx, N, L.w_gate.rows, [&](size_t first, size_t n) {           // gate: [N, Fr]
+                compute::swiglu(ctx, b.gate + first, b.up + first, n, b.gate + first);
+            });
+        }
+        observe(ctx, observer, "ffn_norm", il, xn, N * E);
         const compute::RmsNorm next_norm{il + 1 < w.layers.size() ? w.layers[il + 1].attn_norm : w.output_norm, eps, xn};
-        residual(L.w_down, nullptr, b.gate, prepare_norms && T == n_out ? &next_norm : nullptr);  // x += W_down gate
-        observe(ctx, observer, "l_out", il, x, T * E);
+        residual(L.w_down, nullptr, b.gate, prepare_norms && N == n_out ? &next_norm : nullptr);  // x += W_down gate
+        observe(ctx, observer, "l_out", il, x, N * E);
     }
 
-    const float* last = x + (T - n_out) * E;                                         // the rows asked for
-    const compute::RmsNorm output_norm{w.output_norm, eps, xn};                      // xn: [n_out, E]
-    const compute::MatmulOutput output{w.output, b.logits};
-    compute::matmul(ctx, std::span(&output, 1), last, n_out, activations, &output_norm);   // logits: [n_out, Vr]
+    // The rows asked for: a sequence's last n_out where they are; a batch's gathered at the front of
+    // x (ascending, so no row is overwritten before it is read). Then normalized and projected as
+    // logits_products says.
+    const float* out_rows = x + (sequence && n_out ? batch.logit_rows.front() * E : 0);
+    if (!sequence)
+        for (size_t i = 0; i < n_out; ++i)
+            if (batch.logit_rows[i] != i) copy_on_device(ctx, x + i * E, x + batch.logit_rows[i] * E, E * sizeof(float));
+    const compute::RmsNorm output_norm{w.output_norm, eps, xn};                      // xn: [rows, E]
+    const compute::MatmulOutput output{w.output, b.logits};                          // logits: [rows, Vr]
+    if (batch.logits_products == RowProducts::Tiled)
+        rows_matmul(ctx, std::span(&output, 1), out_rows, 0, batch.n_logits_padded, activations, &output_norm);
+    else
+        rows_matmul(ctx, std::span(&output, 1), out_rows, n_out, 0, activations, &output_norm);
     observe(ctx, observer, "result_norm", -1, xn, n_out * E);
 }
 

@@ -1,6 +1,7 @@
 #pragma once
-// The Llama family's weights and forward pass, written once for F32LlamaModel (one device) and for
-// each rank of TensorParallelLlamaModel (models/tp_model.hpp). A rank's weights are the rows and columns its shard owns
+// The Llama family's weights and forward pass, written once for F32LlamaModel on one device and
+// for each rank of a TensorParallelModel (models/tp_model.hpp), for a sequence's pass and for the
+// server's batched pass. A rank's weights are the rows and columns its shard owns
 // (models/tensor_parallel.hpp), one device's are the whole matrices (whole_shard); the pass differs
 // only where a rank's partial sums are added up: one all-reduce after attention's output product
 // and one after the MLP's down product (RankReduce).
@@ -48,19 +49,25 @@ struct LlamaWeights {
     static LlamaWeights load(compute::Context& ctx, const gguf::File& file, const ModelConfig& c, const RankShard& shard);
 };
 
-// A pass's activation buffers ([T, width] each; out only with a RankReduce). k_rows and v_rows
-// hold a decode step's (or a float16 cache's) key and value rows until they are stored.
+// A pass's activation buffers ([N, width] each; out only with a RankReduce). k_rows and v_rows
+// hold the rows' keys and values until they are stored (a float32 cache takes a prompt's directly).
 struct LlamaPassBuffers {
     float *x, *xn, *q, *k_rows, *v_rows, *att, *out, *gate, *up, *logits;
 };
 
-// Queues the pass of T tokens (ids in device memory) at positions p0.. of `slot` up to the logits
-// of the last n_out in b.logits ([n_out, Vr]). With device_position (device memory; T = 1) the
-// position is read there and p0 is unused, so a captured graph can replay it. reduce: null on one
-// device, whose residual products add into x themselves (and may prepare the next norm).
-void enqueue_llama_pass(compute::Context& ctx, const ModelConfig& c, const LlamaWeights& w, KvCache& cache, size_t slot,
-                        const LlamaPassBuffers& b, compute::Activations activations, const int32_t* ids, size_t T,
-                        size_t p0, const int32_t* device_position, size_t n_out, const RankReduce* reduce,
-                        const F32Observer& observer);
+// How a pass computes its rows. Sequence (F32ModelBase::forward; one run of tokens): each step
+// fused where the device has a launch for it (the Q/K/V products with RoPE and a decode step's
+// cache write, gate/up with SwiGLU, a residual product that prepares the next norm). Rows
+// (forward_rows): each row as its kind computes it alone whatever the batch holds (RowProducts,
+// compute::AttentionRows): no fused step whose rows would round otherwise.
+enum class LlamaPass { Sequence, Rows };
+
+// Queues the pass of `batch` (ids in device memory) up to the logits of its logit_rows in b.logits
+// ([rows, Vr]). With device_position (device memory; a Sequence pass of one token) the position is
+// read there and the run's first_position is unused, so a captured graph can replay it. reduce:
+// null on one device, whose residual products add into x themselves.
+void enqueue_llama_pass(compute::Context& ctx, const ModelConfig& c, const LlamaWeights& w, KvCache& cache,
+                        const LlamaPassBuffers& b, compute::Activations activations, const RowBatch& batch, LlamaPass pass,
+                        const int32_t* device_position, const RankReduce* reduce, const F32Observer& observer);
 
 }  // namespace twinfer
