@@ -387,10 +387,13 @@ json chat_logprobs(const std::vector<const SequenceEvent*>& tokens, const Tokeni
     return {{"content", content}, {"refusal", nullptr}};
 }
 
+// The bytes a token adds to a choice's text: a control token (a BOS the tokenizer added) none.
+size_t text_bytes(const Tokenizer& tokenizer, Token id) { return tokenizer.is_control(id) ? 0 : tokenizer.token_to_piece(id).size(); }
+
 // Completions' logprobs: parallel arrays, top_logprobs as {token: logprob} objects. With echo the
 // prompt's tokens come first, the first with null logprobs (nothing comes before it), as OpenAI's
-// completions and vLLM report them; text_offset counts from the start of the choice's text, where
-// a control token (a BOS the tokenizer added) takes no room.
+// completions and vLLM report them; text_offset counts from the start of the choice's text
+// (text_offset: where `tokens` begin in it), where a control token takes no room.
 json completion_logprobs(const std::vector<const SequenceEvent*>& tokens, const Tokenizer& tokenizer, size_t text_offset,
                          const SequenceParams* echoed = nullptr, const std::vector<ScoredToken>& prompt_scores = {}) {
     json out = {{"tokens", json::array()}, {"token_logprobs", json::array()}, {"top_logprobs", json::array()}, {"text_offset", json::array()}};
@@ -404,7 +407,7 @@ json completion_logprobs(const std::vector<const SequenceEvent*>& tokens, const 
             for (const TokenLogprob& t : *top_logprobs) top[tokenizer.token_to_piece(t.id)] = t.logprob;
         out["top_logprobs"].push_back(std::move(top));
         out["text_offset"].push_back(offset);
-        offset += tokenizer.is_control(id) ? 0 : piece.size();   // a control token adds nothing to the text
+        offset += text_bytes(tokenizer, id);
     };
     if (echoed) {
         add(echoed->prompt.front(), nullptr, nullptr);
@@ -445,10 +448,15 @@ json chunk_of(const GenerationRequest& request, const ResponseHeader& header, js
 }
 
 // A streamed chunk for one event (text or finish of a choice); null when there is nothing to
-// send. first: the choice's first chunk (chat sends the role then).
+// send. first: the choice's first chunk (chat sends the role then). text_offset: where the event's
+// token begins in the choice's text (completions' logprobs), moved past it.
 json completion_chunk(const GenerationRequest& request, const ResponseHeader& header, const SequenceEvent& event, bool first,
-                      const Tokenizer& tokenizer) {
+                      size_t& text_offset, const Tokenizer& tokenizer) {
     const bool has_token = event.token.has_value() && request.logprobs && event.logprob;
+    const bool echo_first = first && request.endpoint == Endpoint::Completions && !request.echo.empty();
+    if (echo_first) text_offset = request.echo[event.choice].size();
+    const size_t token_offset = text_offset;
+    if (event.token) text_offset += text_bytes(tokenizer, *event.token);
     if (event.text.empty() && !event.finish && !has_token && !first) return nullptr;
     json choice = {{"index", event.choice},
                    {"finish_reason", event.finish ? json(std::string(finish_reason_name(*event.finish))) : json(nullptr)}};
@@ -460,16 +468,16 @@ json completion_chunk(const GenerationRequest& request, const ResponseHeader& he
         if (!event.text.empty() || first) delta["content"] = event.text;
         choice["delta"] = std::move(delta);
         choice["logprobs"] = has_token ? chat_logprobs(tokens, tokenizer) : json(nullptr);
-    } else if (first && !request.echo.empty()) {
+    } else if (echo_first) {
         // The prompt goes out first, with its tokens' logprobs when they are asked for.
         const std::string& echoed = request.echo[event.choice];
         choice["text"] = echoed + event.text;
-        choice["logprobs"] = request.logprobs ? completion_logprobs(tokens, tokenizer, echoed.size(), &request.choices[event.choice],
+        choice["logprobs"] = request.logprobs ? completion_logprobs(tokens, tokenizer, token_offset, &request.choices[event.choice],
                                                                     event.prompt_scores)
                                               : json(nullptr);
     } else {
         choice["text"] = event.text;
-        choice["logprobs"] = has_token ? completion_logprobs(tokens, tokenizer, 0) : json(nullptr);
+        choice["logprobs"] = has_token ? completion_logprobs(tokens, tokenizer, token_offset) : json(nullptr);
     }
     return chunk_of(request, header, std::move(choice));
 }
@@ -679,7 +687,7 @@ std::vector<json> stream_chunks(const GenerationRequest& request, const Response
             shown.text = stream.tool_calls->release() + shown.text;
         }
     }
-    json chunk = completion_chunk(request, header, shown, first, tokenizer);
+    json chunk = completion_chunk(request, header, shown, first, stream.text_offset, tokenizer);
     return chunk.is_null() ? std::vector<json>{} : std::vector<json>{std::move(chunk)};
 }
 

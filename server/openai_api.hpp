@@ -86,6 +86,7 @@ json completion_response(const GenerationRequest& request, const ResponseHeader&
 // What a stream has sent of one choice.
 struct ChoiceStream {
     bool started = false;                     // the first chunk (chat: with the role) is out
+    size_t text_offset = 0;                   // completions: the choice's text so far, in bytes of its tokens
     std::optional<ToolCallStream> tool_calls; // with tools: the text held while it may be a call
 };
 ChoiceStream choice_stream(const GenerationRequest& request);

@@ -337,6 +337,20 @@ TEST_F(ServerProcessTest, EchoReturnsThePromptAndItsTokensLogprobs) {
     std::string text;
     for (const json& chunk : chunks) text += chunk["choices"][0]["text"].get<std::string>();
     EXPECT_EQ(text, both["choices"][0]["text"]);
+    // Streamed offsets count from the choice's start, as the whole answer's do (with echo and
+    // without).
+    const auto streamed_offsets = [](const std::vector<json>& of) {
+        json offsets = json::array();
+        for (const json& chunk : of)
+            if (const json& l = chunk["choices"][0]["logprobs"]; l.is_object())
+                for (const json& o : l["text_offset"]) offsets.push_back(o);
+        return offsets;
+    };
+    EXPECT_EQ(streamed_offsets(chunks), blp["text_offset"]);
+    auto plain_streamed = server_->client().Post("/v1/completions", completion_body(prompt, 4, true), "application/json");
+    ASSERT_TRUE(plain_streamed);
+    ASSERT_EQ(plain_streamed->status, 200);
+    EXPECT_EQ(streamed_offsets(stream_chunks(plain_streamed->body)), plain["choices"][0]["logprobs"]["text_offset"]);
 
     // Token ids led by a control token (<|im_start|>): it takes no room in the text, as in
     // generated text, and every offset points at its token's text.
