@@ -55,6 +55,7 @@ inline size_t min_tiled_tokens(Device device) {
     return cpu_min_tiled_tokens;
 }
 
+
 // `w` where the context's device reads it, laid out as that device's kernels read it best: the CPU
 // uses w as it is (in the file mapping); a GPU gets a copy, in a buffer appended to `storage`, with
 // the int8 kernels' types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, MXFP4) split into planes.
@@ -121,6 +122,27 @@ inline void matmul(Context& ctx, std::span<const MatmulOutput> outputs, const fl
     if (ctx.device() == Device::CUDA) return cuda::matmul(ctx, outputs, x, n_tokens, activations, norm, next_norm);
 #endif
     throw_backend_unavailable("matmul", ctx.device());
+}
+
+// A batched pass's Tiled rows (models/f32_common.hpp): y = W x over n_rows rows, n_rows a multiple
+// of row_tile_rows(device) and at least min_tiled_tokens, each row's output the same bits in any
+// such call. The CPU's tiled product computes a row alike whatever the row count (matmul). cuBLAS
+// picks its kernel, and with it a row's order of sums, by the problem's size (an H100 gave a row
+// of 8 other bits than the same row among 300): CUDA computes blocks of row_tile_rows rows, one
+// cuBLAS product of that one size after another (the weights dequantized once).
+inline size_t row_tile_rows(Device device) {
+#ifdef TWINFER_WITH_CUDA
+    if (device == Device::CUDA) return cuda::row_tile_rows();
+#endif
+    (void)device;
+    return 1;
+}
+inline void matmul_row_tiles(Context& ctx, std::span<const MatmulOutput> outputs, const float* x, size_t n_rows,
+                             Activations activations, const RmsNorm* norm = nullptr) {
+#ifdef TWINFER_WITH_CUDA
+    if (ctx.device() == Device::CUDA) return cuda::matmul_row_tiles(ctx, outputs, x, n_rows, activations, norm);
+#endif
+    matmul(ctx, outputs, x, n_rows, activations, norm);
 }
 
 // The batched decode step's products: y[t] = W x[t] for each of n_rows rows of x ([n_rows, cols]),

@@ -245,14 +245,19 @@ struct RowBatch {
     std::vector<size_t> logit_rows;      // rows whose logits are asked, ascending
     RowProducts logits_products = RowProducts::Single;   // how the output product computes them
     size_t n_logits_padded = 0;          // logit_rows.size(), padded as n_padded for Tiled
+    // Tiled rows through compute::matmul_row_tiles (forward_rows: a row's bits whatever the pass
+    // holds; n_padded and n_logits_padded then count whole tiles), else compute::matmul (a
+    // sequence's pass, the fastest product for its size).
+    bool row_tiles = false;
 };
 
-// The products of a batched pass (RowBatch): rows [0, n_single) each as the decode step computes
-// its token (compute::matmul_rows: one call, the weights read once for all of them), then the
-// next n_tiled (padded) as one product, as a prompt's tokens are. outputs' y and x are the pass's
-// row arrays; norm (if any) normalizes each row of x into its `out` first.
+// The products of a pass (RowBatch): rows [0, n_single) each as the decode step computes its token
+// (compute::matmul_rows: one call, the weights read once for all of them), then the next n_tiled
+// (padded) as one product, as a prompt's tokens are (compute::matmul_row_tiles with row_tiles,
+// RowBatch::row_tiles). outputs' y and x are the pass's row arrays; norm (if any) normalizes each
+// row of x into its `out` first.
 void rows_matmul(compute::Context& ctx, std::span<const compute::MatmulOutput> outputs, const float* x, size_t n_single,
-                 size_t n_tiled, compute::Activations activations, const compute::RmsNorm* norm = nullptr);
+                 size_t n_tiled, compute::Activations activations, const compute::RmsNorm* norm, bool row_tiles);
 
 // An elementwise activation over n_rows rows of `width` values, as f(first, count) calls: on the
 // CPU one call a row (its kernels split a call into vectors and a tail by its length, so a row's
@@ -477,14 +482,17 @@ protected:
         }
         const size_t n_tiled = batch.n_rows - batch.n_single;
         // compute::matmul takes fewer rows than its device's min_tiled_tokens one by one: padded
-        // up to that many, a lone Tiled row is computed as it would be among others
-        // (tests/server/batched_rows_test.cpp fails if the two disagree).
-        const size_t tiled_rows = compute::min_tiled_tokens(options_.device);
-        batch.n_padded = batch.n_single + (n_tiled ? std::max(n_tiled, tiled_rows) : 0);
-        batch.n_logits_padded = logits_products == RowProducts::Tiled && !batch.logit_rows.empty()
-                                    ? std::max(batch.logit_rows.size(), tiled_rows)
-                                    : batch.logit_rows.size();
-        batch.n_padded = std::max(batch.n_padded, batch.n_logits_padded);
+        // up to that many, and to whole tiles of compute::matmul_row_tiles, a lone Tiled row is
+        // computed as it would be among others (tests/server/batched_rows_test.cpp fails if the
+        // two disagree).
+        const size_t tiled_rows = compute::min_tiled_tokens(options_.device), tile = compute::row_tile_rows(options_.device);
+        const auto padded = [&](size_t n) { return n ? (std::max(n, tiled_rows) + tile - 1) / tile * tile : 0; };
+        batch.row_tiles = true;
+        batch.n_padded = batch.n_single + padded(n_tiled);
+        batch.n_logits_padded =
+            logits_products == RowProducts::Tiled ? padded(batch.logit_rows.size()) : batch.logit_rows.size();
+        // Logit rows beyond the pass's rows: the products' Tiled rows padded to them, whole tiles.
+        if (batch.n_logits_padded > batch.n_padded) batch.n_padded = batch.n_single + padded(batch.n_logits_padded - batch.n_single);
         return batch;
     }
     // forward_rows for a model without enqueue_rows: each run through forward() in its slot.

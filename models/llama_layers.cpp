@@ -73,7 +73,7 @@ void enqueue_llama_pass(compute::Context& ctx, const ModelConfig& c, const Llama
     // The products of the rows: Single rows each as the decode step computes it, Tiled rows together
     // (rows_matmul; a sequence's are all Tiled: compute::matmul over its tokens).
     const auto products = [&](std::span<const compute::MatmulOutput> outputs, const float* in, const compute::RmsNorm* norm) {
-        rows_matmul(ctx, outputs, in, n_single, n_tiled, activations, norm);
+        rows_matmul(ctx, outputs, in, n_single, n_tiled, activations, norm, batch.row_tiles);
     };
     // x += W a (+ bias). One device: one product adding into x, which in a sequence's pass may also
     // prepare the next norm (compute::matmul's next_norm). A rank: its heads' or units' share into
@@ -178,9 +178,9 @@ void enqueue_llama_pass(compute::Context& ctx, const ModelConfig& c, const Llama
     const compute::RmsNorm output_norm{w.output_norm, eps, xn};                      // xn: [rows, E]
     const compute::MatmulOutput output{w.output, b.logits};                          // logits: [rows, Vr]
     if (batch.logits_products == RowProducts::Tiled)
-        rows_matmul(ctx, std::span(&output, 1), out_rows, 0, batch.n_logits_padded, activations, &output_norm);
+        rows_matmul(ctx, std::span(&output, 1), out_rows, 0, batch.n_logits_padded, activations, &output_norm, batch.row_tiles);
     else
-        rows_matmul(ctx, std::span(&output, 1), out_rows, n_out, 0, activations, &output_norm);
+        rows_matmul(ctx, std::span(&output, 1), out_rows, n_out, 0, activations, &output_norm, batch.row_tiles);
     observe(ctx, observer, "result_norm", -1, xn, n_out * E);
 }
 

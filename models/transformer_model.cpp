@@ -256,7 +256,7 @@ void TransformerModel::enqueue_rows(const RowBatch& batch) { enqueue_pass(batch,
 // others in one product; a row never depends on the rest).
 void TransformerModel::products(std::span<const compute::MatmulOutput> outputs, const float* x, size_t n_single,
                                 size_t n_tiled, const compute::RmsNorm* norm) {
-    rows_matmul(ctx_, outputs, x, n_single, n_tiled, activations_for(options_), norm);
+    rows_matmul(ctx_, outputs, x, n_single, n_tiled, activations_for(options_), norm, row_tiles_);
 }
 
 // Shapes: N = batch.n_padded rows (each run's tokens at its slot and positions, then padding), E =
@@ -278,6 +278,7 @@ void TransformerModel::enqueue_pass(const RowBatch& batch, const int32_t* device
     const bool fold_norms = spec.norm == NormKind::RMSNorm && spec.residual == ResidualKind::Sequential;
     // One run outside a decode step (a prompt) writes its K and V rows straight into the cache.
     const bool into_cache = !device_position && batch.runs.size() == 1 && N == batch.n_rows;
+    row_tiles_ = batch.row_tiles;
     const SlotRun& first_run = batch.runs.front();
 
     compute::get_rows(ctx_, token_embd_, batch.ids, N, x);                           // x: [N, E]

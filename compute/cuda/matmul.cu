@@ -41,6 +41,8 @@ constexpr int padded_unit = 36;
 // Fewer tokens than this run one matrix-vector product each: below it, reading W once per token
 // costs less than writing and reading its float16 copy.
 constexpr size_t min_gemm_tokens = 8;
+// matmul_row_tiles' cuBLAS calls: rows each (a multiple of min_gemm_tokens).
+constexpr size_t row_tile = 32;
 
 size_t matvec_shared_bytes(size_t cols) { return (cols / 32 * padded_unit + (cols / 16 + 3) / 4 * 4) * sizeof(float); }
 
@@ -470,14 +472,19 @@ void dequantize_to(Context& ctx, const WeightMatrix& w, OutT* out) {
 }
 
 // y [T, rows] = x [T, cols] W^T: in cuBLAS's column-major terms, y^T [rows, T] = W^T^T x^T, with W
-// read as the column-major [cols, rows] matrix its row-major bytes are.
-void gemm(Context& ctx, const WeightMatrix& w, const float* x, size_t n_tokens, float* y, bool accumulate) {
+// read as the column-major [cols, rows] matrix its row-major bytes are. tile_rows: cuBLAS calls of
+// that many tokens each (T a multiple of it; matmul_row_tiles), 0: one call.
+void gemm(Context& ctx, const WeightMatrix& w, const float* x, size_t n_tokens, float* y, bool accumulate,
+          size_t tile_rows = 0) {
     DeviceContext& device = device_of(ctx);
     const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
-    const int rows = int(w.rows), cols = int(w.cols), tokens = int(n_tokens);
+    const int rows = int(w.rows), cols = int(w.cols);
+    const size_t step = tile_rows ? tile_rows : n_tokens;
     if (w.type == GGMLType::F32) {
-        TWINFER_CUDA_CHECK(cublasSgemm(device.cublas, CUBLAS_OP_T, CUBLAS_OP_N, rows, tokens, cols, &one,
-                                       reinterpret_cast<const float*>(w.data), cols, x, cols, &beta, y, rows));
+        for (size_t t = 0; t < n_tokens; t += step)
+            TWINFER_CUDA_CHECK(cublasSgemm(device.cublas, CUBLAS_OP_T, CUBLAS_OP_N, rows, int(step), cols, &one,
+                                           reinterpret_cast<const float*>(w.data), cols, x + t * cols, cols, &beta,
+                                           y + t * rows, rows));
         return;
     }
     auto* w_half = static_cast<__half*>(device.weights_half.get(w.rows * w.cols * sizeof(__half), device.stream));
@@ -485,9 +492,10 @@ void gemm(Context& ctx, const WeightMatrix& w, const float* x, size_t n_tokens, 
     dequantize_to(ctx, w, w_half);
     to_half_kernel<<<blocks_for(n_tokens * w.cols, 256), 256, 0, device.stream>>>(x, n_tokens * w.cols, x_half);
     TWINFER_CUDA_CHECK_LAUNCH();
-    TWINFER_CUDA_CHECK(cublasGemmEx(device.cublas, CUBLAS_OP_T, CUBLAS_OP_N, rows, tokens, cols, &one, w_half, CUDA_R_16F,
-                                    cols, x_half, CUDA_R_16F, cols, &beta, y, CUDA_R_32F, rows, CUBLAS_COMPUTE_32F,
-                                    CUBLAS_GEMM_DEFAULT));
+    for (size_t t = 0; t < n_tokens; t += step)
+        TWINFER_CUDA_CHECK(cublasGemmEx(device.cublas, CUBLAS_OP_T, CUBLAS_OP_N, rows, int(step), cols, &one, w_half,
+                                        CUDA_R_16F, cols, x_half + t * cols, CUDA_R_16F, cols, &beta, y + t * rows,
+                                        CUDA_R_32F, rows, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
 struct NoOp {
@@ -552,6 +560,13 @@ ProductInput product_input(Context& ctx, const float* x, size_t n_tokens, size_t
     return {norm->out, nullptr};
 }
 
+// Whether the tiled (cuBLAS) products take `outputs`: ragged float16/bfloat16 rows have no float16
+// tile path, and take the matrix-vector route.
+bool tiled_products_take(std::span<const MatmulOutput> outputs) {
+    return std::all_of(outputs.begin(), outputs.end(),
+                       [](const MatmulOutput& o) { return o.w.type == GGMLType::F32 || !ragged_float(o.w); });
+}
+
 // Whether one token's products of `outputs` take the int8 kernels (the activations asked for and
 // every matrix of their types); their shapes are checked then.
 bool int8_products(std::span<const MatmulOutput> outputs, Activations activations) {
@@ -570,10 +585,7 @@ void matmul(Context& ctx, std::span<const MatmulOutput> outputs, const float* x,
     const size_t cols = outputs[0].w.cols;
     for (const MatmulOutput& o : outputs)
         if (o.w.cols != cols) throw std::invalid_argument("CUDA matmul: products of one input differ in columns");
-    // Ragged float16/bfloat16 rows have no float16 tile path: they take the matrix-vector route.
-    const bool gemm_ok = std::all_of(outputs.begin(), outputs.end(),
-                                     [](const MatmulOutput& o) { return o.w.type == GGMLType::F32 || !ragged_float(o.w); });
-    const bool gemm_path = n_tokens >= min_gemm_tokens && gemm_ok;
+    const bool gemm_path = n_tokens >= min_gemm_tokens && tiled_products_take(outputs);
     const bool int8 = !gemm_path && int8_products(outputs, activations);
     if (int8 && next_norm && !norm && n_tokens == 1 && outputs.size() == 1 &&
         int8_matvec_then_norm(ctx, outputs[0], x, *next_norm))
@@ -591,6 +603,23 @@ void matmul(Context& ctx, std::span<const MatmulOutput> outputs, const float* x,
             for (const MatmulOutput& o : outputs) matvec(ctx, o.w, input.x + t * cols, o.y + t * o.w.rows, o.accumulate);
         }
     }
+}
+
+size_t row_tile_rows() { return row_tile; }
+
+void matmul_row_tiles(Context& ctx, std::span<const MatmulOutput> outputs, const float* x, size_t n_rows,
+                      Activations activations, const RmsNorm* norm) {
+    if (outputs.empty() || n_rows == 0) return;
+    if (n_rows % row_tile != 0 || n_rows < min_gemm_tokens)
+        throw std::invalid_argument("CUDA matmul_row_tiles: " + std::to_string(n_rows) + " rows, not a multiple of " +
+                                   std::to_string(row_tile));
+    const size_t cols = outputs[0].w.cols;
+    for (const MatmulOutput& o : outputs)
+        if (o.w.cols != cols) throw std::invalid_argument("CUDA matmul_row_tiles: products of one input differ in columns");
+    // Matrix-vector products one token at a time where there is no tile path: alike in any call.
+    if (!tiled_products_take(outputs)) return cuda::matmul(ctx, outputs, x, n_rows, activations, norm);
+    const ProductInput input = product_input(ctx, x, n_rows, cols, norm, false);
+    for (const MatmulOutput& o : outputs) gemm(ctx, o.w, input.x, n_rows, o.y, o.accumulate, row_tile);
 }
 
 void matmul_rows(Context& ctx, std::span<const MatmulOutput> outputs, const float* x, size_t n_rows, Activations activations,

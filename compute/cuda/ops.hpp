@@ -43,6 +43,10 @@ void matmul(Context& ctx, const WeightMatrix& w, const float* x, size_t n_tokens
 // With norm, x is normalized first (into norm->out); a token's int8 path folds it into the quantization.
 void matmul(Context& ctx, std::span<const MatmulOutput> outputs, const float* x, size_t n_tokens, Activations activations,
             const RmsNorm* norm = nullptr, const RmsNorm* next_norm = nullptr);
+// compute::matmul_row_tiles: the tiled products in cuBLAS calls of row_tile_rows() rows each.
+size_t row_tile_rows();
+void matmul_row_tiles(Context& ctx, std::span<const MatmulOutput> outputs, const float* x, size_t n_rows,
+                      Activations activations, const RmsNorm* norm);
 // compute::matmul_rows: with int8 activations one launch for all rows (and one to quantize them),
 // each row's sums those of matmul of that row alone; otherwise each row's matmul in turn.
 void matmul_rows(Context& ctx, std::span<const MatmulOutput> outputs, const float* x, size_t n_rows, Activations activations,

@@ -377,9 +377,10 @@ TEST(F32DecodeStepTest, PromptAfterACachedPrefixEqualsTheWholePromptOnCpu) {
 }
 
 // On CUDA this failed on an H100 (session 16, through the server): the lone row ran as
-// matrix-vector products (fixed since: Tiled rows padded to compute::min_tiled_tokens) and its
-// attention, a run under 16 rows, took another kernel than the whole prompt's (AttentionRows::Prompt
-// since).
+// matrix-vector products (Tiled rows padded to compute::min_tiled_tokens since) and its attention,
+// a run under 16 rows, took another kernel than the whole prompt's (AttentionRows::Prompt since);
+// then (session 17) its products, 8 rows, rounded otherwise than among 300 in cuBLAS (tiles of
+// compute::row_tile_rows since).
 TEST(F32CudaTest, PromptAfterACachedPrefixEqualsTheWholePrompt) {
     TWINFER_REQUIRE_GPU();
     TWINFER_REQUIRE_FILE(test::third_party_testdata() / "models/stories260K.gguf");
