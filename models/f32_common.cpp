@@ -285,8 +285,13 @@ size_t context_length(const F32Options& options, size_t n_ctx_train) {
 // decode step computes its token (compute::matmul_rows: one call, the weights read once for all of
 // them), then the next n_tiled (padded) as one product, as a prompt's tokens are. outputs' y and x
 // are the pass's row arrays; norm (if any) normalizes each row of x into its `out` first.
+void fill_padding_rows(compute::Context& ctx, float* rows, const RowBatch& batch, size_t width) {
+    for (size_t r = batch.n_rows; r < batch.n_padded; ++r)
+        copy_on_device(ctx, rows + r * width, rows + (batch.n_rows - 1) * width, width * sizeof(float));
+}
+
 void rows_matmul(compute::Context& ctx, std::span<const compute::MatmulOutput> outputs, const float* x, size_t n_single,
-                 size_t n_tiled, compute::Activations activations, const compute::RmsNorm* norm, bool row_tiles) {
+                 size_t n_tiled, compute::Activations activations, const compute::RmsNorm* norm, bool batched) {
     if (n_single) compute::matmul_rows(ctx, outputs, x, n_single, activations, norm);
     if (!n_tiled) return;
     const size_t cols = outputs[0].w.cols;
@@ -294,7 +299,7 @@ void rows_matmul(compute::Context& ctx, std::span<const compute::MatmulOutput> o
     for (compute::MatmulOutput& o : tiled) o.y += n_single * o.w.rows;
     const compute::RmsNorm tiled_norm = norm ? compute::RmsNorm{norm->weight, norm->eps, norm->out + n_single * cols}
                                              : compute::RmsNorm{};
-    if (row_tiles) compute::matmul_row_tiles(ctx, tiled, x + n_single * cols, n_tiled, activations, norm ? &tiled_norm : nullptr);
+    if (batched) compute::matmul_row_tiles(ctx, tiled, x + n_single * cols, n_tiled, activations, norm ? &tiled_norm : nullptr);
     else compute::matmul(ctx, tiled, x + n_single * cols, n_tiled, activations, norm ? &tiled_norm : nullptr);
 }
 

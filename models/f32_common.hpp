@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "compute/attention.hpp"
 #include "compute/buffer.hpp"
 #include "compute/context.hpp"
 #include "compute/elementwise.hpp"
@@ -245,19 +246,33 @@ struct RowBatch {
     std::vector<size_t> logit_rows;      // rows whose logits are asked, ascending
     RowProducts logits_products = RowProducts::Single;   // how the output product computes them
     size_t n_logits_padded = 0;          // logit_rows.size(), padded as n_padded for Tiled
-    // Tiled rows through compute::matmul_row_tiles (forward_rows: a row's bits whatever the pass
-    // holds; n_padded and n_logits_padded then count whole tiles), else compute::matmul (a
-    // sequence's pass, the fastest product for its size).
-    bool row_tiles = false;
+    // forward_rows: every row computed as its kind computes it alone, whatever the pass holds
+    // (Tiled rows through compute::matmul_row_tiles, n_padded and n_logits_padded counting whole
+    // tiles; attention_rows by kind). False: a sequence's pass (enqueue_forward), each step the
+    // fastest the device has for its size.
+    bool batched = false;
 };
+
+// The attention a run's rows take: in a batched pass the way their kind takes it alone (Tiled rows
+// a prompt's, Single rows the decode step's; the two round differently), in a sequence's pass the
+// device's choice for its size (compute::AttentionRows).
+inline compute::AttentionRows attention_rows(const RowBatch& batch, const SlotRun& run) {
+    if (!batch.batched) return compute::AttentionRows::Auto;
+    return run.first_row >= batch.n_single ? compute::AttentionRows::Prompt : compute::AttentionRows::Decode;
+}
+
+// Rows [batch.n_rows, batch.n_padded) of `rows` (width floats a row) as copies of the last fed
+// row: padding rows have no position, and the products after them read finite values (a row's
+// products never mix rows).
+void fill_padding_rows(compute::Context& ctx, float* rows, const RowBatch& batch, size_t width);
 
 // The products of a pass (RowBatch): rows [0, n_single) each as the decode step computes its token
 // (compute::matmul_rows: one call, the weights read once for all of them), then the next n_tiled
-// (padded) as one product, as a prompt's tokens are (compute::matmul_row_tiles with row_tiles,
-// RowBatch::row_tiles). outputs' y and x are the pass's row arrays; norm (if any) normalizes each
+// (padded) as one product, as a prompt's tokens are (compute::matmul_row_tiles in a batched pass,
+// RowBatch::batched). outputs' y and x are the pass's row arrays; norm (if any) normalizes each
 // row of x into its `out` first.
 void rows_matmul(compute::Context& ctx, std::span<const compute::MatmulOutput> outputs, const float* x, size_t n_single,
-                 size_t n_tiled, compute::Activations activations, const compute::RmsNorm* norm, bool row_tiles);
+                 size_t n_tiled, compute::Activations activations, const compute::RmsNorm* norm, bool batched);
 
 // An elementwise activation over n_rows rows of `width` values, as f(first, count) calls: on the
 // CPU one call a row (its kernels split a call into vectors and a tail by its length, so a row's
@@ -487,7 +502,7 @@ protected:
         // two disagree).
         const size_t tiled_rows = compute::min_tiled_tokens(options_.device), tile = compute::row_tile_rows(options_.device);
         const auto padded = [&](size_t n) { return n ? (std::max(n, tiled_rows) + tile - 1) / tile * tile : 0; };
-        batch.row_tiles = true;
+        batch.batched = true;
         batch.n_padded = batch.n_single + padded(n_tiled);
         batch.n_logits_padded =
             logits_products == RowProducts::Tiled ? padded(batch.logit_rows.size()) : batch.logit_rows.size();

@@ -52,17 +52,17 @@ void F32LlamaModel::enqueue_forward(const int32_t* ids, size_t T, size_t p0, con
     RowBatch batch{.ids = ids, .n_rows = T, .n_single = 0, .n_padded = T, .runs = {{slot_, 0, T, p0}}, .logit_rows = {},
                    .logits_products = RowProducts::Tiled, .n_logits_padded = n_out};
     for (size_t r = T - n_out; r < T; ++r) batch.logit_rows.push_back(r);
-    enqueue_pass(batch, LlamaPass::Sequence, device_position);
+    enqueue_pass(batch, device_position);
 }
 
-void F32LlamaModel::enqueue_rows(const RowBatch& batch) { enqueue_pass(batch, LlamaPass::Rows, nullptr); }
+void F32LlamaModel::enqueue_rows(const RowBatch& batch) { enqueue_pass(batch, nullptr); }
 
-void F32LlamaModel::enqueue_pass(const RowBatch& batch, LlamaPass pass, const int32_t* device_position) {
+void F32LlamaModel::enqueue_pass(const RowBatch& batch, const int32_t* device_position) {
     const LlamaPassBuffers buffers{workspace_.buffer(X),    workspace_.buffer(XN),   workspace_.buffer(Q),
                                    workspace_.buffer(KCUR), workspace_.buffer(VCUR), workspace_.buffer(ATT),
                                    workspace_.buffer(OUT),  workspace_.buffer(GATE), workspace_.buffer(UP),
                                    workspace_.buffer(LOGITS)};
-    enqueue_llama_pass(ctx_, config_, weights_, cache_, buffers, activations_for(options_), batch, pass, device_position, reduce(),
+    enqueue_llama_pass(ctx_, config_, weights_, cache_, buffers, activations_for(options_), batch, device_position, reduce(),
                        observer_);
 }
 

@@ -37,13 +37,13 @@ private:
                   std::optional<ModelPart> part);
     void reserve_workspace(size_t n_tokens);
     // Queues the pass of T tokens (ids in device memory) at positions p0.. up to the logits of the
-    // last n_out, in the LOGITS buffer: a Sequence pass on this model's slot.
+    // last n_out, in the LOGITS buffer: a sequence's pass on this model's slot.
     void enqueue_forward(const int32_t* ids, size_t T, size_t p0, const int32_t* device_position, size_t n_out);
-    // Queues a batched pass (F32ModelBase::forward_rows): a Rows pass, each run of rows at its own
-    // slot and positions.
+    // Queues a batched pass (F32ModelBase::forward_rows), each run of rows at its own slot and
+    // positions.
     void enqueue_rows(const RowBatch& batch);
     // enqueue_llama_pass on this model's buffers.
-    void enqueue_pass(const RowBatch& batch, LlamaPass pass, const int32_t* device_position);
+    void enqueue_pass(const RowBatch& batch, const int32_t* device_position);
 
     LlamaWeights weights_;                                      // the part's shard (llama_layers.hpp)
 };

@@ -60,20 +60,20 @@ LlamaWeights LlamaWeights::load(compute::Context& ctx, const gguf::File& file, c
 // Vr vocabulary rows (one device: all of them).
 // Reference: llama.cpp llm_build_llama; Touvron et al. 2023; Megatron-LM for the split.
 void enqueue_llama_pass(compute::Context& ctx, const ModelConfig& c, const LlamaWeights& w, KvCache& cache,
-                        const LlamaPassBuffers& b, compute::Activations activations, const RowBatch& batch, LlamaPass pass,
+                        const LlamaPassBuffers& b, compute::Activations activations, const RowBatch& batch,
                         const int32_t* device_position, const RankReduce* reduce, const F32Observer& observer) {
     const size_t E = c.n_embd, D = c.head_dim;
     const size_t Hr = w.attention.n_head, Hkv_r = w.attention.n_head_kv, QDr = Hr * D, KVDr = Hkv_r * D;
     const size_t N = batch.n_padded, n_single = batch.n_single, n_tiled = N - n_single, n_out = batch.logit_rows.size();
     const float eps = static_cast<float>(c.norm_eps);
-    const bool sequence = pass == LlamaPass::Sequence;
+    const bool sequence = !batch.batched;
     const SlotRun& run0 = batch.runs.front();                                        // a sequence's one run
     float *x = b.x, *xn = b.xn, *q = b.q, *att = b.att;
 
     // The products of the rows: Single rows each as the decode step computes it, Tiled rows together
     // (rows_matmul; a sequence's are all Tiled: compute::matmul over its tokens).
     const auto products = [&](std::span<const compute::MatmulOutput> outputs, const float* in, const compute::RmsNorm* norm) {
-        rows_matmul(ctx, outputs, in, n_single, n_tiled, activations, norm, batch.row_tiles);
+        rows_matmul(ctx, outputs, in, n_single, n_tiled, activations, norm, batch.batched);
     };
     // x += W a (+ bias). One device: one product adding into x, which in a sequence's pass may also
     // prepare the next norm (compute::matmul's next_norm). A rank: its heads' or units' share into
@@ -130,18 +130,10 @@ void enqueue_llama_pass(compute::Context& ctx, const ModelConfig& c, const Llama
                     compute::store_rows(ctx, k_run, run.n_rows, KVDr, keys, run.first_position);
                     compute::store_rows(ctx, v_run, run.n_rows, KVDr, values, run.first_position);
                 }
-                // A batch's runs get the attention their kind gets alone: Tiled rows a prompt's,
-                // Single rows the decode step's (the two round differently; compute::AttentionRows).
-                const auto rows = sequence                          ? compute::AttentionRows::Auto
-                                  : run.first_row >= batch.n_single ? compute::AttentionRows::Prompt
-                                                                    : compute::AttentionRows::Decode;
                 compute::attention(ctx, q_run, keys, values, run.n_rows, run.first_position, w.attention,
-                                   att + run.first_row * QDr, rows);                 // att: [n_rows, Hr, D]
+                                   att + run.first_row * QDr, attention_rows(batch, run));   // att: [n_rows, Hr, D]
             }
-            // Padding rows have no position: a copy of the last fed row's output keeps them finite
-            // (a row's products never mix rows).
-            for (size_t r = batch.n_rows; r < N; ++r)
-                copy_on_device(ctx, att + r * QDr, att + (batch.n_rows - 1) * QDr, QDr * sizeof(float));
+            fill_padding_rows(ctx, att, batch, QDr);
         }
         observe(ctx, observer, "Qcur", il, q, N * QDr);
         observe(ctx, observer, "Kcur", il, k, N * KVDr);
@@ -178,9 +170,9 @@ void enqueue_llama_pass(compute::Context& ctx, const ModelConfig& c, const Llama
     const compute::RmsNorm output_norm{w.output_norm, eps, xn};                      // xn: [rows, E]
     const compute::MatmulOutput output{w.output, b.logits};                          // logits: [rows, Vr]
     if (batch.logits_products == RowProducts::Tiled)
-        rows_matmul(ctx, std::span(&output, 1), out_rows, 0, batch.n_logits_padded, activations, &output_norm, batch.row_tiles);
+        rows_matmul(ctx, std::span(&output, 1), out_rows, 0, batch.n_logits_padded, activations, &output_norm, batch.batched);
     else
-        rows_matmul(ctx, std::span(&output, 1), out_rows, n_out, 0, activations, &output_norm, batch.row_tiles);
+        rows_matmul(ctx, std::span(&output, 1), out_rows, n_out, 0, activations, &output_norm, batch.batched);
     observe(ctx, observer, "result_norm", -1, xn, n_out * E);
 }
 

@@ -55,19 +55,16 @@ struct LlamaPassBuffers {
     float *x, *xn, *q, *k_rows, *v_rows, *att, *out, *gate, *up, *logits;
 };
 
-// How a pass computes its rows. Sequence (F32ModelBase::forward; one run of tokens): each step
-// fused where the device has a launch for it (the Q/K/V products with RoPE and a decode step's
-// cache write, gate/up with SwiGLU, a residual product that prepares the next norm). Rows
-// (forward_rows): each row as its kind computes it alone whatever the batch holds (RowProducts,
-// compute::AttentionRows): no fused step whose rows would round otherwise.
-enum class LlamaPass { Sequence, Rows };
-
 // Queues the pass of `batch` (ids in device memory) up to the logits of its logit_rows in b.logits
-// ([rows, Vr]). With device_position (device memory; a Sequence pass of one token) the position is
-// read there and the run's first_position is unused, so a captured graph can replay it. reduce:
-// null on one device, whose residual products add into x themselves.
+// ([rows, Vr]). A sequence's pass (RowBatch::batched false: one run of tokens) fuses each step
+// where the device has a launch for it (the Q/K/V products with RoPE and a decode step's cache
+// write, gate/up with SwiGLU, a residual product that prepares the next norm); a batched pass
+// computes each row as its kind does alone (RowProducts, attention_rows), no fused step whose rows
+// would round otherwise. With device_position (device memory; a sequence's one token) the position
+// is read there and the run's first_position is unused, so a captured graph can replay it.
+// reduce: null on one device, whose residual products add into x themselves.
 void enqueue_llama_pass(compute::Context& ctx, const ModelConfig& c, const LlamaWeights& w, KvCache& cache,
-                        const LlamaPassBuffers& b, compute::Activations activations, const RowBatch& batch, LlamaPass pass,
+                        const LlamaPassBuffers& b, compute::Activations activations, const RowBatch& batch,
                         const int32_t* device_position, const RankReduce* reduce, const F32Observer& observer);
 
 }  // namespace twinfer

@@ -256,7 +256,7 @@ void TransformerModel::enqueue_rows(const RowBatch& batch) { enqueue_pass(batch,
 // others in one product; a row never depends on the rest).
 void TransformerModel::products(std::span<const compute::MatmulOutput> outputs, const float* x, size_t n_single,
                                 size_t n_tiled, const compute::RmsNorm* norm) {
-    rows_matmul(ctx_, outputs, x, n_single, n_tiled, activations_for(options_), norm, row_tiles_);
+    rows_matmul(ctx_, outputs, x, n_single, n_tiled, activations_for(options_), norm, batched_);
 }
 
 // Shapes: N = batch.n_padded rows (each run's tokens at its slot and positions, then padding), E =
@@ -278,7 +278,7 @@ void TransformerModel::enqueue_pass(const RowBatch& batch, const int32_t* device
     const bool fold_norms = spec.norm == NormKind::RMSNorm && spec.residual == ResidualKind::Sequential;
     // One run outside a decode step (a prompt) writes its K and V rows straight into the cache.
     const bool into_cache = !device_position && batch.runs.size() == 1 && N == batch.n_rows;
-    row_tiles_ = batch.row_tiles;
+    batched_ = batch.batched;
     const SlotRun& first_run = batch.runs.front();
 
     compute::get_rows(ctx_, token_embd_, batch.ids, N, x);                           // x: [N, E]
@@ -337,16 +337,10 @@ void TransformerModel::enqueue_pass(const RowBatch& batch, const int32_t* device
                     compute::store_rows(ctx_, k_run, run.n_rows, KVD, keys, run.first_position);
                     compute::store_rows(ctx_, v + run.first_row * KVD, run.n_rows, KVD, values, run.first_position);
                 }
-                // A run's rows get the attention their kind gets alone: Tiled rows a prompt's,
-                // Single rows the decode step's (the two round differently; compute::AttentionRows).
-                const auto rows =
-                    run.first_row >= batch.n_single ? compute::AttentionRows::Prompt : compute::AttentionRows::Decode;
                 compute::attention(ctx_, q_run, keys, values, run.n_rows, run.first_position, L.attention,
-                                   att + run.first_row * QD, rows);                  // att: [n_rows, H, D]
+                                   att + run.first_row * QD, attention_rows(batch, run));   // att: [n_rows, H, D]
             }
-            // Padding rows have no position: a copy of the last fed row's output keeps them finite.
-            for (size_t r = batch.n_rows; r < N; ++r)
-                copy_on_device(ctx_, att + r * QD, att + (batch.n_rows - 1) * QD, QD * sizeof(float));
+            fill_padding_rows(ctx_, att, batch, QD);
         }
         observe(ctx_, observer_, "Qcur", il, q, N * QD);
         observe(ctx_, observer_, "kqv_out", il, att, N * QD);

@@ -76,7 +76,7 @@ private:
     DeviceFloats rope_factors_;                                 // [n_rot/2] YaRN or LongRoPE divisors, or empty
     compute::Buffer one_by_one_;                                // a token's experts (compute::OneByOneScratch)
     compute::Buffer expert_groups_;                             // a prompt's experts grouped (compute::GroupedScratch)
-    bool row_tiles_ = false;                                    // the running pass's RowBatch::row_tiles (products)
+    bool batched_ = false;                                      // the running pass's RowBatch::batched (products)
 };
 
 static_assert(GPTInference<TransformerModel>);
