@@ -167,4 +167,56 @@ inline void project_rope_store_at(Context& ctx, std::span<const MatmulOutput, 3>
     rope_store_at(ctx, qkv[0].y, n_head, qkv[1].y, qkv[2].y, n_head_kv, head_dim, position, params, keys, values);
 }
 
+
+// The decode rows of a batched pass (models/f32_common.hpp: Single rows), each one token of its own
+// KV-cache slot, taken as one group: row r is a token of slot slot_positions[2r] at position
+// slot_positions[2r + 1]. A layer's slots lie slot_stride elements apart from its slot-0 tables
+// (models/kv_cache.hpp). On a GPU one launch serves every row where a launch a row made the
+// server's step thousands of launches; a row's values follow its own slot and position only,
+// whatever the other rows are.
+struct DecodeRows {
+    const int32_t* slot_positions = nullptr;   // [n_rows][2], in the context's device memory
+    size_t n_rows = 0;
+    size_t max_length = 0;                     // the largest position + 1 among the rows
+};
+
+// q: [n_rows, n_head, head_dim], k, v: [n_rows, n_head_kv * head_dim]. With rope (null: a NoPE
+// layer, or rows already rotated) q and k rotated at each row's position; then k and v stored as
+// that position's row of the row's slot (a ring layer, ring > 0: rows p % ring and p % ring + ring).
+namespace cpu {
+void decode_rows_rope_store(Context& ctx, float* q, size_t n_head, float* k, const float* v, size_t n_head_kv, size_t head_dim,
+                     const DecodeRows& rows, const RopeParams* rope, CacheRows keys, CacheRows values, size_t slot_stride,
+                     size_t ring);
+}
+inline void decode_rows_rope_store(Context& ctx, float* q, size_t n_head, float* k, const float* v, size_t n_head_kv,
+                            size_t head_dim, const DecodeRows& rows, const RopeParams* rope, CacheRows keys,
+                            CacheRows values, size_t slot_stride, size_t ring) {
+    check_cache_types(keys, values);
+    if (ctx.device() == Device::CPU)
+        return cpu::decode_rows_rope_store(ctx, q, n_head, k, v, n_head_kv, head_dim, rows, rope, keys, values, slot_stride, ring);
+#ifdef TWINFER_WITH_CUDA
+    if (ctx.device() == Device::CUDA)
+        return cuda::decode_rows_rope_store(ctx, q, n_head, k, v, n_head_kv, head_dim, rows, rope, keys, values, slot_stride, ring);
+#endif
+    throw_backend_unavailable("decode_rows_rope_store", ctx.device());
+}
+
+// out[r] = the attention of row r's token (q[r]: [n_head, head_dim]) over its slot's positions 0
+// ..= its own (its window's, shape.window), keys and values the layer's slot-0 tables. On the CPU
+// attention() of the token alone (AttentionRows::Decode); on CUDA the general kernel a row, its
+// positions split as for that one token alone.
+namespace cpu {
+void decode_rows_attention(Context& ctx, const float* q, CacheRows keys, CacheRows values, const DecodeRows& rows,
+                    size_t slot_stride, const AttentionShape& shape, float* out);
+}
+inline void decode_rows_attention(Context& ctx, const float* q, CacheRows keys, CacheRows values, const DecodeRows& rows,
+                           size_t slot_stride, const AttentionShape& shape, float* out) {
+    check_cache_types(keys, values);
+    if (ctx.device() == Device::CPU) return cpu::decode_rows_attention(ctx, q, keys, values, rows, slot_stride, shape, out);
+#ifdef TWINFER_WITH_CUDA
+    if (ctx.device() == Device::CUDA) return cuda::decode_rows_attention(ctx, q, keys, values, rows, slot_stride, shape, out);
+#endif
+    throw_backend_unavailable("decode_rows_attention", ctx.device());
+}
+
 }  // namespace twinfer::compute

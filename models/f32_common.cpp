@@ -290,6 +290,40 @@ void fill_padding_rows(compute::Context& ctx, float* rows, const RowBatch& batch
         copy_on_device(ctx, rows + r * width, rows + (batch.n_rows - 1) * width, width * sizeof(float));
 }
 
+void attend_runs(compute::Context& ctx, KvCache& cache, size_t layer, const RowBatch& batch, float* q, float* k,
+                 const float* v, const compute::RopeParams* rope, const compute::AttentionShape& shape, bool stored,
+                 float* att) {
+    const size_t H = shape.n_head, Hkv = shape.n_head_kv, D = shape.head_dim, QD = H * D, KVD = shape.kv_stride;
+    const size_t ring = shape.ring;
+    const compute::DecodeRows& group = batch.decode_rows;
+    if (group.n_rows) {
+        const compute::CacheRows keys = cache.keys(layer, 0), values = cache.values(layer, 0);
+        const size_t stride = cache.slot_stride(layer);
+        compute::decode_rows_rope_store(ctx, q, H, k, v, Hkv, D, group, rope, keys, values, stride, ring);
+        compute::decode_rows_attention(ctx, q, keys, values, group, stride, shape, att);
+    }
+    for (const SlotRun& run : batch.runs) {
+        if (run.first_row < group.n_rows) continue;                                    // in the group
+        float *q_run = q + run.first_row * QD, *k_run = k + run.first_row * KVD;
+        const float* v_run = v + run.first_row * KVD;
+        const compute::CacheRows keys = cache.keys(layer, run.slot), values = cache.values(layer, run.slot);   // [rows, KVD]
+        if (rope) {
+            compute::rope(ctx, q_run, run.n_rows, QD, H, D, run.first_position, *rope);
+            compute::rope(ctx, k_run, run.n_rows, KVD, Hkv, D, run.first_position, *rope);
+        }
+        if (ring) {
+            compute::store_ring(ctx, k_run, run.n_rows, KVD, keys, run.first_position, nullptr, ring);
+            compute::store_ring(ctx, v_run, run.n_rows, KVD, values, run.first_position, nullptr, ring);
+        } else if (!stored) {
+            compute::store_rows(ctx, k_run, run.n_rows, KVD, keys, run.first_position);
+            compute::store_rows(ctx, v_run, run.n_rows, KVD, values, run.first_position);
+        }
+        compute::attention(ctx, q_run, keys, values, run.n_rows, run.first_position, shape, att + run.first_row * QD,
+                           attention_rows(batch, run));                                // att: [n_rows, H, D]
+    }
+    fill_padding_rows(ctx, att, batch, QD);
+}
+
 void rows_matmul(compute::Context& ctx, std::span<const compute::MatmulOutput> outputs, const float* x, size_t n_single,
                  size_t n_tiled, compute::Activations activations, const compute::RmsNorm* norm, bool batched) {
     if (n_single) compute::matmul_rows(ctx, outputs, x, n_single, activations, norm);

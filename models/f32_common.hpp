@@ -251,7 +251,19 @@ struct RowBatch {
     // tiles; attention_rows by kind). False: a sequence's pass (enqueue_forward), each step the
     // fastest the device has for its size.
     bool batched = false;
+    // A batched pass's runs of Single rows only (the first runs: rows [0, decode_rows.n_rows)),
+    // their slots and positions in device memory, attended as one group (attend_runs).
+    compute::DecodeRows decode_rows = {};
 };
+
+// A sequence's pass as a RowBatch: T tokens (ids in device memory) of `slot` at positions p0..,
+// the logits of the last n_out, every product over all the rows at once.
+inline RowBatch sequence_batch(const int32_t* ids, size_t slot, size_t T, size_t p0, size_t n_out) {
+    RowBatch batch{.ids = ids, .n_rows = T, .n_single = 0, .n_padded = T, .runs = {{slot, 0, T, p0}}, .logit_rows = {},
+                   .logits_products = RowProducts::Tiled, .n_logits_padded = n_out};
+    for (size_t r = T - n_out; r < T; ++r) batch.logit_rows.push_back(r);
+    return batch;
+}
 
 // The attention a run's rows take: in a batched pass the way their kind takes it alone (Tiled rows
 // a prompt's, Single rows the decode step's; the two round differently), in a sequence's pass the
@@ -265,6 +277,17 @@ inline compute::AttentionRows attention_rows(const RowBatch& batch, const SlotRu
 // row: padding rows have no position, and the products after them read finite values (a row's
 // products never mix rows).
 void fill_padding_rows(compute::Context& ctx, float* rows, const RowBatch& batch, size_t width);
+
+// One layer's RoPE, KV-cache stores and attention for every run of `batch`: q [N, n_head, D], k, v
+// [N, kv width] -> att [N, n_head, D], padding rows filled (fill_padding_rows). rope: null where the
+// rows are rotated already, or in a NoPE layer. stored: a sequence's K and V rows are in the cache
+// already (written there by their products). A batched pass's decode rows (RowBatch::decode_rows)
+// go as one group (compute::decode_rows_rope_store, compute::decode_rows_attention: on a GPU one launch each for
+// all of them, where a launch a sequence made the server's step thousands of launches); every
+// other run in its slot, attended as attention_rows says.
+void attend_runs(compute::Context& ctx, KvCache& cache, size_t layer, const RowBatch& batch, float* q, float* k,
+                 const float* v, const compute::RopeParams* rope, const compute::AttentionShape& shape, bool stored,
+                 float* att);
 
 // The products of a pass (RowBatch): rows [0, n_single) each as the decode step computes its token
 // (compute::matmul_rows: one call, the weights read once for all of them), then the next n_tiled
@@ -429,6 +452,17 @@ public:
             for (size_t i = 0; i < ids.size(); ++i) ids[i] = rows[std::min(i, rows.size() - 1)].token;
             derived().reserve_workspace(batch.n_padded);
             batch.ids = upload_ids(ctx_, ids, ids_);
+            // The runs of Single rows only, from the first run on, as one group of decode rows.
+            std::vector<int32_t> slot_positions;
+            size_t max_length = 0;
+            for (const SlotRun& run : batch.runs) {
+                if (run.first_row + run.n_rows > batch.n_single) break;
+                for (size_t i = 0; i < run.n_rows; ++i)
+                    slot_positions.insert(slot_positions.end(), {int32_t(run.slot), int32_t(run.first_position + i)});
+                max_length = std::max(max_length, run.first_position + run.n_rows);
+            }
+            if (!slot_positions.empty())
+                batch.decode_rows = {upload_ids(ctx_, slot_positions, decode_rows_), slot_positions.size() / 2, max_length};
             derived().enqueue_rows(batch);
             for (const SlotRun& run : batch.runs) cache_.commit(run.slot, run.n_rows);
             return download_logits(ctx_, workspace_.buffer(logits_buffer_), batch.logit_rows.size(), n_logits());
@@ -569,6 +603,7 @@ protected:
     F32Workspace workspace_;
     F32Observer observer_;
     compute::Buffer ids_;                           // this call's token ids, on the device
+    compute::Buffer decode_rows_;                   // a batched pass's decode rows (RowBatch::decode_rows)
     compute::Buffer top_;                           // forward_top_k's ids, then its values
     F32DecodeStep decode_step_;
 

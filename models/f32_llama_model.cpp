@@ -49,10 +49,7 @@ void F32LlamaModel::reserve_workspace(size_t n_tokens) {
 // this model's slot.
 void F32LlamaModel::enqueue_forward(const int32_t* ids, size_t T, size_t p0, const int32_t* device_position,
                                     size_t n_out) {
-    RowBatch batch{.ids = ids, .n_rows = T, .n_single = 0, .n_padded = T, .runs = {{slot_, 0, T, p0}}, .logit_rows = {},
-                   .logits_products = RowProducts::Tiled, .n_logits_padded = n_out};
-    for (size_t r = T - n_out; r < T; ++r) batch.logit_rows.push_back(r);
-    enqueue_pass(batch, device_position);
+    enqueue_pass(sequence_batch(ids, slot_, T, p0, n_out), device_position);
 }
 
 void F32LlamaModel::enqueue_rows(const RowBatch& batch) { enqueue_pass(batch, nullptr); }

@@ -45,6 +45,8 @@ public:
     compute::CacheRows values(size_t layer, size_t slot) {
         return compute::CacheRows(values_.data(), type_).plus(offset(layer, slot));
     }
+    // Elements between two slots' tables of one layer (keys(layer, s + 1) = keys(layer, s).plus(this)).
+    size_t slot_stride(size_t layer) const { return rows(layer) * n_embd_kv_; }
     size_t ring_rows(size_t layer) const { return ring_rows_.empty() ? 0 : ring_rows_[layer]; }   // 0: full
     const std::vector<size_t>& ring_rows() const { return ring_rows_; }
 

@@ -114,27 +114,8 @@ void enqueue_llama_pass(compute::Context& ctx, const ModelConfig& c, const Llama
             if (L.bv) compute::add_bias(ctx, v, L.bv, N, KVDr);
         }
         observe(ctx, observer, "attn_norm", il, xn, N * E);
-        if (device_position) {
-            compute::attention_at(ctx, q, keys0, values0, device_position, cache.n_ctx(), w.attention, att);
-        } else {
-            for (const SlotRun& run : batch.runs) {
-                float *q_run = q + run.first_row * QDr, *k_run = k + run.first_row * KVDr;
-                const float* v_run = v + run.first_row * KVDr;
-                const compute::CacheRows keys = cache.keys(il, run.slot);            // [n_ctx, KVDr]
-                const compute::CacheRows values = cache.values(il, run.slot);
-                if (!sequence) {
-                    compute::rope(ctx, q_run, run.n_rows, QDr, Hr, D, run.first_position, w.rope);
-                    compute::rope(ctx, k_run, run.n_rows, KVDr, Hkv_r, D, run.first_position, w.rope);
-                }
-                if (!direct) {
-                    compute::store_rows(ctx, k_run, run.n_rows, KVDr, keys, run.first_position);
-                    compute::store_rows(ctx, v_run, run.n_rows, KVDr, values, run.first_position);
-                }
-                compute::attention(ctx, q_run, keys, values, run.n_rows, run.first_position, w.attention,
-                                   att + run.first_row * QDr, attention_rows(batch, run));   // att: [n_rows, Hr, D]
-            }
-            fill_padding_rows(ctx, att, batch, QDr);
-        }
+        if (device_position) compute::attention_at(ctx, q, keys0, values0, device_position, cache.n_ctx(), w.attention, att);
+        else attend_runs(ctx, cache, il, batch, q, k, v, sequence ? nullptr : &w.rope, w.attention, direct, att);  // att: [N, Hr, D]
         observe(ctx, observer, "Qcur", il, q, N * QDr);
         observe(ctx, observer, "Kcur", il, k, N * KVDr);
         observe(ctx, observer, "Vcur", il, v, N * KVDr);

@@ -244,10 +244,7 @@ void TransformerModel::add_residual(const Norm* norm, float* o, size_t N, float*
 // selected slot, every product over all rows at once.
 void TransformerModel::enqueue_forward(const int32_t* ids, size_t T, size_t p0, const int32_t* device_position,
                                        size_t n_out) {
-    RowBatch batch{.ids = ids, .n_rows = T, .n_single = 0, .n_padded = T, .runs = {{slot_, 0, T, p0}}, .logit_rows = {},
-                   .logits_products = RowProducts::Tiled, .n_logits_padded = n_out};
-    for (size_t r = T - n_out; r < T; ++r) batch.logit_rows.push_back(r);
-    enqueue_pass(batch, device_position);
+    enqueue_pass(sequence_batch(ids, slot_, T, p0, n_out), device_position);
 }
 
 void TransformerModel::enqueue_rows(const RowBatch& batch) { enqueue_pass(batch, nullptr); }
@@ -276,8 +273,8 @@ void TransformerModel::enqueue_pass(const RowBatch& batch, const int32_t* device
     // quantization: no launch of its own). Not for the parallel block, whose FFN reads the
     // attention's normalized input after the attention has run.
     const bool fold_norms = spec.norm == NormKind::RMSNorm && spec.residual == ResidualKind::Sequential;
-    // One run outside a decode step (a prompt) writes its K and V rows straight into the cache.
-    const bool into_cache = !device_position && batch.runs.size() == 1 && N == batch.n_rows;
+    // A sequence's prompt writes its K and V rows straight into the cache.
+    const bool into_cache = !batch.batched && !device_position;
     batched_ = batch.batched;
     const SlotRun& first_run = batch.runs.front();
 
@@ -323,24 +320,7 @@ void TransformerModel::enqueue_pass(const RowBatch& batch, const int32_t* device
             }
             compute::attention_at(ctx_, q, keys, values, device_position, cache_.n_ctx(), L.attention, att);
         } else {
-            for (const SlotRun& run : batch.runs) {
-                float *q_run = q + run.first_row * QD, *k_run = k + run.first_row * KVD;
-                const compute::CacheRows keys = cache_.keys(il, run.slot), values = cache_.values(il, run.slot);
-                if (rope) {
-                    compute::rope(ctx_, q_run, run.n_rows, QD, H, D, run.first_position, L.rope);
-                    compute::rope(ctx_, k_run, run.n_rows, KVD, Hkv, D, run.first_position, L.rope);
-                }
-                if (ring) {
-                    compute::store_ring(ctx_, k_run, run.n_rows, KVD, keys, run.first_position, nullptr, ring);
-                    compute::store_ring(ctx_, v + run.first_row * KVD, run.n_rows, KVD, values, run.first_position, nullptr, ring);
-                } else if (!direct) {
-                    compute::store_rows(ctx_, k_run, run.n_rows, KVD, keys, run.first_position);
-                    compute::store_rows(ctx_, v + run.first_row * KVD, run.n_rows, KVD, values, run.first_position);
-                }
-                compute::attention(ctx_, q_run, keys, values, run.n_rows, run.first_position, L.attention,
-                                   att + run.first_row * QD, attention_rows(batch, run));   // att: [n_rows, H, D]
-            }
-            fill_padding_rows(ctx_, att, batch, QD);
+            attend_runs(ctx_, cache_, il, batch, q, k, v, rope ? &L.rope : nullptr, L.attention, direct, att);   // att: [N, H, D]
         }
         observe(ctx_, observer_, "Qcur", il, q, N * QD);
         observe(ctx_, observer_, "kqv_out", il, att, N * QD);

@@ -115,4 +115,37 @@ void store_ring(Context& ctx, const float* x, size_t n_rows, size_t width, Cache
     }
 }
 
+// Row by row, as each row's run computes it in a batched pass: the same calls, so the same bits.
+void decode_rows_rope_store(Context& ctx, float* q, size_t n_head, float* k, const float* v, size_t n_head_kv, size_t head_dim,
+                     const DecodeRows& rows, const RopeParams* rope, CacheRows keys, CacheRows values, size_t slot_stride,
+                     size_t ring) {
+    const size_t q_width = n_head * head_dim, kv_width = n_head_kv * head_dim;
+    for (size_t r = 0; r < rows.n_rows; ++r) {
+        const size_t slot = size_t(rows.slot_positions[2 * r]), position = size_t(rows.slot_positions[2 * r + 1]);
+        float* k_row = k + r * kv_width;
+        if (rope) {
+            cpu::rope(ctx, q + r * q_width, 1, q_width, n_head, head_dim, position, *rope);
+            cpu::rope(ctx, k_row, 1, kv_width, n_head_kv, head_dim, position, *rope);
+        }
+        const CacheRows slot_keys = keys.plus(slot * slot_stride), slot_values = values.plus(slot * slot_stride);
+        if (ring) {
+            cpu::store_ring(ctx, k_row, 1, kv_width, slot_keys, position, nullptr, ring);
+            cpu::store_ring(ctx, v + r * kv_width, 1, kv_width, slot_values, position, nullptr, ring);
+        } else {
+            cpu::store_rows(ctx, k_row, 1, kv_width, slot_keys, position);
+            cpu::store_rows(ctx, v + r * kv_width, 1, kv_width, slot_values, position);
+        }
+    }
+}
+
+void decode_rows_attention(Context& ctx, const float* q, CacheRows keys, CacheRows values, const DecodeRows& rows,
+                    size_t slot_stride, const AttentionShape& shape, float* out) {
+    const size_t width = shape.n_head * shape.head_dim;
+    for (size_t r = 0; r < rows.n_rows; ++r) {
+        const size_t slot = size_t(rows.slot_positions[2 * r]), position = size_t(rows.slot_positions[2 * r + 1]);
+        cpu::attention(ctx, q + r * width, keys.plus(slot * slot_stride), values.plus(slot * slot_stride), 1, position,
+                       shape, out + r * width, AttentionRows::Decode);
+    }
+}
+
 }  // namespace twinfer::compute::cpu

@@ -55,6 +55,11 @@ struct Layout {
     // positions, read as a cache of their own from row first_row on (key i at row first_row + i;
     // a ring holds them contiguously, rows p % ring and p % ring + ring).
     int window, ring, first_row;
+    // decode_rows_attention: a block column (x) per decode row, each of its own slot and position
+    // (DecodeRows), its slot's tables slot_stride elements past the slot-0 tables; planned as
+    // attention_at plans its token.
+    const int32_t* slot_positions;
+    size_t slot_stride;
 };
 
 struct SplitPlan {
@@ -98,9 +103,8 @@ SplitScratch split_scratch(DeviceContext& device, size_t rows, int n_splits, siz
 
 // The layout of attention_at's kernels once they read the position: that of attention() for one
 // token there.
-__device__ inline void resolve_position(Layout& L) {
-    if (!L.position) return;
-    int n_kv = *L.position + 1;
+__device__ inline void plan_position(Layout& L, int position) {
+    int n_kv = position + 1;
     if (L.window && n_kv > L.window) {
         L.first_row = L.ring ? (n_kv - L.window) % L.ring : n_kv - L.window;
         n_kv = L.window;
@@ -109,6 +113,9 @@ __device__ inline void resolve_position(Layout& L) {
     const SplitPlan plan = split_plan(n_kv, L.split_cap);
     L.n_splits = plan.n_splits;
     L.chunk = plan.chunk;
+}
+__device__ inline void resolve_position(Layout& L) {
+    if (L.position) plan_position(L, *L.position);
 }
 
 // Split-KV merging, shared by both kernels: a row's part from split s is (acc[hd], m, l) at
@@ -155,6 +162,16 @@ attention_kernel(const float* __restrict__ q, const KV* __restrict__ keys, const
                  Layout L, float* __restrict__ out, QuantizedActivations out_int8, float* __restrict__ parts,
                  unsigned* __restrict__ finished) {
     grid_dependency_wait();
+    int t0 = blockIdx.x * L.tokens_per_block;
+    if (L.slot_positions) {   // decode_rows_attention: this block column's row, one token alone
+        const int row = blockIdx.x;
+        const size_t slot_offset = size_t(L.slot_positions[2 * row]) * L.slot_stride;
+        keys += slot_offset, values += slot_offset;
+        q += size_t(row) * L.n_head * L.head_dim, out += size_t(row) * L.n_head * L.head_dim;
+        parts += size_t(row) * L.n_head * gridDim.z * (L.head_dim + 2);
+        plan_position(L, L.slot_positions[2 * row + 1]);
+        t0 = 0;
+    }
     resolve_position(L);
     if (int(blockIdx.z) >= L.n_splits) return;   // attention_at: a split this position does not need
     extern __shared__ float shared[];
@@ -169,7 +186,6 @@ attention_kernel(const float* __restrict__ q, const KV* __restrict__ keys, const
     float* row_m = corr + rows;                // [rows]
     float* row_l = row_m + rows;               // [rows]
 
-    const int t0 = blockIdx.x * tokens_per_block;
     const int chunks_per_kv = L.group / L.heads_per_block;
     const int kv_head = blockIdx.y / chunks_per_kv;
     const int first_head = kv_head * L.group + (blockIdx.y % chunks_per_kv) * L.heads_per_block;
@@ -908,12 +924,16 @@ int largest_divisor_at_most(int n, int limit) {
 // A launch of attention() (position null) or attention_at() (position in device memory, one token,
 // the grid sized for the plan of max_positions: no plan for fewer positions has more splits).
 // fixed_chunk (prompt rows, position null): the positions split in chunks of that many from
-// position 0, whatever the call, instead of by the plan that fills the GPU.
+// position 0, whatever the call, instead of by the plan that fills the GPU. decode_rows
+// (decode_rows_attention; n_tokens 1, position null): a block column per row, each planned as its token
+// alone at its position (the split bound that of one row's grid), the grid sized for
+// max_positions.
 template <class KV>
 void launch_attention(Context& ctx, const float* q, const KV* keys, const KV* values, size_t n_tokens,
                       size_t first_position, const int32_t* position, size_t max_positions, const AttentionShape& shape,
-                      float* out, const QuantizedActivations& out_int8 = {}, int fixed_chunk = 0) {
-    if (n_tokens == 0) return;
+                      float* out, const QuantizedActivations& out_int8 = {}, int fixed_chunk = 0,
+                      const DecodeRows* decode_rows = nullptr, size_t slot_stride = 0) {
+    if (n_tokens == 0 || (decode_rows && decode_rows->n_rows == 0)) return;
     if (shape.head_dim > max_head_dim || shape.n_head_kv == 0 || shape.n_head % shape.n_head_kv != 0)
         throw std::invalid_argument("CUDA attention: head_dim " + std::to_string(shape.head_dim) + " (at most " +
                                     std::to_string(max_head_dim) + "), " + std::to_string(shape.n_head) +
@@ -930,17 +950,20 @@ void launch_attention(Context& ctx, const float* q, const KV* keys, const KV* va
     L.scale = shape.scale;
     L.sinks = shape.sinks;
     L.position = position;
-    if (position) L.window = int(shape.window), L.ring = int(shape.ring);
+    if (position || decode_rows) L.window = int(shape.window), L.ring = int(shape.ring);
+    if (decode_rows) L.slot_positions = decode_rows->slot_positions, L.slot_stride = slot_stride;
     // As many tokens per block as fit in max_rows, but no more than there are: a decoding step with
     // one head per block (Llama 2 7B) computed seven rows of nothing beside its one.
     L.tokens_per_block = int(std::min<size_t>(max_rows / L.heads_per_block, n_tokens));
     const int tokens_per_block = L.tokens_per_block;
     const int rows = tokens_per_block * L.heads_per_block;
-    const dim3 grid_2d(unsigned((n_tokens + tokens_per_block - 1) / tokens_per_block),
-                       unsigned(shape.n_head_kv * (L.group / L.heads_per_block)));
+    const size_t n_columns = decode_rows ? decode_rows->n_rows : (n_tokens + tokens_per_block - 1) / tokens_per_block;
+    const dim3 grid_2d(unsigned(n_columns), unsigned(shape.n_head_kv * (L.group / L.heads_per_block)));
     const int blocks = int(grid_2d.x * grid_2d.y);
-    L.split_cap = split_cap_for(device, blocks);
-    if (fixed_chunk) {
+    L.split_cap = split_cap_for(device, decode_rows ? int(grid_2d.y) : blocks);
+    if (decode_rows) {
+        L.n_splits = max_splits_for(shape.window ? std::min(max_positions, shape.window) : max_positions, L.split_cap);
+    } else if (fixed_chunk) {
         L.chunk = fixed_chunk;
         L.n_splits = int((first_position + n_tokens + fixed_chunk - 1) / fixed_chunk);
     } else if (position) {
@@ -953,7 +976,7 @@ void launch_attention(Context& ctx, const float* q, const KV* keys, const KV* va
 
     const size_t hd = shape.head_dim;
     const size_t shared = (rows * hd + 2 * kv_tile * (hd + 1) + rows * kv_tile + 3 * rows) * sizeof(float);
-    const SplitScratch scratch = split_scratch(device, n_tokens * shape.n_head, L.n_splits, hd, size_t(blocks));
+    const SplitScratch scratch = split_scratch(device, n_columns * tokens_per_block * shape.n_head, L.n_splits, hd, size_t(blocks));
     allow_shared_memory(reinterpret_cast<const void*>(attention_kernel<KV>), shared);
     launch_after_previous(ctx, attention_kernel<KV>, dim3(grid_2d.x, grid_2d.y, unsigned(L.n_splits)), threads, shared, q, keys,
                           values, L, out, out_int8, scratch.parts, scratch.finished);
@@ -1245,6 +1268,14 @@ void attention_at(Context& ctx, const float* q, CacheRows keys, CacheRows values
         else if (!launch_decode_attention(ctx, q, k, v, position, max_positions, shape, out, out_int8))
             launch_attention(ctx, q, k, v, 1, 0, position, max_positions, shape, out, out_int8);
         if (out_int8.qs) publish_prepared_int8(ctx, out, width, out_int8);
+    });
+}
+
+void decode_rows_attention(Context& ctx, const float* q, CacheRows keys, CacheRows values, const DecodeRows& rows,
+                    size_t slot_stride, const AttentionShape& shape, float* out) {
+    if (shape.ring && !shape.window) throw std::invalid_argument("decode_rows_attention: a ring layer of the KV cache needs a window");
+    with_cache_type(keys, values, [&](auto* k, auto* v) {
+        launch_attention(ctx, q, k, v, 1, 0, nullptr, rows.max_length, shape, out, {}, 0, &rows, slot_stride);
     });
 }
 

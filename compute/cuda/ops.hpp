@@ -20,6 +20,7 @@ struct MatmulOutput;
 struct RmsNorm;
 struct RopeParams;
 struct AttentionShape;
+struct DecodeRows;
 enum class AttentionRows;
 enum class Activations;
 enum class ExpertActivation;
@@ -109,6 +110,12 @@ void store_rows(Context& ctx, const float* x, size_t n_rows, size_t width, Cache
 void store_row(Context& ctx, const float* x, size_t width, CacheRows table, const int32_t* row);
 void store_ring(Context& ctx, const float* x, size_t n_rows, size_t width, CacheRows table, size_t first_position,
                 const int32_t* device_position, size_t ring);
+// compute::decode_rows_rope_store and compute::decode_rows_attention: one launch each for all the rows.
+void decode_rows_rope_store(Context& ctx, float* q, size_t n_head, float* k, const float* v, size_t n_head_kv, size_t head_dim,
+                     const DecodeRows& rows, const RopeParams* rope, CacheRows keys, CacheRows values, size_t slot_stride,
+                     size_t ring);
+void decode_rows_attention(Context& ctx, const float* q, CacheRows keys, CacheRows values, const DecodeRows& rows,
+                    size_t slot_stride, const AttentionShape& shape, float* out);
 
 void add(Context& ctx, float* x, const float* y, size_t n);
 void add_bias(Context& ctx, float* x, const float* bias, size_t n_rows, size_t n);

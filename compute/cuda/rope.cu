@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "compute/attention.hpp"
 #include "compute/cuda/cache_rows.cuh"
 #include "compute/cuda/device_context.cuh"
 #include "compute/cuda/ops.hpp"
@@ -67,6 +68,48 @@ __global__ void rope_store_kernel(float* q, int n_head, float* k, const float* v
     } else if (i < q_threads + k_threads + kv_width) {
         const int j = i - q_threads - k_threads;
         store_cached(values, position * kv_width + j, v[j]);
+    }
+}
+
+// The decode rows of a batched pass (compute::decode_rows_rope_store): a row of blocks per row (y), its
+// threads as rope_store_kernel's (q's pairs, k's pairs, v's values), at the row's own slot and
+// position; rotate false: no rotation, k's pairs stored as they are. A ring layer's row goes to
+// both of its rows.
+__global__ void decode_rows_rope_store_kernel(float* q, int n_head, float* k, const float* v, int n_head_kv, int head_dim,
+                                       const int32_t* slot_positions, size_t slot_stride, size_t ring, bool rotate,
+                                       Rotation rotation, DeviceCacheRows keys, DeviceCacheRows values) {
+    grid_dependency_wait();
+    const int row = blockIdx.y;
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    const int n_pairs = rotate ? rotation.n_rot / 2 : 0;
+    const int q_threads = n_head * n_pairs, k_threads = n_head_kv * (head_dim / 2), kv_width = n_head_kv * head_dim;
+    if (i >= q_threads + k_threads + kv_width) return;
+    const size_t slot = size_t(slot_positions[2 * row]), position = size_t(slot_positions[2 * row + 1]);
+    const size_t cached = slot * slot_stride + (ring ? position % ring : position) * kv_width;
+    const auto store = [&](DeviceCacheRows table, size_t c, float x) {
+        store_cached(table, cached + c, x);
+        if (ring) store_cached(table, cached + ring * kv_width + c, x);
+    };
+    q += size_t(row) * n_head * head_dim;
+    k += size_t(row) * kv_width;
+    v += size_t(row) * kv_width;
+    if (i < q_threads) {
+        rotate_pair(q + size_t(i / n_pairs) * head_dim, position, i % n_pairs, rotation);
+    } else if (i < q_threads + k_threads) {
+        const int j = i - q_threads, h = j / (head_dim / 2), pair = j % (head_dim / 2);
+        float* head = k + size_t(h) * head_dim;
+        if (pair < n_pairs) {
+            rotate_pair(head, position, pair, rotation);
+            const int a = rotation.adjacent ? 2 * pair : pair;
+            const int b = rotation.adjacent ? 2 * pair + 1 : pair + n_pairs;
+            store(keys, size_t(h) * head_dim + a, head[a]), store(keys, size_t(h) * head_dim + b, head[b]);
+        } else {
+            const int d = 2 * n_pairs + 2 * (pair - n_pairs);
+            store(keys, size_t(h) * head_dim + d, head[d]), store(keys, size_t(h) * head_dim + d + 1, head[d + 1]);
+        }
+    } else {
+        const int j = i - q_threads - k_threads;
+        store(values, j, v[j]);
     }
 }
 
@@ -132,6 +175,19 @@ void rope_store_at(Context& ctx, float* q, size_t n_head, float* k, const float*
     const size_t n = n_head * (params.n_rot / 2) + n_head_kv * (head_dim / 2) + n_head_kv * head_dim;
     launch_after_previous(ctx, rope_store_kernel, blocks_for(n, 128), 128, 0, q, int(n_head), k, v, int(n_head_kv),
                           int(head_dim), position, rotation_of(ctx, params), device_rows(keys), device_rows(values));
+}
+
+void decode_rows_rope_store(Context& ctx, float* q, size_t n_head, float* k, const float* v, size_t n_head_kv, size_t head_dim,
+                     const DecodeRows& rows, const RopeParams* rope, CacheRows keys, CacheRows values, size_t slot_stride,
+                     size_t ring) {
+    if (rope) check_rotation(*rope, head_dim);
+    if (head_dim % 2 != 0) throw std::invalid_argument("decode_rows_rope_store: head_dim " + std::to_string(head_dim) + " must be even");
+    if (rows.n_rows == 0) return;
+    const Rotation rotation = rope ? rotation_of(ctx, *rope) : Rotation{0, nullptr, true, 1.0f};
+    const size_t n = n_head * (rope ? rope->n_rot / 2 : 0) + n_head_kv * (head_dim / 2) + n_head_kv * head_dim;
+    launch_after_previous(ctx, decode_rows_rope_store_kernel, dim3(unsigned(blocks_for(n, 128)), unsigned(rows.n_rows)), 128, 0, q,
+                          int(n_head), k, v, int(n_head_kv), int(head_dim), rows.slot_positions, slot_stride, ring,
+                          rope != nullptr, rotation, device_rows(keys), device_rows(values));
 }
 
 }  // namespace twinfer::compute::cuda

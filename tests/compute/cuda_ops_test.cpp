@@ -812,6 +812,80 @@ TEST_F(CudaOps, AttentionSinksMatchCpu) {
     }
 }
 
+// The server's decode rows (compute::DecodeRows), each one token of its own slot: RoPE and the
+// cache stores in one launch, attention in one launch for all of them. Each row's attention is the
+// same bits whatever rows share its launch (here: all of them, then each alone), and near the
+// CPU's; the stores land in each row's slot at its position (both rows of a ring), q and k rotated
+// as the CPU rotates them. Cases: SmolLM2's heads (positions past one split and within it),
+// Gemma 3's heads of 256 with a window of 512 over a full layer, a ring with sinks, a NoPE layer
+// (no rotation), two rows of one slot at consecutive positions.
+TEST_F(CudaOps, DecodeRowsAreEachRowAlone) {
+    struct Case {
+        size_t n_head, n_head_kv, head_dim, window, ring;
+        bool sinks, rope;
+        std::vector<int32_t> slot_positions;   // (slot, position) a row
+    };
+    const size_t n_slots = 4, n_ctx = 2048;
+    for (const Case& c : {Case{9, 3, 64, 0, 0, false, true, {2, 700, 0, 5, 3, 1500, 1, 63, 1, 64}},
+                          Case{4, 1, 256, 512, 0, false, true, {0, 1500, 3, 100, 1, 511, 2, 512}},
+                          Case{8, 2, 64, 32, 63, true, true, {1, 200, 0, 10, 3, 62, 2, 63}},
+                          Case{6, 2, 40, 0, 0, false, false, {3, 0, 0, 33, 2, 1000}}}) {
+        SCOPED_TRACE(testing::Message() << c.n_head << " heads over " << c.n_head_kv << " of " << c.head_dim << ", window "
+                                        << c.window << ", ring " << c.ring << (c.sinks ? ", sinks" : "")
+                                        << (c.rope ? "" : ", no RoPE"));
+        const size_t kv_width = c.n_head_kv * c.head_dim, q_width = c.n_head * c.head_dim;
+        const size_t slot_stride = (c.ring ? 2 * c.ring : n_ctx) * kv_width, n_rows = c.slot_positions.size() / 2;
+        AttentionShape shape{c.n_head, c.n_head_kv, c.head_dim, kv_width, 1.0f / std::sqrt(float(c.head_dim)), c.window, c.ring};
+        std::vector<float> sinks(c.n_head);
+        for (size_t h = 0; h < c.n_head; ++h) sinks[h] = float(h % 3) - 1.0f;
+        if (c.sinks) shape.sinks = to_device(sinks);
+        AttentionShape on_cpu = shape;
+        on_cpu.sinks = c.sinks ? sinks.data() : nullptr;
+        RopeParams rope;
+        rope.n_rot = c.head_dim - 8;   // partial: k's last 8 dimensions stored as they are
+        size_t max_length = 0;
+        for (size_t r = 0; r < n_rows; ++r) max_length = std::max(max_length, size_t(c.slot_positions[2 * r + 1]) + 1);
+        const int32_t* slot_positions = to_device(c.slot_positions);
+        const DecodeRows rows{slot_positions, n_rows, max_length}, host_rows{c.slot_positions.data(), n_rows, max_length};
+        const auto q = random(n_rows * q_width, 2.0f), k = random(n_rows * kv_width, 2.0f), v = random(n_rows * kv_width);
+        const auto keys = random(n_slots * slot_stride, 2.0f), values = random(n_slots * slot_stride);
+        for (KvType type : {KvType::F32, KvType::F16}) {
+            SCOPED_TRACE(kv_type_name(type));
+            const CacheRows keys_gpu = cache_table(keys, type, true), values_gpu = cache_table(values, type, true);
+            const CacheRows keys_cpu = cache_table(keys, type, false), values_cpu = cache_table(values, type, false);
+            float *q_gpu = to_device(q), *k_gpu = to_device(k);
+            auto q_cpu = q, k_cpu = k;
+            decode_rows_rope_store(*gpu, q_gpu, c.n_head, k_gpu, to_device(v), c.n_head_kv, c.head_dim, rows,
+                                   c.rope ? &rope : nullptr, keys_gpu, values_gpu, slot_stride, c.ring);
+            decode_rows_rope_store(cpu, q_cpu.data(), c.n_head, k_cpu.data(), v.data(), c.n_head_kv, c.head_dim, host_rows,
+                                   c.rope ? &rope : nullptr, keys_cpu, values_cpu, slot_stride, c.ring);
+            EXPECT_LT(l2_relative_error(to_host(q_gpu, q.size()), q_cpu), float_tolerance);
+            EXPECT_LT(l2_relative_error(to_host(k_gpu, k.size()), k_cpu), float_tolerance);
+            if (!c.rope) {
+                EXPECT_EQ(q_cpu, q) << "no rotation";
+            }
+            const auto stored_keys = cache_values(keys_gpu, keys.size(), true);
+            EXPECT_LT(l2_relative_error(stored_keys, cache_values(keys_cpu, keys.size(), false)), float_tolerance);
+            EXPECT_EQ(cache_values(values_gpu, values.size(), true), cache_values(values_cpu, values.size(), false));
+            EXPECT_NE(stored_keys, cache_values(cache_table(keys, type, false), keys.size(), false)) << "nothing stored";
+
+            float* together = poisoned(q.size());
+            decode_rows_attention(*gpu, q_gpu, keys_gpu, values_gpu, rows, slot_stride, shape, together);
+            const auto got = to_host(together, q.size());
+            for (size_t r = 0; r < n_rows; ++r) {
+                float* alone = poisoned(q_width);
+                const DecodeRows one{slot_positions + 2 * r, 1, size_t(c.slot_positions[2 * r + 1]) + 1};
+                decode_rows_attention(*gpu, q_gpu + r * q_width, keys_gpu, values_gpu, one, slot_stride, shape, alone);
+                EXPECT_TRUE(std::equal(got.begin() + r * q_width, got.begin() + (r + 1) * q_width, to_host(alone, q_width).begin()))
+                    << "row " << r << " alone";
+            }
+            std::vector<float> want(q.size());
+            decode_rows_attention(cpu, q_cpu.data(), keys_cpu, values_cpu, host_rows, slot_stride, on_cpu, want.data());
+            EXPECT_LT(l2_relative_error(got, want), float_tolerance);
+        }
+    }
+}
+
 // gpt-oss's clamped SwiGLU against the CPU's, gate and up values on both sides of the clamps.
 TEST_F(CudaOps, SwigluOaiMatchesCpu) {
     const size_t n = 5000;

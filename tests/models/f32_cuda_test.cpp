@@ -387,6 +387,60 @@ TEST(F32CudaTest, PromptAfterACachedPrefixEqualsTheWholePrompt) {
     check_prompt_after_cached_prefix(compute::Device::CUDA);
 }
 
+// The server's batched pass on CUDA: each sequence's prompt as Tiled rows, then decode passes whose
+// Single rows take one launch each for every row's products, RoPE and stores, and attention
+// (compute::matmul_rows, decode_rows_rope_store, decode_rows_attention). Three sequences at
+// different lengths (one past the attention's first split) together against each alone in the
+// same passes: bitwise, with the device's default activations and both cache types. With float
+// activations, the rows against the CPU's batched pass within the CUDA budget. Returns each
+// sequence's logits rows, its prompt's last then each step's (the steps feed fixed tokens).
+std::vector<std::vector<double>> batched_decode(F32LlamaModel& model, const std::vector<std::vector<Token>>& prompts,
+                                                size_t steps) {
+    model.set_slot_count(prompts.size());
+    std::vector<SlotToken> rows;
+    for (size_t s = 0; s < prompts.size(); ++s)
+        for (size_t i = 0; i < prompts[s].size(); ++i)
+            rows.push_back({s, prompts[s][i], i + 1 == prompts[s].size(), RowProducts::Tiled});
+    Logits logits = model.forward_rows(rows);
+    std::vector<std::vector<double>> out(prompts.size());
+    for (size_t step = 0; step < steps; ++step) {
+        rows.clear();
+        for (size_t s = 0; s < prompts.size(); ++s) {
+            const auto r = logits.row(s);
+            out[s].insert(out[s].end(), r.begin(), r.end());
+            rows.push_back({s, Token(1 + (step * 13 + s * 7) % 500), true, RowProducts::Single});
+        }
+        logits = model.forward_rows(rows);
+    }
+    return out;
+}
+
+TEST(F32CudaTest, BatchedDecodeRowsEqualEachSequenceAlone) {
+    TWINFER_REQUIRE_GPU();
+    TWINFER_REQUIRE_FILE(test::third_party_testdata() / "models/stories260K.gguf");
+    const auto file = open(test::third_party_testdata() / "models/stories260K.gguf");
+    std::vector<std::vector<Token>> prompts(3);
+    for (size_t s = 0; s < prompts.size(); ++s)
+        for (size_t i = 0; i < 7 + 60 * s; ++i) prompts[s].push_back(Token(1 + (i * 37 + s * 11) % 500));
+    for (compute::KvType type : {compute::KvType::F32, compute::KvType::F16}) {
+        SCOPED_TRACE(compute::kv_type_name(type));
+        F32LlamaModel model = F32LlamaModel::load(file, {.device = compute::Device::CUDA, .cache_type = type});
+        const auto together = batched_decode(model, prompts, 8);
+        for (size_t s = 0; s < prompts.size(); ++s)
+            EXPECT_EQ(batched_decode(model, {prompts[s]}, 8)[0], together[s]) << "sequence " << s << " alone";
+    }
+    F32LlamaModel gpu = F32LlamaModel::load(file, on(compute::Device::CUDA));
+    F32LlamaModel cpu = F32LlamaModel::load(file, on(compute::Device::CPU));
+    const auto got = batched_decode(gpu, prompts, 8), want = batched_decode(cpu, prompts, 8);
+    const size_t V = cpu.config().n_vocab;
+    for (size_t s = 0; s < prompts.size(); ++s) {
+        const std::span<const double> g = got[s], w = want[s];
+        for (size_t step = 0; step < 8; ++step)
+            EXPECT_LT(test::relative_error(g.subspan(step * V, V), w.subspan(step * V, V)), kCudaTolerance)
+                << "sequence " << s << " step " << step;
+    }
+}
+
 TEST(F32CudaTest, TooLargeKvCacheSaysHowMuchMemory) {
     TWINFER_REQUIRE_GPU();
     const auto file = test::convert_gguf(test::golden_model("llama_gqa_tied"), GGMLType::F32, "cuda_memory");

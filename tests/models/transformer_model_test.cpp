@@ -380,6 +380,55 @@ TEST_P(EveryArchitecture, TensorParallelSplitMatchesOneDevice) {
     }
 }
 
+// On CUDA a batched pass's decode rows take launches of their own (one for every row's RoPE and
+// stores, one for their attention), not the decode step's kernels: each sequence is compared with
+// itself alone in the same kind of passes, bitwise, and with the float64 reference within
+// float32's budget. Two sequences of different lengths: prompts as Tiled rows, then four decode
+// passes of both.
+TEST_P(EveryArchitecture, CudaBatchedRowsEqualEachSequenceAlone) {
+#ifdef TWINFER_WITH_CUDA
+    if (compute::cuda::device_count() == 0) GTEST_SKIP() << "no CUDA GPU: " << compute::cuda::describe_device();
+#else
+    GTEST_SKIP() << "built without the CUDA backend (TWINFER_CUDA=OFF)";
+#endif
+    const RandomArch& a = GetParam();
+    const auto file = random_model(a);
+    const std::vector<Token> ids[2] = {random_ids(12, 21), random_ids(14, 22)};
+    const size_t n_steps = 4;
+    // Each sequence's logits rows: its prompt's last, then each decode pass's.
+    const auto run = [&](std::vector<size_t> sequences) {
+        TransformerModel model = TransformerModel::load(
+            file, {.n_ctx = kCtx, .device = compute::Device::CUDA, .activations = compute::Activations::Float32});
+        model.set_slot_count(sequences.size());
+        std::vector<SlotToken> rows;
+        for (size_t s = 0; s < sequences.size(); ++s) {
+            const std::vector<Token>& seq = ids[sequences[s]];
+            for (size_t t = 0; t + n_steps < seq.size(); ++t) rows.push_back({s, seq[t], t + n_steps + 1 == seq.size(), RowProducts::Tiled});
+        }
+        std::vector<std::vector<std::vector<double>>> out(sequences.size());
+        for (size_t step = 0;; ++step) {
+            const Logits logits = model.forward_rows(rows);
+            for (size_t s = 0; s < sequences.size(); ++s) out[s].emplace_back(logits.row(s).begin(), logits.row(s).end());
+            if (step == n_steps) return out;
+            rows.clear();
+            for (size_t s = 0; s < sequences.size(); ++s) {
+                const std::vector<Token>& seq = ids[sequences[s]];
+                rows.push_back({s, seq[seq.size() - n_steps + step], true, RowProducts::Single});
+            }
+        }
+    };
+    const auto together = run({0, 1});
+    GPTModel reference = GPTModel::from_gguf(*file);
+    for (size_t s = 0; s < 2; ++s) {
+        EXPECT_EQ(run({s})[0], together[s]) << a.name() << " sequence " << s << " alone";
+        const Logits expected = reference.forward(ids[s], LogitsMode::All);
+        for (size_t step = 0; step <= n_steps; ++step)
+            EXPECT_LT(test::relative_error(together[s][step], expected.row(ids[s].size() - n_steps - 1 + step)),
+                      test::kFloat32Tolerance)
+                << a.name() << " sequence " << s << " step " << step;
+    }
+}
+
 // The server's batched pass on the ranks: each sequence's logits bitwise those of the same
 // sequence alone on the same split. (Float32 weights: a Q8_0 file's 32-value blocks hold more
 // than a rank's 16 columns of the attention output.)
