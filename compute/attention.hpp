@@ -9,6 +9,7 @@
 #include "compute/cache_rows.hpp"
 #include "compute/context.hpp"
 #include "compute/matmul.hpp"
+#include "compute/norm.hpp"
 #include "compute/rope.hpp"
 #ifdef TWINFER_WITH_CUDA
 #include "compute/cuda/ops.hpp"
@@ -149,6 +150,39 @@ inline void rope_store_at(Context& ctx, float* q, size_t n_head, float* k, const
     rope_at(ctx, k, n_head_kv, head_dim, position, params);
     store_row(ctx, k, n_head_kv * head_dim, keys, position);
     store_row(ctx, v, n_head_kv * head_dim, values, position);
+}
+
+// QK-norm (Qwen3, Gemma 3): an RMSNorm over each head of q and of k, with weights of head_dim
+// values (null: no norm on that side).
+struct HeadNorms {
+    const float* q = nullptr;
+    const float* k = nullptr;
+    float eps = 0.0f;
+};
+
+// A decode step's q [n_head, head_dim], k and v [n_head_kv, head_dim] after their products: q's
+// and k's heads normalized (norms), rotated at *position (rope; null: a NoPE layer), then k and v
+// stored as that position's row of keys and values (ring > 0, a ring layer: rows p % ring and
+// p % ring + ring). The norms, rope_at and the stores; one launch on the GPU.
+inline void norm_rope_store_at(Context& ctx, float* q, size_t n_head, float* k, const float* v, size_t n_head_kv,
+                               size_t head_dim, const int32_t* position, const RopeParams* rope, const HeadNorms& norms,
+                               CacheRows keys, CacheRows values, size_t ring) {
+#ifdef TWINFER_WITH_CUDA
+    if (ctx.device() == Device::CUDA)
+        return cuda::norm_rope_store_at(ctx, q, n_head, k, v, n_head_kv, head_dim, position, rope, norms, keys, values, ring);
+#endif
+    if (norms.q) rms_norm(ctx, q, norms.q, n_head, head_dim, norms.eps, q);
+    if (norms.k) rms_norm(ctx, k, norms.k, n_head_kv, head_dim, norms.eps, k);
+    const size_t width = n_head_kv * head_dim;
+    if (ring) {
+        if (rope) rope_at(ctx, q, n_head, head_dim, position, *rope), rope_at(ctx, k, n_head_kv, head_dim, position, *rope);
+        store_ring(ctx, k, 1, width, keys, 0, position, ring);
+        store_ring(ctx, v, 1, width, values, 0, position, ring);
+    } else if (rope) {
+        rope_store_at(ctx, q, n_head, k, v, n_head_kv, head_dim, position, *rope, keys, values);
+    } else {
+        store_row(ctx, k, width, keys, position), store_row(ctx, v, width, values, position);
+    }
 }
 
 // A decode step's attention inputs: q, k, v = the products qkv of one token of x (normalized by

@@ -13,6 +13,7 @@ namespace cpu {
 void rms_norm(Context& ctx, const float* x, const float* weight, size_t n_rows, size_t n, float eps, float* out);
 void layer_norm(Context& ctx, const float* x, const float* weight, const float* bias, size_t n_rows, size_t n,
                 float eps, float* out);
+void add_rms_norm(Context& ctx, float* x, const float* y, const float* weight, size_t n_rows, size_t n, float eps);
 }
 
 // out = x / sqrt(mean(x^2) + eps) * weight   (Llama's RMSNorm). out may be x.
@@ -22,6 +23,16 @@ inline void rms_norm(Context& ctx, const float* x, const float* weight, size_t n
     if (ctx.device() == Device::CUDA) return cuda::rms_norm(ctx, x, weight, n_rows, n, eps, out);
 #endif
     throw_backend_unavailable("rms_norm", ctx.device());
+}
+
+// x += y / sqrt(mean(y^2) + eps) * weight, row by row: a residual add behind a norm of its own
+// (Gemma's sandwich norms). One launch on the GPU, where the norm and the add took two.
+inline void add_rms_norm(Context& ctx, float* x, const float* y, const float* weight, size_t n_rows, size_t n, float eps) {
+    if (ctx.device() == Device::CPU) return cpu::add_rms_norm(ctx, x, y, weight, n_rows, n, eps);
+#ifdef TWINFER_WITH_CUDA
+    if (ctx.device() == Device::CUDA) return cuda::add_rms_norm(ctx, x, y, weight, n_rows, n, eps);
+#endif
+    throw_backend_unavailable("add_rms_norm", ctx.device());
 }
 
 // out = (x - mean) / sqrt(var + eps) * weight + bias   (GPT-2's LayerNorm). out may be x.

@@ -236,6 +236,8 @@ void TransformerModel::normalize(const Norm& norm, const float* x, size_t n_rows
 void TransformerModel::add_residual(const Norm* norm, float* o, size_t N, float* x) {
     const size_t E = config_.n_embd;
     if (const RankReduce* r = reduce()) r->collective->all_reduce_sum(r->rank, ctx_, o, N * E);
+    if (norm && config_.transformer.norm == NormKind::RMSNorm)
+        return compute::add_rms_norm(ctx_, x, o, norm->weight.data(), N, E, static_cast<float>(config_.norm_eps));
     if (norm) normalize(*norm, o, N, o);
     compute::add(ctx_, x, o, N * E);
 }
@@ -303,23 +305,17 @@ void TransformerModel::enqueue_pass(const RowBatch& batch, const int32_t* device
         if (!L.bq.empty()) compute::add_bias(ctx_, q, L.bq.data(), N, QD);
         if (!L.bk.empty()) compute::add_bias(ctx_, k, L.bk.data(), N, KVD);
         if (!L.bv.empty()) compute::add_bias(ctx_, v, L.bv.data(), N, KVD);
-        if (spec.qk_norm) {
-            compute::rms_norm(ctx_, q, L.q_norm.data(), N * H, D, eps, q);
-            compute::rms_norm(ctx_, k, L.k_norm.data(), N * Hkv, D, eps, k);
-        }
-        if (device_position) {
+        const compute::HeadNorms qk_norms{spec.qk_norm ? L.q_norm.data() : nullptr, spec.qk_norm ? L.k_norm.data() : nullptr, eps};
+        if (device_position) {                                                       // the norms, RoPE and the stores: one launch on a GPU
             const compute::CacheRows keys = cache_.keys(il, first_run.slot), values = cache_.values(il, first_run.slot);
-            if (ring) {
-                if (rope) compute::rope_at(ctx_, q, H, D, device_position, L.rope), compute::rope_at(ctx_, k, Hkv, D, device_position, L.rope);
-                compute::store_ring(ctx_, k, 1, KVD, keys, 0, device_position, ring);
-                compute::store_ring(ctx_, v, 1, KVD, values, 0, device_position, ring);
-            } else if (rope) {
-                compute::rope_store_at(ctx_, q, H, k, v, Hkv, D, device_position, L.rope, keys, values);
-            } else {
-                compute::store_row(ctx_, k, KVD, keys, device_position), compute::store_row(ctx_, v, KVD, values, device_position);
-            }
+            compute::norm_rope_store_at(ctx_, q, H, k, v, Hkv, D, device_position, rope ? &L.rope : nullptr, qk_norms, keys,
+                                        values, ring);
             compute::attention_at(ctx_, q, keys, values, device_position, cache_.n_ctx(), L.attention, att);
         } else {
+            if (spec.qk_norm) {
+                compute::rms_norm(ctx_, q, qk_norms.q, N * H, D, eps, q);
+                compute::rms_norm(ctx_, k, qk_norms.k, N * Hkv, D, eps, k);
+            }
             attend_runs(ctx_, cache_, il, batch, q, k, v, rope ? &L.rope : nullptr, L.attention, direct, att);   // att: [N, H, D]
         }
         observe(ctx_, observer_, "Qcur", il, q, N * QD);

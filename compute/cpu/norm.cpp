@@ -1,6 +1,7 @@
 #include "compute/norm.hpp"
 
 #include <cmath>
+#include <vector>
 
 namespace twinfer::compute::cpu {
 
@@ -13,6 +14,14 @@ void rms_norm(Context&, const float* x, const float* weight, size_t n_rows, size
         for (size_t i = 0; i < n; ++i) sum_squares += double(row[i]) * row[i];
         const float inv_rms = static_cast<float>(1.0 / std::sqrt(sum_squares / n + eps));
         for (size_t i = 0; i < n; ++i) out[r * n + i] = row[i] * inv_rms * weight[i];
+    }
+}
+
+void add_rms_norm(Context& ctx, float* x, const float* y, const float* weight, size_t n_rows, size_t n, float eps) {
+    std::vector<float> normalized(n);
+    for (size_t r = 0; r < n_rows; ++r) {
+        cpu::rms_norm(ctx, y + r * n, weight, 1, n, eps, normalized.data());
+        for (size_t i = 0; i < n; ++i) x[r * n + i] += normalized[i];
     }
 }
 

@@ -47,6 +47,8 @@ template <class Term> __device__ __forceinline__ float thread_sum(const float4 (
     return sum;
 }
 
+// Accumulate: out += the normalized row (add_rms_norm).
+template <bool Accumulate>
 __global__ void rms_norm_vector_kernel(const float* __restrict__ x, const float* __restrict__ weight, int n, float eps,
                                        float* out) {
     grid_dependency_wait();
@@ -60,7 +62,14 @@ __global__ void rms_norm_vector_kernel(const float* __restrict__ x, const float*
 #pragma unroll
     for (int k = 0; k < max_vectors; ++k) {
         const int i = threadIdx.x + k * blockDim.x;
-        if (i < n4) dst[i] = scaled(v[k], inv_rms, w4[i]);
+        if (i >= n4) continue;
+        const float4 y = scaled(v[k], inv_rms, w4[i]);
+        if constexpr (Accumulate) {
+            const float4 d = dst[i];
+            dst[i] = make_float4(d.x + y.x, d.y + y.y, d.z + y.z, d.w + y.w);
+        } else {
+            dst[i] = y;
+        }
     }
 }
 
@@ -89,6 +98,7 @@ __global__ void layer_norm_vector_kernel(const float* __restrict__ x, const floa
     }
 }
 
+template <bool Accumulate>
 __global__ void rms_norm_kernel(const float* __restrict__ x, const float* __restrict__ weight, int n, float eps,
                                 float* out) {
     grid_dependency_wait();
@@ -97,7 +107,10 @@ __global__ void rms_norm_kernel(const float* __restrict__ x, const float* __rest
     float sum_squares = 0.0f;
     for (int i = threadIdx.x; i < n; i += blockDim.x) sum_squares += row[i] * row[i];
     const float inv_rms = rsqrtf(block_sum(sum_squares) / n + eps);
-    for (int i = threadIdx.x; i < n; i += blockDim.x) dst[i] = row[i] * inv_rms * weight[i];
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        const float y = row[i] * inv_rms * weight[i];
+        dst[i] = Accumulate ? dst[i] + y : y;
+    }
 }
 
 __global__ void layer_norm_kernel(const float* __restrict__ x, const float* __restrict__ weight,
@@ -116,12 +129,27 @@ __global__ void layer_norm_kernel(const float* __restrict__ x, const float* __re
 
 }  // namespace
 
-void rms_norm(Context& ctx, const float* x, const float* weight, size_t n_rows, size_t n, float eps, float* out) {
+namespace {
+
+template <bool Accumulate>
+void launch_rms_norm(Context& ctx, const float* x, const float* weight, size_t n_rows, size_t n, float eps, float* out) {
     if (n_rows == 0) return;
     if (vectorizable(n, x, weight, nullptr, out))
-        launch_after_previous(ctx, rms_norm_vector_kernel, unsigned(n_rows), vector_block(n), 0, x, weight, int(n), eps, out);
+        launch_after_previous(ctx, rms_norm_vector_kernel<Accumulate>, unsigned(n_rows), vector_block(n), 0, x, weight,
+                              int(n), eps, out);
     else
-        launch_after_previous(ctx, rms_norm_kernel, unsigned(n_rows), scalar_threads, 0, x, weight, int(n), eps, out);
+        launch_after_previous(ctx, rms_norm_kernel<Accumulate>, unsigned(n_rows), scalar_threads, 0, x, weight, int(n), eps,
+                              out);
+}
+
+}  // namespace
+
+void rms_norm(Context& ctx, const float* x, const float* weight, size_t n_rows, size_t n, float eps, float* out) {
+    launch_rms_norm<false>(ctx, x, weight, n_rows, n, eps, out);
+}
+
+void add_rms_norm(Context& ctx, float* x, const float* y, const float* weight, size_t n_rows, size_t n, float eps) {
+    launch_rms_norm<true>(ctx, y, weight, n_rows, n, eps, x);
 }
 
 void layer_norm(Context& ctx, const float* x, const float* weight, const float* bias, size_t n_rows, size_t n,

@@ -21,6 +21,7 @@ struct RmsNorm;
 struct RopeParams;
 struct AttentionShape;
 struct DecodeRows;
+struct HeadNorms;
 enum class AttentionRows;
 enum class Activations;
 enum class ExpertActivation;
@@ -80,6 +81,7 @@ void get_rows(Context& ctx, const WeightMatrix& table, const int32_t* ids, size_
 void dequantize(Context& ctx, const WeightMatrix& w, float* out);
 
 void rms_norm(Context& ctx, const float* x, const float* weight, size_t n_rows, size_t n, float eps, float* out);
+void add_rms_norm(Context& ctx, float* x, const float* y, const float* weight, size_t n_rows, size_t n, float eps);
 void layer_norm(Context& ctx, const float* x, const float* weight, const float* bias, size_t n_rows, size_t n,
                 float eps, float* out);
 
@@ -110,6 +112,10 @@ void store_rows(Context& ctx, const float* x, size_t n_rows, size_t width, Cache
 void store_row(Context& ctx, const float* x, size_t width, CacheRows table, const int32_t* row);
 void store_ring(Context& ctx, const float* x, size_t n_rows, size_t width, CacheRows table, size_t first_position,
                 const int32_t* device_position, size_t ring);
+// compute::norm_rope_store_at: a block a head.
+void norm_rope_store_at(Context& ctx, float* q, size_t n_head, float* k, const float* v, size_t n_head_kv, size_t head_dim,
+                        const int32_t* position, const RopeParams* rope, const HeadNorms& norms, CacheRows keys,
+                        CacheRows values, size_t ring);
 // compute::decode_rows_rope_store and compute::decode_rows_attention: one launch each for all the rows.
 void decode_rows_rope_store(Context& ctx, float* q, size_t n_head, float* k, const float* v, size_t n_head_kv, size_t head_dim,
                      const DecodeRows& rows, const RopeParams* rope, CacheRows keys, CacheRows values, size_t slot_stride,

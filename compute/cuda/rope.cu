@@ -113,6 +113,47 @@ __global__ void decode_rows_rope_store_kernel(float* q, int n_head, float* k, co
     }
 }
 
+// compute::norm_rope_store_at: a block a head (q's, then k's, then v's), a thread two of its
+// dimensions (a pair RoPE turns, or two consecutive ones past n_rot): the head's RMSNorm reduced
+// over the block, the rotation, and k's and v's heads stored at the position's cache row (both of
+// a ring's). One launch where the norms, the rotations and the stores took two to six.
+__global__ void norm_rope_store_kernel(float* q, int n_head, float* k, const float* v, int n_head_kv, int head_dim,
+                                       const int32_t* device_position, bool rotate, Rotation rotation,
+                                       const float* q_norm, const float* k_norm, float eps, DeviceCacheRows keys,
+                                       DeviceCacheRows values, size_t ring) {
+    grid_dependency_wait();
+    const int head = blockIdx.x, pair = threadIdx.x;
+    const bool is_q = head < n_head, is_k = !is_q && head < n_head + n_head_kv;
+    const int kv_head = is_q ? 0 : is_k ? head - n_head : head - n_head - n_head_kv;
+    const int n_pairs = rotate ? rotation.n_rot / 2 : 0;
+    const bool active = pair < head_dim / 2;
+    const int a = pair < n_pairs && !rotation.adjacent ? pair : 2 * pair;
+    const int b = pair < n_pairs && !rotation.adjacent ? pair + n_pairs : 2 * pair + 1;
+    float* x = is_q ? q + size_t(head) * head_dim : is_k ? k + size_t(kv_head) * head_dim : nullptr;
+    const float* in = x ? x : v + size_t(kv_head) * head_dim;
+    float x0 = active ? in[a] : 0.0f, x1 = active ? in[b] : 0.0f;
+    const float* norm = is_q ? q_norm : is_k ? k_norm : nullptr;
+    if (norm) {   // the same for the whole block
+        const float inv_rms = rsqrtf(block_sum(x0 * x0 + x1 * x1) / head_dim + eps);
+        if (active) x0 = x0 * inv_rms * norm[a], x1 = x1 * inv_rms * norm[b];
+    }
+    if (!active) return;
+    const size_t position = size_t(*device_position);
+    if (x && pair < n_pairs) {
+        float2 cs = rotation_at(position, pair_frequency(pair, rotation));
+        cs.x *= rotation.magnitude, cs.y *= rotation.magnitude;
+        const float y0 = x0 * cs.x - x1 * cs.y, y1 = x0 * cs.y + x1 * cs.x;
+        x0 = y0, x1 = y1;
+    }
+    if (x) x[a] = x0, x[b] = x1;
+    if (is_q) return;
+    const DeviceCacheRows table = is_k ? keys : values;
+    const size_t width = size_t(n_head_kv) * head_dim;
+    const size_t cached = (ring ? position % ring : position) * width + size_t(kv_head) * head_dim;
+    store_cached(table, cached + a, x0), store_cached(table, cached + b, x1);
+    if (ring) store_cached(table, cached + ring * width + a, x0), store_cached(table, cached + ring * width + b, x1);
+}
+
 }  // namespace
 
 Rotation rotation_of(Context& ctx, const RopeParams& params) {
@@ -188,6 +229,19 @@ void decode_rows_rope_store(Context& ctx, float* q, size_t n_head, float* k, con
     launch_after_previous(ctx, decode_rows_rope_store_kernel, dim3(unsigned(blocks_for(n, 128)), unsigned(rows.n_rows)), 128, 0, q,
                           int(n_head), k, v, int(n_head_kv), int(head_dim), rows.slot_positions, slot_stride, ring,
                           rope != nullptr, rotation, device_rows(keys), device_rows(values));
+}
+
+void norm_rope_store_at(Context& ctx, float* q, size_t n_head, float* k, const float* v, size_t n_head_kv, size_t head_dim,
+                        const int32_t* position, const RopeParams* rope, const HeadNorms& norms, CacheRows keys,
+                        CacheRows values, size_t ring) {
+    if (rope) check_rotation(*rope, head_dim);
+    if (head_dim % 2 != 0 || head_dim > 2048)
+        throw std::invalid_argument("norm_rope_store_at: head_dim " + std::to_string(head_dim) + " must be even, at most 2048");
+    const Rotation rotation = rope ? rotation_of(ctx, *rope) : Rotation{0, nullptr, true, 1.0f};
+    const unsigned threads = unsigned((head_dim / 2 + 31) / 32 * 32);
+    launch_after_previous(ctx, norm_rope_store_kernel, unsigned(n_head + 2 * n_head_kv), threads, 0, q, int(n_head), k, v,
+                          int(n_head_kv), int(head_dim), position, rope != nullptr, rotation, norms.q, norms.k, norms.eps,
+                          device_rows(keys), device_rows(values), ring);
 }
 
 }  // namespace twinfer::compute::cuda

@@ -225,6 +225,15 @@ TEST_F(CudaOps, Norms) {
     rms_norm(*gpu, to_device(x), to_device(weight), n_rows, n, 1e-5f, out);
     EXPECT_LT(l2_relative_error(to_host(out, x.size()), want), float_tolerance);
 
+    // A sandwich norm's residual add: x += rms_norm(y), one launch.
+    const auto residual = random(x.size());
+    auto sum_want = residual;
+    add_rms_norm(cpu, sum_want.data(), x.data(), weight.data(), n_rows, n, 1e-5f);
+    float* sum = to_device(residual);
+    add_rms_norm(*gpu, sum, to_device(x), to_device(weight), n_rows, n, 1e-5f);
+    EXPECT_LT(l2_relative_error(to_host(sum, x.size()), sum_want), float_tolerance);
+    EXPECT_GT(l2_relative_error(sum_want, residual), 0.1) << "the norm must be added";
+
     layer_norm(cpu, x.data(), weight.data(), bias.data(), n_rows, n, 1e-5f, want.data());
     float* x_gpu = to_device(x);
     layer_norm(*gpu, x_gpu, to_device(weight), to_device(bias), n_rows, n, 1e-5f, x_gpu);  // in place
@@ -692,6 +701,51 @@ TEST_F(CudaOps, WindowedPromptMatchesCpu) {
                       c.first_position, shape, out);
             EXPECT_LT(l2_relative_error(to_host(out, q.size()), want),
                       type == KvType::F16 ? flash_attention_tolerance : float_tolerance);
+        }
+    }
+}
+
+// norm_rope_store_at, a decode step's QK-norm, RoPE and cache stores in one launch, against the
+// CPU's separate ops: Gemma 3's heads of 256 over one KV head in a ring (norms, rotation, both ring
+// rows), Qwen3's (norms, NeoX pairing, a full layer), a NoPE layer with norms, a partial rotation
+// without norms; both cache types.
+TEST_F(CudaOps, NormRopeStoreAtMatchesCpu) {
+    struct Case {
+        size_t n_head, n_head_kv, head_dim, n_rot, ring;
+        bool norms, rope;
+        RopeParams::Pairing pairing;
+    };
+    using Pairing = RopeParams::Pairing;
+    const int32_t position = 700;
+    for (const Case& c : {Case{4, 1, 256, 256, 639, true, true, Pairing::Halves}, Case{16, 8, 128, 128, 0, true, true, Pairing::Halves},
+                          Case{8, 2, 64, 64, 0, true, false, Pairing::Adjacent}, Case{6, 2, 64, 48, 0, false, true, Pairing::Adjacent}}) {
+        SCOPED_TRACE(testing::Message() << c.n_head << " heads over " << c.n_head_kv << " of " << c.head_dim << ", n_rot "
+                                        << c.n_rot << ", ring " << c.ring << (c.norms ? ", norms" : "") << (c.rope ? "" : ", NoPE"));
+        const size_t width = c.n_head_kv * c.head_dim, n_rows = c.ring ? 2 * c.ring : 1024;
+        RopeParams rope;
+        rope.pairing = c.pairing, rope.n_rot = c.n_rot, rope.freq_base = 1e6;
+        const auto q = random(c.n_head * c.head_dim, 3.0f), k = random(width, 3.0f), v = random(width);
+        const auto q_norm = random(c.head_dim), k_norm = random(c.head_dim);
+        const auto keys = random(n_rows * width), values = random(n_rows * width);
+        for (KvType type : {KvType::F32, KvType::F16}) {
+            SCOPED_TRACE(kv_type_name(type));
+            auto q_want = q, k_want = k;
+            const CacheRows keys_want = cache_table(keys, type, false), values_want = cache_table(values, type, false);
+            norm_rope_store_at(cpu, q_want.data(), c.n_head, k_want.data(), v.data(), c.n_head_kv, c.head_dim, &position,
+                               c.rope ? &rope : nullptr, c.norms ? HeadNorms{q_norm.data(), k_norm.data(), 1e-6f} : HeadNorms{},
+                               keys_want, values_want, c.ring);
+            float *q_gpu = to_device(q), *k_gpu = to_device(k);
+            const CacheRows keys_gpu = cache_table(keys, type, true), values_gpu = cache_table(values, type, true);
+            norm_rope_store_at(*gpu, q_gpu, c.n_head, k_gpu, to_device(v), c.n_head_kv, c.head_dim,
+                               to_device(std::vector<int32_t>{position}), c.rope ? &rope : nullptr,
+                               c.norms ? HeadNorms{to_device(q_norm), to_device(k_norm), 1e-6f} : HeadNorms{}, keys_gpu,
+                               values_gpu, c.ring);
+            EXPECT_LT(l2_relative_error(to_host(q_gpu, q.size()), q_want), float_tolerance);
+            EXPECT_LT(l2_relative_error(to_host(k_gpu, k.size()), k_want), float_tolerance);
+            EXPECT_GT(l2_relative_error(q_want, q), 0.1) << "q must change";
+            EXPECT_LT(l2_relative_error(cache_values(keys_gpu, keys.size(), true), cache_values(keys_want, keys.size(), false)),
+                      float_tolerance);
+            EXPECT_EQ(cache_values(values_gpu, values.size(), true), cache_values(values_want, values.size(), false));
         }
     }
 }
