@@ -168,21 +168,24 @@ inline void matmul_rows(Context& ctx, std::span<const MatmulOutput> outputs, con
     throw_backend_unavailable("matmul_rows", ctx.device());
 }
 
-// out = silu(W_gate x) * (W_up x)   (Llama's feed-forward before its down projection), gate and up
-// of one shape. up_scratch: [n_tokens, rows] of working memory. On the GPU one token's products and
-// the activation are one launch.
+// out = act(W_gate x) * (W_up x)   (a gated feed-forward before its down projection), gate and up
+// of one shape; act is glu's: SiLU (SwiGLU: Llama, Qwen) or GELU's tanh form (GeGLU: Gemma).
+// up_scratch: [n_tokens, rows] of working memory. On the GPU one token's products and the
+// activation are one launch.
+enum class Glu { SiLU, GeluTanh };
 namespace cpu {
-void matmul_swiglu(Context& ctx, const WeightMatrix& gate, const WeightMatrix& up, const float* x, size_t n_tokens,
-                   float* out, float* up_scratch, Activations activations, const RmsNorm* norm = nullptr);
+void matmul_glu(Context& ctx, const WeightMatrix& gate, const WeightMatrix& up, const float* x, size_t n_tokens,
+                float* out, float* up_scratch, Activations activations, const RmsNorm* norm = nullptr, Glu glu = Glu::SiLU);
 }
-inline void matmul_swiglu(Context& ctx, const WeightMatrix& gate, const WeightMatrix& up, const float* x, size_t n_tokens,
-                          float* out, float* up_scratch, Activations activations, const RmsNorm* norm = nullptr) {
-    if (ctx.device() == Device::CPU) return cpu::matmul_swiglu(ctx, gate, up, x, n_tokens, out, up_scratch, activations, norm);
+inline void matmul_glu(Context& ctx, const WeightMatrix& gate, const WeightMatrix& up, const float* x, size_t n_tokens,
+                       float* out, float* up_scratch, Activations activations, const RmsNorm* norm = nullptr,
+                       Glu glu = Glu::SiLU) {
+    if (ctx.device() == Device::CPU) return cpu::matmul_glu(ctx, gate, up, x, n_tokens, out, up_scratch, activations, norm, glu);
 #ifdef TWINFER_WITH_CUDA
     if (ctx.device() == Device::CUDA)
-        return cuda::matmul_swiglu(ctx, gate, up, x, n_tokens, out, up_scratch, activations, norm);
+        return cuda::matmul_glu(ctx, gate, up, x, n_tokens, out, up_scratch, activations, norm, glu);
 #endif
-    throw_backend_unavailable("matmul_swiglu", ctx.device());
+    throw_backend_unavailable("matmul_glu", ctx.device());
 }
 
 // Rows `ids` of an embedding table, as float: out[i, :] = table[ids[i], :]. ids must be < rows.

@@ -126,7 +126,7 @@ void enqueue_llama_pass(compute::Context& ctx, const ModelConfig& c, const Llama
 
         // Feed-forward block: x += W_down (silu(W_gate xn) * W_up xn), xn = rms_norm(x) (in the product)
         if (sequence) {                                                              // one launch where the device can
-            compute::matmul_swiglu(ctx, L.w_gate, L.w_up, x, N, b.gate, b.up, activations, &ffn_norm);  // gate: [N, Fr]
+            compute::matmul_glu(ctx, L.w_gate, L.w_up, x, N, b.gate, b.up, activations, &ffn_norm);  // gate: [N, Fr]
         } else {
             const compute::MatmulOutput gate_up[] = {{L.w_gate, b.gate}, {L.w_up, b.up}};
             products(gate_up, x, &ffn_norm);

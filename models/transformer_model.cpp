@@ -373,7 +373,8 @@ void TransformerModel::enqueue_pass(const RowBatch& batch, const int32_t* device
         compute::softcap(ctx_, logits, n_logit_rows * n_logits(), static_cast<float>(spec.final_logit_softcap));
 }
 
-// The activations run as each_row says: a row's values must not depend on the other rows.
+// A batched pass's activations run as each_row says: a row's values must not depend on the other rows. A
+// sequence's gated products and activation are one matmul_glu (one launch for a decode step's).
 void TransformerModel::feed_forward(const Layer& L, const float* h, const compute::RmsNorm* norm, size_t N, size_t n_single,
                                     float* y, bool accumulate) {
     const ModelConfig& c = config_;
@@ -384,7 +385,10 @@ void TransformerModel::feed_forward(const Layer& L, const float* h, const comput
     }
     float *gate = workspace_.buffer(GATE), *up = workspace_.buffer(UP);             // [N, F]
     const FeedForwardKind kind = c.transformer.feed_forward;
-    if (kind != FeedForwardKind::GeluTanh && kind != FeedForwardKind::GeluErf) {
+    if (!batched_ && (kind == FeedForwardKind::SwiGLU || kind == FeedForwardKind::GeGLU)) {   // one launch where the device can
+        compute::matmul_glu(ctx_, L.w_gate, L.w_up, h, N, gate, up, activations_for(options_), norm,
+                            kind == FeedForwardKind::GeGLU ? compute::Glu::GeluTanh : compute::Glu::SiLU);
+    } else if (kind != FeedForwardKind::GeluTanh && kind != FeedForwardKind::GeluErf) {
         const compute::MatmulOutput outputs[] = {{L.w_gate, gate}, {L.w_up, up}};
         products(outputs, h, n_single, N - n_single, norm);
         each_row(ctx_, N, F, [&](size_t first, size_t n) {

@@ -253,14 +253,15 @@ void matmul(Context& ctx, const WeightMatrix& w, const float* x, size_t n_tokens
     cpu::matmul(ctx, std::span(&output, 1), x, n_tokens, activations);
 }
 
-void matmul_swiglu(Context& ctx, const WeightMatrix& gate, const WeightMatrix& up, const float* x, size_t n_tokens,
-                   float* out, float* up_scratch, Activations activations, const RmsNorm* norm) {
+void matmul_glu(Context& ctx, const WeightMatrix& gate, const WeightMatrix& up, const float* x, size_t n_tokens,
+                float* out, float* up_scratch, Activations activations, const RmsNorm* norm, Glu glu) {
     if (gate.rows != up.rows || gate.cols != up.cols)
-        throw std::invalid_argument("matmul_swiglu: gate [" + std::to_string(gate.rows) + ", " + std::to_string(gate.cols) +
+        throw std::invalid_argument("matmul_glu: gate [" + std::to_string(gate.rows) + ", " + std::to_string(gate.cols) +
                                     "] and up [" + std::to_string(up.rows) + ", " + std::to_string(up.cols) + "] differ");
     const MatmulOutput outputs[] = {{gate, out}, {up, up_scratch}};
     cpu::matmul(ctx, outputs, x, n_tokens, activations, norm);
-    cpu::swiglu(ctx, out, up_scratch, n_tokens * gate.rows, out);
+    if (glu == Glu::GeluTanh) cpu::geglu(ctx, out, up_scratch, n_tokens * gate.rows, out);
+    else cpu::swiglu(ctx, out, up_scratch, n_tokens * gate.rows, out);
 }
 
 void get_rows(Context& ctx, const WeightMatrix& table, const int32_t* ids, size_t n_ids, float* out) {

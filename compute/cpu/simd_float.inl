@@ -415,15 +415,27 @@ void widen(const float* x, size_t n, double* out) {
     for (size_t i = 0; i < n; ++i) out[i] = x[i];
 }
 
+// Element-wise kernels: every element through the vector arithmetic, the last partial vector via a
+// padded copy, so that an element's value does not depend on where a call's range starts or ends
+// (a batched pass's rows one call each, a sequence's all in one: the same bits).
+template <class F>
+void each_vector(size_t n, F&& f) {
+    size_t i = 0;
+    for (; i + W <= n; i += W) f(i, W);
+    if (i < n) f(i, n - i);
+}
+
 void swiglu(const float* gate, const float* up, size_t n, float* out) {
     const V one = FloatVec::set1(1.0f);
-    size_t i = 0;
-    for (; i + W <= n; i += W) {
-        const V g = FloatVec::load(gate + i);
+    each_vector(n, [&](size_t i, size_t count) {
+        alignas(64) float g_tail[W] = {}, u_tail[W] = {}, o_tail[W];
+        const bool tail = count < W;
+        if (tail) std::copy(gate + i, gate + i + count, g_tail), std::copy(up + i, up + i + count, u_tail);
+        const V g = FloatVec::load(tail ? g_tail : gate + i);
         const V silu = FloatVec::div(g, FloatVec::add(one, vexp(FloatVec::sub(FloatVec::zero(), g))));
-        FloatVec::store(out + i, FloatVec::mul(silu, FloatVec::load(up + i)));
-    }
-    for (; i < n; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+        FloatVec::store(tail ? o_tail : out + i, FloatVec::mul(silu, FloatVec::load(tail ? u_tail : up + i)));
+        if (tail) std::copy(o_tail, o_tail + count, out + i);
+    });
 }
 
 // tanh(z) = 1 - 2 / (exp(2z) + 1), which saturates correctly at both ends.
@@ -431,17 +443,17 @@ void gelu(float* x, size_t n) {
     const float sqrt_2_over_pi = 0.7978845608028654f;
     const V one = FloatVec::set1(1.0f), two = FloatVec::set1(2.0f), half = FloatVec::set1(0.5f);
     const V c = FloatVec::set1(sqrt_2_over_pi), c3 = FloatVec::set1(sqrt_2_over_pi * 0.044715f);
-    size_t i = 0;
-    for (; i + W <= n; i += W) {
-        const V v = FloatVec::load(x + i);
+    each_vector(n, [&](size_t i, size_t count) {
+        alignas(64) float tail_values[W] = {};
+        const bool tail = count < W;
+        if (tail) std::copy(x + i, x + i + count, tail_values);
+        float* p = tail ? tail_values : x + i;
+        const V v = FloatVec::load(p);
         const V z = FloatVec::mul(v, FloatVec::fma(c3, FloatVec::mul(v, v), c));
         const V tanh = FloatVec::sub(one, FloatVec::div(two, FloatVec::add(vexp(FloatVec::mul(two, z)), one)));
-        FloatVec::store(x + i, FloatVec::mul(FloatVec::mul(half, v), FloatVec::add(one, tanh)));
-    }
-    for (; i < n; ++i) {
-        const float v = x[i];
-        x[i] = 0.5f * v * (1.0f + std::tanh(sqrt_2_over_pi * (v + 0.044715f * v * v * v)));
-    }
+        FloatVec::store(p, FloatVec::mul(FloatVec::mul(half, v), FloatVec::add(one, tanh)));
+        if (tail) std::copy(tail_values, tail_values + count, x + i);
+    });
 }
 
 }  // namespace

@@ -187,4 +187,9 @@ __device__ __forceinline__ float block_reduce(float v) {
 __device__ __forceinline__ float block_sum(float v) { return block_reduce<false>(v); }
 __device__ __forceinline__ float block_max(float v) { return block_reduce<true>(v); }
 
+// GELU in its tanh form (GPT-2's, Gemma's GeGLU), as the CPU's Kernels::gelu computes it.
+__device__ __forceinline__ float gelu_tanh(float v) {
+    return 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+}
+
 }  // namespace twinfer::compute::cuda

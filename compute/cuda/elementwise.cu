@@ -44,12 +44,7 @@ __global__ void gelu_kernel(float* x, size_t n) {
     grid_dependency_wait();
     const size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    const float v = x[i];
-    x[i] = 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
-}
-
-__device__ float gelu_tanh(float v) {
-    return 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+    x[i] = gelu_tanh(x[i]);
 }
 
 __global__ void gelu_erf_kernel(float* x, size_t n) {

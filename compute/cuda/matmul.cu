@@ -641,23 +641,24 @@ bool project_rope_store_at(Context& ctx, std::span<const MatmulOutput, 3> qkv, c
     return int8_products(qkv, activations) && int8_matvec_rope_store(ctx, qkv, x, norm, rope, head_dim, position, keys, values);
 }
 
-void matmul_swiglu(Context& ctx, const WeightMatrix& gate, const WeightMatrix& up, const float* x, size_t n_tokens,
-                   float* out, float* up_scratch, Activations activations, const RmsNorm* norm) {
+void matmul_glu(Context& ctx, const WeightMatrix& gate, const WeightMatrix& up, const float* x, size_t n_tokens,
+                float* out, float* up_scratch, Activations activations, const RmsNorm* norm, Glu glu) {
     if (gate.rows != up.rows || gate.cols != up.cols)
-        throw std::invalid_argument("CUDA matmul_swiglu: gate [" + std::to_string(gate.rows) + ", " + std::to_string(gate.cols) +
+        throw std::invalid_argument("CUDA matmul_glu: gate [" + std::to_string(gate.rows) + ", " + std::to_string(gate.cols) +
                                     "] and up [" + std::to_string(up.rows) + ", " + std::to_string(up.cols) + "] differ");
     const bool fused = n_tokens < min_gemm_tokens && activations == Activations::Int8 && gate.type == up.type &&
                        int8_matvec_supports(gate.type);
     if (!fused) {
         const MatmulOutput outputs[] = {{gate, out}, {up, up_scratch}};
         cuda::matmul(ctx, std::span<const MatmulOutput>(outputs), x, n_tokens, activations, norm);
+        if (glu == Glu::GeluTanh) return cuda::geglu(ctx, out, up_scratch, n_tokens * gate.rows, out);
         return cuda::swiglu(ctx, out, up_scratch, n_tokens * gate.rows, out);
     }
     check_shape(gate);
     const ProductInput input = product_input(ctx, x, n_tokens, gate.cols, norm, true);
     for (size_t t = 0; t < n_tokens; ++t) {
         const std::optional<RmsNorm> norm_t = input.norm_of(t, gate.cols);
-        int8_matvec_swiglu(ctx, gate, up, input.x + t * gate.cols, norm_t ? &*norm_t : nullptr, out + t * gate.rows);
+        int8_matvec_glu(ctx, gate, up, input.x + t * gate.cols, norm_t ? &*norm_t : nullptr, out + t * gate.rows, glu);
     }
 }
 

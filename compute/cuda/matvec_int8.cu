@@ -220,6 +220,7 @@ constexpr int max_targets = 3;
 struct Targets {
     Target t[max_targets];
     int n;
+    bool gelu;   // the gated epilogues: GELU's tanh form of gate (GeGLU), not SiLU
 };
 
 // A decode step's Q, K and V launch that finishes their rotary embedding and KV-cache write itself
@@ -455,7 +456,8 @@ int8_matvec_kernel(Targets targets, int n_blocks, const int8_t* __restrict__ qs,
     if constexpr (Swiglu) {
         float y[Rows / 2];
 #pragma unroll
-        for (int k = 0; k < Rows / 2; ++k) y[k] = total[2 * k] / (1.0f + expf(-total[2 * k])) * total[2 * k + 1];
+        for (int k = 0; k < Rows / 2; ++k)
+            y[k] = (targets.gelu ? gelu_tanh(total[2 * k]) : total[2 * k] / (1.0f + expf(-total[2 * k]))) * total[2 * k + 1];
         if (lane == 0)
 #pragma unroll
             for (int k = 0; k < Rows / 2; ++k)
@@ -739,12 +741,13 @@ bool int8_matvec_experts(Context& ctx, const WeightMatrix& all, size_t rows, con
     return true;
 }
 
-void int8_matvec_swiglu(Context& ctx, const WeightMatrix& gate, const WeightMatrix& up, const float* x,
-                        const RmsNorm* norm, float* out) {
+void int8_matvec_glu(Context& ctx, const WeightMatrix& gate, const WeightMatrix& up, const float* x, const RmsNorm* norm,
+                     float* out, Glu glu) {
     Targets targets{};
     targets.t[0] = target_of(gate, out, false);
     targets.t[1] = target_of(up, nullptr, false);
     targets.n = 2;
+    targets.gelu = glu == Glu::GeluTanh;
     launch(ctx, gate.type, targets, gate.cols, quantized(ctx, x, norm, gate.cols), true);
 }
 

@@ -108,8 +108,8 @@ bool int8_matvec_then_norm(Context& ctx, const MatmulOutput& out, const float* x
 // (one x) or all.cols (k contiguous rows), or an up unlike all.
 bool int8_matvec_experts(Context& ctx, const WeightMatrix& all, size_t rows, const int32_t* ids, size_t k,
                          const float* x, size_t x_stride, float* y, const WeightMatrix* up = nullptr);
-// out = silu(W_gate x) * (W_up x), gate and up of one shape and type, in one launch.
-void int8_matvec_swiglu(Context& ctx, const WeightMatrix& gate, const WeightMatrix& up, const float* x,
-                        const RmsNorm* norm, float* out);
+// out = act(W_gate x) * (W_up x) (compute::matmul_glu), gate and up of one shape and type, in one launch.
+void int8_matvec_glu(Context& ctx, const WeightMatrix& gate, const WeightMatrix& up, const float* x, const RmsNorm* norm,
+                     float* out, Glu glu);
 
 }  // namespace twinfer::compute::cuda

@@ -18,6 +18,7 @@ struct ExpertMatrices;
 struct ExpertGroups;
 struct MatmulOutput;
 struct RmsNorm;
+enum class Glu;
 struct RopeParams;
 struct AttentionShape;
 struct DecodeRows;
@@ -53,9 +54,9 @@ void matmul_row_tiles(Context& ctx, std::span<const MatmulOutput> outputs, const
 // each row's sums those of matmul of that row alone; otherwise each row's matmul in turn.
 void matmul_rows(Context& ctx, std::span<const MatmulOutput> outputs, const float* x, size_t n_rows, Activations activations,
                  const RmsNorm* norm);
-// out = silu(W_gate x) * (W_up x); one token with int8 activations is one fused launch.
-void matmul_swiglu(Context& ctx, const WeightMatrix& gate, const WeightMatrix& up, const float* x, size_t n_tokens,
-                   float* out, float* up_scratch, Activations activations, const RmsNorm* norm = nullptr);
+// compute::matmul_glu; one token with int8 activations is one fused launch.
+void matmul_glu(Context& ctx, const WeightMatrix& gate, const WeightMatrix& up, const float* x, size_t n_tokens,
+                float* out, float* up_scratch, Activations activations, const RmsNorm* norm, Glu glu);
 // compute::matmul_experts (compute/experts.hpp): int8 activations as matmul takes them (an
 // x_stride of 0 or w.all.cols), float otherwise; the experts' biases, where w has them, by a
 // launch of their own.

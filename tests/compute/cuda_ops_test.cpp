@@ -309,7 +309,7 @@ TEST_F(CudaOps, FusedProductsMatchCpu) {
             const WeightMatrix up{type, heights[0], cols, up_bytes.data()};
             const WeightMatrix up_gpu = placed(type, heights[0], cols, up_bytes);
             std::vector<float> swiglu_want(n_tokens * heights[0]), scratch(n_tokens * heights[0]);
-            matmul_swiglu(cpu, on_cpu[0].w, up, x.data(), n_tokens, swiglu_want.data(), scratch.data(), reference);
+            matmul_glu(cpu, on_cpu[0].w, up, x.data(), n_tokens, swiglu_want.data(), scratch.data(), reference);
             const size_t down_rows = 64;   // the down product after it (below), placed before it runs
             const auto down_bytes = random_weights(type, down_rows, heights[0], rng);
             const WeightMatrix down{type, down_rows, heights[0], down_bytes.data()};
@@ -317,7 +317,7 @@ TEST_F(CudaOps, FusedProductsMatchCpu) {
             const float* x_gpu = to_device(x);
             float* swiglu_scratch = poisoned(n_tokens * heights[0]);
             float* swiglu_out = poisoned(n_tokens * heights[0]);
-            matmul_swiglu(*gpu, on_gpu[0].w, up_gpu, x_gpu, n_tokens, swiglu_out, swiglu_scratch,
+            matmul_glu(*gpu, on_gpu[0].w, up_gpu, x_gpu, n_tokens, swiglu_out, swiglu_scratch,
                           Activations::Int8);
             EXPECT_LT(l2_relative_error(to_host(swiglu_out, swiglu_want.size()), swiglu_want), tolerance)
                 << type_name(type) << " swiglu tokens=" << n_tokens;
@@ -433,7 +433,7 @@ TEST_F(CudaOps, NormFoldedIntoProductsMatchesCpu) {
         const RmsNorm on_cpu{norm_weight.data(), 1e-5f, xn_want.data()};
         const MatmulOutput out_cpu{w, y_want.data()};
         matmul(cpu, std::span(&out_cpu, 1), x.data(), n_tokens, reference, &on_cpu);
-        matmul_swiglu(cpu, w, up, x.data(), n_tokens, swiglu_want.data(), scratch.data(), reference, &on_cpu);
+        matmul_glu(cpu, w, up, x.data(), n_tokens, swiglu_want.data(), scratch.data(), reference, &on_cpu);
 
         float* xn = poisoned(n_tokens * cols);
         const RmsNorm on_gpu{to_device(norm_weight), 1e-5f, xn};
@@ -443,7 +443,7 @@ TEST_F(CudaOps, NormFoldedIntoProductsMatchesCpu) {
         EXPECT_LT(l2_relative_error(to_host(out_gpu.y, y_want.size()), y_want), tolerance) << "tokens=" << n_tokens;
         EXPECT_LT(l2_relative_error(to_host(xn, xn_want.size()), xn_want), 1e-6) << "tokens=" << n_tokens;
         float* swiglu_out = poisoned(n_tokens * rows);
-        matmul_swiglu(*gpu, w_gpu, up_gpu, x_gpu, n_tokens, swiglu_out, poisoned(n_tokens * rows), Activations::Int8, &on_gpu);
+        matmul_glu(*gpu, w_gpu, up_gpu, x_gpu, n_tokens, swiglu_out, poisoned(n_tokens * rows), Activations::Int8, &on_gpu);
         EXPECT_LT(l2_relative_error(to_host(swiglu_out, swiglu_want.size()), swiglu_want), tolerance) << "tokens=" << n_tokens;
     }
 }

@@ -373,7 +373,7 @@ TEST(MatmulTest, AccumulateAddsTheProduct) {
         }
 }
 
-// matmul_swiglu = silu(gate x) * (up x), computed here from two plain products.
+// matmul_glu = silu(gate x) * (up x), computed here from two plain products.
 TEST(MatmulTest, SwigluProductMatchesItsDefinition) {
     std::mt19937 rng(13);
     const size_t rows = 48, cols = 128;
@@ -387,13 +387,13 @@ TEST(MatmulTest, SwigluProductMatchesItsDefinition) {
         for (float& v : x) v = normal(rng);
         matmul(ctx, gate, x.data(), n_tokens, g.data(), Activations::Int8);
         matmul(ctx, up, x.data(), n_tokens, u.data(), Activations::Int8);
-        matmul_swiglu(ctx, gate, up, x.data(), n_tokens, out.data(), scratch.data(), Activations::Int8);
+        matmul_glu(ctx, gate, up, x.data(), n_tokens, out.data(), scratch.data(), Activations::Int8);
         for (size_t i = 0; i < out.size(); ++i)
             EXPECT_NEAR(out[i], g[i] / (1.0f + std::exp(-g[i])) * u[i], 1e-5f * (1.0f + std::abs(out[i]))) << i;
     }
     const WeightMatrix shorter{GGMLType::Q8_0, rows - 1, cols, up_bytes.data()};
     std::vector<float> x(cols), out(rows), scratch(rows);
-    EXPECT_THROW(matmul_swiglu(ctx, gate, shorter, x.data(), 1, out.data(), scratch.data(), Activations::Int8),
+    EXPECT_THROW(matmul_glu(ctx, gate, shorter, x.data(), 1, out.data(), scratch.data(), Activations::Int8),
                  std::invalid_argument);
 }
 
