@@ -277,6 +277,10 @@ void TransformerModel::enqueue_pass(const RowBatch& batch, const int32_t* device
     const bool fold_norms = spec.norm == NormKind::RMSNorm && spec.residual == ResidualKind::Sequential;
     // A sequence's prompt writes its K and V rows straight into the cache.
     const bool into_cache = !batch.batched && !device_position;
+    // A sequence's residual products (one device, no post-norms) are handed the norm the next
+    // products fold in, which a GPU's decode step prepares in the same launch; not while an
+    // observer reads the normalized rows, which that leaves unwritten.
+    const bool prepare_norms = fold_norms && !batch.batched && !reduce() && !spec.post_norms && !observer_;
     batched_ = batch.batched;
     const SlotRun& first_run = batch.runs.front();
 
@@ -322,6 +326,7 @@ void TransformerModel::enqueue_pass(const RowBatch& batch, const int32_t* device
         observe(ctx_, observer_, "kqv_out", il, att, N * QD);
 
         // The parallel block's FFN reads the layer's input, normalized before the attention adds to it.
+        const compute::RmsNorm ffn_norm{L.ffn_norm.weight.data(), eps, xn};
         const float* ffn_in = xn;
         if (spec.residual == ResidualKind::Parallel && !L.ffn_norm.weight.empty()) {
             normalize(L.ffn_norm, x, N, workspace_.buffer(XN2));
@@ -332,14 +337,16 @@ void TransformerModel::enqueue_pass(const RowBatch& batch, const int32_t* device
             products(std::span(&out, 1), att, n_single, n_tiled);
             if (!L.bo.empty()) compute::add_bias(ctx_, o, L.bo.data(), N, E);
             add_residual(spec.post_norms ? &L.attn_post_norm : nullptr, o, N, x);
-        } else {                                                                     // x += Wo att + bo
+        } else if (!batched_) {                                                      // x += Wo att + bo
+            const bool ffn_folds = spec.residual == ResidualKind::Sequential && !L.gate_exps.n_experts;
+            residual_project(ctx_, L.wo, L.bo, att, N, x, activations_for(options_), prepare_norms && ffn_folds ? &ffn_norm : nullptr);
+        } else {
             const compute::MatmulOutput out{L.wo, x, /*accumulate=*/true};
             products(std::span(&out, 1), att, n_single, n_tiled);
             if (!L.bo.empty()) compute::add_bias(ctx_, x, L.bo.data(), N, E);
         }
         observe(ctx_, observer_, "ffn_inp", il, x, N * E);
 
-        const compute::RmsNorm ffn_norm{L.ffn_norm.weight.data(), eps, xn};
         const compute::RmsNorm* ffn_in_norm = nullptr;                               // the norm the FFN's products apply
         if (spec.residual == ResidualKind::Sequential) {
             if (fold_norms && !L.gate_exps.n_experts) {
@@ -353,7 +360,9 @@ void TransformerModel::enqueue_pass(const RowBatch& batch, const int32_t* device
             feed_forward(L, ffn_in, ffn_in_norm, N, n_single, o, false);
             add_residual(spec.post_norms ? &L.ffn_post_norm : nullptr, o, N, x);
         } else {
-            feed_forward(L, ffn_in, ffn_in_norm, N, n_single, x, true);              // x += ffn(xn)
+            const compute::RmsNorm next_norm{il + 1 < layers_.size() ? layers_[il + 1].attn_norm.weight.data() : nullptr, eps, xn};
+            feed_forward(L, ffn_in, ffn_in_norm, N, n_single, x, true,               // x += ffn(xn)
+                         prepare_norms && il + 1 < layers_.size() ? &next_norm : nullptr);
         }
         observe(ctx_, observer_, "l_out", il, x, N * E);
     }
@@ -376,7 +385,7 @@ void TransformerModel::enqueue_pass(const RowBatch& batch, const int32_t* device
 // A batched pass's activations run as each_row says: a row's values must not depend on the other rows. A
 // sequence's gated products and activation are one matmul_glu (one launch for a decode step's).
 void TransformerModel::feed_forward(const Layer& L, const float* h, const compute::RmsNorm* norm, size_t N, size_t n_single,
-                                    float* y, bool accumulate) {
+                                    float* y, bool accumulate, const compute::RmsNorm* next_norm) {
     const ModelConfig& c = config_;
     const size_t E = c.n_embd, F = part_.shard.ff.size();   // this part's units
     if (L.gate_exps.n_experts) {                                                    // h normalized (no norm)
@@ -405,6 +414,7 @@ void TransformerModel::feed_forward(const Layer& L, const float* h, const comput
             else compute::gelu_erf(ctx_, gate + first, n);
         });
     }
+    if (accumulate && !batched_) return residual_project(ctx_, L.w_down, L.b_down, gate, N, y, activations_for(options_), next_norm);
     const compute::MatmulOutput down{L.w_down, y, accumulate};
     products(std::span(&down, 1), gate, n_single, N - n_single);
     if (!L.b_down.empty()) compute::add_bias(ctx_, y, L.b_down.data(), N, E);

@@ -65,8 +65,10 @@ private:
     void add_residual(const Norm* norm, float* o, size_t N, float* x);
     // y (+)= feed_forward(h) for N rows (the first n_single each alone): the layer's MLP or its
     // routed experts. norm (MLP only): h's RMSNorm, applied by the products on the way in.
+    // next_norm (a sequence's MLP adding into y): the norm the next products apply to y, for the
+    // down product to prepare (residual_project).
     void feed_forward(const Layer& L, const float* h, const compute::RmsNorm* norm, size_t N, size_t n_single, float* y,
-                      bool accumulate);
+                      bool accumulate, const compute::RmsNorm* next_norm = nullptr);
     void mixture_of_experts(const Layer& L, const float* h, size_t T, size_t n_single, float* y);
     compute::ExpertLayer expert_layer(const Layer& L) const;
 
