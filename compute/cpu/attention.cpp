@@ -66,6 +66,27 @@ void attention_blocks(Context& ctx, const Kernels& k, const float* q, CacheRows 
     });
 }
 
+// A decode row's head h, the token at `position` (q and out: the row's [n_head, head_dim]) over its
+// window of keys and values.
+void attend_head(const Kernels& k, const float* q, CacheRows keys, CacheRows values, size_t position,
+                 const AttentionShape& shape, size_t h, float* scores, float* out) {
+    const size_t group = shape.n_head / shape.n_head_kv;
+    const auto [first, n_seen] = seen(shape, position, 0);
+    const size_t first_row = shape.ring ? first % shape.ring : first;
+    const size_t kv_offset = first_row * shape.kv_stride + (h / group) * shape.head_dim;
+    k.attend(q + h * shape.head_dim, keys.plus(kv_offset).data, values.plus(kv_offset).data, keys.type, shape.kv_stride,
+             n_seen - first, shape.head_dim, shape.scale, shape.sinks ? shape.sinks[h] : -INFINITY, scores,
+             out + h * shape.head_dim);
+}
+
+// Each thread's scores scratch for max_kv positions, allocated here, not in the workers: a worker
+// thread must not throw.
+std::vector<float*> scores_scratch(Context& ctx, size_t max_kv) {
+    std::vector<float*> scratch(ctx.n_threads());
+    for (int t = 0; t < ctx.n_threads(); ++t) scratch[t] = reinterpret_cast<float*>(ctx.thread_scratch(t, max_kv * sizeof(float)));
+    return scratch;
+}
+
 }  // namespace
 
 // Prompt rows in blocks (attention_blocks); decode rows one task per (token, head), each thread
@@ -75,22 +96,13 @@ void attention(Context& ctx, const float* q, CacheRows keys, CacheRows values, s
     const Kernels& k = kernels(ctx.cpu_isa());
     if (rows == AttentionRows::Prompt || (rows == AttentionRows::Auto && n_tokens > 1))
         return attention_blocks(ctx, k, q, keys, values, n_tokens, first_position, shape, out);
-    const size_t group = shape.n_head / shape.n_head_kv;
     const size_t q_stride = shape.n_head * shape.head_dim;
-    const size_t max_kv = first_position + n_tokens;
-    // Scores scratch allocated here, not in the workers: a worker thread must not throw.
-    std::vector<float*> scratch(ctx.n_threads());
-    for (int t = 0; t < ctx.n_threads(); ++t) scratch[t] = reinterpret_cast<float*>(ctx.thread_scratch(t, max_kv * sizeof(float)));
+    const std::vector<float*> scratch = scores_scratch(ctx, first_position + n_tokens);
     ctx.pool().parallel_for(n_tokens * shape.n_head, 1, [&](size_t begin, size_t end, int thread) {
-        float* scores = scratch[thread];
         for (size_t task = begin; task < end; ++task) {
-            const size_t t = task / shape.n_head, h = task % shape.n_head;
-            const auto [first, n_seen] = seen(shape, first_position, t);
-            const size_t first_row = shape.ring ? first % shape.ring : first;
-            const size_t kv_offset = first_row * shape.kv_stride + (h / group) * shape.head_dim;
-            k.attend(q + t * q_stride + h * shape.head_dim, keys.plus(kv_offset).data, values.plus(kv_offset).data, keys.type,
-                     shape.kv_stride, n_seen - first, shape.head_dim, shape.scale, shape.sinks ? shape.sinks[h] : -INFINITY,
-                     scores, out + t * q_stride + h * shape.head_dim);
+            const size_t t = task / shape.n_head;
+            attend_head(k, q + t * q_stride, keys, values, first_position + t, shape, task % shape.n_head, scratch[thread],
+                        out + t * q_stride);
         }
     });
 }
@@ -138,14 +150,22 @@ void decode_rows_rope_store(Context& ctx, float* q, size_t n_head, float* k, con
     }
 }
 
+// Every row's heads in one parallel region, each (row, head) as attention() computes its decode
+// row's head: the same bits.
 void decode_rows_attention(Context& ctx, const float* q, CacheRows keys, CacheRows values, const DecodeRows& rows,
-                    size_t slot_stride, const AttentionShape& shape, float* out) {
+                           size_t slot_stride, const AttentionShape& shape, float* out) {
+    const Kernels& k = kernels(ctx.cpu_isa());
     const size_t width = shape.n_head * shape.head_dim;
-    for (size_t r = 0; r < rows.n_rows; ++r) {
-        const size_t slot = size_t(rows.slot_positions[2 * r]), position = size_t(rows.slot_positions[2 * r + 1]);
-        cpu::attention(ctx, q + r * width, keys.plus(slot * slot_stride), values.plus(slot * slot_stride), 1, position,
-                       shape, out + r * width, AttentionRows::Decode);
-    }
+    size_t max_kv = 0;
+    for (size_t r = 0; r < rows.n_rows; ++r) max_kv = std::max(max_kv, size_t(rows.slot_positions[2 * r + 1]) + 1);
+    const std::vector<float*> scratch = scores_scratch(ctx, max_kv);
+    ctx.pool().parallel_for(rows.n_rows * shape.n_head, 1, [&](size_t begin, size_t end, int thread) {
+        for (size_t task = begin; task < end; ++task) {
+            const size_t r = task / shape.n_head, slot = size_t(rows.slot_positions[2 * r]);
+            attend_head(k, q + r * width, keys.plus(slot * slot_stride), values.plus(slot * slot_stride),
+                        size_t(rows.slot_positions[2 * r + 1]), shape, task % shape.n_head, scratch[thread], out + r * width);
+        }
+    });
 }
 
 }  // namespace twinfer::compute::cpu
