@@ -73,15 +73,15 @@ __global__ void rope_store_kernel(float* q, int n_head, float* k, const float* v
 
 // The decode rows of a batched pass (compute::decode_rows_rope_store): a row of blocks per row (y), its
 // threads as rope_store_kernel's (q's pairs, k's pairs, v's values), at the row's own slot and
-// position; rotate false: no rotation, k's pairs stored as they are. A ring layer's row goes to
-// both of its rows.
+// position; a rotation of no pairs (n_rot 0: NoPE) stores k as it is. A ring layer's row goes
+// to both of its rows.
 __global__ void decode_rows_rope_store_kernel(float* q, int n_head, float* k, const float* v, int n_head_kv, int head_dim,
-                                       const int32_t* slot_positions, size_t slot_stride, size_t ring, bool rotate,
-                                       Rotation rotation, DeviceCacheRows keys, DeviceCacheRows values) {
+                                       const int32_t* slot_positions, size_t slot_stride, size_t ring, Rotation rotation,
+                                       DeviceCacheRows keys, DeviceCacheRows values) {
     grid_dependency_wait();
     const int row = blockIdx.y;
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
-    const int n_pairs = rotate ? rotation.n_rot / 2 : 0;
+    const int n_pairs = rotation.n_rot / 2;
     const int q_threads = n_head * n_pairs, k_threads = n_head_kv * (head_dim / 2), kv_width = n_head_kv * head_dim;
     if (i >= q_threads + k_threads + kv_width) return;
     const size_t slot = size_t(slot_positions[2 * row]), position = size_t(slot_positions[2 * row + 1]);
@@ -118,14 +118,13 @@ __global__ void decode_rows_rope_store_kernel(float* q, int n_head, float* k, co
 // over the block, the rotation, and k's and v's heads stored at the position's cache row (both of
 // a ring's). One launch where the norms, the rotations and the stores took two to six.
 __global__ void norm_rope_store_kernel(float* q, int n_head, float* k, const float* v, int n_head_kv, int head_dim,
-                                       const int32_t* device_position, bool rotate, Rotation rotation,
-                                       const float* q_norm, const float* k_norm, float eps, DeviceCacheRows keys,
+                                       const int32_t* device_position, Rotation rotation, const float* q_norm, const float* k_norm, float eps, DeviceCacheRows keys,
                                        DeviceCacheRows values, size_t ring) {
     grid_dependency_wait();
     const int head = blockIdx.x, pair = threadIdx.x;
     const bool is_q = head < n_head, is_k = !is_q && head < n_head + n_head_kv;
     const int kv_head = is_q ? 0 : is_k ? head - n_head : head - n_head - n_head_kv;
-    const int n_pairs = rotate ? rotation.n_rot / 2 : 0;
+    const int n_pairs = rotation.n_rot / 2;
     const bool active = pair < head_dim / 2;
     const int a = pair < n_pairs && !rotation.adjacent ? pair : 2 * pair;
     const int b = pair < n_pairs && !rotation.adjacent ? pair + n_pairs : 2 * pair + 1;
@@ -199,6 +198,14 @@ void launch_rope(Context& ctx, float* x, size_t n_tokens, size_t row_stride, siz
                           int(head_dim), first_position, device_position, rotation_of(ctx, params));
 }
 
+// rope's rotation, or one of no pairs where there is none (a NoPE layer); head_dim even either way.
+Rotation rotation_or_none(Context& ctx, const RopeParams* rope, size_t head_dim, const char* op) {
+    if (head_dim % 2 != 0) throw std::invalid_argument(std::string(op) + ": head_dim " + std::to_string(head_dim) + " must be even");
+    if (!rope) return {0, nullptr, true, 1.0f};
+    check_rotation(*rope, head_dim);
+    return rotation_of(ctx, *rope);
+}
+
 }  // namespace
 
 void rope(Context& ctx, float* x, size_t n_tokens, size_t row_stride, size_t n_heads, size_t head_dim,
@@ -218,30 +225,26 @@ void rope_store_at(Context& ctx, float* q, size_t n_head, float* k, const float*
                           int(head_dim), position, rotation_of(ctx, params), device_rows(keys), device_rows(values));
 }
 
-void decode_rows_rope_store(Context& ctx, float* q, size_t n_head, float* k, const float* v, size_t n_head_kv, size_t head_dim,
-                     const DecodeRows& rows, const RopeParams* rope, CacheRows keys, CacheRows values, size_t slot_stride,
-                     size_t ring) {
-    if (rope) check_rotation(*rope, head_dim);
-    if (head_dim % 2 != 0) throw std::invalid_argument("decode_rows_rope_store: head_dim " + std::to_string(head_dim) + " must be even");
+void decode_rows_rope_store(Context& ctx, float* q, size_t n_head, float* k, const float* v, size_t n_head_kv,
+                            size_t head_dim, const DecodeRows& rows, const RopeParams* rope, CacheRows keys,
+                            CacheRows values, size_t slot_stride, size_t ring) {
+    const Rotation rotation = rotation_or_none(ctx, rope, head_dim, "decode_rows_rope_store");
     if (rows.n_rows == 0) return;
-    const Rotation rotation = rope ? rotation_of(ctx, *rope) : Rotation{0, nullptr, true, 1.0f};
-    const size_t n = n_head * (rope ? rope->n_rot / 2 : 0) + n_head_kv * (head_dim / 2) + n_head_kv * head_dim;
-    launch_after_previous(ctx, decode_rows_rope_store_kernel, dim3(unsigned(blocks_for(n, 128)), unsigned(rows.n_rows)), 128, 0, q,
-                          int(n_head), k, v, int(n_head_kv), int(head_dim), rows.slot_positions, slot_stride, ring,
-                          rope != nullptr, rotation, device_rows(keys), device_rows(values));
+    const size_t n = n_head * size_t(rotation.n_rot / 2) + n_head_kv * (head_dim / 2) + n_head_kv * head_dim;
+    launch_after_previous(ctx, decode_rows_rope_store_kernel, dim3(blocks_for(n, 128), unsigned(rows.n_rows)), 128, 0, q,
+                          int(n_head), k, v, int(n_head_kv), int(head_dim), rows.slot_positions, slot_stride, ring, rotation,
+                          device_rows(keys), device_rows(values));
 }
 
 void norm_rope_store_at(Context& ctx, float* q, size_t n_head, float* k, const float* v, size_t n_head_kv, size_t head_dim,
                         const int32_t* position, const RopeParams* rope, const HeadNorms& norms, CacheRows keys,
                         CacheRows values, size_t ring) {
-    if (rope) check_rotation(*rope, head_dim);
-    if (head_dim % 2 != 0 || head_dim > 2048)
-        throw std::invalid_argument("norm_rope_store_at: head_dim " + std::to_string(head_dim) + " must be even, at most 2048");
-    const Rotation rotation = rope ? rotation_of(ctx, *rope) : Rotation{0, nullptr, true, 1.0f};
+    if (head_dim > 2048) throw std::invalid_argument("norm_rope_store_at: head_dim " + std::to_string(head_dim) + " above 2048");
+    const Rotation rotation = rotation_or_none(ctx, rope, head_dim, "norm_rope_store_at");
     const unsigned threads = unsigned((head_dim / 2 + 31) / 32 * 32);
     launch_after_previous(ctx, norm_rope_store_kernel, unsigned(n_head + 2 * n_head_kv), threads, 0, q, int(n_head), k, v,
-                          int(n_head_kv), int(head_dim), position, rope != nullptr, rotation, norms.q, norms.k, norms.eps,
-                          device_rows(keys), device_rows(values), ring);
+                          int(n_head_kv), int(head_dim), position, rotation, norms.q, norms.k, norms.eps, device_rows(keys),
+                          device_rows(values), ring);
 }
 
 }  // namespace twinfer::compute::cuda

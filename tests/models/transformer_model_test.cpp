@@ -28,6 +28,14 @@
 namespace twinfer {
 namespace {
 
+// Skips the test where no CUDA GPU can run it.
+#ifdef TWINFER_WITH_CUDA
+#define TWINFER_REQUIRE_CUDA() \
+    if (compute::cuda::device_count() == 0) GTEST_SKIP() << "no CUDA GPU: " << compute::cuda::describe_device()
+#else
+#define TWINFER_REQUIRE_CUDA() GTEST_SKIP() << "built without the CUDA backend (TWINFER_CUDA=OFF)"
+#endif
+
 // One small model's shape and layout, as the converter of its architecture writes it.
 struct RandomArch {
     std::string arch;
@@ -238,11 +246,7 @@ TEST_P(EveryArchitecture, DefaultPathOnQuantizedWeightsStaysWithinBudget) {
 // On a GPU, float activations, every token through the decode step (the captured graph, the
 // experts' choice inside it): within float32 rounding of the reference (test::kFloat32Tolerance).
 TEST_P(EveryArchitecture, CudaDecodeStepMatchesTheReference) {
-#ifdef TWINFER_WITH_CUDA
-    if (compute::cuda::device_count() == 0) GTEST_SKIP() << "no CUDA GPU: " << compute::cuda::describe_device();
-#else
-    GTEST_SKIP() << "built without the CUDA backend (TWINFER_CUDA=OFF)";
-#endif
+    TWINFER_REQUIRE_CUDA();
     const RandomArch& a = GetParam();
     const auto file = random_model(a);
     GPTModel reference = GPTModel::from_gguf(*file);
@@ -297,11 +301,7 @@ TEST_P(EveryArchitecture, Float16CacheStaysWithinItsBudget) {
 // long-cache decoding kernel, inside the captured step): every row within the cache's budget of the
 // float64 reference, as on the CPU.
 TEST(TransformerModelCuda, Float16CacheAtLongContextStaysWithinItsBudget) {
-#ifdef TWINFER_WITH_CUDA
-    if (compute::cuda::device_count() == 0) GTEST_SKIP() << "no CUDA GPU: " << compute::cuda::describe_device();
-#else
-    GTEST_SKIP() << "built without the CUDA backend (TWINFER_CUDA=OFF)";
-#endif
+    TWINFER_REQUIRE_CUDA();
     const RandomArch a{.arch = "qwen3", .qk_norm = true, .n_head = 4, .n_head_kv = 2, .head_dim = 64, .n_rot = 64};
     const auto file = random_model(a);
     const std::vector<Token> ids = random_ids(1100, 17);
@@ -386,11 +386,7 @@ TEST_P(EveryArchitecture, TensorParallelSplitMatchesOneDevice) {
 // float32's budget. Two sequences of different lengths: prompts as Tiled rows, then four decode
 // passes of both.
 TEST_P(EveryArchitecture, CudaBatchedRowsEqualEachSequenceAlone) {
-#ifdef TWINFER_WITH_CUDA
-    if (compute::cuda::device_count() == 0) GTEST_SKIP() << "no CUDA GPU: " << compute::cuda::describe_device();
-#else
-    GTEST_SKIP() << "built without the CUDA backend (TWINFER_CUDA=OFF)";
-#endif
+    TWINFER_REQUIRE_CUDA();
     const RandomArch& a = GetParam();
     const auto file = random_model(a);
     const std::vector<Token> ids[2] = {random_ids(12, 21), random_ids(14, 22)};
@@ -477,11 +473,7 @@ TEST(TransformerModel, MoePromptGroupedByExpertMatchesTheReference) {
 // (gate and up, then down on their SwiGLU), hence 3e-3; a tile read from the wrong place is off
 // by the logits' own size.
 TEST(TransformerModel, CudaMoePromptGroupedByExpertMatchesCpu) {
-#ifdef TWINFER_WITH_CUDA
-    if (compute::cuda::device_count() == 0) GTEST_SKIP() << "no CUDA GPU: " << compute::cuda::describe_device();
-#else
-    GTEST_SKIP() << "built without the CUDA backend (TWINFER_CUDA=OFF)";
-#endif
+    TWINFER_REQUIRE_CUDA();
     for (GGMLType type : {GGMLType::Q8_0, GGMLType::Q4_0}) {
         const auto file = random_model(moe_with_quantized_experts(), type);
         const Logits cpu = moe_prompt(file, compute::Device::CPU), gpu = moe_prompt(file, compute::Device::CUDA);
@@ -648,11 +640,7 @@ TEST(GptOss, HostileFilesAreRefusedNamingTheTensor) {
 // experts one by one), sinks, biases and the clamped SwiGLU in each: every row within float32
 // rounding of the float64 reference (float32 cache) or the float16 cache's budget.
 TEST(TransformerModelCuda, GptOssAtLongContextMatchesTheReference) {
-#ifdef TWINFER_WITH_CUDA
-    if (compute::cuda::device_count() == 0) GTEST_SKIP() << "no CUDA GPU: " << compute::cuda::describe_device();
-#else
-    GTEST_SKIP() << "built without the CUDA backend (TWINFER_CUDA=OFF)";
-#endif
+    TWINFER_REQUIRE_CUDA();
     RandomArch a = gpt_oss();
     a.head_dim = 64, a.n_rot = 64;
     const auto file = random_model(a);
