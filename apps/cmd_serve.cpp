@@ -22,6 +22,7 @@ struct ServeOptions {
     int prompt_chunk = 64;
     std::string decode_products = "single";
     int max_activation_mib = 0;
+    int kv_memory_mib = 0;
     std::string api_key;
     std::string api_key_file;
     std::string chat_template_file;
@@ -52,6 +53,7 @@ void run_serve(const ServeOptions& o) {
     options.backend = s.backend_options();
     options.backend.model = require_model(s);
     options.backend.max_workspace_bytes = static_cast<size_t>(o.max_activation_mib) << 20;
+    options.backend.max_kv_bytes = static_cast<size_t>(o.kv_memory_mib) << 20;
     options.host = o.host;
     options.port = o.port;
     options.scheduler.n_slots = static_cast<size_t>(o.parallel);
@@ -116,6 +118,10 @@ void register_serve(CLI::App& app) {
     cmd->add_option("--max-activation-memory", o.max_activation_mib,
                     "MiB one pass's activation buffers may take (0: no limit); a step that needs more runs in smaller parts")
         ->check(allowed_values(0, 1 << 20, "0 to 1048576"))->capture_default_str();
+    cmd->add_option("--kv-memory", o.kv_memory_mib,
+                    "MiB of memory the KV cache's slots share (0: as much as the device has); idle slots' cached prefixes "
+                    "make room first, then a sequence that cannot grow ends with an error")
+        ->check(allowed_values(0, 1 << 24, "0 to 16777216"))->capture_default_str();
     auto* key = cmd->add_option("--api-key", o.api_key, "require Authorization: Bearer KEY (except /health)");
     cmd->add_option("--api-key-file", o.api_key_file, "the same, the key read from the first line of a file")->excludes(key);
     cmd->add_option("--chat-template-file", o.chat_template_file, "a Jinja chat template to use instead of the model's");

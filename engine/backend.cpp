@@ -92,6 +92,7 @@ ModelBackend make_backend(std::shared_ptr<const gguf::File> file, const BackendO
     f32.cache_type = options.cache_type;
     f32.n_threads = options.n_threads;
     f32.max_workspace_bytes = options.max_workspace_bytes;
+    f32.max_kv_bytes = options.max_kv_bytes;
     f32.activations = options.activations;
     f32.device = resolve_device(options.device);
     switch (config.architecture) {

@@ -42,6 +42,7 @@ struct BackendOptions {
     std::optional<compute::Activations> activations = std::nullopt;   // unset: the device's default (models/f32_common.hpp)
     compute::KvType cache_type = compute::KvType::F32;                 // the float32 models' KV cache elements
     size_t max_workspace_bytes = 0;   // the float32 models' F32Options::max_workspace_bytes (0: no limit)
+    size_t max_kv_bytes = 0;          // the float32 models' F32Options::max_kv_bytes (0: the device's memory)
     // > 1: a Llama-family or TransformerModel model split over this many ranks
     // (TensorParallelModel): GPUs over NCCL on cuda, simulated ranks on cpu.
     int tensor_parallel = 1;

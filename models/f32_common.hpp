@@ -49,6 +49,9 @@ struct F32Options {
     // the device had run out: the server then runs the step in smaller parts (`serve
     // --max-activation-memory`, in MiB; docs/serving.md).
     size_t max_workspace_bytes = 0;
+    // The most memory behind the KV cache, all slots together (KvCache's max_backed_bytes; `serve
+    // --kv-memory`, in MiB); 0: as much as the device has. Its pages are backed as sequences grow.
+    size_t max_kv_bytes = 0;
 };
 
 // Whether a model with these options replays its single-token steps as a CUDA graph: on CUDA,
@@ -340,6 +343,7 @@ public:
         }
         const size_t T = ids.size();
         cache_.reserve(slot_, T);                       // the whole prompt fits, or nothing changes
+        cache_.provision(slot_, T);
         // A model with ring layers in its cache takes at most max_run_rows_ tokens a pass.
         const size_t chunk = max_run_rows_ ? max_run_rows_ : T;
         Logits logits{n_logits(), 0, {}};
@@ -387,7 +391,10 @@ public:
     size_t n_past() const { return cache_.length(slot_); }
     size_t n_ctx() const { return cache_.n_ctx(); }
     size_t kv_cache_bytes() const { return cache_.bytes(); }
+    size_t kv_backed_bytes() const { return cache_.backed_bytes(); }   // the memory behind it now (KvCache)
     void clear_cache() { cache_.clear(slot_); }
+    // Hands back the KV cache's memory that no slot's positions use (KvCache::trim).
+    void trim_cache() { cache_.trim(); }
     // Forgets the positions from n on (InferenceEngine keeps a shared prompt prefix this way).
     // std::invalid_argument when the cache cannot keep that prefix (reusable_prefix).
     void truncate_cache(size_t n) { truncate_slot(slot_, n); }
@@ -412,13 +419,12 @@ public:
     void set_observer(F32Observer observer) { observer_ = std::move(observer); }
 
     size_t n_slots() const { return cache_.n_slots(); }
-    // Replaces the KV cache by one of n_slots empty slots of n_ctx() positions each (on the CPU
-    // untouched positions cost address space only; on a GPU the memory is checked first).
+    // Replaces the KV cache by one of n_slots empty slots of n_ctx() positions each: address
+    // space, with memory behind the positions as sequences fill them (KvCache).
     void set_slot_count(size_t n_slots) {
         if (n_slots == 0) throw std::invalid_argument("set_slot_count: a cache needs at least one slot");
-        check_slot_memory(n_slots);
         cache_ = KvCache(options_.device, config_.n_layer, n_slots, cache_.n_ctx(), kv_width(), cache_.type(),
-                         cache_.ring_rows());
+                         cache_.ring_rows(), options_.max_kv_bytes);
         slot_ = 0;
     }
     void select_slot(size_t slot) {
@@ -463,6 +469,7 @@ public:
             }
             if (!slot_positions.empty())
                 batch.decode_rows = {upload_ids(ctx_, slot_positions, decode_rows_), slot_positions.size() / 2, max_length};
+            for (const SlotRun& run : batch.runs) cache_.provision(run.slot, run.n_rows);
             derived().enqueue_rows(batch);
             for (const SlotRun& run : batch.runs) cache_.commit(run.slot, run.n_rows);
             return download_logits(ctx_, workspace_.buffer(logits_buffer_), batch.logit_rows.size(), n_logits());
@@ -484,7 +491,7 @@ protected:
           part_(part ? std::move(*part) : ModelPart{whole_shard(config_), std::nullopt}),
           ctx_({.device = options.device, .n_threads = options.n_threads, .cpu_isa = std::nullopt}),
           cache_(options.device, config_.n_layer, 1, context_length(options, config_.n_ctx_train), kv_width(),
-                 options.cache_type, std::move(kv_ring_rows)),
+                 options.cache_type, std::move(kv_ring_rows), options.max_kv_bytes),
           max_run_rows_(max_run_rows), workspace_(options.max_workspace_bytes), logits_buffer_(logits_buffer) {
         activations_for(options_);   // refuses a scheme the device has no kernels for, before any weight is placed
     }
@@ -571,17 +578,6 @@ protected:
         slot_ = selected;
         return result;
     }
-    void check_slot_memory(size_t n_slots) const {
-        const std::optional<compute::DeviceMemory> memory = compute::device_memory(options_.device);
-        const size_t needed =
-            KvCache::bytes(config_.n_layer, n_slots, cache_.n_ctx(), kv_width(), cache_.type(), cache_.ring_rows());
-        const size_t held = cache_.bytes();
-        if (memory && needed > memory->free + held)
-            throw std::runtime_error("a KV cache of " + std::to_string(n_slots) + " slots of " + std::to_string(cache_.n_ctx()) +
-                                     " positions needs " + std::to_string(needed >> 20) + " MiB; the device has " +
-                                     std::to_string((memory->free + held) >> 20) + " MiB (fewer slots or a smaller --ctx-size)");
-    }
-
     // The pass of decode_step_'s token at its position, both in device memory.
     void enqueue_decode_step() { derived().enqueue_forward(decode_step_.token(), 1, 0, decode_step_.position(), 1); }
 
@@ -614,6 +610,7 @@ private:
     // argmax in decode_step_.next_token().
     void decode(Token token, bool greedy) {
         const size_t position = cache_.reserve(slot_, 1);
+        cache_.provision(slot_, 1);
         derived().reserve_workspace(1);
         const bool graph = use_cuda_graph(options_);
         // A captured step holds the selected slot's cache addresses: another slot recaptures it.

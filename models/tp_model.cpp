@@ -283,6 +283,20 @@ size_t TensorParallelModel<RankModel>::slot_length(size_t slot) const
 }
 
 template <class RankModel>
+size_t TensorParallelModel<RankModel>::kv_backed_bytes() const
+{
+    size_t bytes = 0;
+    for (const auto& model : ranks_->models) bytes += model->kv_backed_bytes();
+    return bytes;
+}
+
+template <class RankModel>
+void TensorParallelModel<RankModel>::trim_cache()
+{
+    for (auto& model : ranks_->models) model->trim_cache();
+}
+
+template <class RankModel>
 size_t TensorParallelModel<RankModel>::reusable_prefix(size_t slot, size_t n) const
 {
     return first().reusable_prefix(slot, n);

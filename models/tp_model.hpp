@@ -58,6 +58,8 @@ public:
     void set_slot_count(size_t n_slots);
     Logits forward_rows(std::span<const SlotToken> rows, RowProducts logits_products = RowProducts::Single);
     size_t slot_length(size_t slot) const;
+    size_t kv_backed_bytes() const;   // over every rank
+    void trim_cache();
     size_t reusable_prefix(size_t slot, size_t n) const;
     void truncate_slot(size_t slot, size_t n);
     size_t max_run_rows() const;

@@ -60,6 +60,14 @@ size_t BatchedModel::slot_length(size_t slot) const {
     return with_slots(backend_, [&](auto& m) { return m.slot_length(slot); });
 }
 
+size_t BatchedModel::kv_backed_bytes() const {
+    return with_slots(backend_, [](auto& m) { return m.kv_backed_bytes(); });
+}
+
+void BatchedModel::trim_kv() {
+    with_slots(backend_, [](auto& m) { m.trim_cache(); });
+}
+
 size_t BatchedModel::reusable_prefix(size_t slot, size_t n) const {
     return with_slots(backend_, [&](auto& m) { return m.reusable_prefix(slot, n); });
 }

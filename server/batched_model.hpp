@@ -19,6 +19,8 @@ public:
     size_t n_ctx() const;
     size_t n_vocab() const;
     size_t slot_length(size_t slot) const;
+    size_t kv_backed_bytes() const;   // the memory behind the KV cache now (every device)
+    void trim_kv();                   // hands back what no slot's positions use
     // The longest prefix of at most n positions of `slot` that truncate_slot can keep (0 when the
     // model's sliding-window layers have moved past it).
     size_t reusable_prefix(size_t slot, size_t n) const;

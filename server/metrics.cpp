@@ -63,6 +63,9 @@ std::string Metrics::prometheus() const {
     metric(out, "twinfer_sequences_running", "gauge", "Sequences holding a KV slot.", double(running));
     metric(out, "twinfer_kv_positions_used", "gauge", "KV-cache positions held by running sequences.", double(kv_positions_used));
     metric(out, "twinfer_kv_positions_total", "gauge", "KV-cache positions (slots x context).", double(kv_positions_total));
+    metric(out, "twinfer_kv_memory_bytes", "gauge", "Memory behind the KV cache (pages backed, every slot).", double(kv_memory_bytes));
+    metric(out, "twinfer_kv_prefixes_dropped_total", "counter", "Idle slots' cached prefixes dropped to make room in the KV cache.",
+           double(kv_prefixes_dropped));
     return out.str();
 }
 

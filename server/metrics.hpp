@@ -26,11 +26,13 @@ public:
     std::atomic<uint64_t> steps{0};                    // batched passes
     std::atomic<uint64_t> step_rows{0};                // rows over all passes
     std::atomic<uint64_t> steps_out_of_memory{0};      // passes that ran out of memory (run again in parts)
+    std::atomic<uint64_t> kv_prefixes_dropped{0};      // idle slots' cached prefixes dropped to make room
     // Gauges.
     std::atomic<uint64_t> queue_depth{0};              // sequences waiting for a slot
     std::atomic<uint64_t> running{0};                  // sequences holding a slot
     std::atomic<uint64_t> kv_positions_used{0};        // positions held by busy slots
     std::atomic<uint64_t> kv_positions_total{0};       // slots x context
+    std::atomic<uint64_t> kv_memory_bytes{0};          // memory behind the KV cache (all slots, idle ones' prefixes too)
 
     // An HTTP response, by route and status.
     void count_request(const std::string& route, int status);

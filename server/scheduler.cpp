@@ -179,6 +179,7 @@ void Scheduler::drop_finished_and_cancelled() {
     size_t used = 0;
     for (const auto& s : running_) used += model_.slot_length(s->slot);
     metrics_.kv_positions_used = used;
+    metrics_.kv_memory_bytes = model_.kv_backed_bytes();
     metrics_.running = running_.size();
 }
 
@@ -282,6 +283,8 @@ void Scheduler::run_parts(std::span<const Part> all_parts) {
             model_.truncate_slot(slot, lengths[i]);
             restored.push_back(parts[i]);
         }
+        // The KV cache's pool may be full of what idle slots keep for prefix reuse: that goes first.
+        if (drop_idle_prefixes() > 0) return run_parts(restored);
         if (rows.size() == 1) {
             const Sequence& s = *parts.front().sequence;
             for (const Part& part : restored)
@@ -341,6 +344,20 @@ void Scheduler::run_parts(std::span<const Part> all_parts) {
     }
 }
 
+
+// Returns how many idle slots held a prefix; each is forgotten and its KV memory handed back.
+size_t Scheduler::drop_idle_prefixes() {
+    size_t dropped = 0;
+    for (size_t slot = 0; slot < slots_.n_slots(); ++slot) {
+        if (slots_.busy(slot) || model_.slot_length(slot) == 0) continue;
+        slots_.forget(slot);
+        model_.truncate_slot(slot, 0);
+        ++dropped;
+    }
+    if (dropped) model_.trim_kv();
+    metrics_.kv_prefixes_dropped += dropped;
+    return dropped;
+}
 
 void Scheduler::advance(Sequence& s, std::span<const double> logits) {
     Token token = 0;

@@ -41,6 +41,7 @@ public:
 
     size_t n_slots() const { return slots_.size(); }
     size_t n_busy() const;
+    bool busy(size_t slot) const { return slots_.at(slot).busy; }
     const std::vector<Token>& reusable(size_t slot) const { return slots_.at(slot).reusable; }
 
 private:

@@ -4,6 +4,7 @@
 // Every pointer an op receives on a CUDA Context is device memory (weights, activations, token
 // ids), except the parameter structs themselves.
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -34,6 +35,24 @@ struct MemoryInfo {
     size_t free = 0, total = 0;
 };
 MemoryInfo memory_info();
+
+// Virtual memory (compute::ReservedMemory): address space without memory, and pages of the
+// driver's allocation granularity mapped into it and out again. The driver's calls are looked up
+// at run time (cudaGetDriverEntryPointByVersion), so the binary needs no libcuda to start on a
+// machine without a GPU. reserve_address_space and map_page throw compute::OutOfMemory when the
+// device has no more; the others never throw.
+// The pages of the current device; a range belongs to the device current when it was reserved,
+// and map_page and wait_for_device name it (a tensor-parallel model's ranks are on several).
+int current_device();
+size_t page_bytes();
+void* reserve_address_space(size_t bytes);
+void free_address_space(void* base, size_t bytes) noexcept;
+// Backs the page of `bytes` (page_bytes()) at `at` (page-aligned, inside a reserved range) with
+// new memory, readable and writable by the current device; returns its handle for unmap_page.
+uint64_t map_page(void* at, size_t bytes, int device);
+// Unmaps the page at `at` and frees its memory: after wait_for_device, if queued work may read it.
+void unmap_page(void* at, size_t bytes, uint64_t handle) noexcept;
+void wait_for_device(int device) noexcept;
 
 // Copies on the context's stream. upload returns once `host` may be reused; download returns once
 // `host` holds the data.

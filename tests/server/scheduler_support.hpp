@@ -17,12 +17,13 @@ namespace twinfer::server::test_support {
 
 inline std::filesystem::path stories() { return test::third_party_testdata() / "models" / "stories260K.gguf"; }
 
-inline InferenceEngine load_stories(size_t max_workspace_bytes = 0) {
+inline InferenceEngine load_stories(size_t max_workspace_bytes = 0, size_t max_kv_bytes = 0) {
     BackendOptions options;
     options.model = stories();
     options.device = DeviceChoice::CPU;
     options.n_threads = 1;   // the machine's cores are shared; one thread changes no logit
     options.max_workspace_bytes = max_workspace_bytes;
+    options.max_kv_bytes = max_kv_bytes;
     return InferenceEngine::load(options);
 }
 
