@@ -283,8 +283,8 @@ void Scheduler::run_parts(std::span<const Part> all_parts) {
             model_.truncate_slot(slot, lengths[i]);
             restored.push_back(parts[i]);
         }
-        // The KV cache's pool may be full of what idle slots keep for prefix reuse: that goes first.
-        if (drop_idle_prefixes() > 0) return run_parts(restored);
+        // The KV cache may hold memory no running sequence needs: that goes first.
+        if (free_kv_memory()) return run_parts(restored);
         if (rows.size() == 1) {
             const Sequence& s = *parts.front().sequence;
             for (const Part& part : restored)
@@ -345,18 +345,18 @@ void Scheduler::run_parts(std::span<const Part> all_parts) {
 }
 
 
-// Returns how many idle slots held a prefix; each is forgotten and its KV memory handed back.
-size_t Scheduler::drop_idle_prefixes() {
-    size_t dropped = 0;
+// Drops what idle slots keep for prefix reuse and hands back the KV cache's pages no slot uses
+// (KvCache::trim). Returns whether that freed any memory.
+bool Scheduler::free_kv_memory() {
+    const size_t before = model_.kv_backed_bytes();
     for (size_t slot = 0; slot < slots_.n_slots(); ++slot) {
         if (slots_.busy(slot) || model_.slot_length(slot) == 0) continue;
         slots_.forget(slot);
         model_.truncate_slot(slot, 0);
-        ++dropped;
+        metrics_.kv_prefixes_dropped += 1;
     }
-    if (dropped) model_.trim_kv();
-    metrics_.kv_prefixes_dropped += dropped;
-    return dropped;
+    model_.trim_kv();
+    return model_.kv_backed_bytes() < before;
 }
 
 void Scheduler::advance(Sequence& s, std::span<const double> logits) {

@@ -163,7 +163,7 @@ private:
     // One pass over the parts (those whose sequence is not done), in smaller passes when it runs
     // out of memory.
     void run_parts(std::span<const Part> parts);
-    size_t drop_idle_prefixes();
+    bool free_kv_memory();
     // Samples the sequence's next token from its logits row, emits it, and finishes the sequence
     // on a stop condition.
     void advance(Sequence& sequence, std::span<const double> logits);
