@@ -30,9 +30,6 @@ public:
     // The size of a page on `device` (a power of two).
     static size_t page_bytes(Device device);
 
-    Device device() const { return device_; }
-    size_t bytes() const { return bytes_; }
-    size_t n_pages() const { return n_pages_; }
     void* data() { return data_; }
     const void* data() const { return data_; }
 

@@ -78,7 +78,8 @@ size_t KvCache::bytes(size_t n_layer, size_t n_slots, size_t n_ctx, size_t n_emb
 KvCache::KvCache(compute::Device device, size_t n_layer, size_t n_slots, size_t n_ctx, size_t n_embd_kv,
                  compute::KvType type, std::vector<size_t> ring_rows, size_t max_backed_bytes)
     : n_layer_(n_layer), n_ctx_(n_ctx), n_embd_kv_(n_embd_kv), type_(type), ring_rows_(std::move(ring_rows)),
-      page_bytes_(compute::ReservedMemory::page_bytes(device)), lengths_(n_slots, 0), provisioned_(n_slots, 0), backed_pages_(n_layer * n_slots, 0),
+      page_bytes_(compute::ReservedMemory::page_bytes(device)), lengths_(n_slots, 0), provisioned_(n_slots, 0),
+      backed_pages_(n_layer * n_slots, 0),
       max_backed_bytes_(max_backed_bytes) {
     if (!ring_rows_.empty() && ring_rows_.size() != n_layer)
         throw std::invalid_argument("KvCache: " + std::to_string(ring_rows_.size()) + " ring lengths for " +

@@ -47,7 +47,9 @@ SequenceParams greedy(const InferenceEngine& engine, const std::string& text, si
 }
 
 // stories260K: 5 layers of 32-float rows (128 bytes); a CPU page holds 32 positions of a layer.
-size_t pool_pages_bytes(size_t pages_a_layer) { return pages_a_layer * 5 * 2 * compute::ReservedMemory::page_bytes(compute::Device::CPU); }
+size_t pool_pages_bytes(size_t pages_a_layer) {
+    return pages_a_layer * 5 * 2 * compute::ReservedMemory::page_bytes(compute::Device::CPU);
+}
 
 const std::string kLong1 = "Once upon a time, there was a little girl named Lily who loved to play in the big green park with her dog";
 const std::string kLong2 = "Tom had a red ball. He threw it high into the blue sky and ran after it to the tree by the pond";
