@@ -214,8 +214,8 @@ void add_model_flags(CLI::App& cmd, Settings& s) {
         ->check(CLI::IsMember({"auto", "f32", "int8", "int8x2"}))
         ->capture_default_str();
     cmd.add_flag_callback("--exact-activations", [&s] { s.activations = "f32"; }, "the same as --activations f32");
-    cmd.add_option("--cache-type", s.cache_type, "the KV cache's elements, keys and values: f32, or f16 (half the memory)")
-        ->check(CLI::IsMember({"f32", "f16"}))->capture_default_str();
+    cmd.add_option("--cache-type", s.cache_type, "the KV cache's elements, keys and values: f32, f16 (half the memory), or q8_0 (0.53 of f16's; CPU only)")
+        ->check(CLI::IsMember({"f32", "f16", "q8_0"}))->capture_default_str();
     cmd.add_option("--tensor-parallel", s.tensor_parallel,
                    "split the model over N ranks: N GPUs over NCCL (--device cuda), or N simulated ranks (--device cpu)")
         ->check(allowed_values(1, 64, "1 to 64"))->capture_default_str();

@@ -494,6 +494,9 @@ protected:
                  options.cache_type, std::move(kv_ring_rows), options.max_kv_bytes),
           max_run_rows_(max_run_rows), workspace_(options.max_workspace_bytes), logits_buffer_(logits_buffer) {
         activations_for(options_);   // refuses a scheme the device has no kernels for, before any weight is placed
+        if (options.cache_type == compute::KvType::Q8_0 && config_.head_dim % compute::kv_q8_0_block)
+            throw std::invalid_argument("a q8_0 KV cache needs heads of whole blocks of 32 values; this model's have " +
+                                        std::to_string(config_.head_dim) + " (--cache-type f16 or f32)");
     }
 
     // The pass of a prompt's T tokens at positions p0.. (cache reserved, workspace sized).

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <iomanip>
+#include <numeric>
 #include <new>
 #include <optional>
 #include <sstream>
@@ -59,7 +60,10 @@ void check_one_sequence_fits(compute::Device device, size_t n_layer, size_t n_ct
     message << std::fixed << std::setprecision(1) << "cannot hold the KV cache for a context of " << n_ctx << " tokens: it needs "
             << static_cast<double>(needed) / (1u << 30) << " GiB (" << n_layer << " layers";
     if (n_rings) message << ", " << n_rings << " of them sliding-window rings,";
-    message << " x 2 x " << n_ctx << " positions x " << n_embd_kv << " x " << compute::kv_element_bytes(type) << " bytes), the "
+    message << " x 2 x " << n_ctx << " positions x ";
+    if (type == compute::KvType::Q8_0) message << compute::kv_bytes(type, n_embd_kv) << " bytes (" << n_embd_kv << " values as Q8_0)), the ";
+    else message << n_embd_kv << " x " << compute::kv_bytes(type, 1) << " bytes), the ";
+    message
             << compute::device_name(device) << " has " << static_cast<double>(memory) / (1u << 30)
             << " GiB; a smaller --ctx-size shrinks it";
     if (type == compute::KvType::F32) message << ", and so does --cache-type f16 (by half)";
@@ -72,7 +76,7 @@ size_t KvCache::bytes(size_t n_layer, size_t n_slots, size_t n_ctx, size_t n_emb
                       std::span<const size_t> ring_rows) {
     size_t rows = 0;
     for (size_t layer = 0; layer < n_layer; ++layer) rows += layer_rows(n_ctx, ring_rows, layer);
-    return 2 * rows * n_slots * n_embd_kv * compute::kv_element_bytes(type);
+    return 2 * rows * n_slots * compute::kv_bytes(type, n_embd_kv);
 }
 
 KvCache::KvCache(compute::Device device, size_t n_layer, size_t n_slots, size_t n_ctx, size_t n_embd_kv,
@@ -84,6 +88,11 @@ KvCache::KvCache(compute::Device device, size_t n_layer, size_t n_slots, size_t 
     if (!ring_rows_.empty() && ring_rows_.size() != n_layer)
         throw std::invalid_argument("KvCache: " + std::to_string(ring_rows_.size()) + " ring lengths for " +
                                     std::to_string(n_layer) + " layers");
+    if (type == compute::KvType::Q8_0 && device != compute::Device::CPU)
+        throw std::invalid_argument("a q8_0 KV cache runs on the CPU only (--cache-type f16 or f32 on " +
+                                    std::string(compute::device_name(device)) + ")");
+    if (type == compute::KvType::Q8_0 && n_embd_kv % compute::kv_q8_0_block)
+        throw std::invalid_argument("a q8_0 KV cache needs rows of whole blocks of 32 values, not " + std::to_string(n_embd_kv));
     check_one_sequence_fits(device, n_layer, n_ctx, n_embd_kv, type, ring_rows_);
     size_t pages = 0;
     for (size_t layer = 0; layer < n_layer; ++layer) {
@@ -95,14 +104,16 @@ KvCache::KvCache(compute::Device device, size_t n_layer, size_t n_slots, size_t 
 }
 
 size_t KvCache::table_pages(size_t layer) const {
-    const size_t table_bytes = rows(layer) * n_embd_kv_ * compute::kv_element_bytes(type_);
-    return (table_bytes + page_bytes_ - 1) / page_bytes_;
+    // Whole pages of whole units (a Q8_0 block's 34 bytes): a multiple of both.
+    const size_t unit = std::lcm(page_bytes_, compute::kv_unit_bytes(type_));
+    const size_t table_bytes = (compute::kv_bytes(type_, rows(layer) * n_embd_kv_) + unit - 1) / unit * unit;
+    return table_bytes / page_bytes_;
 }
 
 size_t KvCache::pages_for(size_t layer, size_t length) const {
     if (length == 0) return 0;
     if (ring_rows(layer)) return table_pages(layer);   // a ring's rows are all written from its first positions on
-    const size_t used_bytes = std::min(length, n_ctx_) * n_embd_kv_ * compute::kv_element_bytes(type_);
+    const size_t used_bytes = compute::kv_bytes(type_, std::min(length, n_ctx_) * n_embd_kv_);
     return (used_bytes + page_bytes_ - 1) / page_bytes_;
 }
 

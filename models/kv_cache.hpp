@@ -64,7 +64,7 @@ public:
     }
     // Elements between two slots' tables of one layer (keys(layer, s + 1) = keys(layer, s).plus(this)):
     // a table's rows rounded up to whole pages.
-    size_t slot_stride(size_t layer) const { return table_pages(layer) * page_bytes_ / compute::kv_element_bytes(type_); }
+    size_t slot_stride(size_t layer) const { return compute::kv_values(type_, table_pages(layer) * page_bytes_); }
     size_t ring_rows(size_t layer) const { return ring_rows_.empty() ? 0 : ring_rows_[layer]; }   // 0: full
     const std::vector<size_t>& ring_rows() const { return ring_rows_; }
 
@@ -90,7 +90,7 @@ private:
     // The pages of a (layer, slot) table that positions [0, length) use.
     size_t pages_for(size_t layer, size_t length) const;
     size_t first_page(size_t layer, size_t slot) const { return page_offsets_[layer] + slot * table_pages(layer); }
-    size_t offset(size_t layer, size_t slot) const { return first_page(layer, slot) * page_bytes_ / compute::kv_element_bytes(type_); }
+    size_t offset(size_t layer, size_t slot) const { return compute::kv_values(type_, first_page(layer, slot) * page_bytes_); }
     // Hands back the pages of `slot`'s tables beyond those positions [0, length) use.
     void release_beyond(size_t slot, size_t length);
     // The pages `slot` lacks for positions [0, end), over every layer; backs them.

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "compute/cpu/kernels.hpp"
@@ -21,6 +23,24 @@ Seen seen(const AttentionShape& shape, size_t first_position, size_t t) {
     return {shape.window && n_seen > shape.window ? n_seen - shape.window : 0, n_seen};
 }
 
+// A Q8_0 table is entered at a head's first value: heads (and rows) of whole blocks. Checked before
+// the workers start (they must not throw).
+void check_q8_0_heads(KvType type, size_t head_dim, size_t kv_stride) {
+    if (type == KvType::Q8_0 && (head_dim % kv_q8_0_block || kv_stride % kv_q8_0_block))
+        throw std::invalid_argument("a q8_0 KV cache needs heads of whole blocks of 32 values, not " + std::to_string(head_dim));
+}
+
+// A Q8_0 table's rows [first_row, first_row + n_rows) of one head (at head_offset in a row of
+// kv_stride), widened into `into` (rows of head_dim): the kernels then compute exactly what a
+// float32 cache holding the dequantized values would.
+float* widened_head(const Kernels& k, CacheRows table, size_t first_row, size_t n_rows, size_t kv_stride, size_t head_offset,
+                    size_t head_dim, float* into) {
+    for (size_t r = 0; r < n_rows; ++r)
+        k.dequantize(GGMLType::Q8_0, static_cast<const std::byte*>(table.plus((first_row + r) * kv_stride + head_offset).data),
+                     head_dim, into + r * head_dim);
+    return into;
+}
+
 // Prompts, flash-attention style (Kernels::attend_block). KV head g's query rows are i = t * group
 // + j (token t, head g * group + j), consecutive rows sharing every key they read; a block is
 // attention_block_rows of them, and a task one (KV head, block), each head's blocks from the last
@@ -36,8 +56,13 @@ void attention_blocks(Context& ctx, const Kernels& k, const float* q, CacheRows 
     // R rows span at most (R - 1 + group - 1) / group + 1 tokens.
     if (shape.ring) R = std::min(R, (shape.ring - shape.window) * group + 1);
     const size_t n_rows = n_tokens * group, n_blocks = (n_rows + R - 1) / R;
+    // A Q8_0 cache's keys and values of a block, widened: at most every position the prompt sees.
+    check_q8_0_heads(keys.type, D, shape.kv_stride);
+    const bool widen = keys.type == KvType::Q8_0;
+    const size_t block_bytes = (k.attend_block_scratch_bytes(D) + 63) / 64 * 64;
+    const size_t widened_floats = widen ? 2 * (first_position + n_tokens) * D : 0;
     std::vector<std::byte*> scratch(ctx.n_threads());
-    for (int t = 0; t < ctx.n_threads(); ++t) scratch[t] = ctx.thread_scratch(t, k.attend_block_scratch_bytes(D));
+    for (int t = 0; t < ctx.n_threads(); ++t) scratch[t] = ctx.thread_scratch(t, block_bytes + widened_floats * sizeof(float));
     ctx.pool().parallel_for(shape.n_head_kv * n_blocks, 1, [&](size_t begin, size_t end, int thread) {
         for (size_t task = begin; task < end; ++task) {
             const size_t g = task / n_blocks, i0 = (n_blocks - 1 - task % n_blocks) * R;
@@ -57,10 +82,17 @@ void attention_blocks(Context& ctx, const Kernels& k, const float* q, CacheRows 
                 rows_first[r] = s.first - lo, rows_end[r] = s.n_seen - lo;
                 if (shape.sinks) rows_sink[r] = shape.sinks[h];
             }
-            const size_t offset = (shape.ring ? lo % shape.ring : lo) * shape.kv_stride + g * D;
-            const AttentionBlock block{n, rows_q, rows_out, rows_first, rows_end, keys.plus(offset).data,
-                                       values.plus(offset).data, keys.type, shape.kv_stride, D, shape.scale, lo,
-                                       shape.sinks ? rows_sink : nullptr};
+            const size_t first_row = shape.ring ? lo % shape.ring : lo, offset = first_row * shape.kv_stride + g * D;
+            AttentionBlock block{n, rows_q, rows_out, rows_first, rows_end, keys.plus(offset).data,
+                                 values.plus(offset).data, keys.type, shape.kv_stride, D, shape.scale, lo,
+                                 shape.sinks ? rows_sink : nullptr};
+            if (widen) {
+                const size_t n_keys = *std::max_element(rows_end, rows_end + n);
+                float* widened = reinterpret_cast<float*>(scratch[thread] + block_bytes);
+                block.k = widened_head(k, keys, first_row, n_keys, shape.kv_stride, g * D, D, widened);
+                block.v = widened_head(k, values, first_row, n_keys, shape.kv_stride, g * D, D, widened + n_keys * D);
+                block.type = KvType::F32, block.kv_stride = D;
+            }
             k.attend_block(block, scratch[thread]);
         }
     });
@@ -68,22 +100,29 @@ void attention_blocks(Context& ctx, const Kernels& k, const float* q, CacheRows 
 
 // A decode row's head h, the token at `position` (q and out: the row's [n_head, head_dim]) over its
 // window of keys and values.
+// scratch: scores_scratch's.
 void attend_head(const Kernels& k, const float* q, CacheRows keys, CacheRows values, size_t position,
-                 const AttentionShape& shape, size_t h, float* scores, float* out) {
-    const size_t group = shape.n_head / shape.n_head_kv;
+                 const AttentionShape& shape, size_t h, float* scratch, float* out) {
+    const size_t group = shape.n_head / shape.n_head_kv, D = shape.head_dim;
     const auto [first, n_seen] = seen(shape, position, 0);
-    const size_t first_row = shape.ring ? first % shape.ring : first;
-    const size_t kv_offset = first_row * shape.kv_stride + (h / group) * shape.head_dim;
-    k.attend(q + h * shape.head_dim, keys.plus(kv_offset).data, values.plus(kv_offset).data, keys.type, shape.kv_stride,
-             n_seen - first, shape.head_dim, shape.scale, shape.sinks ? shape.sinks[h] : -INFINITY, scores,
-             out + h * shape.head_dim);
+    const size_t first_row = shape.ring ? first % shape.ring : first, n_kv = n_seen - first;
+    const size_t head_offset = (h / group) * D, kv_offset = first_row * shape.kv_stride + head_offset;
+    const float sink = shape.sinks ? shape.sinks[h] : -INFINITY;
+    if (keys.type == KvType::Q8_0) {
+        const float* k_rows = widened_head(k, keys, first_row, n_kv, shape.kv_stride, head_offset, D, scratch + n_kv);
+        const float* v_rows = widened_head(k, values, first_row, n_kv, shape.kv_stride, head_offset, D, scratch + n_kv + n_kv * D);
+        return k.attend(q + h * D, k_rows, v_rows, KvType::F32, D, n_kv, D, shape.scale, sink, scratch, out + h * D);
+    }
+    k.attend(q + h * D, keys.plus(kv_offset).data, values.plus(kv_offset).data, keys.type, shape.kv_stride, n_kv, D,
+             shape.scale, sink, scratch, out + h * D);
 }
 
-// Each thread's scores scratch for max_kv positions, allocated here, not in the workers: a worker
-// thread must not throw.
-std::vector<float*> scores_scratch(Context& ctx, size_t max_kv) {
+// Each thread's scratch for attend_head over at most max_kv positions (its scores; a Q8_0 cache's
+// widened keys and values too), allocated here, not in the workers: a worker thread must not throw.
+std::vector<float*> scores_scratch(Context& ctx, size_t max_kv, KvType type, size_t head_dim) {
+    const size_t floats = max_kv * (type == KvType::Q8_0 ? 1 + 2 * head_dim : 1);
     std::vector<float*> scratch(ctx.n_threads());
-    for (int t = 0; t < ctx.n_threads(); ++t) scratch[t] = reinterpret_cast<float*>(ctx.thread_scratch(t, max_kv * sizeof(float)));
+    for (int t = 0; t < ctx.n_threads(); ++t) scratch[t] = reinterpret_cast<float*>(ctx.thread_scratch(t, floats * sizeof(float)));
     return scratch;
 }
 
@@ -97,7 +136,8 @@ void attention(Context& ctx, const float* q, CacheRows keys, CacheRows values, s
     if (rows == AttentionRows::Prompt || (rows == AttentionRows::Auto && n_tokens > 1))
         return attention_blocks(ctx, k, q, keys, values, n_tokens, first_position, shape, out);
     const size_t q_stride = shape.n_head * shape.head_dim;
-    const std::vector<float*> scratch = scores_scratch(ctx, first_position + n_tokens);
+    check_q8_0_heads(keys.type, shape.head_dim, shape.kv_stride);
+    const std::vector<float*> scratch = scores_scratch(ctx, first_position + n_tokens, keys.type, shape.head_dim);
     ctx.pool().parallel_for(n_tokens * shape.n_head, 1, [&](size_t begin, size_t end, int thread) {
         for (size_t task = begin; task < end; ++task) {
             const size_t t = task / shape.n_head;
@@ -112,6 +152,10 @@ void store_rows(Context&, const float* x, size_t n_rows, size_t width, CacheRows
     if (table.type == KvType::F32) {
         std::copy(x, x + n, table.f32() + first_row * width);
         return;
+    }
+    if (table.type == KvType::Q8_0) {
+        auto* rows = static_cast<std::byte*>(table.plus(first_row * width).data);
+        return quantize(GGMLType::Q8_0, std::span(x, n), std::span(rows, kv_bytes(KvType::Q8_0, n)));
     }
     auto* rows = static_cast<ggml_half*>(table.plus(first_row * width).data);
     for (size_t i = 0; i < n; ++i) rows[i] = fp32_to_fp16(x[i]);
@@ -158,7 +202,8 @@ void decode_rows_attention(Context& ctx, const float* q, CacheRows keys, CacheRo
     const size_t width = shape.n_head * shape.head_dim;
     size_t max_kv = 0;
     for (size_t r = 0; r < rows.n_rows; ++r) max_kv = std::max(max_kv, size_t(rows.slot_positions[2 * r + 1]) + 1);
-    const std::vector<float*> scratch = scores_scratch(ctx, max_kv);
+    check_q8_0_heads(keys.type, shape.head_dim, shape.kv_stride);
+    const std::vector<float*> scratch = scores_scratch(ctx, max_kv, keys.type, shape.head_dim);
     ctx.pool().parallel_for(rows.n_rows * shape.n_head, 1, [&](size_t begin, size_t end, int thread) {
         for (size_t task = begin; task < end; ++task) {
             const size_t r = task / shape.n_head, slot = size_t(rows.slot_positions[2 * r]);

@@ -163,6 +163,61 @@ TEST(OpsTest, Float16CacheIsTheFloat32CacheOfItsRoundedValues) {
                  std::invalid_argument);
 }
 
+// A Q8_0 cache: stored rows are format/quant's Q8_0 blocks of the values (gguf-py's bytes), and
+// attention over them computes exactly what it computes over a float32 table holding their
+// dequantized values (each head's rows are widened into scratch first), decode steps, prompts and
+// windows alike; a ring keeps its blocks as a float16 ring keeps its values. Heads that are not
+// whole blocks are refused before any work.
+TEST(OpsTest, Q8_0CacheIsTheFloat32CacheOfItsDequantizedValues) {
+    const size_t n_head = 6, n_head_kv = 2, head_dim = 64, kv_stride = n_head_kv * head_dim, n_kv = 70;
+    const auto k = gaussian(n_kv * kv_stride, 21), v = gaussian(n_kv * kv_stride, 22);
+    const size_t row_bytes = kv_bytes(KvType::Q8_0, kv_stride);
+    ASSERT_EQ(row_bytes, kv_stride / 32 * 34);
+    for (CpuIsa isa : available_isas()) {
+        Context ctx({.cpu_isa = isa});
+        std::vector<std::byte> k8(n_kv * row_bytes), v8(n_kv * row_bytes);
+        store_rows(ctx, k.data(), n_kv, kv_stride, CacheRows(k8.data(), KvType::Q8_0), 0);
+        store_rows(ctx, v.data(), n_kv, kv_stride, CacheRows(v8.data(), KvType::Q8_0), 0);
+        std::vector<std::byte> k_expected(k8.size());
+        quantize(GGMLType::Q8_0, k, k_expected);
+        ASSERT_EQ(k8, k_expected);
+        std::vector<float> k_held(k.size()), v_held(v.size());
+        dequantize(GGMLType::Q8_0, k8, std::span<float>(k_held));
+        dequantize(GGMLType::Q8_0, v8, std::span<float>(v_held));
+        struct Case {
+            size_t tokens, first, window;
+        };
+        for (const Case c : {Case{1, 69, 0}, Case{1, 0, 0}, Case{9, 61, 0}, Case{5, 40, 16}, Case{40, 30, 0}}) {
+            AttentionShape shape{n_head, n_head_kv, head_dim, kv_stride, 1.0f / std::sqrt(float(head_dim))};
+            shape.window = c.window;
+            const auto q = gaussian(c.tokens * n_head * head_dim, 23);
+            for (AttentionRows rows : {AttentionRows::Prompt, AttentionRows::Decode}) {
+                std::vector<float> want(q.size()), got(q.size());
+                attention(ctx, q.data(), k_held.data(), v_held.data(), c.tokens, c.first, shape, want.data(), rows);
+                attention(ctx, q.data(), CacheRows(k8.data(), KvType::Q8_0), CacheRows(v8.data(), KvType::Q8_0), c.tokens,
+                          c.first, shape, got.data(), rows);
+                EXPECT_EQ(got, want) << isa_name(isa) << " " << c.tokens << " tokens after " << c.first
+                                     << (rows == AttentionRows::Prompt ? " (prompt rows)" : " (decode rows)");
+            }
+        }
+        const size_t ring = 8;
+        std::vector<std::byte> table(2 * ring * row_bytes);
+        store_ring(ctx, k.data(), 11, kv_stride, CacheRows(table.data(), KvType::Q8_0), 3, nullptr, ring);
+        for (size_t r = 11 - ring; r < 11; ++r)
+            for (size_t copy : {size_t{0}, ring})
+                ASSERT_TRUE(std::equal(k8.begin() + std::ptrdiff_t(r * row_bytes), k8.begin() + std::ptrdiff_t((r + 1) * row_bytes),
+                                       table.begin() + std::ptrdiff_t(((3 + r) % ring + copy) * row_bytes)))
+                    << r;
+    }
+    Context ctx(ContextOptions{});
+    std::vector<std::byte> rows(4 * 80 / 32 * 34 + 64);
+    const auto q = gaussian(2 * 40, 24);
+    std::vector<float> out(q.size());
+    EXPECT_THROW(attention(ctx, q.data(), CacheRows(rows.data(), KvType::Q8_0), CacheRows(rows.data(), KvType::Q8_0), 1, 0,
+                           AttentionShape{2, 2, 40, 80, 1.0f}, out.data()),
+                 std::invalid_argument);
+}
+
 TEST(OpsTest, CausalGroupedQueryAttention) {
     const size_t tokens = 5, first = 20, n_head = 4, n_head_kv = 2, head_dim = 40, kv_stride = 96;
     const size_t n_kv = first + tokens;

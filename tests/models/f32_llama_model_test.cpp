@@ -163,6 +163,31 @@ TEST(F32LlamaSmolLM2, LogitsMatchReference) {
     }
 }
 
+// A Q8_0 KV cache (--cache-type q8_0): prompt rows and decode steps stored as Q8_0 blocks, read
+// back widened; within its budget of the reference, and further from it than a float16 cache (the
+// cache really holds 8-bit values). A model whose heads are not whole blocks is refused at load.
+TEST(F32LlamaSmolLM2, Q8_0CacheStaysWithinItsBudget) {
+    const auto path = test::smollm2_path();
+    TWINFER_REQUIRE_FILE(path);
+    const auto file = open(path);
+    GPTModel reference = GPTModel::from_gguf(*file);
+    const std::vector<Token> tokens = {504, 3575, 282, 4649, 314, 7042, 30, 198, 198, 504, 2988, 314};
+    F32LlamaModel q8 = F32LlamaModel::load(file, {.cache_type = compute::KvType::Q8_0});
+    const double worst_q8 = compare_logits(q8, reference, tokens, 6, test::kQ8_0CacheTolerance);
+    F32LlamaModel f16 = F32LlamaModel::load(file, {.cache_type = compute::KvType::F16});
+    reference.clear_cache();
+    const double worst_f16 = compare_logits(f16, reference, tokens, 6, test::kFloat16CacheTolerance);
+    EXPECT_GT(worst_q8, worst_f16);
+
+    const auto stories = open(test::third_party_testdata() / "models/stories260K.gguf");   // heads of 8
+    try {
+        F32LlamaModel::load(stories, {.cache_type = compute::KvType::Q8_0});
+        FAIL() << "expected std::invalid_argument";
+    } catch (const std::invalid_argument& e) {
+        EXPECT_NE(std::string(e.what()).find("heads of whole blocks of 32 values; this model's have 8"), std::string::npos) << e.what();
+    }
+}
+
 TEST(F32LlamaSmolLM2, GreedyDecoding) {
     const auto path = test::smollm2_path();
     TWINFER_REQUIRE_FILE(path);
