@@ -182,13 +182,13 @@ TEST(KvCachePagesCuda, PagesComeAndGo) {
     const size_t page = compute::ReservedMemory::page_bytes(Device::CUDA), width = 1024;   // rows of 4 KiB
     const size_t rows_per_page = page / (width * sizeof(float));
     KvCache cache(Device::CUDA, 4, 8, 64 * rows_per_page, width, KvType::F32);
+    compute::Context ctx({.device = Device::CUDA});   // its stream and handles first: they take memory too
     const size_t free_before = compute::cuda::memory_info().free;
     cache.provision(3, 16 * rows_per_page);                // 4 layers x 16 pages x 2
     EXPECT_EQ(cache.backed_bytes(), 4 * 16 * 2 * page);
     const size_t free_backed = compute::cuda::memory_info().free;
     EXPECT_GE(free_before - free_backed, cache.backed_bytes());
     EXPECT_LT(free_before - free_backed, cache.backed_bytes() + (size_t{64} << 20));
-    compute::Context ctx({.device = Device::CUDA});
     std::vector<float> rows(16 * rows_per_page * width);
     for (size_t i = 0; i < rows.size(); ++i) rows[i] = float(i % 9973);
     compute::upload(ctx, cache.values(2, 3).f32(), rows.data(), rows.size() * sizeof(float));
