@@ -400,6 +400,61 @@ TEST_F(CudaOps, MatmulRowsAreEachRowAlone) {
             }
 }
 
+// compute::matmul_row_tiles on the GPU (a batched pass's Tiled rows, cuBLAS calls of
+// row_tile_rows rows each): every tile of a call the same bits as that tile in a call of its own,
+// with and without the folded RMSNorm (its output rows too), two outputs in a call (the second
+// accumulating), and near the CPU's float products. Written after the batched CUDA pass gave wrong
+// logits on an H100 (session 19): this op had no test of its own.
+TEST_F(CudaOps, RowTilesAreEachTileAlone) {
+    const size_t tile = row_tile_rows(Device::CUDA), n_rows = 3 * tile, cols = 576, heights[2] = {192, 576};
+    for (GGMLType type : {GGMLType::F32, GGMLType::Q4_1, GGMLType::Q8_0, GGMLType::Q6_K})
+        for (bool with_norm : {false, true}) {
+            if (cols % type_traits(type).block_size != 0) continue;
+            SCOPED_TRACE(testing::Message() << type_name(type) << (with_norm ? ", norm" : ""));
+            const auto x = random(n_rows * cols), norm_weight = random(cols);
+            const float* x_gpu = to_device(x);
+            std::vector<std::vector<std::byte>> weights;
+            std::vector<WeightMatrix> w_cpu, w_gpu;
+            std::vector<std::vector<float>> y0;
+            for (size_t rows : heights) {
+                weights.push_back(random_weights(type, rows, cols, rng));
+                w_cpu.push_back({type, rows, cols, weights.back().data()});
+                w_gpu.push_back(placed(type, rows, cols, weights.back()));
+                y0.push_back(random(n_rows * rows));
+            }
+            // Both outputs of n rows from row `first` on (n a multiple of the tile), into fresh memory.
+            const auto run = [&](size_t first, size_t n) {
+                std::vector<MatmulOutput> outputs;
+                for (size_t i = 0; i < 2; ++i) {
+                    std::vector<float> init(y0[i].begin() + first * heights[i], y0[i].begin() + (first + n) * heights[i]);
+                    outputs.push_back({w_gpu[i], i == 1 ? to_device(init) : poisoned(n * heights[i]), i == 1});
+                }
+                const RmsNorm norm{to_device(norm_weight), 1e-5f, poisoned(n * cols)};
+                matmul_row_tiles(*gpu, outputs, x_gpu + first * cols, n, Activations::Int8, with_norm ? &norm : nullptr);
+                std::vector<std::vector<float>> got;
+                for (size_t i = 0; i < 2; ++i) got.push_back(to_host(outputs[i].y, n * heights[i]));
+                if (with_norm) got.push_back(to_host(norm.out, n * cols));
+                return got;
+            };
+            const auto all = run(0, n_rows);
+            for (size_t first = 0; first < n_rows; first += tile) {
+                const auto alone = run(first, tile);
+                for (size_t i = 0; i < all.size(); ++i) {
+                    const size_t width = i < 2 ? heights[i] : cols;
+                    const std::vector<float> in_all(all[i].begin() + first * width, all[i].begin() + (first + tile) * width);
+                    EXPECT_EQ(in_all, alone[i]) << "tile from row " << first << ", output " << i << " (2: the norm's)";
+                }
+            }
+            for (size_t i = 0; i < 2; ++i) {
+                std::vector<float> want = y0[i], normalized(n_rows * cols);
+                const RmsNorm norm{norm_weight.data(), 1e-5f, normalized.data()};
+                const MatmulOutput out{w_cpu[i], want.data(), i == 1};
+                matmul(cpu, std::span(&out, 1), x.data(), n_rows, Activations::Float32, with_norm ? &norm : nullptr);
+                EXPECT_LT(l2_relative_error(all[i], want), float_tolerance) << "output " << i;
+            }
+        }
+}
+
 // The int8 kernels' types must come through place_weights (planar); a raw copy of the file's
 // bytes is refused by name instead of being read wrongly.
 TEST_F(CudaOps, FileLayoutOfPlanarTypesIsRefused) {
