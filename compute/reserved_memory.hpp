@@ -39,8 +39,7 @@ public:
     void back(size_t first, size_t n);
     // Hands the memory of pages [first, first + n) back (those not backed: nothing); their contents
     // are lost. On CUDA it waits for the device first: queued work may still read them.
-    void release(size_t first, size_t n);
-    bool backed(size_t page) const { return backed_.at(page); }
+    void release(size_t first, size_t n) noexcept;
 
 private:
     void free_all() noexcept;

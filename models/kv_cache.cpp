@@ -138,20 +138,21 @@ size_t KvCache::missing_pages(size_t slot, size_t end) const {
 }
 
 void KvCache::back(size_t slot, size_t end) {
-    const size_t length = lengths_[slot];
-    try {
-        for (size_t layer = 0; layer < n_layer_; ++layer) {
-            size_t& backed = backed_pages_[layer * n_slots() + slot];
-            const size_t need = pages_for(layer, end);
-            if (need <= backed) continue;
-            keys_.back(first_page(layer, slot) + backed, need - backed);
-            values_.back(first_page(layer, slot) + backed, need - backed);
-            backed_pages_total_ += need - backed;
-            backed = need;
+    for (size_t layer = 0; layer < n_layer_; ++layer) {
+        size_t& backed = backed_pages_[layer * n_slots() + slot];
+        const size_t need = pages_for(layer, end);
+        if (need <= backed) continue;
+        const size_t first = first_page(layer, slot) + backed;
+        try {
+            keys_.back(first, need - backed);
+            values_.back(first, need - backed);
+        } catch (...) {
+            keys_.release(first, need - backed);   // the part of this layer's pages backed before it failed
+            values_.release(first, need - backed);
+            throw;
         }
-    } catch (...) {
-        release_beyond(slot, length);   // what this call backed, counted or not (and what the slot kept)
-        throw;
+        backed_pages_total_ += need - backed;
+        backed = need;
     }
 }
 
@@ -196,14 +197,12 @@ void KvCache::truncate(size_t slot, size_t n) {
 void KvCache::release_beyond(size_t slot, size_t length) {
     for (size_t layer = 0; layer < n_layer_; ++layer) {
         size_t& backed = backed_pages_[layer * n_slots() + slot];
-        const size_t keep = pages_for(layer, length), first = first_page(layer, slot) + keep, n = table_pages(layer) - keep;
-        // A provision that failed part-way backed pages from `backed` on without counting them.
-        if (n && (backed > keep || keys_.backed(first) || values_.backed(first))) {
-            keys_.release(first, n);
-            values_.release(first, n);
-        }
-        backed_pages_total_ -= backed - std::min(backed, keep);
-        backed = std::min(backed, keep);
+        const size_t keep = pages_for(layer, length);
+        if (backed <= keep) continue;
+        keys_.release(first_page(layer, slot) + keep, backed - keep);
+        values_.release(first_page(layer, slot) + keep, backed - keep);
+        backed_pages_total_ -= backed - keep;
+        backed = keep;
     }
 }
 

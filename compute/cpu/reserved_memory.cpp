@@ -78,7 +78,7 @@ void ReservedMemory::back(size_t first, size_t n) {
     }
 }
 
-void ReservedMemory::release(size_t first, size_t n) {
+void ReservedMemory::release(size_t first, size_t n) noexcept {
     const size_t end = std::min(n_pages_, first + n);
     if (first >= end) return;
 #ifdef TWINFER_WITH_CUDA
@@ -99,9 +99,7 @@ void ReservedMemory::free_all() noexcept {
     if (!data_) return;
 #ifdef TWINFER_WITH_CUDA
     if (device_ == Device::CUDA) {
-        cuda::wait_for_device(ordinal_);
-        for (size_t page = 0; page < n_pages_; ++page)
-            if (backed_[page]) cuda::unmap_page(static_cast<char*>(data_) + page * page_, page_, handles_[page]);
+        release(0, n_pages_);
         cuda::free_address_space(data_, bytes_);
         data_ = nullptr;
         return;
