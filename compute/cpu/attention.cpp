@@ -108,21 +108,15 @@ void attend_head(const Kernels& k, const float* q, CacheRows keys, CacheRows val
     const size_t first_row = shape.ring ? first % shape.ring : first, n_kv = n_seen - first;
     const size_t head_offset = (h / group) * D, kv_offset = first_row * shape.kv_stride + head_offset;
     const float sink = shape.sinks ? shape.sinks[h] : -INFINITY;
-    if (keys.type == KvType::Q8_0) {
-        const float* k_rows = widened_head(k, keys, first_row, n_kv, shape.kv_stride, head_offset, D, scratch + n_kv);
-        const float* v_rows = widened_head(k, values, first_row, n_kv, shape.kv_stride, head_offset, D, scratch + n_kv + n_kv * D);
-        return k.attend(q + h * D, k_rows, v_rows, KvType::F32, D, n_kv, D, shape.scale, sink, scratch, out + h * D);
-    }
     k.attend(q + h * D, keys.plus(kv_offset).data, values.plus(kv_offset).data, keys.type, shape.kv_stride, n_kv, D,
              shape.scale, sink, scratch, out + h * D);
 }
 
-// Each thread's scratch for attend_head over at most max_kv positions (its scores; a Q8_0 cache's
-// widened keys and values too), allocated here, not in the workers: a worker thread must not throw.
-std::vector<float*> scores_scratch(Context& ctx, size_t max_kv, KvType type, size_t head_dim) {
-    const size_t floats = max_kv * (type == KvType::Q8_0 ? 1 + 2 * head_dim : 1);
+// Each thread's scratch for attend_head over at most max_kv positions (its scores), allocated here,
+// not in the workers: a worker thread must not throw.
+std::vector<float*> scores_scratch(Context& ctx, size_t max_kv) {
     std::vector<float*> scratch(ctx.n_threads());
-    for (int t = 0; t < ctx.n_threads(); ++t) scratch[t] = reinterpret_cast<float*>(ctx.thread_scratch(t, floats * sizeof(float)));
+    for (int t = 0; t < ctx.n_threads(); ++t) scratch[t] = reinterpret_cast<float*>(ctx.thread_scratch(t, max_kv * sizeof(float)));
     return scratch;
 }
 
@@ -137,7 +131,7 @@ void attention(Context& ctx, const float* q, CacheRows keys, CacheRows values, s
         return attention_blocks(ctx, k, q, keys, values, n_tokens, first_position, shape, out);
     const size_t q_stride = shape.n_head * shape.head_dim;
     check_q8_0_heads(keys.type, shape.head_dim, shape.kv_stride);
-    const std::vector<float*> scratch = scores_scratch(ctx, first_position + n_tokens, keys.type, shape.head_dim);
+    const std::vector<float*> scratch = scores_scratch(ctx, first_position + n_tokens);
     ctx.pool().parallel_for(n_tokens * shape.n_head, 1, [&](size_t begin, size_t end, int thread) {
         for (size_t task = begin; task < end; ++task) {
             const size_t t = task / shape.n_head;
@@ -203,7 +197,7 @@ void decode_rows_attention(Context& ctx, const float* q, CacheRows keys, CacheRo
     size_t max_kv = 0;
     for (size_t r = 0; r < rows.n_rows; ++r) max_kv = std::max(max_kv, size_t(rows.slot_positions[2 * r + 1]) + 1);
     check_q8_0_heads(keys.type, shape.head_dim, shape.kv_stride);
-    const std::vector<float*> scratch = scores_scratch(ctx, max_kv, keys.type, shape.head_dim);
+    const std::vector<float*> scratch = scores_scratch(ctx, max_kv);
     ctx.pool().parallel_for(rows.n_rows * shape.n_head, 1, [&](size_t begin, size_t end, int thread) {
         for (size_t task = begin; task < end; ++task) {
             const size_t r = task / shape.n_head, slot = size_t(rows.slot_positions[2 * r]);

@@ -130,7 +130,8 @@ struct Kernels {
                     const std::byte* x_packed, size_t n_tokens, int digits, std::byte* scratch, float* y, size_t y_stride,
                     bool accumulate);
     // One query head over n_kv cached positions: out = sum_p softmax_p(scale q . k_p) v_p, with
-    // k_p = k + p * kv_stride elements of `type` (likewise v); scores is scratch for n_kv floats.
+    // k_p = k + p * kv_stride elements of `type` (likewise v; Q8_0: whole blocks, read in place as
+    // their dequantized values); scores is scratch for n_kv floats.
     // sink: a logit that joins the softmax's denominator only (attention sinks); -inf for none.
     void (*attend)(const float* q, const void* k, const void* v, KvType type, size_t kv_stride, size_t n_kv,
                    size_t head_dim, float scale, float sink, float* scores, float* out);

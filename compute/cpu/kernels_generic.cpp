@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstring>
 #include <span>
 #include <utility>
 
@@ -32,6 +33,7 @@ struct FloatVec {
     static V scale_pow2(V y, V n) { return std::ldexp(y, static_cast<int>(n)); }
     static V load_f16(const uint16_t* p) { return fp16_to_fp32(*p); }
     static V load_bf16(const uint16_t* p) { return bf16_to_fp32(*p); }
+    static V load_i8(const int8_t* p) { return float(*p); }
 };
 
 void dequantize_row(GGMLType type, const std::byte* src, size_t n, float* dst) {

@@ -3,10 +3,13 @@
 //   struct FloatVec {
 //     using V = ...; static constexpr size_t width, gemm_rows;
 //     zero() load(p) store(p, v) set1(f) add sub mul div min max fma(a, b, c)=a*b+c hsum(v)
-//     round(v) (to nearest) scale_pow2(y, n)=y*2^n load_f16(p) load_bf16(p)   (all static)
+//     round(v) (to nearest) scale_pow2(y, n)=y*2^n load_f16(p) load_bf16(p) load_i8(p)   (all static)
 //   };
 //   void dequantize_row(GGMLType type, const std::byte* src, size_t n, float* dst);
 // Everything here has internal linkage: each ISA's copy stays in its own translation unit.
+// PlainRows takes a loader returning V as a template argument: GCC notes that V's vector attributes
+// do not take part in that argument's type, which is harmless here.
+#pragma GCC diagnostic ignored "-Wignored-attributes"
 namespace {
 
 using V = FloatVec::V;
@@ -36,21 +39,37 @@ inline V vexp(V x) {
     return FloatVec::mul(FloatVec::scale_pow2(p, n), kept);
 }
 
-// Σ a[i] b[i] with four accumulators (enough to hide the FMA latency); `Load` widens a's elements.
+// Rows of values as the float kernels read them: element d of row p alone (at) or as a vector of W
+// from d (load; d a multiple of W). Plain: rows of one element type, `stride` elements apart.
 template <class T, V (*Load)(const T*), float (*ToFloat)(T)>
-float dot(const T* a, const float* b, size_t n) {
+struct PlainRows {
+    const T* base;
+    size_t stride;
+    V load(size_t p, size_t d) const { return Load(base + p * stride + d); }
+    float at(size_t p, size_t d) const { return ToFloat(base[p * stride + d]); }
+};
+
+// Σ row_p[i] b[i] with four accumulators (enough to hide the FMA latency).
+template <class Rows>
+float dot_row(const Rows& rows, size_t p, const float* b, size_t n) {
     V s0 = FloatVec::zero(), s1 = FloatVec::zero(), s2 = FloatVec::zero(), s3 = FloatVec::zero();
     size_t i = 0;
     for (; i + 4 * W <= n; i += 4 * W) {
-        s0 = FloatVec::fma(Load(a + i), FloatVec::load(b + i), s0);
-        s1 = FloatVec::fma(Load(a + i + W), FloatVec::load(b + i + W), s1);
-        s2 = FloatVec::fma(Load(a + i + 2 * W), FloatVec::load(b + i + 2 * W), s2);
-        s3 = FloatVec::fma(Load(a + i + 3 * W), FloatVec::load(b + i + 3 * W), s3);
+        s0 = FloatVec::fma(rows.load(p, i), FloatVec::load(b + i), s0);
+        s1 = FloatVec::fma(rows.load(p, i + W), FloatVec::load(b + i + W), s1);
+        s2 = FloatVec::fma(rows.load(p, i + 2 * W), FloatVec::load(b + i + 2 * W), s2);
+        s3 = FloatVec::fma(rows.load(p, i + 3 * W), FloatVec::load(b + i + 3 * W), s3);
     }
-    for (; i + W <= n; i += W) s0 = FloatVec::fma(Load(a + i), FloatVec::load(b + i), s0);
+    for (; i + W <= n; i += W) s0 = FloatVec::fma(rows.load(p, i), FloatVec::load(b + i), s0);
     float s = FloatVec::hsum(FloatVec::add(FloatVec::add(s0, s1), FloatVec::add(s2, s3)));
-    for (; i < n; ++i) s += ToFloat(a[i]) * b[i];
+    for (; i < n; ++i) s += rows.at(p, i) * b[i];
     return s;
+}
+
+// Σ a[i] b[i]; `Load` widens a's elements.
+template <class T, V (*Load)(const T*), float (*ToFloat)(T)>
+float dot(const T* a, const float* b, size_t n) {
+    return dot_row(PlainRows<T, Load, ToFloat>{a, 0}, 0, b, n);
 }
 
 float identity(float f) { return f; }
@@ -146,12 +165,37 @@ void gemm(const float* w, size_t w_stride, size_t n_rows, size_t n_cols, const f
     }
 }
 
-template <class T, V (*Load)(const T*), float (*ToFloat)(T)>
-void attend_rows(const float* q, const T* k, const T* v, size_t kv_stride, size_t n_kv, size_t head_dim, float scale,
-                 float sink, float* scores, float* out) {
+// A Q8_0 cache's rows (ggml's blocks: a float16 scale, then 32 signed codes), `row_bytes` apart,
+// each whole blocks: element d is scale * code, in float, as format/quant's dequantize computes it,
+// so attend reads the values a float32 cache of the dequantized rows would hold, at 34 bytes a 32
+// where widening them first wrote and read 128 more.
+struct Q8_0Rows {
+    const std::byte* base;
+    size_t row_bytes;
+    static constexpr size_t block = 32, block_bytes = 34;
+    const std::byte* block_of(size_t p, size_t d) const { return base + p * row_bytes + d / block * block_bytes; }
+    static float scale(const std::byte* b) {
+        uint16_t h;
+        std::memcpy(&h, b, sizeof h);
+        return fp16_to_fp32(h);
+    }
+    V load(size_t p, size_t d) const {
+        const std::byte* b = block_of(p, d);
+        return FloatVec::mul(FloatVec::load_i8(reinterpret_cast<const int8_t*>(b + 2 + d % block)), FloatVec::set1(scale(b)));
+    }
+    float at(size_t p, size_t d) const {
+        const std::byte* b = block_of(p, d);
+        return float(static_cast<int8_t>(b[2 + d % block])) * scale(b);
+    }
+};
+static_assert(Q8_0Rows::block % W == 0, "a vector of a Q8_0 row lies in one block");
+
+template <class Rows>
+void attend_rows(const float* q, const Rows& k, const Rows& v, size_t n_kv, size_t head_dim, float scale, float sink,
+                 float* scores, float* out) {
     float max_score = sink;   // -inf without a sink
     for (size_t p = 0; p < n_kv; ++p) {
-        scores[p] = scale * dot<T, Load, ToFloat>(k + p * kv_stride, q, head_dim);
+        scores[p] = scale * dot_row(k, p, q, head_dim);
         max_score = std::max(max_score, scores[p]);
     }
     const V vmax = FloatVec::set1(max_score);
@@ -175,30 +219,39 @@ void attend_rows(const float* q, const T* k, const T* v, size_t kv_stride, size_
         V acc[4] = {FloatVec::zero(), FloatVec::zero(), FloatVec::zero(), FloatVec::zero()};
         for (size_t p2 = 0; p2 < n_kv; ++p2) {
             const V s = FloatVec::set1(scores[p2]);
-            for (size_t j = 0; j < 4; ++j) acc[j] = FloatVec::fma(s, Load(v + p2 * kv_stride + d + j * W), acc[j]);
+            for (size_t j = 0; j < 4; ++j) acc[j] = FloatVec::fma(s, v.load(p2, d + j * W), acc[j]);
         }
         for (size_t j = 0; j < 4; ++j) FloatVec::store(out + d + j * W, FloatVec::mul(acc[j], FloatVec::set1(inv_sum)));
     }
     for (; d + W <= head_dim; d += W) {
         V acc = FloatVec::zero();
-        for (size_t p2 = 0; p2 < n_kv; ++p2) acc = FloatVec::fma(FloatVec::set1(scores[p2]), Load(v + p2 * kv_stride + d), acc);
+        for (size_t p2 = 0; p2 < n_kv; ++p2) acc = FloatVec::fma(FloatVec::set1(scores[p2]), v.load(p2, d), acc);
         FloatVec::store(out + d, FloatVec::mul(acc, FloatVec::set1(inv_sum)));
     }
     for (; d < head_dim; ++d) {
         float acc = 0.0f;
-        for (size_t p2 = 0; p2 < n_kv; ++p2) acc += scores[p2] * ToFloat(v[p2 * kv_stride + d]);
+        for (size_t p2 = 0; p2 < n_kv; ++p2) acc += scores[p2] * v.at(p2, d);
         out[d] = acc * inv_sum;
     }
 }
 
 void attend(const float* q, const void* k, const void* v, KvType type, size_t kv_stride, size_t n_kv, size_t head_dim,
             float scale, float sink, float* scores, float* out) {
-    if (type == KvType::F16)
-        return attend_rows<uint16_t, FloatVec::load_f16, half_to_float>(q, static_cast<const uint16_t*>(k),
-                                                                       static_cast<const uint16_t*>(v), kv_stride, n_kv,
-                                                                       head_dim, scale, sink, scores, out);
-    attend_rows<float, FloatVec::load, identity>(q, static_cast<const float*>(k), static_cast<const float*>(v), kv_stride,
-                                                 n_kv, head_dim, scale, sink, scores, out);
+    using F16Rows = PlainRows<uint16_t, FloatVec::load_f16, half_to_float>;
+    using F32Rows = PlainRows<float, FloatVec::load, identity>;
+    switch (type) {
+    case KvType::F16:
+        return attend_rows(q, F16Rows{static_cast<const uint16_t*>(k), kv_stride}, F16Rows{static_cast<const uint16_t*>(v), kv_stride},
+                           n_kv, head_dim, scale, sink, scores, out);
+    case KvType::Q8_0: {
+        const size_t row_bytes = kv_stride / Q8_0Rows::block * Q8_0Rows::block_bytes;
+        return attend_rows(q, Q8_0Rows{static_cast<const std::byte*>(k), row_bytes},
+                           Q8_0Rows{static_cast<const std::byte*>(v), row_bytes}, n_kv, head_dim, scale, sink, scores, out);
+    }
+    case KvType::F32:
+        return attend_rows(q, F32Rows{static_cast<const float*>(k), kv_stride}, F32Rows{static_cast<const float*>(v), kv_stride},
+                           n_kv, head_dim, scale, sink, scores, out);
+    }
 }
 
 // Prompt attention a block of query rows at a time (Kernels::attend_block). The vectors run along
