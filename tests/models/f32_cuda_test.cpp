@@ -387,13 +387,14 @@ TEST(F32CudaTest, PromptAfterACachedPrefixEqualsTheWholePrompt) {
     check_prompt_after_cached_prefix(compute::Device::CUDA);
 }
 
-// A prompt fed to an empty slot as Tiled rows of a batched pass computes what the sequence pass
-// (forward) computes for it, intermediate by intermediate (F32Observer; the batched pass's rows
-// padded to whole tiles, of which the prompt's are compared), float activations: prompts under,
-// at and past the attention kernel's 8 rows a block and past a tile of 32 rows. The first
-// intermediate to stray is named. On the H100 (session 19) the batched pass's logits of a
-// 10-token prompt were 0.04-0.5 from float64 where an 8-token one's were within 1e-4.
-void check_batched_prompt_follows_the_sequence_pass(compute::Device device) {
+// A prompt fed to an empty slot as Tiled rows of a batched pass, then three tokens as Single rows,
+// compute what the sequence pass (forward) computes for them, intermediate by intermediate
+// (F32Observer; a batched pass's rows padded to whole tiles, of which the fed ones are compared),
+// float activations: prompts under, at and past the attention kernel's 8 rows a block and past a
+// tile of 32 rows. The first intermediate to stray is named, with its error by row. On the H100
+// (session 19) the batched pass's logits of a 10-token prompt were 0.04-0.5 from float64 where an
+// 8-token one's were within 1e-4.
+void check_batched_rows_follow_the_sequence_pass(compute::Device device) {
     const auto file = open(test::third_party_testdata() / "models/stories260K.gguf");
     using Seen = std::vector<std::tuple<std::string, int, std::vector<float>>>;
     const auto watch = [](F32LlamaModel& model, Seen& seen) {
@@ -402,51 +403,55 @@ void check_batched_prompt_follows_the_sequence_pass(compute::Device device) {
         });
     };
     for (size_t T : {1, 7, 8, 9, 10, 16, 17, 33, 67}) {
-        SCOPED_TRACE(testing::Message() << T << " tokens on " << compute::device_name(device));
-        std::vector<Token> prompt;
-        for (size_t i = 0; i < T; ++i) prompt.push_back(Token(1 + (i * 37) % 500));
-        F32LlamaModel sequence = F32LlamaModel::load(file, on(device));
-        Seen expected, got;
-        watch(sequence, expected);
-        const Logits want = sequence.forward(prompt, LogitsMode::Last);
-        F32LlamaModel batched = F32LlamaModel::load(file, on(device));
-        watch(batched, got);
-        std::vector<SlotToken> rows;
-        for (size_t i = 0; i < T; ++i) rows.push_back({0, prompt[i], i + 1 == T, RowProducts::Tiled});
-        const Logits logits = batched.forward_rows(rows);
-        ASSERT_FALSE(expected.empty());
-        ASSERT_EQ(got.size(), expected.size());
-        for (size_t i = 0; i < got.size(); ++i) {
-            const auto& [name, layer, values] = got[i];
-            const auto& [want_name, want_layer, want_values] = expected[i];
-            ASSERT_EQ(name, want_name);
-            ASSERT_EQ(layer, want_layer);
-            if (name == "result_norm") continue;   // the rows asked for: gathered in the batched pass
-            ASSERT_LE(want_values.size(), values.size()) << name;
-            const std::vector<double> a(values.begin(), values.begin() + want_values.size()),
-                b(want_values.begin(), want_values.end());
-            const double error = test::relative_error(a, b);
-            if (error < kCudaTolerance) continue;
-            std::string by_row;   // which of the prompt's rows strayed
-            const size_t width = b.size() / T;
-            for (size_t r = 0; r < T; ++r)
-                by_row += " " + std::to_string(test::relative_error(std::span(a).subspan(r * width, width),
-                                                                    std::span(b).subspan(r * width, width)));
-            FAIL() << "first intermediate to stray: " << name << " at layer " << layer << " (" << error << "); by row:" << by_row;
+        F32LlamaModel sequence = F32LlamaModel::load(file, on(device)), batched = F32LlamaModel::load(file, on(device));
+        for (size_t feed = 0; feed < 4; ++feed) {
+            const RowProducts kind = feed == 0 ? RowProducts::Tiled : RowProducts::Single;
+            const size_t n = feed == 0 ? T : 1;
+            SCOPED_TRACE(testing::Message() << T << "-token prompt on " << compute::device_name(device)
+                                            << (feed == 0 ? ", the prompt" : ", decode row ") << (feed ? std::to_string(feed) : ""));
+            std::vector<Token> ids;
+            for (size_t i = 0; i < n; ++i) ids.push_back(Token(1 + ((feed * 100 + i) * 37) % 500));
+            Seen expected, got;
+            watch(sequence, expected);
+            watch(batched, got);
+            const Logits want = sequence.forward(ids, LogitsMode::Last);
+            std::vector<SlotToken> rows;
+            for (size_t i = 0; i < n; ++i) rows.push_back({0, ids[i], i + 1 == n, kind});
+            const Logits logits = batched.forward_rows(rows);
+            ASSERT_FALSE(expected.empty());
+            ASSERT_EQ(got.size(), expected.size());
+            for (size_t i = 0; i < got.size(); ++i) {
+                const auto& [name, layer, values] = got[i];
+                const auto& [want_name, want_layer, want_values] = expected[i];
+                ASSERT_EQ(name, want_name);
+                ASSERT_EQ(layer, want_layer);
+                if (name == "result_norm") continue;   // the rows asked for: gathered in the batched pass
+                ASSERT_LE(want_values.size(), values.size()) << name;
+                const std::vector<double> a(values.begin(), values.begin() + want_values.size()),
+                    b(want_values.begin(), want_values.end());
+                const double error = test::relative_error(a, b);
+                if (error < kCudaTolerance) continue;
+                std::string by_row;   // which of the fed rows strayed
+                const size_t width = b.size() / n;
+                for (size_t r = 0; r < n; ++r)
+                    by_row += " " + std::to_string(test::relative_error(std::span(a).subspan(r * width, width),
+                                                                        std::span(b).subspan(r * width, width)));
+                FAIL() << "first intermediate to stray: " << name << " at layer " << layer << " (" << error << "); by row:" << by_row;
+            }
+            EXPECT_LT(test::relative_error(logits.row(0), want.last()), kCudaTolerance);
         }
-        EXPECT_LT(test::relative_error(logits.row(0), want.last()), kCudaTolerance);
     }
 }
 
-TEST(F32DecodeStepTest, BatchedPromptFollowsTheSequencePassOnCpu) {
+TEST(F32DecodeStepTest, BatchedRowsFollowTheSequencePassOnCpu) {
     TWINFER_REQUIRE_FILE(test::third_party_testdata() / "models/stories260K.gguf");
-    check_batched_prompt_follows_the_sequence_pass(compute::Device::CPU);
+    check_batched_rows_follow_the_sequence_pass(compute::Device::CPU);
 }
 
-TEST(F32CudaTest, BatchedPromptFollowsTheSequencePass) {
+TEST(F32CudaTest, BatchedRowsFollowTheSequencePass) {
     TWINFER_REQUIRE_GPU();
     TWINFER_REQUIRE_FILE(test::third_party_testdata() / "models/stories260K.gguf");
-    check_batched_prompt_follows_the_sequence_pass(compute::Device::CUDA);
+    check_batched_rows_follow_the_sequence_pass(compute::Device::CUDA);
 }
 
 // The server's batched pass on CUDA: each sequence's prompt as Tiled rows, then decode passes whose
