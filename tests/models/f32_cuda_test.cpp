@@ -516,6 +516,86 @@ TEST(F32CudaTest, BatchedDecodeRowsEqualEachSequenceAlone) {
     }
 }
 
+// Where a sequence's rows among others first part from its rows alone: the same passes as
+// batched_decode (prompts as Tiled rows of one pass, then decode passes of Single rows), each
+// observed intermediate of the sequence's rows compared bitwise with the same rows when the
+// sequence is alone. Default activations, float32 cache. The first intermediate that differs is
+// named, with its pass.
+void check_rows_among_others_are_the_rows_alone(compute::Device device) {
+    const auto file = open(test::third_party_testdata() / "models/stories260K.gguf");
+    std::vector<std::vector<Token>> prompts(3);
+    for (size_t s = 0; s < prompts.size(); ++s)
+        for (size_t i = 0; i < 7 + 60 * s; ++i) prompts[s].push_back(Token(1 + (i * 37 + s * 11) % 500));
+    struct Seen {
+        std::string name;
+        int layer;
+        std::vector<float> values;
+    };
+    // Each pass's observations of the given sequences (slots in order).
+    const auto run = [&](const std::vector<size_t>& sequences) {
+        F32LlamaModel model = F32LlamaModel::load(file, {.device = device});
+        model.set_slot_count(sequences.size());
+        std::vector<std::vector<Seen>> passes;
+        model.set_observer([&](std::string_view name, int layer, std::span<const float> values) {
+            passes.back().push_back({std::string(name), layer, std::vector<float>(values.begin(), values.end())});
+        });
+        for (size_t pass = 0; pass < 4; ++pass) {
+            std::vector<SlotToken> rows;
+            for (size_t s = 0; s < sequences.size(); ++s) {
+                const std::vector<Token>& prompt = prompts[sequences[s]];
+                if (pass == 0)
+                    for (size_t i = 0; i < prompt.size(); ++i) rows.push_back({s, prompt[i], i + 1 == prompt.size(), RowProducts::Tiled});
+                else
+                    rows.push_back({s, Token(1 + (pass * 13 + sequences[s] * 7) % 500), true, RowProducts::Single});
+            }
+            passes.emplace_back();
+            model.forward_rows(rows);
+        }
+        return passes;
+    };
+    const ModelConfig c = F32LlamaModel::load(file, {.device = device}).config();
+    const auto width_of = [&](const std::string& name) -> size_t {
+        if (name == "Qcur" || name == "kqv_out") return size_t(c.n_head) * c.head_dim;
+        if (name == "Kcur" || name == "Vcur") return size_t(c.n_embd_kv());
+        return size_t(c.n_embd);
+    };
+    const auto together = run({0, 1, 2});
+    for (size_t s = 0; s < prompts.size(); ++s) {
+        const auto alone = run({s});
+        for (size_t pass = 0; pass < together.size(); ++pass) {
+            ASSERT_EQ(together[pass].size(), alone[pass].size());
+            // The sequence's rows in the pass: its prompt after the earlier ones', or its one decode row.
+            size_t first = s, n = 1;
+            if (pass == 0) {
+                first = 0, n = prompts[s].size();
+                for (size_t e = 0; e < s; ++e) first += prompts[e].size();
+            }
+            for (size_t i = 0; i < together[pass].size(); ++i) {
+                const Seen &a = together[pass][i], &b = alone[pass][i];
+                ASSERT_EQ(a.name, b.name);
+                if (a.name == "result_norm") continue;   // the gathered rows
+                const size_t width = width_of(a.name);
+                const std::span<const float> mine = std::span(a.values).subspan(first * width, n * width),
+                                             own = std::span(b.values).first(n * width);
+                ASSERT_TRUE(std::ranges::equal(mine, own))
+                    << "sequence " << s << ", pass " << pass << " (0: the prompts): " << a.name << " at layer " << a.layer
+                    << " first differs among the others";
+            }
+        }
+    }
+}
+
+TEST(F32DecodeStepTest, RowsAmongOthersAreTheRowsAloneOnCpu) {
+    TWINFER_REQUIRE_FILE(test::third_party_testdata() / "models/stories260K.gguf");
+    check_rows_among_others_are_the_rows_alone(compute::Device::CPU);
+}
+
+TEST(F32CudaTest, RowsAmongOthersAreTheRowsAlone) {
+    TWINFER_REQUIRE_GPU();
+    TWINFER_REQUIRE_FILE(test::third_party_testdata() / "models/stories260K.gguf");
+    check_rows_among_others_are_the_rows_alone(compute::Device::CUDA);
+}
+
 TEST(F32CudaTest, TooLargeKvCacheSaysHowMuchMemory) {
     TWINFER_REQUIRE_GPU();
     const auto file = test::convert_gguf(test::golden_model("llama_gqa_tied"), GGMLType::F32, "cuda_memory");
