@@ -452,11 +452,12 @@ public:
     // says. Throws ContextOverflow (no slot changed) when a slot's rows would not fit,
     // std::out_of_range for a bad slot or token id, std::invalid_argument for rows out of order.
     //
-    // On CUDA every run goes through forward() in its slot for now: on an H100 (session 19) the
-    // batched CUDA pass computed wrong logits for the longer sequences of
-    // F32CudaTest.BatchedDecodeRowsEqualEachSequenceAlone and EveryArchitecture.
-    // CudaBatchedRowsEqualEachSequenceAlone (the cause not yet found), and a server must not
-    // answer wrongly.
+    // On CUDA every run goes through forward() in its slot for now: on an H100 the batched CUDA
+    // pass computes each sequence within float32's budget (F32CudaTest.BatchedRowsFollowThe-
+    // SequencePass), but a sequence past its first few positions among others is not bitwise
+    // itself alone (F32CudaTest.BatchedDecodeRowsEqualEachSequenceAlone, RowsAmongOthersAreThe-
+    // RowsAlone; the cause not yet found), and a request's greedy ids must not depend on what
+    // else the server runs.
     Logits forward_rows(std::span<const SlotToken> rows, RowProducts logits_products = RowProducts::Single) {
         RowBatch batch = plan_rows(rows, logits_products);
         if constexpr (has_batched_pass()) {
