@@ -30,17 +30,6 @@ void check_q8_0_heads(KvType type, size_t head_dim, size_t kv_stride) {
         throw std::invalid_argument("a q8_0 KV cache needs heads of whole blocks of 32 values, not " + std::to_string(head_dim));
 }
 
-// A Q8_0 table's rows [first_row, first_row + n_rows) of one head (at head_offset in a row of
-// kv_stride), widened into `into` (rows of head_dim): the kernels then compute exactly what a
-// float32 cache holding the dequantized values would.
-float* widened_head(const Kernels& k, CacheRows table, size_t first_row, size_t n_rows, size_t kv_stride, size_t head_offset,
-                    size_t head_dim, float* into) {
-    for (size_t r = 0; r < n_rows; ++r)
-        k.dequantize(GGMLType::Q8_0, static_cast<const std::byte*>(table.plus((first_row + r) * kv_stride + head_offset).data),
-                     head_dim, into + r * head_dim);
-    return into;
-}
-
 // Prompts, flash-attention style (Kernels::attend_block). KV head g's query rows are i = t * group
 // + j (token t, head g * group + j), consecutive rows sharing every key they read; a block is
 // attention_block_rows of them, and a task one (KV head, block), each head's blocks from the last
@@ -56,13 +45,10 @@ void attention_blocks(Context& ctx, const Kernels& k, const float* q, CacheRows 
     // R rows span at most (R - 1 + group - 1) / group + 1 tokens.
     if (shape.ring) R = std::min(R, (shape.ring - shape.window) * group + 1);
     const size_t n_rows = n_tokens * group, n_blocks = (n_rows + R - 1) / R;
-    // A Q8_0 cache's keys and values of a block, widened: at most every position the prompt sees.
     check_q8_0_heads(keys.type, D, shape.kv_stride);
-    const bool widen = keys.type == KvType::Q8_0;
-    const size_t block_bytes = (k.attend_block_scratch_bytes(D) + 63) / 64 * 64;
-    const size_t widened_floats = widen ? 2 * (first_position + n_tokens) * D : 0;
+    const size_t block_bytes = k.attend_block_scratch_bytes(D);
     std::vector<std::byte*> scratch(ctx.n_threads());
-    for (int t = 0; t < ctx.n_threads(); ++t) scratch[t] = ctx.thread_scratch(t, block_bytes + widened_floats * sizeof(float));
+    for (int t = 0; t < ctx.n_threads(); ++t) scratch[t] = ctx.thread_scratch(t, block_bytes);
     ctx.pool().parallel_for(shape.n_head_kv * n_blocks, 1, [&](size_t begin, size_t end, int thread) {
         for (size_t task = begin; task < end; ++task) {
             const size_t g = task / n_blocks, i0 = (n_blocks - 1 - task % n_blocks) * R;
@@ -83,16 +69,9 @@ void attention_blocks(Context& ctx, const Kernels& k, const float* q, CacheRows 
                 if (shape.sinks) rows_sink[r] = shape.sinks[h];
             }
             const size_t first_row = shape.ring ? lo % shape.ring : lo, offset = first_row * shape.kv_stride + g * D;
-            AttentionBlock block{n, rows_q, rows_out, rows_first, rows_end, keys.plus(offset).data,
-                                 values.plus(offset).data, keys.type, shape.kv_stride, D, shape.scale, lo,
-                                 shape.sinks ? rows_sink : nullptr};
-            if (widen) {
-                const size_t n_keys = *std::max_element(rows_end, rows_end + n);
-                float* widened = reinterpret_cast<float*>(scratch[thread] + block_bytes);
-                block.k = widened_head(k, keys, first_row, n_keys, shape.kv_stride, g * D, D, widened);
-                block.v = widened_head(k, values, first_row, n_keys, shape.kv_stride, g * D, D, widened + n_keys * D);
-                block.type = KvType::F32, block.kv_stride = D;
-            }
+            const AttentionBlock block{n, rows_q, rows_out, rows_first, rows_end, keys.plus(offset).data,
+                                       values.plus(offset).data, keys.type, shape.kv_stride, D, shape.scale, lo,
+                                       shape.sinks ? rows_sink : nullptr};
             k.attend_block(block, scratch[thread]);
         }
     });

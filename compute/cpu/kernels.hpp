@@ -137,7 +137,7 @@ struct Kernels {
                    size_t head_dim, float scale, float sink, float* scores, float* out);
     // Prompt attention, flash-attention style: one block of query rows that read the same KV head
     // (several tokens, and the heads of a group) against tiles of the keys, the softmax taken
-    // online, so each cached row is read (a float16 one widened) once a block instead of once a
+    // online, so each cached row is read (a float16 or Q8_0 one widened) once a block instead of once a
     // row. Rows are the vectors' lanes (at most attention_block_rows, two vectors); a row's values
     // are the same bits in any block (see AttentionBlock), but not attend's.
     size_t attention_block_rows;

@@ -79,6 +79,35 @@ constexpr auto dot_f32 = dot<float, FloatVec::load, identity>;
 constexpr auto dot_f16 = dot<uint16_t, FloatVec::load_f16, half_to_float>;
 constexpr auto dot_bf16 = dot<uint16_t, FloatVec::load_bf16, bfloat_to_float>;
 
+// A Q8_0 cache's rows (ggml's blocks: a float16 scale, then 32 signed codes), `row_bytes` apart,
+// each whole blocks: element d is scale * code, in float, as format/quant's dequantize computes it,
+// so attend reads the values a float32 cache of the dequantized rows would hold, at 34 bytes a 32
+// where widening them first wrote and read 128 more.
+struct Q8_0Rows {
+    const std::byte* base;
+    size_t row_bytes;
+    static constexpr size_t block = 32, block_bytes = 34;
+    const std::byte* block_of(size_t p, size_t d) const { return base + p * row_bytes + d / block * block_bytes; }
+    static float scale(const std::byte* b) {
+        uint16_t h;
+        std::memcpy(&h, b, sizeof h);
+        return fp16_to_fp32(h);
+    }
+    V load(size_t p, size_t d) const {
+        const std::byte* b = block_of(p, d);
+        return FloatVec::mul(FloatVec::load_i8(reinterpret_cast<const int8_t*>(b + 2 + d % block)), FloatVec::set1(scale(b)));
+    }
+    float at(size_t p, size_t d) const {
+        const std::byte* b = block_of(p, d);
+        return float(static_cast<int8_t>(b[2 + d % block])) * scale(b);
+    }
+};
+static_assert(Q8_0Rows::block % W == 0, "a vector of a Q8_0 row lies in one block");
+
+using F32Rows = PlainRows<float, FloatVec::load, identity>;
+using F16Rows = PlainRows<uint16_t, FloatVec::load_f16, half_to_float>;
+
+
 // The float-activation products take n_x activation rows (x: [n_x, n_cols]) and write
 // y[b * y_stride + r]: each weight row is read from memory once, then from L1 for every further
 // activation row, whose dot product is the one a lone row gets (matmul_rows' batch invariance).
@@ -165,31 +194,6 @@ void gemm(const float* w, size_t w_stride, size_t n_rows, size_t n_cols, const f
     }
 }
 
-// A Q8_0 cache's rows (ggml's blocks: a float16 scale, then 32 signed codes), `row_bytes` apart,
-// each whole blocks: element d is scale * code, in float, as format/quant's dequantize computes it,
-// so attend reads the values a float32 cache of the dequantized rows would hold, at 34 bytes a 32
-// where widening them first wrote and read 128 more.
-struct Q8_0Rows {
-    const std::byte* base;
-    size_t row_bytes;
-    static constexpr size_t block = 32, block_bytes = 34;
-    const std::byte* block_of(size_t p, size_t d) const { return base + p * row_bytes + d / block * block_bytes; }
-    static float scale(const std::byte* b) {
-        uint16_t h;
-        std::memcpy(&h, b, sizeof h);
-        return fp16_to_fp32(h);
-    }
-    V load(size_t p, size_t d) const {
-        const std::byte* b = block_of(p, d);
-        return FloatVec::mul(FloatVec::load_i8(reinterpret_cast<const int8_t*>(b + 2 + d % block)), FloatVec::set1(scale(b)));
-    }
-    float at(size_t p, size_t d) const {
-        const std::byte* b = block_of(p, d);
-        return float(static_cast<int8_t>(b[2 + d % block])) * scale(b);
-    }
-};
-static_assert(Q8_0Rows::block % W == 0, "a vector of a Q8_0 row lies in one block");
-
 template <class Rows>
 void attend_rows(const float* q, const Rows& k, const Rows& v, size_t n_kv, size_t head_dim, float scale, float sink,
                  float* scores, float* out) {
@@ -237,8 +241,6 @@ void attend_rows(const float* q, const Rows& k, const Rows& v, size_t n_kv, size
 
 void attend(const float* q, const void* k, const void* v, KvType type, size_t kv_stride, size_t n_kv, size_t head_dim,
             float scale, float sink, float* scores, float* out) {
-    using F16Rows = PlainRows<uint16_t, FloatVec::load_f16, half_to_float>;
-    using F32Rows = PlainRows<float, FloatVec::load, identity>;
     switch (type) {
     case KvType::F16:
         return attend_rows(q, F16Rows{static_cast<const uint16_t*>(k), kv_stride}, F16Rows{static_cast<const uint16_t*>(v), kv_stride},
@@ -342,20 +344,19 @@ size_t attend_block_scratch_bytes(size_t head_dim) {
     return (2 * head_dim * AR + attn_tile * AR + 2 * attn_tile * head_dim) * sizeof(float);
 }
 
-// n rows of head_dim elements, src_stride apart, into dst as floats (head_dim apart).
-template <class T, V (*Load)(const T*), float (*ToFloat)(T)>
-void widen_rows(const T* src, size_t src_stride, size_t n, size_t head_dim, float* dst) {
+// Rows [first, first + n) of `rows` (head_dim elements each) into dst as floats, head_dim apart.
+template <class Rows>
+void widen_rows(const Rows& rows, size_t first, size_t n, size_t head_dim, float* dst) {
     const size_t whole = head_dim / W * W;
     for (size_t j = 0; j < n; ++j) {
-        const T* row = src + j * src_stride;
         float* out = dst + j * head_dim;
-        for (size_t d = 0; d < whole; d += W) FloatVec::store(out + d, Load(row + d));
-        for (size_t d = whole; d < head_dim; ++d) out[d] = ToFloat(row[d]);
+        for (size_t d = 0; d < whole; d += W) FloatVec::store(out + d, rows.load(first + j, d));
+        for (size_t d = whole; d < head_dim; ++d) out[d] = rows.at(first + j, d);
     }
 }
 
-template <class T, V (*Load)(const T*), float (*ToFloat)(T), size_t KD, size_t RV>
-void attend_block_rows(const AttentionBlock& b, float* scratch) {
+template <class Rows, size_t KD, size_t RV>
+void attend_block_rows(const AttentionBlock& b, const Rows& k, const Rows& v, float* scratch) {
     constexpr size_t R = RV * W;
     static constexpr auto scores_for = attn_scores_table<RV, KD>(std::make_index_sequence<AK>());
     static constexpr auto values_for = attn_values_table<RV>(std::make_index_sequence<AK>());
@@ -377,13 +378,11 @@ void attend_block_rows(const AttentionBlock& b, float* scratch) {
         m[r] = attn_floor, l[r] = 0.0f;
     }
     std::fill_n(ot, D * R, 0.0f);
-    const T* k = static_cast<const T*>(b.k);
-    const T* v = static_cast<const T*>(b.v);
     for (size_t j0 = lo, j1; j0 < hi; j0 = j1) {
         j1 = std::min(hi, ((b.position + j0) / attn_tile + 1) * attn_tile - b.position);
         const size_t n = j1 - j0;
-        widen_rows<T, Load, ToFloat>(k + j0 * b.kv_stride, b.kv_stride, n, D, kt);
-        widen_rows<T, Load, ToFloat>(v + j0 * b.kv_stride, b.kv_stride, n, D, vt);
+        widen_rows(k, j0, n, D, kt);
+        widen_rows(v, j0, n, D, vt);
         size_t j = 0;
         for (; j + AK <= n; j += AK) attn_scores<RV, AK, KD>(kt + j * D, D, D, qt, st + j * R);
         if (j < n) scores_for[n - j - 1](kt + j * D, D, D, qt, st + j * R);
@@ -438,26 +437,37 @@ void attend_block_rows(const AttentionBlock& b, float* scratch) {
 }
 
 // One vector of rows where they fit in one (fewer lanes to fill), else two.
-template <class T, V (*Load)(const T*), float (*ToFloat)(T), size_t KD>
-void attend_block_sized(const AttentionBlock& b, float* scratch) {
-    if (b.n_rows <= W) return attend_block_rows<T, Load, ToFloat, KD, 1>(b, scratch);
-    attend_block_rows<T, Load, ToFloat, KD, 2>(b, scratch);
+template <class Rows, size_t KD>
+void attend_block_sized(const AttentionBlock& b, const Rows& k, const Rows& v, float* scratch) {
+    if (b.n_rows <= W) return attend_block_rows<Rows, KD, 1>(b, k, v, scratch);
+    attend_block_rows<Rows, KD, 2>(b, k, v, scratch);
 }
 
-template <class T, V (*Load)(const T*), float (*ToFloat)(T)>
-void attend_block_typed(const AttentionBlock& b, float* scratch) {
+template <class Rows>
+void attend_block_typed(const AttentionBlock& b, const Rows& k, const Rows& v, float* scratch) {
     switch (b.head_dim) {
-    case 64: return attend_block_sized<T, Load, ToFloat, 64>(b, scratch);
-    case 128: return attend_block_sized<T, Load, ToFloat, 128>(b, scratch);
-    case 256: return attend_block_sized<T, Load, ToFloat, 256>(b, scratch);
-    default: return attend_block_sized<T, Load, ToFloat, 0>(b, scratch);
+    case 64: return attend_block_sized<Rows, 64>(b, k, v, scratch);
+    case 128: return attend_block_sized<Rows, 128>(b, k, v, scratch);
+    case 256: return attend_block_sized<Rows, 256>(b, k, v, scratch);
+    default: return attend_block_sized<Rows, 0>(b, k, v, scratch);
     }
 }
 
 void attend_block(const AttentionBlock& b, std::byte* scratch) {
     float* f = reinterpret_cast<float*>(scratch);
-    if (b.type == KvType::F16) return attend_block_typed<uint16_t, FloatVec::load_f16, half_to_float>(b, f);
-    attend_block_typed<float, FloatVec::load, identity>(b, f);
+    switch (b.type) {
+    case KvType::F16:
+        return attend_block_typed(b, F16Rows{static_cast<const uint16_t*>(b.k), b.kv_stride},
+                                  F16Rows{static_cast<const uint16_t*>(b.v), b.kv_stride}, f);
+    case KvType::Q8_0: {
+        const size_t row_bytes = b.kv_stride / Q8_0Rows::block * Q8_0Rows::block_bytes;
+        return attend_block_typed(b, Q8_0Rows{static_cast<const std::byte*>(b.k), row_bytes},
+                                  Q8_0Rows{static_cast<const std::byte*>(b.v), row_bytes}, f);
+    }
+    case KvType::F32:
+        return attend_block_typed(b, F32Rows{static_cast<const float*>(b.k), b.kv_stride},
+                                  F32Rows{static_cast<const float*>(b.v), b.kv_stride}, f);
+    }
 }
 
 // A plain loop, vectorized by the compiler for the table's instruction set. Compiled for baseline
