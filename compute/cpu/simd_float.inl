@@ -86,8 +86,8 @@ constexpr auto dot_bf16 = dot<uint16_t, FloatVec::load_bf16, bfloat_to_float>;
 struct Q8_0Rows {
     const std::byte* base;
     size_t row_bytes;
-    static constexpr size_t block = 32, block_bytes = 34;
-    const std::byte* block_of(size_t p, size_t d) const { return base + p * row_bytes + d / block * block_bytes; }
+    // The block holding element d (kv_bytes counts the whole blocks before it).
+    const std::byte* block_of(size_t p, size_t d) const { return base + p * row_bytes + kv_bytes(KvType::Q8_0, d); }
     static float scale(const std::byte* b) {
         uint16_t h;
         std::memcpy(&h, b, sizeof h);
@@ -95,18 +95,32 @@ struct Q8_0Rows {
     }
     V load(size_t p, size_t d) const {
         const std::byte* b = block_of(p, d);
-        return FloatVec::mul(FloatVec::load_i8(reinterpret_cast<const int8_t*>(b + 2 + d % block)), FloatVec::set1(scale(b)));
+        return FloatVec::mul(FloatVec::load_i8(reinterpret_cast<const int8_t*>(b + 2 + d % kv_q8_0_block)), FloatVec::set1(scale(b)));
     }
     float at(size_t p, size_t d) const {
         const std::byte* b = block_of(p, d);
-        return float(static_cast<int8_t>(b[2 + d % block])) * scale(b);
+        return float(static_cast<int8_t>(b[2 + d % kv_q8_0_block])) * scale(b);
     }
 };
-static_assert(Q8_0Rows::block % W == 0, "a vector of a Q8_0 row lies in one block");
+static_assert(kv_q8_0_block % W == 0, "a vector of a Q8_0 row lies in one block");
 
-using F32Rows = PlainRows<float, FloatVec::load, identity>;
-using F16Rows = PlainRows<uint16_t, FloatVec::load_f16, half_to_float>;
-
+// f(k_rows, v_rows): a KV head's keys and values (rows kv_stride elements of `type` apart) as the
+// rows accessor of their type.
+template <class F>
+void with_cached_rows(KvType type, const void* k, const void* v, size_t kv_stride, F&& f) {
+    using F32Rows = PlainRows<float, FloatVec::load, identity>;
+    using F16Rows = PlainRows<uint16_t, FloatVec::load_f16, half_to_float>;
+    switch (type) {
+    case KvType::F16:
+        return f(F16Rows{static_cast<const uint16_t*>(k), kv_stride}, F16Rows{static_cast<const uint16_t*>(v), kv_stride});
+    case KvType::Q8_0: {
+        const size_t row_bytes = kv_bytes(KvType::Q8_0, kv_stride);
+        return f(Q8_0Rows{static_cast<const std::byte*>(k), row_bytes}, Q8_0Rows{static_cast<const std::byte*>(v), row_bytes});
+    }
+    case KvType::F32:
+        return f(F32Rows{static_cast<const float*>(k), kv_stride}, F32Rows{static_cast<const float*>(v), kv_stride});
+    }
+}
 
 // The float-activation products take n_x activation rows (x: [n_x, n_cols]) and write
 // y[b * y_stride + r]: each weight row is read from memory once, then from L1 for every further
@@ -241,19 +255,9 @@ void attend_rows(const float* q, const Rows& k, const Rows& v, size_t n_kv, size
 
 void attend(const float* q, const void* k, const void* v, KvType type, size_t kv_stride, size_t n_kv, size_t head_dim,
             float scale, float sink, float* scores, float* out) {
-    switch (type) {
-    case KvType::F16:
-        return attend_rows(q, F16Rows{static_cast<const uint16_t*>(k), kv_stride}, F16Rows{static_cast<const uint16_t*>(v), kv_stride},
-                           n_kv, head_dim, scale, sink, scores, out);
-    case KvType::Q8_0: {
-        const size_t row_bytes = kv_stride / Q8_0Rows::block * Q8_0Rows::block_bytes;
-        return attend_rows(q, Q8_0Rows{static_cast<const std::byte*>(k), row_bytes},
-                           Q8_0Rows{static_cast<const std::byte*>(v), row_bytes}, n_kv, head_dim, scale, sink, scores, out);
-    }
-    case KvType::F32:
-        return attend_rows(q, F32Rows{static_cast<const float*>(k), kv_stride}, F32Rows{static_cast<const float*>(v), kv_stride},
-                           n_kv, head_dim, scale, sink, scores, out);
-    }
+    with_cached_rows(type, k, v, kv_stride, [&](const auto& k_rows, const auto& v_rows) {
+        attend_rows(q, k_rows, v_rows, n_kv, head_dim, scale, sink, scores, out);
+    });
 }
 
 // Prompt attention a block of query rows at a time (Kernels::attend_block). The vectors run along
@@ -454,20 +458,9 @@ void attend_block_typed(const AttentionBlock& b, const Rows& k, const Rows& v, f
 }
 
 void attend_block(const AttentionBlock& b, std::byte* scratch) {
-    float* f = reinterpret_cast<float*>(scratch);
-    switch (b.type) {
-    case KvType::F16:
-        return attend_block_typed(b, F16Rows{static_cast<const uint16_t*>(b.k), b.kv_stride},
-                                  F16Rows{static_cast<const uint16_t*>(b.v), b.kv_stride}, f);
-    case KvType::Q8_0: {
-        const size_t row_bytes = b.kv_stride / Q8_0Rows::block * Q8_0Rows::block_bytes;
-        return attend_block_typed(b, Q8_0Rows{static_cast<const std::byte*>(b.k), row_bytes},
-                                  Q8_0Rows{static_cast<const std::byte*>(b.v), row_bytes}, f);
-    }
-    case KvType::F32:
-        return attend_block_typed(b, F32Rows{static_cast<const float*>(b.k), b.kv_stride},
-                                  F32Rows{static_cast<const float*>(b.v), b.kv_stride}, f);
-    }
+    with_cached_rows(b.type, b.k, b.v, b.kv_stride, [&](const auto& k_rows, const auto& v_rows) {
+        attend_block_typed(b, k_rows, v_rows, reinterpret_cast<float*>(scratch));
+    });
 }
 
 // A plain loop, vectorized by the compiler for the table's instruction set. Compiled for baseline

@@ -387,21 +387,26 @@ TEST(F32CudaTest, PromptAfterACachedPrefixEqualsTheWholePrompt) {
     check_prompt_after_cached_prefix(compute::Device::CUDA);
 }
 
+// One observed intermediate of a pass (F32Observer), in the order the pass reports them.
+struct Intermediate {
+    std::string name;
+    int layer;
+    std::vector<float> values;
+};
+// Records the model's intermediates from now on at the end of `into`.
+void record_intermediates(F32LlamaModel& model, std::vector<Intermediate>& into) {
+    model.set_observer([&into](std::string_view name, int layer, std::span<const float> values) {
+        into.push_back({std::string(name), layer, std::vector<float>(values.begin(), values.end())});
+    });
+}
+
 // A prompt fed to an empty slot as Tiled rows of a batched pass, then three tokens as Single rows,
 // compute what the sequence pass (forward) computes for them, intermediate by intermediate
 // (F32Observer; a batched pass's rows padded to whole tiles, of which the fed ones are compared),
 // float activations: prompts under, at and past the attention kernel's 8 rows a block and past a
-// tile of 32 rows. The first intermediate to stray is named, with its error by row. On the H100
-// (session 19) the batched pass's logits of a 10-token prompt were 0.04-0.5 from float64 where an
-// 8-token one's were within 1e-4.
+// tile of 32 rows. The first intermediate to stray is named, with its error by row.
 void check_batched_rows_follow_the_sequence_pass(compute::Device device) {
     const auto file = open(test::third_party_testdata() / "models/stories260K.gguf");
-    using Seen = std::vector<std::tuple<std::string, int, std::vector<float>>>;
-    const auto watch = [](F32LlamaModel& model, Seen& seen) {
-        model.set_observer([&seen](std::string_view name, int layer, std::span<const float> values) {
-            seen.emplace_back(std::string(name), layer, std::vector<float>(values.begin(), values.end()));
-        });
-    };
     for (size_t T : {1, 7, 8, 9, 10, 16, 17, 33, 67}) {
         F32LlamaModel sequence = F32LlamaModel::load(file, on(device)), batched = F32LlamaModel::load(file, on(device));
         for (size_t feed = 0; feed < 4; ++feed) {
@@ -411,9 +416,9 @@ void check_batched_rows_follow_the_sequence_pass(compute::Device device) {
                                             << (feed == 0 ? ", the prompt" : ", decode row ") << (feed ? std::to_string(feed) : ""));
             std::vector<Token> ids;
             for (size_t i = 0; i < n; ++i) ids.push_back(Token(1 + ((feed * 100 + i) * 37) % 500));
-            Seen expected, got;
-            watch(sequence, expected);
-            watch(batched, got);
+            std::vector<Intermediate> expected, got;
+            record_intermediates(sequence, expected);
+            record_intermediates(batched, got);
             const Logits want = sequence.forward(ids, LogitsMode::Last);
             std::vector<SlotToken> rows;
             for (size_t i = 0; i < n; ++i) rows.push_back({0, ids[i], i + 1 == n, kind});
@@ -454,6 +459,14 @@ TEST(F32CudaTest, BatchedRowsFollowTheSequencePass) {
     check_batched_rows_follow_the_sequence_pass(compute::Device::CUDA);
 }
 
+// Three prompts of 7, 67 and 127 tokens: one within the attention's first tile, two past it.
+std::vector<std::vector<Token>> three_prompts() {
+    std::vector<std::vector<Token>> prompts(3);
+    for (size_t s = 0; s < prompts.size(); ++s)
+        for (size_t i = 0; i < 7 + 60 * s; ++i) prompts[s].push_back(Token(1 + (i * 37 + s * 11) % 500));
+    return prompts;
+}
+
 // The server's batched pass on CUDA: each sequence's prompt as Tiled rows, then decode passes whose
 // Single rows take one launch each for every row's products, RoPE and stores, and attention
 // (compute::matmul_rows, decode_rows_rope_store, decode_rows_attention). Three sequences at
@@ -486,9 +499,7 @@ TEST(F32CudaTest, BatchedDecodeRowsEqualEachSequenceAlone) {
     TWINFER_REQUIRE_GPU();
     TWINFER_REQUIRE_FILE(test::third_party_testdata() / "models/stories260K.gguf");
     const auto file = open(test::third_party_testdata() / "models/stories260K.gguf");
-    std::vector<std::vector<Token>> prompts(3);
-    for (size_t s = 0; s < prompts.size(); ++s)
-        for (size_t i = 0; i < 7 + 60 * s; ++i) prompts[s].push_back(Token(1 + (i * 37 + s * 11) % 500));
+    const std::vector<std::vector<Token>> prompts = three_prompts();
     for (compute::KvType type : {compute::KvType::F32, compute::KvType::F16}) {
         SCOPED_TRACE(compute::kv_type_name(type));
         F32LlamaModel model = F32LlamaModel::load(file, {.device = compute::Device::CUDA, .cache_type = type});
@@ -523,22 +534,12 @@ TEST(F32CudaTest, BatchedDecodeRowsEqualEachSequenceAlone) {
 // named, with its pass.
 void check_rows_among_others_are_the_rows_alone(compute::Device device) {
     const auto file = open(test::third_party_testdata() / "models/stories260K.gguf");
-    std::vector<std::vector<Token>> prompts(3);
-    for (size_t s = 0; s < prompts.size(); ++s)
-        for (size_t i = 0; i < 7 + 60 * s; ++i) prompts[s].push_back(Token(1 + (i * 37 + s * 11) % 500));
-    struct Seen {
-        std::string name;
-        int layer;
-        std::vector<float> values;
-    };
-    // Each pass's observations of the given sequences (slots in order).
+    const std::vector<std::vector<Token>> prompts = three_prompts();
+    // Each pass's intermediates of the given sequences (slots in order).
     const auto run = [&](const std::vector<size_t>& sequences) {
         F32LlamaModel model = F32LlamaModel::load(file, {.device = device});
         model.set_slot_count(sequences.size());
-        std::vector<std::vector<Seen>> passes;
-        model.set_observer([&](std::string_view name, int layer, std::span<const float> values) {
-            passes.back().push_back({std::string(name), layer, std::vector<float>(values.begin(), values.end())});
-        });
+        std::vector<std::vector<Intermediate>> passes;
         for (size_t pass = 0; pass < 4; ++pass) {
             std::vector<SlotToken> rows;
             for (size_t s = 0; s < sequences.size(); ++s) {
@@ -548,12 +549,12 @@ void check_rows_among_others_are_the_rows_alone(compute::Device device) {
                 else
                     rows.push_back({s, Token(1 + (pass * 13 + sequences[s] * 7) % 500), true, RowProducts::Single});
             }
-            passes.emplace_back();
+            record_intermediates(model, passes.emplace_back());
             model.forward_rows(rows);
         }
         return passes;
     };
-    const ModelConfig c = F32LlamaModel::load(file, {.device = device}).config();
+    const ModelConfig c = ModelConfig::from_gguf(*file);
     const auto width_of = [&](const std::string& name) -> size_t {
         if (name == "Qcur" || name == "kqv_out") return size_t(c.n_head) * c.head_dim;
         if (name == "Kcur" || name == "Vcur") return size_t(c.n_embd_kv());
@@ -571,7 +572,7 @@ void check_rows_among_others_are_the_rows_alone(compute::Device device) {
                 for (size_t e = 0; e < s; ++e) first += prompts[e].size();
             }
             for (size_t i = 0; i < together[pass].size(); ++i) {
-                const Seen &a = together[pass][i], &b = alone[pass][i];
+                const Intermediate &a = together[pass][i], &b = alone[pass][i];
                 ASSERT_EQ(a.name, b.name);
                 if (a.name == "result_norm") continue;   // the gathered rows
                 const size_t width = width_of(a.name);
