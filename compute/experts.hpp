@@ -130,25 +130,31 @@ inline void route(Context& ctx, const float* router_logits, size_t n_tokens, siz
 
 // The rows of a grouped pass: the n_tokens * k (token, choice) pairs of `ids` ([n_tokens, k])
 // sorted by expert, in token order within an expert, each expert's rows padded with copies of its
-// last up to min_group_rows (0 for an expert no token chose). Written to the device's memory:
+// last to a multiple of group_rows (0 for an expert no token chose). Written to the device's memory:
 // offsets[e] .. offsets[e + 1] expert e's rows ([n_experts + 1]); row_token[r] the token whose
 // input row r is ([max_grouped_rows]); pair_row[t * k + j] the row of token t's j-th choice
 // ([n_tokens, k]). ids each < n_experts (the CPU checks; a kernel cannot).
-inline size_t max_grouped_rows(size_t n_tokens, size_t k, size_t n_experts, size_t min_group_rows) {
+inline size_t max_grouped_rows(size_t n_tokens, size_t k, size_t n_experts, size_t group_rows) {
     const size_t pairs = n_tokens * k;
-    return pairs + (std::max<size_t>(min_group_rows, 1) - 1) * std::min(n_experts, pairs);
+    return pairs + (std::max<size_t>(group_rows, 1) - 1) * std::min(n_experts, pairs);
 }
+// The group_rows of a grouped pass on the device: each expert's product then computes a row alike
+// whatever the number of tokens that chose the expert. On the CPU any count from its threshold of a
+// tiled product does. cuBLAS picks its kernel, and with it a row's order of sums, by the problem's
+// size: a float expert's rows go through compute::matmul_row_tiles, whole tiles of the one size.
+inline size_t expert_group_rows(Device device) { return std::max(min_tiled_tokens(device), row_tile_rows(device)); }
 namespace cpu {
-void group_by_expert(Context& ctx, const int32_t* ids, size_t n_tokens, size_t k, size_t n_experts, size_t min_group_rows,
+void group_by_expert(Context& ctx, const int32_t* ids, size_t n_tokens, size_t k, size_t n_experts, size_t group_rows,
                      int32_t* offsets, int32_t* row_token, int32_t* pair_row);
 }
 inline void group_by_expert(Context& ctx, const int32_t* ids, size_t n_tokens, size_t k, size_t n_experts,
-                            size_t min_group_rows, int32_t* offsets, int32_t* row_token, int32_t* pair_row) {
+                            size_t group_rows, int32_t* offsets, int32_t* row_token, int32_t* pair_row) {
+    if (group_rows == 0) throw std::invalid_argument("group_by_expert: groups of 0 rows");
     if (ctx.device() == Device::CPU)
-        return cpu::group_by_expert(ctx, ids, n_tokens, k, n_experts, min_group_rows, offsets, row_token, pair_row);
+        return cpu::group_by_expert(ctx, ids, n_tokens, k, n_experts, group_rows, offsets, row_token, pair_row);
 #ifdef TWINFER_WITH_CUDA
     if (ctx.device() == Device::CUDA)
-        return cuda::group_by_expert(ctx, ids, n_tokens, k, n_experts, min_group_rows, offsets, row_token, pair_row);
+        return cuda::group_by_expert(ctx, ids, n_tokens, k, n_experts, group_rows, offsets, row_token, pair_row);
 #endif
     throw_backend_unavailable("group_by_expert", ctx.device());
 }
@@ -162,7 +168,8 @@ struct ExpertGroups {
 };
 
 // y[r] = W_e x[r] (+ e's bias) for every expert e's rows r (x: [groups.rows(), cols], y: [groups.rows(), rows]):
-// one product over each expert's slice of w, as compute::matmul computes a prompt. `activations`
+// one product over each expert's slice of w, as compute::matmul computes a prompt, each expert's
+// rows a multiple of expert_group_rows (the CUDA float products take whole row tiles). `activations`
 // as matmul takes them (for an expert with fewer rows than a tiled product takes).
 namespace cpu {
 void matmul_expert_groups(Context& ctx, const ExpertMatrices& w, const ExpertGroups& groups, const float* x, float* y,
@@ -291,37 +298,37 @@ struct GroupedScratch {
     int32_t *ids, *offsets, *row_token, *pair_row;
     float *chosen_logits, *rows_in, *gate, *up;   // rows_in: the gathered inputs, then down's outputs
 };
-inline size_t lay_out(const ExpertLayer& layer, size_t n_tokens, size_t min_group_rows, ScratchLayout& at, GroupedScratch& s) {
+inline size_t lay_out(const ExpertLayer& layer, size_t n_tokens, size_t group_rows, ScratchLayout& at, GroupedScratch& s) {
     const size_t n_experts = layer.gate.n_experts, pairs = n_tokens * layer.k, cols = layer.gate.all.cols;
-    const size_t rows = max_grouped_rows(n_tokens, layer.k, n_experts, min_group_rows), width = layer.gate.rows();
+    const size_t rows = max_grouped_rows(n_tokens, layer.k, n_experts, group_rows), width = layer.gate.rows();
     at.take(s.ids, pairs), at.take(s.chosen_logits, pairs), at.take(s.offsets, n_experts + 1), at.take(s.row_token, rows);
     at.take(s.pair_row, pairs), at.take(s.rows_in, rows * cols), at.take(s.gate, rows * width), at.take(s.up, rows * width);
     return at.bytes();
 }
-inline size_t grouped_scratch_bytes(const ExpertLayer& layer, size_t n_tokens, size_t min_group_rows) {
+inline size_t grouped_scratch_bytes(const ExpertLayer& layer, size_t n_tokens, size_t group_rows) {
     ScratchLayout at(nullptr);
     GroupedScratch s;
-    return lay_out(layer, n_tokens, min_group_rows, at, s);
+    return lay_out(layer, n_tokens, group_rows, at, s);
 }
-inline GroupedScratch grouped_scratch_in(void* memory, const ExpertLayer& layer, size_t n_tokens, size_t min_group_rows) {
+inline GroupedScratch grouped_scratch_in(void* memory, const ExpertLayer& layer, size_t n_tokens, size_t group_rows) {
     ScratchLayout at(static_cast<std::byte*>(memory));
     GroupedScratch s;
-    lay_out(layer, n_tokens, min_group_rows, at, s);
+    lay_out(layer, n_tokens, group_rows, at, s);
     return s;
 }
 
 // add_experts_one_by_one's sum, grouped by expert (the top of this file): route every token, sort
-// the pairs by expert (each expert's rows padded to min_group_rows: with the CPU's threshold of a
-// tiled product, every expert's product is tiled whatever the number of tokens that chose it, so a
-// token's result does not depend on the other tokens), gather the inputs, gate/up/SwiGLU and down
+// the pairs by expert (each expert's rows padded to a multiple of group_rows: with the device's
+// expert_group_rows, every expert's product is tiled whatever the number of tokens that chose it,
+// so a token's result does not depend on the other tokens), gather the inputs, gate/up/SwiGLU and down
 // as one product per expert, then each token's weighted sum. The offsets come back to the host
 // to plan the products: on a GPU one synchronization per call (a layer of a prompt).
 inline void add_experts_grouped(Context& ctx, const ExpertLayer& layer, const float* x, size_t n_tokens,
-                                const float* router_logits, size_t min_group_rows, const GroupedScratch& s,
+                                const float* router_logits, size_t group_rows, const GroupedScratch& s,
                                 Activations activations, float* y) {
     const size_t cols = layer.gate.all.cols, n_experts = layer.gate.n_experts, k = layer.k;
     route(ctx, router_logits, n_tokens, n_experts, k, s.ids, s.chosen_logits);
-    group_by_expert(ctx, s.ids, n_tokens, k, n_experts, min_group_rows, s.offsets, s.row_token, s.pair_row);
+    group_by_expert(ctx, s.ids, n_tokens, k, n_experts, group_rows, s.offsets, s.row_token, s.pair_row);
     std::vector<int32_t> host_offsets(n_experts + 1);
     download(ctx, host_offsets.data(), s.offsets, host_offsets.size() * sizeof(int32_t));
     const ExpertGroups groups{s.offsets, host_offsets};

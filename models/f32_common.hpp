@@ -451,17 +451,9 @@ public:
     // Returns the logits of the rows with `logits` set, in row order, computed as logits_products
     // says. Throws ContextOverflow (no slot changed) when a slot's rows would not fit,
     // std::out_of_range for a bad slot or token id, std::invalid_argument for rows out of order.
-    //
-    // On CUDA every run goes through forward() in its slot for now: on an H100 the batched CUDA
-    // pass computes each sequence within float32's budget (F32CudaTest.BatchedRowsFollowThe-
-    // SequencePass), but a sequence past its first few positions among others is not bitwise
-    // itself alone (F32CudaTest.BatchedDecodeRowsEqualEachSequenceAlone, RowsAmongOthersAreThe-
-    // RowsAlone; the cause not yet found), and a request's greedy ids must not depend on what
-    // else the server runs.
     Logits forward_rows(std::span<const SlotToken> rows, RowProducts logits_products = RowProducts::Single) {
         RowBatch batch = plan_rows(rows, logits_products);
         if constexpr (has_batched_pass()) {
-            if (options_.device == compute::Device::CUDA) return forward_runs_one_by_one(rows, batch);
             std::vector<int32_t> ids(batch.n_padded);
             for (size_t i = 0; i < ids.size(); ++i) ids[i] = rows[std::min(i, rows.size() - 1)].token;
             derived().reserve_workspace(batch.n_padded);

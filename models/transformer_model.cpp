@@ -217,9 +217,9 @@ void TransformerModel::reserve_workspace(size_t n_tokens) {
     const size_t widths[N_BUFFERS] = {E, E, E, QDr, KVDr, KVDr, QDr, E, Fr, Fr, static_cast<size_t>(c.transformer.n_expert),
                                       n_logits()};
     workspace_.reserve(options_.device, n_tokens, widths);
-    const size_t tiled_rows = compute::min_tiled_tokens(options_.device);
-    if (c.transformer.n_expert && n_tokens >= tiled_rows) {
-        const size_t bytes = compute::grouped_scratch_bytes(expert_layer(layers_.front()), n_tokens, tiled_rows);
+    if (c.transformer.n_expert && n_tokens >= compute::min_tiled_tokens(options_.device)) {
+        const size_t bytes = compute::grouped_scratch_bytes(expert_layer(layers_.front()), n_tokens,
+                                                            compute::expert_group_rows(options_.device));
         if (bytes > expert_groups_.bytes()) expert_groups_ = compute::Buffer(options_.device, bytes);
     }
 }
@@ -447,9 +447,10 @@ void TransformerModel::mixture_of_experts(const Layer& L, const float* h, size_t
     compute::add_experts_one_by_one(ctx_, experts, h, n_alone, router, compute::one_by_one_scratch_in(one_by_one_.data(), experts),
                                     activations, y);
     if (!n_grouped) return;
+    const size_t group_rows = compute::expert_group_rows(options_.device);
     const compute::GroupedScratch grouped =
-        compute::grouped_scratch_in(expert_groups_.data(), experts, n_grouped, tiled_rows);
-    compute::add_experts_grouped(ctx_, experts, h + n_alone * E, n_grouped, router + n_alone * X, tiled_rows,
+        compute::grouped_scratch_in(expert_groups_.data(), experts, n_grouped, group_rows);
+    compute::add_experts_grouped(ctx_, experts, h + n_alone * E, n_grouped, router + n_alone * X, group_rows,
                                  grouped, activations, y + n_alone * E);
 }
 

@@ -57,6 +57,10 @@ std::string Metrics::prometheus() const {
     metric(out, "twinfer_sequences_failed_total", "counter", "Sequences ended by an error.", double(sequences_failed));
     metric(out, "twinfer_steps_total", "counter", "Batched forward passes.", double(steps));
     metric(out, "twinfer_step_rows_total", "counter", "Rows (tokens) over all batched passes.", double(step_rows));
+    metric(out, "twinfer_pass_seconds_total", "counter", "Time in the model's batched passes, their logits on the host.",
+           1e-9 * double(pass_nanoseconds));
+    metric(out, "twinfer_step_seconds_total", "counter", "Time in steps: the passes, then sampling and each sequence's events.",
+           1e-9 * double(step_nanoseconds));
     metric(out, "twinfer_steps_out_of_memory_total", "counter", "Batched passes that ran out of memory and were run again in smaller parts.",
            double(steps_out_of_memory));
     metric(out, "twinfer_queue_depth", "gauge", "Sequences waiting for a KV slot.", double(queue_depth));

@@ -26,6 +26,8 @@ public:
     std::atomic<uint64_t> steps{0};                    // batched passes
     std::atomic<uint64_t> step_rows{0};                // rows over all passes
     std::atomic<uint64_t> steps_out_of_memory{0};      // passes that ran out of memory (run again in parts)
+    std::atomic<uint64_t> pass_nanoseconds{0};         // in the model's batched passes (results on the host)
+    std::atomic<uint64_t> step_nanoseconds{0};         // in whole steps: the passes, sampling, the events
     std::atomic<uint64_t> kv_prefixes_dropped{0};      // idle slots' cached prefixes dropped to make room
     // Gauges.
     std::atomic<uint64_t> queue_depth{0};              // sequences waiting for a slot

@@ -1,6 +1,7 @@
 #include "server/scheduler.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <exception>
 #include <numeric>
@@ -197,7 +198,10 @@ void Scheduler::step() {
         parts.push_back({s.get(), n});
         budget -= n;
     }
-    if (!parts.empty()) run_parts(parts);
+    if (parts.empty()) return;
+    const auto start = std::chrono::steady_clock::now();
+    run_parts(parts);
+    metrics_.step_nanoseconds += uint64_t(std::chrono::nanoseconds(std::chrono::steady_clock::now() - start).count());
 }
 
 namespace {
@@ -268,7 +272,9 @@ void Scheduler::run_parts(std::span<const Part> all_parts) {
     Logits logits;
     try {
         if (options_.before_pass) options_.before_pass(rows);
+        const auto start = std::chrono::steady_clock::now();
         logits = model_.forward_rows(rows, options_.decode_products);
+        metrics_.pass_nanoseconds += uint64_t(std::chrono::nanoseconds(std::chrono::steady_clock::now() - start).count());
     } catch (const std::bad_alloc& e) {
         metrics_.steps_out_of_memory += 1;
         // Back to the lengths before the pass: positions it wrote past them are overwritten by

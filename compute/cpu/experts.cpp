@@ -68,7 +68,7 @@ void route(Context& ctx, const float* router_logits, size_t n_tokens, size_t n_e
 }
 
 // A counting sort: each expert's count, its padded start, then the pairs in token order.
-void group_by_expert(Context&, const int32_t* ids, size_t n_tokens, size_t k, size_t n_experts, size_t min_group_rows,
+void group_by_expert(Context&, const int32_t* ids, size_t n_tokens, size_t k, size_t n_experts, size_t group_rows,
                      int32_t* offsets, int32_t* row_token, int32_t* pair_row) {
     const size_t pairs = n_tokens * k;
     std::vector<int32_t> count(n_experts, 0);
@@ -79,7 +79,7 @@ void group_by_expert(Context&, const int32_t* ids, size_t n_tokens, size_t k, si
     }
     offsets[0] = 0;
     for (size_t e = 0; e < n_experts; ++e)
-        offsets[e + 1] = offsets[e] + (count[e] ? std::max(count[e], static_cast<int32_t>(min_group_rows)) : 0);
+        offsets[e + 1] = offsets[e] + (count[e] + int32_t(group_rows) - 1) / int32_t(group_rows) * int32_t(group_rows);
     std::vector<int32_t> next(offsets, offsets + n_experts);
     for (size_t i = 0; i < pairs; ++i) {
         const int32_t row = next[size_t(ids[i])]++;

@@ -19,7 +19,7 @@ constexpr int group_threads = 1024;
 // padded starts (one thread: a few hundred experts), then the rows. counts: [n_experts] of shared
 // memory. A prompt of 512 tokens and 8 of 128 experts: 4 experts a warp, 128 ballots each, twice.
 __global__ void __launch_bounds__(group_threads)
-group_by_expert_kernel(const int32_t* __restrict__ ids, int n_pairs, int k, int n_experts, int min_group_rows,
+group_by_expert_kernel(const int32_t* __restrict__ ids, int n_pairs, int k, int n_experts, int group_rows,
                        int32_t* __restrict__ offsets, int32_t* __restrict__ row_token, int32_t* __restrict__ pair_row) {
     grid_dependency_wait();
     extern __shared__ int32_t starts[];   // counts, then each expert's first row
@@ -38,7 +38,7 @@ group_by_expert_kernel(const int32_t* __restrict__ ids, int n_pairs, int k, int 
         for (int e = 0; e < n_experts; ++e) {
             const int count = starts[e];
             offsets[e] = starts[e] = row;
-            row += count ? max(count, min_group_rows) : 0;
+            row += (count + group_rows - 1) / group_rows * group_rows;
         }
         offsets[n_experts] = row;
     }
@@ -60,7 +60,7 @@ group_by_expert_kernel(const int32_t* __restrict__ ids, int n_pairs, int k, int 
         }
         __syncwarp();   // the group's last row, written above by some lane, is read below
         if (filled == 0) continue;
-        for (int row = start + filled + lane; row < start + max(filled, min_group_rows); row += 32)
+        for (int row = start + filled + lane; row < start + (filled + group_rows - 1) / group_rows * group_rows; row += 32)
             row_token[row] = row_token[start + filled - 1];
     }
 }
@@ -122,14 +122,14 @@ void add_expert_group_bias(Context& ctx, float* y, const float* bias, const int3
                           bias, offsets, int(n_experts), n_rows, rows);
 }
 
-void group_by_expert(Context& ctx, const int32_t* ids, size_t n_tokens, size_t k, size_t n_experts, size_t min_group_rows,
+void group_by_expert(Context& ctx, const int32_t* ids, size_t n_tokens, size_t k, size_t n_experts, size_t group_rows,
                      int32_t* offsets, int32_t* row_token, int32_t* pair_row) {
     const size_t shared = n_experts * sizeof(int32_t);
     if (shared > 48 * 1024 || n_tokens * k > size_t(INT32_MAX))
         throw std::invalid_argument("CUDA group_by_expert: " + std::to_string(n_tokens) + " tokens of " + std::to_string(k) +
                                     " of " + std::to_string(n_experts) + " experts");
     launch_after_previous(ctx, group_by_expert_kernel, 1, group_threads, shared, ids, int(n_tokens * k), int(k),
-                          int(n_experts), int(min_group_rows), offsets, row_token, pair_row);
+                          int(n_experts), int(group_rows), offsets, row_token, pair_row);
 }
 
 }  // namespace twinfer::compute::cuda

@@ -718,9 +718,9 @@ void matmul_expert_groups(Context& ctx, const ExpertMatrices& w, const ExpertGro
     if (w.all.type == GGMLType::F32 || ragged_float(w.all)) {
         for (size_t e = 0; e < w.n_experts; ++e) {
             const size_t first = size_t(groups.host_offsets[e]), n = size_t(groups.host_offsets[e + 1]) - first;
-            if (n)
-                cuda::matmul(ctx, WeightMatrix{w.all.type, rows, cols, w.all.data + e * rows * w.all.row_bytes(), false},
-                             x + first * cols, n, y + first * rows, activations);
+            const MatmulOutput expert{WeightMatrix{w.all.type, rows, cols, w.all.data + e * rows * w.all.row_bytes(), false},
+                                      y + first * rows};
+            if (n) cuda::matmul_row_tiles(ctx, std::span(&expert, 1), x + first * cols, n, activations, nullptr);
         }
         if (w.bias) add_expert_group_bias(ctx, y, w.bias, groups.offsets, w.n_experts, total, rows);
         return;

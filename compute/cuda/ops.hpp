@@ -74,7 +74,7 @@ void matmul_experts_swiglu(Context& ctx, const ExpertMatrices& gate, const Exper
 void matmul_expert_groups(Context& ctx, const ExpertMatrices& w, const ExpertGroups& groups, const float* x, float* y,
                           Activations activations);
 // compute::group_by_expert: one block.
-void group_by_expert(Context& ctx, const int32_t* ids, size_t n_tokens, size_t k, size_t n_experts, size_t min_group_rows,
+void group_by_expert(Context& ctx, const int32_t* ids, size_t n_tokens, size_t k, size_t n_experts, size_t group_rows,
                      int32_t* offsets, int32_t* row_token, int32_t* pair_row);
 // ids in device memory, each < table.rows (the caller checks: a kernel cannot throw).
 void get_rows(Context& ctx, const WeightMatrix& table, const int32_t* ids, size_t n_ids, float* out);

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <optional>
 #include <random>
 #include <string>
 #include <utility>
@@ -22,8 +23,8 @@
 namespace twinfer::compute {
 namespace {
 
-// The CPU model's threshold of a tiled product (compute::min_tiled_tokens).
-constexpr size_t min_group_rows = cpu_min_tiled_tokens;
+// The CPU's grouping: its threshold of a tiled product (compute::min_tiled_tokens).
+const size_t group_rows = expert_group_rows(Device::CPU);
 
 std::vector<float> gaussian(size_t n, std::mt19937& rng, float sigma = 1.0f) {
     std::normal_distribution<float> normal(0.0f, sigma);
@@ -133,14 +134,13 @@ public:
         add_experts_one_by_one(ctx_, layer_, arrays_.copy(x), n_tokens, arrays_.copy(router), s, activations, y);
         return arrays_.read(y, y0.size());
     }
+    // Groups of the context's device's expert_group_rows unless told.
     std::vector<float> grouped(const std::vector<float>& x, const std::vector<float>& router, const std::vector<float>& y0,
-                               Activations activations) {
-        const size_t n_tokens = y0.size() / gate_.all.cols;
-        last_scratch_ = grouped_scratch_in(arrays_.allocate(grouped_scratch_bytes(layer_, n_tokens, min_group_rows)), layer_,
-                                           n_tokens, min_group_rows);
+                               Activations activations, std::optional<size_t> group_rows = std::nullopt) {
+        const size_t n_tokens = y0.size() / gate_.all.cols, rows = group_rows.value_or(expert_group_rows(ctx_.device()));
+        last_scratch_ = grouped_scratch_in(arrays_.allocate(grouped_scratch_bytes(layer_, n_tokens, rows)), layer_, n_tokens, rows);
         float* y = arrays_.copy(y0);
-        add_experts_grouped(ctx_, layer_, arrays_.copy(x), n_tokens, arrays_.copy(router), min_group_rows, last_scratch_,
-                            activations, y);
+        add_experts_grouped(ctx_, layer_, arrays_.copy(x), n_tokens, arrays_.copy(router), rows, last_scratch_, activations, y);
         return arrays_.read(y, y0.size());
     }
     // The last grouped call's choice and grouping, on the host.
@@ -197,7 +197,8 @@ TEST(ExpertsTest, GroupedMatchesOneByOne) {
                 EXPECT_LT(l2_relative_error(on.grouped(x, router, y0, Activations::Int8x2),
                                          on.one_by_one(x, router, y0, Activations::Int8x2)), 1e-4) << what;
                 const std::vector<int32_t> offsets = on.last_offsets();
-                EXPECT_EQ(offsets[1] - offsets[0], int32_t(n_tokens)) << what;              // expert 0: every token
+                const size_t every_token = (n_tokens + group_rows - 1) / group_rows * group_rows;   // expert 0, padded
+                EXPECT_EQ(offsets[1] - offsets[0], int32_t(every_token)) << what;
                 EXPECT_EQ(offsets[n_experts], offsets[n_experts - 1]) << what;             // the last: none
             }
         }
@@ -261,10 +262,10 @@ TEST(ExpertsTest, BiasesAndClampedSwigluAgainstTheFormula) {
     std::vector<float> y1 = y0;
     add_experts_one_by_one(cpu, layer, x.data(), n_tokens, router.data(), one_by_one_scratch_in(one_scratch.data(), layer),
                            Activations::Float32, y1.data());
-    std::vector<std::byte> grouped_scratch(grouped_scratch_bytes(layer, n_tokens, min_group_rows));
+    std::vector<std::byte> grouped_scratch(grouped_scratch_bytes(layer, n_tokens, group_rows));
     std::vector<float> y2 = y0;
-    add_experts_grouped(cpu, layer, x.data(), n_tokens, router.data(), min_group_rows,
-                        grouped_scratch_in(grouped_scratch.data(), layer, n_tokens, min_group_rows), Activations::Float32, y2.data());
+    add_experts_grouped(cpu, layer, x.data(), n_tokens, router.data(), group_rows,
+                        grouped_scratch_in(grouped_scratch.data(), layer, n_tokens, group_rows), Activations::Float32, y2.data());
     const std::vector<float> want_f(want.begin(), want.end());
     EXPECT_LT(l2_relative_error(y1, want_f), 1e-6) << "one by one";
     EXPECT_LT(l2_relative_error(y2, want_f), 1e-6) << "grouped";
@@ -272,37 +273,48 @@ TEST(ExpertsTest, BiasesAndClampedSwigluAgainstTheFormula) {
 
 // A token's row does not depend on the other tokens (a server's Tiled rows beside others, as a
 // prompt computes them): its experts' groups have other members and other sizes, the bits stay.
-TEST(ExpertsTest, GroupedRowsDoNotDependOnOtherTokens) {
-    Context cpu(options_for(Device::CPU));
+// 72 tokens: on a GPU some groups span more than one row tile.
+void check_grouped_rows_do_not_depend_on_other_tokens(Context& ctx, GGMLType type, Activations activations) {
     std::mt19937 rng(11);
-    const size_t n_experts = 8, k = 2, rows = 64, cols = 64, n_tokens = 24;
-    const RandomExperts experts(GGMLType::Q8_0, n_experts, rows, cols, rng);
-    ExpertsOn on(cpu, GGMLType::Q8_0, experts, k, true);
+    const size_t n_experts = 8, k = 2, rows = 64, cols = 64, n_tokens = 72;
+    const RandomExperts experts(type, n_experts, rows, cols, rng);
+    ExpertsOn on(ctx, type, experts, k, true);
     const auto x = gaussian(n_tokens * cols, rng), y0 = gaussian(n_tokens * cols, rng);
     const auto router = gaussian(n_tokens * n_experts, rng);
-    const auto all = on.grouped(x, router, y0, Activations::Int8x2);
-    for (auto [first, count] : {std::pair<size_t, size_t>{0, 4}, {3, 5}, {20, 4}}) {
+    const auto all = on.grouped(x, router, y0, activations);
+    for (auto [first, count] : {std::pair<size_t, size_t>{0, 4}, {3, 5}, {20, 4}, {30, 42}}) {
         auto part = [&](const std::vector<float>& v, size_t width) {
             return std::vector<float>(v.begin() + std::ptrdiff_t(first * width), v.begin() + std::ptrdiff_t((first + count) * width));
         };
-        EXPECT_EQ(on.grouped(part(x, cols), part(router, n_experts), part(y0, cols), Activations::Int8x2), part(all, cols))
-            << "tokens " << first << ".." << first + count;
+        EXPECT_EQ(on.grouped(part(x, cols), part(router, n_experts), part(y0, cols), activations), part(all, cols))
+            << type_name(type) << " tokens " << first << ".." << first + count;
     }
 }
 
+TEST(ExpertsTest, GroupedRowsDoNotDependOnOtherTokens) {
+    Context cpu(options_for(Device::CPU));
+    for (GGMLType type : {GGMLType::Q8_0, GGMLType::F32}) check_grouped_rows_do_not_depend_on_other_tokens(cpu, type, Activations::Int8x2);
+}
+
 // The grouping against its definition: each expert's rows in token order, padded with copies of
-// its last up to min_group_rows, every pair's row pointing at its own token.
+// its last to a multiple of group_rows, every pair's row pointing at its own token.
 TEST(ExpertsTest, GroupByExpert) {
     Context cpu(options_for(Device::CPU));
     const size_t n_experts = 5, k = 2, n_tokens = 4;
     const std::vector<int32_t> ids = {0, 2, 2, 0, 0, 3, 0, 2};   // expert 1 and 4: none; 3: one token
-    std::vector<int32_t> offsets(n_experts + 1), row_token(max_grouped_rows(n_tokens, k, n_experts, min_group_rows));
+    std::vector<int32_t> offsets(n_experts + 1), row_token(max_grouped_rows(n_tokens, k, n_experts, group_rows));
     std::vector<int32_t> pair_row(n_tokens * k);
-    group_by_expert(cpu, ids.data(), n_tokens, k, n_experts, min_group_rows, offsets.data(), row_token.data(), pair_row.data());
+    group_by_expert(cpu, ids.data(), n_tokens, k, n_experts, group_rows, offsets.data(), row_token.data(), pair_row.data());
     EXPECT_EQ(offsets, (std::vector<int32_t>{0, 4, 4, 8, 12, 12}));
     EXPECT_EQ(std::vector<int32_t>(row_token.begin(), row_token.begin() + 12),
               (std::vector<int32_t>{0, 1, 2, 3, 0, 1, 3, 3, 2, 2, 2, 2}));
     EXPECT_EQ(pair_row, (std::vector<int32_t>{0, 4, 5, 1, 2, 8, 3, 6}));
+    // Groups of 3: expert 0's four rows take two.
+    group_by_expert(cpu, ids.data(), n_tokens, k, n_experts, 3, offsets.data(), row_token.data(), pair_row.data());
+    EXPECT_EQ(offsets, (std::vector<int32_t>{0, 6, 6, 9, 12, 12}));
+    EXPECT_EQ(std::vector<int32_t>(row_token.begin(), row_token.begin() + 12),
+              (std::vector<int32_t>{0, 1, 2, 3, 3, 3, 0, 1, 3, 2, 2, 2}));
+    EXPECT_EQ(pair_row, (std::vector<int32_t>{0, 6, 7, 1, 2, 9, 3, 8}));
     const std::vector<int32_t> bad = {0, 5};
     EXPECT_THROW(group_by_expert(cpu, bad.data(), 1, k, n_experts, 1, offsets.data(), row_token.data(), pair_row.data()),
                  std::out_of_range);
@@ -332,7 +344,8 @@ TEST(ExpertsCudaTest, GroupedMatchesCpu) {
             const auto x = gaussian(n_tokens * cols, rng), y0 = gaussian(n_tokens * cols, rng);
             const auto router = router_logits(n_tokens, n_experts, rng);
             const std::string what = std::string(type_name(type)) + " tokens " + std::to_string(n_tokens);
-            const auto want = on_cpu.grouped(x, router, y0, Activations::Float32);
+            // The GPU's grouping on both, so that the two can be compared row for row.
+            const auto want = on_cpu.grouped(x, router, y0, Activations::Float32, expert_group_rows(Device::CUDA));
             EXPECT_LT(l2_relative_error(on_gpu.grouped(x, router, y0, Activations::Int8), want), 1e-3) << what;
             EXPECT_EQ(on_gpu.last_ids(n_tokens), on_cpu.last_ids(n_tokens)) << what;
             EXPECT_EQ(on_gpu.last_offsets(), on_cpu.last_offsets()) << what;
@@ -341,6 +354,15 @@ TEST(ExpertsCudaTest, GroupedMatchesCpu) {
             EXPECT_LT(l2_relative_error(on_gpu.one_by_one(x, router, y0, Activations::Float32), want), 1e-3) << what;
         }
     }
+}
+
+// As ExpertsTest.GroupedRowsDoNotDependOnOtherTokens on the GPU: the tiled kernel that decodes
+// quantized and F16 experts, cuBLAS for F32 ones (whole row tiles).
+TEST(ExpertsCudaTest, GroupedRowsDoNotDependOnOtherTokens) {
+    if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA GPU: " << cuda::describe_device();
+    Context gpu(options_for(Device::CUDA));
+    for (GGMLType type : {GGMLType::Q8_0, GGMLType::F16, GGMLType::F32})
+        check_grouped_rows_do_not_depend_on_other_tokens(gpu, type, Activations::Int8);
 }
 
 // gpt-oss's experts on the GPU against the CPU's (whose own test holds them to the layer's formula
@@ -379,10 +401,11 @@ TEST(ExpertsCudaTest, BiasesAndClampedSwigluMatchCpu) {
             EXPECT_LT(l2_relative_error(on_gpu.one_by_one(x, router, y0, Activations::Float32),
                                         on_cpu.one_by_one(x, router, y0, Activations::Float32)), 1e-4)
                 << what << " one by one";
-            if (quantized)
+            if (quantized) {
                 EXPECT_LT(l2_relative_error(on_gpu.one_by_one(x, router, y0, Activations::Int8),
                                             on_cpu.one_by_one(x, router, y0, Activations::Int8)), 1e-3)
                     << what << " one by one, int8";
+            }
         }
     }
 }

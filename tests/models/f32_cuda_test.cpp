@@ -488,7 +488,8 @@ std::vector<std::vector<double>> batched_decode(F32LlamaModel& model, const std:
         for (size_t s = 0; s < prompts.size(); ++s) {
             const auto r = logits.row(s);
             out[s].insert(out[s].end(), r.begin(), r.end());
-            rows.push_back({s, Token(1 + (step * 13 + s * 7) % 500), true, RowProducts::Single});
+            // Keyed by the prompt, not the slot, so a sequence alone is fed what it is fed among others.
+            rows.push_back({s, Token(1 + (step * 13 + prompts[s].size() * 7) % 500), true, RowProducts::Single});
         }
         logits = model.forward_rows(rows);
     }

@@ -182,7 +182,7 @@ TEST(KvCachePagesCuda, PagesComeAndGo) {
     const size_t page = compute::ReservedMemory::page_bytes(Device::CUDA), width = 1024;   // rows of 4 KiB
     const size_t rows_per_page = page / (width * sizeof(float));
     KvCache cache(Device::CUDA, 4, 8, 64 * rows_per_page, width, KvType::F32);
-    compute::Context ctx({.device = Device::CUDA});   // its stream and handles first: they take memory too
+    compute::Context ctx({.device = Device::CUDA, .n_threads = 0, .cpu_isa = std::nullopt});   // its stream and handles first: they take memory too
     const size_t free_before = compute::cuda::memory_info().free;
     cache.provision(3, 16 * rows_per_page);                // 4 layers x 16 pages x 2
     EXPECT_EQ(cache.backed_bytes(), 4 * 16 * 2 * page);

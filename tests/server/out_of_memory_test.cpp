@@ -79,6 +79,9 @@ std::vector<std::vector<Token>> ids_alone(const std::vector<std::string>& texts,
         result.push_back(outcomes[0].ids);
     }
     EXPECT_EQ(metrics.steps_out_of_memory, 0u);
+    // The passes take time, and within the steps' time.
+    EXPECT_GT(metrics.pass_nanoseconds, 0u);
+    EXPECT_LE(metrics.pass_nanoseconds, metrics.step_nanoseconds);
     return result;
 }
 

@@ -336,7 +336,7 @@ TEST_F(ServerProcessTest, EchoReturnsThePromptAndItsTokensLogprobs) {
     EXPECT_EQ(chunks[0]["choices"][0]["logprobs"]["tokens"].size(), n);
     std::string text;
     for (const json& chunk : chunks) text += chunk["choices"][0]["text"].get<std::string>();
-    EXPECT_EQ(text, both["choices"][0]["text"]);
+    EXPECT_EQ(text, both["choices"][0]["text"].get<std::string>());
     // Streamed offsets count from the choice's start, as the whole answer's do (with echo and
     // without).
     const auto streamed_offsets = [](const std::vector<json>& of) {

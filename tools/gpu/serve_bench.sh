@@ -49,6 +49,10 @@ run() {
         echo "=== $name"
         timeout 300 python3 bench/serve/streams.py --url "http://127.0.0.1:$port" --streams $streams --tokens 128 2>&1 |
             grep -v '^note'
+        # twinfer's split of its time: the model's passes against whole steps (llama-server serves
+        # no /metrics without --metrics).
+        python3 -c "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:$port/metrics').read().decode())" 2> /dev/null |
+            grep -E '^twinfer_(pass_seconds|step_seconds|steps|step_rows)_total'
     else
         echo "=== $name did not come up"; tail -5 "$log/$name.log"
     fi
