@@ -23,7 +23,7 @@ void geglu(Context& ctx, const float* gate, const float* up, size_t n, float* ou
 void scale(Context& ctx, float* x, size_t n, float factor);
 void add_scaled(Context& ctx, float* x, const float* y, float factor, size_t n);
 void softcap(Context& ctx, float* x, size_t n, float cap);
-void argmax(Context& ctx, const float* x, size_t n, int32_t* out);
+void argmax(Context& ctx, const float* x, size_t n_rows, size_t n, int32_t* out);
 void top_k(Context& ctx, const float* x, size_t n, size_t k, int32_t* ids, float* values);
 }
 
@@ -119,12 +119,13 @@ inline void softcap(Context& ctx, float* x, size_t n, float cap) {
     throw_backend_unavailable("softcap", ctx.device());
 }
 
-// out[0] = the index of the largest of x[0..n), the lowest on ties (as engine/sampler's argmax):
-// greedy decoding that copies one id back instead of the logits. out in the device's memory.
-inline void argmax(Context& ctx, const float* x, size_t n, int32_t* out) {
-    if (ctx.device() == Device::CPU) return cpu::argmax(ctx, x, n, out);
+// out[r] = the index of the largest of row r of x ([n_rows, n]), the lowest on ties (as
+// engine/sampler's argmax): greedy decoding that copies ids back instead of the logits. out in the
+// device's memory.
+inline void argmax(Context& ctx, const float* x, size_t n_rows, size_t n, int32_t* out) {
+    if (ctx.device() == Device::CPU) return cpu::argmax(ctx, x, n_rows, n, out);
 #ifdef TWINFER_WITH_CUDA
-    if (ctx.device() == Device::CUDA) return cuda::argmax(ctx, x, n, out);
+    if (ctx.device() == Device::CUDA) return cuda::argmax(ctx, x, n_rows, n, out);
 #endif
     throw_backend_unavailable("argmax", ctx.device());
 }

@@ -121,6 +121,8 @@ public:
     void reset();           // a new conversation
 
     bool greedy() const { return greedy_; }
+    // sample() is the logits' argmax whatever came before: greedy, no stage changing a logit.
+    bool only_argmax() const { return greedy_ && stages_.empty(); }
     uint64_t seed() const { return seed_; }
     const std::vector<sampling::Stage>& stages() const { return stages_; }
     std::string describe() const;

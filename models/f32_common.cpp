@@ -216,6 +216,24 @@ Logits download_logits(compute::Context& ctx, const float* values, size_t n_posi
     return widened_logits(host.data(), n_positions, n_vocab);
 }
 
+RowOutputs outputs_from_logits(std::span<const SlotToken> rows, Logits all) {
+    if (std::ranges::none_of(rows, &SlotToken::argmax_only)) return {std::move(all), {}};
+    const size_t V = all.n_vocab;
+    RowOutputs out{Logits{V, 0, {}}, {}};
+    size_t i = 0;
+    for (const SlotToken& row : rows) {
+        if (!row.logits) continue;
+        const auto values = all.row(i++);
+        if (row.argmax_only) {
+            out.argmax.push_back(Token(std::max_element(values.begin(), values.end()) - values.begin()));   // the first of equal maxima
+        } else {
+            out.logits.values.insert(out.logits.values.end(), values.begin(), values.end());
+            ++out.logits.n_positions;
+        }
+    }
+    return out;
+}
+
 Token argmax_of_last(const Logits& logits) {
     const auto row = logits.last();
     return static_cast<Token>(std::max_element(row.begin(), row.end()) - row.begin());

@@ -1,6 +1,7 @@
 #pragma once
 // What F32LlamaModel and F32GPTModel share: their options, weight lookup with shape checks, the
 // activation buffers of a forward pass, and F32ModelBase (the calls around the forward pass).
+#include <algorithm>
 #include <cstddef>
 #include <functional>
 #include <memory>
@@ -229,7 +230,21 @@ struct SlotToken {
     Token token = 0;
     bool logits = false;                        // hand back this row's logits
     RowProducts products = RowProducts::Single;
+    // With logits: hand back only the id of the row's largest logit (the lowest id among equals,
+    // as a greedy sampler picks), found where the logits are (run_rows): from a GPU 4 bytes come
+    // back instead of the vocabulary's floats, and the host widens and scans none of them.
+    bool argmax_only = false;
 };
+
+// What a batched pass hands back (run_rows), each in row order: the logits of the rows with
+// `logits` set and not argmax_only, and the largest logit's id of the argmax_only ones.
+struct RowOutputs {
+    Logits logits;
+    std::vector<Token> argmax;
+};
+// The outputs of `rows` from the logits of every row with `logits` set (in row order): the
+// argmax_only rows' ids picked on the host.
+RowOutputs outputs_from_logits(std::span<const SlotToken> rows, Logits all);
 
 // The rows of a batched pass as a model's enqueue_rows receives them: consecutive rows of one
 // slot, fed at consecutive positions.
@@ -450,8 +465,15 @@ public:
     // the slot holds (rows of one slot adjacent and in order; Single rows before Tiled ones).
     // Returns the logits of the rows with `logits` set, in row order, computed as logits_products
     // says. Throws ContextOverflow (no slot changed) when a slot's rows would not fit,
-    // std::out_of_range for a bad slot or token id, std::invalid_argument for rows out of order.
+    // std::out_of_range for a bad slot or token id, std::invalid_argument for rows out of order
+    // or argmax_only (run_rows takes those).
     Logits forward_rows(std::span<const SlotToken> rows, RowProducts logits_products = RowProducts::Single) {
+        if (std::ranges::any_of(rows, &SlotToken::argmax_only))
+            throw std::invalid_argument("forward_rows: argmax_only rows hand back ids (run_rows)");
+        return run_rows(rows, logits_products).logits;
+    }
+    // forward_rows with rows that may ask only for their largest logit's id (SlotToken::argmax_only).
+    RowOutputs run_rows(std::span<const SlotToken> rows, RowProducts logits_products = RowProducts::Single) {
         RowBatch batch = plan_rows(rows, logits_products);
         if constexpr (has_batched_pass()) {
             std::vector<int32_t> ids(batch.n_padded);
@@ -472,9 +494,9 @@ public:
             for (const SlotRun& run : batch.runs) cache_.provision(run.slot, run.n_rows);
             derived().enqueue_rows(batch);
             for (const SlotRun& run : batch.runs) cache_.commit(run.slot, run.n_rows);
-            return download_logits(ctx_, workspace_.buffer(logits_buffer_), batch.logit_rows.size(), n_logits());
+            return read_row_outputs(rows);
         } else {
-            return forward_runs_one_by_one(rows, batch);
+            return outputs_from_logits(rows, forward_runs_one_by_one(rows, batch));
         }
     }
 
@@ -554,6 +576,33 @@ protected:
         if (batch.n_logits_padded > batch.n_padded) batch.n_padded = batch.n_single + padded(batch.n_logits_padded - batch.n_single);
         return batch;
     }
+    // The outputs of a batched pass whose logits rows (those of `rows` with `logits` set) are in
+    // the logits buffer: the argmax_only rows' ids picked there, the other rows' logits copied back
+    // through pinned memory (on CUDA) and widened.
+    RowOutputs read_row_outputs(std::span<const SlotToken> rows) {
+        const float* logits = workspace_.buffer(logits_buffer_);
+        const size_t V = n_logits();
+        std::vector<size_t> full, picked;   // indices among the logits rows
+        for (const SlotToken& row : rows)
+            if (row.logits) (row.argmax_only ? picked : full).push_back(full.size() + picked.size());
+        RowOutputs out{Logits{V, full.size(), std::vector<double>(full.size() * V)}, {}};
+        if (!picked.empty()) {
+            const size_t n_out = full.size() + picked.size();
+            if (row_argmax_.bytes() < n_out * sizeof(int32_t)) row_argmax_ = compute::Buffer(options_.device, n_out * sizeof(int32_t));
+            compute::argmax(ctx_, logits, n_out, V, row_argmax_.as<int32_t>());
+            std::vector<int32_t> ids(n_out);
+            compute::download(ctx_, ids.data(), row_argmax_.data(), n_out * sizeof(int32_t));
+            for (size_t i : picked) out.argmax.push_back(Token(ids[i]));
+        }
+        if (picked.empty()) {   // every logits row: one copy
+            compute::widen_to_double(decode_step_.logits_on_host(ctx_, logits, full.size() * V), full.size() * V,
+                                                        out.logits.values.data());
+        } else {
+            for (size_t j = 0; j < full.size(); ++j)
+                compute::widen_to_double(decode_step_.logits_on_host(ctx_, logits + full[j] * V, V), V, out.logits.values.data() + j * V);
+        }
+        return out;
+    }
     // forward_rows for a model without enqueue_rows: each run through forward() in its slot.
     Logits forward_runs_one_by_one(std::span<const SlotToken> rows, const RowBatch& batch) {
         Logits result{n_logits(), batch.logit_rows.size(), {}};
@@ -604,6 +653,7 @@ protected:
     compute::Buffer ids_;                           // this call's token ids, on the device
     compute::Buffer decode_rows_;                   // a batched pass's decode rows (RowBatch::decode_rows)
     compute::Buffer top_;                           // forward_top_k's ids, then its values
+    compute::Buffer row_argmax_;                    // a batched pass's argmax_only ids
     F32DecodeStep decode_step_;
 
 private:
@@ -623,7 +673,7 @@ private:
             derived().enqueue_decode_step();
             // A graph serves forward() and forward_greedy() alike: it always ends with the argmax.
             if (graph || greedy)
-                compute::argmax(ctx_, workspace_.buffer(logits_buffer_), n_logits(), decode_step_.next_token());
+                compute::argmax(ctx_, workspace_.buffer(logits_buffer_), 1, n_logits(), decode_step_.next_token());
         });
         cache_.commit(slot_, 1);
     }

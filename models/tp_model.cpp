@@ -277,6 +277,14 @@ Logits TensorParallelModel<RankModel>::forward_rows(std::span<const SlotToken> r
 }
 
 template <class RankModel>
+RowOutputs TensorParallelModel<RankModel>::run_rows(std::span<const SlotToken> rows, RowProducts logits_products)
+{
+    std::vector<SlotToken> with_logits(rows.begin(), rows.end());
+    for (SlotToken& row : with_logits) row.argmax_only = false;
+    return outputs_from_logits(rows, forward_rows(with_logits, logits_products));
+}
+
+template <class RankModel>
 size_t TensorParallelModel<RankModel>::slot_length(size_t slot) const
 {
     return first().slot_length(slot);

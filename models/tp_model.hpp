@@ -57,6 +57,9 @@ public:
     // KV-cache slots and the batched pass (F32ModelBase's), for twinfer serve.
     void set_slot_count(size_t n_slots);
     Logits forward_rows(std::span<const SlotToken> rows, RowProducts logits_products = RowProducts::Single);
+    // Each rank holds a part of the vocabulary: argmax_only rows' ids are picked from the whole
+    // logits on the host.
+    RowOutputs run_rows(std::span<const SlotToken> rows, RowProducts logits_products = RowProducts::Single);
     size_t slot_length(size_t slot) const;
     size_t kv_backed_bytes() const;   // over every rank
     void trim_cache();

@@ -12,7 +12,7 @@ namespace {
 template <class M>
 concept HasSlots = requires(M& m, std::span<const SlotToken> rows) {
     m.set_slot_count(size_t{1});
-    { m.forward_rows(rows, RowProducts::Single) } -> std::same_as<Logits>;
+    { m.run_rows(rows, RowProducts::Single) } -> std::same_as<RowOutputs>;
 };
 
 // Calls fn(model) for a model with slots; throws for the others (the constructor refused them).
@@ -80,11 +80,11 @@ void BatchedModel::truncate_slot(size_t slot, size_t n) {
     with_slots(backend_, [&](auto& m) { m.truncate_slot(slot, n); });
 }
 
-Logits BatchedModel::forward_rows(std::span<const SlotToken> rows, RowProducts logits_products) {
+RowOutputs BatchedModel::run_rows(std::span<const SlotToken> rows, RowProducts logits_products) {
     require_unchanged_model_file();
-    Logits logits = with_slots(backend_, [&](auto& m) { return m.forward_rows(rows, logits_products); });
+    RowOutputs outputs = with_slots(backend_, [&](auto& m) { return m.run_rows(rows, logits_products); });
     require_unchanged_model_file();   // changed during the pass: these logits may have read zeros or new bytes
-    return logits;
+    return outputs;
 }
 
 }  // namespace twinfer::server

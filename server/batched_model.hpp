@@ -1,6 +1,6 @@
 #pragma once
 // The server's view of the loaded model: a KV cache of several slots and the batched pass over
-// them (F32ModelBase's set_slot_count and forward_rows), whichever ModelBackend alternative it is.
+// them (F32ModelBase's set_slot_count and run_rows), whichever ModelBackend alternative it is.
 #include <cstddef>
 #include <span>
 
@@ -27,7 +27,7 @@ public:
     void truncate_slot(size_t slot, size_t n);
     // The most prompt rows of one slot a pass may take (0: no limit).
     size_t max_run_rows() const;
-    Logits forward_rows(std::span<const SlotToken> rows, RowProducts logits_products);
+    RowOutputs run_rows(std::span<const SlotToken> rows, RowProducts logits_products);
 
 private:
     ModelBackend& backend_;

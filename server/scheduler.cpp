@@ -244,19 +244,27 @@ void Scheduler::run_parts(std::span<const Part> all_parts) {
 
     std::vector<SlotToken> rows;
     std::vector<size_t> lengths;   // each part's slot length before the pass
+    // Each part's next token picked by the pass (SlotToken::argmax_only): its logits' argmax,
+    // and nothing else reads the row.
+    std::vector<bool> picked;
     for (const Part& part : parts) {
         const Sequence& s = *part.sequence;
         lengths.push_back(model_.slot_length(s.slot));
+        picked.push_back(s.sampler.only_argmax() && !s.constraint && !s.params.logprobs &&
+                         (s.decoding || !s.params.score_prompt));
         if (s.decoding) {
-            rows.push_back({.slot = s.slot, .token = s.next_token, .logits = true, .products = options_.decode_products});
+            rows.push_back({.slot = s.slot, .token = s.next_token, .logits = true, .products = options_.decode_products,
+                            .argmax_only = picked.back()});
             continue;
         }
         for (size_t i = 0; i < part.n_rows; ++i) {
             const size_t position = s.fed + i;
+            const bool last = position + 1 == s.params.prompt.size();
             rows.push_back({.slot = s.slot,
                             .token = s.params.prompt[position],
-                            .logits = s.params.score_prompt || position + 1 == s.params.prompt.size(),
-                            .products = RowProducts::Tiled});
+                            .logits = s.params.score_prompt || last,
+                            .products = RowProducts::Tiled,
+                            .argmax_only = last && picked.back()});
         }
     }
 
@@ -269,11 +277,11 @@ void Scheduler::run_parts(std::span<const Part> all_parts) {
         metrics_.sequences_failed += 1;
         finish(*part.sequence, reason, error);
     };
-    Logits logits;
+    RowOutputs outputs;
     try {
         if (options_.before_pass) options_.before_pass(rows);
         const auto start = std::chrono::steady_clock::now();
-        logits = model_.forward_rows(rows, options_.decode_products);
+        outputs = model_.run_rows(rows, options_.decode_products);
         metrics_.pass_nanoseconds += uint64_t(std::chrono::nanoseconds(std::chrono::steady_clock::now() - start).count());
     } catch (const std::bad_alloc& e) {
         metrics_.steps_out_of_memory += 1;
@@ -320,8 +328,10 @@ void Scheduler::run_parts(std::span<const Part> all_parts) {
     metrics_.steps += 1;
     metrics_.step_rows += rows.size();
 
-    size_t logits_row = 0;
-    for (const Part& part : parts) {
+    const Logits& logits = outputs.logits;
+    size_t logits_row = 0, argmax_row = 0;
+    for (size_t p = 0; p < parts.size(); ++p) {
+        const Part& part = parts[p];
         Sequence& s = *part.sequence;
         const bool has_logits = s.decoding || s.fed + part.n_rows == s.params.prompt.size();
         if (s.decoding) {
@@ -342,11 +352,12 @@ void Scheduler::run_parts(std::span<const Part> all_parts) {
         if (!has_logits) continue;
         if (s.params.score_prompt) s.channel->push({.choice = s.choice, .prompt_scores = std::move(s.prompt_scores)});
         if (s.params.max_tokens == 0) {
-            logits_row += 1;
+            (picked[p] ? argmax_row : logits_row) += 1;
             finish(s, FinishReason::Length);
             continue;
         }
-        advance(s, logits.row(logits_row++));
+        if (picked[p]) emit(s, outputs.argmax[argmax_row++], {});
+        else advance(s, logits.row(logits_row++));
     }
 }
 
@@ -380,6 +391,10 @@ void Scheduler::advance(Sequence& s, std::span<const double> logits) {
         finish(s, FinishReason::Error, std::string("structured output: ") + e.what());
         return;
     }
+    emit(s, token, logits);
+}
+
+void Scheduler::emit(Sequence& s, Token token, std::span<const double> logits) {
     s.sampler.accept(token);
     ++s.generated;
     metrics_.count_generated(1);

@@ -3,7 +3,7 @@
 // It knows nothing of HTTP: a request arrives as SequenceParams (one per choice) and leaves as
 // events on a RequestChannel that the HTTP thread reads.
 //
-// Each step is one batched pass (F32ModelBase::forward_rows): the next token of every decoding
+// Each step is one batched pass (F32ModelBase::run_rows): the next token of every decoding
 // sequence, plus up to `prompt_chunk` prompt tokens of the sequences still reading their prompt
 // (oldest first), so that a long prompt is read between decode steps instead of stalling them.
 // A sequence queued while a step runs joins at the next one. A finished or cancelled sequence
@@ -167,6 +167,9 @@ private:
     // Samples the sequence's next token from its logits row, emits it, and finishes the sequence
     // on a stop condition.
     void advance(Sequence& sequence, std::span<const double> logits);
+    // advance with the token chosen: `logits` its row, or empty where the pass picked the token
+    // (picks_argmax: nothing needs the row).
+    void emit(Sequence& sequence, Token token, std::span<const double> logits);
     void finish(Sequence& sequence, FinishReason reason, std::string error = {});
 
     InferenceEngine& engine_;

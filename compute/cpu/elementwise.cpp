@@ -74,8 +74,9 @@ void softcap(Context&, float* x, size_t n, float cap) {
     for (size_t i = 0; i < n; ++i) x[i] = cap * std::tanh(x[i] / cap);
 }
 
-void argmax(Context&, const float* x, size_t n, int32_t* out) {
-    *out = static_cast<int32_t>(std::max_element(x, x + n) - x);   // the first of equal maxima
+void argmax(Context&, const float* x, size_t n_rows, size_t n, int32_t* out) {
+    for (size_t r = 0; r < n_rows; ++r, x += n)
+        out[r] = static_cast<int32_t>(std::max_element(x, x + n) - x);   // the first of equal maxima
 }
 
 void top_k(Context&, const float* x, size_t n, size_t k, int32_t* ids, float* values) {

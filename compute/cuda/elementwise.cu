@@ -121,10 +121,12 @@ __global__ void add_routed_rows_kernel(float* y, const float* rows, int n, const
     y[t * n + i] = acc;
 }
 
-// One block: each thread scans a strided slice, then the block reduces (value, index) pairs,
+// A block a row: each thread scans a strided slice, then the block reduces (value, index) pairs,
 // keeping the lower index on ties.
 __global__ void argmax_kernel(const float* x, size_t n, int32_t* out) {
     grid_dependency_wait();
+    x += size_t(blockIdx.x) * n;
+    out += blockIdx.x;
     float best = -FLT_MAX;
     int32_t best_index = 0;
     for (size_t i = threadIdx.x; i < n; i += blockDim.x)
@@ -302,8 +304,9 @@ void route(Context& ctx, const float* router_logits, size_t n_tokens, size_t n_e
         cuda::top_k(ctx, router_logits + t * n_experts, n_experts, k, ids + t * k, chosen_logits + t * k);
 }
 
-void argmax(Context& ctx, const float* x, size_t n, int32_t* out) {
-    launch_after_previous(ctx, argmax_kernel, 1, 1024, 0, x, n, out);
+void argmax(Context& ctx, const float* x, size_t n_rows, size_t n, int32_t* out) {
+    if (n_rows == 0) return;
+    launch_after_previous(ctx, argmax_kernel, unsigned(n_rows), 1024, 0, x, n, out);
 }
 
 void top_k(Context& ctx, const float* x, size_t n, size_t k, int32_t* ids, float* values) {

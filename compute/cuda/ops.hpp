@@ -137,7 +137,7 @@ void softcap(Context& ctx, float* x, size_t n, float cap);
 
 // out[0] = the index of the largest of x[0..n) (the first, on ties): greedy decoding without
 // copying the logits back.
-void argmax(Context& ctx, const float* x, size_t n, int32_t* out);
+void argmax(Context& ctx, const float* x, size_t n_rows, size_t n, int32_t* out);
 // compute::top_k (compute/elementwise.hpp).
 void top_k(Context& ctx, const float* x, size_t n, size_t k, int32_t* ids, float* values);
 // compute::add_routed (compute/experts.hpp).

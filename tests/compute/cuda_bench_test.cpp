@@ -137,7 +137,7 @@ struct Stack {
         const float* last = x + (n_tokens - 1) * n;
         rms_norm(gpu, last, out_norm, 1, n, 1e-5f, h);
         matmul(gpu, output, h, 1, logits, activations);
-        cuda::argmax(gpu, logits, s.n_vocab, token);
+        cuda::argmax(gpu, logits, 1, s.n_vocab, token);
     }
 
     int32_t sampled() {

@@ -1027,13 +1027,19 @@ TEST_F(CudaOps, Elementwise) {
     EXPECT_LT(l2_relative_error(to_host(x, a.size()), want), float_tolerance);
 }
 
+// Three rows of a vocabulary: a tie (the first wins) in the first, the others' largest where the
+// CPU finds it.
 TEST_F(CudaOps, Argmax) {
-    auto logits = random(49152);
+    const size_t n = 49152;
+    auto logits = random(3 * n);
     logits[31337] = 100.0f;
-    logits[40000] = 100.0f;  // a tie: the first wins
-    int32_t* out = to_device(std::vector<int32_t>{-1});
-    cuda::argmax(*gpu, to_device(logits), logits.size(), out);
-    EXPECT_EQ(to_host(out, 1)[0], 31337);
+    logits[40000] = 100.0f;
+    std::vector<int32_t> want(3);
+    cpu::argmax(cpu, logits.data(), 3, n, want.data());
+    EXPECT_EQ(want[0], 31337);
+    int32_t* out = to_device(std::vector<int32_t>{-1, -1, -1});
+    cuda::argmax(*gpu, to_device(logits), 3, n, out);
+    EXPECT_EQ(to_host(out, 3), want);
 }
 
 // top_k against the CPU's (a partial sort): one warp (n <= 512, k <= 32: a router's choice), one
