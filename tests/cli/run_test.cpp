@@ -260,7 +260,9 @@ TEST(CliVerify, EachPathReportsEachActivationSchemesError) {
     const bool int8_prompts = compute::best_cpu_isa() == compute::CpuIsa::AVX512;
     const double int8_prompt = smollm2_verify_error("--activations int8", "prompt");
     EXPECT_LE(int8_prompt, int8_prompts ? kInt8Tolerance : kFloat32Tolerance);
-    if (int8_prompts) EXPECT_GT(int8_prompt, 4 * kInt8x2Tolerance);
+    if (int8_prompts) {
+        EXPECT_GT(int8_prompt, 4 * kInt8x2Tolerance);
+    }
     EXPECT_LE(smollm2_verify_error("", "prompt"), int8_prompts ? kInt8x2Tolerance : kFloat32Tolerance);
     EXPECT_LE(smollm2_verify_error("--exact-activations", "prompt"), kFloat32Tolerance);
 }
