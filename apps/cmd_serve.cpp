@@ -19,7 +19,7 @@ struct ServeOptions {
     int port = 8080;
     int parallel = 4;
     int max_queue = 64;
-    int prompt_chunk = 64;
+    int prompt_chunk = 0;
     std::string decode_products = "single";
     int max_activation_mib = 0;
     int kv_memory_mib = 0;
@@ -109,8 +109,8 @@ void register_serve(CLI::App& app) {
         ->check(allowed_values(1, 256, "1 to 256"))->capture_default_str();
     cmd->add_option("--max-queue", o.max_queue, "sequences that may wait for a slot; beyond, requests get 503")
         ->check(allowed_values(0, 100000, "0 to 100000"))->capture_default_str();
-    cmd->add_option("--prompt-chunk", o.prompt_chunk, "prompt tokens read per step between decode steps")
-        ->check(allowed_values(1, 65536, "1 to 65536"))->capture_default_str();
+    cmd->add_option("--prompt-chunk", o.prompt_chunk, "prompt tokens read per step between decode steps (0: 64 on the CPU, 512 on CUDA)")
+        ->check(allowed_values(0, 65536, "0 to 65536"))->capture_default_str();
     cmd->add_option("--decode-products", o.decode_products,
                     "single: each decode row as `run` decodes it (best for few streams); tiled: all rows of a step in one product "
                     "(better from ~8 streams on the CPU)")

@@ -56,6 +56,10 @@ size_t BatchedModel::n_vocab() const {
     return with_slots(backend_, [](auto& m) { return static_cast<size_t>(m.config().n_vocab); });
 }
 
+compute::Device BatchedModel::device() const {
+    return with_slots(backend_, [](auto& m) { return m.options().device; });
+}
+
 size_t BatchedModel::slot_length(size_t slot) const {
     return with_slots(backend_, [&](auto& m) { return m.slot_length(slot); });
 }

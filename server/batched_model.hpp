@@ -18,6 +18,7 @@ public:
     void set_slot_count(size_t n_slots);
     size_t n_ctx() const;
     size_t n_vocab() const;
+    compute::Device device() const;
     size_t slot_length(size_t slot) const;
     size_t kv_backed_bytes() const;   // the memory behind the KV cache now (every device)
     void trim_kv();                   // hands back what no slot's positions use

@@ -69,10 +69,12 @@ struct Scheduler::Sequence {
     bool prompt_done() const { return fed == params.prompt.size(); }
 };
 
+size_t default_prompt_chunk(compute::Device device) { return device == compute::Device::CPU ? 64 : 512; }
+
 Scheduler::Scheduler(InferenceEngine& engine, const SchedulerOptions& options, Metrics& metrics)
     : engine_(engine), model_(engine.backend()), options_(options), metrics_(metrics) {
     if (options_.n_slots == 0) throw std::invalid_argument("the server needs at least one slot (--parallel)");
-    if (options_.prompt_chunk == 0) throw std::invalid_argument("the prompt chunk must be at least one token");
+    if (options_.prompt_chunk == 0) options_.prompt_chunk = default_prompt_chunk(model_.device());
     model_.set_slot_count(options_.n_slots);
     n_ctx_ = model_.n_ctx();
     slots_ = SlotTable(options_.n_slots);

@@ -116,10 +116,16 @@ struct QueueFull : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
 
+// The prompt tokens a step reads by default: 64 on the CPU, where a step's prompt rows delay every
+// decoding stream's next token by their whole cost; 512 on a GPU, where a prompt row costs little
+// beside a step's fixed launches, so fewer and larger steps bring a burst of requests their first
+// tokens sooner (as llama-server's 2,048-token batch does).
+size_t default_prompt_chunk(compute::Device device);
+
 struct SchedulerOptions {
     size_t n_slots = 4;                 // sequences decoding at once (the KV cache's slots)
     size_t max_queue = 64;              // sequences waiting for a slot before submit() refuses
-    size_t prompt_chunk = 64;           // prompt tokens read per step, over all sequences
+    size_t prompt_chunk = 0;            // prompt tokens read per step, over all sequences (0: default_prompt_chunk)
     // How decode rows compute their products (RowProducts): Single, each as `twinfer run` decodes
     // (fastest for a few streams); Tiled, all rows of a step in one product (faster from about
     // eight streams on). Prompt rows are always Tiled; either way rows never depend on each other.
