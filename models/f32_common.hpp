@@ -594,9 +594,10 @@ protected:
             compute::download(ctx_, ids.data(), row_argmax_.data(), n_out * sizeof(int32_t));
             for (size_t i : picked) out.argmax.push_back(Token(ids[i]));
         }
+        if (full.empty()) return out;
         if (picked.empty()) {   // every logits row: one copy
-            compute::widen_to_double(decode_step_.logits_on_host(ctx_, logits, full.size() * V), full.size() * V,
-                                                        out.logits.values.data());
+            const size_t count = full.size() * V;
+            compute::widen_to_double(decode_step_.logits_on_host(ctx_, logits, count), count, out.logits.values.data());
         } else {
             for (size_t j = 0; j < full.size(); ++j)
                 compute::widen_to_double(decode_step_.logits_on_host(ctx_, logits + full[j] * V, V), V, out.logits.values.data() + j * V);
