@@ -598,6 +598,76 @@ TEST(F32CudaTest, RowsAmongOthersAreTheRowsAlone) {
     check_rows_among_others_are_the_rows_alone(compute::Device::CUDA);
 }
 
+// run_rows (the server's pass): rows that ask only for their argmax get the id of their largest
+// logit (the lowest on ties), found on the device; the others their logits bitwise as
+// forward_rows hands them back. Prompt rows, then decode rows, the argmax rows first, last and
+// between. forward_rows refuses argmax rows.
+void check_run_rows_picks_the_argmax(compute::Device device) {
+    const auto file = open(test::third_party_testdata() / "models/stories260K.gguf");
+    F32LlamaModel picking = F32LlamaModel::load(file, {.device = device});
+    F32LlamaModel full = F32LlamaModel::load(file, {.device = device});
+    const std::vector<std::vector<Token>> prompts = three_prompts();
+    picking.set_slot_count(prompts.size());
+    full.set_slot_count(prompts.size());
+    const bool argmax_only[2][3] = {{true, false, true}, {false, true, false}};
+    std::vector<SlotToken> rows;
+    for (size_t s = 0; s < prompts.size(); ++s)
+        for (size_t i = 0; i < prompts[s].size(); ++i) {
+            const bool last = i + 1 == prompts[s].size();
+            rows.push_back({s, prompts[s][i], last, RowProducts::Tiled, last && argmax_only[0][s]});
+        }
+    EXPECT_THROW(full.forward_rows(rows), std::invalid_argument);
+    for (size_t pass = 0; pass < 2; ++pass) {
+        SCOPED_TRACE(pass);
+        std::vector<SlotToken> all_logits = rows;
+        for (SlotToken& row : all_logits) row.argmax_only = false;
+        const RowOutputs got = picking.run_rows(rows);
+        const Logits want = full.forward_rows(all_logits);
+        ASSERT_EQ(got.logits.n_positions + got.argmax.size(), prompts.size());
+        size_t logits_row = 0, argmax_row = 0, s = 0;
+        for (const SlotToken& row : rows) {
+            if (!row.logits) continue;
+            const auto w = want.row(s++);
+            if (row.argmax_only) {
+                EXPECT_EQ(got.argmax[argmax_row++], Token(std::max_element(w.begin(), w.end()) - w.begin())) << "slot " << row.slot;
+            } else {
+                EXPECT_TRUE(std::ranges::equal(got.logits.row(logits_row++), w)) << "slot " << row.slot;
+            }
+        }
+        // A decode pass: each slot's next token, its argmax.
+        rows.clear();
+        for (size_t slot = 0; slot < prompts.size(); ++slot) {
+            const auto w = want.row(slot);
+            rows.push_back({slot, Token(std::max_element(w.begin(), w.end()) - w.begin()), true, RowProducts::Single,
+                            argmax_only[1][slot]});
+        }
+    }
+}
+
+TEST(F32DecodeStepTest, RunRowsPicksTheArgmaxOfTheRowsThatAskOnlyForItOnCpu) {
+    TWINFER_REQUIRE_FILE(test::third_party_testdata() / "models/stories260K.gguf");
+    check_run_rows_picks_the_argmax(compute::Device::CPU);
+}
+
+TEST(F32CudaTest, RunRowsPicksTheArgmaxOfTheRowsThatAskOnlyForIt) {
+    TWINFER_REQUIRE_GPU();
+    TWINFER_REQUIRE_FILE(test::third_party_testdata() / "models/stories260K.gguf");
+    check_run_rows_picks_the_argmax(compute::Device::CUDA);
+}
+
+// The outputs of a model whose pass hands back every logits row (a tensor-parallel model, one
+// without enqueue_rows): the argmax rows' ids picked on the host, the first of equal largest.
+TEST(F32DecodeStepTest, OutputsFromLogitsPicksOnTheHost) {
+    const std::vector<SlotToken> rows{{0, 0, true, RowProducts::Single, true},
+                                      {1, 0, false},
+                                      {1, 0, true},
+                                      {2, 0, true, RowProducts::Single, true}};
+    const RowOutputs out = outputs_from_logits(rows, Logits{3, 3, {0.5, 2.0, 2.0, 1.0, -1.0, 0.0, -3.0, -2.0, -2.5}});
+    EXPECT_EQ(out.argmax, (std::vector<Token>{1, 1}));
+    EXPECT_EQ(out.logits.n_positions, 1u);
+    EXPECT_EQ(out.logits.values, (std::vector<double>{1.0, -1.0, 0.0}));
+}
+
 TEST(F32CudaTest, TooLargeKvCacheSaysHowMuchMemory) {
     TWINFER_REQUIRE_GPU();
     const auto file = test::convert_gguf(test::golden_model("llama_gqa_tied"), GGMLType::F32, "cuda_memory");

@@ -129,64 +129,6 @@ TEST(ServerBatchedRowsPaths, RefusesRowsOutOfOrderAndOverflowWithoutChangingTheC
     EXPECT_EQ(model.slot_length(1), 0u);
 }
 
-// run_rows: rows that ask only for their argmax get the id of their largest logit (the lowest on
-// ties), the others their logits bitwise as forward_rows hands them back; prompt rows and decode
-// rows, the argmax rows first, last and between. forward_rows refuses argmax rows.
-TEST(ServerBatchedRowsPaths, RunRowsPicksTheArgmaxOfTheRowsThatAskOnlyForIt) {
-    TWINFER_REQUIRE_FILE(test::smollm2_path());
-    F32LlamaModel picking = F32LlamaModel::load(smollm2(), {.n_ctx = 64});
-    F32LlamaModel full = F32LlamaModel::load(smollm2(), {.n_ctx = 64});
-    picking.set_slot_count(3);
-    full.set_slot_count(3);
-    const bool argmax_only[2][3] = {{true, false, true}, {false, true, false}};
-    std::vector<SlotToken> rows;
-    for (size_t s = 0; s < 3; ++s) {
-        const std::vector<Token> ids = prompt(int(s) + 1, 5 + s);
-        for (size_t i = 0; i < ids.size(); ++i)
-            rows.push_back({.slot = s, .token = ids[i], .logits = i + 1 == ids.size(), .products = RowProducts::Tiled,
-                            .argmax_only = i + 1 == ids.size() && argmax_only[0][s]});
-    }
-    EXPECT_THROW(full.forward_rows(rows), std::invalid_argument);
-    for (size_t pass = 0; pass < 2; ++pass) {
-        SCOPED_TRACE(pass);
-        std::vector<SlotToken> all_logits = rows;
-        for (SlotToken& row : all_logits) row.argmax_only = false;
-        const RowOutputs got = picking.run_rows(rows);
-        const Logits want = full.forward_rows(all_logits);
-        ASSERT_EQ(got.logits.n_positions + got.argmax.size(), 3u);
-        size_t logits_row = 0, argmax_row = 0, s = 0;
-        for (const SlotToken& r : rows) {
-            if (!r.logits) continue;
-            const auto w = want.row(s++);
-            if (r.argmax_only) {
-                EXPECT_EQ(got.argmax[argmax_row++], Token(std::max_element(w.begin(), w.end()) - w.begin())) << "slot " << r.slot;
-            } else {
-                EXPECT_EQ(row(got.logits, logits_row++), std::vector<double>(w.begin(), w.end())) << "slot " << r.slot;
-            }
-        }
-        // A decode pass: each slot's next token, its argmax.
-        rows.clear();
-        for (size_t slot = 0; slot < 3; ++slot) {
-            const auto w = want.row(slot);
-            rows.push_back({.slot = slot, .token = Token(std::max_element(w.begin(), w.end()) - w.begin()), .logits = true,
-                            .argmax_only = argmax_only[1][slot]});
-        }
-    }
-}
-
-// The outputs of a model whose pass hands back every logits row (a tensor-parallel model, one
-// without enqueue_rows): the argmax rows' ids picked on the host, the first of equal largest.
-TEST(ServerBatchedRowsPaths, OutputsFromLogitsPicksOnTheHost) {
-    const std::vector<SlotToken> rows{{.slot = 0, .logits = true, .argmax_only = true},
-                                      {.slot = 1},
-                                      {.slot = 1, .logits = true},
-                                      {.slot = 2, .logits = true, .argmax_only = true}};
-    const RowOutputs out = outputs_from_logits(rows, Logits{3, 3, {0.5, 2.0, 2.0, 1.0, -1.0, 0.0, -3.0, -2.0, -2.5}});
-    EXPECT_EQ(out.argmax, (std::vector<Token>{1, 1}));
-    EXPECT_EQ(out.logits.n_positions, 1u);
-    EXPECT_EQ(out.logits.values, (std::vector<double>{1.0, -1.0, 0.0}));
-}
-
 // F32GPTModel has no enqueue_rows: its forward_rows feeds one slot after another.
 static_assert(F32LlamaModel::has_batched_pass() && !F32GPTModel::has_batched_pass());
 
