@@ -109,7 +109,7 @@ void register_serve(CLI::App& app) {
         ->check(allowed_values(1, 256, "1 to 256"))->capture_default_str();
     cmd->add_option("--max-queue", o.max_queue, "sequences that may wait for a slot; beyond, requests get 503")
         ->check(allowed_values(0, 100000, "0 to 100000"))->capture_default_str();
-    cmd->add_option("--prompt-chunk", o.prompt_chunk, "prompt tokens read per step between decode steps (0: 64 on the CPU, 512 on CUDA)")
+    cmd->add_option("--prompt-chunk", o.prompt_chunk, "prompt tokens read per step between decode steps (0: 256 on the CPU, 512 on CUDA)")
         ->check(allowed_values(0, 65536, "0 to 65536"))->capture_default_str();
     cmd->add_option("--decode-products", o.decode_products,
                     "single: each decode row as `run` decodes it (best for few streams); tiled: all rows of a step in one product "

@@ -69,7 +69,7 @@ struct Scheduler::Sequence {
     bool prompt_done() const { return fed == params.prompt.size(); }
 };
 
-size_t default_prompt_chunk(compute::Device device) { return device == compute::Device::CPU ? 64 : 512; }
+size_t default_prompt_chunk(compute::Device device) { return device == compute::Device::CPU ? 256 : 512; }
 
 Scheduler::Scheduler(InferenceEngine& engine, const SchedulerOptions& options, Metrics& metrics)
     : engine_(engine), model_(engine.backend()), options_(options), metrics_(metrics) {
