@@ -118,8 +118,8 @@ struct QueueFull : std::runtime_error {
 
 // The prompt tokens a step reads by default. Fewer, larger steps bring a burst of requests their
 // first tokens sooner (as llama-server's 2,048-token batch does) but delay the decoding streams'
-// next tokens by the chunk's cost: 256 on the CPU (~0.2 s of SmolLM2's prompt rows on this
-// project's two cores), 512 on a GPU, where a prompt row costs little beside a step's launches.
+// next tokens by the chunk's cost: 256 on the CPU (BENCHMARKS.md weighs 64, 256 and 512), 512 on a
+// GPU, where a prompt row costs little beside a step's launches.
 size_t default_prompt_chunk(compute::Device device);
 
 struct SchedulerOptions {
@@ -174,7 +174,7 @@ private:
     // on a stop condition.
     void advance(Sequence& sequence, std::span<const double> logits);
     // advance with the token chosen: `logits` its row, or empty where the pass picked the token
-    // (picks_argmax: nothing needs the row).
+    // (SlotToken::argmax_only: nothing else reads the row).
     void emit(Sequence& sequence, Token token, std::span<const double> logits);
     void finish(Sequence& sequence, FinishReason reason, std::string error = {});
 
