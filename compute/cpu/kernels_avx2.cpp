@@ -40,6 +40,21 @@ struct FloatVec {
         s = _mm_add_ss(s, _mm_movehdup_ps(s));
         return _mm_cvtss_f32(s);
     }
+    // Lane i: hsum(v[i]), by the same tree for all 8 at once: each level adds the halves of pairs
+    // of vectors side by side. The levels leave v[2j + l]'s sum in lane 4l + j; the last permute
+    // puts it in lane 2j + l.
+    static V hsums(const V* v) {
+        V a[4], b[2];
+        for (int i = 0; i < 4; ++i)
+            a[i] = _mm256_add_ps(_mm256_permute2f128_ps(v[2 * i], v[2 * i + 1], 0x20),
+                                 _mm256_permute2f128_ps(v[2 * i], v[2 * i + 1], 0x31));
+        for (int i = 0; i < 2; ++i)
+            b[i] = _mm256_add_ps(_mm256_shuffle_ps(a[2 * i], a[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                                 _mm256_shuffle_ps(a[2 * i], a[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+        const V sums = _mm256_add_ps(_mm256_shuffle_ps(b[0], b[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                     _mm256_shuffle_ps(b[0], b[1], _MM_SHUFFLE(3, 1, 3, 1)));
+        return _mm256_permutevar8x32_ps(sums, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    }
     static V round(V v) { return _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
     // y * 2^n through the exponent field; n >= -126 after vexp's clamp.
     static V scale_pow2(V y, V n) {

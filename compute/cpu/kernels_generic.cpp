@@ -29,6 +29,7 @@ struct FloatVec {
     static V max(V a, V b) { return std::max(a, b); }
     static V fma(V a, V b, V c) { return a * b + c; }
     static float hsum(V v) { return v; }
+    static V hsums(const V* v) { return v[0]; }
     static V round(V v) { return std::nearbyint(v); }
     static V scale_pow2(V y, V n) { return std::ldexp(y, static_cast<int>(n)); }
     static V load_f16(const uint16_t* p) { return fp16_to_fp32(*p); }

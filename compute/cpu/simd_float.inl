@@ -3,6 +3,7 @@
 //   struct FloatVec {
 //     using V = ...; static constexpr size_t width, gemm_rows;
 //     zero() load(p) store(p, v) set1(f) add sub mul div min max fma(a, b, c)=a*b+c hsum(v)
+//     hsums(v) (lane i: hsum(v[i]) for W vectors v[0..W), by hsum's order of additions)
 //     round(v) (to nearest) scale_pow2(y, n)=y*2^n load_f16(p) load_bf16(p) load_i8(p)   (all static)
 //   };
 //   void dequantize_row(GGMLType type, const std::byte* src, size_t n, float* dst);
@@ -49,9 +50,10 @@ struct PlainRows {
     float at(size_t p, size_t d) const { return ToFloat(base[p * stride + d]); }
 };
 
-// Σ row_p[i] b[i] with four accumulators (enough to hide the FMA latency).
+// Σ row_p[i] b[i] over the whole vectors of n (i < n - n % W), as W lanes to be summed: four
+// accumulators (enough to hide the FMA latency), added.
 template <class Rows>
-float dot_row(const Rows& rows, size_t p, const float* b, size_t n) {
+V dot_lanes(const Rows& rows, size_t p, const float* b, size_t n) {
     V s0 = FloatVec::zero(), s1 = FloatVec::zero(), s2 = FloatVec::zero(), s3 = FloatVec::zero();
     size_t i = 0;
     for (; i + 4 * W <= n; i += 4 * W) {
@@ -61,8 +63,14 @@ float dot_row(const Rows& rows, size_t p, const float* b, size_t n) {
         s3 = FloatVec::fma(rows.load(p, i + 3 * W), FloatVec::load(b + i + 3 * W), s3);
     }
     for (; i + W <= n; i += W) s0 = FloatVec::fma(rows.load(p, i), FloatVec::load(b + i), s0);
-    float s = FloatVec::hsum(FloatVec::add(FloatVec::add(s0, s1), FloatVec::add(s2, s3)));
-    for (; i < n; ++i) s += rows.at(p, i) * b[i];
+    return FloatVec::add(FloatVec::add(s0, s1), FloatVec::add(s2, s3));
+}
+
+// Σ row_p[i] b[i].
+template <class Rows>
+float dot_row(const Rows& rows, size_t p, const float* b, size_t n) {
+    float s = FloatVec::hsum(dot_lanes(rows, p, b, n));
+    for (size_t i = n - n % W; i < n; ++i) s += rows.at(p, i) * b[i];
     return s;
 }
 
@@ -212,14 +220,31 @@ template <class Rows>
 void attend_rows(const float* q, const Rows& k, const Rows& v, size_t n_kv, size_t head_dim, float scale, float sink,
                  float* scores, float* out) {
     float max_score = sink;   // -inf without a sink
-    for (size_t p = 0; p < n_kv; ++p) {
+    size_t p = 0;
+    if (head_dim % W == 0) {
+        // W keys at a time: their dot products' lanes summed by one tree for all W (hsums) rather
+        // than a horizontal sum each, which took most of the scores' time. The same sums as
+        // dot_row's, so the same scores as the keys past the last whole W.
+        V vmax = FloatVec::set1(max_score);
+        for (; p + W <= n_kv; p += W) {
+            V lanes[W];
+#pragma GCC unroll 16
+            for (size_t i = 0; i < W; ++i) lanes[i] = dot_lanes(k, p + i, q, head_dim);
+            const V s = FloatVec::mul(FloatVec::set1(scale), FloatVec::hsums(lanes));
+            FloatVec::store(scores + p, s);
+            vmax = FloatVec::max(vmax, s);
+        }
+        alignas(64) float maxima[W];
+        FloatVec::store(maxima, vmax);
+        max_score = *std::max_element(maxima, maxima + W);
+    }
+    for (; p < n_kv; ++p) {
         scores[p] = scale * dot_row(k, p, q, head_dim);
         max_score = std::max(max_score, scores[p]);
     }
     const V vmax = FloatVec::set1(max_score);
     V vsum = FloatVec::zero();
-    size_t p = 0;
-    for (; p + W <= n_kv; p += W) {
+    for (p = 0; p + W <= n_kv; p += W) {
         const V e = vexp(FloatVec::sub(FloatVec::load(scores + p), vmax));
         FloatVec::store(scores + p, e);
         vsum = FloatVec::add(vsum, e);
