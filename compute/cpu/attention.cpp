@@ -77,32 +77,50 @@ void attention_blocks(Context& ctx, const Kernels& k, const float* q, CacheRows 
     });
 }
 
-// A decode row's head h, the token at `position` (q and out: the row's [n_head, head_dim]) over its
-// window of keys and values.
-// scratch: scores_scratch's.
-void attend_head(const Kernels& k, const float* q, CacheRows keys, CacheRows values, size_t position,
-                 const AttentionShape& shape, size_t h, float* scratch, float* out) {
+// A decode row's heads h0 .. h0 + n_heads - 1, of one KV head, the token at `position` (q and out:
+// the row's [n_head, head_dim]) over its window of keys and values; scratch for n_heads rows of scores.
+void attend_heads(const Kernels& k, const float* q, CacheRows keys, CacheRows values, size_t position,
+                  const AttentionShape& shape, size_t h0, size_t n_heads, float* scratch, float* out) {
     const size_t group = shape.n_head / shape.n_head_kv, D = shape.head_dim;
     const auto [first, n_seen] = seen(shape, position, 0);
     const size_t first_row = shape.ring ? first % shape.ring : first, n_kv = n_seen - first;
-    const size_t head_offset = (h / group) * D, kv_offset = first_row * shape.kv_stride + head_offset;
-    const float sink = shape.sinks ? shape.sinks[h] : -INFINITY;
-    k.attend(q + h * D, keys.plus(kv_offset).data, values.plus(kv_offset).data, keys.type, shape.kv_stride, n_kv, D,
-             shape.scale, sink, scratch, out + h * D);
+    const size_t head_offset = (h0 / group) * D, kv_offset = first_row * shape.kv_stride + head_offset;
+    k.attend(q + h0 * D, n_heads, keys.plus(kv_offset).data, values.plus(kv_offset).data, keys.type, shape.kv_stride, n_kv,
+             D, shape.scale, shape.sinks ? shape.sinks + h0 : nullptr, scratch, out + h0 * D);
 }
 
-// Each thread's scratch for attend_head over at most max_kv positions (its scores), allocated here,
-// not in the workers: a worker thread must not throw.
-std::vector<float*> scores_scratch(Context& ctx, size_t max_kv) {
+// Decode rows' tasks: each KV head's query heads in parts of this many, so that the heads of a
+// group share their reads of the cache, yet a few rows still make two tasks a thread (a head's
+// values do not depend on the heads beside it in its call).
+size_t decode_heads_per_task(size_t n_rows, const AttentionShape& shape, int n_threads) {
+    const size_t group = shape.n_head / shape.n_head_kv, groups = n_rows * shape.n_head_kv, wanted = 2 * size_t(n_threads);
+    return groups >= wanted ? group : std::max<size_t>(1, group * groups / wanted);
+}
+
+// Runs fn(row, first head, heads, thread) for every row's heads in parts of decode_heads_per_task,
+// in one parallel region, each thread with scores scratch for the part over at most max_kv positions.
+template <class F>
+void for_decode_heads(Context& ctx, size_t n_rows, const AttentionShape& shape, size_t max_kv, F&& fn) {
+    const size_t group = shape.n_head / shape.n_head_kv;
+    const size_t per_task = decode_heads_per_task(n_rows, shape, ctx.n_threads());
+    const size_t parts = (group + per_task - 1) / per_task, tasks_per_row = shape.n_head_kv * parts;
+    // Allocated here, not in the workers: a worker thread must not throw.
     std::vector<float*> scratch(ctx.n_threads());
-    for (int t = 0; t < ctx.n_threads(); ++t) scratch[t] = reinterpret_cast<float*>(ctx.thread_scratch(t, max_kv * sizeof(float)));
-    return scratch;
+    for (int t = 0; t < ctx.n_threads(); ++t)
+        scratch[t] = reinterpret_cast<float*>(ctx.thread_scratch(t, per_task * max_kv * sizeof(float)));
+    ctx.pool().parallel_for(n_rows * tasks_per_row, 1, [&](size_t begin, size_t end, int thread) {
+        for (size_t task = begin; task < end; ++task) {
+            const size_t row = task / tasks_per_row, g = task % tasks_per_row / parts, part = task % parts;
+            const size_t h0 = g * group + part * per_task;
+            fn(row, h0, std::min(per_task, group - part * per_task), scratch[thread]);
+        }
+    });
 }
 
 }  // namespace
 
-// Prompt rows in blocks (attention_blocks); decode rows one task per (token, head), each thread
-// keeping its scores in its own scratch.
+// Prompt rows in blocks (attention_blocks); decode rows in tasks of a token's heads that share a KV
+// head (for_decode_heads).
 void attention(Context& ctx, const float* q, CacheRows keys, CacheRows values, size_t n_tokens, size_t first_position,
                const AttentionShape& shape, float* out, AttentionRows rows) {
     const Kernels& k = kernels(ctx.cpu_isa());
@@ -110,13 +128,8 @@ void attention(Context& ctx, const float* q, CacheRows keys, CacheRows values, s
         return attention_blocks(ctx, k, q, keys, values, n_tokens, first_position, shape, out);
     const size_t q_stride = shape.n_head * shape.head_dim;
     check_q8_0_heads(keys.type, shape.head_dim, shape.kv_stride);
-    const std::vector<float*> scratch = scores_scratch(ctx, first_position + n_tokens);
-    ctx.pool().parallel_for(n_tokens * shape.n_head, 1, [&](size_t begin, size_t end, int thread) {
-        for (size_t task = begin; task < end; ++task) {
-            const size_t t = task / shape.n_head;
-            attend_head(k, q + t * q_stride, keys, values, first_position + t, shape, task % shape.n_head, scratch[thread],
-                        out + t * q_stride);
-        }
+    for_decode_heads(ctx, n_tokens, shape, first_position + n_tokens, [&](size_t t, size_t h0, size_t n, float* scratch) {
+        attend_heads(k, q + t * q_stride, keys, values, first_position + t, shape, h0, n, scratch, out + t * q_stride);
     });
 }
 
@@ -167,8 +180,8 @@ void decode_rows_rope_store(Context& ctx, float* q, size_t n_head, float* k, con
     }
 }
 
-// Every row's heads in one parallel region, each (row, head) as attention() computes its decode
-// row's head: the same bits.
+// Every row's heads in one parallel region, each head as attention() computes its decode row's
+// head: the same bits.
 void decode_rows_attention(Context& ctx, const float* q, CacheRows keys, CacheRows values, const DecodeRows& rows,
                            size_t slot_stride, const AttentionShape& shape, float* out) {
     const Kernels& k = kernels(ctx.cpu_isa());
@@ -176,13 +189,10 @@ void decode_rows_attention(Context& ctx, const float* q, CacheRows keys, CacheRo
     size_t max_kv = 0;
     for (size_t r = 0; r < rows.n_rows; ++r) max_kv = std::max(max_kv, size_t(rows.slot_positions[2 * r + 1]) + 1);
     check_q8_0_heads(keys.type, shape.head_dim, shape.kv_stride);
-    const std::vector<float*> scratch = scores_scratch(ctx, max_kv);
-    ctx.pool().parallel_for(rows.n_rows * shape.n_head, 1, [&](size_t begin, size_t end, int thread) {
-        for (size_t task = begin; task < end; ++task) {
-            const size_t r = task / shape.n_head, slot = size_t(rows.slot_positions[2 * r]);
-            attend_head(k, q + r * width, keys.plus(slot * slot_stride), values.plus(slot * slot_stride),
-                        size_t(rows.slot_positions[2 * r + 1]), shape, task % shape.n_head, scratch[thread], out + r * width);
-        }
+    for_decode_heads(ctx, rows.n_rows, shape, max_kv, [&](size_t r, size_t h0, size_t n, float* scratch) {
+        const size_t slot = size_t(rows.slot_positions[2 * r]);
+        attend_heads(k, q + r * width, keys.plus(slot * slot_stride), values.plus(slot * slot_stride),
+                     size_t(rows.slot_positions[2 * r + 1]), shape, h0, n, scratch, out + r * width);
     });
 }
 

@@ -129,12 +129,14 @@ struct Kernels {
     void (*gemm_q8)(GGMLType type, const std::byte* w, size_t row_bytes, size_t n_rows, size_t n_cols,
                     const std::byte* x_packed, size_t n_tokens, int digits, std::byte* scratch, float* y, size_t y_stride,
                     bool accumulate);
-    // One query head over n_kv cached positions: out = sum_p softmax_p(scale q . k_p) v_p, with
-    // k_p = k + p * kv_stride elements of `type` (likewise v; Q8_0: whole blocks, read in place as
-    // their dequantized values); scores is scratch for n_kv floats.
-    // sink: a logit that joins the softmax's denominator only (attention sinks); -inf for none.
-    void (*attend)(const float* q, const void* k, const void* v, KvType type, size_t kv_stride, size_t n_kv,
-                   size_t head_dim, float scale, float sink, float* scores, float* out);
+    // n_heads query heads of one KV head (q and out: head j at + j * head_dim) over n_kv cached
+    // positions: out_j = sum_p softmax_p(scale q_j . k_p) v_p, with k_p = k + p * kv_stride
+    // elements of `type` (likewise v; Q8_0: whole blocks, read in place as their dequantized
+    // values); scores is scratch for n_heads * n_kv floats. The heads share the reads of the keys
+    // and values; a head's values are the same bits whichever heads share its call.
+    // sinks: a logit per head that joins the softmax's denominator only (attention sinks); null for none.
+    void (*attend)(const float* q, size_t n_heads, const void* k, const void* v, KvType type, size_t kv_stride,
+                   size_t n_kv, size_t head_dim, float scale, const float* sinks, float* scores, float* out);
     // Prompt attention, flash-attention style: one block of query rows that read the same KV head
     // (several tokens, and the heads of a group) against tiles of the keys, the softmax taken
     // online, so each cached row is read (a float16 or Q8_0 one widened) once a block instead of once a

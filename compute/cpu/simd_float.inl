@@ -216,35 +216,43 @@ void gemm(const float* w, size_t w_stride, size_t n_rows, size_t n_cols, const f
     }
 }
 
+// The scores of n_heads query heads (q: head j at q + j * head_dim; scores: head j's n_kv at
+// scores + j * n_kv), a block of keys for every head before the next block, so that all but the
+// first head read its rows from L1. W keys at a time: their dot products' lanes summed by one tree for all W (hsums) rather than a
+// horizontal sum each, which took most of the scores' time; the same sums as dot_row's, so the
+// same scores as the keys past the last whole W. max_score[j] takes head j's largest.
 template <class Rows>
-void attend_rows(const float* q, const Rows& k, const Rows& v, size_t n_kv, size_t head_dim, float scale, float sink,
-                 float* scores, float* out) {
-    float max_score = sink;   // -inf without a sink
+void attend_scores(const float* q, size_t n_heads, const Rows& k, size_t n_kv, size_t head_dim, float scale, float* scores,
+                   float* max_score) {
     size_t p = 0;
     if (head_dim % W == 0) {
-        // W keys at a time: their dot products' lanes summed by one tree for all W (hsums) rather
-        // than a horizontal sum each, which took most of the scores' time. The same sums as
-        // dot_row's, so the same scores as the keys past the last whole W.
-        V vmax = FloatVec::set1(max_score);
-        for (; p + W <= n_kv; p += W) {
-            V lanes[W];
+        for (; p + W <= n_kv; p += W)
+            for (size_t j = 0; j < n_heads; ++j) {
+                V lanes[W];
 #pragma GCC unroll 16
-            for (size_t i = 0; i < W; ++i) lanes[i] = dot_lanes(k, p + i, q, head_dim);
-            const V s = FloatVec::mul(FloatVec::set1(scale), FloatVec::hsums(lanes));
-            FloatVec::store(scores + p, s);
-            vmax = FloatVec::max(vmax, s);
+                for (size_t i = 0; i < W; ++i) lanes[i] = dot_lanes(k, p + i, q + j * head_dim, head_dim);
+                const V s = FloatVec::mul(FloatVec::set1(scale), FloatVec::hsums(lanes));
+                FloatVec::store(scores + j * n_kv + p, s);
+                alignas(64) float lane_scores[W];
+                FloatVec::store(lane_scores, s);
+                max_score[j] = std::max(max_score[j], *std::max_element(lane_scores, lane_scores + W));
+            }
+    }
+    for (; p < n_kv; ++p)
+        for (size_t j = 0; j < n_heads; ++j) {
+            const float s = scale * dot_row(k, p, q + j * head_dim, head_dim);
+            scores[j * n_kv + p] = s;
+            max_score[j] = std::max(max_score[j], s);
         }
-        alignas(64) float maxima[W];
-        FloatVec::store(maxima, vmax);
-        max_score = *std::max_element(maxima, maxima + W);
-    }
-    for (; p < n_kv; ++p) {
-        scores[p] = scale * dot_row(k, p, q, head_dim);
-        max_score = std::max(max_score, scores[p]);
-    }
+}
+
+// A head's scores to softmax weights in place (unnormalized: exp(score - max)); returns 1 / their
+// sum, the sink's exp(sink - max) included.
+float softmax_weights(float* scores, size_t n_kv, float max_score, float sink) {
     const V vmax = FloatVec::set1(max_score);
     V vsum = FloatVec::zero();
-    for (p = 0; p + W <= n_kv; p += W) {
+    size_t p = 0;
+    for (; p + W <= n_kv; p += W) {
         const V e = vexp(FloatVec::sub(FloatVec::load(scores + p), vmax));
         FloatVec::store(scores + p, e);
         vsum = FloatVec::add(vsum, e);
@@ -252,36 +260,77 @@ void attend_rows(const float* q, const Rows& k, const Rows& v, size_t n_kv, size
     float sum = FloatVec::hsum(vsum);
     for (; p < n_kv; ++p) sum += scores[p] = std::exp(scores[p] - max_score);
     if (sink > -INFINITY) sum += std::exp(sink - max_score);
-    const float inv_sum = 1.0f / sum;
+    return 1.0f / sum;
+}
 
-    // Four column chunks at once, each its own FMA chain over the positions in order (the same
-    // arithmetic as one chunk at a time): with one chain, bound by the FMA's latency, this loop
-    // took ~88% of attend's time in a 16-stream serve run (perf; BENCHMARKS.md, issue 19).
+// out_j = Σ_p weights_j[p] v_p * inv_sum[j] for H heads, each value vector loaded once for all H.
+// Four column chunks at once, each its own FMA chain over the positions in order (the same
+// arithmetic as one chunk at a time): with one chain, bound by the FMA's latency, this loop took
+// ~88% of attend's time in a 16-stream serve run (perf; BENCHMARKS.md, issue 19).
+template <size_t H, class Rows>
+void attend_values(const float* weights, const Rows& v, size_t n_kv, size_t head_dim, const float* inv_sum, float* out) {
     size_t d = 0;
     for (; d + 4 * W <= head_dim; d += 4 * W) {
-        V acc[4] = {FloatVec::zero(), FloatVec::zero(), FloatVec::zero(), FloatVec::zero()};
-        for (size_t p2 = 0; p2 < n_kv; ++p2) {
-            const V s = FloatVec::set1(scores[p2]);
-            for (size_t j = 0; j < 4; ++j) acc[j] = FloatVec::fma(s, v.load(p2, d + j * W), acc[j]);
+        V acc[H][4];
+        for (size_t j = 0; j < H; ++j)
+            for (size_t c = 0; c < 4; ++c) acc[j][c] = FloatVec::zero();
+        for (size_t p = 0; p < n_kv; ++p) {
+            const V x[4] = {v.load(p, d), v.load(p, d + W), v.load(p, d + 2 * W), v.load(p, d + 3 * W)};
+            for (size_t j = 0; j < H; ++j) {
+                const V s = FloatVec::set1(weights[j * n_kv + p]);
+                for (size_t c = 0; c < 4; ++c) acc[j][c] = FloatVec::fma(s, x[c], acc[j][c]);
+            }
         }
-        for (size_t j = 0; j < 4; ++j) FloatVec::store(out + d + j * W, FloatVec::mul(acc[j], FloatVec::set1(inv_sum)));
+        for (size_t j = 0; j < H; ++j)
+            for (size_t c = 0; c < 4; ++c)
+                FloatVec::store(out + j * head_dim + d + c * W, FloatVec::mul(acc[j][c], FloatVec::set1(inv_sum[j])));
     }
     for (; d + W <= head_dim; d += W) {
-        V acc = FloatVec::zero();
-        for (size_t p2 = 0; p2 < n_kv; ++p2) acc = FloatVec::fma(FloatVec::set1(scores[p2]), v.load(p2, d), acc);
-        FloatVec::store(out + d, FloatVec::mul(acc, FloatVec::set1(inv_sum)));
+        V acc[H];
+        for (size_t j = 0; j < H; ++j) acc[j] = FloatVec::zero();
+        for (size_t p = 0; p < n_kv; ++p) {
+            const V x = v.load(p, d);
+            for (size_t j = 0; j < H; ++j) acc[j] = FloatVec::fma(FloatVec::set1(weights[j * n_kv + p]), x, acc[j]);
+        }
+        for (size_t j = 0; j < H; ++j) FloatVec::store(out + j * head_dim + d, FloatVec::mul(acc[j], FloatVec::set1(inv_sum[j])));
     }
-    for (; d < head_dim; ++d) {
-        float acc = 0.0f;
-        for (size_t p2 = 0; p2 < n_kv; ++p2) acc += scores[p2] * v.at(p2, d);
-        out[d] = acc * inv_sum;
+    for (; d < head_dim; ++d)
+        for (size_t j = 0; j < H; ++j) {
+            float acc = 0.0f;
+            for (size_t p = 0; p < n_kv; ++p) acc += weights[j * n_kv + p] * v.at(p, d);
+            out[j * head_dim + d] = acc * inv_sum[j];
+        }
+}
+
+// Kernels::attend: the heads in groups of up to max_attend_heads, each head's arithmetic what it
+// would be alone.
+constexpr size_t max_attend_heads = 4;   // 16 value accumulators, 4 loaded values, 4 weights
+
+template <class Rows>
+void attend_rows(const float* q, size_t n_heads, const Rows& k, const Rows& v, size_t n_kv, size_t head_dim, float scale,
+                 const float* sinks, float* scores, float* out) {
+    for (size_t j0 = 0; j0 < n_heads; j0 += max_attend_heads) {
+        const size_t h = std::min(max_attend_heads, n_heads - j0);
+        float* weights = scores + j0 * n_kv;
+        float max_score[max_attend_heads], inv_sum[max_attend_heads];
+        for (size_t j = 0; j < h; ++j) max_score[j] = sinks ? sinks[j0 + j] : -INFINITY;
+        attend_scores(q + j0 * head_dim, h, k, n_kv, head_dim, scale, weights, max_score);
+        for (size_t j = 0; j < h; ++j)
+            inv_sum[j] = softmax_weights(weights + j * n_kv, n_kv, max_score[j], sinks ? sinks[j0 + j] : -INFINITY);
+        float* o = out + j0 * head_dim;
+        switch (h) {
+        case 1: attend_values<1>(weights, v, n_kv, head_dim, inv_sum, o); break;
+        case 2: attend_values<2>(weights, v, n_kv, head_dim, inv_sum, o); break;
+        case 3: attend_values<3>(weights, v, n_kv, head_dim, inv_sum, o); break;
+        default: attend_values<4>(weights, v, n_kv, head_dim, inv_sum, o); break;
+        }
     }
 }
 
-void attend(const float* q, const void* k, const void* v, KvType type, size_t kv_stride, size_t n_kv, size_t head_dim,
-            float scale, float sink, float* scores, float* out) {
+void attend(const float* q, size_t n_heads, const void* k, const void* v, KvType type, size_t kv_stride, size_t n_kv,
+            size_t head_dim, float scale, const float* sinks, float* scores, float* out) {
     with_cached_rows(type, k, v, kv_stride, [&](const auto& k_rows, const auto& v_rows) {
-        attend_rows(q, k_rows, v_rows, n_kv, head_dim, scale, sink, scores, out);
+        attend_rows(q, n_heads, k_rows, v_rows, n_kv, head_dim, scale, sinks, scores, out);
     });
 }
 
