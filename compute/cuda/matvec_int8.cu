@@ -77,6 +77,17 @@ struct ActivationBlock {
     float2 ds;
 };
 
+// Activation block b of a row (codes qs, scales ds), from shared memory or through the read-only cache.
+__device__ __forceinline__ ActivationBlock load_activations(const int8_t* qs, const float2* ds, int b, bool shared) {
+    const int4* a4 = reinterpret_cast<const int4*>(qs + 32 * b);
+    const int4 lo = shared ? a4[0] : __ldg(a4), hi = shared ? a4[1] : __ldg(a4 + 1);
+    ActivationBlock x;
+    x.a[0] = lo.x, x.a[1] = lo.y, x.a[2] = lo.z, x.a[3] = lo.w;
+    x.a[4] = hi.x, x.a[5] = hi.y, x.a[6] = hi.z, x.a[7] = hi.w;
+    x.ds = shared ? ds[b] : __ldg(ds + b);
+    return x;
+}
+
 // One weight block in registers, loaded apart from its use so that a lane's loads for several
 // blocks are all in flight before the first is needed: its codes (16 or 32 bytes), high bits
 // (Q5_0, Q5_1, Q5_K: one word; Q6_K: two) and scale bits (d, or d and m, as float16; Q4_K and
@@ -296,6 +307,17 @@ struct NormOut {
 template <GGMLType T> constexpr bool four_bit = T == GGMLType::Q4_0 || T == GGMLType::Q4_1;
 template <GGMLType T> constexpr int min_blocks_per_sm = four_bit<T> ? 6 : 5;
 
+// The target whose rows block blockIdx.x computes, and its index, by constant indices: a runtime
+// index into the parameters would copy them to the stack (local memory) first.
+__device__ __forceinline__ Target block_target(const Targets& targets, int& index) {
+    Target target = targets.t[0];
+    index = 0;
+#pragma unroll
+    for (int i = 1; i < max_targets; ++i)
+        if (i < targets.n && int(blockIdx.x) >= targets.t[i].first_block) target = targets.t[i], index = i;
+    return target;
+}
+
 // Rows: rows per warp.
 template <GGMLType T, int Rows, Epilogue E>
 __global__ void __launch_bounds__(warps_of<E> * 32, whole_blocks(E) ? 1 : min_blocks_per_sm<T>)
@@ -303,15 +325,8 @@ int8_matvec_kernel(Targets targets, int n_blocks, const int8_t* __restrict__ qs,
                    NormScale norm_scale, RopeStore rope_store, bool early_loads, QuantizedActivations out_int8,
                    NormOut norm_out, const float* __restrict__ x_float, ExpertChoice experts) {
     constexpr bool Swiglu = gated(E);
-    // The block's target, by constant indices: a runtime index into the parameters would copy
-    // them to the stack (local memory) first.
-    Target target = targets.t[0];
     int target_index = 0;
-    if constexpr (!Swiglu) {
-#pragma unroll
-        for (int i = 1; i < max_targets; ++i)
-            if (i < targets.n && int(blockIdx.x) >= targets.t[i].first_block) target = targets.t[i], target_index = i;
-    }
+    Target target = Swiglu ? targets.t[0] : block_target(targets, target_index);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     constexpr int rows_of_target = Swiglu ? Rows / 2 : Rows;
     const int first_row = ((int(blockIdx.x) - target.first_block) * warps_of<E> + warp) * rows_of_target;
@@ -412,11 +427,7 @@ int8_matvec_kernel(Targets targets, int n_blocks, const int8_t* __restrict__ qs,
         for (int j = 0; j < batch; ++j) {
             const int b = b0 + 32 * j;
             if (b >= n_blocks) break;
-            const int4* a4 = reinterpret_cast<const int4*>(activation_qs + 32 * b);
-            const int4 lo = activations_shared ? a4[0] : __ldg(a4), hi = activations_shared ? a4[1] : __ldg(a4 + 1);
-            x[j].a[0] = lo.x, x[j].a[1] = lo.y, x[j].a[2] = lo.z, x[j].a[3] = lo.w;
-            x[j].a[4] = hi.x, x[j].a[5] = hi.y, x[j].a[6] = hi.z, x[j].a[7] = hi.w;
-            x[j].ds = activations_shared ? activation_ds[b] : __ldg(activation_ds + b);
+            x[j] = load_activations(activation_qs, activation_ds, b, activations_shared);
         }
 #pragma unroll
         for (int j = 0; j < batch; ++j) {
@@ -497,6 +508,69 @@ int8_matvec_kernel(Targets targets, int n_blocks, const int8_t* __restrict__ qs,
         if (first_row + r >= target.rows) break;
         target.y[first_row + r] = old_y[r] + total[r];
     }
+}
+
+// compute::matmul_rows over several activation rows (a batched decode step's rows): a warp takes
+// Rows weight rows and Tokens rows of x (grid row y: x rows y * Tokens ..), each lane loading a
+// weight block once for all the tokens and an activation block once for all the rows, so that a
+// step of N sequences reads the weights about N / Tokens times instead of N (Epilogue::Rows: once
+// per row of x, from L2 at best). Every output is summed as int8_matvec_kernel sums it, a lane's
+// blocks lane, lane + 32, ... in order, then the warp's sum, plus the old y where it accumulates:
+// the same bits as that row of x alone.
+constexpr int tokens_per_warp = 8, min_shared_tokens = 4;
+template <GGMLType T, int Rows, int Tokens>
+__global__ void __launch_bounds__(warps_per_block * 32)
+int8_matvec_tokens_kernel(Targets targets, int n_blocks, const int8_t* __restrict__ qs, const float2* __restrict__ ds,
+                          int n_tokens) {
+    int target_index;
+    const Target target = block_target(targets, target_index);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int first_row = ((int(blockIdx.x) - target.first_block) * warps_per_block + warp) * Rows;
+    if (first_row >= target.rows) return;
+    const int first_token = int(blockIdx.y) * Tokens, tokens = min(Tokens, n_tokens - first_token);
+    const PlanarView<T> view(target.w, size_t(target.rows) * n_blocks);
+    size_t first_block_of[Rows];
+#pragma unroll
+    for (int r = 0; r < Rows; ++r) first_block_of[r] = size_t(min(first_row + r, target.rows - 1)) * n_blocks;
+    qs += size_t(first_token) * n_blocks * 32;
+    ds += size_t(first_token) * n_blocks;
+    grid_dependency_wait();
+    float acc[Rows][Tokens] = {};
+    for (int b = lane; b < n_blocks; b += 32) {
+        WeightBlock<T> w[Rows];
+#pragma unroll
+        for (int r = 0; r < Rows; ++r) w[r] = load_block(view, first_block_of[r] + b);
+#pragma unroll
+        for (int t = 0; t < Tokens; ++t) {
+            if (t >= tokens) break;
+            const ActivationBlock x = load_activations(qs + size_t(t) * n_blocks * 32, ds + size_t(t) * n_blocks, b, false);
+#pragma unroll
+            for (int r = 0; r < Rows; ++r) acc[r][t] += block_dot(w[r], x);
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < Rows; ++r)
+#pragma unroll
+        for (int t = 0; t < Tokens; ++t) {
+            const float total = warp_sum(acc[r][t]);
+            if (lane == 0 && t < tokens && first_row + r < target.rows) {
+                float* y = target.y + size_t(first_token + t) * target.rows + first_row + r;
+                *y = (target.accumulate ? *y : 0.0f) + total;
+            }
+        }
+}
+
+// int8_matvec_tokens_kernel over the targets' rows, Rows a warp.
+template <GGMLType T, int Rows>
+void launch_tokens(Context& ctx, Targets targets, int n_blocks, const QuantizedActivations& q, size_t n_tokens) {
+    int blocks = 0;
+    for (int i = 0; i < targets.n; ++i) {
+        targets.t[i].first_block = blocks;
+        blocks += int(blocks_for(targets.t[i].rows, warps_per_block * Rows));
+    }
+    const dim3 grid(unsigned(blocks), unsigned(blocks_for(n_tokens, tokens_per_warp)));
+    launch_after_previous(ctx, int8_matvec_tokens_kernel<T, Rows, tokens_per_warp>, grid, warps_per_block * 32, 0, targets,
+                          n_blocks, q.qs, q.ds, int(n_tokens));
 }
 
 // Room for one token's quantized activations in `scratch`.
@@ -680,10 +754,17 @@ void int8_matvec_rows(Context& ctx, std::span<const MatmulOutput> outputs, const
             targets.t[targets.n++] = target_of(o.w, o.y, o.accumulate);
             rows += o.w.rows;
         }
-        // Two rows a warp where one each would take more than a wave, as int8_matvec's (the sums of
-        // an output are the same either way: a lane's blocks in order, then the warp's).
+        // From min_shared_tokens rows of x on, a warp's weight row serves several of them; below,
+        // two rows a warp where one each would take more than a wave, as int8_matvec's (the sums
+        // of an output are the same every way: a lane's blocks in order, then the warp's).
         with_int8_type(type, [&]<GGMLType T>() {
-            if (rows * n_rows > size_t(warps_per_block) * resident_blocks<T, 1, Epilogue::Rows>(ctx))
+            if (n_rows >= min_shared_tokens) {
+                // Four weight rows a warp (each activation block read once for four) where that
+                // still makes two blocks an SM.
+                const size_t blocks_of_one_row = blocks_for(rows, warps_per_block) * blocks_for(n_rows, tokens_per_warp);
+                if (blocks_of_one_row >= size_t(8 * device_of(ctx).n_sms)) launch_tokens<T, 4>(ctx, targets, n_blocks, q, n_rows);
+                else launch_tokens<T, 1>(ctx, targets, n_blocks, q, n_rows);
+            } else if (rows * n_rows > size_t(warps_per_block) * resident_blocks<T, 1, Epilogue::Rows>(ctx))
                 launch<T, 2, Epilogue::Rows>(ctx, targets, n_blocks, q, RopeStore{}, {}, {}, nullptr, rows_of_x);
             else launch<T, 1, Epilogue::Rows>(ctx, targets, n_blocks, q, RopeStore{}, {}, {}, nullptr, rows_of_x);
         });

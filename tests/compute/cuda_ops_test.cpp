@@ -339,15 +339,16 @@ TEST_F(CudaOps, FusedProductsMatchCpu) {
 // row's output the same bits as matmul of that row alone (one token, int8 activations) whatever
 // the number of rows, with and without the folded RMSNorm (its output rows too), three outputs
 // of one type in a launch (the middle one accumulating), and near the CPU's. Shapes of one wave
-// and of several (two rows a warp), 1 to 40 rows.
+// and of several (two rows a warp), 1 to 41 rows (from 4, a warp's weight rows serve several;
+// 250 of them: a warp's four rows past the end).
 TEST_F(CudaOps, MatmulRowsAreEachRowAlone) {
     struct Shape {
         size_t cols, heights[3];
     };
-    for (const Shape& shape : {Shape{576, {576, 192, 192}}, Shape{2048, {5632, 256, 64}}})
+    for (const Shape& shape : {Shape{576, {576, 192, 192}}, Shape{2048, {5632, 250, 64}}})
         for (GGMLType type : {GGMLType::Q4_0, GGMLType::Q4_1, GGMLType::Q8_0, GGMLType::Q4_K, GGMLType::Q6_K})
             for (bool with_norm : {false, true}) {
-                const size_t cols = shape.cols, n_rows = 40;
+                const size_t cols = shape.cols, n_rows = 41;
                 if (cols % type_traits(type).block_size != 0) continue;
                 SCOPED_TRACE(testing::Message() << type_name(type) << ", " << cols << " columns" << (with_norm ? ", norm" : ""));
                 const auto x = random(n_rows * cols);
@@ -378,14 +379,24 @@ TEST_F(CudaOps, MatmulRowsAreEachRowAlone) {
                     if (with_norm) got.push_back(to_host(norm.out, n * cols));
                     return got;
                 };
-                const auto all = run(0, n_rows, false);
-                for (size_t first : {size_t{0}, size_t{7}, size_t{39}}) {
+                // Every row of a call of all 41 (five groups of a warp's 8 rows of x and one
+                // more), of a call of 5 (one partial group) and of 3 (below the groups).
+                const auto all = run(0, n_rows, false), five = run(3, 5, false), three = run(20, 3, false);
+                for (size_t first = 0; first < n_rows; ++first) {
                     const auto alone = run(first, 1, true), one_row = run(first, 1, false);
                     for (size_t i = 0; i < all.size(); ++i) {
                         const size_t width = i < 3 ? shape.heights[i] : cols;
-                        const std::vector<float> in_all(all[i].begin() + first * width, all[i].begin() + (first + 1) * width);
-                        EXPECT_EQ(in_all, alone[i]) << "row " << first << ", output " << i << " (3: the norm's)";
+                        auto row_of = [&](const std::vector<float>& y, size_t r) {
+                            return std::vector<float>(y.begin() + r * width, y.begin() + (r + 1) * width);
+                        };
+                        EXPECT_EQ(row_of(all[i], first), alone[i]) << "row " << first << ", output " << i << " (3: the norm's)";
                         EXPECT_EQ(one_row[i], alone[i]) << "row " << first << ", output " << i;
+                        if (first >= 3 && first < 8) {
+                            EXPECT_EQ(row_of(five[i], first - 3), alone[i]) << "row " << first << " of 5";
+                        }
+                        if (first >= 20 && first < 23) {
+                            EXPECT_EQ(row_of(three[i], first - 20), alone[i]) << "row " << first << " of 3";
+                        }
                     }
                 }
                 // Near the CPU's rows (its int8 products of each row alone).
