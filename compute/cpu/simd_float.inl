@@ -218,8 +218,8 @@ void gemm(const float* w, size_t w_stride, size_t n_rows, size_t n_cols, const f
 
 // The scores of n_heads query heads (q: head j at q + j * head_dim; scores: head j's n_kv at
 // scores + j * n_kv), a block of keys for every head before the next block, so that all but the
-// first head read its rows from L1. W keys at a time: their dot products' lanes summed by one tree for all W (hsums) rather than a
-// horizontal sum each, which took most of the scores' time; the same sums as dot_row's, so the
+// first head read its rows from L1. W keys at a time: their dot products' lanes summed by one
+// tree for all W (hsums) rather than a horizontal sum each; the same sums as dot_row's, so the
 // same scores as the keys past the last whole W. max_score[j] takes head j's largest.
 template <class Rows>
 void attend_scores(const float* q, size_t n_heads, const Rows& k, size_t n_kv, size_t head_dim, float scale, float* scores,
