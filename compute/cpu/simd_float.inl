@@ -216,7 +216,10 @@ void gemm(const float* w, size_t w_stride, size_t n_rows, size_t n_cols, const f
     }
 }
 
-// The scores of n_heads query heads (q: head j at q + j * head_dim; scores: head j's n_kv at
+// The most query heads one attend_rows group takes: 16 value accumulators, 4 loaded values, 4 weights.
+constexpr size_t max_attend_heads = 4;
+
+// The scores of n_heads (<= max_attend_heads) query heads (q: head j at q + j * head_dim; scores: head j's n_kv at
 // scores + j * n_kv), a block of keys for every head before the next block, so that all but the
 // first head read its rows from L1. W keys at a time: their dot products' lanes summed by one
 // tree for all W (hsums) rather than a horizontal sum each; the same sums as dot_row's, so the
@@ -225,7 +228,9 @@ template <class Rows>
 void attend_scores(const float* q, size_t n_heads, const Rows& k, size_t n_kv, size_t head_dim, float scale, float* scores,
                    float* max_score) {
     size_t p = 0;
-    if (head_dim % W == 0) {
+    if (head_dim % W == 0 && n_kv >= W) {
+        V vmax[max_attend_heads];
+        for (size_t j = 0; j < n_heads; ++j) vmax[j] = FloatVec::set1(max_score[j]);
         for (; p + W <= n_kv; p += W)
             for (size_t j = 0; j < n_heads; ++j) {
                 V lanes[W];
@@ -233,10 +238,13 @@ void attend_scores(const float* q, size_t n_heads, const Rows& k, size_t n_kv, s
                 for (size_t i = 0; i < W; ++i) lanes[i] = dot_lanes(k, p + i, q + j * head_dim, head_dim);
                 const V s = FloatVec::mul(FloatVec::set1(scale), FloatVec::hsums(lanes));
                 FloatVec::store(scores + j * n_kv + p, s);
-                alignas(64) float lane_scores[W];
-                FloatVec::store(lane_scores, s);
-                max_score[j] = std::max(max_score[j], *std::max_element(lane_scores, lane_scores + W));
+                vmax[j] = FloatVec::max(vmax[j], s);
             }
+        for (size_t j = 0; j < n_heads; ++j) {
+            alignas(64) float maxima[W];
+            FloatVec::store(maxima, vmax[j]);
+            max_score[j] = *std::max_element(maxima, maxima + W);
+        }
     }
     for (; p < n_kv; ++p)
         for (size_t j = 0; j < n_heads; ++j) {
@@ -304,7 +312,6 @@ void attend_values(const float* weights, const Rows& v, size_t n_kv, size_t head
 
 // Kernels::attend: the heads in groups of up to max_attend_heads, each head's arithmetic what it
 // would be alone.
-constexpr size_t max_attend_heads = 4;   // 16 value accumulators, 4 loaded values, 4 weights
 
 template <class Rows>
 void attend_rows(const float* q, size_t n_heads, const Rows& k, const Rows& v, size_t n_kv, size_t head_dim, float scale,
