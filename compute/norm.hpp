@@ -9,6 +9,8 @@
 
 namespace twinfer::compute {
 
+struct RmsNorm;   // compute/matmul.hpp
+
 namespace cpu {
 void rms_norm(Context& ctx, const float* x, const float* weight, size_t n_rows, size_t n, float eps, float* out);
 void layer_norm(Context& ctx, const float* x, const float* weight, const float* bias, size_t n_rows, size_t n,
@@ -27,10 +29,14 @@ inline void rms_norm(Context& ctx, const float* x, const float* weight, size_t n
 
 // x += y / sqrt(mean(y^2) + eps) * weight, row by row: a residual add behind a norm of its own
 // (Gemma's sandwich norms). One launch on the GPU, where the norm and the add took two.
-inline void add_rms_norm(Context& ctx, float* x, const float* y, const float* weight, size_t n_rows, size_t n, float eps) {
+// next_norm: the RMSNorm the caller's next products apply to x, which a backend may prepare in the
+// same launch (as compute::matmul's next_norm: the GPU's one-token int8 path; those products then
+// launch no norm and leave next_norm->out unwritten).
+inline void add_rms_norm(Context& ctx, float* x, const float* y, const float* weight, size_t n_rows, size_t n, float eps,
+                         [[maybe_unused]] const RmsNorm* next_norm = nullptr) {
     if (ctx.device() == Device::CPU) return cpu::add_rms_norm(ctx, x, y, weight, n_rows, n, eps);
 #ifdef TWINFER_WITH_CUDA
-    if (ctx.device() == Device::CUDA) return cuda::add_rms_norm(ctx, x, y, weight, n_rows, n, eps);
+    if (ctx.device() == Device::CUDA) return cuda::add_rms_norm(ctx, x, y, weight, n_rows, n, eps, next_norm);
 #endif
     throw_backend_unavailable("add_rms_norm", ctx.device());
 }

@@ -232,12 +232,13 @@ void TransformerModel::normalize(const Norm& norm, const float* x, size_t n_rows
 }
 
 // x += norm(o) for N rows (no norm: x += o), o first summed over the ranks on a tensor-parallel
-// rank (o its partial output until then).
-void TransformerModel::add_residual(const Norm* norm, float* o, size_t N, float* x) {
+// rank (o its partial output until then). next_norm: the RMSNorm the next products apply to x,
+// which the add may prepare (compute::add_rms_norm).
+void TransformerModel::add_residual(const Norm* norm, float* o, size_t N, float* x, const compute::RmsNorm* next_norm) {
     const size_t E = config_.n_embd;
     if (const RankReduce* r = reduce()) r->collective->all_reduce_sum(r->rank, ctx_, o, N * E);
     if (norm && config_.transformer.norm == NormKind::RMSNorm)
-        return compute::add_rms_norm(ctx_, x, o, norm->weight.data(), N, E, static_cast<float>(config_.norm_eps));
+        return compute::add_rms_norm(ctx_, x, o, norm->weight.data(), N, E, static_cast<float>(config_.norm_eps), next_norm);
     if (norm) normalize(*norm, o, N, o);
     compute::add(ctx_, x, o, N * E);
 }
@@ -277,10 +278,10 @@ void TransformerModel::enqueue_pass(const RowBatch& batch, const int32_t* device
     const bool fold_norms = spec.norm == NormKind::RMSNorm && spec.residual == ResidualKind::Sequential;
     // A sequence's prompt writes its K and V rows straight into the cache.
     const bool into_cache = !batch.batched && !device_position;
-    // A sequence's residual products (one device, no post-norms) are handed the norm the next
-    // products fold in, which a GPU's decode step prepares in the same launch; not while an
-    // observer reads the normalized rows, which that leaves unwritten.
-    const bool prepare_norms = fold_norms && !batch.batched && !reduce() && !spec.post_norms && !observer_;
+    // A sequence's residual adds (one device: its residual products, or its post-norms' adds) are
+    // handed the norm the next products fold in, which a GPU's decode step prepares in the same
+    // launch; not while an observer reads the normalized rows, which that leaves unwritten.
+    const bool prepare_norms = fold_norms && !batch.batched && !reduce() && !observer_;
     batched_ = batch.batched;
     const SlotRun& first_run = batch.runs.front();
 
@@ -332,14 +333,15 @@ void TransformerModel::enqueue_pass(const RowBatch& batch, const int32_t* device
             normalize(L.ffn_norm, x, N, workspace_.buffer(XN2));
             ffn_in = workspace_.buffer(XN2);
         }
+        const bool ffn_folds = spec.residual == ResidualKind::Sequential && !L.gate_exps.n_experts;
+        const compute::RmsNorm* prepared_ffn_norm = prepare_norms && ffn_folds ? &ffn_norm : nullptr;
         if (spec.post_norms || reduce()) {                                           // x += post_norm(sum(Wo att + bo))
             const compute::MatmulOutput out{L.wo, o};
             products(std::span(&out, 1), att, n_single, n_tiled);
             if (!L.bo.empty()) compute::add_bias(ctx_, o, L.bo.data(), N, E);
-            add_residual(spec.post_norms ? &L.attn_post_norm : nullptr, o, N, x);
+            add_residual(spec.post_norms ? &L.attn_post_norm : nullptr, o, N, x, prepared_ffn_norm);
         } else if (!batched_) {                                                      // x += Wo att + bo
-            const bool ffn_folds = spec.residual == ResidualKind::Sequential && !L.gate_exps.n_experts;
-            residual_project(ctx_, L.wo, L.bo, att, N, x, activations_for(options_), prepare_norms && ffn_folds ? &ffn_norm : nullptr);
+            residual_project(ctx_, L.wo, L.bo, att, N, x, activations_for(options_), prepared_ffn_norm);
         } else {
             const compute::MatmulOutput out{L.wo, x, /*accumulate=*/true};
             products(std::span(&out, 1), att, n_single, n_tiled);
@@ -356,13 +358,13 @@ void TransformerModel::enqueue_pass(const RowBatch& batch, const int32_t* device
                 ffn_in = xn;
             }
         }
+        const compute::RmsNorm next_norm{il + 1 < layers_.size() ? layers_[il + 1].attn_norm.weight.data() : nullptr, eps, xn};
+        const compute::RmsNorm* prepared_next_norm = prepare_norms && il + 1 < layers_.size() ? &next_norm : nullptr;
         if (spec.post_norms || reduce()) {                                           // x += post_norm(sum(ffn(xn)))
             feed_forward(L, ffn_in, ffn_in_norm, N, n_single, o, false);
-            add_residual(spec.post_norms ? &L.ffn_post_norm : nullptr, o, N, x);
+            add_residual(spec.post_norms ? &L.ffn_post_norm : nullptr, o, N, x, prepared_next_norm);
         } else {
-            const compute::RmsNorm next_norm{il + 1 < layers_.size() ? layers_[il + 1].attn_norm.weight.data() : nullptr, eps, xn};
-            feed_forward(L, ffn_in, ffn_in_norm, N, n_single, x, true,               // x += ffn(xn)
-                         prepare_norms && il + 1 < layers_.size() ? &next_norm : nullptr);
+            feed_forward(L, ffn_in, ffn_in_norm, N, n_single, x, true, prepared_next_norm);   // x += ffn(xn)
         }
         observe(ctx_, observer_, "l_out", il, x, N * E);
     }

@@ -62,7 +62,7 @@ private:
     void products(std::span<const compute::MatmulOutput> outputs, const float* x, size_t n_single, size_t n_tiled,
                   const compute::RmsNorm* norm = nullptr);
     void normalize(const Norm& norm, const float* x, size_t n_rows, float* out);
-    void add_residual(const Norm* norm, float* o, size_t N, float* x);
+    void add_residual(const Norm* norm, float* o, size_t N, float* x, const compute::RmsNorm* next_norm = nullptr);
     // y (+)= feed_forward(h) for N rows (the first n_single each alone): the layer's MLP or its
     // routed experts. norm (MLP only): h's RMSNorm, applied by the products on the way in.
     // next_norm (a sequence's MLP adding into y): the norm the next products apply to y, for the

@@ -314,7 +314,9 @@ attention_kernel(const float* __restrict__ q, const KV* __restrict__ keys, const
 // its warps taking the positions' tiles in turn (warp w: tiles w, w + warps, ...). A position's key
 // is held by HeadDim / 64 lanes, 64 values each (key_lanes), so that whatever the head size a lane
 // holds 64 key values and 64 cached values in registers: a tile is 32 / key_lanes positions, a
-// block 4 * key_lanes warps (128 positions, decode_unit). A lane computes its slice of its
+// block 4 * key_lanes warps (128 positions, DecodeTiling::unit; heads of 256: 8 warps, 64
+// positions). A sliding window reads the window's rows as a cache of its own (plan_position's
+// first_row). A lane computes its slice of its
 // position's score (q in shared memory, read by every lane at once; the key in float4 loads, all in
 // flight together), the position's lanes add their parts and the warp's shuffles give the tile's
 // max and sum; for the values each lane owns head_dim / 32 output dimensions, the rows read
@@ -327,20 +329,23 @@ attention_kernel(const float* __restrict__ q, const KV* __restrict__ keys, const
 // The general kernel above staged every tile in shared memory between barriers: 13.9 us for
 // TinyLlama's 32 heads. Heads of 128 a lane each held 128 key registers, so their values were
 // loaded after the wait, two round trips in the chain.)
-constexpr int decode_unit = 128;   // positions a block takes at least
 template <int HeadDim> struct DecodeTiling {
     static_assert(HeadDim % 64 == 0 && HeadDim <= 256);
     static constexpr int key_lanes = HeadDim / 64;     // lanes that share a position's key
     static constexpr int tile = 32 / key_lanes;        // positions a warp takes at once
-    static constexpr int warps = decode_unit / tile;   // 4 for heads of 64, 8 for heads of 128
+    // Positions a block takes at least: 128, or 64 for heads of 256, whose lanes hold 128 key and
+    // value registers each (16 warps a block would cap them at 128 registers and spill).
+    static constexpr int unit = HeadDim == 256 ? 64 : 128;
+    static constexpr int warps = unit / tile;          // 4 for heads of 64, 8 for heads of 128 and 256
 };
 template <int HeadDim, class KV>
 __global__ void __launch_bounds__(DecodeTiling<HeadDim>::warps * 32)
 decode_attention_kernel(const float* __restrict__ q, const KV* __restrict__ keys, const KV* __restrict__ values,
                         const int32_t* position, int group, int kv_stride, float scale, const float* __restrict__ sinks,
-                        int split_cap, int max_kv, float* __restrict__ out, QuantizedActivations out_int8,
-                        float* __restrict__ parts, unsigned* __restrict__ finished) {
+                        int window, int ring, int split_cap, int max_kv, float* __restrict__ out,
+                        QuantizedActivations out_int8, float* __restrict__ parts, unsigned* __restrict__ finished) {
     constexpr int tile = DecodeTiling<HeadDim>::tile, warps = DecodeTiling<HeadDim>::warps;
+    constexpr int decode_unit = DecodeTiling<HeadDim>::unit;
     constexpr int key_part = 64;             // key values a lane holds
     constexpr int per_lane = HeadDim / 32;   // output dimensions lane, lane + 32, ...
     __shared__ float4 q_shared[HeadDim / 4];
@@ -348,7 +353,12 @@ decode_attention_kernel(const float* __restrict__ q, const KV* __restrict__ keys
     __shared__ float warp_m[warps], warp_l[warps];
     // The position is the step's input (written before the step's first kernel), and the cached
     // keys and values before it were written by earlier steps.
-    const int n_kv = *position + 1;
+    int n_kv = *position + 1;
+    if (window && n_kv > window) {   // the window's rows, from the oldest on
+        const size_t first_row = size_t(ring ? (n_kv - window) % ring : n_kv - window) * kv_stride;
+        keys += first_row, values += first_row;
+        n_kv = window;
+    }
     if (n_kv > max_kv) {   // grouped_decode_attention_kernel's: done once the launches before are
         grid_dependency_wait();
         return;
@@ -856,10 +866,11 @@ auto grouped_decode_kernel(size_t head_dim, size_t group) {
     return head_dim == 64 ? for_group.template operator()<64>() : head_dim == 128 ? for_group.template operator()<128>() : nullptr;
 }
 
-// attention_at on the decode kernels, for the head sizes (64, 128) they are built for; false
-// otherwise. Caches of up to grouped_min_positions positions take decode_attention_kernel (a block
-// per query head, its first tile loaded before the grid-dependency wait: the shorter chain while a
-// step reads few positions), longer ones grouped_decode_attention_kernel (each key and value read
+// attention_at on the decode kernels, for the head sizes they are built for (64, 128, 256); false
+// otherwise. A sliding window's max_positions is the window's. Caches of up to
+// grouped_min_positions positions take decode_attention_kernel (a block per query head, its first
+// tile loaded before the grid-dependency wait: the shorter chain while a step reads few
+// positions), longer ones grouped_decode_attention_kernel (each key and value read
 // once for a group of up to 8 heads, the GPU filled with splits). A captured step serves every
 // position, so where the cache can outgrow the threshold both are launched and each leaves the
 // other's positions (the idle one returns once the launches before it are done, so that the chain
@@ -872,20 +883,26 @@ bool launch_decode_attention(Context& ctx, const float* q, const KV* keys, const
                              size_t max_positions, const AttentionShape& shape, float* out, const QuantizedActivations& out_int8) {
     auto kernel = shape.head_dim == 64    ? decode_attention_kernel<64, KV>
                   : shape.head_dim == 128 ? decode_attention_kernel<128, KV>
+                  : shape.head_dim == 256 ? decode_attention_kernel<256, KV>
                                           : nullptr;
-    const int threads = shape.head_dim == 64 ? DecodeTiling<64>::warps * 32 : DecodeTiling<128>::warps * 32;
+    const int threads = shape.head_dim == 64    ? DecodeTiling<64>::warps * 32
+                        : shape.head_dim == 128 ? DecodeTiling<128>::warps * 32
+                                                : DecodeTiling<256>::warps * 32;
+    const int unit = shape.head_dim == 256 ? DecodeTiling<256>::unit : DecodeTiling<128>::unit;
     if (!kernel || shape.n_head_kv == 0 || shape.n_head % shape.n_head_kv != 0 || shape.kv_stride % 4 != 0 ||
         reinterpret_cast<uintptr_t>(keys) % 16 != 0 || reinterpret_cast<uintptr_t>(values) % 16 != 0)
         return false;
     const size_t group = shape.n_head / shape.n_head_kv;
-    const bool long_cache = max_positions > size_t(grouped_min_positions);
+    // The long caches' kernels know neither heads of 256 nor windows: those take the per-head
+    // kernel at every length.
+    const bool long_cache = max_positions > size_t(grouped_min_positions) && shape.head_dim != 256 && !shape.window;
     // Over a float16 cache, the tensor cores' kernel (three blocks of its shared memory an SM).
     bool tensor_cores = false;
     if constexpr (std::is_same_v<KV, __half>) tensor_cores = long_cache && group <= flash_decode_max_group && shape.kv_stride % 8 == 0;
     const auto grouped = long_cache && !tensor_cores ? grouped_decode_kernel<KV>(shape.head_dim, group) : nullptr;
     DeviceContext& device = device_of(ctx);
     const int per_head_cap = split_cap_for(device, int(shape.n_head));
-    const int per_head_splits = max_splits_for(max_positions, per_head_cap, decode_unit);
+    const int per_head_splits = max_splits_for(max_positions, per_head_cap, unit);
     const int grouped_cap = std::max(1, (tensor_cores ? 3 : 4) * device.n_sms / int(shape.n_head_kv));
     const int grouped_splits = grouped || tensor_cores
                                    ? max_splits_for(max_positions, grouped_cap, tensor_cores ? flash_decode_tile : grouped_unit)
@@ -894,9 +911,9 @@ bool launch_decode_attention(Context& ctx, const float* q, const KV* keys, const
     const SplitScratch scratch =
         split_scratch(device, shape.n_head, std::max(per_head_splits, grouped_splits), shape.head_dim, shape.n_head);
     launch_after_previous(ctx, kernel, dim3(unsigned(shape.n_head), unsigned(per_head_splits)), threads, 0, q, keys, values,
-                          position, int(group), int(shape.kv_stride), shape.scale, shape.sinks, per_head_cap,
-                          grouped || tensor_cores ? grouped_min_positions - 1 : INT_MAX, out, out_int8, scratch.parts,
-                          scratch.finished);
+                          position, int(group), int(shape.kv_stride), shape.scale, shape.sinks, int(shape.window),
+                          int(shape.ring), per_head_cap, grouped || tensor_cores ? grouped_min_positions - 1 : INT_MAX, out,
+                          out_int8, scratch.parts, scratch.finished);
     const dim3 grouped_grid(unsigned(shape.n_head_kv), unsigned(grouped_splits));
     if (grouped)
         launch_after_previous(ctx, grouped, grouped_grid, grouped_warps * 32, 0, q, keys, values, position, int(group),
@@ -1261,12 +1278,11 @@ void attention_at(Context& ctx, const float* q, CacheRows keys, CacheRows values
         const size_t width = shape.n_head * shape.head_dim;
         const QuantizedActivations out_int8 =
             shape.head_dim % 32 == 0 ? prepared_int8_scratch(ctx, width) : QuantizedActivations{};
-        // A sliding window: the general kernel over the window's positions, split to fill the GPU
-        // (windowed_attention_kernel's block a head took 14.6 us a layer for Gemma 3 270M).
-        if (shape.window)
-            launch_attention(ctx, q, k, v, 1, 0, position, std::min(max_positions, shape.window), shape, out, out_int8);
-        else if (!launch_decode_attention(ctx, q, k, v, position, max_positions, shape, out, out_int8))
-            launch_attention(ctx, q, k, v, 1, 0, position, max_positions, shape, out, out_int8);
+        // A sliding window: over the window's positions (windowed_attention_kernel's block a head
+        // took 14.6 us a layer for Gemma 3 270M, the general kernel's one block of four heads 18).
+        const size_t positions = shape.window ? std::min(max_positions, shape.window) : max_positions;
+        if (!launch_decode_attention(ctx, q, k, v, position, positions, shape, out, out_int8))
+            launch_attention(ctx, q, k, v, 1, 0, position, positions, shape, out, out_int8);
         if (out_int8.qs) publish_prepared_int8(ctx, out, width, out_int8);
     });
 }

@@ -719,6 +719,17 @@ void publish_prepared_int8(Context& ctx, const float* source, size_t cols, const
     device_of(ctx).prepared = {source, cols, q.qs, q.ds};
 }
 
+// Its own scratch: the producer's input may be PreparedInt8's.
+NormPreparation prepared_norm_scratch(Context& ctx, size_t cols, int n_parts) {
+    DeviceContext& device = device_of(ctx);
+    return {quantized_scratch(device, device.norm_int8, cols),
+            static_cast<float*>(device.norm_partials.get(size_t(n_parts) * sizeof(float), device.stream)), n_parts};
+}
+
+void publish_prepared_norm(Context& ctx, const float* source, const float* weight, size_t cols, const NormPreparation& p) {
+    device_of(ctx).prepared_norm = {source, weight, cols, p.input.qs, p.input.ds, p.partial_sums, p.n_parts};
+}
+
 // The kernels read the planar layout: exactly the types the GPU keeps planar.
 bool int8_matvec_supports(GGMLType type) { return planar_layout(type); }
 
@@ -785,15 +796,13 @@ bool int8_matvec_then_norm(Context& ctx, const MatmulOutput& out, const float* x
         const bool quantize_here = !prepared && shared_activation_bytes(n_blocks) <= max_shared_activation_bytes &&
                                    reinterpret_cast<uintptr_t>(x) % 16 == 0;
         const QuantizedActivations q = quantize_here ? QuantizedActivations{} : quantized(ctx, x, nullptr, out.w.cols);
-        // Its own scratch: the input may be PreparedInt8's.
-        const QuantizedActivations next_input = quantized_scratch(device, device.norm_int8, rows);
-        auto* partial_sums = static_cast<float*>(device.norm_partials.get(rows / 32 * sizeof(float), device.stream));
+        const NormPreparation next = prepared_norm_scratch(ctx, rows, int(rows / 32));
         Targets targets{};
         targets.t[0] = target_of(out.w, out.y, true);
         targets.n = 1;
-        launch<T, 2, Epilogue::AccumulateNorm>(ctx, targets, n_blocks, q, RopeStore{}, next_input,
-                                               NormOut{next_norm.weight, partial_sums}, quantize_here ? x : nullptr);
-        device.prepared_norm = {out.y, next_norm.weight, rows, next_input.qs, next_input.ds, partial_sums, int(rows / 32)};
+        launch<T, 2, Epilogue::AccumulateNorm>(ctx, targets, n_blocks, q, RopeStore{}, next.input,
+                                               NormOut{next_norm.weight, next.partial_sums}, quantize_here ? x : nullptr);
+        publish_prepared_norm(ctx, out.y, next_norm.weight, rows, next);
         launched = true;
     });
     return launched;

@@ -35,6 +35,18 @@ struct QuantizedActivations {
 QuantizedActivations prepared_int8_scratch(Context& ctx, size_t cols);
 void publish_prepared_int8(Context& ctx, const float* source, size_t cols, const QuantizedActivations& q);
 
+// For a kernel that leaves one token's row ready for the next products' RMSNorm (PreparedNorm):
+// where it writes weight * row quantized per 32 values and the row's sum of squares in n_parts
+// parts. Once it is launched, publish_prepared_norm hands them to the next launch, if that is an
+// int8 product with that norm over `source`.
+struct NormPreparation {
+    QuantizedActivations input;
+    float* partial_sums;   // [n_parts]
+    int n_parts;
+};
+NormPreparation prepared_norm_scratch(Context& ctx, size_t cols, int n_parts);
+void publish_prepared_norm(Context& ctx, const float* source, const float* weight, size_t cols, const NormPreparation& p);
+
 // Value i of the activations, held by a lane whose warp holds the whole 32-value block (i / 32):
 // the block's max|x| and sum of codes by shuffles.
 __device__ __forceinline__ void quantize_in_warp(float v, int i, int8_t* __restrict__ qs, float2* __restrict__ ds) {

@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "compute/cuda/device_context.cuh"
+#include "compute/cuda/matvec_int8.cuh"
 #include "compute/cuda/ops.hpp"
 
 namespace twinfer::compute::cuda {
@@ -70,6 +71,59 @@ __global__ void rms_norm_vector_kernel(const float* __restrict__ x, const float*
         } else {
             dst[i] = y;
         }
+    }
+}
+
+// Value block i / 8 (32 values, v its float4 i % 8) of a row quantized as quantize_in_warp would
+// (the same operations on the same values): the 8 lanes that hold the block's float4s reduce its
+// max and sum by shuffles among themselves.
+__device__ __forceinline__ void quantize_in_lanes(float4 v, int i, int8_t* __restrict__ qs, float2* __restrict__ ds) {
+    const unsigned lanes = 0xffu << (threadIdx.x % 32 / 8 * 8);
+    float amax = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
+    for (int offset = 4; offset > 0; offset /= 2) amax = fmaxf(amax, __shfl_xor_sync(lanes, amax, offset));
+    const float d = amax / 127.0f;
+    const float inverse = d != 0.0f ? 1.0f / d : 0.0f;
+    const int q0 = __float2int_rn(v.x * inverse), q1 = __float2int_rn(v.y * inverse);
+    const int q2 = __float2int_rn(v.z * inverse), q3 = __float2int_rn(v.w * inverse);
+    reinterpret_cast<int*>(qs)[i] = (q0 & 0xff) | (q1 & 0xff) << 8 | (q2 & 0xff) << 16 | int(uint32_t(q3 & 0xff) << 24);
+    int sum = q0 + q1 + q2 + q3;
+    for (int offset = 4; offset > 0; offset /= 2) sum += __shfl_xor_sync(lanes, sum, offset);
+    if (i % 8 == 0) ds[i / 8] = make_float2(d, d * float(sum));
+}
+
+// add_rms_norm of one row (x += RMSNorm(y) * weight) that also prepares the next products' RMSNorm
+// of x (PreparedNorm): next_weight * x quantized per 32 values and x's sum of squares, one part.
+// The row's width a multiple of 32 and the block's of 8 lanes: a block's 8 float4s are 8 lanes of
+// one warp.
+__global__ void add_rms_norm_prepare_kernel(float* __restrict__ x, const float* __restrict__ y,
+                                            const float* __restrict__ weight, const float* __restrict__ next_weight,
+                                            int n, float eps, int8_t* __restrict__ qs, float2* __restrict__ ds,
+                                            float* __restrict__ sum_squares) {
+    grid_dependency_wait();
+    auto* x4 = reinterpret_cast<float4*>(x);
+    const auto* w4 = reinterpret_cast<const float4*>(weight);
+    const auto* next4 = reinterpret_cast<const float4*>(next_weight);
+    const int n4 = n / 4;
+    const auto square = [](float a) { return a * a; };
+    float4 v[max_vectors];
+    load_row(reinterpret_cast<const float4*>(y), n4, v);
+    const float inv_rms = rsqrtf(block_sum(thread_sum(v, n4, square)) / n + eps);
+#pragma unroll
+    for (int k = 0; k < max_vectors; ++k) {
+        const int i = threadIdx.x + k * blockDim.x;
+        if (i >= n4) continue;
+        const float4 s = scaled(v[k], inv_rms, w4[i]), d = x4[i];
+        v[k] = make_float4(d.x + s.x, d.y + s.y, d.z + s.z, d.w + s.w);
+        x4[i] = v[k];
+    }
+    const float total = block_sum(thread_sum(v, n4, square));
+    if (threadIdx.x == 0) *sum_squares = total;
+#pragma unroll
+    for (int k = 0; k < max_vectors; ++k) {
+        const int i = threadIdx.x + k * blockDim.x;
+        if (i >= n4) continue;   // whole groups of 8 lanes leave
+        const float4 w = next4[i];
+        quantize_in_lanes(make_float4(v[k].x * w.x, v[k].y * w.y, v[k].z * w.z, v[k].w * w.w), i, qs, ds);
     }
 }
 
@@ -148,7 +202,14 @@ void rms_norm(Context& ctx, const float* x, const float* weight, size_t n_rows, 
     launch_rms_norm<false>(ctx, x, weight, n_rows, n, eps, out);
 }
 
-void add_rms_norm(Context& ctx, float* x, const float* y, const float* weight, size_t n_rows, size_t n, float eps) {
+void add_rms_norm(Context& ctx, float* x, const float* y, const float* weight, size_t n_rows, size_t n, float eps,
+                  const RmsNorm* next_norm) {
+    if (next_norm && n_rows == 1 && n % 32 == 0 && vectorizable(n, x, weight, next_norm->weight, y)) {
+        const NormPreparation next = prepared_norm_scratch(ctx, n, 1);
+        launch_after_previous(ctx, add_rms_norm_prepare_kernel, 1u, vector_block(n), 0, x, y, weight, next_norm->weight,
+                              int(n), eps, next.input.qs, next.input.ds, next.partial_sums);
+        return publish_prepared_norm(ctx, x, next_norm->weight, n, next);
+    }
     launch_rms_norm<true>(ctx, y, weight, n_rows, n, eps, x);
 }
 

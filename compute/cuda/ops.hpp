@@ -82,7 +82,8 @@ void get_rows(Context& ctx, const WeightMatrix& table, const int32_t* ids, size_
 void dequantize(Context& ctx, const WeightMatrix& w, float* out);
 
 void rms_norm(Context& ctx, const float* x, const float* weight, size_t n_rows, size_t n, float eps, float* out);
-void add_rms_norm(Context& ctx, float* x, const float* y, const float* weight, size_t n_rows, size_t n, float eps);
+void add_rms_norm(Context& ctx, float* x, const float* y, const float* weight, size_t n_rows, size_t n, float eps,
+                  const RmsNorm* next_norm = nullptr);
 void layer_norm(Context& ctx, const float* x, const float* weight, const float* bias, size_t n_rows, size_t n,
                 float eps, float* out);
 

@@ -544,6 +544,32 @@ TEST_F(CudaOps, ResidualProductPreparesNextNorm) {
     }
 }
 
+// A post-norm's residual add handed the next RMSNorm (add_rms_norm's next_norm) prepares it in its
+// launch, as the residual product above does: x as the CPU's add, the products after it as the
+// CPU's separate norm and int8 products (int8 rounding), the norm's out unwritten. Widths: Gemma 3
+// 270M's 640 (one float4 a thread), 2,880 (gpt-oss: a warp's last float4s past the row) and 4,096.
+TEST_F(CudaOps, PostNormAddPreparesNextNorm) {
+    for (size_t width : {640, 2880, 4096}) {
+        const size_t rows = 96;
+        const auto w = random_weights(GGMLType::Q8_0, rows, width, rng);
+        const auto o = random(width, 2.0f), residual = random(width, 3.0f), post_weight = random(width), next_weight = random(width);
+        std::vector<float> x_want = residual, y_want(rows), xn_want(width);
+        add_rms_norm(cpu, x_want.data(), o.data(), post_weight.data(), 1, width, 1e-6f);
+        const RmsNorm norm_cpu{next_weight.data(), 1e-6f, xn_want.data()};
+        const MatmulOutput w_cpu{{GGMLType::Q8_0, rows, width, w.data()}, y_want.data()};
+        matmul(cpu, std::span(&w_cpu, 1), x_want.data(), 1, Activations::Int8, &norm_cpu);
+
+        float* x = to_device(residual);
+        const RmsNorm norm_gpu{to_device(next_weight), 1e-6f, poisoned(width)};
+        const MatmulOutput w_gpu{placed(GGMLType::Q8_0, rows, width, w), poisoned(rows)};
+        add_rms_norm(*gpu, x, to_device(o), to_device(post_weight), 1, width, 1e-6f, &norm_gpu);
+        matmul(*gpu, std::span(&w_gpu, 1), x, 1, Activations::Int8, &norm_gpu);
+        EXPECT_LT(l2_relative_error(to_host(x, width), x_want), float_tolerance) << width;
+        EXPECT_LT(l2_relative_error(to_host(w_gpu.y, rows), y_want), 5e-3) << width;
+        EXPECT_TRUE(std::isnan(to_host(norm_gpu.out, 1)[0])) << width << ": the products normalized x themselves";
+    }
+}
+
 // rope_store_at: q and k rotated at the device's position, k and v written to that cache row; a
 // partial rotation (the last dimensions of k copied as they are), both pairings, both cache types.
 TEST_F(CudaOps, RopeStoreAtMatchesCpu) {
@@ -725,6 +751,12 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaAttention,
                                            AttentionCase{16, 2, 64, 33, 0},       // groups of 8, a prompt from the start
                                            AttentionCase{8, 8, 64, 16, 63},       // the shortest prompt, one tile boundary
                                            AttentionCase{16, 1, 256, 3, 90},    // one KV head, wide heads
+                                           // Heads of 256 decoding (Gemma 3): 8 warps of 8 positions a
+                                           // block, split by 64 positions, at any cache length
+                                           AttentionCase{4, 1, 256, 1, 0},
+                                           AttentionCase{4, 1, 256, 1, 60},     // this row in the last warp's tile
+                                           AttentionCase{4, 1, 256, 1, 100},    // two splits, the second partial
+                                           AttentionCase{8, 2, 256, 1, 3000},   // a long cache: the same kernel, split
                                            AttentionCase{6, 2, 32, 1, 50},      // decoding, heads of 32: the general kernel
                                            AttentionCase{10, 5, 128, 1, 31},    // grouped heads of 128
                                            // Long caches: the grouped decode kernel (from 1,024 positions;
@@ -892,9 +924,11 @@ TEST_F(CudaOps, AttentionSinksMatchCpu) {
              Case{64, 8, 64, 40, 0, 128, 0, 0, "sliding layer's prompt within the window: the causal kernels"},
              Case{64, 8, 64, 100, 200, 128, 0, 0, "sliding prompt the window cuts: the windowed kernel"},
              Case{64, 8, 64, 100, 600, 128, 639, 0, "ring prompt: the windowed kernel"},
-             Case{64, 8, 64, 1, 700, 128, 639, 1024, "ring decode: the windowed kernel; at: the general one over the window"},
+             Case{64, 8, 64, 1, 700, 128, 639, 1024, "ring decode: the windowed kernel; at: the per-head decode kernel over the window"},
              Case{64, 8, 64, 1, 50, 128, 639, 1024, "ring decode within the window"},
-             Case{4, 1, 256, 1, 1500, 512, 0, 2048, "Gemma 3's sliding decode, no ring: at: the general kernel, split"}}) {
+             Case{4, 1, 256, 1, 1500, 512, 0, 2048, "Gemma 3's sliding decode, no ring: at: the per-head kernel of 256, split"},
+             Case{4, 1, 256, 1, 1500, 512, 1023, 2048, "Gemma 3's ring decode: at: the per-head kernel of 256 over the window"},
+             Case{4, 1, 256, 1, 300, 512, 1023, 2048, "Gemma 3's ring decode within the window"}}) {
         SCOPED_TRACE(testing::Message() << c.path << ": tokens " << c.n_tokens << " from " << c.first_position << ", heads "
                                         << c.n_head << "/" << c.n_head_kv << " of " << c.head_dim << ", window " << c.window
                                         << ", ring " << c.ring);
