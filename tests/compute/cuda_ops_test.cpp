@@ -68,10 +68,12 @@ protected:
         cuda::download(*gpu, host.data(), device, n * sizeof(T));
         return host;
     }
-    // `values` as a KV cache table of `type`, in host or device memory (float16: fp32_to_fp16's
-    // rounding, as the cache stores it), kept alive by the fixture.
+    // A copy of `values` as a KV cache table of `type`, in host or device memory (float16:
+    // fp32_to_fp16's rounding, as the cache stores it), kept alive by the fixture. A copy on the host
+    // too: a store into one table must not show in the next made from the same values.
     CacheRows cache_table(const std::vector<float>& values, KvType type, bool on_device) {
-        if (type == KvType::F32) return on_device ? CacheRows(to_device(values)) : CacheRows(values.data());
+        if (type == KvType::F32)
+            return on_device ? CacheRows(to_device(values)) : CacheRows(host_floats.emplace_back(values).data());
         std::vector<uint16_t>& halves = host_halves.emplace_back(values.size());
         for (size_t i = 0; i < values.size(); ++i) halves[i] = fp32_to_fp16(values[i]);
         return on_device ? CacheRows(to_device(halves), KvType::F16) : CacheRows(halves.data(), KvType::F16);
@@ -95,6 +97,7 @@ protected:
     std::unique_ptr<Context> gpu;
     std::vector<Buffer> buffers;
     std::deque<std::vector<uint16_t>> host_halves;   // a deque: earlier tables keep their addresses
+    std::deque<std::vector<float>> host_floats;
 };
 
 // Random bytes of `rows` rows in `type`, with every block's float16 scales set to sane values
@@ -1005,12 +1008,9 @@ TEST_F(CudaOps, DecodeRowsAreEachRowAlone) {
         const auto keys = random(n_slots * slot_stride, 2.0f), values = random(n_slots * slot_stride);
         for (KvType type : {KvType::F32, KvType::F16}) {
             SCOPED_TRACE(kv_type_name(type));
-            // The CPU's float32 tables are the vectors given to cache_table, which the stores change: copies,
-            // so that each cache type starts from the same tables.
-            std::vector<float> keys_host = keys, values_host = values;
             const auto keys_before = cache_values(cache_table(keys, type, false), keys.size(), false);
             const CacheRows keys_gpu = cache_table(keys, type, true), values_gpu = cache_table(values, type, true);
-            const CacheRows keys_cpu = cache_table(keys_host, type, false), values_cpu = cache_table(values_host, type, false);
+            const CacheRows keys_cpu = cache_table(keys, type, false), values_cpu = cache_table(values, type, false);
             float *q_gpu = to_device(q), *k_gpu = to_device(k);
             auto q_cpu = q, k_cpu = k;
             decode_rows_rope_store(*gpu, q_gpu, c.n_head, k_gpu, to_device(v), c.n_head_kv, c.head_dim, rows,
