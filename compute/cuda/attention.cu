@@ -1278,8 +1278,9 @@ void attention_at(Context& ctx, const float* q, CacheRows keys, CacheRows values
         const size_t width = shape.n_head * shape.head_dim;
         const QuantizedActivations out_int8 =
             shape.head_dim % 32 == 0 ? prepared_int8_scratch(ctx, width) : QuantizedActivations{};
-        // A sliding window: over the window's positions (windowed_attention_kernel's block a head
-        // took 14.6 us a layer for Gemma 3 270M, the general kernel's one block of four heads 18).
+        // A sliding window: the decode kernels over the window's positions (the general kernel,
+        // one block staging tiles for all of a KV head's query heads, was Gemma 3's slowest decode
+        // launch: BENCHMARKS.md, session 23).
         const size_t positions = shape.window ? std::min(max_positions, shape.window) : max_positions;
         if (!launch_decode_attention(ctx, q, k, v, position, positions, shape, out, out_int8))
             launch_attention(ctx, q, k, v, 1, 0, position, positions, shape, out, out_int8);
