@@ -6,13 +6,9 @@
 # The tests read stories260K from tests/data/third_party, which travels with the tree.
 #
 # That machine cannot fetch packages and lacks PCRE2, nlohmann-json, OpenBLAS, readline, toml++, cpp-httplib and GoogleTest:
-# fetch their Debian packages here, into a git-ignored folder that the call carries:
-#   mkdir -p .deps/debs && (cd .deps/debs && apt-get download libpcre2-dev libpcre2-8-0 \
-#     nlohmann-json3-dev libopenblas-dev libopenblas0-pthread libopenblas-pthread-dev libgfortran5 libgtest-dev \
-#     libreadline-dev libreadline8 libncurses-dev libtinfo6 libncursesw6 libtomlplusplus-dev libtomlplusplus3 libcli11-dev \
-#     libcpp-httplib-dev libcpp-httplib0.11 libssl-dev libbrotli-dev zlib1g-dev)
-# (21 MB) and tools/gpu/deps.sh unpacks them under /tmp/deps (never into /). The carry holds 64
-# MiB with the tree: take only the .device files a call needs.
+# tools/gpu/prepare_carry.sh fetches their Debian packages here into .deps/debs (git-ignored, ~20
+# MB), which the call carries and tools/gpu/deps.sh unpacks under /tmp/deps (never into /). The
+# carry holds 64 MiB with the tree: take only the .device files a call needs.
 set -uo pipefail
 build=${1:-build-gpu}
 model=${2:-}

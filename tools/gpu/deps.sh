@@ -1,6 +1,6 @@
 # Sourced by the GPU scripts: the GPU machine cannot fetch packages and lacks PCRE2, nlohmann-json,
 # OpenBLAS, readline, toml++, CLI11, cpp-httplib and GoogleTest, so their Debian packages travel in .deps/debs
-# (see tools/gpu/bench.sh) and are unpacked under /tmp/deps, never into /. Sets `deps`, the CMake
+# (tools/gpu/prepare_carry.sh) and are unpacked under /tmp/deps, never into /. Sets `deps`, the CMake
 # arguments that point the build at them, and the library search path; defines build_cuda and
 # step, which the scripts share.
 deps=()

@@ -8,7 +8,7 @@
 # (dram__bytes_read.sum: what a decode step really streams, e.g. a mixture of experts' chosen
 # experts against all of them). A spec TSV=METADATA.gguf makes the file as tools/gpu/speed.sh does.
 # Usage: tools/gpu/profile.sh [build-dir] [shape:type | TSV=METADATA ...]   (default build-gpu smollm2-135m:Q4_1
-#   tinyllama-1.1b:Q4_0 llama2-7b:Q4_0). Carry .deps and .device (see tools/gpu/bench.sh).
+#   tinyllama-1.1b:Q4_0 llama2-7b:Q4_0). Carry .deps and .device (tools/gpu/prepare_carry.sh makes them).
 set -uo pipefail
 build=${1:-build-gpu}
 shift || true

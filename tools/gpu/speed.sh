@@ -7,7 +7,7 @@
 # A spec TSV=METADATA.gguf instead of shape:type makes the file with `twinfer_make_random_model like`
 # (another architecture: bench/shapes/*.tsv, their metadata from tools/make_shape.py).
 # Usage: tools/gpu/speed.sh [build-dir] [shape:type | TSV=METADATA ...]; carry .deps and .device
-# (tools/gpu/bench.sh). TWINFER_BENCH_ARGS replaces `-p 512 -n 128 -r 3` on both sides.
+# (tools/gpu/prepare_carry.sh). TWINFER_BENCH_ARGS replaces `-p 512 -n 128 -r 3` on both sides.
 # TWINFER_CUDA_PDL=0 / TWINFER_CUDA_GRAPH=0 in the environment measure without those.
 set -uo pipefail
 build=${1:-build-gpu}

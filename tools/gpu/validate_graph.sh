@@ -7,7 +7,8 @@
 #      `twinfer bench --device cuda -p 512 -n 128 -r 3` with TWINFER_CUDA_GRAPH=0 and =1, and a
 #      greedy `twinfer run` both ways (the generated text must be the same).
 # Usage: tools/gpu/validate_graph.sh [build-dir]   (default build-gpu); logs go to $OUT when set.
-# Carry .deps (Debian packages, see tools/gpu/bench.sh) and .device (smollm2-vocab.gguf): run with carry [".deps", ".device"]. About 3 minutes on an H100.
+# Carry .deps (Debian packages) and .device/smollm2-vocab.gguf, which tools/gpu/prepare_carry.sh makes: run with
+# carry [".deps", ".device/smollm2-vocab.gguf"]. About 3 minutes on an H100.
 set -uo pipefail
 build=${1:-build-gpu}
 log=${OUT:-/tmp}
