@@ -88,6 +88,23 @@ __device__ __forceinline__ void quantize_block(const float* __restrict__ x, int8
     *ds = make_float2(d, d * float(sum));
 }
 
+// The same quantization for a row held as float4s, a thread's v being float4 i of the row: value
+// block i / 8 reduced by the 8 lanes that hold its float4s (lanes 8k .. 8k + 7 of a warp), by
+// shuffles among themselves, with quantize_in_warp's operations on the same values.
+__device__ __forceinline__ void quantize_in_lanes(float4 v, int i, int8_t* __restrict__ qs, float2* __restrict__ ds) {
+    const unsigned lanes = 0xffu << (threadIdx.x % 32 / 8 * 8);
+    float amax = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
+    for (int offset = 4; offset > 0; offset /= 2) amax = fmaxf(amax, __shfl_xor_sync(lanes, amax, offset));
+    const float d = amax / 127.0f;
+    const float inverse = d != 0.0f ? 1.0f / d : 0.0f;
+    const int q0 = __float2int_rn(v.x * inverse), q1 = __float2int_rn(v.y * inverse);
+    const int q2 = __float2int_rn(v.z * inverse), q3 = __float2int_rn(v.w * inverse);
+    reinterpret_cast<int*>(qs)[i] = (q0 & 0xff) | (q1 & 0xff) << 8 | (q2 & 0xff) << 16 | int(uint32_t(q3 & 0xff) << 24);
+    int sum = q0 + q1 + q2 + q3;
+    for (int offset = 4; offset > 0; offset /= 2) sum += __shfl_xor_sync(lanes, sum, offset);
+    if (i % 8 == 0) ds[i / 8] = make_float2(d, d * float(sum));
+}
+
 bool int8_matvec_supports(GGMLType type);
 // y = W x (or y += W x, MatmulOutput::accumulate) for token `token` of every output, whose types
 // int8_matvec_supports (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, MXFP4): up to three matrices of one type per launch.

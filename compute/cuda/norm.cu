@@ -74,23 +74,6 @@ __global__ void rms_norm_vector_kernel(const float* __restrict__ x, const float*
     }
 }
 
-// Value block i / 8 (32 values, v its float4 i % 8) of a row quantized as quantize_in_warp would
-// (the same operations on the same values): the 8 lanes that hold the block's float4s reduce its
-// max and sum by shuffles among themselves.
-__device__ __forceinline__ void quantize_in_lanes(float4 v, int i, int8_t* __restrict__ qs, float2* __restrict__ ds) {
-    const unsigned lanes = 0xffu << (threadIdx.x % 32 / 8 * 8);
-    float amax = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
-    for (int offset = 4; offset > 0; offset /= 2) amax = fmaxf(amax, __shfl_xor_sync(lanes, amax, offset));
-    const float d = amax / 127.0f;
-    const float inverse = d != 0.0f ? 1.0f / d : 0.0f;
-    const int q0 = __float2int_rn(v.x * inverse), q1 = __float2int_rn(v.y * inverse);
-    const int q2 = __float2int_rn(v.z * inverse), q3 = __float2int_rn(v.w * inverse);
-    reinterpret_cast<int*>(qs)[i] = (q0 & 0xff) | (q1 & 0xff) << 8 | (q2 & 0xff) << 16 | int(uint32_t(q3 & 0xff) << 24);
-    int sum = q0 + q1 + q2 + q3;
-    for (int offset = 4; offset > 0; offset /= 2) sum += __shfl_xor_sync(lanes, sum, offset);
-    if (i % 8 == 0) ds[i / 8] = make_float2(d, d * float(sum));
-}
-
 // add_rms_norm of one row (x += RMSNorm(y) * weight) that also prepares the next products' RMSNorm
 // of x (PreparedNorm): next_weight * x quantized per 32 values and x's sum of squares, one part.
 // The row's width a multiple of 32 and the block's of 8 lanes: a block's 8 float4s are 8 lanes of
