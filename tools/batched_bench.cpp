@@ -23,6 +23,7 @@ namespace {
 
 using namespace twinfer;
 using Clock = std::chrono::steady_clock;
+constexpr size_t warm_up_steps = 4;
 
 // Decode tokens a second over `steps` steps of n sequences: batched (one pass of n Single rows a
 // step) or not (n passes of one row a step: every product reads its weights once per row).
@@ -78,7 +79,7 @@ int main(int argc, char** argv) {
 
     auto file = std::make_shared<const gguf::File>(gguf::File::open(args[0]));
     F32LlamaModel model =
-        F32LlamaModel::load(file, {.n_ctx = prompt_tokens + steps + 1, .n_threads = threads, .device = device});
+        F32LlamaModel::load(file, {.n_ctx = prompt_tokens + std::max(steps, warm_up_steps) + 1, .n_threads = threads, .device = device});
     model.set_slot_count(max_rows);
     std::vector<SlotToken> prompt_rows;
     for (size_t s = 0; s < max_rows; ++s)
@@ -87,7 +88,7 @@ int main(int argc, char** argv) {
     prompt_rows.back().logits = true;
     model.forward_rows(prompt_rows);
 
-    decode_rate(model, 1, prompt_tokens, 4, true);   // warm-up: pages of the mapping, the thread pool
+    decode_rate(model, 1, prompt_tokens, warm_up_steps, true);   // warm-up: pages of the mapping, the thread pool
     std::printf("| sequences | batched pass tok/s | ms a step | one pass a row tok/s | batched / one a row |\n"
                 "|---:|---:|---:|---:|---:|\n");
     for (size_t n : row_counts) {

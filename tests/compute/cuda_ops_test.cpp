@@ -343,13 +343,15 @@ TEST_F(CudaOps, FusedProductsMatchCpu) {
 // the number of rows, with and without the folded RMSNorm (its output rows too), three outputs
 // of one type in a launch (the middle one accumulating), and near the CPU's. Shapes of one wave
 // and of several (two rows a warp), 1 to 41 rows (from 4, a warp's weight rows serve several;
-// 250 of them: a warp's four rows past the end).
+// 250 of them: a warp's four rows past the end; 18 blocks a row leave lanes without blocks, 88
+// give lanes two or three), every type of the int8 kernels.
 TEST_F(CudaOps, MatmulRowsAreEachRowAlone) {
     struct Shape {
         size_t cols, heights[3];
     };
-    for (const Shape& shape : {Shape{576, {576, 192, 192}}, Shape{2048, {5632, 250, 64}}})
-        for (GGMLType type : {GGMLType::Q4_0, GGMLType::Q4_1, GGMLType::Q8_0, GGMLType::Q4_K, GGMLType::Q6_K})
+    for (const Shape& shape : {Shape{576, {576, 192, 192}}, Shape{2816, {5632, 250, 64}}})
+        for (GGMLType type : {GGMLType::Q4_0, GGMLType::Q4_1, GGMLType::Q5_0, GGMLType::Q8_0, GGMLType::Q4_K,
+                               GGMLType::Q5_K, GGMLType::Q6_K, GGMLType::MXFP4})
             for (bool with_norm : {false, true}) {
                 const size_t cols = shape.cols, n_rows = 41;
                 if (cols % type_traits(type).block_size != 0) continue;

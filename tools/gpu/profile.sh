@@ -4,7 +4,10 @@
 # models of the benchmark shapes, and for each prints the kernels' summed durations for one
 # prompt of 512 tokens and for 4 single-token decode steps (CUDA graph off, so ncu sees each
 # launch; its serialization removes launch overlap, so compare the kernels' sums, not the wall time).
-# PHASES="tg4" profiles decoding alone. Each phase also sums the bytes the kernels read from DRAM
+# PHASES="tg4" profiles decoding alone; a phase rowsN profiles the server's batched decode step of
+# N sequences instead (twinfer_batched_bench: a prompt of one token a slot, 4 one-row warm-up
+# steps, 2 steps of N rows; the upload's and prompt's kernels, repack, cuBLAS's, are in the sums
+# too, under their own names: a long prompt's would use up ncu's -c before the steps). Each phase also sums the bytes the kernels read from DRAM
 # (dram__bytes_read.sum: what a decode step really streams, e.g. a mixture of experts' chosen
 # experts against all of them). A spec TSV=METADATA.gguf makes the file as tools/gpu/speed.sh does.
 # Usage: tools/gpu/profile.sh [build-dir] [shape:type | TSV=METADATA ...]   (default build-gpu smollm2-135m:Q4_1
@@ -16,7 +19,7 @@ shapes=("$@")
 [ ${#shapes[@]} -eq 0 ] && shapes=(smollm2-135m:Q4_1 tinyllama-1.1b:Q4_0 llama2-7b:Q4_0)
 log=${OUT:-/tmp}
 source "$(dirname "$0")/deps.sh"
-build_cuda "$build" "$log/build" twinfer twinfer_make_random_model || exit 1
+build_cuda "$build" "$log/build" twinfer twinfer_make_random_model twinfer_batched_bench || exit 1
 ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
 # ncu's per-kernel summary as "total_us calls name", largest first.
 summarize() {
@@ -55,10 +58,13 @@ for spec in "${shapes[@]}"; do
     mkdir -p "$(dirname "$model")"
     [ -f "$model" ] || "$build/tools/twinfer_make_random_model" "${make[@]}" "$model" > /dev/null || continue
     for phase in ${PHASES:-pp512 tg4}; do
-        if [ $phase = pp512 ]; then args=(-p 512 -n 0); else args=(-p 0 -n 4); fi
+        case $phase in
+        pp512) run=("$build/apps/twinfer" bench -m "$model" --device cuda -p 512 -n 0 -r 1 --no-progress) ;;
+        rows*) run=("$build/tools/twinfer_batched_bench" --device cuda --batched-only "$model" 0 1 2 "${phase#rows}") ;;
+        *) run=("$build/apps/twinfer" bench -m "$model" --device cuda -p 0 -n 4 -r 1 --no-progress) ;;
+        esac
         TWINFER_CUDA_GRAPH=0 timeout 300 "$ncu" --clock-control none --cache-control none --metrics gpu__time_duration.sum,dram__bytes_read.sum --csv -c 4000 \
-            --log-file "$log/ncu-$shape-$type-$phase.csv" "$build/apps/twinfer" bench -m "$model" --device cuda \
-            "${args[@]}" -r 1 --no-progress > /dev/null 2>&1 || { echo "ncu failed on $shape $phase"; continue; }
+            --log-file "$log/ncu-$shape-$type-$phase.csv" "${run[@]}" > /dev/null 2>&1 || { echo "ncu failed on $shape $phase"; continue; }
         echo "=== $shape $type $phase"
         summarize "$log/ncu-$shape-$type-$phase.csv"
     done
