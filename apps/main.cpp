@@ -37,7 +37,8 @@ void reject_unknown_short_options(const CLI::App& command, int argc, char** argv
 }  // namespace
 
 int main(int argc, char** argv) {
-    CLI::App app{"twinfer: run GPT-2 and Llama family models from GGUF files on CPU and NVIDIA GPUs"};
+    CLI::App app{"twinfer: run large language models (Llama, Qwen, Gemma, Phi, gpt-oss, GPT-2, ...) from GGUF files on CPU "
+                 "and NVIDIA GPUs"};
     app.require_subcommand(1);
     app.set_version_flag("--version", "twinfer 0.1.0");
     twinfer::cli::register_info(app);

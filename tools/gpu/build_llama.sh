@@ -4,19 +4,23 @@
 # .device/llama-src.tar.gz (made here by tools/gpu/pack_llama.sh), into the git-ignored .llama/.
 # Never part of the repository. sm_90 only and llama.cpp's other defaults (flash-attention kernels
 # for f16/q8_0 caches). Prints the path of llama-bench; the build log is in $OUT/llama-build.log.
+# LLAMA_CUDA=OFF builds the CPU-only tools instead, into .llama/build-cpu (llama.cpp's defaults for
+# the machine's CPU, GGML_NATIVE).
 # Usage: tools/gpu/build_llama.sh [targets...]   (default: llama-bench)
 set -uo pipefail
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=(llama-bench)
-log=${OUT:-/tmp}/llama-build.log
+cuda=${LLAMA_CUDA:-ON}
+dir=.llama/build$([ "$cuda" = ON ] || echo -cpu)
+log=${OUT:-/tmp}/llama-build$([ "$cuda" = ON ] || echo -cpu).log
 if [ ! -d .llama/src ]; then
     mkdir -p .llama/src && tar xzf .device/llama-src.tar.gz -C .llama/src --strip-components=1 || exit 1
 fi
-if [ ! -f .llama/build/build.ninja ]; then
-    cmake -S .llama/src -B .llama/build -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON \
+if [ ! -f $dir/build.ninja ]; then
+    cmake -S .llama/src -B $dir -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=$cuda \
         -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
         -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON \
         -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_COMMIT=0c1e57098 > "$log" 2>&1 || { tail -30 "$log"; exit 1; }
 fi
-ninja -C .llama/build -j16 "${targets[@]}" >> "$log" 2>&1 || { grep -m5 -A5 error "$log"; tail -20 "$log"; exit 1; }
-echo "$PWD/.llama/build/bin/llama-bench"
+ninja -C $dir -j"$(nproc)" "${targets[@]}" >> "$log" 2>&1 || { grep -m5 -A5 error "$log"; tail -20 "$log"; exit 1; }
+echo "$PWD/$dir/bin/llama-bench"

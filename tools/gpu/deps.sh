@@ -33,3 +33,22 @@ step() {
     echo "=== $name"
     if timeout "$limit" "$@"; then summary+=("PASS $name"); else summary+=("FAIL($?) $name"); fi
 }
+
+# make_model BUILD SPEC: prints the path of SPEC's random-weight file under ${TWINFER_MODELS:-/tmp/models},
+# made by BUILD's twinfer_make_random_model where missing: shape:type (with SmolLM2's vocabulary,
+# .device/smollm2-vocab.gguf) or TSV=METADATA (`like`: another architecture, bench/shapes/*.tsv).
+# Returns 1, printing why, if it cannot be made.
+make_model() {
+    local build=$1 spec=$2 models=${TWINFER_MODELS:-/tmp/models} model make
+    if [[ $spec == *=* ]]; then
+        model=$models/$(basename "${spec%%=*}" .tsv).gguf
+        make=(like "${spec%%=*}" "${spec#*=}" "$model")
+    else
+        model=$models/${spec%%:*}-${spec##*:}.gguf
+        make=("${spec%%:*}" "${spec##*:}" .device/smollm2-vocab.gguf "$model")
+    fi
+    mkdir -p "$models"
+    [ -f "$model" ] || "$build/tools/twinfer_make_random_model" "${make[@]}" > /dev/null ||
+        { echo "could not make $model" >&2; return 1; }
+    echo "$model"
+}

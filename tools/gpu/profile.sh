@@ -46,17 +46,8 @@ for k, v in sorted(total.items(), key=lambda kv: -kv[1])[:14]:
 PY
 }
 for spec in "${shapes[@]}"; do
-    if [[ $spec == *=* ]]; then   # the file speed.sh makes of it
-        shape=$(basename "${spec%%=*}" .tsv) type=""
-        model=${TWINFER_MODELS:-/tmp/models}/$shape.gguf
-        make=(like "${spec%%=*}" "${spec#*=}")
-    else
-        shape=${spec%%:*} type=${spec##*:}
-        model=${TWINFER_MODELS:-/tmp/models}/$shape-$type.gguf
-        make=("$shape" "$type" .device/smollm2-vocab.gguf)
-    fi
-    mkdir -p "$(dirname "$model")"
-    [ -f "$model" ] || "$build/tools/twinfer_make_random_model" "${make[@]}" "$model" > /dev/null || continue
+    if [[ $spec == *=* ]]; then shape=$(basename "${spec%%=*}" .tsv) type=""; else shape=${spec%%:*} type=${spec##*:}; fi
+    model=$(make_model "$build" "$spec") || continue
     for phase in ${PHASES:-pp512 tg4}; do
         case $phase in
         pp512) run=("$build/apps/twinfer" bench -m "$model" --device cuda -p 512 -n 0 -r 1 --no-progress) ;;

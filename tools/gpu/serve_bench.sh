@@ -15,7 +15,6 @@ shapes=("$@")
 streams=${STREAMS:-1 4 16 64}
 rounds=${ROUNDS:-2}
 log=${OUT:-/tmp}
-models=${TWINFER_MODELS:-/tmp/models}
 source "$(dirname "$0")/deps.sh"
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader || true
 echo "git $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet 2>/dev/null || echo '+changes')"
@@ -60,11 +59,8 @@ run() {
     wait "$pid" 2> /dev/null
 }
 
-mkdir -p "$models"
 for spec in "${shapes[@]}"; do
-    model=$models/${spec%%:*}-${spec##*:}.gguf
-    [ -f "$model" ] || build-gpu/tools/twinfer_make_random_model "${spec%%:*}" "${spec##*:}" .device/smollm2-vocab.gguf "$model" > /dev/null ||
-        { echo "could not make $model"; continue; }
+    model=$(make_model build-gpu "$spec") || continue
     for round in $(seq "$rounds"); do
         echo "##### $(basename "$model" .gguf), round $round"
         run llama-server 18091 "$llama_server" -m "$model" -ngl 99 --parallel "$parallel" -c $((parallel * 256)) --port 18091

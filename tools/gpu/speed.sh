@@ -15,23 +15,12 @@ shift || true
 shapes=("$@")
 [ ${#shapes[@]} -eq 0 ] && shapes=(smollm2-135m:Q4_1 tinyllama-1.1b:Q4_0 tinyllama-1.1b:Q8_0 llama2-7b:Q4_0)
 log=${OUT:-/tmp}
-models=${TWINFER_MODELS:-/tmp/models}
 source "$(dirname "$0")/deps.sh"
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader || true
 build_cuda "$build" "$log/build" twinfer twinfer_make_random_model || exit 1
-mkdir -p "$models"
 echo "git $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet 2>/dev/null || echo '+changes')"
 for spec in "${shapes[@]}"; do
-    if [[ $spec == *=* ]]; then
-        tsv=${spec%%=*}
-        model=$models/$(basename "$tsv" .tsv).gguf
-        make=(like "$tsv" "${spec#*=}" "$model")
-    else
-        model=$models/${spec%%:*}-${spec##*:}.gguf
-        make=("${spec%%:*}" "${spec##*:}" .device/smollm2-vocab.gguf "$model")
-    fi
-    [ -f "$model" ] || "$build/tools/twinfer_make_random_model" "${make[@]}" > /dev/null ||
-        { echo "could not make $model"; continue; }
+    model=$(make_model "$build" "$spec") || continue
     echo "=== $(basename "$model" .gguf)"
     read -ra args <<< "${TWINFER_BENCH_ARGS:--p 512 -n 128 -r 3}"
     timeout 240 "$build/apps/twinfer" bench -m "$model" --device cuda "${args[@]}" --no-progress 2>&1 | grep -E '^\| [^m-]|rror'
