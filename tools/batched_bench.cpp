@@ -69,37 +69,43 @@ int main(int argc, char** argv) {
                              "[rows...=1 4 16]\n", argv[0]);
         return 2;
     }
-    const int threads = args.size() > 1 ? std::stoi(args[1]) : 0;
-    const size_t prompt_tokens = args.size() > 2 ? std::stoul(args[2]) : 100;
-    const size_t steps = args.size() > 3 ? std::stoul(args[3]) : 32;
-    std::vector<size_t> row_counts;
-    for (size_t i = 4; i < args.size(); ++i) row_counts.push_back(std::stoul(args[i]));
-    if (row_counts.empty()) row_counts = {1, 4, 16};
-    const size_t max_rows = *std::max_element(row_counts.begin(), row_counts.end());
+    try {
+        const int threads = args.size() > 1 ? std::stoi(args[1]) : 0;
+        const size_t prompt_tokens = args.size() > 2 ? std::stoul(args[2]) : 100;
+        const size_t steps = args.size() > 3 ? std::stoul(args[3]) : 32;
+        std::vector<size_t> row_counts;
+        for (size_t i = 4; i < args.size(); ++i) row_counts.push_back(std::stoul(args[i]));
+        if (row_counts.empty()) row_counts = {1, 4, 16};
+        const size_t max_rows = *std::max_element(row_counts.begin(), row_counts.end());
 
-    auto file = std::make_shared<const gguf::File>(gguf::File::open(args[0]));
-    F32LlamaModel model =
-        F32LlamaModel::load(file, {.n_ctx = prompt_tokens + std::max(steps, warm_up_steps) + 1, .n_threads = threads, .device = device});
-    model.set_slot_count(max_rows);
-    std::vector<SlotToken> prompt_rows;
-    for (size_t s = 0; s < max_rows; ++s)
-        for (size_t i = 0; i < prompt_tokens; ++i)
-            prompt_rows.push_back({.slot = s, .token = Token((s * 7919 + i * 104729) % 40000 + 100), .products = RowProducts::Tiled});
-    prompt_rows.back().logits = true;
-    model.forward_rows(prompt_rows);
+        auto file = std::make_shared<const gguf::File>(gguf::File::open(args[0]));
+        const size_t n_ctx = prompt_tokens + std::max(steps, warm_up_steps) + 1;
+        F32LlamaModel model = F32LlamaModel::load(file, {.n_ctx = n_ctx, .n_threads = threads, .device = device});
+        model.set_slot_count(max_rows);
+        std::vector<SlotToken> prompt_rows;
+        for (size_t s = 0; s < max_rows; ++s)
+            for (size_t i = 0; i < prompt_tokens; ++i)
+                prompt_rows.push_back(
+                    {.slot = s, .token = Token((s * 7919 + i * 104729) % 40000 + 100), .products = RowProducts::Tiled});
+        prompt_rows.back().logits = true;
+        model.forward_rows(prompt_rows);
 
-    decode_rate(model, 1, prompt_tokens, warm_up_steps, true);   // warm-up: pages of the mapping, the thread pool
-    std::printf("| sequences | batched pass tok/s | ms a step | one pass a row tok/s | batched / one a row |\n"
-                "|---:|---:|---:|---:|---:|\n");
-    for (size_t n : row_counts) {
-        const double batched = decode_rate(model, n, prompt_tokens, steps, true);
-        if (batched_only) {
-            std::printf("| %zu | %.1f | %.2f | | |\n", n, batched, 1e3 * double(n) / batched);
-            continue;
+        decode_rate(model, 1, prompt_tokens, warm_up_steps, true);   // warm-up: pages of the mapping, the thread pool
+        std::printf("| sequences | batched pass tok/s | ms a step | one pass a row tok/s | batched / one a row |\n"
+                    "|---:|---:|---:|---:|---:|\n");
+        for (size_t n : row_counts) {
+            const double batched = decode_rate(model, n, prompt_tokens, steps, true);
+            if (batched_only) {
+                std::printf("| %zu | %.1f | %.2f | | |\n", n, batched, 1e3 * double(n) / batched);
+                continue;
+            }
+            const double alone = decode_rate(model, n, prompt_tokens, steps, false);
+            std::printf("| %zu | %.1f | %.2f | %.1f | %.2fx |\n", n, batched, 1e3 * double(n) / batched, alone, batched / alone);
         }
-        const double alone = decode_rate(model, n, prompt_tokens, steps, false);
-        std::printf("| %zu | %.1f | %.2f | %.1f | %.2fx |\n", n, batched, 1e3 * double(n) / batched, alone, batched / alone);
+        std::fflush(stdout);
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "twinfer_batched_bench: error: %s\n", e.what());
+        return 1;
     }
-    std::fflush(stdout);
     return 0;
 }
