@@ -7,9 +7,9 @@
 # PHASES="tg4" profiles decoding alone; a phase rowsN profiles the server's batched decode step of
 # N sequences instead (twinfer_batched_bench: a prompt of one token a slot, 4 one-row warm-up
 # steps, 2 steps of N rows; the upload's and prompt's kernels, repack, cuBLAS's, are in the sums
-# too, under their own names: a long prompt's would use up ncu's -c before the steps). Each phase also sums the bytes the kernels read from DRAM
-# (dram__bytes_read.sum: what a decode step really streams, e.g. a mixture of experts' chosen
-# experts against all of them). A spec TSV=METADATA.gguf makes the file as tools/gpu/speed.sh does.
+# too, under their own names: a long prompt's would use up ncu's -c before the steps). Each phase
+# also sums the bytes the kernels read from DRAM (dram__bytes_read.sum: what a decode step really
+# streams, e.g. a mixture of experts' chosen experts against all of them). A spec TSV=METADATA.gguf makes the file as tools/gpu/speed.sh does.
 # Usage: tools/gpu/profile.sh [build-dir] [shape:type | TSV=METADATA ...]   (default build-gpu smollm2-135m:Q4_1
 #   tinyllama-1.1b:Q4_0 llama2-7b:Q4_0). Carry .deps and .device (tools/gpu/prepare_carry.sh makes them).
 set -uo pipefail
