@@ -3,7 +3,7 @@
 # llama-server) from the llama-cpp-python 0.3.36 sdist's sources, which the call carries in
 # .device/llama-src.tar.gz (made here by tools/gpu/pack_llama.sh), into the git-ignored .llama/.
 # Never part of the repository. sm_90 only and llama.cpp's other defaults (flash-attention kernels
-# for f16/q8_0 caches). Prints the path of llama-bench; the build log is in $OUT/llama-build.log.
+# for f16/q8_0 caches). Prints the path of llama-bench; the build log is in $OUT/llama-build[-cpu].log.
 # LLAMA_CUDA=OFF builds the CPU-only tools instead, into .llama/build-cpu (llama.cpp's defaults for
 # the machine's CPU, GGML_NATIVE).
 # Usage: tools/gpu/build_llama.sh [targets...]   (default: llama-bench)
@@ -11,8 +11,9 @@ set -uo pipefail
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=(llama-bench)
 cuda=${LLAMA_CUDA:-ON}
-dir=.llama/build$([ "$cuda" = ON ] || echo -cpu)
-log=${OUT:-/tmp}/llama-build$([ "$cuda" = ON ] || echo -cpu).log
+suffix=$([ "$cuda" = ON ] || echo -cpu)
+dir=.llama/build$suffix
+log=${OUT:-/tmp}/llama-build$suffix.log
 if [ ! -d .llama/src ]; then
     mkdir -p .llama/src && tar xzf .device/llama-src.tar.gz -C .llama/src --strip-components=1 || exit 1
 fi

@@ -3,11 +3,10 @@
 # 2-core one here -- decoding and prompts on its CPU at 4 and 16 threads, twinfer beside llama.cpp's
 # CPU build (tools/gpu/build_llama.sh with LLAMA_CUDA=OFF, outside the repository) on the same
 # files, engine after engine, ROUNDS rounds (2): `twinfer bench --device cpu -t T` and `llama-bench -t T`,
-# both `-p 128 -n 64 -r 3` (TWINFER_BENCH_ARGS replaces that on both sides). The files are made as
-# tools/gpu/speed.sh makes them: shape:type, or TSV=METADATA for `twinfer_make_random_model like`.
+# both `-p 128 -n 64 -r 3` (TWINFER_BENCH_ARGS replaces that on both sides). The files are
+# deps.sh's make_model's: shape:type, or TSV=METADATA for `twinfer_make_random_model like`.
 # Usage: tools/gpu/cpu_threads.sh [build-dir] [spec ...]   (default: build-gpu and the
-#   Llama-3.2-1B Q4_K_M shape); THREADS="1 2 4 8 16" in the environment for a curve (each count
-#   ~50 s a round at 1 thread on that file, both engines). Carry .deps,
+#   Llama-3.2-1B Q4_K_M shape); THREADS="1 2 4 8 16" in the environment for a curve. Carry .deps,
 #   .device/llama-src.tar.gz and the specs' metadata (tools/gpu/prepare_carry.sh makes them).
 set -uo pipefail
 build=${1:-build-gpu}
