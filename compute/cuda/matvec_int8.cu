@@ -25,6 +25,7 @@
 #include "compute/cuda/matvec_int8.cuh"
 #include "compute/cuda/quant_decode.cuh"
 #include "compute/cuda/rope.cuh"
+#include "compute/cuda/tensor_core.cuh"
 
 namespace twinfer::compute::cuda {
 namespace {
@@ -102,6 +103,25 @@ template <GGMLType T> struct WeightBlock {
     int sub;
 };
 
+// Block i's scale bits (WeightBlock::scale), through the read-only cache.
+template <GGMLType T, int N> __device__ __forceinline__ void load_scale_words(const PlanarView<T>& v, size_t i, uint32_t (&scale)[N]) {
+    using P = Planar<T>;
+    const uint8_t* scales = v.scales_of(i);
+    if constexpr (P::group_bytes == 16) {
+        const uint4 h = __ldg(reinterpret_cast<const uint4*>(scales));
+        scale[0] = h.x, scale[1] = h.y, scale[2] = h.z, scale[3] = h.w;
+    } else if constexpr (P::group_bytes == 18) {   // Q6_K: scales 2 sub, 2 sub + 1, then d at byte 16
+        const auto* halves = reinterpret_cast<const unsigned short*>(scales);
+        scale[0] = uint32_t(__ldg(halves + i % 8)) | uint32_t(__ldg(halves + 8)) << 16;
+    } else if constexpr (P::scale_bytes == 2) {
+        scale[0] = __ldg(reinterpret_cast<const unsigned short*>(scales));
+    } else if constexpr (P::scale_bytes == 1) {
+        scale[0] = __ldg(scales);
+    } else {
+        scale[0] = __ldg(reinterpret_cast<const uint32_t*>(scales));
+    }
+}
+
 template <GGMLType T> __device__ __forceinline__ WeightBlock<T> load_block(const PlanarView<T>& v, size_t i) {
     using P = Planar<T>;
     WeightBlock<T> b;
@@ -117,37 +137,13 @@ template <GGMLType T> __device__ __forceinline__ WeightBlock<T> load_block(const
         b.high[0] = P::high_bytes != 0 ? __ldg(reinterpret_cast<const uint32_t*>(v.high_of(i))) : 0u;
     }
     b.sub = int(i % 8);
-    const uint8_t* scales = v.scales_of(i);
-    if constexpr (P::group_bytes == 16) {
-        const uint4 h = __ldg(reinterpret_cast<const uint4*>(scales));
-        b.scale[0] = h.x, b.scale[1] = h.y, b.scale[2] = h.z, b.scale[3] = h.w;
-    } else if constexpr (P::group_bytes == 18) {   // Q6_K: scales 2 sub, 2 sub + 1, then d at byte 16
-        const auto* halves = reinterpret_cast<const unsigned short*>(scales);
-        b.scale[0] = uint32_t(__ldg(halves + b.sub)) | uint32_t(__ldg(halves + 8)) << 16;
-    } else if constexpr (P::scale_bytes == 2) {
-        b.scale[0] = __ldg(reinterpret_cast<const unsigned short*>(scales));
-    } else if constexpr (P::scale_bytes == 1) {
-        b.scale[0] = __ldg(scales);
-    } else {
-        b.scale[0] = __ldg(reinterpret_cast<const uint32_t*>(scales));
-    }
+    load_scale_words(v, i, b.scale);
     return b;
-}
-
-// 4-bit codes of word k of the codes (bytes 4k .. 4k+3): low nibbles are weights 4k.., high ones 16+4k..
-__device__ __forceinline__ int nibble_dot(uint32_t word, int k, const ActivationBlock& x, int dot) {
-    dot = __dp4a(int(word & 0x0F0F0F0Fu), x.a[k], dot);
-    return __dp4a(int((word >> 4) & 0x0F0F0F0Fu), x.a[4 + k], dot);
 }
 
 // The fifth bits of four weights 4k.. (qh shifted so that bit 0 is weight 4k's) at bit 4 of each byte.
 __device__ __forceinline__ uint32_t fifth_bits_of(uint32_t qh) {
     return ((qh << 4) & 0x10u) | ((qh << 11) & 0x1000u) | ((qh << 18) & 0x100000u) | ((qh << 25) & 0x10000000u);
-}
-
-__device__ __forceinline__ int five_bit_dot(uint32_t word, uint32_t qh, int k, const ActivationBlock& x, int dot) {
-    dot = __dp4a(int((word & 0x0F0F0F0Fu) | fifth_bits_of(qh >> (4 * k))), x.a[k], dot);
-    return __dp4a(int(((word >> 4) & 0x0F0F0F0Fu) | fifth_bits_of(qh >> (16 + 4 * k))), x.a[4 + k], dot);
 }
 
 // Q6_K's fifth and sixth bits of four weights (bits 2b..2b+1 of h, weight b) at bits 4..5 of byte b.
@@ -158,63 +154,96 @@ __device__ __forceinline__ uint32_t high_two_bits_of(uint32_t h) {
 // Four MXFP4 codes (bytes of `codes`, each 0..15) as four signed bytes, kvalues_mxfp4 of each: the
 // magnitude picked by the low three bits from eight constant bytes (one byte permute), negated
 // ((m ^ 0xff) - 0xff) where the sign bit 3 is set.
-__device__ __forceinline__ int mxfp4_bytes(uint32_t codes) {
+__device__ __forceinline__ uint32_t mxfp4_bytes(uint32_t codes) {
     const uint32_t selector = (codes & 0x7u) | ((codes >> 4) & 0x70u) | ((codes >> 8) & 0x700u) | ((codes >> 12) & 0x7000u);
     const uint32_t magnitude = __byte_perm(0x03020100u, 0x0C080604u, selector);
     const uint32_t negative = ((codes >> 3) & 0x01010101u) * 0xffu;
-    return int(__vsub4(magnitude ^ negative, negative));
+    return __vsub4(magnitude ^ negative, negative);
+}
+
+// A block's weights 4k .. 4k+3 (x) and 16+4k .. 16+4k+3 (y) as the signed bytes the integer dot
+// products take, from its code words (word k: bytes 4k ..) and high bits. Codes c in [0, 16) or
+// [0, 32) as they are (their offset or min is the float part's, accumulate_block); Q6_K's
+// [0, 64) as c - 32; MXFP4's looked up (|v| <= 12); Q8_0's bytes as they are.
+template <GGMLType T> __device__ __forceinline__ uint2 signed_codes(const uint32_t* codes, const uint32_t* high, int k) {
+    if constexpr (T == GGMLType::Q8_0) {
+        return make_uint2(codes[k], codes[4 + k]);
+    } else {
+        const uint32_t low = codes[k] & 0x0F0F0F0Fu, upper = (codes[k] >> 4) & 0x0F0F0F0Fu;
+        if constexpr (T == GGMLType::MXFP4) {
+            return make_uint2(mxfp4_bytes(low), mxfp4_bytes(upper));
+        } else if constexpr (T == GGMLType::Q6_K) {
+            return make_uint2(__vsubss4(low | high_two_bits_of(high[0] >> (8 * k)), 0x20202020u),
+                              __vsubss4(upper | high_two_bits_of(high[1] >> (8 * k)), 0x20202020u));
+        } else if constexpr (Planar<T>::high_bytes != 0) {
+            return make_uint2(low | fifth_bits_of(high[0] >> (4 * k)), upper | fifth_bits_of(high[0] >> (16 + 4 * k)));
+        } else {
+            return make_uint2(low, upper);
+        }
+    }
+}
+
+// A block's integer dot products with an activation block: x over its 32 weights (Q6_K: its first
+// 16, whose scale differs from its last 16's, y).
+template <GGMLType T> __device__ __forceinline__ int2 block_dots(const WeightBlock<T>& w, const ActivationBlock& x) {
+    int first = 0, second = 0;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        const uint2 c = signed_codes<T>(w.codes, w.high, k);
+        first = __dp4a(int(c.x), x.a[k], first);
+        second = __dp4a(int(c.y), x.a[4 + k], second);
+    }
+    return T == GGMLType::Q6_K ? make_int2(first, second) : make_int2(first + second, 0);
 }
 
 __device__ __forceinline__ float half_bits(uint32_t bits) { return __half2float(__ushort_as_half(uint16_t(bits))); }
 
-// A block's dot product with an activation block. Codes c in [0, 16) or [0, 32) stand for
-// d * (c - offset) (Q4_0, Q5_0) or d * c + m (Q4_1, Q5_1) or d * scale * c - dmin * min (Q4_K,
-// Q5_K); the offset or min term uses the activations' d * sum(q). Q6_K's codes in [0, 64) stand
-// for d * scale * (c - 32), a scale per 16 weights: c - 32 fits a signed byte, so each half is one
-// integer dot product. MXFP4's codes stand for 2^(e - 128) * kvalues_mxfp4[c], signed bytes
-// (|v| <= 12) once looked up.
-template <GGMLType T> __device__ __forceinline__ float block_dot(const WeightBlock<T>& w, const ActivationBlock& x) {
-    using P = Planar<T>;
-    int dot = 0;
-    if constexpr (T == GGMLType::Q8_0) {
-#pragma unroll
-        for (int k = 0; k < 8; ++k) dot = __dp4a(int(w.codes[k]), x.a[k], dot);
-        return half_bits(w.scale[0]) * x.ds.x * float(dot);
-    } else if constexpr (T == GGMLType::MXFP4) {
-#pragma unroll
-        for (int k = 0; k < 4; ++k) {
-            dot = __dp4a(mxfp4_bytes(w.codes[k] & 0x0F0F0F0Fu), x.a[k], dot);
-            dot = __dp4a(mxfp4_bytes((w.codes[k] >> 4) & 0x0F0F0F0Fu), x.a[4 + k], dot);
-        }
-        return e8m0_half(w.scale[0]) * x.ds.x * float(dot);
+// A block's scales (WeightBlock::scale; sub: a K type's sub-block) as its float part takes them:
+// (d, -) for Q4_0, Q5_0, Q8_0 and MXFP4 (2^(e - 128)); (d, m) for Q4_1 and Q5_1; (d * scale,
+// dmin * min) for Q4_K and Q5_K; Q6_K: (d, the bits of its two int8 scales).
+template <GGMLType T, int N> __device__ __forceinline__ float2 block_scale(const uint32_t (&scale)[N], int sub) {
+    if constexpr (k_type<T> && T != GGMLType::Q6_K) {
+        int s, m;
+        k4_scale_min(scale, sub, s, m);
+        const float2 dm = __half22float2(*reinterpret_cast<const __half2*>(&scale[0]));
+        return make_float2(__fmul_rn(dm.x, float(s)), __fmul_rn(dm.y, float(m)));
     } else if constexpr (T == GGMLType::Q6_K) {
-        int dot_low = 0, dot_high = 0;   // weights 0..15, 16..31
-#pragma unroll
-        for (int k = 0; k < 4; ++k) {
-            const uint32_t low = (w.codes[k] & 0x0F0F0F0Fu) | high_two_bits_of(w.high[0] >> (8 * k));
-            const uint32_t high = ((w.codes[k] >> 4) & 0x0F0F0F0Fu) | high_two_bits_of(w.high[1] >> (8 * k));
-            dot_low = __dp4a(int(__vsubss4(low, 0x20202020u)), x.a[k], dot_low);
-            dot_high = __dp4a(int(__vsubss4(high, 0x20202020u)), x.a[4 + k], dot_high);
-        }
-        const int scale_low = int(int8_t(w.scale[0] & 0xffu)), scale_high = int(int8_t((w.scale[0] >> 8) & 0xffu));
-        return half_bits(w.scale[0] >> 16) * x.ds.x * float(scale_low * dot_low + scale_high * dot_high);
+        return make_float2(half_bits(scale[0] >> 16), __uint_as_float(scale[0] & 0xffffu));
+    } else if constexpr (T == GGMLType::Q4_1 || T == GGMLType::Q5_1) {
+        return __half22float2(*reinterpret_cast<const __half2*>(&scale[0]));
+    } else if constexpr (T == GGMLType::MXFP4) {
+        return make_float2(e8m0_half(scale[0]), 0.0f);
     } else {
-#pragma unroll
-        for (int k = 0; k < 4; ++k)
-            dot = P::high_bytes != 0 ? five_bit_dot(w.codes[k], w.high[0], k, x, dot) : nibble_dot(w.codes[k], k, x, dot);
-        if constexpr (k_type<T>) {
-            int scale, min;
-            k4_scale_min(w.scale, w.sub, scale, min);
-            const float2 dm = __half22float2(*reinterpret_cast<const __half2*>(&w.scale[0]));
-            return dm.x * float(scale) * x.ds.x * float(dot) - dm.y * float(min) * x.ds.y;
-        } else if constexpr (T == GGMLType::Q4_0 || T == GGMLType::Q5_0) {
-            constexpr float offset = T == GGMLType::Q4_0 ? 8.0f : 16.0f;
-            return half_bits(w.scale[0]) * (x.ds.x * float(dot) - offset * x.ds.y);
-        } else {
-            const float2 dm = __half22float2(*reinterpret_cast<const __half2*>(&w.scale[0]));
-            return dm.x * x.ds.x * float(dot) + dm.y * x.ds.y;
-        }
+        return make_float2(half_bits(scale[0]), 0.0f);
     }
+}
+
+// acc plus a block's product: its scales (block_scale) and integer dots (block_dots) with an
+// activation block whose (d, d * sum(q)) is xds. The codes stand for d * (c - offset) (Q4_0,
+// Q5_0), d * c + m (Q4_1, Q5_1), d * scale * c - dmin * min (Q4_K, Q5_K), d * scale * c (Q6_K, a
+// scale per 16), d * c (Q8_0, MXFP4); the offset or min term uses xds.y. Written in intrinsics,
+// which the compiler may not contract into other multiply-adds, so that every kernel that sums a
+// row's blocks in the same order gets the same bits (batch invariance: int8_mma_rows_kernel's
+// rows against int8_matvec_kernel's row alone).
+template <GGMLType T> __device__ __forceinline__ float accumulate_block(float acc, float2 scale, int2 dots, float2 xds) {
+    if constexpr (T == GGMLType::Q8_0 || T == GGMLType::MXFP4) {
+        return __fmaf_rn(__fmul_rn(scale.x, xds.x), float(dots.x), acc);
+    } else if constexpr (T == GGMLType::Q6_K) {
+        const uint32_t bits = __float_as_uint(scale.y);
+        const int low = int(int8_t(bits & 0xffu)), high = int(int8_t(bits >> 8));
+        return __fmaf_rn(__fmul_rn(scale.x, xds.x), float(low * dots.x + high * dots.y), acc);
+    } else if constexpr (k_type<T>) {
+        return __fadd_rn(acc, __fmaf_rn(__fmul_rn(scale.x, xds.x), float(dots.x), -__fmul_rn(scale.y, xds.y)));
+    } else if constexpr (T == GGMLType::Q4_0 || T == GGMLType::Q5_0) {
+        constexpr float offset = T == GGMLType::Q4_0 ? 8.0f : 16.0f;
+        return __fadd_rn(acc, __fmul_rn(scale.x, __fmaf_rn(xds.x, float(dots.x), -__fmul_rn(offset, xds.y))));
+    } else {
+        return __fadd_rn(acc, __fmaf_rn(__fmul_rn(scale.x, xds.x), float(dots.x), __fmul_rn(scale.y, xds.y)));
+    }
+}
+
+template <GGMLType T> __device__ __forceinline__ float accumulate_block(float acc, const WeightBlock<T>& w, const ActivationBlock& x) {
+    return accumulate_block<T>(acc, block_scale<T>(w.scale, w.sub), block_dots(w, x), x.ds);
 }
 
 // The matrices of one launch: products of one x (Q, K and V; gate and up) share it, so that a
@@ -307,14 +336,14 @@ struct NormOut {
 template <GGMLType T> constexpr bool four_bit = T == GGMLType::Q4_0 || T == GGMLType::Q4_1;
 template <GGMLType T> constexpr int min_blocks_per_sm = four_bit<T> ? 6 : 5;
 
-// The target whose rows block blockIdx.x computes, and its index, by constant indices: a runtime
+// The target whose rows grid block `block` computes, and its index, by constant indices: a runtime
 // index into the parameters would copy them to the stack (local memory) first.
-__device__ __forceinline__ Target block_target(const Targets& targets, int& index) {
+__device__ __forceinline__ Target block_target(const Targets& targets, int block, int& index) {
     Target target = targets.t[0];
     index = 0;
 #pragma unroll
     for (int i = 1; i < max_targets; ++i)
-        if (i < targets.n && int(blockIdx.x) >= targets.t[i].first_block) target = targets.t[i], index = i;
+        if (i < targets.n && block >= targets.t[i].first_block) target = targets.t[i], index = i;
     return target;
 }
 
@@ -326,7 +355,7 @@ int8_matvec_kernel(Targets targets, int n_blocks, const int8_t* __restrict__ qs,
                    NormOut norm_out, const float* __restrict__ x_float, ExpertChoice experts) {
     constexpr bool Swiglu = gated(E);
     int target_index = 0;
-    Target target = Swiglu ? targets.t[0] : block_target(targets, target_index);
+    Target target = Swiglu ? targets.t[0] : block_target(targets, int(blockIdx.x), target_index);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     constexpr int rows_of_target = Swiglu ? Rows / 2 : Rows;
     const int first_row = ((int(blockIdx.x) - target.first_block) * warps_of<E> + warp) * rows_of_target;
@@ -433,7 +462,7 @@ int8_matvec_kernel(Targets targets, int n_blocks, const int8_t* __restrict__ qs,
         for (int j = 0; j < batch; ++j) {
             if (b0 + 32 * j >= n_blocks) break;
 #pragma unroll
-            for (int r = 0; r < Rows; ++r) acc[r] += block_dot(w[j][r], x[j]);
+            for (int r = 0; r < Rows; ++r) acc[r] = accumulate_block(acc[r], w[j][r], x[j]);
         }
     }
     float total[Rows];
@@ -523,7 +552,7 @@ __global__ void __launch_bounds__(warps_per_block * 32)
 int8_matvec_tokens_kernel(Targets targets, int n_blocks, const int8_t* __restrict__ qs, const float2* __restrict__ ds,
                           int n_tokens) {
     int target_index;
-    const Target target = block_target(targets, target_index);
+    const Target target = block_target(targets, int(blockIdx.x), target_index);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int first_row = ((int(blockIdx.x) - target.first_block) * warps_per_block + warp) * Rows;
     if (first_row >= target.rows) return;
@@ -545,7 +574,7 @@ int8_matvec_tokens_kernel(Targets targets, int n_blocks, const int8_t* __restric
             if (t >= tokens) break;
             const ActivationBlock x = load_activations(qs + size_t(t) * n_blocks * 32, ds + size_t(t) * n_blocks, b, false);
 #pragma unroll
-            for (int r = 0; r < Rows; ++r) acc[r][t] += block_dot(w[r], x);
+            for (int r = 0; r < Rows; ++r) acc[r][t] = accumulate_block(acc[r][t], w[r], x);
         }
     }
 #pragma unroll
@@ -571,6 +600,225 @@ void launch_tokens(Context& ctx, Targets targets, int n_blocks, const QuantizedA
     const dim3 grid(unsigned(blocks), unsigned(blocks_for(n_tokens, tokens_per_warp)));
     launch_after_previous(ctx, int8_matvec_tokens_kernel<T, Rows, tokens_per_warp>, grid, warps_per_block * 32, 0, targets,
                           n_blocks, q.qs, q.ds, int(n_tokens));
+}
+
+// compute::matmul_rows on the int8 tensor cores (a batched decode step's rows, from
+// min_mma_tokens rows of x on): a block of 8 warps takes 32 weight rows and 8 * Tiles rows of x
+// ("tokens"), and walks the row's blocks in groups of 32, copying each group's codes, high bits
+// and activations into shared memory (cp.async, whole 16-byte words: a row's 32 neighbouring
+// blocks are contiguous in the planar layout; the scales through registers, as block_scale) while
+// it multiplies the group before. A warp takes 16 of the weight rows and 8 of the 32 blocks
+// ("slots") of every group; each block is two mma.sync m16n8k16 a tile of 8 tokens, its float part
+// accumulate_block, as the one-row kernel's.
+//
+// Batch invariance: int8_matvec_kernel's lane s sums blocks s, s + 32, ... in order, then
+// warp_sum folds the 32 lanes' sums (offsets 16, 8, 4, 2, 1). Here slot s keeps that lane's
+// running sum for every (row, token), and a warp owns the slots c, c + 4, ..., c + 28 (c = its
+// slot class): the folds of offsets 16, 8 and 4 stay within the warp, and those of 2 and 1 combine
+// the four classes through shared memory at the end, in the same order. Every output then has the
+// bits of that row of x alone. From 8 rows of x on it is faster than int8_matvec_tokens_kernel on
+// the H100, at 4 it is not (BENCHMARKS.md, session 25).
+constexpr int mma_warps = 8, mma_rows = 32, min_mma_tokens = 8;
+
+template <GGMLType T, int Tiles> struct MmaStage {
+    using P = Planar<T>;
+    static constexpr int code_words = P::code_bytes / 4, high_words = P::high_bytes / 4, tokens = 8 * Tiles;
+    // Rows padded by 16 bytes: the 8 rows (or tokens) that one load instruction reads then fall on
+    // different banks.
+    alignas(16) uint32_t codes[mma_rows][32 * code_words + 4];
+    alignas(16) uint32_t high[mma_rows][high_words != 0 ? 32 * high_words + 4 : 1];
+    alignas(16) uint32_t x[tokens][32 * 8 + 4];
+    alignas(16) float2 ds[32][tokens + 2];     // [slot][token]: the activations' (d, d * sum(q))
+    alignas(16) float2 scale[32][mma_rows + 1];   // [slot][row]: block_scale
+};
+
+// What one block of int8_mma_rows_kernel copies, where from.
+template <GGMLType T, int Tiles> struct MmaRowsBlock {
+    using P = Planar<T>;
+    using Stage = MmaStage<T, Tiles>;
+    // Each thread's (row, slot) pairs of scale bits: a warp's lanes take a row's 32 slots (coalesced loads).
+    static constexpr int scale_pairs = mma_rows * 32 / (mma_warps * 32);
+
+    PlanarView<T> view;
+    int rows, first_row, n_blocks;
+    const int8_t* qs;
+    const float2* ds;
+    int first_token, n_tokens;
+    uint32_t scale_words[scale_pairs][P::group_bytes == 16 ? 4 : 1];
+
+    // Rows past the matrix's last read its last row, and are not written.
+    __device__ size_t block_of(int r, int b) const { return size_t(min(first_row + r, rows - 1)) * n_blocks + b; }
+
+    __device__ void stage_weights(Stage& st, int g0) const {
+        constexpr int words_a_row = 2 * P::code_bytes;   // 16-byte words of a row's 32 blocks
+        for (int i = threadIdx.x; i < mma_rows * words_a_row; i += mma_warps * 32) {
+            const int r = i / words_a_row, w = i % words_a_row, b = g0 + w * 16 / P::code_bytes;
+            const bool valid = b < n_blocks;
+            const uint8_t* from = view.codes_of(block_of(r, valid ? g0 : 0)) + (valid ? 16 * w : 0);
+            copy_16_async(&st.codes[r][4 * w], from, valid);
+        }
+        if constexpr (P::high_bytes != 0)
+            for (int i = threadIdx.x; i < mma_rows * 32; i += mma_warps * 32) {
+                const int r = i / 32, s = i % 32, b = g0 + s;
+                copy_async<P::high_bytes>(&st.high[r][s * Stage::high_words], view.high_of(block_of(r, min(b, n_blocks - 1))),
+                                          b < n_blocks);
+            }
+    }
+
+    __device__ void stage_activations(Stage& st, int g0) const {
+        for (int i = threadIdx.x; i < Stage::tokens * 64; i += mma_warps * 32) {
+            const int t = i / 64, w = i % 64, b = g0 + w / 2;
+            const bool valid = first_token + t < n_tokens && b < n_blocks;
+            const int8_t* from = valid ? qs + (size_t(first_token + t) * n_blocks + b) * 32 + 16 * (w % 2) : qs;
+            copy_16_async(&st.x[t][4 * w], from, valid);
+        }
+        for (int i = threadIdx.x; i < Stage::tokens * 32; i += mma_warps * 32) {
+            const int t = i / 32, s = i % 32, b = g0 + s;
+            const bool valid = first_token + t < n_tokens && b < n_blocks;
+            copy_async<8>(&st.ds[s][t], valid ? ds + size_t(first_token + t) * n_blocks + b : ds, valid);
+        }
+    }
+
+    __device__ void load_scales(int g0) {
+#pragma unroll
+        for (int j = 0; j < scale_pairs; ++j) {
+            const int i = int(threadIdx.x) + j * mma_warps * 32, r = i / 32, s = i % 32;
+            load_scale_words(view, block_of(r, min(g0 + s, n_blocks - 1)), scale_words[j]);
+        }
+    }
+
+    __device__ void store_scales(Stage& st) const {
+#pragma unroll
+        for (int j = 0; j < scale_pairs; ++j) {
+            const int i = int(threadIdx.x) + j * mma_warps * 32, r = i / 32, s = i % 32;
+            st.scale[s][r] = block_scale<T>(scale_words[j], s % 8);   // a K type's n_blocks is a multiple of 8
+        }
+    }
+};
+
+// Slot s of a staged group (rows r0 and r0 + 8 of the stage, Tiles tiles of 8 tokens) added to
+// acc, the lane's part of each tile's mma_16x8x16_s8 sums.
+template <GGMLType T, int Tiles>
+__device__ __forceinline__ void multiply_slot(const MmaStage<T, Tiles>& st, int s, int r0, float (&acc)[Tiles][4]) {
+    using Stage = MmaStage<T, Tiles>;
+    const int lane = threadIdx.x % 32, group = lane / 4, quad = lane % 4, r1 = r0 + 8;
+    const uint2 a0 = signed_codes<T>(&st.codes[r0][s * Stage::code_words], &st.high[r0][s * Stage::high_words], quad);
+    const uint2 a1 = signed_codes<T>(&st.codes[r1][s * Stage::code_words], &st.high[r1][s * Stage::high_words], quad);
+    const float2 scale0 = st.scale[s][r0], scale1 = st.scale[s][r1];
+#pragma unroll
+    for (int tile = 0; tile < Tiles; ++tile) {
+        const uint32_t* x = st.x[tile * 8 + group] + s * 8;
+        int first[4] = {}, second[4] = {};
+        mma_16x8x16_s8(first, a0.x, a1.x, x[quad]);
+        if constexpr (T == GGMLType::Q6_K) mma_16x8x16_s8(second, a0.y, a1.y, x[4 + quad]);
+        else mma_16x8x16_s8(first, a0.y, a1.y, x[4 + quad]);
+        const float4 xds = *reinterpret_cast<const float4*>(&st.ds[s][tile * 8 + 2 * quad]);
+        const float2 xds0 = make_float2(xds.x, xds.y), xds1 = make_float2(xds.z, xds.w);
+        acc[tile][0] = accumulate_block<T>(acc[tile][0], scale0, make_int2(first[0], second[0]), xds0);
+        acc[tile][1] = accumulate_block<T>(acc[tile][1], scale0, make_int2(first[1], second[1]), xds1);
+        acc[tile][2] = accumulate_block<T>(acc[tile][2], scale1, make_int2(first[2], second[2]), xds0);
+        acc[tile][3] = accumulate_block<T>(acc[tile][3], scale1, make_int2(first[3], second[3]), xds1);
+    }
+}
+
+template <GGMLType T, int Tiles>
+__global__ void __launch_bounds__(mma_warps * 32, 2)
+int8_mma_rows_kernel(Targets targets, int n_blocks, const int8_t* __restrict__ qs, const float2* __restrict__ ds,
+                     int n_tokens) {
+    using Stage = MmaStage<T, Tiles>;
+    extern __shared__ int4 shared_words[];
+    Stage* stages = reinterpret_cast<Stage*>(shared_words);
+    int target_index;
+    const Target target = block_target(targets, int(blockIdx.y), target_index);
+    const int first_row = (int(blockIdx.y) - target.first_block) * mma_rows;
+    const int first_token = int(blockIdx.x) * Stage::tokens;
+    MmaRowsBlock<T, Tiles> block{PlanarView<T>(target.w, size_t(target.rows) * n_blocks),
+                                 target.rows, first_row, n_blocks, qs, ds, first_token, n_tokens, {}};
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, group = lane / 4, quad = lane % 4;
+    const int row_tile = warp % 2, slot_class = warp / 2, r0 = row_tile * 16 + group;
+
+    // The first group's weights are not the previous kernel's output: copied before waiting for it.
+    block.stage_weights(stages[0], 0);
+    block.load_scales(0);
+    grid_dependency_wait();
+    block.stage_activations(stages[0], 0);
+    commit_copies();
+    block.store_scales(stages[0]);
+    float acc[8][Tiles][4] = {};   // [k: slot slot_class + 4k][tile][mma_16x8x16_s8's c]
+    // A K type's next scales (16-byte headers) are loaded after the products, not held across them,
+    // where the registers are short.
+    constexpr bool late_scales = Planar<T>::group_bytes == 16 && Tiles == 2;
+    const int n_groups = (n_blocks + 31) / 32;
+    for (int g = 0; g < n_groups; ++g) {
+        const bool more = g + 1 < n_groups;
+        Stage& next = stages[(g + 1) % 2];
+        if (more) {
+            block.stage_weights(next, 32 * (g + 1));
+            block.stage_activations(next, 32 * (g + 1));
+            if constexpr (!late_scales) block.load_scales(32 * (g + 1));
+        }
+        commit_copies();   // (an empty group where none: the wait below is for group g's)
+        wait_copies<1>();
+        __syncthreads();
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {
+            const int s = slot_class + 4 * k;
+            if (32 * g + s >= n_blocks) break;
+            multiply_slot<T, Tiles>(stages[g % 2], s, r0, acc[k]);
+        }
+        if (more) {
+            if constexpr (late_scales) block.load_scales(32 * (g + 1));
+            block.store_scales(next);
+        }
+        __syncthreads();
+    }
+
+    // warp_sum's folds of offsets 16, 8 and 4 within the warp: slots c + 4k and c + 4k + 16 are
+    // k and k + 4 here, and so on.
+    float* folded = reinterpret_cast<float*>(shared_words);   // [slot_class][row_tile][lane][Tiles * 4]
+#pragma unroll
+    for (int tile = 0; tile < Tiles; ++tile)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            float v[8];
+#pragma unroll
+            for (int k = 0; k < 8; ++k) v[k] = acc[k][tile][i];
+            const float f0 = v[0] + v[4], f1 = v[1] + v[5], f2 = v[2] + v[6], f3 = v[3] + v[7];
+            folded[((slot_class * 2 + row_tile) * 32 + lane) * Tiles * 4 + tile * 4 + i] = (f0 + f2) + (f1 + f3);
+        }
+    __syncthreads();
+    if (slot_class != 0) return;
+#pragma unroll
+    for (int tile = 0; tile < Tiles; ++tile)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            float f[4];
+#pragma unroll
+            for (int c = 0; c < 4; ++c) f[c] = folded[((c * 2 + row_tile) * 32 + lane) * Tiles * 4 + tile * 4 + i];
+            const float total = (f[0] + f[2]) + (f[1] + f[3]);
+            const int row = first_row + r0 + (i < 2 ? 0 : 8), token = first_token + tile * 8 + 2 * quad + i % 2;
+            if (row < target.rows && token < n_tokens) {
+                float* y = target.y + size_t(token) * target.rows + row;
+                *y = (target.accumulate ? *y : 0.0f) + total;
+            }
+        }
+}
+
+// int8_mma_rows_kernel over the targets' rows; grid x: groups of tokens, so that the blocks of
+// one group of weight rows run together and read its weights from DRAM once.
+template <GGMLType T, int Tiles>
+void launch_mma_rows(Context& ctx, Targets targets, int n_blocks, const QuantizedActivations& q, size_t n_tokens) {
+    int blocks = 0;
+    for (int i = 0; i < targets.n; ++i) {
+        targets.t[i].first_block = blocks;
+        blocks += int(blocks_for(targets.t[i].rows, mma_rows));
+    }
+    constexpr size_t shared = 2 * sizeof(MmaStage<T, Tiles>);
+    static_assert(shared >= mma_warps * 32 * Tiles * 4 * sizeof(float));   // the final folds'
+    allow_shared_memory(reinterpret_cast<const void*>(int8_mma_rows_kernel<T, Tiles>), shared);
+    const dim3 grid(unsigned(blocks_for(n_tokens, 8 * Tiles)), unsigned(blocks));
+    launch_after_previous(ctx, int8_mma_rows_kernel<T, Tiles>, grid, mma_warps * 32, shared, targets, n_blocks, q.qs,
+                          q.ds, int(n_tokens));
 }
 
 // Room for one token's quantized activations in `scratch`.
@@ -765,11 +1013,15 @@ void int8_matvec_rows(Context& ctx, std::span<const MatmulOutput> outputs, const
             targets.t[targets.n++] = target_of(o.w, o.y, o.accumulate);
             rows += o.w.rows;
         }
-        // From min_shared_tokens rows of x on, a warp's weight row serves several of them; below,
-        // two rows a warp where one each would take more than a wave, as int8_matvec's (the sums
-        // of an output are the same every way: a lane's blocks in order, then the warp's).
+        // From min_mma_tokens rows of x on, the tensor cores; from min_shared_tokens on, a warp's
+        // weight row serves several of them; below, two rows a warp where one each would take
+        // more than a wave, as int8_matvec's (the sums of an output are the same every way: the
+        // one-row kernel's lane's blocks in order, then its warp's).
         with_int8_type(type, [&]<GGMLType T>() {
-            if (n_rows >= min_shared_tokens) {
+            if (n_rows >= min_mma_tokens) {
+                if (n_rows > 8) launch_mma_rows<T, 2>(ctx, targets, n_blocks, q, n_rows);
+                else launch_mma_rows<T, 1>(ctx, targets, n_blocks, q, n_rows);
+            } else if (n_rows >= min_shared_tokens) {
                 // Four weight rows a warp (each activation block read once for four) where that
                 // still makes two blocks an SM.
                 const size_t blocks_of_one_row = blocks_for(rows, warps_per_block) * blocks_for(n_rows, tokens_per_warp);

@@ -384,9 +384,11 @@ TEST_F(CudaOps, MatmulRowsAreEachRowAlone) {
                     if (with_norm) got.push_back(to_host(norm.out, n * cols));
                     return got;
                 };
-                // Every row of a call of all 41 (five groups of a warp's 8 rows of x and one
-                // more), of a call of 5 (one partial group) and of 3 (below the groups).
-                const auto all = run(0, n_rows, false), five = run(3, 5, false), three = run(20, 3, false);
+                // Every row of a call of all 41 (the tensor-core kernel's groups of 16 rows of x:
+                // two and a partial one), of a call of 8 (its groups of 8), of 5 (the CUDA-core
+                // kernel's rows of x, one partial group) and of 3 (one row's kernel each).
+                const auto all = run(0, n_rows, false), eight = run(30, 8, false), five = run(3, 5, false),
+                           three = run(20, 3, false);
                 for (size_t first = 0; first < n_rows; ++first) {
                     const auto alone = run(first, 1, true), one_row = run(first, 1, false);
                     for (size_t i = 0; i < all.size(); ++i) {
@@ -398,6 +400,9 @@ TEST_F(CudaOps, MatmulRowsAreEachRowAlone) {
                         EXPECT_EQ(one_row[i], alone[i]) << "row " << first << ", output " << i;
                         if (first >= 3 && first < 8) {
                             EXPECT_EQ(row_of(five[i], first - 3), alone[i]) << "row " << first << " of 5";
+                        }
+                        if (first >= 30 && first < 38) {
+                            EXPECT_EQ(row_of(eight[i], first - 30), alone[i]) << "row " << first << " of 8";
                         }
                         if (first >= 20 && first < 23) {
                             EXPECT_EQ(row_of(three[i], first - 20), alone[i]) << "row " << first << " of 3";
