@@ -774,34 +774,28 @@ int8_mma_rows_kernel(Targets targets, int n_blocks, const int8_t* __restrict__ q
     }
 
     // warp_sum's folds of offsets 16, 8 and 4 within the warp: slots c + 4k and c + 4k + 16 are
-    // k and k + 4 here, and so on.
-    float* folded = reinterpret_cast<float*>(shared_words);   // [slot_class][row_tile][lane][Tiles * 4]
+    // k and k + 4 here, and so on. Then those of 2 and 1 across the classes, through shared
+    // memory: [slot_class][row_tile][lane][Tiles * 4].
+    float* folded = reinterpret_cast<float*>(shared_words) + (row_tile * 32 + lane) * Tiles * 4;
+    constexpr int class_floats = 2 * 32 * Tiles * 4;
 #pragma unroll
-    for (int tile = 0; tile < Tiles; ++tile)
+    for (int j = 0; j < Tiles * 4; ++j) {
+        float v[8];
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            float v[8];
-#pragma unroll
-            for (int k = 0; k < 8; ++k) v[k] = acc[k][tile][i];
-            const float f0 = v[0] + v[4], f1 = v[1] + v[5], f2 = v[2] + v[6], f3 = v[3] + v[7];
-            folded[((slot_class * 2 + row_tile) * 32 + lane) * Tiles * 4 + tile * 4 + i] = (f0 + f2) + (f1 + f3);
-        }
+        for (int k = 0; k < 8; ++k) v[k] = acc[k][j / 4][j % 4];
+        folded[slot_class * class_floats + j] = ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]));
+    }
     __syncthreads();
     if (slot_class != 0) return;
 #pragma unroll
-    for (int tile = 0; tile < Tiles; ++tile)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            float f[4];
-#pragma unroll
-            for (int c = 0; c < 4; ++c) f[c] = folded[((c * 2 + row_tile) * 32 + lane) * Tiles * 4 + tile * 4 + i];
-            const float total = (f[0] + f[2]) + (f[1] + f[3]);
-            const int row = first_row + r0 + (i < 2 ? 0 : 8), token = first_token + tile * 8 + 2 * quad + i % 2;
-            if (row < target.rows && token < n_tokens) {
-                float* y = target.y + size_t(token) * target.rows + row;
-                *y = (target.accumulate ? *y : 0.0f) + total;
-            }
+    for (int j = 0; j < Tiles * 4; ++j) {
+        const float total = (folded[j] + folded[2 * class_floats + j]) + (folded[class_floats + j] + folded[3 * class_floats + j]);
+        const int i = j % 4, row = first_row + r0 + (i < 2 ? 0 : 8), token = first_token + j / 4 * 8 + 2 * quad + i % 2;
+        if (row < target.rows && token < n_tokens) {
+            float* y = target.y + size_t(token) * target.rows + row;
+            *y = (target.accumulate ? *y : 0.0f) + total;
         }
+    }
 }
 
 // int8_mma_rows_kernel over the targets' rows; grid x: groups of tokens, so that the blocks of
