@@ -263,6 +263,17 @@ struct Targets {
     bool gelu;   // the gated epilogues: GELU's tanh form of gate (GeGLU), not SiLU
 };
 
+// Gives targets 0 .. n - 1 their runs of a launch's grid blocks, rows_per_block rows a block, one
+// after the other (Target::first_block); returns the blocks of all n.
+int place_blocks(Targets& targets, int n, int rows_per_block) {
+    int blocks = 0;
+    for (int i = 0; i < n; ++i) {
+        targets.t[i].first_block = blocks;
+        blocks += int(blocks_for(targets.t[i].rows, rows_per_block));
+    }
+    return blocks;
+}
+
 // A decode step's Q, K and V launch that finishes their rotary embedding and KV-cache write itself
 // (int8_matvec_rope_store): targets q, k, v, two rows a warp, a pair (2i, 2i + 1) of a head, which
 // the warp rotates where it has them. Saves the decode step a RoPE launch a layer (~1.5 us in the
@@ -592,11 +603,7 @@ int8_matvec_tokens_kernel(Targets targets, int n_blocks, const int8_t* __restric
 // int8_matvec_tokens_kernel over the targets' rows, Rows a warp.
 template <GGMLType T, int Rows>
 void launch_tokens(Context& ctx, Targets targets, int n_blocks, const QuantizedActivations& q, size_t n_tokens) {
-    int blocks = 0;
-    for (int i = 0; i < targets.n; ++i) {
-        targets.t[i].first_block = blocks;
-        blocks += int(blocks_for(targets.t[i].rows, warps_per_block * Rows));
-    }
+    const int blocks = place_blocks(targets, targets.n, warps_per_block * Rows);
     const dim3 grid(unsigned(blocks), unsigned(blocks_for(n_tokens, tokens_per_warp)));
     launch_after_previous(ctx, int8_matvec_tokens_kernel<T, Rows, tokens_per_warp>, grid, warps_per_block * 32, 0, targets,
                           n_blocks, q.qs, q.ds, int(n_tokens));
@@ -802,11 +809,7 @@ int8_mma_rows_kernel(Targets targets, int n_blocks, const int8_t* __restrict__ q
 // one group of weight rows run together and read its weights from DRAM once.
 template <GGMLType T, int Tiles>
 void launch_mma_rows(Context& ctx, Targets targets, int n_blocks, const QuantizedActivations& q, size_t n_tokens) {
-    int blocks = 0;
-    for (int i = 0; i < targets.n; ++i) {
-        targets.t[i].first_block = blocks;
-        blocks += int(blocks_for(targets.t[i].rows, mma_rows));
-    }
+    const int blocks = place_blocks(targets, targets.n, mma_rows);
     constexpr size_t shared = 2 * sizeof(MmaStage<T, Tiles>);
     static_assert(shared >= mma_warps * 32 * Tiles * 4 * sizeof(float));   // the final folds'
     allow_shared_memory(reinterpret_cast<const void*>(int8_mma_rows_kernel<T, Tiles>), shared);
@@ -877,12 +880,8 @@ void launch(Context& ctx, Targets targets, int n_blocks, const QuantizedActivati
             const QuantizedActivations& out_int8 = {}, const NormOut& norm_out = {}, const float* x_float = nullptr,
             const ExpertChoice& experts = {}) {
     constexpr bool Swiglu = gated(E);
-    int blocks = 0;
-    for (int i = 0; i < targets.n; ++i) {
-        targets.t[i].first_block = blocks;
-        blocks += int(blocks_for(targets.t[i].rows, warps_of<E> * (Swiglu ? Rows / 2 : Rows)));
-        if (Swiglu) break;   // one grid over the rows that gate and up share
-    }
+    // Swiglu: one grid over the rows that gate and up share.
+    const int blocks = place_blocks(targets, Swiglu ? 1 : targets.n, warps_of<E> * (Swiglu ? Rows / 2 : Rows));
     // Early weight loads only where the whole grid is resident at once: a launch of several waves
     // is bandwidth-bound, and its early loads only took bandwidth from the kernel before it
     // (Llama 2 7B decoding -3%, SmolLM2 and TinyLlama +1..5%; BENCHMARKS.md, session 4).
