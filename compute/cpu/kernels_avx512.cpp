@@ -2,7 +2,9 @@
 // products for the int8 ones. Compiled under a target pragma, chosen at run time (kernels.hpp).
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <cmath>
+#include <cstddef>
 #include <cstring>
 #include <span>
 #include <stdexcept>
@@ -189,6 +191,150 @@ struct QuadDotSigned {
 #undef TWINFER_FOR_QUADS
 #undef TWINFER_FOR_PAIRS
 
+// Q4_K / Q5_K and Q6_K with Q8x2 activations, two 32-value blocks a 512-bit vector: the decode
+// products of these types were bound by their per-block scalar work (a super-block's eight scales
+// unpacked one by one, a scale a block and row broadcast to a 256-bit FMA), not by their weight
+// reads (BENCHMARKS.md, issue 21). Here a super-block's scale factors d_w scale_j d_y(j) are one
+// vector product, and each pair of blocks one permute and one FMA a row. A row's arithmetic is
+// the same whatever G is (MatmulRowsTest).
+#define TWINFER_FOR_ROWS _Pragma("GCC unroll 4") for (int g = 0; g < G; ++g)
+
+// The (d, sum) of activation blocks y[0..7], as 16 floats d0, sum0, d1, sum1, ...
+inline __m512 block_d_sums(const Q8x2Block* y) {
+    static_assert(offsetof(Q8x2Block, d) == 0 && offsetof(Q8x2Block, sum) == 4);
+    auto two = [&](int k) {
+        return _mm_castps_si128(_mm_loadh_pi(_mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(&y[k].d))),
+                                             reinterpret_cast<const __m64*>(&y[k + 1].d)));
+    };
+    const __m256i low = _mm256_inserti128_si256(_mm256_castsi128_si256(two(0)), two(2), 1);
+    const __m256i high = _mm256_inserti128_si256(_mm256_castsi128_si256(two(4)), two(6), 1);
+    return _mm512_castsi512_ps(_mm512_inserti64x4(_mm512_castsi256_si512(low), high, 1));
+}
+// Two blocks' 32 bytes side by side.
+inline __m512i two_blocks(const int8_t* a, const int8_t* b) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a))),
+                              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b)), 1);
+}
+// 16-bit lanes shifted right by a in the low half of the vector, by b in the high half.
+inline __m512i shift_halves(__m512i v, int a, int b) {
+    return _mm512_srlv_epi16(v, _mm512_inserti64x4(_mm512_set1_epi16(static_cast<short>(a)), _mm256_set1_epi16(static_cast<short>(b)), 1));
+}
+// Lanes 0-7 of v's lane a, lanes 8-15 of its lane b.
+inline __m512 spread_halves(__m512 v, int a, int b) {
+    return _mm512_permutexvar_ps(_mm512_inserti64x4(_mm512_set1_epi32(a), _mm256_set1_epi32(b), 1), v);
+}
+
+// Q4_K / Q5_K: the eight 6-bit scales and mins of a super-block (ggml's get_scale_min_k4, for
+// all eight at once) times d and dmin, interleaved as block_d_sums: d sc0, dmin m0, d sc1, ...
+inline __m512 k4_scales_mins(const uint8_t* packed, float d, float dmin) {
+    uint32_t u[4];
+    std::memcpy(u, packed, 12);
+    constexpr uint32_t low6 = 0x3f3f3f3f, low4 = 0x0f0f0f0f, low2 = 0x03030303;
+    u[3] = ((u[2] >> 4) & low4) | (((u[1] >> 6) & low2) << 4);   // mins 4-7
+    const uint32_t mins0 = u[1] & low6;
+    u[1] = (u[2] & low4) | (((u[0] >> 6) & low2) << 4);          // scales 4-7
+    u[2] = mins0;
+    u[0] &= low6;
+    const __m128i scales_mins = _mm_loadu_si128(reinterpret_cast<const __m128i*>(u));
+    const __m128i pairs = _mm_unpacklo_epi8(scales_mins, _mm_srli_si128(scales_mins, 8));
+    const __m512 d_dmin = _mm512_castpd_ps(_mm512_set1_pd(std::bit_cast<double>(std::array<float, 2>{d, dmin})));
+    return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(pairs)), d_dmin);
+}
+
+template <class Block, bool FifthBit>
+struct PairDotKWithMin {
+    using WeightBlock = Block;
+    template <int G>
+    static void dot(const Block* w, const Q8x2Block* x, size_t x_stride, size_t n_cols, float* out, size_t y_stride) {
+        __m512 acc[2][G], min_sum[G];
+        TWINFER_FOR_ROWS acc[0][g] = acc[1][g] = min_sum[g] = _mm512_setzero_ps();
+        for (size_t i = 0; i < n_cols / 256; ++i) {
+            const Block& b = w[i];
+            const __m512 weight_factors = k4_scales_mins(b.scales, half(b.d), half(b.dmin));
+            __m512 factors[G];
+            TWINFER_FOR_ROWS {
+                factors[g] = _mm512_mul_ps(weight_factors, block_d_sums(x + g * x_stride + 8 * i));
+                min_sum[g] = _mm512_mask_add_ps(min_sum[g], 0xAAAA, min_sum[g], factors[g]);
+            }
+            __m512i high_bits = _mm512_setzero_si512();
+            if constexpr (FifthBit) high_bits = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qh)));
+            for (int s = 0; s < 4; ++s) {
+                // Blocks 2s (low nibbles) and 2s + 1 (high nibbles) of 32 bytes.
+                const __m512i q = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qs + 32 * s)));
+                __m512i u = _mm512_and_si512(shift_halves(q, 0, 4), _mm512_set1_epi8(0x0F));
+                if constexpr (FifthBit) {
+                    const __m512i bits = _mm512_inserti64x4(_mm512_set1_epi8(static_cast<char>(1u << (2 * s))),
+                                                            _mm256_set1_epi8(static_cast<char>(1u << (2 * s + 1))), 1);
+                    u = _mm512_mask_add_epi8(u, _mm512_test_epi8_mask(high_bits, bits), u, _mm512_set1_epi8(16));
+                }
+                TWINFER_FOR_ROWS {
+                    const Q8x2Block* y = x + g * x_stride + 8 * i + 2 * s;
+                    const __m512 dots = pair_dot(u, two_blocks(y[0].hi, y[1].hi), two_blocks(y[0].lo, y[1].lo));
+                    acc[s % 2][g] = _mm512_fmadd_ps(spread_halves(factors[g], 4 * s, 4 * s + 2), dots, acc[s % 2][g]);
+                }
+            }
+        }
+        TWINFER_FOR_ROWS out[g * y_stride] = _mm512_reduce_add_ps(_mm512_add_ps(acc[0][g], acc[1][g])) - _mm512_reduce_add_ps(min_sum[g]);
+    }
+};
+
+// Q6_K: value = d scale_j (q - 32) for the 16-value group j, q from 4 bits of ql and 2 of qh
+// (DotQ6_K's layout); a pair of blocks is four groups, so four scales a vector.
+struct PairDotQ6_K {
+    using WeightBlock = BlockQ6_K;
+    template <int G>
+    static void dot(const BlockQ6_K* w, const Q8x2Block* x, size_t x_stride, size_t n_cols, float* out, size_t y_stride) {
+        __m512 acc[2][G];
+        TWINFER_FOR_ROWS acc[0][g] = acc[1][g] = _mm512_setzero_ps();
+        const __m512i low4 = _mm512_set1_epi8(0x0F), low2 = _mm512_set1_epi8(3), thirty_two = _mm512_set1_epi8(32);
+        for (size_t i = 0; i < n_cols / 256; ++i) {
+            const BlockQ6_K& b = w[i];
+            const __m512 scales = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b.scales)))),
+                                                _mm512_set1_ps(half(b.d)));
+            __m512 d_sums[G];
+            TWINFER_FOR_ROWS d_sums[g] = block_d_sums(x + g * x_stride + 8 * i);
+            for (int h = 0; h < 2; ++h) {
+                const __m512i ql = _mm512_loadu_si512(b.ql + 64 * h);
+                const __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qh + 32 * h)));
+                // Blocks 4h + 2t and 4h + 2t + 1: ql's nibble t, qh's bits 4t..4t+1 and 4t+2..4t+3.
+                for (int t = 0; t < 2; ++t) {
+                    const __m512i low = _mm512_and_si512(t == 0 ? ql : _mm512_srli_epi16(ql, 4), low4);
+                    const __m512i high = _mm512_slli_epi16(_mm512_and_si512(shift_halves(qh, 4 * t, 4 * t + 2), low2), 4);
+                    const __m512i values = _mm512_sub_epi8(_mm512_or_si512(low, high), thirty_two);
+                    const __m512i u = _mm512_abs_epi8(values);
+                    const __mmask64 negative = _mm512_movepi8_mask(values);
+                    auto with_sign = [&](__m512i v) { return _mm512_mask_sub_epi8(v, negative, _mm512_setzero_si512(), v); };
+                    const int first = 4 * h + 2 * t;   // the pair's first block
+                    const __m512 pair_scales = _mm512_permutexvar_ps(
+                        _mm512_add_epi32(_mm512_set1_epi32(2 * first), _mm512_srli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), 2)),
+                        scales);
+                    TWINFER_FOR_ROWS {
+                        const Q8x2Block* y = x + g * x_stride + 8 * i + first;
+                        const __m512 dots = pair_dot(u, with_sign(two_blocks(y[0].hi, y[1].hi)), with_sign(two_blocks(y[0].lo, y[1].lo)));
+                        const __m512 factor = _mm512_mul_ps(pair_scales, spread_halves(d_sums[g], 2 * first, 2 * first + 2));
+                        acc[t][g] = _mm512_fmadd_ps(factor, dots, acc[t][g]);
+                    }
+                }
+            }
+        }
+        TWINFER_FOR_ROWS out[g * y_stride] = _mm512_reduce_add_ps(_mm512_add_ps(acc[0][g], acc[1][g]));
+    }
+};
+#undef TWINFER_FOR_ROWS
+
+// matvec_q8<Q8x2Block> with the K types on the pair dots above.
+void matvec_q8x2(GGMLType type, const std::byte* w, size_t row_bytes, size_t n_rows, size_t n_cols, const Q8x2Block* x,
+                 size_t n_x, float* y, size_t y_stride) {
+    switch (type) {
+    case GGMLType::Q4_K:
+        return rows_q8<Q8x2Block, PairDotKWithMin<BlockQ4_K, false>>(w, row_bytes, n_rows, n_cols, x, n_x, y, y_stride);
+    case GGMLType::Q5_K:
+        return rows_q8<Q8x2Block, PairDotKWithMin<BlockQ5_K, true>>(w, row_bytes, n_rows, n_cols, x, n_x, y, y_stride);
+    case GGMLType::Q6_K: return rows_q8<Q8x2Block, PairDotQ6_K>(w, row_bytes, n_rows, n_cols, x, n_x, y, y_stride);
+    default: return matvec_q8<Q8x2Block>(type, w, row_bytes, n_rows, n_cols, x, n_x, y, y_stride);
+    }
+}
+
 // rows_q8 with whole groups of four rows through QuadDot, and another loop order: a group's quads
 // are 20 times the bytes of a Q4_1 weight row (400 a block against 20; 34 for Q8_0), so rather
 // than every group's quads read again for each weight row (from L2 once they outgrow L1: 16 rows
@@ -243,14 +389,14 @@ void matvec_q8x2_quads(GGMLType type, const std::byte* w, size_t row_bytes, size
     case GGMLType::MXFP4:
         return rows_q8x2_quads<DotMXFP4<Q8x2Block>, QuadDotSigned<BlockMXFP4, MXFP4Values>>(w, row_bytes, n_rows, n_cols, x,
                                                                                             quads, n_x, y, y_stride);
-    default: return matvec_q8<Q8x2Block>(type, w, row_bytes, n_rows, n_cols, x, n_x, y, y_stride);
+    default: return matvec_q8x2(type, w, row_bytes, n_rows, n_cols, x, n_x, y, y_stride);
     }
 }
 
 }  // namespace
 
 const Kernels& avx512_kernels() {
-    static const Kernels table{CpuIsa::AVX512, matvec, matvec_q8<Q8Block>, matvec_q8<Q8x2Block>, matvec_q8x2_quads, quantize_q8x2, dequantize_row, NR, gemm, pack_q8_tokens, gemm_q8_scratch_bytes, gemm_q8, attend, AR, attend_block_scratch_bytes, attend_block, swiglu, gelu, widen};
+    static const Kernels table{CpuIsa::AVX512, matvec, matvec_q8<Q8Block>, matvec_q8x2, matvec_q8x2_quads, quantize_q8x2, dequantize_row, NR, gemm, pack_q8_tokens, gemm_q8_scratch_bytes, gemm_q8, attend, AR, attend_block_scratch_bytes, attend_block, swiglu, gelu, widen};
     return table;
 }
 
