@@ -199,7 +199,8 @@ struct QuadDotSigned {
 // the same whatever G is (MatmulRowsTest).
 #define TWINFER_FOR_ROWS _Pragma("GCC unroll 4") for (int g = 0; g < G; ++g)
 
-// The (d, sum) of activation blocks y[0..7], as 16 floats d0, sum0, d1, sum1, ...
+// The (d, sum) of activation blocks y[0..7], as 16 floats d0, sum0, d1, sum1, ..., by eight 64-bit
+// loads (a gather instruction, microcode on Zen 5, was slower: BENCHMARKS.md).
 inline __m512 block_d_sums(const Q8x2Block* y) {
     static_assert(offsetof(Q8x2Block, d) == 0 && offsetof(Q8x2Block, sum) == 4);
     auto two = [&](int k) {
